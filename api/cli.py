@@ -1,0 +1,81 @@
+"""``guardtune``: the service commands (serve, worker, migrate)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import typer
+
+from core.settings import get_settings
+
+app = typer.Typer(help="guardtune service commands.", no_args_is_help=True, add_completion=False)
+
+
+def worker_argv(queues: str = "default,gpu", concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+    """The Celery worker command line: one task at a time, prefetch 1."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
+        "-Q", queues, "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+@app.command()
+def migrate(revision: str = "head") -> None:
+    """Upgrade the database schema (``alembic upgrade``) and seed the base-model registry."""
+    from core import migrate as migrations
+    from core.db import session_scope
+    from core.registry import seed_base_models
+
+    settings = get_settings()
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.db_url, revision)
+    with session_scope() as session:
+        seed_base_models(session, settings)
+    typer.echo(f"database at {revision}: {settings.db_url}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default GUARDTUNE_HOST)."),
+    port: int = typer.Option(None, help="Port (default GUARDTUNE_PORT)."),
+    migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Upgrade the schema on start."),
+) -> None:
+    """Start the API; on the embedded broker also a worker beside it."""
+    import uvicorn
+
+    settings = get_settings()
+    if migrate_first:
+        migrate("head")
+    worker = None
+    if settings.run_embedded_worker:
+        worker = subprocess.Popen(worker_argv(), env=os.environ.copy())
+        typer.echo(f"embedded worker started (pid {worker.pid})")
+    try:
+        uvicorn.run(
+            "api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+            log_level=settings.log_level.lower(), proxy_headers=True,
+        )  # fmt: skip
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option("default,gpu", help="Comma-separated queues to consume."),
+    concurrency: int = typer.Option(1, help="Processes; keep 1 per GPU."),
+) -> None:
+    """Start a Celery worker alone (production: one per GPU)."""
+    argv = worker_argv(queues, concurrency, get_settings().log_level)
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    app()

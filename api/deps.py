@@ -1,0 +1,74 @@
+"""Typed dependencies: settings, a database session per request, the caller's key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.apikeys import hash_key
+from core.db import new_session
+from core.errors import AuthenticationError, PermissionDenied
+from core.models import ApiKey, now
+from core.settings import Settings, get_settings
+from core.storage import ObjectStore, get_store
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+
+
+def get_db() -> Iterator[Session]:
+    session = new_session()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's id (the audit actor), its organization and scope."""
+
+    key_id: str
+    org_id: str
+    scope: str
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}"
+
+
+def authenticate(request: Request, session: SessionDep, settings: SettingsDep) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
+        )
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip(), settings.secret_key)))
+    if key is None or key.revoked_at is not None:
+        raise AuthenticationError("Incorrect or revoked API key provided.", code="invalid_api_key")
+    if key.last_used_at is None or now() - key.last_used_at > 60:
+        key.last_used_at = now()
+        session.commit()
+    request.state.caller = Caller(key.id, key.org_id, key.scope)
+    return request.state.caller
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    if caller.scope != "admin":
+        raise PermissionDenied("This endpoint needs an admin-scoped API key.", code="insufficient_scope")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]

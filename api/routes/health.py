@@ -1,0 +1,36 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import SessionDep, StoreDep
+from core.queue import check_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep, store: StoreDep) -> JSONResponse:
+    """Database, broker and object store are reachable (503 naming what is not)."""
+    checks: dict[str, str] = {}
+    for name, probe in (
+        ("database", lambda: session.execute(text("SELECT 1"))),
+        ("broker", check_broker),
+        ("storage", store.check),
+    ):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # readiness reports every failure, whatever its kind
+            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,1 @@
+"""Settings, database models and sessions, object storage, audit log, ids, errors."""

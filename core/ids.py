@@ -1,0 +1,10 @@
+"""Public identifiers: a type prefix and 24 random base62 characters."""
+
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str, length: int = 24) -> str:
+    return f"{prefix}-" + "".join(secrets.choice(_ALPHABET) for _ in range(length))

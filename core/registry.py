@@ -1,0 +1,20 @@
+"""The base-model registry: which base models jobs may name."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from core.models import BaseModelEntry
+from core.settings import Settings
+
+
+def seed_base_models(session: Session, settings: Settings) -> None:
+    """Ensure every model of ``GUARDTUNE_BASE_MODELS`` (and the default) has a row.
+
+    An entry is ``name`` or ``name=source`` (source: a local path or a Hugging Face id).
+    """
+    entries = dict.fromkeys([settings.default_base_model, *settings.base_models])
+    for entry in entries:
+        name, _, source = entry.partition("=")
+        if session.get(BaseModelEntry, name) is None:
+            session.add(BaseModelEntry(id=name, source=source or name))

@@ -1,0 +1,140 @@
+"""The one settings object. Every knob is an env var prefixed ``GUARDTUNE_``.
+
+The defaults are the *embedded* stack: SQLite, a local folder as object store and
+a Celery broker that needs no server, all under ``GUARDTUNE_HOME`` (``./var``).
+Production points the URLs at Postgres, Redis and S3 and sets ``GUARDTUNE_ENV``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+INSECURE_SECRET = "dev-insecure-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GUARDTUNE_", env_file=None, extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    home: Path = Path("./var")
+
+    # Connections. Empty means "derive the embedded default from home".
+    database_url: str = ""
+    broker_url: str = ""
+    result_backend_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Security. The secret peppers API-key hashes.
+    secret_key: str = INSECURE_SECRET
+
+    # HTTP service.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    embedded_worker: bool | None = None  # None: on when the broker is the embedded one
+
+    # Limits.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_concurrent_jobs_per_org: int = 4
+    max_storage_bytes_per_org: int = 10 * 1024**3
+    validation_max_errors: int = 20
+
+    # Models.
+    model_cache_dir: Path | None = None
+    default_base_model: str = "smollm2-135m-instruct"
+    base_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"])
+    device: str = "cpu"
+
+    # Job pipeline.
+    heartbeat_interval_s: float = 10.0
+    stale_job_after_s: float = 300.0
+    visibility_timeout_s: int = 3600
+    metrics_event_every: int = 1
+    checkpoint_every: int = 20
+    max_flagged_fraction: float | None = None  # refuse to train above this flagged share
+
+    # Safety method (the paper's bounds; operators may change, customers may not).
+    kl_weight_lo: float = 0.1
+    kl_weight_hi: float = 0.9
+    flag_threshold: float = 4.0
+    probe_layers: str = "auto"
+
+    # Judge (any OpenAI-compatible chat endpoint); unset means no judge.
+    judge_base_url: str | None = None
+    judge_api_key: str | None = None
+    judge_model: str = "gpt-4.1-mini"
+    judge_max_concurrency: int = 4
+    judge_timeout_s: float = 60.0
+
+    # Evaluation and gate.
+    eval_max_new_tokens: int = 48
+    eval_max_prompts: int = 66
+    gate_max_asr_increase: float = 0.05
+    gate_max_over_refusal_increase: float = 0.2
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_insecure_defaults(self) -> Settings:
+        if self.env == "production" and self.secret_key == INSECURE_SECRET:
+            raise ValueError(
+                "GUARDTUNE_SECRET_KEY must be set to a private value when GUARDTUNE_ENV=production"
+            )
+        if self.env == "production" and len(self.secret_key) < 32:
+            raise ValueError("GUARDTUNE_SECRET_KEY must be at least 32 characters in production")
+        return self
+
+    # Derived values: the embedded defaults live under ``home``.
+    @property
+    def home_dir(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'guardtune.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home_dir / 'broker.db'}"
+
+    @property
+    def result_backend(self) -> str:
+        if self.result_backend_url:
+            return self.result_backend_url
+        if self.broker.startswith(("redis://", "rediss://")):
+            return self.broker
+        return f"db+sqlite:///{self.home_dir / 'results.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or f"file://{self.home_dir / 'objects'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.model_cache_dir or self.home_dir / "models").resolve()
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.broker.startswith(("sqla+", "filesystem://", "memory://"))
+
+    @property
+    def run_embedded_worker(self) -> bool:
+        return self.broker_is_embedded if self.embedded_worker is None else self.embedded_worker
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,262 @@
+"""Object storage: one interface over a local folder (``file://``) and S3 (``s3://bucket``).
+
+Everything streams in chunks; nothing reads a whole object into memory. Keys are
+namespaced by organization with :func:`org_key`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlparse
+
+from core.settings import Settings, get_settings
+
+CHUNK = 1024 * 1024
+
+
+class ObjectTooLarge(Exception):
+    """Raised by :meth:`ObjectStore.put_stream` when a stream exceeds ``max_bytes``."""
+
+
+@dataclass(frozen=True)
+class PutResult:
+    bytes: int
+    sha256: str
+
+
+def org_key(org_id: str, *parts: str) -> str:
+    """The storage key of an organization's object, e.g. ``orgs/org-1/files/file-2``."""
+    clean = [p.strip("/") for p in parts if p]
+    if any(".." in p.split("/") for p in clean):
+        raise ValueError("storage key parts must not contain '..'")
+    return "/".join(["orgs", org_id, *clean])
+
+
+class ObjectStore(Protocol):
+    def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> PutResult:
+        """Copy ``stream`` to ``key`` in chunks. Over ``max_bytes`` nothing is stored
+        and :class:`ObjectTooLarge` is raised."""
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object (caller closes it)."""
+
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def size(self, key: str) -> int: ...
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        """A URL a client can download from directly, or None (stream through the API)."""
+
+    def check(self) -> None:
+        """Raise if the store is unreachable."""
+
+
+def _copy_hashing(stream: BinaryIO, out: BinaryIO, max_bytes: int | None) -> PutResult:
+    digest, total = hashlib.sha256(), 0
+    while chunk := stream.read(CHUNK):
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise ObjectTooLarge(f"object exceeds {max_bytes} bytes")
+        digest.update(chunk)
+        out.write(chunk)
+    return PutResult(total, digest.hexdigest())
+
+
+class LocalStore:
+    """A folder on disk. Writes go to a temp file and are renamed into place."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"key escapes the store: {key!r}")
+        return path
+
+    def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> PutResult:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                result = _copy_hashing(stream, out, max_bytes)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return result
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        with self._path(key).open("rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def open(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".upload-")
+        )
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        return None
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"object store folder {self.root} is not writable")
+
+
+class S3Store:
+    """Any S3-compatible store through boto3 (multipart uploads for large streams)."""
+
+    def __init__(self, bucket: str, prefix: str, settings: Settings):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"),
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> PutResult:
+        # Spool to a bounded temp file first so the size limit is enforced before
+        # anything becomes visible in the bucket; upload_fileobj then streams it.
+        with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK) as spool:
+            result = _copy_hashing(stream, spool, max_bytes)
+            spool.seek(0)
+            self.client.upload_fileobj(spool, self.bucket, self._key(key))
+        return result
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def open(self, key: str) -> BinaryIO:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in self.list(prefix):
+            self.delete(key)
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def size(self, key: str) -> int:
+        return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
+        )
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+def upload_dir(store: ObjectStore, local_dir: Path, prefix: str) -> list[str]:
+    """Upload every file under ``local_dir`` to ``prefix/<relative path>``."""
+    keys = []
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(local_dir).as_posix()}"
+        with path.open("rb") as f:
+            store.put_stream(key, f)
+        keys.append(key)
+    return keys
+
+
+def download_dir(store: ObjectStore, prefix: str, local_dir: Path) -> Path:
+    """Download every object under ``prefix`` into ``local_dir`` (mirroring paths)."""
+    prefix = prefix.rstrip("/") + "/"
+    for key in store.list(prefix):
+        dest = local_dir / key[len(prefix):]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as out:
+            for chunk in store.iter_chunks(key):
+                out.write(chunk)
+    return local_dir
+
+
+def make_store(url: str, settings: Settings | None = None) -> ObjectStore:
+    settings = settings or get_settings()
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "s3":
+        return S3Store(parsed.netloc, parsed.path, settings)
+    raise ValueError(f"unsupported storage URL {url!r} (use file:///path or s3://bucket/prefix)")
+
+
+@lru_cache(maxsize=8)
+def _cached_store(url: str, endpoint: str | None, region: str) -> ObjectStore:
+    return make_store(url)
+
+
+def get_store() -> ObjectStore:
+    """The process's store for the configured URL (one boto3 client, reused)."""
+    settings = get_settings()
+    return _cached_store(settings.storage, settings.s3_endpoint_url, settings.s3_region)

@@ -1,0 +1,1 @@
+"""``guardtune-ops``: the internal ops CLI."""

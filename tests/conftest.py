@@ -1,0 +1,270 @@
+"""Shared fixtures: real Postgres, Redis, an S3 server (moto server mode), a live
+API under uvicorn and Celery worker processes.
+
+Services are required, never skipped: a test that needs Postgres or Redis fails
+when they are down (``.ci/run`` starts them).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+PG_ADMIN_URL = os.environ.get("GUARDTUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GUARDTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+TEST_SECRET = "test-secret-" + "x" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clear_caches() -> None:
+    """Forget process-wide cached settings, engines, stores and producers."""
+    from core import db, queue, settings, storage
+
+    settings.get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    db._factory.cache_clear()
+    storage._cached_store.cache_clear()
+    queue.producer.cache_clear()
+
+
+def _pg_admin():
+    import psycopg
+
+    dsn = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh Postgres database, migrated to head, dropped afterwards."""
+    from core import migrate
+
+    name = f"gt_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    migrate.upgrade(url)
+    yield url
+    clear_caches()
+    with _pg_admin() as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of its own, flushed before and after."""
+    import redis
+
+    db = 1 + (os.getpid() % 14)
+    url = f"{REDIS_URL}/{db}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    bucket: str
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 HTTP endpoint (moto in server mode) with one bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = "guardtune-test"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    yield S3Server(endpoint, bucket)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def deployment_env(pg_url, redis_url, s3, tmp_path_factory) -> dict[str, str]:
+    """GUARDTUNE_* variables of a production-shaped deployment: Postgres, Redis, S3."""
+    home = tmp_path_factory.mktemp("home")
+    return {
+        "GUARDTUNE_ENV": "test",
+        "GUARDTUNE_HOME": str(home),
+        "GUARDTUNE_DATABASE_URL": pg_url,
+        "GUARDTUNE_BROKER_URL": redis_url,
+        "GUARDTUNE_STORAGE_URL": f"s3://{s3.bucket}/{home.name}",
+        "GUARDTUNE_S3_ENDPOINT_URL": s3.endpoint,
+        "GUARDTUNE_SECRET_KEY": TEST_SECRET,
+        "GUARDTUNE_LOG_JSON": "false",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key in [k for k in os.environ if k.startswith("GUARDTUNE_") and not k.startswith("GUARDTUNE_TEST_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    clear_caches()
+
+
+@pytest.fixture
+def configured(deployment_env, monkeypatch) -> Iterator[dict[str, str]]:
+    """This process configured as the deployment (settings, engine, store, broker)."""
+    from core import registry
+    from core.db import session_scope
+    from core.settings import get_settings
+
+    apply_env(monkeypatch, deployment_env)
+    with session_scope() as session:
+        registry.seed_base_models(session, get_settings())
+    yield deployment_env
+    clear_caches()
+
+
+@pytest.fixture
+def embedded_env(tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+    """The embedded default (SQLite, local folder, server-less broker) in a tmp home."""
+    env = {"GUARDTUNE_HOME": str(tmp_path / "var"), "GUARDTUNE_LOG_JSON": "false"}
+    apply_env(monkeypatch, env)
+    yield env
+    clear_caches()
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GUARDTUNE_") or k.startswith("GUARDTUNE_TEST_")}
+    return {**base, **env, "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def start_api(env: dict[str, str], log_path: Path) -> LiveServer:
+    """uvicorn serving the app factory in a subprocess, over real HTTP."""
+    port = free_port()
+    log = log_path.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_http(f"{server.base_url}/healthz", 60, process)
+    except Exception:
+        stop_process(process)
+        raise RuntimeError(f"API did not start:\n{server.log()[-3000:]}") from None
+    return server
+
+
+def start_worker(env: dict[str, str], log_path: Path, queues: str = "default,gpu") -> subprocess.Popen:
+    """A real Celery worker process (``guardtune worker``)."""
+    from api.cli import worker_argv
+
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        worker_argv(queues), cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def live_api(request, tmp_path_factory) -> Iterator[LiveServer]:
+    """The API under uvicorn against Postgres + Redis + S3 (module-scoped)."""
+    env = dict(request.getfixturevalue("deployment_env"))
+    extra = getattr(request.module, "API_ENV", {})
+    env.update(extra)
+    server = start_api(env, tmp_path_factory.mktemp("api") / "api.log")
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def make_key(deployment_env):
+    """Create an organization (if new) and an API key directly in the database."""
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from core import registry
+    from core.apikeys import generate_key
+    from core.ids import new_id
+    from core.models import ApiKey, Organization
+    from core.settings import Settings
+
+    engine = create_engine(deployment_env["GUARDTUNE_DATABASE_URL"])
+    with Session(engine) as session, session.begin():
+        registry.seed_base_models(session, Settings())
+
+    def _make(org_name: str, scope: str = "customer") -> tuple[str, str, str]:
+        with Session(engine) as session, session.begin():
+            org = session.scalar(select(Organization).where(Organization.name == org_name))
+            if org is None:
+                org = Organization(id=new_id("org"), name=org_name)
+                session.add(org)
+                session.flush()
+            plaintext, prefix, digest = generate_key(TEST_SECRET)
+            key = ApiKey(id=new_id("key"), org_id=org.id, prefix=prefix, key_hash=digest, scope=scope)
+            session.add(key)
+            return org.id, key.id, plaintext
+
+    yield _make
+    engine.dispose()
