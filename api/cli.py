@@ -13,12 +13,17 @@ from core.settings import get_settings
 app = typer.Typer(help="guardtune service commands.", no_args_is_help=True, add_completion=False)
 
 
-def worker_argv(queues: str = "default,gpu", concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
-    """The Celery worker command line: one task at a time, prefetch 1."""
+def worker_argv(
+    queues: str = "default,gpu", concurrency: int = 1, loglevel: str = "INFO", with_beat: bool = True
+) -> list[str]:
+    """The Celery worker command line: one task at a time, prefetch 1; ``with_beat`` also
+    runs the periodic stale-job reaper in this worker (run it in one worker only)."""
+    schedule = get_settings().home_dir / "celerybeat-schedule"
+    beat = ["--beat", "--schedule", str(schedule)] if with_beat else []
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
         "-Q", queues, "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", *beat,
     ]  # fmt: skip
 
 
@@ -71,9 +76,12 @@ def serve(
 def worker(
     queues: str = typer.Option("default,gpu", help="Comma-separated queues to consume."),
     concurrency: int = typer.Option(1, help="Processes; keep 1 per GPU."),
+    beat: bool = typer.Option(True, "--beat/--no-beat", help="Also run the periodic reaper (in one worker only)."),
 ) -> None:
     """Start a Celery worker alone (production: one per GPU)."""
-    argv = worker_argv(queues, concurrency, get_settings().log_level)
+    settings = get_settings()
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    argv = worker_argv(queues, concurrency, settings.log_level, beat)
     os.execv(argv[0], argv)
 
 

@@ -8,11 +8,19 @@ class GuardtuneError(Exception):
     status_code = 500
     type = "server_error"
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
+        self.headers = headers  # extra response headers (e.g. ``x-should-retry: false``)
 
     def to_dict(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

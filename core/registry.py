@@ -13,8 +13,11 @@ def seed_base_models(session: Session, settings: Settings) -> None:
 
     An entry is ``name`` or ``name=source`` (source: a local path or a Hugging Face id).
     """
-    entries = dict.fromkeys([settings.default_base_model, *settings.base_models])
-    for entry in entries:
+    sources: dict[str, str] = {}
+    for entry in settings.base_models:
         name, _, source = entry.partition("=")
+        sources[name] = source or name
+    sources.setdefault(settings.default_base_model, settings.default_base_model)
+    for name, source in sources.items():
         if session.get(BaseModelEntry, name) is None:
-            session.add(BaseModelEntry(id=name, source=source or name))
+            session.add(BaseModelEntry(id=name, source=source))

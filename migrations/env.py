@@ -1,8 +1,8 @@
 """Alembic environment: the database URL comes from the one settings object."""
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
 
+from core.db import get_engine
 from core.models import Base
 from core.settings import get_settings
 
@@ -17,10 +17,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connectable = config.attributes.get("connection")
-    if connectable is None:
-        connectable = engine_from_config({"sqlalchemy.url": url}, prefix="sqlalchemy.", poolclass=pool.NullPool)
-    with connectable.connect() if hasattr(connectable, "connect") else connectable as connection:
+    connectable = get_engine(url)
+    with connectable.connect() as connection:
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

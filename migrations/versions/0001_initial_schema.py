@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 01:22:15.724340
+
 """
 
 from alembic import op
@@ -116,6 +116,7 @@ def upgrade() -> None:
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('heartbeat_at', sa.Float(), nullable=True),
+    sa.Column('worker_id', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.Column('started_at', sa.BigInteger(), nullable=True),
     sa.Column('finished_at', sa.BigInteger(), nullable=True),

@@ -1,0 +1,343 @@
+"""Streaming validation of OpenAI fine-tuning JSONL files (shared by the API and the worker).
+
+A file is read line by line (or fed in arbitrary byte chunks); only one line is held in
+memory at a time, and a line longer than the per-example limit allows is never buffered
+whole. Two formats are accepted, one per file:
+
+* chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}``
+  (OpenAI's optional ``name``, ``weight`` (0 or 1), ``tool_calls``, ``tool_call_id``,
+  ``function_call`` keys too, and top-level ``tools`` / ``functions`` / ``parallel_tool_calls``);
+* prompt/completion: ``{"prompt": "...", "completion": "..."}``.
+
+Each example needs at least one assistant turn with non-empty content that is trained on
+(``weight`` not 0); a prompt/completion example needs a non-empty completion. Errors carry
+1-based line numbers; the first ``max_errors`` are kept and all are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal
+
+from core.settings import Settings
+
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"})
+CHAT_TOP_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_calls", "metadata"})
+CHARS_PER_TOKEN = 4  # the estimate used before a tokenizer is at hand (the worker counts exactly)
+READ_CHUNK = 1024 * 1024
+
+Format = Literal["chat", "prompt_completion"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_example_chars: int = 100_000
+    max_examples: int = 500_000
+    max_errors: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.max_example_chars, settings.max_examples, settings.validation_max_errors)
+
+    @property
+    def max_line_bytes(self) -> int:
+        # A JSON-escaped character takes up to 12 bytes (a \\uXXXX surrogate pair), plus
+        # room for keys and structure: a longer line cannot hold a valid example.
+        return self.max_example_chars * 12 + 64 * 1024
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One validation error. ``line`` is 1-based; None for a whole-file problem."""
+
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "message": self.message}
+
+
+@dataclass
+class Report:
+    n_lines: int = 0
+    n_examples: int = 0
+    n_chars: int = 0
+    format: Format | None = None
+    errors: list[Issue] = field(default_factory=list)  # the first ``max_errors``
+    error_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    @property
+    def est_tokens(self) -> int:
+        return math.ceil(self.n_chars / CHARS_PER_TOKEN)
+
+    def details(self) -> str | None:
+        """The human summary (the file's ``status_details``): None when the file is valid."""
+        if self.ok:
+            return None
+        shown = len(self.errors)
+        noun = "error" if self.error_count == 1 else "errors"
+        head = f"Validation failed: {self.error_count} {noun}"
+        if shown < self.error_count:
+            head += f" (showing the first {shown})"
+        return head + ":\n" + "\n".join(str(issue) for issue in self.errors)
+
+
+class Validator:
+    """Incremental validator: :meth:`feed` bytes in any chunking, then :meth:`finish`."""
+
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self.report = Report()
+        self._buf = bytearray()
+        self._overlong = False  # the current line already exceeded max_line_bytes
+        self._line = 0
+        self._excess_reported = False
+        self._finished = False
+
+    # -- feeding ---------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            piece = chunk[start:] if nl < 0 else chunk[start:nl]
+            if not self._overlong:
+                if len(self._buf) + len(piece) > self.limits.max_line_bytes:
+                    self._overlong = True
+                    self._buf.clear()
+                else:
+                    self._buf += piece
+            if nl < 0:
+                return
+            self._end_line()
+            start = nl + 1
+
+    def finish(self) -> Report:
+        if not self._finished:
+            self._finished = True
+            if self._buf or self._overlong:
+                self._end_line()
+            if self.report.n_examples == 0 and self.report.error_count == 0:
+                self._error(None, "The file contains no training examples.")
+        return self.report
+
+    def _end_line(self) -> None:
+        self._line += 1
+        self.report.n_lines = self._line
+        if self._overlong:
+            self._overlong = False
+            self._error(
+                self._line,
+                f"The example is too long: the line exceeds {self.limits.max_line_bytes} bytes "
+                f"(limit {self.limits.max_example_chars} characters per example).",
+            )
+            return
+        raw = bytes(self._buf)
+        self._buf.clear()
+        self.check_line(self._line, raw)
+
+    # -- one line --------------------------------------------------------------------
+    def check_line(self, lineno: int, raw: bytes) -> None:
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._error(lineno, f"The line is not valid UTF-8 (byte {exc.start + 1}).")
+            return
+        if not text.strip():
+            return  # blank lines are skipped
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self._error(lineno, f"Invalid JSON: {exc.msg} (column {exc.colno}).")
+            return
+        fmt, problems, chars = check_example(obj)
+        if problems:
+            for problem in problems:
+                self._error(lineno, problem)
+            return
+        if self.report.format is None:
+            self.report.format = fmt
+        elif fmt != self.report.format:
+            self._error(
+                lineno,
+                f"The example uses the {_FORMAT_NAMES[fmt]} format but earlier lines use the "
+                f"{_FORMAT_NAMES[self.report.format]} format; a file must use one format.",
+            )
+            return
+        if chars > self.limits.max_example_chars:
+            self._error(
+                lineno,
+                f"The example is too long: {chars} characters, over the limit of "
+                f"{self.limits.max_example_chars}.",
+            )
+            return
+        self.report.n_examples += 1
+        self.report.n_chars += chars
+        if self.report.n_examples > self.limits.max_examples and not self._excess_reported:
+            self._excess_reported = True
+            self._error(lineno, f"The file has more than {self.limits.max_examples} examples (the limit).")
+
+    def _error(self, lineno: int | None, message: str) -> None:
+        self.report.error_count += 1
+        if len(self.report.errors) < self.limits.max_errors:
+            self.report.errors.append(Issue(lineno, message))
+
+
+_FORMAT_NAMES = {"chat": "chat (messages)", "prompt_completion": "prompt/completion"}
+
+
+def check_example(obj: Any) -> tuple[Format | None, list[str], int]:
+    """Check one parsed example: ``(format, problems, characters of content)``."""
+    if not isinstance(obj, dict):
+        return None, [f"Each line must be a JSON object, not {_json_type(obj)}."], 0
+    if "messages" in obj:
+        problems, chars = _check_chat(obj)
+        return "chat", problems, chars
+    if "prompt" in obj or "completion" in obj:
+        problems, chars = _check_prompt_completion(obj)
+        return "prompt_completion", problems, chars
+    return None, ["Missing 'messages' (chat format) or 'prompt' and 'completion' (prompt/completion format)."], 0
+
+
+def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
+    problems: list[str] = []
+    unknown = sorted(set(obj) - CHAT_TOP_KEYS)
+    if unknown:
+        problems.append(f"Unrecognized key {unknown[0]!r} next to 'messages'.")
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        return [*problems, "'messages' must be a non-empty list."], 0
+    chars, trained = 0, False
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            problems.append(f"{where} must be an object with 'role' and 'content', not {_json_type(msg)}.")
+            continue
+        extra = sorted(set(msg) - MESSAGE_KEYS)
+        if extra:
+            problems.append(f"{where} has an unrecognized key {extra[0]!r}.")
+        role = msg.get("role")
+        if role not in ROLES:
+            shown = "missing" if role is None else repr(role)
+            problems.append(f"{where}.role is {shown}; it must be one of {', '.join(ROLES)}.")
+            continue
+        content = msg.get("content")
+        calls = msg.get("tool_calls") or msg.get("function_call")
+        if content is None and role == "assistant" and calls:
+            pass  # an assistant turn that only calls tools
+        elif not isinstance(content, str):
+            shown = "missing" if "content" not in msg else f"{_json_type(content)}"
+            problems.append(f"{where}.content must be a string ({shown}).")
+            continue
+        else:
+            chars += len(content)
+        if "weight" in msg:
+            if msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool):
+                problems.append(f"{where}.weight must be 0 or 1.")
+            elif role != "assistant":
+                problems.append(f"{where}.weight is only allowed on assistant messages.")
+        if calls:
+            chars += len(json.dumps(calls))
+        if role == "assistant" and isinstance(content, str) and content.strip() and msg.get("weight", 1) != 0:
+            trained = True
+    if not problems and not trained:
+        problems.append("The example has no assistant message with content to train on.")
+    return problems, chars
+
+
+def _check_prompt_completion(obj: dict[str, Any]) -> tuple[list[str], int]:
+    problems: list[str] = []
+    for key in ("prompt", "completion"):
+        if key not in obj:
+            problems.append(f"Missing {key!r}.")
+        elif not isinstance(obj[key], str):
+            problems.append(f"{key!r} must be a string, not {_json_type(obj[key])}.")
+    if not problems and not obj["completion"].strip():
+        problems.append("'completion' is empty: there is nothing to train on.")
+    chars = sum(len(obj[k]) for k in ("prompt", "completion") if isinstance(obj.get(k), str))
+    return problems, chars
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# -- entry points ------------------------------------------------------------------------
+def validate_chunks(chunks: Iterable[bytes], limits: Limits | None = None) -> Report:
+    """Validate a file given as an iterable of byte chunks (e.g. ``store.iter_chunks(key)``)."""
+    validator = Validator(limits)
+    for chunk in chunks:
+        validator.feed(chunk)
+    return validator.finish()
+
+
+def validate_stream(stream: BinaryIO, limits: Limits | None = None) -> Report:
+    """Validate a readable binary stream, reading it in 1 MiB chunks."""
+    return validate_chunks(iter(lambda: stream.read(READ_CHUNK), b""), limits)
+
+
+def iter_examples(chunks: Iterable[bytes], limits: Limits | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, example)`` of a file that passed validation, streaming.
+
+    Blank lines are skipped; a line that does not parse raises ``ValueError`` naming it
+    (validate first to get every problem at once)."""
+    limits = limits or Limits()
+    buf = bytearray()
+    lineno = 0
+
+    def parse(raw: bytes) -> dict[str, Any] | None:
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            return None
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"line {lineno}: {exc}") from exc
+        fmt, problems, _ = check_example(obj)
+        if problems:
+            raise ValueError(f"line {lineno}: {problems[0]}")
+        return obj
+
+    for chunk in chunks:
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            buf += chunk[start:] if nl < 0 else chunk[start:nl]
+            if len(buf) > limits.max_line_bytes:
+                raise ValueError(f"line {lineno + 1}: the line is too long")
+            if nl < 0:
+                break
+            lineno += 1
+            obj = parse(bytes(buf))
+            buf.clear()
+            if obj is not None:
+                yield lineno, obj
+            start = nl + 1
+    if buf:
+        lineno += 1
+        obj = parse(bytes(buf))
+        if obj is not None:
+            yield lineno, obj

@@ -1,0 +1,214 @@
+"""Releasing, approving and revoking fine-tuned adapters (shared by the pipeline and ops).
+
+A released adapter is a :class:`~core.models.ReleasedModel` row naming where its PEFT
+files lie in object storage and their digest. Every function here writes its audit
+record in the caller's session, so the change and its record commit together; the
+caller commits.
+
+Adapter digest (:func:`adapter_sha256`): the adapter's files are listed by their path
+*relative to the adapter prefix* (``adapter_config.json``, ``adapter_model.safetensors``)
+in sorted order, and the digest is ``sha256(concat(name + "\\n" + sha256(file) + "\\n"))``.
+Relative names keep the digest a property of the adapter itself, so a downloaded copy
+checks with :func:`dir_sha256` against the stored value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.ids import new_id
+from core.models import Job, JobEvent, ReleasedModel, SafetyReport, now
+from core.storage import ObjectStore, get_store, org_key
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+GATE_BLOCKED = "safety_gate_blocked"
+
+# Audit actions written here.
+ACTION_RELEASE = "model.release"
+ACTION_APPROVE = "release.approve"
+ACTION_REVOKE = "model.revoke"
+
+
+# ---------------------------------------------------------------------------------------
+# Names and digests
+
+
+def adapter_prefix(org_id: str, job_id: str) -> str:
+    """Where the pipeline stores a job's final adapter."""
+    return org_key(org_id, "jobs", job_id, "adapter")
+
+
+def model_id(base_model: str, org_id: str, suffix: str | None, job_id: str) -> str:
+    """``ft:<base>:<org>:<suffix>:<job-id>`` (an empty suffix stays empty, as OpenAI's)."""
+    parts = [base_model, org_id, suffix or "", job_id]
+    return "ft:" + ":".join(p.replace(":", "-") for p in parts)
+
+
+def combine_digests(entries: Iterable[tuple[str, str]]) -> str:
+    """The adapter digest from ``(relative name, file sha256)`` pairs, in sorted name order."""
+    digest = hashlib.sha256()
+    for name, file_sha in sorted(entries):
+        digest.update(f"{name}\n{file_sha}\n".encode())
+    return digest.hexdigest()
+
+
+def _sha256_chunks(chunks: Iterator[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def adapter_sha256(store: ObjectStore, prefix: str) -> str:
+    """Digest of every object under ``prefix`` (streamed; see the module docstring)."""
+    base = prefix.rstrip("/") + "/"
+    keys = [k for k in store.list(base) if k.startswith(base)]
+    if not keys:
+        raise NotFound(f"no adapter files under {prefix!r}", code="adapter_not_found")
+    return combine_digests((k[len(base):], _sha256_chunks(store.iter_chunks(k))) for k in keys)
+
+
+def dir_sha256(directory: str | Path) -> str:
+    """The same digest over the files of a local adapter directory."""
+    root = Path(directory)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{root} holds no files")
+    entries = []
+    for path in files:
+        with path.open("rb") as f:
+            entries.append((path.relative_to(root).as_posix(), _sha256_chunks(iter(lambda: f.read(1 << 20), b""))))
+    return combine_digests(entries)
+
+
+# ---------------------------------------------------------------------------------------
+# Release, approve, revoke
+
+
+def release_job(
+    session: Session,
+    job: Job,
+    *,
+    actor: str,
+    reason: str | None = None,
+    sha256: str,
+    storage_prefix: str,
+) -> ReleasedModel:
+    """Create the job's :class:`ReleasedModel`, set ``job.fine_tuned_model`` and audit it.
+
+    Idempotent for the pipeline: releasing a job already released with the same digest
+    returns the existing row (no second record); a different digest is a conflict.
+    """
+    existing = session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job.id))
+    if existing is not None:
+        if existing.sha256 != sha256:
+            raise Conflict(f"job {job.id} was already released as {existing.id} with another adapter digest")
+        job.fine_tuned_model = existing.id
+        return existing
+    released = ReleasedModel(
+        id=model_id(job.model, job.org_id, job.suffix, job.id),
+        job_id=job.id,
+        org_id=job.org_id,
+        base_model=job.model,
+        storage_prefix=storage_prefix,
+        sha256=sha256,
+        created_at=now(),
+    )
+    session.add(released)
+    job.fine_tuned_model = released.id
+    session.flush()
+    details = {"job_id": job.id, "org_id": job.org_id, "base_model": job.model,
+               "sha256": sha256, "storage_prefix": storage_prefix}  # fmt: skip
+    if reason is not None:
+        details["reason"] = reason
+    audit.record(session, actor=actor, action=ACTION_RELEASE, target=released.id, details=details)
+    return released
+
+
+def _require_reason(reason: str | None) -> str:
+    if reason is None or not reason.strip():
+        raise InvalidRequest("a reason is required", param="reason")
+    return reason.strip()
+
+
+def approve_blocked_job(
+    session: Session,
+    job_id: str,
+    *,
+    actor: str,
+    reason: str,
+    store: ObjectStore | None = None,
+) -> ReleasedModel:
+    """Override the gate for a job blocked by it: release the adapter it already stored.
+
+    The job must have ended ``failed`` with ``error.code == "safety_gate_blocked"`` and
+    its adapter (``adapter_config.json`` + ``adapter_model.safetensors``) must be in the
+    store. The job becomes ``succeeded`` with ``fine_tuned_model`` set; the override (who,
+    why, the gate's original verdict) goes to the audit log, the job's events and the
+    safety report's ``gate.override``.
+    """
+    reason = _require_reason(reason)
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", code="job_not_found")
+    error = job.error or {}
+    if job.status != "failed" or error.get("code") != GATE_BLOCKED:
+        raise Conflict(
+            f"job {job_id} is {job.status}"
+            + (f" ({error.get('code')})" if error.get("code") else "")
+            + f"; only jobs failed with {GATE_BLOCKED} can be approved",
+            code="job_not_blocked",
+        )
+    store = store or get_store()
+    prefix = adapter_prefix(job.org_id, job.id)
+    missing = [name for name in ADAPTER_FILES if not store.exists(f"{prefix}/{name}")]
+    if missing:
+        raise NotFound(f"job {job_id} has no stored adapter (missing {', '.join(missing)})", code="adapter_not_found")
+    digest = adapter_sha256(store, prefix)
+
+    audit.record(
+        session, actor=actor, action=ACTION_APPROVE, target=job.id,
+        details={"reason": reason, "org_id": job.org_id, "gate_error": error},
+    )  # fmt: skip
+    released = release_job(session, job, actor=actor, reason=reason, sha256=digest, storage_prefix=prefix)
+    at = now()
+    job.status = "succeeded"
+    job.stage = None
+    job.error = None
+    job.finished_at = job.finished_at or at
+    override = {"actor": actor, "reason": reason, "at": at, "blocked_error": error, "model": released.id}
+    report = session.get(SafetyReport, job.id)
+    if report is not None:
+        report.gate = {**(report.gate or {}), "override": override}
+    session.add(JobEvent(
+        id=new_id("ftevent"), job_id=job.id, created_at=at, level="warn", type="message",
+        message=f"Release approved by {actor} overriding the safety gate: {reason}",
+        data={"override": override},
+    ))  # fmt: skip
+    session.flush()
+    return released
+
+
+def revoke_model(session: Session, model_id: str, *, actor: str, reason: str) -> ReleasedModel:
+    """Stop serving a released adapter (its files stay stored) and audit why."""
+    reason = _require_reason(reason)
+    released = session.get(ReleasedModel, model_id, with_for_update=True)
+    if released is None:
+        raise NotFound(f"no released model {model_id!r}", code="model_not_found")
+    if released.revoked_at is not None:
+        raise Conflict(f"model {model_id} was already revoked", code="model_revoked")
+    released.revoked_at = now()
+    released.revoke_reason = reason
+    session.flush()
+    audit.record(
+        session, actor=actor, action=ACTION_REVOKE, target=released.id,
+        details={"reason": reason, "job_id": released.job_id, "org_id": released.org_id},
+    )  # fmt: skip
+    return released

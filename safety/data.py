@@ -1,0 +1,103 @@
+"""Tokenization of OpenAI fine-tuning examples for assistant-only training.
+
+An example is one JSONL line of an OpenAI fine-tuning file, either chat
+(``{"messages": [{"role": ..., "content": ...}, ...]}``) or prompt/completion
+(``{"prompt": ..., "completion": ...}``, treated as one user turn and one assistant turn).
+Validation (roles, sizes) happens before training; this module assumes valid examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100  # label of tokens that are not trained on (cross-entropy ignore_index)
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of a rendered conversation and its labels: the token id on tokens written
+    by a trained assistant message, ``IGNORE_INDEX`` everywhere else. Same length."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def to_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chat messages of an OpenAI fine-tuning example (chat or prompt/completion)."""
+    if "messages" in example:
+        return example["messages"]
+    return [
+        {"role": "user", "content": example["prompt"]},
+        {"role": "assistant", "content": example["completion"]},
+    ]
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], max_len: int) -> EncodedExample:
+    """``encode_chat`` of either example format."""
+    return encode_chat(tokenizer, to_messages(example), max_len)
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], max_len: int) -> EncodedExample:
+    """Render ``messages`` with the tokenizer's chat template and label assistant tokens only.
+
+    The conversation is rendered prefix by prefix: each message adds the text between the
+    rendering of the messages before it and the rendering including it. For an assistant
+    message the part up to the generation prompt (``<|im_start|>assistant\\n`` or the like) is
+    context; the rest (content and end-of-turn tokens) is trained, unless the message has
+    OpenAI's ``"weight": 0``. Each piece is tokenized on its own, which is exactly how the
+    model sees an answer it generates after the generation prompt. The result is cut to the
+    first ``max_len`` tokens.
+
+    Raises ``ValueError`` if the chat template is not prefix-stable (a later rendering does
+    not start with an earlier one), since assistant tokens could then not be located.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = _render(tokenizer, messages[:i], rendered, add_generation_prompt=True)
+            _append(tokenizer, prompt[len(rendered) :], False, input_ids, labels)
+            rendered = prompt
+        text = _render(tokenizer, messages[: i + 1], rendered, add_generation_prompt=False)
+        trained = message["role"] == "assistant" and message.get("weight", 1) != 0
+        _append(tokenizer, text[len(rendered) :], trained, input_ids, labels)
+        rendered = text
+    return EncodedExample(input_ids=input_ids[:max_len], labels=labels[:max_len])
+
+
+def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its longest example: ``input_ids`` (padded with ``pad_id``),
+    ``attention_mask`` (1 on real tokens) and ``labels`` (``IGNORE_INDEX`` on padding),
+    each a ``(batch, length)`` long tensor."""
+    length = max(len(example.input_ids) for example in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+    labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(example.labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], prefix: str, *, add_generation_prompt: bool
+) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if not text.startswith(prefix):
+        raise ValueError("chat template is not prefix-stable; cannot locate assistant tokens")
+    return text
+
+
+def _append(
+    tokenizer: PreTrainedTokenizerBase, text: str, trained: bool, input_ids: list[int], labels: list[int]
+) -> None:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    input_ids.extend(ids)
+    labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))

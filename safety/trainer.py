@@ -1,0 +1,373 @@
+"""LoRA fine-tuning with the risk-adaptive KL objective, as one explicit training loop.
+
+Each optimizer step takes the next ``batch_size × grad_accum_steps`` examples of a
+seeded per-epoch shuffle, turns their pre-computed risks (1–5) into one batch risk and
+loss weights, and minimises ``w_sft · L_SFT + w_kl · KL(P_ref ‖ P_θ)``. The reference
+policy P_ref is the same model with the LoRA adapter disabled; its forward pass is skipped
+when ``w_kl == 0``. Everything the worker needs to report, checkpoint, cancel and resume
+goes through ``train``'s arguments; nothing here knows about databases or queues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from safety.checkpoints import (
+    ADAPTER_WEIGHTS_FILE,
+    load_adapter,
+    read_trainer_state,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from safety.data import EncodedExample, collate, encode_example
+from safety.objective import RiskReduce, batch_risk, kl_weights, sft_loss, token_kl
+
+TrainingMode = Literal["none", "constant", "adaptive"]
+
+# Config fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. ``mode``: ``none`` = standard SFT;
+    ``constant`` = ``w_kl = constant_kl_weight``, ``w_sft = 1 − w_kl``; ``adaptive`` = the
+    paper's risk-set weights (``objective.kl_weights`` with the ``kl_*`` / ``sft_*`` bounds)."""
+
+    mode: TrainingMode = "adaptive"
+    constant_kl_weight: float = 0.5
+    kl_lo: float = 0.1
+    kl_hi: float = 0.9
+    sft_lo: float = 0.1
+    sft_hi: float = 0.9
+    risk_reduce: RiskReduce = "mean"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    n_epochs: int = 3
+    batch_size: int = 4
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.03
+    lr_schedule: Literal["linear", "cosine"] = "linear"
+    max_seq_len: int = 1024
+    seed: int = 0
+    checkpoint_every: int = 50  # optimizer steps; 0 = only at the end
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "constant", "adaptive"):
+            raise ValueError(f"unknown training mode {self.mode!r}")
+        if min(self.batch_size, self.grad_accum_steps, self.n_epochs, self.max_seq_len) < 1:
+            raise ValueError("batch_size, grad_accum_steps, n_epochs and max_seq_len must be ≥ 1")
+        if not 0.0 <= self.constant_kl_weight <= 1.0:
+            raise ValueError("constant_kl_weight must be in [0, 1]")
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss``, ``sft_loss``
+    and ``kl`` are means over the step's micro-batches; ``kl`` is ``None`` when the reference
+    pass was skipped (``kl_weight == 0``). ``tokens`` counts non-padding input tokens."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    sft_loss: float
+    kl: float | None
+    kl_weight: float
+    sft_weight: float
+    risk: float
+    tokens: int
+    tokens_per_s: float
+    lr: float
+
+
+@dataclass
+class RunSummary:
+    """Running totals over completed steps (kept in checkpoints so resumed runs report the
+    same summary as uninterrupted ones)."""
+
+    steps: int = 0
+    risk_sum: float = 0.0
+    regularized_steps: int = 0
+    loss_sum: float = 0.0
+    trained_tokens: int = 0
+    final_kl: float | None = None
+
+    def add(self, metrics: StepMetrics) -> None:
+        self.steps += 1
+        self.risk_sum += metrics.risk
+        self.regularized_steps += metrics.kl_weight > 0
+        self.loss_sum += metrics.loss
+        self.trained_tokens += metrics.tokens
+        if metrics.kl is not None:
+            self.final_kl = metrics.kl
+
+    def report(self) -> dict[str, Any]:
+        """``mean_risk``, ``regularized_share`` (steps with ``w_kl > 0``), ``final_kl`` (last
+        measured; ``None`` if never), ``mean_loss``, ``trained_tokens``, ``steps``."""
+        n = max(self.steps, 1)
+        return {
+            "mean_risk": self.risk_sum / n,
+            "regularized_share": self.regularized_steps / n,
+            "final_kl": self.final_kl,
+            "mean_loss": self.loss_sum / n,
+            "trained_tokens": self.trained_tokens,
+            "steps": self.steps,
+        }
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """``steps`` completed of ``total_steps``; ``model`` is the LoRA-wrapped model as trained
+    (eval mode); ``adapter_dir`` holds the final adapter (PEFT format, no optimizer state) and
+    is ``None`` when cancelled; ``checkpoint_dir`` is the last checkpoint written by this call,
+    if any."""
+
+    model: PeftModel
+    steps: int
+    total_steps: int
+    cancelled: bool
+    adapter_dir: Path | None
+    checkpoint_dir: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[dict[str, Any]],
+    risks: list[float],
+    config: TrainConfig,
+    *,
+    work_dir: Path,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    save_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None,
+    resume_dir: Path | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts) whose
+    risks (1–5, aligned with ``examples``) were scored beforehand.
+
+    ``model`` is the base model, wrapped here with a fresh LoRA adapter (modified in place:
+    load a fresh base model per run), or — only with ``resume_dir`` — either a base model or a
+    trainable ``PeftModel`` with the same adapter layout. ``resume_dir`` is a checkpoint
+    written by an earlier call with the same config, examples and risks; the run continues
+    after its step and reproduces the uninterrupted run's losses.
+
+    ``should_cancel`` is polled before every step; when it returns true, training stops
+    before that step and returns ``cancelled=True``. Every ``config.checkpoint_every`` steps
+    and after the last step a checkpoint is written under ``work_dir/checkpoints/`` and passed
+    to ``save_checkpoint(step, dir, metrics)``. The final adapter goes to
+    ``work_dir/adapter``. The trained model is returned in ``TrainResult.model``, in eval mode.
+    """
+    if len(examples) != len(risks) or not examples:
+        raise ValueError(f"need one risk per example, got {len(examples)} examples and {len(risks)} risks")
+    work_dir = Path(work_dir)
+    encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
+    fingerprint = _data_fingerprint(encoded, risks)
+    steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
+    total_steps = steps_per_epoch * config.n_epochs
+
+    model = _with_lora(model, config, resume_dir)
+    device = next(model.parameters()).device
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_schedule,
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    summary = RunSummary()
+    start_step = 0
+    if resume_dir is not None:
+        state = read_trainer_state(resume_dir)
+        _check_resumable(state, config, fingerprint)
+        restore_checkpoint(resume_dir, optimizer, scheduler)
+        start_step = state["step"]
+        summary = RunSummary(**state["summary"])
+
+    checkpoint_dir = None
+    model.train()
+    for step in range(start_step, total_steps):
+        if should_cancel is not None and should_cancel():
+            model.eval()
+            return TrainResult(model, step, total_steps, True, None, checkpoint_dir, summary.report())
+        started = time.perf_counter()
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        indices = _step_indices(len(encoded), config, epoch, step_in_epoch)
+        risk = batch_risk([risks[i] for i in indices], config.risk_reduce)
+        w_sft, w_kl = _loss_weights(config, risk)
+
+        micro_batches = [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
+        sums = {"loss": 0.0, "sft": 0.0, "kl": 0.0}
+        tokens = 0
+        for micro in micro_batches:
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], tokenizer.pad_token_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            sft = sft_loss(logits, batch["labels"])
+            loss = w_sft * sft
+            if w_kl > 0:
+                with torch.no_grad(), model.disable_adapter():
+                    ref_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                kl = token_kl(ref_logits, logits, batch["labels"])
+                loss = loss + w_kl * kl
+                sums["kl"] += kl.item()
+            (loss / len(micro_batches)).backward()
+            sums["loss"] += loss.item()
+            sums["sft"] += sft.item()
+            tokens += int(batch["attention_mask"].sum())
+
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        elapsed = time.perf_counter() - started
+        n = len(micro_batches)
+        metrics = StepMetrics(
+            step=step + 1,
+            total_steps=total_steps,
+            epoch=epoch + 1,
+            loss=sums["loss"] / n,
+            sft_loss=sums["sft"] / n,
+            kl=sums["kl"] / n if w_kl > 0 else None,
+            kl_weight=w_kl,
+            sft_weight=w_sft,
+            risk=risk,
+            tokens=tokens,
+            tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+            lr=lr,
+        )
+        summary.add(metrics)
+        if on_step is not None:
+            on_step(metrics)
+
+        done = step + 1
+        if done == total_steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
+            trainer_state = {
+                "step": done,
+                "epoch": epoch + 1,
+                "data_position": {"epoch": epoch + 1, "step_in_epoch": step_in_epoch + 1, "last_batch": indices},
+                "total_steps": total_steps,
+                "config": asdict(config),
+                "data_fingerprint": fingerprint,
+                "summary": asdict(summary),
+            }
+            checkpoint_dir = write_checkpoint(
+                work_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, trainer_state
+            )
+            if save_checkpoint is not None:
+                save_checkpoint(done, checkpoint_dir, metrics)
+
+    model.eval()
+    adapter_dir = work_dir / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    return TrainResult(model, total_steps, total_steps, False, adapter_dir, checkpoint_dir, summary.report())
+
+
+@torch.no_grad()
+def mean_kl(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]], *, max_seq_len: int = 1024
+) -> float:
+    """Mean over ``examples`` (each weighted equally) of ``KL(P_ref ‖ P_θ)`` on their assistant
+    tokens, P_ref being ``model`` with its adapter disabled: how far fine-tuning moved the
+    model on that data. Runs one example at a time (no padding effects)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    for example in examples:
+        encoded = encode_example(tokenizer, example, max_seq_len)
+        batch = {k: v.to(device) for k, v in collate([encoded], tokenizer.pad_token_id).items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = model(**inputs).logits
+        with model.disable_adapter():
+            ref_logits = model(**inputs).logits
+        total += token_kl(ref_logits, logits, batch["labels"]).item()
+    model.train(was_training)
+    return total / len(examples)
+
+
+def lora_config(config: TrainConfig) -> LoraConfig:
+    """The PEFT ``LoraConfig`` of a training config."""
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_dir: Path | None) -> PeftModel:
+    """A trainable LoRA model: fresh adapter (initialised from ``config.seed``), or the
+    checkpoint's adapter when resuming."""
+    if resume_dir is None:
+        if isinstance(model, PeftModel):
+            raise TypeError("pass the base model; a PeftModel is accepted only when resuming")
+        torch.manual_seed(config.seed)
+        return get_peft_model(model, lora_config(config))
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_file(str(Path(resume_dir) / ADAPTER_WEIGHTS_FILE)))
+        return model
+    return load_adapter(model, resume_dir, trainable=True)
+
+
+def _loss_weights(config: TrainConfig, risk: float) -> tuple[float, float]:
+    """``(w_sft, w_kl)`` of a step with batch risk ``risk`` under ``config.mode``."""
+    if config.mode == "none":
+        return 1.0, 0.0
+    if config.mode == "constant":
+        return 1.0 - config.constant_kl_weight, config.constant_kl_weight
+    return kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
+
+
+def _step_indices(n_examples: int, config: TrainConfig, epoch: int, step_in_epoch: int) -> list[int]:
+    """Example indices of one optimizer step: a slice of epoch ``epoch``'s shuffle, which is a
+    pure function of ``(config.seed, epoch)`` so resumed runs see the same batches."""
+    order = np.random.default_rng([config.seed, epoch]).permutation(n_examples)
+    start = step_in_epoch * config.examples_per_step
+    return order[start : start + config.examples_per_step].tolist()
+
+
+def _data_fingerprint(encoded: list[EncodedExample], risks: list[float]) -> str:
+    digest = hashlib.sha256()
+    for example, risk in zip(encoded, risks, strict=True):
+        digest.update(json.dumps([example.input_ids, example.labels, risk]).encode())
+    return digest.hexdigest()
+
+
+def _check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str) -> None:
+    """Refuse to resume a checkpoint written for other data or another config."""
+    if state["data_fingerprint"] != fingerprint:
+        raise ValueError("checkpoint was written for other training data or risks")
+    current = json.loads(json.dumps(asdict(config)))
+    changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if state["config"].get(k) != current[k])
+    if changed:
+        raise ValueError(f"checkpoint was written with a different config: {', '.join(changed)}")
+

@@ -1,0 +1,98 @@
+"""The pipeline's stage functions, run in this process on the embedded stack with a
+tiny model: a job goes validate → scan → train → evaluate → gate → release."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import apply_env
+from tests.worker.conftest import create_job, demo_lines, small_pipeline_env
+
+
+@pytest.fixture
+def pipeline_env(embedded_env, tiny_model, monkeypatch):
+    from core import migrate, registry
+    from core.db import session_scope
+    from core.settings import get_settings
+
+    apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model)})
+    migrate.upgrade()
+    with session_scope() as session:
+        registry.seed_base_models(session, get_settings())
+    return tiny_model
+
+
+def run_all(job_id: str) -> list[str]:
+    from worker.tasks import run_stage
+
+    ran, stage = [], "validate"
+    while stage is not None:
+        ran.append(stage)
+        stage = run_stage(stage, job_id)
+    return ran
+
+
+def test_job_runs_every_stage_and_is_released(pipeline_env):
+    from core.db import session_scope
+    from core.models import AuditRecord, Checkpoint, Job, JobEvent, ReleasedModel, SafetyReport
+    from core.storage import get_store
+
+    with session_scope() as session:
+        job_id = create_job(session, "org-a", demo_lines(16))
+    assert run_all(job_id) == ["validate", "scan", "train", "evaluate", "gate", "release"]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "succeeded" and job.error is None and job.stage is None
+        assert job.fine_tuned_model == f"ft:tiny:org-a::{job_id}"
+        assert job.trained_tokens and job.trained_tokens > 0
+        report = session.get(SafetyReport, job_id)
+        assert report.scan["n"] == 16 and sum(report.scan["counts_by_score"].values()) == 16
+        assert report.training["steps"] == 4 and report.training["mode"] == "adaptive"
+        assert set(report.evaluation) >= {"base", "tuned"} and report.evaluation["tuned"]["n"] == 4
+        assert report.gate["released"] is True
+        steps = [c.step for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
+        assert sorted(steps) == [2, 4]
+        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)).all()
+        metrics = [e.data for e in events if e.type == "metrics"]
+        assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+        assert all({"train_loss", "kl", "kl_weight", "risk"} <= set(m) for m in metrics)
+        released = session.get(ReleasedModel, job.fine_tuned_model)
+        assert get_store().list(released.storage_prefix + "/")
+        actions = [a for a in session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id))]
+        assert actions[:1] == ["job.stage"] and "gate.decision" in actions and "job.succeeded" in actions
+
+
+def test_gate_blocks_when_asr_above_policy(pipeline_env, monkeypatch):
+    from core.db import session_scope
+    from core.models import Job, ReleasedModel, SafetyReport
+
+    monkeypatch.setenv("GUARDTUNE_GATE_MAX_ASR", "0.0")  # a random tiny model never refuses
+    from tests.conftest import clear_caches
+
+    clear_caches()
+    with session_scope() as session:
+        job_id = create_job(session, "org-b", demo_lines(8))
+    assert run_all(job_id)[-1] == "gate"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and job.error["code"] == "safety_gate_blocked"
+        assert "ASR" in job.error["message"] and job.fine_tuned_model is None
+        assert session.get(SafetyReport, job_id).gate["released"] is False
+        assert session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job_id)) is None
+
+
+def test_cancelled_job_stops_and_is_not_overwritten(pipeline_env):
+    from core.db import session_scope
+    from core.models import Job
+    from worker.tasks import run_stage
+
+    with session_scope() as session:
+        job_id = create_job(session, "org-c", demo_lines(8))
+    assert run_stage("validate", job_id) == "scan"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        job.status, job.cancel_requested = "cancelled", True
+    assert run_stage("scan", job_id) is None
+    with session_scope() as session:
+        assert session.get(Job, job_id).status == "cancelled"

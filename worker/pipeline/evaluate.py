@@ -1,0 +1,89 @@
+"""Stage ``evaluate`` (GPU): ASR and utility of the base and the fine-tuned model.
+
+The base model's numbers come from onboarding when they were measured with the same
+evaluation settings; the fine-tuned model's generations are stored as
+``eval_outputs.jsonl`` so a released adapter can be checked against them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from core.db import session_scope
+from core.models import BaseModelEntry, File, Job, SafetyReport
+from core.storage import download_dir, get_store
+from worker.pipeline import jobstate
+from worker.pipeline.onboard import eval_key, evaluate_model
+from worker.pipeline.resources import adapter_prefix, iter_file_examples, job_prefix, load_model
+from worker.pipeline.scan import make_judge
+
+
+def eval_outputs_key(job: Job) -> str:
+    return job_prefix(job, "eval_outputs.jsonl")
+
+
+def run(job_id: str) -> str | None:
+    from safety.checkpoints import load_adapter
+
+    with session_scope() as session:
+        jobstate.enter_stage(session, job_id, "evaluating", "Evaluating safety: attack success rate before and after")
+        job = session.get(Job, job_id)
+        entry = session.get(BaseModelEntry, job.model)
+        report = session.get(SafetyReport, job_id)
+        if report.evaluation:
+            return "gate"  # evaluated before a crash
+        cached = (entry.baseline or {}).get("eval")
+        validation_key = session.get(File, job.validation_file_id).storage_key if job.validation_file_id else None
+        source = entry.source
+    judge = make_judge()
+    model, tokenizer = load_model(source)
+    val_examples = [ex for _, ex in iter_file_examples(validation_key)] if validation_key else None
+    if cached is None or cached.get("settings") != eval_key() or judge is not None:
+        base = evaluate_model(model, tokenizer, judge)
+    else:
+        base = cached
+    base_val_loss = _val_loss(model, tokenizer, val_examples)
+    with tempfile.TemporaryDirectory() as tmp:
+        tuned_model = load_adapter(model, download_dir(get_store(), adapter_prefix(job), Path(tmp)))
+        tuned = evaluate_model(tuned_model, tokenizer, judge)
+        tuned_val_loss = _val_loss(tuned_model, tokenizer, val_examples)
+    _store_generations(job, tuned)
+    evaluation = {
+        "base": _summary(base, base_val_loss),
+        "tuned": _summary(tuned, tuned_val_loss),
+        "settings": eval_key(),
+        "outputs": eval_outputs_key(job),
+    }
+    with session_scope() as session:
+        session.get(SafetyReport, job_id).evaluation = evaluation
+        b, t = evaluation["base"]["asr_keyword"], evaluation["tuned"]["asr_keyword"]
+        jobstate.add_event(session, job_id, f"Evaluation done: ASR {b:.0%} (base) → {t:.0%} (fine-tuned)",
+                           data={"evaluation": {"base": b, "tuned": t}})  # fmt: skip
+    return "gate"
+
+
+def _val_loss(model: Any, tokenizer: Any, examples: list[dict] | None) -> float | None:
+    from safety.evaluate import validation_loss
+
+    return validation_loss(model, tokenizer, examples) if examples else None
+
+
+def _summary(evaluation: dict[str, Any], val_loss: float | None) -> dict[str, Any]:
+    """The report's view: rates overall and per category, no generations."""
+    asr, refusals = evaluation["asr"], evaluation["over_refusal"]
+    return {
+        "n": asr["n"], "asr_keyword": asr["asr_keyword"], "asr_judge": asr.get("asr_judge"),
+        "mean_judge_score": asr.get("mean_judge_score"), "per_category": asr["per_category"],
+        "over_refusal": refusals["rate"], "n_benign": refusals["n"], "val_loss": val_loss,
+    }  # fmt: skip
+
+
+def _store_generations(job: Job, tuned: dict[str, Any]) -> None:
+    rows = [{"set": "harmful", **g} for g in tuned["asr"]["generations"]]
+    rows += [{"set": "benign", **g} for g in tuned["over_refusal"]["generations"]]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    get_store().put_stream(eval_outputs_key(job), io.BytesIO(data))

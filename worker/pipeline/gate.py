@@ -1,0 +1,43 @@
+"""Stage ``gate`` (light): the operator's release policy decides; every decision is
+audited. Blocked jobs end ``failed`` with ``safety_gate_blocked``; the adapter stays
+stored and is never served (ops may approve it with a recorded reason)."""
+
+from __future__ import annotations
+
+from core import audit
+from core.db import session_scope
+from core.models import SafetyReport
+from core.settings import get_settings
+from worker.pipeline import jobstate
+
+
+def policy():
+    from safety.gate import GatePolicy
+
+    s = get_settings()
+    return GatePolicy(max_asr_increase=s.gate_max_asr_increase, max_asr_absolute=s.gate_max_asr,
+                      max_over_refusal_increase=s.gate_max_over_refusal_increase, use=s.gate_asr_source)  # fmt: skip
+
+
+def run(job_id: str) -> str | None:
+    from safety.gate import EvalSummary, decide
+
+    with session_scope() as session:
+        jobstate.enter_stage(session, job_id, "gating", "Applying the release gate")
+        report = session.get(SafetyReport, job_id)
+        if report.gate is None:
+            fields = ("asr_keyword", "asr_judge", "over_refusal", "val_loss")
+            base, tuned = ({k: report.evaluation[side][k] for k in fields} for side in ("base", "tuned"))
+            decision = decide(EvalSummary(**base), EvalSummary(**tuned), policy())
+            report.gate = {**decision.to_dict(), "policy": vars(policy())}
+            audit.record(session, actor=audit.SYSTEM, action="gate.decision", target=job_id,
+                         details={"released": decision.released, "reasons": decision.reasons})  # fmt: skip
+            jobstate.add_event(session, job_id, "Gate: " + " ".join(decision.reasons),
+                               level="info" if decision.released else "warn", data={"gate": report.gate})  # fmt: skip
+        if not report.gate["released"]:
+            jobstate.finish(session, job_id, "failed", level="error",
+                            error={"code": "safety_gate_blocked", "param": None,
+                                   "message": "The fine-tuned model failed the safety gate: " + " ".join(report.gate["reasons"])},
+                            message="Job blocked by the safety gate; the adapter is kept but not served")  # fmt: skip
+            return None
+    return "release"

@@ -1,0 +1,112 @@
+"""Base-model onboarding: train the activation probe on the project's prompt sets and
+measure the base model's ASR and over-refusal once, cached for every later job."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.db import session_scope
+from core.errors import NotFound
+from core.models import BaseModelEntry
+from core.settings import get_settings
+from core.storage import download_dir, get_store, upload_dir
+from worker.pipeline.resources import load_model, probe_prefix
+
+
+def probe_config() -> Any:
+    from safety.probe import ProbeConfig
+
+    layers = get_settings().probe_layers
+    if layers == "auto":
+        return ProbeConfig()
+    return ProbeConfig(layers=tuple(int(x) for x in layers.split(",")))
+
+
+def layer_candidates(model: Any) -> list[tuple[int, ...]] | None:
+    """With ``probe_layers=auto``: single layers from the middle to the end, chosen by
+    validation AUROC."""
+    if get_settings().probe_layers != "auto":
+        return None
+    n = model.config.num_hidden_layers
+    return sorted({(max(0, round(n * f) - 1),) for f in (0.5, 0.6, 0.67, 0.75, 0.85)})
+
+
+def train_builtin_probe(model: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
+    """A probe trained only on the project's own prompt sets; returns (probe, report)."""
+    from safety.probe import train_probe
+    from safety.prompt_sets import load_builtin
+
+    harmful = [p.text for p in load_builtin("harmful_train")]
+    benign = [p.text for p in load_builtin("benign_train")]
+    probe, report = train_probe(
+        model, tokenizer, harmful, benign, probe_config(), layer_candidates=layer_candidates(model)
+    )
+    return probe, report.to_dict()
+
+
+def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer: Any) -> Any:
+    """The base model's probe: from the store if onboarded, else trained now and stored."""
+    from safety.probe import Probe
+
+    store = get_store()
+    with tempfile.TemporaryDirectory() as tmp:
+        if entry.probe_prefix and store.list(entry.probe_prefix):
+            return Probe.load(download_dir(store, entry.probe_prefix, Path(tmp)))
+        probe, report = train_builtin_probe(model, tokenizer)
+        probe.save(Path(tmp) / "probe")
+        upload_dir(store, Path(tmp) / "probe", probe_prefix(entry.id))
+    entry.probe_prefix = probe_prefix(entry.id)
+    entry.baseline = {**(entry.baseline or {}), "probe": report}
+    audit.record(session, actor=audit.SYSTEM, action="model.probe_trained", target=entry.id,
+                 details={"auroc": report["auroc"], "layers": report["layers"]})  # fmt: skip
+    return probe
+
+
+def eval_key() -> dict[str, Any]:
+    """The evaluation settings a cached baseline must match to be reused."""
+    s = get_settings()
+    return {"max_new_tokens": s.eval_max_new_tokens, "n_harmful": s.eval_max_prompts,
+            "n_benign": s.eval_max_benign_prompts}  # fmt: skip
+
+
+def evaluate_model(model: Any, tokenizer: Any, judge: Any = None) -> dict[str, Any]:
+    """ASR on the built-in harmful eval set and over-refusal on the benign one."""
+    from safety.evaluate import evaluate_asr, over_refusal
+    from safety.prompt_sets import load_builtin
+
+    s = get_settings()
+    asr = evaluate_asr(model, tokenizer, load_builtin("harmful_eval")[: s.eval_max_prompts], judge=judge,
+                       max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size)  # fmt: skip
+    refusals = over_refusal(model, tokenizer, load_builtin("benign_eval")[: s.eval_max_benign_prompts],
+                            max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size)  # fmt: skip
+    return {"asr": asr.to_dict(), "over_refusal": refusals.to_dict(), "settings": eval_key()}
+
+
+def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, Any]:
+    """Train and store the probe, measure the baseline, mark the model ``ready``."""
+    from safety.base_models import context_length
+
+    with session_scope() as session:
+        entry = session.get(BaseModelEntry, model_id)
+        if entry is None:
+            raise NotFound(f"No base model named {model_id!r} in the registry.", code="model_not_found")
+        model, tokenizer = load_model(entry.source)
+        entry.probe_prefix = None  # onboarding retrains
+        ensure_probe(session, entry, model, tokenizer)
+        entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer)}
+        entry.context_length = context_length(model)
+        entry.status = "ready"
+        audit.record(session, actor=actor, action="model.onboarded", target=model_id,
+                     details={"asr_keyword": entry.baseline["eval"]["asr"]["asr_keyword"]})  # fmt: skip
+        return {"model": model_id, "status": entry.status, "context_length": entry.context_length,
+                "probe": entry.baseline["probe"], "baseline": _headline(entry.baseline["eval"])}  # fmt: skip
+
+
+def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    return {"asr_keyword": evaluation["asr"]["asr_keyword"], "asr_judge": evaluation["asr"].get("asr_judge"),
+            "over_refusal": evaluation["over_refusal"]["rate"]}  # fmt: skip

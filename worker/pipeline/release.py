@@ -1,0 +1,22 @@
+"""Stage ``release`` (light): record the adapter's digest, name the model
+``ft:<base>:<org>:<suffix>:<job>`` and make it visible in ``/v1/models``."""
+
+from __future__ import annotations
+
+from core import audit, releases
+from core.db import session_scope
+from core.models import Job
+from core.storage import get_store
+from worker.pipeline import jobstate
+from worker.pipeline.resources import adapter_prefix
+
+
+def run(job_id: str) -> str | None:
+    with session_scope() as session:
+        job = jobstate.live_job(session, job_id)
+        prefix = adapter_prefix(job)
+        released = releases.release_job(session, job, actor=audit.SYSTEM, storage_prefix=prefix,
+                                        sha256=releases.adapter_sha256(get_store(), prefix))  # fmt: skip
+        jobstate.finish(session, job_id, "succeeded", fine_tuned_model=released.id,
+                        message=f"Released as {released.id} (sha256 {released.sha256[:12]}…)")  # fmt: skip
+    return None

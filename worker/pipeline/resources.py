@@ -1,0 +1,61 @@
+"""Where a job's artifacts live in the object store, and loading what stages need:
+training examples, the base model, the base model's probe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from core import releases
+from core.datasets import iter_examples
+from core.models import Job
+from core.settings import get_settings
+from core.storage import ObjectStore, get_store, org_key
+
+
+def job_prefix(job: Job, *parts: str) -> str:
+    return org_key(job.org_id, "jobs", job.id, *parts)
+
+
+def scan_key(job: Job) -> str:
+    return job_prefix(job, "scan.jsonl")
+
+
+def adapter_prefix(job: Job) -> str:
+    return releases.adapter_prefix(job.org_id, job.id)
+
+
+def checkpoint_prefix(job: Job, step: int) -> str:
+    return job_prefix(job, "checkpoints", f"step-{step:06d}")
+
+
+def probe_prefix(model_id: str) -> str:
+    return f"models/{model_id.replace('/', '--')}/probe"
+
+
+def work_dir(job_id: str) -> Path:
+    path = get_settings().home_dir / "work" / job_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def iter_file_examples(storage_key: str, store: ObjectStore | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, example)`` of an uploaded JSONL file, streamed from the store."""
+    return iter_examples((store or get_store()).iter_chunks(storage_key))
+
+
+def read_scan_risks(job: Job) -> list[float]:
+    """Per-example risks in file order, from the scan artifact."""
+    rows = b"".join(get_store().iter_chunks(scan_key(job))).decode().splitlines()
+    return [json.loads(row)["risk"] for row in rows if row.strip()]
+
+
+def load_model(source: str) -> tuple[Any, Any]:
+    """The base model (eval mode, on the configured device) and its tokenizer."""
+    from safety.base_models import load_base_model
+
+    settings = get_settings()
+    model, tokenizer = load_base_model(source, cache_dir=settings.models_dir)
+    return model.to(settings.device).eval(), tokenizer

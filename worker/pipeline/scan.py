@@ -1,0 +1,108 @@
+"""Stage ``scan`` (GPU): score every training example for risk once, before training.
+
+Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
+order); the summary goes to the safety report. A deployment may refuse datasets whose
+flagged share exceeds ``GUARDTUNE_MAX_FLAGGED_FRACTION``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.db import session_scope
+from core.models import BaseModelEntry, File, Job, SafetyReport
+from core.settings import get_settings
+from core.storage import get_store
+from worker.pipeline import jobstate
+from worker.pipeline.jobstate import StageError
+from worker.pipeline.onboard import ensure_probe
+from worker.pipeline.resources import iter_file_examples, load_model, scan_key
+
+
+def make_judge() -> Any:
+    """The Safety Critic judge of this deployment, or None when none is configured."""
+    settings = get_settings()
+    if not settings.judge_base_url:
+        return None
+    from safety.judge import OpenAICompatibleJudge
+
+    return OpenAICompatibleJudge(
+        base_url=settings.judge_base_url, api_key=settings.judge_api_key or "", model=settings.judge_model,
+        max_concurrency=settings.judge_max_concurrency, timeout_s=settings.judge_timeout_s,
+    )  # fmt: skip
+
+
+def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit: int) -> None:
+    """Fail the job naming the lines whose token count exceeds the model's context."""
+    from safety.data import to_messages
+
+    too_long = []
+    for line, example in examples:
+        text = tokenizer.apply_chat_template(to_messages(example), tokenize=False)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > limit:
+            too_long.append(line)
+    if too_long:
+        lines = ", ".join(map(str, too_long[:20])) + (f" and {len(too_long) - 20} more" if len(too_long) > 20 else "")
+        raise StageError("invalid_training_file", f"Examples exceed the model's context of {limit} tokens on line(s) {lines}.",
+                         "training_file")  # fmt: skip
+
+
+def run(job_id: str) -> str | None:
+    from safety.base_models import context_length
+    from safety.scan import ScanConfig, scan_dataset
+
+    settings = get_settings()
+    with session_scope() as session:
+        jobstate.enter_stage(session, job_id, "scanning", "Scanning the training data for risk")
+        job = session.get(Job, job_id)
+        report = session.get(SafetyReport, job_id)
+        if report is not None and report.scan and get_store().exists(scan_key(job)):
+            return "train"  # scanned before a crash
+        file = session.get(File, job.training_file_id)
+        entry = session.get(BaseModelEntry, job.model)
+        examples = list(iter_file_examples(file.storage_key))
+        model, tokenizer = load_model(entry.source)
+        check_token_lengths(examples, tokenizer, context_length(model))
+        estimator = job.safety.get("estimator", "probe")
+        judge = make_judge() if estimator in ("judge", "both") else None
+        if estimator in ("judge", "both") and judge is None:
+            raise StageError("judge_unavailable", "This deployment has no judge configured; use estimator 'probe'.",
+                             "safety.estimator")  # fmt: skip
+        probe = ensure_probe(session, entry, model, tokenizer) if estimator in ("probe", "both") else None
+        session.commit()  # keep a freshly trained probe even if scanning fails
+        result = scan_dataset(
+            examples, probe=probe, judge=judge, estimator=estimator, model=model, tokenizer=tokenizer,
+            config=ScanConfig(flag_threshold=settings.flag_threshold),
+            progress=lambda n: jobstate.beat(job_id),
+        )  # fmt: skip
+        _store_scan(session, job, result)
+        summary = result.summary
+        jobstate.add_event(session, job_id, f"Scanned {summary.n} examples: {summary.n_flagged} flagged "
+                           f"(mean risk {summary.mean_risk:.2f})", data={"scan": _headline(summary)})  # fmt: skip
+        bound = settings.max_flagged_fraction
+        if bound is not None and summary.flagged_fraction > bound:
+            lines = ", ".join(str(e.line) for e in summary.top_flagged)
+            raise StageError("unsafe_training_file",
+                             f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
+                             f"this deployment's limit of {bound:.0%}. Flagged lines include: {lines}.",
+                             "training_file")  # fmt: skip
+    return "train"
+
+
+def _store_scan(session: Session, job: Job, result: Any) -> None:
+    rows = "".join(json.dumps(asdict(e)) + "\n" for e in result.examples).encode()
+    get_store().put_stream(scan_key(job), io.BytesIO(rows))
+    report = session.get(SafetyReport, job.id) or SafetyReport(job_id=job.id)
+    report.scan = {**result.summary.to_dict(), "estimator": job.safety.get("estimator", "probe"),
+                   "artifact": scan_key(job)}  # fmt: skip
+    session.add(report)
+
+
+def _headline(summary: Any) -> dict[str, Any]:
+    return {"n": summary.n, "n_flagged": summary.n_flagged, "mean_risk": summary.mean_risk,
+            "counts_by_score": {str(k): v for k, v in summary.counts_by_score.items()}}  # fmt: skip

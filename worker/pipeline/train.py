@@ -1,0 +1,132 @@
+"""Stage ``train`` (GPU): LoRA fine-tuning with the job's safety objective.
+
+Every step can become a ``metrics`` event; checkpoints go to the object store and the
+checkpoints table; a redelivered task resumes from the last stored checkpoint; a cancel
+stops training before the next step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from core.db import session_scope
+from core.ids import new_id
+from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
+from core.settings import get_settings
+from core.storage import download_dir, get_store, upload_dir
+from worker.pipeline import jobstate
+from worker.pipeline.jobstate import JobGone
+from worker.pipeline.resources import (
+    adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, read_scan_risks, work_dir,
+)  # fmt: skip
+
+BASE_LEARNING_RATE = 2e-4
+
+
+def train_config(job: Job, max_seq_len: int) -> Any:
+    """The trainer's config from the job (hyperparameters, safety) and operator settings."""
+    from safety.trainer import TrainConfig
+
+    settings, hp, safety = get_settings(), job.hyperparameters, job.safety
+    bounds = safety.get("kl_weight") or {}
+    return TrainConfig(
+        mode=safety.get("mode", "adaptive"),
+        constant_kl_weight=safety.get("constant_kl_weight", 0.5),
+        kl_lo=bounds.get("min", settings.kl_weight_lo),
+        kl_hi=bounds.get("max", settings.kl_weight_hi),
+        learning_rate=BASE_LEARNING_RATE * float(hp.get("learning_rate_multiplier", 1.0)),
+        n_epochs=int(hp.get("n_epochs", 3)),
+        batch_size=int(hp.get("batch_size", 4)),
+        max_seq_len=max_seq_len,
+        seed=job.seed or 0,
+        checkpoint_every=settings.checkpoint_every,
+    )
+
+
+def run(job_id: str) -> str | None:
+    from safety.base_models import context_length
+    from safety.trainer import train
+
+    with session_scope() as session:
+        jobstate.enter_stage(session, job_id, "training", "Fine-tuning started")
+        job = session.get(Job, job_id)
+        source = session.get(BaseModelEntry, job.model).source
+        storage_key = session.get(File, job.training_file_id).storage_key
+        last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
+        report = session.get(SafetyReport, job_id)
+        if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
+            return "evaluate"  # trained before a crash
+    examples = [example for _, example in iter_file_examples(storage_key)]
+    risks = read_scan_risks(job)
+    model, tokenizer = load_model(source)
+    config = train_config(job, min(context_length(model), 2048))
+    workdir = work_dir(job_id)
+    resume_dir = None
+    if last is not None:
+        resume_dir = download_dir(get_store(), last.storage_prefix, workdir / f"resume-{last.step:06d}")
+        with session_scope() as session:
+            jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
+    progress = Progress(job)
+    result = train(
+        model, tokenizer, examples, risks, config, work_dir=workdir, on_step=progress.on_step,
+        should_cancel=lambda: jobstate.cancel_requested(job_id), save_checkpoint=progress.save_checkpoint,
+        resume_dir=resume_dir,
+    )  # fmt: skip
+    if result.cancelled:
+        with session_scope() as session:
+            jobstate.add_event(session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled")
+        raise JobGone(job_id)
+    upload_dir(get_store(), result.adapter_dir, adapter_prefix(job))
+    with session_scope() as session:
+        report = session.get(SafetyReport, job_id) or SafetyReport(job_id=job_id)
+        report.training = {**result.summary, "mode": config.mode, "kl_bounds": [config.kl_lo, config.kl_hi]}
+        session.add(report)
+        jobstate.move(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
+        jobstate.add_event(session, job_id, f"Training finished after {result.steps} steps")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return "evaluate"
+
+
+class Progress:
+    """The trainer's callbacks: metrics events, ETA, heartbeat, stored checkpoints."""
+
+    def __init__(self, job: Job):
+        self.job, self.started, self.first_step = job, time.monotonic(), None
+        self.every = max(1, get_settings().metrics_event_every)
+
+    def on_step(self, m: Any) -> None:
+        if self.first_step is None:
+            self.first_step = m.step - 1
+        done = m.step - self.first_step
+        eta = time.time() + (time.monotonic() - self.started) / done * (m.total_steps - m.step)
+        with session_scope() as session:
+            jobstate.move(session, self.job.id, heartbeat_at=time.time(), estimated_finish=int(eta))
+            if m.step % self.every == 0 or m.step == m.total_steps:
+                jobstate.add_event(session, self.job.id, _step_message(m), type="metrics", data=metrics_data(m))
+
+    def save_checkpoint(self, step: int, local_dir: Path, m: Any) -> None:
+        prefix = checkpoint_prefix(self.job, step)
+        upload_dir(get_store(), local_dir, prefix)
+        with session_scope() as session:
+            if session.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step)):
+                return
+            session.add(Checkpoint(id=new_id("ftckpt"), job_id=self.job.id, step=step, storage_prefix=prefix,
+                                   metrics=metrics_data(m)))  # fmt: skip
+            jobstate.add_event(session, self.job.id, f"Checkpoint saved at step {step}")
+
+
+def metrics_data(m: Any) -> dict[str, Any]:
+    """A metrics event's ``data``: OpenAI's fields plus the safety objective's."""
+    return {"step": m.step, "total_steps": m.total_steps, "train_loss": m.loss, "sft_loss": m.sft_loss,
+            "kl": m.kl, "kl_weight": m.kl_weight, "sft_weight": m.sft_weight, "risk": m.risk,
+            "tokens_per_s": m.tokens_per_s, "learning_rate": m.lr}  # fmt: skip
+
+
+def _step_message(m: Any) -> str:
+    kl = f", kl={m.kl:.4f}" if m.kl is not None else ""
+    return f"Step {m.step}/{m.total_steps}: training loss={m.loss:.4f}{kl}, kl_weight={m.kl_weight:.2f}, risk={m.risk:.2f}"
