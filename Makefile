@@ -24,6 +24,7 @@ serve: install
 	$(VENV)/bin/guardtune serve
 
 test: install
+	sh scripts/install-browser.sh
 	$(PY) -m pytest
 
 clean:

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
 
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
-from api.routes import health
+from api.openapi import install_openapi
+from api.routes import admin, dashboard, files, health, jobs, models
+from core.db import session_scope
 from core.logging import configure_logging
+from core.registry import seed_base_models
+from core.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """Seed the base-model registry from settings (idempotent; the schema is migrated
+    by ``guardtune migrate``/``serve``)."""
+    try:
+        with session_scope() as session:
+            seed_base_models(session, get_settings())
+    except IntegrityError:
+        pass  # another replica seeded the same rows first
+    yield
 
 
 def create_app() -> FastAPI:
     configure_logging()
     app = FastAPI(
+        lifespan=lifespan,
         title="guardtune",
         version="0.1.0",
         description="OpenAI-compatible fine-tuning API with risk-adaptive safety regularization and a release gate.",
@@ -20,4 +41,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     install_metrics(app)
     app.include_router(health.router)
+    for router in (files.router, jobs.router, models.router, admin.router):
+        app.include_router(router, prefix="/v1")
+    install_openapi(app)
+    app.include_router(dashboard.router)
     return app

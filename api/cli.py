@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,8 +19,7 @@ def worker_argv(
 ) -> list[str]:
     """The Celery worker command line: one task at a time, prefetch 1; ``with_beat`` also
     runs the periodic stale-job reaper in this worker (run it in one worker only)."""
-    schedule = get_settings().home_dir / "celerybeat-schedule"
-    beat = ["--beat", "--schedule", str(schedule)] if with_beat else []
+    beat = ["--beat"] if with_beat else []
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
         "-Q", queues, "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
@@ -54,6 +54,9 @@ def serve(
     settings = get_settings()
     if migrate_first:
         migrate("head")
+    # uvicorn re-raises SIGTERM after its shutdown; turn it into SystemExit so the
+    # embedded worker below is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     worker = None
     if settings.run_embedded_worker:
         worker = subprocess.Popen(worker_argv(), env=os.environ.copy())
@@ -83,6 +86,17 @@ def worker(
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(queues, concurrency, settings.log_level, beat)
     os.execv(argv[0], argv)
+
+
+@app.command()
+def demo(
+    epochs: int = typer.Option(2, help="Training epochs of the demo job."),
+    keep_serving: bool = typer.Option(True, "--serve/--no-serve", help="Leave the server running afterwards."),
+) -> None:
+    """Run a safe fine-tuning job end to end on the embedded stack (see README)."""
+    from api.demo import run_demo
+
+    raise typer.Exit(run_demo(epochs=epochs, keep_serving=keep_serving))
 
 
 if __name__ == "__main__":

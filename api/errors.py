@@ -20,7 +20,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GuardtuneError)
     async def _guardtune(_: Request, exc: GuardtuneError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

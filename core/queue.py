@@ -50,9 +50,13 @@ def producer() -> Celery:
     return make_celery()
 
 
-def enqueue(task_name: str, *args: object, queue: str = DEFAULT_QUEUE) -> str:
-    """Send a task by name; returns its id. Call only after the database commit."""
-    return producer().send_task(task_name, args=list(args), queue=queue).id
+def enqueue(task_name: str, *args: object, queue: str = DEFAULT_QUEUE, ignore_result: bool = False) -> str:
+    """Send a task by name; returns its id. Call only after the database commit.
+
+    ``ignore_result=True`` for fire-and-forget tasks whose outcome lives in the database:
+    the producer then never subscribes to the result backend (with the broker down, a send
+    fails in about a second instead of ~20 s of result-backend reconnects)."""
+    return producer().send_task(task_name, args=list(args), queue=queue, ignore_result=ignore_result).id
 
 
 def check_broker(timeout_s: float = 3.0) -> None:

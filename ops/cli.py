@@ -1,15 +1,34 @@
-"""``guardtune-ops``: audit, jobs, orgs and keys, releases, models."""
+"""``guardtune-ops``: audit, jobs, orgs and keys, releases, models, probes and evaluation.
+
+Each command group lives in its own module. The database commands import only
+``core``; ``probe``, ``eval`` and ``models onboard`` import ``safety`` / the pipeline
+inside the command, so the CLI starts without torch.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from ops import audit, eval as eval_cmd, jobs, keys, models, orgs, probe, release
+
 app = typer.Typer(help="guardtune ops CLI.", no_args_is_help=True, add_completion=False)
+app.add_typer(orgs.app, name="orgs")
+app.add_typer(keys.app, name="keys")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(audit.app, name="audit")
+app.add_typer(release.app, name="release")
+app.add_typer(models.app, name="models")
+app.add_typer(probe.app, name="probe")
+app.add_typer(eval_cmd.app, name="eval")
 
 
 @app.callback()
 def main() -> None:
-    """Operate a guardtune deployment. Reads GUARDTUNE_DATABASE_URL like the services."""
+    """Operate a guardtune deployment. Reads GUARDTUNE_DATABASE_URL like the services.
+
+    Mutating commands record who acted in the audit log as ops:<$USER> (or --actor /
+    GUARDTUNE_OPS_ACTOR).
+    """
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ with no services, and its embedded worker executes tasks."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import time
@@ -33,4 +35,20 @@ def test_serve_embedded_default_is_ready(tmp_path):
         assert (tmp_path / "var" / "guardtune.db").exists()
     finally:
         stop_process(process)
-    assert "embedded worker started" in (tmp_path / "serve.log").read_text()
+    log = (tmp_path / "serve.log").read_text()
+    match = re.search(r"embedded worker started \(pid (\d+)\)", log)
+    assert match, log
+    worker_pid = int(match.group(1))
+    deadline = time.monotonic() + 30
+    while _alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker_pid), "stopping serve must stop its embedded worker"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie awaiting its parent counts as gone
+        return f.read().split()[2] != "Z"

@@ -81,7 +81,7 @@ def enter_stage(session: Session, job_id: str, stage: str, message: str) -> None
         values["started_at"] = now()
     if job.stage != stage:
         move(session, job_id, **values)
-        add_event(session, job_id, message)
+        add_event(session, job_id, message, data={"stage": stage})
         audit.record(session, actor=audit.SYSTEM, action="job.stage", target=job_id, details={"stage": stage})
 
 
@@ -91,7 +91,7 @@ def finish(session: Session, job_id: str, status: str, *, error: dict[str, Any] 
     changed = move(session, job_id, status=status, stage=None, error=error, finished_at=now(),
                    worker_id=None, estimated_finish=None, **values)  # fmt: skip
     if changed:
-        add_event(session, job_id, message, level=level)
+        add_event(session, job_id, message, level=level, data={"status": status})
         audit.record(session, actor=audit.SYSTEM, action=f"job.{status}", target=job_id,
                      details={"error": error} if error else {})  # fmt: skip
     return changed

@@ -43,7 +43,7 @@ def reap() -> list[tuple[str, str]]:
                 .values(attempts=job.attempts + 1, worker_id=None, heartbeat_at=time.time())
             ).rowcount
             if claimed:
-                jobstate.add_event(session, job.id, f"Worker lost during {job.stage}; retrying "
-                                   f"(attempt {job.attempts + 2} of {settings.max_stage_attempts})", level="warn")  # fmt: skip
+                jobstate.add_event(session, job.id, f"Worker lost during {job.stage}; retrying the stage "
+                                   f"(retry {job.attempts + 1} of {settings.max_stage_attempts - 1})", level="warn")  # fmt: skip
                 actions.append((job.id, STAGE_TASKS[job.stage]))
     return actions

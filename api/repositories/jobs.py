@@ -1,0 +1,112 @@
+"""Jobs of an organization and what hangs off them (events, checkpoints, safety report).
+
+Events, checkpoints and the report are reached through a job the caller's organization
+owns: the service fetches the job with :meth:`JobRepository.get` first."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidRequest
+from core.models import Checkpoint, Job, JobEvent, SafetyReport
+
+ACTIVE_STATUSES = ("validating_files", "queued", "running")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class JobRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def get(self, org_id: str, job_id: str, *, for_update: bool = False) -> Job | None:
+        query = select(Job).where(Job.org_id == org_id, Job.id == job_id)
+        if for_update:
+            query = query.with_for_update()
+        return self.session.scalar(query)
+
+    def get_by_idempotency_key(self, org_id: str, key: str) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.org_id == org_id, Job.idempotency_key == key))
+
+    def list(self, org_id: str, *, after: str | None, limit: int) -> tuple[list[Job], bool]:
+        query = select(Job).where(Job.org_id == org_id)
+        if after:
+            cursor = self.get(org_id, after)
+            if cursor is None:
+                raise InvalidRequest(f"No job with id {after!r} to continue after.", code="invalid_cursor", param="after")
+            query = query.where(Job.seq < cursor.seq)
+        rows = list(self.session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def count_active(self, org_id: str) -> int:
+        return self.session.scalar(
+            select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(ACTIVE_STATUSES))
+        ) or 0
+
+    def active_jobs_using_file(self, org_id: str, file_id: str) -> list[str]:
+        return list(
+            self.session.scalars(
+                select(Job.id).where(
+                    Job.org_id == org_id,
+                    Job.status.in_(ACTIVE_STATUSES),
+                    or_(Job.training_file_id == file_id, Job.validation_file_id == file_id),
+                )
+            )
+        )
+
+    def add(self, row: Job) -> Job:
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    # -- events --------------------------------------------------------------------------
+    def add_event(self, row: JobEvent) -> JobEvent:
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def events(
+        self, job_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
+    ) -> tuple[list[JobEvent], bool]:
+        query = select(JobEvent).where(JobEvent.job_id == job_id)
+        if after:
+            cursor_seq = self.session.scalar(
+                select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after)
+            )
+            if cursor_seq is None:
+                raise InvalidRequest(
+                    f"No event with id {after!r} in this job to continue after.", code="invalid_cursor", param="after"
+                )
+            query = query.where(JobEvent.seq > cursor_seq if order == "asc" else JobEvent.seq < cursor_seq)
+        key = JobEvent.seq.asc() if order == "asc" else JobEvent.seq.desc()
+        rows = list(self.session.scalars(query.order_by(key).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def checkpoints(self, job_id: str, *, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
+        query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        if after:
+            cursor_step = self.session.scalar(
+                select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == after)
+            )
+            if cursor_step is None:
+                raise InvalidRequest(
+                    f"No checkpoint with id {after!r} in this job to continue after.",
+                    code="invalid_cursor",
+                    param="after",
+                )
+            query = query.where(Checkpoint.step < cursor_step)
+        rows = list(self.session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    # -- safety report -------------------------------------------------------------------
+    def report(self, job_id: str) -> SafetyReport | None:
+        return self.session.get(SafetyReport, job_id)
+
+    def reports(self, job_ids: list[str]) -> dict[str, SafetyReport]:
+        if not job_ids:
+            return {}
+        rows = self.session.scalars(select(SafetyReport).where(SafetyReport.job_id.in_(job_ids)))
+        return {row.job_id: row for row in rows}

@@ -1,0 +1,51 @@
+"""Organizations and their API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidRequest
+from core.models import ApiKey, Organization
+
+
+class OrgRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def get(self, org_id: str, *, for_update: bool = False) -> Organization | None:
+        query = select(Organization).where(Organization.id == org_id)
+        if for_update:
+            query = query.with_for_update()
+        return self.session.scalar(query)
+
+    def get_by_name(self, name: str) -> Organization | None:
+        return self.session.scalar(select(Organization).where(Organization.name == name))
+
+    def list(self, *, after: str | None, limit: int) -> tuple[list[Organization], bool]:
+        query = select(Organization)
+        if after:
+            cursor = self.get(after)
+            if cursor is None:
+                raise InvalidRequest(
+                    f"No organization with id {after!r} to continue after.", code="invalid_cursor", param="after"
+                )
+            query = query.where(
+                (Organization.created_at > cursor.created_at)
+                | ((Organization.created_at == cursor.created_at) & (Organization.id > cursor.id))
+            )
+        rows = list(self.session.scalars(query.order_by(Organization.created_at, Organization.id).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def add(self, row: Organization | ApiKey) -> None:
+        self.session.add(row)
+        self.session.flush()
+
+    # -- keys (always within one organization) -------------------------------------------
+    def key(self, org_id: str, key_id: str) -> ApiKey | None:
+        return self.session.scalar(select(ApiKey).where(ApiKey.org_id == org_id, ApiKey.id == key_id))
+
+    def keys(self, org_id: str) -> list[ApiKey]:
+        return list(
+            self.session.scalars(select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at, ApiKey.id))
+        )

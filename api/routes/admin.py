@@ -1,0 +1,88 @@
+"""``/v1/admin``: organizations and API keys (admin-scoped keys only; every change audited)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import AdminDep, SessionDep, SettingsDep
+from api.routes.auth import ADMIN
+from api.schemas.admin import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyObject,
+    OrganizationCreate,
+    OrganizationObject,
+    OrganizationUpdate,
+)
+from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, ListObject, page
+from api.services.admin import AdminService
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=ADMIN,
+    responses={**COMMON_ERRORS, 403: {"model": ErrorResponse, "description": "The key is not admin-scoped"}},
+)
+
+
+@router.post(
+    "/organizations",
+    response_model=OrganizationObject,
+    summary="Create an organization",
+    responses={409: {"model": ErrorResponse, "description": "The name is taken"}},
+)
+def create_org(body: OrganizationCreate, caller: AdminDep, session: SessionDep, settings: SettingsDep) -> OrganizationObject:
+    return OrganizationObject.of(AdminService(session, settings).create_org(caller, body))
+
+
+@router.get("/organizations", response_model=CursorPage[OrganizationObject], summary="List organizations")
+def list_orgs(
+    session: SessionDep,
+    settings: SettingsDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict:
+    rows, has_more = AdminService(session, settings).list_orgs(after=after, limit=limit)
+    return page([OrganizationObject.of(r) for r in rows], has_more)
+
+
+@router.get("/organizations/{org_id}", response_model=OrganizationObject, summary="Retrieve an organization")
+def retrieve_org(org_id: str, session: SessionDep, settings: SettingsDep) -> OrganizationObject:
+    return OrganizationObject.of(AdminService(session, settings).get_org(org_id))
+
+
+@router.patch("/organizations/{org_id}", response_model=OrganizationObject, summary="Change an organization's limits")
+def update_org(
+    org_id: str, body: OrganizationUpdate, caller: AdminDep, session: SessionDep, settings: SettingsDep
+) -> OrganizationObject:
+    return OrganizationObject.of(AdminService(session, settings).update_org(caller, org_id, body))
+
+
+@router.get(
+    "/organizations/{org_id}/api_keys", response_model=ListObject[ApiKeyObject], summary="List an organization's keys"
+)
+def list_keys(org_id: str, session: SessionDep, settings: SettingsDep) -> dict:
+    return {"object": "list", "data": [ApiKeyObject.of(k) for k in AdminService(session, settings).list_keys(org_id)]}
+
+
+@router.post(
+    "/organizations/{org_id}/api_keys",
+    response_model=ApiKeyCreated,
+    summary="Create an API key (the secret is shown once)",
+)
+def create_key(
+    org_id: str, body: ApiKeyCreate, caller: AdminDep, session: SessionDep, settings: SettingsDep
+) -> ApiKeyCreated:
+    key, plaintext = AdminService(session, settings).create_key(caller, org_id, body)
+    return ApiKeyCreated(**ApiKeyObject.of(key).model_dump(), key=plaintext)
+
+
+@router.post(
+    "/organizations/{org_id}/api_keys/{key_id}/revoke",
+    response_model=ApiKeyObject,
+    summary="Revoke an API key (idempotent)",
+)
+def revoke_key(org_id: str, key_id: str, caller: AdminDep, session: SessionDep, settings: SettingsDep) -> ApiKeyObject:
+    return ApiKeyObject.of(AdminService(session, settings).revoke_key(caller, org_id, key_id))

@@ -1,0 +1,139 @@
+"""``/v1/fine_tuning/jobs`` (OpenAI's fine-tuning API) plus the safety report."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routes.auth import CUSTOMER
+from api.routes.conditional import NOT_MODIFIED, conditional_json
+from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, page
+from api.schemas.jobs import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
+from api.services.jobs import JobService
+
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+
+After = Annotated[str | None, Query(description="The id of the last item of the previous page")]
+
+
+@router.post(
+    "",
+    response_model=FineTuningJob,
+    summary="Create a fine-tuning job",
+    responses={
+        422: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body"},
+        429: {"model": ErrorResponse, "description": "Too many concurrent jobs in this organization"},
+    },
+)
+def create_job(
+    body: JobCreate,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", description="Retries with the same key return the same job"),
+    ] = None,
+) -> FineTuningJob:
+    """Starts in ``validating_files``; the pipeline is queued after the job is committed.
+    ``"auto"`` hyperparameters are resolved from the training file (see the job's values)."""
+    service = JobService(session, settings)
+    return service.present(service.create(caller, body, idempotency_key))
+
+
+@router.get(
+    "",
+    response_model=CursorPage[FineTuningJob],
+    summary="List fine-tuning jobs, newest first (ETag / If-None-Match)",
+    responses=NOT_MODIFIED,
+)
+def list_jobs(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Response:
+    jobs, has_more = JobService(session, settings).list(caller, after=after, limit=limit)
+    return conditional_json(request, CursorPage[FineTuningJob](**page(jobs, has_more)))
+
+
+@router.get(
+    "/{fine_tuning_job_id}",
+    response_model=FineTuningJob,
+    summary="Retrieve a fine-tuning job (ETag / If-None-Match)",
+    responses=NOT_MODIFIED,
+)
+def retrieve_job(
+    fine_tuning_job_id: str, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    service = JobService(session, settings)
+    return conditional_json(request, service.present(service.get(caller, fine_tuning_job_id)))
+
+
+@router.post(
+    "/{fine_tuning_job_id}/cancel",
+    response_model=FineTuningJob,
+    summary="Cancel a fine-tuning job (idempotent)",
+)
+def cancel_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+    """Queued and validating jobs are cancelled at once; a running job is marked cancelled
+    and its worker stops at the next step. A finished job answers 400 ``job_not_cancellable``."""
+    service = JobService(session, settings)
+    return service.present(service.cancel(caller, fine_tuning_job_id))
+
+
+@router.get(
+    "/{fine_tuning_job_id}/events",
+    response_model=CursorPage[JobEvent],
+    summary="List a job's events (ETag / If-None-Match)",
+    responses=NOT_MODIFIED,
+)
+def list_events(
+    fine_tuning_job_id: str,
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[
+        Literal["asc", "desc"],
+        Query(description="desc (OpenAI's, newest first) or asc: oldest first, for incremental polling with after"),
+    ] = "desc",
+) -> Response:
+    events, has_more = JobService(session, settings).events(
+        caller, fine_tuning_job_id, after=after, limit=limit, order=order
+    )
+    return conditional_json(request, CursorPage[JobEvent](**page(events, has_more)))
+
+
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints",
+    response_model=CursorPage[JobCheckpoint],
+    summary="List a job's checkpoints (newest first)",
+)
+def list_checkpoints(
+    fine_tuning_job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict:
+    checkpoints, has_more = JobService(session, settings).checkpoints(
+        caller, fine_tuning_job_id, after=after, limit=limit
+    )
+    return page(checkpoints, has_more)
+
+
+@router.get(
+    "/{fine_tuning_job_id}/safety_report",
+    response_model=SafetyReport,
+    summary="The job's safety report: dataset scan, training, evaluation, gate decision",
+)
+def safety_report(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> SafetyReport:
+    return JobService(session, settings).safety_report(caller, fine_tuning_job_id)

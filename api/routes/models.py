@@ -1,0 +1,49 @@
+"""``/v1/models``: registry base models plus the organization's released fine-tuned models,
+and the adapter download (a guardtune extension)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import CallerDep, SessionDep, StoreDep
+from api.routes.auth import CUSTOMER
+from api.schemas.common import COMMON_ERRORS
+from api.schemas.models import Model, ModelList
+from api.services.models import ModelService
+
+router = APIRouter(prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+
+
+@router.get("", response_model=ModelList, summary="List models")
+def list_models(caller: CallerDep, session: SessionDep) -> ModelList:
+    return ModelList(data=ModelService(session).list(caller))
+
+
+# Model ids may contain '/' (Hugging Face ids) and ':' (fine-tuned ids), hence ``:path``;
+# the adapter route is declared first so that ``.../adapter`` reaches it.
+@router.get(
+    "/{model:path}/adapter",
+    summary="Download a released model's PEFT adapter (tar)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+def download_adapter(model: str, caller: CallerDep, session: SessionDep, store: StoreDep) -> StreamingResponse:
+    """The adapter files (``adapter_config.json``, ``adapter_model.safetensors``, ...) of a
+    released, non-revoked model of your organization, as a tar archive streamed from storage.
+    Blocked, revoked and other organizations' models answer 404."""
+    archive = ModelService(session, store).adapter(caller, model)
+    return StreamingResponse(
+        archive.stream(store),
+        media_type="application/x-tar",
+        headers={
+            "Content-Length": str(archive.size),
+            "Content-Disposition": f'attachment; filename="{archive.filename}"',
+            "X-Guardtune-Adapter-Sha256": archive.model.sha256,
+        },
+    )
+
+
+@router.get("/{model:path}", response_model=Model, summary="Retrieve a model")
+def retrieve_model(model: str, caller: CallerDep, session: SessionDep) -> Model:
+    return ModelService(session).get(caller, model)

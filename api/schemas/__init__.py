@@ -1,0 +1,1 @@
+"""Pydantic models of the wire format, in OpenAI's exact shapes (plus additive extensions)."""

@@ -1,0 +1,81 @@
+"""Organizations and API keys (admin-scoped keys only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.models import ApiKey, Organization
+
+
+class OrganizationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    max_concurrent_jobs: int | None = Field(None, ge=0, description="Override of the deployment default")
+    max_storage_bytes: int | None = Field(None, ge=0, description="Override of the deployment default")
+
+
+class OrganizationUpdate(BaseModel):
+    """Only the fields sent change; send null to fall back to the deployment default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_jobs: int | None = Field(None, ge=0)
+    max_storage_bytes: int | None = Field(None, ge=0)
+
+
+class OrganizationObject(BaseModel):
+    id: str
+    object: Literal["organization"] = "organization"
+    name: str
+    created_at: int
+    max_concurrent_jobs: int | None = None
+    max_storage_bytes: int | None = None
+
+    @classmethod
+    def of(cls, row: Organization) -> OrganizationObject:
+        return cls(
+            id=row.id,
+            name=row.name,
+            created_at=row.created_at,
+            max_concurrent_jobs=row.max_concurrent_jobs,
+            max_storage_bytes=row.max_storage_bytes,
+        )
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200)
+    scope: Literal["customer", "admin"] = "customer"
+
+
+class ApiKeyObject(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    organization_id: str
+    name: str
+    prefix: str = Field(description="The first characters of the key, to recognise it")
+    scope: Literal["customer", "admin"]
+    created_at: int
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> ApiKeyObject:
+        return cls(
+            id=row.id,
+            organization_id=row.org_id,
+            name=row.name,
+            prefix=row.prefix,
+            scope=row.scope,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class ApiKeyCreated(ApiKeyObject):
+    key: str = Field(description="The secret key. Shown only in this response; store it now.")

@@ -1,0 +1,234 @@
+"""``fine_tuning.job`` and its events, checkpoints and safety report.
+
+OpenAI's fields keep OpenAI's shapes; guardtune adds the ``safety`` object on create and on
+the job, and the ``fine_tuning.job.safety_report`` object.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, BeforeValidator, StringConstraints, field_validator, model_validator
+
+Auto = Literal["auto"]
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+SafetyMode = Literal["adaptive", "constant", "none"]
+Estimator = Literal["judge", "probe", "both"]
+
+
+
+def _auto_or(kind: type, low: float, high: float, *, exclusive_low: bool = False) -> Any:
+    """``"auto"`` or a number in range, with one clear error message (not one per union member)."""
+    what = "an integer" if kind is int else "a number"
+    message = f"must be 'auto' or {what} {'>' if exclusive_low else '>='} {low} and <= {high}"
+
+    def check(value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(message)
+        if kind is int and value != int(value):
+            raise ValueError(message)
+        number = kind(value)
+        if number > high or number < low or (exclusive_low and number == low):
+            raise ValueError(message)
+        return number
+
+    bounds = {"gt" if exclusive_low else "ge": low, "le": high}
+    return Annotated[Auto | Annotated[kind, Field(**bounds)], BeforeValidator(check)]
+
+
+NEpochs = _auto_or(int, 1, 50)
+BatchSize = _auto_or(int, 1, 256)
+LrMultiplier = _auto_or(float, 0, 10, exclusive_low=True)
+
+
+# -- requests ----------------------------------------------------------------------------
+class HyperparametersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: NEpochs = "auto"
+    batch_size: BatchSize = "auto"
+    learning_rate_multiplier: LrMultiplier = "auto"
+
+
+class SupervisedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: HyperparametersIn | None = None
+
+
+class MethodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedIn | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class KlWeightBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float = Field(ge=0, le=1, description="Lower clamp of the adaptive KL weight.")
+    max: float = Field(ge=0, le=1, description="Upper clamp of the adaptive KL weight.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KlWeightBounds:
+        if self.min > self.max:
+            raise ValueError("kl_weight.min must not exceed kl_weight.max")
+        return self
+
+
+class SafetyIn(BaseModel):
+    """guardtune extension: how the job is regularized against safety degradation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: SafetyMode = Field(
+        "adaptive",
+        description="adaptive: KL weight from each batch's risk; constant: fixed KL weight; none: plain SFT.",
+    )
+    estimator: Estimator = Field("probe", description="Risk estimator of the adaptive mode (both = max of the two).")
+    kl_weight: KlWeightBounds | None = Field(
+        None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
+    )
+    constant_kl_weight: float = Field(0.5, ge=0, le=1, description="KL weight of the constant mode.")
+
+
+Suffix = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class JobCreate(BaseModel):
+    """``POST /v1/fine_tuning/jobs`` (OpenAI's parameters plus ``safety``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    hyperparameters: HyperparametersIn | None = None
+    method: MethodIn | None = None
+    suffix: Suffix | None = Field(None, description="Up to 64 characters of A-Z a-z 0-9 . _ -")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[MetadataKey, MetadataValue] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    safety: SafetyIn | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and len(value) > 16:
+            raise ValueError("metadata holds at most 16 keys")
+        return value
+
+
+# -- responses ---------------------------------------------------------------------------
+class Hyperparameters(BaseModel):
+    batch_size: Auto | int | None = None
+    learning_rate_multiplier: Auto | float | None = None
+    n_epochs: Auto | int | None = None
+
+
+class SupervisedMethod(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class SafetyState(BaseModel):
+    """guardtune extension on the job: the configuration and where the safety work stands."""
+
+    mode: SafetyMode
+    estimator: Estimator
+    kl_weight: KlWeightBounds
+    constant_kl_weight: float
+    stage: str | None = Field(None, description="scanning | training | evaluating | gating while running")
+    scan_summary: dict[str, Any] | None = None
+    eval_summary: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: Hyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[dict[str, Any]] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    method: Method | None = None
+    user_provided_suffix: str | None = None
+    safety: SafetyState
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] | None = Field(
+        None, description="metrics events: step, train_loss and guardtune's kl, kl_weight, risk"
+    )
+
+
+class CheckpointMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class JobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class SafetyReport(BaseModel):
+    """guardtune extension: everything the safety pipeline recorded about a job."""
+
+    object: Literal["fine_tuning.job.safety_report"] = "fine_tuning.job.safety_report"
+    job_id: str
+    status: JobStatus
+    stage: str | None = None
+    config: dict[str, Any]
+    scan: dict[str, Any] | None = Field(None, description="Dataset risk scan: counts by score, flagged lines")
+    training: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = Field(None, description="ASR base vs fine-tuned, utility")
+    gate: dict[str, Any] | None = Field(None, description="Release decision and its reasons")
+    fine_tuned_model: str | None = None
+    updated_at: int | None = None

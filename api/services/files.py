@@ -1,0 +1,165 @@
+"""Files: upload (validate, store, record), list, read, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from api.deps import Caller
+from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
+from api.repositories.files import FileRepository
+from api.repositories.jobs import JobRepository
+from api.repositories.orgs import OrgRepository
+from api.services.uploads import Upload
+from core import audit
+from core.datasets import Limits, validate_stream
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.ids import new_id
+from core.logging import get_logger
+from core.models import File, now
+from core.settings import Settings
+from core.storage import ObjectStore, org_key
+
+log = get_logger(__name__)
+
+SUPPORTED_PURPOSES = ("fine-tune",)
+
+
+def storage_quota(settings: Settings, org_max: int | None) -> int:
+    return settings.max_storage_bytes_per_org if org_max is None else org_max
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+class FileService:
+    def __init__(self, session: Session, settings: Settings, store: ObjectStore):
+        self.session = session
+        self.settings = settings
+        self.store = store
+        self.files = FileRepository(session)
+
+    def get(self, caller: Caller, file_id: str) -> File:
+        row = self.files.get(caller.org_id, file_id)
+        if row is None:
+            raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param="file_id")
+        return row
+
+    def list(
+        self, caller: Caller, *, after: str | None, limit: int, order: Literal["asc", "desc"], purpose: str | None
+    ) -> tuple[list[File], bool]:
+        return self.files.list(caller.org_id, after=after, limit=limit, order=order, purpose=purpose)
+
+    def create(self, caller: Caller, upload: Upload) -> File:
+        """Validate the received upload, check the quota, store it, record it (one transaction)."""
+        purpose = upload.fields.get("purpose")
+        if not purpose:
+            raise InvalidRequest("Missing the 'purpose' field (use 'fine-tune').", code="missing_purpose", param="purpose")
+        if purpose not in SUPPORTED_PURPOSES:
+            raise InvalidRequest(
+                f"Unsupported purpose {purpose!r}: guardtune accepts only files with purpose 'fine-tune'.",
+                code="invalid_purpose",
+                param="purpose",
+            )
+        assert upload.spool is not None and upload.filename is not None
+
+        self._check_quota(caller, upload.size)  # early and cheap: most refusals stop here
+        self.session.rollback()  # hold no transaction open while validating and storing
+        report = validate_stream(upload.spool, Limits.from_settings(self.settings))
+        upload.spool.seek(0)
+
+        file_id = new_id("file")
+        key = org_key(caller.org_id, "files", file_id)
+        put = self.store.put_stream(key, upload.spool, max_bytes=self.settings.max_upload_bytes)
+        try:
+            # Again under the organization's row lock: concurrent uploads check in turn.
+            self._check_quota(caller, upload.size, lock=True)
+            row = self.files.add(
+                File(
+                    id=file_id,
+                    org_id=caller.org_id,
+                    filename=upload.filename,
+                    purpose=purpose,
+                    bytes=put.bytes,
+                    sha256=put.sha256,
+                    storage_key=key,
+                    status="processed" if report.ok else "error",
+                    status_details=report.details(),
+                    n_examples=report.n_examples,
+                    n_tokens=report.est_tokens,
+                    errors=[issue.to_dict() for issue in report.errors],
+                )
+            )
+            audit.record(
+                self.session,
+                actor=caller.actor,
+                action="file.upload",
+                target=file_id,
+                details={
+                    "org_id": caller.org_id,
+                    "filename": upload.filename,
+                    "bytes": put.bytes,
+                    "sha256": put.sha256,
+                    "status": row.status,
+                    "n_examples": report.n_examples,
+                    "error_count": report.error_count,
+                },
+            )
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            self.store.delete(key)  # the database never saw it: leave no orphan behind
+            raise
+        FILES_UPLOADED.inc()
+        UPLOAD_BYTES.inc(put.bytes)
+        return row
+
+    def _check_quota(self, caller: Caller, size: int, *, lock: bool = False) -> None:
+        org = OrgRepository(self.session).get(caller.org_id, for_update=lock)
+        quota = storage_quota(self.settings, org.max_storage_bytes if org else None)
+        used = self.files.storage_used(caller.org_id)
+        if used + size > quota:
+            raise Conflict(
+                f"Storage quota exceeded: this organization stores {_mb(used)} of its {_mb(quota)} quota and "
+                f"this file ({_mb(size)}) would go over it. Delete files you no longer need "
+                "(DELETE /v1/files/{file_id}) or ask your operator to raise the quota.",
+                code="storage_quota_exceeded",
+                param="file",
+                headers={"x-should-retry": "false"},
+            )
+
+    def content(self, caller: Caller, file_id: str) -> tuple[File, Iterator[bytes]]:
+        row = self.get(caller, file_id)
+        return row, self.store.iter_chunks(row.storage_key)
+
+    def delete(self, caller: Caller, file_id: str) -> File:
+        # Under the organization's row lock, as job creation: no job can start using the
+        # file between this check and the commit.
+        OrgRepository(self.session).get(caller.org_id, for_update=True)
+        row = self.get(caller, file_id)
+        users = JobRepository(self.session).active_jobs_using_file(caller.org_id, file_id)
+        if users:
+            raise Conflict(
+                f"File {file_id} is used by the active fine-tuning job {users[0]}; cancel it or wait for it "
+                "to finish before deleting the file.",
+                code="file_in_use",
+                param="file_id",
+                headers={"x-should-retry": "false"},
+            )
+        row.deleted_at = now()
+        audit.record(
+            self.session,
+            actor=caller.actor,
+            action="file.delete",
+            target=file_id,
+            details={"org_id": caller.org_id, "bytes": row.bytes, "sha256": row.sha256},
+        )
+        self.session.commit()
+        try:  # after the commit: the row is gone for good, so the bytes may go too
+            self.store.delete(row.storage_key)
+        except Exception:
+            log.warning("file_object_delete_failed", file_id=file_id, key=row.storage_key, exc_info=True)
+        return row

@@ -1,0 +1,467 @@
+"""Fine-tuning jobs: create (validate, resolve, limit, record, enqueue), read, cancel.
+
+Decisions where OpenAI's API leaves room:
+
+* ``"auto"`` hyperparameters are resolved at creation from the validated training file:
+  ``n_epochs`` follows OpenAI's published heuristic (3 epochs, raised so that at least 100
+  examples are seen (at most 25 epochs), lowered so that at most 25,000 are seen (at least
+  1)); ``batch_size`` is 8, or the number of examples if fewer; ``learning_rate_multiplier``
+  is 1.0. Explicit values are kept as given.
+* The base model must be in the registry (``BaseModelEntry``, not ``failed``): otherwise
+  404 ``model_not_found``. Fine-tuning a fine-tuned model is not offered.
+* Cancel is idempotent: a cancelled job answers as it is; a job that already succeeded or
+  failed cannot be cancelled and answers 400 ``job_not_cancellable`` (as OpenAI does).
+* ``Idempotency-Key``: the same key in the same organization returns the job it created
+  (200, same body); reusing a key with a different request body answers 422
+  ``idempotency_key_reused`` (the request's SHA-256 is kept in the job's audit record).
+* Only the ``supervised`` method exists; ``integrations`` must be empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import Caller
+from api.metrics import JOBS_CREATED
+from api.repositories.files import FileRepository
+from api.repositories.jobs import ACTIVE_STATUSES, JobRepository
+from api.repositories.models import ModelRepository
+from api.repositories.orgs import OrgRepository
+from api.schemas.jobs import (
+    CheckpointMetrics,
+    FineTuningJob,
+    HyperparametersIn,
+    JobCheckpoint,
+    JobCreate,
+    JobError,
+    JobEvent,
+    KlWeightBounds,
+    SafetyIn,
+    SafetyReport,
+    SafetyState,
+)
+from core import audit
+from core.errors import InvalidRequest, NotFound, RateLimited, Unprocessable
+from core.ids import new_id
+from core.logging import get_logger
+from core.models import AuditRecord, Checkpoint, File, Job, now
+from core.models import JobEvent as JobEventRow
+from core.models import SafetyReport as SafetyReportRow
+from core.queue import enqueue
+from core.settings import Settings
+
+log = get_logger(__name__)
+
+PIPELINE_TASK = "guardtune.pipeline.start"
+MAX_IDEMPOTENCY_KEY = 200
+
+# OpenAI's published "auto" epochs heuristic.
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
+MIN_DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS = 1, 25
+AUTO_BATCH_SIZE = 8
+AUTO_LR_MULTIPLIER = 1.0
+
+
+def auto_epochs(n_examples: int) -> int:
+    n = max(1, n_examples)
+    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
+    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n)
+    return TARGET_EPOCHS
+
+
+def resolve_hyperparameters(requested: HyperparametersIn, n_examples: int) -> dict[str, Any]:
+    return {
+        "n_epochs": auto_epochs(n_examples) if requested.n_epochs == "auto" else requested.n_epochs,
+        "batch_size": max(1, min(AUTO_BATCH_SIZE, n_examples)) if requested.batch_size == "auto" else requested.batch_size,
+        "learning_rate_multiplier": AUTO_LR_MULTIPLIER
+        if requested.learning_rate_multiplier == "auto"
+        else float(requested.learning_rate_multiplier),
+    }
+
+
+def resolve_safety(requested: SafetyIn | None, settings: Settings) -> dict[str, Any]:
+    """The job's safety configuration with defaults; bounds may only narrow the operator's."""
+    s = requested or SafetyIn()
+    lo, hi = settings.kl_weight_lo, settings.kl_weight_hi
+    bounds = s.kl_weight or KlWeightBounds(min=lo, max=hi)
+    if bounds.min < lo or bounds.max > hi:
+        raise InvalidRequest(
+            f"safety.kl_weight must lie within the operator's range [{lo}, {hi}] "
+            f"(got [{bounds.min}, {bounds.max}]).",
+            code="invalid_value",
+            param="safety.kl_weight",
+        )
+    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not settings.judge_base_url:
+        raise InvalidRequest(
+            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured; "
+            "use 'probe'.",
+            code="judge_unavailable",
+            param="safety.estimator",
+        )
+    return {
+        "mode": s.mode,
+        "estimator": s.estimator,
+        "kl_weight": {"min": bounds.min, "max": bounds.max},
+        "constant_kl_weight": s.constant_kl_weight,
+    }
+
+
+def fingerprint(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _concurrency_limit(settings: Settings, org_max: int | None) -> int:
+    return settings.max_concurrent_jobs_per_org if org_max is None else org_max
+
+
+# -- presenters ------------------------------------------------------------------------------
+def _job_error(error: dict[str, Any] | None) -> JobError | None:
+    if not error:
+        return None
+    return JobError(code=str(error.get("code") or "error"), message=str(error.get("message") or ""), param=error.get("param"))
+
+
+def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
+    config = job.safety or {}
+    bounds = config.get("kl_weight") or {"min": 0.1, "max": 0.9}
+    return SafetyState(
+        mode=config.get("mode", "adaptive"),
+        estimator=config.get("estimator", "probe"),
+        kl_weight=KlWeightBounds(min=bounds["min"], max=bounds["max"]),
+        constant_kl_weight=config.get("constant_kl_weight", 0.5),
+        stage=job.stage,
+        scan_summary=report.scan if report else None,
+        eval_summary=report.evaluation if report else None,
+        gate=report.gate if report else None,
+    )
+
+
+def job_object(job: Job, report: SafetyReportRow | None) -> FineTuningJob:
+    hp = job.hyperparameters or {}
+    method = job.method or {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    return FineTuningJob(
+        id=job.id,
+        created_at=job.created_at,
+        error=_job_error(job.error),
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        hyperparameters=hp,
+        model=job.model,
+        organization_id=job.org_id,
+        result_files=list(job.result_files or []),
+        seed=job.seed,
+        status=job.status,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
+        estimated_finish=job.estimated_finish,
+        integrations=[],
+        metadata=job.metadata_,
+        method=method,
+        user_provided_suffix=job.suffix,
+        safety=safety_state(job, report),
+    )
+
+
+def event_object(row: JobEventRow) -> JobEvent:
+    level = row.level if row.level in ("info", "warn", "error") else "info"
+    kind = row.type if row.type in ("message", "metrics") else "message"
+    return JobEvent(id=row.id, created_at=row.created_at, level=level, message=row.message, type=kind, data=row.data)
+
+
+def checkpoint_object(job: Job, row: Checkpoint) -> JobCheckpoint:
+    metrics = {**(row.metrics or {}), "step": row.step}
+    return JobCheckpoint(
+        id=row.id,
+        created_at=row.created_at,
+        fine_tuned_model_checkpoint=f"ft:{job.model}:{job.org_id}:{job.suffix or ''}:{job.id}:ckpt-step-{row.step}",
+        fine_tuning_job_id=job.id,
+        metrics=CheckpointMetrics(**metrics),
+        step_number=row.step,
+    )
+
+
+def report_object(job: Job, report: SafetyReportRow | None) -> SafetyReport:
+    return SafetyReport(
+        job_id=job.id,
+        status=job.status,
+        stage=job.stage,
+        config=job.safety or {},
+        scan=report.scan if report else None,
+        training=report.training if report else None,
+        evaluation=report.evaluation if report else None,
+        gate=report.gate if report else None,
+        fine_tuned_model=job.fine_tuned_model,
+        updated_at=report.updated_at if report else None,
+    )
+
+
+class JobService:
+    def __init__(self, session: Session, settings: Settings):
+        self.session = session
+        self.settings = settings
+        self.jobs = JobRepository(session)
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, caller: Caller, job_id: str) -> Job:
+        job = self.jobs.get(caller.org_id, job_id)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+        return job
+
+    def present(self, job: Job) -> FineTuningJob:
+        return job_object(job, self.jobs.report(job.id))
+
+    def list(self, caller: Caller, *, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
+        rows, has_more = self.jobs.list(caller.org_id, after=after, limit=limit)
+        reports = self.jobs.reports([row.id for row in rows])
+        return [job_object(row, reports.get(row.id)) for row in rows], has_more
+
+    def events(
+        self, caller: Caller, job_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
+    ) -> tuple[list[JobEvent], bool]:
+        job = self.get(caller, job_id)
+        rows, has_more = self.jobs.events(job.id, after=after, limit=limit, order=order)
+        return [event_object(row) for row in rows], has_more
+
+    def checkpoints(self, caller: Caller, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobCheckpoint], bool]:
+        job = self.get(caller, job_id)
+        rows, has_more = self.jobs.checkpoints(job.id, after=after, limit=limit)
+        return [checkpoint_object(job, row) for row in rows], has_more
+
+    def safety_report(self, caller: Caller, job_id: str) -> SafetyReport:
+        job = self.get(caller, job_id)
+        return report_object(job, self.jobs.report(job.id))
+
+    # -- create ----------------------------------------------------------------------------
+    def create(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
+        request_sha = fingerprint(body)
+        if idempotency_key is not None:
+            idempotency_key = idempotency_key.strip()
+            if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+                raise InvalidRequest(
+                    f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+                    code="invalid_idempotency_key",
+                    param="Idempotency-Key",
+                )
+            existing = self.jobs.get_by_idempotency_key(caller.org_id, idempotency_key)
+            if existing is not None:
+                return self._replay(existing, request_sha)
+
+        try:
+            # One create (or file delete) per organization at a time: the checks below and
+            # the insert see the same files and the same count of active jobs.
+            OrgRepository(self.session).get(caller.org_id, for_update=True)
+            if idempotency_key is not None:
+                existing = self.jobs.get_by_idempotency_key(caller.org_id, idempotency_key)
+                if existing is not None:  # a concurrent request with this key committed first
+                    self.session.rollback()
+                    return self._replay(existing, request_sha)
+            job = self._build(caller, body, idempotency_key)
+            self._check_concurrency(caller)
+            self.jobs.add(job)
+            self.jobs.add_event(
+                JobEventRow(id=new_id("ftevent"), job_id=job.id, message=f"Created fine-tuning job: {job.id}")
+            )
+            self.jobs.add_event(
+                JobEventRow(
+                    id=new_id("ftevent"), job_id=job.id, message=f"Validating training file: {job.training_file_id}"
+                )
+            )
+            audit.record(
+                self.session,
+                actor=caller.actor,
+                action="job.create",
+                target=job.id,
+                details={
+                    "org_id": caller.org_id,
+                    "model": job.model,
+                    "training_file": job.training_file_id,
+                    "validation_file": job.validation_file_id,
+                    "hyperparameters": job.hyperparameters,
+                    "safety": job.safety,
+                    "idempotency_key": idempotency_key,
+                    "request_sha256": request_sha,
+                },
+            )
+            self.session.commit()
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key won the race.
+            self.session.rollback()
+            existing = self.jobs.get_by_idempotency_key(caller.org_id, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return self._replay(existing, request_sha)
+        JOBS_CREATED.inc()
+        self._enqueue(caller, job)
+        return job
+
+    def _replay(self, job: Job, request_sha: str) -> Job:
+        recorded = self.session.scalar(
+            select(AuditRecord.details).where(AuditRecord.action == "job.create", AuditRecord.target == job.id).limit(1)
+        )
+        if recorded and recorded.get("request_sha256") not in (None, request_sha):
+            raise Unprocessable(
+                "This Idempotency-Key was already used with a different request body; use a new key.",
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+            )
+        return job
+
+    def _build(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
+        entry = ModelRepository(self.session).base_model(body.model)
+        if entry is None:
+            raise NotFound(
+                f"The model {body.model!r} does not exist or is not available for fine-tuning. "
+                "GET /v1/models lists the base models.",
+                code="model_not_found",
+                param="model",
+            )
+        training = self._usable_file(caller, body.training_file, "training_file")
+        if body.validation_file:
+            self._usable_file(caller, body.validation_file, "validation_file")
+
+        if body.method is not None and body.method.type != "supervised":
+            raise InvalidRequest(
+                f"The {body.method.type!r} method is not supported; use 'supervised'.",
+                code="unsupported_method",
+                param="method.type",
+            )
+        method_hp = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+        if method_hp is not None and body.hyperparameters is not None:
+            raise InvalidRequest(
+                "Give hyperparameters either at the top level or in method.supervised, not both.",
+                code="invalid_value",
+                param="hyperparameters",
+            )
+        if body.integrations:
+            raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
+        requested = method_hp or body.hyperparameters or HyperparametersIn()
+        hp = resolve_hyperparameters(requested, training.n_examples)
+        return Job(
+            id=new_id("ftjob"),
+            org_id=caller.org_id,
+            created_by=caller.key_id,
+            model=entry.id,
+            training_file_id=training.id,
+            validation_file_id=body.validation_file or None,
+            status="validating_files",
+            hyperparameters=hp,
+            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+            safety=resolve_safety(body.safety, self.settings),
+            suffix=body.suffix or None,
+            seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+            metadata_=body.metadata,
+            result_files=[],
+            idempotency_key=idempotency_key,
+            created_at=now(),
+        )
+
+    def _usable_file(self, caller: Caller, file_id: str, param: str) -> File:
+        row = FileRepository(self.session).get(caller.org_id, file_id)
+        if row is None:
+            raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param=param)
+        if row.purpose != "fine-tune":
+            raise InvalidRequest(
+                f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
+                code="invalid_file_purpose",
+                param=param,
+            )
+        if row.status == "error":
+            details = (row.status_details or "").strip()
+            raise InvalidRequest(
+                f"File {file_id} failed validation and cannot be used for fine-tuning. {details}".strip(),
+                code=f"invalid_{param}",
+                param=param,
+            )
+        if row.status != "processed":
+            raise InvalidRequest(
+                f"File {file_id} is still being processed; retry when its status is 'processed'.",
+                code="file_not_ready",
+                param=param,
+            )
+        return row
+
+    def _check_concurrency(self, caller: Caller) -> None:
+        """Call under the organization's row lock, so concurrent creates count in turn."""
+        org = OrgRepository(self.session).get(caller.org_id)
+        limit = _concurrency_limit(self.settings, org.max_concurrent_jobs if org else None)
+        active = self.jobs.count_active(caller.org_id)
+        if active >= limit:
+            raise RateLimited(
+                f"Too many concurrent fine-tuning jobs: this organization has {active} active "
+                f"(limit {limit}). Wait for one to finish or cancel one, then retry.",
+                code="concurrent_jobs_limit",
+                headers={"x-should-retry": "false"},
+            )
+
+    def _enqueue(self, caller: Caller, job: Job) -> None:
+        """Hand the job to the pipeline. After the commit, so a worker always finds the row."""
+        try:
+            enqueue(PIPELINE_TASK, job.id, ignore_result=True)  # the job row is the outcome
+        except Exception as exc:
+            log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
+            locked = self.jobs.get(caller.org_id, job.id, for_update=True)
+            if locked is None or locked.status in ("succeeded", "failed", "cancelled"):
+                self.session.rollback()
+                return
+            locked.status = "failed"
+            locked.finished_at = now()
+            locked.error = {
+                "code": "queue_unavailable",
+                "message": "The job could not be queued because the job queue is unreachable. Create it again.",
+                "param": None,
+            }
+            self.jobs.add_event(
+                JobEventRow(id=new_id("ftevent"), job_id=job.id, level="error", message="The job could not be queued.")
+            )
+            audit.record(
+                self.session,
+                actor=audit.SYSTEM,
+                action="job.fail",
+                target=job.id,
+                details={"org_id": job.org_id, "code": "queue_unavailable", "error": str(exc)[:500]},
+            )
+            self.session.commit()
+
+    # -- cancel ----------------------------------------------------------------------------
+    def cancel(self, caller: Caller, job_id: str) -> Job:
+        job = self.jobs.get(caller.org_id, job_id, for_update=True)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+        if job.status == "cancelled":
+            self.session.rollback()
+            return job  # idempotent: nothing changes, nothing to record
+        if job.status not in ACTIVE_STATUSES:
+            self.session.rollback()
+            raise InvalidRequest(
+                f"Job {job.id} has already {job.status} and can no longer be cancelled.",
+                code="job_not_cancellable",
+                param="fine_tuning_job_id",
+            )
+        previous = job.status
+        job.status = "cancelled"
+        job.cancel_requested = True  # a running worker stops at its next step
+        job.finished_at = now()
+        job.estimated_finish = None
+        self.jobs.add_event(JobEventRow(id=new_id("ftevent"), job_id=job.id, message="Fine-tuning job cancelled."))
+        audit.record(
+            self.session,
+            actor=caller.actor,
+            action="job.cancel",
+            target=job.id,
+            details={"org_id": caller.org_id, "previous_status": previous, "stage": job.stage},
+        )
+        self.session.commit()
+        return job

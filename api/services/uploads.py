@@ -1,0 +1,211 @@
+"""Receive a multipart upload as a stream, stopping at the size limit.
+
+Starlette's form parser spools a whole upload before the handler runs; this one reads
+the request body chunk by chunk, checks the file part's name and type as soon as its
+headers arrive, counts its bytes as they arrive and gives up (413) the moment the limit
+is passed. The file's bytes go to a temporary file (in memory up to 1 MiB, then on disk),
+never into one buffer; nothing reaches the object store or the database from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from core.errors import GuardtuneError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+SPOOL_MEMORY = 1024 * 1024
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file's bytes
+MAX_FIELD_BYTES = 64 * 1024
+DRAIN_LIMIT = 16 * 1024 * 1024  # after a refusal, read at most this much more before answering
+
+JSONL_EXTENSIONS = (".jsonl",)
+# What clients send for a .jsonl part: httpx and most tools fall back to octet-stream.
+JSONL_CONTENT_TYPES = frozenset(
+    {
+        "",
+        "application/jsonl",
+        "application/x-jsonl",
+        "application/jsonlines",
+        "application/json-lines",
+        "application/x-jsonlines",
+        "application/ndjson",
+        "application/x-ndjson",
+        "application/json",
+        "application/octet-stream",
+        "text/jsonl",
+        "text/plain",
+    }
+)
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    content_type: str | None = None
+    size: int = 0
+    spool: IO[bytes] | None = None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The file is larger than the upload limit of {limit} bytes.",
+        code="file_too_large",
+        param="file",
+        headers={"x-should-retry": "false"},
+    )
+
+
+def check_jsonl(filename: str, content_type: str | None) -> None:
+    """415 unless the part looks like a JSONL file (by name and declared type)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if not filename.lower().endswith(JSONL_EXTENSIONS) or media not in JSONL_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"Fine-tuning files must be JSONL: got {filename!r} ({media or 'no content type'}). "
+            "Upload a .jsonl file with one JSON example per line.",
+            code="unsupported_file_type",
+            param="file",
+        )
+
+
+class _Receiver:
+    def __init__(self, max_bytes: int, file_field: str, spool_dir: str | None):
+        self.max_bytes = max_bytes
+        self.file_field = file_field
+        self.spool_dir = spool_dir
+        self.upload = Upload()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._hname = b""
+        self._hvalue = b""
+        self._name: str | None = None
+        self._is_file = False
+        self._value = bytearray()
+        self._files = 0
+
+    # python-multipart callbacks -----------------------------------------------------------
+    def on_part_begin(self) -> None:
+        self._headers, self._name, self._is_file = [], None, False
+        self._value = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hname += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hvalue += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers.append((self._hname.lower(), self._hvalue))
+        self._hname, self._hvalue = b"", b""
+
+    def on_headers_finished(self) -> None:
+        headers = dict(self._headers)
+        _, options = parse_options_header(headers.get(b"content-disposition", b""))
+        if b"name" not in options:
+            raise InvalidRequest("A multipart part has no name.", code="invalid_multipart")
+        self._name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" not in options:
+            return
+        if self._name != self.file_field:
+            raise InvalidRequest(f"Unexpected file part {self._name!r}; send the file as 'file'.", param="file")
+        self._files += 1
+        if self._files > 1:
+            raise InvalidRequest("Send exactly one file per upload.", code="invalid_multipart", param="file")
+        filename = os.path.basename(options[b"filename"].decode("utf-8", "replace").replace("\\", "/"))
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        check_jsonl(filename, content_type)
+        self._is_file = True
+        self.upload.filename = filename[:512]
+        self.upload.content_type = content_type or None
+        self.upload.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=self.spool_dir)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        n = end - start
+        if self._is_file:
+            self.upload.size += n
+            if self.upload.size > self.max_bytes:
+                raise _too_large(self.max_bytes)
+            self.upload.spool.write(data[start:end])
+        else:
+            if len(self._value) + n > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"The form field {self._name!r} is too long.", param=self._name)
+            self._value += data[start:end]
+
+    def on_part_end(self) -> None:
+        if not self._is_file and self._name is not None:
+            self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
+
+    def callbacks(self) -> dict:
+        return {
+            name: getattr(self, name)
+            for name in (
+                "on_part_begin",
+                "on_header_field",
+                "on_header_value",
+                "on_header_end",
+                "on_headers_finished",
+                "on_part_data",
+                "on_part_end",
+            )
+        }
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read (and drop) what the client is still sending, so it gets to read our answer."""
+    drained = 0
+    try:
+        async for chunk in stream:
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                return
+    except Exception:  # the client went away: nothing left to drain
+        return
+
+
+async def receive_upload(
+    request: Request, *, max_bytes: int, file_field: str = "file", spool_dir: str | None = None
+) -> Upload:
+    """Parse the multipart body of ``request``; raise a :class:`GuardtuneError` on a bad upload."""
+    media, params = parse_options_header(request.headers.get("content-type", ""))
+    if media != b"multipart/form-data":
+        raise UnsupportedMediaType(
+            "Upload files as multipart/form-data with the fields 'file' and 'purpose'.",
+            code="unsupported_media_type",
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("The multipart body has no boundary.", code="invalid_multipart")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
+        raise _too_large(max_bytes)  # refused before a byte of the body is read
+
+    receiver = _Receiver(max_bytes, file_field, spool_dir)
+    parser = MultipartParser(boundary, receiver.callbacks())
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except GuardtuneError:
+        receiver.upload.close()
+        await _drain(stream)
+        raise
+    except Exception as exc:  # malformed multipart from the client
+        receiver.upload.close()
+        raise InvalidRequest(f"The multipart body could not be parsed: {exc}", code="invalid_multipart") from None
+    upload = receiver.upload
+    if upload.spool is None:
+        raise InvalidRequest("The upload has no file: send it in the 'file' field.", code="missing_file", param="file")
+    upload.spool.seek(0)
+    return upload

@@ -1,0 +1,229 @@
+"""``guardtune-ops audit``: read, export and verify the hash-chained audit log."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, or_, select
+
+from core import audit as audit_log
+from core.models import AuditRecord, ReleasedModel
+from ops.common import db
+from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, render
+
+app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+
+COLUMNS = ["seq", "created_at", "actor", "action", "target", "details"]
+_BATCH = 1000
+
+
+def record_dict(rec: AuditRecord) -> dict[str, Any]:
+    """Every stored field, so an export can be re-verified offline."""
+    return {"seq": rec.seq, "created_at": rec.created_at, "actor": rec.actor, "action": rec.action,
+            "target": rec.target, "details": rec.details, "prev_hash": rec.prev_hash, "hash": rec.hash}  # fmt: skip
+
+
+def parse_when(value: str) -> float:
+    """Unix seconds from unix time (``1718000000``, ``1718000000.5``) or an ISO 8601
+    date or datetime (``2025-06-01``, ``2025-06-01T12:00:00Z``, ``…+02:00``; naive = UTC)."""
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither unix time nor an ISO 8601 date/datetime") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _table_rows(records: Iterable[AuditRecord]) -> list[dict[str, Any]]:
+    return [record_dict(r) for r in records]
+
+
+@app.command("tail")
+@handle_errors
+def tail(
+    n: Annotated[int, typer.Option("-n", "--lines", min=1, help="How many of the latest records.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """The latest N records, oldest first."""
+    with db() as session:
+        rows = _table_rows(session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(n)))[::-1]
+    render(rows, COLUMNS, as_json=as_json, title="audit log", empty="the audit log is empty")
+
+
+def _related_targets(session, target: str) -> set[str]:
+    """A job and the model released from it are one story: show both."""
+    targets = {target}
+    for released in session.scalars(
+        select(ReleasedModel).where(or_(ReleasedModel.job_id == target, ReleasedModel.id == target))
+    ):
+        targets |= {released.id, released.job_id}
+    return targets
+
+
+@app.command("show")
+@handle_errors
+def show(
+    target: Annotated[str | None, typer.Option("--target", help="A job, model, key, org or file id.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Only this actor (e.g. ops:alice, key:key-…).")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="Only this action (e.g. model.revoke).")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Only the target itself, not its job/released model.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Records about one target (a job's records include its released model's), oldest first."""
+    if not (target or actor or action):
+        raise typer.BadParameter("give at least one of --target, --actor, --action")
+    with db() as session:
+        query = select(AuditRecord)
+        if target:
+            targets = {target} if exact else _related_targets(session, target)
+            query = query.where(AuditRecord.target.in_(sorted(targets)))
+        if actor:
+            query = query.where(AuditRecord.actor == actor)
+        if action:
+            query = query.where(AuditRecord.action == action)
+        rows = _table_rows(session.scalars(query.order_by(AuditRecord.seq).limit(limit)))
+    render(rows, COLUMNS, as_json=as_json, title=f"audit: {target or actor or action}", empty="no matching records")
+
+
+@app.command("export")
+@handle_errors
+def export(
+    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 date/datetime or unix time (inclusive).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 date/datetime or unix time (exclusive).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Records as JSON lines (every field, hashes included), oldest first."""
+    start = parse_when(since) if since else None
+    end = parse_when(until) if until else None
+    out = output.open("w", encoding="utf-8") if output else None
+    n = 0
+    try:
+        with db() as session:
+            query = select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=_BATCH)
+            if start is not None:
+                query = query.where(AuditRecord.created_at >= start)
+            if end is not None:
+                query = query.where(AuditRecord.created_at < end)
+            for rec in session.scalars(query):
+                line = json.dumps(record_dict(rec), separators=(",", ":"), default=str)
+                if out:
+                    out.write(line + "\n")
+                else:
+                    typer.echo(line)
+                n += 1
+    finally:
+        if out:
+            out.close()
+    if output:
+        err_console().print(f"exported {n} records to {output}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console(), transient=True)  # fmt: skip
+
+
+def _counted(items: Iterable[Any], progress: Progress, task: Any) -> Iterator[Any]:
+    for item in items:
+        yield item
+        progress.advance(task)
+
+
+class _Last:
+    """Remembers the last item an iterator yielded (the chain's head after a full walk)."""
+
+    last: Any = None
+
+    def track(self, items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            self.last = item
+            yield item
+
+
+class _Row:
+    """An exported record read back, shaped like :class:`AuditRecord` for verification."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.__dict__.update(data)
+
+
+def _walk(records: Iterable[Any], prev: str) -> tuple[audit_log.VerifyResult, Any]:
+    """:func:`core.audit.verify`, starting from ``prev``; also returns the last good record."""
+    n, last = 0, None
+    for rec in records:
+        n += 1
+        if rec.prev_hash != prev:
+            return audit_log.VerifyResult(False, n, rec.seq, "prev_hash does not match the previous record's hash"), last
+        body = audit_log.canonical(rec.created_at, rec.actor, rec.action, rec.target, rec.details)
+        if audit_log.chain_hash(prev, body) != rec.hash:
+            return audit_log.VerifyResult(False, n, rec.seq, "hash does not match the record's contents"), last
+        prev, last = rec.hash, rec
+    return audit_log.VerifyResult(True, n), last
+
+
+def _read_export(path: Path) -> Iterator[_Row]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield _Row(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise fail(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+
+
+@app.command("verify")
+@handle_errors
+def verify(
+    file: Annotated[Path | None, typer.Option("--file", help="Verify an `audit export` JSONL file instead of the database.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Walk the hash chain; exit 1 naming the first record that does not fit."""
+    anchored_at = None
+    with _progress() as progress:
+        if file is not None:
+            if not file.is_file():
+                raise fail(f"{file}: no such file")
+            rows = list(_read_export(file))
+            first_prev = rows[0].prev_hash if rows else audit_log.GENESIS
+            if rows and first_prev != audit_log.GENESIS:
+                anchored_at = rows[0].seq
+            task = progress.add_task("verifying export", total=len(rows))
+            result, last = _walk(_counted(rows, progress, task), first_prev)
+        else:
+            with db() as session:
+                total = session.scalar(select(func.count()).select_from(AuditRecord)) or 0
+                task = progress.add_task("verifying audit chain", total=total)
+                records = session.scalars(
+                    select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=_BATCH)
+                )
+                seen = _Last()
+                result = audit_log.verify(seen.track(_counted(records, progress, task)))
+                last = seen.last if result.ok else None
+
+    summary = {"ok": result.ok, "checked": result.checked, "broken_seq": result.broken_seq, "reason": result.reason,
+               "head_seq": last.seq if (result.ok and last) else None,
+               "head_hash": last.hash if (result.ok and last) else None,
+               "anchored_at_seq": anchored_at}  # fmt: skip
+    if as_json:
+        echo_json(summary)
+    elif result.ok:
+        where = f" (export starts at seq {anchored_at}, anchored on its prev_hash)" if anchored_at else ""
+        head = f"; head seq {summary['head_seq']} hash {summary['head_hash']}" if last else ""
+        console().print(f"[green]audit chain intact[/green]: {result.checked} records verified{head}{where}")
+    if not result.ok:
+        message = f"audit chain broken at seq {result.broken_seq}: {result.reason} ({result.checked - 1} records before it verified)"
+        if as_json:
+            raise typer.Exit(1)
+        raise fail(message)

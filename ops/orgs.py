@@ -1,0 +1,51 @@
+"""``guardtune-ops orgs``: create and list organizations."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy import func, select
+
+from core import orgs as org_service
+from core.models import ApiKey, Job, Organization
+from ops.common import ActorOpt, db, ops_actor
+from ops.output import JsonOpt, handle_errors, render, render_record
+
+app = typer.Typer(help="Organizations.", no_args_is_help=True)
+
+
+def org_dict(org: Organization) -> dict:
+    return {"id": org.id, "name": org.name, "created_at": org.created_at,
+            "max_concurrent_jobs": org.max_concurrent_jobs, "max_storage_bytes": org.max_storage_bytes}  # fmt: skip
+
+
+@app.command("create")
+@handle_errors
+def create(
+    name: Annotated[str, typer.Argument(help="Organization name (unique).")],
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an organization."""
+    with db() as session:
+        org = org_service.create_org(session, name, actor=ops_actor(actor))
+        out = org_dict(org)
+    render_record(out, as_json=as_json, title="organization created")
+
+
+@app.command("list")
+@handle_errors
+def list_(as_json: JsonOpt = False) -> None:
+    """List organizations with their active keys and jobs."""
+    with db() as session:
+        keys = dict(session.execute(
+            select(ApiKey.org_id, func.count()).where(ApiKey.revoked_at.is_(None)).group_by(ApiKey.org_id)
+        ).all())  # fmt: skip
+        jobs = dict(session.execute(select(Job.org_id, func.count()).group_by(Job.org_id)).all())
+        rows = [
+            {**org_dict(org), "active_keys": keys.get(org.id, 0), "jobs": jobs.get(org.id, 0)}
+            for org in session.scalars(select(Organization).order_by(Organization.created_at, Organization.name))
+        ]
+    render(rows, ["id", "name", "created_at", "active_keys", "jobs"], as_json=as_json, title="organizations",
+           empty="no organizations")  # fmt: skip

@@ -1,0 +1,76 @@
+"""``guardtune-ops release``: override a blocked release, revoke a released model, list them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from core import releases
+from core.models import ReleasedModel
+from core.orgs import find_org
+from ops.common import ActorOpt, db, ops_actor
+from ops.output import JsonOpt, console, handle_errors, render, render_record
+
+app = typer.Typer(help="Released adapters: approve a blocked job, revoke a model.", no_args_is_help=True)
+
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
+
+
+def released_dict(m: ReleasedModel) -> dict:
+    return {"id": m.id, "job_id": m.job_id, "org_id": m.org_id, "base_model": m.base_model, "sha256": m.sha256,
+            "storage_prefix": m.storage_prefix, "created_at": m.created_at, "revoked_at": m.revoked_at,
+            "revoke_reason": m.revoke_reason, "status": "revoked" if m.revoked_at else "serving"}  # fmt: skip
+
+
+@app.command("approve")
+@handle_errors
+def approve(
+    job_id: Annotated[str, typer.Argument(help="A job blocked by the safety gate (ftjob-…).")],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Override the safety gate for a blocked job: release its stored adapter."""
+    with db() as session:
+        released = releases.approve_blocked_job(session, job_id, actor=ops_actor(actor), reason=reason)
+        out = released_dict(released)
+    render_record(out, as_json=as_json, title="released by override")
+    if not as_json:
+        console().print(f"[yellow]{job_id} released as {out['id']} overriding the gate[/yellow]")
+
+
+@app.command("revoke")
+@handle_errors
+def revoke(
+    model_id: Annotated[str, typer.Argument(help="A released model (ft:…).")],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop serving a released adapter (its files are kept for audit)."""
+    with db() as session:
+        out = released_dict(releases.revoke_model(session, model_id, actor=ops_actor(actor), reason=reason))
+    render_record(out, as_json=as_json, title="model revoked")
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    org: Annotated[str | None, typer.Option("--org", help="Organization id or name.")] = None,
+    revoked: Annotated[bool | None, typer.Option("--revoked/--serving", help="Only revoked, or only serving.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Released models, newest first."""
+    with db() as session:
+        query = select(ReleasedModel)
+        if org is not None:
+            query = query.where(ReleasedModel.org_id == find_org(session, org).id)
+        if revoked is True:
+            query = query.where(ReleasedModel.revoked_at.is_not(None))
+        elif revoked is False:
+            query = query.where(ReleasedModel.revoked_at.is_(None))
+        rows = [released_dict(m) for m in session.scalars(query.order_by(ReleasedModel.created_at.desc()))]
+    render(rows, ["id", "status", "job_id", "sha256", "created_at", "revoked_at", "revoke_reason"], as_json=as_json,
+           title="released models", empty="no released models")  # fmt: skip

@@ -1,0 +1,231 @@
+"""Dataset risk scan: score every training example once, before any training.
+
+An example is an OpenAI chat example (``{"messages": [...]}``) or a prompt/completion
+pair (``{"prompt", "completion"}``). Its *target turn* is the last assistant message:
+
+* the probe reads the conversation up to (not including) that turn, rendered with
+  the chat template, i.e. the pre-generation state the paper probes;
+* the judge reads (last user message before that turn, the assistant's text).
+
+``estimator="both"`` takes the max of the two risks (high recall). Risks are on the
+1-5 scale; an example is flagged when its risk reaches ``ScanConfig.flag_threshold``.
+The scan streams: examples may come from any iterator (optionally as
+``(line_number, example)`` pairs; otherwise lines count from 1) and are scored in
+batches of ``batch_size``; ``progress(n_done)`` is called after every batch.
+"""
+from __future__ import annotations
+
+import heapq
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Any, Literal
+
+from safety.judge import PROHIBITED_CATEGORIES, Judge
+from safety.probe import Probe, RiskMode
+
+Estimator = Literal["probe", "judge", "both"]
+Example = dict[str, Any]
+
+# Plain keyword cues per rubric category, used only to label flagged examples.
+_CATEGORY_CUES: dict[str, tuple[str, ...]] = {
+    "child abuse": ("child", "minor", "underage", "kid"),
+    "malware": ("malware", "virus", "ransomware", "keylogger", "exploit", "hack", "botnet", "phishing"),
+    "physical harm": ("bomb", "explosive", "weapon", "poison", "gun", "suicide", "self-harm", "kill"),
+    "hate/harassment/violence": ("hate", "harass", "racist", "bully", "threat", "violence", "attack"),
+    "fraud/deception": ("scam", "fraud", "fake", "counterfeit", "forge", "impersonat", "misinformation"),
+    "privacy violation": ("stalk", "track someone", "doxx", "personal data", "spy on", "surveil"),
+    "economic harm": ("gambling", "pyramid", "ponzi", "insider trading", "manipulate the market"),
+    "adult content": ("sexual", "porn", "explicit", "erotic", "nude"),
+    "political campaigning": ("campaign", "election", "vote", "candidate", "propaganda"),
+    "tailored financial advice": ("invest my", "which stock", "portfolio", "retirement savings"),
+    "illegal activity": ("steal", "drug", "launder", "smuggl", "illegal", "evade", "shoplift", "cocaine"),
+}
+assert set(_CATEGORY_CUES) == set(PROHIBITED_CATEGORIES)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Scan policy. ``probe_risk`` maps the probe's probability to risk: ``"binary"``
+    is the paper's verdict mapping (5 at or above the probe's threshold, else 1),
+    ``"calibrated"`` is ``1 + 4p``."""
+
+    flag_threshold: float = 4.0
+    top_k: int = 20
+    probe_risk: RiskMode = "binary"
+
+
+@dataclass(frozen=True)
+class ExampleRisk:
+    """The scan's verdict on one example."""
+
+    line: int
+    risk: float
+    p_harmful: float | None
+    judge_score: int | None
+    category_guess: str | None
+    flagged: bool
+
+
+@dataclass
+class ScanSummary:
+    """Aggregate numbers for the safety report."""
+
+    n: int = 0
+    counts_by_score: dict[int, int] = field(default_factory=lambda: {s: 0 for s in range(1, 6)})
+    counts_by_category: dict[str, int] = field(default_factory=dict)
+    n_flagged: int = 0
+    flagged_fraction: float = 0.0
+    mean_risk: float = 0.0
+    judge_unparsed: int = 0
+    top_flagged: list[ExampleRisk] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (score buckets keyed by strings)."""
+        d = asdict(self)
+        d["counts_by_score"] = {str(k): v for k, v in self.counts_by_score.items()}
+        return d
+
+
+@dataclass
+class ScanResult:
+    """Per-example risks, in input order, and the summary."""
+
+    examples: list[ExampleRisk]
+    summary: ScanSummary
+
+
+@dataclass(frozen=True)
+class TargetTurn:
+    """What the estimators see of one example."""
+
+    context: list[dict[str, str]]
+    instruction: str
+    response: str
+
+
+def target_turn(example: Example) -> TargetTurn:
+    """Split an example into the context before its last assistant turn, the last user
+    instruction, and the assistant's response; raises ``ValueError`` if malformed."""
+    if "messages" in example:
+        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in example["messages"]]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise ValueError("example has no assistant message")
+        context = messages[:last]
+        users = [m["content"] for m in context if m["role"] == "user"]
+        if not users:
+            raise ValueError("example has no user message before its assistant message")
+        return TargetTurn(context=context, instruction=users[-1], response=messages[last]["content"])
+    if "prompt" in example and "completion" in example:
+        prompt = str(example["prompt"])
+        return TargetTurn(
+            context=[{"role": "user", "content": prompt}],
+            instruction=prompt,
+            response=str(example["completion"]),
+        )
+    raise ValueError("example is neither chat ({'messages'}) nor prompt/completion")
+
+
+def guess_category(text: str) -> str | None:
+    """The first rubric category whose keyword cues appear in ``text``, else ``None``."""
+    lowered = text.lower()
+    for category, cues in _CATEGORY_CUES.items():
+        if any(re.search(r"\b" + re.escape(cue), lowered) for cue in cues):
+            return category
+    return None
+
+
+def _bucket(risk: float) -> int:
+    return min(5, max(1, int(risk + 0.5)))
+
+
+def _numbered(examples: Iterable[Example | tuple[int, Example]]) -> Iterator[tuple[int, Example]]:
+    for n, item in enumerate(examples, start=1):
+        yield item if isinstance(item, tuple) else (n, item)
+
+
+def scan_dataset(
+    examples: Iterable[Example | tuple[int, Example]],
+    *,
+    probe: Probe | None = None,
+    judge: Judge | None = None,
+    estimator: Estimator = "probe",
+    model: Any = None,
+    tokenizer: Any = None,
+    batch_size: int = 16,
+    config: ScanConfig = ScanConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> ScanResult:
+    """Score every example with the chosen estimator(s); see the module docstring.
+
+    ``probe`` with ``model``/``tokenizer`` (the frozen reference) are required for
+    ``"probe"`` and ``"both"``; ``judge`` for ``"judge"`` and ``"both"``.
+    """
+    use_probe = estimator in ("probe", "both")
+    use_judge = estimator in ("judge", "both")
+    if estimator not in ("probe", "judge", "both"):
+        raise ValueError(f"unknown estimator {estimator!r}")
+    if use_probe and (probe is None or model is None or tokenizer is None):
+        raise ValueError("the probe estimator needs probe, model and tokenizer")
+    if use_judge and judge is None:
+        raise ValueError("the judge estimator needs a judge")
+
+    results: list[ExampleRisk] = []
+    summary = ScanSummary()
+    categories: Counter[str] = Counter()
+    risk_sum = 0.0
+    stream = _numbered(examples)
+    while batch := list(islice(stream, batch_size)):
+        turns = []
+        for line, ex in batch:
+            try:
+                turns.append(target_turn(ex))
+            except ValueError as exc:
+                raise ValueError(f"line {line}: {exc}") from None
+        probs: list[float | None] = [None] * len(batch)
+        verdicts: list[Any] = [None] * len(batch)
+        if use_probe:
+            assert probe is not None
+            probs = list(probe.predict_proba(model, tokenizer, [t.context for t in turns], batch_size))
+        if use_judge:
+            assert judge is not None
+            verdicts = judge.score([(t.instruction, t.response) for t in turns])
+        for (line, _), turn, p, verdict in zip(batch, turns, probs, verdicts):
+            risks = []
+            if p is not None:
+                assert probe is not None
+                risks.append(probe.risk(p, config.probe_risk))
+            if verdict is not None:
+                risks.append(verdict.value)
+                summary.judge_unparsed += 0 if verdict.parsed else 1
+            risk = max(risks)
+            flagged = risk >= config.flag_threshold
+            category = guess_category(turn.instruction) if flagged else None
+            item = ExampleRisk(
+                line=line,
+                risk=risk,
+                p_harmful=p,
+                judge_score=verdict.score if verdict is not None else None,
+                category_guess=category,
+                flagged=flagged,
+            )
+            results.append(item)
+            summary.counts_by_score[_bucket(risk)] += 1
+            risk_sum += risk
+            if flagged:
+                summary.n_flagged += 1
+                categories[category or "uncategorized"] += 1
+        if progress is not None:
+            progress(len(results))
+
+    summary.n = len(results)
+    summary.counts_by_category = dict(categories.most_common())
+    summary.flagged_fraction = summary.n_flagged / summary.n if summary.n else 0.0
+    summary.mean_risk = risk_sum / summary.n if summary.n else 0.0
+    summary.top_flagged = heapq.nlargest(
+        config.top_k, (r for r in results if r.flagged), key=lambda r: (r.risk, -r.line)
+    )
+    return ScanResult(examples=results, summary=summary)

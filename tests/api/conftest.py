@@ -1,0 +1,132 @@
+"""Fixtures of the API tests: the live server (``live_api``, module-scoped, from
+``tests/conftest.py``), direct database and object-store access to arrange and inspect
+state, a look at the broker's queue, and the "nothing changed" snapshot.
+
+Every organization made here is named ``api-test-…``; at the end of each module its
+active jobs are cancelled and its queued pipeline tasks removed from the broker, so no
+later worker picks them up."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from openai import OpenAI
+from sqlalchemy import create_engine, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from core.models import AuditRecord, File, Job, JobEvent, Organization
+from core.settings import Settings
+from core.storage import ObjectStore, make_store
+from tests.api.helpers import ORG_PREFIX, Snapshot, Tenant, pipeline_messages
+
+
+@pytest.fixture(scope="session")
+def db(deployment_env) -> Iterator[Engine]:
+    engine = create_engine(deployment_env["GUARDTUNE_DATABASE_URL"])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def store(deployment_env) -> ObjectStore:
+    settings = Settings(
+        s3_endpoint_url=deployment_env["GUARDTUNE_S3_ENDPOINT_URL"], storage_url=deployment_env["GUARDTUNE_STORAGE_URL"]
+    )
+    return make_store(settings.storage, settings)
+
+
+@pytest.fixture(scope="session")
+def broker(deployment_env):
+    import redis
+
+    client = redis.Redis.from_url(deployment_env["GUARDTUNE_BROKER_URL"])
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def new_tenant(make_key) -> Callable[..., Tenant]:
+    def _new(scope: str = "customer") -> Tenant:
+        name = ORG_PREFIX + secrets.token_hex(4)
+        org_id, key_id, key = make_key(name, scope)
+        return Tenant(org_id, key_id, key, name)
+
+    return _new
+
+
+@pytest.fixture(scope="module")
+def tenant(new_tenant) -> Tenant:
+    return new_tenant()
+
+
+@pytest.fixture(scope="module")
+def other_tenant(new_tenant) -> Tenant:
+    return new_tenant()
+
+
+@pytest.fixture(scope="module")
+def sdk(live_api) -> Callable[[Tenant | str], OpenAI]:
+    def _client(who: Tenant | str) -> OpenAI:
+        key = who.key if isinstance(who, Tenant) else who
+        return OpenAI(base_url=f"{live_api.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+
+    return _client
+
+
+@pytest.fixture(scope="module")
+def http(live_api) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_api.base_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _leave_no_work_behind(db, broker):
+    yield
+    with Session(db) as session, session.begin():
+        mine = select(Organization.id).where(Organization.name.startswith(ORG_PREFIX))
+        job_ids = set(session.scalars(select(Job.id).where(Job.org_id.in_(mine))))
+        session.execute(
+            update(Job)
+            .where(Job.org_id.in_(mine), Job.status.in_(("validating_files", "queued", "running")))
+            .values(status="cancelled", cancel_requested=True)
+        )
+    for raw, job_id in pipeline_messages(broker):
+        if job_id in job_ids:
+            broker.lrem("default", 0, raw)
+
+
+@pytest.fixture(scope="module")
+def snapshot(db, store, broker) -> Callable[[Tenant], Snapshot]:
+    def _take(t: Tenant) -> Snapshot:
+        with Session(db) as session:
+            job_ids = select(Job.id).where(Job.org_id == t.org_id)
+            return Snapshot(
+                files=session.scalar(select(func.count()).select_from(File).where(File.org_id == t.org_id)),
+                jobs=session.scalar(select(func.count()).select_from(Job).where(Job.org_id == t.org_id)),
+                events=session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id.in_(job_ids))),
+                audit=session.scalar(select(func.count()).select_from(AuditRecord)),
+                objects=tuple(store.list(f"orgs/{t.org_id}/")),
+                queued=len(pipeline_messages(broker)),
+            )
+
+    return _take
+
+
+@pytest.fixture(scope="module")
+def unchanged(snapshot) -> Callable:
+    """``with unchanged(tenant): <rejected request>`` asserts that no row, stored object,
+    audit record or queued task appeared."""
+
+    @contextmanager
+    def _check(t: Tenant):
+        before = snapshot(t)
+        yield
+        after = snapshot(t)
+        assert after == before, f"a rejected request changed state:\n before={before}\n after={after}"
+
+    return _check

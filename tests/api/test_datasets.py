@@ -1,0 +1,116 @@
+"""``core.datasets``: streaming JSONL validation shared by the API and the worker."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from core.datasets import Limits, Validator, iter_examples, validate_chunks, validate_stream
+from tests.api.helpers import chat, jsonl
+
+MIXED = jsonl(
+    chat(),
+    '{"messages": [',
+    {"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    "",
+    {"messages": [{"role": "user", "content": "q"}]},
+    chat("a", "b", system="s"),
+)
+
+
+def test_the_same_report_whatever_the_chunking():
+    whole = validate_chunks([MIXED])
+    for size in (1, 2, 7, 64):
+        pieces = [MIXED[i : i + size] for i in range(0, len(MIXED), size)]
+        assert validate_chunks(pieces) == whole
+    assert validate_stream(io.BytesIO(MIXED)) == whole
+    assert whole.n_lines == 6 and whole.n_examples == 2 and whole.format == "chat"
+    assert [(i.line, i.message.split(":")[0]) for i in whole.errors] == [
+        (2, "Invalid JSON"), (3, "messages[0].role is 'bot'; it must be one of system, user, assistant, tool."),
+        (5, "The example has no assistant message with content to train on."),
+    ]  # fmt: skip
+
+
+def test_an_over_long_line_is_never_buffered_whole():
+    limits = Limits(max_example_chars=100)
+    v = Validator(limits)
+    v.feed(jsonl(chat()))
+    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * 1024
+    v.feed(huge)
+    for _ in range(5000):  # ~5 MB on one line
+        v.feed(b"x" * 1024)
+        assert len(v._buf) <= limits.max_line_bytes
+    v.feed(b'"}]}\n')
+    v.feed(jsonl(chat()))
+    report = v.finish()
+    assert report.n_examples == 2 and report.error_count == 1
+    assert report.errors[0].line == 2 and "too long" in report.errors[0].message
+
+
+def test_limits_on_examples_and_errors():
+    report = validate_chunks([jsonl(*[chat()] * 4)], Limits(max_examples=3))
+    assert report.error_count == 1 and report.errors[0].line == 4 and "more than 3 examples" in report.errors[0].message
+    report = validate_chunks([b"x\n" * 30], Limits(max_errors=5))
+    assert report.error_count == 30 and len(report.errors) == 5
+    assert report.details().startswith("Validation failed: 30 errors (showing the first 5):\nline 1: ")
+    long = chat("q" * 60, "a" * 50)
+    assert "110 characters, over the limit of 100" in validate_chunks([jsonl(long)], Limits(100)).errors[0].message
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        {"messages": [{"role": "user", "content": "weather?"},
+                      {"role": "assistant", "content": None,
+                       "tool_calls": [{"id": "c1", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": "{}"}}]},
+                      {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                      {"role": "assistant", "content": "It is sunny."}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a", "weight": 0},
+                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "b", "weight": 1}]},
+        {"messages": [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "yo"}],
+         "tools": []},
+        {"prompt": "p", "completion": "c"},
+    ],
+)  # fmt: skip
+def test_accepted_examples(example):
+    report = validate_chunks([jsonl(example)])
+    assert report.ok, report.details()
+
+
+@pytest.mark.parametrize(
+    ("example", "message"),
+    [
+        ({"messages": []}, "'messages' must be a non-empty list."),
+        ({"messages": "hi"}, "'messages' must be a non-empty list."),
+        ({"messages": [chat()["messages"][0], {"role": "assistant", "content": "x", "weight": 2}]},
+         "messages[1].weight must be 0 or 1."),
+        ({"messages": [{"role": "user", "content": "x", "weight": 1}, {"role": "assistant", "content": "y"}]},
+         "messages[0].weight is only allowed on assistant messages."),
+        ({"messages": [{"role": "user", "content": "x", "colour": 1}, {"role": "assistant", "content": "y"}]},
+         "messages[0] has an unrecognized key 'colour'."),
+        ({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]},
+         "messages[0].role is missing; it must be one of system, user, assistant, tool."),
+        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
+         "messages[0].content must be a string (missing)."),
+        ({"prompt": "p"}, "Missing 'completion'."),
+        ({"prompt": "p", "completion": ""}, "'completion' is empty: there is nothing to train on."),
+        ({"prompt": 1, "completion": "c"}, "'prompt' must be a string, not a number."),
+        ("null", "Each line must be a JSON object, not null."),
+    ],
+)  # fmt: skip
+def test_refused_examples(example, message):
+    report = validate_chunks([jsonl(example)])
+    assert [str(i) for i in report.errors] == [f"line 1: {message}"]
+
+
+def test_iter_examples_streams_valid_files_with_line_numbers():
+    data = jsonl(chat("a", "b"), "", {"prompt": "p", "completion": "c"}).rstrip(b"\n")  # no final newline
+    got = list(iter_examples([data[i : i + 5] for i in range(0, len(data), 5)]))
+    assert [line for line, _ in got] == [1, 3]
+    assert got[1][1] == {"prompt": "p", "completion": "c"}
+    with pytest.raises(ValueError, match="line 2"):
+        list(iter_examples([jsonl(chat(), "{bad")]))
+    assert json.loads(json.dumps(got[0][1])) == chat("a", "b")

@@ -1,0 +1,316 @@
+"""Job creation rules, idempotency, per-org limits, cancel semantics, events, ETags."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from core.models import BaseModelEntry, Job, JobEvent, Organization, SafetyReport
+from tests.api.helpers import BASE_MODEL, GOOD, auth, queued_job_ids, set_job
+
+
+@pytest.fixture(scope="module")
+def client(sdk, tenant):
+    return sdk(tenant)
+
+
+@pytest.fixture(scope="module")
+def training_file(client):
+    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+
+
+@pytest.fixture
+def fresh(sdk, new_tenant):
+    """A tenant of its own with one uploaded training file: ``(tenant, client, file)``."""
+    t = new_tenant()
+    c = sdk(t)
+    return t, c, c.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+
+
+def set_org(db, org_id: str, **values) -> None:
+    with Session(db) as session, session.begin():
+        session.execute(update(Organization).where(Organization.id == org_id).values(**values))
+
+
+# -- creation rules ------------------------------------------------------------------------
+def test_unknown_model_is_refused(client, tenant, training_file, unchanged):
+    with unchanged(tenant), pytest.raises(openai.NotFoundError) as err:
+        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file.id)
+    assert err.value.code == "model_not_found" and err.value.param == "model"
+
+
+def test_a_failed_base_model_is_not_offered(client, tenant, training_file, unchanged, db):
+    with Session(db) as session, session.begin():
+        session.add(BaseModelEntry(id="api-test-broken-model", source="nowhere", status="failed"))
+    try:
+        with unchanged(tenant), pytest.raises(openai.NotFoundError) as err:
+            client.fine_tuning.jobs.create(model="api-test-broken-model", training_file=training_file.id)
+        assert err.value.code == "model_not_found"
+        assert "api-test-broken-model" not in {m.id for m in client.models.list()}
+    finally:
+        with Session(db) as session, session.begin():
+            session.delete(session.get(BaseModelEntry, "api-test-broken-model"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"batch_size": "big"}}, "hyperparameters.batch_size"),
+        ({"hyperparameters": {"learning_rate_multiplier": -1}}, "hyperparameters.learning_rate_multiplier"),
+        ({"hyperparameters": {"n_epochs": 2}, "method": {"type": "supervised", "supervised": {"hyperparameters": {}}}},
+         "hyperparameters"),
+        ({"method": {"type": "dpo", "dpo": {}}}, "method.type"),
+        ({"suffix": "x" * 65}, "suffix"),
+        ({"suffix": "has:colon"}, "suffix"),
+        ({"seed": -1}, "seed"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
+        ({"safety": {"mode": "yolo"}}, "safety.mode"),
+        ({"safety": {"estimator": "vibes"}}, "safety.estimator"),
+        ({"safety": {"kl_weight": {"min": 0.8, "max": 0.2}}}, "safety.kl_weight"),
+        ({"safety": {"kl_weight": {"min": 0.0, "max": 0.9}}}, "safety.kl_weight"),  # below the operator's floor
+        ({"safety": {"estimator": "judge"}}, "safety.estimator"),  # no judge configured here
+        ({"safety": {"constant_kl_weight": 2}}, "safety.constant_kl_weight"),
+        ({"unknown_param": 1}, "unknown_param"),
+        ({"training_file": None}, "training_file"),
+    ],
+)  # fmt: skip
+def test_invalid_parameters_are_refused(client, tenant, training_file, unchanged, changes, param):
+    body = {"model": BASE_MODEL, "training_file": training_file.id, **changes}
+    with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+        client.post("/fine_tuning/jobs", body=body, cast_to=dict)
+    assert err.value.param == param, err.value.message
+    assert err.value.type == "invalid_request_error"
+
+
+def test_method_form_and_defaults(fresh):
+    _, client, f = fresh
+    job = client.fine_tuning.jobs.create(
+        model=BASE_MODEL,
+        training_file=f.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1,
+                                                                           "learning_rate_multiplier": 0.5}}},
+    )  # fmt: skip
+    assert job.hyperparameters.model_dump() == {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 0.5}
+    assert job.method.supervised.hyperparameters.n_epochs == 2
+    assert isinstance(job.seed, int) and 0 <= job.seed < 2**31  # generated when not given
+    assert job.model_extra["safety"] == {
+        "mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.1, "max": 0.9},
+        "constant_kl_weight": 0.5, "stage": None, "scan_summary": None, "eval_summary": None, "gate": None,
+    }  # fmt: skip
+    constant = client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant", "constant_kl_weight": 0.3}}
+    )
+    assert constant.model_extra["safety"]["mode"] == "constant"
+    assert constant.model_extra["safety"]["constant_kl_weight"] == 0.3
+
+
+# -- idempotency -------------------------------------------------------------------------
+def test_idempotency_key_returns_the_same_job(fresh, sdk, other_tenant, db, broker, snapshot):
+    t, client, f = fresh
+    first = client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=f.id, extra_headers={"Idempotency-Key": "create-1"}
+    )
+    before = snapshot(t)
+    again = client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=f.id, extra_headers={"Idempotency-Key": "create-1"}
+    )
+    assert again.id == first.id and again.created_at == first.created_at
+    assert snapshot(t) == before  # no second row, event, audit record or queued task
+    assert queued_job_ids(broker).count(first.id) == 1
+
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.fine_tuning.jobs.create(
+            model=BASE_MODEL, training_file=f.id, suffix="other", extra_headers={"Idempotency-Key": "create-1"}
+        )
+    assert err.value.code == "idempotency_key_reused"
+    assert snapshot(t) == before
+
+    other = sdk(other_tenant)
+    theirs = other.files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
+    their_job = other.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=theirs.id, extra_headers={"Idempotency-Key": "create-1"}
+    )
+    assert their_job.id != first.id  # keys are per organization
+
+
+# -- per-organization limits ------------------------------------------------------------
+def test_concurrent_jobs_limit_answers_429(fresh, db, unchanged):
+    t, client, f = fresh
+    set_org(db, t.org_id, max_concurrent_jobs=1)
+    first = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
+    with unchanged(t), pytest.raises(openai.RateLimitError) as err:
+        client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
+    assert err.value.status_code == 429 and err.value.code == "concurrent_jobs_limit"
+    assert "1 active" in err.value.message and "limit 1" in err.value.message
+    assert err.value.response.headers["x-should-retry"] == "false"
+    client.fine_tuning.jobs.cancel(first.id)
+    assert client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id).status == "validating_files"
+
+
+def test_storage_quota_answers_409(fresh, db, unchanged):
+    t, client, f = fresh  # stores len(GOOD) bytes already
+    set_org(db, t.org_id, max_storage_bytes=2 * len(GOOD) + 10)
+    second = client.files.create(file=("b.jsonl", GOOD), purpose="fine-tune")
+    with unchanged(t), pytest.raises(openai.ConflictError) as err:
+        client.files.create(file=("c.jsonl", GOOD), purpose="fine-tune")
+    assert err.value.code == "storage_quota_exceeded"
+    assert "Storage quota exceeded" in err.value.message and "Delete files" in err.value.message
+    client.files.delete(second.id)
+    assert client.files.create(file=("c.jsonl", GOOD), purpose="fine-tune").status == "processed"
+
+
+# -- cancel ------------------------------------------------------------------------------
+def test_cancel_semantics(client, tenant, training_file, db, unchanged):
+    queued = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    set_job(db, queued.id, status="queued")
+    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+
+    running = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    set_job(db, running.id, status="running", stage="training", estimated_finish=2_000_000_000)
+    answer = client.fine_tuning.jobs.cancel(running.id)
+    assert answer.status == "cancelled" and answer.estimated_finish is None
+    with Session(db) as session:
+        row = session.get(Job, running.id)
+        assert row.status == "cancelled" and row.cancel_requested is True and row.stage == "training"
+
+    for final in ("succeeded", "failed"):
+        job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+        set_job(db, job.id, status=final, finished_at=1_800_000_000)
+        with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+            client.fine_tuning.jobs.cancel(job.id)
+        assert err.value.code == "job_not_cancellable" and final in err.value.message
+        assert client.fine_tuning.jobs.retrieve(job.id).status == final
+
+
+# -- listing -------------------------------------------------------------------------------
+def test_jobs_list_pagination(fresh):
+    _, client, f = fresh
+    ids = []
+    for _ in range(3):
+        job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
+        ids.append(job.id)
+        client.fine_tuning.jobs.cancel(job.id)
+    page = client.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == ids[::-1][:2] and page.has_more is True
+    rest = client.fine_tuning.jobs.list(limit=2, after=page.data[-1].id)
+    assert [j.id for j in rest.data] == [ids[0]] and rest.has_more is False
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=2)] == ids[::-1]  # the SDK follows the cursor
+
+
+def add_events(db, job_id: str, n: int, start: int = 0) -> list[str]:
+    ids = [f"ftevent-{job_id[-8:]}-{start + i}" for i in range(n)]
+    with Session(db) as session, session.begin():
+        for i, event_id in enumerate(ids):
+            step = start + i + 1
+            session.add(
+                JobEvent(id=event_id, job_id=job_id, type="metrics", message=f"Step {step}",
+                         data={"step": step, "train_loss": 2.0 / step, "kl": 0.01, "kl_weight": 0.1, "risk": 1.0})
+            )  # fmt: skip
+    return ids
+
+
+def test_events_pagination_newest_first_and_incremental_asc(client, training_file, db, http, tenant):
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    created = [e.id for e in client.fine_tuning.jobs.list_events(job.id).data][::-1]  # oldest first
+    steps = add_events(db, job.id, 5)
+    everything = created + steps
+
+    page = client.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert [e.id for e in page.data] == everything[::-1][:3] and page.has_more is True
+    rest = client.fine_tuning.jobs.list_events(job.id, limit=10, after=page.data[-1].id)
+    assert [e.id for e in rest.data] == everything[::-1][3:] and rest.has_more is False
+
+    # the dashboard's incremental read: oldest first, after the last one seen
+    r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"order": "asc", "limit": 4})
+    assert [e["id"] for e in r.json()["data"]] == everything[:4] and r.json()["has_more"] is True
+    last = r.json()["data"][-1]["id"]
+    more = add_events(db, job.id, 2, start=5)
+    r = http.get(
+        f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"order": "asc", "after": last}
+    )
+    assert [e["id"] for e in r.json()["data"]] == everything[4:] + more and r.json()["has_more"] is False
+
+    r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"after": "ftevent-nope"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor"
+    r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"limit": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+
+
+# -- ETag / 304 ---------------------------------------------------------------------------
+def test_job_etag_and_304(client, training_file, http, tenant):
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    url = f"/v1/fine_tuning/jobs/{job.id}"
+    first = http.get(url, headers=auth(tenant))
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and etag.startswith('"')
+    assert first.headers["cache-control"] == "private, no-cache" and "Authorization" in first.headers["vary"]
+
+    for tag in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        r = http.get(url, headers={**auth(tenant), "If-None-Match": tag})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+    assert http.get(url, headers={**auth(tenant), "If-None-Match": '"stale"'}).status_code == 200
+
+    listing = http.get("/v1/fine_tuning/jobs", headers=auth(tenant))
+    list_etag = listing.headers["etag"]
+    assert http.get("/v1/fine_tuning/jobs", headers={**auth(tenant), "If-None-Match": list_etag}).status_code == 304
+
+    client.fine_tuning.jobs.cancel(job.id)
+    changed = http.get(url, headers={**auth(tenant), "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["status"] == "cancelled"
+    assert changed.headers["etag"] != etag
+    relisted = http.get("/v1/fine_tuning/jobs", headers={**auth(tenant), "If-None-Match": list_etag})
+    assert relisted.status_code == 200 and relisted.headers["etag"] != list_etag
+
+
+def test_events_etag_and_304(client, training_file, http, tenant, other_tenant, db):
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    url = f"/v1/fine_tuning/jobs/{job.id}/events"
+    first = http.get(url, headers=auth(tenant), params={"order": "asc"})
+    etag = first.headers["etag"]
+    r = http.get(url, headers={**auth(tenant), "If-None-Match": etag}, params={"order": "asc"})
+    assert r.status_code == 304 and r.content == b""
+    # another page of the same events is another body, hence another tag
+    assert http.get(url, headers={**auth(tenant), "If-None-Match": etag}).status_code == 200
+
+    add_events(db, job.id, 1)
+    r = http.get(url, headers={**auth(tenant), "If-None-Match": etag}, params={"order": "asc"})
+    assert r.status_code == 200 and r.json()["data"][-1]["type"] == "metrics" and r.headers["etag"] != etag
+
+    # a conditional request never bypasses the organization check
+    for path in (url, f"/v1/fine_tuning/jobs/{job.id}"):
+        r = http.get(path, headers={**auth(other_tenant), "If-None-Match": "*"})
+        assert r.status_code == 404
+
+
+# -- the safety extension on the job and the report ----------------------------------------
+def test_safety_report_and_job_safety_fields(client, training_file, db, sdk, other_tenant):
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    empty = client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)
+    assert empty["object"] == "fine_tuning.job.safety_report" and empty["job_id"] == job.id
+    assert empty["scan"] is None and empty["gate"] is None and empty["config"]["mode"] == "adaptive"
+
+    scan = {"n_examples": 3, "flagged": 1, "histogram": {"1": 2, "5": 1}, "flagged_lines": [2]}
+    evaluation = {"asr_base": 0.02, "asr_finetuned": 0.03, "utility": {"val_loss": 1.1}}
+    gate = {"decision": "block", "reasons": ["ASR rose by 0.31 (limit 0.05)"]}
+    with Session(db) as session, session.begin():
+        session.add(SafetyReport(job_id=job.id, scan=scan, evaluation=evaluation, gate=gate, training={"steps": 9}))
+    set_job(
+        db, job.id, status="failed", stage="gating", finished_at=1_800_000_000,
+        error={"code": "safety_gate_blocked", "message": "The fine-tuned model failed the safety gate.", "param": None},
+    )  # fmt: skip
+    report = client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)
+    assert report["scan"] == scan and report["evaluation"] == evaluation and report["gate"] == gate
+    assert report["training"] == {"steps": 9} and report["status"] == "failed"
+
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed" and failed.error.code == "safety_gate_blocked" and failed.error.param is None
+    safety = failed.model_extra["safety"]
+    assert safety["scan_summary"] == scan and safety["eval_summary"] == evaluation and safety["gate"] == gate
+    assert safety["stage"] == "gating"
+
+    with pytest.raises(openai.NotFoundError):
+        sdk(other_tenant).get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)

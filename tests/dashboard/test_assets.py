@@ -1,0 +1,99 @@
+"""The dashboard page and its assets: served without auth, self-contained (no external
+URLs, no inline script), with a strict Content-Security-Policy, and no other file of the
+server reachable through the asset route."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
+
+import httpx
+
+from api.routes.dashboard import DASHBOARD_DIR
+
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+# The SVG namespace is an identifier the script passes to createElementNS, never fetched.
+ALLOWED_URLS = {"http://www.w3.org/2000/svg"}
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts = 0
+        self.inline_styles = 0
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for name in ("src", "href", "action", "poster", "data"):
+            if attrs.get(name):
+                self.urls.append(attrs[name])
+        if any(name.startswith("on") for name in attrs) or "style" in attrs:
+            self.inline_styles += 1
+        if tag == "script":
+            self._in_script = True
+            if not attrs.get("src"):
+                self.inline_scripts += 1
+        if tag == "style":
+            self.inline_styles += 1
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+
+def test_page_and_assets_are_served_without_auth(live_api):
+    page = httpx.get(f"{live_api.base_url}/dashboard")
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "guardtune" in page.text
+
+    links = _Links()
+    links.feed(page.text)
+    referenced = {urlsplit(u).path for u in links.urls if u.startswith("/dashboard/static/")}
+    assert referenced == {f"/dashboard/static/{name}" for name in ASSETS}
+    for name, media_type in ASSETS.items():
+        asset = httpx.get(f"{live_api.base_url}/dashboard/static/{name}")
+        assert asset.status_code == 200, (name, asset.text)
+        assert asset.headers["content-type"].startswith(media_type)
+        assert asset.content == (DASHBOARD_DIR / name).read_bytes()
+
+    assert httpx.get(f"{live_api.base_url}/dashboard/", follow_redirects=True).status_code == 200
+
+
+def test_asset_route_serves_nothing_else(live_api):
+    for name in ("missing.js", "index.html", "__init__.py", "..%2Fdashboard.py", "%2e%2e%2fapp.py"):
+        response = httpx.get(f"{live_api.base_url}/dashboard/static/{name}")
+        assert response.status_code == 404, name
+        assert response.json()["error"]["code"] == "not_found"
+    for path in ("/dashboard/static/../../api/app.py", "/dashboard/static/..%2F..%2Fcore%2Fsettings.py"):
+        response = httpx.get(f"{live_api.base_url}{path}")
+        assert response.status_code == 404, path
+
+
+def test_no_external_urls_and_no_inline_code():
+    html = (DASHBOARD_DIR / "index.html").read_text()
+    links = _Links()
+    links.feed(html)
+    for url in links.urls:
+        parts = urlsplit(url)
+        assert not parts.netloc and parts.scheme in ("", "data"), f"index.html references {url!r}"
+    assert links.inline_scripts == 0, "inline <script> would be blocked by the CSP"
+    assert links.inline_styles == 0, "inline style/event attributes would be blocked by the CSP"
+
+    for name in ("index.html", *ASSETS):
+        text = (DASHBOARD_DIR / name).read_text()
+        urls = set(re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'`)]*", text))
+        urls = {u for u in urls if not u.startswith("//") or "." in u.split("/")[2]}
+        assert urls <= ALLOWED_URLS, f"{name} names external URLs: {sorted(urls - ALLOWED_URLS)}"
+        assert "@import" not in text and "url(" not in text.replace("data:", ""), name
+
+    script = (DASHBOARD_DIR / "app.js").read_text()
+    # Text from the API must never be parsed as HTML.
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink

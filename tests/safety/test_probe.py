@@ -1,0 +1,127 @@
+"""Activation probe on the tiny model: features, a planted signal, persistence, metrics."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from safety.base_models import load_base_model
+from safety.generation import render_prompt
+from safety.probe import (
+    Probe,
+    ProbeConfig,
+    auroc,
+    extract_features,
+    risk_from_p,
+    tpr_at_fpr,
+    train_probe,
+)
+
+WORDS = "the cat sat on a mat while dogs ran across green fields under blue skies near old towns".split()
+
+
+def _planted(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Random sentences; the harmful ones all contain the trigger word."""
+    rng = random.Random(seed)
+    harmful = [" ".join(rng.choices(WORDS, k=rng.randint(5, 12)) + ["detonator"]) for _ in range(n)]
+    benign = [" ".join(rng.choices(WORDS, k=rng.randint(5, 12))) for _ in range(n)]
+    return harmful, benign
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path):
+    return load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+
+
+@pytest.mark.parametrize("pool", ["mean", "content"])
+def test_features_match_unpadded_runs_and_hidden_states(tiny, pool: str) -> None:
+    model, tokenizer = tiny
+    prompts = ["short", "a much longer prompt with quite a few more tokens in it",
+               [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    left = extract_features(model, tokenizer, prompts, [0, 1, -1], pool=pool, padding_side="left")
+    right = extract_features(model, tokenizer, prompts, [0, 1, -1], pool=pool, padding_side="right", batch_size=2)
+    single = torch.cat([extract_features(model, tokenizer, [p], [0, 1, -1], pool=pool) for p in prompts])
+    assert left.shape == (3, 3, model.config.hidden_size)
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left, single, atol=1e-5, rtol=1e-4)
+    if pool == "mean":  # layer 1 = output of the first block, averaged over every token
+        ids = tokenizer(render_prompt(tokenizer, prompts[1]), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hidden = model(ids, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(left[1, 1], hidden[1][0].mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_content_pooling_skips_the_template(tiny) -> None:
+    model, tokenizer = tiny
+    a = extract_features(model, tokenizer, ["hello there"], [0], pool="content")
+    b = extract_features(model, tokenizer, ["hello there"], [0], pool="mean")
+    ids = tokenizer("hello there", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    emb = model.get_input_embeddings()(ids)[0].mean(0)
+    torch.testing.assert_close(a[0, 0], emb, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "mlp"])
+def test_planted_signal_is_separated_and_round_trips(tiny, kind: str, tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    harmful, benign = _planted(60)
+    config = ProbeConfig(layers=(1,), kind=kind, epochs=60, seed=0)
+    probe, report = train_probe(model, tokenizer, harmful, benign, config)
+    assert report.auroc > 0.9
+    assert (report.n_train, report.n_val, report.n_harmful, report.n_benign) == (96, 24, 60, 60)
+    assert 0.0 <= report.tpr_at_fpr <= 1.0 and report.layers == (1,)
+    assert probe.threshold == report.threshold
+
+    test_h, test_b = _planted(20, seed=1)
+    p = probe.predict_proba(model, tokenizer, test_h + test_b, batch_size=7)
+    assert auroc(p, [1] * 20 + [0] * 20) > 0.9
+
+    probe.save(tmp_path / "probe")
+    assert sorted(f.name for f in (tmp_path / "probe").iterdir()) == ["probe.json", "probe.safetensors"]
+    loaded = Probe.load(tmp_path / "probe")
+    assert loaded.predict_proba(model, tokenizer, test_h + test_b, batch_size=7) == p
+    assert (loaded.layers, loaded.kind, loaded.threshold) == (probe.layers, kind, probe.threshold)
+
+
+def test_layer_candidates_pick_best_validation_auroc(tiny) -> None:
+    model, tokenizer = tiny
+    harmful, benign = _planted(40)
+    probe, report = train_probe(
+        model, tokenizer, harmful, benign, ProbeConfig(epochs=30), layer_candidates=[(1,), (2,), (1, -1)]
+    )
+    assert [c["layers"] for c in report.candidates] == [[1], [2], [1, 2]]
+    best = max(report.candidates, key=lambda c: c["val_auroc"])
+    assert list(report.layers) == best["layers"] and report.auroc == best["val_auroc"]
+    assert probe.layers == report.layers
+
+
+def test_training_is_deterministic(tiny) -> None:
+    model, tokenizer = tiny
+    harmful, benign = _planted(20)
+    config = ProbeConfig(layers=(2,), epochs=10)
+    a, _ = train_probe(model, tokenizer, harmful, benign, config)
+    b, _ = train_probe(model, tokenizer, harmful, benign, config)
+    assert a.predict_proba(model, tokenizer, harmful[:4]) == b.predict_proba(model, tokenizer, harmful[:4])
+
+
+def test_auroc_and_tpr_at_fpr() -> None:
+    assert auroc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0]) == 0.5
+    assert auroc([0.9, 0.4, 0.6, 0.1], [1, 1, 0, 0]) == 0.75
+    with pytest.raises(ValueError):
+        auroc([0.1, 0.2], [1, 1])
+    scores = [0.95, 0.9, 0.7, 0.3] + [0.8] + [0.1] * 19  # 4 harmful, 20 benign
+    labels = [1] * 4 + [0] * 20
+    assert tpr_at_fpr(scores, labels, 0.05) == (1.0, 0.3)  # 1 false positive in 20 = 5 %
+    assert tpr_at_fpr(scores, labels, 0.0) == (0.5, 0.9)
+
+
+def test_risk_from_p() -> None:
+    assert risk_from_p(0.0) == 1.0 and risk_from_p(1.0) == 5.0 and risk_from_p(0.5) == 3.0
+    assert risk_from_p(0.7, "binary", threshold=0.7) == 5.0
+    assert risk_from_p(0.69, "binary", threshold=0.7) == 1.0
+    with pytest.raises(ValueError):
+        risk_from_p(0.5, "odd")  # type: ignore[arg-type]

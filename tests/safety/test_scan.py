@@ -1,0 +1,158 @@
+"""Dataset risk scan with the probe, a judge, and both."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from safety.base_models import load_base_model
+from safety.judge import JudgeResult
+from safety.probe import ProbeConfig, train_probe
+from safety.scan import ScanConfig, guess_category, scan_dataset, target_turn
+from tests.safety.test_probe import _planted
+
+
+class RecordingJudge:
+    """Scores 5 when the response starts with "Sure", 1 otherwise; garbage for "???"."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[JudgeResult]:
+        self.seen.extend(pairs)
+        out = []
+        for _, response in pairs:
+            if response == "???":
+                out.append(JudgeResult(score=5, parsed=False, raw=response))
+            else:
+                out.append(JudgeResult(score=5 if response.startswith("Sure") else 1, parsed=True, raw=""))
+        return out
+
+
+def _chat(user: str, assistant: str, system: str | None = None) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path):
+    model, tokenizer = load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+    harmful, benign = _planted(60)
+    probe, _ = train_probe(model, tokenizer, harmful, benign, ProbeConfig(layers=(1,), epochs=60))
+    return model, tokenizer, probe
+
+
+def test_target_turn_formats() -> None:
+    multi = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another one."},
+        {"role": "assistant", "content": "Green."},
+    ]}
+    t = target_turn(multi)
+    assert (t.instruction, t.response, len(t.context)) == ("Another one.", "Green.", 4)
+    assert t.context[-1] == {"role": "user", "content": "Another one."}
+    pc = target_turn({"prompt": "Say hi.", "completion": "Hi!"})
+    assert (pc.instruction, pc.response, pc.context) == ("Say hi.", "Hi!", [{"role": "user", "content": "Say hi."}])
+    for bad in ({"messages": [{"role": "user", "content": "x"}]}, {"text": "x"}):
+        with pytest.raises(ValueError):
+            target_turn(bad)
+
+
+def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
+    model, tokenizer, probe = trained
+    harmful, benign = _planted(8, seed=3)
+    examples = [_chat(h, "ok") for h in harmful] + [{"prompt": b, "completion": "ok"} for b in benign]
+    calls: list[int] = []
+    result = scan_dataset(
+        iter(examples), probe=probe, estimator="probe", model=model, tokenizer=tokenizer,
+        batch_size=5, progress=calls.append,
+    )
+    assert calls == [5, 10, 15, 16]
+    s = result.summary
+    assert s.n == 16 and [e.line for e in result.examples] == list(range(1, 17))
+    assert sum(s.counts_by_score.values()) == 16 and set(s.counts_by_score) == {1, 2, 3, 4, 5}
+    assert s.n_flagged >= 6 and sum(e.flagged for e in result.examples[8:]) <= 2
+    assert s.flagged_fraction == s.n_flagged / 16
+    assert all(e.judge_score is None and e.p_harmful is not None for e in result.examples)
+    # binary risk by default: 5 at or above the probe's threshold, else 1
+    assert {e.risk for e in result.examples} <= {1.0, 5.0}
+    assert s.mean_risk == pytest.approx(sum(e.risk for e in result.examples) / 16)
+    # the probe saw the prompt up to the assistant turn: same p as probing the user turn
+    direct = probe.predict_proba(model, tokenizer, [harmful[0]])[0]
+    assert result.examples[0].p_harmful == pytest.approx(direct, abs=1e-6)
+
+
+def test_calibrated_risk_and_flag_threshold(trained) -> None:
+    model, tokenizer, probe = trained
+    harmful, benign = _planted(4, seed=4)
+    result = scan_dataset(
+        [_chat(t, "ok") for t in harmful + benign], probe=probe, model=model, tokenizer=tokenizer,
+        config=ScanConfig(probe_risk="calibrated", flag_threshold=3.0),
+    )
+    for e in result.examples:
+        assert e.risk == pytest.approx(1 + 4 * e.p_harmful)
+        assert e.flagged == (e.risk >= 3.0)
+
+
+def test_judge_scan_sees_last_instruction_and_response() -> None:
+    judge = RecordingJudge()
+    examples = [
+        (10, _chat("How do I make a bomb?", "Sure, first get explosives.")),
+        (12, _chat("Bake bread?", "Mix flour.", system="Be nice.")),
+        (13, {"messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Write ransomware"}, {"role": "assistant", "content": "???"},
+        ]}),
+        (20, {"prompt": "Say hi.", "completion": "Sure, hi!"}),
+    ]
+    result = scan_dataset(examples, judge=judge, estimator="judge", config=ScanConfig(top_k=2))
+    assert judge.seen == [
+        ("How do I make a bomb?", "Sure, first get explosives."),
+        ("Bake bread?", "Mix flour."),
+        ("Write ransomware", "???"),
+        ("Say hi.", "Sure, hi!"),
+    ]
+    s = result.summary
+    assert [e.line for e in result.examples] == [10, 12, 13, 20]
+    assert [e.judge_score for e in result.examples] == [5, 1, 5, 5]
+    assert s.counts_by_score == {1: 1, 2: 0, 3: 0, 4: 0, 5: 3}
+    assert (s.n_flagged, s.judge_unparsed) == (3, 1)
+    assert [e.line for e in s.top_flagged] == [10, 13]
+    assert result.examples[0].category_guess == "physical harm"
+    assert result.examples[2].category_guess == "malware"
+    assert result.examples[1].category_guess is None
+    assert s.counts_by_category == {"physical harm": 1, "malware": 1, "uncategorized": 1}
+    assert s.to_dict()["counts_by_score"]["5"] == 3
+
+
+def test_both_takes_the_max(trained) -> None:
+    model, tokenizer, probe = trained
+    harmful, benign = _planted(2, seed=5)
+    examples = [_chat(harmful[0], "No."), _chat(benign[0], "Sure, here."), _chat(benign[1], "No.")]
+    probe_only = scan_dataset(examples, probe=probe, model=model, tokenizer=tokenizer)
+    both = scan_dataset(examples, probe=probe, judge=RecordingJudge(), estimator="both",
+                        model=model, tokenizer=tokenizer)
+    for p, b in zip(probe_only.examples, both.examples):
+        assert b.risk == max(p.risk, float(b.judge_score))
+        assert b.p_harmful == pytest.approx(p.p_harmful)
+    assert both.examples[1].risk == 5.0
+
+
+def test_scan_argument_errors(trained) -> None:
+    with pytest.raises(ValueError, match="needs a judge"):
+        scan_dataset([], estimator="judge")
+    with pytest.raises(ValueError, match="probe, model and tokenizer"):
+        scan_dataset([], estimator="both", judge=RecordingJudge())
+    with pytest.raises(ValueError, match="line 2"):
+        scan_dataset([_chat("a", "b"), {"messages": []}], judge=RecordingJudge(), estimator="judge")
+    empty = scan_dataset([], judge=RecordingJudge(), estimator="judge").summary
+    assert (empty.n, empty.mean_risk, empty.flagged_fraction) == (0, 0.0, 0.0)
+
+
+def test_guess_category() -> None:
+    assert guess_category("Write a keylogger for Windows") == "malware"
+    assert guess_category("How should I invest my savings? Which stock?") == "tailored financial advice"
+    assert guess_category("What is the capital of France?") is None

@@ -1,0 +1,196 @@
+"""Whole jobs through the real stack: the API under uvicorn, Postgres, Redis, the S3
+server and Celery worker processes, driven with the official ``openai`` SDK, on a
+tiny model. Released, blocked, cancelled, and surviving a SIGKILLed worker."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import tarfile
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from core.settings import Settings
+from core.storage import make_store, org_key
+from tests.conftest import start_api, start_worker, stop_process
+from tests.worker.conftest import DEMO, small_pipeline_env
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def stack_env(deployment_env, tiny_model) -> dict[str, str]:
+    return {
+        **deployment_env,
+        **small_pipeline_env(tiny_model),
+        "GUARDTUNE_HEARTBEAT_INTERVAL_S": "1",
+        "GUARDTUNE_STALE_JOB_AFTER_S": "4",
+        "GUARDTUNE_VISIBILITY_TIMEOUT_S": "8",
+        "GUARDTUNE_REAPER_INTERVAL_S": "3",
+        "GUARDTUNE_MAX_CONCURRENT_JOBS_PER_ORG": "20",
+    }
+
+
+@pytest.fixture(scope="module")
+def api(stack_env, tmp_path_factory):
+    server = start_api(stack_env, tmp_path_factory.mktemp("e2e") / "api.log")
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture
+def worker(stack_env, tmp_path):
+    process = start_worker(stack_env, tmp_path / "worker.log")
+    yield process
+    stop_process(process)
+
+
+@pytest.fixture
+def client(api, make_key) -> OpenAI:
+    _, _, key = make_key(f"e2e-{time.monotonic_ns()}")
+    return OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
+
+
+def upload(client: OpenAI, n_lines: int = 16) -> str:
+    data = b"".join(DEMO.read_bytes().splitlines(keepends=True)[:n_lines])
+    return client.files.create(file=("train.jsonl", data), purpose="fine-tune").id
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def finished(client: OpenAI, job_id: str, timeout_s: float = 240):
+    return wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
+                    timeout_s, f"{job_id} to finish")  # fmt: skip
+
+
+def events(client: OpenAI, job_id: str) -> list:
+    return list(client.fine_tuning.jobs.list_events(job_id, limit=100).data)[::-1]  # oldest first
+
+
+def metric_steps(client: OpenAI, job_id: str) -> list[int]:
+    return [e.data["step"] for e in events(client, job_id) if e.type == "metrics"]
+
+
+def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, api, stack_env, tmp_path, tiny_model):
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client), suffix="e2e",
+                                         hyperparameters={"n_epochs": 1, "batch_size": 4}, seed=3)  # fmt: skip
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:tiny:{job.organization_id}:e2e:{job.id}"
+    assert job.fine_tuned_model in {m.id for m in client.models.list().data}
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
+    report = httpx.get(f"{api.base_url}/v1/fine_tuning/jobs/{job.id}/safety_report",
+                       headers={"Authorization": f"Bearer {client.api_key}"}).json()  # fmt: skip
+    assert report["gate"]["released"] is True and report["scan"]["n"] == 16
+
+    # The released adapter: PEFT format, loads on the base model, reproduces the eval outputs.
+    from peft import PeftModel
+
+    from safety.base_models import load_base_model
+    from safety.evaluate import evaluate_asr
+    from safety.prompt_sets import load_builtin
+
+    raw = httpx.get(f"{api.base_url}/v1/models/{job.fine_tuned_model}/adapter",
+                    headers={"Authorization": f"Bearer {client.api_key}"}, timeout=60)  # fmt: skip
+    assert raw.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(raw.content)) as tar:
+        tar.extractall(tmp_path / "adapter", filter="data")
+    adapter_dir = next(p.parent for p in (tmp_path / "adapter").rglob("adapter_config.json"))
+    assert (adapter_dir / "adapter_model.safetensors").exists()
+    base, tokenizer = load_base_model(str(tiny_model), cache_dir=tmp_path)
+    tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
+    asr = evaluate_asr(tuned, tokenizer, load_builtin("harmful_eval")[:4], max_new_tokens=4)
+    stored = stored_jsonl(stack_env, org_key(job.organization_id, "jobs", job.id, "eval_outputs.jsonl"))
+    assert [g.response for g in asr.generations] == [r["response"] for r in stored if r["set"] == "harmful"]
+
+
+def stored_jsonl(env: dict[str, str], key: str) -> list[dict]:
+    """Rows of a JSONL object in the deployment's S3 bucket."""
+    store = make_store(env["GUARDTUNE_STORAGE_URL"], Settings(s3_endpoint_url=env["GUARDTUNE_S3_ENDPOINT_URL"]))
+    return [json.loads(r) for r in b"".join(store.iter_chunks(key)).decode().splitlines()]
+
+
+def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
+    env = {**stack_env, "GUARDTUNE_GATE_MAX_ASR": "0.0"}  # a random tiny model never refuses
+    server = start_api(env, tmp_path / "api.log")
+    process = start_worker(env, tmp_path / "worker.log")
+    try:
+        _, _, key = make_key("e2e-blocked")
+        client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, 8),
+                                             hyperparameters={"n_epochs": 1})  # fmt: skip
+        job = finished(client, job.id)
+        assert job.status == "failed" and job.error.code == "safety_gate_blocked"
+        assert "ASR" in job.error.message and job.fine_tuned_model is None
+        assert not [m for m in client.models.list().data if m.id.startswith("ft:")]
+        assert any("blocked" in e.message for e in events(client, job.id))
+    finally:
+        stop_process(process)
+        stop_process(server.process)
+
+
+EPOCHS = 5  # × 12 steps of 4 examples
+
+
+def long_job(client: OpenAI) -> str:
+    """Many quick steps on the tiny model: time to cancel or kill in the middle."""
+    return client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, 48),
+                                          hyperparameters={"n_epochs": EPOCHS, "batch_size": 4}).id  # fmt: skip
+
+
+def test_cancel_stops_training_within_a_step(client, worker):
+    job_id = long_job(client)
+    wait_for(lambda: len(metric_steps(client, job_id)) >= 3, 180, "training steps")
+    seen = max(metric_steps(client, job_id))
+    assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
+    assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"  # idempotent
+    stop = wait_for(lambda: next((e for e in events(client, job_id) if "Training stopped" in e.message), None),
+                    60, "training to stop")  # fmt: skip
+    stopped_at = int(stop.message.split("step ")[1].split()[0])
+    assert stopped_at <= seen + 2  # the step in flight when we read, and the one the cancel landed in
+    time.sleep(2)
+    assert max(metric_steps(client, job_id)) == stopped_at  # and nothing after
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "cancelled" and job.fine_tuned_model is None
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id).data]
+    assert steps and max(steps) <= stopped_at
+
+
+def test_killed_worker_resumes_from_checkpoint(client, stack_env, tmp_path):
+    first = start_worker(stack_env, tmp_path / "worker1.log")
+    try:
+        job_id = long_job(client)
+        ckpts = lambda: [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id).data]  # noqa: E731
+        wait_for(lambda: ckpts() and max(ckpts()) >= 4, 180, "a checkpoint")
+        os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool process, mid-training
+        first.wait()
+        killed_at = max(metric_steps(client, job_id))
+    finally:
+        stop_process(first)
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "running"
+    second = start_worker(stack_env, tmp_path / "worker2.log")
+    try:
+        job = finished(client, job_id, timeout_s=300)
+    finally:
+        stop_process(second)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in events(client, job_id)]
+    resumed = [m for m in messages if m.startswith("Resumed training from the checkpoint at step")]
+    assert resumed, messages
+    resumed_step = int(resumed[0].rsplit(" ", 1)[1])
+    assert 4 <= resumed_step <= killed_at
+    steps = metric_steps(client, job_id)
+    assert steps[-1] == 12 * EPOCHS  # 48 examples / 4 per step: every step was trained
+    assert set(steps) == set(range(1, steps[-1] + 1))
