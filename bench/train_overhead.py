@@ -1,0 +1,405 @@
+"""Training overhead of guardtune's adaptive KL objective, against plain SFT and a paper-style
+implementation, on the default base model (SmolLM2-135M-Instruct, float32, CPU).
+
+Variants (each in a fresh Python subprocess, so peak RSS is per variant):
+
+* ``a``        standard SFT: a plain PEFT loop written here (HF's built-in LM loss), harmful-ish data.
+* ``a_benign`` the same plain loop on the benign data set: the baseline of ``c`` (same tokens).
+* ``b``        ``safety.trainer.train``, mode ``adaptive``, the paper's bounds (``kl_lo=0.1``),
+               harmful-ish data with risk 5 on every example: ``w_kl = 0.9``, one reference
+               pass (adapter disabled, same weights) every step.
+* ``c``        ``safety.trainer.train``, mode ``adaptive``, ``kl_lo=0``, benign data with risk 1:
+               ``w_kl = 0``, the reference pass is skipped.
+* ``d``        paper-style, written here: a second full copy of the model as the frozen
+               reference, the risk of every batch scored inside the training loop (the
+               project's activation probe run on the batch's prompts through the reference
+               copy), then ``w_sft · SFT + w_kl · KL`` with the KL against the second copy.
+               The loss maths is ``safety.objective``'s, so only the architecture differs.
+
+Same LoRA config (``TrainConfig`` defaults: r 8, alpha 16, q/k/v/o), same optimizer and
+schedule, same seeded per-epoch batch order, same ``--steps`` after ``--warmup`` steps that
+are not timed. Time per step is the wall time between the ends of consecutive steps (data
+collation, forward, backward, optimizer), i.e. what a job's progress sees.
+
+Data: harmful-ish = the built-in ``harmful_train`` prompts paired with the built-in refusals;
+benign = ``examples/demo_train.jsonl`` (chat examples with answers). The data is only a token
+workload here; the risk each variant uses is assigned (b: 5, c: 1) or scored (d).
+
+    python bench/train_overhead.py                     # defaults: ~5 minutes on 2 cores
+    python bench/train_overhead.py --steps 40 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, current_rss_mb, peak_rss_mb, print_table, ratio, write_result  # noqa: E402
+
+VARIANTS = ("a", "a_benign", "b", "c", "d")
+DESCRIPTIONS = {
+    "a": "plain PEFT SFT loop (baseline), harmful-ish data",
+    "a_benign": "plain PEFT SFT loop, benign data (baseline of c)",
+    "b": "guardtune adaptive, kl bounds [0.1, 0.9], risk 5: KL every step",
+    "c": "guardtune adaptive, kl bounds [0, 0.9], risk 1: reference pass skipped",
+    "d": "paper-style: 2nd full reference model + probe risk per batch + KL every step",
+}
+DATASET_OF = {"a": "harmful", "a_benign": "benign", "b": "harmful", "c": "benign", "d": "harmful"}
+RESULT_NAME = "train_overhead"
+
+
+# -- data ----------------------------------------------------------------------------------------
+def build_dataset(kind: str, n: int) -> list[dict[str, Any]]:
+    """``n`` OpenAI chat examples: harmful prompts + refusals, or the demo's benign examples."""
+    if kind == "harmful":
+        from safety.prompt_sets import load_builtin, load_refusals
+
+        prompts = load_builtin("harmful_train")[:n]
+        refusals = load_refusals()
+        return [
+            {"messages": [{"role": "user", "content": p.text}, {"role": "assistant", "content": refusals[i % len(refusals)]}]}
+            for i, p in enumerate(prompts)
+        ]
+    rows = [json.loads(line) for line in (REPO / "examples" / "demo_train.jsonl").read_text().splitlines() if line.strip()]
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+def step_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Example indices of optimizer step ``step`` (0-based): the same seeded per-epoch
+    shuffle as ``safety.trainer`` uses, so every variant sees the same batches."""
+    import numpy as np
+
+    steps_per_epoch = math.ceil(n_examples / batch_size)
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    return order[in_epoch * batch_size : (in_epoch + 1) * batch_size].tolist()
+
+
+# -- the child: one variant ------------------------------------------------------------------------
+def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from safety.base_models import DEFAULT_BASE_MODEL, load_base_model
+    from safety.trainer import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rss_start = current_rss_mb()
+    t0 = time.perf_counter()
+    model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
+    load_s = time.perf_counter() - t0
+    rss_loaded = current_rss_mb()
+
+    examples = build_dataset(DATASET_OF[variant], args.n_examples)
+    total = args.warmup + args.steps
+    config = TrainConfig(
+        mode="adaptive",
+        kl_lo=0.0 if variant == "c" else 0.1,
+        kl_hi=0.9,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        seed=args.seed,
+        n_epochs=math.ceil(total / math.ceil(len(examples) / args.batch_size)) + 1,
+        checkpoint_every=0,
+    )
+    ends: list[float] = []
+    tokens: list[int] = []
+    extra: dict[str, Any] = {}
+
+    if variant in ("a", "a_benign"):
+        _plain_sft(model, tokenizer, examples, config, total, ends, tokens)
+    elif variant in ("b", "c"):
+        _guardtune(model, tokenizer, examples, 5.0 if variant == "b" else 1.0, config, total, ends, tokens, extra)
+    elif variant == "d":
+        ref, _ = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
+        ref.requires_grad_(False)
+        extra["rss_after_second_model_mb"] = current_rss_mb()
+        _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args)
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
+
+    timed = ends[args.warmup - 1 :]
+    timed_tokens = sum(tokens[args.warmup :])
+    seconds = timed[-1] - timed[0]
+    per_step = [b - a for a, b in zip(timed, timed[1:])]
+    return {
+        "variant": variant,
+        "description": DESCRIPTIONS[variant],
+        "dataset": DATASET_OF[variant],
+        "steps_timed": len(per_step),
+        "seconds": seconds,
+        "s_per_step": seconds / len(per_step),
+        "s_per_step_median": statistics.median(per_step),
+        "steps_per_s": len(per_step) / seconds,
+        "tokens_timed": timed_tokens,
+        "tokens_per_s": timed_tokens / seconds,
+        "model_load_s": load_s,
+        "rss_start_mb": rss_start,
+        "rss_after_model_load_mb": rss_loaded,
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+    }
+
+
+def _encode(tokenizer, examples, config):
+    from safety.data import encode_example
+
+    return [encode_example(tokenizer, ex, config.max_seq_len) for ex in examples]
+
+
+def _optimizer(model, config, total_steps):
+    import torch
+    from transformers import get_scheduler
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_schedule, optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps), num_training_steps=total_steps,
+    )  # fmt: skip
+    return trainable, optimizer, scheduler
+
+
+def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
+    """Standard SFT, the way a plain PEFT script does it: the model's own LM loss."""
+    import torch
+    from peft import get_peft_model
+
+    from safety.data import collate
+    from safety.trainer import lora_config
+
+    encoded = _encode(tokenizer, examples, config)
+    torch.manual_seed(config.seed)
+    model = get_peft_model(model, lora_config(config))
+    trainable, optimizer, scheduler = _optimizer(model, config, total)
+    model.train()
+    for step in range(total):
+        idx = step_indices(len(encoded), config.batch_size, config.seed, step)
+        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.item()
+        tokens.append(int(batch["attention_mask"].sum()))
+        ends.append(time.perf_counter())
+
+
+def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, extra) -> None:
+    """``safety.trainer.train`` as the worker calls it, stopped after ``total`` steps."""
+    from safety.trainer import train
+
+    def on_step(m) -> None:
+        ends.append(time.perf_counter())
+        tokens.append(m.tokens)
+        kl_weights.add(m.kl_weight)
+        kl_measured.add(m.kl is not None)
+
+    kl_weights: set[float] = set()
+    kl_measured: set[bool] = set()
+    with tempfile.TemporaryDirectory(prefix="gt-bench-") as work:
+        result = train(
+            model, tokenizer, examples, [risk] * len(examples), config,
+            work_dir=Path(work), on_step=on_step, should_cancel=lambda: len(ends) >= total,
+        )  # fmt: skip
+    assert result.steps == total, (result.steps, total)
+    extra["kl_weights_seen"] = sorted(kl_weights)
+    extra["reference_pass_every_step"] = kl_measured == {True}
+    extra["reference_pass_skipped_every_step"] = kl_measured == {False}
+
+
+def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args) -> None:
+    """A second frozen copy as P_ref; the probe scores each batch inside the loop."""
+    import torch
+    from peft import get_peft_model
+
+    from safety.data import collate
+    from safety.objective import batch_risk, kl_weights, sft_loss, token_kl
+    from safety.probe import ProbeConfig, train_probe
+    from safety.prompt_sets import load_builtin
+    from safety.scan import scan_dataset, target_turn
+    from safety.trainer import lora_config
+
+    # A probe on the reference copy, trained on prompts disjoint from the training data.
+    t = time.perf_counter()
+    harmful = [p.text for p in load_builtin("harmful_train")[args.n_examples : args.n_examples + args.probe_prompts]]
+    benign = [p.text for p in load_builtin("benign_train")[: args.probe_prompts]]
+    probe, report = train_probe(ref, tokenizer, harmful, benign, ProbeConfig(epochs=50))
+    extra["probe_train_s"] = time.perf_counter() - t
+    extra["probe_val_auroc"] = report.auroc
+    extra["probe_layers"] = list(probe.layers)
+
+    # For comparison: guardtune's way, one scan of the whole data set before training.
+    t = time.perf_counter()
+    scan = scan_dataset(examples, probe=probe, model=ref, tokenizer=tokenizer, estimator="probe", batch_size=16)
+    extra["scan_once_s"] = time.perf_counter() - t
+    extra["scan_once_mean_risk"] = scan.summary.mean_risk
+    gc.collect()
+
+    contexts = [target_turn(ex).context for ex in examples]
+    encoded = _encode(tokenizer, examples, config)
+    torch.manual_seed(config.seed)
+    model = get_peft_model(model, lora_config(config))
+    trainable, optimizer, scheduler = _optimizer(model, config, total)
+    ref.eval()
+    model.train()
+    scoring_s = 0.0
+    risks_seen: list[float] = []
+    for step in range(total):
+        idx = step_indices(len(encoded), config.batch_size, config.seed, step)
+        s = time.perf_counter()
+        probs = probe.predict_proba(ref, tokenizer, [contexts[i] for i in idx], batch_size=len(idx))
+        risk = batch_risk([probe.risk(p, "binary") for p in probs])
+        if step >= args.warmup:
+            scoring_s += time.perf_counter() - s
+        risks_seen.append(risk)
+        w_sft, w_kl = kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
+        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = w_sft * sft_loss(logits, batch["labels"])
+        with torch.no_grad():
+            ref_logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = loss + w_kl * token_kl(ref_logits, logits, batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        tokens.append(int(batch["attention_mask"].sum()))
+        ends.append(time.perf_counter())
+    extra["risk_scoring_s_per_step"] = scoring_s / max(1, total - args.warmup)
+    extra["batch_risks_mean"] = sum(risks_seen) / len(risks_seen)
+
+
+# -- the parent: run every variant, compare -----------------------------------------------------------
+def run_child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    argv = [
+        sys.executable, str(Path(__file__).resolve()), "--child", variant, "--child-out", str(out),
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+        "--max-seq-len", str(args.max_seq_len), "--n-examples", str(args.n_examples), "--seed", str(args.seed),
+        "--cache-dir", args.cache_dir, "--probe-prompts", str(args.probe_prompts), "--threads", str(args.threads),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        if proc.returncode != 0:
+            raise SystemExit(f"variant {variant} failed with exit code {proc.returncode}")
+        result = json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+    result["subprocess_wall_s"] = time.perf_counter() - started
+    return result
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over repeats of the timing numbers; peak RSS of the largest repeat."""
+    first = runs[0]
+    keys = ("s_per_step", "steps_per_s", "tokens_per_s", "s_per_step_median")
+    out = {k: v for k, v in first.items() if k not in keys}
+    for k in keys:
+        out[k] = statistics.median(r[k] for r in runs)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    out["repeats"] = [{k: r[k] for k in ("s_per_step", "tokens_per_s", "peak_rss_mb")} for r in runs]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--n-examples", type=int, default=48, help="examples per data set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all variants (interleaved); medians reported")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--probe-prompts", type=int, default=48, help="per class, for the paper-style probe")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cache-dir", default=str(REPO / "var" / "models"))
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be ≥ 1")
+
+    if args.child:
+        Path(args.child_out).write_text(json.dumps(run_variant(args.child, args)))
+        return
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    print(f"train_overhead: {args.steps} timed steps (+{args.warmup} warm-up), batch {args.batch_size}, "
+          f"max_seq_len {args.max_seq_len}, {args.n_examples} examples, seed {args.seed}; "
+          f"variants {', '.join(variants)}, {args.repeats} round(s); each variant in a fresh process", flush=True)  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for round_ in range(args.repeats):
+        for v in variants:
+            r = run_child(v, args)
+            runs[v].append(r)
+            print(f"  round {round_ + 1} {v:9s} {r['s_per_step']:.3f} s/step  {r['tokens_per_s']:.0f} tok/s  "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MiB  (after load {r['rss_after_model_load_mb']:.0f} MiB)", flush=True)  # fmt: skip
+    results = {v: summarize(rs) for v, rs in runs.items()}
+
+    print()
+    print_table(
+        ["variant", "s/step", "steps/s", "tokens/s", "RSS after load MiB", "peak RSS MiB", "what"],
+        [[v, r["s_per_step"], r["steps_per_s"], r["tokens_per_s"], r["rss_after_model_load_mb"], r["peak_rss_mb"],
+          r["description"]] for v, r in results.items()],  # fmt: skip
+        digits=3,
+    )
+    pairs = [("b", "a"), ("c", "a_benign"), ("c", "a"), ("d", "b")]
+    ratios = {}
+    rows = []
+    for num, den in pairs:
+        if num in results and den in results:
+            t = ratio(results[num]["s_per_step"], results[den]["s_per_step"])
+            m = ratio(results[num]["peak_rss_mb"], results[den]["peak_rss_mb"])
+            dm = results[num]["peak_rss_mb"] - results[den]["peak_rss_mb"]
+            ratios[f"{num}/{den}"] = {"time_per_step": t, "peak_rss": m, "peak_rss_delta_mb": dm}
+            rows.append([f"{num}/{den}", t, m, dm])
+    print()
+    print_table(["ratio", "time per step", "peak RSS", "peak RSS Δ MiB"], rows)
+    if "d" in results:
+        d = results["d"]
+        print(f"\nd: probe scoring inside the loop {d['risk_scoring_s_per_step']:.3f} s/step; "
+              f"guardtune's one scan of all {args.n_examples} examples before training: {d['scan_once_s']:.2f} s")  # fmt: skip
+    print("\nNote: 2 shared CPU cores; absolute numbers are noisy, the ratios are measured in the same run.")
+
+    if not args.no_write:
+        import torch
+        import transformers
+
+        path = write_result(RESULT_NAME, {
+            "settings": {k: getattr(args, k) for k in ("steps", "warmup", "batch_size", "max_seq_len", "n_examples",
+                                                        "seed", "repeats", "probe_prompts", "threads")},
+            "model": "smollm2-135m-instruct (float32, CPU)",
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "variants": results,
+            "ratios": ratios,
+        })  # fmt: skip
+        print(f"wrote {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Dockerfile and docker-compose.yml cannot be built here (no Docker engine): check by
+reading that every command they run exists, every GUARDTUNE_ variable is a setting,
+and the API image installs no torch."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import yaml
+from typer.main import get_command
+
+from api.cli import app as service_cli
+from core.settings import Settings
+from tests.conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def guardtune_commands() -> list[list[str]]:
+    commands = [svc["command"] for svc in COMPOSE["services"].values() if isinstance(svc.get("command"), list)]
+    commands += [json.loads(m) for m in re.findall(r"^CMD (\[.*\])$", DOCKERFILE, re.M)]  # exec-form CMD lines
+    return [c for c in commands if c and c[0] == "guardtune"]
+
+
+def test_every_guardtune_command_exists_with_its_options():
+    cli = get_command(service_cli)
+    commands = guardtune_commands()
+    assert {c[1] for c in commands} == {"migrate", "serve", "worker"}
+    for argv in commands:
+        sub = cli.commands[argv[1]]
+        options = {opt for p in sub.params for opt in p.opts + p.secondary_opts}
+        assert {a for a in argv[2:] if a.startswith("--")} <= options, argv
+
+
+def test_compose_settings_are_real_settings():
+    names = set()
+    for value in [COMPOSE["x-guardtune-env"], *(s.get("environment", {}) for s in COMPOSE["services"].values())]:
+        if isinstance(value, dict):
+            names |= {k for k in value if k.startswith("GUARDTUNE_")}
+    fields = {f"GUARDTUNE_{n.upper()}" for n in Settings.model_fields}
+    assert names and names <= fields
+
+
+def test_compose_stack_shape():
+    services = COMPOSE["services"]
+    assert {"postgres", "redis", "minio", "migrate", "api", "worker"} <= set(services)
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert all("healthcheck" in services[s] for s in ("postgres", "redis", "minio", "api"))
+
+
+def test_api_image_has_no_torch():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if d.split("[")[0].split(">")[0].split("=")[0].strip() in ("torch", "transformers", "peft")]
+    api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
+    assert "pip install .\n" in api_stage and "[worker]" not in api_stage
