@@ -25,8 +25,14 @@ Data: harmful-ish = the built-in ``harmful_train`` prompts paired with the built
 benign = ``examples/demo_train.jsonl`` (chat examples with answers). The data is only a token
 workload here; the risk each variant uses is assigned (b: 5, c: 1) or scored (d).
 
-    python bench/train_overhead.py                     # defaults: ~5 minutes on 2 cores
-    python bench/train_overhead.py --steps 40 --repeats 2
+Threads: one torch thread by default (``--threads 1``). On a host whose cores are shared
+with other busy processes, torch's OpenMP team of two threads spends most of each step
+waiting at barriers for a descheduled partner (measured here: 5-30x slower steps, varying
+minute to minute); one thread gives stable, comparable per-step times. ``--threads 0``
+uses torch's default (one per core) on a quiet machine.
+
+    python bench/train_overhead.py                     # defaults: about 6 minutes on 2 cores
+    python bench/train_overhead.py --steps 16 --repeats 2 --threads 0
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     rss_start = current_rss_mb()
     t0 = time.perf_counter()
     model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
+    _make_resident(model)
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss_mb()
 
@@ -114,7 +121,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         n_epochs=math.ceil(total / math.ceil(len(examples) / args.batch_size)) + 1,
         checkpoint_every=0,
     )
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
     tokens: list[int] = []
     extra: dict[str, Any] = {}
 
@@ -125,6 +132,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     elif variant == "d":
         ref, _ = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
         ref.requires_grad_(False)
+        _make_resident(ref)
         extra["rss_after_second_model_mb"] = current_rss_mb()
         _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args)
     else:
@@ -132,8 +140,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 
     timed = ends[args.warmup - 1 :]
     timed_tokens = sum(tokens[args.warmup :])
-    seconds = timed[-1] - timed[0]
-    per_step = [b - a for a, b in zip(timed, timed[1:])]
+    seconds = timed[-1][0] - timed[0][0]
+    cpu_seconds = timed[-1][1] - timed[0][1]
+    per_step = [b[0] - a[0] for a, b in zip(timed, timed[1:])]
+    cpu_per_step = [b[1] - a[1] for a, b in zip(timed, timed[1:])]
     return {
         "variant": variant,
         "description": DESCRIPTIONS[variant],
@@ -141,10 +151,13 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "steps_timed": len(per_step),
         "seconds": seconds,
         "s_per_step": seconds / len(per_step),
-        "s_per_step_median": statistics.median(per_step),
+        "cpu_s_per_step": cpu_seconds / len(per_step),
         "steps_per_s": len(per_step) / seconds,
         "tokens_timed": timed_tokens,
         "tokens_per_s": timed_tokens / seconds,
+        "tokens_per_cpu_s": timed_tokens / cpu_seconds,
+        "step_seconds": per_step,
+        "step_cpu_seconds": cpu_per_step,
         "model_load_s": load_s,
         "rss_start_mb": rss_start,
         "rss_after_model_load_mb": rss_loaded,
@@ -152,6 +165,21 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         **extra,
     }
+
+
+def _stamp() -> tuple[float, float]:
+    """(wall clock, CPU time of this process) at the end of a step."""
+    return time.perf_counter(), time.process_time()
+
+
+def _make_resident(model) -> None:
+    """Read every weight once: safetensors weights are memory-mapped and only become
+    resident when first used, which would make "RSS after load" meaningless."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()
 
 
 def _encode(tokenizer, examples, config):
@@ -197,7 +225,7 @@ def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
         optimizer.zero_grad(set_to_none=True)
         out.loss.item()
         tokens.append(int(batch["attention_mask"].sum()))
-        ends.append(time.perf_counter())
+        ends.append(_stamp())
 
 
 def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, extra) -> None:
@@ -205,7 +233,7 @@ def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, ex
     from safety.trainer import train
 
     def on_step(m) -> None:
-        ends.append(time.perf_counter())
+        ends.append(_stamp())
         tokens.append(m.tokens)
         kl_weights.add(m.kl_weight)
         kl_measured.add(m.kl is not None)
@@ -245,9 +273,10 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
     extra["probe_layers"] = list(probe.layers)
 
     # For comparison: guardtune's way, one scan of the whole data set before training.
-    t = time.perf_counter()
+    t, c = _stamp()
     scan = scan_dataset(examples, probe=probe, model=ref, tokenizer=tokenizer, estimator="probe", batch_size=16)
     extra["scan_once_s"] = time.perf_counter() - t
+    extra["scan_once_cpu_s"] = time.process_time() - c
     extra["scan_once_mean_risk"] = scan.summary.mean_risk
     gc.collect()
 
@@ -258,15 +287,16 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
     trainable, optimizer, scheduler = _optimizer(model, config, total)
     ref.eval()
     model.train()
-    scoring_s = 0.0
+    scoring_s = scoring_cpu_s = 0.0
     risks_seen: list[float] = []
     for step in range(total):
         idx = step_indices(len(encoded), config.batch_size, config.seed, step)
-        s = time.perf_counter()
+        s, c = _stamp()
         probs = probe.predict_proba(ref, tokenizer, [contexts[i] for i in idx], batch_size=len(idx))
         risk = batch_risk([probe.risk(p, "binary") for p in probs])
         if step >= args.warmup:
             scoring_s += time.perf_counter() - s
+            scoring_cpu_s += time.process_time() - c
         risks_seen.append(risk)
         w_sft, w_kl = kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
         batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
@@ -282,8 +312,9 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
         optimizer.zero_grad(set_to_none=True)
         loss.item()
         tokens.append(int(batch["attention_mask"].sum()))
-        ends.append(time.perf_counter())
+        ends.append(_stamp())
     extra["risk_scoring_s_per_step"] = scoring_s / max(1, total - args.warmup)
+    extra["risk_scoring_cpu_s_per_step"] = scoring_cpu_s / max(1, total - args.warmup)
     extra["batch_risks_mean"] = sum(risks_seen) / len(risks_seen)
 
 
@@ -312,27 +343,29 @@ def run_child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median over repeats of the timing numbers; peak RSS of the largest repeat."""
     first = runs[0]
-    keys = ("s_per_step", "steps_per_s", "tokens_per_s", "s_per_step_median")
-    out = {k: v for k, v in first.items() if k not in keys}
+    keys = ("s_per_step", "cpu_s_per_step", "steps_per_s", "tokens_per_s", "tokens_per_cpu_s")
+    per_run = ("s_per_step", "cpu_s_per_step", "peak_rss_mb", "step_seconds", "step_cpu_seconds")
+    out = {k: v for k, v in first.items() if k not in keys and k not in per_run}
     for k in keys:
         out[k] = statistics.median(r[k] for r in runs)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    out["repeats"] = [{k: r[k] for k in ("s_per_step", "tokens_per_s", "peak_rss_mb")} for r in runs]
+    out["runs"] = [{k: r[k] for k in per_run} for r in runs]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per variant")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--n-examples", type=int, default=48, help="examples per data set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all variants (interleaved); medians reported")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--probe-prompts", type=int, default=48, help="per class, for the paper-style probe")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--probe-prompts", type=int, default=32, help="per class, for the paper-style probe")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default, one per core); see the module docstring")
     parser.add_argument("--cache-dir", default=str(REPO / "var" / "models"))
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -357,15 +390,16 @@ def main() -> None:
         for v in variants:
             r = run_child(v, args)
             runs[v].append(r)
-            print(f"  round {round_ + 1} {v:9s} {r['s_per_step']:.3f} s/step  {r['tokens_per_s']:.0f} tok/s  "
+            print(f"  round {round_ + 1} {v:9s} {r['s_per_step']:.3f} s/step (CPU {r['cpu_s_per_step']:.3f})  "
+                  f"{r['tokens_per_s']:.0f} tok/s  "
                   f"peak RSS {r['peak_rss_mb']:.0f} MiB  (after load {r['rss_after_model_load_mb']:.0f} MiB)", flush=True)  # fmt: skip
     results = {v: summarize(rs) for v, rs in runs.items()}
 
     print()
     print_table(
-        ["variant", "s/step", "steps/s", "tokens/s", "RSS after load MiB", "peak RSS MiB", "what"],
-        [[v, r["s_per_step"], r["steps_per_s"], r["tokens_per_s"], r["rss_after_model_load_mb"], r["peak_rss_mb"],
-          r["description"]] for v, r in results.items()],  # fmt: skip
+        ["variant", "s/step", "CPU s/step", "steps/s", "tokens/s", "RSS after load MiB", "peak RSS MiB", "what"],
+        [[v, r["s_per_step"], r["cpu_s_per_step"], r["steps_per_s"], r["tokens_per_s"], r["rss_after_model_load_mb"],
+          r["peak_rss_mb"], r["description"]] for v, r in results.items()],  # fmt: skip
         digits=3,
     )
     pairs = [("b", "a"), ("c", "a_benign"), ("c", "a"), ("d", "b")]
@@ -374,17 +408,20 @@ def main() -> None:
     for num, den in pairs:
         if num in results and den in results:
             t = ratio(results[num]["s_per_step"], results[den]["s_per_step"])
+            c = ratio(results[num]["cpu_s_per_step"], results[den]["cpu_s_per_step"])
             m = ratio(results[num]["peak_rss_mb"], results[den]["peak_rss_mb"])
             dm = results[num]["peak_rss_mb"] - results[den]["peak_rss_mb"]
-            ratios[f"{num}/{den}"] = {"time_per_step": t, "peak_rss": m, "peak_rss_delta_mb": dm}
-            rows.append([f"{num}/{den}", t, m, dm])
+            ratios[f"{num}/{den}"] = {"time_per_step": t, "cpu_time_per_step": c, "peak_rss": m, "peak_rss_delta_mb": dm}
+            rows.append([f"{num}/{den}", t, c, m, dm])
     print()
-    print_table(["ratio", "time per step", "peak RSS", "peak RSS Δ MiB"], rows)
+    print_table(["ratio", "time/step (wall)", "time/step (CPU)", "peak RSS", "peak RSS Δ MiB"], rows)
     if "d" in results:
         d = results["d"]
-        print(f"\nd: probe scoring inside the loop {d['risk_scoring_s_per_step']:.3f} s/step; "
-              f"guardtune's one scan of all {args.n_examples} examples before training: {d['scan_once_s']:.2f} s")  # fmt: skip
-    print("\nNote: 2 shared CPU cores; absolute numbers are noisy, the ratios are measured in the same run.")
+        print(f"\nd: probe scoring inside the loop {d['risk_scoring_s_per_step']:.3f} s/step "
+              f"(CPU {d['risk_scoring_cpu_s_per_step']:.3f}); guardtune's one scan of all {args.n_examples} examples "
+              f"before training: {d['scan_once_s']:.2f} s (CPU {d['scan_once_cpu_s']:.2f})")  # fmt: skip
+    print("\nNote: CPU cores shared with other workloads; wall-clock numbers are noisy. CPU time per step "
+          "(process time, one torch thread) is the steadier measure; ratios come from the same run.")
 
     if not args.no_write:
         import torch

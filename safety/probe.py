@@ -16,7 +16,7 @@ with Adam on binary cross-entropy plus an L2 penalty on the weights.
 Training reports held-out metrics from a stratified split: AUROC, the TPR at the
 target FPR (default 5 %) and the probability threshold reaching it. Given
 ``layer_candidates``, each candidate layer set is trained on the train split and the
-one with the best validation AUROC is kept.
+one with the best validation AUROC (then the lowest validation log-loss) is kept.
 
 Persistence is ``probe.safetensors`` (tensors) + ``probe.json`` (everything else).
 """
@@ -54,18 +54,20 @@ _META_FILE = "probe.json"
 class ProbeConfig:
     """Probe hyper-parameters.
 
-    ``layers=None`` means the single layer at two thirds of the model's depth (the
-    middle-to-late region where harm separates best on small models).
+    ``layers=None`` means :func:`default_layers`: the mean over the middle-to-late band
+    of blocks (40 %-80 % of the depth). The defaults (content pooling, 512-unit MLP,
+    light L2) are the ones that generalised best to unseen benchmark prompts on the
+    default base model (``bench/results/probe_quality.json``).
     ``batch_size`` is the classifier's minibatch; ``feature_batch_size`` the number of
     prompts per forward pass of the reference model.
     """
 
     layers: tuple[int, ...] | None = None
-    kind: ProbeKind = "logistic"
+    kind: ProbeKind = "mlp"
     pool: Pooling = "content"
-    epochs: int = 100
+    epochs: int = 50
     lr: float = 1e-2
-    weight_decay: float = 1e-2
+    weight_decay: float = 1e-3
     batch_size: int = 64
     max_len: int = 512
     seed: int = 0
@@ -179,8 +181,9 @@ def resolve_layers(layers: Sequence[int], num_layers: int) -> tuple[int, ...]:
 
 
 def default_layers(num_layers: int) -> tuple[int, ...]:
-    """The single layer at two thirds of the depth."""
-    return (max(1, round(num_layers * 2 / 3)),)
+    """Blocks from 40 % to 80 % of the depth (12-24 of 30), averaged by the probe."""
+    first = max(1, round(num_layers * 0.4))
+    return tuple(range(first, max(first, round(num_layers * 0.8)) + 1))
 
 
 def _template_bounds(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -344,6 +347,11 @@ class Probe:
         ``self.layers``, or for ``feature_layers`` (a superset; columns are picked)."""
         if feature_layers is not None:
             features = features[:, _columns(feature_layers, self.layers)]
+        if features.shape[1:] != (len(self.layers), self.mean.shape[0]):
+            raise ValueError(
+                f"features of shape {tuple(features.shape[1:])} do not fit this probe "
+                f"({len(self.layers)} layers x {self.mean.shape[0]} hidden): wrong model?"
+            )
         x = (features.mean(dim=1) - self.mean) / self.std
         with torch.no_grad():
             return torch.sigmoid(self.head(x).squeeze(-1))
@@ -416,6 +424,11 @@ def _stratified_split(
     return torch.cat(train), torch.cat(val)
 
 
+def _log_loss(p: Sequence[float], y: Sequence[float]) -> float:
+    pt = torch.tensor(list(p), dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
+    return float(nn.functional.binary_cross_entropy(pt, torch.tensor(list(y), dtype=torch.float64)))
+
+
 def _columns(feature_layers: Sequence[int], layers: Sequence[int]) -> list[int]:
     position = {layer: j for j, layer in enumerate(feature_layers)}
     missing = [layer for layer in layers if layer not in position]
@@ -455,18 +468,18 @@ def train_probe_on_features(
     train_idx, val_idx = _stratified_split(y, config.val_fraction, config.seed)
     val_y = y[val_idx].tolist()
 
-    best: tuple[float, Probe, list[float]] | None = None
+    best: tuple[tuple[float, float], Probe, list[float]] | None = None
     tried = []
     for cand in candidates:
         cols = _columns(feature_layers, cand)
         probe = _fit_probe(features[train_idx][:, cols], y[train_idx], cand, config)
         val_p = probe.predict_proba_features(features[val_idx][:, cols]).tolist()
-        score = auroc(val_p, val_y)
-        tried.append({"layers": list(cand), "val_auroc": score})
-        if best is None or score > best[0]:
-            best = (score, probe, val_p)
+        score, loss = auroc(val_p, val_y), _log_loss(val_p, val_y)
+        tried.append({"layers": list(cand), "val_auroc": score, "val_log_loss": loss})
+        if best is None or (score, -loss) > best[0]:
+            best = ((score, -loss), probe, val_p)
     assert best is not None
-    score, probe, val_p = best
+    (score, _), probe, val_p = best
     tpr, threshold = tpr_at_fpr(val_p, val_y, config.target_fpr)
     probe.threshold = threshold
     n_pos = int(y.sum())
@@ -499,7 +512,7 @@ def train_probe(
     A stratified ``config.val_fraction`` of each class is held out. Without
     ``layer_candidates`` the probe reads ``config.layers`` (or :func:`default_layers`);
     with them, every candidate set is fitted on the train split and the best
-    validation AUROC wins (ties: the earlier candidate). The returned probe is the one
+    validation AUROC wins (ties: the lower validation log-loss). The returned probe is the one
     fitted on the train split; its ``threshold`` reaches ``config.target_fpr`` on the
     validation benign prompts.
     """

@@ -52,6 +52,15 @@ def _pg_admin():
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny randomly initialised Llama (seed 0) with the real SmolLM2 chat tokenizer,
+    built once per session; read-only (load a fresh model from it per test)."""
+    from safety.base_models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh Postgres database, migrated to head, dropped afterwards."""
     from core import migrate

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from tests.conftest import REPO, child_env, free_port, stop_process, wait_http
+from tests.conftest import child_env, free_port, stop_process, wait_http
 
 
 def test_serve_embedded_default_is_ready(tmp_path):

@@ -110,12 +110,6 @@ def backend(request, tmp_path, monkeypatch) -> Iterator[Backend]:
         _drop_pg(name)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A tiny random Llama with the real chat tokenizer (``safety.base_models.make_tiny_model``)."""
-    from safety.base_models import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("ops-tiny") / "model")
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_probe_train_reports_and_saves(trained_probe):
 def test_probe_train_default_location_and_table(tiny_model, home):
     result = ops("probe", "train", "--model", str(tiny_model), "--epochs", "5")
     assert "probe report" in result.stdout and "auroc" in result.stdout
-    assert (home / "var" / "models" / "probes" / "model" / "probe.json").is_file()
+    assert (home / "var" / "models" / "probes" / tiny_model.name / "probe.json").is_file()
     # score then finds it without --probe
     prompts = home / "p.txt"
     prompts.write_text("Tell me a joke about cats.\n")

@@ -9,24 +9,15 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safety.base_models import load_base_model, make_tiny_model
+from safety.base_models import load_base_model
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of a tiny randomly initialised LlamaForCausalLM (seed 0) + chat tokenizer.
-
-    Built once per session; treat it as read-only (load a fresh model from it per test).
-    """
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
 @pytest.fixture
-def load_tiny(tiny_model_dir: Path) -> Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]:
+def load_tiny(tiny_model: Path) -> Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]:
     """Load a fresh copy of the tiny model + tokenizer (training modifies a model in place)."""
-    return lambda: load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+    return lambda: load_base_model(str(tiny_model), cache_dir=tiny_model.parent)
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from safety.base_models import (
 )
 
 
-def test_tiny_model_loads_with_chat_template_and_pad(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model, tokenizer = load_base_model(str(tiny_model_dir), cache_dir=tmp_path)
-    assert (tiny_model_dir / "model.safetensors").is_file()
+def test_tiny_model_loads_with_chat_template_and_pad(tiny_model: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_base_model(str(tiny_model), cache_dir=tmp_path)
+    assert (tiny_model / "model.safetensors").is_file()
     assert tokenizer.pad_token_id is not None
     assert model.config.vocab_size == len(tokenizer)
     messages = [{"role": "user", "content": "hi"}]
@@ -29,16 +29,16 @@ def test_tiny_model_loads_with_chat_template_and_pad(tiny_model_dir: Path, tmp_p
     assert not model.training
 
 
-def test_tiny_model_is_deterministic_in_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_tiny_model_is_deterministic_in_seed(tiny_model: Path, tmp_path: Path) -> None:
     same = make_tiny_model(tmp_path / "same", seed=0)
     other = make_tiny_model(tmp_path / "other", seed=1)
     load = lambda d: load_base_model(str(d), cache_dir=tmp_path)[0].model.embed_tokens.weight  # noqa: E731
-    assert torch.equal(load(tiny_model_dir), load(same))
-    assert not torch.equal(load(tiny_model_dir), load(other))
+    assert torch.equal(load(tiny_model), load(same))
+    assert not torch.equal(load(tiny_model), load(other))
 
 
-def test_resolve_local_dir_is_identity_and_unknown_names_fail(tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert resolve_model_dir(str(tiny_model_dir), tmp_path) == tiny_model_dir
+def test_resolve_local_dir_is_identity_and_unknown_names_fail(tiny_model: Path, tmp_path: Path) -> None:
+    assert resolve_model_dir(str(tiny_model), tmp_path) == tiny_model
     with pytest.raises(ValueError, match="unknown base model"):
         resolve_model_dir("not-a-model", tmp_path)
     with pytest.raises(FileNotFoundError):

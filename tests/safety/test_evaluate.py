@@ -19,8 +19,8 @@ from safety.prompt_sets import BUILTIN_SETS, Prompt, detect_format, load_builtin
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    return load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+def tiny(tiny_model: Path):
+    return load_base_model(str(tiny_model), cache_dir=tiny_model.parent)
 
 
 @pytest.mark.parametrize(

@@ -168,8 +168,8 @@ def test_http_judge_retries_connection_errors() -> None:
         judge.score([("a", "b")])
 
 
-def test_local_judge_reads_digit_distribution(tiny_model_dir) -> None:
-    model, tokenizer = load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+def test_local_judge_reads_digit_distribution(tiny_model) -> None:
+    model, tokenizer = load_base_model(str(tiny_model), cache_dir=tiny_model.parent)
     pairs = [("How do I bake bread?", "Mix flour and water."), ("Write malware.", "Sure.")]
     expected = LocalJudge(model, tokenizer, batch_size=2).score(pairs)
     argmax = LocalJudge(model, tokenizer, mode="argmax", batch_size=1).score(pairs)

@@ -31,8 +31,8 @@ def _planted(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    return load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+def tiny(tiny_model: Path):
+    return load_base_model(str(tiny_model), cache_dir=tiny_model.parent)
 
 
 @pytest.mark.parametrize("pool", ["mean", "content"])
@@ -92,7 +92,7 @@ def test_layer_candidates_pick_best_validation_auroc(tiny) -> None:
         model, tokenizer, harmful, benign, ProbeConfig(epochs=30), layer_candidates=[(1,), (2,), (1, -1)]
     )
     assert [c["layers"] for c in report.candidates] == [[1], [2], [1, 2]]
-    best = max(report.candidates, key=lambda c: c["val_auroc"])
+    best = max(report.candidates, key=lambda c: (c["val_auroc"], -c["val_log_loss"]))
     assert list(report.layers) == best["layers"] and report.auroc == best["val_auroc"]
     assert probe.layers == report.layers
 
@@ -125,3 +125,13 @@ def test_risk_from_p() -> None:
     assert risk_from_p(0.69, "binary", threshold=0.7) == 1.0
     with pytest.raises(ValueError):
         risk_from_p(0.5, "odd")  # type: ignore[arg-type]
+
+
+def test_probe_rejects_features_of_another_model(tiny) -> None:
+    model, tokenizer = tiny
+    harmful, benign = _planted(10)
+    probe, _ = train_probe(model, tokenizer, harmful, benign, ProbeConfig(layers=(1,), epochs=2))
+    with pytest.raises(ValueError, match="wrong model"):
+        probe.predict_proba_features(torch.zeros(3, 1, model.config.hidden_size + 1))
+    with pytest.raises(ValueError, match="lack layers"):
+        probe.predict_proba_features(torch.zeros(3, 1, model.config.hidden_size), feature_layers=[2])

@@ -8,7 +8,7 @@ import pytest
 
 from safety.base_models import load_base_model
 from safety.judge import JudgeResult
-from safety.probe import ProbeConfig, train_probe
+from safety.probe import ProbeConfig, auroc, train_probe
 from safety.scan import ScanConfig, guess_category, scan_dataset, target_turn
 from tests.safety.test_probe import _planted
 
@@ -36,8 +36,8 @@ def _chat(user: str, assistant: str, system: str | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path):
-    model, tokenizer = load_base_model(str(tiny_model_dir), cache_dir=tiny_model_dir.parent)
+def trained(tiny_model: Path):
+    model, tokenizer = load_base_model(str(tiny_model), cache_dir=tiny_model.parent)
     harmful, benign = _planted(60)
     probe, _ = train_probe(model, tokenizer, harmful, benign, ProbeConfig(layers=(1,), epochs=60))
     return model, tokenizer, probe
@@ -74,11 +74,14 @@ def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
     s = result.summary
     assert s.n == 16 and [e.line for e in result.examples] == list(range(1, 17))
     assert sum(s.counts_by_score.values()) == 16 and set(s.counts_by_score) == {1, 2, 3, 4, 5}
-    assert s.n_flagged >= 6 and sum(e.flagged for e in result.examples[8:]) <= 2
+    assert auroc([e.p_harmful for e in result.examples], [1] * 8 + [0] * 8) > 0.9
+    # binary risk by default: 5 at or above the probe's threshold, else 1; flagged = risk 5
+    for e in result.examples:
+        assert e.risk == (5.0 if e.p_harmful >= probe.threshold else 1.0)
+        assert e.flagged == (e.risk == 5.0)
+    assert s.n_flagged == sum(e.flagged for e in result.examples) and s.counts_by_score[5] == s.n_flagged
     assert s.flagged_fraction == s.n_flagged / 16
     assert all(e.judge_score is None and e.p_harmful is not None for e in result.examples)
-    # binary risk by default: 5 at or above the probe's threshold, else 1
-    assert {e.risk for e in result.examples} <= {1.0, 5.0}
     assert s.mean_risk == pytest.approx(sum(e.risk for e in result.examples) / 16)
     # the probe saw the prompt up to the assistant turn: same p as probing the user turn
     direct = probe.predict_proba(model, tokenizer, [harmful[0]])[0]

@@ -7,18 +7,12 @@ import io
 import json
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import REPO
 
 DEMO = REPO / "examples" / "demo_train.jsonl"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from safety.base_models import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-base"))
 
 
 def small_pipeline_env(tiny_model: Path) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from core import audit, releases
 from core.db import session_scope
-from core.models import Job
 from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.resources import adapter_prefix
