@@ -9,7 +9,8 @@ What it measures
   (benign). Reported per layer choice (single layers and means over layer ranges):
   held-out AUROC, external AUROC, TPR at 5 % FPR (threshold set on the external
   benign prompts, i.e. the best achievable operating point), TPR / FPR at the probe's
-  own threshold (set on the held-out split: the operating point a scan would use),
+  own operating threshold (0.5, raised if needed to keep the held-out FPR within 5 %:
+  the verdict a scan uses),
   and a per-source breakdown. Also: the built-in eval sets (``harmful_eval`` vs
   ``benign_eval``), the logistic head for comparison, and with ``--pool-ablation``
   mean pooling over all prompt tokens (template included) instead of content pooling.

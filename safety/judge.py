@@ -244,7 +244,9 @@ class LocalJudge:
     renormalised over the five digits. ``mode="expected"`` reports the rounded
     expectation as ``score`` (and the expectation itself as ``expected``);
     ``mode="argmax"`` reports the most likely digit. Always ``parsed=True``; ``raw``
-    holds the five probabilities as JSON.
+    holds the five probabilities as JSON. A rubric prompt longer than ``max_len``
+    tokens keeps its end (the pair and the scoring rules). Without reasoning first,
+    a small model's digit distribution is a weak judge: prefer an API judge.
     """
 
     model: Any

@@ -13,8 +13,12 @@ Classifier. Standardized features (train-split mean and std) into a logistic
 regression (``kind="logistic"``) or a one-hidden-layer MLP (``kind="mlp"``), trained
 with Adam on binary cross-entropy plus an L2 penalty on the weights.
 
-Training reports held-out metrics from a stratified split: AUROC, the TPR at the
-target FPR (default 5 %) and the probability threshold reaching it. Given
+Training reports held-out metrics from a stratified split: AUROC and the best TPR at
+the target FPR (default 5 %). The probe's operating threshold (its harmful verdict,
+``p >= threshold``) is the classifier's even-odds point 0.5, raised when needed so the
+held-out FPR stays within the target. In-distribution thresholds transfer imperfectly:
+on unseen benchmark prompts the FPR at this threshold is higher than on the held-out
+split (see ``bench/results/probe_quality.json``); AUROC is the portable number. Given
 ``layer_candidates``, each candidate layer set is trained on the train split and the
 one with the best validation AUROC (then the lowest validation log-loss) is kept.
 
@@ -59,7 +63,8 @@ class ProbeConfig:
     light L2) are the ones that generalised best to unseen benchmark prompts on the
     default base model (``bench/results/probe_quality.json``).
     ``batch_size`` is the classifier's minibatch; ``feature_batch_size`` the number of
-    prompts per forward pass of the reference model.
+    prompts per forward pass of the reference model. The operating threshold is
+    ``min_threshold``, raised if needed to keep the held-out FPR within ``target_fpr``.
     """
 
     layers: tuple[int, ...] | None = None
@@ -74,18 +79,23 @@ class ProbeConfig:
     hidden_units: int = 512
     val_fraction: float = 0.2
     target_fpr: float = 0.05
+    min_threshold: float = 0.5
     feature_batch_size: int = 16
 
 
 @dataclass(frozen=True)
 class ProbeReport:
-    """Held-out quality of a trained probe; ``candidates`` lists every layer set tried
-    with its validation AUROC."""
+    """Held-out quality of a trained probe. ``tpr_at_fpr``: the best TPR with FPR at most
+    ``target_fpr``; ``threshold``: the probe's operating threshold, with the held-out
+    ``tpr_at_threshold`` / ``fpr_at_threshold`` it gives; ``candidates``: every layer set
+    tried with its validation AUROC and log-loss."""
 
     auroc: float
     tpr_at_fpr: float
     target_fpr: float
     threshold: float
+    tpr_at_threshold: float
+    fpr_at_threshold: float
     n_train: int
     n_val: int
     n_harmful: int
@@ -480,14 +490,18 @@ def train_probe_on_features(
             best = ((score, -loss), probe, val_p)
     assert best is not None
     (score, _), probe, val_p = best
-    tpr, threshold = tpr_at_fpr(val_p, val_y, config.target_fpr)
+    tpr, fpr_threshold = tpr_at_fpr(val_p, val_y, config.target_fpr)
+    threshold = max(config.min_threshold, fpr_threshold)
     probe.threshold = threshold
+    flagged = [p >= threshold for p in val_p]
     n_pos = int(y.sum())
     report = ProbeReport(
         auroc=score,
         tpr_at_fpr=tpr,
         target_fpr=config.target_fpr,
         threshold=threshold,
+        tpr_at_threshold=sum(f for f, t in zip(flagged, val_y) if t) / sum(val_y),
+        fpr_at_threshold=sum(f for f, t in zip(flagged, val_y) if not t) / (len(val_y) - sum(val_y)),
         n_train=len(train_idx),
         n_val=len(val_idx),
         n_harmful=n_pos,
@@ -513,8 +527,8 @@ def train_probe(
     ``layer_candidates`` the probe reads ``config.layers`` (or :func:`default_layers`);
     with them, every candidate set is fitted on the train split and the best
     validation AUROC wins (ties: the lower validation log-loss). The returned probe is the one
-    fitted on the train split; its ``threshold`` reaches ``config.target_fpr`` on the
-    validation benign prompts.
+    fitted on the train split; its ``threshold`` is ``config.min_threshold``, raised if
+    needed to keep the validation FPR within ``config.target_fpr``.
     """
     num_layers = model.config.num_hidden_layers
     base = resolve_layers(config.layers or default_layers(num_layers), num_layers)

@@ -9,21 +9,18 @@ Built-in sets live in ``safety/prompts/*.jsonl`` and are read as package data:
 category of a benign prompt), and ``refusals`` (``{"text"}``, read by
 :func:`load_refusals`).
 
-External files are read by :func:`load_prompt_file`, which detects the format:
+External files are read by :func:`load_prompt_file`, which detects the format
+(name: how it is recognised -> text, category):
 
-=============== ============================================= =========== =========
-format          how it is recognised                           text        category
-=============== ============================================= =========== =========
-``lines``       ``.txt``: one prompt a line (AdvBench)          the line    --
-``advbench``    CSV with a ``goal`` column                      goal        --
-``harmbench``   CSV with ``Behavior`` (+ ``SemanticCategory``)  Behavior    Semantic…
-``strongreject`` CSV with ``forbidden_prompt``                  forbidden…  category
-``csv``         CSV with ``prompt`` or ``text``                 that column category
-``chat``        JSONL rows with ``messages``                    last user   category
-``mtbench``     JSONL rows with ``turns``                       turns[0]    category
-``gsm8k``       JSONL rows with ``question``                    question    --
-``jsonl``       JSONL rows with ``prompt``/``text``/``goal``    that key    category
-=============== ============================================= =========== =========
+* ``lines``: a ``.txt`` file, one prompt a line (AdvBench) -> the line, none
+* ``advbench``: CSV with a ``goal`` column -> ``goal``, none
+* ``harmbench``: CSV with ``Behavior`` -> ``Behavior``, ``SemanticCategory``
+* ``strongreject``: CSV with ``forbidden_prompt`` -> it, ``category``
+* ``csv``: CSV with ``prompt`` or ``text`` -> that column, ``category``
+* ``chat``: JSONL rows with ``messages`` -> the last user turn, ``category``
+* ``mtbench``: JSONL rows with ``turns`` -> ``turns[0]``, ``category``
+* ``gsm8k``: JSONL rows with ``question`` -> ``question``, none
+* ``jsonl``: JSONL rows with ``prompt`` / ``text`` / ``goal`` / ``instruction`` -> that key, ``category``
 
 HarmBench's contextual behaviours carry a ``ContextString``; with ``with_context=True``
 it is prepended the way HarmBench does (``context + "\\n\\n---\\n\\n" + behavior``).

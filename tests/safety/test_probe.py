@@ -72,7 +72,8 @@ def test_planted_signal_is_separated_and_round_trips(tiny, kind: str, tmp_path: 
     assert report.auroc > 0.9
     assert (report.n_train, report.n_val, report.n_harmful, report.n_benign) == (96, 24, 60, 60)
     assert 0.0 <= report.tpr_at_fpr <= 1.0 and report.layers == (1,)
-    assert probe.threshold == report.threshold
+    assert probe.threshold == report.threshold >= 0.5
+    assert report.fpr_at_threshold <= 0.05 and 0.0 <= report.tpr_at_threshold <= report.tpr_at_fpr
 
     test_h, test_b = _planted(20, seed=1)
     p = probe.predict_proba(model, tokenizer, test_h + test_b, batch_size=7)
