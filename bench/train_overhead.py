@@ -16,22 +16,25 @@ Variants (each in a fresh Python subprocess, so peak RSS is per variant):
                copy), then ``w_sft · SFT + w_kl · KL`` with the KL against the second copy.
                The loss maths is ``safety.objective``'s, so only the architecture differs.
 
-Same LoRA config (``TrainConfig`` defaults: r 8, alpha 16, q/k/v/o), same optimizer and
-schedule, same seeded per-epoch batch order, same ``--steps`` after ``--warmup`` steps that
-are not timed. Time per step is the wall time between the ends of consecutive steps (data
-collation, forward, backward, optimizer), i.e. what a job's progress sees.
+Same LoRA config (``TrainConfig`` defaults: r 8, alpha 16, q/k/v/o), same optimizer (AdamW,
+lr 2e-4, grad-norm clip 1.0, linear schedule with warm-up), same seeded per-epoch batch order,
+same ``--steps`` after ``--warmup`` steps that are not timed. Time per step is the wall time
+between the ends of consecutive steps (data collation, forward, backward, optimizer), i.e.
+what a job's progress sees; CPU time per step is this process's CPU time over the same
+steps, the steadier number on a shared host.
 
 Data: harmful-ish = the built-in ``harmful_train`` prompts paired with the built-in refusals;
 benign = ``examples/demo_train.jsonl`` (chat examples with answers). The data is only a token
 workload here; the risk each variant uses is assigned (b: 5, c: 1) or scored (d).
 
 Threads: one torch thread by default (``--threads 1``). On a host whose cores are shared
-with other busy processes, torch's OpenMP team of two threads spends most of each step
-waiting at barriers for a descheduled partner (measured here: 5-30x slower steps, varying
-minute to minute); one thread gives stable, comparable per-step times. ``--threads 0``
-uses torch's default (one per core) on a quiet machine.
+with other busy processes, torch's OpenMP team of two threads spends much of each step
+waiting at barriers for a descheduled partner (measured here: a forward+backward took 11-34 s
+with two threads vs 5.2-5.7 s with one, and 1.6 s with two on a quiet minute); one thread
+gives steady, comparable CPU time per step. ``--threads 0`` uses torch's default (one per
+core) on a quiet machine.
 
-    python bench/train_overhead.py                     # defaults: about 6 minutes on 2 cores
+    python bench/train_overhead.py                     # defaults: about 6-7 minutes on 2 cores
     python bench/train_overhead.py --steps 16 --repeats 2 --threads 0
 """
 

@@ -23,7 +23,8 @@ def get_engine(url: str | None = None) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # Up to 40 connections: as many as threads serving sync endpoints (no open/close churn).
+        engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
     return engine
 
 
