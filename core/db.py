@@ -23,8 +23,9 @@ def get_engine(url: str | None = None) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        # Up to 40 connections: as many as threads serving sync endpoints (no open/close churn).
-        engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+        # 40 pooled connections, opened on demand: one per thread serving sync endpoints, so
+        # none is closed and reopened under load (overflow connections would be).
+        engine = create_engine(url, pool_pre_ping=True, pool_size=40, max_overflow=0)
     return engine
 
 
