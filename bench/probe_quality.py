@@ -54,6 +54,7 @@ from safety.probe import (  # noqa: E402
     auroc,
     default_layers,
     extract_features,
+    layer_candidates,
     tpr_at_fpr,
     train_probe_on_features,
 )
@@ -62,16 +63,6 @@ from safety.scan import scan_dataset  # noqa: E402
 
 TARGET_AUROC = 0.95
 TARGET_FPR = 0.05
-
-
-def layer_candidates(num_layers: int) -> list[tuple[int, ...]]:
-    """The default band first, then other ranges, then single layers every 4 blocks."""
-    ranges = [default_layers(num_layers)] + [
-        tuple(range(round(num_layers * a), round(num_layers * b) + 1))
-        for a, b in ((0.27, 0.53), (0.33, 0.67), (0.5, 0.83))
-    ]
-    singles = [(layer,) for layer in range(round(num_layers * 0.2), num_layers, 4)]
-    return ranges + singles
 
 
 def name_of(layers: Sequence[int]) -> str:

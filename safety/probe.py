@@ -196,6 +196,17 @@ def default_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(range(first, max(first, round(num_layers * 0.8)) + 1))
 
 
+def layer_candidates(num_layers: int) -> list[tuple[int, ...]]:
+    """Layer sets worth trying, chosen among by validation AUROC: the default band first,
+    then other middle-to-late ranges, then single layers every 4 blocks."""
+    ranges = [default_layers(num_layers)] + [
+        tuple(range(round(num_layers * a), round(num_layers * b) + 1))
+        for a, b in ((0.27, 0.53), (0.33, 0.67), (0.5, 0.83))
+    ]
+    singles = [(layer,) for layer in range(round(num_layers * 0.2), num_layers, 4)]
+    return ranges + singles
+
+
 def _template_bounds(tokenizer: Any) -> tuple[list[int], list[int]]:
     """Token ids of the chat template's fixed prefix and suffix around a user message."""
     a = tokenizer(render_prompt(tokenizer, "\u00a7"), add_special_tokens=False)["input_ids"]

@@ -28,12 +28,11 @@ def probe_config() -> Any:
 
 
 def layer_candidates(model: Any) -> list[tuple[int, ...]] | None:
-    """With ``probe_layers=auto``: single layers from the middle to the end, chosen by
-    validation AUROC."""
-    if get_settings().probe_layers != "auto":
-        return None
-    n = model.config.num_hidden_layers
-    return sorted({(max(0, round(n * f) - 1),) for f in (0.5, 0.6, 0.67, 0.75, 0.85)})
+    """With ``probe_layers=auto``: the layer sets ``bench/probe_quality.py`` evaluates,
+    chosen among by validation AUROC on the project's prompt sets."""
+    from safety.probe import layer_candidates as candidates
+
+    return candidates(model.config.num_hidden_layers) if get_settings().probe_layers == "auto" else None
 
 
 def train_builtin_probe(model: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
