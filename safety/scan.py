@@ -10,8 +10,10 @@ pair (``{"prompt", "completion"}``). Its *target turn* is the last assistant mes
 ``estimator="both"`` takes the max of the two risks (high recall). Risks are on the
 1-5 scale; an example is flagged when its risk reaches ``ScanConfig.flag_threshold``.
 The scan streams: examples may come from any iterator (optionally as
-``(line_number, example)`` pairs; otherwise lines count from 1) and are scored in
-batches of ``batch_size``; ``progress(n_done)`` is called after every batch.
+``(line_number, example)`` pairs; otherwise lines count from 1) and are read
+``ScanConfig.window`` at a time; within a window the probe runs length-sorted forward
+batches of ``batch_size`` and the judge gets every pair at once (its own concurrency
+applies); ``progress(n_done)`` is called after every window.
 """
 from __future__ import annotations
 
@@ -50,11 +52,13 @@ assert set(_CATEGORY_CUES) == set(PROHIBITED_CATEGORIES)
 class ScanConfig:
     """Scan policy. ``probe_risk`` maps the probe's probability to risk: ``"binary"``
     is the paper's verdict mapping (5 at or above the probe's threshold, else 1),
-    ``"calibrated"`` is ``1 + 4p``."""
+    ``"calibrated"`` is ``1 + 4p``. ``window`` is the number of examples read and
+    scored per step (bounded memory; larger windows sort by length better)."""
 
     flag_threshold: float = 4.0
     top_k: int = 20
     probe_risk: RiskMode = "binary"
+    window: int = 128
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ def scan_dataset(
     categories: Counter[str] = Counter()
     risk_sum = 0.0
     stream = _numbered(examples)
-    while batch := list(islice(stream, batch_size)):
+    while batch := list(islice(stream, config.window)):
         turns = []
         for line, ex in batch:
             try:

@@ -68,7 +68,7 @@ def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
     calls: list[int] = []
     result = scan_dataset(
         iter(examples), probe=probe, estimator="probe", model=model, tokenizer=tokenizer,
-        batch_size=5, progress=calls.append,
+        batch_size=3, progress=calls.append, config=ScanConfig(window=5),
     )
     assert calls == [5, 10, 15, 16]
     s = result.summary
