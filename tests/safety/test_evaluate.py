@@ -189,7 +189,6 @@ def test_prompt_file_formats(tmp_path: Path) -> None:
             detect_format(_write(tmp_path / bad_name, bad))
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
 def test_shared_benchmark_files_load() -> None:
     assert len(load_prompt_file(SHARED_DATA / "advbench_harmful_behaviors.txt")) == 520
     harmbench = load_prompt_file(SHARED_DATA / "harmbench_behaviors_text_val.csv")
