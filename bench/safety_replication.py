@@ -401,6 +401,7 @@ def evaluate_model(
         "n": refusals.n,
         "rate": refusals.rate,
         "refused_prompts": [r.prompt for r in refusals.generations if r.refused],
+        "refused_responses": [r.response[:160] for r in refusals.generations if r.refused],
     }
     out["val_loss_benign_chat"] = validation_loss(model, tokenizer, data["benign_val_examples"], max_len=args.max_seq_len)
     out["val_loss_gsm8k"] = validation_loss(model, tokenizer, data["gsm_val_examples"], max_len=args.max_seq_len)
