@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     # Safety method (the paper's bounds; operators may change, customers may not).
     kl_weight_lo: float = 0.1
     kl_weight_hi: float = 0.9
+    risk_weighting: Literal["example", "batch"] = "example"  # "batch": the paper's batch mean (ablation)
     flag_threshold: float = 4.0
     probe_layers: str = "auto"
 

@@ -1,5 +1,16 @@
 """The adaptive objective: ``loss = w_sft · L_SFT + w_kl · KL(P_ref ‖ P_θ)`` with risk-set weights.
 
+Per-example form (guardtune's default, ``weighted_loss``): every example i of a batch gets
+its own weights from its own risk r_i, and
+
+    loss = Σ_i [w_sft(r_i) · CE_i + w_kl(r_i) · KL_i] / N
+
+where CE_i and KL_i are example i's cross-entropy and ``KL(P_ref ‖ P_θ)`` *summed* over its
+answer (labelled) tokens and N is the number of answer tokens in the whole batch (all
+micro-batches of one optimizer step). For a batch of one this is exactly the paper's
+``w_sft · mean-token CE + w_kl · mean-token KL``; with equal weights (the paper's batch-mean
+risk, ``risk_weighting="batch"``) it is the same formula over the batch's tokens.
+
 Logits are ``(batch, length, vocab)``; labels are ``(batch, length)`` with ``IGNORE_INDEX`` off
 the assistant tokens. Logits at position t predict the token at t + 1, so both losses compare
 ``logits[:, :-1]`` with ``labels[:, 1:]``.
@@ -16,6 +27,7 @@ import torch.nn.functional as F
 from safety.data import IGNORE_INDEX
 
 RiskReduce = Literal["mean", "max"]
+RiskWeighting = Literal["example", "batch"]
 
 
 def kl_weights(
@@ -60,3 +72,33 @@ def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
     total = F.kl_div(log_p, ref_log_p.detach(), log_target=True, reduction="sum")
     return total / mask.sum().clamp(min=1)
+
+
+def example_sums(
+    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per example (shape ``(batch,)``): cross-entropy summed over its answer tokens,
+    ``KL(P_ref ‖ P_θ)`` summed over the same positions (``None`` without ``ref_logits``), and
+    its number of answer tokens. Gradients flow through ``logits`` only."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    rows = mask.nonzero(as_tuple=True)[0]
+    log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+    token_ce = -log_p.gather(-1, labels[:, 1:][mask].unsqueeze(-1)).squeeze(-1)
+    zeros = log_p.new_zeros(labels.shape[0])
+    kl = None
+    if ref_logits is not None:
+        ref_log_p = F.log_softmax(ref_logits[:, :-1][mask].float(), dim=-1).detach()
+        kl = zeros.index_add(0, rows, (ref_log_p.exp() * (ref_log_p - log_p)).sum(-1))
+    return zeros.index_add(0, rows, token_ce), kl, mask.sum(1)
+
+
+def weighted_loss(
+    ce: torch.Tensor, kl: torch.Tensor | None, w_sft: torch.Tensor, w_kl: torch.Tensor, n_tokens: int
+) -> torch.Tensor:
+    """``Σ_i [w_sft_i · CE_i + w_kl_i · KL_i] / n_tokens`` of per-example sums (``example_sums``);
+    ``n_tokens`` is the answer-token count of the whole batch. ``kl`` may be ``None`` only
+    when every ``w_kl_i`` is 0 (the reference pass was skipped)."""
+    if kl is None and bool((w_kl > 0).any()):
+        raise ValueError("KL sums are needed when some w_kl > 0")
+    total = (w_sft * ce).sum() if kl is None else (w_sft * ce + w_kl * kl).sum()
+    return total / max(n_tokens, 1)

@@ -1,10 +1,12 @@
 """LoRA fine-tuning with the risk-adaptive KL objective, as one explicit training loop.
 
 Each optimizer step takes the next ``batch_size × grad_accum_steps`` examples of a
-seeded per-epoch shuffle, turns their pre-computed risks (1–5) into one batch risk and
-loss weights, and minimises ``w_sft · L_SFT + w_kl · KL(P_ref ‖ P_θ)``. The reference
+seeded per-epoch shuffle, turns each example's pre-computed risk (1–5) into its own loss
+weights (``risk_weighting="example"``, the default; ``"batch"`` gives every example the
+weights of the batch's mean risk, the paper's code as an ablation), and minimises
+``Σ_i [w_sft_i · CE_i + w_kl_i · KL_i] / N`` (``objective.weighted_loss``). The reference
 policy P_ref is the same model with the LoRA adapter disabled; its forward pass is skipped
-when ``w_kl == 0``. Everything the worker needs to report, checkpoint, cancel and resume
+for a micro-batch whose examples all have ``w_kl == 0``. Everything the worker needs to report, checkpoint, cancel and resume
 goes through ``train``'s arguments; nothing here knows about databases or queues.
 """
 
@@ -32,8 +34,9 @@ from safety.checkpoints import (
     restore_checkpoint,
     write_checkpoint,
 )
-from safety.data import EncodedExample, collate, encode_example
-from safety.objective import RiskReduce, batch_risk, kl_weights, sft_loss, token_kl
+from safety.data import IGNORE_INDEX, EncodedExample, collate, encode_example
+from safety.objective import RiskReduce, RiskWeighting, batch_risk, example_sums, kl_weights, token_kl, weighted_loss
+from safety.scan import ScanConfig
 
 TrainingMode = Literal["none", "constant", "adaptive"]
 
@@ -45,7 +48,9 @@ RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
 class TrainConfig:
     """Everything that determines a training run. ``mode``: ``none`` = standard SFT;
     ``constant`` = ``w_kl = constant_kl_weight``, ``w_sft = 1 − w_kl``; ``adaptive`` = the
-    paper's risk-set weights (``objective.kl_weights`` with the ``kl_*`` / ``sft_*`` bounds)."""
+    paper's risk-set weights (``objective.kl_weights`` with the ``kl_*`` / ``sft_*`` bounds),
+    from each example's own risk (``risk_weighting="example"``) or from the step's
+    ``risk_reduce`` of its examples' risks (``"batch"``)."""
 
     mode: TrainingMode = "adaptive"
     constant_kl_weight: float = 0.5
@@ -53,6 +58,7 @@ class TrainConfig:
     kl_hi: float = 0.9
     sft_lo: float = 0.1
     sft_hi: float = 0.9
+    risk_weighting: RiskWeighting = "example"
     risk_reduce: RiskReduce = "mean"
     lora_r: int = 8
     lora_alpha: int = 16
@@ -73,6 +79,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("none", "constant", "adaptive"):
             raise ValueError(f"unknown training mode {self.mode!r}")
+        if self.risk_weighting not in ("example", "batch"):
+            raise ValueError(f"unknown risk weighting {self.risk_weighting!r}")
         if min(self.batch_size, self.grad_accum_steps, self.n_epochs, self.max_seq_len) < 1:
             raise ValueError("batch_size, grad_accum_steps, n_epochs and max_seq_len must be ≥ 1")
         if not 0.0 <= self.constant_kl_weight <= 1.0:
@@ -85,9 +93,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StepMetrics:
-    """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss``, ``sft_loss``
-    and ``kl`` are means over the step's micro-batches; ``kl`` is ``None`` when the reference
-    pass was skipped (``kl_weight == 0``). ``tokens`` counts non-padding input tokens."""
+    """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss`` is the
+    step's objective; ``sft_loss`` and ``kl`` are unweighted means over its answer tokens
+    (``kl`` over those of micro-batches that ran the reference pass; ``None`` if none did).
+    ``kl_weight``/``sft_weight`` are the means over the step's examples; ``kl_weight_flagged``
+    and ``kl_weight_unflagged`` the mean ``w_kl`` of its flagged / unflagged examples
+    (``None`` when it has none). ``risk`` is the ``risk_reduce`` of the examples' risks.
+    ``tokens`` counts non-padding input tokens."""
 
     step: int
     total_steps: int
@@ -98,6 +110,8 @@ class StepMetrics:
     kl_weight: float
     sft_weight: float
     risk: float
+    kl_weight_flagged: float | None
+    kl_weight_unflagged: float | None
     tokens: int
     tokens_per_s: float
     lr: float
@@ -166,9 +180,12 @@ def train(
     should_cancel: Callable[[], bool] | None = None,
     save_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None,
     resume_dir: Path | None = None,
+    flagged: list[bool] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts) whose
-    risks (1–5, aligned with ``examples``) were scored beforehand.
+    risks (1–5, aligned with ``examples``) were scored beforehand. ``flagged`` (aligned too)
+    says which examples the scan flagged, for the per-step metrics only; by default those with
+    a risk at or above the scan's default flag threshold.
 
     ``model`` is the base model, wrapped here with a fresh LoRA adapter (modified in place:
     load a fresh base model per run), or — only with ``resume_dir`` — either a base model or a
@@ -184,6 +201,8 @@ def train(
     """
     if len(examples) != len(risks) or not examples:
         raise ValueError(f"need one risk per example, got {len(examples)} examples and {len(risks)} risks")
+    if flagged is None:
+        flagged = [risk >= ScanConfig.flag_threshold for risk in risks]
     work_dir = Path(work_dir)
     encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
     fingerprint = _data_fingerprint(encoded, risks)
@@ -191,7 +210,6 @@ def train(
     total_steps = steps_per_epoch * config.n_epochs
 
     model = _with_lora(model, config, resume_dir)
-    device = next(model.parameters()).device
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
@@ -218,27 +236,8 @@ def train(
         started = time.perf_counter()
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         indices = _step_indices(len(encoded), config, epoch, step_in_epoch)
-        risk = batch_risk([risks[i] for i in indices], config.risk_reduce)
-        w_sft, w_kl = _loss_weights(config, risk)
-
-        micro_batches = [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
-        sums = {"loss": 0.0, "sft": 0.0, "kl": 0.0}
-        tokens = 0
-        for micro in micro_batches:
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], tokenizer.pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            sft = sft_loss(logits, batch["labels"])
-            loss = w_sft * sft
-            if w_kl > 0:
-                with torch.no_grad(), model.disable_adapter():
-                    ref_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                kl = token_kl(ref_logits, logits, batch["labels"])
-                loss = loss + w_kl * kl
-                sums["kl"] += kl.item()
-            (loss / len(micro_batches)).backward()
-            sums["loss"] += loss.item()
-            sums["sft"] += sft.item()
-            tokens += int(batch["attention_mask"].sum())
+        weights = _example_weights(config, [risks[i] for i in indices])
+        sums = _accumulate_gradients(model, tokenizer, [encoded[i] for i in indices], weights, config.batch_size)
 
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -247,19 +246,22 @@ def train(
         optimizer.zero_grad(set_to_none=True)
 
         elapsed = time.perf_counter() - started
-        n = len(micro_batches)
+        w_sft = [w for w, _ in weights]
+        w_kl = [w for _, w in weights]
         metrics = StepMetrics(
             step=step + 1,
             total_steps=total_steps,
             epoch=epoch + 1,
-            loss=sums["loss"] / n,
-            sft_loss=sums["sft"] / n,
-            kl=sums["kl"] / n if w_kl > 0 else None,
-            kl_weight=w_kl,
-            sft_weight=w_sft,
-            risk=risk,
-            tokens=tokens,
-            tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+            loss=sums["loss"],
+            sft_loss=sums["ce"] / max(sums["answer_tokens"], 1),
+            kl=sums["kl"] / max(sums["kl_tokens"], 1) if sums["kl_tokens"] else None,
+            kl_weight=_mean(w_kl),
+            sft_weight=_mean(w_sft),
+            risk=batch_risk([risks[i] for i in indices], config.risk_reduce),
+            kl_weight_flagged=_mean([w for w, i in zip(w_kl, indices) if flagged[i]]),
+            kl_weight_unflagged=_mean([w for w, i in zip(w_kl, indices) if not flagged[i]]),
+            tokens=sums["tokens"],
+            tokens_per_s=sums["tokens"] / elapsed if elapsed > 0 else 0.0,
             lr=lr,
         )
         summary.add(metrics)
@@ -339,12 +341,59 @@ def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_d
 
 
 def _loss_weights(config: TrainConfig, risk: float) -> tuple[float, float]:
-    """``(w_sft, w_kl)`` of a step with batch risk ``risk`` under ``config.mode``."""
+    """``(w_sft, w_kl)`` of risk ``risk`` under ``config.mode``."""
     if config.mode == "none":
         return 1.0, 0.0
     if config.mode == "constant":
         return 1.0 - config.constant_kl_weight, config.constant_kl_weight
     return kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
+
+
+def _example_weights(config: TrainConfig, risks: list[float]) -> list[tuple[float, float]]:
+    """``(w_sft, w_kl)`` of each example of a step: from its own risk, or (``"batch"``) all
+    from the step's ``risk_reduce`` of the risks."""
+    if config.risk_weighting == "batch":
+        return [_loss_weights(config, batch_risk(risks, config.risk_reduce))] * len(risks)
+    return [_loss_weights(config, risk) for risk in risks]
+
+
+def _accumulate_gradients(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[EncodedExample],
+    weights: list[tuple[float, float]],
+    batch_size: int,
+) -> dict[str, float]:
+    """Forward and backward the step's ``examples`` in micro-batches of ``batch_size``,
+    accumulating the gradient of ``weighted_loss`` normalised by the step's answer tokens.
+    Returns the step's sums: ``loss``, ``ce``, ``kl`` (over ``kl_tokens``, the answer tokens
+    of micro-batches with a reference pass), ``answer_tokens`` and input ``tokens``."""
+    device = next(model.parameters()).device
+    n_answer = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "kl_tokens": 0, "answer_tokens": n_answer, "tokens": 0}
+    for start in range(0, len(examples), batch_size):
+        micro = examples[start : start + batch_size]
+        w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)
+        batch = {k: v.to(device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        ref_logits = None
+        if bool((w_kl > 0).any()):
+            with torch.no_grad(), model.disable_adapter():
+                ref_logits = model(**inputs).logits
+        ce, kl, answer_tokens = example_sums(model(**inputs).logits, batch["labels"], ref_logits)
+        loss = weighted_loss(ce, kl, w_sft, w_kl, n_answer)
+        loss.backward()
+        sums["loss"] += loss.item()
+        sums["ce"] += ce.sum().item()
+        if kl is not None:
+            sums["kl"] += kl.sum().item()
+            sums["kl_tokens"] += int(answer_tokens.sum())
+        sums["tokens"] += int(batch["attention_mask"].sum())
+    return sums
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _step_indices(n_examples: int, config: TrainConfig, epoch: int, step_in_epoch: int) -> list[int]:

@@ -14,6 +14,7 @@ Auto = Literal["auto"]
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 SafetyMode = Literal["adaptive", "constant", "none"]
 Estimator = Literal["judge", "probe", "both"]
+RiskWeighting = Literal["example", "batch"]
 
 
 
@@ -87,13 +88,18 @@ class SafetyIn(BaseModel):
 
     mode: SafetyMode = Field(
         "adaptive",
-        description="adaptive: KL weight from each batch's risk; constant: fixed KL weight; none: plain SFT.",
+        description="adaptive: KL weight from each example's risk; constant: fixed KL weight; none: plain SFT.",
     )
     estimator: Estimator = Field("probe", description="Risk estimator of the adaptive mode (both = max of the two).")
     kl_weight: KlWeightBounds | None = Field(
         None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
     )
     constant_kl_weight: float = Field(0.5, ge=0, le=1, description="KL weight of the constant mode.")
+    risk_weighting: RiskWeighting | None = Field(
+        None,
+        description="example: each example weighted by its own risk; batch: by the batch's mean risk "
+        "(the paper's code, an ablation). Default set by the operator.",
+    )
 
 
 Suffix = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")]
@@ -154,6 +160,7 @@ class SafetyState(BaseModel):
     estimator: Estimator
     kl_weight: KlWeightBounds
     constant_kl_weight: float
+    risk_weighting: RiskWeighting = "example"
     stage: str | None = Field(None, description="scanning | training | evaluating | gating while running")
     scan_summary: dict[str, Any] | None = None
     eval_summary: dict[str, Any] | None = None
@@ -192,7 +199,10 @@ class JobEvent(BaseModel):
     message: str
     type: Literal["message", "metrics"] = "message"
     data: dict[str, Any] | None = Field(
-        None, description="metrics events: step, train_loss and guardtune's kl, kl_weight, risk"
+        None,
+        description="metrics events: step, train_loss and guardtune's kl, kl_weight (mean over the step's "
+        "examples), kl_weight_flagged and kl_weight_unflagged (mean w_kl of the step's examples the scan "
+        "flagged / did not flag; null if none), risk",
     )
 
 

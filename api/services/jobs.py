@@ -113,6 +113,7 @@ def resolve_safety(requested: SafetyIn | None, settings: Settings) -> dict[str, 
         "estimator": s.estimator,
         "kl_weight": {"min": bounds.min, "max": bounds.max},
         "constant_kl_weight": s.constant_kl_weight,
+        "risk_weighting": s.risk_weighting or settings.risk_weighting,
     }
 
 
@@ -140,6 +141,7 @@ def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
         estimator=config.get("estimator", "probe"),
         kl_weight=KlWeightBounds(min=bounds["min"], max=bounds["max"]),
         constant_kl_weight=config.get("constant_kl_weight", 0.5),
+        risk_weighting=config.get("risk_weighting", "example"),
         stage=job.stage,
         scan_summary=report.scan if report else None,
         eval_summary=report.evaluation if report else None,

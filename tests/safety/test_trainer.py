@@ -142,11 +142,18 @@ def test_released_adapter_reproduces_the_trained_model(load_tiny, chat_examples,
 
 
 @pytest.mark.parametrize(
-    ("mode", "risk", "reference_passes"),
-    [("none", 5.0, 0), ("adaptive", 1.0, 0), ("adaptive", 5.0, 4), ("constant", 1.0, 4)],
+    ("mode", "risks", "batch_size", "reference_passes"),
+    [
+        ("none", [5.0] * 8, 2, 0),
+        ("adaptive", [1.0] * 8, 2, 0),
+        ("adaptive", [5.0] * 8, 2, 4),
+        ("constant", [1.0] * 8, 2, 4),
+        ("adaptive", [1.0, 5.0] * 4, 1, 4),  # 8 micro-batches of one: only the 4 risky ones
+    ],
 )
 def test_reference_pass_runs_only_when_kl_weight_is_positive(
-    load_tiny, chat_examples, tmp_path: Path, monkeypatch, mode: str, risk: float, reference_passes: int
+    load_tiny, chat_examples, tmp_path: Path, monkeypatch, mode: str, risks: list[float], batch_size: int,
+    reference_passes: int,
 ) -> None:
     model, tokenizer = load_tiny()
     forwards = []
@@ -159,13 +166,57 @@ def test_reference_pass_runs_only_when_kl_weight_is_positive(
         return original(self)
 
     monkeypatch.setattr(PeftModel, "disable_adapter", counting_disable_adapter)
-    config = dataclasses.replace(FAST, mode=mode, kl_lo=0.0)
+    config = dataclasses.replace(FAST, mode=mode, kl_lo=0.0, batch_size=batch_size, grad_accum_steps=2 // batch_size)
     metrics: list[StepMetrics] = []
-    train(model, tokenizer, chat_examples, [risk] * 8, config, work_dir=tmp_path, on_step=metrics.append)
+    train(model, tokenizer, chat_examples, risks, config, work_dir=tmp_path, on_step=metrics.append)
 
     assert len(disabled) == reference_passes
-    assert len(forwards) == 4 + reference_passes  # 4 steps × 1 micro-batch, + reference passes
-    assert all((m.kl is None) == (reference_passes == 0) for m in metrics)
+    assert len(forwards) == 8 // batch_size + reference_passes  # one forward per micro-batch, + reference passes
+    assert all((m.kl is None) == (m.kl_weight == 0) for m in metrics)  # KL measured where the pass ran
+
+
+def _answer_ce_sum(model, tokenizer, example) -> tuple[float, int]:
+    """Σ cross-entropy over an example's answer tokens and their number, token by token."""
+    encoded = encode_example(tokenizer, example, 128)
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(input_ids=torch.tensor([encoded.input_ids])).logits[0].double(), -1)
+    answer = [t for t in range(1, len(encoded.labels)) if encoded.labels[t] != IGNORE_INDEX]
+    return -sum(log_p[t - 1, encoded.labels[t]].item() for t in answer), len(answer)
+
+
+@pytest.mark.parametrize("risk_weighting", ["example", "batch"])
+def test_a_risk_5_and_a_risk_1_example_are_trained_at_their_own_weights(
+    load_tiny, chat_examples, tmp_path: Path, risk_weighting: str
+) -> None:
+    harmful, benign = chat_examples[6], chat_examples[0]
+    model, tokenizer = load_tiny()
+    (ce5, n5), (ce1, n1) = _answer_ce_sum(model, tokenizer, harmful), _answer_ce_sum(model, tokenizer, benign)
+    config = dataclasses.replace(FAST, risk_weighting=risk_weighting, lora_dropout=0.0)
+    metrics: list[StepMetrics] = []
+    train(model, tokenizer, [harmful, benign], [5.0, 1.0], config, work_dir=tmp_path, on_step=metrics.append)
+
+    (m,) = metrics  # one step holds both; the fresh adapter is the identity, so KL = 0 in it
+    assert m.kl == pytest.approx(0.0, abs=1e-6)
+    if risk_weighting == "example":  # risk 5 -> w_sft 0.1, w_kl 0.9; risk 1 -> 0.9, 0.1
+        assert m.loss == pytest.approx((0.1 * ce5 + 0.9 * ce1) / (n5 + n1), rel=1e-4)
+        assert (m.kl_weight_flagged, m.kl_weight_unflagged) == pytest.approx((0.9, 0.1))
+    else:  # the paper's batch mean: risk 3 -> w_sft 2/3, w_kl 1/3 for both
+        assert m.loss == pytest.approx(2 / 3 * (ce5 + ce1) / (n5 + n1), rel=1e-4)
+        assert (m.kl_weight_flagged, m.kl_weight_unflagged) == pytest.approx((1 / 3, 1 / 3))
+    assert m.kl_weight == pytest.approx(0.5 if risk_weighting == "example" else 1 / 3)
+    assert m.sft_loss == pytest.approx((ce5 + ce1) / (n5 + n1), rel=1e-4)
+
+
+def test_flagged_means_are_none_without_examples_of_that_kind(load_tiny, chat_examples, tmp_path: Path) -> None:
+    model, tokenizer = load_tiny()
+    metrics: list[StepMetrics] = []
+    flagged = [True] * 2 + [False] * 6  # the scan's verdicts, not the risks, decide
+    config = dataclasses.replace(FAST, batch_size=8)
+    train(model, tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path, on_step=metrics.append, flagged=flagged)
+    assert (metrics[0].kl_weight_flagged, metrics[0].kl_weight_unflagged) == pytest.approx((0.1, 0.1))
+    metrics.clear()
+    train(load_tiny()[0], tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path / "b", on_step=metrics.append)
+    assert metrics[0].kl_weight_flagged is None and metrics[0].kl_weight_unflagged == pytest.approx(0.1)
 
 
 def test_adaptive_training_stays_closer_to_the_reference_than_standard_sft(

@@ -46,10 +46,11 @@ def iter_file_examples(storage_key: str, store: ObjectStore | None = None) -> It
     return iter_examples((store or get_store()).iter_chunks(storage_key))
 
 
-def read_scan_risks(job: Job) -> list[float]:
-    """Per-example risks in file order, from the scan artifact."""
-    rows = b"".join(get_store().iter_chunks(scan_key(job))).decode().splitlines()
-    return [json.loads(row)["risk"] for row in rows if row.strip()]
+def read_scan_risks(job: Job) -> tuple[list[float], list[bool]]:
+    """Per-example risks and whether the scan flagged each, in file order, from the scan artifact."""
+    lines = b"".join(get_store().iter_chunks(scan_key(job))).decode().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return [row["risk"] for row in rows], [bool(row["flagged"]) for row in rows]
 
 
 def load_model(source: str) -> tuple[Any, Any]:

@@ -39,6 +39,7 @@ def train_config(job: Job, max_seq_len: int) -> Any:
         constant_kl_weight=safety.get("constant_kl_weight", 0.5),
         kl_lo=bounds.get("min", settings.kl_weight_lo),
         kl_hi=bounds.get("max", settings.kl_weight_hi),
+        risk_weighting=safety.get("risk_weighting", settings.risk_weighting),
         learning_rate=BASE_LEARNING_RATE * float(hp.get("learning_rate_multiplier", 1.0)),
         n_epochs=int(hp.get("n_epochs", 3)),
         batch_size=int(hp.get("batch_size", 4)),
@@ -62,7 +63,7 @@ def run(job_id: str) -> str | None:
         if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
             return "evaluate"  # trained before a crash
     examples = [example for _, example in iter_file_examples(storage_key)]
-    risks = read_scan_risks(job)
+    risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
     config = train_config(job, min(context_length(model), 2048))
     workdir = work_dir(job_id)
@@ -75,7 +76,7 @@ def run(job_id: str) -> str | None:
     result = train(
         model, tokenizer, examples, risks, config, work_dir=workdir, on_step=progress.on_step,
         should_cancel=lambda: jobstate.cancel_requested(job_id), save_checkpoint=progress.save_checkpoint,
-        resume_dir=resume_dir,
+        resume_dir=resume_dir, flagged=flagged,
     )  # fmt: skip
     if result.cancelled:
         with session_scope() as session:
@@ -84,7 +85,8 @@ def run(job_id: str) -> str | None:
     upload_dir(get_store(), result.adapter_dir, adapter_prefix(job))
     with session_scope() as session:
         report = session.get(SafetyReport, job_id) or SafetyReport(job_id=job_id)
-        report.training = {**result.summary, "mode": config.mode, "kl_bounds": [config.kl_lo, config.kl_hi]}
+        report.training = {**result.summary, "mode": config.mode, "kl_bounds": [config.kl_lo, config.kl_hi],
+                           "risk_weighting": config.risk_weighting}  # fmt: skip
         session.add(report)
         jobstate.move(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
         jobstate.add_event(session, job_id, f"Training finished after {result.steps} steps")
@@ -124,6 +126,7 @@ def metrics_data(m: Any) -> dict[str, Any]:
     """A metrics event's ``data``: OpenAI's fields plus the safety objective's."""
     return {"step": m.step, "total_steps": m.total_steps, "train_loss": m.loss, "sft_loss": m.sft_loss,
             "kl": m.kl, "kl_weight": m.kl_weight, "sft_weight": m.sft_weight, "risk": m.risk,
+            "kl_weight_flagged": m.kl_weight_flagged, "kl_weight_unflagged": m.kl_weight_unflagged,
             "tokens_per_s": m.tokens_per_s, "learning_rate": m.lr}  # fmt: skip
 
 
