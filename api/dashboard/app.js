@@ -37,8 +37,10 @@
   const CHARTS = [
     { key: "train_loss", title: "Train loss", note: "SFT loss on the batch" },
     { key: "kl", title: "KL to the reference", note: "KL(P_ref ‖ P_θ) per token" },
-    { key: "kl_weight", title: "KL weight", note: "w_kl = clamp((risk − 2) / 3, 0.1, 0.9)", domain: [0, 1] },
-    { key: "risk", title: "Batch risk", note: "mean risk score of the batch, 1–5", domain: [1, 5] },
+    { key: "kl_weight", title: "KL weight", domain: [0, 1],
+      note: "w_kl = clamp((risk − 2) / 3, 0.1, 0.9) of each example: the step's mean, and the mean of its flagged and of its unflagged examples",
+      extra: [{ key: "kl_weight_flagged", label: "flagged" }, { key: "kl_weight_unflagged", label: "unflagged" }] },
+    { key: "risk", title: "Batch risk", note: "mean risk score of the step's examples, 1–5", domain: [1, 5] },
   ];
 
   // Counters the tests (and curious operators) can read: how much polling cost.
@@ -483,6 +485,8 @@
             h("figcaption", null, h("span", { class: "chart-title" }, c.title), " ",
               h("span", { class: "chart-latest", id: `latest-${c.key}` })),
             svg("svg", { class: "plot", viewBox: "0 0 320 170", role: "img", "aria-label": c.title }),
+            c.extra ? h("p", { class: "chart-legend small" }, h("span", { "data-series": c.key }, "all examples"),
+              c.extra.map((e) => h("span", { "data-series": e.key }, e.label))) : null,
             h("p", { class: "chart-note muted small" }, c.note)))),
         h("div", { id: "training-report" })),
       h("div", { class: "grid2" },
@@ -943,7 +947,10 @@
     return ticks;
   }
 
-  function drawChart(figure, spec, series) {
+  /** A chart of ``series`` (``[[step, value], …]``) and, drawn beside it, each of ``extras``
+   * (``[{key, label, points}]``, e.g. the flagged / unflagged KL weights; a ``null`` value, a
+   * step with no such examples, breaks that line). */
+  function drawChart(figure, spec, series, extras = []) {
     const plot = figure.querySelector("svg.plot");
     const W = 320; const H = 170;
     const m = { l: 38, r: 8, t: 8, b: 20 };
@@ -954,7 +961,7 @@
       return;
     }
     const xs = series.map((p) => p[0]);
-    const ys = series.map((p) => p[1]);
+    const ys = series.concat(...extras.map((e) => e.points)).map((p) => p[1]).filter((y) => y !== null);
     let x0 = Math.min(...xs); let x1 = Math.max(...xs);
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     let [y0, y1] = spec.domain || [Math.min(...ys), Math.max(...ys)];
@@ -979,8 +986,20 @@
       plot.append(svg("line", { class: "guide", x1: m.l, x2: W - m.r, y1: Y(2), y2: Y(2) },
         svg("title", null, "risk 2: above this the KL weight rises above its floor")));
     }
-    const d = series.map((p, i) => `${i ? "L" : "M"}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
-    plot.append(svg("path", { class: "line", d }));
+    const pathOf = (points) => points.map((p, i) => p[1] === null ? ""
+      : `${i && points[i - 1][1] !== null ? "L" : "M"}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ").trim();
+    for (const e of extras) {
+      const present = e.points.filter((p) => p[1] !== null);
+      if (present.length === 0) continue;
+      plot.append(svg("path", { class: "line extra", "data-series": e.key, d: pathOf(e.points) }));
+      const marks = svg("g", { class: "marks" });
+      for (const [x, y] of present) {
+        marks.append(svg("circle", { class: "pt-extra", "data-series": e.key, cx: X(x).toFixed(1), cy: Y(y).toFixed(1), r: 1.6, "data-step": x },
+          svg("title", null, `step ${x}, ${e.label}: ${fmtNum(y, 5)}`)));
+      }
+      if (present.length <= MAX_POINT_MARKS) plot.append(marks);
+    }
+    plot.append(svg("path", { class: "line", d: pathOf(series) }));
     if (series.length <= MAX_POINT_MARKS) {
       const marks = svg("g", { class: "marks" });
       for (const [x, y] of series) {
@@ -996,12 +1015,9 @@
     for (const spec of CHARTS) {
       const fig = $(`chart-${spec.key}`);
       if (!fig) continue;
-      const series = [];
-      for (const s of steps) {
-        const v = num(st.metrics.get(s)[spec.key]);
-        if (v !== null) series.push([s, v]);
-      }
-      drawChart(fig, spec, series);
+      const pointsOf = (key) => steps.map((s) => [s, num(st.metrics.get(s)[key])]);
+      const series = pointsOf(spec.key).filter((p) => p[1] !== null);
+      drawChart(fig, spec, series, (spec.extra || []).map((e) => ({ ...e, points: pointsOf(e.key) })));
       const last = series[series.length - 1];
       $(`latest-${spec.key}`).textContent = last ? `${fmtNum(last[1], 4)} at step ${last[0]}` : "";
     }

@@ -79,6 +79,8 @@ def add_metrics(job_id: str, steps: range, total: int, at: float) -> None:
             data = {
                 "step": step, "total_steps": total, "train_loss": 2.4 * math.exp(-step / 9) + 0.6,
                 "kl": 0.002 * step + (0.02 if risk > 4 else 0.0), "kl_weight": kl_weight, "risk": risk,
+                # a flagged example in every fifth step only (None: the step had none)
+                "kl_weight_flagged": 0.9 if step % 5 == 0 else None, "kl_weight_unflagged": 0.1,
             }  # fmt: skip
             message = f"Step {step}/{total}: training loss={data['train_loss']:.4f}"
             session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(at + step), type="metrics",
@@ -201,6 +203,13 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     add_event(job_id, "Checkpoint saved at step 10", t0 + 400)
     for metric in ("train_loss", "kl", "kl_weight", "risk"):
         wait_points(page, metric, 12)
+    # the KL-weight chart also draws the flagged (steps 5, 10) and unflagged (every step) means
+    flagged = page.locator("#chart-kl_weight circle.pt-extra[data-series=kl_weight_flagged]")
+    assert [flagged.nth(i).get_attribute("data-step") for i in range(flagged.count())] == ["5", "10"]
+    assert page.locator("#chart-kl_weight circle.pt-extra[data-series=kl_weight_unflagged]").count() == 12
+    # steps without flagged examples break the flagged line: two separate one-point pieces
+    assert page.get_attribute("#chart-kl_weight path[data-series=kl_weight_flagged]", "d").count("M") == 2
+    assert page.locator("#chart-kl_weight .chart-legend span").all_text_contents() == ["all examples", "flagged", "unflagged"]
     page.wait_for_selector("#checkpoints table", timeout=TIMEOUT_MS)
     assert "ckpt-step-10" in page.text_content("#checkpoints")
     page.screenshot(path=str(output_dir / "job-training.png"), full_page=True)
