@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     default_base_model: str = "smollm2-135m-instruct"
     base_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"])
     device: str = "cpu"
+    torch_threads: int | None = Field(None, ge=1)  # torch.set_num_threads in workers; None: torch's default
 
     # Job pipeline.
     heartbeat_interval_s: float = 10.0

@@ -38,9 +38,10 @@ def default_probe_dir(model: str) -> Path:
 
 def load_model(model: str, adapter: Path | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` in eval mode; with ``adapter``, a ``PeftModel`` on top."""
-    from safety.base_models import load_base_model
+    from safety.base_models import load_base_model, set_torch_threads
 
     settings = get_settings()
+    set_torch_threads(settings.torch_threads)
     source = resolve_source(model)
     with err_console().status(f"loading {model}…"):
         base, tokenizer = load_base_model(source, cache_dir=settings.models_dir)

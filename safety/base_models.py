@@ -83,6 +83,13 @@ class TinyModelSpec:
     initializer_range: float = 0.1
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op threads in this process (``torch.set_num_threads``); ``None``
+    keeps torch's default (one per core), which stalls when several workers share cores."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def resolve_model_dir(source: str, cache_dir: Path) -> Path:
     """Return a local directory with safetensors weights + tokenizer for ``source``.
 

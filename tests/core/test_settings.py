@@ -36,3 +36,11 @@ def test_production_refuses_insecure_secret(monkeypatch):
         Settings()
     monkeypatch.setenv("GUARDTUNE_SECRET_KEY", "k" * 40)
     assert Settings().secret_key != INSECURE_SECRET
+
+
+def test_torch_threads_must_be_positive(monkeypatch):
+    monkeypatch.setenv("GUARDTUNE_TORCH_THREADS", "0")
+    with pytest.raises(ValidationError, match="torch_threads"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_TORCH_THREADS", "4")
+    assert Settings().torch_threads == 4

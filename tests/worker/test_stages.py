@@ -101,3 +101,22 @@ def test_cancelled_job_stops_and_is_not_overwritten(pipeline_env):
     assert run_stage("scan", job_id) is None
     with session_scope() as session:
         assert session.get(Job, job_id).status == "cancelled"
+
+
+def test_torch_threads_setting_applies_when_a_stage_loads_its_model(pipeline_env, monkeypatch):
+    import torch
+
+    from tests.conftest import clear_caches
+    from worker.pipeline.resources import load_model
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        load_model(str(pipeline_env))  # unset: torch's own setting is kept
+        assert torch.get_num_threads() == 3
+        monkeypatch.setenv("GUARDTUNE_TORCH_THREADS", "2")
+        clear_caches()
+        load_model(str(pipeline_env))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -54,9 +54,11 @@ def read_scan_risks(job: Job) -> tuple[list[float], list[bool]]:
 
 
 def load_model(source: str) -> tuple[Any, Any]:
-    """The base model (eval mode, on the configured device) and its tokenizer."""
-    from safety.base_models import load_base_model
+    """The base model (eval mode, on the configured device) and its tokenizer. Applies
+    ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model loads it here."""
+    from safety.base_models import load_base_model, set_torch_threads
 
     settings = get_settings()
+    set_torch_threads(settings.torch_threads)
     model, tokenizer = load_base_model(source, cache_dir=settings.models_dir)
     return model.to(settings.device).eval(), tokenizer
