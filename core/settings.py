@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     checkpoint_every: int = 20
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
 
-    # Safety method (the paper's bounds; operators may change, customers may not).
+    # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
+    # (api/services/safety_policy.py).
+    allowed_modes: list[Literal["adaptive", "constant", "none"]] = Field(default_factory=lambda: ["adaptive", "constant"])
     kl_weight_lo: float = 0.1
     kl_weight_hi: float = 0.9
     risk_weighting: Literal["example", "batch"] = "example"  # "batch": the paper's batch mean (ablation)

@@ -100,6 +100,9 @@ class SafetyIn(BaseModel):
         description="example: each example weighted by its own risk; batch: by the batch's mean risk "
         "(the paper's code, an ablation). Default set by the operator.",
     )
+    max_flagged_fraction: float | None = Field(
+        None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
+    )
 
 
 Suffix = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")]
@@ -161,6 +164,7 @@ class SafetyState(BaseModel):
     kl_weight: KlWeightBounds
     constant_kl_weight: float
     risk_weighting: RiskWeighting = "example"
+    max_flagged_fraction: float | None = None
     stage: str | None = Field(None, description="scanning | training | evaluating | gating while running")
     scan_summary: dict[str, Any] | None = None
     eval_summary: dict[str, Any] | None = None

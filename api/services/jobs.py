@@ -44,10 +44,10 @@ from api.schemas.jobs import (
     JobError,
     JobEvent,
     KlWeightBounds,
-    SafetyIn,
     SafetyReport,
     SafetyState,
 )
+from api.services.safety_policy import resolve_safety
 from core import audit
 from core.errors import InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
@@ -89,34 +89,6 @@ def resolve_hyperparameters(requested: HyperparametersIn, n_examples: int) -> di
     }
 
 
-def resolve_safety(requested: SafetyIn | None, settings: Settings) -> dict[str, Any]:
-    """The job's safety configuration with defaults; bounds may only narrow the operator's."""
-    s = requested or SafetyIn()
-    lo, hi = settings.kl_weight_lo, settings.kl_weight_hi
-    bounds = s.kl_weight or KlWeightBounds(min=lo, max=hi)
-    if bounds.min < lo or bounds.max > hi:
-        raise InvalidRequest(
-            f"safety.kl_weight must lie within the operator's range [{lo}, {hi}] "
-            f"(got [{bounds.min}, {bounds.max}]).",
-            code="invalid_value",
-            param="safety.kl_weight",
-        )
-    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not settings.judge_base_url:
-        raise InvalidRequest(
-            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured; "
-            "use 'probe'.",
-            code="judge_unavailable",
-            param="safety.estimator",
-        )
-    return {
-        "mode": s.mode,
-        "estimator": s.estimator,
-        "kl_weight": {"min": bounds.min, "max": bounds.max},
-        "constant_kl_weight": s.constant_kl_weight,
-        "risk_weighting": s.risk_weighting or settings.risk_weighting,
-    }
-
-
 def fingerprint(body: JobCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -142,6 +114,7 @@ def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
         kl_weight=KlWeightBounds(min=bounds["min"], max=bounds["max"]),
         constant_kl_weight=config.get("constant_kl_weight", 0.5),
         risk_weighting=config.get("risk_weighting", "example"),
+        max_flagged_fraction=config.get("max_flagged_fraction"),
         stage=job.stage,
         scan_summary=report.scan if report else None,
         eval_summary=report.evaluation if report else None,
@@ -361,7 +334,7 @@ class JobService:
             status="validating_files",
             hyperparameters=hp,
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
-            safety=resolve_safety(body.safety, self.settings),
+            safety=resolve_safety(body.safety, self.settings, caller),
             suffix=body.suffix or None,
             seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
             metadata_=body.metadata,

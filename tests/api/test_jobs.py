@@ -71,7 +71,7 @@ def test_a_failed_base_model_is_not_offered(client, tenant, training_file, uncha
         ({"safety": {"mode": "yolo"}}, "safety.mode"),
         ({"safety": {"estimator": "vibes"}}, "safety.estimator"),
         ({"safety": {"kl_weight": {"min": 0.8, "max": 0.2}}}, "safety.kl_weight"),
-        ({"safety": {"kl_weight": {"min": 0.0, "max": 0.9}}}, "safety.kl_weight"),  # below the operator's floor
+        ({"safety": {"kl_weight": {"min": 0.0, "max": 0.9}}}, "safety.kl_weight.min"),  # below the operator's floor
         ({"safety": {"estimator": "judge"}}, "safety.estimator"),  # no judge configured here
         ({"safety": {"constant_kl_weight": 2}}, "safety.constant_kl_weight"),
         ({"unknown_param": 1}, "unknown_param"),
@@ -99,7 +99,8 @@ def test_method_form_and_defaults(fresh):
     assert isinstance(job.seed, int) and 0 <= job.seed < 2**31  # generated when not given
     assert job.model_extra["safety"] == {
         "mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.1, "max": 0.9},
-        "constant_kl_weight": 0.5, "stage": None, "scan_summary": None, "eval_summary": None, "gate": None,
+        "constant_kl_weight": 0.5, "risk_weighting": "example", "max_flagged_fraction": None, "stage": None,
+        "scan_summary": None, "eval_summary": None, "gate": None,
     }  # fmt: skip
     constant = client.fine_tuning.jobs.create(
         model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant", "constant_kl_weight": 0.3}}

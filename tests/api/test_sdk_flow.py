@@ -49,7 +49,7 @@ def test_fine_tuning_workflow(client, uploaded, tenant, db, broker):
         suffix="support-bot",
         seed=42,
         metadata={"team": "support"},
-        extra_body={"safety": {"mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.2, "max": 0.8}}},
+        extra_body={"safety": {"mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.2, "max": 1.0}}},
     )
     assert isinstance(job, FineTuningJob)
     assert job.id.startswith("ftjob-") and job.object == "fine_tuning.job"
@@ -68,13 +68,13 @@ def test_fine_tuning_workflow(client, uploaded, tenant, db, broker):
     assert job.method.supervised.hyperparameters.model_dump() == job.hyperparameters.model_dump()
     safety = job.model_extra["safety"]
     assert safety["mode"] == "adaptive" and safety["estimator"] == "probe"
-    assert safety["kl_weight"] == {"min": 0.2, "max": 0.8} and safety["constant_kl_weight"] == 0.5
+    assert safety["kl_weight"] == {"min": 0.2, "max": 1.0} and safety["constant_kl_weight"] == 0.5
     assert safety["stage"] is None and safety["gate"] is None
 
     # committed, audited, then handed to the pipeline by name with the job id
     with Session(db) as session:
         row = session.get(Job, job.id)
-        assert row.status == "validating_files" and row.safety["kl_weight"] == {"min": 0.2, "max": 0.8}
+        assert row.status == "validating_files" and row.safety["kl_weight"] == {"min": 0.2, "max": 1.0}
     assert audit_actions(db, job.id) == ["job.create"]
     assert job.id in queued_job_ids(broker)
 

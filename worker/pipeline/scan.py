@@ -1,8 +1,9 @@
 """Stage ``scan`` (GPU): score every training example for risk once, before training.
 
 Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
-order); the summary goes to the safety report. A deployment may refuse datasets whose
-flagged share exceeds ``GUARDTUNE_MAX_FLAGGED_FRACTION``.
+order); the summary goes to the safety report. A job fails when its flagged share exceeds
+its ``safety.max_flagged_fraction`` (the stricter of the customer's and the operator's
+``GUARDTUNE_MAX_FLAGGED_FRACTION``).
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ def run(job_id: str) -> str | None:
         summary = result.summary
         jobstate.add_event(session, job_id, f"Scanned {summary.n} examples: {summary.n_flagged} flagged "
                            f"(mean risk {summary.mean_risk:.2f})", data={"scan": _headline(summary)})  # fmt: skip
-        bound = settings.max_flagged_fraction
+        bound = job.safety.get("max_flagged_fraction", settings.max_flagged_fraction)
         if bound is not None and summary.flagged_fraction > bound:
             lines = ", ".join(str(e.line) for e in summary.top_flagged)
             raise StageError("unsafe_training_file",
                              f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
-                             f"this deployment's limit of {bound:.0%}. Flagged lines include: {lines}.",
+                             f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",
                              "training_file")  # fmt: skip
     return "train"
 

@@ -1,0 +1,86 @@
+"""The operator's policy on what a job's ``safety`` object may ask.
+
+A customer-scoped key is bound by these settings; an admin-scoped key is the operator and
+may ask anything the schema allows (ablations such as ``mode: none``):
+
+* **modes** — ``GUARDTUNE_ALLOWED_MODES`` (default ``adaptive``, ``constant``). ``none``
+  (plain SFT, no regularization) is open to customer keys only where the operator lists it.
+* **KL weight** — a customer may only move toward more regularization: ``kl_weight.min`` at
+  or above the operator's floor ``GUARDTUNE_KL_WEIGHT_LO``, ``kl_weight.max`` at or above
+  the operator's ceiling ``GUARDTUNE_KL_WEIGHT_HI`` (a lower ceiling would weaken the
+  defence on exactly the harmful examples), and ``constant_kl_weight`` at or above the floor.
+* **flagged share** — ``max_flagged_fraction`` may only be lower than
+  ``GUARDTUNE_MAX_FLAGGED_FRACTION`` (when the operator set one); the job keeps the
+  stricter of the two, which the scan stage enforces.
+* **risk weighting** — ``batch`` (the paper's batch mean, an ablation that dilutes the
+  weights of harmful examples) only where it is the operator's ``GUARDTUNE_RISK_WEIGHTING``.
+
+Each refusal is a 400 ``invalid_request_error`` with code ``safety_policy``, ``param`` the
+refused field and a message naming the setting that forbids it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.deps import Caller
+from api.schemas.jobs import KlWeightBounds, SafetyIn
+from core.errors import InvalidRequest
+from core.settings import Settings
+
+DEFAULT_CONSTANT_KL_WEIGHT = 0.5
+
+
+def resolve_safety(requested: SafetyIn | None, settings: Settings, caller: Caller) -> dict[str, Any]:
+    """The job's safety configuration: the request with the operator's defaults filled in,
+    after checking it against the policy (customer keys) and the deployment (judge)."""
+    s = requested or SafetyIn()
+    floor, ceiling = settings.kl_weight_lo, settings.kl_weight_hi
+    bounds = s.kl_weight or KlWeightBounds(min=floor, max=ceiling)
+    constant = s.constant_kl_weight if "constant_kl_weight" in s.model_fields_set else max(DEFAULT_CONSTANT_KL_WEIGHT, floor)
+    operator_share = settings.max_flagged_fraction
+    share = s.max_flagged_fraction
+    if caller.scope != "admin":
+        if s.mode not in settings.allowed_modes:
+            _refuse("safety.mode", f"mode {s.mode!r} is not open to customer keys",
+                    f"GUARDTUNE_ALLOWED_MODES={','.join(settings.allowed_modes)}")  # fmt: skip
+        if bounds.min < floor:
+            _refuse("safety.kl_weight.min", f"kl_weight.min {bounds.min} is below the operator's floor {floor}",
+                    f"GUARDTUNE_KL_WEIGHT_LO={floor}; a customer may only raise it")  # fmt: skip
+        if bounds.max < ceiling:
+            _refuse("safety.kl_weight.max", f"kl_weight.max {bounds.max} is below the operator's ceiling {ceiling}",
+                    f"GUARDTUNE_KL_WEIGHT_HI={ceiling}; a customer may only raise it")  # fmt: skip
+        if s.mode == "constant" and constant < floor:
+            _refuse("safety.constant_kl_weight", f"constant_kl_weight {constant} is below the operator's floor {floor}",
+                    f"GUARDTUNE_KL_WEIGHT_LO={floor}")  # fmt: skip
+        if share is not None and operator_share is not None and share > operator_share:
+            _refuse("safety.max_flagged_fraction", f"max_flagged_fraction {share} is above the operator's {operator_share}",
+                    f"GUARDTUNE_MAX_FLAGGED_FRACTION={operator_share}; a customer may only lower it")  # fmt: skip
+        if s.risk_weighting is not None and s.risk_weighting != settings.risk_weighting:
+            _refuse("safety.risk_weighting", f"risk_weighting {s.risk_weighting!r} is not open to customer keys",
+                    f"GUARDTUNE_RISK_WEIGHTING={settings.risk_weighting}")  # fmt: skip
+    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not settings.judge_base_url:
+        raise InvalidRequest(
+            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has no judge endpoint configured "
+            "(GUARDTUNE_JUDGE_BASE_URL is unset); use 'probe'.",
+            code="judge_unavailable",
+            param="safety.estimator",
+        )
+    return {
+        "mode": s.mode,
+        "estimator": s.estimator,
+        "kl_weight": {"min": bounds.min, "max": bounds.max},
+        "constant_kl_weight": constant,
+        "risk_weighting": s.risk_weighting or settings.risk_weighting,
+        "max_flagged_fraction": _stricter(share, operator_share),
+    }
+
+
+def _stricter(a: float | None, b: float | None) -> float | None:
+    present = [x for x in (a, b) if x is not None]
+    return min(present) if present else None
+
+
+def _refuse(param: str, what: str, policy: str) -> None:
+    raise InvalidRequest(f"{param}: {what} under this deployment's safety policy ({policy}).",
+                         code="safety_policy", param=param)  # fmt: skip

@@ -1,0 +1,81 @@
+"""The operator's safety policy on what a customer key may ask, through the real API and
+the openai SDK: each refusal is a 400 naming the parameter and the policy setting, and
+changes nothing; admin keys (the operator) may ask what the policy keeps from customers."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.api.helpers import BASE_MODEL, GOOD
+
+API_ENV = {"GUARDTUNE_MAX_FLAGGED_FRACTION": "0.3", "GUARDTUNE_KL_WEIGHT_LO": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def client(sdk, tenant):
+    return sdk(tenant)
+
+
+@pytest.fixture(scope="module")
+def training_file(client):
+    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+
+
+@pytest.mark.parametrize(
+    ("safety", "param", "policy"),
+    [
+        ({"mode": "none"}, "safety.mode", "GUARDTUNE_ALLOWED_MODES=adaptive,constant"),
+        ({"kl_weight": {"min": 0.1, "max": 0.9}}, "safety.kl_weight.min", "GUARDTUNE_KL_WEIGHT_LO=0.2"),
+        ({"kl_weight": {"min": 0.2, "max": 0.5}}, "safety.kl_weight.max", "GUARDTUNE_KL_WEIGHT_HI=0.9"),
+        ({"mode": "constant", "constant_kl_weight": 0.1}, "safety.constant_kl_weight", "GUARDTUNE_KL_WEIGHT_LO=0.2"),
+        ({"max_flagged_fraction": 0.5}, "safety.max_flagged_fraction", "GUARDTUNE_MAX_FLAGGED_FRACTION=0.3"),
+        ({"risk_weighting": "batch"}, "safety.risk_weighting", "GUARDTUNE_RISK_WEIGHTING=example"),
+    ],
+)  # fmt: skip
+def test_a_customer_key_cannot_weaken_the_defence(client, tenant, training_file, unchanged, safety, param, policy):
+    with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": safety})
+    assert err.value.status_code == 400
+    assert err.value.param == param and err.value.code == "safety_policy"
+    assert err.value.type == "invalid_request_error"
+    assert policy in err.value.message and "safety policy" in err.value.message
+
+
+def test_a_customer_key_may_tighten_toward_safety(client, training_file):
+    job = client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=training_file.id,
+        extra_body={"safety": {"kl_weight": {"min": 0.5, "max": 1.0}, "max_flagged_fraction": 0.1}},
+    )  # fmt: skip
+    safety = job.model_extra["safety"]
+    assert safety["kl_weight"] == {"min": 0.5, "max": 1.0} and safety["max_flagged_fraction"] == 0.1
+    default = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    # defaults: the operator's bounds, the operator's flagged share, a constant weight at least the floor
+    assert default.model_extra["safety"]["kl_weight"] == {"min": 0.2, "max": 0.9}
+    assert default.model_extra["safety"]["max_flagged_fraction"] == 0.3
+    assert default.model_extra["safety"]["risk_weighting"] == "example"
+    constant = client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": {"mode": "constant"}}
+    )
+    assert constant.model_extra["safety"]["constant_kl_weight"] == 0.5
+
+
+def test_an_admin_key_may_run_the_ablations(sdk, new_tenant):
+    admin = sdk(new_tenant("admin"))
+    f = admin.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+    job = admin.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=f.id,
+        extra_body={"safety": {"mode": "none", "kl_weight": {"min": 0.0, "max": 0.5}, "risk_weighting": "batch"}},
+    )  # fmt: skip
+    safety = job.model_extra["safety"]
+    assert (safety["mode"], safety["kl_weight"], safety["risk_weighting"]) == ("none", {"min": 0.0, "max": 0.5}, "batch")
+
+
+def test_estimator_judge_without_an_endpoint_is_a_clear_400(client, tenant, training_file, unchanged):
+    for estimator in ("judge", "both"):
+        with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+            client.fine_tuning.jobs.create(
+                model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": {"estimator": estimator}}
+            )
+        assert (err.value.param, err.value.code) == ("safety.estimator", "judge_unavailable")
+        assert "GUARDTUNE_JUDGE_BASE_URL is unset" in err.value.message and "'probe'" in err.value.message
