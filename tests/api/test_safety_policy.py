@@ -13,13 +13,10 @@ API_ENV = {"GUARDTUNE_MAX_FLAGGED_FRACTION": "0.3", "GUARDTUNE_KL_WEIGHT_LO": "0
 
 
 @pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
-def training_file(client):
-    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+def customer(sdk, tenant):
+    """A customer key's client and its uploaded training file."""
+    client = sdk(tenant)
+    return client, client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
 
 
 @pytest.mark.parametrize(
@@ -33,7 +30,8 @@ def training_file(client):
         ({"risk_weighting": "batch"}, "safety.risk_weighting", "GUARDTUNE_RISK_WEIGHTING=example"),
     ],
 )  # fmt: skip
-def test_a_customer_key_cannot_weaken_the_defence(client, tenant, training_file, unchanged, safety, param, policy):
+def test_a_customer_key_cannot_weaken_the_defence(customer, tenant, unchanged, safety, param, policy):
+    client, training_file = customer
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": safety})
     assert err.value.status_code == 400
@@ -42,7 +40,8 @@ def test_a_customer_key_cannot_weaken_the_defence(client, tenant, training_file,
     assert policy in err.value.message and "safety policy" in err.value.message
 
 
-def test_a_customer_key_may_tighten_toward_safety(client, training_file):
+def test_a_customer_key_may_tighten_toward_safety(customer):
+    client, training_file = customer
     job = client.fine_tuning.jobs.create(
         model=BASE_MODEL, training_file=training_file.id,
         extra_body={"safety": {"kl_weight": {"min": 0.5, "max": 1.0}, "max_flagged_fraction": 0.1}},
@@ -71,7 +70,8 @@ def test_an_admin_key_may_run_the_ablations(sdk, new_tenant):
     assert (safety["mode"], safety["kl_weight"], safety["risk_weighting"]) == ("none", {"min": 0.0, "max": 0.5}, "batch")
 
 
-def test_estimator_judge_without_an_endpoint_is_a_clear_400(client, tenant, training_file, unchanged):
+def test_estimator_judge_without_an_endpoint_is_a_clear_400(customer, tenant, unchanged):
+    client, training_file = customer
     for estimator in ("judge", "both"):
         with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
             client.fine_tuning.jobs.create(
