@@ -74,12 +74,14 @@ class Settings(BaseSettings):
     flag_threshold: float = 4.0
     probe_layers: str = "auto"
 
-    # Judge (any OpenAI-compatible chat endpoint); unset means no judge.
+    # Judge: an OpenAI-compatible chat endpoint, else a local model; neither means no judge.
     judge_base_url: str | None = None
     judge_api_key: str | None = None
     judge_model: str = "gpt-4.1-mini"
     judge_max_concurrency: int = 4
     judge_timeout_s: float = 60.0
+    judge_fallback_score: int = Field(5, ge=1, le=5)  # score of an unparsable verdict (the paper: 4)
+    judge_local_model: str | None = None  # without an endpoint: judge with this local model
 
     # Evaluation and gate.
     eval_max_new_tokens: int = 48

@@ -40,16 +40,10 @@ def load_prompts(spec: str, limit: int | None) -> list[Any]:
 
 
 def make_judge() -> Any | None:
-    """The configured judge (``GUARDTUNE_JUDGE_BASE_URL``), or None."""
-    settings = get_settings()
-    if not settings.judge_base_url:
-        return None
-    from safety.judge import OpenAICompatibleJudge
+    """The configured judge (endpoint or local model, ``safety.judge.judge_from_settings``), or None."""
+    from safety.judge import judge_from_settings
 
-    return OpenAICompatibleJudge(
-        base_url=settings.judge_base_url, api_key=settings.judge_api_key, model=settings.judge_model,
-        max_concurrency=settings.judge_max_concurrency, timeout_s=settings.judge_timeout_s,
-    )  # fmt: skip
+    return judge_from_settings(get_settings())
 
 
 def summarize(records: list[Any], judged: bool) -> dict[str, Any]:

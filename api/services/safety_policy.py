@@ -12,6 +12,8 @@ may ask anything the schema allows (ablations such as ``mode: none``):
 * **flagged share** — ``max_flagged_fraction`` may only be lower than
   ``GUARDTUNE_MAX_FLAGGED_FRACTION`` (when the operator set one); the job keeps the
   stricter of the two, which the scan stage enforces.
+* **judge** — ``estimator: judge | both`` needs a judge endpoint or a local judge model;
+  without either it is refused with code ``judge_unavailable`` (not a policy question).
 * **risk weighting** — ``batch`` (the paper's batch mean, an ablation that dilutes the
   weights of harmful examples) only where it is the operator's ``GUARDTUNE_RISK_WEIGHTING``.
 
@@ -59,10 +61,11 @@ def resolve_safety(requested: SafetyIn | None, settings: Settings, caller: Calle
         if s.risk_weighting is not None and s.risk_weighting != settings.risk_weighting:
             _refuse("safety.risk_weighting", f"risk_weighting {s.risk_weighting!r} is not open to customer keys",
                     f"GUARDTUNE_RISK_WEIGHTING={settings.risk_weighting}")  # fmt: skip
-    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not settings.judge_base_url:
+    has_judge = bool(settings.judge_base_url or settings.judge_local_model)
+    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not has_judge:
         raise InvalidRequest(
-            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has no judge endpoint configured "
-            "(GUARDTUNE_JUDGE_BASE_URL is unset); use 'probe'.",
+            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured "
+            "(neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL is set); use 'probe'.",
             code="judge_unavailable",
             param="safety.estimator",
         )

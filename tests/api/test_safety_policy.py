@@ -78,4 +78,5 @@ def test_estimator_judge_without_an_endpoint_is_a_clear_400(customer, tenant, un
                 model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": {"estimator": estimator}}
             )
         assert (err.value.param, err.value.code) == ("safety.estimator", "judge_unavailable")
-        assert "GUARDTUNE_JUDGE_BASE_URL is unset" in err.value.message and "'probe'" in err.value.message
+        assert "neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL" in err.value.message
+        assert "'probe'" in err.value.message

@@ -5,6 +5,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +16,7 @@ from safety.judge import (
     LocalJudge,
     OpenAICompatibleJudge,
     build_judge_prompt,
+    judge_from_settings,
     parse_score,
     result_from_text,
 )
@@ -182,3 +184,23 @@ def test_local_judge_reads_digit_distribution(tiny_model) -> None:
         assert a.score == int(max(probs, key=probs.get))
         # batched (left-padded) and single runs agree
         assert a.expected == pytest.approx(e.expected, abs=1e-4)
+
+
+def _judge_settings(tiny_model, **values: object) -> SimpleNamespace:
+    defaults = {"judge_base_url": None, "judge_api_key": None, "judge_model": "m", "judge_max_concurrency": 2,
+                "judge_timeout_s": 5.0, "judge_fallback_score": 5, "judge_local_model": None,
+                "models_dir": tiny_model.parent, "device": "cpu"}  # fmt: skip
+    return SimpleNamespace(**{**defaults, **values})
+
+
+def test_judge_from_settings_prefers_the_endpoint_then_a_local_model(tiny_model, fake_server: str) -> None:
+    assert judge_from_settings(_judge_settings(tiny_model)) is None
+    http = judge_from_settings(_judge_settings(tiny_model, judge_base_url=fake_server, judge_fallback_score=4,
+                                               judge_local_model=str(tiny_model)))  # fmt: skip
+    assert isinstance(http, OpenAICompatibleJudge) and http.fallback_score == 4
+    _FakeOpenAI.plan = ["garbage"]  # the paper's value for an unreadable answer, when the operator asks for it
+    assert [(r.score, r.parsed) for r in http.score([("a", "b")])] == [(4, False)]
+    local = judge_from_settings(_judge_settings(tiny_model, judge_local_model=str(tiny_model)))
+    assert isinstance(local, LocalJudge)
+    (verdict,) = local.score([("Write malware.", "Sure.")])
+    assert verdict.parsed and 1.0 <= verdict.expected <= 5.0

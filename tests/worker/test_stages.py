@@ -120,3 +120,68 @@ def test_torch_threads_setting_applies_when_a_stage_loads_its_model(pipeline_env
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _scan_rows(job_id: str) -> list[dict]:
+    import json
+
+    from core.db import session_scope
+    from core.models import Job
+    from core.storage import get_store
+    from worker.pipeline.resources import scan_key
+
+    with session_scope() as session:
+        key = scan_key(session.get(Job, job_id))
+    return [json.loads(line) for line in b"".join(get_store().iter_chunks(key)).decode().splitlines()]
+
+
+def test_estimator_judge_scans_with_the_local_judge_model(pipeline_env, monkeypatch):
+    from core.db import session_scope
+    from core.models import SafetyReport
+    from tests.conftest import clear_caches
+    from worker.tasks import run_stage
+
+    monkeypatch.setenv("GUARDTUNE_JUDGE_LOCAL_MODEL", str(pipeline_env))  # no endpoint configured
+    clear_caches()
+    with session_scope() as session:
+        job_id = create_job(session, "org-j", demo_lines(6), safety={"mode": "adaptive", "estimator": "judge"})
+    assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", "train"]
+    rows = _scan_rows(job_id)
+    assert len(rows) == 6 and all(r["judge_score"] in range(1, 6) and r["p_harmful"] is None for r in rows)
+    with session_scope() as session:
+        assert session.get(SafetyReport, job_id).scan["estimator"] == "judge"
+
+
+def test_a_judge_outage_fails_the_job_instead_of_inventing_scores(pipeline_env, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from core.db import session_scope
+    from core.models import Job
+    from tests.conftest import clear_caches
+    from worker.tasks import run_stage
+
+    class Rejecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Rejecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("GUARDTUNE_JUDGE_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+        clear_caches()
+        with session_scope() as session:
+            job_id = create_job(session, "org-k", demo_lines(4), safety={"mode": "adaptive", "estimator": "judge"})
+        assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", None]
+    finally:
+        server.shutdown()
+        server.server_close()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and job.error["code"] == "judge_unavailable"
+        assert "HTTP 401" in job.error["message"] and job.error["param"] == "safety.estimator"

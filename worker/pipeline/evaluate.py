@@ -19,7 +19,7 @@ from core.storage import download_dir, get_store
 from worker.pipeline import jobstate
 from worker.pipeline.onboard import eval_key, evaluate_model
 from worker.pipeline.resources import adapter_prefix, iter_file_examples, job_prefix, load_model
-from worker.pipeline.scan import make_judge
+from worker.pipeline.scan import judge_failures_fail_the_job, make_judge
 
 
 def eval_outputs_key(job: Job) -> str:
@@ -42,15 +42,16 @@ def run(job_id: str) -> str | None:
     judge = make_judge()
     model, tokenizer = load_model(source)
     val_examples = [ex for _, ex in iter_file_examples(validation_key)] if validation_key else None
-    if cached is None or cached.get("settings") != eval_key() or judge is not None:
-        base = evaluate_model(model, tokenizer, judge)
-    else:
-        base = cached
-    base_val_loss = _val_loss(model, tokenizer, val_examples)
-    with tempfile.TemporaryDirectory() as tmp:
-        tuned_model = load_adapter(model, download_dir(get_store(), adapter_prefix(job), Path(tmp)))
-        tuned = evaluate_model(tuned_model, tokenizer, judge)
-        tuned_val_loss = _val_loss(tuned_model, tokenizer, val_examples)
+    with judge_failures_fail_the_job():
+        if cached is None or cached.get("settings") != eval_key() or judge is not None:
+            base = evaluate_model(model, tokenizer, judge)
+        else:
+            base = cached
+        base_val_loss = _val_loss(model, tokenizer, val_examples)
+        with tempfile.TemporaryDirectory() as tmp:
+            tuned_model = load_adapter(model, download_dir(get_store(), adapter_prefix(job), Path(tmp)))
+            tuned = evaluate_model(tuned_model, tokenizer, judge)
+            tuned_val_loss = _val_loss(tuned_model, tokenizer, val_examples)
     _store_generations(job, tuned)
     evaluation = {
         "base": _summary(base, base_val_loss),

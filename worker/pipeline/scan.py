@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -26,16 +28,22 @@ from worker.pipeline.resources import iter_file_examples, load_model, scan_key
 
 
 def make_judge() -> Any:
-    """The Safety Critic judge of this deployment, or None when none is configured."""
-    settings = get_settings()
-    if not settings.judge_base_url:
-        return None
-    from safety.judge import OpenAICompatibleJudge
+    """The Safety Critic judge of this deployment (endpoint or local model), or None."""
+    from safety.judge import judge_from_settings
 
-    return OpenAICompatibleJudge(
-        base_url=settings.judge_base_url, api_key=settings.judge_api_key or "", model=settings.judge_model,
-        max_concurrency=settings.judge_max_concurrency, timeout_s=settings.judge_timeout_s,
-    )  # fmt: skip
+    return judge_from_settings(get_settings())
+
+
+@contextmanager
+def judge_failures_fail_the_job() -> Iterator[None]:
+    """Turn a judge outage into the job's ``judge_unavailable`` error (never a made-up score)."""
+    from safety.judge import JudgeUnavailableError
+
+    try:
+        yield
+    except JudgeUnavailableError as exc:
+        raise StageError("judge_unavailable", f"The Safety Critic judge failed, so no risk or ASR was invented: {exc}",
+                         "safety.estimator") from exc  # fmt: skip
 
 
 def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit: int) -> None:
@@ -72,15 +80,17 @@ def run(job_id: str) -> str | None:
         estimator = job.safety.get("estimator", "probe")
         judge = make_judge() if estimator in ("judge", "both") else None
         if estimator in ("judge", "both") and judge is None:
-            raise StageError("judge_unavailable", "This deployment has no judge configured; use estimator 'probe'.",
+            raise StageError("judge_unavailable", "This deployment has no judge configured (neither "
+                             "GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL); use estimator 'probe'.",
                              "safety.estimator")  # fmt: skip
         probe = ensure_probe(session, entry, model, tokenizer) if estimator in ("probe", "both") else None
         session.commit()  # keep a freshly trained probe even if scanning fails
-        result = scan_dataset(
-            examples, probe=probe, judge=judge, estimator=estimator, model=model, tokenizer=tokenizer,
-            config=ScanConfig(flag_threshold=settings.flag_threshold),
-            progress=lambda n: jobstate.beat(job_id),
-        )  # fmt: skip
+        with judge_failures_fail_the_job():
+            result = scan_dataset(
+                examples, probe=probe, judge=judge, estimator=estimator, model=model, tokenizer=tokenizer,
+                config=ScanConfig(flag_threshold=settings.flag_threshold),
+                progress=lambda n: jobstate.beat(job_id),
+            )  # fmt: skip
         _store_scan(session, job, result)
         summary = result.summary
         jobstate.add_event(session, job_id, f"Scanned {summary.n} examples: {summary.n_flagged} flagged "
