@@ -40,6 +40,7 @@ class Organization(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    allowed_modes: Mapped[list[Any] | None] = mapped_column(JSON)  # None: GUARDTUNE_ALLOWED_MODES
 
 
 class ApiKey(Base):

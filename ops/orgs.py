@@ -17,7 +17,8 @@ app = typer.Typer(help="Organizations.", no_args_is_help=True)
 
 def org_dict(org: Organization) -> dict:
     return {"id": org.id, "name": org.name, "created_at": org.created_at,
-            "max_concurrent_jobs": org.max_concurrent_jobs, "max_storage_bytes": org.max_storage_bytes}  # fmt: skip
+            "max_concurrent_jobs": org.max_concurrent_jobs, "max_storage_bytes": org.max_storage_bytes,
+            "allowed_modes": org.allowed_modes}  # fmt: skip
 
 
 @app.command("create")

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.models import ApiKey, Organization
 
+SafetyMode = Literal["adaptive", "constant", "none"]
+ALLOWED_MODES_DOC = "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
+
 
 class OrganizationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -15,6 +18,7 @@ class OrganizationCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     max_concurrent_jobs: int | None = Field(None, ge=0, description="Override of the deployment default")
     max_storage_bytes: int | None = Field(None, ge=0, description="Override of the deployment default")
+    allowed_modes: list[SafetyMode] | None = Field(None, min_length=1, description=ALLOWED_MODES_DOC)
 
 
 class OrganizationUpdate(BaseModel):
@@ -24,6 +28,7 @@ class OrganizationUpdate(BaseModel):
 
     max_concurrent_jobs: int | None = Field(None, ge=0)
     max_storage_bytes: int | None = Field(None, ge=0)
+    allowed_modes: list[SafetyMode] | None = Field(None, min_length=1, description=ALLOWED_MODES_DOC)
 
 
 class OrganizationObject(BaseModel):
@@ -33,6 +38,7 @@ class OrganizationObject(BaseModel):
     created_at: int
     max_concurrent_jobs: int | None = None
     max_storage_bytes: int | None = None
+    allowed_modes: list[SafetyMode] | None = None
 
     @classmethod
     def of(cls, row: Organization) -> OrganizationObject:
@@ -42,6 +48,7 @@ class OrganizationObject(BaseModel):
             created_at=row.created_at,
             max_concurrent_jobs=row.max_concurrent_jobs,
             max_storage_bytes=row.max_storage_bytes,
+            allowed_modes=row.allowed_modes,
         )
 
 

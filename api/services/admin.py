@@ -32,7 +32,7 @@ class AdminService:
 
     def create_org(self, caller: Caller, body: OrganizationCreate) -> Organization:
         org = orgs_core.create_org(self.session, body.name, actor=caller.actor)
-        limits = body.model_dump(include={"max_concurrent_jobs", "max_storage_bytes"}, exclude_none=True)
+        limits = body.model_dump(include={"max_concurrent_jobs", "max_storage_bytes", "allowed_modes"}, exclude_none=True)
         if limits:
             self._apply(caller, org, limits)
         self.session.commit()

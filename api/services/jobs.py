@@ -324,6 +324,7 @@ class JobService:
             raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
         requested = method_hp or body.hyperparameters or HyperparametersIn()
         hp = resolve_hyperparameters(requested, training.n_examples)
+        org = OrgRepository(self.session).get(caller.org_id)
         return Job(
             id=new_id("ftjob"),
             org_id=caller.org_id,
@@ -334,7 +335,7 @@ class JobService:
             status="validating_files",
             hyperparameters=hp,
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
-            safety=resolve_safety(body.safety, self.settings, caller),
+            safety=resolve_safety(body.safety, self.settings, caller, org.allowed_modes if org else None),
             suffix=body.suffix or None,
             seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
             metadata_=body.metadata,

@@ -3,8 +3,10 @@
 A customer-scoped key is bound by these settings; an admin-scoped key is the operator and
 may ask anything the schema allows (ablations such as ``mode: none``):
 
-* **modes** — ``GUARDTUNE_ALLOWED_MODES`` (default ``adaptive``, ``constant``). ``none``
-  (plain SFT, no regularization) is open to customer keys only where the operator lists it.
+* **modes** — the organization's ``allowed_modes`` (set by an admin key on
+  ``/v1/admin/organizations/{id}``), else ``GUARDTUNE_ALLOWED_MODES`` (default ``adaptive``,
+  ``constant``). ``none`` (plain SFT, no regularization) is open to customer keys only where
+  the operator lists it.
 * **KL weight** — a customer may only move toward more regularization: ``kl_weight.min`` at
   or above the operator's floor ``GUARDTUNE_KL_WEIGHT_LO``, ``kl_weight.max`` at or above
   the operator's ceiling ``GUARDTUNE_KL_WEIGHT_HI`` (a lower ceiling would weaken the
@@ -33,9 +35,12 @@ from core.settings import Settings
 DEFAULT_CONSTANT_KL_WEIGHT = 0.5
 
 
-def resolve_safety(requested: SafetyIn | None, settings: Settings, caller: Caller) -> dict[str, Any]:
+def resolve_safety(
+    requested: SafetyIn | None, settings: Settings, caller: Caller, org_modes: list[str] | None = None
+) -> dict[str, Any]:
     """The job's safety configuration: the request with the operator's defaults filled in,
-    after checking it against the policy (customer keys) and the deployment (judge)."""
+    after checking it against the policy (customer keys; ``org_modes`` is the organization's
+    override of the allowed modes) and the deployment (judge)."""
     s = requested or SafetyIn()
     floor, ceiling = settings.kl_weight_lo, settings.kl_weight_hi
     bounds = s.kl_weight or KlWeightBounds(min=floor, max=ceiling)
@@ -43,9 +48,10 @@ def resolve_safety(requested: SafetyIn | None, settings: Settings, caller: Calle
     operator_share = settings.max_flagged_fraction
     share = s.max_flagged_fraction
     if caller.scope != "admin":
-        if s.mode not in settings.allowed_modes:
-            _refuse("safety.mode", f"mode {s.mode!r} is not open to customer keys",
-                    f"GUARDTUNE_ALLOWED_MODES={','.join(settings.allowed_modes)}")  # fmt: skip
+        allowed, source = (org_modes, "the organization's allowed_modes") if org_modes else (
+            settings.allowed_modes, "GUARDTUNE_ALLOWED_MODES")  # fmt: skip
+        if s.mode not in allowed:
+            _refuse("safety.mode", f"mode {s.mode!r} is not open to customer keys", f"{source}={','.join(allowed)}")
         if bounds.min < floor:
             _refuse("safety.kl_weight.min", f"kl_weight.min {bounds.min} is below the operator's floor {floor}",
                     f"GUARDTUNE_KL_WEIGHT_LO={floor}; a customer may only raise it")  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.api.helpers import BASE_MODEL, GOOD
+from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth
 
 API_ENV = {"GUARDTUNE_MAX_FLAGGED_FRACTION": "0.3", "GUARDTUNE_KL_WEIGHT_LO": "0.2"}
 
@@ -80,3 +80,25 @@ def test_estimator_judge_without_an_endpoint_is_a_clear_400(customer, tenant, un
         assert (err.value.param, err.value.code) == ("safety.estimator", "judge_unavailable")
         assert "neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL" in err.value.message
         assert "'probe'" in err.value.message
+
+
+def test_an_admin_may_open_a_mode_to_one_organization(http, sdk, new_tenant, unchanged, db):
+    admin, customer = new_tenant("admin"), new_tenant()
+    client = sdk(customer)
+    f = client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+    r = http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin),
+                   json={"allowed_modes": ["adaptive", "none"]})  # fmt: skip
+    assert r.status_code == 200 and r.json()["allowed_modes"] == ["adaptive", "none"], r.text
+    assert audit_actions(db, customer.org_id)[-1] == "org.update"
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "none"}})
+    assert job.model_extra["safety"]["mode"] == "none"
+    with unchanged(customer), pytest.raises(openai.BadRequestError) as err:  # the organization's list replaces the default
+        client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant"}})
+    assert err.value.param == "safety.mode" and "the organization's allowed_modes=adaptive,none" in err.value.message
+
+    http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": None})
+    with unchanged(customer), pytest.raises(openai.BadRequestError) as err:  # back to the deployment's default
+        client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "none"}})
+    assert "GUARDTUNE_ALLOWED_MODES=adaptive,constant" in err.value.message
+    bad = http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": ["off"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"].startswith("allowed_modes")
