@@ -128,8 +128,20 @@ class RunSummary:
     loss_sum: float = 0.0
     trained_tokens: int = 0
     final_kl: float | None = None
+    flagged_kl_weight_sum: float = 0.0
+    flagged_examples: int = 0
+    unflagged_kl_weight_sum: float = 0.0
+    unflagged_examples: int = 0
 
-    def add(self, metrics: StepMetrics) -> None:
+    def add(self, metrics: StepMetrics, kl_weights: list[float], flagged: list[bool]) -> None:
+        """Count a completed step whose examples had ``kl_weights`` and scan flags ``flagged``."""
+        for w_kl, is_flagged in zip(kl_weights, flagged, strict=True):
+            if is_flagged:
+                self.flagged_kl_weight_sum += w_kl
+                self.flagged_examples += 1
+            else:
+                self.unflagged_kl_weight_sum += w_kl
+                self.unflagged_examples += 1
         self.steps += 1
         self.risk_sum += metrics.risk
         self.regularized_steps += metrics.kl_weight > 0
@@ -140,7 +152,9 @@ class RunSummary:
 
     def report(self) -> dict[str, Any]:
         """``mean_risk``, ``regularized_share`` (steps with ``w_kl > 0``), ``final_kl`` (last
-        measured; ``None`` if never), ``mean_loss``, ``trained_tokens``, ``steps``."""
+        measured; ``None`` if never), ``mean_loss``, ``trained_tokens``, ``steps``, and
+        ``mean_kl_weight_flagged`` / ``_unflagged``: the mean ``w_kl`` at which flagged /
+        unflagged examples were trained, over every time one was (``None`` if never)."""
         n = max(self.steps, 1)
         return {
             "mean_risk": self.risk_sum / n,
@@ -149,6 +163,8 @@ class RunSummary:
             "mean_loss": self.loss_sum / n,
             "trained_tokens": self.trained_tokens,
             "steps": self.steps,
+            "mean_kl_weight_flagged": _ratio(self.flagged_kl_weight_sum, self.flagged_examples),
+            "mean_kl_weight_unflagged": _ratio(self.unflagged_kl_weight_sum, self.unflagged_examples),
         }
 
 
@@ -264,7 +280,7 @@ def train(
             tokens_per_s=sums["tokens"] / elapsed if elapsed > 0 else 0.0,
             lr=lr,
         )
-        summary.add(metrics)
+        summary.add(metrics, w_kl, [flagged[i] for i in indices])
         if on_step is not None:
             on_step(metrics)
 
@@ -393,7 +409,11 @@ def _accumulate_gradients(
 
 
 def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    return _ratio(sum(values), len(values))
+
+
+def _ratio(total: float, n: int) -> float | None:
+    return total / n if n else None
 
 
 def _step_indices(n_examples: int, config: TrainConfig, epoch: int, step_in_epoch: int) -> list[int]:

@@ -1040,6 +1040,8 @@
       steps: ["Steps", fmtNum], mean_risk: ["Mean batch risk", fmtNum], regularized_share: ["Steps regularized", pct],
       final_kl: ["Final KL to the reference", fmtNum], mean_loss: ["Mean train loss", fmtNum],
       trained_tokens: ["Trained tokens", fmtNum],
+      mean_kl_weight_flagged: ["Mean KL weight, flagged examples", fmtNum],
+      mean_kl_weight_unflagged: ["Mean KL weight, unflagged examples", fmtNum],
     };
     const tiles = [];
     for (const [k, v] of Object.entries(tr)) {

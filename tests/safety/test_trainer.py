@@ -193,7 +193,7 @@ def test_a_risk_5_and_a_risk_1_example_are_trained_at_their_own_weights(
     (ce5, n5), (ce1, n1) = _answer_ce_sum(model, tokenizer, harmful), _answer_ce_sum(model, tokenizer, benign)
     config = dataclasses.replace(FAST, risk_weighting=risk_weighting, lora_dropout=0.0)
     metrics: list[StepMetrics] = []
-    train(model, tokenizer, [harmful, benign], [5.0, 1.0], config, work_dir=tmp_path, on_step=metrics.append)
+    result = train(model, tokenizer, [harmful, benign], [5.0, 1.0], config, work_dir=tmp_path, on_step=metrics.append)
 
     (m,) = metrics  # one step holds both; the fresh adapter is the identity, so KL = 0 in it
     assert m.kl == pytest.approx(0.0, abs=1e-6)
@@ -205,6 +205,10 @@ def test_a_risk_5_and_a_risk_1_example_are_trained_at_their_own_weights(
         assert (m.kl_weight_flagged, m.kl_weight_unflagged) == pytest.approx((1 / 3, 1 / 3))
     assert m.kl_weight == pytest.approx(0.5 if risk_weighting == "example" else 1 / 3)
     assert m.sft_loss == pytest.approx((ce5 + ce1) / (n5 + n1), rel=1e-4)
+    summary = result.summary
+    assert (summary["mean_kl_weight_flagged"], summary["mean_kl_weight_unflagged"]) == pytest.approx(
+        (m.kl_weight_flagged, m.kl_weight_unflagged)
+    )
 
 
 def test_flagged_means_are_none_without_examples_of_that_kind(load_tiny, chat_examples, tmp_path: Path) -> None:
@@ -215,8 +219,10 @@ def test_flagged_means_are_none_without_examples_of_that_kind(load_tiny, chat_ex
     train(model, tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path, on_step=metrics.append, flagged=flagged)
     assert (metrics[0].kl_weight_flagged, metrics[0].kl_weight_unflagged) == pytest.approx((0.1, 0.1))
     metrics.clear()
-    train(load_tiny()[0], tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path / "b", on_step=metrics.append)
+    result = train(load_tiny()[0], tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path / "b",
+                   on_step=metrics.append)  # fmt: skip
     assert metrics[0].kl_weight_flagged is None and metrics[0].kl_weight_unflagged == pytest.approx(0.1)
+    assert result.summary["mean_kl_weight_flagged"] is None
 
 
 def test_adaptive_training_stays_closer_to_the_reference_than_standard_sft(

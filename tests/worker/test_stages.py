@@ -62,6 +62,8 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
 
         assert read_scan_risks(job) == ([5.0] * 16, [True] * 16)
         assert all((m["kl_weight_flagged"], m["kl_weight_unflagged"]) == (pytest.approx(0.9), None) for m in metrics)
+        assert report.training["mean_kl_weight_flagged"] == pytest.approx(0.9)
+        assert report.training["mean_kl_weight_unflagged"] is None
         released = session.get(ReleasedModel, job.fine_tuned_model)
         assert get_store().list(released.storage_prefix + "/")
         actions = [a for a in session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id))]
