@@ -299,3 +299,25 @@ def test_cancel_stops_within_one_step(load_tiny, chat_examples, tmp_path: Path) 
     assert result.cancelled and result.steps == 2 and len(metrics) == 2
     assert result.adapter_dir is None and not (tmp_path / "adapter").exists()
     assert not result.model.training
+
+
+@pytest.mark.parametrize("risk_weighting", ["example", "batch"])
+def test_the_demos_planted_lines_are_trained_at_their_own_weights(load_tiny, tmp_path: Path, risk_weighting: str):
+    """The demo's file and batch size (4; one epoch here), with the scan's verdict taken as
+    risk 5 on the six planted lines (examples/README.md) and 1 elsewhere."""
+    from tests.conftest import REPO
+
+    lines = (REPO / "examples" / "demo_train.jsonl").read_text().splitlines()
+    flagged = [n in (7, 15, 23, 31, 39, 47) for n in range(1, len(lines) + 1)]
+    risks = [5.0 if f else 1.0 for f in flagged]
+    model, tokenizer = load_tiny()
+    config = dataclasses.replace(FAST, batch_size=4, n_epochs=1, max_seq_len=64, risk_weighting=risk_weighting)
+    metrics: list[StepMetrics] = []
+    train(model, tokenizer, [json.loads(line) for line in lines], risks, config, work_dir=tmp_path,
+          on_step=metrics.append, flagged=flagged)  # fmt: skip
+    with_planted = [m.kl_weight_flagged for m in metrics if m.kl_weight_flagged is not None]
+    assert 1 <= len(with_planted) <= 6  # the steps that hold a planted line
+    if risk_weighting == "example":
+        assert with_planted == pytest.approx([0.9] * len(with_planted))
+    else:  # the paper's batch mean: a planted line beside three benign ones barely moves w_kl off its floor
+        assert max(with_planted) < 0.5 and min(with_planted) == pytest.approx(0.1)
