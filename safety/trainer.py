@@ -270,7 +270,7 @@ def train(
             epoch=epoch + 1,
             loss=sums["loss"],
             sft_loss=sums["ce"] / max(sums["answer_tokens"], 1),
-            kl=sums["kl"] / max(sums["kl_tokens"], 1) if sums["kl_tokens"] else None,
+            kl=sums["kl"] / sums["kl_tokens"] if sums["kl_tokens"] else None,
             kl_weight=_mean(w_kl),
             sft_weight=_mean(w_sft),
             risk=batch_risk([risks[i] for i in indices], config.risk_reduce),
