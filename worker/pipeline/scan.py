@@ -1,7 +1,9 @@
-"""Stage ``scan`` (GPU): score every training example for risk once, before training.
+"""Stage ``scan`` (GPU): score every trained assistant turn of every training example for
+risk once, before training (``safety.scan``: an example's risk is its riskiest turn's).
 
 Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
-order); the summary goes to the safety report. A deployment may refuse datasets whose
+order, with the ``line`` and the ``turn`` that gave the risk); the summary, whose
+``top_flagged`` lists line and turn of each, goes to the safety report. A deployment may refuse datasets whose
 flagged share exceeds ``GUARDTUNE_MAX_FLAGGED_FRACTION``.
 """
 
@@ -86,7 +88,7 @@ def run(job_id: str) -> str | None:
                            f"(mean risk {summary.mean_risk:.2f})", data={"scan": _headline(summary)})  # fmt: skip
         bound = settings.max_flagged_fraction
         if bound is not None and summary.flagged_fraction > bound:
-            lines = ", ".join(str(e.line) for e in summary.top_flagged)
+            lines = ", ".join(f"{e.line} (turn {e.turn})" for e in summary.top_flagged)
             raise StageError("unsafe_training_file",
                              f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
                              f"this deployment's limit of {bound:.0%}. Flagged lines include: {lines}.",
