@@ -618,11 +618,12 @@ def prepare(
 
     # -- probe on the aligned reference; scan the attack sets ----------------------------------
     t = time.perf_counter()
-    from worker.pipeline.onboard import layer_candidates, probe_config  # the product's onboarding recipe
+    from core.settings import get_settings
+    from safety.probe_recipe import recipe  # the product's onboarding recipe
 
+    probe_config, candidates = recipe(aligned.config.num_hidden_layers, get_settings().probe_layers)
     probe, probe_report = train_probe(
-        aligned, tokenizer, data["probe_harmful"], data["probe_benign"], probe_config(),
-        layer_candidates=layer_candidates(aligned),
+        aligned, tokenizer, data["probe_harmful"], data["probe_benign"], probe_config, layer_candidates=candidates,
     )  # fmt: skip
     rec.doc["probe"] = {"trained_on": "aligned reference", "report": probe_report.to_dict(),
                         "risk_mapping": "binary (ScanConfig default: 5 at/above the probe threshold, else 1)"}  # fmt: skip
@@ -645,7 +646,7 @@ def prepare(
         }
         log(f"scan {name}: flagged {scan.summary.flagged_fraction:.2f}, mean risk {scan.summary.mean_risk:.2f}")
     rec.stage("probe_and_scan", time.perf_counter() - t)
-    log(f"probe: AUROC {probe_report.auroc:.3f} (held-out split of the project sets), layers {probe_report.layers}")
+    log(f"probe: AUROC {probe_report.auroc:.3f} (test split of the project sets), layers {probe_report.layers}")
     del aligned
     gc.collect()
     cache_file.write_text(json.dumps({

@@ -263,7 +263,7 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
     from safety.objective import batch_risk, kl_weights, sft_loss, token_kl
     from safety.probe import ProbeConfig, train_probe
     from safety.prompt_sets import load_builtin
-    from safety.scan import scan_dataset, target_turn
+    from safety.scan import scan_dataset, trained_turns
     from safety.trainer import lora_config
 
     # A probe on the reference copy, trained on prompts disjoint from the training data.
@@ -283,7 +283,7 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
     extra["scan_once_mean_risk"] = scan.summary.mean_risk
     gc.collect()
 
-    contexts = [target_turn(ex).context for ex in examples]
+    contexts = [trained_turns(ex)[-1].context for ex in examples]
     encoded = _encode(tokenizer, examples, config)
     torch.manual_seed(config.seed)
     model = get_peft_model(model, lora_config(config))

@@ -24,21 +24,6 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in name, loc
 _TEXT_KEYS = ("text", "prompt", "goal", "instruction", "question")
 
 
-def parse_layer_sets(values: list[str] | None) -> list[list[int]] | None:
-    """``["6", "4,8"]`` or one ``"6;4,8"`` → ``[[6], [4, 8]]``; ``auto``/none → None."""
-    sets: list[list[int]] = []
-    for value in values or []:
-        for group in value.split(";"):
-            group = group.strip()
-            if not group or group == "auto":
-                continue
-            try:
-                sets.append([int(x) for x in group.split(",") if x.strip()])
-            except ValueError:
-                raise typer.BadParameter(f"layer set {group!r} is not comma-separated integers") from None
-    return sets or None
-
-
 @app.command("train")
 @handle_errors
 def train(
@@ -46,43 +31,34 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="Where to save the probe (default: the model cache).")] = None,
     harmful: Annotated[list[Path] | None, typer.Option("--harmful", help="Extra harmful prompts (AdvBench/HarmBench/StrongREJECT/JSONL/txt); repeatable.")] = None,
     benign: Annotated[list[Path] | None, typer.Option("--benign", help="Extra benign prompts (JSONL/CSV/txt, MT-Bench, GSM8K); repeatable.")] = None,
-    layers: Annotated[list[str] | None, typer.Option("--layers", help="Layer set(s) to try, e.g. 6 or 4,8; repeat to choose by validation AUROC. Default: GUARDTUNE_PROBE_LAYERS.")] = None,
-    kind: Annotated[str, typer.Option("--kind", help="logistic or mlp.")] = "logistic",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
+    layers: Annotated[list[str] | None, typer.Option("--layers", help="Layer set(s) to try, e.g. 6 or 4,8; repeat (or '6;4,8') to choose by AUROC on the select split. Default: GUARDTUNE_PROBE_LAYERS.")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="logistic or mlp (default: the recipe's, as onboarding).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Default: the recipe's, as onboarding.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a probe on the project's prompt sets (plus any files given); print its held-out report."""
-    if kind not in ("logistic", "mlp"):
+    """Train a probe by onboarding's recipe (plus any files given); print its calibrated report."""
+    if kind not in (None, "logistic", "mlp"):
         raise typer.BadParameter("kind must be logistic or mlp", param_hint="--kind")
-    from safety.probe import ProbeConfig, train_probe
-    from safety.prompt_sets import load_builtin, load_prompt_file
+    from safety.probe_recipe import parse_layer_sets, train_recipe_probe
+    from safety.prompt_sets import load_prompt_file
 
+    probe_layers = ";".join(layers) if layers else get_settings().probe_layers
     try:
-        harmful_prompts = load_builtin("harmful_train")
-        benign_prompts = load_builtin("benign_train")
-        for path in harmful or []:
-            harmful_prompts += load_prompt_file(path, label="harmful")
-        for path in benign or []:
-            benign_prompts += load_prompt_file(path, label="benign")
+        parse_layer_sets(probe_layers)
+        extra_harmful = [p.text for path in harmful or [] for p in load_prompt_file(path, label="harmful")]
+        extra_benign = [p.text for path in benign or [] for p in load_prompt_file(path, label="benign")]
     except ValueError as exc:
         raise fail(str(exc)) from None
-    candidates = parse_layer_sets(layers) or parse_layer_sets([get_settings().probe_layers])
-    config = ProbeConfig(kind=kind, epochs=epochs, seed=seed)  # type: ignore[arg-type]
+    overrides: dict[str, Any] = {"seed": seed}
+    overrides.update({k: v for k, v in (("kind", kind), ("epochs", epochs)) if v is not None})
 
     model_obj, tokenizer = load_model(model)
-    if candidates and len(candidates) == 1:
-        config = ProbeConfig(layers=tuple(candidates[0]), kind=kind, epochs=epochs, seed=seed)  # type: ignore[arg-type]
-        candidates = None
-    with err_console().status(
-        f"training probe on {len(harmful_prompts)} harmful + {len(benign_prompts)} benign prompts…"
-    ):
-        probe, report = train_probe(
-            model_obj, tokenizer, [p.text for p in harmful_prompts], [p.text for p in benign_prompts], config,
-            layer_candidates=candidates,
-        )  # fmt: skip
+    with err_console().status("training the probe by the onboarding recipe…"):
+        probe, report = train_recipe_probe(model_obj, tokenizer, probe_layers, extra_harmful=extra_harmful,
+                                           extra_benign=extra_benign, **overrides)  # fmt: skip
     directory = probe.save(out or default_probe_dir(model))
-    result = {"model": model, "probe_dir": str(directory), "kind": kind, **report.to_dict()}
+    result = {"model": model, "probe_dir": str(directory), "kind": probe.kind, **report.to_dict()}
     (Path(directory) / "report.json").write_text(json.dumps(result, indent=2))
     if as_json:
         echo_json(result)

@@ -13,14 +13,12 @@ Classifier. Standardized features (train-split mean and std) into a logistic
 regression (``kind="logistic"``) or a one-hidden-layer MLP (``kind="mlp"``), trained
 with Adam on binary cross-entropy plus an L2 penalty on the weights.
 
-Training reports held-out metrics from a stratified split: AUROC and the best TPR at
-the target FPR (default 5 %). The probe's operating threshold (its harmful verdict,
-``p >= threshold``) is the classifier's even-odds point 0.5, raised when needed so the
-held-out FPR stays within the target. In-distribution thresholds transfer imperfectly:
-on unseen benchmark prompts the FPR at this threshold is higher than on the held-out
-split (see ``bench/results/probe_quality.json``); AUROC is the portable number. Given
-``layer_candidates``, each candidate layer set is trained on the train split and the
-one with the best validation AUROC (then the lowest validation log-loss) is kept.
+Training splits the prompts four ways (:func:`split_indices`): the classifier is fitted
+on one part, the layer set chosen on a second, the operating threshold (its harmful
+verdict, ``p >= threshold``) calibrated on a third for a target FPR (default 5 %), and
+the reported AUROC / TPR / FPR measured on a fourth that made no choice. Thresholds
+transfer imperfectly to other prompt distributions; ``bench/probe_quality.py``
+measures the FPR at this threshold on unseen public benchmark prompts.
 
 Persistence is ``probe.safetensors`` (tensors) + ``probe.json`` (everything else).
 """
@@ -63,8 +61,10 @@ class ProbeConfig:
     light L2) are the ones that generalised best to unseen benchmark prompts on the
     default base model (``bench/results/probe_quality.json``).
     ``batch_size`` is the classifier's minibatch; ``feature_batch_size`` the number of
-    prompts per forward pass of the reference model. The operating threshold is
-    ``min_threshold``, raised if needed to keep the held-out FPR within ``target_fpr``.
+    prompts per forward pass of the reference model. ``split`` is the share of the
+    prompts that chooses the layers, sets the threshold and measures the report (the
+    rest fits the classifier; see :func:`train_probe`). The operating threshold keeps
+    the calibration split's FPR within ``target_fpr`` and is at least ``min_threshold``.
     """
 
     layers: tuple[int, ...] | None = None
@@ -77,7 +77,7 @@ class ProbeConfig:
     max_len: int = 512
     seed: int = 0
     hidden_units: int = 512
-    val_fraction: float = 0.2
+    split: tuple[float, float, float] = (0.15, 0.2, 0.2)
     target_fpr: float = 0.05
     min_threshold: float = 0.5
     feature_batch_size: int = 16
@@ -85,19 +85,28 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class ProbeReport:
-    """Held-out quality of a trained probe. ``tpr_at_fpr``: the best TPR with FPR at most
-    ``target_fpr``; ``threshold``: the probe's operating threshold, with the held-out
-    ``tpr_at_threshold`` / ``fpr_at_threshold`` it gives; ``candidates``: every layer set
-    tried with its validation AUROC and log-loss."""
+    """Quality of a trained probe, each number from the split that was not used to make
+    the choice it judges (see :func:`train_probe`).
+
+    ``auroc``, ``tpr_at_threshold``, ``fpr_at_threshold``: on the ``test`` split, which
+    chose nothing. ``threshold``: the operating threshold, set on the ``calibrate`` split
+    for ``target_fpr``, where it gives ``calibrate_tpr`` / ``calibrate_fpr``.
+    ``select_auroc``: the winning layer set's AUROC on the ``select`` split (optimistic:
+    it is the maximum over ``candidates``, each with its select AUROC and log-loss)."""
 
     auroc: float
-    tpr_at_fpr: float
-    target_fpr: float
-    threshold: float
     tpr_at_threshold: float
     fpr_at_threshold: float
-    n_train: int
-    n_val: int
+    threshold: float
+    target_fpr: float
+    select_auroc: float
+    calibrate_auroc: float
+    calibrate_tpr: float
+    calibrate_fpr: float
+    n_fit: int
+    n_select: int
+    n_calibrate: int
+    n_test: int
     n_harmful: int
     n_benign: int
     layers: tuple[int, ...]
@@ -431,18 +440,40 @@ class Probe:
         )
 
 
-def _stratified_split(
-    labels: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+SPLITS = ("fit", "select", "calibrate", "test")
+
+
+def split_indices(
+    labels: Sequence[int], fractions: tuple[float, float, float], seed: int, groups: Sequence[Any] | None = None
+) -> dict[str, list[int]]:
+    """Disjoint ``fit`` / ``select`` / ``calibrate`` / ``test`` index lists.
+
+    ``fractions`` are the shares of ``select``, ``calibrate`` and ``test``; ``fit`` gets
+    the rest. Splitting is by group (default: every item its own group; variants of one
+    prompt share a group, so no prompt leaks between splits) and stratified by the label
+    of each group's first item; each part gets at least one group of each label when
+    that label has four groups or more.
+    """
+    keys = list(groups) if groups is not None else list(range(len(labels)))
+    if len(keys) != len(labels):
+        raise ValueError("groups and labels differ in length")
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
     gen = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for cls in (0, 1):
-        idx = torch.nonzero(labels == cls).squeeze(-1)
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val = max(1, round(len(idx) * val_fraction))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train), torch.cat(val)
+    out: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for label in (0, 1):
+        own = [key for key, idx in members.items() if int(labels[idx[0]]) == label]
+        order = [own[i] for i in torch.randperm(len(own), generator=gen).tolist()]
+        sizes = [round(len(own) * f) for f in fractions]
+        if len(own) >= 4:
+            sizes = [max(1, n) for n in sizes]
+        cut = 0
+        for name, n in zip(SPLITS[1:], sizes):
+            out[name] += [i for key in order[cut : cut + n] for i in members[key]]
+            cut += n
+        out["fit"] += [i for key in order[cut:] for i in members[key]]
+    return {name: sorted(idx) for name, idx in out.items()}
 
 
 def _log_loss(p: Sequence[float], y: Sequence[float]) -> float:
@@ -470,6 +501,13 @@ def _fit_probe(
     )
 
 
+def _rates(p: Sequence[float], y: Sequence[float], threshold: float) -> tuple[float, float]:
+    """``(tpr, fpr)`` of the verdict ``p >= threshold`` (0.0 where a class is absent)."""
+    pos = [pi >= threshold for pi, yi in zip(p, y) if yi]
+    neg = [pi >= threshold for pi, yi in zip(p, y) if not yi]
+    return (sum(pos) / len(pos) if pos else 0.0), (sum(neg) / len(neg) if neg else 0.0)
+
+
 def train_probe_on_features(
     features: torch.Tensor,
     labels: Sequence[int],
@@ -477,44 +515,59 @@ def train_probe_on_features(
     config: ProbeConfig = ProbeConfig(),
     *,
     layer_candidates: Sequence[Sequence[int]] | None = None,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[Probe, ProbeReport]:
     """:func:`train_probe` on precomputed :func:`extract_features` output.
 
     ``features[:, j]`` holds layer ``feature_layers[j]`` (already resolved indices);
-    ``labels`` are 1 (harmful) / 0 (benign). Candidates (default: all of
-    ``feature_layers`` as one set) must be subsets of ``feature_layers``.
+    ``labels`` are 1 (harmful) / 0 (benign); ``groups`` as in :func:`split_indices`.
+    Candidates (default: all of ``feature_layers`` as one set) must be subsets of
+    ``feature_layers``.
     """
     y = torch.tensor(list(labels), dtype=torch.float32)
     candidates = [tuple(c) for c in layer_candidates] if layer_candidates else [tuple(feature_layers)]
-    train_idx, val_idx = _stratified_split(y, config.val_fraction, config.seed)
-    val_y = y[val_idx].tolist()
+    parts = {k: torch.tensor(v, dtype=torch.long) for k, v in split_indices(labels, config.split, config.seed, groups).items()}
+    for name in SPLITS:
+        if len(set(y[parts[name]].tolist())) < 2:
+            raise ValueError(f"too few prompts: the {name} split lacks one of the two classes")
 
-    best: tuple[tuple[float, float], Probe, list[float]] | None = None
+    def scores(probe: Probe, cols: list[int], part: str) -> tuple[list[float], list[float]]:
+        return probe.predict_proba_features(features[parts[part]][:, cols]).tolist(), y[parts[part]].tolist()
+
+    best: tuple[tuple[float, float], tuple[int, ...]] | None = None
     tried = []
     for cand in candidates:
         cols = _columns(feature_layers, cand)
-        probe = _fit_probe(features[train_idx][:, cols], y[train_idx], cand, config)
-        val_p = probe.predict_proba_features(features[val_idx][:, cols]).tolist()
-        score, loss = auroc(val_p, val_y), _log_loss(val_p, val_y)
-        tried.append({"layers": list(cand), "val_auroc": score, "val_log_loss": loss})
+        sel_p, sel_y = scores(_fit_probe(features[parts["fit"]][:, cols], y[parts["fit"]], cand, config), cols, "select")
+        score, loss = auroc(sel_p, sel_y), _log_loss(sel_p, sel_y)
+        tried.append({"layers": list(cand), "select_auroc": score, "select_log_loss": loss})
         if best is None or (score, -loss) > best[0]:
-            best = ((score, -loss), probe, val_p)
+            best = ((score, -loss), cand)
     assert best is not None
-    (score, _), probe, val_p = best
-    tpr, fpr_threshold = tpr_at_fpr(val_p, val_y, config.target_fpr)
-    threshold = max(config.min_threshold, fpr_threshold)
-    probe.threshold = threshold
-    flagged = [p >= threshold for p in val_p]
+    (select_auroc, _), chosen = best
+    cols = _columns(feature_layers, chosen)
+    train_idx = torch.cat([parts["fit"], parts["select"]])
+    probe = _fit_probe(features[train_idx][:, cols], y[train_idx], chosen, config)
+    cal_p, cal_y = scores(probe, cols, "calibrate")
+    probe.threshold = max(config.min_threshold, tpr_at_fpr(cal_p, cal_y, config.target_fpr)[1])
+    cal_tpr, cal_fpr = _rates(cal_p, cal_y, probe.threshold)
+    test_p, test_y = scores(probe, cols, "test")
+    test_tpr, test_fpr = _rates(test_p, test_y, probe.threshold)
     n_pos = int(y.sum())
     report = ProbeReport(
-        auroc=score,
-        tpr_at_fpr=tpr,
+        auroc=auroc(test_p, test_y),
+        tpr_at_threshold=test_tpr,
+        fpr_at_threshold=test_fpr,
+        threshold=probe.threshold,
         target_fpr=config.target_fpr,
-        threshold=threshold,
-        tpr_at_threshold=sum(f for f, t in zip(flagged, val_y) if t) / sum(val_y),
-        fpr_at_threshold=sum(f for f, t in zip(flagged, val_y) if not t) / (len(val_y) - sum(val_y)),
-        n_train=len(train_idx),
-        n_val=len(val_idx),
+        select_auroc=select_auroc,
+        calibrate_auroc=auroc(cal_p, cal_y),
+        calibrate_tpr=cal_tpr,
+        calibrate_fpr=cal_fpr,
+        n_fit=len(parts["fit"]),
+        n_select=len(parts["select"]),
+        n_calibrate=len(parts["calibrate"]),
+        n_test=len(parts["test"]),
         n_harmful=n_pos,
         n_benign=len(y) - n_pos,
         layers=probe.layers,
@@ -531,15 +584,23 @@ def train_probe(
     config: ProbeConfig = ProbeConfig(),
     *,
     layer_candidates: Sequence[Sequence[int]] | None = None,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[Probe, ProbeReport]:
-    """Train a probe on harmful vs benign prompts; report held-out quality.
+    """Train a probe on harmful vs benign prompts; calibrate it; report on unseen prompts.
 
-    A stratified ``config.val_fraction`` of each class is held out. Without
-    ``layer_candidates`` the probe reads ``config.layers`` (or :func:`default_layers`);
-    with them, every candidate set is fitted on the train split and the best
-    validation AUROC wins (ties: the lower validation log-loss). The returned probe is the one
-    fitted on the train split; its ``threshold`` is ``config.min_threshold``, raised if
-    needed to keep the validation FPR within ``config.target_fpr``.
+    The prompts (``groups`` aligned with ``harmful_texts + benign_texts``) are split by
+    :func:`split_indices` into four disjoint parts, each with its own job:
+
+    1. ``fit``: every candidate layer set's classifier is trained here;
+    2. ``select``: the candidate with the best AUROC here wins (ties: lower log-loss),
+       and the returned probe is that layer set refitted on ``fit`` + ``select``;
+    3. ``calibrate``: the threshold is the lowest score whose FPR here is at most
+       ``config.target_fpr`` (never below ``config.min_threshold``);
+    4. ``test``: never used for either choice; the report's ``auroc`` and
+       ``tpr_at_threshold`` / ``fpr_at_threshold`` are measured here.
+
+    Without ``layer_candidates`` the probe reads ``config.layers`` (or
+    :func:`default_layers`).
     """
     num_layers = model.config.num_hidden_layers
     base = resolve_layers(config.layers or default_layers(num_layers), num_layers)
@@ -550,4 +611,4 @@ def train_probe(
         pool=config.pool, batch_size=config.feature_batch_size, max_len=config.max_len,
     )
     labels = [1] * len(harmful_texts) + [0] * len(benign_texts)
-    return train_probe_on_features(feats, labels, needed, config, layer_candidates=candidates)
+    return train_probe_on_features(feats, labels, needed, config, layer_candidates=candidates, groups=groups)

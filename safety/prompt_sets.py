@@ -4,10 +4,13 @@ A :class:`Prompt` is one instruction with an optional category and a label
 (``"harmful"`` or ``"benign"``).
 
 Built-in sets live in ``safety/prompts/*.jsonl`` and are read as package data:
-``harmful_train``, ``benign_train``, ``harmful_eval``, ``benign_eval`` (rows
+``harmful_train``, ``benign_train``, ``harmful_eval``, ``benign_eval`` and
+``borderline_eval`` (borderline-but-fine requests -- security research, medical dosing,
+fiction with violence, weapons history -- never trained on; rows
 ``{"prompt", "category"}`` or ``{"prompt", "topic", "edgy"}``; the topic becomes the
-category of a benign prompt), and ``refusals`` (``{"text"}``, read by
-:func:`load_refusals`).
+category of a benign prompt), ``refusals`` (``{"text"}``, read by :func:`load_refusals`)
+and ``chat_frames`` (``{"system"?, "history"?, "harmful"?}``: conversations a prompt can
+be placed in, read by :func:`load_chat_frames` and applied by :func:`framed`).
 
 External files are read by :func:`load_prompt_file`, which detects the format
 (name: how it is recognised -> text, category):
@@ -42,6 +45,7 @@ BUILTIN_SETS: dict[str, Label] = {
     "benign_train": "benign",
     "harmful_eval": "harmful",
     "benign_eval": "benign",
+    "borderline_eval": "benign",
 }
 
 # The label a format implies when the caller gives none.
@@ -95,6 +99,31 @@ def load_refusals() -> list[str]:
     """The built-in refusal responses (``refusals.jsonl``)."""
     rows = _iter_jsonl(_builtin_path("refusals").read_text(encoding="utf-8"))
     return [r["text"] for r in rows]
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """A conversation to place a prompt in: an optional system prompt, earlier
+    (user, assistant) turns, and whether the frame itself makes the request harmful
+    (an identity-shift / "no rules" system prompt)."""
+
+    system: str | None
+    history: tuple[str, ...]
+    harmful: bool
+
+
+def load_chat_frames() -> list[ChatFrame]:
+    """The built-in chat frames (``chat_frames.jsonl``)."""
+    rows = _iter_jsonl(_builtin_path("chat_frames").read_text(encoding="utf-8"))
+    return [ChatFrame(r.get("system"), tuple(r.get("history", ())), bool(r.get("harmful"))) for r in rows]
+
+
+def framed(text: str, frame: ChatFrame) -> list[dict[str, str]]:
+    """``text`` as the last user turn of ``frame``'s conversation (system prompt first,
+    then the history alternating user/assistant)."""
+    messages = [{"role": "system", "content": frame.system}] if frame.system else []
+    messages += [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(frame.history)]
+    return messages + [{"role": "user", "content": text}]
 
 
 def detect_format(path: Path) -> str:

@@ -1,19 +1,25 @@
-"""Dataset risk scan: score every training example once, before any training.
+"""Dataset risk scan: score every trained assistant turn of every example, before training.
 
 An example is an OpenAI chat example (``{"messages": [...]}``) or a prompt/completion
-pair (``{"prompt", "completion"}``). Its *target turn* is the last assistant message:
+pair (``{"prompt", "completion"}``). Every assistant turn that is trained (see
+``safety.data``: each assistant message without ``"weight": 0``) is scored:
 
-* the probe reads the conversation up to (not including) that turn, rendered with
-  the chat template, i.e. the pre-generation state the paper probes;
-* the judge reads (last user message before that turn, the assistant's text).
+* the probe reads the conversation up to (not including) that turn -- system prompt,
+  earlier turns and all -- rendered with the chat template, i.e. the pre-generation
+  state the paper probes;
+* the judge reads (the conversation up to that turn, the assistant's text): the
+  instruction is the last user message alone when nothing precedes it, else a
+  transcript of the system prompt and earlier turns ending with that message.
 
+An example's risk is the max over its trained turns; ``ExampleRisk.turn`` says which
+turn (1-based among the example's assistant messages) gave it.
 ``estimator="both"`` takes the max of the two risks (high recall). Risks are on the
 1-5 scale; an example is flagged when its risk reaches ``ScanConfig.flag_threshold``.
 The scan streams: examples may come from any iterator (optionally as
 ``(line_number, example)`` pairs; otherwise lines count from 1) and are read
 ``ScanConfig.window`` at a time; within a window the probe runs length-sorted forward
-batches of ``batch_size`` and the judge gets every pair at once (its own concurrency
-applies); ``progress(n_done)`` is called after every window.
+batches of ``batch_size`` over all their turns and the judge gets every pair at once
+(its own concurrency applies); ``progress(n_done)`` is called after every window.
 """
 from __future__ import annotations
 
@@ -63,9 +69,11 @@ class ScanConfig:
 
 @dataclass(frozen=True)
 class ExampleRisk:
-    """The scan's verdict on one example."""
+    """The scan's verdict on one example: its riskiest trained turn (``turn``, 1-based
+    among the example's assistant messages) and that turn's scores."""
 
     line: int
+    turn: int
     risk: float
     p_harmful: float | None
     judge_score: int | None
@@ -103,34 +111,49 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class TargetTurn:
-    """What the estimators see of one example."""
+    """What the estimators see of one trained assistant turn."""
 
+    turn: int
     context: list[dict[str, str]]
     instruction: str
     response: str
 
 
-def target_turn(example: Example) -> TargetTurn:
-    """Split an example into the context before its last assistant turn, the last user
-    instruction, and the assistant's response; raises ``ValueError`` if malformed."""
+def _transcript(context: list[dict[str, str]]) -> str:
+    """The judge's instruction: the last user message, prefixed by what came before it."""
+    if len(context) == 1:
+        return context[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in context)
+
+
+def trained_turns(example: Example) -> list[TargetTurn]:
+    """Every trained assistant turn of an example with the conversation before it;
+    raises ``ValueError`` if malformed or nothing is trained."""
     if "messages" in example:
-        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in example["messages"]]
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise ValueError("example has no assistant message")
-        context = messages[:last]
-        users = [m["content"] for m in context if m["role"] == "user"]
-        if not users:
-            raise ValueError("example has no user message before its assistant message")
-        return TargetTurn(context=context, instruction=users[-1], response=messages[last]["content"])
-    if "prompt" in example and "completion" in example:
-        prompt = str(example["prompt"])
-        return TargetTurn(
-            context=[{"role": "user", "content": prompt}],
-            instruction=prompt,
-            response=str(example["completion"]),
-        )
-    raise ValueError("example is neither chat ({'messages'}) nor prompt/completion")
+        messages = example["messages"]
+    elif "prompt" in example and "completion" in example:
+        messages = [{"role": "user", "content": str(example["prompt"])},
+                    {"role": "assistant", "content": str(example["completion"])}]  # fmt: skip
+    else:
+        raise ValueError("example is neither chat ({'messages'}) nor prompt/completion")
+    plain = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    turns: list[TargetTurn] = []
+    n_assistant = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        n_assistant += 1
+        if message.get("weight", 1) == 0:
+            continue
+        context = plain[:i]
+        last_user = max((j for j, m in enumerate(context) if m["role"] == "user"), default=None)
+        if last_user is None:
+            raise ValueError(f"assistant turn {n_assistant} has no user message before it")
+        turns.append(TargetTurn(turn=n_assistant, context=context,
+                                instruction=_transcript(context[: last_user + 1]), response=plain[i]["content"]))  # fmt: skip
+    if not turns:
+        raise ValueError("example has no trained assistant message")
+    return turns
 
 
 def guess_category(text: str) -> str | None:
@@ -149,6 +172,29 @@ def _bucket(risk: float) -> int:
 def _numbered(examples: Iterable[Example | tuple[int, Example]]) -> Iterator[tuple[int, Example]]:
     for n, item in enumerate(examples, start=1):
         yield item if isinstance(item, tuple) else (n, item)
+
+
+def _turn_risk(
+    line: int, turn: TargetTurn, p: float | None, verdict: Any, probe: Probe | None, config: ScanConfig
+) -> ExampleRisk:
+    """One turn's verdict: the max of the estimators' risks."""
+    risks = []
+    if p is not None:
+        assert probe is not None
+        risks.append(probe.risk(p, config.probe_risk))
+    if verdict is not None:
+        risks.append(verdict.value)
+    risk = max(risks)
+    flagged = risk >= config.flag_threshold
+    return ExampleRisk(
+        line=line,
+        turn=turn.turn,
+        risk=risk,
+        p_harmful=p,
+        judge_score=verdict.score if verdict is not None else None,
+        category_guess=guess_category(turn.instruction) if flagged else None,
+        flagged=flagged,
+    )
 
 
 def scan_dataset(
@@ -183,45 +229,34 @@ def scan_dataset(
     risk_sum = 0.0
     stream = _numbered(examples)
     while batch := list(islice(stream, config.window)):
-        turns = []
+        per_example: list[list[TargetTurn]] = []
         for line, ex in batch:
             try:
-                turns.append(target_turn(ex))
+                per_example.append(trained_turns(ex))
             except ValueError as exc:
                 raise ValueError(f"line {line}: {exc}") from None
-        probs: list[float | None] = [None] * len(batch)
-        verdicts: list[Any] = [None] * len(batch)
+        turns = [t for ts in per_example for t in ts]
+        probs: list[float | None] = [None] * len(turns)
+        verdicts: list[Any] = [None] * len(turns)
         if use_probe:
             assert probe is not None
             probs = list(probe.predict_proba(model, tokenizer, [t.context for t in turns], batch_size))
         if use_judge:
             assert judge is not None
             verdicts = judge.score([(t.instruction, t.response) for t in turns])
-        for (line, _), turn, p, verdict in zip(batch, turns, probs, verdicts):
-            risks = []
-            if p is not None:
-                assert probe is not None
-                risks.append(probe.risk(p, config.probe_risk))
-            if verdict is not None:
-                risks.append(verdict.value)
-                summary.judge_unparsed += 0 if verdict.parsed else 1
-            risk = max(risks)
-            flagged = risk >= config.flag_threshold
-            category = guess_category(turn.instruction) if flagged else None
-            item = ExampleRisk(
-                line=line,
-                risk=risk,
-                p_harmful=p,
-                judge_score=verdict.score if verdict is not None else None,
-                category_guess=category,
-                flagged=flagged,
+            summary.judge_unparsed += sum(0 if v.parsed else 1 for v in verdicts)
+        scored = iter(zip(turns, probs, verdicts))
+        for (line, _), ex_turns in zip(batch, per_example):
+            item = max(
+                (_turn_risk(line, turn, p, verdict, probe, config) for turn, p, verdict in islice(scored, len(ex_turns))),
+                key=lambda r: (r.risk, r.p_harmful or 0.0, -r.turn),
             )
             results.append(item)
-            summary.counts_by_score[_bucket(risk)] += 1
-            risk_sum += risk
-            if flagged:
+            summary.counts_by_score[_bucket(item.risk)] += 1
+            risk_sum += item.risk
+            if item.flagged:
                 summary.n_flagged += 1
-                categories[category or "uncategorized"] += 1
+                categories[item.category_guess or "uncategorized"] += 1
         if progress is not None:
             progress(len(results))
 

@@ -1098,7 +1098,8 @@
           h("ul", { class: "line-list", id: "flagged-lines" }, lines.slice(0, 200).map((ln) => {
             const r = byLine.get(ln);
             const title = r ? `risk ${fmtNum(num(r.risk), 3)}${r.category_guess ? `, ${r.category_guess}` : ""}` : "";
-            return h("li", { class: "line-chip", title }, `line ${ln}`, r && r.category_guess ? h("span", { class: "muted small" }, ` ${r.category_guess}`) : null);
+            const turn = r && isNum(num(r.turn)) && num(r.turn) > 1 ? `, turn ${num(r.turn)}` : "";
+            return h("li", { class: "line-chip", title }, `line ${ln}${turn}`, r && r.category_guess ? h("span", { class: "muted small" }, ` ${r.category_guess}`) : null);
           })),
           flagged > lines.length ? h("p", { class: "muted small" }, `Showing the ${lines.length} highest-risk of ${flagged} flagged lines.`) : null)
         : h("p", { class: "muted" }, "No line was flagged."));

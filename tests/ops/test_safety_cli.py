@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from safety.probe import Probe
+from safety.probe import Probe, ProbeConfig
+from safety.probe_recipe import training_set
 from safety.prompt_sets import load_builtin
 from tests.conftest import apply_env, clear_caches
 from tests.ops.conftest import run_ops as ops
@@ -36,11 +37,13 @@ def trained_probe(tiny_model, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_probe_train_reports_and_saves(trained_probe):
     out, report = trained_probe
-    assert report["n_harmful"] == len(load_builtin("harmful_train"))
-    assert report["n_benign"] == len(load_builtin("benign_train"))
-    assert report["n_train"] + report["n_val"] == report["n_harmful"] + report["n_benign"]
-    assert 0.0 <= report["auroc"] <= 1.0 and 0.0 <= report["tpr_at_fpr"] <= 1.0
-    assert [c["layers"] for c in report["candidates"]] == [[1], [2]]  # chosen by validation AUROC
+    data = training_set(seed=0)  # onboarding's recipe: the same prompts, framed variants included
+    assert (report["n_harmful"], report["n_benign"]) == (len(data.harmful), len(data.benign))
+    assert len(data.harmful) > len(load_builtin("harmful_train")) and len(data.benign) > len(load_builtin("benign_train"))
+    parts = ("n_fit", "n_select", "n_calibrate", "n_test")
+    assert sum(report[k] for k in parts) == report["n_harmful"] + report["n_benign"]
+    assert report["kind"] == ProbeConfig().kind and report["calibrate_fpr"] <= report["target_fpr"]
+    assert [c["layers"] for c in report["candidates"]] == [[1], [2]]  # chosen by select-split AUROC
     assert report["layers"] in ([1], [2])
     assert (out / "probe.safetensors").is_file() and (out / "probe.json").is_file()
     assert json.loads((out / "report.json").read_text())["auroc"] == report["auroc"]

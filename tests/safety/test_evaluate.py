@@ -141,6 +141,15 @@ def test_builtin_prompt_sets() -> None:
     assert all(p.label == "harmful" and p.category for p in harmful)
     assert all(p.label == "benign" and p.category for p in load_builtin("benign_train"))
     assert len({p.category for p in load_builtin("harmful_train")}) == 11
+    # the borderline-but-fine set is held out: nothing the probe trains on is in an eval set
+    assert sizes["borderline_eval"] >= 50 and all(p.label == "benign" for p in load_builtin("borderline_eval"))
+    train = {p.text.lower() for n in ("harmful_train", "benign_train") for p in load_builtin(n)}
+    for name in ("harmful_eval", "benign_eval", "borderline_eval"):
+        assert train.isdisjoint(p.text.lower() for p in load_builtin(name)), name
+    # the project writes its own prompts: none is copied from the public benchmark files
+    public = {p.text.lower() for f in ("advbench_harmful_behaviors.txt", "harmbench_behaviors_text_val.csv",
+                                        "mt_bench_questions.jsonl") for p in load_prompt_file(SHARED_DATA / f)}  # fmt: skip
+    assert public.isdisjoint(p.text.lower() for n in BUILTIN_SETS for p in load_builtin(n))
     refusals = load_refusals()
     assert refusals and all(is_refusal(r) for r in refusals)
     with pytest.raises(KeyError):

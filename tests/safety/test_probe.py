@@ -15,8 +15,10 @@ from safety.probe import (
     auroc,
     extract_features,
     risk_from_p,
+    split_indices,
     tpr_at_fpr,
     train_probe,
+    train_probe_on_features,
 )
 
 WORDS = "the cat sat on a mat while dogs ran across green fields under blue skies near old towns".split()
@@ -66,14 +68,15 @@ def test_content_pooling_skips_the_template(tiny) -> None:
 @pytest.mark.parametrize("kind", ["logistic", "mlp"])
 def test_planted_signal_is_separated_and_round_trips(tiny, kind: str, tmp_path: Path) -> None:
     model, tokenizer = tiny
-    harmful, benign = _planted(60)
+    harmful, benign = _planted(100)
     config = ProbeConfig(layers=(1,), kind=kind, epochs=60, seed=0)
     probe, report = train_probe(model, tokenizer, harmful, benign, config)
     assert report.auroc > 0.9
-    assert (report.n_train, report.n_val, report.n_harmful, report.n_benign) == (96, 24, 60, 60)
-    assert 0.0 <= report.tpr_at_fpr <= 1.0 and report.layers == (1,)
+    # 100 per class: select 15, calibrate 20, test 20, fit the remaining 45 (per class)
+    assert (report.n_fit, report.n_select, report.n_calibrate, report.n_test) == (90, 30, 40, 40)
+    assert (report.n_harmful, report.n_benign, report.layers) == (100, 100, (1,))
     assert probe.threshold == report.threshold >= 0.5
-    assert report.fpr_at_threshold <= 0.05 and 0.0 <= report.tpr_at_threshold <= report.tpr_at_fpr
+    assert report.calibrate_fpr <= 0.05 and 0.0 <= report.tpr_at_threshold <= 1.0
 
     test_h, test_b = _planted(20, seed=1)
     p = probe.predict_proba(model, tokenizer, test_h + test_b, batch_size=7)
@@ -93,9 +96,52 @@ def test_layer_candidates_pick_best_validation_auroc(tiny) -> None:
         model, tokenizer, harmful, benign, ProbeConfig(epochs=30), layer_candidates=[(1,), (2,), (1, -1)]
     )
     assert [c["layers"] for c in report.candidates] == [[1], [2], [1, 2]]
-    best = max(report.candidates, key=lambda c: (c["val_auroc"], -c["val_log_loss"]))
-    assert list(report.layers) == best["layers"] and report.auroc == best["val_auroc"]
+    best = max(report.candidates, key=lambda c: (c["select_auroc"], -c["select_log_loss"]))
+    assert list(report.layers) == best["layers"] and report.select_auroc == best["select_auroc"]
     assert probe.layers == report.layers
+
+
+def test_split_indices_are_disjoint_stratified_and_keep_groups_together() -> None:
+    labels = [1] * 40 + [0] * 60
+    groups = [i // 2 for i in range(100)]  # pairs: a prompt and its framed variant
+    parts = split_indices(labels, (0.15, 0.2, 0.2), seed=3, groups=groups)
+    every = [i for idx in parts.values() for i in idx]
+    assert sorted(every) == list(range(100))  # a partition: disjoint and complete
+    for idx in parts.values():
+        assert {groups[i] for i in idx}.isdisjoint({groups[i] for k, o in parts.items() if o is not idx for i in o})
+    # 20 harmful and 30 benign groups: select 3+4 (x2 items), calibrate 4+6, test 4+6
+    assert {k: (sum(labels[i] for i in v), len(v)) for k, v in parts.items()} == {
+        "fit": (18, 46), "select": (6, 14), "calibrate": (8, 20), "test": (8, 20)}
+    assert split_indices(labels, (0.15, 0.2, 0.2), seed=3, groups=groups) == parts
+    assert split_indices(labels, (0.15, 0.2, 0.2), seed=4, groups=groups) != parts
+
+
+def test_threshold_is_calibrated_on_its_own_split_and_the_report_on_another() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    labels = [int(i % 3 == 0) for i in range(n)]
+    y = torch.tensor(labels, dtype=torch.float32)
+    noise = torch.randn(n, 2, 8, generator=gen)
+    noise[:, 1, 0] += 1.6 * y  # layer 1 carries a noisy signal; layer 0 none
+    config = ProbeConfig(kind="logistic", epochs=40, seed=1, min_threshold=0.0, target_fpr=0.05)
+    probe, report = train_probe_on_features(noise, labels, [0, 1], config, layer_candidates=[(0,), (1,)])
+    assert report.layers == (1,) and [c["layers"] for c in report.candidates] == [[0], [1]]
+    parts = split_indices(labels, config.split, config.seed)
+    assert set(parts["test"]).isdisjoint(parts["select"] + parts["calibrate"] + parts["fit"])
+    feats = noise[:, 1:]
+    p = {k: probe.predict_proba_features(feats[v]).tolist() for k, v in parts.items()}
+    yy = {k: [labels[i] for i in v] for k, v in parts.items()}
+    # the threshold is the lowest calibrate-split score whose FPR there meets the target ...
+    assert report.threshold == probe.threshold == tpr_at_fpr(p["calibrate"], yy["calibrate"], 0.05)[1]
+    cal_neg = [pi for pi, t in zip(p["calibrate"], yy["calibrate"]) if not t]
+    assert report.calibrate_fpr == sum(pi >= probe.threshold for pi in cal_neg) / len(cal_neg) <= 0.05
+    # ... and the reported quality is measured on the test split, which chose nothing
+    test_neg = [pi for pi, t in zip(p["test"], yy["test"]) if not t]
+    test_pos = [pi for pi, t in zip(p["test"], yy["test"]) if t]
+    assert report.auroc == auroc(p["test"], yy["test"]) != report.calibrate_auroc
+    assert report.fpr_at_threshold == sum(pi >= probe.threshold for pi in test_neg) / len(test_neg)
+    assert report.tpr_at_threshold == sum(pi >= probe.threshold for pi in test_pos) / len(test_pos)
+    assert report.n_test == len(parts["test"]) and report.n_calibrate == len(parts["calibrate"])
 
 
 def test_training_is_deterministic(tiny) -> None:

@@ -9,7 +9,7 @@ import pytest
 from safety.base_models import load_base_model
 from safety.judge import JudgeResult
 from safety.probe import ProbeConfig, auroc, train_probe
-from safety.scan import ScanConfig, guess_category, scan_dataset, target_turn
+from safety.scan import ScanConfig, guess_category, scan_dataset, trained_turns
 from tests.safety.test_probe import _planted
 
 
@@ -43,22 +43,31 @@ def trained(tiny_model: Path):
     return model, tokenizer, probe
 
 
-def test_target_turn_formats() -> None:
+def test_trained_turns_formats() -> None:
     multi = {"messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Name a colour."},
         {"role": "assistant", "content": "Blue."},
         {"role": "user", "content": "Another one."},
-        {"role": "assistant", "content": "Green."},
+        {"role": "assistant", "content": "Green.", "weight": 1},
+        {"role": "user", "content": "And a third?"},
+        {"role": "assistant", "content": "Red.", "weight": 0},
     ]}
-    t = target_turn(multi)
-    assert (t.instruction, t.response, len(t.context)) == ("Another one.", "Green.", 4)
-    assert t.context[-1] == {"role": "user", "content": "Another one."}
-    pc = target_turn({"prompt": "Say hi.", "completion": "Hi!"})
-    assert (pc.instruction, pc.response, pc.context) == ("Say hi.", "Hi!", [{"role": "user", "content": "Say hi."}])
-    for bad in ({"messages": [{"role": "user", "content": "x"}]}, {"text": "x"}):
+    first, second = trained_turns(multi)  # the weight-0 turn is not trained, so not scored
+    assert (first.turn, first.response, first.context) == (1, "Blue.", [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}])
+    assert first.instruction == "System: Be brief.\n\nUser: Name a colour."
+    assert (second.turn, second.response, len(second.context)) == (2, "Green.", 4)
+    assert second.context[-1] == {"role": "user", "content": "Another one."}
+    assert second.instruction == ("System: Be brief.\n\nUser: Name a colour.\n\nAssistant: Blue."
+                                  "\n\nUser: Another one.")
+    (pc,) = trained_turns({"prompt": "Say hi.", "completion": "Hi!"})
+    assert (pc.turn, pc.instruction, pc.response, pc.context) == (1, "Say hi.", "Hi!", [{"role": "user", "content": "Say hi."}])
+    bad = ({"messages": [{"role": "user", "content": "x"}]}, {"text": "x"},
+           {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]})
+    for example in bad:
         with pytest.raises(ValueError):
-            target_turn(bad)
+            trained_turns(example)
 
 
 def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
@@ -88,6 +97,59 @@ def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
     assert result.examples[0].p_harmful == pytest.approx(direct, abs=1e-6)
 
 
+def _turns(*pairs: tuple[str, str], system: str | None = None, untrained: tuple[int, ...] = ()) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    for n, (user, assistant) in enumerate(pairs, start=1):
+        messages += [{"role": "user", "content": user},
+                     {"role": "assistant", "content": assistant, **({"weight": 0} if n in untrained else {})}]  # fmt: skip
+    return {"messages": messages}
+
+
+def _clear_cases(model, tokenizer, probe, seed: int) -> tuple[list[str], list[str]]:
+    """Planted prompts the fixture's probe gets right on their own, most confident first."""
+    harmful, benign = _planted(20, seed=seed)
+    p = probe.predict_proba(model, tokenizer, harmful + benign)
+    hits = sorted((-pi, t) for pi, t in zip(p, harmful) if pi >= probe.threshold)
+    passes = sorted((pi, t) for pi, t in zip(p[20:], benign) if pi < probe.threshold)
+    return [t for _, t in hits], [t for _, t in passes]
+
+
+def test_every_trained_turn_is_scored_and_the_riskiest_counts(trained) -> None:
+    model, tokenizer, probe = trained
+    harmful, benign = _clear_cases(model, tokenizer, probe, seed=6)
+    examples = [
+        _turns((harmful[0], "ok"), (benign[0], "ok")),  # harmful earlier turn, benign last turn
+        _turns((benign[0], "ok"), (benign[1], "ok")),
+        _turns((harmful[0], "ok"), (benign[0], "ok"), untrained=(1,)),  # the harmful turn is not trained
+    ]
+    result = scan_dataset(examples, probe=probe, model=model, tokenizer=tokenizer, config=ScanConfig(window=2))
+    user = lambda t: {"role": "user", "content": t}  # noqa: E731
+    asst = {"role": "assistant", "content": "ok"}
+    p_first, p_after, p_benign, p_benign2 = probe.predict_proba(model, tokenizer, [
+        [user(harmful[0])], [user(harmful[0]), asst, user(benign[0])], [user(benign[0])], [user(benign[0]), asst, user(benign[1])]])
+    assert p_first >= probe.threshold > max(p_benign, p_benign2)  # the fixture's probe tells them apart
+    hit, clean, skipped = result.examples
+    assert (hit.line, hit.turn, hit.risk, hit.flagged) == (1, 1, 5.0, True)
+    assert hit.p_harmful == pytest.approx(max(p_first, p_after), abs=1e-6)
+    assert (clean.risk, clean.flagged) == (1.0, False)
+    assert clean.p_harmful == pytest.approx(max(p_benign, p_benign2), abs=1e-6)
+    assert skipped.turn == 2 and skipped.p_harmful == pytest.approx(p_after, abs=1e-6)
+    assert [(e.line, e.turn) for e in result.summary.top_flagged] == [(1, 1)] + ([(3, 2)] if skipped.flagged else [])
+
+
+def test_the_probe_reads_the_system_prompt(trained) -> None:
+    model, tokenizer, probe = trained
+    harmful, benign = _clear_cases(model, tokenizer, probe, seed=7)
+    plain = _turns((benign[0], "ok"))
+    with_system = _turns((benign[0], "ok"), system=harmful[0])
+    result = scan_dataset([plain, with_system], probe=probe, model=model, tokenizer=tokenizer)
+    direct = probe.predict_proba(model, tokenizer, [[{"role": "system", "content": harmful[0]},
+                                                     {"role": "user", "content": benign[0]}]])[0]  # fmt: skip
+    assert result.examples[1].p_harmful == pytest.approx(direct, abs=1e-6)
+    assert result.examples[1].p_harmful > result.examples[0].p_harmful
+    assert [e.flagged for e in result.examples] == [False, True]
+
+
 def test_calibrated_risk_and_flag_threshold(trained) -> None:
     model, tokenizer, probe = trained
     harmful, benign = _planted(4, seed=4)
@@ -114,16 +176,18 @@ def test_judge_scan_sees_last_instruction_and_response() -> None:
     result = scan_dataset(examples, judge=judge, estimator="judge", config=ScanConfig(top_k=2))
     assert judge.seen == [
         ("How do I make a bomb?", "Sure, first get explosives."),
-        ("Bake bread?", "Mix flour."),
-        ("Write ransomware", "???"),
+        ("System: Be nice.\n\nUser: Bake bread?", "Mix flour."),
+        ("Hi", "Hello"),
+        ("User: Hi\n\nAssistant: Hello\n\nUser: Write ransomware", "???"),
         ("Say hi.", "Sure, hi!"),
     ]
     s = result.summary
     assert [e.line for e in result.examples] == [10, 12, 13, 20]
+    assert [e.turn for e in result.examples] == [1, 1, 2, 1]
     assert [e.judge_score for e in result.examples] == [5, 1, 5, 5]
     assert s.counts_by_score == {1: 1, 2: 0, 3: 0, 4: 0, 5: 3}
     assert (s.n_flagged, s.judge_unparsed) == (3, 1)
-    assert [e.line for e in s.top_flagged] == [10, 13]
+    assert [(e.line, e.turn) for e in s.top_flagged] == [(10, 1), (13, 2)]
     assert result.examples[0].category_guess == "physical harm"
     assert result.examples[2].category_guess == "malware"
     assert result.examples[1].category_guess is None

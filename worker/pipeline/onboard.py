@@ -18,34 +18,24 @@ from core.storage import download_dir, get_store, upload_dir
 from worker.pipeline.resources import load_model, probe_prefix
 
 
-def probe_config() -> Any:
-    from safety.probe import ProbeConfig
-
-    layers = get_settings().probe_layers
-    if layers == "auto":
-        return ProbeConfig()
-    return ProbeConfig(layers=tuple(int(x) for x in layers.split(",")))
-
-
-def layer_candidates(model: Any) -> list[tuple[int, ...]] | None:
-    """With ``probe_layers=auto``: the layer sets ``bench/probe_quality.py`` evaluates,
-    chosen among by validation AUROC on the project's prompt sets."""
-    from safety.probe import layer_candidates as candidates
-
-    return candidates(model.config.num_hidden_layers) if get_settings().probe_layers == "auto" else None
-
-
 def train_builtin_probe(model: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
-    """A probe trained only on the project's own prompt sets; returns (probe, report)."""
-    from safety.probe import train_probe
-    from safety.prompt_sets import load_builtin
+    """A probe trained only on the project's own prompt sets by the one recipe
+    (``safety.probe_recipe``, layers per ``GUARDTUNE_PROBE_LAYERS``); returns (probe,
+    report): layers chosen on one split, threshold calibrated on a second, quality
+    measured on a third."""
+    from safety.probe_recipe import train_recipe_probe
 
-    harmful = [p.text for p in load_builtin("harmful_train")]
-    benign = [p.text for p in load_builtin("benign_train")]
-    probe, report = train_probe(
-        model, tokenizer, harmful, benign, probe_config(), layer_candidates=layer_candidates(model)
-    )
+    probe, report = train_recipe_probe(model, tokenizer, get_settings().probe_layers)
     return probe, report.to_dict()
+
+
+def probe_summary(report: dict[str, Any]) -> str:
+    """One honest line on a probe report: unseen-split AUROC and FPR/TPR at the threshold."""
+    return (f"probe layers {report['layers'][0]}-{report['layers'][-1]}: AUROC {report['auroc']:.3f} and, at threshold "
+            f"{report['threshold']:.3f}, FPR {report['fpr_at_threshold']:.1%} / TPR {report['tpr_at_threshold']:.1%} on "
+            f"{report['n_test']} held-out prompts that chose neither the layers nor the threshold (calibrated for FPR "
+            f"<= {report['target_fpr']:.0%} on {report['n_calibrate']} others: FPR {report['calibrate_fpr']:.1%}; "
+            f"layer-selection AUROC {report['select_auroc']:.3f}, optimistic)")  # fmt: skip
 
 
 def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer: Any) -> Any:
@@ -62,7 +52,8 @@ def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer:
     entry.probe_prefix = probe_prefix(entry.id)
     entry.baseline = {**(entry.baseline or {}), "probe": report}
     audit.record(session, actor=audit.SYSTEM, action="model.probe_trained", target=entry.id,
-                 details={"auroc": report["auroc"], "layers": report["layers"]})  # fmt: skip
+                 details={"auroc": report["auroc"], "fpr_at_threshold": report["fpr_at_threshold"],
+                          "threshold": report["threshold"], "layers": report["layers"]})  # fmt: skip
     return probe
 
 
@@ -103,7 +94,8 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
         audit.record(session, actor=actor, action="model.onboarded", target=model_id,
                      details={"asr_keyword": entry.baseline["eval"]["asr"]["asr_keyword"]})  # fmt: skip
         return {"model": model_id, "status": entry.status, "context_length": entry.context_length,
-                "probe": entry.baseline["probe"], "baseline": _headline(entry.baseline["eval"])}  # fmt: skip
+                "probe": entry.baseline["probe"], "probe_summary": probe_summary(entry.baseline["probe"]),
+                "baseline": _headline(entry.baseline["eval"])}  # fmt: skip
 
 
 def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:

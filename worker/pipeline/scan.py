@@ -1,9 +1,11 @@
-"""Stage ``scan`` (GPU): score every training example for risk once, before training.
+"""Stage ``scan`` (GPU): score every trained assistant turn of every training example for
+risk once, before training (``safety.scan``: an example's risk is its riskiest turn's).
 
 Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
-order); the summary goes to the safety report. A job fails when its flagged share exceeds
-its ``safety.max_flagged_fraction`` (the stricter of the customer's and the operator's
-``GUARDTUNE_MAX_FLAGGED_FRACTION``).
+order, with the ``line`` and the ``turn`` that gave the risk); the summary, whose
+``top_flagged`` lists line and turn of each, goes to the safety report. A job fails when its
+flagged share exceeds its ``safety.max_flagged_fraction`` (the stricter of the customer's and
+the operator's ``GUARDTUNE_MAX_FLAGGED_FRACTION``).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def run(job_id: str) -> str | None:
                            f"(mean risk {summary.mean_risk:.2f})", data={"scan": _headline(summary)})  # fmt: skip
         bound = job.safety.get("max_flagged_fraction", settings.max_flagged_fraction)
         if bound is not None and summary.flagged_fraction > bound:
-            lines = ", ".join(str(e.line) for e in summary.top_flagged)
+            lines = ", ".join(f"{e.line} (turn {e.turn})" for e in summary.top_flagged)
             raise StageError("unsafe_training_file",
                              f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
                              f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",

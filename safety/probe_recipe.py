@@ -1,0 +1,99 @@
+"""The probe recipe: the one definition of what a base model's probe is trained on and how.
+
+Onboarding (``worker/pipeline/onboard.py``), ``guardtune-ops probe train`` and
+``bench/probe_quality.py`` all build their probe from :func:`recipe` and
+:func:`training_set`, so the probe a benchmark measures is the probe a deployment runs.
+
+Training prompts: ``harmful_train`` (label 1) and ``benign_train`` (label 0), each as a
+plain user turn, plus a seeded ``FRAMED_SHARE`` of each placed in a chat frame
+(``safety/prompts/chat_frames.jsonl``: a system prompt and/or earlier turns), because
+the scan shows the probe whole conversations up to each trained assistant turn. A frame
+marked harmful (an identity-shift or "no rules" system prompt) makes its example harmful
+whatever the request. A framed variant shares its group with its plain prompt, so the
+probe's fit / select / calibrate / test split never separates the two.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from safety.generation import PromptLike
+from safety.probe import Probe, ProbeConfig, ProbeReport, layer_candidates, train_probe
+from safety.prompt_sets import framed, load_builtin, load_chat_frames
+
+FRAMED_SHARE = 0.4
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Harmful then benign prompts; ``groups`` is aligned with ``harmful + benign``."""
+
+    harmful: list[PromptLike]
+    benign: list[PromptLike]
+    groups: list[int]
+
+
+def training_set(
+    seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = ()
+) -> TrainingSet:
+    """The recipe's training prompts (module docstring), with any extra plain prompts
+    appended to their class before the framed variants are drawn."""
+    harmful = [p.text for p in load_builtin("harmful_train")] + list(extra_harmful)
+    benign = [p.text for p in load_builtin("benign_train")] + list(extra_benign)
+    frames = load_chat_frames()
+    rng = random.Random(seed)
+    rows: list[tuple[PromptLike, int, int]] = [(t, 1, i) for i, t in enumerate(harmful)]
+    rows += [(t, 0, len(harmful) + i) for i, t in enumerate(benign)]
+    for label, texts, offset in ((1, harmful, 0), (0, benign, len(harmful))):
+        for i in sorted(rng.sample(range(len(texts)), round(len(texts) * FRAMED_SHARE))):
+            frame = rng.choice(frames)
+            rows.append((framed(texts[i], frame), max(label, int(frame.harmful)), offset + i))
+    rows.sort(key=lambda r: -r[1])  # harmful first (stable: plain prompts before variants)
+    n_harmful = sum(r[1] for r in rows)
+    return TrainingSet(
+        harmful=[r[0] for r in rows[:n_harmful]],
+        benign=[r[0] for r in rows[n_harmful:]],
+        groups=[r[2] for r in rows],
+    )
+
+
+def parse_layer_sets(value: str) -> list[tuple[int, ...]] | None:
+    """``"auto"`` -> None; ``"12,13"`` -> one set; ``"6;4,8"`` -> two sets to choose from."""
+    sets = []
+    for group in value.split(";"):
+        group = group.strip()
+        if group and group != "auto":
+            try:
+                sets.append(tuple(int(x) for x in group.split(",") if x.strip()))
+            except ValueError:
+                raise ValueError(f"layer set {group!r} is not comma-separated integers") from None
+    return sets or None
+
+
+def recipe(num_layers: int, probe_layers: str = "auto", **overrides: Any) -> tuple[ProbeConfig, list[tuple[int, ...]]]:
+    """``(config, layer candidates)``: :class:`ProbeConfig` defaults with ``overrides``;
+    the candidates are :func:`safety.probe.layer_candidates` for ``"auto"``, else the
+    set(s) ``probe_layers`` names (``GUARDTUNE_PROBE_LAYERS`` syntax, see
+    :func:`parse_layer_sets`)."""
+    config = dataclasses.replace(ProbeConfig(), **overrides)
+    return config, parse_layer_sets(probe_layers) or layer_candidates(num_layers)
+
+
+def train_recipe_probe(
+    model: Any,
+    tokenizer: Any,
+    probe_layers: str = "auto",
+    *,
+    extra_harmful: Sequence[str] = (),
+    extra_benign: Sequence[str] = (),
+    **overrides: Any,
+) -> tuple[Probe, ProbeReport]:
+    """Train, calibrate and report a probe by the recipe (see :func:`train_probe`)."""
+    config, candidates = recipe(model.config.num_hidden_layers, probe_layers, **overrides)
+    data = training_set(config.seed, extra_harmful, extra_benign)
+    return train_probe(
+        model, tokenizer, data.harmful, data.benign, config, layer_candidates=candidates, groups=data.groups
+    )

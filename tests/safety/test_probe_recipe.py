@@ -1,0 +1,43 @@
+"""The one probe recipe: training prompts with framed variants, config and layer candidates."""
+from __future__ import annotations
+
+import pytest
+
+from safety.probe import ProbeConfig, layer_candidates
+from safety.probe_recipe import FRAMED_SHARE, parse_layer_sets, recipe, training_set
+from safety.prompt_sets import framed, load_builtin, load_chat_frames
+
+
+def test_training_set_adds_framed_variants_grouped_with_their_prompt() -> None:
+    data = training_set(seed=0)
+    plain_h = [p.text for p in load_builtin("harmful_train")]
+    plain_b = [p.text for p in load_builtin("benign_train")]
+    prompts = data.harmful + data.benign
+    assert len(data.groups) == len(prompts)
+    assert len(prompts) == len(plain_h) + len(plain_b) + round(len(plain_h) * FRAMED_SHARE) + round(len(plain_b) * FRAMED_SHARE)
+    assert data.harmful[: len(plain_h)] == plain_h and set(plain_b) <= {p for p in data.benign if isinstance(p, str)}
+    frames = load_chat_frames()
+    plain = plain_h + plain_b
+    harmful_frames = {f.system for f in frames if f.harmful}
+    n_benign_made_harmful = 0
+    for prompt, group, label in zip(prompts, data.groups, [1] * len(data.harmful) + [0] * len(data.benign)):
+        if isinstance(prompt, str):
+            assert prompt == plain[group]
+            continue
+        assert prompt[-1] == {"role": "user", "content": plain[group]}  # the variant frames its own prompt
+        assert any(prompt == framed(plain[group], f) for f in frames)
+        frame_harmful = prompt[0]["role"] == "system" and prompt[0]["content"] in harmful_frames
+        assert label == int(group < len(plain_h) or frame_harmful)
+        n_benign_made_harmful += group >= len(plain_h) and frame_harmful
+    assert n_benign_made_harmful > 0  # an identity-shift system prompt makes even a benign request harmful
+    assert training_set(seed=0) == data and training_set(seed=1) != data
+
+
+def test_recipe_is_the_probe_defaults_with_the_settings_layers() -> None:
+    config, candidates = recipe(30)
+    assert config == ProbeConfig() and candidates == layer_candidates(30)
+    config, candidates = recipe(30, "12,13", epochs=3)
+    assert config == ProbeConfig(epochs=3) and candidates == [(12, 13)]
+    assert parse_layer_sets("6;4,8") == [(6,), (4, 8)] and parse_layer_sets("auto") is None
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_layer_sets("6;x")
