@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from safety.checkpoints import (
 )
 from safety.data import EncodedExample, collate, encode_example
 from safety.objective import RiskReduce, batch_risk, kl_weights, sft_loss, token_kl
+from safety.validation import token_accuracy_counts, validation_pass
 
 TrainingMode = Literal["none", "constant", "adaptive"]
 
@@ -87,7 +88,10 @@ class TrainConfig:
 class StepMetrics:
     """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss``, ``sft_loss``
     and ``kl`` are means over the step's micro-batches; ``kl`` is ``None`` when the reference
-    pass was skipped (``kl_weight == 0``). ``tokens`` counts non-padding input tokens."""
+    pass was skipped (``kl_weight == 0``). ``tokens`` counts non-padding input tokens.
+    ``train_accuracy`` is the step's token accuracy (from the training logits);
+    ``valid_loss`` / ``valid_accuracy`` are set on checkpoint steps of a run with validation
+    examples (``safety.validation``)."""
 
     step: int
     total_steps: int
@@ -101,6 +105,9 @@ class StepMetrics:
     tokens: int
     tokens_per_s: float
     lr: float
+    train_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_accuracy: float | None = None
 
 
 @dataclass
@@ -142,8 +149,8 @@ class RunSummary:
 class TrainResult:
     """``steps`` completed of ``total_steps``; ``model`` is the LoRA-wrapped model as trained
     (eval mode); ``adapter_dir`` holds the final adapter (PEFT format, no optimizer state) and
-    is ``None`` when cancelled; ``checkpoint_dir`` is the last checkpoint written by this call,
-    if any."""
+    is ``None`` when cancelled or paused; ``checkpoint_dir`` is the last checkpoint written by
+    this call, if any; ``paused``: stopped on ``should_pause`` with the state checkpointed."""
 
     model: PeftModel
     steps: int
@@ -152,6 +159,7 @@ class TrainResult:
     adapter_dir: Path | None
     checkpoint_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
+    paused: bool = False
 
 
 def train(
@@ -166,6 +174,8 @@ def train(
     should_cancel: Callable[[], bool] | None = None,
     save_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None,
     resume_dir: Path | None = None,
+    should_pause: Callable[[], bool] | None = None,
+    validation: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts) whose
     risks (1–5, aligned with ``examples``) were scored beforehand.
@@ -177,15 +187,20 @@ def train(
     after its step and reproduces the uninterrupted run's losses.
 
     ``should_cancel`` is polled before every step; when it returns true, training stops
-    before that step and returns ``cancelled=True``. Every ``config.checkpoint_every`` steps
+    before that step and returns ``cancelled=True``. ``should_pause`` is polled next; when it
+    returns true, the state after the last completed step is checkpointed (unless that step's
+    checkpoint exists) and training returns ``paused=True``: resuming from that checkpoint
+    continues as if never paused. Every ``config.checkpoint_every`` steps
     and after the last step a checkpoint is written under ``work_dir/checkpoints/`` and passed
-    to ``save_checkpoint(step, dir, metrics)``. The final adapter goes to
+    to ``save_checkpoint(step, dir, metrics)``; with ``validation`` examples, those steps'
+    metrics carry the validation pass's loss and token accuracy. The final adapter goes to
     ``work_dir/adapter``. The trained model is returned in ``TrainResult.model``, in eval mode.
     """
     if len(examples) != len(risks) or not examples:
         raise ValueError(f"need one risk per example, got {len(examples)} examples and {len(risks)} risks")
     work_dir = Path(work_dir)
     encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
+    encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
     fingerprint = _data_fingerprint(encoded, risks)
     steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
@@ -209,12 +224,38 @@ def train(
         start_step = state["step"]
         summary = RunSummary(**state["summary"])
 
+    def checkpoint(done: int, metrics: StepMetrics) -> Path:
+        """Write the state after ``done`` steps and hand it to ``save_checkpoint``."""
+        epoch, step_in_epoch = divmod(done - 1, steps_per_epoch)
+        last_batch = _step_indices(len(encoded), config, epoch, step_in_epoch)
+        trainer_state = {
+            "step": done,
+            "epoch": epoch + 1,
+            "data_position": {"epoch": epoch + 1, "step_in_epoch": step_in_epoch + 1, "last_batch": last_batch},
+            "total_steps": total_steps,
+            "config": asdict(config),
+            "data_fingerprint": fingerprint,
+            "summary": asdict(summary),
+        }
+        path = write_checkpoint(work_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, trainer_state)
+        if save_checkpoint is not None:
+            save_checkpoint(done, path, metrics)
+        return path
+
     checkpoint_dir = None
+    metrics: StepMetrics | None = None
     model.train()
     for step in range(start_step, total_steps):
         if should_cancel is not None and should_cancel():
             model.eval()
             return TrainResult(model, step, total_steps, True, None, checkpoint_dir, summary.report())
+        if should_pause is not None and should_pause():
+            # Steps done in this call and not checkpointed yet: save them (none done: the
+            # resume checkpoint, or nothing at all, already describes this state).
+            if metrics is not None and (checkpoint_dir is None or checkpoint_dir.name != f"step-{step:06d}"):
+                checkpoint_dir = checkpoint(step, metrics)
+            model.eval()
+            return TrainResult(model, step, total_steps, False, None, checkpoint_dir, summary.report(), paused=True)
         started = time.perf_counter()
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         indices = _step_indices(len(encoded), config, epoch, step_in_epoch)
@@ -223,11 +264,13 @@ def train(
 
         micro_batches = [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
         sums = {"loss": 0.0, "sft": 0.0, "kl": 0.0}
-        tokens = 0
+        tokens, correct, labelled = 0, 0, 0
         for micro in micro_batches:
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro], tokenizer.pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             sft = sft_loss(logits, batch["labels"])
+            right, n_labelled = token_accuracy_counts(logits.detach(), batch["labels"])
+            correct, labelled = correct + right, labelled + n_labelled
             loss = w_sft * sft
             if w_kl > 0:
                 with torch.no_grad(), model.disable_adapter():
@@ -261,27 +304,17 @@ def train(
             tokens=tokens,
             tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
             lr=lr,
+            train_accuracy=correct / max(labelled, 1),
         )
         summary.add(metrics)
+        done = step + 1
+        at_checkpoint = done == total_steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
+        if at_checkpoint and encoded_valid:
+            metrics = _with_validation(metrics, model, encoded_valid, tokenizer.pad_token_id, config.batch_size)
         if on_step is not None:
             on_step(metrics)
-
-        done = step + 1
-        if done == total_steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
-            trainer_state = {
-                "step": done,
-                "epoch": epoch + 1,
-                "data_position": {"epoch": epoch + 1, "step_in_epoch": step_in_epoch + 1, "last_batch": indices},
-                "total_steps": total_steps,
-                "config": asdict(config),
-                "data_fingerprint": fingerprint,
-                "summary": asdict(summary),
-            }
-            checkpoint_dir = write_checkpoint(
-                work_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, trainer_state
-            )
-            if save_checkpoint is not None:
-                save_checkpoint(done, checkpoint_dir, metrics)
+        if at_checkpoint:
+            checkpoint_dir = checkpoint(done, metrics)
 
     model.eval()
     adapter_dir = work_dir / "adapter"
@@ -310,6 +343,14 @@ def mean_kl(
         total += token_kl(ref_logits, logits, batch["labels"]).item()
     model.train(was_training)
     return total / len(examples)
+
+
+def _with_validation(
+    metrics: StepMetrics, model: PeftModel, encoded: list[EncodedExample], pad_token_id: int, batch_size: int
+) -> StepMetrics:
+    """``metrics`` with the validation pass's loss and token accuracy."""
+    result = validation_pass(model, encoded, pad_token_id, batch_size)
+    return replace(metrics, valid_loss=result.loss, valid_accuracy=result.mean_token_accuracy)
 
 
 def lora_config(config: TrainConfig) -> LoraConfig:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidRequest
@@ -30,8 +30,16 @@ class JobRepository:
     def get_by_idempotency_key(self, org_id: str, key: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.org_id == org_id, Job.idempotency_key == key))
 
-    def list(self, org_id: str, *, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    def list(
+        self, org_id: str, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> tuple[list[Job], bool]:
+        """Newest first; with ``metadata``, only jobs whose metadata has every given
+        ``key: value`` pair; ``metadata=None``: only jobs without metadata."""
         query = select(Job).where(Job.org_id == org_id)
+        if metadata is None:  # SQL NULL or JSON null
+            query = query.where(func.coalesce(cast(Job.metadata_, Text), "null") == "null")
+        for key, value in (metadata or {}).items():
+            query = query.where(Job.metadata_[key].as_string() == value)
         if after:
             cursor = self.get(org_id, after)
             if cursor is None:

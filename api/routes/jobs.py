@@ -11,7 +11,7 @@ from api.routes.auth import CUSTOMER
 from api.routes.conditional import NOT_MODIFIED, conditional_json
 from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, page
 from api.schemas.jobs import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
-from api.services.jobs import JobService
+from api.services.jobs import JobService, metadata_filter
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 
@@ -57,7 +57,10 @@ def list_jobs(
     after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
-    jobs, has_more = JobService(session, settings).list(caller, after=after, limit=limit)
+    """``metadata[KEY]=VALUE`` query parameters (the SDK's ``metadata={...}``) keep only the
+    jobs whose metadata has every given pair; a malformed filter answers 400."""
+    wanted = metadata_filter(request.query_params.multi_items())
+    jobs, has_more = JobService(session, settings).list(caller, after=after, limit=limit, metadata=wanted)
     return conditional_json(request, CursorPage[FineTuningJob](**page(jobs, has_more)))
 
 

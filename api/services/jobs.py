@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
 from typing import Any, Literal
 
@@ -114,6 +115,49 @@ def resolve_safety(requested: SafetyIn | None, settings: Settings) -> dict[str, 
         "kl_weight": {"min": bounds.min, "max": bounds.max},
         "constant_kl_weight": s.constant_kl_weight,
     }
+
+
+METADATA_PARAM = re.compile(r"^metadata\[([^\[\]]+)\]$")
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+
+
+def metadata_filter(query: list[tuple[str, str]]) -> dict[str, str] | None:
+    """``metadata[key]=value`` query parameters (as the SDK sends ``metadata={...}``) as a
+    dict; several keys are AND-ed. The literal ``metadata=null`` (OpenAI's) selects jobs
+    without metadata and returns ``None``. Any other ``metadata…`` parameter, a key given
+    twice, or a key or value over the metadata limits is refused (400 naming the parameter)."""
+    wanted: dict[str, str] = {}
+    names = [name for name, _ in query if name.startswith("metadata")]
+    if names == ["metadata"] and dict(query)["metadata"] == "null":
+        return None
+    for name, value in query:
+        if not name.startswith("metadata"):
+            continue
+        match = METADATA_PARAM.match(name)
+        if match is None:
+            raise InvalidRequest(
+                f"Malformed metadata filter {name!r}: use metadata[KEY]=VALUE (one parameter per key).",
+                code="invalid_metadata_filter",
+                param=name,
+            )
+        key = match.group(1)
+        if key in wanted:
+            raise InvalidRequest(f"The metadata filter {name!r} is given twice.", code="invalid_metadata_filter", param=name)
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"Metadata keys have at most {MAX_METADATA_KEY} characters and values at most "
+                f"{MAX_METADATA_VALUE}; {name!r} is longer.",
+                code="invalid_metadata_filter",
+                param=name,
+            )
+        wanted[key] = value
+    if len(wanted) > MAX_METADATA_KEYS:
+        raise InvalidRequest(
+            f"At most {MAX_METADATA_KEYS} metadata filters (got {len(wanted)}).",
+            code="invalid_metadata_filter",
+            param="metadata",
+        )
+    return wanted
 
 
 def fingerprint(body: JobCreate) -> str:
@@ -223,8 +267,10 @@ class JobService:
     def present(self, job: Job) -> FineTuningJob:
         return job_object(job, self.jobs.report(job.id))
 
-    def list(self, caller: Caller, *, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
-        rows, has_more = self.jobs.list(caller.org_id, after=after, limit=limit)
+    def list(
+        self, caller: Caller, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> tuple[list[FineTuningJob], bool]:
+        rows, has_more = self.jobs.list(caller.org_id, after=after, limit=limit, metadata=metadata)
         reports = self.jobs.reports([row.id for row in rows])
         return [job_object(row, reports.get(row.id)) for row in rows], has_more
 
