@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidRequest
 from core.models import Checkpoint, Job, JobEvent, SafetyReport
 
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
+ACTIVE_STATUSES = ("validating_files", "queued", "running", "paused")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 

@@ -89,6 +89,22 @@ def cancel_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, 
     return service.present(service.cancel(caller, fine_tuning_job_id))
 
 
+@router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob, summary="Pause a running fine-tuning job")
+def pause_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+    """The job becomes ``paused``; its worker checkpoints at the next training step and takes
+    other work. Only running jobs (400 ``job_not_pausable`` otherwise; idempotent when paused)."""
+    service = JobService(session, settings)
+    return service.present(service.pause(caller, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJob, summary="Resume a paused fine-tuning job")
+def resume_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+    """The job is queued again and continues from its pause checkpoint exactly as if it had
+    not been paused. Only paused jobs (400 ``job_not_paused`` otherwise)."""
+    service = JobService(session, settings)
+    return service.present(service.resume(caller, fine_tuning_job_id))
+
+
 @router.get(
     "/{fine_tuning_job_id}/events",
     response_model=CursorPage[JobEvent],

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, BeforeValidator, StringConstraints, field_validator, model_validator
 
 Auto = Literal["auto"]
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 SafetyMode = Literal["adaptive", "constant", "none"]
 Estimator = Literal["judge", "probe", "both"]
 

@@ -15,6 +15,11 @@ Decisions where OpenAI's API leaves room:
   (200, same body); reusing a key with a different request body answers 422
   ``idempotency_key_reused`` (the request's SHA-256 is kept in the job's audit record).
 * Only the ``supervised`` method exists; ``integrations`` must be empty.
+* Pause: only a ``running`` job can be paused (idempotent on a paused one); it becomes
+  ``paused`` at once and its worker checkpoints at the next training step boundary (or
+  stops at the end of its current stage) and takes other work. Resume: only a ``paused``
+  job; it becomes ``queued`` and its stage is queued again, continuing from the checkpoint.
+  A finished job answers 400 ``job_not_pausable`` / ``job_not_paused``, as cancel does.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.metrics import JOBS_CREATED
 from api.repositories.files import FileRepository
-from api.repositories.jobs import ACTIVE_STATUSES, JobRepository
+from api.repositories.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobRepository
 from api.repositories.models import ModelRepository
 from api.repositories.orgs import OrgRepository
 from api.schemas.jobs import (
@@ -56,7 +61,7 @@ from core.logging import get_logger
 from core.models import AuditRecord, Checkpoint, File, Job, now
 from core.models import JobEvent as JobEventRow
 from core.models import SafetyReport as SafetyReportRow
-from core.queue import enqueue
+from core.queue import DEFAULT_QUEUE, STAGE_TASKS, enqueue
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -452,14 +457,14 @@ class JobService:
                 headers={"x-should-retry": "false"},
             )
 
-    def _enqueue(self, caller: Caller, job: Job) -> None:
+    def _enqueue(self, caller: Caller, job: Job, task: str = PIPELINE_TASK, queue: str = DEFAULT_QUEUE) -> None:
         """Hand the job to the pipeline. After the commit, so a worker always finds the row."""
         try:
-            enqueue(PIPELINE_TASK, job.id, ignore_result=True)  # the job row is the outcome
+            enqueue(task, job.id, queue=queue, ignore_result=True)  # the job row is the outcome
         except Exception as exc:
             log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
             locked = self.jobs.get(caller.org_id, job.id, for_update=True)
-            if locked is None or locked.status in ("succeeded", "failed", "cancelled"):
+            if locked is None or locked.status in TERMINAL_STATUSES:
                 self.session.rollback()
                 return
             locked.status = "failed"
@@ -511,3 +516,59 @@ class JobService:
         )
         self.session.commit()
         return job
+
+    # -- pause / resume ----------------------------------------------------------------------
+    def pause(self, caller: Caller, job_id: str) -> Job:
+        job = self._locked(caller, job_id)
+        if job.status == "paused":
+            self.session.rollback()
+            return job  # idempotent
+        if job.status != "running":
+            self.session.rollback()
+            raise InvalidRequest(
+                f"Job {job.id} has already {job.status} and can no longer be paused."
+                if job.status in TERMINAL_STATUSES
+                else f"Job {job.id} is {job.status}; only running jobs can be paused (cancel it instead).",
+                code="job_not_pausable",
+                param="fine_tuning_job_id",
+            )
+        job.status = "paused"  # the worker checkpoints at its next step boundary and lets go
+        job.estimated_finish = None
+        self._record(caller, job, "job.pause", "Fine-tuning job paused; training stops at the next step.")
+        return job
+
+    def resume(self, caller: Caller, job_id: str) -> Job:
+        job = self._locked(caller, job_id)
+        if job.status != "paused":
+            self.session.rollback()
+            raise InvalidRequest(
+                f"Job {job.id} has already {job.status} and cannot be resumed."
+                if job.status in TERMINAL_STATUSES
+                else f"Job {job.id} is {job.status}; only paused jobs can be resumed.",
+                code="job_not_paused",
+                param="fine_tuning_job_id",
+            )
+        job.status = "queued"  # ``running`` again once a worker takes up its stage
+        job.worker_id = None
+        self._record(caller, job, "job.resume", "Fine-tuning job resumed; it continues from its last checkpoint.")
+        task, queue = STAGE_TASKS[job.stage]
+        self._enqueue(caller, job, task, queue)
+        return job
+
+    def _locked(self, caller: Caller, job_id: str) -> Job:
+        job = self.jobs.get(caller.org_id, job_id, for_update=True)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+        return job
+
+    def _record(self, caller: Caller, job: Job, action: str, message: str) -> None:
+        """An event and an audit record of a customer's change to ``job``; committed."""
+        self.jobs.add_event(JobEventRow(id=new_id("ftevent"), job_id=job.id, message=message))
+        audit.record(
+            self.session,
+            actor=caller.actor,
+            action=action,
+            target=job.id,
+            details={"org_id": caller.org_id, "status": job.status, "stage": job.stage},
+        )
+        self.session.commit()

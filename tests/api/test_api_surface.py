@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import AuditRecord, ReleasedModel
-from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth
+from core.models import AuditRecord, Job, ReleasedModel
+from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth, set_job
 from tests.api.test_models import finished_job
 
 
@@ -146,3 +146,44 @@ def test_every_response_carries_a_request_id(client, http, live_api, tenant, db)
     assert http.get("/v1/models").headers["x-request-id"]  # 401 too
     log = re.sub(r"\x1b\[[0-9;]*m", "", live_api.log())  # the console renderer's colours
     assert "request_id=trace-404" in log and f"request_id={generated}" in log
+
+
+# -- pause / resume (the state machine; the worker side is in tests/worker) ---------------------
+def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant, tenant, db, broker, unchanged):
+    f = client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
+    with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:  # not running yet
+        client.fine_tuning.jobs.pause(job.id)
+    assert err.value.code == "job_not_pausable" and "cancel it instead" in err.value.message
+    with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.resume(job.id)
+    assert err.value.code == "job_not_paused"
+
+    set_job(db, job.id, status="running", stage="training", worker_id="w1", estimated_finish=2_000_000_000)
+    with pytest.raises(openai.NotFoundError):
+        sdk(other_tenant).fine_tuning.jobs.pause(job.id)
+    paused = client.fine_tuning.jobs.pause(job.id)
+    assert paused.status == "paused" and paused.estimated_finish is None and paused.safety["stage"] == "training"
+    with unchanged(tenant):
+        assert client.fine_tuning.jobs.pause(job.id).status == "paused"  # idempotent, nothing recorded
+    assert client.fine_tuning.jobs.list(limit=1).data[0].status == "paused"
+
+    before = broker.llen("gpu")
+    resumed = client.fine_tuning.jobs.resume(job.id)
+    assert resumed.status == "queued" and resumed.safety["stage"] == "training"
+    assert broker.llen("gpu") == before + 1  # the training stage is queued again
+    [raw] = broker.lrange("gpu", 0, 0)
+    assert b"guardtune.pipeline.train" in raw and job.id.encode() in raw
+    broker.lrem("gpu", 1, raw)  # no worker here
+    with Session(db) as session:
+        assert session.get(Job, job.id).worker_id is None
+    assert [a for a in audit_actions(db, job.id) if a.startswith("job.")][-2:] == ["job.pause", "job.resume"]
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=10)]
+    assert messages[0].startswith("Fine-tuning job resumed") and messages[1].startswith("Fine-tuning job paused")
+
+    set_job(db, job.id, status="paused")
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # a paused job can be cancelled
+    for call, code in ((client.fine_tuning.jobs.pause, "job_not_pausable"), (client.fine_tuning.jobs.resume, "job_not_paused")):
+        with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+            call(job.id)
+        assert err.value.code == code and "already cancelled" in err.value.message
