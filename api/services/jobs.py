@@ -18,7 +18,9 @@ Decisions where OpenAI's API leaves room:
 * Pause: only a ``running`` job can be paused (idempotent on a paused one); it becomes
   ``paused`` at once and its worker checkpoints at the next training step boundary (or
   stops at the end of its current stage) and takes other work. Resume: only a ``paused``
-  job; it becomes ``queued`` and its stage is queued again, continuing from the checkpoint.
+  job whose worker has let go (409 ``job_pausing`` while it is still checkpointing; a
+  worker silent for ``GUARDTUNE_STALE_JOB_AFTER_S`` counts as gone); it becomes ``queued``
+  and its stage is queued again, continuing from the checkpoint.
   A finished job answers 400 ``job_not_pausable`` / ``job_not_paused``, as cancel does.
 """
 
@@ -29,6 +31,7 @@ import json
 import math
 import re
 import secrets
+import time
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -55,7 +58,7 @@ from api.schemas.jobs import (
     SafetyState,
 )
 from core import audit
-from core.errors import InvalidRequest, NotFound, RateLimited, Unprocessable
+from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
 from core.logging import get_logger
 from core.models import AuditRecord, Checkpoint, File, Job, now
@@ -524,14 +527,7 @@ class JobService:
             self.session.rollback()
             return job  # idempotent
         if job.status != "running":
-            self.session.rollback()
-            raise InvalidRequest(
-                f"Job {job.id} has already {job.status} and can no longer be paused."
-                if job.status in TERMINAL_STATUSES
-                else f"Job {job.id} is {job.status}; only running jobs can be paused (cancel it instead).",
-                code="job_not_pausable",
-                param="fine_tuning_job_id",
-            )
+            raise self._refuse(job, "paused", "job_not_pausable", "only running jobs can be paused (cancel it instead).")
         job.status = "paused"  # the worker checkpoints at its next step boundary and lets go
         job.estimated_finish = None
         self._record(caller, job, "job.pause", "Fine-tuning job paused; training stops at the next step.")
@@ -540,13 +536,14 @@ class JobService:
     def resume(self, caller: Caller, job_id: str) -> Job:
         job = self._locked(caller, job_id)
         if job.status != "paused":
+            raise self._refuse(job, "resumed", "job_not_paused", "only paused jobs can be resumed.")
+        if job.worker_id is not None and (job.heartbeat_at or 0) > time.time() - self.settings.stale_job_after_s:
             self.session.rollback()
-            raise InvalidRequest(
-                f"Job {job.id} has already {job.status} and cannot be resumed."
-                if job.status in TERMINAL_STATUSES
-                else f"Job {job.id} is {job.status}; only paused jobs can be resumed.",
-                code="job_not_paused",
+            raise Conflict(
+                f"Job {job.id} is still pausing: its worker is saving a checkpoint. Retry in a few seconds.",
+                code="job_pausing",
                 param="fine_tuning_job_id",
+                headers={"x-should-retry": "true", "Retry-After": "5"},
             )
         job.status = "queued"  # ``running`` again once a worker takes up its stage
         job.worker_id = None
@@ -560,6 +557,16 @@ class JobService:
         if job is None:
             raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
         return job
+
+    def _refuse(self, job: Job, done: str, code: str, rule: str) -> InvalidRequest:
+        """The 400 for a job that cannot be ``done`` now (the transaction is rolled back)."""
+        self.session.rollback()
+        message = (
+            f"Job {job.id} has already {job.status} and can no longer be {done}."
+            if job.status in TERMINAL_STATUSES
+            else f"Job {job.id} is {job.status}; {rule}"
+        )
+        return InvalidRequest(message, code=code, param="fine_tuning_job_id")
 
     def _record(self, caller: Caller, job: Job, action: str, message: str) -> None:
         """An event and an audit record of a customer's change to ``job``; committed."""

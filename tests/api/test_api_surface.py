@@ -5,6 +5,7 @@ response (and in logs and audit records), and a clear 400 for a body that is not
 from __future__ import annotations
 
 import re
+import time
 
 import openai
 import pytest
@@ -168,6 +169,11 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
         assert client.fine_tuning.jobs.pause(job.id).status == "paused"  # idempotent, nothing recorded
     assert client.fine_tuning.jobs.list(limit=1).data[0].status == "paused"
 
+    set_job(db, job.id, heartbeat_at=time.time())  # its worker is still checkpointing
+    with unchanged(tenant), pytest.raises(openai.ConflictError) as err:
+        client.fine_tuning.jobs.resume(job.id)
+    assert err.value.code == "job_pausing"
+    set_job(db, job.id, heartbeat_at=time.time() - 301)  # silent past GUARDTUNE_STALE_JOB_AFTER_S: gone
     before = broker.llen("gpu")
     resumed = client.fine_tuning.jobs.resume(job.id)
     assert resumed.status == "queued" and resumed.safety["stage"] == "training"

@@ -15,29 +15,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from core.models import AuditRecord, Job
-from tests.conftest import start_api, start_worker, stop_process
 from tests.worker.conftest import DEMO
-from tests.worker.test_pipeline_e2e import finished, stack_env, upload, wait_for  # noqa: F401 (fixture)
-
-
-@pytest.fixture(scope="module")
-def api(stack_env, tmp_path_factory):
-    server = start_api(stack_env, tmp_path_factory.mktemp("e2e-complete") / "api.log")
-    yield server
-    stop_process(server.process)
-
-
-@pytest.fixture(scope="module")
-def worker(stack_env, tmp_path_factory):
-    process = start_worker(stack_env, tmp_path_factory.mktemp("e2e-complete") / "worker.log")
-    yield process
-    stop_process(process)
-
-
-@pytest.fixture
-def client(api, make_key) -> OpenAI:
-    _, _, key = make_key(f"e2e-complete-{time.monotonic_ns()}")
-    return OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
+from tests.worker.test_pipeline_e2e import api, client, finished, stack_env, upload, wait_for, worker  # noqa: F401
 
 
 @pytest.fixture(scope="module")
