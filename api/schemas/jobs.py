@@ -192,7 +192,10 @@ class JobEvent(BaseModel):
     message: str
     type: Literal["message", "metrics"] = "message"
     data: dict[str, Any] | None = Field(
-        None, description="metrics events: step, train_loss and guardtune's kl, kl_weight, risk"
+        None,
+        description="metrics events: step, train_loss, train_mean_token_accuracy, valid_loss and "
+        "valid_mean_token_accuracy (checkpoint steps of a job with a validation file), and guardtune's "
+        "kl, kl_weight, risk",
     )
 
 
