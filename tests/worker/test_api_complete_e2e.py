@@ -8,6 +8,7 @@ import csv
 import io
 import time
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -83,7 +84,7 @@ def long_job(client: OpenAI, file_id: str) -> str:
                                           hyperparameters={"n_epochs": 3, "batch_size": 4}).id  # fmt: skip
 
 
-def test_pause_frees_the_worker_and_resume_is_bit_identical(client, worker, db):
+def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker, db):
     file_id = upload(client, 48)  # 12 steps per epoch, 36 in all
     job_id = long_job(client, file_id)
     wait_for(lambda: len(metrics(client, job_id)) >= 3, 240, "training steps")
@@ -105,10 +106,11 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(client, worker, db):
     assert client.fine_tuning.jobs.retrieve(job_id).status == "paused"
     assert max(d["step"] for d in metrics(client, job_id)) == paused_at  # nothing trained meanwhile
 
-    for call in (client.fine_tuning.jobs.pause, client.fine_tuning.jobs.resume):  # a finished job: 400
+    jobs = client.fine_tuning.jobs
+    for call, code in ((jobs.pause, "job_not_pausable"), (jobs.resume, "job_not_paused")):  # a finished job: 400
         with pytest.raises(openai.BadRequestError) as err:
             call(other.id)
-        assert err.value.code in ("job_not_pausable", "job_not_paused") and "succeeded" in err.value.message
+        assert err.value.code == code and "already succeeded" in err.value.message
 
     resumed = client.fine_tuning.jobs.resume(job_id)
     assert resumed.status == "queued"
@@ -126,6 +128,12 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(client, worker, db):
     losses = [(d["step"], d["train_loss"], d["train_mean_token_accuracy"]) for d in metrics(client, job_id)]
     assert [s for s, _, _ in losses] == list(range(1, 37))
     assert losses == [(d["step"], d["train_loss"], d["train_mean_token_accuracy"]) for d in metrics(client, baseline.id)]
+    digests = [
+        httpx.get(f"{api.base_url}/v1/models/{j.fine_tuned_model}/adapter", timeout=60,
+                  headers={"Authorization": f"Bearer {client.api_key}"}).headers["X-Guardtune-Adapter-Sha256"]
+        for j in (job, baseline)
+    ]  # fmt: skip
+    assert digests[0] == digests[1]  # the same adapter, byte for byte
     with Session(db) as session:
         actions = list(session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id)
                                        .order_by(AuditRecord.seq)))  # fmt: skip
