@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.repositories.jobs import JobRepository
 from core.models import AuditRecord, Job, ReleasedModel
 from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth, set_job
 from tests.api.test_models import finished_job
@@ -32,7 +33,7 @@ def test_jobs_list_filters_by_metadata(sdk, new_tenant):
     client = sdk(new_tenant())
     f = client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
     tagged = {}
-    for name, metadata in [("a1", {"team": "a", "run": "1"}), ("a2", {"team": "a", "run": "2"}),
+    for name, metadata in [("a1", {"team": "a", "run": "1", 'odd"key.x': "y"}), ("a2", {"team": "a", "run": "2"}),
                            ("b1", {"team": "b", "run": "1"}), ("blank", {"team": ""}), ("none", None)]:  # fmt: skip
         job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, metadata=metadata)
         client.fine_tuning.jobs.cancel(job.id)  # stay under the concurrent-jobs limit
@@ -45,6 +46,7 @@ def test_jobs_list_filters_by_metadata(sdk, new_tenant):
     assert ids(metadata={"team": "a", "run": "1"}) == [tagged["a1"]]  # keys are AND-ed
     assert ids(metadata={"run": "1"}) == [tagged["b1"], tagged["a1"]]
     assert ids(metadata={"team": "c"}) == []
+    assert ids(metadata={'odd"key.x': "y"}) == [tagged["a1"]]  # a key is a key, not a JSON path
     assert ids(metadata={"team": ""}) == [tagged["blank"]]  # an empty value matches an empty value
     assert ids(extra_query={"metadata": "null"}) == [tagged["none"]]  # OpenAI's literal for "no metadata"
     assert len(ids()) == 5 and ids(metadata={}) == ids()
@@ -193,3 +195,24 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
         with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
             call(job.id)
         assert err.value.code == code and "already cancelled" in err.value.message
+
+
+def test_metadata_filter_on_the_embedded_sqlite(embedded_env):
+    """The same JSON filter on SQLite (the embedded default), keys with JSON-path characters too."""
+    from core import migrate
+    from core.db import session_scope
+    from tests.worker.conftest import create_job
+
+    migrate.upgrade()
+    tags = {"a": {"team": "a", 'we"ird.key': "x"}, "b": {"team": "b"}, "none": None}
+    with session_scope() as session:
+        ids = {name: create_job(session, "org-sqlite", GOOD, metadata_=metadata) for name, metadata in tags.items()}
+    with session_scope() as session:
+        jobs = JobRepository(session)
+
+        def listed(metadata):
+            return {row.id for row in jobs.list("org-sqlite", after=None, limit=10, metadata=metadata)[0]}
+
+        assert listed({"team": "a"}) == {ids["a"]}
+        assert listed({'we"ird.key': "x"}) == {ids["a"]} and listed({"team": "a", 'we"ird.key': "y"}) == set()
+        assert listed(None) == {ids["none"]} and listed({}) == set(ids.values())
