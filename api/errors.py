@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.requestid import HEADER, request_id_of
 from core.errors import GuardtuneError
 from core.logging import get_logger
 
@@ -17,6 +18,18 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def invalid_json_message(error: dict) -> str:
+    """What is wrong with a body that is not JSON, and where (FastAPI's ``json_invalid``)."""
+    loc = error.get("loc", ())
+    position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    reason = (error.get("ctx") or {}).get("error") or "not valid JSON"
+    where = f" at character {position}" if position is not None else ""
+    return (
+        f"We could not parse the JSON body of your request: {reason}{where}. "
+        "Send a JSON object with 'Content-Type: application/json'."
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GuardtuneError)
     async def _guardtune(_: Request, exc: GuardtuneError) -> JSONResponse:
@@ -25,6 +38,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(invalid_json_message(first), "invalid_request_error", "invalid_json"), 400)
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         param = ".".join(loc) or None
         message = f"{first['msg']}" + (f" (param: {param})" if param else "")
@@ -40,4 +55,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
-        return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), 500)
+        request_id = request_id_of(request.scope)  # this handler runs outside the request-id middleware
+        return JSONResponse(
+            error_body("The server had an error while processing your request.", "server_error"),
+            500,
+            headers={HEADER: request_id} if request_id else None,
+        )

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -40,11 +41,15 @@ def chain_hash(prev_hash: str, body: str) -> str:
 def record(
     session: Session, *, actor: str, action: str, target: str | None = None, details: dict[str, Any] | None = None
 ) -> AuditRecord:
-    """Append one record in ``session``'s transaction (flushed, not committed)."""
+    """Append one record in ``session``'s transaction (flushed, not committed). Inside an API
+    request, ``details`` gets the request's ``request_id`` (unless it has one)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
     prev = session.scalar(select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)) or GENESIS
     details = json.loads(json.dumps(details or {}, default=str))
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    if request_id is not None:
+        details.setdefault("request_id", request_id)
     created_at = round(time.time(), 6)
     entry = AuditRecord(
         created_at=created_at,

@@ -15,6 +15,15 @@ from core.settings import Settings, get_settings
 DEFAULT_QUEUE = "default"
 GPU_QUEUE = "gpu"
 
+# The task that (re)runs the stage a job is in (its ``stage`` column), and its queue; the
+# worker registers these names (``worker/tasks.py``). Resuming a paused job sends one.
+STAGE_TASKS = {
+    "scanning": ("guardtune.pipeline.scan", GPU_QUEUE),
+    "training": ("guardtune.pipeline.train", GPU_QUEUE),
+    "evaluating": ("guardtune.pipeline.evaluate", GPU_QUEUE),
+    "gating": ("guardtune.pipeline.gate", DEFAULT_QUEUE),
+}
+
 
 def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ()) -> Celery:
     """A configured Celery app; workers pass ``include`` to register their tasks."""

@@ -17,7 +17,7 @@ from ops.output import JsonOpt, console, fmt_time, fmt_value, handle_errors, ren
 
 app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
 STAGES = ("scanning", "training", "evaluating", "gating")
 
 

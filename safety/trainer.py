@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from safety.checkpoints import (
 from safety.data import IGNORE_INDEX, EncodedExample, collate, encode_example
 from safety.objective import RiskReduce, RiskWeighting, batch_risk, example_sums, kl_weights, token_kl, weighted_loss
 from safety.scan import ScanConfig
+from safety.validation import token_accuracy_counts, validation_pass
 
 TrainingMode = Literal["none", "constant", "adaptive"]
 
@@ -99,7 +100,9 @@ class StepMetrics:
     ``kl_weight``/``sft_weight`` are the means over the step's examples; ``kl_weight_flagged``
     and ``kl_weight_unflagged`` the mean ``w_kl`` of its flagged / unflagged examples
     (``None`` when it has none). ``risk`` is the ``risk_reduce`` of the examples' risks.
-    ``tokens`` counts non-padding input tokens."""
+    ``tokens`` counts non-padding input tokens. ``train_accuracy`` is the step's token
+    accuracy (from the training logits); ``valid_loss`` / ``valid_accuracy`` are set on
+    checkpoint steps of a run with validation examples (``safety.validation``)."""
 
     step: int
     total_steps: int
@@ -115,6 +118,9 @@ class StepMetrics:
     tokens: int
     tokens_per_s: float
     lr: float
+    train_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_accuracy: float | None = None
 
 
 @dataclass
@@ -172,8 +178,8 @@ class RunSummary:
 class TrainResult:
     """``steps`` completed of ``total_steps``; ``model`` is the LoRA-wrapped model as trained
     (eval mode); ``adapter_dir`` holds the final adapter (PEFT format, no optimizer state) and
-    is ``None`` when cancelled; ``checkpoint_dir`` is the last checkpoint written by this call,
-    if any."""
+    is ``None`` when cancelled or paused; ``checkpoint_dir`` is the last checkpoint written by
+    this call, if any; ``paused``: stopped on ``should_pause`` with the state checkpointed."""
 
     model: PeftModel
     steps: int
@@ -182,6 +188,7 @@ class TrainResult:
     adapter_dir: Path | None
     checkpoint_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
+    paused: bool = False
 
 
 def train(
@@ -197,6 +204,8 @@ def train(
     save_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None,
     resume_dir: Path | None = None,
     flagged: list[bool] | None = None,
+    should_pause: Callable[[], bool] | None = None,
+    validation: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts) whose
     risks (1–5, aligned with ``examples``) were scored beforehand. ``flagged`` (aligned too)
@@ -210,9 +219,13 @@ def train(
     after its step and reproduces the uninterrupted run's losses.
 
     ``should_cancel`` is polled before every step; when it returns true, training stops
-    before that step and returns ``cancelled=True``. Every ``config.checkpoint_every`` steps
+    before that step and returns ``cancelled=True``. ``should_pause`` is polled next; when it
+    returns true, the state after the last completed step is checkpointed (unless that step's
+    checkpoint exists) and training returns ``paused=True``: resuming from that checkpoint
+    continues as if never paused. Every ``config.checkpoint_every`` steps
     and after the last step a checkpoint is written under ``work_dir/checkpoints/`` and passed
-    to ``save_checkpoint(step, dir, metrics)``. The final adapter goes to
+    to ``save_checkpoint(step, dir, metrics)``; with ``validation`` examples, those steps'
+    metrics carry the validation pass's loss and token accuracy. The final adapter goes to
     ``work_dir/adapter``. The trained model is returned in ``TrainResult.model``, in eval mode.
     """
     if len(examples) != len(risks) or not examples:
@@ -221,6 +234,7 @@ def train(
         flagged = [risk >= ScanConfig.flag_threshold for risk in risks]
     work_dir = Path(work_dir)
     encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
+    encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
     fingerprint = _data_fingerprint(encoded, risks)
     steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
@@ -243,12 +257,38 @@ def train(
         start_step = state["step"]
         summary = RunSummary(**state["summary"])
 
+    def checkpoint(done: int, metrics: StepMetrics) -> Path:
+        """Write the state after ``done`` steps and hand it to ``save_checkpoint``."""
+        epoch, step_in_epoch = divmod(done - 1, steps_per_epoch)
+        last_batch = _step_indices(len(encoded), config, epoch, step_in_epoch)
+        trainer_state = {
+            "step": done,
+            "epoch": epoch + 1,
+            "data_position": {"epoch": epoch + 1, "step_in_epoch": step_in_epoch + 1, "last_batch": last_batch},
+            "total_steps": total_steps,
+            "config": asdict(config),
+            "data_fingerprint": fingerprint,
+            "summary": asdict(summary),
+        }
+        path = write_checkpoint(work_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, trainer_state)
+        if save_checkpoint is not None:
+            save_checkpoint(done, path, metrics)
+        return path
+
     checkpoint_dir = None
+    metrics: StepMetrics | None = None
     model.train()
     for step in range(start_step, total_steps):
         if should_cancel is not None and should_cancel():
             model.eval()
             return TrainResult(model, step, total_steps, True, None, checkpoint_dir, summary.report())
+        if should_pause is not None and should_pause():
+            # Steps done in this call and not checkpointed yet: save them (none done: the
+            # resume checkpoint, or nothing at all, already describes this state).
+            if metrics is not None and (checkpoint_dir is None or checkpoint_dir.name != f"step-{step:06d}"):
+                checkpoint_dir = checkpoint(step, metrics)
+            model.eval()
+            return TrainResult(model, step, total_steps, False, None, checkpoint_dir, summary.report(), paused=True)
         started = time.perf_counter()
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         indices = _step_indices(len(encoded), config, epoch, step_in_epoch)
@@ -279,27 +319,17 @@ def train(
             tokens=sums["tokens"],
             tokens_per_s=sums["tokens"] / elapsed if elapsed > 0 else 0.0,
             lr=lr,
+            train_accuracy=sums["correct"] / max(sums["labelled"], 1),
         )
         summary.add(metrics, w_kl, [flagged[i] for i in indices])
+        done = step + 1
+        at_checkpoint = done == total_steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
+        if at_checkpoint and encoded_valid:
+            metrics = _with_validation(metrics, model, encoded_valid, tokenizer.pad_token_id, config.batch_size)
         if on_step is not None:
             on_step(metrics)
-
-        done = step + 1
-        if done == total_steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
-            trainer_state = {
-                "step": done,
-                "epoch": epoch + 1,
-                "data_position": {"epoch": epoch + 1, "step_in_epoch": step_in_epoch + 1, "last_batch": indices},
-                "total_steps": total_steps,
-                "config": asdict(config),
-                "data_fingerprint": fingerprint,
-                "summary": asdict(summary),
-            }
-            checkpoint_dir = write_checkpoint(
-                work_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, trainer_state
-            )
-            if save_checkpoint is not None:
-                save_checkpoint(done, checkpoint_dir, metrics)
+        if at_checkpoint:
+            checkpoint_dir = checkpoint(done, metrics)
 
     model.eval()
     adapter_dir = work_dir / "adapter"
@@ -328,6 +358,14 @@ def mean_kl(
         total += token_kl(ref_logits, logits, batch["labels"]).item()
     model.train(was_training)
     return total / len(examples)
+
+
+def _with_validation(
+    metrics: StepMetrics, model: PeftModel, encoded: list[EncodedExample], pad_token_id: int, batch_size: int
+) -> StepMetrics:
+    """``metrics`` with the validation pass's loss and token accuracy."""
+    result = validation_pass(model, encoded, pad_token_id, batch_size)
+    return replace(metrics, valid_loss=result.loss, valid_accuracy=result.mean_token_accuracy)
 
 
 def lora_config(config: TrainConfig) -> LoraConfig:
@@ -383,10 +421,12 @@ def _accumulate_gradients(
     """Forward and backward the step's ``examples`` in micro-batches of ``batch_size``,
     accumulating the gradient of ``weighted_loss`` normalised by the step's answer tokens.
     Returns the step's sums: ``loss``, ``ce``, ``kl`` (over ``kl_tokens``, the answer tokens
-    of micro-batches with a reference pass), ``answer_tokens`` and input ``tokens``."""
+    of micro-batches with a reference pass), ``answer_tokens``, input ``tokens``, and the
+    ``correct`` / ``labelled`` next-token counts of the training logits (token accuracy)."""
     device = next(model.parameters()).device
     n_answer = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
-    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "kl_tokens": 0, "answer_tokens": n_answer, "tokens": 0}
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "kl_tokens": 0, "answer_tokens": n_answer, "tokens": 0,
+            "correct": 0, "labelled": 0}
     for start in range(0, len(examples), batch_size):
         micro = examples[start : start + batch_size]
         w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)
@@ -396,7 +436,11 @@ def _accumulate_gradients(
         if bool((w_kl > 0).any()):
             with torch.no_grad(), model.disable_adapter():
                 ref_logits = model(**inputs).logits
-        ce, kl, answer_tokens = example_sums(model(**inputs).logits, batch["labels"], ref_logits)
+        logits = model(**inputs).logits
+        ce, kl, answer_tokens = example_sums(logits, batch["labels"], ref_logits)
+        correct, labelled = token_accuracy_counts(logits.detach(), batch["labels"])
+        sums["correct"] += correct
+        sums["labelled"] += labelled
         loss = weighted_loss(ce, kl, w_sft, w_kl, n_answer)
         loss.backward()
         sums["loss"] += loss.item()

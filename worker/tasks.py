@@ -12,7 +12,7 @@ from core.logging import get_logger
 from core.queue import DEFAULT_QUEUE, GPU_QUEUE, enqueue
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
-from worker.pipeline.jobstate import JobGone, StageError, Superseded
+from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
 from worker.pipeline.onboard import onboard_base_model
 from worker.pipeline.reaper import reap
 
@@ -51,7 +51,7 @@ def run_stage(stage: str, job_id: str) -> str | None:
     try:
         with jobstate.heartbeat(job_id):
             next_stage = function(job_id)
-    except (JobGone, Superseded) as exc:
+    except (JobGone, Superseded, Paused) as exc:
         log.info("stage_stopped", job_id=job_id, stage=stage, reason=type(exc).__name__)
         jobstate.release_lease(job_id)
         return None

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from core.errors import InvalidRequest
 from core.models import Checkpoint, Job, JobEvent, SafetyReport
 
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
+ACTIVE_STATUSES = ("validating_files", "queued", "running", "paused")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def _has_metadata(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """``metadata[key] == value``, for any key: on SQLite a JSON path cannot quote every key
+    (``"`` has no escape), so the pairs are matched with ``json_each`` instead."""
+    if dialect == "sqlite":
+        pairs = func.json_each(Job.metadata_).table_valued("key", "value")
+        return select(pairs.c.key).where(pairs.c.key == key, pairs.c.value == value).exists()
+    return Job.metadata_[key].as_string() == value  # the key is a bound parameter of ->>
 
 
 class JobRepository:
@@ -30,8 +40,17 @@ class JobRepository:
     def get_by_idempotency_key(self, org_id: str, key: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.org_id == org_id, Job.idempotency_key == key))
 
-    def list(self, org_id: str, *, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    def list(
+        self, org_id: str, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> tuple[list[Job], bool]:
+        """Newest first; with ``metadata``, only jobs whose metadata has every given
+        ``key: value`` pair; ``metadata=None``: only jobs without metadata."""
         query = select(Job).where(Job.org_id == org_id)
+        if metadata is None:  # SQL NULL or JSON null
+            query = query.where(func.coalesce(cast(Job.metadata_, Text), "null") == "null")
+        dialect = self.session.get_bind().dialect.name
+        for key, value in (metadata or {}).items():
+            query = query.where(_has_metadata(dialect, key, value))
         if after:
             cursor = self.get(org_id, after)
             if cursor is None:

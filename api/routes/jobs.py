@@ -11,7 +11,7 @@ from api.routes.auth import CUSTOMER
 from api.routes.conditional import NOT_MODIFIED, conditional_json
 from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, page
 from api.schemas.jobs import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
-from api.services.jobs import JobService
+from api.services.jobs import JobService, metadata_filter
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 
@@ -57,7 +57,10 @@ def list_jobs(
     after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
-    jobs, has_more = JobService(session, settings).list(caller, after=after, limit=limit)
+    """``metadata[KEY]=VALUE`` query parameters (the SDK's ``metadata={...}``) keep only the
+    jobs whose metadata has every given pair; a malformed filter answers 400."""
+    wanted = metadata_filter(request.query_params.multi_items())
+    jobs, has_more = JobService(session, settings).list(caller, after=after, limit=limit, metadata=wanted)
     return conditional_json(request, CursorPage[FineTuningJob](**page(jobs, has_more)))
 
 
@@ -84,6 +87,22 @@ def cancel_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, 
     and its worker stops at the next step. A finished job answers 400 ``job_not_cancellable``."""
     service = JobService(session, settings)
     return service.present(service.cancel(caller, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob, summary="Pause a running fine-tuning job")
+def pause_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+    """The job becomes ``paused``; its worker checkpoints at the next training step and takes
+    other work. Only running jobs (400 ``job_not_pausable`` otherwise; idempotent when paused)."""
+    service = JobService(session, settings)
+    return service.present(service.pause(caller, fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJob, summary="Resume a paused fine-tuning job")
+def resume_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+    """The job is queued again and continues from its pause checkpoint exactly as if it had
+    not been paused. Only paused jobs (400 ``job_not_paused`` otherwise)."""
+    service = JobService(session, settings)
+    return service.present(service.resume(caller, fine_tuning_job_id))
 
 
 @router.get(

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import CallerDep, SessionDep, StoreDep
 from api.routes.auth import CUSTOMER
 from api.schemas.common import COMMON_ERRORS
-from api.schemas.models import Model, ModelList
+from api.schemas.models import Model, ModelDeleted, ModelList
 from api.services.models import ModelService
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
@@ -47,3 +47,11 @@ def download_adapter(model: str, caller: CallerDep, session: SessionDep, store: 
 @router.get("/{model:path}", response_model=Model, summary="Retrieve a model")
 def retrieve_model(model: str, caller: CallerDep, session: SessionDep) -> Model:
     return ModelService(session).get(caller, model)
+
+
+@router.delete("/{model:path}", response_model=ModelDeleted, summary="Delete (revoke) a fine-tuned model")
+def delete_model(model: str, caller: CallerDep, session: SessionDep) -> ModelDeleted:
+    """Revokes a released ``ft:`` model of your organization (audited; its adapter is no
+    longer listed, served or downloadable). Another organization's, an unknown or an already
+    deleted model answers 404; a base model 403."""
+    return ModelDeleted(id=ModelService(session).delete(caller, model).id, deleted=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, BeforeValidator, StringConstraints, field_validator, model_validator
 
 Auto = Literal["auto"]
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 SafetyMode = Literal["adaptive", "constant", "none"]
 Estimator = Literal["judge", "probe", "both"]
 RiskWeighting = Literal["example", "batch"]
@@ -204,9 +204,10 @@ class JobEvent(BaseModel):
     type: Literal["message", "metrics"] = "message"
     data: dict[str, Any] | None = Field(
         None,
-        description="metrics events: step, train_loss and guardtune's kl, kl_weight (mean over the step's "
-        "examples), kl_weight_flagged and kl_weight_unflagged (mean w_kl of the step's examples the scan "
-        "flagged / did not flag; null if none), risk",
+        description="metrics events: step, train_loss, train_mean_token_accuracy, valid_loss and "
+        "valid_mean_token_accuracy (checkpoint steps of a job with a validation file), and guardtune's "
+        "kl, kl_weight (mean over the step's examples), kl_weight_flagged and kl_weight_unflagged "
+        "(mean w_kl of the step's examples the scan flagged / did not flag; null if none), risk",
     )
 
 

@@ -17,3 +17,11 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class ModelDeleted(BaseModel):
+    """``DELETE /v1/models/{model}``: the fine-tuned model is revoked (no longer served)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool

@@ -15,6 +15,13 @@ Decisions where OpenAI's API leaves room:
   (200, same body); reusing a key with a different request body answers 422
   ``idempotency_key_reused`` (the request's SHA-256 is kept in the job's audit record).
 * Only the ``supervised`` method exists; ``integrations`` must be empty.
+* Pause: only a ``running`` job can be paused (idempotent on a paused one); it becomes
+  ``paused`` at once and its worker checkpoints at the next training step boundary (or
+  stops at the end of its current stage) and takes other work. Resume: only a ``paused``
+  job whose worker has let go (409 ``job_pausing`` while it is still checkpointing; a
+  worker silent for ``GUARDTUNE_STALE_JOB_AFTER_S`` counts as gone); it becomes ``queued``
+  and its stage is queued again, continuing from the checkpoint.
+  A finished job answers 400 ``job_not_pausable`` / ``job_not_paused``, as cancel does.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
+import time
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -32,7 +41,7 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.metrics import JOBS_CREATED
 from api.repositories.files import FileRepository
-from api.repositories.jobs import ACTIVE_STATUSES, JobRepository
+from api.repositories.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobRepository
 from api.repositories.models import ModelRepository
 from api.repositories.orgs import OrgRepository
 from api.schemas.jobs import (
@@ -49,13 +58,13 @@ from api.schemas.jobs import (
 )
 from api.services.safety_policy import resolve_safety
 from core import audit
-from core.errors import InvalidRequest, NotFound, RateLimited, Unprocessable
+from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
 from core.logging import get_logger
 from core.models import AuditRecord, Checkpoint, File, Job, now
 from core.models import JobEvent as JobEventRow
 from core.models import SafetyReport as SafetyReportRow
-from core.queue import enqueue
+from core.queue import DEFAULT_QUEUE, STAGE_TASKS, enqueue
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -87,6 +96,49 @@ def resolve_hyperparameters(requested: HyperparametersIn, n_examples: int) -> di
         if requested.learning_rate_multiplier == "auto"
         else float(requested.learning_rate_multiplier),
     }
+
+
+METADATA_PARAM = re.compile(r"^metadata\[([^\[\]]+)\]$")
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+
+
+def metadata_filter(query: list[tuple[str, str]]) -> dict[str, str] | None:
+    """``metadata[key]=value`` query parameters (as the SDK sends ``metadata={...}``) as a
+    dict; several keys are AND-ed. The literal ``metadata=null`` (OpenAI's) selects jobs
+    without metadata and returns ``None``. Any other ``metadata…`` parameter, a key given
+    twice, or a key or value over the metadata limits is refused (400 naming the parameter)."""
+    wanted: dict[str, str] = {}
+    names = [name for name, _ in query if name.startswith("metadata")]
+    if names == ["metadata"] and dict(query)["metadata"] == "null":
+        return None
+    for name, value in query:
+        if not name.startswith("metadata"):
+            continue
+        match = METADATA_PARAM.match(name)
+        if match is None:
+            raise InvalidRequest(
+                f"Malformed metadata filter {name!r}: use metadata[KEY]=VALUE (one parameter per key).",
+                code="invalid_metadata_filter",
+                param=name,
+            )
+        key = match.group(1)
+        if key in wanted:
+            raise InvalidRequest(f"The metadata filter {name!r} is given twice.", code="invalid_metadata_filter", param=name)
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"Metadata keys have at most {MAX_METADATA_KEY} characters and values at most "
+                f"{MAX_METADATA_VALUE}; {name!r} is longer.",
+                code="invalid_metadata_filter",
+                param=name,
+            )
+        wanted[key] = value
+    if len(wanted) > MAX_METADATA_KEYS:
+        raise InvalidRequest(
+            f"At most {MAX_METADATA_KEYS} metadata filters (got {len(wanted)}).",
+            code="invalid_metadata_filter",
+            param="metadata",
+        )
+    return wanted
 
 
 def fingerprint(body: JobCreate) -> str:
@@ -198,8 +250,10 @@ class JobService:
     def present(self, job: Job) -> FineTuningJob:
         return job_object(job, self.jobs.report(job.id))
 
-    def list(self, caller: Caller, *, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
-        rows, has_more = self.jobs.list(caller.org_id, after=after, limit=limit)
+    def list(
+        self, caller: Caller, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> tuple[list[FineTuningJob], bool]:
+        rows, has_more = self.jobs.list(caller.org_id, after=after, limit=limit, metadata=metadata)
         reports = self.jobs.reports([row.id for row in rows])
         return [job_object(row, reports.get(row.id)) for row in rows], has_more
 
@@ -382,14 +436,14 @@ class JobService:
                 headers={"x-should-retry": "false"},
             )
 
-    def _enqueue(self, caller: Caller, job: Job) -> None:
+    def _enqueue(self, caller: Caller, job: Job, task: str = PIPELINE_TASK, queue: str = DEFAULT_QUEUE) -> None:
         """Hand the job to the pipeline. After the commit, so a worker always finds the row."""
         try:
-            enqueue(PIPELINE_TASK, job.id, ignore_result=True)  # the job row is the outcome
+            enqueue(task, job.id, queue=queue, ignore_result=True)  # the job row is the outcome
         except Exception as exc:
             log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
             locked = self.jobs.get(caller.org_id, job.id, for_update=True)
-            if locked is None or locked.status in ("succeeded", "failed", "cancelled"):
+            if locked is None or locked.status in TERMINAL_STATUSES:
                 self.session.rollback()
                 return
             locked.status = "failed"
@@ -441,3 +495,63 @@ class JobService:
         )
         self.session.commit()
         return job
+
+    # -- pause / resume ----------------------------------------------------------------------
+    def pause(self, caller: Caller, job_id: str) -> Job:
+        job = self._locked(caller, job_id)
+        if job.status == "paused":
+            self.session.rollback()
+            return job  # idempotent
+        if job.status != "running":
+            raise self._refuse(job, "paused", "job_not_pausable", "only running jobs can be paused (cancel it instead).")
+        job.status = "paused"  # the worker checkpoints at its next step boundary and lets go
+        job.estimated_finish = None
+        self._record(caller, job, "job.pause", "Fine-tuning job paused; training stops at the next step.")
+        return job
+
+    def resume(self, caller: Caller, job_id: str) -> Job:
+        job = self._locked(caller, job_id)
+        if job.status != "paused":
+            raise self._refuse(job, "resumed", "job_not_paused", "only paused jobs can be resumed.")
+        if job.worker_id is not None and (job.heartbeat_at or 0) > time.time() - self.settings.stale_job_after_s:
+            self.session.rollback()
+            raise Conflict(
+                f"Job {job.id} is still pausing: its worker is saving a checkpoint. Retry in a few seconds.",
+                code="job_pausing",
+                param="fine_tuning_job_id",
+                headers={"x-should-retry": "true", "Retry-After": "5"},
+            )
+        job.status = "queued"  # ``running`` again once a worker takes up its stage
+        job.worker_id = None
+        self._record(caller, job, "job.resume", "Fine-tuning job resumed; it continues from its last checkpoint.")
+        task, queue = STAGE_TASKS[job.stage]
+        self._enqueue(caller, job, task, queue)
+        return job
+
+    def _locked(self, caller: Caller, job_id: str) -> Job:
+        job = self.jobs.get(caller.org_id, job_id, for_update=True)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+        return job
+
+    def _refuse(self, job: Job, done: str, code: str, rule: str) -> InvalidRequest:
+        """The 400 for a job that cannot be ``done`` now (the transaction is rolled back)."""
+        self.session.rollback()
+        message = (
+            f"Job {job.id} has already {job.status} and can no longer be {done}."
+            if job.status in TERMINAL_STATUSES
+            else f"Job {job.id} is {job.status}; {rule}"
+        )
+        return InvalidRequest(message, code=code, param="fine_tuning_job_id")
+
+    def _record(self, caller: Caller, job: Job, action: str, message: str) -> None:
+        """An event and an audit record of a customer's change to ``job``; committed."""
+        self.jobs.add_event(JobEventRow(id=new_id("ftevent"), job_id=job.id, message=message))
+        audit.record(
+            self.session,
+            actor=caller.actor,
+            action=action,
+            target=job.id,
+            details={"org_id": caller.org_id, "status": job.status, "stage": job.stage},
+        )
+        self.session.commit()

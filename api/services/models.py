@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.repositories.models import ModelRepository
 from api.schemas.models import Model
-from core import audit
-from core.errors import NotFound
+from core import audit, releases
+from core.errors import NotFound, PermissionDenied
 from core.models import BaseModelEntry, ReleasedModel
 from core.storage import ObjectStore
 
@@ -91,6 +91,25 @@ class ModelService:
         if base is not None:
             return base_model_object(base)
         raise NotFound(f"The model {model_id!r} does not exist.", code="model_not_found", param="model")
+
+    def delete(self, caller: Caller, model_id: str) -> ReleasedModel:
+        """Revoke the organization's released model ``model_id`` (``core.releases``, audited
+        with the caller as actor); committed."""
+        if self.models.released(caller.org_id, model_id) is None:
+            if self.models.base_model(model_id) is not None:
+                raise PermissionDenied(
+                    f"{model_id!r} is a base model; only your organization's fine-tuned models can be deleted.",
+                    code="model_not_deletable",
+                    param="model",
+                )
+            raise NotFound(
+                f"No fine-tuned model {model_id!r} in this organization.", code="model_not_found", param="model"
+            )
+        revoked = releases.revoke_model(
+            self.session, model_id, actor=caller.actor, reason="deleted by its organization (DELETE /v1/models)"
+        )
+        self.session.commit()
+        return revoked
 
     def adapter(self, caller: Caller, model_id: str) -> AdapterArchive:
         """The archive of a released, non-revoked model of the caller's organization.

@@ -136,6 +136,9 @@ def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
         assert "ASR" in job.error.message and job.fine_tuned_model is None
         assert not [m for m in client.models.list().data if m.id.startswith("ft:")]
         assert any("blocked" in e.message for e in events(client, job.id))
+        [result] = job.result_files  # the step metrics of a blocked job too
+        assert client.files.retrieve(result).purpose == "fine-tune-results"
+        assert client.files.content(result).read().startswith(b"step,train_loss,train_accuracy,")
     finally:
         stop_process(process)
         stop_process(server.process)

@@ -72,7 +72,8 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
 
 def test_gate_blocks_when_asr_above_policy(pipeline_env, monkeypatch):
     from core.db import session_scope
-    from core.models import Job, ReleasedModel, SafetyReport
+    from core.models import File, Job, ReleasedModel, SafetyReport
+    from core.storage import get_store
 
     monkeypatch.setenv("GUARDTUNE_GATE_MAX_ASR", "0.0")  # a random tiny model never refuses
     from tests.conftest import clear_caches
@@ -87,6 +88,11 @@ def test_gate_blocks_when_asr_above_policy(pipeline_env, monkeypatch):
         assert "ASR" in job.error["message"] and job.fine_tuned_model is None
         assert session.get(SafetyReport, job_id).gate["released"] is False
         assert session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job_id)) is None
+        [result] = [session.get(File, file_id) for file_id in job.result_files]  # blocked jobs get it too
+        assert (result.org_id, result.purpose, result.filename) == ("org-b", "fine-tune-results", "step_metrics.csv")
+        rows = b"".join(get_store().iter_chunks(result.storage_key)).decode().splitlines()
+        assert rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+        assert [row.split(",")[0] for row in rows[1:]] == ["1", "2"]
 
 
 def test_cancelled_job_stops_and_is_not_overwritten(pipeline_env):

@@ -1,6 +1,7 @@
 """Stage ``gate`` (light): the operator's release policy decides; every decision is
 audited. Blocked jobs end ``failed`` with ``safety_gate_blocked``; the adapter stays
-stored and is never served (ops may approve it with a recorded reason)."""
+stored and is never served (ops may approve it with a recorded reason). Either way the
+job gets its ``step_metrics.csv`` result file here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from core import audit
 from core.db import session_scope
 from core.models import SafetyReport
 from core.settings import get_settings
-from worker.pipeline import jobstate
+from worker.pipeline import jobstate, results
 
 
 def policy():
@@ -34,6 +35,7 @@ def run(job_id: str) -> str | None:
                          details={"released": decision.released, "reasons": decision.reasons})  # fmt: skip
             jobstate.add_event(session, job_id, "Gate: " + " ".join(decision.reasons),
                                level="info" if decision.released else "warn", data={"gate": report.gate})  # fmt: skip
+        results.attach_step_metrics(session, jobstate.live_job(session, job_id))
         if not report.gate["released"]:
             jobstate.finish(session, job_id, "failed", level="error",
                             error={"code": "safety_gate_blocked", "param": None,

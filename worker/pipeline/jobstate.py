@@ -26,6 +26,7 @@ from core.models import Job, JobEvent, now
 from core.settings import get_settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+PAUSED = "paused"  # not terminal: resume re-queues the job's stage
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -43,6 +44,10 @@ class JobGone(Exception):
 
 class Superseded(Exception):
     """The job is already past this stage (a redelivered or duplicate task)."""
+
+
+class Paused(Exception):
+    """The customer paused the job: the stage stopped (training after checkpointing)."""
 
 
 STAGE_ORDER = ("scanning", "training", "evaluating", "gating")
@@ -72,15 +77,23 @@ def move(session: Session, job_id: str, **values: Any) -> bool:
 
 
 def enter_stage(session: Session, job_id: str, stage: str, message: str) -> None:
-    """Mark the job running in ``stage`` with an event and an audit record."""
+    """Mark the job running in ``stage`` with an event and an audit record (a resumed job,
+    ``queued`` in its stage, just becomes ``running``); :class:`Paused` if it is paused."""
     job = live_job(session, job_id)
     if job.stage and STAGE_ORDER.index(job.stage) > STAGE_ORDER.index(stage):
         raise Superseded(f"{job_id} is already {job.stage}")
     values: dict[str, Any] = {"status": "running", "stage": stage}
     if job.started_at is None:
         values["started_at"] = now()
-    if job.stage != stage:
-        move(session, job_id, **values)
+    entering = job.stage != stage  # read first: the UPDATE below refreshes ``job``
+    if entering or job.status != "running":
+        started = session.execute(
+            update(Job).where(Job.id == job_id, Job.status.not_in((*TERMINAL, PAUSED))).values(**values)
+        )
+        if started.rowcount != 1:
+            now_status = session.scalar(select(Job.status).where(Job.id == job_id))
+            raise Paused(job_id) if now_status == PAUSED else JobGone(job_id)
+    if entering:
         add_event(session, job_id, message, data={"stage": stage})
         audit.record(session, actor=audit.SYSTEM, action="job.stage", target=job_id, details={"stage": stage})
 
@@ -150,6 +163,12 @@ def heartbeat(job_id: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def pause_requested(job_id: str) -> bool:
+    """True while the customer has the job paused."""
+    with session_scope() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id)) == PAUSED
 
 
 def cancel_requested(job_id: str) -> bool:

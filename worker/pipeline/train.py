@@ -2,7 +2,9 @@
 
 Every step can become a ``metrics`` event; checkpoints go to the object store and the
 checkpoints table; a redelivered task resumes from the last stored checkpoint; a cancel
-stops training before the next step.
+stops training before the next step; a pause checkpoints that step boundary and frees the
+worker (resume re-queues this stage, which continues from that checkpoint). With a
+validation file, checkpoint steps carry ``valid_loss`` / ``valid_mean_token_accuracy``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
 from worker.pipeline import jobstate
-from worker.pipeline.jobstate import JobGone
+from worker.pipeline.jobstate import JobGone, Paused
 from worker.pipeline.resources import (
     adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, read_scan_risks, work_dir,
 )  # fmt: skip
@@ -58,11 +60,13 @@ def run(job_id: str) -> str | None:
         job = session.get(Job, job_id)
         source = session.get(BaseModelEntry, job.model).source
         storage_key = session.get(File, job.training_file_id).storage_key
+        valid_key = session.get(File, job.validation_file_id).storage_key if job.validation_file_id else None
         last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
         report = session.get(SafetyReport, job_id)
         if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
             return "evaluate"  # trained before a crash
     examples = [example for _, example in iter_file_examples(storage_key)]
+    validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
     config = train_config(job, min(context_length(model), 2048))
@@ -76,8 +80,15 @@ def run(job_id: str) -> str | None:
     result = train(
         model, tokenizer, examples, risks, config, work_dir=workdir, on_step=progress.on_step,
         should_cancel=lambda: jobstate.cancel_requested(job_id), save_checkpoint=progress.save_checkpoint,
-        resume_dir=resume_dir, flagged=flagged,
+        resume_dir=resume_dir, flagged=flagged, should_pause=lambda: jobstate.pause_requested(job_id),
+        validation=validation,
     )  # fmt: skip
+    if result.paused:
+        with session_scope() as session:
+            jobstate.add_event(session, job_id, f"Training paused at step {result.steps} of {result.total_steps}; "
+                               "its checkpoint is saved and the worker is free")  # fmt: skip
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise Paused(job_id)
     if result.cancelled:
         with session_scope() as session:
             jobstate.add_event(session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled")
@@ -123,13 +134,20 @@ class Progress:
 
 
 def metrics_data(m: Any) -> dict[str, Any]:
-    """A metrics event's ``data``: OpenAI's fields plus the safety objective's."""
-    return {"step": m.step, "total_steps": m.total_steps, "train_loss": m.loss, "sft_loss": m.sft_loss,
+    """A metrics event's ``data`` (and a checkpoint's metrics): OpenAI's fields plus the safety
+    objective's; ``valid_*`` on steps with a validation pass."""
+    data = {"step": m.step, "total_steps": m.total_steps, "train_loss": m.loss,
+            "train_mean_token_accuracy": m.train_accuracy, "sft_loss": m.sft_loss,
             "kl": m.kl, "kl_weight": m.kl_weight, "sft_weight": m.sft_weight, "risk": m.risk,
             "kl_weight_flagged": m.kl_weight_flagged, "kl_weight_unflagged": m.kl_weight_unflagged,
             "tokens_per_s": m.tokens_per_s, "learning_rate": m.lr}  # fmt: skip
+    if m.valid_loss is not None:
+        data.update(valid_loss=m.valid_loss, valid_mean_token_accuracy=m.valid_accuracy)
+    return data
 
 
 def _step_message(m: Any) -> str:
     kl = f", kl={m.kl:.4f}" if m.kl is not None else ""
-    return f"Step {m.step}/{m.total_steps}: training loss={m.loss:.4f}{kl}, kl_weight={m.kl_weight:.2f}, risk={m.risk:.2f}"
+    valid = f", validation loss={m.valid_loss:.4f}" if m.valid_loss is not None else ""
+    return (f"Step {m.step}/{m.total_steps}: training loss={m.loss:.4f}{valid}{kl}, "
+            f"kl_weight={m.kl_weight:.2f}, risk={m.risk:.2f}")  # fmt: skip
