@@ -133,14 +133,14 @@ def adapter_ref(released: Any) -> AdapterRef:
     return AdapterRef(id=released.id, storage_prefix=released.storage_prefix, sha256=released.sha256)
 
 
-def adapter_released(released: Any) -> None:
+def adapter_released(adapter: AdapterRef) -> None:
     """Release hook: with vLLM, place and register the adapter now (logged, never raised)."""
     backend = get_backend()
     if isinstance(backend, VllmBackend):
         try:
-            backend.load(adapter_ref(released))
+            backend.load(adapter)
         except Exception as exc:  # the first request loads it again
-            log.warning("vllm_adapter_load_failed", model=released.id, error=str(exc))
+            log.warning("vllm_adapter_load_failed", model=adapter.id, error=str(exc))
 
 
 def adapter_revoked(model_id: str) -> None:
