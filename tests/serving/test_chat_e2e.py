@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from core.releases import revoke_model
 from core.storage import org_key
 from tests.conftest import start_api, start_worker, stop_process
+from tests.dashboard.conftest import browser, chromium_path  # noqa: F401  (fixtures)
 from tests.serving.conftest import start_infer
 from tests.worker.conftest import small_pipeline_env
 from tests.worker.test_pipeline_e2e import finished, stored_jsonl, upload
@@ -145,6 +146,29 @@ def test_rate_limit_is_429_with_retry_after(stack, make_key):
         ask(client, "tiny", "hi")
     assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
     assert err.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_dashboard_try_it_box_asks_the_released_model(stack, released, browser):  # noqa: F811
+    env, api, _ = stack
+    client, job = released
+    row = next(r for r in eval_rows(env, job) if r["response"])
+    page = browser.new_context().new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{api.base_url}/dashboard")
+    page.fill("#api-key", client.api_key)
+    page.click("#signin-button")
+    page.goto(f"{api.base_url}/dashboard#/jobs/{job.id}")
+    page.wait_for_selector("#try-prompt", timeout=30_000)
+    page.fill("#try-prompt", row["prompt"])
+    page.click("#try-send")
+    page.wait_for_selector("#try-answer[data-state]", timeout=60_000)
+    assert page.get_attribute("#try-answer", "data-state") == "answered"
+    # Greedy decoding up to the server's max_tokens: the stored 4-token answer is its beginning.
+    answer = page.text_content("#try-answer")
+    assert answer.startswith(row["response"]) and len(answer) >= len(row["response"])
+    assert errors == []
+    page.context.close()
 
 
 def test_revoked_model_is_404_on_the_next_request(stack, released):
