@@ -29,7 +29,7 @@ RATE_LIMIT = 30
 def stack(deployment_env, tiny_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serving")
     env = {**deployment_env, **small_pipeline_env(tiny_model), "GUARDTUNE_CHAT_REQUESTS_PER_MINUTE": str(RATE_LIMIT),
-           "GUARDTUNE_CHAT_MAX_TOKENS": "64", "GUARDTUNE_INFER_BATCH_WAIT_MS": "50"}  # fmt: skip
+           "GUARDTUNE_CHAT_MAX_TOKENS": "128", "GUARDTUNE_INFER_BATCH_WAIT_MS": "50"}  # fmt: skip
     infer, env = start_infer(env, logs / "infer.log")
     api = start_api(env, logs / "api.log")
     worker = start_worker(env, logs / "worker.log")
@@ -131,7 +131,7 @@ def test_bad_requests_are_400(released):
     assert err.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "x"}],
-                                       max_tokens=65)  # fmt: skip
+                                       max_tokens=129)  # fmt: skip
     assert err.value.body["param"] == "max_tokens"
 
 
@@ -169,6 +169,22 @@ def test_dashboard_try_it_box_asks_the_released_model(stack, released, browser):
     assert answer.startswith(row["response"]) and len(answer) >= len(row["response"])
     assert errors == []
     page.context.close()
+
+
+def test_demo_asks_the_released_model_once(stack, released):
+    from rich.console import Console
+
+    from api.demo_chat import DEMO_QUESTION, ask_released_model
+
+    _, api, _ = stack
+    client, job = released
+    console = Console(record=True, width=100_000)
+    text = ask_released_model(api.base_url, client.api_key, job.model_dump(), console)
+    expected = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=96,
+                                              messages=[{"role": "user", "content": DEMO_QUESTION}])  # fmt: skip
+    assert text and text == expected.choices[0].message.content
+    assert f"Your model answers: {text}" in console.export_text()
+    assert ask_released_model(api.base_url, client.api_key, {**job.model_dump(), "status": "failed"}, console) is None
 
 
 def test_revoked_model_is_404_on_the_next_request(stack, released):
