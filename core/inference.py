@@ -5,7 +5,8 @@
   prefix and digest; the process fetches and caches adapters itself.
 * ``vllm`` — vLLM's OpenAI-compatible server started with ``--enable-lora`` and
   ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``. A released adapter is copied into
-  ``GUARDTUNE_VLLM_ADAPTER_DIR/<sha256>`` (a volume vLLM mounts at the same path) and
+  ``GUARDTUNE_VLLM_ADAPTER_DIR/<sha256>`` (a volume vLLM mounts at the same path; the
+  digest is checked) and
   registered with ``POST /v1/load_lora_adapter {"lora_name": <ft: id>, "lora_path": …}``;
   revocation calls ``POST /v1/unload_lora_adapter {"lora_name": …}``. Requests name the
   ``ft:`` id as ``model`` (base models: vLLM's ``--served-model-name``). When vLLM answers
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import httpx
 from core.chat import AdapterRef, InferenceTarget
 from core.errors import GuardtuneError
 from core.logging import get_logger
+from core.releases import dir_sha256
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, download_dir, get_store
 
@@ -79,19 +82,8 @@ class VllmBackend:
         return {**body, "model": target.adapter.id if target.adapter else target.base_id}
 
     def place(self, adapter: AdapterRef) -> Path:
-        """Copy the adapter's files to ``adapter_dir/<sha256>`` (atomically; kept if present)."""
-        dest = self.adapter_dir / adapter.sha256
-        if not (dest / "adapter_config.json").is_file():
-            self.adapter_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".place-", dir=self.adapter_dir))
-            try:
-                download_dir(self.store, adapter.storage_prefix, tmp)
-                if dest.exists():
-                    shutil.rmtree(dest)
-                tmp.rename(dest)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return dest
+        """The adapter's files in ``adapter_dir/<sha256>`` (see :func:`fetch_adapter`)."""
+        return fetch_adapter(self.store, adapter, self.adapter_dir)
 
     def load(self, adapter: AdapterRef) -> None:
         """Place the adapter and register it with vLLM (already loaded counts as done)."""
@@ -121,6 +113,28 @@ class VllmBackend:
 
 
 Backend = EmbeddedBackend | VllmBackend
+
+_fetch_lock = threading.Lock()
+
+
+def fetch_adapter(store: ObjectStore, adapter: AdapterRef, root: Path) -> Path:
+    """``root/<sha256>/`` holding the adapter's files: downloaded once into a temporary
+    sibling, checked against the recorded digest, then renamed into place (so a directory
+    that exists is complete and right). Raises ``ValueError`` on a digest mismatch."""
+    dest = root / adapter.sha256
+    with _fetch_lock:
+        if dest.is_dir():
+            return dest
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+        try:
+            download_dir(store, adapter.storage_prefix, tmp)
+            if dir_sha256(tmp) != adapter.sha256:
+                raise ValueError(f"the stored adapter of {adapter.id} does not match its recorded sha256")
+            tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def get_backend(settings: Settings | None = None) -> Backend:

@@ -112,8 +112,8 @@ class _Emit(StoppingCriteria):
     """Called by ``generate`` after every step with the whole batch: hands each row's new
     token to its request and stops rows at their EOS or their own ``max_tokens``."""
 
-    def __init__(self, rows: list[_Row], prompt_width: int, eos_ids: set[int]):
-        self.rows, self.prompt_width, self.eos_ids = rows, prompt_width, eos_ids
+    def __init__(self, rows: list[_Row], eos_ids: set[int]):
+        self.rows, self.eos_ids = rows, eos_ids
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         last = input_ids[:, -1].tolist()
@@ -245,7 +245,7 @@ class Engine:
                 attention_mask=mask.to(device),
                 max_new_tokens=max(r.max_tokens for r in group),
                 pad_token_id=pad_token_id(tokenizer),
-                stopping_criteria=StoppingCriteriaList([_Emit(rows, ids.shape[1], eos_ids)]),
+                stopping_criteria=StoppingCriteriaList([_Emit(rows, eos_ids)]),
                 **sampling,
             )
         for row in rows:

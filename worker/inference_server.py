@@ -17,9 +17,6 @@ on ``GUARDTUNE_INFER_HOST`` (loopback by default): it trusts the API, not the ne
 from __future__ import annotations
 
 import queue
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,32 +25,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from core import chat
-from core.releases import dir_sha256
+from core.inference import fetch_adapter
 from core.settings import get_settings
-from core.storage import ObjectStore, download_dir, get_store
-
-
-class AdapterCache:
-    """Released adapters on local disk, one directory per digest."""
-
-    def __init__(self, root: Path, store: ObjectStore):
-        self.root, self.store = root, store
-        self._lock = threading.Lock()
-
-    def path(self, ref: chat.AdapterRef) -> Path:
-        dest = self.root / ref.sha256
-        with self._lock:
-            if not dest.is_dir():
-                self.root.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=self.root))
-                try:
-                    download_dir(self.store, ref.storage_prefix, tmp)
-                    if dir_sha256(tmp) != ref.sha256:
-                        raise ValueError(f"adapter of {ref.id} does not match its recorded sha256")
-                    tmp.rename(dest)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-        return dest
+from core.storage import get_store
 
 
 def make_engine() -> Any:
@@ -69,10 +43,10 @@ def _error(status: int, message: str, type_: str = "server_error", code: str | N
     return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
 
 
-def create_app(engine: Any = None, adapters: AdapterCache | None = None) -> FastAPI:
+def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
     settings = get_settings()
     engine = engine or make_engine()
-    adapters = adapters or AdapterCache(settings.home_dir / "infer-adapters", get_store())
+    adapter_root = adapter_root or settings.home_dir / "infer-adapters"
     timeout_s = settings.inference_timeout_s
     app = FastAPI(title="guardtune infer", docs_url=None, redoc_url=None)
 
@@ -87,7 +61,7 @@ def create_app(engine: Any = None, adapters: AdapterCache | None = None) -> Fast
 
         target = body.guardtune
         try:
-            adapter_dir = adapters.path(target.adapter) if target.adapter else None
+            adapter_dir = fetch_adapter(get_store(), target.adapter, adapter_root) if target.adapter else None
         except (OSError, ValueError) as exc:
             return _error(503, f"adapter unavailable: {exc}", code="adapter_unavailable")
         request = ChatRequest(

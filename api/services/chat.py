@@ -18,12 +18,10 @@ from api.deps import Caller
 from api.repositories.models import ModelRepository
 from core.chat import ChatCompletionRequest
 from core.errors import GuardtuneError, InvalidRequest, NotFound
-from core.inference import Backend, InferenceUnavailable, ServingTarget, adapter_ref
+from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref
 from core.models import BaseModelEntry
 from core.ratelimit import chat_limiter
 from core.settings import Settings
-
-CHAT_PATH = "/v1/chat/completions"
 
 
 class BackendError(GuardtuneError):
