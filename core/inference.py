@@ -87,7 +87,11 @@ class VllmBackend:
 
     def load(self, adapter: AdapterRef) -> None:
         """Place the adapter and register it with vLLM (already loaded counts as done)."""
-        path = self.place(adapter)
+        try:
+            path = self.place(adapter)
+        except (OSError, ValueError) as exc:
+            raise InferenceUnavailable(f"cannot place the adapter of {adapter.id}: {exc}",
+                                       code="adapter_unavailable") from None  # fmt: skip
         response = httpx.post(f"{self.url}/v1/load_lora_adapter",
                               json={"lora_name": adapter.id, "lora_path": str(path)}, timeout=self.timeout_s)  # fmt: skip
         if response.status_code != 200 and "already" not in response.text:

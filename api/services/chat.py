@@ -61,18 +61,22 @@ async def forward(backend: Backend, target: ServingTarget, body: dict[str, Any],
     """Send the request; returns the open client and a 200 response (streamed), or raises
     the backend's error (503 when it cannot be reached)."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5))
-    try:
-        for attempt in range(2):
-            request = client.build_request("POST", backend.url + CHAT_PATH, json=backend.body(target, body))
-            response = await client.send(request, stream=True)
-            if response.status_code == 200:
-                return client, response
+
+    async def send() -> httpx.Response:
+        request = client.build_request("POST", backend.url + CHAT_PATH, json=backend.body(target, body))
+        response = await client.send(request, stream=True)
+        if response.status_code != 200:  # an error body is small: read it and free the connection
             await response.aread()
             await response.aclose()
-            if attempt == 0 and await backend.recover(target, response):
-                continue
+        return response
+
+    try:
+        response = await send()
+        if response.status_code != 200 and await backend.recover(target, response):
+            response = await send()
+        if response.status_code != 200:
             raise _backend_error(response)
-        raise AssertionError("unreachable")
+        return client, response
     except httpx.HTTPError as exc:
         await client.aclose()
         raise InferenceUnavailable(f"The inference backend is unavailable ({type(exc).__name__}); try again shortly.",
@@ -95,7 +99,7 @@ def _backend_error(response: httpx.Response) -> GuardtuneError:
 async def relay(client: httpx.AsyncClient, response: httpx.Response) -> AsyncIterator[bytes]:
     """The backend's server-sent events, as they arrive."""
     try:
-        async for part in response.aiter_raw():
+        async for part in response.aiter_bytes():
             yield part
     finally:
         await response.aclose()
