@@ -4,6 +4,7 @@ under uvicorn, Postgres, Redis, the S3 server, a Celery worker and the embedded
 
 from __future__ import annotations
 
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,15 +15,16 @@ from openai import OpenAI
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from core.releases import revoke_model
-from core.storage import org_key
-from tests.conftest import start_api, start_worker, stop_process
+from core.db import session_scope
+from core.releases import adapter_prefix, model_id, revoke_model
+from core.storage import get_store, org_key
+from tests.conftest import apply_env, start_api, start_worker, stop_process
 from tests.dashboard.conftest import browser, chromium_path  # noqa: F401  (fixtures)
 from tests.serving.conftest import start_infer
-from tests.worker.conftest import small_pipeline_env
+from tests.worker.conftest import create_job, small_pipeline_env
 from tests.worker.test_pipeline_e2e import finished, stored_jsonl, upload
 
-RATE_LIMIT = 30
+RATE_LIMIT = 60
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +187,32 @@ def test_demo_asks_the_released_model_once(stack, released):
     assert text and text == expected.choices[0].message.content
     assert f"Your model answers: {text}" in console.export_text()
     assert ask_released_model(api.base_url, client.api_key, {**job.model_dump(), "status": "failed"}, console) is None
+
+
+def test_blocked_model_is_404_until_ops_approve_it(stack, released, monkeypatch):
+    """A job the gate blocked (holding the released job's adapter files) is not served;
+    ``guardtune-ops release approve`` releases it and it answers from the next request on."""
+    from typer.testing import CliRunner
+
+    from ops.cli import app as ops_cli
+
+    env, _, _ = stack
+    apply_env(monkeypatch, env)
+    client, job = released
+    org = job.organization_id
+    with session_scope() as session:
+        blocked = create_job(session, org, b'{"messages": []}\n', status="failed", suffix="blocked",
+                             error={"code": "safety_gate_blocked", "message": "ASR above the gate"})  # fmt: skip
+    store, src = get_store(), adapter_prefix(org, job.id)
+    for key in store.list(src + "/"):
+        store.put_stream(adapter_prefix(org, blocked) + key[len(src):], io.BytesIO(b"".join(store.iter_chunks(key))))
+    model = model_id("tiny", org, "blocked", blocked)
+    row = next(r for r in eval_rows(env, job) if r["response"])
+    with pytest.raises(openai.NotFoundError):
+        ask(client, model, row["prompt"])
+    result = CliRunner().invoke(ops_cli, ["release", "approve", blocked, "--reason", "reviewed by a human"])
+    assert result.exit_code == 0, result.output
+    assert ask(client, model, row["prompt"]).choices[0].message.content == row["response"]
 
 
 def test_revoked_model_is_404_on_the_next_request(stack, released):
