@@ -25,7 +25,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from core import chat
-from core.inference import fetch_adapter
+from core.errors import GuardtuneError
+from core.inference import InferenceUnavailable, fetch_adapter
 from core.settings import get_settings
 from core.storage import get_store
 
@@ -39,8 +40,8 @@ def make_engine() -> Any:
                   batch_wait_s=settings.infer_batch_wait_ms / 1000)  # fmt: skip
 
 
-def _error(status: int, message: str, type_: str = "server_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
+def _error(exc: GuardtuneError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), exc.status_code)
 
 
 def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
@@ -63,7 +64,7 @@ def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
         try:
             adapter_dir = fetch_adapter(get_store(), target.adapter, adapter_root) if target.adapter else None
         except (OSError, ValueError) as exc:
-            return _error(503, f"adapter unavailable: {exc}", code="adapter_unavailable")
+            return _error(InferenceUnavailable(f"adapter unavailable: {exc}", code="adapter_unavailable"))
         request = ChatRequest(
             messages=[m.plain() for m in body.messages], base=target.base,
             max_tokens=body.requested_max_tokens() or settings.chat_max_tokens,
@@ -80,7 +81,7 @@ def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
         while (event := _next(request.events, timeout_s))[0] == "delta":
             pass
         if event[0] == "error":
-            return _error(500, event[1], code="inference_failed")
+            return _error(GuardtuneError(event[1], code="inference_failed"))
         done = event[1]
         return chat.completion(id_, body.model, done.text, done.finish_reason, done.prompt_tokens,
                                done.completion_tokens)  # fmt: skip
@@ -103,8 +104,7 @@ def _stream(events: queue.Queue, id_: str, model: str, include_usage: bool, time
             yield chat.sse(chat.chunk(id_, model, {"content": value}))
             continue
         if kind == "error":
-            yield chat.sse({"error": {"message": value, "type": "server_error", "param": None,
-                                      "code": "inference_failed"}})  # fmt: skip
+            yield chat.sse(GuardtuneError(value, code="inference_failed").to_dict())
             break
         yield chat.sse(chat.chunk(id_, model, {}, value.finish_reason))
         if include_usage:

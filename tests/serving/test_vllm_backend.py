@@ -102,3 +102,21 @@ def test_unreachable_backend_is_503(deployment_env, make_key, tmp_path):
         assert err.value.status_code == 503 and err.value.body["code"] == "inference_unavailable"
     finally:
         stop_process(api.process)
+
+
+def test_fetch_adapter_checks_the_digest(tmp_path):
+    from core.chat import AdapterRef
+    from core.inference import fetch_adapter
+    from core.releases import adapter_sha256
+    from core.storage import make_store
+
+    store = make_store(f"file://{tmp_path / 'objects'}")
+    for name, data in ADAPTER.items():
+        store.put_stream(f"p/{name}", io.BytesIO(data))
+    good = AdapterRef(id="ft:x", storage_prefix="p", sha256=adapter_sha256(store, "p"))
+    path = fetch_adapter(store, good, tmp_path / "cache")
+    assert path == tmp_path / "cache" / good.sha256 and dir_sha256(path) == good.sha256
+    bad = AdapterRef(id="ft:y", storage_prefix="p", sha256="0" * 64)
+    with pytest.raises(ValueError, match="does not match"):
+        fetch_adapter(store, bad, tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [good.sha256]  # nothing half-written left
