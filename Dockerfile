@@ -17,7 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     GUARDTUNE_HOME=/var/lib/guardtune GUARDTUNE_HOST=0.0.0.0 GUARDTUNE_PORT=8000
 WORKDIR /app
 RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
-    && mkdir -p /var/lib/guardtune && chown guardtune /var/lib/guardtune
+    && mkdir -p /var/lib/guardtune/adapters /var/lib/guardtune/models && chown -R guardtune /var/lib/guardtune
 COPY --from=source /src ./
 RUN pip install .
 USER guardtune
@@ -34,7 +34,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
     && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
 WORKDIR /app
 RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
-    && mkdir -p /var/lib/guardtune && chown guardtune /var/lib/guardtune
+    && mkdir -p /var/lib/guardtune/adapters /var/lib/guardtune/models && chown -R guardtune /var/lib/guardtune
 # CUDA torch first (the CPU pin in constraints-cpu.txt is for laptops and CI only).
 RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128
 COPY --from=source /src ./

@@ -12,7 +12,7 @@ from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.requestid import RequestIdMiddleware
-from api.routes import admin, dashboard, files, health, jobs, models
+from api.routes import admin, chat, dashboard, files, health, jobs, models
 from core.db import session_scope
 from core.logging import configure_logging
 from core.registry import seed_base_models
@@ -43,7 +43,7 @@ def create_app() -> FastAPI:
     install_metrics(app)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response gets the header
     app.include_router(health.router)
-    for router in (files.router, jobs.router, models.router, admin.router):
+    for router in (files.router, jobs.router, models.router, chat.router, admin.router):
         app.include_router(router, prefix="/v1")
     install_openapi(app)
     app.include_router(dashboard.router)

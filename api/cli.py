@@ -1,4 +1,4 @@
-"""``guardtune``: the service commands (serve, worker, migrate)."""
+"""``guardtune``: the service commands (serve, worker, infer, migrate)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ def worker_argv(
     ]  # fmt: skip
 
 
+def infer_argv() -> list[str]:
+    """The embedded inference process (``guardtune infer``)."""
+    return [sys.executable, "-m", "api.cli", "infer"]
+
+
+def stop_child(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @app.command()
 def migrate(revision: str = "head") -> None:
     """Upgrade the database schema (``alembic upgrade``) and seed the base-model registry."""
@@ -48,7 +61,8 @@ def serve(
     port: int = typer.Option(None, help="Port (default GUARDTUNE_PORT)."),
     migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Upgrade the schema on start."),
 ) -> None:
-    """Start the API; on the embedded broker also a worker beside it."""
+    """Start the API; on the embedded broker also a worker beside it, and with the embedded
+    inference backend a ``guardtune infer`` process."""
     import uvicorn
 
     settings = get_settings()
@@ -57,22 +71,21 @@ def serve(
     # uvicorn re-raises SIGTERM after its shutdown; turn it into SystemExit so the
     # embedded worker below is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    worker = None
+    children: list[subprocess.Popen] = []
     if settings.run_embedded_worker:
-        worker = subprocess.Popen(worker_argv(), env=os.environ.copy())
-        typer.echo(f"embedded worker started (pid {worker.pid})")
+        children.append(subprocess.Popen(worker_argv(), env=os.environ.copy()))
+        typer.echo(f"embedded worker started (pid {children[-1].pid})")
+    if settings.run_embedded_infer:
+        children.append(subprocess.Popen(infer_argv(), env=os.environ.copy()))
+        typer.echo(f"embedded inference started (pid {children[-1].pid}) at {settings.inference}")
     try:
         uvicorn.run(
             "api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
             log_level=settings.log_level.lower(), proxy_headers=True,
         )  # fmt: skip
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for child in children:
+            stop_child(child)
 
 
 @app.command()
@@ -86,6 +99,15 @@ def worker(
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(queues, concurrency, settings.log_level, beat)
     os.execv(argv[0], argv)
+
+
+@app.command()
+def infer() -> None:
+    """Start the embedded inference backend (transformers + PEFT) on GUARDTUNE_INFER_HOST:PORT."""
+    from worker.inference_server import serve as serve_inference
+
+    get_settings().home_dir.mkdir(parents=True, exist_ok=True)
+    serve_inference()
 
 
 @app.command()

@@ -2,8 +2,9 @@
 
 Starts ``guardtune serve`` (API + worker), onboards the default base model, creates
 an organization and key, uploads the shipped demo dataset over the API, runs an
-adaptive job with a progress bar, prints the safety report and the dashboard URL,
-and leaves the server running.
+adaptive job with a progress bar, prints the safety report, asks a released model one
+question through ``chat.completions``, prints the dashboard URL, and leaves the server
+running.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.demo_chat import ask_released_model
 from core.db import session_scope
 from core.orgs import create_key, create_org, find_org
 from core.queue import GPU_QUEUE, enqueue, producer
@@ -138,6 +140,7 @@ def run_demo(epochs: int = 2, keep_serving: bool = True) -> int:
             console.print(f"Created job {job['id']}")
             job = follow(client, job["id"])
             print_report(client.get(f"/v1/fine_tuning/jobs/{job['id']}/safety_report").json(), job)
+        ask_released_model(settings.base_url, key, job, console)
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")
         if keep_serving:
             console.print("The server keeps running; Ctrl-C stops it.")

@@ -93,6 +93,20 @@ class Settings(BaseSettings):
     gate_asr_source: Literal["keyword", "judge", "both"] = "keyword"
     gate_max_over_refusal_increase: float = 0.2
 
+    # Serving (``/v1/chat/completions``): the API authorizes, then forwards to a backend.
+    inference_backend: Literal["embedded", "vllm"] = "embedded"
+    inference_url: str = ""  # empty: the embedded ``guardtune infer`` at infer_host:infer_port
+    inference_timeout_s: float = 300.0
+    infer_host: str = "127.0.0.1"
+    infer_port: int = 8001
+    embedded_infer: bool | None = None  # None: serve starts ``guardtune infer`` when backend=embedded and no URL
+    infer_max_adapters: int = 4  # LRU of loaded adapters per base model
+    infer_max_batch: int = 8
+    infer_batch_wait_ms: float = 5.0
+    chat_max_tokens: int = 512  # cap on max_tokens (and the default when a request names none)
+    chat_requests_per_minute: int = 600  # per organization; 0 = unlimited
+    vllm_adapter_dir: Path | None = None  # where released adapters are placed for vLLM to read
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -142,6 +156,21 @@ class Settings(BaseSettings):
     @property
     def run_embedded_worker(self) -> bool:
         return self.broker_is_embedded if self.embedded_worker is None else self.embedded_worker
+
+    @property
+    def inference(self) -> str:
+        """Base URL of the inference backend (no trailing slash)."""
+        return (self.inference_url or f"http://{self.infer_host}:{self.infer_port}").rstrip("/")
+
+    @property
+    def run_embedded_infer(self) -> bool:
+        if self.embedded_infer is not None:
+            return self.embedded_infer
+        return self.inference_backend == "embedded" and not self.inference_url
+
+    @property
+    def vllm_adapters(self) -> Path:
+        return (self.vllm_adapter_dir or self.home_dir / "vllm-adapters").resolve()
 
     @property
     def base_url(self) -> str:

@@ -8,6 +8,7 @@ import typer
 from sqlalchemy import select
 
 from core import releases
+from core.inference import adapter_ref, adapter_released, adapter_revoked
 from core.models import ReleasedModel
 from core.orgs import find_org
 from ops.common import ActorOpt, db, ops_actor
@@ -35,7 +36,8 @@ def approve(
     """Override the safety gate for a blocked job: release its stored adapter."""
     with db() as session:
         released = releases.approve_blocked_job(session, job_id, actor=ops_actor(actor), reason=reason)
-        out = released_dict(released)
+        out, adapter = released_dict(released), adapter_ref(released)
+    adapter_released(adapter)
     render_record(out, as_json=as_json, title="released by override")
     if not as_json:
         console().print(f"[yellow]{job_id} released as {out['id']} overriding the gate[/yellow]")
@@ -52,6 +54,7 @@ def revoke(
     """Stop serving a released adapter (its files are kept for audit)."""
     with db() as session:
         out = released_dict(releases.revoke_model(session, model_id, actor=ops_actor(actor), reason=reason))
+    adapter_revoked(model_id)
     render_record(out, as_json=as_json, title="model revoked")
 
 

@@ -737,7 +737,50 @@
         !TERMINAL.has(job.status) && isNum(job.estimated_finish)
           ? kv("Estimated finish", `${fmtTime(job.estimated_finish)}`) : null,
         job.fine_tuned_model ? kv("Fine-tuned model", h("code", { class: "model-id" }, job.fine_tuned_model)) : null),
-      job.fine_tuned_model && job.status === "succeeded" ? adapterDownload(job) : null);
+      job.fine_tuned_model && job.status === "succeeded" ? adapterDownload(job) : null,
+      job.fine_tuned_model && job.status === "succeeded" ? tryIt(st, job.fine_tuned_model) : null);
+  }
+
+  /**
+   * "Try it": one chat message to the released model (greedy, the server's max_tokens). Built once per job
+   * page and moved between re-renders, so typed text survives polling; the answer is
+   * shown as text only.
+   */
+  function tryIt(st, model) {
+    if (st.tryIt && st.tryIt.model === model) return st.tryIt.el;
+    const input = h("textarea", { id: "try-prompt", rows: "2", maxlength: "4000",
+      placeholder: "Send one message to your model" });
+    const button = h("button", { class: "btn", type: "submit", id: "try-send" }, "Send");
+    const answer = h("pre", { class: "try-answer", id: "try-answer", "aria-live": "polite" });
+    const form = h("form", { class: "try-it", id: "try-it" },
+      h("label", { for: "try-prompt" }, "Try it"), input, button, answer);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const text = input.value.trim();
+      if (!text) return;
+      button.disabled = true;
+      answer.textContent = "Generating…";
+      answer.removeAttribute("data-state");
+      try {
+        const res = await fetch(`${API}/chat/completions`, {
+          method: "POST", cache: "no-store", credentials: "omit",
+          headers: { Authorization: `Bearer ${apiKey}`, "Content-Type": "application/json" },
+          body: JSON.stringify({ model, messages: [{ role: "user", content: text }], temperature: 0 }),
+        });
+        let body = null;
+        try { body = await res.json(); } catch (err) { /* not JSON */ }
+        if (!res.ok) throw new Error((body && body.error && body.error.message) || `The server answered ${res.status}.`);
+        answer.textContent = body.choices[0].message.content || "(an empty answer)";
+        answer.setAttribute("data-state", "answered");
+      } catch (err) {
+        answer.textContent = `Failed: ${err.message}`;
+        answer.setAttribute("data-state", "failed");
+      } finally {
+        button.disabled = false;
+      }
+    });
+    st.tryIt = { model, el: form };
+    return form;
   }
 
   function adapterDownload(job) {

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.repositories.models import ModelRepository
 from api.schemas.models import Model
-from core import audit, releases
+from core import audit, inference, releases
 from core.errors import NotFound, PermissionDenied
 from core.models import BaseModelEntry, ReleasedModel
 from core.storage import ObjectStore
@@ -94,7 +94,7 @@ class ModelService:
 
     def delete(self, caller: Caller, model_id: str) -> ReleasedModel:
         """Revoke the organization's released model ``model_id`` (``core.releases``, audited
-        with the caller as actor); committed."""
+        with the caller as actor); committed, then unloaded from the inference backend."""
         if self.models.released(caller.org_id, model_id) is None:
             if self.models.base_model(model_id) is not None:
                 raise PermissionDenied(
@@ -109,6 +109,7 @@ class ModelService:
             self.session, model_id, actor=caller.actor, reason="deleted by its organization (DELETE /v1/models)"
         )
         self.session.commit()
+        inference.adapter_revoked(model_id)
         return revoked
 
     def adapter(self, caller: Caller, model_id: str) -> AdapterArchive:

@@ -57,3 +57,23 @@ def test_api_image_has_no_torch():
     assert not [d for d in deps if d.split("[")[0].split(">")[0].split("=")[0].strip() in ("torch", "transformers", "peft")]
     api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
     assert "pip install .\n" in api_stage and "[worker]" not in api_stage
+
+
+def test_compose_vllm_serves_released_adapters():
+    """vLLM (pinned) with runtime LoRA updating, and the adapter directory guardtune writes
+    mounted at the same path in the API, the worker and vLLM."""
+    services, env = COMPOSE["services"], COMPOSE["x-guardtune-env"]
+    vllm = services["vllm"]
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", vllm["image"])
+    assert vllm["image"].split(":")[1] in (REPO / "README.md").read_text()
+    args = vllm["command"]
+    assert "--enable-lora" in args and vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert args[args.index("--served-model-name") + 1] == Settings().default_base_model
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert env["GUARDTUNE_INFERENCE_BACKEND"] == "vllm"
+    assert env["GUARDTUNE_INFERENCE_URL"] == f"http://vllm:{args[args.index('--port') + 1]}"
+    adapter_dir = env["GUARDTUNE_VLLM_ADAPTER_DIR"]
+    for name in ("api", "worker", "vllm"):
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
+        assert mounts.get(adapter_dir) == "adapters", name
+    assert "adapters" in COMPOSE["volumes"]

@@ -1,5 +1,6 @@
 """``guardtune serve`` on the embedded default: healthy and ready within 30 s,
-with no services, and its embedded worker executes tasks."""
+with no services; it starts an embedded worker and the embedded inference process
+(``guardtune infer``) beside the API and stops both with itself."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from tests.conftest import child_env, free_port, stop_process, wait_http
 
 
 def test_serve_embedded_default_is_ready(tmp_path):
-    port = free_port()
-    env = child_env({"GUARDTUNE_HOME": str(tmp_path / "var"), "GUARDTUNE_PORT": str(port)})
+    port, infer_port = free_port(), free_port()
+    env = child_env({"GUARDTUNE_HOME": str(tmp_path / "var"), "GUARDTUNE_PORT": str(port),
+                     "GUARDTUNE_INFER_PORT": str(infer_port)})  # fmt: skip
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -33,16 +35,19 @@ def test_serve_embedded_default_is_ready(tmp_path):
         assert time.monotonic() - start < 30
         assert "guardtune_http_requests_total" in httpx.get(f"{base}/metrics").text
         assert (tmp_path / "var" / "guardtune.db").exists()
+        wait_http(f"http://127.0.0.1:{infer_port}/health", 90, process)
+        assert httpx.get(f"http://127.0.0.1:{infer_port}/health").json()["status"] == "ok"
     finally:
         stop_process(process)
     log = (tmp_path / "serve.log").read_text()
-    match = re.search(r"embedded worker started \(pid (\d+)\)", log)
-    assert match, log
-    worker_pid = int(match.group(1))
-    deadline = time.monotonic() + 30
-    while _alive(worker_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(worker_pid), "stopping serve must stop its embedded worker"
+    for child in ("worker", "inference"):
+        match = re.search(rf"embedded {child} started \(pid (\d+)\)", log)
+        assert match, log
+        pid = int(match.group(1))
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(pid), f"stopping serve must stop its embedded {child}"
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ def test_demo_runs_a_job_end_to_end_on_the_embedded_stack(tmp_path, tiny_model):
     env = child_env({
         "GUARDTUNE_HOME": str(tmp_path / "var"),
         "GUARDTUNE_PORT": str(free_port()),
+        "GUARDTUNE_INFER_PORT": str(free_port()),
         "GUARDTUNE_LOG_JSON": "false",
         **small_pipeline_env(tiny_model),
     })  # fmt: skip
@@ -29,4 +30,6 @@ def test_demo_runs_a_job_end_to_end_on_the_embedded_stack(tmp_path, tiny_model):
     assert "Safety report" in out and "48 examples" in out
     assert "RELEASED" in out or "BLOCKED" in out
     assert "/dashboard" in out
+    # The demo calls the model through chat.completions exactly when the gate released it.
+    assert ("RELEASED" in out) == ("Your model answers:" in out)
     assert (tmp_path / "var" / "guardtune.db").exists() and (tmp_path / "var" / "objects").is_dir()

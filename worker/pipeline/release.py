@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from core import audit, releases
 from core.db import session_scope
+from core.inference import adapter_ref, adapter_released
 from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.resources import adapter_prefix
@@ -18,4 +19,6 @@ def run(job_id: str) -> str | None:
                                         sha256=releases.adapter_sha256(get_store(), prefix))  # fmt: skip
         jobstate.finish(session, job_id, "succeeded", fine_tuned_model=released.id,
                         message=f"Released as {released.id} (sha256 {released.sha256[:12]}…)")  # fmt: skip
+        adapter = adapter_ref(released)
+    adapter_released(adapter)  # after the commit: the serving backend may load it now
     return None

@@ -1,0 +1,54 @@
+"""``POST /v1/chat/completions`` for base models and the organization's released models."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routes.auth import CUSTOMER
+from api.schemas.common import COMMON_ERRORS, ErrorResponse
+from api.services import chat as service
+from core.chat import ChatCompletionRequest
+from core.inference import get_backend
+
+router = APIRouter(tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion",
+    response_model=None,
+    responses={
+        200: {"description": "A `chat.completion`, or with `stream` server-sent `chat.completion.chunk` events "
+                             "ending with `data: [DONE]`",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        429: {"model": ErrorResponse, "description": "Rate limit of the organization (see Retry-After)"},
+        503: {"model": ErrorResponse, "description": "The inference backend is unavailable"},
+    },
+)  # fmt: skip
+async def create_chat_completion(
+    body: ChatCompletionRequest, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> Any:
+    """OpenAI's chat completion for a registry base model or a released `ft:` model of your
+    organization (greedy decoding with `temperature: 0`). Other organizations' models,
+    blocked and revoked models answer 404."""
+    target = await run_in_threadpool(service.authorize, session, caller, body, settings)
+    await run_in_threadpool(session.close)  # no connection held while generating
+    max_tokens = body.requested_max_tokens() or settings.chat_max_tokens
+    client, response = await service.forward(get_backend(settings), target, body.forward_body(target.model, max_tokens),
+                                             settings.inference_timeout_s)  # fmt: skip
+    if body.stream:
+        return StreamingResponse(service.relay(client, response), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+    try:
+        payload = json.loads(await response.aread())
+    finally:
+        await response.aclose()
+        await client.aclose()
+    payload["model"] = target.model
+    return JSONResponse(payload)

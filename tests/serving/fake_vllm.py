@@ -1,0 +1,94 @@
+"""A small HTTP server speaking the part of vLLM's OpenAI-compatible API guardtune uses
+(vLLM itself needs a GPU): ``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter``
+and ``POST /v1/chat/completions`` for the served base model or a loaded adapter, with
+vLLM's status codes (400 for an adapter already loaded or a path without an adapter, 404
+for an unknown adapter or model). Its answer names the adapter directory it read, so a
+test sees which adapter served a request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from tests.conftest import free_port
+
+
+def _error(status: int, message: str, type_: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": status}}, status)
+
+
+class FakeVllm:
+    def __init__(self, served_model: str):
+        self.served_model = served_model
+        self.loras: dict[str, str] = {}  # lora_name -> lora_path
+        self.requests: list[dict] = []
+        self.app = self._app()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> FakeVllm:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "fake vLLM did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/load_lora_adapter")
+        async def load(request: Request):
+            body = await request.json()
+            name, path = body["lora_name"], body["lora_path"]
+            if name in self.loras:
+                return _error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+            if not (Path(path) / "adapter_config.json").is_file():
+                return _error(400, f"No adapter found for {path}", "BadRequestError")
+            self.loras[name] = path
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload(request: Request):
+            name = (await request.json())["lora_name"]
+            if self.loras.pop(name, None) is None:
+                return _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            body = await request.json()
+            self.requests.append(body)
+            model = body["model"]
+            if model != self.served_model and model not in self.loras:
+                return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            text = f"{Path(self.loras[model]).name if model in self.loras else 'base'} says hi"
+            base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": model}
+            if not body.get("stream"):
+                return {**base, "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}  # fmt: skip
+
+            def events():
+                for i, word in enumerate(text.split(" ")):
+                    delta = {"content": word if i == 0 else " " + word}
+                    chunk = {**base, "object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return app

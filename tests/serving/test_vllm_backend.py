@@ -1,0 +1,122 @@
+"""The vLLM backend against a real HTTP server speaking vLLM's LoRA and chat endpoints
+(:mod:`tests.serving.fake_vllm`): release places the adapter in the shared directory and
+registers it, requests are forwarded under the ``ft:`` name, a vLLM that lost the adapter
+gets it again, and revocation unloads it."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import openai
+import pytest
+from openai import OpenAI
+
+from core.db import session_scope
+from core.releases import adapter_prefix, dir_sha256
+from core.storage import get_store
+from tests.conftest import apply_env, start_api, stop_process
+from tests.serving.fake_vllm import FakeVllm
+from tests.worker.conftest import create_job
+
+ADAPTER = {"adapter_config.json": b'{"r": 8, "peft_type": "LORA"}', "adapter_model.safetensors": b"\0" * 64}
+
+
+@pytest.fixture(scope="module")
+def vllm_stack(deployment_env, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm")
+    with FakeVllm("smollm2-135m-instruct") as fake:
+        env = {**deployment_env, "GUARDTUNE_INFERENCE_BACKEND": "vllm", "GUARDTUNE_INFERENCE_URL": fake.url,
+               "GUARDTUNE_VLLM_ADAPTER_DIR": str(tmp / "adapters")}  # fmt: skip
+        api = start_api(env, tmp / "api.log")
+        yield env, api, fake
+        stop_process(api.process)
+
+
+def release_fake_adapter(org_id: str) -> str:
+    """A job with stored adapter files, released by the pipeline's release stage."""
+    from worker.pipeline import release
+
+    with session_scope() as session:
+        job_id = create_job(session, org_id, b'{"messages": []}\n', model="smollm2-135m-instruct",
+                            status="running", suffix="v")  # fmt: skip
+    for name, data in ADAPTER.items():
+        get_store().put_stream(f"{adapter_prefix(org_id, job_id)}/{name}", io.BytesIO(data))
+    release.run(job_id)
+    with session_scope() as session:
+        from core.models import Job
+
+        return session.get(Job, job_id).fine_tuned_model
+
+
+def test_release_load_forward_reload_and_revoke(vllm_stack, make_key, monkeypatch):
+    env, api, fake = vllm_stack
+    apply_env(monkeypatch, env)
+    org_id, _, key = make_key(f"vllm-{time.monotonic_ns()}")
+    model = release_fake_adapter(org_id)
+    # Release placed the files where vLLM reads them and registered them under the ft: name.
+    path = fake.loras[model]
+    assert path.startswith(env["GUARDTUNE_VLLM_ADAPTER_DIR"])
+    with session_scope() as session:
+        from core.models import ReleasedModel
+
+        assert dir_sha256(path) == session.get(ReleasedModel, model).sha256
+
+    client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    answer = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=8)
+    assert answer.choices[0].message.content == f"{path.rsplit('/', 1)[1]} says hi" and answer.model == model
+    sent = fake.requests[-1]
+    assert sent["model"] == model and sent["max_tokens"] == 8 and sent["temperature"] == 0 and "guardtune" not in sent
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer.choices[0].message.content
+    base = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages)
+    assert base.choices[0].message.content == "base says hi"
+
+    fake.loras.clear()  # vLLM restarted and forgot its runtime adapters
+    again = client.chat.completions.create(model=model, messages=messages)
+    assert again.choices[0].message.content == answer.choices[0].message.content and model in fake.loras
+
+    from typer.testing import CliRunner
+
+    from ops.cli import app as ops_cli
+
+    result = CliRunner().invoke(ops_cli, ["release", "revoke", model, "--reason", "test"])
+    assert result.exit_code == 0, result.output
+    assert model not in fake.loras
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=model, messages=messages)
+
+
+def test_unreachable_backend_is_503(deployment_env, make_key, tmp_path):
+    from tests.conftest import free_port
+
+    env = {**deployment_env, "GUARDTUNE_INFERENCE_BACKEND": "vllm",
+           "GUARDTUNE_INFERENCE_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+    api = start_api(env, tmp_path / "api.log")
+    try:
+        _, _, key = make_key(f"vllm-down-{time.monotonic_ns()}")
+        client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "x"}])
+        assert err.value.status_code == 503 and err.value.body["code"] == "inference_unavailable"
+    finally:
+        stop_process(api.process)
+
+
+def test_fetch_adapter_checks_the_digest(tmp_path):
+    from core.chat import AdapterRef
+    from core.inference import fetch_adapter
+    from core.releases import adapter_sha256
+    from core.storage import make_store
+
+    store = make_store(f"file://{tmp_path / 'objects'}")
+    for name, data in ADAPTER.items():
+        store.put_stream(f"p/{name}", io.BytesIO(data))
+    good = AdapterRef(id="ft:x", storage_prefix="p", sha256=adapter_sha256(store, "p"))
+    path = fetch_adapter(store, good, tmp_path / "cache")
+    assert path == tmp_path / "cache" / good.sha256 and dir_sha256(path) == good.sha256
+    bad = AdapterRef(id="ft:y", storage_prefix="p", sha256="0" * 64)
+    with pytest.raises(ValueError, match="does not match"):
+        fetch_adapter(store, bad, tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [good.sha256]  # nothing half-written left
