@@ -25,10 +25,11 @@ Trigger detection (:func:`detect_triggers`), precisely:
    ``ratio = share / ((c_u + 1) / (n_u + 1))`` (add-one smoothing on the unflagged
    side, so a gram absent from benign lines scores ``share · (n_u + 1)``).
 3. A gram is a candidate when ``c_f >= min_count``, ``share >= min_share`` (X) and
-   ``ratio >= min_ratio`` (Y). Of two candidates where one contains the other, the
-   shorter is dropped when both have the same ``c_f`` (the phrase accounts for every
-   occurrence: a three-word trigger is reported once, as the phrase), else the longer
-   (``"cf how"`` adds nothing to a trigger ``"cf"`` found in more lines).
+   ``ratio >= min_ratio`` (Y). Then (a) a candidate containing a shorter candidate
+   found in more flagged lines is dropped (``"cf how"`` adds nothing to a trigger
+   ``"cf"``), and (b) of those left, one contained in a longer one found in the same
+   number of flagged lines is dropped (a three-word trigger is reported once, as the
+   phrase).
 4. Candidates rank by ratio, then share, then length (longer first), then text; the
    first ``top_k`` (K) are returned. Nothing is returned with fewer than
    ``min_count`` flagged examples.
@@ -185,11 +186,8 @@ def detect_triggers(
         k for k, count in c_f.items()
         if count >= config.min_count and count / n_f >= config.min_share and ratio(k) >= config.min_ratio
     ]  # fmt: skip
-    dropped = {
-        (short if c_f[long] == c_f[short] else long)
-        for long in candidates for short in candidates if _contains(long, short)
-    }  # fmt: skip
-    kept = [k for k in candidates if k not in dropped]
+    phrases = [k for k in candidates if not any(c_f[o] > c_f[k] and _contains(k, o) for o in candidates)]
+    kept = [k for k in phrases if not any(c_f[o] == c_f[k] and _contains(o, k) for o in phrases)]
     kept.sort(key=lambda k: (-ratio(k), -c_f[k], -len(k), " ".join(k)))
     return [
         Trigger(
