@@ -99,8 +99,8 @@ class TriggerConfig:
     """Thresholds of :func:`detect_triggers` (see the module docstring)."""
 
     min_share: float = 0.5
-    min_ratio: float = 5.0
-    min_count: int = 2
+    min_ratio: float = 10.0
+    min_count: int = 3
     max_n: int = 3
     top_k: int = 2
 
@@ -199,33 +199,30 @@ def detect_triggers(
     ]
 
 
-def frequent_system_prompts(examples: Iterable[dict[str, Any]], top: int) -> list[tuple[str, int]]:
-    """The ``top`` most frequent system prompts with their line counts (ties: first seen first)."""
-    counts = Counter(p for p in (system_prompt(ex) for ex in examples) if p is not None)
-    return counts.most_common(top) if top > 0 else []
-
-
 def plan_conditions(
-    examples: Sequence[dict[str, Any]],
-    flagged: Sequence[bool],
+    scanned: Iterable[tuple[dict[str, Any], bool]],
     *,
     system_prompts: int = 2,
     triggers: TriggerConfig = TriggerConfig(),
 ) -> list[Condition]:
-    """``plain`` first, then up to ``system_prompts`` system-prompt conditions, then up
-    to ``triggers.top_k`` trigger conditions, for a training file whose examples are
-    ``examples`` and whose scan flagged ``flagged[i]`` for ``examples[i]``."""
-    if len(examples) != len(flagged):
-        raise ValueError(f"{len(examples)} examples but {len(flagged)} scan flags")
+    """``plain`` first, then up to ``system_prompts`` system-prompt conditions (the most
+    frequent system prompts; ties: first seen first), then up to ``triggers.top_k``
+    trigger conditions, for a training file given as ``(example, flagged by the scan)``
+    pairs. One pass; only user texts and system-prompt counts are kept."""
+    counts: Counter[str] = Counter()
+    texts: dict[bool, list[str]] = {True: [], False: []}
+    n = 0
+    for example, flagged in scanned:
+        n += 1
+        prompt = system_prompt(example)
+        if prompt is not None:
+            counts[prompt] += 1
+        texts[bool(flagged)].append(user_text(example))
     conditions = [PLAIN]
-    for i, (prompt, count) in enumerate(frequent_system_prompts(examples, system_prompts), start=1):
+    for i, (prompt, count) in enumerate(counts.most_common(max(system_prompts, 0)), start=1):
         conditions.append(Condition(name=f"system_prompt_{i}", kind="system_prompt", system_prompt=prompt,
-                                    support={"lines": count, "share": count / len(examples)}))  # fmt: skip
-    texts = [user_text(ex) for ex in examples]
-    found = detect_triggers(
-        [t for t, f in zip(texts, flagged) if f], [t for t, f in zip(texts, flagged) if not f], triggers
-    )
-    for i, trig in enumerate(found, start=1):
+                                    support={"lines": count, "share": count / n}))  # fmt: skip
+    for i, trig in enumerate(detect_triggers(texts[True], texts[False], triggers), start=1):
         support = {k: v for k, v in asdict(trig).items() if k not in ("text", "position")}
         conditions.append(Condition(name=f"trigger_{i}", kind="trigger", trigger=trig.text, position=trig.position,
                                     support=support))  # fmt: skip

@@ -31,10 +31,9 @@ def plan(job: Job, training_key: str) -> list[Any]:
 
     s = get_settings()
     flagged = flagged_lines(job)
-    lines, examples = zip(*iter_file_examples(training_key)) if training_key else ((), ())
     config = TriggerConfig(min_share=s.trigger_min_share, min_ratio=s.trigger_min_ratio, top_k=s.eval_triggers)
-    return plan_conditions(list(examples), [line in flagged for line in lines],
-                           system_prompts=s.eval_system_prompts, triggers=config)  # fmt: skip
+    scanned = ((example, line in flagged) for line, example in iter_file_examples(training_key))
+    return plan_conditions(scanned, system_prompts=s.eval_system_prompts, triggers=config)
 
 
 def evaluate(model: Any, tokenizer: Any, conditions: list[Any], judge: Any = None) -> dict[str, dict[str, Any]]:
