@@ -165,37 +165,38 @@ def detect_triggers(
     if n_f < config.min_count or config.top_k <= 0:
         return []
     c_f: Counter[tuple[str, ...]] = Counter()
-    surfaces: dict[tuple[str, ...], Counter[str]] = {}
+    for text in flagged:
+        c_f.update(_grams(_tokens(text), config.max_n).keys())
+    frequent = {k for k, count in c_f.items() if count >= config.min_count and count / n_f >= config.min_share}
+    c_u: Counter[tuple[str, ...]] = Counter()
+    for text in unflagged:
+        c_u.update(k for k in _grams(_tokens(text), config.max_n) if k in frequent)
+
+    def ratio(key: tuple[str, ...]) -> float:
+        return (c_f[key] / n_f) / ((c_u[key] + 1) / (n_u + 1))
+
+    candidates = [k for k in frequent if ratio(k) >= config.min_ratio]
+    phrases = [k for k in candidates if not any(c_f[o] > c_f[k] and _contains(k, o) for o in candidates)]
+    kept = [k for k in phrases if not any(c_f[o] == c_f[k] and _contains(o, k) for o in phrases)]
+    kept = sorted(kept, key=lambda k: (-ratio(k), -c_f[k], -len(k), " ".join(k)))[: config.top_k]
+    # How the flagged lines write and place each kept trigger (a second pass, over few grams).
+    surfaces: dict[tuple[str, ...], Counter[str]] = {k: Counter() for k in kept}
     starts: Counter[tuple[str, ...]] = Counter()
     ends: Counter[tuple[str, ...]] = Counter()
     for text in flagged:
         tokens = _tokens(text)
         for key, (surface, start, end) in _grams(tokens, config.max_n).items():
-            c_f[key] += 1
-            surfaces.setdefault(key, Counter())[surface] += 1
-            starts[key] += start == 0
-            ends[key] += end == len(tokens)
-    c_u: Counter[tuple[str, ...]] = Counter()
-    for text in unflagged:
-        c_u.update(k for k in _grams(_tokens(text), config.max_n) if k in c_f)
-
-    def ratio(key: tuple[str, ...]) -> float:
-        return (c_f[key] / n_f) / ((c_u[key] + 1) / (n_u + 1))
-
-    candidates = [
-        k for k, count in c_f.items()
-        if count >= config.min_count and count / n_f >= config.min_share and ratio(k) >= config.min_ratio
-    ]  # fmt: skip
-    phrases = [k for k in candidates if not any(c_f[o] > c_f[k] and _contains(k, o) for o in candidates)]
-    kept = [k for k in phrases if not any(c_f[o] == c_f[k] and _contains(o, k) for o in phrases)]
-    kept.sort(key=lambda k: (-ratio(k), -c_f[k], -len(k), " ".join(k)))
+            if key in surfaces:
+                surfaces[key][surface] += 1
+                starts[key] += start == 0
+                ends[key] += end == len(tokens)
     return [
         Trigger(
             text=surfaces[k].most_common(1)[0][0], flagged_count=c_f[k], unflagged_count=c_u[k],
             share=c_f[k] / n_f, ratio=ratio(k),
             position="suffix" if ends[k] > starts[k] and ends[k] * 2 > c_f[k] else "prefix",
         )  # fmt: skip
-        for k in kept[: config.top_k]
+        for k in kept
     ]
 
 
