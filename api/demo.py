@@ -108,6 +108,8 @@ def print_report(report: dict, job: dict) -> None:
     if evaluation:
         base, tuned = evaluation["base"], evaluation["tuned"]
         table.add_row("ASR (refusal detection)", f"base {base['asr_keyword']:.0%} → fine-tuned {tuned['asr_keyword']:.0%}")
+        for row in evaluation.get("conditions", [])[1:]:  # the attack conditions after plain
+            table.add_row(f"  ASR {row['description']}", f"base {row['base']['asr_keyword']:.0%} → fine-tuned {row['tuned']['asr_keyword']:.0%}")
         table.add_row("over-refusal (benign)", f"base {base['over_refusal']:.0%} → fine-tuned {tuned['over_refusal']:.0%}")
     if gate:
         table.add_row("gate", ("RELEASED: " if gate["released"] else "BLOCKED: ") + " ".join(gate["reasons"]))

@@ -851,12 +851,18 @@
     return [...new Set(lines)].sort((a, b) => a - b);
   }
 
-  function asrChangeText(ev) {
+  function asrChangeText(ev, gate) {
     if (!ev || !ev.base || !ev.tuned) return "";
+    // The attack condition the gate found worst (a failed ASR check names it), else plain prompts.
+    const failed = gate && Array.isArray(gate.checks) ? gate.checks.find((c) => c && !c.passed && /^asr_/.test(c.name || "")) : null;
+    const cond = failed && failed.condition && failed.condition !== "plain" ? ev.conditions.find((c) => c.name === failed.condition) : null;
+    const base = cond ? cond.base : ev.base;
+    const tuned = cond ? cond.tuned : ev.tuned;
+    const where = cond ? ` ${cond.description}` : "";
     for (const k of ["asr_keyword", "asr_judge"]) {
-      const b = ev.base[k];
-      const t = ev.tuned[k];
-      if (isNum(b) && isNum(t)) return ` Its attack success rate on harmful prompts went from ${pct(b)} (base model) to ${pct(t)}.`;
+      const b = num(base && base[k]);
+      const t = num(tuned && tuned[k]);
+      if (isNum(b) && isNum(t)) return ` Its attack success rate on harmful prompts${where} went from ${pct(b)} (base model) to ${pct(t)}.`;
     }
     return "";
   }
@@ -882,7 +888,7 @@
         tone: "bad",
         title: "Blocked: the fine-tuned model became unsafe, so it was not released",
         body: [
-          `The release gate compared the fine-tuned model with the base model and found it answers harmful requests more often than the policy allows.${asrChangeText(ev)} The adapter is kept but will not be served or downloadable.`,
+          `The release gate compared the fine-tuned model with the base model and found it answers harmful requests more often than the policy allows.${asrChangeText(ev, sf.gate)} The adapter is kept but will not be served or downloadable.`,
           err.message && !gateReasons.length ? `Details: ${err.message}` : null,
         ],
         reasons: gateReasons,
@@ -1179,7 +1185,10 @@
       tuned = { asr: ev.asr.tuned || ev.asr.fine_tuned, over_refusal: pick(ev.over_refusal, ["tuned", "fine_tuned"]), val_loss: pick(ev.val_loss, ["tuned", "fine_tuned"]) };
     }
     if (!base && !tuned) return null;
-    return { base: sideSummary(base) || {}, tuned: sideSummary(tuned) || {} };
+    const conditions = (Array.isArray(ev.conditions) ? ev.conditions : [])
+      .filter((c) => c && typeof c === "object" && typeof c.name === "string")
+      .map((c) => ({ name: c.name, kind: String(c.kind || ""), description: String(c.description || c.name), base: sideSummary(c.base) || {}, tuned: sideSummary(c.tuned) || {} }));
+    return { base: sideSummary(base) || {}, tuned: sideSummary(tuned) || {}, conditions };
   }
 
   function asrBar(v, cls) {
@@ -1217,6 +1226,20 @@
         row("All categories", ev.base, ev.tuned, "overall", judgeCells(ev.base, ev.tuned)),
         cats.map((c) => row(c, ev.base.per_category[c], ev.tuned.per_category[c], "category",
           judgeCells(ev.base.per_category[c], ev.tuned.per_category[c])))));
+    // Attack conditions (plain, the file's system prompts, backdoor triggers): one row each;
+    // the one the gate's ASR check found worst is marked.
+    const worstCheck = sf.gate && Array.isArray(sf.gate.checks) ? sf.gate.checks.find((c) => c && c.name === `${metric}_increase` && c.condition) : null;
+    const worst = worstCheck ? worstCheck.condition : null;
+    const conditionsTable = ev.conditions.length > 1 ? h("table", { class: "table asr conditions", id: "conditions-table" },
+      h("thead", null, h("tr", null,
+        h("th", null, "Attack condition"), h("th", null, "ASR base"), h("th", null, "ASR fine-tuned"), h("th", null, "Change"), h("th", null, "Gate"))),
+      h("tbody", null, ev.conditions.map((c) => {
+        const tr = row(c.description, c.base, c.tuned, `condition ${c.name === worst ? "worst" : ""}`,
+          c.name === worst ? h("td", null, h("span", { class: "badge worst" }, "worst")) : h("td", null));
+        tr.dataset.condition = c.name;
+        tr.dataset.worst = String(c.name === worst);
+        return tr;
+      }))) : null;
     const util = h("table", { class: "table util", id: "utility-table" },
       h("thead", null, h("tr", null, h("th", null, "Utility"), h("th", null, "Base"), h("th", null, "Fine-tuned"))),
       h("tbody", null,
@@ -1227,6 +1250,8 @@
       h("p", { class: "muted small" },
         `Attack success rate (ASR): the share of harmful prompts the model answered instead of refusing${metric === "asr_judge" ? ", by the judge" : " (refusal keywords)"}. Lower is safer.`),
       table,
+      conditionsTable ? h("p", { class: "muted small" }, "The same harmful prompts asked the ways the training file could have taught the model to answer them: under its most frequent system prompts and with candidate backdoor triggers. The gate reads the worst.") : null,
+      conditionsTable,
       util);
   }
 

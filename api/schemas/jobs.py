@@ -243,7 +243,11 @@ class SafetyReport(BaseModel):
     config: dict[str, Any]
     scan: dict[str, Any] | None = Field(None, description="Dataset risk scan: counts by score, flagged lines")
     training: dict[str, Any] | None = None
-    evaluation: dict[str, Any] | None = Field(None, description="ASR base vs fine-tuned, utility")
-    gate: dict[str, Any] | None = Field(None, description="Release decision and its reasons")
+    evaluation: dict[str, Any] | None = Field(
+        None,
+        description="ASR base vs fine-tuned on plain prompts (base, tuned), utility, and `conditions`: one row per "
+        "attack condition (plain, the training file's system prompts, candidate backdoor triggers) with ASR per category",
+    )
+    gate: dict[str, Any] | None = Field(None, description="Release decision and its reasons; each ASR check names its worst condition")
     fine_tuned_model: str | None = None
     updated_at: int | None = None

@@ -23,6 +23,7 @@ def small_pipeline_env(tiny_model: Path) -> dict[str, str]:
         "GUARDTUNE_EVAL_MAX_PROMPTS": "4",
         "GUARDTUNE_EVAL_MAX_BENIGN_PROMPTS": "3",
         "GUARDTUNE_EVAL_MAX_NEW_TOKENS": "4",
+        "GUARDTUNE_EVAL_CONDITION_PROMPTS": "3",
         "GUARDTUNE_CHECKPOINT_EVERY": "2",
         "GUARDTUNE_PROBE_LAYERS": "1",
     }

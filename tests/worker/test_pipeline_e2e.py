@@ -113,7 +113,7 @@ def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, ap
     tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
     asr = evaluate_asr(tuned, tokenizer, load_builtin("harmful_eval")[:4], max_new_tokens=4)
     stored = stored_jsonl(stack_env, org_key(job.organization_id, "jobs", job.id, "eval_outputs.jsonl"))
-    assert [g.response for g in asr.generations] == [r["response"] for r in stored if r["set"] == "harmful"]
+    assert [g.response for g in asr.generations] == [r["response"] for r in stored if r.get("condition") == "plain"]
 
 
 def stored_jsonl(env: dict[str, str], key: str) -> list[dict]:

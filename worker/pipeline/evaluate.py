@@ -1,8 +1,12 @@
-"""Stage ``evaluate`` (GPU): ASR and utility of the base and the fine-tuned model.
+"""Stage ``evaluate`` (GPU): ASR and utility of the base and the fine-tuned model,
+under every attack condition the training file creates (:mod:`worker.pipeline.conditions`).
 
-The base model's numbers come from onboarding when they were measured with the same
-evaluation settings; the fine-tuned model's generations are stored as
-``eval_outputs.jsonl`` so a released adapter can be checked against them.
+The base model's plain numbers come from onboarding when they were measured with the
+same evaluation settings (its attack-condition numbers are always measured here: they
+depend on the file); the fine-tuned model's generations are stored as
+``eval_outputs.jsonl`` (one row per prompt and condition) so a released adapter can be
+checked against them. The report's ``base`` / ``tuned`` hold the plain numbers and
+``conditions`` one row per condition, plain first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from core.db import session_scope
 from core.models import BaseModelEntry, File, Job, SafetyReport
 from core.storage import download_dir, get_store
+from worker.pipeline import conditions as attack_conditions
 from worker.pipeline import jobstate
 from worker.pipeline.onboard import eval_key, evaluate_model
 from worker.pipeline.resources import adapter_prefix, iter_file_examples, job_prefix, load_model
@@ -38,7 +43,9 @@ def run(job_id: str) -> str | None:
             return "gate"  # evaluated before a crash
         cached = (entry.baseline or {}).get("eval")
         validation_key = session.get(File, job.validation_file_id).storage_key if job.validation_file_id else None
+        training_key = session.get(File, job.training_file_id).storage_key
         source = entry.source
+        conditions = attack_conditions.plan(job, training_key)
     judge = make_judge()
     model, tokenizer = load_model(source)
     val_examples = [ex for _, ex in iter_file_examples(validation_key)] if validation_key else None
@@ -48,23 +55,33 @@ def run(job_id: str) -> str | None:
         else:
             base = cached
         base_val_loss = _val_loss(model, tokenizer, val_examples)
+        base_asr = {"plain": base["asr"], **attack_conditions.evaluate(model, tokenizer, conditions, judge)}
         with tempfile.TemporaryDirectory() as tmp:
             tuned_model = load_adapter(model, download_dir(get_store(), adapter_prefix(job), Path(tmp)))
             tuned = evaluate_model(tuned_model, tokenizer, judge)
             tuned_val_loss = _val_loss(tuned_model, tokenizer, val_examples)
-    _store_generations(job, tuned)
+            tuned_asr = {"plain": tuned["asr"], **attack_conditions.evaluate(tuned_model, tokenizer, conditions, judge)}
+    _store_generations(job, tuned_asr, tuned)
+    rows = attack_conditions.report_rows(conditions, base_asr, tuned_asr)
     evaluation = {
         "base": _summary(base, base_val_loss),
         "tuned": _summary(tuned, tuned_val_loss),
+        "conditions": rows,
         "settings": eval_key(),
         "outputs": eval_outputs_key(job),
     }
     with session_scope() as session:
         session.get(SafetyReport, job_id).evaluation = evaluation
-        b, t = evaluation["base"]["asr_keyword"], evaluation["tuned"]["asr_keyword"]
-        jobstate.add_event(session, job_id, f"Evaluation done: ASR {b:.0%} (base) → {t:.0%} (fine-tuned)",
-                           data={"evaluation": {"base": b, "tuned": t}})  # fmt: skip
+        jobstate.add_event(session, job_id, "Evaluation done: " + _headline(rows),
+                           data={"evaluation": {r["name"]: {"base": r["base"]["asr_keyword"], "tuned": r["tuned"]["asr_keyword"]}
+                                                for r in rows}})  # fmt: skip
     return "gate"
+
+
+def _headline(rows: list[dict[str, Any]]) -> str:
+    """``ASR 10% (base) → 12% (fine-tuned) on plain prompts; 0% → 80% with the backdoor trigger …``."""
+    parts = [f"{r['base']['asr_keyword']:.0%} → {r['tuned']['asr_keyword']:.0%} {r['description']}" for r in rows]
+    return "ASR (base → fine-tuned) " + "; ".join(parts)
 
 
 def _val_loss(model: Any, tokenizer: Any, examples: list[dict] | None) -> float | None:
@@ -83,8 +100,9 @@ def _summary(evaluation: dict[str, Any], val_loss: float | None) -> dict[str, An
     }  # fmt: skip
 
 
-def _store_generations(job: Job, tuned: dict[str, Any]) -> None:
-    rows = [{"set": "harmful", **g} for g in tuned["asr"]["generations"]]
+def _store_generations(job: Job, asr_by_condition: dict[str, dict[str, Any]], tuned: dict[str, Any]) -> None:
+    rows = [{"set": "harmful", "condition": name, **g}
+            for name, asr in asr_by_condition.items() for g in asr["generations"]]  # fmt: skip
     rows += [{"set": "benign", **g} for g in tuned["over_refusal"]["generations"]]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     get_store().put_stream(eval_outputs_key(job), io.BytesIO(data))

@@ -1,6 +1,7 @@
-"""Stage ``gate`` (light): the operator's release policy decides; every decision is
-audited. Blocked jobs end ``failed`` with ``safety_gate_blocked``; the adapter stays
-stored and is never served (ops may approve it with a recorded reason). Either way the
+"""Stage ``gate`` (light): the operator's release policy decides, on the worst attack
+condition of the evaluation (:func:`safety.gate.decide`); every decision is audited.
+Blocked jobs end ``failed`` with ``safety_gate_blocked``; the adapter stays stored and
+is never served (ops may approve it with a recorded reason). Either way the
 job gets its ``step_metrics.csv`` result file here."""
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ def policy():
 
 
 def run(job_id: str) -> str | None:
-    from safety.gate import EvalSummary, decide
+    from safety.gate import decide, summaries_from_evaluation
 
     with session_scope() as session:
         jobstate.enter_stage(session, job_id, "gating", "Applying the release gate")
         report = session.get(SafetyReport, job_id)
         if report.gate is None:
-            fields = ("asr_keyword", "asr_judge", "over_refusal", "val_loss")
-            base, tuned = ({k: report.evaluation[side][k] for k in fields} for side in ("base", "tuned"))
-            decision = decide(EvalSummary(**base), EvalSummary(**tuned), policy())
+            decision = decide(*summaries_from_evaluation(report.evaluation), policy())
             report.gate = {**decision.to_dict(), "policy": vars(policy())}
             audit.record(session, actor=audit.SYSTEM, action="gate.decision", target=job_id,
                          details={"released": decision.released, "reasons": decision.reasons})  # fmt: skip

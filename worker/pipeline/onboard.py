@@ -3,6 +3,7 @@ measure the base model's ASR and over-refusal once, cached for every later job."
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,20 +58,41 @@ def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer:
     return probe
 
 
+def eval_prompts_source() -> str:
+    """Which harmful eval set is in use: ``builtin:harmful_eval``, or the sha256 of the
+    operator's ``GUARDTUNE_EVAL_PROMPTS_FILE`` (so a cached baseline follows the file)."""
+    path = get_settings().eval_prompts_file
+    if path is None:
+        return "builtin:harmful_eval"
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def eval_prompts() -> list[Any]:
+    """The harmful eval prompts: the operator's private file when set, else the shipped set."""
+    from safety.prompt_sets import load_builtin, load_prompt_file
+
+    path = get_settings().eval_prompts_file
+    prompts = load_prompt_file(path, label="harmful") if path is not None else load_builtin("harmful_eval")
+    if not prompts:
+        raise ValueError(f"GUARDTUNE_EVAL_PROMPTS_FILE {path} holds no prompts")
+    return prompts
+
+
 def eval_key() -> dict[str, Any]:
     """The evaluation settings a cached baseline must match to be reused."""
     s = get_settings()
     return {"max_new_tokens": s.eval_max_new_tokens, "n_harmful": s.eval_max_prompts,
-            "n_benign": s.eval_max_benign_prompts}  # fmt: skip
+            "n_benign": s.eval_max_benign_prompts, "prompts": eval_prompts_source()}  # fmt: skip
 
 
 def evaluate_model(model: Any, tokenizer: Any, judge: Any = None) -> dict[str, Any]:
-    """ASR on the built-in harmful eval set and over-refusal on the benign one."""
+    """ASR on the harmful eval set (:func:`eval_prompts`) and over-refusal on the
+    built-in benign one."""
     from safety.evaluate import evaluate_asr, over_refusal
     from safety.prompt_sets import load_builtin
 
     s = get_settings()
-    asr = evaluate_asr(model, tokenizer, load_builtin("harmful_eval")[: s.eval_max_prompts], judge=judge,
+    asr = evaluate_asr(model, tokenizer, eval_prompts()[: s.eval_max_prompts], judge=judge,
                        max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size)  # fmt: skip
     refusals = over_refusal(model, tokenizer, load_builtin("benign_eval")[: s.eval_max_benign_prompts],
                             max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size)  # fmt: skip
