@@ -52,9 +52,8 @@ def test_openapi_documents_every_endpoint_with_schemas(http):
     create = paths["/v1/fine_tuning/jobs"]["post"]
     assert _ref(create["requestBody"]["content"]["application/json"]["schema"]) == "JobCreate"
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in create["parameters"])
-    assert set(schemas["SafetyIn"]["properties"]) == {
-        "mode", "estimator", "kl_weight", "constant_kl_weight", "risk_weighting", "max_flagged_fraction"
-    }
+    assert set(schemas["SafetyIn"]["properties"]) == {"mode", "estimator", "kl_weight", "constant_kl_weight",
+                                                      "risk_weighting", "max_flagged_fraction"}  # fmt: skip
     upload = paths["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(upload["required"]) == {"file", "purpose"}
     assert _ref(paths["/v1/files"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]) == "FileObject"
