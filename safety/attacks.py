@@ -39,7 +39,6 @@ them start with it, after the prompt when most end with it, else before.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
