@@ -48,14 +48,14 @@ from api.schemas.jobs import (
     SafetyReport,
     SafetyState,
 )
-from core import audit
+from core import audit, outbox
 from core.errors import InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
 from core.logging import get_logger
 from core.models import AuditRecord, Checkpoint, File, Job, now
 from core.models import JobEvent as JobEventRow
 from core.models import SafetyReport as SafetyReportRow
-from core.queue import enqueue
+from core.queue import DEFAULT_QUEUE
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -295,6 +295,7 @@ class JobService:
                     "request_sha256": request_sha,
                 },
             )
+            message = outbox.add(self.session, job.id, PIPELINE_TASK, DEFAULT_QUEUE)  # sent after the commit
             self.session.commit()
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the race.
@@ -304,7 +305,7 @@ class JobService:
                 raise
             return self._replay(existing, request_sha)
         JOBS_CREATED.inc()
-        self._enqueue(caller, job)
+        self._enqueue(caller, job, message)
         return job
 
     def _replay(self, job: Job, request_sha: str) -> Job:
@@ -406,10 +407,12 @@ class JobService:
                 headers={"x-should-retry": "false"},
             )
 
-    def _enqueue(self, caller: Caller, job: Job) -> None:
-        """Hand the job to the pipeline. After the commit, so a worker always finds the row."""
+    def _enqueue(self, caller: Caller, job: Job, message: outbox.Pending) -> None:
+        """Send the job's outbox row to the pipeline, after the commit (so a worker always
+        finds the job). If this process dies first, the reaper sends it; if the broker
+        refuses, the job fails ``queue_unavailable`` now rather than wait for it."""
         try:
-            enqueue(PIPELINE_TASK, job.id, ignore_result=True)  # the job row is the outcome
+            outbox.send(message)
         except Exception as exc:
             log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
             locked = self.jobs.get(caller.org_id, job.id, for_update=True)
