@@ -119,8 +119,8 @@ def _task_for(job: Job) -> tuple[str, str]:
 def _worker_lost(
     session: Session, job: Job, row: OutboxMessage | None, stale_before: float, settings: Settings
 ) -> tuple[str | None, outbox.Pending | None]:
-    where = job.stage or job.status
-    if job.attempts + 1 >= settings.max_stage_attempts:
+    where, retry = job.stage or job.status, job.attempts + 1  # read before the UPDATE refreshes `job`
+    if retry >= settings.max_stage_attempts:
         failed = jobstate.finish(session, job.id, "failed", level="error",
                                  error={"code": "worker_lost", "param": None,
                                         "message": f"The worker running stage '{where}' stopped responding "
@@ -130,11 +130,11 @@ def _worker_lost(
     claimed = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.worker_id == job.worker_id, Job.heartbeat_at < stale_before)
-        .values(attempts=job.attempts + 1, worker_id=None, heartbeat_at=time.time())
+        .values(attempts=retry, worker_id=None, heartbeat_at=time.time())
     ).rowcount
     if not claimed:
         return None, None
     jobstate.add_event(session, job.id, f"Worker lost during {where}; retrying the stage "
-                       f"(retry {job.attempts + 1} of {settings.max_stage_attempts - 1})", level="warn")  # fmt: skip
+                       f"(retry {retry} of {settings.max_stage_attempts - 1})", level="warn")  # fmt: skip
     task, queue = (row.task, row.queue) if row is not None else _task_for(job)
     return "retried", outbox.add(session, job.id, task, queue)
