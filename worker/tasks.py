@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -74,7 +75,7 @@ def run_stage(stage: str, job_id: str, message_id: str | None = None) -> str | N
             log.warning("stage_lease_lost", job_id=job_id, stage=stage, reason="the reaper retried the stage meanwhile")
             return None
         if next_stage is not None:
-            jobstate.move(session, job_id, attempts=0)  # attempts count per stage
+            jobstate.move(session, job_id, attempts=0, heartbeat_at=time.time())  # attempts count per stage
             message = outbox.add(session, job_id, pipeline_task(next_stage), PIPELINE_QUEUES[next_stage])
     if message is not None:
         outbox.send_quietly(message)

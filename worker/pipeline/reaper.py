@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core import outbox
@@ -80,8 +80,8 @@ def reap() -> list[dict[str, Any]]:
                     continue  # its worker is alive
                 action, message = _worker_lost(session, job, row, stale_before, settings)
             elif row is None or row.consumed_at is not None:
-                if job.heartbeat_at is not None and job.heartbeat_at >= stale_before:
-                    continue  # just claimed or just handed over
+                if not _untouched(session, job, row, stale_before):
+                    continue  # claimed or handed over since we read it
                 task, queue = _task_for(job)
                 action, message = "requeued", outbox.add(session, job.id, task, queue)
             elif _message_gone(row, grace_before, broker):
@@ -97,6 +97,23 @@ def reap() -> list[dict[str, Any]]:
     for message in to_send:  # after the commit
         outbox.send_quietly(message)
     return actions
+
+
+def _untouched(session: Session, job: Job, row: OutboxMessage | None, stale_before: float) -> bool:
+    """Re-check, in one conditional UPDATE that sees the latest commit: still no lease
+    holder, nothing newer queued, no claim or hand-over for the stale period. (A worker
+    consumes a row and takes the lease in one transaction, so a consumed row read above
+    means its lease is visible here.)"""
+    newer = select(OutboxMessage.seq).where(OutboxMessage.job_id == job.id)
+    if row is not None:
+        newer = newer.where(OutboxMessage.seq > row.seq)
+    return session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.worker_id.is_(None), ~newer.exists(),
+               or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))  # fmt: skip
+        .values(heartbeat_at=time.time())
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
 
 
 def _message_gone(row: OutboxMessage, grace_before: float, broker: _Broker) -> bool:
