@@ -3,7 +3,8 @@
 ``FAULT_HOOK=module:function`` is wrapped so that its first call in any process of this
 worker (``FAULT_MARKER`` absent) creates ``FAULT_MARKER`` and sleeps ``FAULT_SLEEP_S``
 before running: a stage in flight, holding its lease and heartbeating, while the test
-kills the worker or lets another job wait in the queue behind it."""
+kills the worker or lets another job wait in the queue behind it. ``FAULT_QUEUES``: the
+queues it consumes; ``FAULT_BEAT=0``: without the reaper."""
 
 from __future__ import annotations
 
@@ -39,6 +40,6 @@ if __name__ == "__main__":
     from api.cli import worker_argv
 
     install()
-    argv = worker_argv(os.environ.get("FAULT_QUEUES", "default,gpu"))
+    argv = worker_argv(os.environ.get("FAULT_QUEUES", "default,gpu"), with_beat=os.environ.get("FAULT_BEAT", "1") == "1")
     sys.argv = ["celery", *argv[3:]]  # drop "python -m celery"
     sys.exit(main())
