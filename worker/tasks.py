@@ -71,7 +71,8 @@ def run_stage(stage: str, job_id: str, message_id: str | None = None) -> str | N
         return None
     message = None
     with session_scope() as session:
-        if not jobstate.release_lease(job_id, session):
+        still_ours = jobstate.release_lease(job_id, session)  # (a job that just ended has no lease)
+        if next_stage is not None and not still_ours:
             log.warning("stage_lease_lost", job_id=job_id, stage=stage, reason="the reaper retried the stage meanwhile")
             return None
         if next_stage is not None:

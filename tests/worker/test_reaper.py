@@ -172,3 +172,18 @@ def test_duplicate_delivery_runs_once_and_handover_resets_attempts(stack):
     nxt = _latest(job_id)
     assert nxt.task == "guardtune.pipeline.scan" and nxt.queue == "gpu"
     assert _row(message.id).consumed_at is not None and _row(nxt.id).sent_at is not None
+
+
+def test_a_job_with_nothing_queued_is_requeued_after_the_stale_period(stack):
+    """A job no outbox row speaks for (created before the outbox existed, say) and no
+    worker holds: the stage its status points at is queued, once."""
+    from core.models import Job
+    from worker.pipeline.reaper import reap
+
+    job_id = _job(status="queued", heartbeat_at=time.time())
+    assert reap() == []  # touched recently: give the pipeline its stale period
+    _age(Job, job_id, heartbeat_at=time.time() - 2 * STALE_S)
+    assert reap() == [{"job_id": job_id, "action": "requeued", "task": "guardtune.pipeline.scan"}]
+    row = _latest(job_id)
+    assert row.queue == "gpu" and row.sent_at is not None and row.sends == 1
+    assert reap() == []  # now it waits in the queue
