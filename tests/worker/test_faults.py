@@ -22,7 +22,15 @@ from sqlalchemy import create_engine
 
 from tests.conftest import REPO, child_env, create_key, free_port, start_api, start_worker, stop_process, wait_http
 from tests.worker.conftest import demo_lines, small_pipeline_env
-from tests.worker.faults import JobReader, PrivatePostgres, PrivateRedis, fresh_database, migrate, stage_runs, wait_until
+from tests.worker.faults import (
+    JobReader,
+    PrivatePostgres,
+    PrivateRedis,
+    fresh_database,
+    migrate,
+    stage_runs,
+    wait_until,
+)
 
 STALE_S = 6.0
 PIPELINE = ["validate", "scan", "train", "evaluate", "gate", "release"]

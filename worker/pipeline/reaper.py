@@ -107,13 +107,14 @@ def _untouched(session: Session, job: Job, row: OutboxMessage | None, stale_befo
     newer = select(OutboxMessage.seq).where(OutboxMessage.job_id == job.id)
     if row is not None:
         newer = newer.where(OutboxMessage.seq > row.seq)
-    return session.execute(
+    stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+    claimed = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.worker_id.is_(None), ~newer.exists(),
-               or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))  # fmt: skip
+        .where(Job.id == job.id, Job.worker_id.is_(None), ~newer.exists(), stale)
         .values(heartbeat_at=time.time())
         .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    )
+    return claimed.rowcount == 1
 
 
 def _message_gone(row: OutboxMessage, grace_before: float, broker: _Broker) -> bool:
