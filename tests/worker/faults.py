@@ -88,9 +88,12 @@ class PrivatePostgres:
         subprocess.run([*_as_postgres(), "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", *args],
                        check=True, capture_output=True, timeout=60)  # fmt: skip
 
-    def restart(self) -> None:
-        """Stop at once (every connection cut, no clean shutdown) and start again."""
-        self._ctl("restart", "-m", "immediate")
+    def restart(self, down_s: float) -> None:
+        """Stop at once (every connection cut, no clean shutdown), stay down ``down_s``,
+        start again."""
+        self._ctl("stop", "-m", "immediate")
+        time.sleep(down_s)
+        self._ctl("start", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
 
     def close(self) -> None:
         try:

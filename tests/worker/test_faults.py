@@ -234,11 +234,12 @@ def test_postgres_restarted_mid_job(env, tmp_path):
             client, _ = _client(server.base_url, pg.url, "faults-pg")
             job_id = _create(client)
             wait_until(marker.exists, 180, "the worker inside training")
-            pg.restart()  # mid-stage: the heartbeat and the API lose their connections
+            pg.restart(down_s=2.5)  # mid-stage: the heartbeat and the API lose their connections
             reader.ping()
             job = reader.finished(job_id)
             assert job.status == "succeeded", (job.error, reader.events(job_id))
             assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"  # the API reconnected
+            assert '"heartbeat_failed"' in (tmp_path / "worker.log").read_text()  # the outage was felt
         finally:
             stop_process(worker)
             stop_process(server.process)
