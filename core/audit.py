@@ -3,6 +3,8 @@
 Each record's ``hash`` is SHA-256 over its canonical JSON (time, actor, action,
 target, details) and the previous record's hash. :func:`record` must be called in
 the same session/transaction as the change it records, so both commit or neither.
+The head is anchored outside the table every ``GUARDTUNE_AUDIT_ANCHOR_EVERY`` records
+(:mod:`core.audit_anchors`), so truncation and a recomputed chain are detected too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import structlog
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from core import audit_anchors
 from core.models import AuditRecord
 
 GENESIS = "0" * 64
@@ -45,7 +48,8 @@ def record(
     request, ``details`` gets the request's ``request_id`` (unless it has one)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
-    prev = session.scalar(select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)) or GENESIS
+    last = session.execute(select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)).first()
+    prev = last.hash if last else GENESIS
     details = json.loads(json.dumps(details or {}, default=str))
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id is not None:
@@ -62,6 +66,7 @@ def record(
     )
     session.add(entry)
     session.flush()
+    audit_anchors.note_appended(session, last.seq if last else 0, entry)
     return entry
 
 

@@ -192,3 +192,25 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class OutboxMessage(Base):
+    """A pipeline task to send: written in the transaction that makes it due, sent after
+    the commit (``sent_at``), consumed once by the worker that runs it (``consumed_at``).
+
+    ``id`` is also the broker message (Celery task) id, so a replay of the same row is
+    recognised as a duplicate. A job's newest row is its only live one: writing a new row
+    marks the older unconsumed ones consumed."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_job_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    task: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+    sent_at: Mapped[float | None] = mapped_column(Float)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    consumed_at: Mapped[float | None] = mapped_column(Float)

@@ -5,6 +5,7 @@ if its worker dies (acks late + reject on worker lost)."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 from celery import Celery
@@ -15,14 +16,18 @@ from core.settings import Settings, get_settings
 DEFAULT_QUEUE = "default"
 GPU_QUEUE = "gpu"
 
-# The task that (re)runs the stage a job is in (its ``stage`` column), and its queue; the
-# worker registers these names (``worker/tasks.py``). Resuming a paused job sends one.
-STAGE_TASKS = {
-    "scanning": ("guardtune.pipeline.scan", GPU_QUEUE),
-    "training": ("guardtune.pipeline.train", GPU_QUEUE),
-    "evaluating": ("guardtune.pipeline.evaluate", GPU_QUEUE),
-    "gating": ("guardtune.pipeline.gate", DEFAULT_QUEUE),
-}
+# The pipeline's stages and the queue each runs on: model work on the GPU queue, light
+# work on default. Their tasks are named ``guardtune.pipeline.<stage>``.
+PIPELINE_QUEUES = {"validate": DEFAULT_QUEUE, "scan": GPU_QUEUE, "train": GPU_QUEUE, "evaluate": GPU_QUEUE,
+                   "gate": DEFAULT_QUEUE, "release": DEFAULT_QUEUE}  # fmt: skip
+
+
+def pipeline_task(stage: str) -> str:
+    return f"guardtune.pipeline.{stage}"
+
+# The pipeline stage that (re)runs a job's ``stage`` column value: the reaper re-sends it,
+# resuming a paused job sends it.
+STAGE_TASKS = {"scanning": "scan", "training": "train", "evaluating": "evaluate", "gating": "gate"}
 
 
 def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ()) -> Celery:
@@ -59,13 +64,63 @@ def producer() -> Celery:
     return make_celery()
 
 
-def enqueue(task_name: str, *args: object, queue: str = DEFAULT_QUEUE, ignore_result: bool = False) -> str:
-    """Send a task by name; returns its id. Call only after the database commit.
+def enqueue(
+    task_name: str, *args: object, queue: str = DEFAULT_QUEUE, ignore_result: bool = False, task_id: str | None = None
+) -> str:
+    """Send a task by name; returns its id. Call only after the database commit
+    (pipeline tasks go through :mod:`core.outbox`, which passes its row id as ``task_id``).
 
     ``ignore_result=True`` for fire-and-forget tasks whose outcome lives in the database:
     the producer then never subscribes to the result backend (with the broker down, a send
     fails in about a second instead of ~20 s of result-backend reconnects)."""
-    return producer().send_task(task_name, args=list(args), queue=queue, ignore_result=ignore_result).id
+    return producer().send_task(
+        task_name, args=list(args), queue=queue, ignore_result=ignore_result, task_id=task_id
+    ).id
+
+
+def broker_message_ids(queues: tuple[str, ...] = (DEFAULT_QUEUE, GPU_QUEUE)) -> set[str]:
+    """The ids of the task messages the broker still holds for ``queues``: waiting in a
+    queue, or delivered to a worker and not yet acknowledged. Raises if the broker cannot
+    be read (then nobody can tell a waiting message from a lost one)."""
+    with producer().connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=3)
+        channel = conn.default_channel
+        if conn.transport_cls in ("redis", "rediss") or hasattr(channel, "unacked_key"):
+            payloads = _redis_payloads(channel, queues)
+        elif hasattr(channel, "message_cls"):  # kombu's SQLAlchemy transport (the embedded broker)
+            payloads = _sqla_payloads(channel, queues)
+        else:
+            raise NotImplementedError(f"cannot list the messages of a {conn.transport_cls!r} broker")
+        return {message_id for message_id in map(_message_id, payloads) if message_id}
+
+
+def _redis_payloads(channel, queues: tuple[str, ...]) -> list[str]:
+    client = channel.client
+    payloads: list[str] = []
+    for queue in queues:
+        for step in channel.priority_steps:
+            payloads += client.lrange(channel._q_for_pri(queue, step), 0, -1)
+    for value in client.hvals(channel.unacked_key):  # [payload, exchange, routing key]
+        payloads.append(json.dumps(json.loads(value)[0]))
+    return payloads
+
+
+def _sqla_payloads(channel, queues: tuple[str, ...]) -> list[str]:
+    # Delivered messages stay in the table with visible = False; only visible ones wait.
+    # (A worker of this transport holds a delivered message in memory, nowhere readable.)
+    session, message, queue = channel.session, channel.message_cls, channel.queue_cls
+    rows = (session.query(message.payload).join(queue, message.queue_id == queue.id)
+            .filter(queue.name.in_(queues), message.visible.is_(True)).all())  # fmt: skip
+    session.commit()
+    return [row.payload for row in rows]
+
+
+def _message_id(payload: str | bytes) -> str | None:
+    try:
+        data = json.loads(payload)
+    except (TypeError, ValueError):
+        return None
+    return (data.get("headers") or {}).get("id") or (data.get("properties") or {}).get("correlation_id")
 
 
 def check_broker(timeout_s: float = 3.0) -> None:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
+    audit_anchor_every: int = 100
     metrics_event_every: int = 1
     checkpoint_every: int = 20
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share

@@ -1,4 +1,4 @@
-"""``guardtune-ops audit``: read, export and verify the hash-chained audit log."""
+"""``guardtune-ops audit``: read, export, anchor and verify the hash-chained audit log."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import func, or_, select
 
 from core import audit as audit_log
+from core import audit_anchors as anchors
 from core.models import AuditRecord, ReleasedModel
+from core.settings import get_settings
 from ops.common import db
 from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, render
 
@@ -183,14 +185,60 @@ def _read_export(path: Path) -> Iterator[_Row]:
                     raise fail(f"{path}:{lineno}: not JSON ({exc.msg})") from None
 
 
+@app.command("anchor")
+@handle_errors
+def anchor(as_json: JsonOpt = False) -> None:
+    """Anchor the chain's head now: an HMAC-signed checkpoint in the object store (also
+    written every GUARDTUNE_AUDIT_ANCHOR_EVERY records). Keep the printed hash elsewhere
+    too, for `audit verify --expect-head`. Writes no audit record (that would move the head)."""
+    with db() as session:
+        written = anchors.anchor_head(session)
+    if written is None:
+        raise fail("the audit log is empty: nothing to anchor")
+    if as_json:
+        echo_json({"seq": written.seq, "hash": written.hash, "created_at": written.created_at,
+                   "key": anchors.anchor_key(written.seq)})  # fmt: skip
+    else:
+        console().print(f"anchored head seq {written.seq} hash {written.hash} ({anchors.anchor_key(written.seq)})")
+
+
+def _anchor_problem(session, last: Any) -> tuple[str | None, int | None]:
+    """Check an intact table against the newest stored anchor: (problem or None, anchored seq)."""
+    stored = anchors.latest()
+    if stored is None:
+        return None, None
+    if not stored.valid(get_settings().secret_key):
+        return f"the newest anchor (seq {stored.seq}) has an invalid signature: forged, or another secret key", stored.seq
+    found = session.scalar(select(AuditRecord.hash).where(AuditRecord.seq == stored.seq))
+    if found is None:
+        end = last.seq if last is not None else "no records"
+        return (f"the log was truncated: anchored record seq {stored.seq} is missing (the table ends at {end})",
+                stored.seq)  # fmt: skip
+    if found != stored.hash:
+        return f"record seq {stored.seq} does not match its anchor: the chain was rewritten", stored.seq
+    return None, stored.seq
+
+
+def _expect_head_problem(hashes: Any, expected: str, last: Any) -> str | None:
+    """``expected`` (a head saved earlier) must still be in the chain; later records may follow."""
+    if expected in hashes:
+        return None
+    head = last.hash if last is not None else "none (empty)"
+    return f"the expected head {expected} is not in the chain (head now {head}): truncated or rewritten"
+
+
 @app.command("verify")
 @handle_errors
 def verify(
     file: Annotated[Path | None, typer.Option("--file", help="Verify an `audit export` JSONL file instead of the database.")] = None,
+    expect_head: Annotated[str | None, typer.Option("--expect-head", metavar="HASH",
+                           help="A head hash saved earlier (e.g. from `audit anchor`); it must still be in the chain.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Walk the hash chain; exit 1 naming the first record that does not fit."""
-    anchored_at = None
+    """Walk the hash chain; exit 1 naming the first record that does not fit. On the
+    database, also check the table against the newest signed anchor (truncation, a
+    recomputed chain) and, with ``--expect-head``, that a saved head is still there."""
+    anchored_at, anchor_seq, problem = None, None, None
     with _progress() as progress:
         if file is not None:
             if not file.is_file():
@@ -201,6 +249,8 @@ def verify(
                 anchored_at = rows[0].seq
             task = progress.add_task("verifying export", total=len(rows))
             result, last = _walk(_counted(rows, progress, task), first_prev)
+            if result.ok and expect_head:
+                problem = _expect_head_problem({r.hash for r in rows}, expect_head, last)
         else:
             with db() as session:
                 total = session.scalar(select(func.count()).select_from(AuditRecord)) or 0
@@ -211,17 +261,27 @@ def verify(
                 seen = _Last()
                 result = audit_log.verify(seen.track(_counted(records, progress, task)))
                 last = seen.last if result.ok else None
+                if result.ok:
+                    problem, anchor_seq = _anchor_problem(session, last)
+                if result.ok and not problem and expect_head:
+                    found = session.scalar(select(AuditRecord.seq).where(AuditRecord.hash == expect_head))
+                    problem = _expect_head_problem({expect_head} if found else set(), expect_head, last)
 
     summary = {"ok": result.ok, "checked": result.checked, "broken_seq": result.broken_seq, "reason": result.reason,
                "head_seq": last.seq if (result.ok and last) else None,
                "head_hash": last.hash if (result.ok and last) else None,
-               "anchored_at_seq": anchored_at}  # fmt: skip
+               "anchored_at_seq": anchored_at, "anchor_seq": anchor_seq, "problem": problem}  # fmt: skip
     if as_json:
         echo_json(summary)
-    elif result.ok:
+    elif result.ok and not problem:
         where = f" (export starts at seq {anchored_at}, anchored on its prev_hash)" if anchored_at else ""
         head = f"; head seq {summary['head_seq']} hash {summary['head_hash']}" if last else ""
-        console().print(f"[green]audit chain intact[/green]: {result.checked} records verified{head}{where}")
+        signed = f"; matches the signed anchor at seq {anchor_seq}" if anchor_seq else ""
+        console().print(f"[green]audit chain intact[/green]: {result.checked} records verified{head}{signed}{where}")
+    if result.ok and problem:
+        if as_json:
+            raise typer.Exit(1)
+        raise fail(f"audit log check failed: {problem}")
     if not result.ok:
         message = f"audit chain broken at seq {result.broken_seq}: {result.reason} ({result.checked - 1} records before it verified)"
         if as_json:

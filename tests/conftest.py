@@ -215,13 +215,13 @@ def start_api(env: dict[str, str], log_path: Path) -> LiveServer:
     return server
 
 
-def start_worker(env: dict[str, str], log_path: Path, queues: str = "default,gpu") -> subprocess.Popen:
-    """A real Celery worker process (``guardtune worker``)."""
+def start_worker(env: dict[str, str], log_path: Path, queues: str = "default,gpu", beat: bool = True) -> subprocess.Popen:
+    """A real Celery worker process (``guardtune worker``; ``beat``: with the reaper)."""
     from api.cli import worker_argv
 
     log = log_path.open("ab")
     return subprocess.Popen(
-        worker_argv(queues), cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
+        worker_argv(queues, with_beat=beat), cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
 
@@ -250,30 +250,36 @@ def live_api(request, tmp_path_factory) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def make_key(deployment_env):
     """Create an organization (if new) and an API key directly in the database."""
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
     from core import registry
-    from core.apikeys import generate_key
-    from core.ids import new_id
-    from core.models import ApiKey, Organization
     from core.settings import Settings
 
     engine = create_engine(deployment_env["GUARDTUNE_DATABASE_URL"])
     with Session(engine) as session, session.begin():
         registry.seed_base_models(session, Settings())
-
-    def _make(org_name: str, scope: str = "customer") -> tuple[str, str, str]:
-        with Session(engine) as session, session.begin():
-            org = session.scalar(select(Organization).where(Organization.name == org_name))
-            if org is None:
-                org = Organization(id=new_id("org"), name=org_name)
-                session.add(org)
-                session.flush()
-            plaintext, prefix, digest = generate_key(TEST_SECRET)
-            key = ApiKey(id=new_id("key"), org_id=org.id, prefix=prefix, key_hash=digest, scope=scope)
-            session.add(key)
-            return org.id, key.id, plaintext
-
-    yield _make
+    yield lambda org_name, scope="customer": create_key(engine, org_name, scope)
     engine.dispose()
+
+
+def create_key(engine, org_name: str, scope: str = "customer") -> tuple[str, str, str]:
+    """An organization (if new) and an API key for it, written with ``engine``:
+    ``(org id, key id, plaintext key)``."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from core.apikeys import generate_key
+    from core.ids import new_id
+    from core.models import ApiKey, Organization
+
+    with Session(engine) as session, session.begin():
+        org = session.scalar(select(Organization).where(Organization.name == org_name))
+        if org is None:
+            org = Organization(id=new_id("org"), name=org_name)
+            session.add(org)
+            session.flush()
+        plaintext, prefix, digest = generate_key(TEST_SECRET)
+        key = ApiKey(id=new_id("key"), org_id=org.id, prefix=prefix, key_hash=digest, scope=scope)
+        session.add(key)
+        return org.id, key.id, plaintext

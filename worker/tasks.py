@@ -1,15 +1,21 @@
 """Celery tasks. Each takes a job id, runs one stage function (which opens its own
-sessions) and, after that stage's commit, enqueues the next stage."""
+sessions) and hands the next stage to the transactional outbox (:mod:`core.outbox`):
+written in the transaction that releases the stage's lease, sent after its commit.
+A delivery whose outbox row was already consumed is a duplicate and is skipped."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from core import outbox
 from core.db import session_scope
 from core.logging import get_logger
-from core.queue import DEFAULT_QUEUE, GPU_QUEUE, enqueue
+from core.queue import PIPELINE_QUEUES, pipeline_task
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
 from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
@@ -18,32 +24,30 @@ from worker.pipeline.reaper import reap
 
 log = get_logger(__name__)
 
-# stage name -> (plain function, queue): model work on the GPU queue, light work on default.
-STAGES: dict[str, tuple[Callable[[str], str | None], str]] = {
-    "validate": (validate.run, DEFAULT_QUEUE),
-    "scan": (scan.run, GPU_QUEUE),
-    "train": (train.run, GPU_QUEUE),
-    "evaluate": (evaluate.run, GPU_QUEUE),
-    "gate": (gate.run, DEFAULT_QUEUE),
-    "release": (release.run, DEFAULT_QUEUE),
+# stage name -> plain function (its queue: core.queue.PIPELINE_QUEUES).
+STAGES: dict[str, Callable[[str], str | None]] = {
+    "validate": validate.run,
+    "scan": scan.run,
+    "train": train.run,
+    "evaluate": evaluate.run,
+    "gate": gate.run,
+    "release": release.run,
 }
 
 
-def task_name(stage: str) -> str:
-    return f"guardtune.pipeline.{stage}"
+def run_stage(stage: str, job_id: str, message_id: str | None = None) -> str | None:
+    """Run one stage under the job's lease; hand the next to the outbox. Returns the next stage.
 
-
-def enqueue_stage(stage: str, job_id: str) -> None:
-    enqueue(task_name(stage), job_id, queue=STAGES[stage][1])
-
-
-def run_stage(stage: str, job_id: str) -> str | None:
-    """Run one stage under the job's lease; enqueue the next. Returns the next stage.
-
-    A customer-facing failure (:class:`StageError`) or any unexpected error ends the job
-    ``failed`` with a clear ``error``; a job that went terminal meanwhile is left alone."""
-    function, _ = STAGES[stage]
+    ``message_id`` (the delivery's outbox row) is consumed in the transaction that takes
+    the lease: a duplicate delivery runs nothing. A customer-facing failure
+    (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
+    ``error``; a job that went terminal meanwhile is left alone. A lost database
+    connection fails nothing: the lease goes stale and the reaper retries the stage."""
+    function = STAGES[stage]
     with session_scope() as session:
+        if message_id is not None and not outbox.consume(session, message_id):
+            log.info("stage_skipped", job_id=job_id, stage=stage, message_id=message_id, reason="duplicate delivery")
+            return None
         if not jobstate.claim(session, job_id):
             log.info("stage_skipped", job_id=job_id, stage=stage, reason="lease held or job terminal")
             return None
@@ -58,31 +62,42 @@ def run_stage(stage: str, job_id: str) -> str | None:
     except StageError as exc:
         jobstate.fail(job_id, exc.code, exc.message, exc.param)
         return None
+    except (OperationalError, InterfaceError) as exc:  # the database went away (restart, failover)
+        log.warning("stage_interrupted", job_id=job_id, stage=stage, reason="database unavailable", error=str(exc)[:300])
+        return None
     except Exception as exc:
         log.exception("stage_failed", job_id=job_id, stage=stage)
         jobstate.fail(job_id, "internal_error", f"Stage '{stage}' failed: {type(exc).__name__}: {exc}")
         return None
-    jobstate.release_lease(job_id)
-    if next_stage is not None:
-        enqueue_stage(next_stage, job_id)
+    message = None
+    with session_scope() as session:
+        still_ours = jobstate.release_lease(job_id, session)  # (a job that just ended has no lease)
+        if next_stage is not None and not still_ours:
+            log.warning("stage_lease_lost", job_id=job_id, stage=stage, reason="the reaper retried the stage meanwhile")
+            return None
+        if next_stage is not None:
+            jobstate.move(session, job_id, attempts=0, heartbeat_at=time.time())  # attempts count per stage
+            message = outbox.add(session, job_id, pipeline_task(next_stage), PIPELINE_QUEUES[next_stage])
+    if message is not None:
+        outbox.send_quietly(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
     return next_stage
 
 
 def _register(stage: str) -> None:
-    @celery_app.task(name=task_name(stage))
-    def _stage_task(job_id: str) -> str | None:
-        return run_stage(stage, job_id)
+    @celery_app.task(name=pipeline_task(stage), bind=True)
+    def _stage_task(self, job_id: str) -> str | None:
+        return run_stage(stage, job_id, self.request.id)
 
 
 for _stage in STAGES:
     _register(_stage)
 
 
-@celery_app.task(name="guardtune.pipeline.start")
-def start(job_id: str) -> str | None:
-    """The API's entry point (enqueued after the job's commit)."""
-    return run_stage("validate", job_id)
+@celery_app.task(name="guardtune.pipeline.start", bind=True)
+def start(self, job_id: str) -> str | None:
+    """The API's entry point (its outbox row written with the job)."""
+    return run_stage("validate", job_id, self.request.id)
 
 
 @celery_app.task(name="guardtune.gpu.onboard")
@@ -92,11 +107,7 @@ def onboard(model_id: str) -> dict:
 
 @celery_app.task(name="guardtune.reap")
 def reap_stale_jobs() -> list:
-    actions = reap()
-    for job_id, action in actions:
-        if action != "failed":
-            enqueue_stage(action, job_id)
-    return actions
+    return reap()
 
 
 @celery_app.on_after_finalize.connect

@@ -57,14 +57,14 @@ from api.schemas.jobs import (
     SafetyState,
 )
 from api.services.safety_policy import resolve_safety
-from core import audit
+from core import audit, outbox
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
 from core.logging import get_logger
 from core.models import AuditRecord, Checkpoint, File, Job, now
 from core.models import JobEvent as JobEventRow
 from core.models import SafetyReport as SafetyReportRow
-from core.queue import DEFAULT_QUEUE, STAGE_TASKS, enqueue
+from core.queue import DEFAULT_QUEUE, PIPELINE_QUEUES, STAGE_TASKS, pipeline_task
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -324,6 +324,7 @@ class JobService:
                     "request_sha256": request_sha,
                 },
             )
+            message = outbox.add(self.session, job.id, PIPELINE_TASK, DEFAULT_QUEUE)  # sent after the commit
             self.session.commit()
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the race.
@@ -333,7 +334,7 @@ class JobService:
                 raise
             return self._replay(existing, request_sha)
         JOBS_CREATED.inc()
-        self._enqueue(caller, job)
+        self._enqueue(caller, job, message)
         return job
 
     def _replay(self, job: Job, request_sha: str) -> Job:
@@ -436,10 +437,12 @@ class JobService:
                 headers={"x-should-retry": "false"},
             )
 
-    def _enqueue(self, caller: Caller, job: Job, task: str = PIPELINE_TASK, queue: str = DEFAULT_QUEUE) -> None:
-        """Hand the job to the pipeline. After the commit, so a worker always finds the row."""
+    def _enqueue(self, caller: Caller, job: Job, message: outbox.Pending) -> None:
+        """Send the job's outbox row to the pipeline, after the commit (so a worker always
+        finds the job). If this process dies first, the reaper sends it; if the broker
+        refuses, the job fails ``queue_unavailable`` now rather than wait for it."""
         try:
-            enqueue(task, job.id, queue=queue, ignore_result=True)  # the job row is the outcome
+            outbox.send(message)
         except Exception as exc:
             log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
             locked = self.jobs.get(caller.org_id, job.id, for_update=True)
@@ -523,9 +526,10 @@ class JobService:
             )
         job.status = "queued"  # ``running`` again once a worker takes up its stage
         job.worker_id = None
+        stage = STAGE_TASKS[job.stage]
+        message = outbox.add(self.session, job.id, pipeline_task(stage), PIPELINE_QUEUES[stage])
         self._record(caller, job, "job.resume", "Fine-tuning job resumed; it continues from its last checkpoint.")
-        task, queue = STAGE_TASKS[job.stage]
-        self._enqueue(caller, job, task, queue)
+        outbox.send_quietly(message)  # after the commit; the reaper replays it if this fails
         return job
 
     def _locked(self, caller: Caller, job_id: str) -> Job:

@@ -22,8 +22,11 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.db import session_scope
 from core.ids import new_id
+from core.logging import get_logger
 from core.models import Job, JobEvent, now
 from core.settings import get_settings
+
+log = get_logger(__name__)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 PAUSED = "paused"  # not terminal: resume re-queues the job's stage
@@ -133,9 +136,14 @@ def claim(session: Session, job_id: str) -> bool:
     return result.rowcount == 1
 
 
-def release_lease(job_id: str) -> None:
-    with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID).values(worker_id=None))
+def release_lease(job_id: str, session: Session | None = None) -> bool:
+    """Give up this worker's lease (in ``session``'s transaction if given); False if it
+    was not ours any more (the reaper declared us lost and retried the stage)."""
+    if session is None:
+        with session_scope() as own:
+            return release_lease(job_id, own)
+    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID).values(worker_id=None))
+    return result.rowcount == 1
 
 
 def beat(job_id: str) -> None:
@@ -143,6 +151,14 @@ def beat(job_id: str) -> None:
         session.execute(
             update(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID).values(heartbeat_at=time.time())
         )
+
+
+def _beat_quietly(job_id: str) -> None:
+    """A heartbeat that survives a database restart (the next one reconnects)."""
+    try:
+        beat(job_id)
+    except Exception as exc:
+        log.warning("heartbeat_failed", job_id=job_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 @contextmanager
@@ -154,7 +170,7 @@ def heartbeat(job_id: str) -> Iterator[None]:
 
     def run() -> None:
         while not stop.wait(interval):
-            beat(job_id)
+            _beat_quietly(job_id)
 
     thread = threading.Thread(target=run, name=f"heartbeat-{job_id}", daemon=True)
     thread.start()

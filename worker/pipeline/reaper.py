@@ -1,49 +1,157 @@
-"""The stale-job reaper: a running job whose worker stopped heartbeating gets its
-stage re-enqueued (it resumes from the last checkpoint), up to
-``GUARDTUNE_MAX_STAGE_ATTEMPTS``; after that it ends ``failed`` — never stuck in
-``running``."""
+"""The reaper (Celery beat, every ``GUARDTUNE_REAPER_INTERVAL_S``): no job is stranded.
+
+For each unfinished job (``validating_files``, ``queued``, ``running``; any other status,
+``paused`` say, is left alone) it tells four cases apart:
+
+* **a lease holder that stopped heartbeating** (``worker_id`` set, heartbeat older than
+  ``GUARDTUNE_STALE_JOB_AFTER_S``): the worker was lost. Counted against the stage
+  (``Job.attempts``, reset when a stage hands over to the next); the stage is retried
+  through a new outbox row (it resumes from its last checkpoint) until it has run
+  ``GUARDTUNE_MAX_STAGE_ATTEMPTS`` times, then the job fails ``worker_lost``.
+* **waiting in the queue** (no lease holder, the job's live outbox row sent and still in
+  the broker): nothing to do, however long the wait. Never a worker loss.
+* **message gone** (no lease holder, the live row never sent, or sent but no longer in
+  the broker): the row is replayed with the same id (idempotent: a duplicate delivery is
+  skipped by the worker). Not counted as an attempt, no customer-facing event.
+* **nothing queued** (no lease holder, no live row, untouched for the stale period; e.g. a
+  job created before the outbox existed): the stage the job's status points at is queued.
+
+Replays wait ``send_grace_s`` after a row was written or sent, so a message on its way
+to a worker is not replayed; a lost message is recovered within the stale timeout.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
+from core import outbox
 from core.db import session_scope
-from core.models import Job
-from core.settings import get_settings
+from core.logging import get_logger
+from core.models import Job, OutboxMessage
+from core.queue import PIPELINE_QUEUES, STAGE_TASKS, broker_message_ids, pipeline_task
+from core.settings import Settings, get_settings
 from worker.pipeline import jobstate
 
-STAGE_TASKS = {"scanning": "scan", "training": "train", "evaluating": "evaluate", "gating": "gate"}
+log = get_logger(__name__)
+
+REAPABLE = ("validating_files", "queued", "running")
 
 
-def reap() -> list[tuple[str, str]]:
-    """Handle every stale job once; returns ``(job id, "retried" | "failed")`` pairs.
+def send_grace_s(settings: Settings) -> float:
+    return min(10.0, settings.stale_job_after_s / 2)
 
-    The caller enqueues the retried stages (after this commit)."""
+
+class _Broker:
+    """The broker's message ids, read at most once per pass and only when needed."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] | None = None
+        self.unreadable = False
+
+    def holds(self, message_id: str) -> bool | None:
+        if self._ids is None and not self.unreadable:
+            try:
+                self._ids = broker_message_ids()
+            except Exception as exc:
+                self.unreadable = True
+                log.warning("reaper_broker_unreadable", error=f"{type(exc).__name__}: {exc}")
+        return None if self._ids is None else message_id in self._ids
+
+
+def reap() -> list[dict[str, Any]]:
+    """One pass over the unfinished jobs; returns what it did, one dict per job touched:
+    ``{"job_id", "action": "retried" | "failed" | "replayed" | "requeued", "task"}``."""
     settings = get_settings()
-    stale_before = time.time() - settings.stale_job_after_s
-    actions: list[tuple[str, str]] = []
+    now = time.time()
+    stale_before, grace_before = now - settings.stale_job_after_s, now - send_grace_s(settings)
+    broker = _Broker()
+    actions: list[dict[str, Any]] = []
+    to_send: list[outbox.Pending] = []
     with session_scope() as session:
-        stale = session.scalars(
-            select(Job).where(Job.status == "running", Job.heartbeat_at < stale_before)
-        ).all()
-        for job in stale:
-            if job.attempts + 1 >= settings.max_stage_attempts:
-                jobstate.finish(session, job.id, "failed", level="error",
-                                error={"code": "worker_lost", "param": None,
-                                       "message": f"The worker running stage '{job.stage}' stopped responding "
-                                                  f"{settings.max_stage_attempts} times; the job was stopped."},
-                                message="Job failed: its worker was lost")  # fmt: skip
-                actions.append((job.id, "failed"))
-                continue
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.attempts == job.attempts, Job.heartbeat_at < stale_before)
-                .values(attempts=job.attempts + 1, worker_id=None, heartbeat_at=time.time())
-            ).rowcount
-            if claimed:
-                jobstate.add_event(session, job.id, f"Worker lost during {job.stage}; retrying the stage "
-                                   f"(retry {job.attempts + 1} of {settings.max_stage_attempts - 1})", level="warn")  # fmt: skip
-                actions.append((job.id, STAGE_TASKS[job.stage]))
+        for job in session.scalars(select(Job).where(Job.status.in_(REAPABLE))).all():
+            row = outbox.latest(session, job.id)
+            if job.worker_id is not None:
+                if job.heartbeat_at is not None and job.heartbeat_at >= stale_before:
+                    continue  # its worker is alive
+                action, message = _worker_lost(session, job, row, stale_before, settings)
+            elif row is None or row.consumed_at is not None:
+                if not _untouched(session, job, row, stale_before):
+                    continue  # claimed or handed over since we read it
+                task, queue = _task_for(job)
+                action, message = "requeued", outbox.add(session, job.id, task, queue)
+            elif _message_gone(row, grace_before, broker):
+                action, message = "replayed", outbox.pending(row)
+            else:
+                continue  # waiting in the queue
+            if action:
+                actions.append({"job_id": job.id, "action": action, "task": message.task if message else None})
+                log.info("reaper_action", job_id=job.id, action=action, task=message.task if message else None,
+                         status=job.status, stage=job.stage)  # fmt: skip
+            if message is not None:
+                to_send.append(message)
+    for message in to_send:  # after the commit
+        outbox.send_quietly(message)
     return actions
+
+
+def _untouched(session: Session, job: Job, row: OutboxMessage | None, stale_before: float) -> bool:
+    """Re-check, in one conditional UPDATE that sees the latest commit: still no lease
+    holder, nothing newer queued, no claim or hand-over for the stale period. (A worker
+    consumes a row and takes the lease in one transaction, so a consumed row read above
+    means its lease is visible here.)"""
+    newer = select(OutboxMessage.seq).where(OutboxMessage.job_id == job.id)
+    if row is not None:
+        newer = newer.where(OutboxMessage.seq > row.seq)
+    stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.worker_id.is_(None), ~newer.exists(), stale)
+        .values(heartbeat_at=time.time())
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.rowcount == 1
+
+
+def _message_gone(row: OutboxMessage, grace_before: float, broker: _Broker) -> bool:
+    if row.sent_at is None:
+        return row.created_at < grace_before  # the sender died between commit and send
+    return row.sent_at < grace_before and broker.holds(row.id) is False
+
+
+def _task_for(job: Job) -> tuple[str, str]:
+    """The stage a job with nothing queued should run next, from its status and stage."""
+    if job.status == "validating_files":
+        stage = "validate"
+    elif job.stage is None:
+        stage = "scan"
+    else:
+        stage = STAGE_TASKS[job.stage]
+    return pipeline_task(stage), PIPELINE_QUEUES[stage]
+
+
+def _worker_lost(
+    session: Session, job: Job, row: OutboxMessage | None, stale_before: float, settings: Settings
+) -> tuple[str | None, outbox.Pending | None]:
+    where, retry = job.stage or job.status, job.attempts + 1  # read before the UPDATE refreshes `job`
+    if retry >= settings.max_stage_attempts:
+        failed = jobstate.finish(session, job.id, "failed", level="error",
+                                 error={"code": "worker_lost", "param": None,
+                                        "message": f"The worker running stage '{where}' stopped responding "
+                                                   f"{settings.max_stage_attempts} times; the job was stopped."},
+                                 message="Job failed: its worker was lost")  # fmt: skip
+        return ("failed" if failed else None), None
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.worker_id == job.worker_id, Job.heartbeat_at < stale_before)
+        .values(attempts=retry, worker_id=None, heartbeat_at=time.time())
+    ).rowcount
+    if not claimed:
+        return None, None
+    jobstate.add_event(session, job.id, f"Worker lost during {where}; retrying the stage "
+                       f"(retry {retry} of {settings.max_stage_attempts - 1})", level="warn")  # fmt: skip
+    task, queue = (row.task, row.queue) if row is not None else _task_for(job)
+    return "retried", outbox.add(session, job.id, task, queue)

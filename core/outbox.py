@@ -1,0 +1,104 @@
+"""The transactional outbox of pipeline tasks: no job is stranded by a lost message.
+
+A task is never sent straight from a request or a stage. Instead:
+
+1. :func:`add` writes an :class:`~core.models.OutboxMessage` row in the same transaction
+   as the job or stage change that makes the task due (so both commit or neither);
+2. after the commit, :func:`send` hands it to the broker (the row's id is the broker
+   message id) and marks it sent;
+3. the worker that runs it first :func:`consume`\\ s the row: exactly one delivery of a row
+   runs, any duplicate (a replay, a broker redelivery) is skipped;
+4. the reaper (``worker/pipeline/reaper.py``) replays a job's live row that was never sent
+   (the process died between commit and send) or whose message the broker no longer holds
+   (the broker lost it), with the same id, so replays are idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.ids import new_id
+from core.logging import get_logger
+from core.models import OutboxMessage
+from core.queue import enqueue
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What :func:`send` needs, readable after the session that wrote the row closed."""
+
+    id: str
+    job_id: str
+    task: str
+    queue: str
+
+
+def pending(row: OutboxMessage) -> Pending:
+    return Pending(row.id, row.job_id, row.task, row.queue)
+
+
+def add(session: Session, job_id: str, task: str, queue: str) -> Pending:
+    """Write the job's next task in ``session``'s transaction; older unconsumed rows of the
+    job are superseded (marked consumed), so a job has at most one live row."""
+    stamp = time.time()
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.job_id == job_id, OutboxMessage.consumed_at.is_(None))
+        .values(consumed_at=stamp)
+    )
+    row = OutboxMessage(id=new_id("msg"), job_id=job_id, task=task, queue=queue, created_at=stamp, sends=0)
+    session.add(row)
+    session.flush()
+    return pending(row)
+
+
+def send(message: Pending) -> None:
+    """Send one row's task (after its commit) and mark it sent. Raises if the broker
+    refuses; the row then stays unsent and the reaper replays it."""
+    from core.db import session_scope
+
+    enqueue(message.task, message.job_id, queue=message.queue, ignore_result=True, task_id=message.id)
+    with session_scope() as session:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message.id)
+            .values(sent_at=time.time(), sends=OutboxMessage.sends + 1)
+        )
+
+
+def send_quietly(message: Pending) -> bool:
+    """:func:`send`, logging instead of raising (the reaper replays what failed)."""
+    try:
+        send(message)
+    except Exception as exc:
+        log.warning("outbox_send_failed", message_id=message.id, job_id=message.job_id, task=message.task,
+                    error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return False
+    return True
+
+
+def consume(session: Session, message_id: str) -> bool:
+    """Mark the row consumed in ``session``'s transaction. False if it was consumed (or
+    superseded) before: this delivery is a duplicate and must not run. A message id with
+    no row (a task sent by hand) is not deduplicated: True."""
+    changed = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message_id, OutboxMessage.consumed_at.is_(None))
+        .values(consumed_at=time.time())
+    ).rowcount
+    if changed:
+        return True
+    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is None
+
+
+def latest(session: Session, job_id: str) -> OutboxMessage | None:
+    """The job's newest row (its live one unless consumed)."""
+    return session.scalar(
+        select(OutboxMessage).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.seq.desc()).limit(1)
+    )
