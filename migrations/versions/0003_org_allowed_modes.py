@@ -1,6 +1,6 @@
 """organizations.allowed_modes: the safety modes an organization's customer keys may ask
 
-Revision ID: 0003_weights
+Revision ID: 0003
 Revises: 0002
 """
 

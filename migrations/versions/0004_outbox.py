@@ -1,7 +1,7 @@
 """transactional outbox of pipeline tasks
 
-Revision ID: 0003_recovery
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
