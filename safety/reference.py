@@ -80,7 +80,8 @@ def compute_reference_cache(
     parts: list[ReferenceTopK] = []
     for start in range(0, len(encoded), batch_size):
         batch = {key: v.to(device) for key, v in collate(list(encoded[start : start + batch_size]), pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
         ref_log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
         parts.append(ReferenceTopK(*(t.cpu() for t in reference_topk(ref_log_p, k))))

@@ -420,9 +420,11 @@ def _accumulate_gradients(
             if cached_rows is not None:
                 ref_topk = cached_rows(indices[start : start + batch_size])
             else:
-                with torch.no_grad(), model.disable_adapter():
+                with torch.no_grad(), model.disable_adapter(), _autocast(device):
                     ref_logits = model(**inputs).logits
-        ce, kl, answer_tokens = example_sums(model(**inputs).logits, batch["labels"], ref_logits, ref_topk)
+        with _autocast(device):
+            logits = model(**inputs).logits
+        ce, kl, answer_tokens = example_sums(logits, batch["labels"], ref_logits, ref_topk)
         loss = weighted_loss(ce, kl, w_sft, w_kl, n_answer)
         loss.backward()
         sums["loss"] += loss.item()
@@ -432,6 +434,12 @@ def _accumulate_gradients(
             sums["kl_tokens"] += int(answer_tokens.sum())
         sums["tokens"] += int(batch["attention_mask"].sum())
     return sums
+
+
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (fp32 weights and LoRA, bf16 matmuls); nothing elsewhere. The
+    losses are computed in fp32 either way (``objective`` upcasts the logits)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _mean(values: list[float]) -> float | None:
