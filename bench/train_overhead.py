@@ -115,6 +115,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     rss_start = current_rss_mb()
     t0 = time.perf_counter()
     model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
+    model.to(args.device)
     _make_resident(model)
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss_mb()
@@ -143,7 +144,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         _cached(model, tokenizer, examples, config, total, ends, tokens, extra, args)
     elif variant == "d":
         ref, _ = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
-        ref.requires_grad_(False)
+        ref.to(args.device).requires_grad_(False)
         _make_resident(ref)
         extra["rss_after_second_model_mb"] = current_rss_mb()
         _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args)
@@ -175,12 +176,19 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_model_load_mb": rss_loaded,
         "peak_rss_mb": extra.pop("peak_rss_training_mb", None) or peak_rss_mb(),
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
         **extra,
     }
 
 
 def _stamp() -> tuple[float, float]:
-    """(wall clock, CPU time of this process) at the end of a step."""
+    """(wall clock, CPU time of this process) at the end of a step (after the GPU's queued
+    work, on CUDA)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
 
 
@@ -192,6 +200,17 @@ def _make_resident(model) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.sum()
+
+
+def args_device(model):
+    return next(model.parameters()).device
+
+
+def _autocast(model):
+    """bf16 autocast on CUDA, as ``safety.trainer`` does; nothing on the CPU."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=args_device(model).type == "cuda")
 
 
 def _encode(tokenizer, examples, config):
@@ -228,8 +247,9 @@ def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     model.train()
     for step in range(total):
         idx = step_indices(len(encoded), config.batch_size, config.seed, step)
-        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        with _autocast(model):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -269,7 +289,7 @@ def _kl_gap(model, tokenizer, encoded) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with torch.no_grad():
-        batch = collate(encoded, tokenizer.pad_token_id)
+        batch = {k: v.to(args_device(model)) for k, v in collate(encoded, tokenizer.pad_token_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         logits = model(**inputs).logits
         with model.disable_adapter():
@@ -357,10 +377,11 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
             scoring_cpu_s += time.process_time() - c
         risks_seen.append(risk)
         w_sft, w_kl = kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
-        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        with _autocast(model):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = w_sft * sft_loss(logits, batch["labels"])
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(model):
             ref_logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = loss + w_kl * token_kl(ref_logits, logits, batch["labels"])
         loss.backward()
@@ -385,7 +406,7 @@ def run_child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
         "--max-seq-len", str(args.max_seq_len), "--n-examples", str(args.n_examples), "--seed", str(args.seed),
         "--cache-dir", args.cache_dir, "--probe-prompts", str(args.probe_prompts), "--threads", str(args.threads),
-        "--reference-topk", str(args.reference_topk), "--gap-examples", str(args.gap_examples),
+        "--reference-topk", str(args.reference_topk), "--gap-examples", str(args.gap_examples), "--device", args.device,
     ]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -451,6 +472,8 @@ def main() -> None:
     parser.add_argument("--probe-prompts", type=int, default=32, help="per class, for the paper-style probe")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default, one per core); see the module docstring")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the models run")
+    parser.add_argument("--result-name", default=RESULT_NAME, help="bench/results/<name>.json")
     parser.add_argument("--reference-topk", type=int, default=32, help="k of the cached variant e")
     parser.add_argument("--gap-examples", type=int, default=4, help="examples for e's cached-vs-exact KL gap")
     parser.add_argument("--cache-dir", default=str(REPO / "var" / "models"))
@@ -520,10 +543,10 @@ def main() -> None:
         import torch
         import transformers
 
-        path = write_result(RESULT_NAME, {
+        path = write_result(args.result_name, {
             "settings": {k: getattr(args, k) for k in ("steps", "warmup", "batch_size", "max_seq_len", "n_examples",
                                                         "seed", "repeats", "probe_prompts", "threads")},
-            "model": "smollm2-135m-instruct (float32, CPU)",
+            "model": f"smollm2-135m-instruct (float32, {args.device}{', bf16 autocast' if args.device == 'cuda' else ''})",
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "variants": results,
             "ratios": ratios,
