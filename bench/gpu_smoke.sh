@@ -22,7 +22,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GUARDTUNE_TEST_DEVICE="$DEVICE"
 if [[ "$DEVICE" == cuda ]]; then
   SIZES=(--variants a,b,e,d --steps 8 --max-seq-len 256 --n-examples 48)
 else
-  SIZES=(--variants a,e --steps 1 --max-seq-len 32 --n-examples 8)
+  SIZES=(--variants a,e --steps 1 --max-seq-len 96 --n-examples 8)
 fi
 LOG="$(mktemp -d)"
 part() {  # part NAME SECONDS CMD...: run with a time limit, record exit code and duration

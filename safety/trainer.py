@@ -470,7 +470,8 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: st
     if state["data_fingerprint"] != fingerprint:
         raise ValueError("checkpoint was written for other training data or risks")
     current = json.loads(json.dumps(asdict(config)))
-    changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if state["config"].get(k) != current[k])
+    saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **state["config"]}  # fields added since: defaults
+    changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if saved.get(k) != current[k])
     if changed:
         raise ValueError(f"checkpoint was written with a different config: {', '.join(changed)}")
 

@@ -191,7 +191,7 @@ def test_a_judge_outage_fails_the_job_instead_of_inventing_scores(pipeline_env, 
 
 @pytest.mark.parametrize("reference", ["cached", "exact"])
 def test_training_takes_its_reference_from_the_scan_artifact_or_runs_it(pipeline_env, monkeypatch, reference):
-    """cached (the default): the scan stores the reference top-k as a job artifact and training
+    """cached (the API's default): the scan stores the reference top-k as a job artifact and training
     runs no reference forward, also when redelivered after a crash; exact: a forward per step."""
     from peft import PeftModel
 

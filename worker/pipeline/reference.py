@@ -18,9 +18,11 @@ from worker.pipeline.resources import max_train_len, reference_key
 
 
 def uses_cache(job: Job) -> bool:
-    """Whether training of ``job`` takes its KL against the cached reference."""
+    """Whether training of ``job`` takes its KL against the cached reference. Jobs get their
+    ``safety.reference`` at creation (``GUARDTUNE_REFERENCE`` by default); one created before
+    the option existed keeps the exact reference it started with."""
     safety = job.safety or {}
-    return safety.get("mode", "adaptive") != "none" and safety.get("reference", get_settings().reference) == "cached"
+    return safety.get("mode", "adaptive") != "none" and safety.get("reference", "exact") == "cached"
 
 
 def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
