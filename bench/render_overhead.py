@@ -27,8 +27,10 @@ def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
         BEGIN,
-        f"`{result['command']}` at commit `{(result['git']['commit'] or '?')[:7]}`, batch {s['batch_size']}; "
-        "CPU time (process time, one torch thread), ratios to SFT.",
+        (
+            f"`{result['command']}` at commit `{(result['git']['commit'] or '?')[:7]}`, batch {s['batch_size']}; "
+            "CPU time (process time, one torch thread), ratios to SFT."
+        ),
         "",
         "| variant | CPU s/step | × SFT per step | peak RSS × SFT | 1-epoch job × SFT | 3-epoch job × SFT |",
         "|---|---|---|---|---|---|",

@@ -38,7 +38,14 @@ from safety.checkpoints import (
 )
 from safety.data import IGNORE_INDEX, EncodedExample, collate, encode_example
 from safety.objective import (
-    ReferenceTopK, RiskReduce, RiskWeighting, batch_risk, example_sums, kl_weights, token_kl, weighted_loss,
+    ReferenceTopK,
+    RiskReduce,
+    RiskWeighting,
+    batch_risk,
+    example_sums,
+    kl_weights,
+    token_kl,
+    weighted_loss,
 )  # fmt: skip
 from safety.reference import ReferenceCache
 from safety.scan import ScanConfig
@@ -104,7 +111,8 @@ class TrainConfig:
 class StepMetrics:
     """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss`` is the
     step's objective; ``sft_loss`` and ``kl`` are unweighted means over its answer tokens
-    (``kl`` over those of micro-batches that ran the reference pass; ``None`` if none did).
+    (``kl`` over those of micro-batches that ran the reference pass; ``None`` if none did;
+    with ``reference="cached"`` it is the cached, lower-bound KL).
     ``kl_weight``/``sft_weight`` are the means over the step's examples; ``kl_weight_flagged``
     and ``kl_weight_unflagged`` the mean ``w_kl`` of its flagged / unflagged examples
     (``None`` when it has none). ``risk`` is the ``risk_reduce`` of the examples' risks.

@@ -21,10 +21,10 @@ from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
 from worker.pipeline import jobstate
 from worker.pipeline.jobstate import JobGone
+from worker.pipeline.reference import load_or_build, uses_cache
 from worker.pipeline.resources import (
     adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, max_train_len, read_scan_risks, work_dir,
 )  # fmt: skip
-from worker.pipeline.reference import load_or_build, uses_cache
 
 BASE_LEARNING_RATE = 2e-4
 
