@@ -139,3 +139,23 @@ def test_cached_training_resumes_like_the_uninterrupted_run(load_tiny, chat_exam
     assert [m.step for m in resumed] == [5, 6, 7, 8]
     for a, b in zip(full[4:], resumed, strict=True):
         assert (a.loss, a.kl) == pytest.approx((b.loss, b.kl), rel=1e-6, abs=1e-9)
+
+
+def test_a_checkpoint_written_before_the_reference_option_resumes_as_exact(
+    load_tiny, chat_examples, tmp_path: Path
+) -> None:
+    import json
+
+    config = dataclasses.replace(FAST, checkpoint_every=2)
+    model, tokenizer = load_tiny()
+    train(model, tokenizer, chat_examples, [3.0] * 8, config, work_dir=tmp_path)
+    state_file = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["reference"]  # as written by an earlier version
+    state_file.write_text(json.dumps(state))
+    resume = dict(work_dir=tmp_path / "r", resume_dir=state_file.parent)
+    assert train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, **resume).steps == 4
+    with pytest.raises(ValueError, match="reference"):
+        train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, dataclasses.replace(config, reference="cached"),
+              reference_cache=compute_reference_cache(load_tiny()[0].eval(), [encode_example(tokenizer, e, 128)
+                                                      for e in chat_examples], tokenizer.pad_token_id, 8), **resume)  # fmt: skip
