@@ -10,6 +10,11 @@ Variants (each in a fresh Python subprocess, so peak RSS is per variant):
                pass (adapter disabled, same weights) every step.
 * ``c``        ``safety.trainer.train``, mode ``adaptive``, ``kl_lo=0``, benign data with risk 1:
                ``w_kl = 0``, the reference pass is skipped.
+* ``e``        ``safety.trainer.train``, mode ``adaptive``, ``reference="cached"``, harmful-ish data with
+               risk 5 (``w_kl = 0.9``): the reference's top-k log-probs computed once before
+               training (timed: ``cache_build_cpu_s``, what the scan stage adds) and no reference
+               pass in the loop. After training it also measures the cached KL's gap to the exact
+               KL and the cache's size per 1k answer tokens at several k.
 * ``d``        paper-style, written here: a second full copy of the model as the frozen
                reference, the risk of every batch scored inside the training loop (the
                project's activation probe run on the batch's prompts through the reference
@@ -57,15 +62,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, current_rss_mb, peak_rss_mb, print_table, ratio, write_result  # noqa: E402
 
-VARIANTS = ("a", "a_benign", "b", "c", "d")
+VARIANTS = ("a", "a_benign", "b", "c", "e", "d")
+TOPKS = (8, 16, 32, 64)
 DESCRIPTIONS = {
     "a": "plain PEFT SFT loop (baseline), harmful-ish data",
     "a_benign": "plain PEFT SFT loop, benign data (baseline of c)",
     "b": "guardtune adaptive, kl bounds [0.1, 0.9], risk 5: KL every step",
     "c": "guardtune adaptive, kl bounds [0, 0.9], risk 1: reference pass skipped",
+    "e": "guardtune adaptive, reference cached (top-k from one pass before training), risk 5",
     "d": "paper-style: 2nd full reference model + probe risk per batch + KL every step",
 }
-DATASET_OF = {"a": "harmful", "a_benign": "benign", "b": "harmful", "c": "benign", "d": "harmful"}
+DATASET_OF = {"a": "harmful", "a_benign": "benign", "b": "harmful", "c": "benign", "d": "harmful", "e": "harmful"}
 RESULT_NAME = "train_overhead"
 
 
@@ -108,6 +115,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     rss_start = current_rss_mb()
     t0 = time.perf_counter()
     model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
+    model.to(args.device)
     _make_resident(model)
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss_mb()
@@ -132,9 +140,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         _plain_sft(model, tokenizer, examples, config, total, ends, tokens)
     elif variant in ("b", "c"):
         _guardtune(model, tokenizer, examples, 5.0 if variant == "b" else 1.0, config, total, ends, tokens, extra)
+    elif variant == "e":
+        _cached(model, tokenizer, examples, config, total, ends, tokens, extra, args)
     elif variant == "d":
         ref, _ = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
-        ref.requires_grad_(False)
+        ref.to(args.device).requires_grad_(False)
         _make_resident(ref)
         extra["rss_after_second_model_mb"] = current_rss_mb()
         _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args)
@@ -164,14 +174,21 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "model_load_s": load_s,
         "rss_start_mb": rss_start,
         "rss_after_model_load_mb": rss_loaded,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": extra.pop("peak_rss_training_mb", None) or peak_rss_mb(),
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
         **extra,
     }
 
 
 def _stamp() -> tuple[float, float]:
-    """(wall clock, CPU time of this process) at the end of a step."""
+    """(wall clock, CPU time of this process) at the end of a step (after the GPU's queued
+    work, on CUDA)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
 
 
@@ -183,6 +200,17 @@ def _make_resident(model) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.sum()
+
+
+def args_device(model):
+    return next(model.parameters()).device
+
+
+def _autocast(model):
+    """bf16 autocast on CUDA, as ``safety.trainer`` does; nothing on the CPU."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=args_device(model).type == "cuda")
 
 
 def _encode(tokenizer, examples, config):
@@ -219,8 +247,9 @@ def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     model.train()
     for step in range(total):
         idx = step_indices(len(encoded), config.batch_size, config.seed, step)
-        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        with _autocast(model):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -231,8 +260,53 @@ def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
         ends.append(_stamp())
 
 
-def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, extra) -> None:
-    """``safety.trainer.train`` as the worker calls it, stopped after ``total`` steps."""
+def _cached(model, tokenizer, examples, config, total, ends, tokens, extra, args) -> None:
+    """Build the reference cache (as the scan stage does), train against it, then measure
+    the cached KL against the exact KL of the trained adapter at several k."""
+    import dataclasses
+
+    from safety.reference import compute_reference_cache
+
+    encoded = _encode(tokenizer, examples, config)
+    w, c = _stamp()
+    cache = compute_reference_cache(model.eval(), encoded, tokenizer.pad_token_id, args.reference_topk)
+    extra["cache_build_s"], extra["cache_build_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+    config = dataclasses.replace(config, reference="cached")
+    trained = _guardtune(model, tokenizer, examples, 5.0, config, total, ends, tokens, extra, cache)
+    extra["reference_topk"] = args.reference_topk
+    extra["peak_rss_training_mb"] = peak_rss_mb()  # before the gap measurement below
+    extra["kl_gap_by_k"] = _kl_gap(trained, tokenizer, encoded[: args.gap_examples])
+
+
+def _kl_gap(model, tokenizer, encoded) -> dict[str, Any]:
+    """Per k: cached KL / exact KL of the trained adapter on ``encoded`` (1 = no gap; always
+    ≤ 1, the cached KL being a lower bound) and the gzip'd cache's bytes per 1k answer tokens."""
+    import torch
+
+    from safety.data import collate
+    from safety.objective import example_sums
+    from safety.reference import compute_reference_cache
+
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        batch = {k: v.to(args_device(model)) for k, v in collate(encoded, tokenizer.pad_token_id).items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = model(**inputs).logits
+        with model.disable_adapter():
+            ref_logits = model(**inputs).logits
+            caches = {k: compute_reference_cache(model, encoded, tokenizer.pad_token_id, k) for k in TOPKS}
+        _, exact, n = example_sums(logits, batch["labels"], ref_logits)
+        for k, cache in caches.items():
+            _, cached, _ = example_sums(logits, batch["labels"], None, cache.rows(range(len(encoded))))
+            out[str(k)] = {"kl_ratio": float(cached.sum() / exact.sum()),
+                           "bytes_per_1k_answer_tokens": len(cache.to_bytes()) / int(n.sum()) * 1000}  # fmt: skip
+    out["exact_kl_per_token"] = float(exact.sum() / n.sum())
+    return out
+
+
+def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, extra, cache=None):
+    """``safety.trainer.train`` as the worker calls it, stopped after ``total`` steps; the
+    trained model."""
     from safety.trainer import train
 
     def on_step(m) -> None:
@@ -246,12 +320,13 @@ def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, ex
     with tempfile.TemporaryDirectory(prefix="gt-bench-") as work:
         result = train(
             model, tokenizer, examples, [risk] * len(examples), config,
-            work_dir=Path(work), on_step=on_step, should_cancel=lambda: len(ends) >= total,
+            work_dir=Path(work), on_step=on_step, should_cancel=lambda: len(ends) >= total, reference_cache=cache,
         )  # fmt: skip
     assert result.steps == total, (result.steps, total)
     extra["kl_weights_seen"] = sorted(kl_weights)
     extra["reference_pass_every_step"] = kl_measured == {True}
     extra["reference_pass_skipped_every_step"] = kl_measured == {False}
+    return result.model
 
 
 def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args) -> None:
@@ -302,10 +377,11 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
             scoring_cpu_s += time.process_time() - c
         risks_seen.append(risk)
         w_sft, w_kl = kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
-        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        with _autocast(model):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = w_sft * sft_loss(logits, batch["labels"])
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(model):
             ref_logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = loss + w_kl * token_kl(ref_logits, logits, batch["labels"])
         loss.backward()
@@ -330,6 +406,7 @@ def run_child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
         "--max-seq-len", str(args.max_seq_len), "--n-examples", str(args.n_examples), "--seed", str(args.seed),
         "--cache-dir", args.cache_dir, "--probe-prompts", str(args.probe_prompts), "--threads", str(args.threads),
+        "--reference-topk", str(args.reference_topk), "--gap-examples", str(args.gap_examples), "--device", args.device,
     ]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -356,6 +433,32 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def job_costs(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    """Whole-job CPU seconds for 1 and 3 epochs over ``--n-examples`` examples, composed from
+    measured parts: CPU s/step × steps, plus for guardtune the scan of the data set (probe
+    features, measured once in ``d``) and, for the cached variant, the reference-cache pass
+    (``e``). Plain SFT has no scan; paper-style scores inside its steps. Model loading is
+    left out (the same for all). ``None`` unless a, b, d and e all ran."""
+    if not {"a", "b", "d", "e"} <= results.keys():
+        return None
+    steps = math.ceil(args.n_examples / args.batch_size)
+    scan = results["d"]["scan_once_cpu_s"]
+    extra = {"a": 0.0, "b": scan, "e": scan + results["e"]["cache_build_cpu_s"], "d": 0.0}
+    cpu = {str(n): {v: results[v]["cpu_s_per_step"] * steps * n + extra[v] for v in ("a", "b", "e", "d")} for n in (1, 3)}
+    per_step = results["e"]["cpu_s_per_step"] / results["a"]["cpu_s_per_step"]
+    job3 = cpu["3"]["e"] / cpu["3"]["a"]
+    memory = results["e"]["peak_rss_mb"] / results["a"]["peak_rss_mb"]
+    vs_paper = cpu["3"]["d"] / cpu["3"]["e"]
+    targets = {
+        "cached_per_step_vs_sft": {"value": per_step, "target": "<= 1.05", "met": per_step <= 1.05},
+        "cached_3_epoch_job_vs_sft": {"value": job3, "target": "<= 1.15", "met": job3 <= 1.15},
+        "cached_peak_memory_vs_sft": {"value": memory, "target": "<= 1.05", "met": memory <= 1.05},
+        "paper_style_3_epoch_job_vs_cached": {"value": vs_paper, "target": ">= 1.5", "met": vs_paper >= 1.5},
+    }
+    return {"steps_per_epoch": steps, "scan_cpu_s": scan, "cache_build_cpu_s": results["e"]["cache_build_cpu_s"],
+            "cpu_s": cpu, "targets": targets}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
@@ -369,6 +472,10 @@ def main() -> None:
     parser.add_argument("--probe-prompts", type=int, default=32, help="per class, for the paper-style probe")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default, one per core); see the module docstring")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the models run")
+    parser.add_argument("--result-name", default=RESULT_NAME, help="bench/results/<name>.json")
+    parser.add_argument("--reference-topk", type=int, default=32, help="k of the cached variant e")
+    parser.add_argument("--gap-examples", type=int, default=4, help="examples for e's cached-vs-exact KL gap")
     parser.add_argument("--cache-dir", default=str(REPO / "var" / "models"))
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -405,7 +512,7 @@ def main() -> None:
           r["peak_rss_mb"], r["description"]] for v, r in results.items()],  # fmt: skip
         digits=3,
     )
-    pairs = [("b", "a"), ("c", "a_benign"), ("c", "a"), ("d", "b")]
+    pairs = [("b", "a"), ("c", "a_benign"), ("c", "a"), ("e", "a"), ("e", "b"), ("d", "a"), ("d", "b"), ("d", "e")]
     ratios = {}
     rows = []
     for num, den in pairs:
@@ -426,17 +533,24 @@ def main() -> None:
     print("\nNote: CPU cores shared with other workloads; wall-clock numbers are noisy. CPU time per step "
           "(process time, one torch thread) is the steadier measure; ratios come from the same run.")
 
+    jobs = job_costs(results, args)
+    if jobs:
+        print()
+        print_table(["per job (CPU s)", *jobs["cpu_s"]["1"]], [[f"{e} epoch(s)", *jobs["cpu_s"][e].values()] for e in ("1", "3")])
+        print(json.dumps(jobs["targets"], indent=1))
+
     if not args.no_write:
         import torch
         import transformers
 
-        path = write_result(RESULT_NAME, {
+        path = write_result(args.result_name, {
             "settings": {k: getattr(args, k) for k in ("steps", "warmup", "batch_size", "max_seq_len", "n_examples",
                                                         "seed", "repeats", "probe_prompts", "threads")},
-            "model": "smollm2-135m-instruct (float32, CPU)",
+            "model": f"smollm2-135m-instruct (float32, {args.device}{', bf16 autocast' if args.device == 'cuda' else ''})",
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "variants": results,
             "ratios": ratios,
+            "jobs": jobs,
         })  # fmt: skip
         print(f"wrote {path.relative_to(REPO)}")
 

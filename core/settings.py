@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     kl_weight_lo: float = 0.1
     kl_weight_hi: float = 0.9
     risk_weighting: Literal["example", "batch"] = "example"  # "batch": the paper's batch mean (ablation)
+    reference: Literal["exact", "cached"] = "cached"  # KL against the scan's cached top-k, or a forward per step
+    reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
     flag_threshold: float = 4.0
     probe_layers: str = "auto"
 

@@ -19,7 +19,7 @@ the assistant tokens. Logits at position t predict the token at t + 1, so both l
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +74,61 @@ def token_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     return total / mask.sum().clamp(min=1)
 
 
+class ReferenceTopK(NamedTuple):
+    """The reference's next-token distribution at M answer positions, coarsened: its ``k``
+    most likely tokens (``ids``, ``(M, k)``) with their log-probabilities (``logprobs``) and
+    the log of the mass of all other tokens (``tail``, ``(M,)``; ``-inf`` when the top k hold
+    all of it). Rows are in the order ``labels[:, 1:] != IGNORE_INDEX`` selects positions."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor
+    tail: torch.Tensor
+
+
+def reference_topk(ref_log_p: torch.Tensor, k: int) -> ReferenceTopK:
+    """The coarsened form of full reference log-probabilities ``(M, vocab)`` (float32)."""
+    logprobs, ids = ref_log_p.topk(min(k, ref_log_p.shape[-1]), dim=-1)
+    return ReferenceTopK(logprobs, ids, _tail_log_mass(ref_log_p, ids))
+
+
+def cached_token_kl(ref: ReferenceTopK, log_p: torch.Tensor) -> torch.Tensor:
+    """Per position ``(M,)``: ``KL`` of the coarsened distributions — the reference's top-k
+    tokens plus one tail bucket holding every other token, against the policy's
+    ``log_p`` ``(M, vocab)`` merged into the same k + 1 buckets. Merging outcomes never
+    increases a KL divergence (log-sum inequality), so this is a **lower bound** of the exact
+    ``KL(P_ref ‖ P_θ)``; it is equal to it when the top k cover the vocabulary (empty tail)
+    and the gap is the tail's internal divergence, weighted by the tail mass."""
+    ids = ref.ids.long()
+    ref_lp = ref.logprobs.float()
+    top = (ref_lp.exp() * (ref_lp - log_p.gather(-1, ids))).sum(-1)
+    tail = ref.tail.float()
+    has_tail = tail > float("-inf")
+    log_q_tail = _tail_log_mass(log_p, ids, has_tail)
+    tail_term = torch.where(has_tail, tail.exp() * (torch.where(has_tail, tail, 0.0) - log_q_tail), 0.0)
+    return top + tail_term
+
+
+def _tail_log_mass(log_p: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``log Σ_{v ∉ ids} p_v`` per row; rows not in ``rows`` (a mask) get a finite dummy."""
+    rest = log_p.scatter(-1, ids, float("-inf"))
+    if rows is not None:
+        rest = torch.where(rows.unsqueeze(-1), rest, 0.0)
+    return torch.logsumexp(rest, dim=-1)
+
+
 def example_sums(
-    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logits: torch.Tensor | None = None,
+    ref_topk: ReferenceTopK | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per example (shape ``(batch,)``): cross-entropy summed over its answer tokens,
-    ``KL(P_ref ‖ P_θ)`` summed over the same positions (``None`` without ``ref_logits``), and
-    its number of answer tokens. Gradients flow through ``logits`` only."""
+    ``KL(P_ref ‖ P_θ)`` summed over the same positions, and its number of answer tokens.
+    The reference is either full ``ref_logits`` (exact KL) or a cached ``ref_topk`` with one
+    row per answer position (``cached_token_kl``: a lower bound); the KL is ``None`` with
+    neither. Gradients flow through ``logits`` only."""
+    if ref_logits is not None and ref_topk is not None:
+        raise ValueError("pass ref_logits or ref_topk, not both")
     mask = labels[:, 1:] != IGNORE_INDEX
     rows = mask.nonzero(as_tuple=True)[0]
     log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
@@ -89,6 +138,10 @@ def example_sums(
     if ref_logits is not None:
         ref_log_p = F.log_softmax(ref_logits[:, :-1][mask].float(), dim=-1).detach()
         kl = zeros.index_add(0, rows, (ref_log_p.exp() * (ref_log_p - log_p)).sum(-1))
+    elif ref_topk is not None:
+        if ref_topk.ids.shape[0] != log_p.shape[0]:
+            raise ValueError(f"{ref_topk.ids.shape[0]} cached reference rows for {log_p.shape[0]} answer positions")
+        kl = zeros.index_add(0, rows, cached_token_kl(ReferenceTopK(*(t.to(log_p.device) for t in ref_topk)), log_p))
     return zeros.index_add(0, rows, token_ce), kl, mask.sum(1)
 
 

@@ -5,8 +5,10 @@ seeded per-epoch shuffle, turns each example's pre-computed risk (1–5) into it
 weights (``risk_weighting="example"``, the default; ``"batch"`` gives every example the
 weights of the batch's mean risk, the paper's code as an ablation), and minimises
 ``Σ_i [w_sft_i · CE_i + w_kl_i · KL_i] / N`` (``objective.weighted_loss``). The reference
-policy P_ref is the same model with the LoRA adapter disabled; its forward pass is skipped
-for a micro-batch whose examples all have ``w_kl == 0``. Everything the worker needs to report, checkpoint, cancel and resume
+policy P_ref is the same model with the LoRA adapter disabled; with ``reference="exact"`` its
+forward pass runs every micro-batch (skipped when all its examples have ``w_kl == 0``); with
+``reference="cached"`` it never runs here: the KL is taken against the reference's top-k
+log-probabilities computed once beforehand (``safety.reference``, a lower bound of the exact KL). Everything the worker needs to report, checkpoint, cancel and resume
 goes through ``train``'s arguments; nothing here knows about databases or queues.
 """
 
@@ -35,11 +37,22 @@ from safety.checkpoints import (
     write_checkpoint,
 )
 from safety.data import IGNORE_INDEX, EncodedExample, collate, encode_example
-from safety.objective import RiskReduce, RiskWeighting, batch_risk, example_sums, kl_weights, token_kl, weighted_loss
+from safety.objective import (
+    ReferenceTopK,
+    RiskReduce,
+    RiskWeighting,
+    batch_risk,
+    example_sums,
+    kl_weights,
+    token_kl,
+    weighted_loss,
+)  # fmt: skip
+from safety.reference import ReferenceCache
 from safety.scan import ScanConfig
 from safety.validation import token_accuracy_counts, validation_pass
 
 TrainingMode = Literal["none", "constant", "adaptive"]
+ReferenceMode = Literal["exact", "cached"]
 
 # Config fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
@@ -61,6 +74,7 @@ class TrainConfig:
     sft_hi: float = 0.9
     risk_weighting: RiskWeighting = "example"
     risk_reduce: RiskReduce = "mean"
+    reference: ReferenceMode = "exact"
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -82,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"unknown training mode {self.mode!r}")
         if self.risk_weighting not in ("example", "batch"):
             raise ValueError(f"unknown risk weighting {self.risk_weighting!r}")
+        if self.reference not in ("exact", "cached"):
+            raise ValueError(f"unknown reference {self.reference!r}")
         if min(self.batch_size, self.grad_accum_steps, self.n_epochs, self.max_seq_len) < 1:
             raise ValueError("batch_size, grad_accum_steps, n_epochs and max_seq_len must be ≥ 1")
         if not 0.0 <= self.constant_kl_weight <= 1.0:
@@ -96,7 +112,8 @@ class TrainConfig:
 class StepMetrics:
     """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss`` is the
     step's objective; ``sft_loss`` and ``kl`` are unweighted means over its answer tokens
-    (``kl`` over those of micro-batches that ran the reference pass; ``None`` if none did).
+    (``kl`` over those of micro-batches that ran the reference pass; ``None`` if none did;
+    with ``reference="cached"`` it is the cached, lower-bound KL).
     ``kl_weight``/``sft_weight`` are the means over the step's examples; ``kl_weight_flagged``
     and ``kl_weight_unflagged`` the mean ``w_kl`` of its flagged / unflagged examples
     (``None`` when it has none). ``risk`` is the ``risk_reduce`` of the examples' risks.
@@ -206,6 +223,7 @@ def train(
     flagged: list[bool] | None = None,
     should_pause: Callable[[], bool] | None = None,
     validation: list[dict[str, Any]] | None = None,
+    reference_cache: ReferenceCache | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts) whose
     risks (1–5, aligned with ``examples``) were scored beforehand. ``flagged`` (aligned too)
@@ -225,7 +243,10 @@ def train(
     continues as if never paused. Every ``config.checkpoint_every`` steps
     and after the last step a checkpoint is written under ``work_dir/checkpoints/`` and passed
     to ``save_checkpoint(step, dir, metrics)``; with ``validation`` examples, those steps'
-    metrics carry the validation pass's loss and token accuracy. The final adapter goes to
+    metrics carry the validation pass's loss and token accuracy. ``reference_cache`` (required
+    when ``config.reference == "cached"`` and the mode regularizes) holds the reference's top-k
+    log-probs of ``examples`` (``safety.reference.compute_reference_cache`` with the same
+    ``max_seq_len``). The final adapter goes to
     ``work_dir/adapter``. The trained model is returned in ``TrainResult.model``, in eval mode.
     """
     if len(examples) != len(risks) or not examples:
@@ -236,6 +257,11 @@ def train(
     encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
     encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
     fingerprint = _data_fingerprint(encoded, risks)
+    cache = reference_cache if config.reference == "cached" and config.mode != "none" else None
+    if cache is None and config.reference == "cached" and config.mode != "none":
+        raise ValueError('reference="cached" needs the reference_cache of these examples')
+    if cache is not None:
+        cache.check(encoded)
     steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
 
@@ -293,7 +319,8 @@ def train(
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         indices = _step_indices(len(encoded), config, epoch, step_in_epoch)
         weights = _example_weights(config, [risks[i] for i in indices])
-        sums = _accumulate_gradients(model, tokenizer, [encoded[i] for i in indices], weights, config.batch_size)
+        refs = cache.rows if cache is not None else None
+        sums = _accumulate_gradients(model, tokenizer, encoded, indices, weights, config.batch_size, refs)
 
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -414,16 +441,20 @@ def _example_weights(config: TrainConfig, risks: list[float]) -> list[tuple[floa
 def _accumulate_gradients(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
-    examples: list[EncodedExample],
+    encoded: list[EncodedExample],
+    indices: list[int],
     weights: list[tuple[float, float]],
     batch_size: int,
+    cached_rows: Callable[[list[int]], ReferenceTopK] | None = None,
 ) -> dict[str, float]:
-    """Forward and backward the step's ``examples`` in micro-batches of ``batch_size``,
-    accumulating the gradient of ``weighted_loss`` normalised by the step's answer tokens.
+    """Forward and backward the step's examples (``encoded[i]`` for ``i`` in ``indices``) in
+    micro-batches of ``batch_size``, the reference from ``cached_rows(indices)`` when given
+    (else its forward pass), accumulating the gradient of ``weighted_loss`` normalised by the step's answer tokens.
     Returns the step's sums: ``loss``, ``ce``, ``kl`` (over ``kl_tokens``, the answer tokens
     of micro-batches with a reference pass), ``answer_tokens``, input ``tokens``, and the
     ``correct`` / ``labelled`` next-token counts of the training logits (token accuracy)."""
     device = next(model.parameters()).device
+    examples = [encoded[i] for i in indices]
     n_answer = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
     sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "kl_tokens": 0, "answer_tokens": n_answer, "tokens": 0,
             "correct": 0, "labelled": 0}
@@ -432,12 +463,16 @@ def _accumulate_gradients(
         w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)
         batch = {k: v.to(device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        ref_logits = None
+        ref_logits = ref_topk = None
         if bool((w_kl > 0).any()):
-            with torch.no_grad(), model.disable_adapter():
-                ref_logits = model(**inputs).logits
-        logits = model(**inputs).logits
-        ce, kl, answer_tokens = example_sums(logits, batch["labels"], ref_logits)
+            if cached_rows is not None:
+                ref_topk = cached_rows(indices[start : start + batch_size])
+            else:
+                with torch.no_grad(), model.disable_adapter(), _autocast(device):
+                    ref_logits = model(**inputs).logits
+        with _autocast(device):
+            logits = model(**inputs).logits
+        ce, kl, answer_tokens = example_sums(logits, batch["labels"], ref_logits, ref_topk)
         correct, labelled = token_accuracy_counts(logits.detach(), batch["labels"])
         sums["correct"] += correct
         sums["labelled"] += labelled
@@ -450,6 +485,12 @@ def _accumulate_gradients(
             sums["kl_tokens"] += int(answer_tokens.sum())
         sums["tokens"] += int(batch["attention_mask"].sum())
     return sums
+
+
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (fp32 weights and LoRA, bf16 matmuls); nothing elsewhere. The
+    losses are computed in fp32 either way (``objective`` upcasts the logits)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -480,7 +521,8 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: st
     if state["data_fingerprint"] != fingerprint:
         raise ValueError("checkpoint was written for other training data or risks")
     current = json.loads(json.dumps(asdict(config)))
-    changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if state["config"].get(k) != current[k])
+    saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **state["config"]}  # fields added since: defaults
+    changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if saved.get(k) != current[k])
     if changed:
         raise ValueError(f"checkpoint was written with a different config: {', '.join(changed)}")
 

@@ -15,6 +15,7 @@ JobStatus = Literal["validating_files", "queued", "running", "paused", "succeede
 SafetyMode = Literal["adaptive", "constant", "none"]
 Estimator = Literal["judge", "probe", "both"]
 RiskWeighting = Literal["example", "batch"]
+ReferenceMode = Literal["exact", "cached"]
 
 
 
@@ -103,6 +104,11 @@ class SafetyIn(BaseModel):
     max_flagged_fraction: float | None = Field(
         None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
     )
+    reference: ReferenceMode | None = Field(
+        None,
+        description="cached: KL against the reference's top-k log-probs computed once in the scan; exact: a "
+        "reference forward every step. Default set by the operator.",
+    )
 
 
 Suffix = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")]
@@ -164,6 +170,7 @@ class SafetyState(BaseModel):
     kl_weight: KlWeightBounds
     constant_kl_weight: float
     risk_weighting: RiskWeighting = "example"
+    reference: ReferenceMode = "exact"
     max_flagged_fraction: float | None = None
     stage: str | None = Field(None, description="scanning | training | evaluating | gating while running")
     scan_summary: dict[str, Any] | None = None

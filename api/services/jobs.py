@@ -166,6 +166,7 @@ def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
         kl_weight=KlWeightBounds(min=bounds["min"], max=bounds["max"]),
         constant_kl_weight=config.get("constant_kl_weight", 0.5),
         risk_weighting=config.get("risk_weighting", "example"),
+        reference=config.get("reference", "exact"),
         max_flagged_fraction=config.get("max_flagged_fraction"),
         stage=job.stage,
         scan_summary=report.scan if report else None,

@@ -67,6 +67,9 @@ def resolve_safety(
         if s.risk_weighting is not None and s.risk_weighting != settings.risk_weighting:
             _refuse("safety.risk_weighting", f"risk_weighting {s.risk_weighting!r} is not open to customer keys",
                     f"GUARDTUNE_RISK_WEIGHTING={settings.risk_weighting}")  # fmt: skip
+        if s.reference is not None and s.reference != settings.reference:
+            _refuse("safety.reference", f"reference {s.reference!r} is not open to customer keys",
+                    f"GUARDTUNE_REFERENCE={settings.reference}")  # fmt: skip
     has_judge = bool(settings.judge_base_url or settings.judge_local_model)
     if s.mode == "adaptive" and s.estimator in ("judge", "both") and not has_judge:
         raise InvalidRequest(
@@ -81,6 +84,7 @@ def resolve_safety(
         "kl_weight": {"min": bounds.min, "max": bounds.max},
         "constant_kl_weight": constant,
         "risk_weighting": s.risk_weighting or settings.risk_weighting,
+        "reference": s.reference or settings.reference,
         "max_flagged_fraction": _stricter(share, operator_share),
     }
 

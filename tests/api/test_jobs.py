@@ -99,7 +99,8 @@ def test_method_form_and_defaults(fresh):
     assert isinstance(job.seed, int) and 0 <= job.seed < 2**31  # generated when not given
     assert job.model_extra["safety"] == {
         "mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.1, "max": 0.9},
-        "constant_kl_weight": 0.5, "risk_weighting": "example", "max_flagged_fraction": None, "stage": None,
+        "constant_kl_weight": 0.5, "risk_weighting": "example", "reference": "cached", "max_flagged_fraction": None,
+        "stage": None,
         "scan_summary": None, "eval_summary": None, "gate": None,
     }  # fmt: skip
     constant = client.fine_tuning.jobs.create(

@@ -28,6 +28,7 @@ def customer(sdk, tenant):
         ({"mode": "constant", "constant_kl_weight": 0.1}, "safety.constant_kl_weight", "GUARDTUNE_KL_WEIGHT_LO=0.2"),
         ({"max_flagged_fraction": 0.5}, "safety.max_flagged_fraction", "GUARDTUNE_MAX_FLAGGED_FRACTION=0.3"),
         ({"risk_weighting": "batch"}, "safety.risk_weighting", "GUARDTUNE_RISK_WEIGHTING=example"),
+        ({"reference": "exact"}, "safety.reference", "GUARDTUNE_REFERENCE=cached"),
     ],
 )  # fmt: skip
 def test_a_customer_key_cannot_weaken_the_defence(customer, tenant, unchanged, safety, param, policy):
@@ -53,6 +54,7 @@ def test_a_customer_key_may_tighten_toward_safety(customer):
     assert default.model_extra["safety"]["kl_weight"] == {"min": 0.2, "max": 0.9}
     assert default.model_extra["safety"]["max_flagged_fraction"] == 0.3
     assert default.model_extra["safety"]["risk_weighting"] == "example"
+    assert default.model_extra["safety"]["reference"] == "cached"
     constant = client.fine_tuning.jobs.create(
         model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": {"mode": "constant"}}
     )
@@ -64,10 +66,12 @@ def test_an_admin_key_may_run_the_ablations(sdk, new_tenant):
     f = admin.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
     job = admin.fine_tuning.jobs.create(
         model=BASE_MODEL, training_file=f.id,
-        extra_body={"safety": {"mode": "none", "kl_weight": {"min": 0.0, "max": 0.5}, "risk_weighting": "batch"}},
+        extra_body={"safety": {"mode": "none", "kl_weight": {"min": 0.0, "max": 0.5}, "risk_weighting": "batch",
+                               "reference": "exact"}},
     )  # fmt: skip
     safety = job.model_extra["safety"]
     assert (safety["mode"], safety["kl_weight"], safety["risk_weighting"]) == ("none", {"min": 0.0, "max": 0.5}, "batch")
+    assert safety["reference"] == "exact"
 
 
 def test_estimator_judge_without_an_endpoint_is_a_clear_400(customer, tenant, unchanged):

@@ -193,3 +193,56 @@ def test_a_judge_outage_fails_the_job_instead_of_inventing_scores(pipeline_env, 
         job = session.get(Job, job_id)
         assert job.status == "failed" and job.error["code"] == "judge_unavailable"
         assert "HTTP 401" in job.error["message"] and job.error["param"] == "safety.estimator"
+
+
+@pytest.mark.parametrize("reference", ["cached", "exact"])
+def test_training_takes_its_reference_from_the_scan_artifact_or_runs_it(pipeline_env, monkeypatch, reference):
+    """cached (the API's default): the scan stores the reference top-k as a job artifact and training
+    runs no reference forward, also when redelivered after a crash; exact: a forward per step."""
+    from peft import PeftModel
+
+    import safety.reference
+    from core.db import session_scope
+    from core.models import Job, SafetyReport
+    from core.storage import get_store
+    from safety.reference import ReferenceCache
+    from worker.pipeline.resources import reference_key
+    from worker.tasks import run_stage
+
+    with session_scope() as session:
+        job_id = create_job(session, "org-r", demo_lines(16), safety={"mode": "adaptive", "estimator": "probe",
+                                                                     "reference": reference})  # fmt: skip
+    assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", "train"]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+    assert get_store().exists(reference_key(job)) == (reference == "cached")
+    disabled = []
+    original = PeftModel.disable_adapter
+    monkeypatch.setattr(PeftModel, "disable_adapter", lambda self: disabled.append(1) or original(self))
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the reference cache was recomputed in training")
+
+    monkeypatch.setattr(safety.reference, "compute_reference_cache", no_rebuild)
+    # a worker that dies after the first checkpoint: the redelivered stage resumes from it
+    from worker.pipeline import train as train_stage
+
+    real_save = train_stage.Progress.save_checkpoint
+
+    def crash_after_first(self, step, local_dir, m):
+        real_save(self, step, local_dir, m)
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(train_stage.Progress, "save_checkpoint", crash_after_first)
+    with pytest.raises(SystemExit):
+        run_stage("train", job_id)
+    monkeypatch.setattr(train_stage.Progress, "save_checkpoint", real_save)
+    assert run_stage("train", job_id) == "evaluate"
+    assert (len(disabled) == 0) == (reference == "cached")
+    with session_scope() as session:
+        report = session.get(SafetyReport, job_id)
+        assert report.training["reference"] == reference and report.training["steps"] == 4
+        assert report.training["final_kl"] is not None
+    if reference == "cached":
+        cache = ReferenceCache.from_bytes(b"".join(get_store().iter_chunks(reference_key(job))))
+        assert cache.k == 32 and len(cache.offsets) == 17

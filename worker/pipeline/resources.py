@@ -23,6 +23,11 @@ def scan_key(job: Job) -> str:
     return job_prefix(job, "scan.jsonl")
 
 
+def reference_key(job: Job) -> str:
+    """The cached reference top-k log-probs of the job's training data (``safety.reference``)."""
+    return job_prefix(job, "reference_topk.safetensors.gz")
+
+
 def adapter_prefix(job: Job) -> str:
     return releases.adapter_prefix(job.org_id, job.id)
 
@@ -51,6 +56,13 @@ def read_scan_risks(job: Job) -> tuple[list[float], list[bool]]:
     lines = b"".join(get_store().iter_chunks(scan_key(job))).decode().splitlines()
     rows = [json.loads(line) for line in lines if line.strip()]
     return [row["risk"] for row in rows], [bool(row["flagged"]) for row in rows]
+
+
+def max_train_len(model: Any) -> int:
+    """The token length training truncates examples to (the reference cache uses the same)."""
+    from safety.base_models import context_length
+
+    return min(context_length(model), 2048)
 
 
 def load_model(source: str) -> tuple[Any, Any]:

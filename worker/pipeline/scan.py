@@ -1,6 +1,11 @@
 """Stage ``scan`` (GPU): score every trained assistant turn of every training example for
 risk once, before training (``safety.scan``: an example's risk is its riskiest turn's).
 
+When the job's KL uses the cached reference (``worker.pipeline.reference``), the scan then
+runs the base model once over every whole example and stores its top-k log-probs beside
+``scan.jsonl``: a separate pass, because the probe reads each turn's context only, rendered
+as a generation prompt, while training needs the reference at every answer token.
+
 Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
 order, with the ``line`` and the ``turn`` that gave the risk); the summary, whose
 ``top_flagged`` lists line and turn of each, goes to the safety report. A job fails when its
@@ -26,6 +31,7 @@ from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.jobstate import StageError
 from worker.pipeline.onboard import ensure_probe
+from worker.pipeline.reference import build_and_store, uses_cache
 from worker.pipeline.resources import iter_file_examples, load_model, scan_key
 
 
@@ -104,6 +110,8 @@ def run(job_id: str) -> str | None:
                              f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
                              f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",
                              "training_file")  # fmt: skip
+        if uses_cache(job):
+            build_and_store(job, model, tokenizer, [example for _, example in examples])
     return "train"
 
 

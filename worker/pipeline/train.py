@@ -23,8 +23,9 @@ from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
 from worker.pipeline import jobstate
 from worker.pipeline.jobstate import JobGone, Paused
+from worker.pipeline.reference import load_or_build, uses_cache
 from worker.pipeline.resources import (
-    adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, read_scan_risks, work_dir,
+    adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, max_train_len, read_scan_risks, work_dir,
 )  # fmt: skip
 
 BASE_LEARNING_RATE = 2e-4
@@ -48,11 +49,11 @@ def train_config(job: Job, max_seq_len: int) -> Any:
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
+        reference="cached" if uses_cache(job) else "exact",
     )
 
 
 def run(job_id: str) -> str | None:
-    from safety.base_models import context_length
     from safety.trainer import train
 
     with session_scope() as session:
@@ -69,7 +70,8 @@ def run(job_id: str) -> str | None:
     validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
-    config = train_config(job, min(context_length(model), 2048))
+    config = train_config(job, max_train_len(model))
+    cache = load_or_build(job, model, tokenizer, examples) if config.reference == "cached" else None
     workdir = work_dir(job_id)
     resume_dir = None
     if last is not None:
@@ -81,7 +83,7 @@ def run(job_id: str) -> str | None:
         model, tokenizer, examples, risks, config, work_dir=workdir, on_step=progress.on_step,
         should_cancel=lambda: jobstate.cancel_requested(job_id), save_checkpoint=progress.save_checkpoint,
         resume_dir=resume_dir, flagged=flagged, should_pause=lambda: jobstate.pause_requested(job_id),
-        validation=validation,
+        validation=validation, reference_cache=cache,
     )  # fmt: skip
     if result.paused:
         with session_scope() as session:
@@ -97,7 +99,7 @@ def run(job_id: str) -> str | None:
     with session_scope() as session:
         report = session.get(SafetyReport, job_id) or SafetyReport(job_id=job_id)
         report.training = {**result.summary, "mode": config.mode, "kl_bounds": [config.kl_lo, config.kl_hi],
-                           "risk_weighting": config.risk_weighting}  # fmt: skip
+                           "risk_weighting": config.risk_weighting, "reference": config.reference}  # fmt: skip
         session.add(report)
         jobstate.move(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
         jobstate.add_event(session, job_id, f"Training finished after {result.steps} steps")

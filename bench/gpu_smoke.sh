@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU path in one prepared run (no network, at most 8 minutes):
+#   1. the unit tests marked `cuda` (on a machine without CUDA they report as skipped),
+#   2. bench/train_overhead.py (SFT, adaptive exact, adaptive cached, paper-style) on the
+#      default model on the device -> bench/results/gpu_train_overhead_<device>.json,
+#   3. one job end to end on the embedded stack with GUARDTUNE_DEVICE=<device>
+#      (tests/worker/test_device.py),
+# then bench/results/gpu_smoke_<device>.json: each part's exit code and seconds, tokens/s,
+# step-time ratios to SFT and peak memory from the bench.
+#
+#   bench/gpu_smoke.sh                 # --device cuda: the bench at its small default sizes
+#   bench/gpu_smoke.sh --device cpu    # tiny sizes: checks the script itself on a CPU host
+set -euo pipefail
+DEVICE=cuda
+if [[ "${1:-}" == "--device" ]]; then DEVICE="${2:?--device cuda|cpu}"; fi
+[[ "$DEVICE" == cuda || "$DEVICE" == cpu ]] || { echo "--device cuda|cpu" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+CACHE_DIR="${GUARDTUNE_BENCH_CACHE_DIR:-var/models}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GUARDTUNE_TEST_DEVICE="$DEVICE"
+if [[ "$DEVICE" == cuda ]]; then
+  SIZES=(--variants a,b,e,d --steps 8 --max-seq-len 256 --n-examples 48)
+else
+  SIZES=(--variants a,e --steps 1 --max-seq-len 96 --n-examples 8)
+fi
+LOG="$(mktemp -d)"
+part() {  # part NAME SECONDS CMD...: run with a time limit, record exit code and duration
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS rc=0
+  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1 || rc=$?
+  echo "$name $rc $((SECONDS - t0))" >>"$LOG/parts"
+  echo "$name: exit $rc in $((SECONDS - t0)) s"; tail -3 "$LOG/$name.log"
+}
+part cuda_tests 120 "$PY" -m pytest -q -m cuda -rs tests
+part overhead_bench 240 "$PY" bench/train_overhead.py "${SIZES[@]}" --device "$DEVICE" \
+  --cache-dir "$CACHE_DIR" --result-name "gpu_train_overhead_$DEVICE"
+part job_end_to_end 120 "$PY" -m pytest -q tests/worker/test_device.py -k "$DEVICE"
+"$PY" - "$DEVICE" "$LOG/parts" <<'PYEOF'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from bench.common import write_result
+device, parts_file = sys.argv[1], sys.argv[2]
+parts = {n: {"exit_code": int(rc), "seconds": int(s)} for n, rc, s in (l.split() for l in Path(parts_file).read_text().splitlines())}
+bench = Path(f"bench/results/gpu_train_overhead_{device}.json")
+summary = {}
+if bench.exists():
+    data = json.loads(bench.read_text())
+    summary = {
+        "tokens_per_s": {v: r["tokens_per_s"] for v, r in data["variants"].items()},
+        "peak_memory_mb": {v: r.get("peak_cuda_mb") or r["peak_rss_mb"] for v, r in data["variants"].items()},
+        "ratios": data["ratios"],
+    }
+write_result(f"gpu_smoke_{device}", {"device": device, "parts": parts, "bench": summary})
+print(json.dumps(parts))
+PYEOF
+! grep -qv ' 0 ' "$LOG/parts"

@@ -1,0 +1,101 @@
+"""The reference distribution computed once: per answer token, the frozen reference
+model's top-k next-token log-probabilities, their token ids and the log of the rest.
+
+The reference is frozen and the training data are fixed, so the reference's next-token
+distribution at every answer position is the same in every epoch. ``compute_reference_cache``
+runs the reference forward once per example (the scan stage does it) and training computes
+``KL(P_ref ‖ P_θ)`` against the cache (``objective.cached_token_kl``, a lower bound of the
+exact KL) instead of running the reference forward every step.
+
+Layout (``to_bytes``: safetensors, gzip-compressed): ``logprobs`` ``(M, k)`` float16,
+``ids`` ``(M, k)`` int32, ``tail`` ``(M,)`` float32 and ``offsets`` ``(n + 1,)`` int64, M being
+the answer positions of all n examples (example i's rows are ``offsets[i]:offsets[i+1]``, in
+the order ``objective.example_sums`` selects them).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from safety.data import IGNORE_INDEX, EncodedExample, collate
+from safety.objective import ReferenceTopK, reference_topk
+
+
+@dataclass(frozen=True)
+class ReferenceCache:
+    """Cached reference top-k of a training set; see the module docstring for the layout."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor
+    tail: torch.Tensor
+    offsets: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+    def rows(self, indices: Sequence[int]) -> ReferenceTopK:
+        """The rows of examples ``indices``, concatenated in that order (a micro-batch)."""
+        spans = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        return ReferenceTopK(*(torch.cat([t[s] for s in spans]) for t in (self.logprobs, self.ids, self.tail)))
+
+    def check(self, encoded: Sequence[EncodedExample]) -> None:
+        """Raise ``ValueError`` unless the cache has exactly one row per answer position of
+        each of ``encoded`` (same examples, same tokenization and truncation)."""
+        counts = torch.tensor([_answer_positions(e) for e in encoded], dtype=torch.int64)
+        if len(counts) != len(self.offsets) - 1 or not torch.equal(counts, self.offsets.diff()):
+            raise ValueError("the cached reference log-probs do not match the training data")
+
+    def to_bytes(self) -> bytes:
+        tensors = {"logprobs": self.logprobs, "ids": self.ids, "tail": self.tail, "offsets": self.offsets}
+        return gzip.compress(save_safetensors({k: v.contiguous() for k, v in tensors.items()}), compresslevel=6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReferenceCache:
+        t = load_safetensors(gzip.decompress(data))
+        return cls(t["logprobs"], t["ids"], t["tail"], t["offsets"])
+
+
+@torch.no_grad()
+def compute_reference_cache(
+    model: Any,
+    encoded: Sequence[EncodedExample],
+    pad_id: int,
+    k: int,
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> ReferenceCache:
+    """One forward of ``model`` (the frozen reference, in eval mode) over each example of
+    ``encoded``, keeping the top ``k`` log-probabilities of every answer position;
+    ``progress(n_done)`` after every batch."""
+    device = next(model.parameters()).device
+    parts: list[ReferenceTopK] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = {key: v.to(device) for key, v in collate(list(encoded[start : start + batch_size]), pad_id).items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        ref_log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+        parts.append(ReferenceTopK(*(t.cpu() for t in reference_topk(ref_log_p, k))))
+        if progress is not None:
+            progress(min(start + batch_size, len(encoded)))
+    counts = [_answer_positions(e) for e in encoded]
+    offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
+    return ReferenceCache(
+        logprobs=torch.cat([p.logprobs for p in parts]).half(),
+        ids=torch.cat([p.ids for p in parts]).int(),
+        tail=torch.cat([p.tail for p in parts]).float(),
+        offsets=offsets,
+    )
+
+
+def _answer_positions(example: EncodedExample) -> int:
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])

@@ -1,0 +1,51 @@
+"""The job's cached reference distribution (``safety.reference``): computed once in the scan
+stage from the base model, stored beside ``scan.jsonl`` as a job artifact, read by training.
+
+A job uses it when its ``safety.reference`` (default ``GUARDTUNE_REFERENCE``) is ``cached``
+and its mode regularizes (not ``none``). Training of a job scanned without it (e.g. before an
+upgrade) builds and stores it first, so the artifact always exists once training starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.models import Job
+from core.settings import get_settings
+from core.storage import get_store
+from worker.pipeline import jobstate
+from worker.pipeline.resources import max_train_len, reference_key
+
+
+def uses_cache(job: Job) -> bool:
+    """Whether training of ``job`` takes its KL against the cached reference. Jobs get their
+    ``safety.reference`` at creation (``GUARDTUNE_REFERENCE`` by default); one created before
+    the option existed keeps the exact reference it started with."""
+    safety = job.safety or {}
+    return safety.get("mode", "adaptive") != "none" and safety.get("reference", "exact") == "cached"
+
+
+def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
+    """Run the reference (``model``, the base model) once over every example, keep the top
+    ``GUARDTUNE_REFERENCE_TOPK`` log-probs of each answer token and store them."""
+    import io
+
+    from safety.data import encode_example
+    from safety.reference import compute_reference_cache
+
+    max_len = max_train_len(model)
+    encoded = [encode_example(tokenizer, example, max_len) for example in examples]
+    k = get_settings().reference_topk
+    cache = compute_reference_cache(model, encoded, tokenizer.pad_token_id, k, progress=lambda n: jobstate.beat(job.id))
+    get_store().put_stream(reference_key(job), io.BytesIO(cache.to_bytes()))
+    return cache
+
+
+def load_or_build(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
+    """The stored cache of ``job``, built (from the base ``model``) and stored if missing."""
+    from safety.reference import ReferenceCache
+
+    store = get_store()
+    if store.exists(reference_key(job)):
+        return ReferenceCache.from_bytes(b"".join(store.iter_chunks(reference_key(job))))
+    return build_and_store(job, model, tokenizer, examples)
