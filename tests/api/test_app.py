@@ -53,7 +53,7 @@ def test_openapi_documents_every_endpoint_with_schemas(http):
     assert _ref(create["requestBody"]["content"]["application/json"]["schema"]) == "JobCreate"
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in create["parameters"])
     assert set(schemas["SafetyIn"]["properties"]) == {"mode", "estimator", "kl_weight", "constant_kl_weight",
-                                                      "risk_weighting", "max_flagged_fraction"}  # fmt: skip
+                                                      "risk_weighting", "max_flagged_fraction", "reference"}  # fmt: skip
     upload = paths["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(upload["required"]) == {"file", "purpose"}
     assert _ref(paths["/v1/files"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]) == "FileObject"
