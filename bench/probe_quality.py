@@ -151,7 +151,7 @@ def readme_row(doc: dict[str, Any]) -> str:
     per = at["per_source"]
     return (
         f"| a probe trained only on the project's prompt sets, calibrated on a split of its own, separates harm on "
-        f"public benchmarks it never saw | `{doc['command']}` (~{doc['wall_s'] / 60:.0f} min) | external AUROC "
+        f"public benchmarks it never saw | `{doc['command'].strip()}` (~{doc['wall_s'] / 60:.0f} min) | external AUROC "
         f"**{e['auroc']:.3f}** (AdvBench + HarmBench vs MT-Bench + GSM8K + borderline-benign; target ≥ {TARGET_AUROC}); "
         f"at the deployed threshold {q['threshold']:.3f}: external FPR {at['fpr']:.1%} (MT-Bench {per['mtbench']['fpr']:.1%}, "
         f"GSM8K {per['gsm8k']['fpr']:.1%}, borderline {per['borderline_eval']['fpr']:.1%}), TPR {at['tpr']:.1%}; "
