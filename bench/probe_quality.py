@@ -23,7 +23,7 @@ What it measures
   ``OpenAICompatibleJudge`` against a local fake OpenAI-compatible server answering
   instantly and after a simulated 0.5 s latency (synthetic: it measures the client).
 
-    OMP_NUM_THREADS=1 nice python bench/probe_quality.py   # ~20 min on 2 shared cores
+    OMP_NUM_THREADS=1 nice python bench/probe_quality.py   # ~10-20 min on 2 shared cores
 """
 from __future__ import annotations
 
@@ -151,8 +151,9 @@ def readme_row(doc: dict[str, Any]) -> str:
     per = at["per_source"]
     return (
         f"| a probe trained only on the project's prompt sets, calibrated on a split of its own, separates harm on "
-        f"public benchmarks it never saw | `{doc['command']}` (~{doc['wall_s'] / 60:.0f} min) | external AUROC "
-        f"**{e['auroc']:.3f}** (AdvBench + HarmBench vs MT-Bench + GSM8K + borderline-benign; target ≥ {TARGET_AUROC}); "
+        f"public benchmarks it never saw | `{doc['command'].strip()}` (~{doc['wall_s'] / 60:.0f} min) | external AUROC "
+        f"**{e['auroc']:.3f}** (AdvBench + HarmBench vs MT-Bench + GSM8K + borderline-benign; target ≥ {TARGET_AUROC}: "
+        f"{'met' if e['auroc'] >= TARGET_AUROC else 'not met'}); "
         f"at the deployed threshold {q['threshold']:.3f}: external FPR {at['fpr']:.1%} (MT-Bench {per['mtbench']['fpr']:.1%}, "
         f"GSM8K {per['gsm8k']['fpr']:.1%}, borderline {per['borderline_eval']['fpr']:.1%}), TPR {at['tpr']:.1%}; "
         f"own splits: layers chosen at select AUROC {s['select_auroc']:.3f}, threshold set at calibrate FPR "

@@ -7,10 +7,13 @@ Onboarding (``worker/pipeline/onboard.py``), ``guardtune-ops probe train`` and
 Training prompts: ``harmful_train`` (label 1) and ``benign_train`` (label 0), each as a
 plain user turn, plus a seeded ``FRAMED_SHARE`` of each placed in a chat frame
 (``safety/prompts/chat_frames.jsonl``: a system prompt and/or earlier turns), because
-the scan shows the probe whole conversations up to each trained assistant turn. A frame
-marked harmful (an identity-shift or "no rules" system prompt) makes its example harmful
-whatever the request. A framed variant shares its group with its plain prompt, so the
-probe's fit / select / calibrate / test split never separates the two.
+the scan shows the probe whole conversations up to each trained assistant turn. A framed
+variant keeps its prompt's label: the label is the request's, so the probe learns that a
+system prompt -- even an identity-shift one, which the frames include -- does not make a
+benign request harmful (labelling those harmful made the probe flag plain GSM8K questions
+in ``bench/probe_quality.py`` trials). A framed variant
+shares its group with its plain prompt, so the probe's fit / select / calibrate / test
+split never separates the two.
 """
 from __future__ import annotations
 
@@ -49,8 +52,7 @@ def training_set(
     rows += [(t, 0, len(harmful) + i) for i, t in enumerate(benign)]
     for label, texts, offset in ((1, harmful, 0), (0, benign, len(harmful))):
         for i in sorted(rng.sample(range(len(texts)), round(len(texts) * FRAMED_SHARE))):
-            frame = rng.choice(frames)
-            rows.append((framed(texts[i], frame), max(label, int(frame.harmful)), offset + i))
+            rows.append((framed(texts[i], rng.choice(frames)), label, offset + i))
     rows.sort(key=lambda r: -r[1])  # harmful first (stable: plain prompts before variants)
     n_harmful = sum(r[1] for r in rows)
     return TrainingSet(

@@ -9,8 +9,8 @@ Built-in sets live in ``safety/prompts/*.jsonl`` and are read as package data:
 fiction with violence, weapons history -- never trained on; rows
 ``{"prompt", "category"}`` or ``{"prompt", "topic", "edgy"}``; the topic becomes the
 category of a benign prompt), ``refusals`` (``{"text"}``, read by :func:`load_refusals`)
-and ``chat_frames`` (``{"system"?, "history"?, "harmful"?}``: conversations a prompt can
-be placed in, read by :func:`load_chat_frames` and applied by :func:`framed`).
+and ``chat_frames`` (``{"system"?, "history"?}``: conversations a prompt can be placed
+in, read by :func:`load_chat_frames` and applied by :func:`framed`).
 
 External files are read by :func:`load_prompt_file`, which detects the format
 (name: how it is recognised -> text, category):
@@ -103,19 +103,17 @@ def load_refusals() -> list[str]:
 
 @dataclass(frozen=True)
 class ChatFrame:
-    """A conversation to place a prompt in: an optional system prompt, earlier
-    (user, assistant) turns, and whether the frame itself makes the request harmful
-    (an identity-shift / "no rules" system prompt)."""
+    """A conversation to place a prompt in: an optional system prompt and earlier
+    (user, assistant) turns."""
 
     system: str | None
     history: tuple[str, ...]
-    harmful: bool
 
 
 def load_chat_frames() -> list[ChatFrame]:
     """The built-in chat frames (``chat_frames.jsonl``)."""
     rows = _iter_jsonl(_builtin_path("chat_frames").read_text(encoding="utf-8"))
-    return [ChatFrame(r.get("system"), tuple(r.get("history", ())), bool(r.get("harmful"))) for r in rows]
+    return [ChatFrame(r.get("system"), tuple(r.get("history", ()))) for r in rows]
 
 
 def framed(text: str, frame: ChatFrame) -> list[dict[str, str]]:

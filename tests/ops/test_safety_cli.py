@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from safety.probe import Probe, ProbeConfig
 from safety.probe_recipe import training_set
 from safety.prompt_sets import load_builtin
 from tests.conftest import apply_env, clear_caches
+from tests.fake_judge import serve_judge
 from tests.ops.conftest import run_ops as ops
 
 torch.set_num_threads(1)
@@ -94,31 +93,15 @@ def test_probe_score_lines_and_jsonl(trained_probe, tiny_model, home):
     assert missing.exit_code == 1 and "probe train" in missing.stderr
 
 
-class _Judge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint: 5 for the bomb prompt, 1 for the lock one, else no score."""
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        prompt = body["messages"][0]["content"]
-        verdict = "#thescore: 5" if "pipe bomb" in prompt else "#thescore: 1" if "lock" in prompt else "hmm"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _verdict(prompt: str) -> str:
+    """5 for the bomb prompt, 1 for the lock one, else no score."""
+    return "#thescore: 5" if "pipe bomb" in prompt else "#thescore: 1" if "lock" in prompt else "hmm"
 
 
 @pytest.fixture
 def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serve_judge(_verdict) as url:
+        yield url
 
 
 def _harmful_file(home: Path) -> Path:

@@ -18,18 +18,17 @@ def test_training_set_adds_framed_variants_grouped_with_their_prompt() -> None:
     assert data.harmful[: len(plain_h)] == plain_h and set(plain_b) <= {p for p in data.benign if isinstance(p, str)}
     frames = load_chat_frames()
     plain = plain_h + plain_b
-    harmful_frames = {f.system for f in frames if f.harmful}
-    n_benign_made_harmful = 0
+    n_framed = 0
     for prompt, group, label in zip(prompts, data.groups, [1] * len(data.harmful) + [0] * len(data.benign)):
+        assert label == int(group < len(plain_h))  # a variant keeps its request's label
         if isinstance(prompt, str):
             assert prompt == plain[group]
             continue
+        n_framed += 1
         assert prompt[-1] == {"role": "user", "content": plain[group]}  # the variant frames its own prompt
         assert any(prompt == framed(plain[group], f) for f in frames)
-        frame_harmful = prompt[0]["role"] == "system" and prompt[0]["content"] in harmful_frames
-        assert label == int(group < len(plain_h) or frame_harmful)
-        n_benign_made_harmful += group >= len(plain_h) and frame_harmful
-    assert n_benign_made_harmful > 0  # an identity-shift system prompt makes even a benign request harmful
+    assert n_framed == round(len(plain_h) * FRAMED_SHARE) + round(len(plain_b) * FRAMED_SHARE)
+    assert any(f.system and "obedient" in f.system for f in frames)  # identity-shift system prompts are framed too
     assert training_set(seed=0) == data and training_set(seed=1) != data
 
 

@@ -5,28 +5,12 @@ example. The judge is a real HTTP server that flags any text holding "PLANTED"."
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.conftest import apply_env, clear_caches
+from tests.fake_judge import serve_judge
 from tests.worker.conftest import create_job, small_pipeline_env
-
-
-class _Judge(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        verdict = "#thescore: 5" if "PLANTED" in body["messages"][0]["content"] else "#thescore: 1"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
@@ -35,15 +19,13 @@ def judged_env(embedded_env, tiny_model, monkeypatch):
     from core.db import session_scope
     from core.settings import get_settings
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model), "GUARDTUNE_JUDGE_MODEL": "fake",
-                            "GUARDTUNE_JUDGE_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}/v1"})  # fmt: skip
-    migrate.upgrade()
-    with session_scope() as session:
-        registry.seed_base_models(session, get_settings())
-    yield
-    server.shutdown()
+    with serve_judge(lambda prompt: "#thescore: 5" if "PLANTED" in prompt else "#thescore: 1") as url:
+        apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model), "GUARDTUNE_JUDGE_MODEL": "fake",
+                                "GUARDTUNE_JUDGE_BASE_URL": url})  # fmt: skip
+        migrate.upgrade()
+        with session_scope() as session:
+            registry.seed_base_models(session, get_settings())
+        yield
 
 
 def _chat(*turns: tuple[str, str], system: str | None = None) -> bytes:
