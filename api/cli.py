@@ -49,7 +49,7 @@ def serve(
     migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Upgrade the schema on start."),
 ) -> None:
     """Start the API; on the embedded broker also a worker beside it."""
-    import uvicorn
+    from api import server
 
     settings = get_settings()
     if migrate_first:
@@ -62,10 +62,7 @@ def serve(
         worker = subprocess.Popen(worker_argv(), env=os.environ.copy())
         typer.echo(f"embedded worker started (pid {worker.pid})")
     try:
-        uvicorn.run(
-            "api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-            log_level=settings.log_level.lower(), proxy_headers=True,
-        )  # fmt: skip
+        server.run(host, port)
     finally:
         if worker is not None:
             worker.terminate()

@@ -46,20 +46,27 @@ class Caller:
 
 
 def authenticate(request: Request, session: SessionDep, settings: SettingsDep) -> Caller:
+    """The caller of a bearer key (401 otherwise). Returns holding no database connection."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
         )
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip(), settings.secret_key)))
-    if key is None or key.revoked_at is not None:
-        raise AuthenticationError("Incorrect or revoked API key provided.", code="invalid_api_key")
-    if key.last_used_at is None or now() - key.last_used_at > 60:
-        key.last_used_at = now()
-        session.commit()
-    request.state.caller = Caller(key.id, key.org_id, key.scope)
-    return request.state.caller
+    try:
+        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip(), settings.secret_key)))
+        if key is None or key.revoked_at is not None:
+            raise AuthenticationError("Incorrect or revoked API key provided.", code="invalid_api_key")
+        caller = Caller(key.id, key.org_id, key.scope)
+        if key.last_used_at is None or now() - key.last_used_at > 60:
+            key.last_used_at = now()
+            session.commit()
+    finally:
+        # End the transaction: its pooled connection goes back now, not after the endpoint,
+        # which may first wait for a thread (holding both would deadlock under load).
+        session.rollback()
+    request.state.caller = caller
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
