@@ -246,16 +246,35 @@ def live_api(request, tmp_path_factory) -> Iterator[LiveServer]:
     stop_process(server.process)
 
 
-@pytest.fixture(scope="session")
-def make_key(deployment_env):
-    """Create an organization (if new) and an API key directly in the database."""
-    from sqlalchemy import create_engine, select
+def add_key(engine, org_name: str, scope: str = "customer") -> tuple[str, str, str]:
+    """Create an organization (if new) and an API key in the database of ``engine``:
+    ``(org id, key id, plaintext key)``."""
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from core import registry
     from core.apikeys import generate_key
     from core.ids import new_id
     from core.models import ApiKey, Organization
+
+    with Session(engine) as session, session.begin():
+        org = session.scalar(select(Organization).where(Organization.name == org_name))
+        if org is None:
+            org = Organization(id=new_id("org"), name=org_name)
+            session.add(org)
+            session.flush()
+        plaintext, prefix, digest = generate_key(TEST_SECRET)
+        key = ApiKey(id=new_id("key"), org_id=org.id, prefix=prefix, key_hash=digest, scope=scope)
+        session.add(key)
+        return org.id, key.id, plaintext
+
+
+@pytest.fixture(scope="session")
+def make_key(deployment_env):
+    """Create an organization (if new) and an API key directly in the database."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from core import registry
     from core.settings import Settings
 
     engine = create_engine(deployment_env["GUARDTUNE_DATABASE_URL"])
@@ -263,16 +282,7 @@ def make_key(deployment_env):
         registry.seed_base_models(session, Settings())
 
     def _make(org_name: str, scope: str = "customer") -> tuple[str, str, str]:
-        with Session(engine) as session, session.begin():
-            org = session.scalar(select(Organization).where(Organization.name == org_name))
-            if org is None:
-                org = Organization(id=new_id("org"), name=org_name)
-                session.add(org)
-                session.flush()
-            plaintext, prefix, digest = generate_key(TEST_SECRET)
-            key = ApiKey(id=new_id("key"), org_id=org.id, prefix=prefix, key_hash=digest, scope=scope)
-            session.add(key)
-            return org.id, key.id, plaintext
+        return add_key(engine, org_name, scope)
 
     yield _make
     engine.dispose()
