@@ -104,6 +104,13 @@ def test_non_finite_hyperparameter_is_400_naming_it(http, tenant, unchanged, tra
     assert "finite" in error["message"]
 
 
+def test_an_integer_over_its_columns_range_is_400_naming_it(http, new_tenant):
+    admin = new_tenant("admin")
+    for field, value in (("max_concurrent_jobs", 2**31), ("max_storage_bytes", 2**63)):
+        r = http.post("/v1/admin/organizations", headers=auth(admin), json={"name": f"big-{field}", field: value})
+        refused(r, 400, field)
+
+
 # -- JSONL lines the parser cannot nest -------------------------------------------------------------
 def test_deeply_nested_jsonl_line_is_a_validation_error_with_its_line_number(http, tenant):
     nested = "[" * 1000 + "]" * 1000  # 2 KB
