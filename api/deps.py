@@ -17,7 +17,12 @@ from core.models import ApiKey, now
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, get_store
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def _settings() -> Settings:
+    """The cached settings, without a trip to the thread pool (a sync dependency takes one)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 

@@ -196,7 +196,7 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
     from sqlalchemy import select
 
     from api.deps import Caller
-    from api.routes.conditional import etag_of
+    from api.etags import etag_of
     from api.schemas.common import CursorPage, page
     from api.schemas.jobs import JobEvent as JobEventOut
     from api.services.jobs import JobService
