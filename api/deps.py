@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,12 +28,23 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def get_db() -> Iterator[Session]:
+# Closing a session that still holds a connection returns it to the pool (a rollback: I/O),
+# so that runs on a thread, drawn from a limiter of its own: never waiting behind requests
+# that wait for a connection this session holds.
+_CLOSERS = anyio.CapacityLimiter(64)
+
+
+async def get_db() -> AsyncIterator[Session]:
+    """A session per request. Opening one does no I/O (it connects on first use), so it is
+    made on the event loop, not on a thread of the endpoint pool."""
     session = new_session()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await anyio.to_thread.run_sync(session.close, limiter=_CLOSERS)
+        else:
+            session.close()  # holds no connection: nothing to wait for
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
