@@ -41,7 +41,13 @@ def create_app() -> FastAPI:
         dependencies=[Depends(refuse_unstorable_input)],
         title="guardtune",
         version="0.1.0",
-        description="OpenAI-compatible fine-tuning API with risk-adaptive safety regularization and a release gate.",
+        description=(
+            "OpenAI-compatible fine-tuning API with risk-adaptive safety regularization and a release gate.\n\n"
+            "Authenticate with `Authorization: Bearer <API key>`. A customer-scoped key sees its own "
+            "organization only. **Admin-scoped keys are operator keys**: on `/v1/admin/…` they act across "
+            "all organizations (create and limit organizations, issue and revoke keys), so they belong to "
+            "the people who run the deployment, never to a customer."
+        ),
     )
     install_error_handlers(app)
     install_metrics(app)
