@@ -30,6 +30,11 @@ HEADER_TOO_LARGE = json.dumps(
 ).encode()
 
 
+# An idle keep-alive connection is closed after this long. uvicorn's 5 s races clients
+# whose event loop lags under load: the server closes as the next request goes out.
+KEEP_ALIVE_S = 30
+
+
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, answering 431 (not 400) when h11 gave up on a request head
     longer than ``h11_max_incomplete_event_size``."""
@@ -60,6 +65,7 @@ def config(settings: Settings, host: str | None = None, port: int | None = None,
         proxy_headers=True,
         http=BoundedH11Protocol,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
