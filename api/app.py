@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import anyio.to_thread
+from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
 
 from api.errors import install_error_handlers
+from api.input_guard import refuse_unstorable_input
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.requestid import RequestIdMiddleware
@@ -22,7 +24,9 @@ from core.settings import get_settings
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     """Seed the base-model registry from settings (idempotent; the schema is migrated
-    by ``guardtune migrate``/``serve``)."""
+    by ``guardtune migrate``/``serve``) and size the endpoint thread pool
+    (``GUARDTUNE_API_THREADS``, the same number the database pool is sized from)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     try:
         with session_scope() as session:
             seed_base_models(session, get_settings())
@@ -35,9 +39,16 @@ def create_app() -> FastAPI:
     configure_logging()
     app = FastAPI(
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unstorable_input)],
         title="guardtune",
         version="0.1.0",
-        description="OpenAI-compatible fine-tuning API with risk-adaptive safety regularization and a release gate.",
+        description=(
+            "OpenAI-compatible fine-tuning API with risk-adaptive safety regularization and a release gate.\n\n"
+            "Authenticate with `Authorization: Bearer <API key>`. A customer-scoped key sees its own "
+            "organization only. **Admin-scoped keys are operator keys**: on `/v1/admin/…` they act across "
+            "all organizations (create and limit organizations, issue and revoke keys), so they belong to "
+            "the people who run the deployment, never to a customer."
+        ),
     )
     install_error_handlers(app)
     install_metrics(app)

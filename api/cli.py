@@ -63,7 +63,7 @@ def serve(
 ) -> None:
     """Start the API; on the embedded broker also a worker beside it, and with the embedded
     inference backend a ``guardtune infer`` process."""
-    import uvicorn
+    from api import server
 
     settings = get_settings()
     if migrate_first:
@@ -79,10 +79,7 @@ def serve(
         children.append(subprocess.Popen(infer_argv(), env=os.environ.copy()))
         typer.echo(f"embedded inference started (pid {children[-1].pid}) at {settings.inference}")
     try:
-        uvicorn.run(
-            "api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-            log_level=settings.log_level.lower(), proxy_headers=True,
-        )  # fmt: skip
+        server.run(host, port)
     finally:
         for child in children:
             stop_child(child)

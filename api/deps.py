@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,16 +19,32 @@ from core.models import ApiKey, now
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, get_store
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def _settings() -> Settings:
+    """The cached settings, without a trip to the thread pool (a sync dependency takes one)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def get_db() -> Iterator[Session]:
+# Closing a session that still holds a connection returns it to the pool (a rollback: I/O),
+# so that runs on a thread, drawn from a limiter of its own: never waiting behind requests
+# that wait for a connection this session holds.
+_CLOSERS = anyio.CapacityLimiter(64)
+
+
+async def get_db() -> AsyncIterator[Session]:
+    """A session per request. Opening one does no I/O (it connects on first use), so it is
+    made on the event loop, not on a thread of the endpoint pool."""
     session = new_session()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await anyio.to_thread.run_sync(session.close, limiter=_CLOSERS)
+        else:
+            session.close()  # holds no connection: nothing to wait for
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
@@ -46,20 +64,27 @@ class Caller:
 
 
 def authenticate(request: Request, session: SessionDep, settings: SettingsDep) -> Caller:
+    """The caller of a bearer key (401 otherwise). Returns holding no database connection."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
         )
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip(), settings.secret_key)))
-    if key is None or key.revoked_at is not None:
-        raise AuthenticationError("Incorrect or revoked API key provided.", code="invalid_api_key")
-    if key.last_used_at is None or now() - key.last_used_at > 60:
-        key.last_used_at = now()
-        session.commit()
-    request.state.caller = Caller(key.id, key.org_id, key.scope)
-    return request.state.caller
+    try:
+        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip(), settings.secret_key)))
+        if key is None or key.revoked_at is not None:
+            raise AuthenticationError("Incorrect or revoked API key provided.", code="invalid_api_key")
+        caller = Caller(key.id, key.org_id, key.scope)
+        if key.last_used_at is None or now() - key.last_used_at > 60:
+            key.last_used_at = now()
+            session.commit()
+    finally:
+        # End the transaction: its pooled connection goes back now, not after the endpoint,
+        # which may first wait for a thread (holding both would deadlock under load).
+        session.rollback()
+    request.state.caller = caller
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -1,46 +1,46 @@
-"""Job-status polling load on the API, backed by Postgres, against a trivial endpoint of the
-same app in the same run.
+"""Job-status polling load on the API, on Postgres and on SQLite, against a trivial endpoint
+of the same app in the same run.
 
-What it does:
+What it does, per database (``--db postgres|sqlite|both``):
 
-1. creates a scratch Postgres database, migrates it (``core.migrate.upgrade``) and inserts, in
-   bulk through SQLAlchemy, one organization, one API key, one training file and ``--jobs``
-   jobs (a mix of running / succeeded / failed, each with a safety report) with
-   ``--events-per-job`` events each (messages and per-step metrics events);
-2. starts the API with uvicorn in a subprocess (``--workers 1``, log level warning,
-   ``GUARDTUNE_ENV=production``) on 127.0.0.1;
-3. drives it with one async httpx client holding ``--concurrency`` keep-alive connections,
-   ``--concurrency`` request loops, each stopping by itself at the phase deadline:
-   ``--warmup`` seconds untimed, then ``--duration`` seconds timed, per endpoint:
+1. creates a scratch database (a Postgres database, or a SQLite file), migrates it
+   (``core.migrate.upgrade``) and inserts, in bulk through SQLAlchemy, one organization, one
+   API key, one training file and ``--jobs`` jobs (a mix of running / succeeded / failed, each
+   with a safety report) with ``--events-per-job`` events each;
+2. starts the API in a subprocess the way its source tree starts it (``python -m api.server``:
+   one process, the API's own limits; uvicorn's command line for trees before that existed),
+   ``GUARDTUNE_ENV=production``, on 127.0.0.1;
+3. drives it with one async httpx client holding ``--concurrency`` (256) keep-alive
+   connections, ``--concurrency`` request loops, all on one job (``--one-job``, the default)
+   and each stopping by itself at the phase deadline: ``--warmup`` seconds untimed, then
+   ``--duration`` (60) seconds timed, per phase (``--phases``, default healthz,job,job_304):
 
    ==============  =====================================================================
    ``healthz``     ``GET /healthz``: the baseline (same app, middleware and thread pool)
-   ``job``         ``GET /v1/fine_tuning/jobs/{id}``, random ids
-   ``job_304``     the same with ``If-None-Match: <its ETag>`` → 304
-   ``events``      ``GET /v1/fine_tuning/jobs/{id}/events?limit=20``, random ids
+   ``job``         ``GET /v1/fine_tuning/jobs/{id}``
+   ``job_304``     the same with ``If-None-Match: <its ETag>`` → 304 (a dashboard's poll)
+   ``events``      ``GET /v1/fine_tuning/jobs/{id}/events?limit=20``
    ``events_304``  the same with ``If-None-Match`` → 304
    ``healthz_2``   ``GET /healthz`` again, to show drift over the run
    ==============  =====================================================================
 
-4. reports per endpoint: requests/s, p50/p99/mean latency seen by the client, the server's own
-   mean time per request (from its ``/metrics`` histogram, so it includes waiting for a
-   thread-pool slot or a database connection), CPU time per request of the API process and
-   the requests/s that implies for one API process with a core of its own, CPU time per
-   request of Postgres (all local Postgres processes, so other databases' activity counts
-   too) and of the load generator, new Postgres sessions opened during the phase
-   (``pg_stat_database.sessions``), and the ratio of each to ``/healthz`` (mean of the two
-   healthz phases); then drops the scratch database.
+4. reports per phase: requests/s, errors (exceptions and unexpected statuses), p50/p99/mean
+   latency seen by the client, the server's own mean time per request (its ``/metrics``
+   histogram), CPU time per request of the API process, of Postgres (all local Postgres
+   processes) and of the load generator, new Postgres sessions (``pg_stat_database``), and the
+   ratio of each to ``/healthz``.
 
-Before the server starts it also times, in its own process and one thread, the work behind
-each poll without HTTP (key lookup, service call and queries, presenter, JSON body, ETag), so
-the API's CPU per request can be split into database layer and web framework.
+``--server-commit SHA`` serves the API of an older commit (``git archive``) on the same
+schema and load: the "before" of a change. Runs are kept in ``bench/results/api_load.json``
+under ``runs.<--label>`` (``after`` by default), so a before and an after sit side by side.
 
-The load generator, the API and Postgres all share the same (2, here) CPU cores: the
+The load generator, the API and the database share the same (2, here) CPU cores: the
 requests/s are what one API process delivers while competing with its own client, not its
-capacity on a dedicated machine. CPU milliseconds per request are the steadier numbers.
+capacity on a dedicated machine; the ratios to ``/healthz`` in the same run are the steadier
+numbers.
 
-    python bench/api_load.py                       # about 3 minutes
-    python bench/api_load.py --duration 30 --concurrency 128
+    python bench/api_load.py                                  # after: both databases, ~8 min
+    python bench/api_load.py --server-commit a4a4565 --label before --duration 20
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
     from sqlalchemy import select
 
     from api.deps import Caller
-    from api.routes.conditional import etag_of
+    from api.etags import etag_of
     from api.schemas.common import CursorPage, page
     from api.schemas.jobs import JobEvent as JobEventOut
     from api.services.jobs import JobService
@@ -245,20 +245,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(url: str, home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_api(url: str, home: Path, log_path: Path, tree: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """The API of source tree ``tree`` (this checkout, or an older commit's export), started
+    the way that tree starts it: ``python -m api.server`` where it exists (the API's limits),
+    else uvicorn's command line."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDTUNE_")}
     env.update({
         "GUARDTUNE_ENV": "production", "GUARDTUNE_DATABASE_URL": url, "GUARDTUNE_SECRET_KEY": SECRET,
-        "GUARDTUNE_HOME": str(home), "GUARDTUNE_LOG_JSON": "true", "PYTHONUNBUFFERED": "1",
+        "GUARDTUNE_HOME": str(home), "GUARDTUNE_LOG_JSON": "true", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree),
     })  # fmt: skip
+    if (tree / "api" / "server.py").exists():
+        argv = [sys.executable, "-m", "api.server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    else:
+        argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", "1", "--log-level", "warning"]  # fmt: skip
     log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def export_tree(commit: str, into: Path) -> Path:
+    """The files of ``commit`` (``git archive``), to run an older API against the same load."""
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -386,14 +397,18 @@ async def fetch_etags(client, paths: list[str], concurrency: int) -> dict[str, s
 
 
 async def drive(base_url: str, key: str, job_ids: list[str], args: argparse.Namespace, server_pid: int,
-                db_name: str) -> dict[str, Any]:  # fmt: skip
+                db_name: str | None) -> dict[str, Any]:  # fmt: skip
+    """Run the phases; ``db_name`` is the scratch Postgres database (None on SQLite)."""
     import httpx
 
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    # Idle connections expire before the server's 5 s keep-alive closes them (no close race).
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
+                          keepalive_expiry=2)  # fmt: skip
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
-        job_paths = [f"/v1/fine_tuning/jobs/{j}" for j in job_ids]
-        event_paths = [f"/v1/fine_tuning/jobs/{j}/events?limit={args.events_limit}" for j in job_ids]
+        polled = job_ids[:1] if args.one_job else job_ids
+        job_paths = [f"/v1/fine_tuning/jobs/{j}" for j in polled]
+        event_paths = [f"/v1/fine_tuning/jobs/{j}/events?limit={args.events_limit}" for j in polled]
         t = time.perf_counter()
         etags = await fetch_etags(client, job_paths + event_paths, args.concurrency)
         print(f"  fetched {len(etags)} ETags in {time.perf_counter() - t:.1f} s (also warms the server)", flush=True)
@@ -418,17 +433,18 @@ async def drive(base_url: str, key: str, job_ids: list[str], args: argparse.Name
             make = requests[name]
             await run_phase(client, make, concurrency=args.concurrency, seconds=args.warmup, seed_=args.seed + 100 + i)
             metrics_before = server_latency((await client.get("/metrics")).text)
-            sessions_before = pg_sessions(args.pg_admin_url, db_name)
-            cpu_server, cpu_client, cpu_pg = proc_cpu_s(server_pid), time.process_time(), postgres_cpu_s()
+            sessions_before = pg_sessions(args.pg_admin_url, db_name) if db_name else None
+            cpu_pg = postgres_cpu_s() if db_name else None
+            cpu_server, cpu_client = proc_cpu_s(server_pid), time.process_time()
             tally, elapsed = await run_phase(client, make, concurrency=args.concurrency, seconds=args.duration,
                                              seed_=args.seed + i)  # fmt: skip
             cpu_server = proc_cpu_s(server_pid) - cpu_server
             cpu_client = time.process_time() - cpu_client
-            pg_after = postgres_cpu_s()
+            pg_after = postgres_cpu_s() if db_name else None
             cpu_pg = None if cpu_pg is None or pg_after is None else pg_after - cpu_pg
             metrics_after = server_latency((await client.get("/metrics")).text)
             await asyncio.sleep(1.0)  # Postgres flushes its statistics about once a second
-            sessions_after = pg_sessions(args.pg_admin_url, db_name)
+            sessions_after = pg_sessions(args.pg_admin_url, db_name) if db_name else None
             n = len(tally.latencies)
             route = ROUTE_OF[name]
             s0, c0 = _route_metric(metrics_before, route)
@@ -486,43 +502,25 @@ def add_ratios(results: dict[str, Any]) -> dict[str, Any]:
     return {"baseline": "mean of the healthz phases", "baseline_values": ref, "per_endpoint": ratios}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--events-per-job", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=64, help="concurrent connections / request loops")
-    parser.add_argument("--duration", type=float, default=15.0, help="timed seconds per endpoint")
-    parser.add_argument("--warmup", type=float, default=3.0, help="untimed seconds per endpoint before it")
-    parser.add_argument("--events-limit", type=int, default=20)
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"subset/order of {', '.join(PHASES)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pg-admin-url", default=os.environ.get("GUARDTUNE_BENCH_POSTGRES_URL",
-                                                                 "postgresql://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
-    parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
-    args = parser.parse_args()
-    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if set(args.phases) - set(PHASES):
-        parser.error(f"unknown phases {sorted(set(args.phases) - set(PHASES))}")
-
+def run_database(db: str, args: argparse.Namespace, tree: Path) -> dict[str, Any]:
+    """Set up a scratch database of kind ``db``, serve it with the API of ``tree``, drive the
+    phases; the database is dropped afterwards."""
     from core import migrate
 
-    print(f"api_load: {args.jobs} jobs x {args.events_per_job} events on Postgres; {args.concurrency} concurrent "
-          f"connections, {args.warmup:g} s warm-up + {args.duration:g} s per endpoint. The load generator shares "
-          f"the CPU cores ({os.cpu_count()}) with the API and Postgres.", flush=True)  # fmt: skip
-    db_name, url = create_database(args.pg_admin_url)
-    proc = None
-    try:
-        t = time.perf_counter()
-        migrate.upgrade(url)
-        key, job_ids = seed(url, args.jobs, args.events_per_job, args.seed)
-        print(f"  database {db_name}: migrated and seeded in {time.perf_counter() - t:.1f} s", flush=True)
-        direct = in_process_cost(url, key, job_ids, args.events_limit)
-        print(f"  in-process cost of the work behind a poll (no HTTP): job {direct['job_cpu_ms']:.2f} ms CPU, "
-              f"events {direct['events_cpu_ms']:.2f} ms CPU", flush=True)  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="gt-bench-api-") as home:
+    with tempfile.TemporaryDirectory(prefix="gt-bench-api-") as home:
+        if db == "postgres":
+            db_name, url = create_database(args.pg_admin_url)
+        else:
+            db_name, url = None, f"sqlite:///{Path(home) / 'bench.db'}"
+        proc = None
+        try:
+            t = time.perf_counter()
+            migrate.upgrade(url)  # this checkout's schema: an older API ignores the newer columns
+            key, job_ids = seed(url, args.jobs, args.events_per_job, args.seed)
+            print(f"  [{db}] migrated and seeded in {time.perf_counter() - t:.1f} s", flush=True)
+            direct = in_process_cost(url, key, job_ids, args.events_limit) if tree == REPO else None
             log_path = Path(home) / "api.log"
-            proc, base_url = start_api(url, Path(home), log_path)
+            proc, base_url = start_api(url, Path(home), log_path, tree)
             try:
                 wait_ready(base_url, proc)
                 results = asyncio.run(drive(base_url, key, job_ids, args, proc.pid, db_name))
@@ -532,48 +530,112 @@ def main() -> None:
             finally:
                 stop(proc)
             api_log = log_path.read_text(errors="replace")
-    finally:
-        if not args.keep_db:
-            drop_database(args.pg_admin_url, db_name)
-
+        finally:
+            if db_name and not args.keep_db:
+                drop_database(args.pg_admin_url, db_name)
     ratios = add_ratios(results)
+    errors = [line for line in api_log.splitlines() if '"level": "error"' in line or "Traceback" in line]
     print()
     print_table(
         ["endpoint", "req/s", "p50 ms", "p99 ms", "server ms", "API CPU ms/req", "req/s per API core",
-         "PG CPU ms/req", "client CPU ms/req", "new PG sessions", "bytes"],
+         "PG CPU ms/req", "client CPU ms/req", "new PG sessions", "bytes", "errors"],
         [[k, r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["server_mean_ms"], r["server_cpu_ms_per_request"],
           r["api_cpu_bound_requests_per_s"], r["postgres_cpu_ms_per_request"], r["client_cpu_ms_per_request"],
-          r["new_pg_sessions"], r["mean_body_bytes"]] for k, r in results.items()],
+          r["new_pg_sessions"], r["mean_body_bytes"], sum(r["errors"].values())] for k, r in results.items()],
         digits=2,
     )  # fmt: skip
     if ratios:
-        print("\nratio to /healthz (mean of the two healthz phases):")
+        print(f"\n[{db}] ratio to /healthz:")
         print_table(
             ["endpoint", "req/s", "p50 latency", "p99 latency", "API CPU/req", "server time"],
             [[k, v["requests_per_s"], v["p50_latency"], v["p99_latency"], v["server_cpu_per_request"],
               v["server_mean_time"]] for k, v in ratios["per_endpoint"].items()],
         )  # fmt: skip
-    print("\nNote: the load generator, the API (one uvicorn worker) and Postgres share the same CPU cores,"
-          " which other workloads share too; requests/s and latencies are noisy, CPU ms per request less so.")
-    warnings = [line for line in api_log.splitlines() if '"level": "error"' in line or "Traceback" in line]
-    if warnings:
-        print(f"\nthe API logged {len(warnings)} error lines; first: {warnings[0][:300]}")
+    if errors:
+        print(f"\n[{db}] the API logged {len(errors)} error lines; first: {errors[0][:300]}")
+    return {"endpoints": results, "ratios": ratios, "in_process_cpu_ms": direct, "api_error_lines": len(errors)}
+
+
+def summary(databases: dict[str, Any]) -> dict[str, Any]:
+    """Per database: errors of every phase, and the poll phases' requests/s over /healthz's."""
+    out = {}
+    for db, run in databases.items():
+        per = run["ratios"].get("per_endpoint", {})
+        out[db] = {
+            "errors": sum(sum(r["errors"].values()) for r in run["endpoints"].values()),
+            **{f"{name}_vs_healthz": per[name]["requests_per_s"] for name in ("job", "job_304", "events", "events_304")
+               if name in per},
+        }  # fmt: skip
+    return out
+
+
+def merged_runs(label: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The runs already in the result file, with this one set under ``label``."""
+    import json
+
+    path = REPO / "bench" / "results" / f"{RESULT_NAME}.json"
+    runs = {}
+    if path.exists():
+        runs = json.loads(path.read_text()).get("runs", {})
+    return {**runs, label: run}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both")
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--events-per-job", type=int, default=100)
+    parser.add_argument("--one-job", action=argparse.BooleanOptionalAction, default=True,
+                        help="all pollers poll the same job (default), or random jobs")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=256, help="concurrent connections / request loops")
+    parser.add_argument("--duration", type=float, default=60.0, help="timed seconds per endpoint")
+    parser.add_argument("--warmup", type=float, default=3.0, help="untimed seconds per endpoint before it")
+    parser.add_argument("--events-limit", type=int, default=20)
+    parser.add_argument("--phases", default="healthz,job,job_304", help=f"subset/order of {', '.join(PHASES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-commit", help="serve the API of this commit (git archive) instead of the checkout")
+    parser.add_argument("--label", default="after", help="where the run goes in the result file's runs")
+    parser.add_argument("--pg-admin-url", default=os.environ.get("GUARDTUNE_BENCH_POSTGRES_URL",
+                                                                 "postgresql://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch Postgres database")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    args = parser.parse_args()
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases {sorted(set(args.phases) - set(PHASES))}")
+    dbs = ["postgres", "sqlite"] if args.db == "both" else [args.db]
+
+    print(f"api_load: {args.concurrency} concurrent pollers on {'one job' if args.one_job else 'random jobs'} "
+          f"({args.jobs} jobs x {args.events_per_job} events seeded), {args.warmup:g} s warm-up + {args.duration:g} s "
+          f"per phase, on {', '.join(dbs)}; API of {args.server_commit or 'this checkout'}. The load generator "
+          f"shares the CPU cores ({os.cpu_count()}) with the API and the database.", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="gt-bench-tree-") as tmp:
+        tree = export_tree(args.server_commit, Path(tmp)) if args.server_commit else REPO
+        databases = {db: run_database(db, args, tree) for db in dbs}
+    result = summary(databases)
+    print(f"\nsummary: {result}")
 
     if not args.no_write:
         import httpx
         import uvicorn
 
+        from bench.common import git_info
+
+        run = {
+            "api_commit": args.server_commit or git_info()["commit"],
+            "settings": {k: getattr(args, k) for k in ("jobs", "events_per_job", "one_job", "concurrency", "duration",
+                                                        "warmup", "events_limit", "phases", "seed")},
+            "summary": result,
+            "databases": databases,
+        }  # fmt: skip
         path = write_result(RESULT_NAME, {
-            "settings": {k: getattr(args, k) for k in ("jobs", "events_per_job", "concurrency", "duration", "warmup",
-                                                        "events_limit", "seed")},
-            "server": "uvicorn --workers 1 (one process), GUARDTUNE_ENV=production, Postgres on 127.0.0.1",
+            "server": "one API process (its own server command), GUARDTUNE_ENV=production; Postgres on 127.0.0.1 "
+                      "or SQLite in a temporary folder",
             "client": f"httpx {httpx.__version__} AsyncClient, same machine",
             "versions": {"uvicorn": uvicorn.__version__, "httpx": httpx.__version__},
-            "note": "load generator, API and Postgres share the machine's CPU cores",
-            "endpoints": results,
-            "ratios": ratios,
-            "in_process_cpu_ms": direct,
-            "api_error_lines": len(warnings),
+            "note": "load generator, API and database share the machine's CPU cores; requests/s are noisy, ratios "
+                    "to /healthz in the same run less so",
+            "runs": merged_runs(args.label, run),
         })  # fmt: skip
         print(f"wrote {path.relative_to(REPO)}")
 

@@ -50,6 +50,17 @@ class Limits:
         return self.max_example_chars * 12 + 64 * 1024
 
 
+def parse_line(text: str | bytes) -> Any:
+    """One JSON value, or ``ValueError`` with a message for the customer. Nesting too deep
+    for the parser (a short line of thousands of ``[``) is such an error, not a crash."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Invalid JSON: {exc.msg} (column {exc.colno}).") from None
+    except RecursionError:
+        raise ValueError("Invalid JSON: the value is nested too deeply.") from None
+
+
 @dataclass(frozen=True)
 class Issue:
     """One validation error. ``line`` is 1-based; None for a whole-file problem."""
@@ -158,9 +169,9 @@ class Validator:
         if not text.strip():
             return  # blank lines are skipped
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            self._error(lineno, f"Invalid JSON: {exc.msg} (column {exc.colno}).")
+            obj = parse_line(text)
+        except ValueError as exc:
+            self._error(lineno, str(exc))
             return
         fmt, problems, chars = check_example(obj)
         if problems:
@@ -313,9 +324,9 @@ def iter_examples(chunks: Iterable[bytes], limits: Limits | None = None) -> Iter
         if not raw.strip():
             return None
         try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"line {lineno}: {exc}") from exc
+            obj = parse_line(raw)  # UnicodeDecodeError is a ValueError too
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: {exc}") from None
         fmt, problems, _ = check_example(obj)
         if problems:
             raise ValueError(f"line {lineno}: {problems[0]}")

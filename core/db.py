@@ -10,22 +10,38 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
+
+
+# Connections beyond one per API thread: sessions whose endpoint has returned keep theirs
+# until FastAPI closes them (on a thread of its own limiter), so a few more are in use.
+POOL_SLACK = 8
+
+
+def pool_size(settings: Settings) -> int:
+    """Pooled connections per engine: one per thread serving sync endpoints
+    (``GUARDTUNE_API_THREADS``) plus :data:`POOL_SLACK`. A request holds a connection only
+    while it holds a thread (``api.deps.authenticate`` releases its own), so with the two
+    sized together no request can wait for a connection that waits for a thread."""
+    return settings.api_threads + POOL_SLACK
 
 
 @lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
-    url = url or get_settings().db_url
+    settings = get_settings()
+    url = url or settings.db_url
+    # Opened on demand, never overflow: overflow connections are closed and reopened under load.
+    pool = {"pool_size": pool_size(settings), "max_overflow": 0}
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+        else:
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        # 40 pooled connections, opened on demand: one per thread serving sync endpoints, so
-        # none is closed and reopened under load (overflow connections would be).
-        engine = create_engine(url, pool_pre_ping=True, pool_size=40, max_overflow=0)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
     return engine
 
 
@@ -35,6 +51,20 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def begin_write(session: Session) -> None:
+    """On SQLite, take the database's write lock now (``BEGIN IMMEDIATE``), so what this
+    transaction reads next cannot change before it commits: SQLite has no row locks and
+    ignores ``FOR UPDATE``. Writers queue on ``busy_timeout``. Elsewhere this does nothing
+    (use ``with_for_update``). Call it before the transaction has written anything; reads
+    before it are fine (the driver runs them outside a transaction)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    dbapi = connection.connection.dbapi_connection
+    if not dbapi.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @lru_cache(maxsize=8)

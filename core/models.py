@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -110,6 +111,9 @@ class Job(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    # +1 on every UPDATE of the row, by whichever writer (ORM or Core ``update()``): the
+    # validator of a conditional poll (``api.routes.conditional``), read without the row.
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", onupdate=text("version + 1"))
 
 
 class JobEvent(Base):
@@ -147,6 +151,7 @@ class SafetyReport(Base):
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     gate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now, onupdate=now)
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", onupdate=text("version + 1"))
 
 
 class BaseModelEntry(Base):

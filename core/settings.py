@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     port: int = 8000
     public_url: str = ""
     embedded_worker: bool | None = None  # None: on when the broker is the embedded one
+    # Threads serving sync endpoints; the database pool is sized from the same number, so a
+    # request holding a thread always finds a connection (see core.db.get_engine).
+    api_threads: int = Field(default=40, ge=1, le=1000)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers; 431 above
 
     # Limits.
     max_upload_bytes: int = 512 * 1024 * 1024

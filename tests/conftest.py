@@ -198,12 +198,11 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = Non
 
 
 def start_api(env: dict[str, str], log_path: Path) -> LiveServer:
-    """uvicorn serving the app factory in a subprocess, over real HTTP."""
+    """The API's own server (``api.server``: uvicorn with its limits) in a subprocess, over real HTTP."""
     port = free_port()
     log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "api.server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)

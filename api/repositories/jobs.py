@@ -37,6 +37,28 @@ class JobRepository:
             query = query.with_for_update()
         return self.session.scalar(query)
 
+    def versions(self, org_id: str, job_id: str) -> tuple[int, int | None] | None:
+        """``(job version, report version or None)`` of a job the organization owns, or None:
+        what a conditional poll compares, read without loading the rows."""
+        row = self.session.execute(
+            select(Job.version, SafetyReport.version)
+            .outerjoin(SafetyReport, SafetyReport.job_id == Job.id)
+            .where(Job.org_id == org_id, Job.id == job_id)
+        ).first()
+        return None if row is None else (row[0], row[1])
+
+    def event_marks(self, org_id: str, job_id: str) -> tuple[int | None, int] | None:
+        """``(newest event's seq, number of events)`` of a job the organization owns, or None.
+        Events are only ever appended, so the pair changes exactly when the set does."""
+        row = self.session.execute(
+            select(func.max(JobEvent.seq), func.count(JobEvent.seq))
+            .select_from(Job)
+            .outerjoin(JobEvent, JobEvent.job_id == Job.id)
+            .where(Job.org_id == org_id, Job.id == job_id)
+            .group_by(Job.id)
+        ).first()
+        return None if row is None else (row[0], row[1])
+
     def get_by_idempotency_key(self, org_id: str, key: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.org_id == org_id, Job.idempotency_key == key))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.db import begin_write
 from core.errors import InvalidRequest
 from core.models import ApiKey, Organization
 
@@ -14,8 +15,13 @@ class OrgRepository:
         self.session = session
 
     def get(self, org_id: str, *, for_update: bool = False) -> Organization | None:
+        """``for_update``: lock the organization's row until the transaction ends, so checks
+        and writes made under it (the concurrent-job count, file deletes) happen one at a
+        time per organization. ``FOR UPDATE`` does that on Postgres; SQLite ignores it, so
+        there the transaction is begun as a write transaction (see :func:`core.db.begin_write`)."""
         query = select(Organization).where(Organization.id == org_id)
         if for_update:
+            begin_write(self.session)
             query = query.with_for_update()
         return self.session.scalar(query)
 

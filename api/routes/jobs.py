@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.auth import CUSTOMER
-from api.routes.conditional import NOT_MODIFIED, conditional_json
+from api.routes.conditional import NOT_MODIFIED, conditional, conditional_json
 from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, page
 from api.schemas.jobs import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
 from api.services.jobs import JobService, metadata_filter
@@ -74,7 +74,8 @@ def retrieve_job(
     fine_tuning_job_id: str, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> Response:
     service = JobService(session, settings)
-    return conditional_json(request, service.present(service.get(caller, fine_tuning_job_id)))
+    etag = service.job_validator(caller, fine_tuning_job_id)
+    return conditional(request, etag, lambda: service.present(service.get(caller, fine_tuning_job_id)))
 
 
 @router.post(
@@ -124,10 +125,14 @@ def list_events(
         Query(description="desc (OpenAI's, newest first) or asc: oldest first, for incremental polling with after"),
     ] = "desc",
 ) -> Response:
-    events, has_more = JobService(session, settings).events(
-        caller, fine_tuning_job_id, after=after, limit=limit, order=order
-    )
-    return conditional_json(request, CursorPage[JobEvent](**page(events, has_more)))
+    service = JobService(session, settings)
+
+    def build() -> CursorPage[JobEvent]:
+        events, has_more = service.events(caller, fine_tuning_job_id, after=after, limit=limit, order=order)
+        return CursorPage[JobEvent](**page(events, has_more))
+
+    etag = service.events_validator(caller, fine_tuning_job_id, after=after, limit=limit, order=order)
+    return conditional(request, etag, build)
 
 
 @router.get(

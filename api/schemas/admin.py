@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,12 +12,17 @@ SafetyMode = Literal["adaptive", "constant", "none"]
 ALLOWED_MODES_DOC = "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
 
 
+# The columns' ranges (INTEGER, BIGINT): a larger number is a 400, not a database error.
+MaxJobs = Annotated[int, Field(ge=0, le=2**31 - 1, description="Override of the deployment default")]
+MaxBytes = Annotated[int, Field(ge=0, le=2**63 - 1, description="Override of the deployment default")]
+
+
 class OrganizationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    max_concurrent_jobs: int | None = Field(None, ge=0, description="Override of the deployment default")
-    max_storage_bytes: int | None = Field(None, ge=0, description="Override of the deployment default")
+    max_concurrent_jobs: MaxJobs | None = None
+    max_storage_bytes: MaxBytes | None = None
     allowed_modes: list[SafetyMode] | None = Field(None, min_length=1, description=ALLOWED_MODES_DOC)
 
 
@@ -26,8 +31,8 @@ class OrganizationUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrent_jobs: int | None = Field(None, ge=0)
-    max_storage_bytes: int | None = Field(None, ge=0)
+    max_concurrent_jobs: MaxJobs | None = None
+    max_storage_bytes: MaxBytes | None = None
     allowed_modes: list[SafetyMode] | None = Field(None, min_length=1, description=ALLOWED_MODES_DOC)
 
 

@@ -6,6 +6,7 @@ the job, and the ``fine_tuning.job.safety_report`` object.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, BeforeValidator, StringConstraints, field_validator, model_validator
@@ -27,7 +28,7 @@ def _auto_or(kind: type, low: float, high: float, *, exclusive_low: bool = False
     def check(value: Any) -> Any:
         if value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(message)
         if kind is int and value != int(value):
             raise ValueError(message)

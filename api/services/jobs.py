@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
+from api.etags import row_validator
 from api.metrics import JOBS_CREATED
 from api.repositories.files import FileRepository
 from api.repositories.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobRepository
@@ -146,6 +147,10 @@ def fingerprint(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+
+
 def _concurrency_limit(settings: Settings, org_max: int | None) -> int:
     return settings.max_concurrent_jobs_per_org if org_max is None else org_max
 
@@ -245,8 +250,22 @@ class JobService:
     def get(self, caller: Caller, job_id: str) -> Job:
         job = self.jobs.get(caller.org_id, job_id)
         if job is None:
-            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+            raise _job_not_found(job_id)
         return job
+
+    def job_validator(self, caller: Caller, job_id: str) -> str:
+        """The ETag of the job's body (:meth:`present`), from row versions alone."""
+        versions = self.jobs.versions(caller.org_id, job_id)
+        if versions is None:
+            raise _job_not_found(job_id)
+        return row_validator("job", job_id, *versions)
+
+    def events_validator(self, caller: Caller, job_id: str, *, after: str | None, limit: int, order: str) -> str:
+        """The ETag of one page of the job's events (:meth:`events`), from the newest event."""
+        marks = self.jobs.event_marks(caller.org_id, job_id)
+        if marks is None:
+            raise _job_not_found(job_id)
+        return row_validator("events", job_id, *marks, after, limit, order)
 
     def present(self, job: Job) -> FineTuningJob:
         return job_object(job, self.jobs.report(job.id))
@@ -473,7 +492,7 @@ class JobService:
     def cancel(self, caller: Caller, job_id: str) -> Job:
         job = self.jobs.get(caller.org_id, job_id, for_update=True)
         if job is None:
-            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+            raise _job_not_found(job_id)
         if job.status == "cancelled":
             self.session.rollback()
             return job  # idempotent: nothing changes, nothing to record

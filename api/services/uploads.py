@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
+from api.input_guard import unstorable
 from core.errors import GuardtuneError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 SPOOL_MEMORY = 1024 * 1024
@@ -123,6 +124,8 @@ class _Receiver:
         if self._files > 1:
             raise InvalidRequest("Send exactly one file per upload.", code="invalid_multipart", param="file")
         filename = os.path.basename(options[b"filename"].decode("utf-8", "replace").replace("\\", "/"))
+        if why := unstorable(filename):
+            raise InvalidRequest(f"The file name {why}.", code="invalid_value", param="file")
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         check_jsonl(filename, content_type)
         self._is_file = True
@@ -144,7 +147,10 @@ class _Receiver:
 
     def on_part_end(self) -> None:
         if not self._is_file and self._name is not None:
-            self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
+            value = self._value.decode("utf-8", "replace")
+            if why := unstorable(value) or unstorable(self._name):
+                raise InvalidRequest(f"The form field {self._name!r} {why}.", code="invalid_value", param=self._name)
+            self.upload.fields[self._name] = value
 
     def callbacks(self) -> dict:
         return {
@@ -196,6 +202,15 @@ async def receive_upload(
     try:
         async for chunk in stream:
             parser.write(chunk)
+        if parser.state != MultipartState.END:
+            # The body stopped before the closing boundary: a Content-Length shorter than
+            # what was sent, or a sender that gave up. Its file is not the client's file.
+            raise InvalidRequest(
+                "The multipart body ended before its closing boundary: the upload is incomplete. "
+                "Nothing was stored; send the whole file again.",
+                code="incomplete_upload",
+                param="file",
+            )
         parser.finalize()
     except GuardtuneError:
         receiver.upload.close()

@@ -77,3 +77,8 @@ def test_the_api_never_imports_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_docs_name_admin_keys_operator_keys(http):
+    description = http.get("/openapi.json").json()["info"]["description"]
+    assert "Admin-scoped keys are operator keys" in description and "across all organizations" in description

@@ -114,3 +114,20 @@ def test_iter_examples_streams_valid_files_with_line_numbers():
     with pytest.raises(ValueError, match="line 2"):
         list(iter_examples([jsonl(chat(), "{bad")]))
     assert json.loads(json.dumps(got[0][1])) == chat("a", "b")
+
+
+NESTED = b"[" * 1000 + b"]" * 1000  # a 2 KB line deeper than the JSON parser recurses
+
+
+def test_a_deeply_nested_line_is_a_validation_error_with_its_line_number():
+    deep_content = b'{"messages": [{"role": "user", "content": ' + NESTED + b'}, {"role": "assistant", "content": "x"}]}'
+    report = validate_chunks([jsonl(chat()) + NESTED + b"\n" + jsonl(chat()) + deep_content + b"\n"])
+    assert [(i.line, i.message) for i in report.errors] == [
+        (2, "Invalid JSON: the value is nested too deeply."),
+        (4, "Invalid JSON: the value is nested too deeply."),
+    ]
+
+
+def test_the_workers_reader_names_the_line_of_a_deeply_nested_one():
+    with pytest.raises(ValueError, match=r"^line 2: Invalid JSON: the value is nested too deeply\.$"):
+        list(iter_examples([jsonl(chat()) + NESTED + b"\n"]))

@@ -268,6 +268,30 @@ def test_job_etag_and_304(client, training_file, http, tenant):
     assert relisted.status_code == 200 and relisted.headers["etag"] != list_etag
 
 
+def test_job_etag_follows_every_write_of_the_job_or_its_report(client, training_file, http, tenant, db):
+    """The tag comes from row versions (no body is built for a 304): each way a worker
+    writes (a Core UPDATE, a report inserted, a report updated) must change it."""
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    url = f"/v1/fine_tuning/jobs/{job.id}"
+    seen = [http.get(url, headers=auth(tenant)).headers["etag"]]
+
+    def poll_changed() -> dict:
+        r = http.get(url, headers={**auth(tenant), "If-None-Match": seen[-1]})
+        assert r.status_code == 200 and r.headers["etag"] not in seen
+        seen.append(r.headers["etag"])
+        assert http.get(url, headers={**auth(tenant), "If-None-Match": seen[-1]}).status_code == 304
+        return r.json()
+
+    set_job(db, job.id, status="running", stage="scanning")
+    assert poll_changed()["safety"]["stage"] == "scanning"
+    with Session(db) as session, session.begin():
+        session.add(SafetyReport(job_id=job.id, scan={"n": 1}))
+    assert poll_changed()["safety"]["scan_summary"] == {"n": 1}
+    with Session(db) as session, session.begin():
+        session.get(SafetyReport, job.id).scan = {"n": 2}
+    assert poll_changed()["safety"]["scan_summary"] == {"n": 2}
+
+
 def test_events_etag_and_304(client, training_file, http, tenant, other_tenant, db):
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
     url = f"/v1/fine_tuning/jobs/{job.id}/events"

@@ -1,0 +1,82 @@
+"""Refuse request values no column can hold, before any handler sees them.
+
+Postgres cannot store a NUL character in text, UTF-8 has no lone surrogates (JSON's
+``"\\ud800"``), and Python's JSON parser turns ``Infinity``, ``NaN`` and ``1e400`` into
+floats that overflow every integer conversion. Each of these answers 400
+``invalid_value`` naming the parameter (``fine_tuning_job_id``, ``after``,
+``hyperparameters.n_epochs``, ``metadata.team``), whatever the route: the check is an
+app-wide dependency over the path and query parameters and the JSON body. Multipart
+uploads are checked as they stream (``api.services.uploads``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+
+from core.errors import InvalidRequest
+
+
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be stored, or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (it has a lone surrogate)"
+    return None
+
+
+def _refuse(param: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"The parameter {param!r} {why}.", code="invalid_value", param=param)
+
+
+class _NonFinite:
+    """What ``Infinity``, ``-Infinity`` and ``NaN`` parse to here, to be refused by name."""
+
+
+def _walk(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if why := unstorable(value):
+            raise _refuse(path or "body", why)
+    elif isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
+        raise _refuse(path or "body", "must be a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if why := unstorable(key):
+                raise _refuse(path or "body", f"has a key that {why}")
+            _walk(item, name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _walk(item, f"{path}.{i}" if path else str(i))
+
+
+async def refuse_unstorable_input(request: Request) -> None:
+    """App-wide dependency (runs after routing, before authentication and validation)."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and (why := unstorable(value)):
+            raise _refuse(name, why)
+    for name, value in request.query_params.multi_items():
+        if why := unstorable(name):
+            raise _refuse("query", f"has a parameter name that {why}")
+        if why := unstorable(value):
+            raise _refuse(name, why)
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return  # no JSON body on this route (uploads stream past FastAPI)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return
+    body = await request.body()  # FastAPI has read it already; this is its cached copy
+    if not body:
+        return
+    try:
+        parsed = json.loads(body, parse_constant=lambda _: _NonFinite())
+    except (ValueError, RecursionError):
+        return  # not JSON: FastAPI's own 400 says so
+    _walk(parsed, "")
