@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     kl_weight_hi: float = 0.9
     flag_threshold: float = 4.0
     probe_layers: str = "auto"
+    align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
 
     # Judge (any OpenAI-compatible chat endpoint); unset means no judge.
     judge_base_url: str | None = None

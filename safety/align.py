@@ -183,7 +183,7 @@ def read_alignment(model_dir: Path) -> dict[str, Any] | None:
 
 
 def ensure_aligned(
-    source: str, dest: Path, config: AlignConfig, *, cache_dir: Path,
+    source: str, dest: Path, config: AlignConfig, *, cache_dir: Path, device: str = "cpu",
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The aligned variant of ``source`` at ``dest``: reused when ``dest`` holds one made
@@ -198,10 +198,12 @@ def ensure_aligned(
     if existing is not None and existing.get("key") == key:
         return {**existing, "cached": True, "path": str(dest)}
     model, tokenizer = load_base_model(source, cache_dir=cache_dir)
+    model = model.to(device)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         merged, report = align_model(model, tokenizer, config, work_dir=tmp / "train", on_step=on_step)
+        merged = merged.to("cpu")
         out = tmp / "model"
         merged.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)

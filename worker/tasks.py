@@ -13,6 +13,7 @@ from core.queue import DEFAULT_QUEUE, GPU_QUEUE, enqueue
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
 from worker.pipeline.jobstate import JobGone, StageError, Superseded
+from worker.pipeline.align import align_base_model
 from worker.pipeline.onboard import onboard_base_model
 from worker.pipeline.reaper import reap
 
@@ -88,6 +89,12 @@ def start(job_id: str) -> str | None:
 @celery_app.task(name="guardtune.gpu.onboard")
 def onboard(model_id: str) -> dict:
     return onboard_base_model(model_id)
+
+
+@celery_app.task(name="guardtune.gpu.align")
+def align(model_id: str, onboard: bool = True) -> dict:
+    """Align ``model_id`` into ``<model_id>-aligned`` (cached) and, with ``onboard``, onboard it."""
+    return align_base_model(model_id, onboard=onboard)
 
 
 @celery_app.task(name="guardtune.reap")
