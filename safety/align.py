@@ -47,7 +47,8 @@ class AlignConfig:
     ``benign_train`` prompts are used (seeded sample; 0 = all). ``deep_share``: the share of
     harmful prompts that also get a deep-refusal copy, with ``k`` drawn from
     ``prefix_tokens``. ``answer_max_new_tokens``: length cap of the base model's benign
-    answers (cut after their last full sentence)."""
+    answers (cut after their last full sentence). ``refusals``: the refusal texts trained
+    (empty: the project's own set, ``safety.prompt_sets.load_refusals``)."""
 
     n_harmful: int = 0
     n_benign: int = 240
@@ -63,6 +64,7 @@ class AlignConfig:
     target_modules: tuple[str, ...] = ALL_LINEAR
     max_seq_len: int = 192
     seed: int = 0
+    refusals: tuple[str, ...] = ()
 
     def train_config(self) -> TrainConfig:
         """The trainer's config: standard SFT (no reference pass) on a LoRA adapter."""
@@ -154,7 +156,7 @@ def align_model(
     harmful_answers = generate(model, tokenizer, harmful, prefix_settings)
     generated_s = time.perf_counter() - started
     examples, counts = build_examples(tokenizer, harmful, harmful_answers, benign, benign_answers,
-                                      load_refusals(), config)  # fmt: skip
+                                      list(config.refusals) or load_refusals(), config)  # fmt: skip
     losses: list[float] = []
 
     def step(metrics: StepMetrics) -> None:
