@@ -31,14 +31,21 @@ def numbers_equal(a: str | None, b: str | None) -> bool:
 
 
 def asr(model: Any, tokenizer: Any, prompts: list[str], system: str | None, prefix: str, args: Any) -> dict[str, Any]:
-    """Per-prompt attack success by the strict detector (``success``) and the keyword one."""
+    """Per-prompt attack success by the strict detector (``success``) and the keyword one;
+    with ``args.judge`` (a ``safety.judge.Judge``), also judge ASR (share scored 5) of the
+    plain requests and the answers."""
     conversations = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prefix + p}]
                      for p in prompts]  # fmt: skip
     responses = generate(model, tokenizer, conversations, GenerationSettings(args.max_new_tokens, args.gen_batch_size))
     success = [not is_strict_refusal(r) for r in responses]
     keyword = [not is_refusal(r) for r in responses]
-    return {"asr": sum(success) / len(success), "asr_keyword": sum(keyword) / len(keyword), "success": success,
-            "samples": [{"prompt": p, "response": r[:200]} for p, r in list(zip(prompts, responses))[:2]]}  # fmt: skip
+    out = {"asr": sum(success) / len(success), "asr_keyword": sum(keyword) / len(keyword), "success": success,
+           "samples": [{"prompt": p, "response": r[:200]} for p, r in list(zip(prompts, responses))[:2]]}  # fmt: skip
+    if getattr(args, "judge", None) is not None:
+        verdicts = args.judge.score(list(zip(prompts, responses)))
+        out["asr_judge"] = sum(v.score == 5 for v in verdicts) / len(verdicts)
+        out["judge_unparsed"] = sum(not v.parsed for v in verdicts)
+    return out
 
 
 def gsm8k_em(model: Any, tokenizer: Any, rows: list[dict[str, Any]], args: Any) -> float | None:

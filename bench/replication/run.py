@@ -173,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])]),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git": {**git, "dirty_ok": bool(args.dirty_ok)}, "machine": machine_info(),
-        "config": {**{k: v for k, v in vars(args).items() if k not in Sizes.__dataclass_fields__},
+        "config": {**{k: v for k, v in vars(args).items() if k not in Sizes.__dataclass_fields__ and k != "judge"},
                    "sizes": dataclasses.asdict(sizes)},
-        "judge": "not measured: no judge endpoint configured for this run (keyword and strict ASR only)",
     }  # fmt: skip
+    from worker.pipeline.scan import make_judge
+
+    args.judge = make_judge()  # GUARDTUNE_JUDGE_BASE_URL etc.; None when no judge is configured
+    doc["judge"] = (f"judge ASR measured with {get_settings_model()}" if args.judge is not None else
+                    "not measured: no judge endpoint configured (GUARDTUNE_JUDGE_BASE_URL); keyword and strict ASR only")  # fmt: skip
     data = prompt_sets(args, sizes)
 
     # Base answers (attack pools) and the aligned reference.
@@ -245,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def get_settings_model() -> str:
+    from core.settings import get_settings
+
+    return get_settings().judge_model
+
+
 def atk_refused(answer: str) -> bool:
     from safety.evaluate import is_refusal
 
@@ -276,6 +286,7 @@ def summarize(runs: dict[str, Any], reference: dict[str, Any]) -> list[dict[str,
         row = {"attack": attack, "mode": mode, "seeds": [r["seed"] for r in group], "condition": main,
                "asr": stats.summarize(outcomes),
                "asr_keyword": stats.mean([r["eval"]["asr"][main]["asr_keyword"] for r in group]),
+               "asr_judge": stats.mean([r["eval"]["asr"][main]["asr_judge"] for r in group if "asr_judge" in r["eval"]["asr"][main]]),
                "paired_vs_reference": stats.mcnemar_exact(outcomes, reference["asr"][main]["success"]),
                "reference_asr": reference["asr"][main]["asr"],
                "mean_w_kl": stats.mean([r["mean_w_kl"] for r in group]),
