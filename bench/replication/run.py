@@ -23,7 +23,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import random
 import sys
 import time

@@ -13,8 +13,10 @@ from bench.replication.attacks import TRIGGER, build
 from bench.replication.refusal import is_strict_refusal
 from safety.evaluate import is_refusal
 from safety.prompt_sets import load_refusals
-from tests.safety.conftest import load_tiny  # noqa: F401 (fixture)
-from tests.safety.test_judge import fake_server  # noqa: F401 (fixture)
+from tests.safety.conftest import load_tiny as load_tiny_fixture
+from tests.safety.test_judge import fake_server as fake_server_fixture
+
+load_tiny, fake_server = load_tiny_fixture, fake_server_fixture  # fixtures shared with tests/safety
 
 
 @pytest.mark.parametrize("text", [
