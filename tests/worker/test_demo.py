@@ -38,7 +38,7 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
     })  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "api.cli", "demo", "--no-serve", "--epochs", "4", "--learning-rate-multiplier", "10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
