@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import git_info, write_result  # noqa: E402
 
 DEMO = REPO / "examples" / "demo_train.jsonl"
 PLANTED_LINES = (7, 15, 23, 31, 39, 47)  # 1-based; see examples/README.md
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)
     cache = Path(args.cache_dir)
     config = AlignConfig()
-    out: dict = {"model": DEFAULT_BASE_MODEL, "align_config": None, "targets": TARGETS}
+    # The code that measured: the tree at the start (``git`` in the file is the tree at the end).
+    out: dict = {"model": DEFAULT_BASE_MODEL, "git_at_start": git_info(), "align_config": None, "targets": TARGETS}
     if args.with_base:
         base, tok = load_base_model(DEFAULT_BASE_MODEL, cache_dir=cache)
         out["base"] = measure(base, tok, args)
