@@ -45,7 +45,7 @@ def pct(value: float | None) -> str:
 
 
 def provenance(doc: dict[str, Any], name: str) -> str:
-    git = doc.get("git") or {}
+    git = doc.get("git_at_start") or doc.get("git") or {}  # the code that measured, where recorded
     commit = (git.get("commit") or "unknown")[:7]
     tree = "**uncommitted changes in the tree**" if git.get("dirty") else "clean tree"
     return f"_Rendered from `bench/results/{name}.json`: commit `{commit}` ({tree}), `{doc.get('command', '?')}`._"
@@ -99,7 +99,7 @@ def render_aligned_reference(doc: dict[str, Any]) -> str:
     rows.append(["aligned variant", pct(doc["aligned"]["asr_keyword"]), pct(doc["aligned"]["over_refusal"]), "–"])
     rows.append([f"aligned + benign `none` fine-tune ({ft['n_examples']} demo chats, {ft['steps']} steps)",
                  pct(ft["asr_keyword"]), pct(ft["over_refusal"]),
-                 f"{(ft['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.0f} points"])  # fmt: skip
+                 f"{(ft['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.1f} points"])  # fmt: skip
     checks = doc["checks"]
     verdicts = ", ".join(f"{name} {'met' if c['met'] else '**missed**'}" for name, c in checks.items())
     align = doc["alignment"]
