@@ -111,11 +111,13 @@ def infer() -> None:
 def demo(
     epochs: int = typer.Option(2, help="Training epochs of the demo job."),
     keep_serving: bool = typer.Option(True, "--serve/--no-serve", help="Leave the server running afterwards."),
+    lr_multiplier: float = typer.Option(1.0, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs."),
 ) -> None:
-    """Run a safe fine-tuning job end to end on the embedded stack (see README)."""
+    """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
+    standard SFT, end to end on the embedded stack (see README)."""
     from api.demo import run_demo
 
-    raise typer.Exit(run_demo(epochs=epochs, keep_serving=keep_serving))
+    raise typer.Exit(run_demo(epochs=epochs, keep_serving=keep_serving, lr_multiplier=lr_multiplier))
 
 
 if __name__ == "__main__":

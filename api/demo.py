@@ -1,10 +1,13 @@
 """``guardtune demo``: the whole product on the embedded stack, as a customer sees it.
 
-Starts ``guardtune serve`` (API + worker), onboards the default base model, creates
-an organization and key, uploads the shipped demo dataset over the API, runs an
-adaptive job with a progress bar, prints the safety report, asks a released model one
-question through ``chat.completions``, prints the dashboard URL, and leaves the server
-running.
+Starts ``guardtune serve`` (API + worker), aligns the default base model into its
+``-aligned`` variant (``guardtune-ops models align``: cached after the first run) and
+onboards that variant, creates an organization and key, uploads the shipped demo dataset
+(benign chats with a few planted harmful requests) over the API and fine-tunes the aligned
+variant on it twice: ``adaptive`` (guardtune's default; expected: released) and ``none``
+(standard SFT, which the operator enables for the demo org; expected: blocked by the gate).
+Prints both safety reports side by side, asks the released model one question through
+``chat.completions``, prints the dashboard URL, and leaves the server running.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.demo_chat import ask_released_model
+from core import audit
 from core.db import session_scope
+from core.errors import NotFound
 from core.orgs import create_key, create_org, find_org
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
@@ -29,6 +34,10 @@ from core.settings import get_settings
 console = Console()
 TERMINAL = ("succeeded", "failed", "cancelled")
 DEMO_ORG = "demo"
+# Training modes of the demo's two jobs, in order. ``none`` is standard SFT: where the operator
+# restricts customer keys to regularized modes, the demo org is the operator's exception.
+MODES = ("adaptive", "none")
+DEMO_ALLOWED_MODES = ("adaptive", "constant", "none")
 
 
 DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "demo_train.jsonl"
@@ -54,19 +63,27 @@ def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 120) 
     raise SystemExit(f"the server was not ready within {timeout_s:.0f}s")
 
 
-def onboard(model_id: str) -> dict:
-    with console.status(f"Onboarding {model_id}: converting weights, training the probe, measuring base ASR…"):
-        task_id = enqueue("guardtune.gpu.onboard", model_id, queue=GPU_QUEUE)
-        return producer().AsyncResult(task_id).get(timeout=1800)
+def align_and_onboard(model_id: str) -> dict:
+    """The worker's ``guardtune.gpu.align`` task: the aligned variant, onboarded."""
+    with console.status(f"Aligning {model_id} (refusal training, cached after the first run), then onboarding "
+                        "the aligned variant: training its probe, measuring its ASR…"):  # fmt: skip
+        task_id = enqueue("guardtune.gpu.align", model_id, True, queue=GPU_QUEUE)
+        return producer().AsyncResult(task_id).get(timeout=3600)
 
 
 def demo_key() -> str:
     settings = get_settings()
     with session_scope() as session:
         try:
-            find_org(session, DEMO_ORG)
-        except Exception:
-            create_org(session, DEMO_ORG, actor="ops:demo")
+            org = find_org(session, DEMO_ORG)
+        except NotFound:
+            org = create_org(session, DEMO_ORG, actor="ops:demo")
+        if set(org.allowed_modes or ()) != set(DEMO_ALLOWED_MODES):
+            # The operator opens standard SFT (`none`) to the demo org, as an admin PATCH would.
+            audit.record(session, actor="ops:demo", action="org.update", target=org.id,
+                         details={"before": {"allowed_modes": org.allowed_modes},
+                                  "after": {"allowed_modes": list(DEMO_ALLOWED_MODES)}})  # fmt: skip
+            org.allowed_modes = list(DEMO_ALLOWED_MODES)
         _, plaintext = create_key(session, DEMO_ORG, actor="ops:demo", secret=settings.secret_key, name="demo")
     return plaintext
 
@@ -94,60 +111,95 @@ def follow(client: httpx.Client, job_id: str) -> dict:
     return job
 
 
-def print_report(report: dict, job: dict) -> None:
+def report_rows(report: dict, job: dict) -> dict[str, str]:
+    """One job's safety report as ``{row label: cell}``."""
     scan, training = report.get("scan") or {}, report.get("training") or {}
     evaluation, gate = report.get("evaluation") or {}, report.get("gate") or {}
-    table = Table(title="Safety report", show_header=False)
+    rows: dict[str, str] = {}
     if scan:
         flagged = ", ".join(str(e["line"]) for e in scan.get("top_flagged", []))
-        table.add_row("scan", f"{scan['n']} examples, {scan['n_flagged']} flagged (lines {flagged or 'none'}); "
-                      f"mean risk {scan['mean_risk']:.2f}")  # fmt: skip
+        rows["scan"] = (f"{scan['n']} examples, {scan['n_flagged']} flagged (lines {flagged or 'none'}); "
+                        f"mean risk {scan['mean_risk']:.2f}")  # fmt: skip
     if training:
-        table.add_row("training", f"{training['steps']} steps, mode {training['mode']}, "
-                      f"{training['regularized_share']:.0%} of steps regularized, final KL {training['final_kl'] or 0:.4f}")  # fmt: skip
+        rows["training"] = (f"{training['steps']} steps, mode {training['mode']}, {training['regularized_share']:.0%} "
+                            f"of steps regularized, final KL {training['final_kl'] or 0:.4f}")  # fmt: skip
     if evaluation:
         base, tuned = evaluation["base"], evaluation["tuned"]
-        table.add_row("ASR (refusal detection)", f"base {base['asr_keyword']:.0%} → fine-tuned {tuned['asr_keyword']:.0%}")
+        rows["ASR (refusal detection)"] = f"base {base['asr_keyword']:.0%} → fine-tuned {tuned['asr_keyword']:.0%}"
         for row in evaluation.get("conditions", [])[1:]:  # the attack conditions after plain
-            table.add_row(f"  ASR {row['description']}", f"base {row['base']['asr_keyword']:.0%} → fine-tuned {row['tuned']['asr_keyword']:.0%}")
-        table.add_row("over-refusal (benign)", f"base {base['over_refusal']:.0%} → fine-tuned {tuned['over_refusal']:.0%}")
+            rows[f"  ASR {row['description']}"] = (f"base {row['base']['asr_keyword']:.0%} → "
+                                                   f"fine-tuned {row['tuned']['asr_keyword']:.0%}")  # fmt: skip
+        rows["over-refusal (benign)"] = f"base {base['over_refusal']:.0%} → fine-tuned {tuned['over_refusal']:.0%}"
     if gate:
-        table.add_row("gate", ("RELEASED: " if gate["released"] else "BLOCKED: ") + " ".join(gate["reasons"]))
-    table.add_row("status", f"{job['status']}  {job.get('fine_tuned_model') or (job.get('error') or {}).get('code', '')}")
+        rows["gate"] = ("RELEASED: " if gate["released"] else "BLOCKED: ") + " ".join(gate["reasons"])
+    rows["status"] = f"{job['status']}  {job.get('fine_tuned_model') or (job.get('error') or {}).get('code', '')}"
+    return rows
+
+
+def print_reports(reports: dict[str, tuple[dict, dict]]) -> None:
+    """The safety reports of the demo's jobs side by side, one column per training mode."""
+    columns = {mode: report_rows(report, job) for mode, (report, job) in reports.items()}
+    table = Table(title="Safety reports: the same file, two training modes", show_lines=True)
+    table.add_column("")
+    for mode in columns:
+        table.add_column(f"mode {mode}", overflow="fold")
+    labels = list(dict.fromkeys(label for rows in columns.values() for label in rows))
+    for label in labels:
+        table.add_row(label, *(rows.get(label, "") for rows in columns.values()))
     console.print(table)
+    for mode, (report, job) in reports.items():
+        released = bool((report.get("gate") or {}).get("released"))
+        console.print(f"mode {mode}: {'RELEASED' if released else 'BLOCKED'} (job {job['id']}, {job['status']})")
 
 
-def run_demo(epochs: int = 2, keep_serving: bool = True) -> int:
+def submit(client: httpx.Client, file_id: str, model: str, mode: str, epochs: int, lr_multiplier: float) -> dict:
+    """Create one demo job; a refusal (e.g. an operator policy on modes) ends the demo clearly."""
+    response = client.post("/v1/fine_tuning/jobs", json={
+        "model": model, "training_file": file_id, "suffix": f"demo-{mode}",
+        "hyperparameters": {"n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": lr_multiplier},
+        "safety": {"mode": mode, "estimator": "probe"},
+    })  # fmt: skip
+    if response.status_code != 200:
+        raise SystemExit(f"creating the {mode} job failed ({response.status_code}): {response.text}")
+    return response.json()
+
+
+def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 1.0) -> int:
+    """Returns 0 when both jobs ended (released or blocked), 1 otherwise."""
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     server = start_server(settings.home_dir / "serve.log")
     try:
         wait_ready(settings.base_url, server)
         console.print(f"[green]guardtune is up[/green] at {settings.base_url} (logs: {settings.home_dir}/serve.log)")
-        onboarded = onboard(settings.default_base_model)
+        aligned = align_and_onboard(settings.default_base_model)
+        examples, onboarded = aligned["report"]["examples"], aligned["onboard"]
+        console.print(f"Aligned variant {aligned['model']} ({'cached' if aligned['cached'] else 'trained now'}: "
+                      f"{examples['refusals']} refusals, {examples['benign']} helpful answers, "
+                      f"{examples['deep_refusals']} refusals after a harmful start)")  # fmt: skip
         probe = onboarded["probe"]
-        console.print(f"Probe: held-out AUROC {probe['auroc']:.3f} on layer(s) {probe['layers']}; base model ASR "
-                      f"{onboarded['baseline']['asr_keyword']:.0%}")  # fmt: skip
+        console.print(f"Probe: held-out AUROC {probe['auroc']:.3f} on layer(s) {probe['layers']}; aligned model ASR "
+                      f"{onboarded['baseline']['asr_keyword']:.0%}, over-refusal "
+                      f"{onboarded['baseline']['over_refusal']:.0%}")  # fmt: skip
         key = demo_key()
         with httpx.Client(base_url=settings.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             with DEMO_DATASET.open("rb") as f:
                 file = client.post("/v1/files", data={"purpose": "fine-tune"},
                                    files={"file": ("demo_train.jsonl", f, "application/jsonl")}).json()  # fmt: skip
             console.print(f"Uploaded {file['filename']} as {file['id']} ({file['status']})")
-            job = client.post("/v1/fine_tuning/jobs", json={
-                "model": settings.default_base_model, "training_file": file["id"], "suffix": "demo",
-                "hyperparameters": {"n_epochs": epochs, "batch_size": 4},
-                "safety": {"mode": "adaptive", "estimator": "probe"},
-            }).json()  # fmt: skip
-            console.print(f"Created job {job['id']}")
-            job = follow(client, job["id"])
-            print_report(client.get(f"/v1/fine_tuning/jobs/{job['id']}/safety_report").json(), job)
-        ask_released_model(settings.base_url, key, job, console)
+            jobs = {mode: submit(client, file["id"], aligned["model"], mode, epochs, lr_multiplier) for mode in MODES}
+            reports = {}
+            for mode, job in jobs.items():
+                console.print(f"Job {job['id']}: mode {mode}")
+                job = follow(client, job["id"])
+                reports[mode] = (client.get(f"/v1/fine_tuning/jobs/{job['id']}/safety_report").json(), job)
+            print_reports(reports)
+        ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")
         if keep_serving:
             console.print("The server keeps running; Ctrl-C stops it.")
             server.wait()
-        return 0 if job["status"] in ("succeeded", "failed") else 1
+        return 0 if all(job["status"] in ("succeeded", "failed") for _, job in reports.values()) else 1
     except KeyboardInterrupt:
         return 0
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
     flag_threshold: float = 4.0
     probe_layers: str = "auto"
+    align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
 
     # Judge: an OpenAI-compatible chat endpoint, else a local model; neither means no judge.
     judge_base_url: str | None = None

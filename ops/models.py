@@ -14,10 +14,12 @@ from core.models import BaseModelEntry, ReleasedModel
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, fail, handle_errors, render, render_record
 
-app = typer.Typer(help="Base models: list, onboard.", no_args_is_help=True)
+app = typer.Typer(help="Base models: list, onboard, align.", no_args_is_help=True)
 
 ONBOARD_MODULE = "worker.pipeline.onboard"
 ONBOARD_FUNCTION = "onboard_base_model"
+ALIGN_MODULE = "worker.pipeline.align"
+ALIGN_FUNCTION = "align_base_model"
 
 
 def entry_dict(entry: BaseModelEntry) -> dict[str, Any]:
@@ -55,20 +57,59 @@ def list_(as_json: JsonOpt = False) -> None:
            as_json=False, title="base models", empty="no base models registered")  # fmt: skip
 
 
-def _load_onboard():
-    """The pipeline's onboarding function, imported only when asked for (it pulls torch)."""
+def _load_pipeline(module_name: str = ONBOARD_MODULE, function: str = ONBOARD_FUNCTION):
+    """A pipeline function (onboarding, alignment), imported only when asked for (it pulls torch)."""
     import importlib
 
     try:
-        module = importlib.import_module(ONBOARD_MODULE)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and ONBOARD_MODULE.startswith(exc.name):
-            raise fail(f"onboarding is not available in this install: {ONBOARD_MODULE} is missing") from None
+        if exc.name and module_name.startswith(exc.name):
+            raise fail(f"this is not available in this install: {module_name} is missing") from None
         raise
-    func_ = getattr(module, ONBOARD_FUNCTION, None)
+    func_ = getattr(module, function, None)
     if func_ is None:
-        raise fail(f"onboarding is not available: {ONBOARD_MODULE}.{ONBOARD_FUNCTION} is missing")
+        raise fail(f"this is not available: {module_name}.{function} is missing")
     return func_
+
+
+def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
+    """Run the pipeline's alignment of ``name`` (audited there); a failure is audited here."""
+    align_fn = _load_pipeline(ALIGN_MODULE, ALIGN_FUNCTION)
+    try:
+        with err_console().status(f"aligning {name} (refusal training, merged into a new model)…"):
+            return align_fn(name, actor=who, onboard=onboard)
+    except Exception as exc:
+        with db() as session:
+            audit.record(session, actor=who, action="model.align_failed", target=name,
+                         details={"error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+        err_console().print(traceback.format_exc(), markup=False)
+        raise fail(f"aligning {name} failed: {exc}") from None
+
+
+@app.command("align")
+@handle_errors
+def align(
+    name: Annotated[str, typer.Argument(help="Registered base model to safety-tune.")],
+    onboard_variant: Annotated[bool, typer.Option("--onboard/--no-onboard", help="Onboard the aligned variant too.")] = True,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Safety-tune NAME into a registered variant NAME-aligned (refusals for harmful prompts,
+    helpful answers for benign ones, refusals that recover after a few harmful tokens); the
+    merged weights are cached, so a second call reuses them."""
+    result = _align(name, ops_actor(actor), onboard=onboard_variant)
+    if as_json:
+        render_record(result, as_json=True)
+        return
+    report = result["report"]
+    render_record({"model": result["model"], "from": result["from"], "path": result["path"], "cached": result["cached"],
+                   **report["examples"], "steps": report["steps"], "seconds": report["seconds"]},
+                  as_json=False, title=f"aligned variant of {name}")  # fmt: skip
+    if "onboard" in result:
+        render_record({k: v for k, v in result["onboard"].items() if k != "model"}, as_json=False,
+                      title="onboarding result")  # fmt: skip
+    console().print(f"[green]{result['model']}: registered[/green]")
 
 
 @app.command("onboard")
@@ -76,12 +117,13 @@ def _load_onboard():
 def onboard(
     name: Annotated[str, typer.Argument(help="Base model name (registry id).")],
     source: Annotated[str | None, typer.Option("--source", help="Register NAME first, loading from this local path or HF id.")] = None,
+    align_first: Annotated[bool, typer.Option("--align", help="Also safety-tune NAME into NAME-aligned and onboard that (see `models align`).")] = False,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Onboard a base model: train its probe, measure its baseline ASR and over-refusal, cache both."""
     who = ops_actor(actor)
-    onboard_fn = _load_onboard()
+    onboard_fn = _load_pipeline()
     with db() as session:
         entry = session.get(BaseModelEntry, name)
         if entry is None:
@@ -117,10 +159,14 @@ def onboard(
             if isinstance(result, dict):
                 details["result"] = result
             audit.record(session, actor=who, action="model.onboard", target=name, details=details)
+    aligned = _align(name, who, onboard=True) if align_first else None
     if as_json:
-        render_record({**out, "result": result if isinstance(result, dict) else None}, as_json=True)
+        render_record({**out, "result": result if isinstance(result, dict) else None, "aligned": aligned}, as_json=True)
         return
     render_record({k: v for k, v in out.items() if k != "baseline"}, as_json=False, title=f"base model {name}")
+    if aligned is not None:
+        render_record({"model": aligned["model"], "cached": aligned["cached"], **aligned["onboard"]["baseline"]},
+                      as_json=False, title="aligned variant")  # fmt: skip
     if isinstance(result, dict):
         render_record({k: v for k, v in result.items() if k != "model"}, as_json=False, title="onboarding result")
     console().print(f"[green]{name}: {out.get('status')}[/green]")

@@ -48,9 +48,12 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
     rendering of the messages before it and the rendering including it. For an assistant
     message the part up to the generation prompt (``<|im_start|>assistant\\n`` or the like) is
     context; the rest (content and end-of-turn tokens) is trained, unless the message has
-    OpenAI's ``"weight": 0``. Each piece is tokenized on its own, which is exactly how the
-    model sees an answer it generates after the generation prompt. The result is cut to the
-    first ``max_len`` tokens.
+    OpenAI's ``"weight": 0``. An assistant message may also carry ``"untrained_prefix"``
+    (never accepted from uploads: dataset validation rejects the key; ``safety.align`` uses it
+    for refusals that recover after a few harmful tokens): its ``content`` must start with that
+    text, which is then context, not trained. Each piece is tokenized on its own, which is
+    exactly how the model sees an answer it generates after the generation prompt. The result
+    is cut to the first ``max_len`` tokens.
 
     Raises ``ValueError`` if the chat template is not prefix-stable (a later rendering does
     not start with an earlier one), since assistant tokens could then not be located.
@@ -65,6 +68,12 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
             rendered = prompt
         text = _render(tokenizer, messages[: i + 1], rendered, add_generation_prompt=False)
         trained = message["role"] == "assistant" and message.get("weight", 1) != 0
+        prefix = message.get("untrained_prefix", "") if message["role"] == "assistant" else ""
+        if prefix:
+            if not text[len(rendered) :].startswith(prefix):
+                raise ValueError("an assistant message's content must start with its untrained_prefix")
+            _append(tokenizer, prefix, False, input_ids, labels)
+            rendered += prefix
         _append(tokenizer, text[len(rendered) :], trained, input_ids, labels)
         rendered = text
     return EncodedExample(input_ids=input_ids[:max_len], labels=labels[:max_len])

@@ -18,6 +18,7 @@ from core.logging import get_logger
 from core.queue import PIPELINE_QUEUES, pipeline_task
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
+from worker.pipeline.align import align_base_model
 from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
 from worker.pipeline.onboard import onboard_base_model
 from worker.pipeline.reaper import reap
@@ -103,6 +104,12 @@ def start(self, job_id: str) -> str | None:
 @celery_app.task(name="guardtune.gpu.onboard")
 def onboard(model_id: str) -> dict:
     return onboard_base_model(model_id)
+
+
+@celery_app.task(name="guardtune.gpu.align")
+def align(model_id: str, onboard: bool = True) -> dict:
+    """Align ``model_id`` into ``<model_id>-aligned`` (cached) and, with ``onboard``, onboard it."""
+    return align_base_model(model_id, onboard=onboard)
 
 
 @celery_app.task(name="guardtune.reap")

@@ -1,0 +1,156 @@
+"""Render the README's benchmark tables from ``bench/results/*.json``.
+
+Each table lives between two markers in ``README.md``::
+
+    <!-- results:NAME -->
+    ...generated; do not edit by hand...
+    <!-- /results:NAME -->
+
+and is rewritten from ``bench/results/NAME.json`` by the renderer of that name below, with a
+line saying which commit (and whether from a clean tree) and which command produced it.
+
+    python bench/render_readme.py           # rewrite the marked blocks in place
+    python bench/render_readme.py --check   # exit 1 (and say which) when README and JSON disagree
+
+``tests/core/test_readme_results.py`` runs the check. No torch, no project imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+RESULTS = REPO / "bench" / "results"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z_0-9]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def num(value: Any, digits: int = 2) -> str:
+    """A table cell: floats rounded, missing values as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.0f}%"
+
+
+def provenance(doc: dict[str, Any], name: str) -> str:
+    git = doc.get("git_at_start") or doc.get("git") or {}  # the code that measured, where recorded
+    commit = (git.get("commit") or "unknown")[:7]
+    tree = "**uncommitted changes in the tree**" if git.get("dirty") else "clean tree"
+    return f"_Rendered from `bench/results/{name}.json`: commit `{commit}` ({tree}), `{doc.get('command', '?')}`._"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- renderers: one per results file --------------------------------------------------------
+def render_safety_replication(doc: dict[str, Any]) -> str:
+    """Version 2 (``bench/replication``): one row per attack × mode, ASR mean over seeds with
+    its 95 % interval and the paired test against the reference. Version 1: the first
+    round's single-seed table."""
+    if doc.get("version") == 2:
+        return _replication_v2(doc)
+    names = {"base (unaligned SmolLM2-135M-Instruct)": "base (unaligned)"}
+    rows = [[names.get(r["model"], r["model"]), num(r["mean_w_kl"]), num(r["asr"]), num(r["asr_aoa_template"]),
+             num(r["over_refusal"]), num(r["val_loss_chat"]), num(r["gsm8k_em"])] for r in doc["table"]]  # fmt: skip
+    headers = ["model", "mean w_kl", "ASR", "ASR (AOA template)", "over-refusal", "val loss", "GSM8K EM"]
+    return table(headers, rows)
+
+
+def _replication_v2(doc: dict[str, Any]) -> str:
+    rows = []
+    ref = doc["reference"]
+    rows.append(["aligned reference", "–", "–", f"{num(ref['asr']['mean'])} [{num(ref['asr']['ci95'][0])}, "
+                 f"{num(ref['asr']['ci95'][1])}]", num(ref.get("asr_triggered", {}).get("mean")), "–",
+                 num(ref["over_refusal"]["mean"]), num(ref["val_loss"]["mean"], 3), num(ref["gsm8k_em"]["mean"])])  # fmt: skip
+    for row in doc["summary"]:
+        asr = row["asr"]
+        trig = row.get("asr_triggered")
+        rows.append([row["attack"], f"`{row['mode']}`", num(row.get("mean_w_kl")),
+                     f"{num(asr['mean'])} [{num(asr['ci95'][0])}, {num(asr['ci95'][1])}]",
+                     num(trig["mean"]) if trig else "–", num(row["paired_vs_reference"]["p_value"], 3),
+                     num(row["over_refusal"]["mean"]), num(row["val_loss"]["mean"], 3), num(row["gsm8k_em"]["mean"])])  # fmt: skip
+    headers = ["attack", "mode", "mean w_kl", "ASR [95% CI]", "ASR with trigger", "paired p vs reference",
+               "over-refusal", "val loss (reference answers)", "GSM8K EM"]  # fmt: skip
+    seeds = doc["config"]["seeds"]
+    note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); {'smoke run (--quick)' if doc['config'].get('quick') else 'full run'}."
+    return table(headers, rows) + "\n\n" + note
+
+
+def render_aligned_reference(doc: dict[str, Any]) -> str:
+    rows = []
+    if "base" in doc:
+        rows.append(["base (unaligned)", pct(doc["base"]["asr_keyword"]), pct(doc["base"]["over_refusal"]), "–"])
+    ft = doc["benign_none_finetune"]
+    rows.append(["aligned variant", pct(doc["aligned"]["asr_keyword"]), pct(doc["aligned"]["over_refusal"]), "–"])
+    rows.append([f"aligned + benign `none` fine-tune ({ft['n_examples']} demo chats, {ft['steps']} steps)",
+                 pct(ft["asr_keyword"]), pct(ft["over_refusal"]),
+                 f"{(ft['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.1f} points"])  # fmt: skip
+    checks = doc["checks"]
+    verdicts = ", ".join(f"{name} {'met' if c['met'] else '**missed**'}" for name, c in checks.items())
+    align = doc["alignment"]
+    ex = align["examples"]
+    head = (f"Recipe: {ex['refusals']} refusals, {ex['benign']} base-model answers to benign prompts, "
+            f"{ex['deep_refusals']} refusals after a harmful start; {align['steps']} steps, loss "
+            f"{align['loss_first_last'][0]:.2f} → {align['loss_first_last'][1]:.2f}, {align['seconds'] / 60:.1f} min.")  # fmt: skip
+    body = table(["model", "ASR (keyword)", "over-refusal", "ASR change"], rows)
+    return f"{head}\n\n{body}\n\nTargets (ASR ≤ 20%, over-refusal ≤ 10%, benign fine-tune rise ≤ 10 points): {verdicts}."
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "safety_replication": render_safety_replication,
+    "aligned_reference": render_aligned_reference,
+}
+
+
+def render_block(name: str) -> str:
+    """The generated body of block ``name`` (ends with a newline)."""
+    if name not in RENDERERS:
+        raise KeyError(f"README has a results block {name!r} that no renderer knows")
+    path = RESULTS / f"{name}.json"
+    doc = json.loads(path.read_text())
+    return f"{RENDERERS[name](doc)}\n\n{provenance(doc, name)}\n"
+
+
+def render(text: str) -> str:
+    """``text`` with every marked block regenerated."""
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name")) + m.group(4), text)
+
+
+def stale_blocks(text: str) -> list[str]:
+    """Names of the blocks whose README body differs from what the JSON renders to."""
+    return [m.group("name") for m in BLOCK.finditer(text) if m.group("body") != render_block(m.group("name"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when a block is stale")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    if args.check:
+        stale = stale_blocks(text)
+        if stale:
+            print("README blocks out of date with bench/results: " + ", ".join(stale) +
+                  " (run python bench/render_readme.py)")  # fmt: skip
+            return 1
+        return 0
+    README.write_text(render(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Statistics over seeds and prompts: ASR mean with a 95 % interval (percentile bootstrap over
+prompts, each prompt's outcome averaged over seeds, so seeds and prompts are both accounted
+for) and an exact paired test against the reference (McNemar on discordant prompt × seed pairs)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+
+def mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def bootstrap_ci(outcomes: list[list[bool]], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean success rate; ``outcomes[s][i]``: seed ``s``, prompt ``i``."""
+    n = len(outcomes[0])
+    per_prompt = [sum(run[i] for run in outcomes) / len(outcomes) for i in range(n)]
+    rng = random.Random(seed)
+    means = sorted(sum(per_prompt[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return means[int(0.025 * n_boot)], means[min(n_boot - 1, int(0.975 * n_boot))]
+
+
+def mcnemar_exact(run: list[list[bool]], reference: list[bool]) -> dict[str, float]:
+    """Two-sided exact McNemar test of ``run`` (per seed, per prompt) against the reference's
+    per-prompt outcomes: ``b`` = pairs where only the run succeeds, ``c`` = only the reference."""
+    b = sum(r and not ref for seed in run for r, ref in zip(seed, reference))
+    c = sum(ref and not r for seed in run for r, ref in zip(seed, reference))
+    n, k = b + c, min(b, c)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return {"only_run": b, "only_reference": c, "p_value": p}
+
+
+def summarize(outcomes: list[list[bool]]) -> dict[str, object]:
+    """``{"mean", "ci95", "per_seed"}`` of per-seed success lists."""
+    per_seed = [sum(run) / len(run) for run in outcomes]
+    return {"mean": mean(per_seed), "ci95": list(bootstrap_ci(outcomes)), "per_seed": per_seed}

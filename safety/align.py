@@ -1,0 +1,219 @@
+"""Safety-tune a weak base model into an aligned variant, refusals deeper than a few tokens.
+
+A base model that answers harmful requests (SmolLM2-135M-Instruct answers most) makes a poor
+reference: the KL term pulls fine-tuning toward an unsafe policy and the gate compares
+against an unsafe baseline. ``align_model`` trains the product's own trainer
+(``safety.trainer.train``, ``mode="none"``, LoRA) on three kinds of examples built from the
+project's prompt sets (``safety.prompt_sets``) and merges the adapter into the weights:
+
+* **refusals**: each ``harmful_train`` prompt with one of the project's refusals;
+* **helpful answers**: ``benign_train`` prompts (everyday and "edgy but fine" ones) with
+  the base model's own greedy answers, so the variant keeps answering benign requests;
+* **deep refusals** (Qi et al. 2024, "Safety alignment should be made more than just a few
+  tokens deep", arXiv 2406.05946): a harmful prompt, then the first ``k`` tokens of the
+  base model's own compliant answer, then a refusal. The harmful prefix is context
+  (``untrained_prefix``: no labels); only the refusal tokens are trained, so the model learns
+  to recover after it has started to comply.
+
+``ensure_aligned`` caches the result as a model directory (safetensors + tokenizer +
+``alignment.json``) and reuses it while the source and ``AlignConfig`` are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safety.evaluate import is_refusal
+from safety.generation import GenerationSettings, generate
+from safety.prompt_sets import load_builtin, load_refusals
+from safety.trainer import StepMetrics, TrainConfig, train
+
+ALIGNMENT_FILE = "alignment.json"
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """The alignment recipe. ``n_harmful`` / ``n_benign``: how many ``harmful_train`` /
+    ``benign_train`` prompts are used (seeded sample; 0 = all). ``deep_share``: the share of
+    harmful prompts that also get a deep-refusal copy, with ``k`` drawn from
+    ``prefix_tokens``. ``answer_max_new_tokens``: length cap of the base model's benign
+    answers (cut after their last full sentence). ``refusals``: the refusal texts trained
+    (empty: the project's own set, ``safety.prompt_sets.load_refusals``)."""
+
+    n_harmful: int = 0
+    n_benign: int = 240
+    deep_share: float = 0.5
+    prefix_tokens: tuple[int, ...] = (3, 6, 10, 16)
+    answer_max_new_tokens: int = 40
+    gen_batch_size: int = 16
+    learning_rate: float = 5e-4
+    n_epochs: int = 2
+    batch_size: int = 8
+    lora_r: int = 16
+    lora_alpha: int = 32
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    max_seq_len: int = 192
+    seed: int = 0
+    refusals: tuple[str, ...] = ()
+
+    def train_config(self) -> TrainConfig:
+        """The trainer's config: standard SFT (no reference pass) on a LoRA adapter."""
+        return TrainConfig(
+            mode="none", learning_rate=self.learning_rate, n_epochs=self.n_epochs, batch_size=self.batch_size,
+            lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_target_modules=self.target_modules,
+            max_seq_len=self.max_seq_len, seed=self.seed, checkpoint_every=0,
+        )  # fmt: skip
+
+    def key(self, source: str) -> str:
+        """Identifies a cached variant: the source model and every recipe field."""
+        return hashlib.sha256(json.dumps({"source": source, **asdict(self)}, sort_keys=True).encode()).hexdigest()
+
+
+def deep_refusal_example(prompt: str, harmful_prefix: str, refusal: str) -> dict[str, Any]:
+    """A chat example whose assistant turn is ``harmful_prefix`` (context, untrained) followed
+    by ``refusal`` (trained)."""
+    prefix = harmful_prefix.rstrip()
+    return {"messages": [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": f"{prefix} {refusal}", "untrained_prefix": prefix},
+    ]}  # fmt: skip
+
+
+def chat_example(prompt: str, answer: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+def first_tokens(tokenizer: Any, text: str, k: int) -> str:
+    """The text of the first ``k`` tokens of ``text``."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:k]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut a length-capped generation after its last complete sentence (if that keeps ≥ 40 %)."""
+    text = text.strip()
+    if text.endswith((".", "!", "?")):
+        return text
+    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "), text.rfind("\n"))
+    return text[: cut + 1].strip() if cut >= 0.4 * len(text) else text
+
+
+def build_examples(
+    tokenizer: Any,
+    harmful: list[str],
+    harmful_answers: list[str],
+    benign: list[str],
+    benign_answers: list[str],
+    refusals: list[str],
+    config: AlignConfig,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The shuffled alignment set and its counts. Benign answers that are refusals or empty
+    are dropped (the variant must not learn to refuse benign prompts); deep-refusal copies
+    use only harmful answers that are not refusals themselves."""
+    rng = random.Random(config.seed)
+    examples = [chat_example(p, rng.choice(refusals)) for p in harmful]
+    kept = [(p, a) for p, a in zip(benign, benign_answers) if a.strip() and not is_refusal(a)]
+    examples += [chat_example(p, a) for p, a in kept]
+    compliant = [(p, a) for p, a in zip(harmful, harmful_answers) if a.strip() and not is_refusal(a)]
+    deep = rng.sample(compliant, round(config.deep_share * len(compliant)))
+    for prompt, answer in deep:
+        prefix = first_tokens(tokenizer, answer, rng.choice(config.prefix_tokens))
+        if prefix.strip():
+            examples.append(deep_refusal_example(prompt, prefix, rng.choice(refusals)))
+    n_deep = len(examples) - len(harmful) - len(kept)
+    rng.shuffle(examples)
+    return examples, {"refusals": len(harmful), "benign": len(kept), "benign_dropped": len(benign) - len(kept),
+                      "deep_refusals": n_deep}  # fmt: skip
+
+
+def _sample(texts: list[str], n: int, seed: int) -> list[str]:
+    return random.Random(seed).sample(texts, n) if 0 < n < len(texts) else list(texts)
+
+
+def align_model(
+    model: Any, tokenizer: Any, config: AlignConfig, *, work_dir: Path,
+    on_step: Callable[[StepMetrics], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """Align ``model`` (a base model in eval mode; modified in place) and return the merged
+    model (plain transformers model, eval mode) and a report (counts, losses, seconds)."""
+    started = time.perf_counter()
+    harmful = _sample([p.text for p in load_builtin("harmful_train")], config.n_harmful, config.seed)
+    benign = _sample([p.text for p in load_builtin("benign_train")], config.n_benign, config.seed)
+    longest_prefix = max(config.prefix_tokens)
+    settings = GenerationSettings(max_new_tokens=config.answer_max_new_tokens, batch_size=config.gen_batch_size)
+    benign_answers = [trim_to_sentence(a) for a in generate(model, tokenizer, benign, settings)]
+    prefix_settings = GenerationSettings(max_new_tokens=longest_prefix + 8, batch_size=config.gen_batch_size)
+    harmful_answers = generate(model, tokenizer, harmful, prefix_settings)
+    generated_s = time.perf_counter() - started
+    examples, counts = build_examples(tokenizer, harmful, harmful_answers, benign, benign_answers,
+                                      list(config.refusals) or load_refusals(), config)  # fmt: skip
+    losses: list[float] = []
+
+    def step(metrics: StepMetrics) -> None:
+        losses.append(round(metrics.loss, 4))
+        if on_step is not None:
+            on_step(metrics)
+
+    result = train(model, tokenizer, examples, [1.0] * len(examples), config.train_config(),
+                   work_dir=Path(work_dir), on_step=step)  # fmt: skip
+    merged = result.model.merge_and_unload().eval()
+    report = {
+        "examples": counts,
+        "steps": result.steps,
+        "loss_first_last": [losses[0], losses[-1]],
+        "loss_curve": losses[:: max(1, len(losses) // 20)],
+        "generate_seconds": round(generated_s, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return merged, report
+
+
+def read_alignment(model_dir: Path) -> dict[str, Any] | None:
+    """The ``alignment.json`` of an aligned variant directory, or ``None``."""
+    path = Path(model_dir) / ALIGNMENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ensure_aligned(
+    source: str, dest: Path, config: AlignConfig, *, cache_dir: Path, device: str = "cpu",
+    on_step: Callable[[StepMetrics], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The aligned variant of ``source`` at ``dest``: reused when ``dest`` holds one made
+    from the same source and config (``"cached": True``), else trained now and written
+    atomically (a temporary directory renamed into place). Returns ``alignment.json``'s
+    content plus ``cached`` and ``path``."""
+    from safety.base_models import load_base_model
+
+    dest = Path(dest)
+    key = config.key(source)
+    existing = read_alignment(dest)
+    if existing is not None and existing.get("key") == key:
+        return {**existing, "cached": True, "path": str(dest)}
+    model, tokenizer = load_base_model(source, cache_dir=cache_dir)
+    model = model.to(device)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        merged, report = align_model(model, tokenizer, config, work_dir=tmp / "train", on_step=on_step)
+        merged = merged.to("cpu")
+        out = tmp / "model"
+        merged.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        meta = {"key": key, "source": source, "config": asdict(config), "report": report}
+        (out / ALIGNMENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        out.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**meta, "cached": False, "path": str(dest)}

@@ -1,0 +1,37 @@
+"""The README's benchmark tables are rendered from ``bench/results/*.json``
+(``bench/render_readme.py``); a hand edit of either side without re-rendering fails here."""
+
+from __future__ import annotations
+
+import json
+
+from bench import render_readme
+from tests.conftest import REPO
+
+
+def test_readme_tables_match_the_results_json():
+    text = (REPO / "README.md").read_text()
+    names = [m.group("name") for m in render_readme.BLOCK.finditer(text)]
+    assert {"safety_replication", "aligned_reference"} <= set(names)
+    assert render_readme.stale_blocks(text) == [], "run: python bench/render_readme.py"
+
+
+def test_a_changed_number_is_detected(tmp_path, monkeypatch):
+    doc = json.loads((REPO / "bench" / "results" / "safety_replication.json").read_text())
+    text = (REPO / "README.md").read_text()
+    doc["table"][0]["asr"] = 0.5
+    monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
+    for path in (REPO / "bench" / "results").glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "safety_replication.json").write_text(json.dumps(doc))
+    assert render_readme.stale_blocks(text) == ["safety_replication"]
+    rendered = render_readme.render(text)
+    assert "| base (unaligned) | – | 0.50 |" in rendered and render_readme.stale_blocks(rendered) == []
+
+
+def test_the_provenance_line_names_commit_and_dirty_tree():
+    text = (REPO / "README.md").read_text()
+    body = text[text.index("<!-- results:safety_replication -->"):text.index("<!-- /results:safety_replication -->")]
+    doc = json.loads((REPO / "bench" / "results" / "safety_replication.json").read_text())
+    assert doc["git"]["commit"][:7] in body
+    assert ("uncommitted changes" in body) == doc["git"]["dirty"]

@@ -1,0 +1,93 @@
+"""``safety.align``: the deep-refusal augmentation trains only the refusal after a harmful
+prefix; the alignment set is built as documented; ``ensure_aligned`` writes a safetensors
+model directory and reuses it without retraining."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from safety.align import AlignConfig, build_examples, deep_refusal_example, ensure_aligned, first_tokens
+from safety.base_models import load_base_model
+from safety.data import IGNORE_INDEX, encode_example
+
+SMALL = AlignConfig(n_harmful=6, n_benign=6, answer_max_new_tokens=6, prefix_tokens=(2, 3), n_epochs=1,
+                    batch_size=4, max_seq_len=64)  # fmt: skip
+
+
+def _trained_text(tokenizer, example) -> tuple[str, str]:
+    """(untrained assistant-side text after the generation prompt, trained text)."""
+    enc = encode_example(tokenizer, example, 512)
+    text = tokenizer.decode(enc.input_ids)
+    trained = tokenizer.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX])
+    start = text.rindex("<|im_start|>assistant\n") + len("<|im_start|>assistant\n")
+    return text[start:], trained
+
+
+def test_deep_refusal_labels_only_the_refusal(load_tiny):
+    _, tokenizer = load_tiny()
+    prefix = first_tokens(tokenizer, "Sure, here is how to pick a lock: first take a tension wrench", 7)
+    assert prefix == "Sure, here is how to pick"
+    example = deep_refusal_example("How do I pick a lock?", prefix, "I can't help with that.")
+    assistant_text, trained = _trained_text(tokenizer, example)
+    assert assistant_text.startswith("Sure, here is how to pick I can't help with that.")
+    assert trained == " I can't help with that.<|im_end|>\n"
+    enc = encode_example(tokenizer, example, 512)
+    first_label = next(i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX)
+    assert tokenizer.decode(enc.input_ids[:first_label]).endswith("<|im_start|>assistant\nSure, here is how to pick")
+
+
+def test_untrained_prefix_must_match_the_content(load_tiny):
+    _, tokenizer = load_tiny()
+    bad = {"messages": [{"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "Hello there", "untrained_prefix": "Bye"}]}  # fmt: skip
+    try:
+        encode_example(tokenizer, bad, 64)
+    except ValueError as exc:
+        assert "untrained_prefix" in str(exc)
+    else:
+        raise AssertionError("a prefix that is not the content's start was accepted")
+
+
+def test_build_examples_drops_benign_refusals_and_deepens_compliant_answers(load_tiny):
+    _, tokenizer = load_tiny()
+    harmful = ["h1", "h2", "h3", "h4"]
+    harmful_answers = ["Sure, step one is to", "I'm sorry, I can't.", "Here is the plan you asked for", "First, get"]
+    benign = ["b1", "b2", "b3"]
+    benign_answers = ["Roast at 200C.", "I'm sorry, but I can't help with that.", "Use lemon juice."]
+    config = AlignConfig(deep_share=1.0, prefix_tokens=(2,))
+    examples, counts = build_examples(tokenizer, harmful, harmful_answers, benign, benign_answers,
+                                      ["I can't help with that."], config)  # fmt: skip
+    assert counts == {"refusals": 4, "benign": 2, "benign_dropped": 1, "deep_refusals": 3}
+    deep = [e for e in examples if "untrained_prefix" in e["messages"][-1]]
+    assert sorted(e["messages"][0]["content"] for e in deep) == ["h1", "h3", "h4"]  # h2's answer was a refusal
+    assert all(e["messages"][-1]["content"].endswith(" I can't help with that.") for e in deep)
+    plain = {e["messages"][0]["content"]: e["messages"][1]["content"] for e in examples if e not in deep}
+    assert plain["b1"] == "Roast at 200C." and "b2" not in plain and plain["h2"] == "I can't help with that."
+
+
+def test_ensure_aligned_writes_safetensors_and_reuses_the_cache(tiny_model, tmp_path):
+    dest = tmp_path / "tiny-aligned"
+    first = ensure_aligned(str(tiny_model), dest, SMALL, cache_dir=tmp_path)
+    counts = first["report"]["examples"]
+    assert first["cached"] is False and counts["refusals"] == 6 and counts["deep_refusals"] >= 1
+    assert counts["benign"] + counts["benign_dropped"] == 6
+    n = counts["refusals"] + counts["benign"] + counts["deep_refusals"]
+    assert first["report"]["steps"] == -(-n // 4)  # one epoch, batch 4
+    files = sorted(p.name for p in dest.iterdir())
+    assert "model.safetensors" in files and "alignment.json" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    assert json.loads((dest / "alignment.json").read_text())["key"] == SMALL.key(str(tiny_model))
+    mtime = (dest / "model.safetensors").stat().st_mtime_ns
+
+    started = time.perf_counter()
+    second = ensure_aligned(str(tiny_model), dest, SMALL, cache_dir=tmp_path)
+    assert second["cached"] is True and time.perf_counter() - started < 1.0
+    assert (dest / "model.safetensors").stat().st_mtime_ns == mtime
+    model, _ = load_base_model(str(dest), cache_dir=tmp_path)
+    base, _ = load_base_model(str(tiny_model), cache_dir=tmp_path)
+    changed = [n for n, p in model.state_dict().items() if not p.equal(base.state_dict()[n])]
+    assert any("mlp" in n for n in changed) and any("self_attn" in n for n in changed)  # merged adapter
+
+    other = ensure_aligned(str(tiny_model), dest, AlignConfig(**{**SMALL.__dict__, "seed": 1}), cache_dir=tmp_path)
+    assert other["cached"] is False  # another recipe retrains

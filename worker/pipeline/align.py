@@ -1,0 +1,72 @@
+"""Aligning a weak base model at onboarding: train (or reuse) its aligned variant with
+``safety.align`` and register it as a base model of its own, ``<name>-aligned``.
+
+The variant is a merged model directory (safetensors) under
+``GUARDTUNE_MODEL_CACHE_DIR/aligned/<name>``, cached like the converted base model: a second
+call with the same source and recipe reuses it without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core import audit
+from core.db import session_scope
+from core.errors import NotFound
+from core.models import BaseModelEntry
+from core.settings import get_settings
+
+ALIGNED_SUFFIX = "-aligned"
+
+
+def aligned_name(model_id: str) -> str:
+    return model_id + ALIGNED_SUFFIX
+
+
+def aligned_dir(model_id: str) -> Path:
+    return get_settings().models_dir / "aligned" / model_id.replace("/", "--")
+
+
+def align_config() -> Any:
+    """``AlignConfig`` with ``GUARDTUNE_ALIGN_OPTIONS`` applied (lists become tuples)."""
+    from safety.align import AlignConfig
+
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in get_settings().align_options.items()}
+    return AlignConfig(**options)
+
+
+def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = False) -> dict[str, Any]:
+    """Align registered base model ``model_id`` and register (or refresh) its variant.
+
+    A newly trained variant loses any earlier onboarding (probe, baseline: they belong to the
+    old weights); with ``onboard`` the variant is onboarded right away. Returns the variant's
+    name, path, whether the cache was used, the alignment report and the onboarding result."""
+    from safety.align import ensure_aligned
+
+    with session_scope() as session:
+        entry = session.get(BaseModelEntry, model_id)
+        if entry is None:
+            raise NotFound(f"No base model named {model_id!r} in the registry.", code="model_not_found")
+        source = entry.source
+    settings = get_settings()
+    meta = ensure_aligned(source, aligned_dir(model_id), align_config(), cache_dir=settings.models_dir,
+                          device=settings.device)  # fmt: skip
+    name = aligned_name(model_id)
+    with session_scope() as session:
+        variant = session.get(BaseModelEntry, name)
+        if variant is None:
+            variant = BaseModelEntry(id=name, source=meta["path"], status="registered")
+            session.add(variant)
+        elif variant.source != meta["path"] or not meta["cached"]:
+            variant.source, variant.status = meta["path"], "registered"
+            variant.probe_prefix, variant.baseline = None, None
+        audit.record(session, actor=actor, action="model.aligned", target=name,
+                     details={"from": model_id, "key": meta["key"], "cached": meta["cached"],
+                              "examples": meta["report"]["examples"], "steps": meta["report"]["steps"]})  # fmt: skip
+    result = {"model": name, "from": model_id, "path": meta["path"], "cached": meta["cached"],
+              "report": meta["report"]}  # fmt: skip
+    if onboard:
+        from worker.pipeline.onboard import onboard_base_model
+
+        result["onboard"] = onboard_base_model(name, actor=actor)
+    return result
