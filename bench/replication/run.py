@@ -156,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     from safety.align import AlignConfig, ensure_aligned
     from safety.base_models import load_base_model
     from safety.probe_recipe import train_recipe_probe
-    from safety.prompt_sets import load_builtin
     from safety.scan import ScanConfig, scan_dataset
 
     torch.set_num_threads(args.threads)
