@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.conftest import PG_ADMIN_URL, REPO, _pg_admin, child_env, free_port
+from tests.worker.test_pipeline_e2e import wait_for
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -42,7 +43,7 @@ class PrivateRedis:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_until(lambda: self._ping(), 20, "private redis to answer")
+        wait_for(lambda: self._ping(), 20, "private redis to answer")
 
     def _ping(self) -> bool:
         try:
@@ -121,15 +122,6 @@ def migrate(env: dict[str, str]) -> None:
                    capture_output=True, timeout=120)  # fmt: skip
 
 
-def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 class JobReader:
     """Job state read straight from the database, tolerant of a database restart."""
 
@@ -168,7 +160,7 @@ class JobReader:
             select(OutboxMessage).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.seq))))  # fmt: skip
 
     def finished(self, job_id: str, timeout_s: float = 240):
-        return wait_until(lambda: (j := self.job(job_id)).status in TERMINAL and j, timeout_s, f"{job_id} to finish")
+        return wait_for(lambda: (j := self.job(job_id)).status in TERMINAL and j, timeout_s, f"{job_id} to finish")
 
     def ping(self) -> None:
         self._read(lambda s: s.execute(text("SELECT 1")))

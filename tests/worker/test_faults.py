@@ -22,6 +22,7 @@ from sqlalchemy import create_engine
 
 from tests.conftest import REPO, child_env, create_key, free_port, start_api, start_worker, stop_process, wait_http
 from tests.worker.conftest import demo_lines, small_pipeline_env
+from tests.worker.test_pipeline_e2e import wait_for
 from tests.worker.faults import (
     JobReader,
     PrivatePostgres,
@@ -29,7 +30,6 @@ from tests.worker.faults import (
     fresh_database,
     migrate,
     stage_runs,
-    wait_until,
 )
 
 STALE_S = 6.0
@@ -141,7 +141,7 @@ def test_redis_restarted_empty_under_a_queued_job(env, db, api, redis_server, tm
     light = start_worker(env, tmp_path / "light.log", queues="default")  # validates; nobody takes GPU work
     try:
         job_id = _create(client)
-        scan = wait_until(lambda: (r := db.outbox(job_id)[-1]).task.endswith(".scan") and r.sent_at and r, 60,
+        scan = wait_for(lambda: (r := db.outbox(job_id)[-1]).task.endswith(".scan") and r.sent_at and r, 60,
                           "the job queued for scanning")  # fmt: skip
         assert db.job(job_id).status == "queued" and scan.id in redis_server.queued_ids()
         redis_server.restart_empty()
@@ -175,7 +175,7 @@ def test_worker_killed_during_scan_train_and_evaluate_each_stage_retried(env, db
         worker = _hooked_worker(env, logs[-1], hook, marker, sleep_s=600)
         try:
             job_id = job_id or _create(client)
-            wait_until(marker.exists, 240, f"the worker inside {stage}")
+            wait_for(marker.exists, 240, f"the worker inside {stage}")
             held = db.job(job_id)
             assert held.stage == word and held.worker_id is not None
             _kill_group(worker)
@@ -233,7 +233,7 @@ def test_postgres_restarted_mid_job(env, tmp_path):
         try:
             client, _ = _client(server.base_url, pg.url, "faults-pg")
             job_id = _create(client)
-            wait_until(marker.exists, 180, "the worker inside training")
+            wait_for(marker.exists, 180, "the worker inside training")
             pg.restart(down_s=2.5)  # mid-stage: the heartbeat and the API lose their connections
             reader.ping()
             job = reader.finished(job_id)
