@@ -57,13 +57,14 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
         metrics = [e.data for e in events if e.type == "metrics"]
         assert [m["step"] for m in metrics] == [1, 2, 3, 4]
         assert all({"train_loss", "kl", "kl_weight", "risk"} <= set(m) for m in metrics)
-        # the random tiny probe flags every line at risk 5: each step's flagged mean is w_kl(5)
+        # the random tiny probe scores every (system-prompt-free) demo line at risk 1: each step's
+        # unflagged mean is w_kl(1), the operator's floor 0.1, and no example is flagged
         from worker.pipeline.resources import read_scan_risks
 
-        assert read_scan_risks(job) == ([5.0] * 16, [True] * 16)
-        assert all((m["kl_weight_flagged"], m["kl_weight_unflagged"]) == (pytest.approx(0.9), None) for m in metrics)
-        assert report.training["mean_kl_weight_flagged"] == pytest.approx(0.9)
-        assert report.training["mean_kl_weight_unflagged"] is None
+        assert read_scan_risks(job) == ([1.0] * 16, [False] * 16)
+        assert all((m["kl_weight_flagged"], m["kl_weight_unflagged"]) == (None, pytest.approx(0.1)) for m in metrics)
+        assert report.training["mean_kl_weight_flagged"] is None
+        assert report.training["mean_kl_weight_unflagged"] == pytest.approx(0.1)
         released = session.get(ReleasedModel, job.fine_tuned_model)
         assert get_store().list(released.storage_prefix + "/")
         actions = [a for a in session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id))]
