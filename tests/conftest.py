@@ -197,21 +197,27 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = Non
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
+def start_http_process(
+    argv: list[str], env: dict[str, str], log_path: Path, port: int, health: str, timeout_s: float, what: str
+) -> LiveServer:
+    """``argv`` in a subprocess serving HTTP on ``port``, once ``health`` answers; on failure
+    the process is stopped and the error quotes the end of its log."""
+    log = log_path.open("ab")
+    process = subprocess.Popen(argv, cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT)
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_http(f"{server.base_url}{health}", timeout_s, process)
+    except Exception:
+        stop_process(process)
+        raise RuntimeError(f"{what} did not start:\n{server.log()[-3000:]}") from None
+    return server
+
+
 def start_api(env: dict[str, str], log_path: Path) -> LiveServer:
     """The API's own server (``api.server``: uvicorn with its limits) in a subprocess, over real HTTP."""
     port = free_port()
-    log = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_http(f"{server.base_url}/healthz", 60, process)
-    except Exception:
-        stop_process(process)
-        raise RuntimeError(f"API did not start:\n{server.log()[-3000:]}") from None
-    return server
+    argv = [sys.executable, "-m", "api.server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return start_http_process(argv, env, log_path, port, "/healthz", 60, "API")
 
 
 def start_worker(env: dict[str, str], log_path: Path, queues: str = "default,gpu", beat: bool = True) -> subprocess.Popen:
