@@ -14,7 +14,13 @@ from api.input_guard import refuse_unstorable_input
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.requestid import RequestIdMiddleware
-from api.routes import admin, chat, dashboard, files, health, jobs, models
+from api import health
+from api.admin.routes import router as admin_router
+from api.chat.routes import router as chat_router
+from api.dashboard.routes import router as dashboard_router
+from api.files.routes import router as files_router
+from api.jobs.routes import router as jobs_router
+from api.models.routes import router as models_router
 from core.db import session_scope
 from core.logging import configure_logging
 from core.registry import seed_base_models
@@ -54,8 +60,8 @@ def create_app() -> FastAPI:
     install_metrics(app)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response gets the header
     app.include_router(health.router)
-    for router in (files.router, jobs.router, models.router, chat.router, admin.router):
+    for router in (files_router, jobs_router, models_router, chat_router, admin_router):
         app.include_router(router, prefix="/v1")
     install_openapi(app)
-    app.include_router(dashboard.router)
+    app.include_router(dashboard_router)
     return app

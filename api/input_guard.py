@@ -6,7 +6,7 @@ floats that overflow every integer conversion. Each of these answers 400
 ``invalid_value`` naming the parameter (``fine_tuning_job_id``, ``after``,
 ``hyperparameters.n_epochs``, ``metadata.team``), whatever the route: the check is an
 app-wide dependency over the path and query parameters and the JSON body. Multipart
-uploads are checked as they stream (``api.services.uploads``)."""
+uploads are checked as they stream (``api.files.uploads``)."""
 
 from __future__ import annotations
 

@@ -197,9 +197,9 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
 
     from api.deps import Caller
     from api.etags import etag_of
-    from api.schemas.common import CursorPage, page
-    from api.schemas.jobs import JobEvent as JobEventOut
-    from api.services.jobs import JobService
+    from api.schemas import CursorPage, page
+    from api.jobs.schemas import JobEvent as JobEventOut
+    from api.jobs.service import JobService
     from core.apikeys import hash_key
     from core.db import get_engine, new_session
     from core.models import ApiKey

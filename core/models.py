@@ -112,7 +112,7 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
     # +1 on every UPDATE of the row, by whichever writer (ORM or Core ``update()``): the
-    # validator of a conditional poll (``api.routes.conditional``), read without the row.
+    # validator of a conditional poll (``api.conditional``), read without the row.
     version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", onupdate=text("version + 1"))
 
 

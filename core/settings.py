@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
 
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
-    # (api/services/safety_policy.py).
+    # (api/jobs/safety_policy.py).
     allowed_modes: list[Literal["adaptive", "constant", "none"]] = Field(default_factory=lambda: ["adaptive", "constant"])
     kl_weight_lo: float = 0.1
     kl_weight_hi: float = 0.9

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.repositories.jobs import JobRepository
+from api.jobs.repository import JobRepository
 from core.models import AuditRecord, Job, ReleasedModel
 from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth, set_job
 from tests.api.test_models import finished_job

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from api.routes.dashboard import DASHBOARD_DIR
+from api.dashboard.routes import DASHBOARD_DIR
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 # The SVG namespace is an identifier the script passes to createElementNS, never fetched.

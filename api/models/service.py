@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
-from api.repositories.models import ModelRepository
-from api.schemas.models import Model
+from api.models.repository import ModelRepository
+from api.models.schemas import Model
 from core import audit, inference, releases
 from core.errors import NotFound, PermissionDenied
 from core.models import BaseModelEntry, ReleasedModel

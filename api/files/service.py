@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 
 from api.deps import Caller
 from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
-from api.repositories.files import FileRepository
-from api.repositories.jobs import JobRepository
-from api.repositories.orgs import OrgRepository
-from api.services.uploads import Upload
+from api.files.repository import FileRepository
+from api.jobs.repository import JobRepository
+from api.admin.repository import OrgRepository
+from api.files.uploads import Upload
 from core import audit
 from core.datasets import Limits, validate_stream
 from core.errors import Conflict, InvalidRequest, NotFound

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.deps import Caller
-from api.schemas.jobs import KlWeightBounds, SafetyIn
+from api.jobs.schemas import KlWeightBounds, SafetyIn
 from core.errors import InvalidRequest
 from core.settings import Settings
 

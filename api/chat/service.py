@@ -15,7 +15,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
-from api.repositories.models import ModelRepository
+from api.models.repository import ModelRepository
 from core.chat import ChatCompletionRequest
 from core.errors import GuardtuneError, InvalidRequest, NotFound
 from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.routes.auth import CUSTOMER
-from api.schemas.common import COMMON_ERRORS, ErrorResponse
-from api.services import chat as service
+from api.auth import CUSTOMER
+from api.schemas import COMMON_ERRORS, ErrorResponse
+from api.chat import service
 from core.chat import ChatCompletionRequest
 from core.inference import get_backend
 

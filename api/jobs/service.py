@@ -41,11 +41,11 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.etags import row_validator
 from api.metrics import JOBS_CREATED
-from api.repositories.files import FileRepository
-from api.repositories.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobRepository
-from api.repositories.models import ModelRepository
-from api.repositories.orgs import OrgRepository
-from api.schemas.jobs import (
+from api.files.repository import FileRepository
+from api.jobs.repository import ACTIVE_STATUSES, TERMINAL_STATUSES, JobRepository
+from api.models.repository import ModelRepository
+from api.admin.repository import OrgRepository
+from api.jobs.schemas import (
     CheckpointMetrics,
     FineTuningJob,
     HyperparametersIn,
@@ -57,7 +57,7 @@ from api.schemas.jobs import (
     SafetyReport,
     SafetyState,
 )
-from api.services.safety_policy import resolve_safety
+from api.jobs.safety_policy import resolve_safety
 from core import audit, outbox
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id

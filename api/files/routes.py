@@ -10,11 +10,11 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
-from api.routes.auth import CUSTOMER
-from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, page
-from api.schemas.files import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
-from api.services.files import FileService
-from api.services.uploads import receive_upload
+from api.auth import CUSTOMER
+from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
+from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
+from api.files.service import FileService
+from api.files.uploads import receive_upload
 
 router = APIRouter(prefix="/files", tags=["files"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 

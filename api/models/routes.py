@@ -7,10 +7,10 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from api.deps import CallerDep, SessionDep, StoreDep
-from api.routes.auth import CUSTOMER
-from api.schemas.common import COMMON_ERRORS
-from api.schemas.models import Model, ModelDeleted, ModelList
-from api.services.models import ModelService
+from api.auth import CUSTOMER
+from api.schemas import COMMON_ERRORS
+from api.models.schemas import Model, ModelDeleted, ModelList
+from api.models.service import ModelService
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.routes.auth import CUSTOMER
-from api.routes.conditional import NOT_MODIFIED, conditional, conditional_json
-from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, page
-from api.schemas.jobs import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
-from api.services.jobs import JobService, metadata_filter
+from api.auth import CUSTOMER
+from api.conditional import NOT_MODIFIED, conditional, conditional_json
+from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
+from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
+from api.jobs.service import JobService, metadata_filter
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 

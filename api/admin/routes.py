@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import AdminDep, SessionDep, SettingsDep
-from api.routes.auth import ADMIN
-from api.schemas.admin import (
+from api.auth import ADMIN
+from api.admin.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyObject,
@@ -16,8 +16,8 @@ from api.schemas.admin import (
     OrganizationObject,
     OrganizationUpdate,
 )
-from api.schemas.common import COMMON_ERRORS, CursorPage, ErrorResponse, ListObject, page
-from api.services.admin import AdminService
+from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, ListObject, page
+from api.admin.service import AdminService
 
 router = APIRouter(
     prefix="/admin",

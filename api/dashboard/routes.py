@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from core.errors import NotFound
 
-DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+DASHBOARD_DIR = Path(__file__).resolve().parent
 
 _MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
-from api.repositories.orgs import OrgRepository
-from api.schemas.admin import ApiKeyCreate, OrganizationCreate, OrganizationUpdate
+from api.admin.repository import OrgRepository
+from api.admin.schemas import ApiKeyCreate, OrganizationCreate, OrganizationUpdate
 from core import audit
 from core import orgs as orgs_core
 from core.errors import NotFound

@@ -1,0 +1,1 @@
+"""The admin domain: routes, service, repository and wire schemas."""

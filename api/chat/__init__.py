@@ -1,0 +1,1 @@
+"""The chat domain: routes, service, repository and wire schemas."""

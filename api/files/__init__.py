@@ -1,0 +1,1 @@
+"""The files domain: routes, service, repository and wire schemas."""

@@ -1,0 +1,1 @@
+"""The jobs domain: routes, service, repository and wire schemas."""

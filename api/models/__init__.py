@@ -1,0 +1,1 @@
+"""The models domain: routes, service, repository and wire schemas."""

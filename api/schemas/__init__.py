@@ -1,1 +1,0 @@
-"""Pydantic models of the wire format, in OpenAI's exact shapes (plus additive extensions)."""

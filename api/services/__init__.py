@@ -1,1 +1,0 @@
-"""Business logic: one service per resource; routes stay thin and repositories do the queries."""
