@@ -49,6 +49,11 @@ async def get_db() -> AsyncIterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_db)]
 
+# Each domain's service is a typed dependency too (``JobServiceDep`` in ``api/jobs/deps.py``,
+# and likewise for files, models and admin). Those are ``async``: building a service does no
+# I/O, so it takes no thread of the endpoint pool; it wraps this request's session (FastAPI
+# resolves ``get_db`` once per request), the one ``authenticate`` released its connection of.
+
 
 @dataclass(frozen=True)
 class Caller:

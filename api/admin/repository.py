@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.pagination import paginate
 from core.db import begin_write
-from core.errors import InvalidRequest
 from core.models import ApiKey, Organization
 
 
@@ -29,19 +29,16 @@ class OrgRepository:
         return self.session.scalar(select(Organization).where(Organization.name == name))
 
     def list(self, *, after: str | None, limit: int) -> tuple[list[Organization], bool]:
-        query = select(Organization)
-        if after:
-            cursor = self.get(after)
-            if cursor is None:
-                raise InvalidRequest(
-                    f"No organization with id {after!r} to continue after.", code="invalid_cursor", param="after"
-                )
-            query = query.where(
-                (Organization.created_at > cursor.created_at)
-                | ((Organization.created_at == cursor.created_at) & (Organization.id > cursor.id))
-            )
-        rows = list(self.session.scalars(query.order_by(Organization.created_at, Organization.id).limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        return paginate(
+            self.session,
+            select(Organization),
+            keys=(Organization.created_at, Organization.id),
+            descending=False,
+            after=after,
+            cursor=self.get,
+            limit=limit,
+            noun="organization",
+        )
 
     def add(self, row: Organization | ApiKey) -> None:
         self.session.add(row)

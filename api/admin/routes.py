@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import AdminDep, SessionDep, SettingsDep
+from api.deps import AdminDep
 from api.auth import ADMIN
 from api.admin.schemas import (
     ApiKeyCreate,
@@ -17,7 +17,7 @@ from api.admin.schemas import (
     OrganizationUpdate,
 )
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, ListObject, page
-from api.admin.service import AdminService
+from api.admin.deps import AdminServiceDep
 
 router = APIRouter(
     prefix="/admin",
@@ -33,38 +33,37 @@ router = APIRouter(
     summary="Create an organization",
     responses={409: {"model": ErrorResponse, "description": "The name is taken"}},
 )
-def create_org(body: OrganizationCreate, caller: AdminDep, session: SessionDep, settings: SettingsDep) -> OrganizationObject:
-    return OrganizationObject.of(AdminService(session, settings).create_org(caller, body))
+def create_org(body: OrganizationCreate, caller: AdminDep, service: AdminServiceDep) -> OrganizationObject:
+    return OrganizationObject.of(service.create_org(caller, body))
 
 
 @router.get("/organizations", response_model=CursorPage[OrganizationObject], summary="List organizations")
 def list_orgs(
-    session: SessionDep,
-    settings: SettingsDep,
+    service: AdminServiceDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict:
-    rows, has_more = AdminService(session, settings).list_orgs(after=after, limit=limit)
+    rows, has_more = service.list_orgs(after=after, limit=limit)
     return page([OrganizationObject.of(r) for r in rows], has_more)
 
 
 @router.get("/organizations/{org_id}", response_model=OrganizationObject, summary="Retrieve an organization")
-def retrieve_org(org_id: str, session: SessionDep, settings: SettingsDep) -> OrganizationObject:
-    return OrganizationObject.of(AdminService(session, settings).get_org(org_id))
+def retrieve_org(org_id: str, service: AdminServiceDep) -> OrganizationObject:
+    return OrganizationObject.of(service.get_org(org_id))
 
 
 @router.patch("/organizations/{org_id}", response_model=OrganizationObject, summary="Change an organization's limits")
 def update_org(
-    org_id: str, body: OrganizationUpdate, caller: AdminDep, session: SessionDep, settings: SettingsDep
+    org_id: str, body: OrganizationUpdate, caller: AdminDep, service: AdminServiceDep
 ) -> OrganizationObject:
-    return OrganizationObject.of(AdminService(session, settings).update_org(caller, org_id, body))
+    return OrganizationObject.of(service.update_org(caller, org_id, body))
 
 
 @router.get(
     "/organizations/{org_id}/api_keys", response_model=ListObject[ApiKeyObject], summary="List an organization's keys"
 )
-def list_keys(org_id: str, session: SessionDep, settings: SettingsDep) -> dict:
-    return {"object": "list", "data": [ApiKeyObject.of(k) for k in AdminService(session, settings).list_keys(org_id)]}
+def list_keys(org_id: str, service: AdminServiceDep) -> dict:
+    return {"object": "list", "data": [ApiKeyObject.of(k) for k in service.list_keys(org_id)]}
 
 
 @router.post(
@@ -73,9 +72,9 @@ def list_keys(org_id: str, session: SessionDep, settings: SettingsDep) -> dict:
     summary="Create an API key (the secret is shown once)",
 )
 def create_key(
-    org_id: str, body: ApiKeyCreate, caller: AdminDep, session: SessionDep, settings: SettingsDep
+    org_id: str, body: ApiKeyCreate, caller: AdminDep, service: AdminServiceDep
 ) -> ApiKeyCreated:
-    key, plaintext = AdminService(session, settings).create_key(caller, org_id, body)
+    key, plaintext = service.create_key(caller, org_id, body)
     return ApiKeyCreated(**ApiKeyObject.of(key).model_dump(), key=plaintext)
 
 
@@ -84,5 +83,5 @@ def create_key(
     response_model=ApiKeyObject,
     summary="Revoke an API key (idempotent)",
 )
-def revoke_key(org_id: str, key_id: str, caller: AdminDep, session: SessionDep, settings: SettingsDep) -> ApiKeyObject:
-    return ApiKeyObject.of(AdminService(session, settings).revoke_key(caller, org_id, key_id))
+def revoke_key(org_id: str, key_id: str, caller: AdminDep, service: AdminServiceDep) -> ApiKeyObject:
+    return ApiKeyObject.of(service.revoke_key(caller, org_id, key_id))

@@ -1,6 +1,10 @@
-"""The dashboard: one static page (plain JS, no build step, no external assets).
+"""The dashboard: one static page (plain JS as ES modules, no build step, no external assets).
 
-``GET /dashboard`` serves the page and ``GET /dashboard/static/<name>`` its assets.
+``GET /dashboard`` serves the page and ``GET /dashboard/static/<name>`` its assets: the
+stylesheet and every ``*.js`` module of this folder (``app.js`` imports the others by
+relative URL, so they share the one flat ``static/`` path), each with its JS media type,
+which module scripts require (``nosniff``).
+
 Neither needs auth: the page asks for an API key and sends it, from the browser
 session only, as ``Authorization: Bearer`` to the ``/v1`` API. A strict Content
 Security Policy forbids inline scripts and any other origin, so text from the API
@@ -23,7 +27,7 @@ _MEDIA_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
-# Only these files are served (an allow-list: no path ever reaches the filesystem).
+# Only these files are served (an allow-list built once: no path ever reaches the filesystem).
 _ASSETS = {p.name: p for p in DASHBOARD_DIR.iterdir() if p.suffix in (".js", ".css")} if DASHBOARD_DIR.is_dir() else {}
 
 CSP = "; ".join(
@@ -61,7 +65,7 @@ def dashboard_slash() -> RedirectResponse:
 
 @router.get("/dashboard/static/{name}")
 def dashboard_asset(name: str) -> FileResponse:
-    """A static asset of the page (``app.js``, ``style.css``)."""
+    """A static asset of the page (``style.css``, ``app.js`` and the modules it imports)."""
     path = _ASSETS.get(name)
     if path is None:
         raise NotFound(f"No dashboard asset named {name!r}.", code="not_found")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.errors import InvalidRequest
+from api.pagination import paginate
 from core.models import File
 
 
@@ -27,22 +27,16 @@ class FileRepository:
         query = self._live(org_id)
         if purpose:
             query = query.where(File.purpose == purpose)
-        desc = order == "desc"
-        if after:
-            cursor = self.get(org_id, after)
-            if cursor is None:
-                raise InvalidRequest(f"No file with id {after!r} to continue after.", code="invalid_cursor", param="after")
-            if desc:
-                query = query.where(
-                    or_(File.created_at < cursor.created_at, and_(File.created_at == cursor.created_at, File.id < cursor.id))
-                )
-            else:
-                query = query.where(
-                    or_(File.created_at > cursor.created_at, and_(File.created_at == cursor.created_at, File.id > cursor.id))
-                )
-        keys = (File.created_at.desc(), File.id.desc()) if desc else (File.created_at.asc(), File.id.asc())
-        rows = list(self.session.scalars(query.order_by(*keys).limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        return paginate(
+            self.session,
+            query,
+            keys=(File.created_at, File.id),
+            descending=order == "desc",
+            after=after,
+            cursor=lambda file_id: self.get(org_id, file_id),
+            limit=limit,
+            noun="file",
+        )
 
     def storage_used(self, org_id: str) -> int:
         total = self.session.scalar(

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CallerDep, SessionDep, SettingsDep
 from api.auth import CUSTOMER
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
-from api.files.service import FileService
+from api.files.deps import FileServiceDep
 from api.files.uploads import receive_upload
 
 router = APIRouter(prefix="/files", tags=["files"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/files", tags=["files"], dependencies=CUSTOMER, respo
     },
 )
 async def upload_file(
-    request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep, store: StoreDep
+    request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep, service: FileServiceDep
 ) -> FileObject:
     """Multipart upload, streamed: the size limit is enforced while the body arrives and the
     JSONL is validated line by line. The file's ``status`` is ``processed`` or ``error``
@@ -39,7 +39,7 @@ async def upload_file(
     await run_in_threadpool(session.close)  # hold no connection while the body arrives
     upload = await receive_upload(request, max_bytes=settings.max_upload_bytes)
     try:
-        row = await run_in_threadpool(FileService(session, settings, store).create, caller, upload)
+        row = await run_in_threadpool(service.create, caller, upload)
     finally:
         upload.close()
     return FileObject.of(row)
@@ -48,23 +48,19 @@ async def upload_file(
 @router.get("", response_model=CursorPage[FileObject], summary="List files")
 def list_files(
     caller: CallerDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    service: FileServiceDep,
     after: Annotated[str | None, Query(description="A file id: list the files after it")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Annotated[Literal["asc", "desc"], Query(description="By created_at")] = "desc",
     purpose: str | None = None,
 ) -> dict:
-    rows, has_more = FileService(session, settings, store).list(
-        caller, after=after, limit=limit, order=order, purpose=purpose
-    )
+    rows, has_more = service.list(caller, after=after, limit=limit, order=order, purpose=purpose)
     return page([FileObject.of(r) for r in rows], has_more)
 
 
 @router.get("/{file_id}", response_model=FileObject, summary="Retrieve a file")
-def retrieve_file(file_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep, store: StoreDep) -> FileObject:
-    return FileObject.of(FileService(session, settings, store).get(caller, file_id))
+def retrieve_file(file_id: str, caller: CallerDep, service: FileServiceDep) -> FileObject:
+    return FileObject.of(service.get(caller, file_id))
 
 
 @router.delete(
@@ -73,8 +69,8 @@ def retrieve_file(file_id: str, caller: CallerDep, session: SessionDep, settings
     summary="Delete a file",
     responses={409: {"model": ErrorResponse, "description": "An active job uses the file"}},
 )
-def delete_file(file_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep, store: StoreDep) -> FileDeleted:
-    row = FileService(session, settings, store).delete(caller, file_id)
+def delete_file(file_id: str, caller: CallerDep, service: FileServiceDep) -> FileDeleted:
+    row = service.delete(caller, file_id)
     return FileDeleted(id=row.id, deleted=True)
 
 
@@ -84,10 +80,8 @@ def delete_file(file_id: str, caller: CallerDep, session: SessionDep, settings: 
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-def file_content(
-    file_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep, store: StoreDep
-) -> StreamingResponse:
-    row, chunks = FileService(session, settings, store).content(caller, file_id)
+def file_content(file_id: str, caller: CallerDep, service: FileServiceDep) -> StreamingResponse:
+    row, chunks = service.content(caller, file_id)
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",

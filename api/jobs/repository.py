@@ -11,7 +11,7 @@ from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from core.errors import InvalidRequest
+from api.pagination import paginate
 from core.models import Checkpoint, Job, JobEvent, SafetyReport
 
 ACTIVE_STATUSES = ("validating_files", "queued", "running", "paused")
@@ -73,13 +73,16 @@ class JobRepository:
         dialect = self.session.get_bind().dialect.name
         for key, value in (metadata or {}).items():
             query = query.where(_has_metadata(dialect, key, value))
-        if after:
-            cursor = self.get(org_id, after)
-            if cursor is None:
-                raise InvalidRequest(f"No job with id {after!r} to continue after.", code="invalid_cursor", param="after")
-            query = query.where(Job.seq < cursor.seq)
-        rows = list(self.session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        return paginate(
+            self.session,
+            query,
+            keys=(Job.seq,),
+            descending=True,
+            after=after,
+            cursor=lambda job_id: self.get(org_id, job_id),
+            limit=limit,
+            noun="job",
+        )
 
     def count_active(self, org_id: str) -> int:
         return self.session.scalar(
@@ -111,36 +114,41 @@ class JobRepository:
     def events(
         self, job_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
     ) -> tuple[list[JobEvent], bool]:
-        query = select(JobEvent).where(JobEvent.job_id == job_id)
-        if after:
-            cursor_seq = self.session.scalar(
-                select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after)
-            )
-            if cursor_seq is None:
-                raise InvalidRequest(
-                    f"No event with id {after!r} in this job to continue after.", code="invalid_cursor", param="after"
-                )
-            query = query.where(JobEvent.seq > cursor_seq if order == "asc" else JobEvent.seq < cursor_seq)
-        key = JobEvent.seq.asc() if order == "asc" else JobEvent.seq.desc()
-        rows = list(self.session.scalars(query.order_by(key).limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        def cursor(event_id: str):
+            return self.session.execute(
+                select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
+            ).first()
+
+        return paginate(
+            self.session,
+            select(JobEvent).where(JobEvent.job_id == job_id),
+            keys=(JobEvent.seq,),
+            descending=order == "desc",
+            after=after,
+            cursor=cursor,
+            limit=limit,
+            noun="event",
+            scope=" in this job",
+        )
 
     # -- checkpoints ---------------------------------------------------------------------
     def checkpoints(self, job_id: str, *, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
-        query = select(Checkpoint).where(Checkpoint.job_id == job_id)
-        if after:
-            cursor_step = self.session.scalar(
-                select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == after)
-            )
-            if cursor_step is None:
-                raise InvalidRequest(
-                    f"No checkpoint with id {after!r} in this job to continue after.",
-                    code="invalid_cursor",
-                    param="after",
-                )
-            query = query.where(Checkpoint.step < cursor_step)
-        rows = list(self.session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        def cursor(checkpoint_id: str):
+            return self.session.execute(
+                select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == checkpoint_id)
+            ).first()
+
+        return paginate(
+            self.session,
+            select(Checkpoint).where(Checkpoint.job_id == job_id),
+            keys=(Checkpoint.step,),
+            descending=True,
+            after=after,
+            cursor=cursor,
+            limit=limit,
+            noun="checkpoint",
+            scope=" in this job",
+        )
 
     # -- safety report -------------------------------------------------------------------
     def report(self, job_id: str) -> SafetyReport | None:

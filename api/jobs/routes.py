@@ -6,12 +6,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from api.deps import CallerDep, SessionDep, SettingsDep
+from api.deps import CallerDep
 from api.auth import CUSTOMER
 from api.conditional import NOT_MODIFIED, conditional, conditional_json
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
-from api.jobs.service import JobService, metadata_filter
+from api.jobs.deps import JobServiceDep
+from api.jobs.service import metadata_filter
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 
@@ -30,8 +31,7 @@ After = Annotated[str | None, Query(description="The id of the last item of the 
 def create_job(
     body: JobCreate,
     caller: CallerDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    service: JobServiceDep,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", description="Retries with the same key return the same job"),
@@ -39,7 +39,6 @@ def create_job(
 ) -> FineTuningJob:
     """Starts in ``validating_files``; the pipeline is queued after the job is committed.
     ``"auto"`` hyperparameters are resolved from the training file (see the job's values)."""
-    service = JobService(session, settings)
     return service.present(service.create(caller, body, idempotency_key))
 
 
@@ -52,15 +51,14 @@ def create_job(
 def list_jobs(
     request: Request,
     caller: CallerDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    service: JobServiceDep,
     after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     """``metadata[KEY]=VALUE`` query parameters (the SDK's ``metadata={...}``) keep only the
     jobs whose metadata has every given pair; a malformed filter answers 400."""
     wanted = metadata_filter(request.query_params.multi_items())
-    jobs, has_more = JobService(session, settings).list(caller, after=after, limit=limit, metadata=wanted)
+    jobs, has_more = service.list(caller, after=after, limit=limit, metadata=wanted)
     return conditional_json(request, CursorPage[FineTuningJob](**page(jobs, has_more)))
 
 
@@ -70,10 +68,7 @@ def list_jobs(
     summary="Retrieve a fine-tuning job (ETag / If-None-Match)",
     responses=NOT_MODIFIED,
 )
-def retrieve_job(
-    fine_tuning_job_id: str, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
-) -> Response:
-    service = JobService(session, settings)
+def retrieve_job(fine_tuning_job_id: str, request: Request, caller: CallerDep, service: JobServiceDep) -> Response:
     etag = service.job_validator(caller, fine_tuning_job_id)
     return conditional(request, etag, lambda: service.present(service.get(caller, fine_tuning_job_id)))
 
@@ -83,26 +78,23 @@ def retrieve_job(
     response_model=FineTuningJob,
     summary="Cancel a fine-tuning job (idempotent)",
 )
-def cancel_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+def cancel_job(fine_tuning_job_id: str, caller: CallerDep, service: JobServiceDep) -> FineTuningJob:
     """Queued and validating jobs are cancelled at once; a running job is marked cancelled
     and its worker stops at the next step. A finished job answers 400 ``job_not_cancellable``."""
-    service = JobService(session, settings)
     return service.present(service.cancel(caller, fine_tuning_job_id))
 
 
 @router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob, summary="Pause a running fine-tuning job")
-def pause_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+def pause_job(fine_tuning_job_id: str, caller: CallerDep, service: JobServiceDep) -> FineTuningJob:
     """The job becomes ``paused``; its worker checkpoints at the next training step and takes
     other work. Only running jobs (400 ``job_not_pausable`` otherwise; idempotent when paused)."""
-    service = JobService(session, settings)
     return service.present(service.pause(caller, fine_tuning_job_id))
 
 
 @router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJob, summary="Resume a paused fine-tuning job")
-def resume_job(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+def resume_job(fine_tuning_job_id: str, caller: CallerDep, service: JobServiceDep) -> FineTuningJob:
     """The job is queued again and continues from its pause checkpoint exactly as if it had
     not been paused. Only paused jobs (400 ``job_not_paused`` otherwise)."""
-    service = JobService(session, settings)
     return service.present(service.resume(caller, fine_tuning_job_id))
 
 
@@ -116,8 +108,7 @@ def list_events(
     fine_tuning_job_id: str,
     request: Request,
     caller: CallerDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    service: JobServiceDep,
     after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[
@@ -125,8 +116,6 @@ def list_events(
         Query(description="desc (OpenAI's, newest first) or asc: oldest first, for incremental polling with after"),
     ] = "desc",
 ) -> Response:
-    service = JobService(session, settings)
-
     def build() -> CursorPage[JobEvent]:
         events, has_more = service.events(caller, fine_tuning_job_id, after=after, limit=limit, order=order)
         return CursorPage[JobEvent](**page(events, has_more))
@@ -143,14 +132,11 @@ def list_events(
 def list_checkpoints(
     fine_tuning_job_id: str,
     caller: CallerDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    service: JobServiceDep,
     after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> dict:
-    checkpoints, has_more = JobService(session, settings).checkpoints(
-        caller, fine_tuning_job_id, after=after, limit=limit
-    )
+    checkpoints, has_more = service.checkpoints(caller, fine_tuning_job_id, after=after, limit=limit)
     return page(checkpoints, has_more)
 
 
@@ -159,5 +145,5 @@ def list_checkpoints(
     response_model=SafetyReport,
     summary="The job's safety report: dataset scan, training, evaluation, gate decision",
 )
-def safety_report(fine_tuning_job_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> SafetyReport:
-    return JobService(session, settings).safety_report(caller, fine_tuning_job_id)
+def safety_report(fine_tuning_job_id: str, caller: CallerDep, service: JobServiceDep) -> SafetyReport:
+    return service.safety_report(caller, fine_tuning_job_id)

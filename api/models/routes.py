@@ -6,18 +6,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import CallerDep, SessionDep, StoreDep
+from api.deps import CallerDep, StoreDep
 from api.auth import CUSTOMER
 from api.schemas import COMMON_ERRORS
 from api.models.schemas import Model, ModelDeleted, ModelList
-from api.models.service import ModelService
+from api.models.deps import ModelServiceDep
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 
 
 @router.get("", response_model=ModelList, summary="List models")
-def list_models(caller: CallerDep, session: SessionDep) -> ModelList:
-    return ModelList(data=ModelService(session).list(caller))
+def list_models(caller: CallerDep, service: ModelServiceDep) -> ModelList:
+    return ModelList(data=service.list(caller))
 
 
 # Model ids may contain '/' (Hugging Face ids) and ':' (fine-tuned ids), hence ``:path``;
@@ -28,11 +28,11 @@ def list_models(caller: CallerDep, session: SessionDep) -> ModelList:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-def download_adapter(model: str, caller: CallerDep, session: SessionDep, store: StoreDep) -> StreamingResponse:
+def download_adapter(model: str, caller: CallerDep, service: ModelServiceDep, store: StoreDep) -> StreamingResponse:
     """The adapter files (``adapter_config.json``, ``adapter_model.safetensors``, ...) of a
     released, non-revoked model of your organization, as a tar archive streamed from storage.
     Blocked, revoked and other organizations' models answer 404."""
-    archive = ModelService(session, store).adapter(caller, model)
+    archive = service.adapter(caller, model, store)
     return StreamingResponse(
         archive.stream(store),
         media_type="application/x-tar",
@@ -45,13 +45,13 @@ def download_adapter(model: str, caller: CallerDep, session: SessionDep, store: 
 
 
 @router.get("/{model:path}", response_model=Model, summary="Retrieve a model")
-def retrieve_model(model: str, caller: CallerDep, session: SessionDep) -> Model:
-    return ModelService(session).get(caller, model)
+def retrieve_model(model: str, caller: CallerDep, service: ModelServiceDep) -> Model:
+    return service.get(caller, model)
 
 
 @router.delete("/{model:path}", response_model=ModelDeleted, summary="Delete (revoke) a fine-tuned model")
-def delete_model(model: str, caller: CallerDep, session: SessionDep) -> ModelDeleted:
+def delete_model(model: str, caller: CallerDep, service: ModelServiceDep) -> ModelDeleted:
     """Revokes a released ``ft:`` model of your organization (audited; its adapter is no
     longer listed, served or downloadable). Another organization's, an unknown or an already
     deleted model answers 404; a base model 403."""
-    return ModelDeleted(id=ModelService(session).delete(caller, model).id, deleted=True)
+    return ModelDeleted(id=service.delete(caller, model).id, deleted=True)

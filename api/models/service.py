@@ -73,9 +73,8 @@ def archive_root(model_id: str) -> str:
 
 
 class ModelService:
-    def __init__(self, session: Session, store: ObjectStore | None = None):
+    def __init__(self, session: Session):
         self.session = session
-        self.store = store
         self.models = ModelRepository(session)
 
     def list(self, caller: Caller) -> list[Model]:
@@ -112,11 +111,11 @@ class ModelService:
         inference.adapter_revoked(model_id)
         return revoked
 
-    def adapter(self, caller: Caller, model_id: str) -> AdapterArchive:
-        """The archive of a released, non-revoked model of the caller's organization.
+    def adapter(self, caller: Caller, model_id: str, store: ObjectStore) -> AdapterArchive:
+        """The archive of a released, non-revoked model of the caller's organization, whose
+        files are in ``store``.
 
         The download is recorded in the audit log (committed before the first byte)."""
-        assert self.store is not None
         model = self.models.released(caller.org_id, model_id)
         if model is None:
             raise NotFound(
@@ -126,7 +125,7 @@ class ModelService:
             )
         prefix = model.storage_prefix.rstrip("/") + "/"
         root = archive_root(model.id)
-        members = [(key, f"{root}/{key[len(prefix):]}", self.store.size(key)) for key in self.store.list(prefix)]
+        members = [(key, f"{root}/{key[len(prefix):]}", store.size(key)) for key in store.list(prefix)]
         if not members:
             raise NotFound(
                 f"The adapter files of {model_id!r} are missing from storage; contact your operator.",
