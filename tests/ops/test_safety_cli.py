@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from safety.fake_judge import serve_judge
 from safety.probe import Probe, ProbeConfig
 from safety.probe_recipe import training_set
 from safety.prompt_sets import load_builtin
 from tests.conftest import apply_env, clear_caches
-from tests.fake_judge import serve_judge
 from tests.ops.conftest import run_ops as ops
 
 torch.set_num_threads(1)
@@ -125,8 +125,8 @@ def _verdict(prompt: str) -> str:
 
 @pytest.fixture
 def judge_url():
-    with serve_judge(_verdict) as url:
-        yield url
+    with serve_judge(_verdict) as judge:
+        yield judge.url
 
 
 def _harmful_file(home: Path) -> Path:
