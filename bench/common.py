@@ -135,16 +135,16 @@ def write_result(name: str, payload: dict[str, Any], *, argv: Sequence[str] | No
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
     return path
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe copy: non-finite floats become ``null``, paths and tuples plain values."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):

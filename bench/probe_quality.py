@@ -32,10 +32,8 @@ import dataclasses
 import json
 import random
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, RESULTS_DIR, git_info, machine_info, print_table, ratio  # noqa: E402
 from safety.base_models import DEFAULT_BASE_MODEL, load_base_model  # noqa: E402
+from safety.fake_judge import serve_judge  # noqa: E402
 from safety.generation import PromptLike, pad_batch, pad_token_id, position_ids_from_mask, render_prompt  # noqa: E402
 from safety.judge import LocalJudge, OpenAICompatibleJudge  # noqa: E402
 from safety.probe import Probe, auroc, extract_features, tpr_at_fpr, train_probe_on_features  # noqa: E402
@@ -162,23 +161,6 @@ def readme_row(doc: dict[str, Any]) -> str:
     )
 
 
-class _FakeJudgeServer(BaseHTTPRequestHandler):
-    latency_s = 0.0
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(self.latency_s)
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "#thereason: ok\n#thescore: 1"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def _rate(n: int, fn: Callable[[], Any]) -> dict[str, float]:
     t0 = time.perf_counter()
     fn()
@@ -222,19 +204,13 @@ def throughput(model: Any, tokenizer: Any, probe: Probe, prompts: list[str], arg
     local = LocalJudge(model, tokenizer, batch_size=4)
     out["local_judge"] = _rate(n_local, lambda: local.score(pairs[:n_local]))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeJudgeServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with serve_judge(lambda _prompt: "#thereason: ok\n#thescore: 1") as fake:
         for latency in (0.0, 0.5):
-            _FakeJudgeServer.latency_s = latency
-            judge = OpenAICompatibleJudge(url, "sk-bench", "fake-judge", max_concurrency=8)
+            fake.latency_s = latency
+            judge = OpenAICompatibleJudge(fake.url, "sk-bench", "fake-judge", max_concurrency=8)
             n = len(pairs) if latency == 0 else min(64, len(pairs))
             out[f"http_judge_fake_{latency:g}s_c8"] = _rate(n, lambda: judge.score(pairs[:n]))
             judge.close()
-    finally:
-        server.shutdown()
-        server.server_close()
 
     base = out["plain_forward"]["examples_per_s"]
     out["ratios_vs_plain_forward"] = {

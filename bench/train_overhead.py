@@ -92,17 +92,6 @@ def build_dataset(kind: str, n: int) -> list[dict[str, Any]]:
     return [rows[i % len(rows)] for i in range(n)]
 
 
-def step_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Example indices of optimizer step ``step`` (0-based): the same seeded per-epoch
-    shuffle as ``safety.trainer`` uses, so every variant sees the same batches."""
-    import numpy as np
-
-    steps_per_epoch = math.ceil(n_examples / batch_size)
-    epoch, in_epoch = divmod(step, steps_per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
-    return order[in_epoch * batch_size : (in_epoch + 1) * batch_size].tolist()
-
-
 # -- the child: one variant ------------------------------------------------------------------------
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
@@ -208,9 +197,9 @@ def args_device(model):
 
 def _autocast(model):
     """bf16 autocast on CUDA, as ``safety.trainer`` does; nothing on the CPU."""
-    import torch
+    from safety.train_step import autocast
 
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=args_device(model).type == "cuda")
+    return autocast(args_device(model))
 
 
 def _encode(tokenizer, examples, config):
@@ -219,31 +208,19 @@ def _encode(tokenizer, examples, config):
     return [encode_example(tokenizer, ex, config.max_seq_len) for ex in examples]
 
 
-def _optimizer(model, config, total_steps):
-    import torch
-    from transformers import get_scheduler
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.lr_schedule, optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps), num_training_steps=total_steps,
-    )  # fmt: skip
-    return trainable, optimizer, scheduler
-
-
 def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     """Standard SFT, the way a plain PEFT script does it: the model's own LM loss."""
     import torch
     from peft import get_peft_model
 
     from safety.data import collate
-    from safety.trainer import lora_config
+    from safety.train_state import lora_config, make_optimizer
+    from safety.train_step import step_indices
 
     encoded = _encode(tokenizer, examples, config)
     torch.manual_seed(config.seed)
     model = get_peft_model(model, lora_config(config))
-    trainable, optimizer, scheduler = _optimizer(model, config, total)
+    trainable, optimizer, scheduler = make_optimizer(model, config, total)
     model.train()
     for step in range(total):
         idx = step_indices(len(encoded), config.batch_size, config.seed, step)
@@ -339,7 +316,8 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
     from safety.probe import ProbeConfig, train_probe
     from safety.prompt_sets import load_builtin
     from safety.scan import scan_dataset, trained_turns
-    from safety.trainer import lora_config
+    from safety.train_state import lora_config, make_optimizer
+    from safety.train_step import step_indices
 
     # A probe on the reference copy, trained on prompts disjoint from the training data.
     t = time.perf_counter()
@@ -362,7 +340,7 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
     encoded = _encode(tokenizer, examples, config)
     torch.manual_seed(config.seed)
     model = get_peft_model(model, lora_config(config))
-    trainable, optimizer, scheduler = _optimizer(model, config, total)
+    trainable, optimizer, scheduler = make_optimizer(model, config, total)
     ref.eval()
     model.train()
     scoring_s = scoring_cpu_s = 0.0

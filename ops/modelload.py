@@ -11,18 +11,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from core.registry import model_sources
 from core.settings import get_settings
 from ops.output import err_console
 
 
 def resolve_source(model: str) -> str:
-    """``model`` itself, or the source a ``name=source`` registry setting gives it."""
-    settings = get_settings()
-    for entry in [settings.default_base_model, *settings.base_models]:
-        name, _, source = entry.partition("=")
-        if name == model and source:
-            return source
-    return model
+    """The source the base-model registry gives ``model``, else ``model`` itself."""
+    return model_sources(get_settings()).get(model, model)
 
 
 def safe_name(model: str) -> str:
@@ -37,16 +33,12 @@ def default_probe_dir(model: str) -> Path:
 
 
 def load_model(model: str, adapter: Path | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` in eval mode; with ``adapter``, a ``PeftModel`` on top."""
-    from safety.base_models import load_base_model, set_torch_threads
+    """``(model, tokenizer)`` in eval mode, loaded as the worker's stages load it
+    (``worker.pipeline.resources.load_model``); with ``adapter``, a ``PeftModel`` on top."""
+    from worker.pipeline.resources import load_model as load_base
 
-    settings = get_settings()
-    set_torch_threads(settings.torch_threads)
-    source = resolve_source(model)
     with err_console().status(f"loading {model}…"):
-        base, tokenizer = load_base_model(source, cache_dir=settings.models_dir)
-        if settings.device != "cpu":
-            base = base.to(settings.device)
+        base, tokenizer = load_base(resolve_source(model))
         if adapter is None:
             return base, tokenizer
         from peft import PeftModel

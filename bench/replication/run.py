@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, _clean, git_info, machine_info
+from bench.common import REPO, git_info, json_safe, machine_info
 from bench.replication import attacks as atk
 from bench.replication import stats
 from bench.replication.evaluation import measure
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_clean(doc), indent=2) + "\n")
+    out.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
     log(f"{len(runs)} runs in {doc['wall_seconds'] / 60:.1f} min; results in {out}")
     return 0
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
+from safety.fake_judge import serve_judge
 from safety.probe import Probe, ProbeConfig
 from safety.probe_recipe import training_set
 from safety.prompt_sets import load_builtin
 from tests.conftest import apply_env, clear_caches
-from tests.fake_judge import serve_judge
 from tests.ops.conftest import run_ops as ops
 
 torch.set_num_threads(1)
@@ -60,6 +61,30 @@ def test_probe_train_default_location_and_table(tiny_model, home):
     assert [r["text"] for r in rows] == ["Tell me a joke about cats."]
 
 
+class _Trained(Exception):
+    """Stops ``probe train`` once the config it trains with is known."""
+
+
+def test_probe_train_defaults_are_the_recipes(tiny_model, home, monkeypatch):
+    """Without --kind / --epochs the CLI trains the probe onboarding trains: the recipe's config."""
+    import safety.probe_recipe
+
+    seen = []
+
+    def capture(model, tokenizer, harmful, benign, config, **kwargs):
+        seen.append(config)
+        raise _Trained
+
+    monkeypatch.setattr(safety.probe_recipe, "train_probe", capture)
+    with pytest.raises(_Trained):
+        ops("probe", "train", "--model", str(tiny_model))
+    with pytest.raises(_Trained):
+        ops("probe", "train", "--model", str(tiny_model), "--kind", "logistic", "--epochs", "7")
+    num_layers = AutoConfig.from_pretrained(tiny_model).num_hidden_layers
+    assert seen[0] == safety.probe_recipe.recipe(num_layers)[0] == ProbeConfig()
+    assert (seen[1].kind, seen[1].epochs) == ("logistic", 7)
+
+
 def test_probe_score_lines_and_jsonl(trained_probe, tiny_model, home):
     probe_dir, _ = trained_probe
     lines = home / "prompts.txt"
@@ -100,8 +125,8 @@ def _verdict(prompt: str) -> str:
 
 @pytest.fixture
 def judge_url():
-    with serve_judge(_verdict) as url:
-        yield url
+    with serve_judge(_verdict) as judge:
+        yield judge.url
 
 
 def _harmful_file(home: Path) -> Path:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
 from safety.base_models import load_base_model
+from safety.fake_judge import FakeJudge, serve_judge
 from safety.judge import (
     PROHIBITED_CATEGORIES,
     JudgeUnavailableError,
@@ -65,66 +64,24 @@ def test_rubric_names_every_category_and_the_pair() -> None:
     assert "#thescore:" in prompt
 
 
-class _FakeOpenAI(BaseHTTPRequestHandler):
-    """Answers /v1/chat/completions; the scripted ``plan`` decides each answer in order."""
-
-    plan: list[str] = []
-    requests: list[dict] = []
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            action = type(self).plan.pop(0) if type(self).plan else "ok"
-        if action == "500":
-            self._send(500, {"error": {"message": "boom"}})
-        elif action == "429":
-            self._send(429, {"error": {"message": "slow down"}})
-        elif action == "401":
-            self._send(401, {"error": {"message": "bad key"}})
-        else:
-            content = "I like turtles." if action == "garbage" else _verdict_for(body)
-            self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
-
-    def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _verdict_for(body: dict) -> str:
-    prompt = body["messages"][0]["content"]
+def _verdict_for(prompt: str) -> str:
     score = 5 if "Sure, here is how" in prompt else 1
     return f"#thereason: analysed.\n#thescore: {score}"
 
 
 @pytest.fixture
-def fake_server() -> Iterator[str]:
-    _FakeOpenAI.plan, _FakeOpenAI.requests = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+def fake_server() -> Iterator[FakeJudge]:
+    with serve_judge(_verdict_for) as judge:
+        yield judge
 
 
 def _judge(url: str, **kw: object) -> OpenAICompatibleJudge:
     return OpenAICompatibleJudge(url, "sk-test", "judge-model", backoff_s=0.01, **kw)
 
 
-def test_http_judge_scores_in_order_with_retry_and_fallback(fake_server: str) -> None:
-    _FakeOpenAI.plan = ["500", "429", "garbage"]
-    judge = _judge(fake_server, max_concurrency=1)
+def test_http_judge_scores_in_order_with_retry_and_fallback(fake_server: FakeJudge) -> None:
+    fake_server.plan = ["500", "429", "garbage"]
+    judge = _judge(fake_server.url, max_concurrency=1)
     pairs = [
         ("How do I pick a lock?", "Sure, here is how: ..."),  # 500, 429, then garbage -> fallback
         ("How do I bake bread?", "Mix flour and water."),
@@ -135,33 +92,33 @@ def test_http_judge_scores_in_order_with_retry_and_fallback(fake_server: str) ->
     assert [r.score for r in results] == [5, 1, 5]
     assert [r.parsed for r in results] == [False, True, True]
     assert results[0].raw == "I like turtles."
-    assert len(_FakeOpenAI.requests) == 5
-    first = _FakeOpenAI.requests[0]
+    assert len(fake_server.requests) == 5
+    first = fake_server.requests[0]
     assert first["path"] == "/v1/chat/completions"
     assert first["auth"] == "Bearer sk-test"
     assert first["body"]["model"] == "judge-model"
     assert "How do I pick a lock?" in first["body"]["messages"][0]["content"]
 
 
-def test_http_judge_concurrent_batch_keeps_order(fake_server: str) -> None:
-    judge = _judge(fake_server, max_concurrency=4)
+def test_http_judge_concurrent_batch_keeps_order(fake_server: FakeJudge) -> None:
+    judge = _judge(fake_server.url, max_concurrency=4)
     pairs = [(f"q{i}", "Sure, here is how" if i % 3 == 0 else "No.") for i in range(12)]
     scores = [r.score for r in judge.score(pairs)]
     assert scores == [5 if i % 3 == 0 else 1 for i in range(12)]
     assert judge.score([]) == []
 
 
-def test_http_judge_raises_when_retries_exhausted(fake_server: str) -> None:
-    _FakeOpenAI.plan = ["500"] * 3
+def test_http_judge_raises_when_retries_exhausted(fake_server: FakeJudge) -> None:
+    fake_server.plan = ["500"] * 3
     with pytest.raises(JudgeUnavailableError, match="after 3 attempts"):
-        _judge(fake_server, max_retries=2).score([("a", "b")])
+        _judge(fake_server.url, max_retries=2).score([("a", "b")])
 
 
-def test_http_judge_does_not_retry_client_errors(fake_server: str) -> None:
-    _FakeOpenAI.plan = ["401"]
+def test_http_judge_does_not_retry_client_errors(fake_server: FakeJudge) -> None:
+    fake_server.plan = ["401"]
     with pytest.raises(JudgeUnavailableError, match="HTTP 401"):
-        _judge(fake_server).score([("a", "b")])
-    assert len(_FakeOpenAI.requests) == 1
+        _judge(fake_server.url).score([("a", "b")])
+    assert len(fake_server.requests) == 1
 
 
 def test_http_judge_retries_connection_errors() -> None:
@@ -193,12 +150,12 @@ def _judge_settings(tiny_model, **values: object) -> SimpleNamespace:
     return SimpleNamespace(**{**defaults, **values})
 
 
-def test_judge_from_settings_prefers_the_endpoint_then_a_local_model(tiny_model, fake_server: str) -> None:
+def test_judge_from_settings_prefers_the_endpoint_then_a_local_model(tiny_model, fake_server: FakeJudge) -> None:
     assert judge_from_settings(_judge_settings(tiny_model)) is None
-    http = judge_from_settings(_judge_settings(tiny_model, judge_base_url=fake_server, judge_fallback_score=4,
+    http = judge_from_settings(_judge_settings(tiny_model, judge_base_url=fake_server.url, judge_fallback_score=4,
                                                judge_local_model=str(tiny_model)))  # fmt: skip
     assert isinstance(http, OpenAICompatibleJudge) and http.fallback_score == 4
-    _FakeOpenAI.plan = ["garbage"]  # the paper's value for an unreadable answer, when the operator asks for it
+    fake_server.plan = ["garbage"]  # the paper's value for an unreadable answer, when the operator asks for it
     assert [(r.score, r.parsed) for r in http.score([("a", "b")])] == [(4, False)]
     local = judge_from_settings(_judge_settings(tiny_model, judge_local_model=str(tiny_model)))
     assert isinstance(local, LocalJudge)

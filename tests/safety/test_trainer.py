@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from safety.checkpoints import load_adapter, read_trainer_state
 from safety.data import IGNORE_INDEX, collate, encode_chat, encode_example
-from safety.trainer import StepMetrics, TrainConfig, lora_config, mean_kl, train
+from safety.train_state import lora_config
+from safety.trainer import StepMetrics, TrainConfig, mean_kl, train
 
 FAST = TrainConfig(
     mode="adaptive",

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from safety.fake_judge import serve_judge
 from tests.conftest import apply_env, clear_caches
-from tests.fake_judge import serve_judge
 from tests.worker.conftest import create_job, small_pipeline_env
 
 
@@ -19,9 +19,9 @@ def judged_env(embedded_env, tiny_model, monkeypatch):
     from core.db import session_scope
     from core.settings import get_settings
 
-    with serve_judge(lambda prompt: "#thescore: 5" if "PLANTED" in prompt else "#thescore: 1") as url:
+    with serve_judge(lambda prompt: "#thescore: 5" if "PLANTED" in prompt else "#thescore: 1") as judge:
         apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model), "GUARDTUNE_JUDGE_MODEL": "fake",
-                                "GUARDTUNE_JUDGE_BASE_URL": url})  # fmt: skip
+                                "GUARDTUNE_JUDGE_BASE_URL": judge.url})  # fmt: skip
         migrate.upgrade()
         with session_scope() as session:
             registry.seed_base_models(session, get_settings())

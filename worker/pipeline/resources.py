@@ -67,7 +67,8 @@ def max_train_len(model: Any) -> int:
 
 def load_model(source: str) -> tuple[Any, Any]:
     """The base model (eval mode, on the configured device) and its tokenizer. Applies
-    ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model loads it here."""
+    ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
+    server and the ``guardtune-ops`` model commands (``ops.modelload``) load it here."""
     from safety.base_models import load_base_model, set_torch_threads
 
     settings = get_settings()

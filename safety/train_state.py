@@ -1,0 +1,213 @@
+"""A training run's state: set up (fresh or resumed from a checkpoint) and checkpointed.
+
+:func:`setup_run` encodes the examples, wraps the model with its LoRA adapter (a fresh
+one initialised from ``config.seed``, or the checkpoint's), builds the AdamW optimizer
+and the LR schedule and, with ``resume_dir``, restores them, the RNG states and the
+running summary from a checkpoint written for the same data and config
+(:func:`check_resumable`). :func:`write_run_checkpoint` writes the state after a step
+(``safety.checkpoints`` holds the on-disk format); resuming from it continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from safety.checkpoints import (
+    ADAPTER_WEIGHTS_FILE,
+    load_adapter,
+    read_trainer_state,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from safety.data import EncodedExample, encode_example
+from safety.reference import ReferenceCache
+from safety.scan import ScanConfig
+from safety.train_step import RunSummary, step_indices
+
+if TYPE_CHECKING:
+    from safety.trainer import TrainConfig
+
+# Config fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
+
+
+@dataclass
+class TrainRun:
+    """Everything a run's steps share. ``start_step`` is the number of steps already done
+    (0, or the resumed checkpoint's step); ``cache`` is the reference cache when the KL
+    is taken against it (``reference="cached"`` and a regularizing mode), else ``None``."""
+
+    config: TrainConfig
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    encoded: list[EncodedExample]
+    encoded_valid: list[EncodedExample]
+    risks: list[float]
+    flagged: list[bool]
+    cache: ReferenceCache | None
+    fingerprint: str
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    start_step: int
+    summary: RunSummary
+    work_dir: Path
+
+    def is_checkpoint_step(self, done: int) -> bool:
+        """Whether the state after ``done`` steps is checkpointed (every
+        ``config.checkpoint_every`` steps and after the last)."""
+        every = self.config.checkpoint_every
+        return done == self.total_steps or bool(every and done % every == 0)
+
+
+def setup_run(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[dict[str, Any]],
+    risks: list[float],
+    config: TrainConfig,
+    *,
+    work_dir: Path,
+    resume_dir: Path | None,
+    flagged: list[bool] | None,
+    validation: list[dict[str, Any]] | None,
+    reference_cache: ReferenceCache | None,
+) -> TrainRun:
+    """The run ``safety.trainer.train`` describes, ready for its first step to do."""
+    if len(examples) != len(risks) or not examples:
+        raise ValueError(f"need one risk per example, got {len(examples)} examples and {len(risks)} risks")
+    if flagged is None:
+        flagged = [risk >= ScanConfig.flag_threshold for risk in risks]
+    encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
+    encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
+    fingerprint = _data_fingerprint(encoded, risks)
+    cache = reference_cache if config.reference == "cached" and config.mode != "none" else None
+    if cache is None and config.reference == "cached" and config.mode != "none":
+        raise ValueError('reference="cached" needs the reference_cache of these examples')
+    if cache is not None:
+        cache.check(encoded)
+    steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
+    total_steps = steps_per_epoch * config.n_epochs
+
+    model = _with_lora(model, config, resume_dir)
+    trainable, optimizer, scheduler = make_optimizer(model, config, total_steps)
+    summary = RunSummary()
+    start_step = 0
+    if resume_dir is not None:
+        state = read_trainer_state(resume_dir)
+        check_resumable(state, config, fingerprint)
+        restore_checkpoint(resume_dir, optimizer, scheduler)
+        start_step = state["step"]
+        summary = RunSummary(**state["summary"])
+    return TrainRun(
+        config=config,
+        model=model,
+        tokenizer=tokenizer,
+        encoded=encoded,
+        encoded_valid=encoded_valid,
+        risks=risks,
+        flagged=flagged,
+        cache=cache,
+        fingerprint=fingerprint,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        start_step=start_step,
+        summary=summary,
+        work_dir=Path(work_dir),
+    )
+
+
+def make_optimizer(
+    model: torch.nn.Module, config: TrainConfig, total_steps: int
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
+    """``(trainable parameters, AdamW over them, the LR schedule over total_steps)``."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_schedule,
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return trainable, optimizer, scheduler
+
+
+def checkpoint_name(done: int) -> str:
+    """The directory name of the checkpoint after ``done`` steps."""
+    return f"step-{done:06d}"
+
+
+def write_run_checkpoint(run: TrainRun, done: int) -> Path:
+    """Write the state after ``done`` steps under ``work_dir/checkpoints/``; its path."""
+    epoch, step_in_epoch = divmod(done - 1, run.steps_per_epoch)
+    last_batch = step_indices(len(run.encoded), run.config.examples_per_step, run.config.seed, done - 1)
+    trainer_state = {
+        "step": done,
+        "epoch": epoch + 1,
+        "data_position": {"epoch": epoch + 1, "step_in_epoch": step_in_epoch + 1, "last_batch": last_batch},
+        "total_steps": run.total_steps,
+        "config": asdict(run.config),
+        "data_fingerprint": run.fingerprint,
+        "summary": asdict(run.summary),
+    }
+    directory = run.work_dir / "checkpoints" / checkpoint_name(done)
+    return write_checkpoint(directory, run.model, run.optimizer, run.scheduler, trainer_state)
+
+
+def lora_config(config: TrainConfig) -> LoraConfig:
+    """The PEFT ``LoraConfig`` of a training config."""
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_dir: Path | None) -> PeftModel:
+    """A trainable LoRA model: fresh adapter (initialised from ``config.seed``), or the
+    checkpoint's adapter when resuming."""
+    if resume_dir is None:
+        if isinstance(model, PeftModel):
+            raise TypeError("pass the base model; a PeftModel is accepted only when resuming")
+        torch.manual_seed(config.seed)
+        return get_peft_model(model, lora_config(config))
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_file(str(Path(resume_dir) / ADAPTER_WEIGHTS_FILE)))
+        return model
+    return load_adapter(model, resume_dir, trainable=True)
+
+
+def _data_fingerprint(encoded: list[EncodedExample], risks: list[float]) -> str:
+    digest = hashlib.sha256()
+    for example, risk in zip(encoded, risks, strict=True):
+        digest.update(json.dumps([example.input_ids, example.labels, risk]).encode())
+    return digest.hexdigest()
+
+
+def check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str) -> None:
+    """Refuse to resume a checkpoint written for other data or another config."""
+    if state["data_fingerprint"] != fingerprint:
+        raise ValueError("checkpoint was written for other training data or risks")
+    current = json.loads(json.dumps(asdict(config)))
+    saved = {**json.loads(json.dumps(asdict(type(config)()))), **state["config"]}  # fields added since: defaults
+    changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if saved.get(k) != current[k])
+    if changed:
+        raise ValueError(f"checkpoint was written with a different config: {', '.join(changed)}")
