@@ -29,6 +29,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from core.jobs import config as defaults
+from core.jobs.config import ReferenceMode, SafetyMode
 from safety.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
     load_adapter,
@@ -51,9 +53,6 @@ from safety.reference import ReferenceCache
 from safety.scan import ScanConfig
 from safety.validation import token_accuracy_counts, validation_pass
 
-TrainingMode = Literal["none", "constant", "adaptive"]
-ReferenceMode = Literal["exact", "cached"]
-
 # Config fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
 
@@ -66,13 +65,13 @@ class TrainConfig:
     from each example's own risk (``risk_weighting="example"``) or from the step's
     ``risk_reduce`` of its examples' risks (``"batch"``)."""
 
-    mode: TrainingMode = "adaptive"
-    constant_kl_weight: float = 0.5
-    kl_lo: float = 0.1
-    kl_hi: float = 0.9
-    sft_lo: float = 0.1
-    sft_hi: float = 0.9
-    risk_weighting: RiskWeighting = "example"
+    mode: SafetyMode = defaults.DEFAULT_MODE
+    constant_kl_weight: float = defaults.CONSTANT_KL_WEIGHT
+    kl_lo: float = defaults.KL_WEIGHT_LO
+    kl_hi: float = defaults.KL_WEIGHT_HI
+    sft_lo: float = defaults.SFT_WEIGHT_LO
+    sft_hi: float = defaults.SFT_WEIGHT_HI
+    risk_weighting: RiskWeighting = defaults.DEFAULT_RISK_WEIGHTING
     risk_reduce: RiskReduce = "mean"
     reference: ReferenceMode = "exact"
     lora_r: int = 8
