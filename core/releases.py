@@ -178,12 +178,20 @@ def approve_blocked_job(
     override = {"actor": actor, "reason": reason, "at": at, "blocked_error": error, "model": model}
     # The one move out of a terminal status: failed (gate-blocked) -> succeeded.
     transition(
-        session, job.id, JobStatus.SUCCEEDED, allowed_from={JobStatus.FAILED},
-        message=f"Release approved by {actor} overriding the safety gate: {reason}", level="warn",
-        event_data={"override": override}, actor=actor, action=ACTION_APPROVE,
+        session,
+        job.id,
+        JobStatus.SUCCEEDED,
+        allowed_from=(JobStatus.FAILED,),
+        message=f"Release approved by {actor} overriding the safety gate: {reason}",
+        level="warn",
+        event_data={"override": override},
+        actor=actor,
+        action=ACTION_APPROVE,
         details={"reason": reason, "org_id": job.org_id, "gate_error": error},
-        stage=None, error=None, finished_at=job.finished_at or at,
-    )  # fmt: skip
+        stage=None,
+        error=None,
+        finished_at=job.finished_at or at,
+    )
     released = release_job(session, job, actor=actor, reason=reason, sha256=digest, storage_prefix=prefix)
     report = session.get(SafetyReport, job.id)
     if report is not None:

@@ -68,15 +68,7 @@ def resolve_safety(
         if s.reference is not None and s.reference != settings.reference:
             _refuse("safety.reference", f"reference {s.reference!r} is not open to customer keys",
                     f"GUARDTUNE_REFERENCE={settings.reference}")  # fmt: skip
-    has_judge = bool(settings.judge_base_url or settings.judge_local_model)
-    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not has_judge:
-        raise InvalidRequest(
-            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured "
-            "(neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL is set); use 'probe'.",
-            code=ErrorCode.JUDGE_UNAVAILABLE,
-            param="safety.estimator",
-        )
-    return SafetyConfig(
+    config = SafetyConfig(
         mode=s.mode,
         estimator=s.estimator,
         kl_weight=bounds,
@@ -85,6 +77,15 @@ def resolve_safety(
         reference=s.reference or settings.reference,
         max_flagged_fraction=_stricter(share, operator_share),
     )
+    has_judge = bool(settings.judge_base_url or settings.judge_local_model)
+    if config.mode == "adaptive" and config.uses_judge and not has_judge:
+        raise InvalidRequest(
+            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured "
+            "(neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL is set); use 'probe'.",
+            code=ErrorCode.JUDGE_UNAVAILABLE,
+            param="safety.estimator",
+        )
+    return config
 
 
 def _stricter(a: float | None, b: float | None) -> float | None:

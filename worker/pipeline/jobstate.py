@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db import session_scope
-from core.jobs.transitions import add_event as add_event  # the stages add their events through this module
+from core.jobs.transitions import add_event as add_event  # re-exported: the stages' events
 from core.jobs.transitions import transition
 from core.jobs.vocab import ACTIVE, LIVE, TERMINAL, ErrorCode, JobStage, JobStatus
 from core.logging import get_logger
@@ -53,9 +53,6 @@ class Paused(Exception):
     """The customer paused the job: the stage stopped (training after checkpointing)."""
 
 
-STAGE_ORDER = list(JobStage)
-
-
 def live_job(session: Session, job_id: str) -> Job:
     """The job, re-read; :class:`JobGone` if it is terminal."""
     job = session.get(Job, job_id, populate_existing=True)
@@ -74,7 +71,8 @@ def enter_stage(session: Session, job_id: str, stage: JobStage, message: str) ->
     """Mark the job running in ``stage`` with an event and an audit record (a resumed job,
     ``queued`` in its stage, just becomes ``running``); :class:`Paused` if it is paused."""
     job = live_job(session, job_id)
-    if job.stage and STAGE_ORDER.index(job.stage) > STAGE_ORDER.index(stage):
+    order = list(JobStage)
+    if job.stage and order.index(job.stage) > order.index(stage):
         raise Superseded(f"{job_id} is already {job.stage}")
     values: dict[str, Any] = {"stage": stage}
     if job.started_at is None:
@@ -82,9 +80,11 @@ def enter_stage(session: Session, job_id: str, stage: JobStage, message: str) ->
     entering = job.stage != stage  # read first: the UPDATE below refreshes ``job``
     if entering or job.status != JobStatus.RUNNING:
         # A resumed job (``queued`` in its stage) just becomes ``running``: nothing to record.
-        record = {"message": message, "event_data": {"stage": stage}, "action": "job.stage", "details": {"stage": stage}}
-        if not entering:
-            record = {}
+        record = (
+            {"message": message, "event_data": {"stage": stage}, "action": "job.stage", "details": {"stage": stage}}
+            if entering
+            else {}
+        )
         if not transition(session, job_id, JobStatus.RUNNING, allowed_from=LIVE, **record, **values):
             now_status = session.scalar(select(Job.status).where(Job.id == job_id))
             raise Paused(job_id) if now_status == JobStatus.PAUSED else JobGone(job_id)

@@ -72,12 +72,12 @@ def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit:
         text = tokenizer.apply_chat_template(to_messages(example), tokenize=False)
         n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n_tokens > limit:
-            why = f"the example has {n_tokens} tokens, over the limit of {limit}"
-            issues.append(Issue(line, why + " (the model's context, capped by GUARDTUNE_MAX_EXAMPLE_TOKENS)"))
+            issues.append(Issue(line, f"the example has {n_tokens} tokens, over the limit of {limit}"))
     if issues:
         more = f"; and {len(issues) - max_errors} more" if len(issues) > max_errors else ""
         shown = "; ".join(map(str, issues[:max_errors]))
-        message = f"Examples exceed the model's context of {limit} tokens: {shown}{more}."
+        limit_is = f"{limit} tokens (the model's context, capped by GUARDTUNE_MAX_EXAMPLE_TOKENS)"
+        message = f"Examples exceed the token limit of {limit_is}: {shown}{more}."
         raise StageError(ErrorCode.INVALID_TRAINING_FILE, message, "training_file")
 
 
