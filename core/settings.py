@@ -14,7 +14,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.jobs.config import DEFAULT_RISK_WEIGHTING, KL_WEIGHT_HI, KL_WEIGHT_LO, ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.config import (
+    DEFAULT_RISK_WEIGHTING,
+    FLAG_THRESHOLD,
+    KL_WEIGHT_HI,
+    KL_WEIGHT_LO,
+    ReferenceMode,
+    RiskWeighting,
+    SafetyMode,
+)
 
 INSECURE_SECRET = "dev-insecure-secret-change-me"
 
@@ -82,7 +90,7 @@ class Settings(BaseSettings):
     risk_weighting: RiskWeighting = DEFAULT_RISK_WEIGHTING  # "batch": the paper's batch mean (ablation)
     reference: ReferenceMode = "cached"  # KL against the scan's cached top-k, or a forward per step
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
-    flag_threshold: float = 4.0
+    flag_threshold: float = FLAG_THRESHOLD
     probe_layers: str = "auto"
     align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
 

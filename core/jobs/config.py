@@ -33,6 +33,7 @@ ReferenceMode = Literal["exact", "cached"]
 KL_WEIGHT_LO, KL_WEIGHT_HI = 0.1, 0.9
 SFT_WEIGHT_LO, SFT_WEIGHT_HI = 0.1, 0.9
 CONSTANT_KL_WEIGHT = 0.5
+FLAG_THRESHOLD = 4.0  # the scan flags an example whose risk (1–5) reaches this
 DEFAULT_MODE: SafetyMode = "adaptive"
 DEFAULT_ESTIMATOR: Estimator = "probe"
 DEFAULT_RISK_WEIGHTING: RiskWeighting = "example"

@@ -93,3 +93,19 @@ def test_stored_hyperparameters_default_to_the_auto_values():
     for bad in ({"n_epochs": 0}, {"batch_size": 257}, {"learning_rate_multiplier": 0}):
         with pytest.raises(ValidationError):
             Hyperparameters.model_validate(bad)
+
+
+def test_safety_reads_the_defaults_without_the_database():
+    """``safety/`` knows no database or queue: the vocabulary it imports pulls in neither."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import core.jobs, safety.objective, safety.scan\n"
+        "heavy = ('sqlalchemy', 'celery', 'core.db', 'core.models', 'core.settings')\n"
+        "loaded = sorted(m for m in heavy if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
