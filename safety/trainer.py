@@ -80,7 +80,7 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
-    n_epochs: int = 3
+    n_epochs: int = defaults.TARGET_EPOCHS
     batch_size: int = 4
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0
