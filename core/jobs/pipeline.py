@@ -46,8 +46,8 @@ class Stage(StrEnum):
 
     @classmethod
     def running_as(cls, job_stage: str) -> Stage:
-        """The stage that (re)runs a job whose ``stage`` field is ``job_stage``."""
-        return next(spec.stage for spec in PIPELINE if spec.job_stage == job_stage)
+        """The stage that (re)runs a job whose ``stage`` field is ``job_stage`` (KeyError if none)."""
+        return _BY_JOB_STAGE[job_stage]
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,4 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec(Stage.RELEASE, DEFAULT_QUEUE, None),
 )
 _SPEC = {spec.stage: spec for spec in PIPELINE}
+_BY_JOB_STAGE = {spec.job_stage: spec.stage for spec in PIPELINE if spec.job_stage is not None}
