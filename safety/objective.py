@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from core.jobs.config import KL_WEIGHT_HI, KL_WEIGHT_LO, SFT_WEIGHT_HI, SFT_WEIGHT_LO
-from core.jobs.config import RiskWeighting as RiskWeighting  # re-exported for the trainer
 from safety.data import IGNORE_INDEX
 
 RiskReduce = Literal["mean", "max"]

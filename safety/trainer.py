@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from core.jobs import config as defaults
-from core.jobs.config import ReferenceMode, SafetyMode
+from core.jobs.config import ReferenceMode, RiskWeighting, SafetyMode
 from safety.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
     load_adapter,
@@ -42,7 +42,6 @@ from safety.data import IGNORE_INDEX, EncodedExample, collate, encode_example
 from safety.objective import (
     ReferenceTopK,
     RiskReduce,
-    RiskWeighting,
     batch_risk,
     example_sums,
     kl_weights,

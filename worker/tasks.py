@@ -16,10 +16,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import outbox
 from core.db import session_scope
-from core.logging import get_logger
 from core.jobs.pipeline import PIPELINE, START_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
+from core.logging import get_logger
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
 from worker.pipeline.align import align_base_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from core import audit, releases
 from core.db import session_scope
-from core.jobs.vocab import JobStatus
 from core.inference import adapter_ref, adapter_released
+from core.jobs.vocab import JobStatus
 from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.resources import adapter_prefix

@@ -28,7 +28,13 @@ from worker.pipeline import jobstate
 from worker.pipeline.jobstate import JobGone, Paused
 from worker.pipeline.reference import load_or_build, uses_cache
 from worker.pipeline.resources import (
-    adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, read_scan_risks, token_limit, work_dir,
+    adapter_prefix,
+    checkpoint_prefix,
+    iter_file_examples,
+    load_model,
+    read_scan_risks,
+    token_limit,
+    work_dir,
 )  # fmt: skip
 
 BASE_LEARNING_RATE = 2e-4
