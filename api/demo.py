@@ -27,12 +27,12 @@ from api.demo_chat import ask_released_model
 from core import audit
 from core.db import session_scope
 from core.errors import NotFound
+from core.jobs.vocab import TERMINAL, JobStatus
 from core.orgs import create_key, create_org, find_org
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
 
 console = Console()
-TERMINAL = ("succeeded", "failed", "cancelled")
 DEMO_ORG = "demo"
 # Training modes of the demo's two jobs, in order. ``none`` is standard SFT: where the operator
 # restricts customer keys to regularized modes, the demo org is the operator's exception.
@@ -199,7 +199,8 @@ def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 
         if keep_serving:
             console.print("The server keeps running; Ctrl-C stops it.")
             server.wait()
-        return 0 if all(job["status"] in ("succeeded", "failed") for _, job in reports.values()) else 1
+        finished = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return 0 if all(job["status"] in finished for _, job in reports.values()) else 1
     except KeyboardInterrupt:
         return 0
     finally:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from core.jobs.vocab import JobStatus
+
 DEMO_QUESTION = "Suggest a quick weeknight dinner I can cook in 20 minutes."
 
 
@@ -15,7 +17,7 @@ def ask_released_model(base_url: str, key: str, job: dict, console: Console, que
     """Ask ``job``'s released model ``question`` (greedy) and print the answer; returns it,
     or None (printing nothing) when the job released no model."""
     model = job.get("fine_tuned_model")
-    if job.get("status") != "succeeded" or not model:
+    if job.get("status") != JobStatus.SUCCEEDED or not model:
         return None
     from openai import OpenAI
 

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from core.jobs.vocab import JobStatus
+
 
 def now() -> int:
     return int(time.time())
@@ -90,7 +92,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(200))
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
-    status: Mapped[str] = mapped_column(String(24), default="validating_files", index=True)
+    status: Mapped[str] = mapped_column(String(24), default=JobStatus.VALIDATING_FILES.value, index=True)
     stage: Mapped[str | None] = mapped_column(String(24))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,7 +1,8 @@
 """The Celery configuration, shared by producers (the API) and workers.
 
 JSON only; one task at a time per worker process on the ``gpu`` queue; a task is acknowledged after it finishes and is redelivered
-if its worker dies (acks late + reject on worker lost)."""
+if its worker dies (acks late + reject on worker lost). The queue names and the pipeline's
+tasks are declared in :mod:`core.jobs.pipeline`."""
 
 from __future__ import annotations
 
@@ -11,23 +12,8 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Queue
 
+from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
 from core.settings import Settings, get_settings
-
-DEFAULT_QUEUE = "default"
-GPU_QUEUE = "gpu"
-
-# The pipeline's stages and the queue each runs on: model work on the GPU queue, light
-# work on default. Their tasks are named ``guardtune.pipeline.<stage>``.
-PIPELINE_QUEUES = {"validate": DEFAULT_QUEUE, "scan": GPU_QUEUE, "train": GPU_QUEUE, "evaluate": GPU_QUEUE,
-                   "gate": DEFAULT_QUEUE, "release": DEFAULT_QUEUE}  # fmt: skip
-
-
-def pipeline_task(stage: str) -> str:
-    return f"guardtune.pipeline.{stage}"
-
-# The pipeline stage that (re)runs a job's ``stage`` column value: the reaper re-sends it,
-# resuming a paused job sends it.
-STAGE_TASKS = {"scanning": "scan", "training": "train", "evaluating": "evaluate", "gating": "gate"}
 
 
 def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ()) -> Celery:

@@ -23,12 +23,12 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.errors import Conflict, InvalidRequest, NotFound
-from core.ids import new_id
-from core.models import Job, JobEvent, ReleasedModel, SafetyReport, now
+from core.jobs.transitions import transition
+from core.jobs.vocab import ErrorCode, JobStatus
+from core.models import Job, ReleasedModel, SafetyReport, now
 from core.storage import ObjectStore, get_store, org_key
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-GATE_BLOCKED = "safety_gate_blocked"
 
 # Audit actions written here.
 ACTION_RELEASE = "model.release"
@@ -159,11 +159,11 @@ def approve_blocked_job(
     if job is None:
         raise NotFound(f"no job {job_id!r}", code="job_not_found")
     error = job.error or {}
-    if job.status != "failed" or error.get("code") != GATE_BLOCKED:
+    if job.status != JobStatus.FAILED or error.get("code") != ErrorCode.SAFETY_GATE_BLOCKED:
         raise Conflict(
             f"job {job_id} is {job.status}"
             + (f" ({error.get('code')})" if error.get("code") else "")
-            + f"; only jobs failed with {GATE_BLOCKED} can be approved",
+            + f"; only jobs failed with {ErrorCode.SAFETY_GATE_BLOCKED} can be approved",
             code="job_not_blocked",
         )
     store = store or get_store()
@@ -173,25 +173,29 @@ def approve_blocked_job(
         raise NotFound(f"job {job_id} has no stored adapter (missing {', '.join(missing)})", code="adapter_not_found")
     digest = adapter_sha256(store, prefix)
 
-    audit.record(
-        session, actor=actor, action=ACTION_APPROVE, target=job.id,
-        details={"reason": reason, "org_id": job.org_id, "gate_error": error},
-    )  # fmt: skip
-    released = release_job(session, job, actor=actor, reason=reason, sha256=digest, storage_prefix=prefix)
     at = now()
-    job.status = "succeeded"
-    job.stage = None
-    job.error = None
-    job.finished_at = job.finished_at or at
-    override = {"actor": actor, "reason": reason, "at": at, "blocked_error": error, "model": released.id}
+    model = model_id(job.model, job.org_id, job.suffix, job.id)
+    override = {"actor": actor, "reason": reason, "at": at, "blocked_error": error, "model": model}
+    # The one move out of a terminal status: failed (gate-blocked) -> succeeded.
+    transition(
+        session,
+        job.id,
+        JobStatus.SUCCEEDED,
+        allowed_from=(JobStatus.FAILED,),
+        message=f"Release approved by {actor} overriding the safety gate: {reason}",
+        level="warn",
+        event_data={"override": override},
+        actor=actor,
+        action=ACTION_APPROVE,
+        details={"reason": reason, "org_id": job.org_id, "gate_error": error},
+        stage=None,
+        error=None,
+        finished_at=job.finished_at or at,
+    )
+    released = release_job(session, job, actor=actor, reason=reason, sha256=digest, storage_prefix=prefix)
     report = session.get(SafetyReport, job.id)
     if report is not None:
         report.gate = {**(report.gate or {}), "override": override}
-    session.add(JobEvent(
-        id=new_id("ftevent"), job_id=job.id, created_at=at, level="warn", type="message",
-        message=f"Release approved by {actor} overriding the safety gate: {reason}",
-        data={"override": override},
-    ))  # fmt: skip
     session.flush()
     return released
 

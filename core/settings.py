@@ -14,6 +14,16 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.jobs.config import (
+    DEFAULT_RISK_WEIGHTING,
+    FLAG_THRESHOLD,
+    KL_WEIGHT_HI,
+    KL_WEIGHT_LO,
+    ReferenceMode,
+    RiskWeighting,
+    SafetyMode,
+)
+
 INSECURE_SECRET = "dev-insecure-secret-change-me"
 
 
@@ -50,6 +60,8 @@ class Settings(BaseSettings):
     max_storage_bytes_per_org: int = 10 * 1024**3
     validation_max_errors: int = 20
     max_example_chars: int = 100_000  # per training example (sum of message contents)
+    # Per training example, in tokens: the base model's context, capped by this (scan and training).
+    max_example_tokens: int = Field(2048, ge=16)
     max_examples: int = 500_000  # per training file
 
     # Models.
@@ -72,13 +84,13 @@ class Settings(BaseSettings):
 
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
     # (api/jobs/safety_policy.py).
-    allowed_modes: list[Literal["adaptive", "constant", "none"]] = Field(default_factory=lambda: ["adaptive", "constant"])
-    kl_weight_lo: float = 0.1
-    kl_weight_hi: float = 0.9
-    risk_weighting: Literal["example", "batch"] = "example"  # "batch": the paper's batch mean (ablation)
-    reference: Literal["exact", "cached"] = "cached"  # KL against the scan's cached top-k, or a forward per step
+    allowed_modes: list[SafetyMode] = Field(default_factory=lambda: ["adaptive", "constant"])
+    kl_weight_lo: float = KL_WEIGHT_LO
+    kl_weight_hi: float = KL_WEIGHT_HI
+    risk_weighting: RiskWeighting = DEFAULT_RISK_WEIGHTING  # "batch": the paper's batch mean (ablation)
+    reference: ReferenceMode = "cached"  # KL against the scan's cached top-k, or a forward per step
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
-    flag_threshold: float = 4.0
+    flag_threshold: float = FLAG_THRESHOLD
     probe_layers: str = "auto"
     align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
 

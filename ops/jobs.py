@@ -10,6 +10,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from core.errors import NotFound
+from core.jobs.vocab import TERMINAL, JobStage, JobStatus
 from core.models import Checkpoint, Job, JobEvent, Organization, ReleasedModel, SafetyReport
 from core.orgs import find_org
 from ops.common import db
@@ -17,8 +18,7 @@ from ops.output import JsonOpt, console, fmt_time, fmt_value, handle_errors, ren
 
 app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 
-STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
-STAGES = ("scanning", "training", "evaluating", "gating")
+STATUSES = tuple(JobStatus)
 
 
 def job_dict(job: Job, org_name: str | None = None) -> dict[str, Any]:
@@ -85,12 +85,12 @@ def _report_dict(report: SafetyReport | None) -> dict[str, Any] | None:
 def _stage_table(job: Job) -> Table:
     """The lifecycle as a row of steps, marking the current status/stage."""
     t = Table(show_header=False, box=None, padding=(0, 1))
-    steps = ["validating_files", "queued", *STAGES, "done"]
+    steps = [JobStatus.VALIDATING_FILES, JobStatus.QUEUED, *JobStage, "done"]
     order = {name: i for i, name in enumerate(steps)}
-    if job.status in ("succeeded", "failed", "cancelled"):
+    if job.status in TERMINAL:
         current = order["done"]
-    elif job.status == "running":
-        current = order.get(job.stage or "scanning", order["scanning"])
+    elif job.status == JobStatus.RUNNING:
+        current = order.get(job.stage or JobStage.SCANNING, order[JobStage.SCANNING])
     else:
         current = order.get(job.status, 0)
     cells = []
@@ -99,7 +99,8 @@ def _stage_table(job: Job) -> Table:
         if i < current:
             cells.append(f"[green]✓ {label}[/green]")
         elif i == current:
-            colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(job.status, "cyan")
+            colours = {JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red", JobStatus.CANCELLED: "yellow"}
+            colour = colours.get(job.status, "cyan")
             cells.append(f"[bold {colour}]● {label}[/bold {colour}]")
         else:
             cells.append(f"[dim]○ {label}[/dim]")

@@ -24,14 +24,18 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from core.jobs.config import KL_WEIGHT_HI, KL_WEIGHT_LO, SFT_WEIGHT_HI, SFT_WEIGHT_LO
 from safety.data import IGNORE_INDEX
 
 RiskReduce = Literal["mean", "max"]
-RiskWeighting = Literal["example", "batch"]
 
 
 def kl_weights(
-    risk: float, lo: float = 0.1, hi: float = 0.9, sft_lo: float = 0.1, sft_hi: float = 0.9
+    risk: float,
+    lo: float = KL_WEIGHT_LO,
+    hi: float = KL_WEIGHT_HI,
+    sft_lo: float = SFT_WEIGHT_LO,
+    sft_hi: float = SFT_WEIGHT_HI,
 ) -> tuple[float, float]:
     """``(w_sft, w_kl)`` for a batch risk on the 1–5 scale, as in the paper:
     ``w_kl = clamp((risk − 2) / 3, lo, hi)`` and ``w_sft = clamp(1 − w_kl, sft_lo, sft_hi)``.

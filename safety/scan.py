@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any, Literal
 
+from core.jobs.config import FLAG_THRESHOLD
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
 
@@ -61,7 +62,7 @@ class ScanConfig:
     ``"calibrated"`` is ``1 + 4p``. ``window`` is the number of examples read and
     scored per step (bounded memory; larger windows sort by length better)."""
 
-    flag_threshold: float = 4.0
+    flag_threshold: float = FLAG_THRESHOLD
     top_k: int = 20
     probe_risk: RiskMode = "binary"
     window: int = 128

@@ -29,8 +29,10 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.jobs import config as defaults
+from core.jobs.config import ReferenceMode, RiskWeighting, SafetyMode
 from safety.data import collate, encode_example
-from safety.objective import RiskReduce, RiskWeighting, token_kl
+from safety.objective import RiskReduce, token_kl
 from safety.reference import ReferenceCache
 from safety.train_state import (
     TrainRun,
@@ -40,8 +42,6 @@ from safety.train_state import (
 )
 from safety.train_step import StepMetrics, run_step, with_validation
 
-TrainingMode = Literal["none", "constant", "adaptive"]
-ReferenceMode = Literal["exact", "cached"]
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,13 @@ class TrainConfig:
     from each example's own risk (``risk_weighting="example"``) or from the step's
     ``risk_reduce`` of its examples' risks (``"batch"``)."""
 
-    mode: TrainingMode = "adaptive"
-    constant_kl_weight: float = 0.5
-    kl_lo: float = 0.1
-    kl_hi: float = 0.9
-    sft_lo: float = 0.1
-    sft_hi: float = 0.9
-    risk_weighting: RiskWeighting = "example"
+    mode: SafetyMode = defaults.DEFAULT_MODE
+    constant_kl_weight: float = defaults.CONSTANT_KL_WEIGHT
+    kl_lo: float = defaults.KL_WEIGHT_LO
+    kl_hi: float = defaults.KL_WEIGHT_HI
+    sft_lo: float = defaults.SFT_WEIGHT_LO
+    sft_hi: float = defaults.SFT_WEIGHT_HI
+    risk_weighting: RiskWeighting = defaults.DEFAULT_RISK_WEIGHTING
     risk_reduce: RiskReduce = "mean"
     reference: ReferenceMode = "exact"
     lora_r: int = 8
@@ -67,7 +67,7 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
-    n_epochs: int = 3
+    n_epochs: int = defaults.TARGET_EPOCHS
     batch_size: int = 4
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0

@@ -1,7 +1,9 @@
 """Celery tasks. Each takes a job id, runs one stage function (which opens its own
-sessions) and hands the next stage to the transactional outbox (:mod:`core.outbox`):
-written in the transaction that releases the stage's lease, sent after its commit.
-A delivery whose outbox row was already consumed is a duplicate and is skipped."""
+sessions) and hands the next stage of the pipeline (:data:`core.jobs.pipeline.PIPELINE`)
+to the transactional outbox (:mod:`core.outbox`): written in the transaction that releases
+the stage's lease, sent after its commit. A stage that ended the job (the gate blocking it,
+the release) hands nothing over. A delivery whose outbox row was already consumed is a
+duplicate and is skipped."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import outbox
 from core.db import session_scope
+from core.jobs.pipeline import PIPELINE, START_TASK, Stage
+from core.jobs.transitions import update_live
+from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
-from core.queue import PIPELINE_QUEUES, pipeline_task
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
 from worker.pipeline.align import align_base_model
@@ -25,25 +29,28 @@ from worker.pipeline.reaper import reap
 
 log = get_logger(__name__)
 
-# stage name -> plain function (its queue: core.queue.PIPELINE_QUEUES).
-STAGES: dict[str, Callable[[str], str | None]] = {
-    "validate": validate.run,
-    "scan": scan.run,
-    "train": train.run,
-    "evaluate": evaluate.run,
-    "gate": gate.run,
-    "release": release.run,
+# Each stage's plain function (its order, task and queue: core.jobs.pipeline.PIPELINE).
+STAGES: dict[Stage, Callable[[str], None]] = {
+    Stage.VALIDATE: validate.run,
+    Stage.SCAN: scan.run,
+    Stage.TRAIN: train.run,
+    Stage.EVALUATE: evaluate.run,
+    Stage.GATE: gate.run,
+    Stage.RELEASE: release.run,
 }
+assert set(STAGES) == {spec.stage for spec in PIPELINE}, "every stage of the pipeline has a function"
 
 
-def run_stage(stage: str, job_id: str, message_id: str | None = None) -> str | None:
-    """Run one stage under the job's lease; hand the next to the outbox. Returns the next stage.
+def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) -> Stage | None:
+    """Run one stage under the job's lease; hand the next to the outbox. Returns the next
+    stage queued (None: the job ended, or the stage did not run).
 
     ``message_id`` (the delivery's outbox row) is consumed in the transaction that takes
     the lease: a duplicate delivery runs nothing. A customer-facing failure
     (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
     ``error``; a job that went terminal meanwhile is left alone. A lost database
     connection fails nothing: the lease goes stale and the reaper retries the stage."""
+    stage = Stage(stage)
     function = STAGES[stage]
     with session_scope() as session:
         if message_id is not None and not outbox.consume(session, message_id):
@@ -55,7 +62,7 @@ def run_stage(stage: str, job_id: str, message_id: str | None = None) -> str | N
     log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.WORKER_ID)
     try:
         with jobstate.heartbeat(job_id):
-            next_stage = function(job_id)
+            function(job_id)
     except (JobGone, Superseded, Paused) as exc:
         log.info("stage_stopped", job_id=job_id, stage=stage, reason=type(exc).__name__)
         jobstate.release_lease(job_id)
@@ -68,25 +75,27 @@ def run_stage(stage: str, job_id: str, message_id: str | None = None) -> str | N
         return None
     except Exception as exc:
         log.exception("stage_failed", job_id=job_id, stage=stage)
-        jobstate.fail(job_id, "internal_error", f"Stage '{stage}' failed: {type(exc).__name__}: {exc}")
+        jobstate.fail(job_id, ErrorCode.INTERNAL_ERROR, f"Stage '{stage}' failed: {type(exc).__name__}: {exc}")
         return None
-    message = None
+    message, next_stage = None, stage.next
     with session_scope() as session:
         still_ours = jobstate.release_lease(job_id, session)  # (a job that just ended has no lease)
+        if next_stage is not None and jobstate.ended(session, job_id):
+            next_stage = None  # the stage ended the job (the gate blocked it, say)
         if next_stage is not None and not still_ours:
             log.warning("stage_lease_lost", job_id=job_id, stage=stage, reason="the reaper retried the stage meanwhile")
             return None
         if next_stage is not None:
-            jobstate.move(session, job_id, attempts=0, heartbeat_at=time.time())  # attempts count per stage
-            message = outbox.add(session, job_id, pipeline_task(next_stage), PIPELINE_QUEUES[next_stage])
+            update_live(session, job_id, attempts=0, heartbeat_at=time.time())  # attempts count per stage
+            message = outbox.add(session, job_id, next_stage.task, next_stage.queue)
     if message is not None:
         outbox.send_quietly(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
     return next_stage
 
 
-def _register(stage: str) -> None:
-    @celery_app.task(name=pipeline_task(stage), bind=True)
+def _register(stage: Stage) -> None:
+    @celery_app.task(name=stage.task, bind=True)
     def _stage_task(self, job_id: str) -> str | None:
         return run_stage(stage, job_id, self.request.id)
 
@@ -95,10 +104,10 @@ for _stage in STAGES:
     _register(_stage)
 
 
-@celery_app.task(name="guardtune.pipeline.start", bind=True)
+@celery_app.task(name=START_TASK, bind=True)
 def start(self, job_id: str) -> str | None:
     """The API's entry point (its outbox row written with the job)."""
-    return run_stage("validate", job_id, self.request.id)
+    return run_stage(PIPELINE[0].stage, job_id, self.request.id)
 
 
 @celery_app.task(name="guardtune.gpu.onboard")

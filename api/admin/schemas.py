@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.jobs.config import SafetyMode
 from core.models import ApiKey, Organization
 
-SafetyMode = Literal["adaptive", "constant", "none"]
 ALLOWED_MODES_DOC = "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
 
 

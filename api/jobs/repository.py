@@ -12,10 +12,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from api.pagination import paginate
+from core.jobs.vocab import ACTIVE
 from core.models import Checkpoint, Job, JobEvent, SafetyReport
-
-ACTIVE_STATUSES = ("validating_files", "queued", "running", "paused")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 def _has_metadata(dialect: str, key: str, value: str) -> ColumnElement[bool]:
@@ -86,7 +84,7 @@ class JobRepository:
 
     def count_active(self, org_id: str) -> int:
         return self.session.scalar(
-            select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(ACTIVE_STATUSES))
+            select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(ACTIVE))
         ) or 0
 
     def active_jobs_using_file(self, org_id: str, file_id: str) -> list[str]:
@@ -94,7 +92,7 @@ class JobRepository:
             self.session.scalars(
                 select(Job.id).where(
                     Job.org_id == org_id,
-                    Job.status.in_(ACTIVE_STATUSES),
+                    Job.status.in_(ACTIVE),
                     or_(Job.training_file_id == file_id, Job.validation_file_id == file_id),
                 )
             )

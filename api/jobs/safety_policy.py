@@ -25,26 +25,24 @@ refused field and a message naming the setting that forbids it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from api.deps import Caller
-from api.jobs.schemas import KlWeightBounds, SafetyIn
+from api.jobs.schemas import SafetyIn
 from core.errors import InvalidRequest
+from core.jobs.config import CONSTANT_KL_WEIGHT, KlWeightBounds, SafetyConfig
+from core.jobs.vocab import ErrorCode
 from core.settings import Settings
-
-DEFAULT_CONSTANT_KL_WEIGHT = 0.5
 
 
 def resolve_safety(
     requested: SafetyIn | None, settings: Settings, caller: Caller, org_modes: list[str] | None = None
-) -> dict[str, Any]:
+) -> SafetyConfig:
     """The job's safety configuration: the request with the operator's defaults filled in,
     after checking it against the policy (customer keys; ``org_modes`` is the organization's
     override of the allowed modes) and the deployment (judge)."""
     s = requested or SafetyIn()
     floor, ceiling = settings.kl_weight_lo, settings.kl_weight_hi
     bounds = s.kl_weight or KlWeightBounds(min=floor, max=ceiling)
-    constant = s.constant_kl_weight if "constant_kl_weight" in s.model_fields_set else max(DEFAULT_CONSTANT_KL_WEIGHT, floor)
+    constant = s.constant_kl_weight if "constant_kl_weight" in s.model_fields_set else max(CONSTANT_KL_WEIGHT, floor)
     operator_share = settings.max_flagged_fraction
     share = s.max_flagged_fraction
     if caller.scope != "admin":
@@ -70,23 +68,24 @@ def resolve_safety(
         if s.reference is not None and s.reference != settings.reference:
             _refuse("safety.reference", f"reference {s.reference!r} is not open to customer keys",
                     f"GUARDTUNE_REFERENCE={settings.reference}")  # fmt: skip
+    config = SafetyConfig(
+        mode=s.mode,
+        estimator=s.estimator,
+        kl_weight=bounds,
+        constant_kl_weight=constant,
+        risk_weighting=s.risk_weighting or settings.risk_weighting,
+        reference=s.reference or settings.reference,
+        max_flagged_fraction=_stricter(share, operator_share),
+    )
     has_judge = bool(settings.judge_base_url or settings.judge_local_model)
-    if s.mode == "adaptive" and s.estimator in ("judge", "both") and not has_judge:
+    if config.mode == "adaptive" and config.uses_judge and not has_judge:
         raise InvalidRequest(
             f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured "
             "(neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL is set); use 'probe'.",
-            code="judge_unavailable",
+            code=ErrorCode.JUDGE_UNAVAILABLE,
             param="safety.estimator",
         )
-    return {
-        "mode": s.mode,
-        "estimator": s.estimator,
-        "kl_weight": {"min": bounds.min, "max": bounds.max},
-        "constant_kl_weight": constant,
-        "risk_weighting": s.risk_weighting or settings.risk_weighting,
-        "reference": s.reference or settings.reference,
-        "max_flagged_fraction": _stricter(share, operator_share),
-    }
+    return config
 
 
 def _stricter(a: float | None, b: float | None) -> float | None:

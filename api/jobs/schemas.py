@@ -1,7 +1,8 @@
 """``fine_tuning.job`` and its events, checkpoints and safety report.
 
 OpenAI's fields keep OpenAI's shapes; guardtune adds the ``safety`` object on create and on
-the job, and the ``fine_tuning.job.safety_report`` object.
+the job, and the ``fine_tuning.job.safety_report`` object. Statuses, safety types and
+defaults come from :mod:`core.jobs` (the wire spells them as plain strings).
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, BeforeValidator, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+
+from core.jobs import config
+from core.jobs.config import Estimator, KlWeightBounds, ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import JobStatus as JobStatusEnum
 
 Auto = Literal["auto"]
-JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
-SafetyMode = Literal["adaptive", "constant", "none"]
-Estimator = Literal["judge", "probe", "both"]
-RiskWeighting = Literal["example", "batch"]
-ReferenceMode = Literal["exact", "cached"]
-
+JobStatus = Literal[tuple(status.value for status in JobStatusEnum)]  # an inline enum in the OpenAPI schema
 
 
 def _auto_or(kind: type, low: float, high: float, *, exclusive_low: bool = False) -> Any:
@@ -41,9 +41,9 @@ def _auto_or(kind: type, low: float, high: float, *, exclusive_low: bool = False
     return Annotated[Auto | Annotated[kind, Field(**bounds)], BeforeValidator(check)]
 
 
-NEpochs = _auto_or(int, 1, 50)
-BatchSize = _auto_or(int, 1, 256)
-LrMultiplier = _auto_or(float, 0, 10, exclusive_low=True)
+NEpochs = _auto_or(int, *config.N_EPOCHS_RANGE)
+BatchSize = _auto_or(int, *config.BATCH_SIZE_RANGE)
+LrMultiplier = _auto_or(float, *config.LR_MULTIPLIER_RANGE, exclusive_low=True)
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -70,33 +70,20 @@ class MethodIn(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
-class KlWeightBounds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min: float = Field(ge=0, le=1, description="Lower clamp of the adaptive KL weight.")
-    max: float = Field(ge=0, le=1, description="Upper clamp of the adaptive KL weight.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> KlWeightBounds:
-        if self.min > self.max:
-            raise ValueError("kl_weight.min must not exceed kl_weight.max")
-        return self
-
-
 class SafetyIn(BaseModel):
     """guardtune extension: how the job is regularized against safety degradation."""
 
     model_config = ConfigDict(extra="forbid")
 
     mode: SafetyMode = Field(
-        "adaptive",
+        config.DEFAULT_MODE,
         description="adaptive: KL weight from each example's risk; constant: fixed KL weight; none: plain SFT.",
     )
-    estimator: Estimator = Field("probe", description="Risk estimator of the adaptive mode (both = max of the two).")
+    estimator: Estimator = Field(config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two).")
     kl_weight: KlWeightBounds | None = Field(
         None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
     )
-    constant_kl_weight: float = Field(0.5, ge=0, le=1, description="KL weight of the constant mode.")
+    constant_kl_weight: float = Field(config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode.")
     risk_weighting: RiskWeighting | None = Field(
         None,
         description="example: each example weighted by its own risk; batch: by the batch's mean risk "
@@ -170,8 +157,8 @@ class SafetyState(BaseModel):
     estimator: Estimator
     kl_weight: KlWeightBounds
     constant_kl_weight: float
-    risk_weighting: RiskWeighting = "example"
-    reference: ReferenceMode = "exact"
+    risk_weighting: RiskWeighting = config.DEFAULT_RISK_WEIGHTING
+    reference: ReferenceMode = config.STORED_REFERENCE
     max_flagged_fraction: float | None = None
     stage: str | None = Field(None, description="scanning | training | evaluating | gating while running")
     scan_summary: dict[str, Any] | None = None

@@ -2,11 +2,10 @@
 
 Decisions where OpenAI's API leaves room:
 
-* ``"auto"`` hyperparameters are resolved at creation from the validated training file:
-  ``n_epochs`` follows OpenAI's published heuristic (3 epochs, raised so that at least 100
-  examples are seen (at most 25 epochs), lowered so that at most 25,000 are seen (at least
-  1)); ``batch_size`` is 8, or the number of examples if fewer; ``learning_rate_multiplier``
-  is 1.0. Explicit values are kept as given.
+* ``"auto"`` hyperparameters are resolved at creation from the validated training file
+  (:meth:`core.jobs.config.Hyperparameters.resolve`: OpenAI's published epochs heuristic, a
+  batch of 8 or the whole file if smaller, a learning-rate multiplier of 1.0). Explicit
+  values are kept as given.
 * The base model must be in the registry (``BaseModelEntry``, not ``failed``): otherwise
   404 ``model_not_found``. Fine-tuning a fine-tuned model is not offered.
 * Cancel is idempotent: a cancelled job answers as it is; a job that already succeeded or
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import secrets
 import time
@@ -42,7 +40,7 @@ from api.deps import Caller
 from api.etags import row_validator
 from api.metrics import JOBS_CREATED
 from api.files.repository import FileRepository
-from api.jobs.repository import ACTIVE_STATUSES, TERMINAL_STATUSES, JobRepository
+from api.jobs.repository import JobRepository
 from api.models.repository import ModelRepository
 from api.admin.repository import OrgRepository
 from api.jobs.schemas import (
@@ -53,7 +51,6 @@ from api.jobs.schemas import (
     JobCreate,
     JobError,
     JobEvent,
-    KlWeightBounds,
     SafetyReport,
     SafetyState,
 )
@@ -61,42 +58,19 @@ from api.jobs.safety_policy import resolve_safety
 from core import audit, outbox
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
+from core.jobs.config import Hyperparameters, SafetyConfig
+from core.jobs.pipeline import DEFAULT_QUEUE, START_TASK, Stage
+from core.jobs.transitions import transition
+from core.jobs.vocab import ACTIVE, TERMINAL, ErrorCode, JobStatus
 from core.logging import get_logger
 from core.models import AuditRecord, Checkpoint, File, Job, now
 from core.models import JobEvent as JobEventRow
 from core.models import SafetyReport as SafetyReportRow
-from core.queue import DEFAULT_QUEUE, PIPELINE_QUEUES, STAGE_TASKS, pipeline_task
 from core.settings import Settings
 
 log = get_logger(__name__)
 
-PIPELINE_TASK = "guardtune.pipeline.start"
 MAX_IDEMPOTENCY_KEY = 200
-
-# OpenAI's published "auto" epochs heuristic.
-TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
-MIN_DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS = 1, 25
-AUTO_BATCH_SIZE = 8
-AUTO_LR_MULTIPLIER = 1.0
-
-
-def auto_epochs(n_examples: int) -> int:
-    n = max(1, n_examples)
-    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
-    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n)
-    return TARGET_EPOCHS
-
-
-def resolve_hyperparameters(requested: HyperparametersIn, n_examples: int) -> dict[str, Any]:
-    return {
-        "n_epochs": auto_epochs(n_examples) if requested.n_epochs == "auto" else requested.n_epochs,
-        "batch_size": max(1, min(AUTO_BATCH_SIZE, n_examples)) if requested.batch_size == "auto" else requested.batch_size,
-        "learning_rate_multiplier": AUTO_LR_MULTIPLIER
-        if requested.learning_rate_multiplier == "auto"
-        else float(requested.learning_rate_multiplier),
-    }
 
 
 METADATA_PARAM = re.compile(r"^metadata\[([^\[\]]+)\]$")
@@ -163,16 +137,9 @@ def _job_error(error: dict[str, Any] | None) -> JobError | None:
 
 
 def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
-    config = job.safety or {}
-    bounds = config.get("kl_weight") or {"min": 0.1, "max": 0.9}
+    config = SafetyConfig.stored(job.safety)
     return SafetyState(
-        mode=config.get("mode", "adaptive"),
-        estimator=config.get("estimator", "probe"),
-        kl_weight=KlWeightBounds(min=bounds["min"], max=bounds["max"]),
-        constant_kl_weight=config.get("constant_kl_weight", 0.5),
-        risk_weighting=config.get("risk_weighting", "example"),
-        reference=config.get("reference", "exact"),
-        max_flagged_fraction=config.get("max_flagged_fraction"),
+        **config.model_dump(),
         stage=job.stage,
         scan_summary=report.scan if report else None,
         eval_summary=report.evaluation if report else None,
@@ -344,7 +311,7 @@ class JobService:
                     "request_sha256": request_sha,
                 },
             )
-            message = outbox.add(self.session, job.id, PIPELINE_TASK, DEFAULT_QUEUE)  # sent after the commit
+            message = outbox.add(self.session, job.id, START_TASK, DEFAULT_QUEUE)  # sent after the commit
             self.session.commit()
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the race.
@@ -398,7 +365,7 @@ class JobService:
         if body.integrations:
             raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
         requested = method_hp or body.hyperparameters or HyperparametersIn()
-        hp = resolve_hyperparameters(requested, training.n_examples)
+        hp = Hyperparameters.resolve(**requested.model_dump(), n_examples=training.n_examples).model_dump()
         org = OrgRepository(self.session).get(caller.org_id)
         return Job(
             id=new_id("ftjob"),
@@ -407,10 +374,10 @@ class JobService:
             model=entry.id,
             training_file_id=training.id,
             validation_file_id=body.validation_file or None,
-            status="validating_files",
+            status=JobStatus.VALIDATING_FILES,
             hyperparameters=hp,
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
-            safety=resolve_safety(body.safety, self.settings, caller, org.allowed_modes if org else None),
+            safety=resolve_safety(body.safety, self.settings, caller, org.allowed_modes if org else None).model_dump(),
             suffix=body.suffix or None,
             seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
             metadata_=body.metadata,
@@ -465,27 +432,25 @@ class JobService:
             outbox.send(message)
         except Exception as exc:
             log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
-            locked = self.jobs.get(caller.org_id, job.id, for_update=True)
-            if locked is None or locked.status in TERMINAL_STATUSES:
-                self.session.rollback()
-                return
-            locked.status = "failed"
-            locked.finished_at = now()
-            locked.error = {
-                "code": "queue_unavailable",
+            error = {
+                "code": ErrorCode.QUEUE_UNAVAILABLE,
                 "message": "The job could not be queued because the job queue is unreachable. Create it again.",
                 "param": None,
             }
-            self.jobs.add_event(
-                JobEventRow(id=new_id("ftevent"), job_id=job.id, level="error", message="The job could not be queued.")
-            )
-            audit.record(
+            failed = transition(
                 self.session,
-                actor=audit.SYSTEM,
+                job.id,
+                JobStatus.FAILED,
+                finished_at=now(),
+                error=error,
+                message="The job could not be queued.",
+                level="error",
                 action="job.fail",
-                target=job.id,
-                details={"org_id": job.org_id, "code": "queue_unavailable", "error": str(exc)[:500]},
+                details={"org_id": job.org_id, "code": ErrorCode.QUEUE_UNAVAILABLE, "error": str(exc)[:500]},
             )
+            if not failed:  # it finished meanwhile
+                self.session.rollback()
+                return
             self.session.commit()
 
     # -- cancel ----------------------------------------------------------------------------
@@ -493,28 +458,27 @@ class JobService:
         job = self.jobs.get(caller.org_id, job_id, for_update=True)
         if job is None:
             raise _job_not_found(job_id)
-        if job.status == "cancelled":
+        if job.status == JobStatus.CANCELLED:
             self.session.rollback()
             return job  # idempotent: nothing changes, nothing to record
-        if job.status not in ACTIVE_STATUSES:
+        if job.status not in ACTIVE:
             self.session.rollback()
             raise InvalidRequest(
                 f"Job {job.id} has already {job.status} and can no longer be cancelled.",
                 code="job_not_cancellable",
                 param="fine_tuning_job_id",
             )
-        previous = job.status
-        job.status = "cancelled"
-        job.cancel_requested = True  # a running worker stops at its next step
-        job.finished_at = now()
-        job.estimated_finish = None
-        self.jobs.add_event(JobEventRow(id=new_id("ftevent"), job_id=job.id, message="Fine-tuning job cancelled."))
-        audit.record(
+        transition(  # the row is locked: the move happens
             self.session,
+            job.id,
+            JobStatus.CANCELLED,
+            cancel_requested=True,  # a running worker stops at its next step
+            finished_at=now(),
+            estimated_finish=None,
+            message="Fine-tuning job cancelled.",
             actor=caller.actor,
             action="job.cancel",
-            target=job.id,
-            details={"org_id": caller.org_id, "previous_status": previous, "stage": job.stage},
+            details={"org_id": caller.org_id, "previous_status": job.status, "stage": job.stage},
         )
         self.session.commit()
         return job
@@ -522,19 +486,19 @@ class JobService:
     # -- pause / resume ----------------------------------------------------------------------
     def pause(self, caller: Caller, job_id: str) -> Job:
         job = self._locked(caller, job_id)
-        if job.status == "paused":
+        if job.status == JobStatus.PAUSED:
             self.session.rollback()
             return job  # idempotent
-        if job.status != "running":
+        if job.status != JobStatus.RUNNING:
             raise self._refuse(job, "paused", "job_not_pausable", "only running jobs can be paused (cancel it instead).")
-        job.status = "paused"  # the worker checkpoints at its next step boundary and lets go
-        job.estimated_finish = None
-        self._record(caller, job, "job.pause", "Fine-tuning job paused; training stops at the next step.")
+        # The worker checkpoints at its next step boundary and lets go.
+        message = "Fine-tuning job paused; training stops at the next step."
+        self._move(caller, job, JobStatus.PAUSED, "job.pause", message, estimated_finish=None)
         return job
 
     def resume(self, caller: Caller, job_id: str) -> Job:
         job = self._locked(caller, job_id)
-        if job.status != "paused":
+        if job.status != JobStatus.PAUSED:
             raise self._refuse(job, "resumed", "job_not_paused", "only paused jobs can be resumed.")
         if job.worker_id is not None and (job.heartbeat_at or 0) > time.time() - self.settings.stale_job_after_s:
             self.session.rollback()
@@ -544,11 +508,11 @@ class JobService:
                 param="fine_tuning_job_id",
                 headers={"x-should-retry": "true", "Retry-After": "5"},
             )
-        job.status = "queued"  # ``running`` again once a worker takes up its stage
-        job.worker_id = None
-        stage = STAGE_TASKS[job.stage]
-        message = outbox.add(self.session, job.id, pipeline_task(stage), PIPELINE_QUEUES[stage])
-        self._record(caller, job, "job.resume", "Fine-tuning job resumed; it continues from its last checkpoint.")
+        stage = Stage.running_as(job.stage)
+        message = outbox.add(self.session, job.id, stage.task, stage.queue)
+        # ``running`` again once a worker takes up its stage.
+        resumed = "Fine-tuning job resumed; it continues from its last checkpoint."
+        self._move(caller, job, JobStatus.QUEUED, "job.resume", resumed, worker_id=None)
         outbox.send_quietly(message)  # after the commit; the reaper replays it if this fails
         return job
 
@@ -563,19 +527,24 @@ class JobService:
         self.session.rollback()
         message = (
             f"Job {job.id} has already {job.status} and can no longer be {done}."
-            if job.status in TERMINAL_STATUSES
+            if job.status in TERMINAL
             else f"Job {job.id} is {job.status}; {rule}"
         )
         return InvalidRequest(message, code=code, param="fine_tuning_job_id")
 
-    def _record(self, caller: Caller, job: Job, action: str, message: str) -> None:
-        """An event and an audit record of a customer's change to ``job``; committed."""
-        self.jobs.add_event(JobEventRow(id=new_id("ftevent"), job_id=job.id, message=message))
-        audit.record(
+    def _move(self, caller: Caller, job: Job, status: JobStatus, action: str, message: str, **values: Any) -> None:
+        """A customer's move of the locked ``job`` to ``status``, with its event and audit
+        record; committed."""
+        details = {"org_id": caller.org_id, "status": status, "stage": job.stage}
+        transition(
             self.session,
+            job.id,
+            status,
+            allowed_from=(job.status,),
+            message=message,
             actor=caller.actor,
             action=action,
-            target=job.id,
-            details={"org_id": caller.org_id, "status": job.status, "stage": job.stage},
+            details=details,
+            **values,
         )
         self.session.commit()

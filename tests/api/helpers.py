@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from core.jobs.pipeline import START_TASK as PIPELINE_TASK
 from core.models import AuditRecord, Job
 
 ORG_PREFIX = "api-test-"
-PIPELINE_TASK = "guardtune.pipeline.start"
 BASE_MODEL = "smollm2-135m-instruct"
 
 

@@ -22,10 +22,9 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from core.jobs.vocab import TERMINAL
 from tests.conftest import PG_ADMIN_URL, REPO, _pg_admin, child_env, free_port
 from tests.worker.test_pipeline_e2e import wait_for
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class PrivateRedis:

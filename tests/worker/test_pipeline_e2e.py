@@ -15,12 +15,11 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from core.jobs.vocab import TERMINAL
 from core.settings import Settings
 from core.storage import make_store, org_key
 from tests.conftest import start_api, start_worker, stop_process
 from tests.worker.conftest import DEMO, small_pipeline_env
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")

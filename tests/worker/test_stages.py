@@ -247,3 +247,35 @@ def test_training_takes_its_reference_from_the_scan_artifact_or_runs_it(pipeline
     if reference == "cached":
         cache = ReferenceCache.from_bytes(b"".join(get_store().iter_chunks(reference_key(job))))
         assert cache.k == 32 and len(cache.offsets) == 17
+
+
+def test_an_example_over_the_token_limit_fails_the_scan_naming_its_line(pipeline_env, monkeypatch):
+    """One limit for scan and training: the model's context capped by GUARDTUNE_MAX_EXAMPLE_TOKENS."""
+    import json
+
+    from core.db import session_scope
+    from core.jobs.vocab import ErrorCode
+    from core.models import Job
+    from core.settings import get_settings
+    from worker.pipeline.resources import load_model, token_limit
+    from worker.pipeline.train import train_config
+    from worker.tasks import run_stage
+
+    monkeypatch.setenv("GUARDTUNE_MAX_EXAMPLE_TOKENS", "200")
+    get_settings.cache_clear()
+    long_answer = " ".join(["word"] * 400)
+    messages = [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": long_answer}]
+    long_line = json.dumps({"messages": messages}).encode() + b"\n"
+    with session_scope() as session:
+        job_id = create_job(session, "org-t", demo_lines(3) + long_line + demo_lines(1))
+    assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", None]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and job.error["code"] == ErrorCode.INVALID_TRAINING_FILE
+        assert job.error["param"] == "training_file"
+        message = job.error["message"]
+        assert "line 4: the example has" in message and "over the limit of 200" in message
+        assert "GUARDTUNE_MAX_EXAMPLE_TOKENS" in message
+        assert "line 1:" not in message and "line 5:" not in message
+        model, _ = load_model(str(pipeline_env))
+        assert token_limit(model) == 200 and train_config(job, token_limit(model)).max_seq_len == 200

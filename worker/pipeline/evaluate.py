@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.db import session_scope
+from core.jobs.vocab import JobStage
 from core.models import BaseModelEntry, File, Job, SafetyReport
 from core.storage import download_dir, get_store
 from worker.pipeline import conditions as attack_conditions
@@ -31,16 +32,16 @@ def eval_outputs_key(job: Job) -> str:
     return job_prefix(job, "eval_outputs.jsonl")
 
 
-def run(job_id: str) -> str | None:
+def run(job_id: str) -> None:
     from safety.checkpoints import load_adapter
 
     with session_scope() as session:
-        jobstate.enter_stage(session, job_id, "evaluating", "Evaluating safety: attack success rate before and after")
+        jobstate.enter_stage(session, job_id, JobStage.EVALUATING, "Evaluating safety: attack success rate before and after")
         job = session.get(Job, job_id)
         entry = session.get(BaseModelEntry, job.model)
         report = session.get(SafetyReport, job_id)
         if report.evaluation:
-            return "gate"  # evaluated before a crash
+            return  # evaluated before a crash
         cached = (entry.baseline or {}).get("eval")
         validation_key = session.get(File, job.validation_file_id).storage_key if job.validation_file_id else None
         training_key = session.get(File, job.training_file_id).storage_key
@@ -75,7 +76,6 @@ def run(job_id: str) -> str | None:
         jobstate.add_event(session, job_id, "Evaluation done: " + _headline(rows),
                            data={"evaluation": {r["name"]: {"base": r["base"]["asr_keyword"], "tuned": r["tuned"]["asr_keyword"]}
                                                 for r in rows}})  # fmt: skip
-    return "gate"
 
 
 def _headline(rows: list[dict[str, Any]]) -> str:

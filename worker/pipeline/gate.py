@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core import audit
 from core.db import session_scope
+from core.jobs.vocab import ErrorCode, JobStage, JobStatus
 from core.models import SafetyReport
 from core.settings import get_settings
 from worker.pipeline import jobstate, results
@@ -21,11 +22,11 @@ def policy():
                       max_over_refusal_increase=s.gate_max_over_refusal_increase, use=s.gate_asr_source)  # fmt: skip
 
 
-def run(job_id: str) -> str | None:
+def run(job_id: str) -> None:
     from safety.gate import decide, summaries_from_evaluation
 
     with session_scope() as session:
-        jobstate.enter_stage(session, job_id, "gating", "Applying the release gate")
+        jobstate.enter_stage(session, job_id, JobStage.GATING, "Applying the release gate")
         report = session.get(SafetyReport, job_id)
         if report.gate is None:
             decision = decide(*summaries_from_evaluation(report.evaluation), policy())
@@ -36,9 +37,7 @@ def run(job_id: str) -> str | None:
                                level="info" if decision.released else "warn", data={"gate": report.gate})  # fmt: skip
         results.attach_step_metrics(session, jobstate.live_job(session, job_id))
         if not report.gate["released"]:
-            jobstate.finish(session, job_id, "failed", level="error",
-                            error={"code": "safety_gate_blocked", "param": None,
+            jobstate.finish(session, job_id, JobStatus.FAILED, level="error",
+                            error={"code": ErrorCode.SAFETY_GATE_BLOCKED, "param": None,
                                    "message": "The fine-tuned model failed the safety gate: " + " ".join(report.gate["reasons"])},
                             message="Job blocked by the safety gate; the adapter is kept but not served")  # fmt: skip
-            return None
-    return "release"

@@ -1,8 +1,9 @@
-"""Job state moves: status and stage, events, the stage lease and its heartbeat.
+"""The pipeline's side of a job's state: entering a stage, ending the job, the stage lease
+and its heartbeat.
 
-Every status change is a conditional UPDATE that never touches a job already in a
-terminal status, so a cancel (set by the API) or a failure is never overwritten by
-a worker that is still finishing a step.
+Status changes go through :func:`core.jobs.transitions.transition` (a conditional UPDATE
+that never touches a finished job), so a cancel (set by the API) or a failure is never
+overwritten by a worker that is still finishing a step.
 """
 
 from __future__ import annotations
@@ -19,24 +20,23 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from core import audit
 from core.db import session_scope
-from core.ids import new_id
+from core.jobs.transitions import add_event as add_event  # re-exported: the stages' events
+from core.jobs.transitions import transition
+from core.jobs.vocab import ACTIVE, LIVE, TERMINAL, ErrorCode, JobStage, JobStatus
 from core.logging import get_logger
-from core.models import Job, JobEvent, now
+from core.models import Job, now
 from core.settings import get_settings
 
 log = get_logger(__name__)
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-PAUSED = "paused"  # not terminal: resume re-queues the job's stage
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class StageError(Exception):
     """A stage's failure the customer should see: the job ends ``failed`` with this code."""
 
-    def __init__(self, code: str, message: str, param: str | None = None):
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None):
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
 
@@ -53,16 +53,6 @@ class Paused(Exception):
     """The customer paused the job: the stage stopped (training after checkpointing)."""
 
 
-STAGE_ORDER = ("scanning", "training", "evaluating", "gating")
-
-
-def add_event(
-    session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
-    data: dict[str, Any] | None = None,
-) -> None:  # fmt: skip
-    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message, data=data))
-
-
 def live_job(session: Session, job_id: str) -> Job:
     """The job, re-read; :class:`JobGone` if it is terminal."""
     job = session.get(Job, job_id, populate_existing=True)
@@ -71,51 +61,59 @@ def live_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def move(session: Session, job_id: str, **values: Any) -> bool:
-    """Set columns on a non-terminal job; False if the job is terminal (nothing changed)."""
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL)).values(**values)
-    )
-    return result.rowcount == 1
+def ended(session: Session, job_id: str) -> bool:
+    """Whether the job is in a terminal status (or gone)."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is None or status in TERMINAL
 
 
-def enter_stage(session: Session, job_id: str, stage: str, message: str) -> None:
+def enter_stage(session: Session, job_id: str, stage: JobStage, message: str) -> None:
     """Mark the job running in ``stage`` with an event and an audit record (a resumed job,
     ``queued`` in its stage, just becomes ``running``); :class:`Paused` if it is paused."""
     job = live_job(session, job_id)
-    if job.stage and STAGE_ORDER.index(job.stage) > STAGE_ORDER.index(stage):
+    order = list(JobStage)
+    if job.stage and order.index(job.stage) > order.index(stage):
         raise Superseded(f"{job_id} is already {job.stage}")
-    values: dict[str, Any] = {"status": "running", "stage": stage}
+    values: dict[str, Any] = {"stage": stage}
     if job.started_at is None:
         values["started_at"] = now()
     entering = job.stage != stage  # read first: the UPDATE below refreshes ``job``
-    if entering or job.status != "running":
-        started = session.execute(
-            update(Job).where(Job.id == job_id, Job.status.not_in((*TERMINAL, PAUSED))).values(**values)
+    if entering or job.status != JobStatus.RUNNING:
+        # A resumed job (``queued`` in its stage) just becomes ``running``: nothing to record.
+        record = (
+            {"message": message, "event_data": {"stage": stage}, "action": "job.stage", "details": {"stage": stage}}
+            if entering
+            else {}
         )
-        if started.rowcount != 1:
+        if not transition(session, job_id, JobStatus.RUNNING, allowed_from=LIVE, **record, **values):
             now_status = session.scalar(select(Job.status).where(Job.id == job_id))
-            raise Paused(job_id) if now_status == PAUSED else JobGone(job_id)
-    if entering:
-        add_event(session, job_id, message, data={"stage": stage})
-        audit.record(session, actor=audit.SYSTEM, action="job.stage", target=job_id, details={"stage": stage})
+            raise Paused(job_id) if now_status == JobStatus.PAUSED else JobGone(job_id)
 
 
-def finish(session: Session, job_id: str, status: str, *, error: dict[str, Any] | None = None,
+def finish(session: Session, job_id: str, status: JobStatus, *, error: dict[str, Any] | None = None,
            message: str, level: str = "info", **values: Any) -> bool:  # fmt: skip
     """End the job in a terminal ``status`` (if it is not terminal already)."""
-    changed = move(session, job_id, status=status, stage=None, error=error, finished_at=now(),
-                   worker_id=None, estimated_finish=None, **values)  # fmt: skip
-    if changed:
-        add_event(session, job_id, message, level=level, data={"status": status})
-        audit.record(session, actor=audit.SYSTEM, action=f"job.{status}", target=job_id,
-                     details={"error": error} if error else {})  # fmt: skip
-    return changed
+    return transition(
+        session,
+        job_id,
+        status,
+        message=message,
+        level=level,
+        event_data={"status": status},
+        action=f"job.{status}",
+        details={"error": error} if error else {},
+        stage=None,
+        error=error,
+        finished_at=now(),
+        worker_id=None,
+        estimated_finish=None,
+        **values,
+    )
 
 
-def fail(job_id: str, code: str, message: str, param: str | None = None) -> None:
+def fail(job_id: str, code: ErrorCode, message: str, param: str | None = None) -> None:
     with session_scope() as session:
-        finish(session, job_id, "failed", error={"code": code, "message": message, "param": param},
+        finish(session, job_id, JobStatus.FAILED, error={"code": code, "message": message, "param": param},
                message=f"Job failed: {message}", level="error")  # fmt: skip
 
 
@@ -128,7 +126,7 @@ def claim(session: Session, job_id: str) -> bool:
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status.not_in(TERMINAL),
+            Job.status.in_(ACTIVE),
             or_(Job.worker_id.is_(None), Job.worker_id == WORKER_ID, Job.heartbeat_at < stale_before),
         )
         .values(worker_id=WORKER_ID, heartbeat_at=time.time())
@@ -184,7 +182,7 @@ def heartbeat(job_id: str) -> Iterator[None]:
 def pause_requested(job_id: str) -> bool:
     """True while the customer has the job paused."""
     with session_scope() as session:
-        return session.scalar(select(Job.status).where(Job.id == job_id)) == PAUSED
+        return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.PAUSED
 
 
 def cancel_requested(job_id: str) -> bool:

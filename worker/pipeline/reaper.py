@@ -30,15 +30,15 @@ from sqlalchemy.orm import Session
 
 from core import outbox
 from core.db import session_scope
+from core.jobs.pipeline import Stage
+from core.jobs.vocab import LIVE, ErrorCode, JobStatus
 from core.logging import get_logger
 from core.models import Job, OutboxMessage
-from core.queue import PIPELINE_QUEUES, STAGE_TASKS, broker_message_ids, pipeline_task
+from core.queue import broker_message_ids
 from core.settings import Settings, get_settings
 from worker.pipeline import jobstate
 
 log = get_logger(__name__)
-
-REAPABLE = ("validating_files", "queued", "running")
 
 
 def send_grace_s(settings: Settings) -> float:
@@ -72,7 +72,7 @@ def reap() -> list[dict[str, Any]]:
     actions: list[dict[str, Any]] = []
     to_send: list[outbox.Pending] = []
     with session_scope() as session:
-        for job in session.scalars(select(Job).where(Job.status.in_(REAPABLE))).all():
+        for job in session.scalars(select(Job).where(Job.status.in_(LIVE))).all():
             row = outbox.latest(session, job.id)
             if job.worker_id is not None:
                 if job.heartbeat_at is not None and job.heartbeat_at >= stale_before:
@@ -124,13 +124,13 @@ def _message_gone(row: OutboxMessage, grace_before: float, broker: _Broker) -> b
 
 def _task_for(job: Job) -> tuple[str, str]:
     """The stage a job with nothing queued should run next, from its status and stage."""
-    if job.status == "validating_files":
-        stage = "validate"
+    if job.status == JobStatus.VALIDATING_FILES:
+        stage = Stage.VALIDATE
     elif job.stage is None:
-        stage = "scan"
+        stage = Stage.VALIDATE.next  # validated, not yet scanning
     else:
-        stage = STAGE_TASKS[job.stage]
-    return pipeline_task(stage), PIPELINE_QUEUES[stage]
+        stage = Stage.running_as(job.stage)
+    return stage.task, stage.queue
 
 
 def _worker_lost(
@@ -138,8 +138,8 @@ def _worker_lost(
 ) -> tuple[str | None, outbox.Pending | None]:
     where, retry = job.stage or job.status, job.attempts + 1  # read before the UPDATE refreshes `job`
     if retry >= settings.max_stage_attempts:
-        failed = jobstate.finish(session, job.id, "failed", level="error",
-                                 error={"code": "worker_lost", "param": None,
+        failed = jobstate.finish(session, job.id, JobStatus.FAILED, level="error",
+                                 error={"code": ErrorCode.WORKER_LOST, "param": None,
                                         "message": f"The worker running stage '{where}' stopped responding "
                                                    f"{settings.max_stage_attempts} times; the job was stopped."},
                                  message="Job failed: its worker was lost")  # fmt: skip

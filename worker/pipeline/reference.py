@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.jobs.config import SafetyConfig
 from core.models import Job
 from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline import jobstate
-from worker.pipeline.resources import max_train_len, reference_key
+from worker.pipeline.resources import reference_key, token_limit
 
 
 def uses_cache(job: Job) -> bool:
     """Whether training of ``job`` takes its KL against the cached reference. Jobs get their
     ``safety.reference`` at creation (``GUARDTUNE_REFERENCE`` by default); one created before
     the option existed keeps the exact reference it started with."""
-    safety = job.safety or {}
-    return safety.get("mode", "adaptive") != "none" and safety.get("reference", "exact") == "cached"
+    safety = SafetyConfig.stored(job.safety)
+    return safety.regularized and safety.reference == "cached"
 
 
 def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
@@ -33,7 +34,7 @@ def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[st
     from safety.data import encode_example
     from safety.reference import compute_reference_cache
 
-    max_len = max_train_len(model)
+    max_len = token_limit(model)
     encoded = [encode_example(tokenizer, example, max_len) for example in examples]
     k = get_settings().reference_topk
     cache = compute_reference_cache(model, encoded, tokenizer.pad_token_id, k, progress=lambda n: jobstate.beat(job.id))

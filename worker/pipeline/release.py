@@ -6,19 +6,19 @@ from __future__ import annotations
 from core import audit, releases
 from core.db import session_scope
 from core.inference import adapter_ref, adapter_released
+from core.jobs.vocab import JobStatus
 from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.resources import adapter_prefix
 
 
-def run(job_id: str) -> str | None:
+def run(job_id: str) -> None:
     with session_scope() as session:
         job = jobstate.live_job(session, job_id)
         prefix = adapter_prefix(job)
         released = releases.release_job(session, job, actor=audit.SYSTEM, storage_prefix=prefix,
                                         sha256=releases.adapter_sha256(get_store(), prefix))  # fmt: skip
-        jobstate.finish(session, job_id, "succeeded", fine_tuned_model=released.id,
+        jobstate.finish(session, job_id, JobStatus.SUCCEEDED, fine_tuned_model=released.id,
                         message=f"Released as {released.id} (sha256 {released.sha256[:12]}…)")  # fmt: skip
         adapter = adapter_ref(released)
     adapter_released(adapter)  # after the commit: the serving backend may load it now
-    return None

@@ -1,5 +1,5 @@
 """Where a job's artifacts live in the object store, and loading what stages need:
-training examples, the base model, the base model's probe."""
+training examples, the base model, the base model's probe; the token limit of an example."""
 
 from __future__ import annotations
 
@@ -58,11 +58,13 @@ def read_scan_risks(job: Job) -> tuple[list[float], list[bool]]:
     return [row["risk"] for row in rows], [bool(row["flagged"]) for row in rows]
 
 
-def max_train_len(model: Any) -> int:
-    """The token length training truncates examples to (the reference cache uses the same)."""
+def token_limit(model: Any) -> int:
+    """The most tokens an example may have: the model's context, capped by
+    ``GUARDTUNE_MAX_EXAMPLE_TOKENS``. The scan fails a job with a longer example (naming its
+    line), so training (and the reference cache) never truncates one."""
     from safety.base_models import context_length
 
-    return min(context_length(model), 2048)
+    return min(context_length(model), get_settings().max_example_tokens)
 
 
 def load_model(source: str) -> tuple[Any, Any]:

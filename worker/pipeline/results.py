@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.ids import new_id
+from core.jobs.transitions import update_live
 from core.models import File, Job, JobEvent
 from core.storage import get_store, org_key
-from worker.pipeline import jobstate
 
 FILENAME = "step_metrics.csv"
 PURPOSE = "fine-tune-results"
@@ -56,7 +56,7 @@ def attach_step_metrics(session: Session, job: Job) -> str:
     session.add(File(id=file_id, org_id=job.org_id, filename=FILENAME, purpose=PURPOSE, bytes=put.bytes,
                      sha256=put.sha256, storage_key=key, status="processed"))  # fmt: skip
     session.flush()
-    jobstate.move(session, job.id, result_files=[file_id])
+    update_live(session, job.id, result_files=[file_id])
     audit.record(session, actor=audit.SYSTEM, action="file.create", target=file_id,
                  details={"org_id": job.org_id, "job_id": job.id, "purpose": PURPOSE, "bytes": put.bytes,
                           "sha256": put.sha256})  # fmt: skip

@@ -11,6 +11,11 @@ order, with the ``line`` and the ``turn`` that gave the risk); the summary, whos
 ``top_flagged`` lists line and turn of each, goes to the safety report. A job fails when its
 flagged share exceeds its ``safety.max_flagged_fraction`` (the stricter of the customer's and
 the operator's ``GUARDTUNE_MAX_FLAGGED_FRACTION``).
+
+Before scoring, every example's token count is checked against the token limit (the model's
+context capped by ``GUARDTUNE_MAX_EXAMPLE_TOKENS``, the length training uses): a longer example
+fails the job ``invalid_training_file`` with one ``line N: …`` error per example, as the
+file validation reports its errors.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.datasets import Issue
 from core.db import session_scope
+from core.jobs.config import SafetyConfig
+from core.jobs.vocab import ErrorCode, JobStage
 from core.models import BaseModelEntry, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import get_store
@@ -32,7 +40,7 @@ from worker.pipeline import jobstate
 from worker.pipeline.jobstate import StageError
 from worker.pipeline.onboard import ensure_probe
 from worker.pipeline.reference import build_and_store, uses_cache
-from worker.pipeline.resources import iter_file_examples, load_model, scan_key
+from worker.pipeline.resources import iter_file_examples, load_model, scan_key, token_limit
 
 
 def make_judge() -> Any:
@@ -50,48 +58,52 @@ def judge_failures_fail_the_job() -> Iterator[None]:
     try:
         yield
     except JudgeUnavailableError as exc:
-        raise StageError("judge_unavailable", f"The Safety Critic judge failed, so no risk or ASR was invented: {exc}",
+        raise StageError(ErrorCode.JUDGE_UNAVAILABLE, f"The Safety Critic judge failed, so no risk or ASR was invented: {exc}",
                          "safety.estimator") from exc  # fmt: skip
 
 
-def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit: int) -> None:
-    """Fail the job naming the lines whose token count exceeds the model's context."""
+def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit: int, max_errors: int) -> None:
+    """Fail the job with a ``line N: …`` error for each example longer than ``limit`` tokens
+    (the first ``max_errors`` shown, all counted)."""
     from safety.data import to_messages
 
-    too_long = []
+    issues = []
     for line, example in examples:
         text = tokenizer.apply_chat_template(to_messages(example), tokenize=False)
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > limit:
-            too_long.append(line)
-    if too_long:
-        lines = ", ".join(map(str, too_long[:20])) + (f" and {len(too_long) - 20} more" if len(too_long) > 20 else "")
-        raise StageError("invalid_training_file", f"Examples exceed the model's context of {limit} tokens on line(s) {lines}.",
-                         "training_file")  # fmt: skip
+        n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_tokens > limit:
+            issues.append(Issue(line, f"the example has {n_tokens} tokens, over the limit of {limit}"))
+    if issues:
+        more = f"; and {len(issues) - max_errors} more" if len(issues) > max_errors else ""
+        shown = "; ".join(map(str, issues[:max_errors]))
+        limit_is = f"{limit} tokens (the model's context, capped by GUARDTUNE_MAX_EXAMPLE_TOKENS)"
+        message = f"Examples exceed the token limit of {limit_is}: {shown}{more}."
+        raise StageError(ErrorCode.INVALID_TRAINING_FILE, message, "training_file")
 
 
-def run(job_id: str) -> str | None:
-    from safety.base_models import context_length
+def run(job_id: str) -> None:
     from safety.scan import ScanConfig, scan_dataset
 
     settings = get_settings()
     with session_scope() as session:
-        jobstate.enter_stage(session, job_id, "scanning", "Scanning the training data for risk")
+        jobstate.enter_stage(session, job_id, JobStage.SCANNING, "Scanning the training data for risk")
         job = session.get(Job, job_id)
         report = session.get(SafetyReport, job_id)
         if report is not None and report.scan and get_store().exists(scan_key(job)):
-            return "train"  # scanned before a crash
+            return  # scanned before a crash
         file = session.get(File, job.training_file_id)
         entry = session.get(BaseModelEntry, job.model)
         examples = list(iter_file_examples(file.storage_key))
         model, tokenizer = load_model(entry.source)
-        check_token_lengths(examples, tokenizer, context_length(model))
-        estimator = job.safety.get("estimator", "probe")
-        judge = make_judge() if estimator in ("judge", "both") else None
-        if estimator in ("judge", "both") and judge is None:
-            raise StageError("judge_unavailable", "This deployment has no judge configured (neither "
+        check_token_lengths(examples, tokenizer, token_limit(model), settings.validation_max_errors)
+        safety = SafetyConfig.stored(job.safety, settings)
+        estimator = safety.estimator
+        judge = make_judge() if safety.uses_judge else None
+        if safety.uses_judge and judge is None:
+            raise StageError(ErrorCode.JUDGE_UNAVAILABLE, "This deployment has no judge configured (neither "
                              "GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL); use estimator 'probe'.",
                              "safety.estimator")  # fmt: skip
-        probe = ensure_probe(session, entry, model, tokenizer) if estimator in ("probe", "both") else None
+        probe = ensure_probe(session, entry, model, tokenizer) if safety.uses_probe else None
         session.commit()  # keep a freshly trained probe even if scanning fails
         with judge_failures_fail_the_job():
             result = scan_dataset(
@@ -103,23 +115,22 @@ def run(job_id: str) -> str | None:
         summary = result.summary
         jobstate.add_event(session, job_id, f"Scanned {summary.n} examples: {summary.n_flagged} flagged "
                            f"(mean risk {summary.mean_risk:.2f})", data={"scan": _headline(summary)})  # fmt: skip
-        bound = job.safety.get("max_flagged_fraction", settings.max_flagged_fraction)
+        bound = safety.max_flagged_fraction
         if bound is not None and summary.flagged_fraction > bound:
             lines = ", ".join(f"{e.line} (turn {e.turn})" for e in summary.top_flagged)
-            raise StageError("unsafe_training_file",
+            raise StageError(ErrorCode.UNSAFE_TRAINING_FILE,
                              f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
                              f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",
                              "training_file")  # fmt: skip
         if uses_cache(job):
             build_and_store(job, model, tokenizer, [example for _, example in examples])
-    return "train"
 
 
 def _store_scan(session: Session, job: Job, result: Any) -> None:
     rows = "".join(json.dumps(asdict(e)) + "\n" for e in result.examples).encode()
     get_store().put_stream(scan_key(job), io.BytesIO(rows))
     report = session.get(SafetyReport, job.id) or SafetyReport(job_id=job.id)
-    report.scan = {**result.summary.to_dict(), "estimator": job.safety.get("estimator", "probe"),
+    report.scan = {**result.summary.to_dict(), "estimator": SafetyConfig.stored(job.safety).estimator,
                    "artifact": scan_key(job)}  # fmt: skip
     session.add(report)
 

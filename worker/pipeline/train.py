@@ -18,6 +18,9 @@ from sqlalchemy import select
 
 from core.db import session_scope
 from core.ids import new_id
+from core.jobs.config import Hyperparameters, SafetyConfig
+from core.jobs.transitions import update_live
+from core.jobs.vocab import JobStage
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -25,7 +28,13 @@ from worker.pipeline import jobstate
 from worker.pipeline.jobstate import JobGone, Paused
 from worker.pipeline.reference import load_or_build, uses_cache
 from worker.pipeline.resources import (
-    adapter_prefix, checkpoint_prefix, iter_file_examples, load_model, max_train_len, read_scan_risks, work_dir,
+    adapter_prefix,
+    checkpoint_prefix,
+    iter_file_examples,
+    load_model,
+    read_scan_risks,
+    token_limit,
+    work_dir,
 )  # fmt: skip
 
 BASE_LEARNING_RATE = 2e-4
@@ -35,17 +44,17 @@ def train_config(job: Job, max_seq_len: int) -> Any:
     """The trainer's config from the job (hyperparameters, safety) and operator settings."""
     from safety.trainer import TrainConfig
 
-    settings, hp, safety = get_settings(), job.hyperparameters, job.safety
-    bounds = safety.get("kl_weight") or {}
+    settings = get_settings()
+    hp, safety = Hyperparameters.model_validate(job.hyperparameters or {}), SafetyConfig.stored(job.safety, settings)
     return TrainConfig(
-        mode=safety.get("mode", "adaptive"),
-        constant_kl_weight=safety.get("constant_kl_weight", 0.5),
-        kl_lo=bounds.get("min", settings.kl_weight_lo),
-        kl_hi=bounds.get("max", settings.kl_weight_hi),
-        risk_weighting=safety.get("risk_weighting", settings.risk_weighting),
-        learning_rate=BASE_LEARNING_RATE * float(hp.get("learning_rate_multiplier", 1.0)),
-        n_epochs=int(hp.get("n_epochs", 3)),
-        batch_size=int(hp.get("batch_size", 4)),
+        mode=safety.mode,
+        constant_kl_weight=safety.constant_kl_weight,
+        kl_lo=safety.kl_weight.min,
+        kl_hi=safety.kl_weight.max,
+        risk_weighting=safety.risk_weighting,
+        learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
+        n_epochs=hp.n_epochs,
+        batch_size=hp.batch_size,
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
@@ -53,11 +62,11 @@ def train_config(job: Job, max_seq_len: int) -> Any:
     )
 
 
-def run(job_id: str) -> str | None:
+def run(job_id: str) -> None:
     from safety.trainer import train
 
     with session_scope() as session:
-        jobstate.enter_stage(session, job_id, "training", "Fine-tuning started")
+        jobstate.enter_stage(session, job_id, JobStage.TRAINING, "Fine-tuning started")
         job = session.get(Job, job_id)
         source = session.get(BaseModelEntry, job.model).source
         storage_key = session.get(File, job.training_file_id).storage_key
@@ -65,12 +74,12 @@ def run(job_id: str) -> str | None:
         last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
         report = session.get(SafetyReport, job_id)
         if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
-            return "evaluate"  # trained before a crash
+            return  # trained before a crash
     examples = [example for _, example in iter_file_examples(storage_key)]
     validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
-    config = train_config(job, max_train_len(model))
+    config = train_config(job, token_limit(model))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == "cached" else None
     workdir = work_dir(job_id)
     resume_dir = None
@@ -101,10 +110,9 @@ def run(job_id: str) -> str | None:
         report.training = {**result.summary, "mode": config.mode, "kl_bounds": [config.kl_lo, config.kl_hi],
                            "risk_weighting": config.risk_weighting, "reference": config.reference}  # fmt: skip
         session.add(report)
-        jobstate.move(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
+        update_live(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
         jobstate.add_event(session, job_id, f"Training finished after {result.steps} steps")
     shutil.rmtree(workdir, ignore_errors=True)
-    return "evaluate"
 
 
 class Progress:
@@ -120,7 +128,7 @@ class Progress:
         done = m.step - self.first_step
         eta = time.time() + (time.monotonic() - self.started) / done * (m.total_steps - m.step)
         with session_scope() as session:
-            jobstate.move(session, self.job.id, heartbeat_at=time.time(), estimated_finish=int(eta))
+            update_live(session, self.job.id, heartbeat_at=time.time(), estimated_finish=int(eta))
             if m.step % self.every == 0 or m.step == m.total_steps:
                 jobstate.add_event(session, self.job.id, _step_message(m), type="metrics", data=metrics_data(m))
 

@@ -1,33 +1,34 @@
 """Stage ``validate`` (light, default queue): re-check the training and validation
-files streaming from the store, then queue the job for the GPU stages."""
+files streaming from the store, then queue the job for the GPU stages. (Token counts need
+the model's tokenizer: the scan checks them, :func:`worker.pipeline.scan.check_token_lengths`.)"""
 
 from __future__ import annotations
 
 from core.datasets import Limits, validate_chunks
 from core.db import session_scope
+from core.jobs.transitions import transition
+from core.jobs.vocab import ErrorCode, JobStatus
 from core.models import File
 from core.settings import get_settings
 from core.storage import get_store
-from worker.pipeline.jobstate import StageError, add_event, live_job, move
+from worker.pipeline.jobstate import StageError, live_job
 
 
-def run(job_id: str) -> str | None:
+def run(job_id: str) -> None:
     settings = get_settings()
     limits = Limits(settings.max_example_chars, settings.max_examples, settings.validation_max_errors)
     with session_scope() as session:
         job = live_job(session, job_id)
-        if job.status != "validating_files":
-            return "scan"  # already validated: a redelivered task carries on
+        if job.status != JobStatus.VALIDATING_FILES:
+            return  # already validated: a redelivered task carries on
         for param, file_id in (("training_file", job.training_file_id), ("validation_file", job.validation_file_id)):
             if file_id is None:
                 continue
             file = session.get(File, file_id)
             if file is None or file.deleted_at is not None:
-                raise StageError("invalid_file", f"The {param.replace('_', ' ')} {file_id} no longer exists.", param)
+                raise StageError(ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} no longer exists.", param)
             report = validate_chunks(get_store().iter_chunks(file.storage_key), limits)
             if report.error_count:
                 first = "; ".join(f"line {e.line}: {e.message}" for e in report.errors[:5])
-                raise StageError("invalid_file", f"The {param.replace('_', ' ')} {file_id} is invalid: {first}", param)
-        move(session, job_id, status="queued")
-        add_event(session, job_id, "Validated training file; job queued")
-    return "scan"
+                raise StageError(ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} is invalid: {first}", param)
+        transition(session, job_id, JobStatus.QUEUED, message="Validated training file; job queued")

@@ -1,0 +1,141 @@
+"""A job's typed configuration — ``Job.safety`` and ``Job.hyperparameters`` — with every
+default defined here once.
+
+* The paper's bounds of the adaptive objective (``w_kl = clamp((r − 2) / 3, 0.1, 0.9)``,
+  ``w_sft = clamp(1 − w_kl, 0.1, 0.9)``) are :data:`KL_WEIGHT_LO` … :data:`SFT_WEIGHT_HI`:
+  ``safety.objective`` and ``safety.trainer`` default to them, and the operator's
+  ``GUARDTUNE_KL_WEIGHT_LO`` / ``_HI`` default to them.
+* :class:`SafetyConfig` is a job's resolved safety configuration. The API fills a request in
+  from the operator's settings at creation (``api.jobs.safety_policy``) and stores every
+  field; :meth:`SafetyConfig.stored` reads a stored one back, where a field missing from an
+  older row reads as what creation would have filled in (the operator's setting for
+  ``kl_weight``, ``risk_weighting`` and ``max_flagged_fraction``; ``reference`` reads
+  ``exact``, what such a job started with).
+* :class:`Hyperparameters` are a job's resolved hyperparameters; :meth:`Hyperparameters.resolve`
+  turns the request's ``"auto"`` values into numbers (OpenAI's published heuristic).
+
+Only pydantic is imported: ``safety/`` (no database) reads these defaults too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SafetyMode = Literal["adaptive", "constant", "none"]
+Estimator = Literal["judge", "probe", "both"]
+RiskWeighting = Literal["example", "batch"]
+ReferenceMode = Literal["exact", "cached"]
+
+# The adaptive objective's clamps (the paper's) and the constant mode's KL weight.
+KL_WEIGHT_LO, KL_WEIGHT_HI = 0.1, 0.9
+SFT_WEIGHT_LO, SFT_WEIGHT_HI = 0.1, 0.9
+CONSTANT_KL_WEIGHT = 0.5
+FLAG_THRESHOLD = 4.0  # the scan flags an example whose risk (1–5) reaches this
+DEFAULT_MODE: SafetyMode = "adaptive"
+DEFAULT_ESTIMATOR: Estimator = "probe"
+DEFAULT_RISK_WEIGHTING: RiskWeighting = "example"
+STORED_REFERENCE: ReferenceMode = "exact"  # a stored job without ``reference`` predates the cache
+
+# Hyperparameters: the ranges a request may ask, and OpenAI's "auto" heuristic.
+N_EPOCHS_RANGE, BATCH_SIZE_RANGE, LR_MULTIPLIER_RANGE = (1, 50), (1, 256), (0, 10)  # lr: > 0
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
+MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS = 1, 25
+AUTO_BATCH_SIZE = 8
+AUTO_LR_MULTIPLIER = 1.0
+
+
+class OperatorDefaults(Protocol):
+    """What creation fills in from the operator's settings (``core.settings.Settings``)."""
+
+    kl_weight_lo: float
+    kl_weight_hi: float
+    risk_weighting: RiskWeighting
+    max_flagged_fraction: float | None
+
+
+class KlWeightBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float = Field(ge=0, le=1, description="Lower clamp of the adaptive KL weight.")
+    max: float = Field(ge=0, le=1, description="Upper clamp of the adaptive KL weight.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KlWeightBounds:
+        if self.min > self.max:
+            raise ValueError("kl_weight.min must not exceed kl_weight.max")
+        return self
+
+
+class SafetyConfig(BaseModel):
+    """A job's resolved safety configuration (``Job.safety``); see the module docstring."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    mode: SafetyMode = DEFAULT_MODE
+    estimator: Estimator = DEFAULT_ESTIMATOR
+    kl_weight: KlWeightBounds = Field(default_factory=lambda: KlWeightBounds(min=KL_WEIGHT_LO, max=KL_WEIGHT_HI))
+    constant_kl_weight: float = Field(CONSTANT_KL_WEIGHT, ge=0, le=1)
+    risk_weighting: RiskWeighting = DEFAULT_RISK_WEIGHTING
+    reference: ReferenceMode = STORED_REFERENCE
+    max_flagged_fraction: float | None = Field(None, ge=0, le=1)
+
+    @classmethod
+    def stored(cls, data: dict[str, Any] | None, operator: OperatorDefaults | None = None) -> SafetyConfig:
+        """A stored ``Job.safety``; fields it lacks read as creation would have filled them
+        in from ``operator`` (the settings), or as this class's defaults without one."""
+        data = dict(data or {})
+        if operator is not None:
+            data.setdefault("kl_weight", {"min": operator.kl_weight_lo, "max": operator.kl_weight_hi})
+            data.setdefault("risk_weighting", operator.risk_weighting)
+            data.setdefault("max_flagged_fraction", operator.max_flagged_fraction)
+        return cls.model_validate(data)
+
+    @property
+    def regularized(self) -> bool:
+        return self.mode != "none"
+
+    @property
+    def uses_judge(self) -> bool:
+        return self.estimator in ("judge", "both")
+
+    @property
+    def uses_probe(self) -> bool:
+        return self.estimator in ("probe", "both")
+
+
+def auto_epochs(n_examples: int) -> int:
+    """OpenAI's "auto" epochs: 3, raised so that at least 100 examples are seen (at most 25
+    epochs), lowered so that at most 25,000 are (at least 1)."""
+    n = max(1, n_examples)
+    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
+    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_AUTO_EPOCHS, MAX_TARGET_EXAMPLES // n)
+    return TARGET_EPOCHS
+
+
+class Hyperparameters(BaseModel):
+    """A job's resolved hyperparameters (``Job.hyperparameters``). A field missing from a
+    stored row reads as "auto" would resolve it before the file's size is known."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    n_epochs: int = Field(TARGET_EPOCHS, ge=N_EPOCHS_RANGE[0], le=N_EPOCHS_RANGE[1])
+    batch_size: int = Field(AUTO_BATCH_SIZE, ge=BATCH_SIZE_RANGE[0], le=BATCH_SIZE_RANGE[1])
+    learning_rate_multiplier: float = Field(AUTO_LR_MULTIPLIER, gt=LR_MULTIPLIER_RANGE[0], le=LR_MULTIPLIER_RANGE[1])
+
+    @classmethod
+    def resolve(
+        cls, n_epochs: int | str, batch_size: int | str, learning_rate_multiplier: float | str, n_examples: int
+    ) -> Hyperparameters:
+        """The request's values with ``"auto"`` resolved for a file of ``n_examples``:
+        :func:`auto_epochs`; a batch of :data:`AUTO_BATCH_SIZE` or the whole file if smaller;
+        a learning-rate multiplier of 1. Explicit values are kept as given."""
+        return cls(
+            n_epochs=auto_epochs(n_examples) if n_epochs == "auto" else n_epochs,
+            batch_size=max(1, min(AUTO_BATCH_SIZE, n_examples)) if batch_size == "auto" else batch_size,
+            learning_rate_multiplier=AUTO_LR_MULTIPLIER if learning_rate_multiplier == "auto" else learning_rate_multiplier,
+        )

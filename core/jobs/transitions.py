@@ -1,0 +1,80 @@
+"""The one writer of a job's status.
+
+:func:`transition` moves a job to a new status with one conditional ``UPDATE … WHERE id = ?
+AND status IN (allowed)``: of two concurrent writers, the one whose UPDATE comes second finds
+the status changed and writes nothing. By default only an unfinished job moves, so a cancel
+(the API), a failure (a stage, the reaper) or a release is never overwritten by a worker still
+finishing a step. In the same transaction it writes the job event and the audit record of the
+move (when the caller gives them). Every UPDATE bumps ``Job.version`` (the ETag of a
+conditional poll).
+
+:func:`update_live` sets other columns (heartbeat, estimate, stage lease) of an unfinished job
+under the same condition; it never changes the status.
+
+The caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.ids import new_id
+from core.jobs.vocab import ACTIVE, JobStatus
+from core.models import Job, JobEvent
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """One event on the job's ``/events`` (in the caller's transaction)."""
+    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message, data=data))
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    *,
+    allowed_from: Collection[JobStatus] = ACTIVE,
+    message: str | None = None,
+    level: str = "info",
+    event_data: dict[str, Any] | None = None,
+    actor: str = audit.SYSTEM,
+    action: str | None = None,
+    details: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Set the job's ``status`` (and ``values``, other columns) if its status is one of
+    ``allowed_from`` (default: any unfinished one); then add the event ``message`` (with
+    ``level`` and ``event_data``) and the audit record ``action`` by ``actor`` with ``details``,
+    each only when given. Returns False, having written nothing, when the job is not (any
+    longer) in ``allowed_from``."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(tuple(allowed_from))).values(status=status, **values)
+    )
+    if result.rowcount != 1:
+        return False
+    if message is not None:
+        add_event(session, job_id, message, level=level, data=event_data)
+    if action is not None:
+        audit.record(session, actor=actor, action=action, target=job_id, details=details or {})
+    return True
+
+
+def update_live(session: Session, job_id: str, **values: Any) -> bool:
+    """Set columns (not the status) of an unfinished job; False if it is finished."""
+    if "status" in values:
+        raise ValueError("change a job's status with transition()")
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(**values))
+    return result.rowcount == 1
