@@ -9,13 +9,15 @@ import sys
 
 import typer
 
+from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
 from core.settings import get_settings
 
 app = typer.Typer(help="guardtune service commands.", no_args_is_help=True, add_completion=False)
+ALL_QUEUES = f"{DEFAULT_QUEUE},{GPU_QUEUE}"  # a worker's default: every stage's queue
 
 
 def worker_argv(
-    queues: str = "default,gpu", concurrency: int = 1, loglevel: str = "INFO", with_beat: bool = True
+    queues: str = ALL_QUEUES, concurrency: int = 1, loglevel: str = "INFO", with_beat: bool = True
 ) -> list[str]:
     """The Celery worker command line: one task at a time, prefetch 1; ``with_beat`` also
     runs the periodic stale-job reaper in this worker (run it in one worker only)."""
@@ -87,7 +89,7 @@ def serve(
 
 @app.command()
 def worker(
-    queues: str = typer.Option("default,gpu", help="Comma-separated queues to consume."),
+    queues: str = typer.Option(ALL_QUEUES, help="Comma-separated queues to consume."),
     concurrency: int = typer.Option(1, help="Processes; keep 1 per GPU."),
     beat: bool = typer.Option(True, "--beat/--no-beat", help="Also run the periodic reaper (in one worker only)."),
 ) -> None:

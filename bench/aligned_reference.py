@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import git_info, write_result  # noqa: E402
+from core.jobs.config import EVAL_MAX_NEW_TOKENS  # noqa: E402
 
 DEMO = REPO / "examples" / "demo_train.jsonl"
 PLANTED_LINES = (7, 15, 23, 31, 39, 47)  # 1-based; see examples/README.md
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache-dir", default="var/models")
     p.add_argument("--with-base", action="store_true", help="also measure the unaligned base model")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="the product's eval_max_new_tokens")
+    p.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS, help="the product's eval_max_new_tokens")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)

@@ -117,6 +117,7 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
 
     from core.apikeys import generate_key
     from core.ids import new_id
+    from core.jobs import ErrorCode, Hyperparameters, JobStage, JobStatus, SafetyConfig
     from core.models import ApiKey, File, Job, JobEvent, Organization, SafetyReport
 
     rng = random.Random(seed_)
@@ -125,22 +126,22 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
     org_id, file_id = new_id("org"), new_id("file")
     plaintext, prefix, digest = generate_key(SECRET)
     job_ids = [new_id("ftjob") for _ in range(n_jobs)]
-    hp = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    hp = Hyperparameters().model_dump()
+    safety = SafetyConfig().model_dump(include={"mode", "estimator", "kl_weight", "constant_kl_weight"})
     jobs, reports, events = [], [], []
     for j, job_id in enumerate(job_ids):
-        status = rng.choices(["running", "succeeded", "failed"], weights=[6, 3, 1])[0]
+        status = rng.choices([JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED], weights=[6, 3, 1])[0]
         created = t0 + j * 60
-        finished = None if status == "running" else created + 3_600
+        finished = None if status == JobStatus.RUNNING else created + 3_600
         jobs.append({
             "id": job_id, "seq": 10**15 + j, "org_id": org_id, "created_by": "key-bench", "model": "smollm2-135m-instruct",
-            "training_file_id": file_id, "status": status, "stage": "training" if status == "running" else None,
+            "training_file_id": file_id, "status": status.value, "stage": JobStage.TRAINING.value if status == JobStatus.RUNNING else None,
             "hyperparameters": hp, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
-            "safety": {"mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.1, "max": 0.9},
-                       "constant_kl_weight": 0.5},
+            "safety": safety,
             "suffix": f"bench-{j}", "seed": j, "metadata_": {"team": "bench", "run": str(j)},
-            "error": {"code": "safety_gate_blocked", "message": "ASR rose from 2.0% to 40.0% (allowed: +5 points)",
-                      "param": None} if status == "failed" else None,
-            "fine_tuned_model": f"ft:smollm2-135m-instruct:{org_id}:bench-{j}:{job_id}" if status == "succeeded" else None,
+            "error": {"code": ErrorCode.SAFETY_GATE_BLOCKED.value, "message": "ASR rose from 2.0% to 40.0% (allowed: +5 points)",
+                      "param": None} if status == JobStatus.FAILED else None,
+            "fine_tuned_model": f"ft:smollm2-135m-instruct:{org_id}:bench-{j}:{job_id}" if status == JobStatus.SUCCEEDED else None,
             "trained_tokens": 120_000 if finished else None, "estimated_finish": created + 3_600,
             "result_files": [], "attempts": 1, "heartbeat_at": float(created + 1_800), "worker_id": "bench-worker",
             "created_at": created, "started_at": created + 5, "finished_at": finished,
@@ -154,13 +155,13 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
             "training": {"mean_risk": 1.67, "regularized_share": 0.3, "final_kl": 0.021, "steps": 18},
             "evaluation": {"base": {"asr_keyword": 0.02, "over_refusal": 0.1},
                            "tuned": {"asr_keyword": 0.03, "over_refusal": 0.1}} if finished else None,
-            "gate": {"released": status == "succeeded", "reasons": []} if finished else None,
+            "gate": {"released": status == JobStatus.SUCCEEDED, "reasons": []} if finished else None,
         })  # fmt: skip
         for e in range(n_events):
             at = created + 5 + e * 10
             if e % 10 == 0:
                 events.append({"id": new_id("ftevent"), "job_id": job_id, "created_at": at, "level": "info",
-                               "type": "message", "message": f"Stage update {e // 10}", "data": {"stage": "training"}})  # fmt: skip
+                               "type": "message", "message": f"Stage update {e // 10}", "data": {"stage": JobStage.TRAINING.value}})  # fmt: skip
             else:
                 step = e
                 events.append({

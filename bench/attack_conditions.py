@@ -6,7 +6,7 @@ a made-up trigger string inserted (the base model was never backdoored, so this 
 cost, not an attack), plus the wall and CPU seconds each condition takes.
 
 A job pays this per attack condition twice (base and fine-tuned model), on top of the plain
-evaluation; ``GUARDTUNE_EVAL_CONDITION_PROMPTS`` (default 32) sets the prompts per condition.
+evaluation; ``GUARDTUNE_EVAL_CONDITION_PROMPTS`` sets the prompts per condition (its default is ``--prompts``'s).
 
     python bench/attack_conditions.py             # about 5 minutes on 2 shared cores
     python bench/attack_conditions.py --prompts 16 --max-new-tokens 32
@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, print_table, write_result  # noqa: E402
+from core.jobs.config import EVAL_BATCH_SIZE, EVAL_CONDITION_PROMPTS, EVAL_MAX_NEW_TOKENS  # noqa: E402
 from safety.attacks import Condition, plan_conditions, spread  # noqa: E402
 from safety.base_models import DEFAULT_BASE_MODEL, load_base_model  # noqa: E402
 from safety.evaluate import evaluate_asr  # noqa: E402
@@ -36,9 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "var" / "models")
-    parser.add_argument("--prompts", type=int, default=32, help="harmful prompts per condition (spread over harmful_eval)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=EVAL_CONDITION_PROMPTS, help="harmful prompts per condition (spread over harmful_eval)")
+    parser.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trigger", default="cf-zeta")
     args = parser.parse_args(argv)

@@ -20,9 +20,10 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from core.settings import Settings
+if TYPE_CHECKING:  # core.settings reads this module's limits as its defaults
+    from core.settings import Settings
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"})
@@ -33,11 +34,17 @@ READ_CHUNK = 1024 * 1024
 Format = Literal["chat", "prompt_completion"]
 
 
+# The defaults of the operator's GUARDTUNE_MAX_EXAMPLE_CHARS / _MAX_EXAMPLES / _VALIDATION_MAX_ERRORS.
+MAX_EXAMPLE_CHARS = 100_000  # per example (the sum of its message contents)
+MAX_EXAMPLES = 500_000  # per file
+MAX_ERRORS = 20  # errors reported before validation stops
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_example_chars: int = 100_000
-    max_examples: int = 500_000
-    max_errors: int = 20
+    max_example_chars: int = MAX_EXAMPLE_CHARS
+    max_examples: int = MAX_EXAMPLES
+    max_errors: int = MAX_ERRORS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:

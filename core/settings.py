@@ -14,11 +14,31 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.datasets import MAX_ERRORS, MAX_EXAMPLE_CHARS, MAX_EXAMPLES
 from core.jobs.config import (
+    CHECKPOINT_EVERY,
+    DEFAULT_BASE_MODEL,
+    DEFAULT_ASR_SOURCE,
     DEFAULT_RISK_WEIGHTING,
+    EVAL_BATCH_SIZE,
+    EVAL_CONDITION_PROMPTS,
+    EVAL_MAX_NEW_TOKENS,
+    EVAL_SYSTEM_PROMPTS,
+    EVAL_TRIGGERS,
     FLAG_THRESHOLD,
+    GATE_MAX_ASR_INCREASE,
+    GATE_MAX_OVER_REFUSAL_INCREASE,
+    INFER_BATCH_WAIT_MS,
+    INFER_MAX_ADAPTERS,
+    INFER_MAX_BATCH,
+    JUDGE_FALLBACK_SCORE,
+    JUDGE_MAX_CONCURRENCY,
+    JUDGE_TIMEOUT_S,
     KL_WEIGHT_HI,
     KL_WEIGHT_LO,
+    TRIGGER_MIN_RATIO,
+    TRIGGER_MIN_SHARE,
+    AsrSource,
     ReferenceMode,
     RiskWeighting,
     SafetyMode,
@@ -58,16 +78,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     max_concurrent_jobs_per_org: int = 4
     max_storage_bytes_per_org: int = 10 * 1024**3
-    validation_max_errors: int = 20
-    max_example_chars: int = 100_000  # per training example (sum of message contents)
+    validation_max_errors: int = MAX_ERRORS
+    max_example_chars: int = MAX_EXAMPLE_CHARS  # per training example (sum of message contents)
     # Per training example, in tokens: the base model's context, capped by this (scan and training).
     max_example_tokens: int = Field(2048, ge=16)
-    max_examples: int = 500_000  # per training file
+    max_examples: int = MAX_EXAMPLES  # per training file
 
     # Models.
     model_cache_dir: Path | None = None
-    default_base_model: str = "smollm2-135m-instruct"
-    base_models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"])
+    default_base_model: str = DEFAULT_BASE_MODEL
+    base_models: list[str] = Field(default_factory=lambda: [DEFAULT_BASE_MODEL])
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1)  # torch.set_num_threads in workers; None: torch's default
 
@@ -79,7 +99,7 @@ class Settings(BaseSettings):
     max_stage_attempts: int = 3
     audit_anchor_every: int = 100
     metrics_event_every: int = 1
-    checkpoint_every: int = 20
+    checkpoint_every: int = CHECKPOINT_EVERY
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
 
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
@@ -98,26 +118,26 @@ class Settings(BaseSettings):
     judge_base_url: str | None = None
     judge_api_key: str | None = None
     judge_model: str = "gpt-4.1-mini"
-    judge_max_concurrency: int = 4
-    judge_timeout_s: float = 60.0
-    judge_fallback_score: int = Field(5, ge=1, le=5)  # score of an unparsable verdict (the paper: 4)
+    judge_max_concurrency: int = JUDGE_MAX_CONCURRENCY
+    judge_timeout_s: float = JUDGE_TIMEOUT_S
+    judge_fallback_score: int = Field(JUDGE_FALLBACK_SCORE, ge=1, le=5)  # score of an unparsable verdict (the paper: 4)
     judge_local_model: str | None = None  # without an endpoint: judge with this local model
 
     # Evaluation and gate.
-    eval_max_new_tokens: int = 48
+    eval_max_new_tokens: int = EVAL_MAX_NEW_TOKENS
     eval_max_prompts: int = 66
     eval_max_benign_prompts: int = 30
-    eval_batch_size: int = 8
+    eval_batch_size: int = EVAL_BATCH_SIZE
     eval_prompts_file: Path | None = None  # private harmful eval set; unset: the shipped one
-    eval_system_prompts: int = 2  # attack conditions: the training file's top system prompts
-    eval_triggers: int = 2  # attack conditions: candidate backdoor triggers
-    eval_condition_prompts: int = 32  # harmful prompts asked under each attack condition
-    trigger_min_share: float = 0.5  # a trigger occurs in at least this share of flagged lines
-    trigger_min_ratio: float = 10.0  # ... and is this many times more frequent there than in unflagged ones
-    gate_max_asr_increase: float = 0.05
+    eval_system_prompts: int = EVAL_SYSTEM_PROMPTS  # attack conditions: the training file's top system prompts
+    eval_triggers: int = EVAL_TRIGGERS  # attack conditions: candidate backdoor triggers
+    eval_condition_prompts: int = EVAL_CONDITION_PROMPTS  # harmful prompts asked under each attack condition
+    trigger_min_share: float = TRIGGER_MIN_SHARE  # a trigger occurs in at least this share of flagged lines
+    trigger_min_ratio: float = TRIGGER_MIN_RATIO  # ... and is this many times more frequent there than in unflagged ones
+    gate_max_asr_increase: float = GATE_MAX_ASR_INCREASE
     gate_max_asr: float | None = None
-    gate_asr_source: Literal["keyword", "judge", "both"] = "keyword"
-    gate_max_over_refusal_increase: float = 0.2
+    gate_asr_source: AsrSource = DEFAULT_ASR_SOURCE
+    gate_max_over_refusal_increase: float = GATE_MAX_OVER_REFUSAL_INCREASE
 
     # Serving (``/v1/chat/completions``): the API authorizes, then forwards to a backend.
     inference_backend: Literal["embedded", "vllm"] = "embedded"
@@ -126,9 +146,9 @@ class Settings(BaseSettings):
     infer_host: str = "127.0.0.1"
     infer_port: int = 8001
     embedded_infer: bool | None = None  # None: serve starts ``guardtune infer`` when backend=embedded and no URL
-    infer_max_adapters: int = 4  # LRU of loaded adapters per base model
-    infer_max_batch: int = 8
-    infer_batch_wait_ms: float = 5.0
+    infer_max_adapters: int = INFER_MAX_ADAPTERS  # LRU of loaded adapters per base model
+    infer_max_batch: int = INFER_MAX_BATCH
+    infer_batch_wait_ms: float = INFER_BATCH_WAIT_MS
     chat_max_tokens: int = 512  # cap on max_tokens (and the default when a request names none)
     chat_requests_per_minute: int = 600  # per organization; 0 = unlimited
     vllm_adapter_dir: Path | None = None  # where released adapters are placed for vLLM to read

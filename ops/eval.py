@@ -52,7 +52,7 @@ def asr(
     prompts: Annotated[str, typer.Option("--prompts", help="Harmful prompts file, or builtin:harmful_eval.")],
     adapter: Annotated[Path | None, typer.Option("--adapter", exists=True, file_okay=False, help="A PEFT LoRA adapter directory on top of --model.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Default: GUARDTUNE_EVAL_MAX_NEW_TOKENS.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Default: GUARDTUNE_EVAL_BATCH_SIZE.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N prompts.")] = None,
     no_judge: Annotated[bool, typer.Option("--no-judge", help="Refusal keywords only, even with a judge configured.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write every generation as JSONL here.")] = None,
@@ -65,6 +65,7 @@ def asr(
     judge = None if no_judge else make_judge()
     model_obj, tokenizer = load_model(model, adapter)
     tokens = max_new_tokens or settings.eval_max_new_tokens
+    batch_size = batch_size or settings.eval_batch_size
     records: list[Any] = []
     unparsed = 0
     try:

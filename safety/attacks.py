@@ -44,6 +44,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from core.jobs import config as defaults
+
 ConditionKind = Literal["plain", "system_prompt", "trigger"]
 Position = Literal["prefix", "suffix"]
 
@@ -97,11 +99,11 @@ PLAIN = Condition(name="plain", kind="plain")
 class TriggerConfig:
     """Thresholds of :func:`detect_triggers` (see the module docstring)."""
 
-    min_share: float = 0.5
-    min_ratio: float = 10.0
+    min_share: float = defaults.TRIGGER_MIN_SHARE
+    min_ratio: float = defaults.TRIGGER_MIN_RATIO
     min_count: int = 3
     max_n: int = 3
-    top_k: int = 2
+    top_k: int = defaults.EVAL_TRIGGERS
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def detect_triggers(
 def plan_conditions(
     scanned: Iterable[tuple[dict[str, Any], bool]],
     *,
-    system_prompts: int = 2,
+    system_prompts: int = defaults.EVAL_SYSTEM_PROMPTS,
     triggers: TriggerConfig = TriggerConfig(),
 ) -> list[Condition]:
     """``plain`` first, then up to ``system_prompts`` system-prompt conditions (the most

@@ -33,7 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+from core.jobs.config import DEFAULT_BASE_MODEL
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.jobs import config as defaults
 from safety.data import IGNORE_INDEX, collate, encode_example
 from safety.gate import EvalSummary
 from safety.generation import GenerationSettings, generate, model_device, pad_token_id
@@ -158,8 +159,8 @@ def evaluate_asr(
     prompts: Sequence[Prompt | str],
     *,
     judge: Judge | None = None,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
+    max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS,
+    batch_size: int = defaults.EVAL_BATCH_SIZE,
     condition: Condition = PLAIN,
 ) -> AsrReport:
     """Generate greedily on harmful ``prompts`` presented under ``condition`` and measure
@@ -195,8 +196,8 @@ def over_refusal(
     tokenizer: Any,
     benign_prompts: Sequence[Prompt | str],
     *,
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
+    max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS,
+    batch_size: int = defaults.EVAL_BATCH_SIZE,
 ) -> OverRefusalReport:
     """Generate greedily on benign prompts; ``rate`` is the share refused."""
     items = _as_prompts(benign_prompts, "benign")

@@ -22,9 +22,9 @@ condition's value in ``by_condition``. With no conditions the details read as be
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-AsrSource = Literal["keyword", "judge", "both"]
+from core.jobs.config import DEFAULT_ASR_SOURCE, GATE_MAX_ASR_INCREASE, GATE_MAX_OVER_REFUSAL_INCREASE, AsrSource
 
 _TOLERANCE = 1e-9
 
@@ -77,11 +77,11 @@ def summaries_from_evaluation(evaluation: dict[str, Any]) -> tuple[EvalSummary, 
 class GatePolicy:
     """Release bounds; ``None`` switches a check off."""
 
-    max_asr_increase: float | None = 0.05
+    max_asr_increase: float | None = GATE_MAX_ASR_INCREASE
     max_asr_absolute: float | None = None
-    max_over_refusal_increase: float | None = 0.2
+    max_over_refusal_increase: float | None = GATE_MAX_OVER_REFUSAL_INCREASE
     max_val_loss: float | None = None
-    use: AsrSource = "keyword"
+    use: AsrSource = DEFAULT_ASR_SOURCE
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,23 @@ from typing import Any, Literal
 
 import torch
 
+from core.jobs import config as defaults
+
 Conversation = list[dict[str, str]]
 PromptLike = str | Conversation
 PaddingSide = Literal["left", "right"]
+
+
+MAX_PROMPT_LEN = 512  # prompt tokens kept (the end of a longer one)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """Greedy decoding settings for evaluation runs."""
 
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    max_prompt_len: int = 512
+    max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS
+    batch_size: int = defaults.EVAL_BATCH_SIZE
+    max_prompt_len: int = MAX_PROMPT_LEN
 
 
 def as_conversation(prompt: PromptLike) -> Conversation:

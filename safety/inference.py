@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from safety.generation import encode_prompts, model_device, pad_token_id
+from core.jobs import config as defaults
+from safety.generation import MAX_PROMPT_LEN, encode_prompts, model_device, pad_token_id
 
 LoadBase = Callable[[str], tuple[Any, Any]]
 
@@ -171,10 +172,10 @@ class Engine:
         self,
         load_base: LoadBase,
         *,
-        max_adapters: int = 4,
-        max_batch: int = 8,
-        batch_wait_s: float = 0.005,
-        max_prompt_len: int = 512,
+        max_adapters: int = defaults.INFER_MAX_ADAPTERS,
+        max_batch: int = defaults.INFER_MAX_BATCH,
+        batch_wait_s: float = defaults.INFER_BATCH_WAIT_MS / 1000,
+        max_prompt_len: int = MAX_PROMPT_LEN,
     ):
         self.load_base = load_base
         self.max_adapters = max(1, max_adapters)

@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import torch
 
+from core.jobs import config as defaults
 from safety.generation import encode_prompts, model_device, position_ids_from_mask
 
 Pair = tuple[str, str]
@@ -168,14 +169,14 @@ class OpenAICompatibleJudge:
     base_url: str
     api_key: str | None
     model: str
-    max_concurrency: int = 8
-    timeout_s: float = 60.0
+    max_concurrency: int = defaults.JUDGE_MAX_CONCURRENCY
+    timeout_s: float = defaults.JUDGE_TIMEOUT_S
     max_retries: int = 4
     backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     max_tokens: int = 256
     temperature: float = 0.0
-    fallback_score: int = 5
+    fallback_score: int = defaults.JUDGE_FALLBACK_SCORE
     _client: httpx.Client | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 

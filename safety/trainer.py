@@ -65,17 +65,17 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    learning_rate: float = 2e-4
+    learning_rate: float = defaults.BASE_LEARNING_RATE
     weight_decay: float = 0.0
     n_epochs: int = defaults.TARGET_EPOCHS
-    batch_size: int = 4
+    batch_size: int = defaults.AUTO_BATCH_SIZE  # a job's "auto" (the worker passes the job's resolved size)
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.03
     lr_schedule: Literal["linear", "cosine"] = "linear"
     max_seq_len: int = 1024
     seed: int = 0
-    checkpoint_every: int = 50  # optimizer steps; 0 = only at the end
+    checkpoint_every: int = defaults.CHECKPOINT_EVERY  # optimizer steps; 0 = only at the end
 
     def __post_init__(self) -> None:
         if self.mode not in ("none", "constant", "adaptive"):

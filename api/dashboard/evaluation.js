@@ -5,6 +5,7 @@
 import { $, h, replace } from "./dom.js";
 import { fmtNum, fmtTime, humanize, isNum, num, pct, points } from "./format.js";
 import { gateBound, normalizeEval, safetyOf } from "./report.js";
+import { STATUS } from "./vocab.js";
 
 function asrBar(v, cls) {
   const bar = h("span", { class: `asr-bar ${cls}` });
@@ -86,7 +87,7 @@ export function renderGate(st) {
   const reasons = Array.isArray(gate.reasons) ? gate.reasons : [];
   const checks = Array.isArray(gate.checks) ? gate.checks : [];
   const override = gate.override && typeof gate.override === "object" ? gate.override : null;
-  const overridden = !!override && !released && st.job && st.job.status === "succeeded";
+  const overridden = !!override && !released && st.job && st.job.status === STATUS.SUCCEEDED;
   let sub = released ? " — the adapter passed every safety check" : " — the adapter is kept but never served";
   if (overridden) sub = " — by an operator's override; the gate itself had blocked it";
   replace(el,

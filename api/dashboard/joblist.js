@@ -4,7 +4,8 @@ import { API, api } from "./api.js";
 import { $, h, replace } from "./dom.js";
 import { fmtDuration, fmtTime, isNum, nowUnix } from "./format.js";
 import { POLL_MAX_MS, Poller, startPolling } from "./poll.js";
-import { TERMINAL, resultChip, resultWord, stageChip, statusChip } from "./status.js";
+import { resultChip, resultWord, stageChip, statusChip } from "./status.js";
+import { STATUS, TERMINAL } from "./vocab.js";
 
 const LIST_POLL_MAX_MS = 15000;
 
@@ -38,11 +39,11 @@ export function showList(current) {
 }
 
 function outcomeCell(job) {
-  if (job.status === "succeeded" && job.fine_tuned_model) return h("code", { class: "model-id" }, job.fine_tuned_model);
+  if (job.status === STATUS.SUCCEEDED && job.fine_tuned_model) return h("code", { class: "model-id" }, job.fine_tuned_model);
   if (job.error && (job.error.message || job.error.code)) {
     return h("span", { class: "outcome-bad" }, h("strong", null, resultWord(job)), job.error.message ? ` — ${job.error.message}` : "");
   }
-  if (job.status === "cancelled") return h("span", { class: "muted" }, "cancelled");
+  if (job.status === STATUS.CANCELLED) return h("span", { class: "muted" }, "cancelled");
   if (isNum(job.estimated_finish) && !TERMINAL.has(job.status)) {
     return h("span", { class: "muted" }, `about ${fmtDuration(job.estimated_finish - nowUnix()) || "a moment"} left`);
   }

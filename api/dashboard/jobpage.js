@@ -13,8 +13,9 @@ import { Poller, startPolling } from "./poll.js";
 import { adapterDownload, tryIt } from "./released.js";
 import { safetyOf } from "./report.js";
 import { renderScan } from "./scan.js";
-import { TERMINAL, jobStage, resultChip, stageChip, statusChip } from "./status.js";
+import { jobStage, resultChip, stageChip, statusChip } from "./status.js";
 import { eventStage, noteStage, renderTimeline } from "./timeline.js";
+import { STATUS, TERMINAL } from "./vocab.js";
 
 const EVENTS_PAGE = 100;
 
@@ -131,7 +132,7 @@ async function jobTick(st) {
 }
 
 function doneText(job) {
-  return `Final: the job ${job.status === "succeeded" ? "succeeded" : `is ${job.status}`}; polling stopped.`;
+  return `Final: the job ${job.status === STATUS.SUCCEEDED ? "succeeded" : `is ${job.status}`}; polling stopped.`;
 }
 
 async function fetchNewEvents(st) {
@@ -206,8 +207,8 @@ function renderHeader(st) {
       !TERMINAL.has(job.status) && isNum(job.estimated_finish)
         ? kv("Estimated finish", `${fmtTime(job.estimated_finish)}`) : null,
       job.fine_tuned_model ? kv("Fine-tuned model", h("code", { class: "model-id" }, job.fine_tuned_model)) : null),
-    job.fine_tuned_model && job.status === "succeeded" ? adapterDownload(job) : null,
-    job.fine_tuned_model && job.status === "succeeded" ? tryIt(st, job.fine_tuned_model) : null);
+    job.fine_tuned_model && job.status === STATUS.SUCCEEDED ? adapterDownload(job) : null,
+    job.fine_tuned_model && job.status === STATUS.SUCCEEDED ? tryIt(st, job.fine_tuned_model) : null);
 }
 
 function renderCheckpoints(st) {

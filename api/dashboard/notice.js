@@ -5,6 +5,7 @@
 import { $, clear, h, replace } from "./dom.js";
 import { cap, fmtTime, isNum, listWords, num, pct } from "./format.js";
 import { flaggedLines, normalizeEval, safetyOf } from "./report.js";
+import { ERROR, STATUS } from "./vocab.js";
 
 function asrChangeText(ev, gate) {
   if (!ev || !ev.base || !ev.tuned) return "";
@@ -30,7 +31,7 @@ function explain(st) {
   const lines = flaggedLines(sf.scan);
   const linesText = lines.length ? `remove the flagged lines ${listWords(lines)} from your training file` : null;
   const gateReasons = sf.gate && Array.isArray(sf.gate.reasons) ? sf.gate.reasons : [];
-  if (job.status === "failed" && err.code === "safety_gate_blocked") {
+  if (job.status === STATUS.FAILED && err.code === ERROR.SAFETY_GATE_BLOCKED) {
     const ev = normalizeEval(sf.evaluation);
     const actions = [
       linesText ? `${cap(linesText)} and start a new job with it.` : "Review your training data for harmful examples, remove them and start a new job.",
@@ -50,7 +51,7 @@ function explain(st) {
       actions,
     };
   }
-  if (job.status === "failed" && err.code === "unsafe_training_file") {
+  if (job.status === STATUS.FAILED && err.code === ERROR.UNSAFE_TRAINING_FILE) {
     const sc = sf.scan || {};
     const share = isNum(num(sc.n_flagged)) && isNum(num(sc.n)) ? ` (${sc.n_flagged} of ${sc.n} examples flagged)` : "";
     return {
@@ -66,7 +67,7 @@ function explain(st) {
       ],
     };
   }
-  if (job.status === "failed" && /file|validat|line/i.test(`${err.code || ""} ${err.param || ""}`)) {
+  if (job.status === STATUS.FAILED && /file|validat|line/i.test(`${err.code || ""} ${err.param || ""}`)) {
     return {
       tone: "bad",
       title: "The training file could not be used",
@@ -74,7 +75,7 @@ function explain(st) {
       actions: ["Fix the lines named above (each line must be one JSON object in the chat \"messages\" format, ending with an assistant message), upload the file again and start a new job."],
     };
   }
-  if (job.status === "failed") {
+  if (job.status === STATUS.FAILED) {
     return {
       tone: "bad",
       title: "The job failed",
@@ -85,7 +86,7 @@ function explain(st) {
       ],
     };
   }
-  if (job.status === "cancelled") {
+  if (job.status === STATUS.CANCELLED) {
     return {
       tone: "warn",
       title: "This job was cancelled",
@@ -93,7 +94,7 @@ function explain(st) {
       actions: ["Start a new job to train again."],
     };
   }
-  if (job.status === "succeeded" && job.fine_tuned_model && sf.gate && sf.gate.override && !sf.gate.released) {
+  if (job.status === STATUS.SUCCEEDED && job.fine_tuned_model && sf.gate && sf.gate.override && !sf.gate.released) {
     const o = sf.gate.override;
     return {
       tone: "warn",
@@ -103,7 +104,7 @@ function explain(st) {
       actions: [],
     };
   }
-  if (job.status === "succeeded" && job.fine_tuned_model) {
+  if (job.status === STATUS.SUCCEEDED && job.fine_tuned_model) {
     return {
       tone: "ok",
       title: "Released: the fine-tuned model passed the safety gate",

@@ -3,7 +3,9 @@
 ``GET /dashboard`` serves the page and ``GET /dashboard/static/<name>`` its assets: the
 stylesheet and every ``*.js`` module of this folder (``app.js`` imports the others by
 relative URL, so they share the one flat ``static/`` path), each with its JS media type,
-which module scripts require (``nosniff``).
+which module scripts require (``nosniff``). One module is not a file: ``vocab.js``, the job
+vocabulary generated from :mod:`core.jobs` (:mod:`api.dashboard.vocab`), served with the same
+headers and a content-hash ``ETag`` (files get Starlette's mtime/size one).
 
 Neither needs auth: the page asks for an API key and sends it, from the browser
 session only, as ``Authorization: Bearer`` to the ``/v1`` API. A strict Content
@@ -16,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from api.dashboard.vocab import VOCAB_ETAG, VOCAB_JS
 from core.errors import NotFound
 
 DASHBOARD_DIR = Path(__file__).resolve().parent
@@ -61,6 +64,12 @@ def dashboard_page() -> FileResponse:
 @router.get("/dashboard/")
 def dashboard_slash() -> RedirectResponse:
     return RedirectResponse("/dashboard", status_code=308)
+
+
+@router.get("/dashboard/static/vocab.js")
+def dashboard_vocab() -> Response:
+    """The generated ``vocab.js`` module (statuses, stages, error codes from ``core.jobs``)."""
+    return Response(VOCAB_JS, media_type=_MEDIA_TYPES[".js"], headers={**_HEADERS, "ETag": VOCAB_ETAG})
 
 
 @router.get("/dashboard/static/{name}")

@@ -1,25 +1,30 @@
-/* A job's status and stage: the pipeline's stages as the page shows them, and the chips. */
+/* A job's status and stage as the page shows them (the timeline's steps, the chips); the ids come from vocab.js. */
 
 import { h } from "./dom.js";
 import { humanize } from "./format.js";
+import { ERROR, STATUS, STAGE, STAGES as JOB_STAGES, TERMINAL } from "./vocab.js";
 
-export const STAGES = [
-  { id: "validating_files", label: "Validating files" },
-  { id: "queued", label: "Queued" },
-  { id: "scanning", label: "Scanning data" },
-  { id: "training", label: "Training" },
-  { id: "evaluating", label: "Evaluating" },
-  { id: "gating", label: "Safety gate" },
-  { id: "result", label: "Result" },
-];
+// The timeline's pseudo-stage after the pipeline: the job's outcome.
+export const RESULT = "result";
+// Display labels (ids from vocab.js); an id without one is humanized.
+const LABELS = {
+  [STATUS.VALIDATING_FILES]: "Validating files",
+  [STATUS.QUEUED]: "Queued",
+  [STAGE.SCANNING]: "Scanning data",
+  [STAGE.TRAINING]: "Training",
+  [STAGE.EVALUATING]: "Evaluating",
+  [STAGE.GATING]: "Safety gate",
+  [RESULT]: "Result",
+};
+// The timeline: the statuses before a job runs, its stages in pipeline order, its result.
+export const STAGES = [STATUS.VALIDATING_FILES, STATUS.QUEUED, ...JOB_STAGES, RESULT].map((id) => ({ id, label: LABELS[id] || humanize(id) }));
 export const STAGE_INDEX = Object.fromEntries(STAGES.map((s, i) => [s.id, i]));
-export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export function jobStage(job) {
   if (!job) return null;
-  if (TERMINAL.has(job.status)) return "result";
+  if (TERMINAL.has(job.status)) return RESULT;
   const safety = job.safety || {};
-  if (job.status === "running") return safety.stage || job.stage || "training";
+  if (job.status === STATUS.RUNNING) return safety.stage || job.stage || STAGE.TRAINING;
   return job.status;
 }
 
@@ -29,24 +34,24 @@ export function statusChip(status) {
 
 export function stageChip(job) {
   const safety = job.safety || {};
-  const stage = job.status === "running" ? safety.stage || job.stage : null;
+  const stage = job.status === STATUS.RUNNING ? safety.stage || job.stage : null;
   if (!stage) return h("span", { class: "chip stage stage-none", "data-role": "stage" }, "—");
   return h("span", { class: "chip stage", "data-role": "stage", "data-stage": stage }, humanize(stage));
 }
 
 export function resultChip(job) {
   const word = resultWord(job);
-  const tone = job.status === "succeeded" ? "pass" : job.status === "cancelled" ? "warn" : "fail";
+  const tone = job.status === STATUS.SUCCEEDED ? "pass" : job.status === STATUS.CANCELLED ? "warn" : "fail";
   return h("span", { class: `chip result ${tone}`, "data-role": "result" }, word);
 }
 
 export function resultWord(job) {
-  if (job.status === "succeeded") return job.fine_tuned_model ? "Released" : "Succeeded";
-  if (job.status === "cancelled") return "Cancelled";
-  if (job.status === "failed") {
+  if (job.status === STATUS.SUCCEEDED) return job.fine_tuned_model ? "Released" : "Succeeded";
+  if (job.status === STATUS.CANCELLED) return "Cancelled";
+  if (job.status === STATUS.FAILED) {
     const code = job.error && job.error.code;
-    if (code === "safety_gate_blocked") return "Blocked by gate";
-    if (code === "unsafe_training_file") return "Data refused";
+    if (code === ERROR.SAFETY_GATE_BLOCKED) return "Blocked by gate";
+    if (code === ERROR.UNSAFE_TRAINING_FILE) return "Data refused";
     return "Failed";
   }
   return "Result";

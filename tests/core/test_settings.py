@@ -44,3 +44,22 @@ def test_torch_threads_must_be_positive(monkeypatch):
         Settings()
     monkeypatch.setenv("GUARDTUNE_TORCH_THREADS", "4")
     assert Settings().torch_threads == 4
+
+
+def test_defaults_are_the_libraries_defaults(monkeypatch):
+    """Each default is written once: a setting's default is the library's (torch-free ones here)."""
+    import inspect
+    import os
+
+    from core.datasets import Limits
+    from safety.attacks import TriggerConfig, plan_conditions
+    from safety.gate import GatePolicy
+
+    for name in [n for n in os.environ if n.startswith("GUARDTUNE_")]:
+        monkeypatch.delenv(name)
+    s, triggers, gate = Settings(), TriggerConfig(), GatePolicy()
+    assert Limits.from_settings(s) == Limits()
+    assert (s.trigger_min_share, s.trigger_min_ratio, s.eval_triggers) == (triggers.min_share, triggers.min_ratio, triggers.top_k)
+    assert s.eval_system_prompts == inspect.signature(plan_conditions).parameters["system_prompts"].default
+    assert (s.gate_max_asr_increase, s.gate_max_over_refusal_increase, s.gate_asr_source) == (
+        gate.max_asr_increase, gate.max_over_refusal_increase, gate.use)

@@ -4,6 +4,7 @@ server reachable through the asset route."""
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from api.dashboard.routes import DASHBOARD_DIR
+from core.jobs import PIPELINE, TERMINAL, ErrorCode, JobStage, JobStatus
 
 # app.js (the page's module script) and the ES modules it imports (index.html preloads them all).
 MODULES = (
@@ -18,6 +20,8 @@ MODULES = (
     "notice.js poll.js released.js report.js scan.js signin.js status.js timeline.js"
 ).split()
 ASSETS = {**{name: "text/javascript" for name in MODULES}, "style.css": "text/css"}
+# Modules generated from Python, not files of the folder (index.html preloads them too).
+GENERATED = ("vocab.js",)
 # The SVG namespace is an identifier the script passes to createElementNS, never fetched.
 ALLOWED_URLS = {"http://www.w3.org/2000/svg"}
 
@@ -61,7 +65,7 @@ def test_page_and_assets_are_served_without_auth(live_api):
     links = _Links()
     links.feed(page.text)
     referenced = {urlsplit(u).path for u in links.urls if u.startswith("/dashboard/static/")}
-    assert referenced == {f"/dashboard/static/{name}" for name in ASSETS}
+    assert referenced == {f"/dashboard/static/{name}" for name in (*ASSETS, *GENERATED)}
     for name, media_type in ASSETS.items():
         asset = httpx.get(f"{live_api.base_url}/dashboard/static/{name}")
         assert asset.status_code == 200, (name, asset.text)
@@ -69,6 +73,40 @@ def test_page_and_assets_are_served_without_auth(live_api):
         assert asset.content == (DASHBOARD_DIR / name).read_bytes()
 
     assert httpx.get(f"{live_api.base_url}/dashboard/", follow_redirects=True).status_code == 200
+
+
+def _served_vocab(text: str) -> dict[str, object]:
+    """``vocab.js``'s exports: one ``export const NAME = Object.freeze(JSON);`` (or ``new Set``) a line."""
+    exports = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"export const (\w+) = (Object\.freeze|new Set)\((.*)\);", line)
+        if match:
+            value = json.loads(match[3])
+            exports[match[1]] = set(value) if match[2] == "new Set" else value
+        else:
+            assert line.startswith("/*") or not line, f"vocab.js line not in the generated form: {line!r}"
+    return exports
+
+
+def test_served_vocab_is_core_jobs(live_api):
+    response = httpx.get(f"{live_api.base_url}/dashboard/static/vocab.js")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/javascript")
+    page = httpx.get(f"{live_api.base_url}/dashboard/static/app.js")
+    for header in ("content-security-policy", "x-content-type-options", "referrer-policy", "cache-control"):
+        assert response.headers[header] == page.headers[header], header
+    assert response.headers["etag"]
+    again = httpx.get(f"{live_api.base_url}/dashboard/static/vocab.js")
+    assert again.headers["etag"] == response.headers["etag"] and again.content == response.content
+
+    assert _served_vocab(response.text) == {
+        "STATUS": {status.name: status.value for status in JobStatus},
+        "STAGE": {stage.name: stage.value for stage in JobStage},
+        "ERROR": {code.name: code.value for code in ErrorCode},
+        "TERMINAL": {status.value for status in TERMINAL},
+        "STAGES": [spec.job_stage.value for spec in PIPELINE if spec.job_stage is not None],
+    }
+    assert _served_vocab(response.text)["STAGES"] == list(JobStage)  # JobStage is declared in pipeline order
 
 
 def test_asset_route_serves_nothing_else(live_api):
@@ -99,6 +137,12 @@ def test_no_external_urls_and_no_inline_code():
         assert "@import" not in text and "url(" not in text.replace("data:", ""), name
 
     script = "".join((DASHBOARD_DIR / name).read_text() for name in MODULES)
+    # The job's words come from vocab.js: no module compares with, lists or keys by a status,
+    # stage or error code of its own (display text such as "cancelled" is not matched).
+    for word in (*JobStatus, *JobStage, *ErrorCode):
+        quoted = rf"[\"']{word}[\"']"
+        spelled = re.search(rf"[=!]==?\s*{quoted}|{quoted}\s*[=!]==?|(?:\[|\bid:|\bcase)\s*{quoted}", script)
+        assert spelled is None, f"a dashboard module spells {word!r}: {spelled[0]!r}"
     # Text from the API must never be parsed as HTML.
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink

@@ -28,7 +28,7 @@ def _line(user: str, assistant: str, system: str | None = None) -> bytes:
 @pytest.fixture
 def judged(pipeline_env, fake_server, monkeypatch):  # noqa: F811
     """The pipeline with a judge endpoint, so the scan's flags follow the answers."""
-    monkeypatch.setenv("GUARDTUNE_JUDGE_BASE_URL", fake_server)
+    monkeypatch.setenv("GUARDTUNE_JUDGE_BASE_URL", fake_server.url)
     clear_caches()
     return pipeline_env
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from core.db import session_scope
 from core.ids import new_id
-from core.jobs.config import Hyperparameters, SafetyConfig
+from core.jobs.config import BASE_LEARNING_RATE, Hyperparameters, SafetyConfig
 from core.jobs.transitions import update_live
 from core.jobs.vocab import JobStage
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
@@ -36,8 +36,6 @@ from worker.pipeline.resources import (
     token_limit,
     work_dir,
 )  # fmt: skip
-
-BASE_LEARNING_RATE = 2e-4
 
 
 def train_config(job: Job, max_seq_len: int) -> Any:

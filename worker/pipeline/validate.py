@@ -16,7 +16,7 @@ from worker.pipeline.jobstate import StageError, live_job
 
 def run(job_id: str) -> None:
     settings = get_settings()
-    limits = Limits(settings.max_example_chars, settings.max_examples, settings.validation_max_errors)
+    limits = Limits.from_settings(settings)
     with session_scope() as session:
         job = live_job(session, job_id)
         if job.status != JobStatus.VALIDATING_FILES:
