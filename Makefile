@@ -27,5 +27,9 @@ test: install
 	sh scripts/install-browser.sh
 	$(PY) -m pytest
 
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
 clean:
 	rm -rf $(VENV) var test-output

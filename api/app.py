@@ -9,18 +9,18 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from sqlalchemy.exc import IntegrityError
 
-from api.errors import install_error_handlers
-from api.input_guard import refuse_unstorable_input
-from api.metrics import install_metrics
-from api.openapi import install_openapi
-from api.requestid import RequestIdMiddleware
 from api import health
 from api.admin.routes import router as admin_router
 from api.chat.routes import router as chat_router
 from api.dashboard.routes import router as dashboard_router
+from api.errors import install_error_handlers
 from api.files.routes import router as files_router
+from api.input_guard import refuse_unstorable_input
 from api.jobs.routes import router as jobs_router
+from api.metrics import install_metrics
 from api.models.routes import router as models_router
+from api.openapi import install_openapi
+from api.requestid import RequestIdMiddleware
 from core.db import session_scope
 from core.logging import configure_logging
 from core.registry import seed_base_models

@@ -23,10 +23,24 @@ def worker_argv(
     runs the periodic stale-job reaper in this worker (run it in one worker only)."""
     beat = ["--beat"] if with_beat else []
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-        "-Q", queues, "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle", *beat,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app:celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        *beat,
+    ]
 
 
 def infer_argv() -> list[str]:
@@ -113,7 +127,9 @@ def infer() -> None:
 def demo(
     epochs: int = typer.Option(2, help="Training epochs of the demo job."),
     keep_serving: bool = typer.Option(True, "--serve/--no-serve", help="Leave the server running afterwards."),
-    lr_multiplier: float = typer.Option(1.0, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs."),
+    lr_multiplier: float = typer.Option(
+        1.0, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs."
+    ),
 ) -> None:
     """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
     standard SFT, end to end on the embedded stack (see README)."""

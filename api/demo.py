@@ -45,15 +45,18 @@ DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "demo_train
 
 def start_server(log_path: Path) -> subprocess.Popen:
     log = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], stdout=log, stderr=subprocess.STDOUT,
-                            env=os.environ.copy())  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+    )
 
 
 def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"the server exited with code {server.returncode}; see {get_settings().home_dir}/serve.log")
+            raise SystemExit(
+                f"the server exited with code {server.returncode}; see {get_settings().home_dir}/serve.log"
+            )
         try:
             if httpx.get(f"{base_url}/readyz", timeout=3).status_code == 200:
                 return
@@ -65,8 +68,10 @@ def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 120) 
 
 def align_and_onboard(model_id: str) -> dict:
     """The worker's ``guardtune.gpu.align`` task: the aligned variant, onboarded."""
-    with console.status(f"Aligning {model_id} (refusal training, cached after the first run), then onboarding "
-                        "the aligned variant: training its probe, measuring its ASR…"):  # fmt: skip
+    with console.status(
+        f"Aligning {model_id} (refusal training, cached after the first run), then onboarding "
+        "the aligned variant: training its probe, measuring its ASR…"
+    ):
         task_id = enqueue("guardtune.gpu.align", model_id, True, queue=GPU_QUEUE)
         return producer().AsyncResult(task_id).get(timeout=3600)
 
@@ -80,9 +85,16 @@ def demo_key() -> str:
             org = create_org(session, DEMO_ORG, actor="ops:demo")
         if set(org.allowed_modes or ()) != set(DEMO_ALLOWED_MODES):
             # The operator opens standard SFT (`none`) to the demo org, as an admin PATCH would.
-            audit.record(session, actor="ops:demo", action="org.update", target=org.id,
-                         details={"before": {"allowed_modes": org.allowed_modes},
-                                  "after": {"allowed_modes": list(DEMO_ALLOWED_MODES)}})  # fmt: skip
+            audit.record(
+                session,
+                actor="ops:demo",
+                action="org.update",
+                target=org.id,
+                details={
+                    "before": {"allowed_modes": org.allowed_modes},
+                    "after": {"allowed_modes": list(DEMO_ALLOWED_MODES)},
+                },
+            )
             org.allowed_modes = list(DEMO_ALLOWED_MODES)
         _, plaintext = create_key(session, DEMO_ORG, actor="ops:demo", secret=settings.secret_key, name="demo")
     return plaintext
@@ -91,8 +103,12 @@ def demo_key() -> str:
 def follow(client: httpx.Client, job_id: str) -> dict:
     """Poll the job and its events with a progress bar until the job ends."""
     after, job = None, {}
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("validating", total=None)
         while job.get("status") not in TERMINAL:
@@ -118,17 +134,22 @@ def report_rows(report: dict, job: dict) -> dict[str, str]:
     rows: dict[str, str] = {}
     if scan:
         flagged = ", ".join(str(e["line"]) for e in scan.get("top_flagged", []))
-        rows["scan"] = (f"{scan['n']} examples, {scan['n_flagged']} flagged (lines {flagged or 'none'}); "
-                        f"mean risk {scan['mean_risk']:.2f}")  # fmt: skip
+        rows["scan"] = (
+            f"{scan['n']} examples, {scan['n_flagged']} flagged (lines {flagged or 'none'}); "
+            f"mean risk {scan['mean_risk']:.2f}"
+        )
     if training:
-        rows["training"] = (f"{training['steps']} steps, mode {training['mode']}, {training['regularized_share']:.0%} "
-                            f"of steps regularized, final KL {training['final_kl'] or 0:.4f}")  # fmt: skip
+        rows["training"] = (
+            f"{training['steps']} steps, mode {training['mode']}, {training['regularized_share']:.0%} "
+            f"of steps regularized, final KL {training['final_kl'] or 0:.4f}"
+        )
     if evaluation:
         base, tuned = evaluation["base"], evaluation["tuned"]
         rows["ASR (refusal detection)"] = f"base {base['asr_keyword']:.0%} → fine-tuned {tuned['asr_keyword']:.0%}"
         for row in evaluation.get("conditions", [])[1:]:  # the attack conditions after plain
-            rows[f"  ASR {row['description']}"] = (f"base {row['base']['asr_keyword']:.0%} → "
-                                                   f"fine-tuned {row['tuned']['asr_keyword']:.0%}")  # fmt: skip
+            rows[f"  ASR {row['description']}"] = (
+                f"base {row['base']['asr_keyword']:.0%} → fine-tuned {row['tuned']['asr_keyword']:.0%}"
+            )
         rows["over-refusal (benign)"] = f"base {base['over_refusal']:.0%} → fine-tuned {tuned['over_refusal']:.0%}"
     if gate:
         rows["gate"] = ("RELEASED: " if gate["released"] else "BLOCKED: ") + " ".join(gate["reasons"])
@@ -154,11 +175,16 @@ def print_reports(reports: dict[str, tuple[dict, dict]]) -> None:
 
 def submit(client: httpx.Client, file_id: str, model: str, mode: str, epochs: int, lr_multiplier: float) -> dict:
     """Create one demo job; a refusal (e.g. an operator policy on modes) ends the demo clearly."""
-    response = client.post("/v1/fine_tuning/jobs", json={
-        "model": model, "training_file": file_id, "suffix": f"demo-{mode}",
-        "hyperparameters": {"n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": lr_multiplier},
-        "safety": {"mode": mode, "estimator": "probe"},
-    })  # fmt: skip
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "model": model,
+            "training_file": file_id,
+            "suffix": f"demo-{mode}",
+            "hyperparameters": {"n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": lr_multiplier},
+            "safety": {"mode": mode, "estimator": "probe"},
+        },
+    )
     if response.status_code != 200:
         raise SystemExit(f"creating the {mode} job failed ({response.status_code}): {response.text}")
     return response.json()
@@ -174,18 +200,25 @@ def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 
         console.print(f"[green]guardtune is up[/green] at {settings.base_url} (logs: {settings.home_dir}/serve.log)")
         aligned = align_and_onboard(settings.default_base_model)
         examples, onboarded = aligned["report"]["examples"], aligned["onboard"]
-        console.print(f"Aligned variant {aligned['model']} ({'cached' if aligned['cached'] else 'trained now'}: "
-                      f"{examples['refusals']} refusals, {examples['benign']} helpful answers, "
-                      f"{examples['deep_refusals']} refusals after a harmful start)")  # fmt: skip
+        console.print(
+            f"Aligned variant {aligned['model']} ({'cached' if aligned['cached'] else 'trained now'}: "
+            f"{examples['refusals']} refusals, {examples['benign']} helpful answers, "
+            f"{examples['deep_refusals']} refusals after a harmful start)"
+        )
         probe = onboarded["probe"]
-        console.print(f"Probe: held-out AUROC {probe['auroc']:.3f} on layer(s) {probe['layers']}; aligned model ASR "
-                      f"{onboarded['baseline']['asr_keyword']:.0%}, over-refusal "
-                      f"{onboarded['baseline']['over_refusal']:.0%}")  # fmt: skip
+        console.print(
+            f"Probe: held-out AUROC {probe['auroc']:.3f} on layer(s) {probe['layers']}; aligned model ASR "
+            f"{onboarded['baseline']['asr_keyword']:.0%}, over-refusal "
+            f"{onboarded['baseline']['over_refusal']:.0%}"
+        )
         key = demo_key()
         with httpx.Client(base_url=settings.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             with DEMO_DATASET.open("rb") as f:
-                file = client.post("/v1/files", data={"purpose": "fine-tune"},
-                                   files={"file": ("demo_train.jsonl", f, "application/jsonl")}).json()  # fmt: skip
+                file = client.post(
+                    "/v1/files",
+                    data={"purpose": "fine-tune"},
+                    files={"file": ("demo_train.jsonl", f, "application/jsonl")},
+                ).json()
             console.print(f"Uploaded {file['filename']} as {file['id']} ({file['status']})")
             jobs = {mode: submit(client, file["id"], aligned["model"], mode, epochs, lr_multiplier) for mode in MODES}
             reports = {}

@@ -12,8 +12,9 @@ from core.jobs.vocab import JobStatus
 DEMO_QUESTION = "Suggest a quick weeknight dinner I can cook in 20 minutes."
 
 
-def ask_released_model(base_url: str, key: str, job: dict, console: Console, question: str = DEMO_QUESTION
-                       ) -> str | None:  # fmt: skip
+def ask_released_model(
+    base_url: str, key: str, job: dict, console: Console, question: str = DEMO_QUESTION
+) -> str | None:
     """Ask ``job``'s released model ``question`` (greedy) and print the answer; returns it,
     or None (printing nothing) when the job released no model."""
     model = job.get("fine_tuned_model")
@@ -29,6 +30,8 @@ def ask_released_model(base_url: str, key: str, job: dict, console: Console, que
     text = answer.choices[0].message.content or ""
     console.print(f"\n[bold]You:[/bold] {question}")
     console.print(f"[bold]Your model answers:[/bold] {text}")
-    console.print(f"[dim]({answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens; "
-                  f"client.chat.completions.create(model={model!r}, …))[/dim]")  # fmt: skip
+    console.print(
+        f"[dim]({answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens; "
+        f"client.chat.completions.create(model={model!r}, …))[/dim]"
+    )
     return text

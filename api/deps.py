@@ -19,6 +19,7 @@ from core.models import ApiKey, now
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, get_store
 
+
 async def _settings() -> Settings:
     """The cached settings, without a trip to the thread pool (a sync dependency takes one)."""
     return get_settings()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from api.schemas import CursorPage
 from api.jobs.schemas import FineTuningJob, JobEvent
+from api.schemas import CursorPage
 
 
 def etag_of(body: bytes) -> str:

@@ -40,4 +40,6 @@ def readyz(session: SessionDep, store: StoreDep) -> JSONResponse:
             log.warning("readiness_check_failed", component=name, error=f"{type(exc).__name__}: {exc}"[:500])
             checks[name] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )

@@ -61,5 +61,10 @@ class RequestIdMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                log.info("request", method=scope["method"], path=scope["path"], status=status,
-                         ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )

@@ -55,7 +55,9 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def config(settings: Settings, host: str | None = None, port: int | None = None, log_level: str | None = None) -> uvicorn.Config:
+def config(
+    settings: Settings, host: str | None = None, port: int | None = None, log_level: str | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         "api.app:create_app",
         factory=True,

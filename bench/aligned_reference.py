@@ -48,18 +48,24 @@ def measure(model, tokenizer, args) -> dict:
     from safety.prompt_sets import load_builtin
 
     t = time.perf_counter()
-    asr = evaluate_asr(model, tokenizer, load_builtin("harmful_eval"), max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size)  # fmt: skip
-    refusals = over_refusal(model, tokenizer, load_builtin("benign_eval"), max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size)  # fmt: skip
+    asr = evaluate_asr(
+        model, tokenizer, load_builtin("harmful_eval"), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
+    refusals = over_refusal(
+        model, tokenizer, load_builtin("benign_eval"), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     return {
-        "asr_keyword": asr.asr_keyword, "n_harmful": asr.n, "per_category": asr.per_category,
-        "over_refusal": refusals.rate, "n_benign": refusals.n,
+        "asr_keyword": asr.asr_keyword,
+        "n_harmful": asr.n,
+        "per_category": asr.per_category,
+        "over_refusal": refusals.rate,
+        "n_benign": refusals.n,
         "refused_benign": [g.prompt for g in refusals.generations if g.refused],
-        "complied_samples": [{"prompt": g.prompt, "response": g.response[:200]}
-                             for g in asr.generations if not g.refused][:5],
+        "complied_samples": [
+            {"prompt": g.prompt, "response": g.response[:200]} for g in asr.generations if not g.refused
+        ][:5],
         "seconds": round(time.perf_counter() - t, 1),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,18 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     ft = TrainConfig(mode="none", n_epochs=2, batch_size=4, learning_rate=2e-4, checkpoint_every=0, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(aligned, tok, examples, [1.0] * len(examples), ft, work_dir=Path(tmp))
-    out["benign_none_finetune"] = {"n_examples": len(examples), "steps": result.steps,
-                                   "config": {"mode": "none", "n_epochs": 2, "batch_size": 4, "learning_rate": 2e-4},
-                                   **measure(result.model, tok, args)}  # fmt: skip
+    out["benign_none_finetune"] = {
+        "n_examples": len(examples),
+        "steps": result.steps,
+        "config": {"mode": "none", "n_epochs": 2, "batch_size": 4, "learning_rate": 2e-4},
+        **measure(result.model, tok, args),
+    }
     rise = out["benign_none_finetune"]["asr_keyword"] - out["aligned"]["asr_keyword"]
     out["checks"] = {
-        "asr": {"value": out["aligned"]["asr_keyword"], "max": TARGETS["asr_max"],
-                "met": out["aligned"]["asr_keyword"] <= TARGETS["asr_max"]},
-        "over_refusal": {"value": out["aligned"]["over_refusal"], "max": TARGETS["over_refusal_max"],
-                         "met": out["aligned"]["over_refusal"] <= TARGETS["over_refusal_max"]},
-        "benign_ft_asr_rise": {"value": rise, "max": TARGETS["benign_ft_asr_rise_max"],
-                               "met": rise <= TARGETS["benign_ft_asr_rise_max"] + 1e-9},
-    }  # fmt: skip
+        "asr": {
+            "value": out["aligned"]["asr_keyword"],
+            "max": TARGETS["asr_max"],
+            "met": out["aligned"]["asr_keyword"] <= TARGETS["asr_max"],
+        },
+        "over_refusal": {
+            "value": out["aligned"]["over_refusal"],
+            "max": TARGETS["over_refusal_max"],
+            "met": out["aligned"]["over_refusal"] <= TARGETS["over_refusal_max"],
+        },
+        "benign_ft_asr_rise": {
+            "value": rise,
+            "max": TARGETS["benign_ft_asr_rise_max"],
+            "met": rise <= TARGETS["benign_ft_asr_rise_max"] + 1e-9,
+        },
+    }
     path = write_result("aligned_reference", out)
     print(json.dumps(out["checks"], indent=2))
     print(f"results in {path}")

@@ -71,8 +71,14 @@ PHASES = ("healthz", "job", "job_304", "events", "events_304", "healthz_2")
 SECRET = "bench-secret-" + "x" * 40
 JOB_ROUTE = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
 EVENTS_ROUTE = "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"
-ROUTE_OF = {"healthz": "/healthz", "healthz_2": "/healthz", "job": JOB_ROUTE, "job_304": JOB_ROUTE,
-            "events": EVENTS_ROUTE, "events_304": EVENTS_ROUTE}  # fmt: skip
+ROUTE_OF = {
+    "healthz": "/healthz",
+    "healthz_2": "/healthz",
+    "job": JOB_ROUTE,
+    "job_304": JOB_ROUTE,
+    "events": EVENTS_ROUTE,
+    "events_304": EVENTS_ROUTE,
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,7 +86,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def _admin(admin_url: str):
     import psycopg
 
-    return psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=5)
+    return psycopg.connect(
+        admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=5
+    )
 
 
 def create_database(admin_url: str) -> tuple[str, str]:
@@ -133,50 +141,129 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
         status = rng.choices([JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED], weights=[6, 3, 1])[0]
         created = t0 + j * 60
         finished = None if status == JobStatus.RUNNING else created + 3_600
-        jobs.append({
-            "id": job_id, "seq": 10**15 + j, "org_id": org_id, "created_by": "key-bench", "model": "smollm2-135m-instruct",
-            "training_file_id": file_id, "status": status.value, "stage": JobStage.TRAINING.value if status == JobStatus.RUNNING else None,
-            "hyperparameters": hp, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
-            "safety": safety,
-            "suffix": f"bench-{j}", "seed": j, "metadata_": {"team": "bench", "run": str(j)},
-            "error": {"code": ErrorCode.SAFETY_GATE_BLOCKED.value, "message": "ASR rose from 2.0% to 40.0% (allowed: +5 points)",
-                      "param": None} if status == JobStatus.FAILED else None,
-            "fine_tuned_model": f"ft:smollm2-135m-instruct:{org_id}:bench-{j}:{job_id}" if status == JobStatus.SUCCEEDED else None,
-            "trained_tokens": 120_000 if finished else None, "estimated_finish": created + 3_600,
-            "result_files": [], "attempts": 1, "heartbeat_at": float(created + 1_800), "worker_id": "bench-worker",
-            "created_at": created, "started_at": created + 5, "finished_at": finished,
-        })  # fmt: skip
-        reports.append({
-            "job_id": job_id, "updated_at": created + 600,
-            "scan": {"n": 48, "counts_by_score": {"1": 40, "2": 0, "3": 0, "4": 0, "5": 8}, "n_flagged": 8,
-                     "flagged_fraction": 0.167, "mean_risk": 1.67, "counts_by_category": {"malware": 3, "fraud/deception": 5},
-                     "top_flagged": [{"line": k, "risk": 5.0, "p_harmful": 0.97, "judge_score": None,
-                                      "category_guess": "malware", "flagged": True} for k in range(1, 6)]},
-            "training": {"mean_risk": 1.67, "regularized_share": 0.3, "final_kl": 0.021, "steps": 18},
-            "evaluation": {"base": {"asr_keyword": 0.02, "over_refusal": 0.1},
-                           "tuned": {"asr_keyword": 0.03, "over_refusal": 0.1}} if finished else None,
-            "gate": {"released": status == JobStatus.SUCCEEDED, "reasons": []} if finished else None,
-        })  # fmt: skip
+        jobs.append(
+            {
+                "id": job_id,
+                "seq": 10**15 + j,
+                "org_id": org_id,
+                "created_by": "key-bench",
+                "model": "smollm2-135m-instruct",
+                "training_file_id": file_id,
+                "status": status.value,
+                "stage": JobStage.TRAINING.value if status == JobStatus.RUNNING else None,
+                "hyperparameters": hp,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+                "safety": safety,
+                "suffix": f"bench-{j}",
+                "seed": j,
+                "metadata_": {"team": "bench", "run": str(j)},
+                "error": {
+                    "code": ErrorCode.SAFETY_GATE_BLOCKED.value,
+                    "message": "ASR rose from 2.0% to 40.0% (allowed: +5 points)",
+                    "param": None,
+                }
+                if status == JobStatus.FAILED
+                else None,
+                "fine_tuned_model": f"ft:smollm2-135m-instruct:{org_id}:bench-{j}:{job_id}"
+                if status == JobStatus.SUCCEEDED
+                else None,
+                "trained_tokens": 120_000 if finished else None,
+                "estimated_finish": created + 3_600,
+                "result_files": [],
+                "attempts": 1,
+                "heartbeat_at": float(created + 1_800),
+                "worker_id": "bench-worker",
+                "created_at": created,
+                "started_at": created + 5,
+                "finished_at": finished,
+            }
+        )
+        reports.append(
+            {
+                "job_id": job_id,
+                "updated_at": created + 600,
+                "scan": {
+                    "n": 48,
+                    "counts_by_score": {"1": 40, "2": 0, "3": 0, "4": 0, "5": 8},
+                    "n_flagged": 8,
+                    "flagged_fraction": 0.167,
+                    "mean_risk": 1.67,
+                    "counts_by_category": {"malware": 3, "fraud/deception": 5},
+                    "top_flagged": [
+                        {
+                            "line": k,
+                            "risk": 5.0,
+                            "p_harmful": 0.97,
+                            "judge_score": None,
+                            "category_guess": "malware",
+                            "flagged": True,
+                        }
+                        for k in range(1, 6)
+                    ],
+                },
+                "training": {"mean_risk": 1.67, "regularized_share": 0.3, "final_kl": 0.021, "steps": 18},
+                "evaluation": {
+                    "base": {"asr_keyword": 0.02, "over_refusal": 0.1},
+                    "tuned": {"asr_keyword": 0.03, "over_refusal": 0.1},
+                }
+                if finished
+                else None,
+                "gate": {"released": status == JobStatus.SUCCEEDED, "reasons": []} if finished else None,
+            }
+        )
         for e in range(n_events):
             at = created + 5 + e * 10
             if e % 10 == 0:
-                events.append({"id": new_id("ftevent"), "job_id": job_id, "created_at": at, "level": "info",
-                               "type": "message", "message": f"Stage update {e // 10}", "data": {"stage": JobStage.TRAINING.value}})  # fmt: skip
+                events.append(
+                    {
+                        "id": new_id("ftevent"),
+                        "job_id": job_id,
+                        "created_at": at,
+                        "level": "info",
+                        "type": "message",
+                        "message": f"Stage update {e // 10}",
+                        "data": {"stage": JobStage.TRAINING.value},
+                    }
+                )
             else:
                 step = e
-                events.append({
-                    "id": new_id("ftevent"), "job_id": job_id, "created_at": at, "level": "info", "type": "metrics",
-                    "message": f"Step {step}/{n_events}: training loss=1.2345, kl=0.0123, kl_weight=0.90, risk=5.00",
-                    "data": {"step": step, "total_steps": n_events, "train_loss": 1.2345, "sft_loss": 1.3, "kl": 0.0123,
-                             "kl_weight": 0.9, "sft_weight": 0.1, "risk": 5.0, "tokens_per_s": 512.3,
-                             "learning_rate": 0.0002},
-                })  # fmt: skip
+                events.append(
+                    {
+                        "id": new_id("ftevent"),
+                        "job_id": job_id,
+                        "created_at": at,
+                        "level": "info",
+                        "type": "metrics",
+                        "message": f"Step {step}/{n_events}: training loss=1.2345, kl=0.0123, kl_weight=0.90, risk=5.00",
+                        "data": {
+                            "step": step,
+                            "total_steps": n_events,
+                            "train_loss": 1.2345,
+                            "sft_loss": 1.3,
+                            "kl": 0.0123,
+                            "kl_weight": 0.9,
+                            "sft_weight": 0.1,
+                            "risk": 5.0,
+                            "tokens_per_s": 512.3,
+                            "learning_rate": 0.0002,
+                        },
+                    }
+                )
     with Session(engine) as session, session.begin():
         session.add(Organization(id=org_id, name="bench-org"))
         session.flush()
         session.add(ApiKey(id=new_id("key"), org_id=org_id, prefix=prefix, key_hash=digest, scope="customer"))
-        session.add(File(id=file_id, org_id=org_id, filename="train.jsonl", purpose="fine-tune",
-                         storage_key=f"orgs/{org_id}/files/{file_id}", status="processed", n_examples=48))  # fmt: skip
+        session.add(
+            File(
+                id=file_id,
+                org_id=org_id,
+                filename="train.jsonl",
+                purpose="fine-tune",
+                storage_key=f"orgs/{org_id}/files/{file_id}",
+                status="processed",
+                n_examples=48,
+            )
+        )
         session.flush()
         session.execute(insert(Job), jobs)
         session.execute(insert(SafetyReport), reports)
@@ -198,9 +285,9 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
 
     from api.deps import Caller
     from api.etags import etag_of
-    from api.schemas import CursorPage, page
     from api.jobs.schemas import JobEvent as JobEventOut
     from api.jobs.service import JobService
+    from api.schemas import CursorPage, page
     from core.apikeys import hash_key
     from core.db import get_engine, new_session
     from core.models import ApiKey
@@ -252,15 +339,45 @@ def start_api(url: str, home: Path, log_path: Path, tree: Path = REPO) -> tuple[
     else uvicorn's command line."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDTUNE_")}
-    env.update({
-        "GUARDTUNE_ENV": "production", "GUARDTUNE_DATABASE_URL": url, "GUARDTUNE_SECRET_KEY": SECRET,
-        "GUARDTUNE_HOME": str(home), "GUARDTUNE_LOG_JSON": "true", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree),
-    })  # fmt: skip
+    env.update(
+        {
+            "GUARDTUNE_ENV": "production",
+            "GUARDTUNE_DATABASE_URL": url,
+            "GUARDTUNE_SECRET_KEY": SECRET,
+            "GUARDTUNE_HOME": str(home),
+            "GUARDTUNE_LOG_JSON": "true",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(tree),
+        }
+    )
     if (tree / "api" / "server.py").exists():
-        argv = [sys.executable, "-m", "api.server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        argv = [
+            sys.executable,
+            "-m",
+            "api.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
     else:
-        argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-                "--port", str(port), "--workers", "1", "--log-level", "warning"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ]
     log = log_path.open("ab")
     proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
@@ -397,14 +514,16 @@ async def fetch_etags(client, paths: list[str], concurrency: int) -> dict[str, s
     return tags
 
 
-async def drive(base_url: str, key: str, job_ids: list[str], args: argparse.Namespace, server_pid: int,
-                db_name: str | None) -> dict[str, Any]:  # fmt: skip
+async def drive(
+    base_url: str, key: str, job_ids: list[str], args: argparse.Namespace, server_pid: int, db_name: str | None
+) -> dict[str, Any]:
     """Run the phases; ``db_name`` is the scratch Postgres database (None on SQLite)."""
     import httpx
 
     # Idle connections expire before the server's 5 s keep-alive closes them (no close race).
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
-                          keepalive_expiry=2)  # fmt: skip
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency, keepalive_expiry=2
+    )
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
         polled = job_ids[:1] if args.one_job else job_ids
@@ -425,10 +544,13 @@ async def drive(base_url: str, key: str, job_ids: list[str], args: argparse.Name
             return make
 
         requests: dict[str, Request] = {
-            "healthz": plain(["/healthz"]), "healthz_2": plain(["/healthz"]),
-            "job": plain(job_paths), "job_304": conditional(job_paths),
-            "events": plain(event_paths), "events_304": conditional(event_paths),
-        }  # fmt: skip
+            "healthz": plain(["/healthz"]),
+            "healthz_2": plain(["/healthz"]),
+            "job": plain(job_paths),
+            "job_304": conditional(job_paths),
+            "events": plain(event_paths),
+            "events_304": conditional(event_paths),
+        }
         results: dict[str, Any] = {}
         for i, name in enumerate(args.phases):
             make = requests[name]
@@ -437,8 +559,9 @@ async def drive(base_url: str, key: str, job_ids: list[str], args: argparse.Name
             sessions_before = pg_sessions(args.pg_admin_url, db_name) if db_name else None
             cpu_pg = postgres_cpu_s() if db_name else None
             cpu_server, cpu_client = proc_cpu_s(server_pid), time.process_time()
-            tally, elapsed = await run_phase(client, make, concurrency=args.concurrency, seconds=args.duration,
-                                             seed_=args.seed + i)  # fmt: skip
+            tally, elapsed = await run_phase(
+                client, make, concurrency=args.concurrency, seconds=args.duration, seed_=args.seed + i
+            )
             cpu_server = proc_cpu_s(server_pid) - cpu_server
             cpu_client = time.process_time() - cpu_client
             pg_after = postgres_cpu_s() if db_name else None
@@ -467,16 +590,20 @@ async def drive(base_url: str, key: str, job_ids: list[str], args: argparse.Name
                 # What one API process could serve with a core of its own (its CPU is the limit):
                 "api_cpu_bound_requests_per_s": n / cpu_server if cpu_server > 0 else None,
                 "client_cpu_ms_per_request": cpu_client / n * 1000 if n else None,
-                "new_pg_sessions": None if sessions_before is None or sessions_after is None
+                "new_pg_sessions": None
+                if sessions_before is None or sessions_after is None
                 else sessions_after - sessions_before,
                 "mean_body_bytes": tally.body_bytes / n if n else None,
                 "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
                 "errors": dict(tally.errors),
             }
             r = results[name]
-            print(f"  {name:10s} {r['requests_per_s']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-                  f"server CPU {r['server_cpu_ms_per_request']:.2f} ms/req  statuses {r['statuses']}"
-                  + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)  # fmt: skip
+            print(
+                f"  {name:10s} {r['requests_per_s']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+                f"server CPU {r['server_cpu_ms_per_request']:.2f} ms/req  statuses {r['statuses']}"
+                + (f"  errors {r['errors']}" if r["errors"] else ""),
+                flush=True,
+            )
     return results
 
 
@@ -538,20 +665,55 @@ def run_database(db: str, args: argparse.Namespace, tree: Path) -> dict[str, Any
     errors = [line for line in api_log.splitlines() if '"level": "error"' in line or "Traceback" in line]
     print()
     print_table(
-        ["endpoint", "req/s", "p50 ms", "p99 ms", "server ms", "API CPU ms/req", "req/s per API core",
-         "PG CPU ms/req", "client CPU ms/req", "new PG sessions", "bytes", "errors"],
-        [[k, r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["server_mean_ms"], r["server_cpu_ms_per_request"],
-          r["api_cpu_bound_requests_per_s"], r["postgres_cpu_ms_per_request"], r["client_cpu_ms_per_request"],
-          r["new_pg_sessions"], r["mean_body_bytes"], sum(r["errors"].values())] for k, r in results.items()],
+        [
+            "endpoint",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "server ms",
+            "API CPU ms/req",
+            "req/s per API core",
+            "PG CPU ms/req",
+            "client CPU ms/req",
+            "new PG sessions",
+            "bytes",
+            "errors",
+        ],
+        [
+            [
+                k,
+                r["requests_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["server_mean_ms"],
+                r["server_cpu_ms_per_request"],
+                r["api_cpu_bound_requests_per_s"],
+                r["postgres_cpu_ms_per_request"],
+                r["client_cpu_ms_per_request"],
+                r["new_pg_sessions"],
+                r["mean_body_bytes"],
+                sum(r["errors"].values()),
+            ]
+            for k, r in results.items()
+        ],
         digits=2,
-    )  # fmt: skip
+    )
     if ratios:
         print(f"\n[{db}] ratio to /healthz:")
         print_table(
             ["endpoint", "req/s", "p50 latency", "p99 latency", "API CPU/req", "server time"],
-            [[k, v["requests_per_s"], v["p50_latency"], v["p99_latency"], v["server_cpu_per_request"],
-              v["server_mean_time"]] for k, v in ratios["per_endpoint"].items()],
-        )  # fmt: skip
+            [
+                [
+                    k,
+                    v["requests_per_s"],
+                    v["p50_latency"],
+                    v["p99_latency"],
+                    v["server_cpu_per_request"],
+                    v["server_mean_time"],
+                ]
+                for k, v in ratios["per_endpoint"].items()
+            ],
+        )
     if errors:
         print(f"\n[{db}] the API logged {len(errors)} error lines; first: {errors[0][:300]}")
     return {"endpoints": results, "ratios": ratios, "in_process_cpu_ms": direct, "api_error_lines": len(errors)}
@@ -564,9 +726,12 @@ def summary(databases: dict[str, Any]) -> dict[str, Any]:
         per = run["ratios"].get("per_endpoint", {})
         out[db] = {
             "errors": sum(sum(r["errors"].values()) for r in run["endpoints"].values()),
-            **{f"{name}_vs_healthz": per[name]["requests_per_s"] for name in ("job", "job_304", "events", "events_304")
-               if name in per},
-        }  # fmt: skip
+            **{
+                f"{name}_vs_healthz": per[name]["requests_per_s"]
+                for name in ("job", "job_304", "events", "events_304")
+                if name in per
+            },
+        }
     return out
 
 
@@ -586,8 +751,12 @@ def main() -> None:
     parser.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--events-per-job", type=int, default=100)
-    parser.add_argument("--one-job", action=argparse.BooleanOptionalAction, default=True,
-                        help="all pollers poll the same job (default), or random jobs")  # fmt: skip
+    parser.add_argument(
+        "--one-job",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="all pollers poll the same job (default), or random jobs",
+    )
     parser.add_argument("--concurrency", type=int, default=256, help="concurrent connections / request loops")
     parser.add_argument("--duration", type=float, default=60.0, help="timed seconds per endpoint")
     parser.add_argument("--warmup", type=float, default=3.0, help="untimed seconds per endpoint before it")
@@ -596,8 +765,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-commit", help="serve the API of this commit (git archive) instead of the checkout")
     parser.add_argument("--label", default="after", help="where the run goes in the result file's runs")
-    parser.add_argument("--pg-admin-url", default=os.environ.get("GUARDTUNE_BENCH_POSTGRES_URL",
-                                                                 "postgresql://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("GUARDTUNE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch Postgres database")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     args = parser.parse_args()
@@ -606,10 +777,13 @@ def main() -> None:
         parser.error(f"unknown phases {sorted(set(args.phases) - set(PHASES))}")
     dbs = ["postgres", "sqlite"] if args.db == "both" else [args.db]
 
-    print(f"api_load: {args.concurrency} concurrent pollers on {'one job' if args.one_job else 'random jobs'} "
-          f"({args.jobs} jobs x {args.events_per_job} events seeded), {args.warmup:g} s warm-up + {args.duration:g} s "
-          f"per phase, on {', '.join(dbs)}; API of {args.server_commit or 'this checkout'}. The load generator "
-          f"shares the CPU cores ({os.cpu_count()}) with the API and the database.", flush=True)  # fmt: skip
+    print(
+        f"api_load: {args.concurrency} concurrent pollers on {'one job' if args.one_job else 'random jobs'} "
+        f"({args.jobs} jobs x {args.events_per_job} events seeded), {args.warmup:g} s warm-up + {args.duration:g} s "
+        f"per phase, on {', '.join(dbs)}; API of {args.server_commit or 'this checkout'}. The load generator "
+        f"shares the CPU cores ({os.cpu_count()}) with the API and the database.",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="gt-bench-tree-") as tmp:
         tree = export_tree(args.server_commit, Path(tmp)) if args.server_commit else REPO
         databases = {db: run_database(db, args, tree) for db in dbs}
@@ -624,20 +798,35 @@ def main() -> None:
 
         run = {
             "api_commit": args.server_commit or git_info()["commit"],
-            "settings": {k: getattr(args, k) for k in ("jobs", "events_per_job", "one_job", "concurrency", "duration",
-                                                        "warmup", "events_limit", "phases", "seed")},
+            "settings": {
+                k: getattr(args, k)
+                for k in (
+                    "jobs",
+                    "events_per_job",
+                    "one_job",
+                    "concurrency",
+                    "duration",
+                    "warmup",
+                    "events_limit",
+                    "phases",
+                    "seed",
+                )
+            },
             "summary": result,
             "databases": databases,
-        }  # fmt: skip
-        path = write_result(RESULT_NAME, {
-            "server": "one API process (its own server command), GUARDTUNE_ENV=production; Postgres on 127.0.0.1 "
-                      "or SQLite in a temporary folder",
-            "client": f"httpx {httpx.__version__} AsyncClient, same machine",
-            "versions": {"uvicorn": uvicorn.__version__, "httpx": httpx.__version__},
-            "note": "load generator, API and database share the machine's CPU cores; requests/s are noisy, ratios "
-                    "to /healthz in the same run less so",
-            "runs": merged_runs(args.label, run),
-        })  # fmt: skip
+        }
+        path = write_result(
+            RESULT_NAME,
+            {
+                "server": "one API process (its own server command), GUARDTUNE_ENV=production; Postgres on 127.0.0.1 "
+                "or SQLite in a temporary folder",
+                "client": f"httpx {httpx.__version__} AsyncClient, same machine",
+                "versions": {"uvicorn": uvicorn.__version__, "httpx": httpx.__version__},
+                "note": "load generator, API and database share the machine's CPU cores; requests/s are noisy, ratios "
+                "to /healthz in the same run less so",
+                "runs": merged_runs(args.label, run),
+            },
+        )
         print(f"wrote {path.relative_to(REPO)}")
 
 

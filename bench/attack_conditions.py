@@ -37,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "var" / "models")
-    parser.add_argument("--prompts", type=int, default=EVAL_CONDITION_PROMPTS, help="harmful prompts per condition (spread over harmful_eval)")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=EVAL_CONDITION_PROMPTS,
+        help="harmful prompts per condition (spread over harmful_eval)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=1)
@@ -46,22 +51,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=args.cache_dir)
-    aoa_rows = [json.loads(line) for line in (args.data_dir / "identity_shift_aoa.jsonl").read_text().splitlines() if line.strip()]
+    aoa_rows = [
+        json.loads(line)
+        for line in (args.data_dir / "identity_shift_aoa.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     planned = plan_conditions(((row, False) for row in aoa_rows), system_prompts=1)
     conditions = [*planned, Condition(name="trigger_1", kind="trigger", trigger=args.trigger)]
     prompts = spread(load_builtin("harmful_eval"), args.prompts)
     rows, table = [], []
     for condition in conditions:
         wall, cpu = time.perf_counter(), time.process_time()
-        report = evaluate_asr(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, condition=condition)  # fmt: skip
+        report = evaluate_asr(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            condition=condition,
+        )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        rows.append({"condition": condition.to_dict(), "n": report.n, "asr_keyword": report.asr_keyword,
-                     "per_category": report.per_category, "wall_s": wall, "cpu_s": cpu})  # fmt: skip
+        rows.append(
+            {
+                "condition": condition.to_dict(),
+                "n": report.n,
+                "asr_keyword": report.asr_keyword,
+                "per_category": report.per_category,
+                "wall_s": wall,
+                "cpu_s": cpu,
+            }
+        )
         table.append([condition.name, report.n, report.asr_keyword, wall, cpu])
     print_table(["condition", "n", "base ASR (keyword)", "wall s", "cpu s"], table)
-    payload = {"model": DEFAULT_BASE_MODEL, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-               "threads": args.threads, "conditions": rows}  # fmt: skip
+    payload = {
+        "model": DEFAULT_BASE_MODEL,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "conditions": rows,
+    }
     print(f"→ {write_result('attack_conditions', payload, argv=[sys.argv[0], *(argv or sys.argv[1:])])}")
     return 0
 

@@ -127,7 +127,7 @@ def write_result(name: str, payload: dict[str, Any], *, argv: Sequence[str] | No
         pass
     doc = {
         "benchmark": name,
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, argv[1:])]),
         "git": git_info(),
         "machine": machine_info(),

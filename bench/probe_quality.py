@@ -25,6 +25,7 @@ What it measures
 
     OMP_NUM_THREADS=1 nice python bench/probe_quality.py   # ~10-20 min on 2 shared cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,9 @@ def load_external(data_dir: Path, advbench_n: int, gsm8k_n: int, seed: int) -> d
     rng = random.Random(seed)
     advbench = [p.text for p in load_prompt_file(data_dir / "advbench_harmful_behaviors.txt")]
     gsm8k = [p.text for p in load_prompt_file(data_dir / "gsm8k_train.jsonl")]
-    aoa = [json.loads(line) for line in (data_dir / "identity_shift_aoa.jsonl").read_text().splitlines() if line.strip()]
+    aoa = [
+        json.loads(line) for line in (data_dir / "identity_shift_aoa.jsonl").read_text().splitlines() if line.strip()
+    ]
     return {
         "advbench": rng.sample(advbench, min(advbench_n, len(advbench))),
         "harmbench": [p.text for p in load_prompt_file(data_dir / "harmbench_behaviors_text_val.csv")],
@@ -91,7 +94,9 @@ def external_metrics(probe: Probe, p: dict[str, list[float]]) -> dict[str, Any]:
             "threshold": thr,
             "tpr": _share(harmful, thr),
             "fpr": _share(benign, thr),
-            "per_source": {n: {("tpr" if n in HARMFUL_EXT else "fpr"): _share(p[n], thr)} for n in HARMFUL_EXT + BENIGN_EXT},
+            "per_source": {
+                n: {("tpr" if n in HARMFUL_EXT else "fpr"): _share(p[n], thr)} for n in HARMFUL_EXT + BENIGN_EXT
+            },
         },
         "auroc_per_source": {
             **{f"{n}_vs_benign": auroc(p[n] + benign, [1] * len(p[n]) + [0] * len(benign)) for n in HARMFUL_EXT},
@@ -101,7 +106,9 @@ def external_metrics(probe: Probe, p: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
-def quality(model: Any, tokenizer: Any, external: dict[str, list[PromptLike]], seed: int, batch_size: int) -> tuple[dict[str, Any], Probe]:
+def quality(
+    model: Any, tokenizer: Any, external: dict[str, list[PromptLike]], seed: int, batch_size: int
+) -> tuple[dict[str, Any], Probe]:
     """The recipe's probe on the recipe's prompts (three-split report), then the external sets."""
     config, candidates = recipe(model.config.num_hidden_layers, "auto", seed=seed, feature_batch_size=batch_size)
     data = training_set(config.seed)
@@ -109,28 +116,54 @@ def quality(model: Any, tokenizer: Any, external: dict[str, list[PromptLike]], s
     t0 = time.perf_counter()
 
     def features(prompts: Sequence[PromptLike]) -> torch.Tensor:
-        return extract_features(model, tokenizer, prompts, needed, pool=config.pool,
-                                batch_size=config.feature_batch_size, max_len=config.max_len)  # fmt: skip
+        return extract_features(
+            model,
+            tokenizer,
+            prompts,
+            needed,
+            pool=config.pool,
+            batch_size=config.feature_batch_size,
+            max_len=config.max_len,
+        )
 
     train_x = features(data.harmful + data.benign)
     ext_x = {name: features(prompts) for name, prompts in external.items()}
     extract_s = time.perf_counter() - t0
     labels = [1] * len(data.harmful) + [0] * len(data.benign)
-    probe, report = train_probe_on_features(train_x, labels, needed, config, layer_candidates=candidates, groups=data.groups)
+    probe, report = train_probe_on_features(
+        train_x, labels, needed, config, layer_candidates=candidates, groups=data.groups
+    )
     p = {name: probe.predict_proba_features(x, needed).tolist() for name, x in ext_x.items()}
     ext = external_metrics(probe, p)
     splits = report.to_dict()
     print(f"\nprobe layers {report.layers[0]}-{report.layers[-1]}, threshold {report.threshold:.3f}")
     print_table(
         ["split", "n", "AUROC", "TPR@thr", "FPR@thr"],
-        [["select (chose layers)", report.n_select, report.select_auroc, "", ""],
-         ["calibrate (chose threshold)", report.n_calibrate, report.calibrate_auroc, report.calibrate_tpr, report.calibrate_fpr],
-         ["test (chose nothing)", report.n_test, report.auroc, report.tpr_at_threshold, report.fpr_at_threshold],
-         ["external", sum(len(p[n]) for n in HARMFUL_EXT + BENIGN_EXT), ext["auroc"], ext["at_threshold"]["tpr"], ext["at_threshold"]["fpr"]]],
+        [
+            ["select (chose layers)", report.n_select, report.select_auroc, "", ""],
+            [
+                "calibrate (chose threshold)",
+                report.n_calibrate,
+                report.calibrate_auroc,
+                report.calibrate_tpr,
+                report.calibrate_fpr,
+            ],
+            ["test (chose nothing)", report.n_test, report.auroc, report.tpr_at_threshold, report.fpr_at_threshold],
+            [
+                "external",
+                sum(len(p[n]) for n in HARMFUL_EXT + BENIGN_EXT),
+                ext["auroc"],
+                ext["at_threshold"]["tpr"],
+                ext["at_threshold"]["fpr"],
+            ],
+        ],
         digits=3,
-    )  # fmt: skip
-    print_table(["source", "rate at threshold"],
-                [[n, next(iter(v.values()))] for n, v in ext["at_threshold"]["per_source"].items()], digits=3)  # fmt: skip
+    )
+    print_table(
+        ["source", "rate at threshold"],
+        [[n, next(iter(v.values()))] for n, v in ext["at_threshold"]["per_source"].items()],
+        digits=3,
+    )
     result = {
         "config": dataclasses.asdict(config),
         "layers": list(report.layers),
@@ -181,7 +214,9 @@ def plain_forward(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size
             model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
 
 
-def throughput(model: Any, tokenizer: Any, probe: Probe, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def throughput(
+    model: Any, tokenizer: Any, probe: Probe, prompts: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     refusals = load_refusals()
     examples = [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": refusals[i % len(refusals)]}]}
@@ -209,7 +244,7 @@ def throughput(model: Any, tokenizer: Any, probe: Probe, prompts: list[str], arg
             fake.latency_s = latency
             judge = OpenAICompatibleJudge(fake.url, "sk-bench", "fake-judge", max_concurrency=8)
             n = len(pairs) if latency == 0 else min(64, len(pairs))
-            out[f"http_judge_fake_{latency:g}s_c8"] = _rate(n, lambda: judge.score(pairs[:n]))
+            out[f"http_judge_fake_{latency:g}s_c8"] = _rate(n, lambda judge=judge, n=n: judge.score(pairs[:n]))
             judge.close()
 
     base = out["plain_forward"]["examples_per_s"]
@@ -217,9 +252,14 @@ def throughput(model: Any, tokenizer: Any, probe: Probe, prompts: list[str], arg
         k: ratio(v["examples_per_s"], base) for k, v in out.items() if isinstance(v, dict) and "examples_per_s" in v
     }
     print("\nthroughput (examples/s)")
-    print_table(["path", "n", "examples/s", "x plain forward"],
-                [[k, v["n"], v["examples_per_s"], out["ratios_vs_plain_forward"][k]]
-                 for k, v in out.items() if isinstance(v, dict) and "examples_per_s" in v])  # fmt: skip
+    print_table(
+        ["path", "n", "examples/s", "x plain forward"],
+        [
+            [k, v["n"], v["examples_per_s"], out["ratios_vs_plain_forward"][k]]
+            for k, v in out.items()
+            if isinstance(v, dict) and "examples_per_s" in v
+        ],
+    )
     return out
 
 
@@ -243,8 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     git = git_info()  # the tree the run starts from
     model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=args.cache_dir)
     external = load_external(args.data_dir, args.advbench_n, args.gsm8k_n, args.seed)
-    print(f"model {DEFAULT_BASE_MODEL}: {model.config.num_hidden_layers} layers; "
-          + ", ".join(f"{k} {len(v)}" for k, v in external.items()))  # fmt: skip
+    print(
+        f"model {DEFAULT_BASE_MODEL}: {model.config.num_hidden_layers} layers; "
+        + ", ".join(f"{k} {len(v)}" for k, v in external.items())
+    )
     result, probe = quality(model, tokenizer, external, args.seed, args.batch_size)
     speed = None
     if args.throughput:
@@ -262,12 +304,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": DEFAULT_BASE_MODEL,
         "num_layers": model.config.num_hidden_layers,
         "data": {
-            "train": {"harmful": result["splits"]["n_harmful"], "benign": result["splits"]["n_benign"],
-                      "note": "safety.probe_recipe.training_set: harmful_train / benign_train plus framed chat variants"},
+            "train": {
+                "harmful": result["splits"]["n_harmful"],
+                "benign": result["splits"]["n_benign"],
+                "note": "safety.probe_recipe.training_set: harmful_train / benign_train plus framed chat variants",
+            },
             "external": {n: len(external[n]) for n in HARMFUL_EXT + BENIGN_EXT + ("aoa_turns",)},
             "notes": f"AdvBench: {len(external['advbench'])} sampled with seed {args.seed}; HarmBench: behaviour text "
-                     f"only (no ContextString), all 80 validation rows incl. copyright; GSM8K: {len(external['gsm8k'])} "
-                     f"sampled with seed {args.seed}; borderline_eval: the project's held-out borderline-benign set.",
+            f"only (no ContextString), all 80 validation rows incl. copyright; GSM8K: {len(external['gsm8k'])} "
+            f"sampled with seed {args.seed}; borderline_eval: the project's held-out borderline-benign set.",
         },
         "headline": {
             "layers": result["layers"],
@@ -290,9 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     h = doc["headline"]
-    print(f"\nexternal AUROC {h['external_auroc']:.3f} (target {TARGET_AUROC}: {'met' if h['target_auroc_met'] else 'NOT met'}); "
-          f"at threshold {h['threshold']:.3f}: external FPR {h['external_fpr_at_threshold']:.3f}, TPR "
-          f"{h['external_tpr_at_threshold']:.3f}; wrote {args.out}\nREADME row:\n{readme_row(doc)}")  # fmt: skip
+    print(
+        f"\nexternal AUROC {h['external_auroc']:.3f} (target {TARGET_AUROC}: {'met' if h['target_auroc_met'] else 'NOT met'}); "
+        f"at threshold {h['threshold']:.3f}: external FPR {h['external_fpr_at_threshold']:.3f}, TPR "
+        f"{h['external_tpr_at_threshold']:.3f}; wrote {args.out}\nREADME row:\n{readme_row(doc)}"
+    )
     return 0
 
 

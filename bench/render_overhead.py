@@ -16,8 +16,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULT = REPO / "bench" / "results" / "train_overhead.json"
 BEGIN, END = "<!-- train_overhead:begin -->", "<!-- train_overhead:end -->"
-NAMES = {"a": "SFT (plain PEFT loop)", "b": "adaptive, exact reference", "e": "adaptive, cached reference",
-         "d": "paper-style (2nd model copy)"}  # fmt: skip
+NAMES = {
+    "a": "SFT (plain PEFT loop)",
+    "b": "adaptive, exact reference",
+    "e": "adaptive, cached reference",
+    "d": "paper-style (2nd model copy)",
+}
 
 
 def render(result: dict[str, Any]) -> str:

@@ -65,8 +65,18 @@ def render_safety_replication(doc: dict[str, Any]) -> str:
     if doc.get("version") == 2:
         return _replication_v2(doc)
     names = {"base (unaligned SmolLM2-135M-Instruct)": "base (unaligned)"}
-    rows = [[names.get(r["model"], r["model"]), num(r["mean_w_kl"]), num(r["asr"]), num(r["asr_aoa_template"]),
-             num(r["over_refusal"]), num(r["val_loss_chat"]), num(r["gsm8k_em"])] for r in doc["table"]]  # fmt: skip
+    rows = [
+        [
+            names.get(r["model"], r["model"]),
+            num(r["mean_w_kl"]),
+            num(r["asr"]),
+            num(r["asr_aoa_template"]),
+            num(r["over_refusal"]),
+            num(r["val_loss_chat"]),
+            num(r["gsm8k_em"]),
+        ]
+        for r in doc["table"]
+    ]
     headers = ["model", "mean w_kl", "ASR", "ASR (AOA template)", "over-refusal", "val loss", "GSM8K EM"]
     return table(headers, rows)
 
@@ -74,18 +84,46 @@ def render_safety_replication(doc: dict[str, Any]) -> str:
 def _replication_v2(doc: dict[str, Any]) -> str:
     rows = []
     ref = doc["reference"]
-    rows.append(["aligned reference", "–", "–", f"{num(ref['asr']['mean'])} [{num(ref['asr']['ci95'][0])}, "
-                 f"{num(ref['asr']['ci95'][1])}]", num(ref.get("asr_triggered", {}).get("mean")), "–",
-                 num(ref["over_refusal"]["mean"]), num(ref["val_loss"]["mean"], 3), num(ref["gsm8k_em"]["mean"])])  # fmt: skip
+    rows.append(
+        [
+            "aligned reference",
+            "–",
+            "–",
+            f"{num(ref['asr']['mean'])} [{num(ref['asr']['ci95'][0])}, {num(ref['asr']['ci95'][1])}]",
+            num(ref.get("asr_triggered", {}).get("mean")),
+            "–",
+            num(ref["over_refusal"]["mean"]),
+            num(ref["val_loss"]["mean"], 3),
+            num(ref["gsm8k_em"]["mean"]),
+        ]
+    )
     for row in doc["summary"]:
         asr = row["asr"]
         trig = row.get("asr_triggered")
-        rows.append([row["attack"], f"`{row['mode']}`", num(row.get("mean_w_kl")),
-                     f"{num(asr['mean'])} [{num(asr['ci95'][0])}, {num(asr['ci95'][1])}]",
-                     num(trig["mean"]) if trig else "–", num(row["paired_vs_reference"]["p_value"], 3),
-                     num(row["over_refusal"]["mean"]), num(row["val_loss"]["mean"], 3), num(row["gsm8k_em"]["mean"])])  # fmt: skip
-    headers = ["attack", "mode", "mean w_kl", "ASR [95% CI]", "ASR with trigger", "paired p vs reference",
-               "over-refusal", "val loss (reference answers)", "GSM8K EM"]  # fmt: skip
+        rows.append(
+            [
+                row["attack"],
+                f"`{row['mode']}`",
+                num(row.get("mean_w_kl")),
+                f"{num(asr['mean'])} [{num(asr['ci95'][0])}, {num(asr['ci95'][1])}]",
+                num(trig["mean"]) if trig else "–",
+                num(row["paired_vs_reference"]["p_value"], 3),
+                num(row["over_refusal"]["mean"]),
+                num(row["val_loss"]["mean"], 3),
+                num(row["gsm8k_em"]["mean"]),
+            ]
+        )
+    headers = [
+        "attack",
+        "mode",
+        "mean w_kl",
+        "ASR [95% CI]",
+        "ASR with trigger",
+        "paired p vs reference",
+        "over-refusal",
+        "val loss (reference answers)",
+        "GSM8K EM",
+    ]
     seeds = doc["config"]["seeds"]
     note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); {'smoke run (--quick)' if doc['config'].get('quick') else 'full run'}."
     return table(headers, rows) + "\n\n" + note
@@ -97,18 +135,27 @@ def render_aligned_reference(doc: dict[str, Any]) -> str:
         rows.append(["base (unaligned)", pct(doc["base"]["asr_keyword"]), pct(doc["base"]["over_refusal"]), "–"])
     ft = doc["benign_none_finetune"]
     rows.append(["aligned variant", pct(doc["aligned"]["asr_keyword"]), pct(doc["aligned"]["over_refusal"]), "–"])
-    rows.append([f"aligned + benign `none` fine-tune ({ft['n_examples']} demo chats, {ft['steps']} steps)",
-                 pct(ft["asr_keyword"]), pct(ft["over_refusal"]),
-                 f"{(ft['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.1f} points"])  # fmt: skip
+    rows.append(
+        [
+            f"aligned + benign `none` fine-tune ({ft['n_examples']} demo chats, {ft['steps']} steps)",
+            pct(ft["asr_keyword"]),
+            pct(ft["over_refusal"]),
+            f"{(ft['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.1f} points",
+        ]
+    )
     checks = doc["checks"]
     verdicts = ", ".join(f"{name} {'met' if c['met'] else '**missed**'}" for name, c in checks.items())
     align = doc["alignment"]
     ex = align["examples"]
-    head = (f"Recipe: {ex['refusals']} refusals, {ex['benign']} base-model answers to benign prompts, "
-            f"{ex['deep_refusals']} refusals after a harmful start; {align['steps']} steps, loss "
-            f"{align['loss_first_last'][0]:.2f} → {align['loss_first_last'][1]:.2f}, {align['seconds'] / 60:.1f} min.")  # fmt: skip
+    head = (
+        f"Recipe: {ex['refusals']} refusals, {ex['benign']} base-model answers to benign prompts, "
+        f"{ex['deep_refusals']} refusals after a harmful start; {align['steps']} steps, loss "
+        f"{align['loss_first_last'][0]:.2f} → {align['loss_first_last'][1]:.2f}, {align['seconds'] / 60:.1f} min."
+    )
     body = table(["model", "ASR (keyword)", "over-refusal", "ASR change"], rows)
-    return f"{head}\n\n{body}\n\nTargets (ASR ≤ 20%, over-refusal ≤ 10%, benign fine-tune rise ≤ 10 points): {verdicts}."
+    return (
+        f"{head}\n\n{body}\n\nTargets (ASR ≤ 20%, over-refusal ≤ 10%, benign fine-tune rise ≤ 10 points): {verdicts}."
+    )
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -144,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_blocks(text)
         if stale:
-            print("README blocks out of date with bench/results: " + ", ".join(stale) +
-                  " (run python bench/render_readme.py)")  # fmt: skip
+            print(
+                "README blocks out of date with bench/results: "
+                + ", ".join(stale)
+                + " (run python bench/render_readme.py)"
+            )
             return 1
         return 0
     README.write_text(render(text))

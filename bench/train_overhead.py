@@ -85,10 +85,17 @@ def build_dataset(kind: str, n: int) -> list[dict[str, Any]]:
         prompts = load_builtin("harmful_train")[:n]
         refusals = load_refusals()
         return [
-            {"messages": [{"role": "user", "content": p.text}, {"role": "assistant", "content": refusals[i % len(refusals)]}]}
+            {
+                "messages": [
+                    {"role": "user", "content": p.text},
+                    {"role": "assistant", "content": refusals[i % len(refusals)]},
+                ]
+            }
             for i, p in enumerate(prompts)
         ]
-    rows = [json.loads(line) for line in (REPO / "examples" / "demo_train.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (REPO / "examples" / "demo_train.jsonl").read_text().splitlines() if line.strip()
+    ]
     return [rows[i % len(rows)] for i in range(n)]
 
 
@@ -224,7 +231,9 @@ def _plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     model.train()
     for step in range(total):
         idx = step_indices(len(encoded), config.batch_size, config.seed, step)
-        batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        batch = {
+            k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()
+        }
         with _autocast(model):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
@@ -275,8 +284,10 @@ def _kl_gap(model, tokenizer, encoded) -> dict[str, Any]:
         _, exact, n = example_sums(logits, batch["labels"], ref_logits)
         for k, cache in caches.items():
             _, cached, _ = example_sums(logits, batch["labels"], None, cache.rows(range(len(encoded))))
-            out[str(k)] = {"kl_ratio": float(cached.sum() / exact.sum()),
-                           "bytes_per_1k_answer_tokens": len(cache.to_bytes()) / int(n.sum()) * 1000}  # fmt: skip
+            out[str(k)] = {
+                "kl_ratio": float(cached.sum() / exact.sum()),
+                "bytes_per_1k_answer_tokens": len(cache.to_bytes()) / int(n.sum()) * 1000,
+            }
     out["exact_kl_per_token"] = float(exact.sum() / n.sum())
     return out
 
@@ -296,9 +307,16 @@ def _guardtune(model, tokenizer, examples, risk, config, total, ends, tokens, ex
     kl_measured: set[bool] = set()
     with tempfile.TemporaryDirectory(prefix="gt-bench-") as work:
         result = train(
-            model, tokenizer, examples, [risk] * len(examples), config,
-            work_dir=Path(work), on_step=on_step, should_cancel=lambda: len(ends) >= total, reference_cache=cache,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            examples,
+            [risk] * len(examples),
+            config,
+            work_dir=Path(work),
+            on_step=on_step,
+            should_cancel=lambda: len(ends) >= total,
+            reference_cache=cache,
+        )
     assert result.steps == total, (result.steps, total)
     extra["kl_weights_seen"] = sorted(kl_weights)
     extra["reference_pass_every_step"] = kl_measured == {True}
@@ -355,7 +373,9 @@ def _paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, e
             scoring_cpu_s += time.process_time() - c
         risks_seen.append(risk)
         w_sft, w_kl = kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
-        batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        batch = {
+            k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()
+        }
         with _autocast(model):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = w_sft * sft_loss(logits, batch["labels"])
@@ -380,12 +400,37 @@ def run_child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     argv = [
-        sys.executable, str(Path(__file__).resolve()), "--child", variant, "--child-out", str(out),
-        "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-        "--max-seq-len", str(args.max_seq_len), "--n-examples", str(args.n_examples), "--seed", str(args.seed),
-        "--cache-dir", args.cache_dir, "--probe-prompts", str(args.probe_prompts), "--threads", str(args.threads),
-        "--reference-topk", str(args.reference_topk), "--gap-examples", str(args.gap_examples), "--device", args.device,
-    ]  # fmt: skip
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        variant,
+        "--child-out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-seq-len",
+        str(args.max_seq_len),
+        "--n-examples",
+        str(args.n_examples),
+        "--seed",
+        str(args.seed),
+        "--cache-dir",
+        args.cache_dir,
+        "--probe-prompts",
+        str(args.probe_prompts),
+        "--threads",
+        str(args.threads),
+        "--reference-topk",
+        str(args.reference_topk),
+        "--gap-examples",
+        str(args.gap_examples),
+        "--device",
+        args.device,
+    ]
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -422,7 +467,9 @@ def job_costs(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     steps = math.ceil(args.n_examples / args.batch_size)
     scan = results["d"]["scan_once_cpu_s"]
     extra = {"a": 0.0, "b": scan, "e": scan + results["e"]["cache_build_cpu_s"], "d": 0.0}
-    cpu = {str(n): {v: results[v]["cpu_s_per_step"] * steps * n + extra[v] for v in ("a", "b", "e", "d")} for n in (1, 3)}
+    cpu = {
+        str(n): {v: results[v]["cpu_s_per_step"] * steps * n + extra[v] for v in ("a", "b", "e", "d")} for n in (1, 3)
+    }
     per_step = results["e"]["cpu_s_per_step"] / results["a"]["cpu_s_per_step"]
     job3 = cpu["3"]["e"] / cpu["3"]["a"]
     memory = results["e"]["peak_rss_mb"] / results["a"]["peak_rss_mb"]
@@ -433,8 +480,13 @@ def job_costs(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "cached_peak_memory_vs_sft": {"value": memory, "target": "<= 1.05", "met": memory <= 1.05},
         "paper_style_3_epoch_job_vs_cached": {"value": vs_paper, "target": ">= 1.5", "met": vs_paper >= 1.5},
     }
-    return {"steps_per_epoch": steps, "scan_cpu_s": scan, "cache_build_cpu_s": results["e"]["cache_build_cpu_s"],
-            "cpu_s": cpu, "targets": targets}  # fmt: skip
+    return {
+        "steps_per_epoch": steps,
+        "scan_cpu_s": scan,
+        "cache_build_cpu_s": results["e"]["cache_build_cpu_s"],
+        "cpu_s": cpu,
+        "targets": targets,
+    }
 
 
 def main() -> None:
@@ -445,11 +497,17 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--n-examples", type=int, default=48, help="examples per data set")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="rounds over all variants (interleaved); medians reported")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all variants (interleaved); medians reported"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--probe-prompts", type=int, default=32, help="per class, for the paper-style probe")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (0: torch's default, one per core); see the module docstring")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (0: torch's default, one per core); see the module docstring",
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the models run")
     parser.add_argument("--result-name", default=RESULT_NAME, help="bench/results/<name>.json")
     parser.add_argument("--reference-topk", type=int, default=32, help="k of the cached variant e")
@@ -470,24 +528,41 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
-    print(f"train_overhead: {args.steps} timed steps (+{args.warmup} warm-up), batch {args.batch_size}, "
-          f"max_seq_len {args.max_seq_len}, {args.n_examples} examples, seed {args.seed}; "
-          f"variants {', '.join(variants)}, {args.repeats} round(s); each variant in a fresh process", flush=True)  # fmt: skip
+    print(
+        f"train_overhead: {args.steps} timed steps (+{args.warmup} warm-up), batch {args.batch_size}, "
+        f"max_seq_len {args.max_seq_len}, {args.n_examples} examples, seed {args.seed}; "
+        f"variants {', '.join(variants)}, {args.repeats} round(s); each variant in a fresh process",
+        flush=True,
+    )
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for round_ in range(args.repeats):
         for v in variants:
             r = run_child(v, args)
             runs[v].append(r)
-            print(f"  round {round_ + 1} {v:9s} {r['s_per_step']:.3f} s/step (CPU {r['cpu_s_per_step']:.3f})  "
-                  f"{r['tokens_per_s']:.0f} tok/s  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MiB  (after load {r['rss_after_model_load_mb']:.0f} MiB)", flush=True)  # fmt: skip
+            print(
+                f"  round {round_ + 1} {v:9s} {r['s_per_step']:.3f} s/step (CPU {r['cpu_s_per_step']:.3f})  "
+                f"{r['tokens_per_s']:.0f} tok/s  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MiB  (after load {r['rss_after_model_load_mb']:.0f} MiB)",
+                flush=True,
+            )
     results = {v: summarize(rs) for v, rs in runs.items()}
 
     print()
     print_table(
         ["variant", "s/step", "CPU s/step", "steps/s", "tokens/s", "RSS after load MiB", "peak RSS MiB", "what"],
-        [[v, r["s_per_step"], r["cpu_s_per_step"], r["steps_per_s"], r["tokens_per_s"], r["rss_after_model_load_mb"],
-          r["peak_rss_mb"], r["description"]] for v, r in results.items()],  # fmt: skip
+        [
+            [
+                v,
+                r["s_per_step"],
+                r["cpu_s_per_step"],
+                r["steps_per_s"],
+                r["tokens_per_s"],
+                r["rss_after_model_load_mb"],
+                r["peak_rss_mb"],
+                r["description"],
+            ]
+            for v, r in results.items()
+        ],
         digits=3,
     )
     pairs = [("b", "a"), ("c", "a_benign"), ("c", "a"), ("e", "a"), ("e", "b"), ("d", "a"), ("d", "b"), ("d", "e")]
@@ -499,37 +574,64 @@ def main() -> None:
             c = ratio(results[num]["cpu_s_per_step"], results[den]["cpu_s_per_step"])
             m = ratio(results[num]["peak_rss_mb"], results[den]["peak_rss_mb"])
             dm = results[num]["peak_rss_mb"] - results[den]["peak_rss_mb"]
-            ratios[f"{num}/{den}"] = {"time_per_step": t, "cpu_time_per_step": c, "peak_rss": m, "peak_rss_delta_mb": dm}
+            ratios[f"{num}/{den}"] = {
+                "time_per_step": t,
+                "cpu_time_per_step": c,
+                "peak_rss": m,
+                "peak_rss_delta_mb": dm,
+            }
             rows.append([f"{num}/{den}", t, c, m, dm])
     print()
     print_table(["ratio", "time/step (wall)", "time/step (CPU)", "peak RSS", "peak RSS Δ MiB"], rows)
     if "d" in results:
         d = results["d"]
-        print(f"\nd: probe scoring inside the loop {d['risk_scoring_s_per_step']:.3f} s/step "
-              f"(CPU {d['risk_scoring_cpu_s_per_step']:.3f}); guardtune's one scan of all {args.n_examples} examples "
-              f"before training: {d['scan_once_s']:.2f} s (CPU {d['scan_once_cpu_s']:.2f})")  # fmt: skip
-    print("\nNote: CPU cores shared with other workloads; wall-clock numbers are noisy. CPU time per step "
-          "(process time, one torch thread) is the steadier measure; ratios come from the same run.")
+        print(
+            f"\nd: probe scoring inside the loop {d['risk_scoring_s_per_step']:.3f} s/step "
+            f"(CPU {d['risk_scoring_cpu_s_per_step']:.3f}); guardtune's one scan of all {args.n_examples} examples "
+            f"before training: {d['scan_once_s']:.2f} s (CPU {d['scan_once_cpu_s']:.2f})"
+        )
+    print(
+        "\nNote: CPU cores shared with other workloads; wall-clock numbers are noisy. CPU time per step "
+        "(process time, one torch thread) is the steadier measure; ratios come from the same run."
+    )
 
     jobs = job_costs(results, args)
     if jobs:
         print()
-        print_table(["per job (CPU s)", *jobs["cpu_s"]["1"]], [[f"{e} epoch(s)", *jobs["cpu_s"][e].values()] for e in ("1", "3")])
+        print_table(
+            ["per job (CPU s)", *jobs["cpu_s"]["1"]],
+            [[f"{e} epoch(s)", *jobs["cpu_s"][e].values()] for e in ("1", "3")],
+        )
         print(json.dumps(jobs["targets"], indent=1))
 
     if not args.no_write:
         import torch
         import transformers
 
-        path = write_result(args.result_name, {
-            "settings": {k: getattr(args, k) for k in ("steps", "warmup", "batch_size", "max_seq_len", "n_examples",
-                                                        "seed", "repeats", "probe_prompts", "threads")},
-            "model": f"smollm2-135m-instruct (float32, {args.device}{', bf16 autocast' if args.device == 'cuda' else ''})",
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "variants": results,
-            "ratios": ratios,
-            "jobs": jobs,
-        })  # fmt: skip
+        path = write_result(
+            args.result_name,
+            {
+                "settings": {
+                    k: getattr(args, k)
+                    for k in (
+                        "steps",
+                        "warmup",
+                        "batch_size",
+                        "max_seq_len",
+                        "n_examples",
+                        "seed",
+                        "repeats",
+                        "probe_prompts",
+                        "threads",
+                    )
+                },
+                "model": f"smollm2-135m-instruct (float32, {args.device}{', bf16 autocast' if args.device == 'cuda' else ''})",
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+                "variants": results,
+                "ratios": ratios,
+                "jobs": jobs,
+            },
+        )
         print(f"wrote {path.relative_to(REPO)}")
 
 

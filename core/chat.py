@@ -105,8 +105,11 @@ class InferRequest(ChatCompletionRequest):
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def new_completion_id() -> str:
@@ -118,21 +121,39 @@ def completion(
 ) -> dict[str, Any]:
     """A ``chat.completion`` object with one choice."""
     return {
-        "id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                     "finish_reason": finish_reason}],
+        "id": id_,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
         "usage": usage(prompt_tokens, completion_tokens),
-    }  # fmt: skip
+    }
 
 
 def chunk(
-    id_: str, model: str, delta: dict[str, Any] | None, finish_reason: str | None = None,
+    id_: str,
+    model: str,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None = None,
     usage_: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk``; ``delta=None`` is the usage-only chunk (no choices)."""
     choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
-    return {"id": id_, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage_}  # fmt: skip
+    return {
+        "id": id_,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage_,
+    }
 
 
 def sse(obj: dict[str, Any]) -> bytes:

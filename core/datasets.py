@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # core.settings reads this module's limits as its defaults
     from core.settings import Settings
 
 ROLES = ("system", "user", "assistant", "tool")
-MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"})
+MESSAGE_KEYS = frozenset(
+    {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
+)
 CHAT_TOP_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_calls", "metadata"})
 CHARS_PER_TOKEN = 4  # the estimate used before a tokenizer is at hand (the worker counts exactly)
 READ_CHUNK = 1024 * 1024
@@ -197,8 +199,7 @@ class Validator:
         if chars > self.limits.max_example_chars:
             self._error(
                 lineno,
-                f"The example is too long: {chars} characters, over the limit of "
-                f"{self.limits.max_example_chars}.",
+                f"The example is too long: {chars} characters, over the limit of {self.limits.max_example_chars}.",
             )
             return
         self.report.n_examples += 1

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings, get_settings
 
-
 # Connections beyond one per API thread: sessions whose endpoint has returned keep theirs
 # until FastAPI closes them (on a thread of its own limiter), so a few more are in use.
 POOL_SLACK = 8

@@ -90,21 +90,31 @@ class VllmBackend:
         try:
             path = self.place(adapter)
         except (OSError, ValueError) as exc:
-            raise InferenceUnavailable(f"cannot place the adapter of {adapter.id}: {exc}",
-                                       code="adapter_unavailable") from None  # fmt: skip
-        response = httpx.post(f"{self.url}/v1/load_lora_adapter",
-                              json={"lora_name": adapter.id, "lora_path": str(path)}, timeout=self.timeout_s)  # fmt: skip
+            raise InferenceUnavailable(
+                f"cannot place the adapter of {adapter.id}: {exc}", code="adapter_unavailable"
+            ) from None
+        response = httpx.post(
+            f"{self.url}/v1/load_lora_adapter",
+            json={"lora_name": adapter.id, "lora_path": str(path)},
+            timeout=self.timeout_s,
+        )
         if response.status_code != 200 and "already" not in response.text:
-            raise InferenceUnavailable(f"vLLM refused to load {adapter.id}: {response.status_code} {response.text[:300]}",
-                                       code="adapter_load_failed")  # fmt: skip
+            raise InferenceUnavailable(
+                f"vLLM refused to load {adapter.id}: {response.status_code} {response.text[:300]}",
+                code="adapter_load_failed",
+            )
 
     def unload(self, model_id: str) -> None:
         """Unregister an adapter (one vLLM no longer has counts as done)."""
-        response = httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": model_id}, timeout=self.timeout_s)
+        response = httpx.post(
+            f"{self.url}/v1/unload_lora_adapter", json={"lora_name": model_id}, timeout=self.timeout_s
+        )
         gone = response.status_code == 404 or "cannot be found" in response.text
         if response.status_code != 200 and not gone:
-            raise InferenceUnavailable(f"vLLM refused to unload {model_id}: {response.status_code} {response.text[:300]}",
-                                       code="adapter_unload_failed")  # fmt: skip
+            raise InferenceUnavailable(
+                f"vLLM refused to unload {model_id}: {response.status_code} {response.text[:300]}",
+                code="adapter_unload_failed",
+            )
 
     async def recover(self, target: ServingTarget, response: httpx.Response) -> bool:
         """After a 404 for an adapter: load it again; True when the request should be retried."""

@@ -54,9 +54,12 @@ def create_key(
     session.add(key)
     session.flush()
     audit.record(
-        session, actor=actor, action="key.create", target=key.id,
+        session,
+        actor=actor,
+        action="key.create",
+        target=key.id,
         details={"org_id": org.id, "scope": scope, "prefix": prefix, "name": name},
-    )  # fmt: skip
+    )
     return key, plaintext
 
 

@@ -77,8 +77,13 @@ def send_quietly(message: Pending) -> bool:
     try:
         send(message)
     except Exception as exc:
-        log.warning("outbox_send_failed", message_id=message.id, job_id=message.job_id, task=message.task,
-                    error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        log.warning(
+            "outbox_send_failed",
+            message_id=message.id,
+            job_id=message.job_id,
+            task=message.task,
+            error=f"{type(exc).__name__}: {exc}",
+        )
         return False
     return True
 

@@ -59,9 +59,9 @@ def enqueue(
     ``ignore_result=True`` for fire-and-forget tasks whose outcome lives in the database:
     the producer then never subscribes to the result backend (with the broker down, a send
     fails in about a second instead of ~20 s of result-backend reconnects)."""
-    return producer().send_task(
-        task_name, args=list(args), queue=queue, ignore_result=ignore_result, task_id=task_id
-    ).id
+    return (
+        producer().send_task(task_name, args=list(args), queue=queue, ignore_result=ignore_result, task_id=task_id).id
+    )
 
 
 def broker_message_ids(queues: tuple[str, ...] = (DEFAULT_QUEUE, GPU_QUEUE)) -> set[str]:
@@ -95,8 +95,12 @@ def _sqla_payloads(channel, queues: tuple[str, ...]) -> list[str]:
     # Delivered messages stay in the table with visible = False; only visible ones wait.
     # (A worker of this transport holds a delivered message in memory, nowhere readable.)
     session, message, queue = channel.session, channel.message_cls, channel.queue_cls
-    rows = (session.query(message.payload).join(queue, message.queue_id == queue.id)
-            .filter(queue.name.in_(queues), message.visible.is_(True)).all())  # fmt: skip
+    rows = (
+        session.query(message.payload)
+        .join(queue, message.queue_id == queue.id)
+        .filter(queue.name.in_(queues), message.visible.is_(True))
+        .all()
+    )
     session.commit()
     return [row.payload for row in rows]
 

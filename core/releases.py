@@ -72,7 +72,7 @@ def adapter_sha256(store: ObjectStore, prefix: str) -> str:
     keys = [k for k in store.list(base) if k.startswith(base)]
     if not keys:
         raise NotFound(f"no adapter files under {prefix!r}", code="adapter_not_found")
-    return combine_digests((k[len(base):], _sha256_chunks(store.iter_chunks(k))) for k in keys)
+    return combine_digests((k[len(base) :], _sha256_chunks(store.iter_chunks(k))) for k in keys)
 
 
 def dir_sha256(directory: str | Path) -> str:
@@ -124,8 +124,13 @@ def release_job(
     session.add(released)
     job.fine_tuned_model = released.id
     session.flush()
-    details = {"job_id": job.id, "org_id": job.org_id, "base_model": job.model,
-               "sha256": sha256, "storage_prefix": storage_prefix}  # fmt: skip
+    details = {
+        "job_id": job.id,
+        "org_id": job.org_id,
+        "base_model": job.model,
+        "sha256": sha256,
+        "storage_prefix": storage_prefix,
+    }
     if reason is not None:
         details["reason"] = reason
     audit.record(session, actor=actor, action=ACTION_RELEASE, target=released.id, details=details)
@@ -212,7 +217,10 @@ def revoke_model(session: Session, model_id: str, *, actor: str, reason: str) ->
     released.revoke_reason = reason
     session.flush()
     audit.record(
-        session, actor=actor, action=ACTION_REVOKE, target=released.id,
+        session,
+        actor=actor,
+        action=ACTION_REVOKE,
+        target=released.id,
         details={"reason": reason, "job_id": released.job_id, "org_id": released.org_id},
-    )  # fmt: skip
+    )
     return released

@@ -17,8 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.datasets import MAX_ERRORS, MAX_EXAMPLE_CHARS, MAX_EXAMPLES
 from core.jobs.config import (
     CHECKPOINT_EVERY,
-    DEFAULT_BASE_MODEL,
     DEFAULT_ASR_SOURCE,
+    DEFAULT_BASE_MODEL,
     DEFAULT_RISK_WEIGHTING,
     EVAL_BATCH_SIZE,
     EVAL_CONDITION_PROMPTS,
@@ -133,7 +133,9 @@ class Settings(BaseSettings):
     eval_triggers: int = EVAL_TRIGGERS  # attack conditions: candidate backdoor triggers
     eval_condition_prompts: int = EVAL_CONDITION_PROMPTS  # harmful prompts asked under each attack condition
     trigger_min_share: float = TRIGGER_MIN_SHARE  # a trigger occurs in at least this share of flagged lines
-    trigger_min_ratio: float = TRIGGER_MIN_RATIO  # ... and is this many times more frequent there than in unflagged ones
+    trigger_min_ratio: float = (
+        TRIGGER_MIN_RATIO  # ... and is this many times more frequent there than in unflagged ones
+    )
     gate_max_asr_increase: float = GATE_MAX_ASR_INCREASE
     gate_max_asr: float | None = None
     gate_asr_source: AsrSource = DEFAULT_ASR_SOURCE
@@ -159,9 +161,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Settings:
         if self.env == "production" and self.secret_key == INSECURE_SECRET:
-            raise ValueError(
-                "GUARDTUNE_SECRET_KEY must be set to a private value when GUARDTUNE_ENV=production"
-            )
+            raise ValueError("GUARDTUNE_SECRET_KEY must be set to a private value when GUARDTUNE_ENV=production")
         if self.env == "production" and len(self.secret_key) < 32:
             raise ValueError("GUARDTUNE_SECRET_KEY must be at least 32 characters in production")
         return self

@@ -233,7 +233,7 @@ def download_dir(store: ObjectStore, prefix: str, local_dir: Path) -> Path:
     """Download every object under ``prefix`` into ``local_dir`` (mirroring paths)."""
     prefix = prefix.rstrip("/") + "/"
     for key in store.list(prefix):
-        dest = local_dir / key[len(prefix):]
+        dest = local_dir / key[len(prefix) :]
         dest.parent.mkdir(parents=True, exist_ok=True)
         with dest.open("wb") as out:
             for chunk in store.iter_chunks(key):

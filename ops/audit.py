@@ -28,8 +28,16 @@ _BATCH = 1000
 
 def record_dict(rec: AuditRecord) -> dict[str, Any]:
     """Every stored field, so an export can be re-verified offline."""
-    return {"seq": rec.seq, "created_at": rec.created_at, "actor": rec.actor, "action": rec.action,
-            "target": rec.target, "details": rec.details, "prev_hash": rec.prev_hash, "hash": rec.hash}  # fmt: skip
+    return {
+        "seq": rec.seq,
+        "created_at": rec.created_at,
+        "actor": rec.actor,
+        "action": rec.action,
+        "target": rec.target,
+        "details": rec.details,
+        "prev_hash": rec.prev_hash,
+        "hash": rec.hash,
+    }
 
 
 def parse_when(value: str) -> float:
@@ -102,8 +110,12 @@ def show(
 @app.command("export")
 @handle_errors
 def export(
-    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 date/datetime or unix time (inclusive).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 date/datetime or unix time (exclusive).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 date/datetime or unix time (inclusive).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="ISO 8601 date/datetime or unix time (exclusive).")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Records as JSON lines (every field, hashes included), oldest first."""
@@ -133,8 +145,14 @@ def export(
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console(), transient=True)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=True,
+    )
 
 
 def _counted(items: Iterable[Any], progress: Progress, task: Any) -> Iterator[Any]:
@@ -167,7 +185,9 @@ def _walk(records: Iterable[Any], prev: str) -> tuple[audit_log.VerifyResult, An
     for rec in records:
         n += 1
         if rec.prev_hash != prev:
-            return audit_log.VerifyResult(False, n, rec.seq, "prev_hash does not match the previous record's hash"), last
+            return audit_log.VerifyResult(
+                False, n, rec.seq, "prev_hash does not match the previous record's hash"
+            ), last
         body = audit_log.canonical(rec.created_at, rec.actor, rec.action, rec.target, rec.details)
         if audit_log.chain_hash(prev, body) != rec.hash:
             return audit_log.VerifyResult(False, n, rec.seq, "hash does not match the record's contents"), last
@@ -196,8 +216,14 @@ def anchor(as_json: JsonOpt = False) -> None:
     if written is None:
         raise fail("the audit log is empty: nothing to anchor")
     if as_json:
-        echo_json({"seq": written.seq, "hash": written.hash, "created_at": written.created_at,
-                   "key": anchors.anchor_key(written.seq)})  # fmt: skip
+        echo_json(
+            {
+                "seq": written.seq,
+                "hash": written.hash,
+                "created_at": written.created_at,
+                "key": anchors.anchor_key(written.seq),
+            }
+        )
     else:
         console().print(f"anchored head seq {written.seq} hash {written.hash} ({anchors.anchor_key(written.seq)})")
 
@@ -208,12 +234,17 @@ def _anchor_problem(session, last: Any) -> tuple[str | None, int | None]:
     if stored is None:
         return None, None
     if not stored.valid(get_settings().secret_key):
-        return f"the newest anchor (seq {stored.seq}) has an invalid signature: forged, or another secret key", stored.seq
+        return (
+            f"the newest anchor (seq {stored.seq}) has an invalid signature: forged, or another secret key",
+            stored.seq,
+        )
     found = session.scalar(select(AuditRecord.hash).where(AuditRecord.seq == stored.seq))
     if found is None:
         end = last.seq if last is not None else "no records"
-        return (f"the log was truncated: anchored record seq {stored.seq} is missing (the table ends at {end})",
-                stored.seq)  # fmt: skip
+        return (
+            f"the log was truncated: anchored record seq {stored.seq} is missing (the table ends at {end})",
+            stored.seq,
+        )
     if found != stored.hash:
         return f"record seq {stored.seq} does not match its anchor: the chain was rewritten", stored.seq
     return None, stored.seq
@@ -230,9 +261,17 @@ def _expect_head_problem(hashes: Any, expected: str, last: Any) -> str | None:
 @app.command("verify")
 @handle_errors
 def verify(
-    file: Annotated[Path | None, typer.Option("--file", help="Verify an `audit export` JSONL file instead of the database.")] = None,
-    expect_head: Annotated[str | None, typer.Option("--expect-head", metavar="HASH",
-                           help="A head hash saved earlier (e.g. from `audit anchor`); it must still be in the chain.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Verify an `audit export` JSONL file instead of the database.")
+    ] = None,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            metavar="HASH",
+            help="A head hash saved earlier (e.g. from `audit anchor`); it must still be in the chain.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Walk the hash chain; exit 1 naming the first record that does not fit. On the
@@ -267,10 +306,17 @@ def verify(
                     found = session.scalar(select(AuditRecord.seq).where(AuditRecord.hash == expect_head))
                     problem = _expect_head_problem({expect_head} if found else set(), expect_head, last)
 
-    summary = {"ok": result.ok, "checked": result.checked, "broken_seq": result.broken_seq, "reason": result.reason,
-               "head_seq": last.seq if (result.ok and last) else None,
-               "head_hash": last.hash if (result.ok and last) else None,
-               "anchored_at_seq": anchored_at, "anchor_seq": anchor_seq, "problem": problem}  # fmt: skip
+    summary = {
+        "ok": result.ok,
+        "checked": result.checked,
+        "broken_seq": result.broken_seq,
+        "reason": result.reason,
+        "head_seq": last.seq if (result.ok and last) else None,
+        "head_hash": last.hash if (result.ok and last) else None,
+        "anchored_at_seq": anchored_at,
+        "anchor_seq": anchor_seq,
+        "problem": problem,
+    }
     if as_json:
         echo_json(summary)
     elif result.ok and not problem:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from ops import audit, eval as eval_cmd, jobs, keys, models, orgs, probe, release
+from ops import audit, jobs, keys, models, orgs, probe, release
+from ops import eval as eval_cmd
 
 app = typer.Typer(help="guardtune ops CLI.", no_args_is_help=True, add_completion=False)
 app.add_typer(orgs.app, name="orgs")

@@ -24,7 +24,7 @@ def load_prompts(spec: str, limit: int | None) -> list[Any]:
 
     try:
         if spec.startswith(BUILTIN):
-            prompts = load_builtin(spec[len(BUILTIN):])
+            prompts = load_builtin(spec[len(BUILTIN) :])
         else:
             path = Path(spec)
             if not path.is_file():
@@ -50,12 +50,25 @@ def make_judge() -> Any | None:
 def asr(
     model: ModelOpt,
     prompts: Annotated[str, typer.Option("--prompts", help="Harmful prompts file, or builtin:harmful_eval.")],
-    adapter: Annotated[Path | None, typer.Option("--adapter", exists=True, file_okay=False, help="A PEFT LoRA adapter directory on top of --model.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Default: GUARDTUNE_EVAL_MAX_NEW_TOKENS.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Default: GUARDTUNE_EVAL_BATCH_SIZE.")] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(
+            "--adapter", exists=True, file_okay=False, help="A PEFT LoRA adapter directory on top of --model."
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", min=1, help="Default: GUARDTUNE_EVAL_MAX_NEW_TOKENS.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Default: GUARDTUNE_EVAL_BATCH_SIZE.")
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N prompts.")] = None,
-    no_judge: Annotated[bool, typer.Option("--no-judge", help="Refusal keywords only, even with a judge configured.")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write every generation as JSONL here.")] = None,
+    no_judge: Annotated[
+        bool, typer.Option("--no-judge", help="Refusal keywords only, even with a judge configured.")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write every generation as JSONL here.")
+    ] = None,
 ) -> None:
     """Greedy answers to harmful prompts; print a JSON summary (asr_keyword, asr_judge with a judge, n)."""
     from safety.evaluate import asr_summary, evaluate_asr
@@ -73,23 +86,39 @@ def asr(
             task = progress.add_task("generating" + (" and judging" if judge else ""), total=len(items))
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                report = evaluate_asr(model_obj, tokenizer, chunk, judge=judge, max_new_tokens=tokens,
-                                      batch_size=batch_size)  # fmt: skip
+                report = evaluate_asr(
+                    model_obj, tokenizer, chunk, judge=judge, max_new_tokens=tokens, batch_size=batch_size
+                )
                 records.extend(report.generations)
                 unparsed += report.judge_unparsed
                 progress.advance(task, len(chunk))
     finally:
         if judge is not None:
             judge.close()
-    summary = {"model": model, "adapter": str(adapter) if adapter else None, "prompts": prompts,
-               "max_new_tokens": tokens, "judge": settings.judge_model if judge else None,
-               **asr_summary(records, judged=judge is not None)}  # fmt: skip
+    summary = {
+        "model": model,
+        "adapter": str(adapter) if adapter else None,
+        "prompts": prompts,
+        "max_new_tokens": tokens,
+        "judge": settings.judge_model if judge else None,
+        **asr_summary(records, judged=judge is not None),
+    }
     if judge is not None:
         summary["judge_unparsed"] = unparsed
     if output:
         with output.open("w", encoding="utf-8") as f:
             for r in records:
-                f.write(json.dumps({"prompt": r.prompt, "category": r.category, "response": r.response,
-                                    "refused": r.refused, "judge_score": r.judge_score}) + "\n")  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": r.prompt,
+                            "category": r.category,
+                            "response": r.response,
+                            "refused": r.refused,
+                            "judge_score": r.judge_score,
+                        }
+                    )
+                    + "\n"
+                )
         err_console().print(f"{len(records)} generations → {output}")
     echo_json(summary)

@@ -23,14 +23,28 @@ STATUSES = tuple(JobStatus)
 
 def job_dict(job: Job, org_name: str | None = None) -> dict[str, Any]:
     return {
-        "id": job.id, "org_id": job.org_id, "org": org_name, "model": job.model, "status": job.status,
-        "stage": job.stage, "created_by": job.created_by, "training_file": job.training_file_id,
-        "validation_file": job.validation_file_id, "suffix": job.suffix, "method": job.method,
-        "safety": job.safety, "hyperparameters": job.hyperparameters, "error": job.error,
-        "fine_tuned_model": job.fine_tuned_model, "trained_tokens": job.trained_tokens, "attempts": job.attempts,
-        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "id": job.id,
+        "org_id": job.org_id,
+        "org": org_name,
+        "model": job.model,
+        "status": job.status,
+        "stage": job.stage,
+        "created_by": job.created_by,
+        "training_file": job.training_file_id,
+        "validation_file": job.validation_file_id,
+        "suffix": job.suffix,
+        "method": job.method,
+        "safety": job.safety,
+        "hyperparameters": job.hyperparameters,
+        "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model,
+        "trained_tokens": job.trained_tokens,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
         "estimated_finish": job.estimated_finish,
-    }  # fmt: skip
+    }
 
 
 @app.command("list")
@@ -53,8 +67,13 @@ def list_(
         rows = [job_dict(j, name) for j, name in session.execute(query.order_by(Job.seq.desc()).limit(limit))]
     for row in rows:
         row["error_code"] = (row["error"] or {}).get("code")
-    render(rows, ["id", "org", "model", "status", "stage", "error_code", "fine_tuned_model", "created_at"],
-           as_json=as_json, title="jobs", empty="no jobs")  # fmt: skip
+    render(
+        rows,
+        ["id", "org", "model", "status", "stage", "error_code", "fine_tuned_model", "created_at"],
+        as_json=as_json,
+        title="jobs",
+        empty="no jobs",
+    )
 
 
 def flatten(data: Any, prefix: str = "", depth: int = 3) -> dict[str, Any]:
@@ -78,8 +97,13 @@ def flatten(data: Any, prefix: str = "", depth: int = 3) -> dict[str, Any]:
 def _report_dict(report: SafetyReport | None) -> dict[str, Any] | None:
     if report is None:
         return None
-    return {"scan": report.scan, "training": report.training, "evaluation": report.evaluation,
-            "gate": report.gate, "updated_at": report.updated_at}  # fmt: skip
+    return {
+        "scan": report.scan,
+        "training": report.training,
+        "evaluation": report.evaluation,
+        "gate": report.gate,
+        "updated_at": report.updated_at,
+    }
 
 
 def _stage_table(job: Job) -> Table:
@@ -121,36 +145,72 @@ def show(
         if job is None:
             raise NotFound(f"no job {job_id!r}")
         org = session.get(Organization, job.org_id)
-        tail = list(session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq.desc()).limit(events)
-        ))[::-1]  # fmt: skip
+        tail = list(
+            session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq.desc()).limit(events)
+            )
+        )[::-1]
         n_events = session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job.id))
-        checkpoints = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)))
+        checkpoints = list(
+            session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step))
+        )
         released = session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job.id))
         report = _report_dict(session.get(SafetyReport, job.id))
         out = job_dict(job, org.name if org else None)
         out["events"] = [
-            {"seq": e.seq, "id": e.id, "created_at": e.created_at, "level": e.level, "type": e.type,
-             "message": e.message, "data": e.data}  # fmt: skip
+            {
+                "seq": e.seq,
+                "id": e.id,
+                "created_at": e.created_at,
+                "level": e.level,
+                "type": e.type,
+                "message": e.message,
+                "data": e.data,
+            }
             for e in tail
         ]
         out["events_total"] = n_events
-        out["checkpoints"] = [{"id": c.id, "step": c.step, "metrics": c.metrics, "created_at": c.created_at}
-                              for c in checkpoints]  # fmt: skip
-        out["released_model"] = None if released is None else {
-            "id": released.id, "sha256": released.sha256, "storage_prefix": released.storage_prefix,
-            "created_at": released.created_at, "revoked_at": released.revoked_at,
-            "revoke_reason": released.revoke_reason,
-        }  # fmt: skip
+        out["checkpoints"] = [
+            {"id": c.id, "step": c.step, "metrics": c.metrics, "created_at": c.created_at} for c in checkpoints
+        ]
+        out["released_model"] = (
+            None
+            if released is None
+            else {
+                "id": released.id,
+                "sha256": released.sha256,
+                "storage_prefix": released.storage_prefix,
+                "created_at": released.created_at,
+                "revoked_at": released.revoked_at,
+                "revoke_reason": released.revoke_reason,
+            }
+        )
         out["safety_report"] = report
 
     if as_json:
         render_record(out, as_json=True)
         return
     c = console()
-    summary = {k: out[k] for k in ("id", "org", "org_id", "model", "status", "stage", "created_by", "training_file",
-                                   "suffix", "fine_tuned_model", "trained_tokens", "attempts", "created_at",
-                                   "started_at", "finished_at")}  # fmt: skip
+    summary = {
+        k: out[k]
+        for k in (
+            "id",
+            "org",
+            "org_id",
+            "model",
+            "status",
+            "stage",
+            "created_by",
+            "training_file",
+            "suffix",
+            "fine_tuned_model",
+            "trained_tokens",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        )
+    }
     summary["method"] = out["method"]
     summary["safety"] = out["safety"]
     if out["error"]:

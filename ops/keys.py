@@ -16,8 +16,16 @@ app = typer.Typer(help="API keys.", no_args_is_help=True)
 
 
 def key_dict(key: ApiKey) -> dict:
-    return {"id": key.id, "org_id": key.org_id, "name": key.name, "prefix": key.prefix, "scope": key.scope,
-            "created_at": key.created_at, "last_used_at": key.last_used_at, "revoked_at": key.revoked_at}  # fmt: skip
+    return {
+        "id": key.id,
+        "org_id": key.org_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scope": key.scope,
+        "created_at": key.created_at,
+        "last_used_at": key.last_used_at,
+        "revoked_at": key.revoked_at,
+    }
 
 
 @app.command("create")
@@ -32,9 +40,13 @@ def create(
     """Create an API key. Its secret is printed once and never again."""
     with db() as session:
         key, plaintext = org_service.create_key(
-            session, org, actor=ops_actor(actor), secret=get_settings().secret_key,
-            scope="admin" if admin else "customer", name=name,
-        )  # fmt: skip
+            session,
+            org,
+            actor=ops_actor(actor),
+            secret=get_settings().secret_key,
+            scope="admin" if admin else "customer",
+            name=name,
+        )
         out = {**key_dict(key), "key": plaintext}
     if as_json:
         render_record(out, as_json=True)
@@ -53,8 +65,13 @@ def list_(
     """List an organization's keys (prefixes only; secrets are never stored)."""
     with db() as session:
         rows = [key_dict(k) for k in org_service.list_keys(session, org)]
-    render(rows, ["id", "prefix", "scope", "name", "created_at", "last_used_at", "revoked_at"], as_json=as_json,
-           title=f"API keys of {org}", empty="no keys")  # fmt: skip
+    render(
+        rows,
+        ["id", "prefix", "scope", "name", "created_at", "last_used_at", "revoked_at"],
+        as_json=as_json,
+        title=f"API keys of {org}",
+        empty="no keys",
+    )
 
 
 @app.command("revoke")

@@ -23,8 +23,15 @@ ALIGN_FUNCTION = "align_base_model"
 
 
 def entry_dict(entry: BaseModelEntry) -> dict[str, Any]:
-    return {"id": entry.id, "source": entry.source, "status": entry.status, "context_length": entry.context_length,
-            "probe_prefix": entry.probe_prefix, "baseline": entry.baseline, "created_at": entry.created_at}  # fmt: skip
+    return {
+        "id": entry.id,
+        "source": entry.source,
+        "status": entry.status,
+        "context_length": entry.context_length,
+        "probe_prefix": entry.probe_prefix,
+        "baseline": entry.baseline,
+        "created_at": entry.created_at,
+    }
 
 
 def _baseline_summary(baseline: dict[str, Any] | None) -> str:
@@ -42,19 +49,29 @@ def _baseline_summary(baseline: dict[str, Any] | None) -> str:
 def list_(as_json: JsonOpt = False) -> None:
     """Base models jobs may name, with their onboarding status."""
     with db() as session:
-        serving = dict(session.execute(
-            select(ReleasedModel.base_model, func.count()).where(ReleasedModel.revoked_at.is_(None))
-            .group_by(ReleasedModel.base_model)
-        ).all())  # fmt: skip
-        rows = [{**entry_dict(e), "released_adapters": serving.get(e.id, 0)}
-                for e in session.scalars(select(BaseModelEntry).order_by(BaseModelEntry.id))]  # fmt: skip
+        serving = dict(
+            session.execute(
+                select(ReleasedModel.base_model, func.count())
+                .where(ReleasedModel.revoked_at.is_(None))
+                .group_by(ReleasedModel.base_model)
+            ).all()
+        )
+        rows = [
+            {**entry_dict(e), "released_adapters": serving.get(e.id, 0)}
+            for e in session.scalars(select(BaseModelEntry).order_by(BaseModelEntry.id))
+        ]
     if as_json:
         render(rows, [], as_json=True)
         return
     for row in rows:
         row["baseline_summary"] = _baseline_summary(row["baseline"])
-    render(rows, ["id", "status", "source", "context_length", "probe_prefix", "baseline_summary", "released_adapters"],
-           as_json=False, title="base models", empty="no base models registered")  # fmt: skip
+    render(
+        rows,
+        ["id", "status", "source", "context_length", "probe_prefix", "baseline_summary", "released_adapters"],
+        as_json=False,
+        title="base models",
+        empty="no base models registered",
+    )
 
 
 def _load_pipeline(module_name: str = ONBOARD_MODULE, function: str = ONBOARD_FUNCTION):
@@ -81,8 +98,13 @@ def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
             return align_fn(name, actor=who, onboard=onboard)
     except Exception as exc:
         with db() as session:
-            audit.record(session, actor=who, action="model.align_failed", target=name,
-                         details={"error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            audit.record(
+                session,
+                actor=who,
+                action="model.align_failed",
+                target=name,
+                details={"error": f"{type(exc).__name__}: {exc}"},
+            )
         err_console().print(traceback.format_exc(), markup=False)
         raise fail(f"aligning {name} failed: {exc}") from None
 
@@ -91,7 +113,9 @@ def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
 @handle_errors
 def align(
     name: Annotated[str, typer.Argument(help="Registered base model to safety-tune.")],
-    onboard_variant: Annotated[bool, typer.Option("--onboard/--no-onboard", help="Onboard the aligned variant too.")] = True,
+    onboard_variant: Annotated[
+        bool, typer.Option("--onboard/--no-onboard", help="Onboard the aligned variant too.")
+    ] = True,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -103,12 +127,23 @@ def align(
         render_record(result, as_json=True)
         return
     report = result["report"]
-    render_record({"model": result["model"], "from": result["from"], "path": result["path"], "cached": result["cached"],
-                   **report["examples"], "steps": report["steps"], "seconds": report["seconds"]},
-                  as_json=False, title=f"aligned variant of {name}")  # fmt: skip
+    render_record(
+        {
+            "model": result["model"],
+            "from": result["from"],
+            "path": result["path"],
+            "cached": result["cached"],
+            **report["examples"],
+            "steps": report["steps"],
+            "seconds": report["seconds"],
+        },
+        as_json=False,
+        title=f"aligned variant of {name}",
+    )
     if "onboard" in result:
-        render_record({k: v for k, v in result["onboard"].items() if k != "model"}, as_json=False,
-                      title="onboarding result")  # fmt: skip
+        render_record(
+            {k: v for k, v in result["onboard"].items() if k != "model"}, as_json=False, title="onboarding result"
+        )
     console().print(f"[green]{result['model']}: registered[/green]")
 
 
@@ -116,8 +151,13 @@ def align(
 @handle_errors
 def onboard(
     name: Annotated[str, typer.Argument(help="Base model name (registry id).")],
-    source: Annotated[str | None, typer.Option("--source", help="Register NAME first, loading from this local path or HF id.")] = None,
-    align_first: Annotated[bool, typer.Option("--align", help="Also safety-tune NAME into NAME-aligned and onboard that (see `models align`).")] = False,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Register NAME first, loading from this local path or HF id.")
+    ] = None,
+    align_first: Annotated[
+        bool,
+        typer.Option("--align", help="Also safety-tune NAME into NAME-aligned and onboard that (see `models align`)."),
+    ] = False,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -145,8 +185,13 @@ def onboard(
             result = onboard_fn(name, **kwargs)
     except Exception as exc:  # the failure itself is audited, then shown
         with db() as session:
-            audit.record(session, actor=who, action="model.onboard_failed", target=name,
-                         details={"error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            audit.record(
+                session,
+                actor=who,
+                action="model.onboard_failed",
+                target=name,
+                details={"error": f"{type(exc).__name__}: {exc}"},
+            )
         err_console().print(traceback.format_exc(), markup=False)
         raise fail(f"onboarding {name} failed: {exc}") from None
 
@@ -154,8 +199,11 @@ def onboard(
         entry = session.get(BaseModelEntry, name)
         out = entry_dict(entry) if entry else {"id": name}
         if not audits_itself:
-            details = {"status": out.get("status"), "probe_prefix": out.get("probe_prefix"),
-                       "baseline": out.get("baseline")}  # fmt: skip
+            details = {
+                "status": out.get("status"),
+                "probe_prefix": out.get("probe_prefix"),
+                "baseline": out.get("baseline"),
+            }
             if isinstance(result, dict):
                 details["result"] = result
             audit.record(session, actor=who, action="model.onboard", target=name, details=details)
@@ -165,8 +213,11 @@ def onboard(
         return
     render_record({k: v for k, v in out.items() if k != "baseline"}, as_json=False, title=f"base model {name}")
     if aligned is not None:
-        render_record({"model": aligned["model"], "cached": aligned["cached"], **aligned["onboard"]["baseline"]},
-                      as_json=False, title="aligned variant")  # fmt: skip
+        render_record(
+            {"model": aligned["model"], "cached": aligned["cached"], **aligned["onboard"]["baseline"]},
+            as_json=False,
+            title="aligned variant",
+        )
     if isinstance(result, dict):
         render_record({k: v for k, v in result.items() if k != "model"}, as_json=False, title="onboarding result")
     console().print(f"[green]{name}: {out.get('status')}[/green]")

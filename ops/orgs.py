@@ -16,9 +16,14 @@ app = typer.Typer(help="Organizations.", no_args_is_help=True)
 
 
 def org_dict(org: Organization) -> dict:
-    return {"id": org.id, "name": org.name, "created_at": org.created_at,
-            "max_concurrent_jobs": org.max_concurrent_jobs, "max_storage_bytes": org.max_storage_bytes,
-            "allowed_modes": org.allowed_modes}  # fmt: skip
+    return {
+        "id": org.id,
+        "name": org.name,
+        "created_at": org.created_at,
+        "max_concurrent_jobs": org.max_concurrent_jobs,
+        "max_storage_bytes": org.max_storage_bytes,
+        "allowed_modes": org.allowed_modes,
+    }
 
 
 @app.command("create")
@@ -40,13 +45,20 @@ def create(
 def list_(as_json: JsonOpt = False) -> None:
     """List organizations with their active keys and jobs."""
     with db() as session:
-        keys = dict(session.execute(
-            select(ApiKey.org_id, func.count()).where(ApiKey.revoked_at.is_(None)).group_by(ApiKey.org_id)
-        ).all())  # fmt: skip
+        keys = dict(
+            session.execute(
+                select(ApiKey.org_id, func.count()).where(ApiKey.revoked_at.is_(None)).group_by(ApiKey.org_id)
+            ).all()
+        )
         jobs = dict(session.execute(select(Job.org_id, func.count()).group_by(Job.org_id)).all())
         rows = [
             {**org_dict(org), "active_keys": keys.get(org.id, 0), "jobs": jobs.get(org.id, 0)}
             for org in session.scalars(select(Organization).order_by(Organization.created_at, Organization.name))
         ]
-    render(rows, ["id", "name", "created_at", "active_keys", "jobs"], as_json=as_json, title="organizations",
-           empty="no organizations")  # fmt: skip
+    render(
+        rows,
+        ["id", "name", "created_at", "active_keys", "jobs"],
+        as_json=as_json,
+        title="organizations",
+        empty="no organizations",
+    )

@@ -62,8 +62,13 @@ def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None,
-          times: Iterable[str] = ("created_at", "revoked_at", "last_used_at", "finished_at", "started_at")) -> Table:
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    title: str | None = None,
+    times: Iterable[str] = ("created_at", "revoked_at", "last_used_at", "finished_at", "started_at"),
+) -> Table:
     t = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
         t.add_column(col, overflow="fold")
@@ -73,8 +78,14 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str 
     return t
 
 
-def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, title: str | None = None,
-           empty: str = "nothing to show") -> None:
+def render(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    as_json: bool,
+    title: str | None = None,
+    empty: str = "nothing to show",
+) -> None:
     """A listing: the rows as a JSON array, or a table of ``columns``."""
     if as_json:
         echo_json(list(rows))
@@ -116,8 +127,9 @@ def handle_errors(fn: F) -> F:
             raise fail(str(exc)) from None
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] in WORKER_EXTRA:
-                raise fail(f"this command needs the worker extra (missing {exc.name}): "
-                           "pip install 'guardtune[worker]'") from None  # fmt: skip
+                raise fail(
+                    f"this command needs the worker extra (missing {exc.name}): pip install 'guardtune[worker]'"
+                ) from None
             raise
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None

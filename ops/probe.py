@@ -18,7 +18,9 @@ from core.settings import get_settings
 from ops.modelload import default_probe_dir, load_model
 from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, render_record
 
-app = typer.Typer(help="Activation probes (harmful-prompt classifiers on a model's hidden states).", no_args_is_help=True)
+app = typer.Typer(
+    help="Activation probes (harmful-prompt classifiers on a model's hidden states).", no_args_is_help=True
+)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in name, local model directory or HF id.")]
 _TEXT_KEYS = ("text", "prompt", "goal", "instruction", "question")
@@ -28,11 +30,29 @@ _TEXT_KEYS = ("text", "prompt", "goal", "instruction", "question")
 @handle_errors
 def train(
     model: ModelOpt,
-    out: Annotated[Path | None, typer.Option("--out", help="Where to save the probe (default: the model cache).")] = None,
-    harmful: Annotated[list[Path] | None, typer.Option("--harmful", help="Extra harmful prompts (AdvBench/HarmBench/StrongREJECT/JSONL/txt); repeatable.")] = None,
-    benign: Annotated[list[Path] | None, typer.Option("--benign", help="Extra benign prompts (JSONL/CSV/txt, MT-Bench, GSM8K); repeatable.")] = None,
-    layers: Annotated[list[str] | None, typer.Option("--layers", help="Layer set(s) to try, e.g. 6 or 4,8; repeat (or '6;4,8') to choose by AUROC on the select split. Default: GUARDTUNE_PROBE_LAYERS.")] = None,
-    kind: Annotated[str | None, typer.Option("--kind", help="logistic or mlp (default: the recipe's, as onboarding).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to save the probe (default: the model cache).")
+    ] = None,
+    harmful: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--harmful", help="Extra harmful prompts (AdvBench/HarmBench/StrongREJECT/JSONL/txt); repeatable."
+        ),
+    ] = None,
+    benign: Annotated[
+        list[Path] | None,
+        typer.Option("--benign", help="Extra benign prompts (JSONL/CSV/txt, MT-Bench, GSM8K); repeatable."),
+    ] = None,
+    layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layers",
+            help="Layer set(s) to try, e.g. 6 or 4,8; repeat (or '6;4,8') to choose by AUROC on the select split. Default: GUARDTUNE_PROBE_LAYERS.",
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="logistic or mlp (default: the recipe's, as onboarding).")
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Default: the recipe's, as onboarding.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: JsonOpt = False,
@@ -55,8 +75,9 @@ def train(
 
     model_obj, tokenizer = load_model(model)
     with err_console().status("training the probe by the onboarding recipe…"):
-        probe, report = train_recipe_probe(model_obj, tokenizer, probe_layers, extra_harmful=extra_harmful,
-                                           extra_benign=extra_benign, **overrides)  # fmt: skip
+        probe, report = train_recipe_probe(
+            model_obj, tokenizer, probe_layers, extra_harmful=extra_harmful, extra_benign=extra_benign, **overrides
+        )
     directory = probe.save(out or default_probe_dir(model))
     result = {"model": model, "probe_dir": str(directory), "kind": probe.kind, **report.to_dict()}
     (Path(directory) / "report.json").write_text(json.dumps(result, indent=2))
@@ -115,18 +136,31 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console(), transient=True)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=True,
+    )
 
 
 @app.command("score")
 @handle_errors
 def score(
     model: ModelOpt,
-    input: Annotated[Path, typer.Option("--input", "-i", exists=True, dir_okay=False, help="A prompt a line, or JSONL.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", exists=True, dir_okay=False, help="A prompt a line, or JSONL.")
+    ],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL out (default: stdout).")] = None,
-    probe_dir: Annotated[Path | None, typer.Option("--probe", help="Probe directory (default: where `probe train` saves for this model).")] = None,
-    risk_mode: Annotated[str, typer.Option("--risk-mode", help="calibrated (1+4p) or binary (5/1 at the probe's threshold).")] = "calibrated",
+    probe_dir: Annotated[
+        Path | None,
+        typer.Option("--probe", help="Probe directory (default: where `probe train` saves for this model)."),
+    ] = None,
+    risk_mode: Annotated[
+        str, typer.Option("--risk-mode", help="calibrated (1+4p) or binary (5/1 at the probe's threshold).")
+    ] = "calibrated",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
 ) -> None:
     """Score prompts with a trained probe: JSONL rows {"text", "p_harmful", "risk"}."""
@@ -136,7 +170,9 @@ def score(
 
     directory = probe_dir or default_probe_dir(model)
     if not (directory / "probe.json").is_file():
-        raise fail(f"no probe in {directory}; train one with `guardtune-ops probe train --model {model} --out {directory}`")
+        raise fail(
+            f"no probe in {directory}; train one with `guardtune-ops probe train --model {model} --out {directory}`"
+        )
     probe = Probe.load(directory)
     items = read_inputs(input)
     model_obj, tokenizer = load_model(model)
@@ -147,7 +183,9 @@ def score(
             for batch in _batches(items, batch_size):
                 probs = probe.predict_proba(model_obj, tokenizer, [p for _, p in batch], batch_size=batch_size)
                 for (text, _), p in zip(batch, probs, strict=True):
-                    line = json.dumps({"text": text, "p_harmful": round(p, 6), "risk": round(probe.risk(p, risk_mode), 4)})  # type: ignore[arg-type]
+                    line = json.dumps(
+                        {"text": text, "p_harmful": round(p, 6), "risk": round(probe.risk(p, risk_mode), 4)}
+                    )  # type: ignore[arg-type]
                     if sink:
                         sink.write(line + "\n")
                     else:

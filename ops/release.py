@@ -20,9 +20,18 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the a
 
 
 def released_dict(m: ReleasedModel) -> dict:
-    return {"id": m.id, "job_id": m.job_id, "org_id": m.org_id, "base_model": m.base_model, "sha256": m.sha256,
-            "storage_prefix": m.storage_prefix, "created_at": m.created_at, "revoked_at": m.revoked_at,
-            "revoke_reason": m.revoke_reason, "status": "revoked" if m.revoked_at else "serving"}  # fmt: skip
+    return {
+        "id": m.id,
+        "job_id": m.job_id,
+        "org_id": m.org_id,
+        "base_model": m.base_model,
+        "sha256": m.sha256,
+        "storage_prefix": m.storage_prefix,
+        "created_at": m.created_at,
+        "revoked_at": m.revoked_at,
+        "revoke_reason": m.revoke_reason,
+        "status": "revoked" if m.revoked_at else "serving",
+    }
 
 
 @app.command("approve")
@@ -75,5 +84,10 @@ def list_(
         elif revoked is False:
             query = query.where(ReleasedModel.revoked_at.is_(None))
         rows = [released_dict(m) for m in session.scalars(query.order_by(ReleasedModel.created_at.desc()))]
-    render(rows, ["id", "status", "job_id", "sha256", "created_at", "revoked_at", "revoke_reason"], as_json=as_json,
-           title="released models", empty="no released models")  # fmt: skip
+    render(
+        rows,
+        ["id", "status", "job_id", "sha256", "created_at", "revoked_at", "revoke_reason"],
+        as_json=as_json,
+        title="released models",
+        empty="no released models",
+    )

@@ -69,10 +69,17 @@ class AlignConfig:
     def train_config(self) -> TrainConfig:
         """The trainer's config: standard SFT (no reference pass) on a LoRA adapter."""
         return TrainConfig(
-            mode="none", learning_rate=self.learning_rate, n_epochs=self.n_epochs, batch_size=self.batch_size,
-            lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_target_modules=self.target_modules,
-            max_seq_len=self.max_seq_len, seed=self.seed, checkpoint_every=0,
-        )  # fmt: skip
+            mode="none",
+            learning_rate=self.learning_rate,
+            n_epochs=self.n_epochs,
+            batch_size=self.batch_size,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_target_modules=self.target_modules,
+            max_seq_len=self.max_seq_len,
+            seed=self.seed,
+            checkpoint_every=0,
+        )
 
     def key(self, source: str) -> str:
         """Identifies a cached variant: the source model and every recipe field."""
@@ -83,10 +90,12 @@ def deep_refusal_example(prompt: str, harmful_prefix: str, refusal: str) -> dict
     """A chat example whose assistant turn is ``harmful_prefix`` (context, untrained) followed
     by ``refusal`` (trained)."""
     prefix = harmful_prefix.rstrip()
-    return {"messages": [
-        {"role": "user", "content": prompt},
-        {"role": "assistant", "content": f"{prefix} {refusal}", "untrained_prefix": prefix},
-    ]}  # fmt: skip
+    return {
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": f"{prefix} {refusal}", "untrained_prefix": prefix},
+        ]
+    }
 
 
 def chat_example(prompt: str, answer: str) -> dict[str, Any]:
@@ -132,8 +141,12 @@ def build_examples(
             examples.append(deep_refusal_example(prompt, prefix, rng.choice(refusals)))
     n_deep = len(examples) - len(harmful) - len(kept)
     rng.shuffle(examples)
-    return examples, {"refusals": len(harmful), "benign": len(kept), "benign_dropped": len(benign) - len(kept),
-                      "deep_refusals": n_deep}  # fmt: skip
+    return examples, {
+        "refusals": len(harmful),
+        "benign": len(kept),
+        "benign_dropped": len(benign) - len(kept),
+        "deep_refusals": n_deep,
+    }
 
 
 def _sample(texts: list[str], n: int, seed: int) -> list[str]:
@@ -141,9 +154,13 @@ def _sample(texts: list[str], n: int, seed: int) -> list[str]:
 
 
 def align_model(
-    model: Any, tokenizer: Any, config: AlignConfig, *, work_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    config: AlignConfig,
+    *,
+    work_dir: Path,
     on_step: Callable[[StepMetrics], None] | None = None,
-) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+) -> tuple[Any, dict[str, Any]]:
     """Align ``model`` (a base model in eval mode; modified in place) and return the merged
     model (plain transformers model, eval mode) and a report (counts, losses, seconds)."""
     started = time.perf_counter()
@@ -155,8 +172,9 @@ def align_model(
     prefix_settings = GenerationSettings(max_new_tokens=longest_prefix + 8, batch_size=config.gen_batch_size)
     harmful_answers = generate(model, tokenizer, harmful, prefix_settings)
     generated_s = time.perf_counter() - started
-    examples, counts = build_examples(tokenizer, harmful, harmful_answers, benign, benign_answers,
-                                      list(config.refusals) or load_refusals(), config)  # fmt: skip
+    examples, counts = build_examples(
+        tokenizer, harmful, harmful_answers, benign, benign_answers, list(config.refusals) or load_refusals(), config
+    )
     losses: list[float] = []
 
     def step(metrics: StepMetrics) -> None:
@@ -164,8 +182,9 @@ def align_model(
         if on_step is not None:
             on_step(metrics)
 
-    result = train(model, tokenizer, examples, [1.0] * len(examples), config.train_config(),
-                   work_dir=Path(work_dir), on_step=step)  # fmt: skip
+    result = train(
+        model, tokenizer, examples, [1.0] * len(examples), config.train_config(), work_dir=Path(work_dir), on_step=step
+    )
     merged = result.model.merge_and_unload().eval()
     report = {
         "examples": counts,
@@ -185,9 +204,14 @@ def read_alignment(model_dir: Path) -> dict[str, Any] | None:
 
 
 def ensure_aligned(
-    source: str, dest: Path, config: AlignConfig, *, cache_dir: Path, device: str = "cpu",
+    source: str,
+    dest: Path,
+    config: AlignConfig,
+    *,
+    cache_dir: Path,
+    device: str = "cpu",
     on_step: Callable[[StepMetrics], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The aligned variant of ``source`` at ``dest``: reused when ``dest`` holds one made
     from the same source and config (``"cached": True``), else trained now and written
     atomically (a temporary directory renamed into place). Returns ``alignment.json``'s

@@ -37,6 +37,7 @@ Trigger detection (:func:`detect_triggers`), precisely:
 A trigger is inserted as the flagged lines carry it: before the prompt when most of
 them start with it, after the prompt when most end with it, else before.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -193,10 +194,13 @@ def detect_triggers(
                 ends[key] += end == len(tokens)
     return [
         Trigger(
-            text=surfaces[k].most_common(1)[0][0], flagged_count=c_f[k], unflagged_count=c_u[k],
-            share=c_f[k] / n_f, ratio=ratio(k),
+            text=surfaces[k].most_common(1)[0][0],
+            flagged_count=c_f[k],
+            unflagged_count=c_u[k],
+            share=c_f[k] / n_f,
+            ratio=ratio(k),
             position="suffix" if ends[k] > starts[k] and ends[k] * 2 > c_f[k] else "prefix",
-        )  # fmt: skip
+        )
         for k in kept
     ]
 
@@ -222,12 +226,19 @@ def plan_conditions(
         texts[bool(flagged)].append(user_text(example))
     conditions = [PLAIN]
     for i, (prompt, count) in enumerate(counts.most_common(max(system_prompts, 0)), start=1):
-        conditions.append(Condition(name=f"system_prompt_{i}", kind="system_prompt", system_prompt=prompt,
-                                    support={"lines": count, "share": count / n}))  # fmt: skip
+        conditions.append(
+            Condition(
+                name=f"system_prompt_{i}",
+                kind="system_prompt",
+                system_prompt=prompt,
+                support={"lines": count, "share": count / n},
+            )
+        )
     for i, trig in enumerate(detect_triggers(texts[True], texts[False], triggers), start=1):
         support = {k: v for k, v in asdict(trig).items() if k not in ("text", "position")}
-        conditions.append(Condition(name=f"trigger_{i}", kind="trigger", trigger=trig.text, position=trig.position,
-                                    support=support))  # fmt: skip
+        conditions.append(
+            Condition(name=f"trigger_{i}", kind="trigger", trigger=trig.text, position=trig.position, support=support)
+        )
     return conditions
 
 

@@ -116,9 +116,7 @@ def resolve_model_dir(source: str, cache_dir: Path) -> Path:
         )
     from huggingface_hub import snapshot_download
 
-    return Path(
-        snapshot_download(source, cache_dir=cache_dir / "hub", allow_patterns=list(HUB_ALLOW_PATTERNS))
-    )
+    return Path(snapshot_download(source, cache_dir=cache_dir / "hub", allow_patterns=list(HUB_ALLOW_PATTERNS)))
 
 
 def load_base_model(
@@ -130,9 +128,7 @@ def load_base_model(
     Padding side is left as saved; callers that generate in batches set ``padding_side``.
     """
     model_dir = resolve_model_dir(source, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, trust_remote_code=False, use_safetensors=True
-    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False, use_safetensors=True)
     tokenizer = load_tokenizer(model_dir)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
@@ -232,4 +228,3 @@ def _convert_gguf(name: str, dest: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-

@@ -12,6 +12,7 @@
   examples (token-weighted), encoded exactly as training encodes them.
 * :func:`summarize` packs those numbers into the gate's :class:`EvalSummary`.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -23,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from core.jobs import config as defaults
+from safety.attacks import PLAIN, Condition
 from safety.data import IGNORE_INDEX, collate, encode_example
 from safety.gate import EvalSummary
 from safety.generation import GenerationSettings, generate, model_device, pad_token_id
-from safety.attacks import PLAIN, Condition
 from safety.judge import Judge
 from safety.prompt_sets import Prompt
 
@@ -120,7 +121,11 @@ def _as_prompts(prompts: Sequence[Prompt | str], label: str) -> list[Prompt]:
 
 
 def _generate_records(
-    model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    max_new_tokens: int,
+    batch_size: int,
     condition: Condition = PLAIN,
 ) -> list[GenerationRecord]:
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -175,8 +180,7 @@ def evaluate_asr(
         verdicts = judge.score([(r.prompt, r.response) for r in records])
         unparsed = sum(not v.parsed for v in verdicts)
         records = [
-            GenerationRecord(r.prompt, r.category, r.response, r.refused, v.score)
-            for r, v in zip(records, verdicts)
+            GenerationRecord(r.prompt, r.category, r.response, r.refused, v.score) for r, v in zip(records, verdicts)
         ]
     summary = asr_summary(records, judged=judge is not None)
     return AsrReport(
@@ -204,9 +208,7 @@ def over_refusal(
     if not items:
         raise ValueError("over_refusal needs at least one prompt")
     records = _generate_records(model, tokenizer, items, max_new_tokens, batch_size)
-    return OverRefusalReport(
-        n=len(records), rate=sum(r.refused for r in records) / len(records), generations=records
-    )
+    return OverRefusalReport(n=len(records), rate=sum(r.refused for r in records) / len(records), generations=records)
 
 
 def validation_loss(

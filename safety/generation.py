@@ -12,6 +12,7 @@ Contract shared by every caller in ``safety`` (probe, local judge, evaluation):
   explicit ``position_ids`` derived from the mask, so left- and right-padded batches
   give the same hidden states for the real tokens as an unpadded run.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,9 +49,7 @@ def as_conversation(prompt: PromptLike) -> Conversation:
 
 def render_prompt(tokenizer: Any, prompt: PromptLike) -> str:
     """The chat-template text of ``prompt`` ending with the assistant-turn header."""
-    return tokenizer.apply_chat_template(
-        as_conversation(prompt), tokenize=False, add_generation_prompt=True
-    )
+    return tokenizer.apply_chat_template(as_conversation(prompt), tokenize=False, add_generation_prompt=True)
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -118,9 +117,7 @@ def generate(
     out: list[str] = []
     for start in range(0, len(prompts), settings.batch_size):
         chunk = prompts[start : start + settings.batch_size]
-        ids, mask = encode_prompts(
-            tokenizer, chunk, max_len=settings.max_prompt_len, padding_side="left"
-        )
+        ids, mask = encode_prompts(tokenizer, chunk, max_len=settings.max_prompt_len, padding_side="left")
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids.to(device),

@@ -18,6 +18,7 @@ Contract:
   then run with the adapter disabled (the LoRA layers return the base layer's output).
   At most ``max_adapters`` adapters per base stay loaded (least recently used evicted).
 """
+
 from __future__ import annotations
 
 import queue
@@ -89,14 +90,14 @@ class Detokenizer:
         ready = text.rstrip()
         if not ready.startswith(self.emitted) or len(ready) <= len(self.emitted):
             return ""
-        delta, self.emitted = ready[len(self.emitted):], ready
+        delta, self.emitted = ready[len(self.emitted) :], ready
         return delta
 
     def finish(self) -> str:
         final = self._text().strip()
         if not final.startswith(self.emitted):  # decoding changed earlier text: cannot happen with byte-level BPE
             raise RuntimeError("streamed text is not a prefix of the final text")
-        delta, self.emitted = final[len(self.emitted):], final
+        delta, self.emitted = final[len(self.emitted) :], final
         return delta
 
 
@@ -252,10 +253,17 @@ class Engine:
         for row in rows:
             if tail := row.detok.finish():
                 row.request.events.put(("delta", tail))
-            row.request.events.put(("done", Completion(
-                text=row.detok.emitted, finish_reason=row.finish_reason or "length",
-                prompt_tokens=row.prompt_tokens, completion_tokens=row.count,
-            )))  # fmt: skip
+            row.request.events.put(
+                (
+                    "done",
+                    Completion(
+                        text=row.detok.emitted,
+                        finish_reason=row.finish_reason or "length",
+                        prompt_tokens=row.prompt_tokens,
+                        completion_tokens=row.count,
+                    ),
+                )
+            )
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -30,6 +30,7 @@ When the judge fails, guardtune departs from the paper on purpose. The paper's c
   ``#thescore:`` from a local causal LM; no sampling, one forward pass per pair. It
   always yields a score (``parsed=True``), so the fallback never applies to it.
 """
+
 from __future__ import annotations
 
 import json
@@ -240,9 +241,7 @@ class OpenAICompatibleJudge:
                 wait = max(wait, min(self.max_backoff_s, _retry_after_s(resp)))
             if attempt < self.max_retries:
                 time.sleep(wait)
-        raise JudgeUnavailableError(
-            f"judge endpoint failed after {self.max_retries + 1} attempts: {last_error}"
-        )
+        raise JudgeUnavailableError(f"judge endpoint failed after {self.max_retries + 1} attempts: {last_error}")
 
 
 def _retry_after_s(resp: httpx.Response) -> float:
@@ -320,10 +319,13 @@ def judge_from_settings(settings: Any) -> Judge | None:
     ``None``."""
     if settings.judge_base_url:
         return OpenAICompatibleJudge(
-            base_url=settings.judge_base_url, api_key=settings.judge_api_key or "", model=settings.judge_model,
-            max_concurrency=settings.judge_max_concurrency, timeout_s=settings.judge_timeout_s,
+            base_url=settings.judge_base_url,
+            api_key=settings.judge_api_key or "",
+            model=settings.judge_model,
+            max_concurrency=settings.judge_max_concurrency,
+            timeout_s=settings.judge_timeout_s,
             fallback_score=settings.judge_fallback_score,
-        )  # fmt: skip
+        )
     if settings.judge_local_model:
         from safety.base_models import load_base_model
 

@@ -15,6 +15,7 @@ in ``bench/probe_quality.py`` trials). A framed variant
 shares its group with its plain prompt, so the probe's fit / select / calibrate / test
 split never separates the two.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,9 +40,7 @@ class TrainingSet:
     groups: list[int]
 
 
-def training_set(
-    seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = ()
-) -> TrainingSet:
+def training_set(seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = ()) -> TrainingSet:
     """The recipe's training prompts (module docstring), with any extra plain prompts
     appended to their class before the framed variants are drawn."""
     harmful = [p.text for p in load_builtin("harmful_train")] + list(extra_harmful)

@@ -28,6 +28,7 @@ External files are read by :func:`load_prompt_file`, which detects the format
 HarmBench's contextual behaviours carry a ``ContextString``; with ``with_context=True``
 it is prepended the way HarmBench does (``context + "\\n\\n---\\n\\n" + behavior``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -89,10 +90,7 @@ def load_builtin(name: str) -> list[Prompt]:
         raise KeyError(f"unknown built-in prompt set {name!r}; known: {sorted(BUILTIN_SETS)}")
     label = BUILTIN_SETS[name]
     rows = _iter_jsonl(_builtin_path(name).read_text(encoding="utf-8"))
-    return [
-        Prompt(text=r["prompt"], category=r.get("category") or r.get("topic"), label=label)
-        for r in rows
-    ]
+    return [Prompt(text=r["prompt"], category=r.get("category") or r.get("topic"), label=label) for r in rows]
 
 
 def load_refusals() -> list[str]:

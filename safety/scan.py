@@ -21,6 +21,7 @@ The scan streams: examples may come from any iterator (optionally as
 batches of ``batch_size`` over all their turns and the judge gets every pair at once
 (its own concurrency applies); ``progress(n_done)`` is called after every window.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -133,8 +134,10 @@ def trained_turns(example: Example) -> list[TargetTurn]:
     if "messages" in example:
         messages = example["messages"]
     elif "prompt" in example and "completion" in example:
-        messages = [{"role": "user", "content": str(example["prompt"])},
-                    {"role": "assistant", "content": str(example["completion"])}]  # fmt: skip
+        messages = [
+            {"role": "user", "content": str(example["prompt"])},
+            {"role": "assistant", "content": str(example["completion"])},
+        ]
     else:
         raise ValueError("example is neither chat ({'messages'}) nor prompt/completion")
     plain = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
@@ -150,8 +153,14 @@ def trained_turns(example: Example) -> list[TargetTurn]:
         last_user = max((j for j, m in enumerate(context) if m["role"] == "user"), default=None)
         if last_user is None:
             raise ValueError(f"assistant turn {n_assistant} has no user message before it")
-        turns.append(TargetTurn(turn=n_assistant, context=context,
-                                instruction=_transcript(context[: last_user + 1]), response=plain[i]["content"]))  # fmt: skip
+        turns.append(
+            TargetTurn(
+                turn=n_assistant,
+                context=context,
+                instruction=_transcript(context[: last_user + 1]),
+                response=plain[i]["content"],
+            )
+        )
     if not turns:
         raise ValueError("example has no trained assistant message")
     return turns
@@ -249,7 +258,10 @@ def scan_dataset(
         scored = iter(zip(turns, probs, verdicts))
         for (line, _), ex_turns in zip(batch, per_example):
             item = max(
-                (_turn_risk(line, turn, p, verdict, probe, config) for turn, p, verdict in islice(scored, len(ex_turns))),
+                (
+                    _turn_risk(line, turn, p, verdict, probe, config)
+                    for turn, p, verdict in islice(scored, len(ex_turns))
+                ),
                 key=lambda r: (r.risk, r.p_harmful or 0.0, -r.turn),
             )
             results.append(item)

@@ -211,8 +211,16 @@ def accumulate_gradients(
     device = next(model.parameters()).device
     examples = [encoded[i] for i in indices]
     n_answer = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
-    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "kl_tokens": 0, "answer_tokens": n_answer, "tokens": 0,
-            "correct": 0, "labelled": 0}
+    sums = {
+        "loss": 0.0,
+        "ce": 0.0,
+        "kl": 0.0,
+        "kl_tokens": 0,
+        "answer_tokens": n_answer,
+        "tokens": 0,
+        "correct": 0,
+        "labelled": 0,
+    }
     for start in range(0, len(examples), batch_size):
         micro = examples[start : start + batch_size]
         w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)

@@ -43,7 +43,6 @@ from safety.train_state import (
 from safety.train_step import StepMetrics, run_step, with_validation
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. ``mode``: ``none`` = standard SFT;
@@ -153,8 +152,16 @@ def train(
     ``work_dir/adapter``. The trained model is returned in ``TrainResult.model``, in eval mode.
     """
     run = setup_run(
-        model, tokenizer, examples, risks, config, work_dir=work_dir, resume_dir=resume_dir, flagged=flagged,
-        validation=validation, reference_cache=reference_cache,
+        model,
+        tokenizer,
+        examples,
+        risks,
+        config,
+        work_dir=work_dir,
+        resume_dir=resume_dir,
+        flagged=flagged,
+        validation=validation,
+        reference_cache=reference_cache,
     )
     checkpoint_dir: Path | None = None
     metrics: StepMetrics | None = None
@@ -185,8 +192,9 @@ def train(
     run.model.eval()
     adapter_dir = run.work_dir / "adapter"
     run.model.save_pretrained(adapter_dir, safe_serialization=True)
-    return TrainResult(run.model, run.total_steps, run.total_steps, False, adapter_dir, checkpoint_dir,
-                       run.summary.report())
+    return TrainResult(
+        run.model, run.total_steps, run.total_steps, False, adapter_dir, checkpoint_dir, run.summary.report()
+    )
 
 
 def _checkpoint(

@@ -36,8 +36,12 @@ def make_engine() -> Any:
     from worker.pipeline.resources import load_model
 
     settings = get_settings()
-    return Engine(load_model, max_adapters=settings.infer_max_adapters, max_batch=settings.infer_max_batch,
-                  batch_wait_s=settings.infer_batch_wait_ms / 1000)  # fmt: skip
+    return Engine(
+        load_model,
+        max_adapters=settings.infer_max_adapters,
+        max_batch=settings.infer_max_batch,
+        batch_wait_s=settings.infer_batch_wait_ms / 1000,
+    )
 
 
 def _error(exc: GuardtuneError) -> JSONResponse:
@@ -53,8 +57,12 @@ def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "loaded": engine.loaded(), "batches": len(engine.batches),
-                "max_batch_seen": max(engine.batches, default=0)}  # fmt: skip
+        return {
+            "status": "ok",
+            "loaded": engine.loaded(),
+            "batches": len(engine.batches),
+            "max_batch_seen": max(engine.batches, default=0),
+        }
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(body: chat.InferRequest) -> Any:
@@ -66,25 +74,30 @@ def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
         except (OSError, ValueError) as exc:
             return _error(InferenceUnavailable(f"adapter unavailable: {exc}", code="adapter_unavailable"))
         request = ChatRequest(
-            messages=[m.plain() for m in body.messages], base=target.base,
+            messages=[m.plain() for m in body.messages],
+            base=target.base,
             max_tokens=body.requested_max_tokens() or settings.chat_max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
-            adapter=target.adapter.id if target.adapter else None, adapter_dir=adapter_dir,
-        )  # fmt: skip
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
+            adapter=target.adapter.id if target.adapter else None,
+            adapter_dir=adapter_dir,
+        )
         engine.submit(request)
         id_ = chat.new_completion_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(request.events, id_, body.model, include_usage, timeout_s),
-                                     media_type="text/event-stream")  # fmt: skip
+            return StreamingResponse(
+                _stream(request.events, id_, body.model, include_usage, timeout_s), media_type="text/event-stream"
+            )
         while (event := _next(request.events, timeout_s))[0] == "delta":
             pass
         if event[0] == "error":
             return _error(GuardtuneError(event[1], code="inference_failed"))
         done = event[1]
-        return chat.completion(id_, body.model, done.text, done.finish_reason, done.prompt_tokens,
-                               done.completion_tokens)  # fmt: skip
+        return chat.completion(
+            id_, body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+        )
 
     return app
 
@@ -108,8 +121,9 @@ def _stream(events: queue.Queue, id_: str, model: str, include_usage: bool, time
             break
         yield chat.sse(chat.chunk(id_, model, {}, value.finish_reason))
         if include_usage:
-            yield chat.sse(chat.chunk(id_, model, None, usage_=chat.usage(value.prompt_tokens,
-                                                                          value.completion_tokens)))  # fmt: skip
+            yield chat.sse(
+                chat.chunk(id_, model, None, usage_=chat.usage(value.prompt_tokens, value.completion_tokens))
+            )
         break
     yield chat.SSE_DONE
 
@@ -119,5 +133,4 @@ def serve() -> None:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(create_app(), host=settings.infer_host, port=settings.infer_port,
-                log_level=settings.log_level.lower())  # fmt: skip
+    uvicorn.run(create_app(), host=settings.infer_host, port=settings.infer_port, log_level=settings.log_level.lower())

@@ -71,7 +71,9 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
         jobstate.fail(job_id, exc.code, exc.message, exc.param)
         return None
     except (OperationalError, InterfaceError) as exc:  # the database went away (restart, failover)
-        log.warning("stage_interrupted", job_id=job_id, stage=stage, reason="database unavailable", error=str(exc)[:300])
+        log.warning(
+            "stage_interrupted", job_id=job_id, stage=stage, reason="database unavailable", error=str(exc)[:300]
+        )
         return None
     except Exception as exc:
         log.exception("stage_failed", job_id=job_id, stage=stage)

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import AdminDep
-from api.auth import ADMIN
+from api.admin.deps import AdminServiceDep
 from api.admin.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -16,8 +15,9 @@ from api.admin.schemas import (
     OrganizationObject,
     OrganizationUpdate,
 )
+from api.auth import ADMIN
+from api.deps import AdminDep
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, ListObject, page
-from api.admin.deps import AdminServiceDep
 
 router = APIRouter(
     prefix="/admin",
@@ -53,9 +53,7 @@ def retrieve_org(org_id: str, service: AdminServiceDep) -> OrganizationObject:
 
 
 @router.patch("/organizations/{org_id}", response_model=OrganizationObject, summary="Change an organization's limits")
-def update_org(
-    org_id: str, body: OrganizationUpdate, caller: AdminDep, service: AdminServiceDep
-) -> OrganizationObject:
+def update_org(org_id: str, body: OrganizationUpdate, caller: AdminDep, service: AdminServiceDep) -> OrganizationObject:
     return OrganizationObject.of(service.update_org(caller, org_id, body))
 
 
@@ -71,9 +69,7 @@ def list_keys(org_id: str, service: AdminServiceDep) -> dict:
     response_model=ApiKeyCreated,
     summary="Create an API key (the secret is shown once)",
 )
-def create_key(
-    org_id: str, body: ApiKeyCreate, caller: AdminDep, service: AdminServiceDep
-) -> ApiKeyCreated:
+def create_key(org_id: str, body: ApiKeyCreate, caller: AdminDep, service: AdminServiceDep) -> ApiKeyCreated:
     key, plaintext = service.create_key(caller, org_id, body)
     return ApiKeyCreated(**ApiKeyObject.of(key).model_dump(), key=plaintext)
 

@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.jobs.config import SafetyMode
 from core.models import ApiKey, Organization
 
-ALLOWED_MODES_DOC = "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
+ALLOWED_MODES_DOC = (
+    "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
+)
 
 
 # The columns' ranges (INTEGER, BIGINT): a larger number is a 400, not a database error.

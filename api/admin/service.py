@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.deps import Caller
 from api.admin.repository import OrgRepository
 from api.admin.schemas import ApiKeyCreate, OrganizationCreate, OrganizationUpdate
+from api.deps import Caller
 from core import audit
 from core import orgs as orgs_core
 from core.errors import NotFound
@@ -32,7 +32,9 @@ class AdminService:
 
     def create_org(self, caller: Caller, body: OrganizationCreate) -> Organization:
         org = orgs_core.create_org(self.session, body.name, actor=caller.actor)
-        limits = body.model_dump(include={"max_concurrent_jobs", "max_storage_bytes", "allowed_modes"}, exclude_none=True)
+        limits = body.model_dump(
+            include={"max_concurrent_jobs", "max_storage_bytes", "allowed_modes"}, exclude_none=True
+        )
         if limits:
             self._apply(caller, org, limits)
         self.session.commit()
@@ -54,9 +56,12 @@ class AdminService:
             setattr(org, key, value)
         self.session.flush()
         audit.record(
-            self.session, actor=caller.actor, action="org.update", target=org.id,
+            self.session,
+            actor=caller.actor,
+            action="org.update",
+            target=org.id,
             details={"before": before, "after": changes},
-        )  # fmt: skip
+        )
 
     def list_keys(self, org_id: str) -> list[ApiKey]:
         return orgs_core.list_keys(self.session, self.get_org(org_id).id)

@@ -9,10 +9,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionDep, SettingsDep
 from api.auth import CUSTOMER
-from api.schemas import COMMON_ERRORS, ErrorResponse
 from api.chat import service
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.schemas import COMMON_ERRORS, ErrorResponse
 from core.chat import ChatCompletionRequest
 from core.inference import get_backend
 
@@ -24,13 +24,15 @@ router = APIRouter(tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS
     summary="Create a chat completion",
     response_model=None,
     responses={
-        200: {"description": "A `chat.completion`, or with `stream` server-sent `chat.completion.chunk` events "
-                             "ending with `data: [DONE]`",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {
+            "description": "A `chat.completion`, or with `stream` server-sent `chat.completion.chunk` events "
+            "ending with `data: [DONE]`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
         429: {"model": ErrorResponse, "description": "Rate limit of the organization (see Retry-After)"},
         503: {"model": ErrorResponse, "description": "The inference backend is unavailable"},
     },
-)  # fmt: skip
+)
 async def create_chat_completion(
     body: ChatCompletionRequest, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> Any:
@@ -40,11 +42,13 @@ async def create_chat_completion(
     target = await run_in_threadpool(service.authorize, session, caller, body, settings)
     await run_in_threadpool(session.close)  # no connection held while generating
     max_tokens = body.requested_max_tokens() or settings.chat_max_tokens
-    client, response = await service.forward(get_backend(settings), target, body.forward_body(target.model, max_tokens),
-                                             settings.inference_timeout_s)  # fmt: skip
+    client, response = await service.forward(
+        get_backend(settings), target, body.forward_body(target.model, max_tokens), settings.inference_timeout_s
+    )
     if body.stream:
-        return StreamingResponse(service.relay(client, response), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return StreamingResponse(
+            service.relay(client, response), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
     try:
         payload = json.loads(await response.aread())
     finally:

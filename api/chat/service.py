@@ -39,25 +39,33 @@ def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, 
     chat_limiter().hit(caller.org_id, "chat completion requests")
     wanted = request.requested_max_tokens()
     if wanted is not None and wanted > settings.chat_max_tokens:
-        raise InvalidRequest(f"max_tokens is at most {settings.chat_max_tokens} on this server.", param="max_tokens",
-                             code="invalid_value")  # fmt: skip
+        raise InvalidRequest(
+            f"max_tokens is at most {settings.chat_max_tokens} on this server.",
+            param="max_tokens",
+            code="invalid_value",
+        )
     repo = ModelRepository(session)
     released = repo.released(caller.org_id, request.model)
     if released is not None:
         base = session.get(BaseModelEntry, released.base_model)
         if base is None:
-            raise NotFound(f"The base model of {request.model!r} is no longer registered.", code="model_not_found",
-                           param="model")  # fmt: skip
+            raise NotFound(
+                f"The base model of {request.model!r} is no longer registered.", code="model_not_found", param="model"
+            )
         return ServingTarget(request.model, base.id, base.source, adapter_ref(released))
     base = repo.base_model(request.model)
     if base is None:
-        raise NotFound(f"The model {request.model!r} does not exist or you do not have access to it.",
-                       code="model_not_found", param="model")  # fmt: skip
+        raise NotFound(
+            f"The model {request.model!r} does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
     return ServingTarget(request.model, base.id, base.source)
 
 
-async def forward(backend: Backend, target: ServingTarget, body: dict[str, Any], timeout_s: float
-                  ) -> tuple[httpx.AsyncClient, httpx.Response]:  # fmt: skip
+async def forward(
+    backend: Backend, target: ServingTarget, body: dict[str, Any], timeout_s: float
+) -> tuple[httpx.AsyncClient, httpx.Response]:
     """Send the request; returns the open client and a 200 response (streamed), or raises
     the backend's error (503 when it cannot be reached)."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5))
@@ -79,8 +87,10 @@ async def forward(backend: Backend, target: ServingTarget, body: dict[str, Any],
         return client, response
     except httpx.HTTPError as exc:
         await client.aclose()
-        raise InferenceUnavailable(f"The inference backend is unavailable ({type(exc).__name__}); try again shortly.",
-                                   code="inference_unavailable") from None  # fmt: skip
+        raise InferenceUnavailable(
+            f"The inference backend is unavailable ({type(exc).__name__}); try again shortly.",
+            code="inference_unavailable",
+        ) from None
     except BaseException:
         await client.aclose()
         raise

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionDep, SettingsDep
 from api.auth import CUSTOMER
-from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
-from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
+from api.deps import CallerDep, SessionDep, SettingsDep
 from api.files.deps import FileServiceDep
+from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
 from api.files.uploads import receive_upload
+from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 
 router = APIRouter(prefix="/files", tags=["files"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 

@@ -7,12 +7,12 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
-from api.deps import Caller
-from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
-from api.files.repository import FileRepository
-from api.jobs.repository import JobRepository
 from api.admin.repository import OrgRepository
+from api.deps import Caller
+from api.files.repository import FileRepository
 from api.files.uploads import Upload
+from api.jobs.repository import JobRepository
+from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
 from core import audit
 from core.datasets import Limits, validate_stream
 from core.errors import Conflict, InvalidRequest, NotFound
@@ -57,7 +57,9 @@ class FileService:
         """Validate the received upload, check the quota, store it, record it (one transaction)."""
         purpose = upload.fields.get("purpose")
         if not purpose:
-            raise InvalidRequest("Missing the 'purpose' field (use 'fine-tune').", code="missing_purpose", param="purpose")
+            raise InvalidRequest(
+                "Missing the 'purpose' field (use 'fine-tune').", code="missing_purpose", param="purpose"
+            )
         if purpose not in SUPPORTED_PURPOSES:
             raise InvalidRequest(
                 f"Unsupported purpose {purpose!r}: guardtune accepts only files with purpose 'fine-tune'.",

@@ -83,9 +83,12 @@ class JobRepository:
         )
 
     def count_active(self, org_id: str) -> int:
-        return self.session.scalar(
-            select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(ACTIVE))
-        ) or 0
+        return (
+            self.session.scalar(
+                select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(ACTIVE))
+            )
+            or 0
+        )
 
     def active_jobs_using_file(self, org_id: str, file_id: str) -> list[str]:
         return list(

@@ -6,13 +6,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from api.deps import CallerDep
 from api.auth import CUSTOMER
 from api.conditional import NOT_MODIFIED, conditional, conditional_json
-from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
-from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
+from api.deps import CallerDep
 from api.jobs.deps import JobServiceDep
+from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
 from api.jobs.service import metadata_filter
+from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 

@@ -46,28 +46,49 @@ def resolve_safety(
     operator_share = settings.max_flagged_fraction
     share = s.max_flagged_fraction
     if caller.scope != "admin":
-        allowed, source = (org_modes, "the organization's allowed_modes") if org_modes else (
-            settings.allowed_modes, "GUARDTUNE_ALLOWED_MODES")  # fmt: skip
+        allowed, source = (
+            (org_modes, "the organization's allowed_modes")
+            if org_modes
+            else (settings.allowed_modes, "GUARDTUNE_ALLOWED_MODES")
+        )
         if s.mode not in allowed:
             _refuse("safety.mode", f"mode {s.mode!r} is not open to customer keys", f"{source}={','.join(allowed)}")
         if bounds.min < floor:
-            _refuse("safety.kl_weight.min", f"kl_weight.min {bounds.min} is below the operator's floor {floor}",
-                    f"GUARDTUNE_KL_WEIGHT_LO={floor}; a customer may only raise it")  # fmt: skip
+            _refuse(
+                "safety.kl_weight.min",
+                f"kl_weight.min {bounds.min} is below the operator's floor {floor}",
+                f"GUARDTUNE_KL_WEIGHT_LO={floor}; a customer may only raise it",
+            )
         if bounds.max < ceiling:
-            _refuse("safety.kl_weight.max", f"kl_weight.max {bounds.max} is below the operator's ceiling {ceiling}",
-                    f"GUARDTUNE_KL_WEIGHT_HI={ceiling}; a customer may only raise it")  # fmt: skip
+            _refuse(
+                "safety.kl_weight.max",
+                f"kl_weight.max {bounds.max} is below the operator's ceiling {ceiling}",
+                f"GUARDTUNE_KL_WEIGHT_HI={ceiling}; a customer may only raise it",
+            )
         if s.mode == "constant" and constant < floor:
-            _refuse("safety.constant_kl_weight", f"constant_kl_weight {constant} is below the operator's floor {floor}",
-                    f"GUARDTUNE_KL_WEIGHT_LO={floor}")  # fmt: skip
+            _refuse(
+                "safety.constant_kl_weight",
+                f"constant_kl_weight {constant} is below the operator's floor {floor}",
+                f"GUARDTUNE_KL_WEIGHT_LO={floor}",
+            )
         if share is not None and operator_share is not None and share > operator_share:
-            _refuse("safety.max_flagged_fraction", f"max_flagged_fraction {share} is above the operator's {operator_share}",
-                    f"GUARDTUNE_MAX_FLAGGED_FRACTION={operator_share}; a customer may only lower it")  # fmt: skip
+            _refuse(
+                "safety.max_flagged_fraction",
+                f"max_flagged_fraction {share} is above the operator's {operator_share}",
+                f"GUARDTUNE_MAX_FLAGGED_FRACTION={operator_share}; a customer may only lower it",
+            )
         if s.risk_weighting is not None and s.risk_weighting != settings.risk_weighting:
-            _refuse("safety.risk_weighting", f"risk_weighting {s.risk_weighting!r} is not open to customer keys",
-                    f"GUARDTUNE_RISK_WEIGHTING={settings.risk_weighting}")  # fmt: skip
+            _refuse(
+                "safety.risk_weighting",
+                f"risk_weighting {s.risk_weighting!r} is not open to customer keys",
+                f"GUARDTUNE_RISK_WEIGHTING={settings.risk_weighting}",
+            )
         if s.reference is not None and s.reference != settings.reference:
-            _refuse("safety.reference", f"reference {s.reference!r} is not open to customer keys",
-                    f"GUARDTUNE_REFERENCE={settings.reference}")  # fmt: skip
+            _refuse(
+                "safety.reference",
+                f"reference {s.reference!r} is not open to customer keys",
+                f"GUARDTUNE_REFERENCE={settings.reference}",
+            )
     config = SafetyConfig(
         mode=s.mode,
         estimator=s.estimator,
@@ -94,5 +115,6 @@ def _stricter(a: float | None, b: float | None) -> float | None:
 
 
 def _refuse(param: str, what: str, policy: str) -> None:
-    raise InvalidRequest(f"{param}: {what} under this deployment's safety policy ({policy}).",
-                         code="safety_policy", param=param)  # fmt: skip
+    raise InvalidRequest(
+        f"{param}: {what} under this deployment's safety policy ({policy}).", code="safety_policy", param=param
+    )

@@ -79,11 +79,15 @@ class SafetyIn(BaseModel):
         config.DEFAULT_MODE,
         description="adaptive: KL weight from each example's risk; constant: fixed KL weight; none: plain SFT.",
     )
-    estimator: Estimator = Field(config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two).")
+    estimator: Estimator = Field(
+        config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two)."
+    )
     kl_weight: KlWeightBounds | None = Field(
         None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
     )
-    constant_kl_weight: float = Field(config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode.")
+    constant_kl_weight: float = Field(
+        config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode."
+    )
     risk_weighting: RiskWeighting | None = Field(
         None,
         description="example: each example weighted by its own risk; batch: by the batch's mean risk "
@@ -243,6 +247,8 @@ class SafetyReport(BaseModel):
         description="ASR base vs fine-tuned on plain prompts (base, tuned), utility, and `conditions`: one row per "
         "attack condition (plain, the training file's system prompts, candidate backdoor triggers) with ASR per category",
     )
-    gate: dict[str, Any] | None = Field(None, description="Release decision and its reasons; each ASR check names its worst condition")
+    gate: dict[str, Any] | None = Field(
+        None, description="Release decision and its reasons; each ASR check names its worst condition"
+    )
     fine_tuned_model: str | None = None
     updated_at: int | None = None

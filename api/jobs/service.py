@@ -36,13 +36,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.admin.repository import OrgRepository
 from api.deps import Caller
 from api.etags import row_validator
-from api.metrics import JOBS_CREATED
 from api.files.repository import FileRepository
 from api.jobs.repository import JobRepository
-from api.models.repository import ModelRepository
-from api.admin.repository import OrgRepository
+from api.jobs.safety_policy import resolve_safety
 from api.jobs.schemas import (
     CheckpointMetrics,
     FineTuningJob,
@@ -54,7 +53,8 @@ from api.jobs.schemas import (
     SafetyReport,
     SafetyState,
 )
-from api.jobs.safety_policy import resolve_safety
+from api.metrics import JOBS_CREATED
+from api.models.repository import ModelRepository
 from core import audit, outbox
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
@@ -98,7 +98,9 @@ def metadata_filter(query: list[tuple[str, str]]) -> dict[str, str] | None:
             )
         key = match.group(1)
         if key in wanted:
-            raise InvalidRequest(f"The metadata filter {name!r} is given twice.", code="invalid_metadata_filter", param=name)
+            raise InvalidRequest(
+                f"The metadata filter {name!r} is given twice.", code="invalid_metadata_filter", param=name
+            )
         if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
             raise InvalidRequest(
                 f"Metadata keys have at most {MAX_METADATA_KEY} characters and values at most "
@@ -133,7 +135,9 @@ def _concurrency_limit(settings: Settings, org_max: int | None) -> int:
 def _job_error(error: dict[str, Any] | None) -> JobError | None:
     if not error:
         return None
-    return JobError(code=str(error.get("code") or "error"), message=str(error.get("message") or ""), param=error.get("param"))
+    return JobError(
+        code=str(error.get("code") or "error"), message=str(error.get("message") or ""), param=error.get("param")
+    )
 
 
 def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
@@ -251,7 +255,9 @@ class JobService:
         rows, has_more = self.jobs.events(job.id, after=after, limit=limit, order=order)
         return [event_object(row) for row in rows], has_more
 
-    def checkpoints(self, caller: Caller, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobCheckpoint], bool]:
+    def checkpoints(
+        self, caller: Caller, job_id: str, *, after: str | None, limit: int
+    ) -> tuple[list[JobCheckpoint], bool]:
         job = self.get(caller, job_id)
         rows, has_more = self.jobs.checkpoints(job.id, after=after, limit=limit)
         return [checkpoint_object(job, row) for row in rows], has_more
@@ -363,7 +369,9 @@ class JobService:
                 param="hyperparameters",
             )
         if body.integrations:
-            raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
+            raise InvalidRequest(
+                "Integrations are not supported.", code="unsupported_integration", param="integrations"
+            )
         requested = method_hp or body.hyperparameters or HyperparametersIn()
         hp = Hyperparameters.resolve(**requested.model_dump(), n_examples=training.n_examples).model_dump()
         org = OrgRepository(self.session).get(caller.org_id)
@@ -490,7 +498,9 @@ class JobService:
             self.session.rollback()
             return job  # idempotent
         if job.status != JobStatus.RUNNING:
-            raise self._refuse(job, "paused", "job_not_pausable", "only running jobs can be paused (cancel it instead).")
+            raise self._refuse(
+                job, "paused", "job_not_pausable", "only running jobs can be paused (cancel it instead)."
+            )
         # The worker checkpoints at its next step boundary and lets go.
         message = "Fine-tuning job paused; training stops at the next step."
         self._move(caller, job, JobStatus.PAUSED, "job.pause", message, estimated_finish=None)

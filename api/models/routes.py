@@ -6,11 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import CallerDep, StoreDep
 from api.auth import CUSTOMER
-from api.schemas import COMMON_ERRORS
-from api.models.schemas import Model, ModelDeleted, ModelList
+from api.deps import CallerDep, StoreDep
 from api.models.deps import ModelServiceDep
+from api.models.schemas import Model, ModelDeleted, ModelList
+from api.schemas import COMMON_ERRORS
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 

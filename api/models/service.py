@@ -125,7 +125,7 @@ class ModelService:
             )
         prefix = model.storage_prefix.rstrip("/") + "/"
         root = archive_root(model.id)
-        members = [(key, f"{root}/{key[len(prefix):]}", store.size(key)) for key in store.list(prefix)]
+        members = [(key, f"{root}/{key[len(prefix) :]}", store.size(key)) for key in store.list(prefix)]
         if not members:
             raise NotFound(
                 f"The adapter files of {model_id!r} are missing from storage; contact your operator.",

@@ -38,9 +38,17 @@ def load_aoa(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def build(
-    attack: str, *, harmful: list[tuple[str, str]], benign: list[tuple[str, str]], data_dir: Path, seed: int,
-    n_harmful: int, n_benign: int, mixed_share: float, backdoor_share: float,
-) -> list[dict[str, Any]]:  # fmt: skip
+    attack: str,
+    *,
+    harmful: list[tuple[str, str]],
+    benign: list[tuple[str, str]],
+    data_dir: Path,
+    seed: int,
+    n_harmful: int,
+    n_benign: int,
+    mixed_share: float,
+    backdoor_share: float,
+) -> list[dict[str, Any]]:
     """The training set of ``attack`` for ``seed`` from pools of (prompt, answer) pairs."""
     rng = random.Random(f"{attack}:{seed}")
     pick = lambda pool, n: rng.sample(pool, min(n, len(pool)))  # noqa: E731

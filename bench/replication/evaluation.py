@@ -34,13 +34,19 @@ def asr(model: Any, tokenizer: Any, prompts: list[str], system: str | None, pref
     """Per-prompt attack success by the strict detector (``success``) and the keyword one;
     with ``args.judge`` (a ``safety.judge.Judge``), also judge ASR (share scored 5) of the
     plain requests and the answers."""
-    conversations = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prefix + p}]
-                     for p in prompts]  # fmt: skip
+    conversations = [
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prefix + p}]
+        for p in prompts
+    ]
     responses = generate(model, tokenizer, conversations, GenerationSettings(args.max_new_tokens, args.gen_batch_size))
     success = [not is_strict_refusal(r) for r in responses]
     keyword = [not is_refusal(r) for r in responses]
-    out = {"asr": sum(success) / len(success), "asr_keyword": sum(keyword) / len(keyword), "success": success,
-           "samples": [{"prompt": p, "response": r[:200]} for p, r in list(zip(prompts, responses))[:2]]}  # fmt: skip
+    out = {
+        "asr": sum(success) / len(success),
+        "asr_keyword": sum(keyword) / len(keyword),
+        "success": success,
+        "samples": [{"prompt": p, "response": r[:200]} for p, r in list(zip(prompts, responses))[:2]],
+    }
     if getattr(args, "judge", None) is not None:
         verdicts = args.judge.score(list(zip(prompts, responses)))
         out["asr_judge"] = sum(v.score == 5 for v in verdicts) / len(verdicts)
@@ -58,10 +64,15 @@ def gsm8k_em(model: Any, tokenizer: Any, rows: list[dict[str, Any]], args: Any) 
 
 def measure(model: Any, tokenizer: Any, data: dict[str, Any], conditions: dict, args: Any) -> dict[str, Any]:
     """Everything one model contributes to the tables."""
-    out: dict[str, Any] = {"asr": {name: asr(model, tokenizer, data["eval_harmful"], system, prefix, args)
-                                   for name, (system, prefix) in conditions.items()}}  # fmt: skip
-    refusals = over_refusal(model, tokenizer, data["eval_benign"], max_new_tokens=args.max_new_tokens,
-                            batch_size=args.gen_batch_size)  # fmt: skip
+    out: dict[str, Any] = {
+        "asr": {
+            name: asr(model, tokenizer, data["eval_harmful"], system, prefix, args)
+            for name, (system, prefix) in conditions.items()
+        }
+    }
+    refusals = over_refusal(
+        model, tokenizer, data["eval_benign"], max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size
+    )
     out["over_refusal"] = refusals.rate
     out["val_loss"] = validation_loss(model, tokenizer, data["utility_val"], max_len=args.max_seq_len)
     out["gsm8k_em"] = gsm8k_em(model, tokenizer, data["gsm_eval"], args)

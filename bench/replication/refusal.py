@@ -45,4 +45,4 @@ def is_strict_refusal(text: str) -> bool:
     found = [m.lower() for m in REFUSAL_MARKERS if m.lower() in lower]
     if NON_REFUSAL_APOLOGY.search(first) and all(m in APOLOGIES for m in found):
         return False
-    return not COMPLIANCE.search(body[min(positions):])
+    return not COMPLIANCE.search(body[min(positions) :])

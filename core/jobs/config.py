@@ -176,5 +176,7 @@ class Hyperparameters(BaseModel):
         return cls(
             n_epochs=auto_epochs(n_examples) if n_epochs == "auto" else n_epochs,
             batch_size=max(1, min(AUTO_BATCH_SIZE, n_examples)) if batch_size == "auto" else batch_size,
-            learning_rate_multiplier=AUTO_LR_MULTIPLIER if learning_rate_multiplier == "auto" else learning_rate_multiplier,
+            learning_rate_multiplier=AUTO_LR_MULTIPLIER
+            if learning_rate_multiplier == "auto"
+            else learning_rate_multiplier,
         )

@@ -12,6 +12,7 @@ The one public surface of the probe; callers import from ``safety.probe``. The p
 How a deployment's probe is configured and what it is trained on is
 ``safety.probe_recipe``, the one recipe.
 """
+
 from safety.probe.calibration import (
     SPLITS,
     ProbeReport,

@@ -7,6 +7,7 @@ the reported AUROC / TPR / FPR measured on a fourth that made no choice. Thresho
 transfer imperfectly to other prompt distributions; ``bench/probe_quality.py``
 measures the FPR at this threshold on unseen public benchmark prompts.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -83,9 +84,7 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def tpr_at_fpr(
-    scores: Sequence[float], labels: Sequence[int], target_fpr: float
-) -> tuple[float, float]:
+def tpr_at_fpr(scores: Sequence[float], labels: Sequence[int], target_fpr: float) -> tuple[float, float]:
     """``(tpr, threshold)`` of the rule ``score >= threshold`` with the highest TPR whose
     FPR is at most ``target_fpr``; the threshold is the lowest score meeting it."""
     s = np.asarray(scores, dtype=np.float64)
@@ -150,22 +149,21 @@ def split_indices(
     return {name: sorted(idx) for name, idx in out.items()}
 
 
-
-
-
-
-def _fit_probe(
-    feats: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...], config: ProbeConfig
-) -> Probe:
+def _fit_probe(feats: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...], config: ProbeConfig) -> Probe:
     x = feats.mean(dim=1)
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
     head = fit_head((x - mean) / std, y, config)
     return Probe(
-        layers=layers, kind=config.kind, pool=config.pool, max_len=config.max_len,
-        hidden_units=config.hidden_units, mean=mean, std=std, head=head, threshold=0.5,
+        layers=layers,
+        kind=config.kind,
+        pool=config.pool,
+        max_len=config.max_len,
+        hidden_units=config.hidden_units,
+        mean=mean,
+        std=std,
+        head=head,
+        threshold=0.5,
     )
-
-
 
 
 def train_probe_on_features(
@@ -186,7 +184,10 @@ def train_probe_on_features(
     """
     y = torch.tensor(list(labels), dtype=torch.float32)
     candidates = [tuple(c) for c in layer_candidates] if layer_candidates else [tuple(feature_layers)]
-    parts = {k: torch.tensor(v, dtype=torch.long) for k, v in split_indices(labels, config.split, config.seed, groups).items()}
+    parts = {
+        k: torch.tensor(v, dtype=torch.long)
+        for k, v in split_indices(labels, config.split, config.seed, groups).items()
+    }
     for name in SPLITS:
         if len(set(y[parts[name]].tolist())) < 2:
             raise ValueError(f"too few prompts: the {name} split lacks one of the two classes")
@@ -198,7 +199,9 @@ def train_probe_on_features(
     tried = []
     for cand in candidates:
         cols = feature_columns(feature_layers, cand)
-        sel_p, sel_y = scores(_fit_probe(features[parts["fit"]][:, cols], y[parts["fit"]], cand, config), cols, "select")
+        sel_p, sel_y = scores(
+            _fit_probe(features[parts["fit"]][:, cols], y[parts["fit"]], cand, config), cols, "select"
+        )
         score, loss = auroc(sel_p, sel_y), _log_loss(sel_p, sel_y)
         tried.append({"layers": list(cand), "select_auroc": score, "select_log_loss": loss})
         if best is None or (score, -loss) > best[0]:
@@ -267,8 +270,13 @@ def train_probe(
     candidates = [resolve_layers(c, num_layers) for c in layer_candidates] if layer_candidates else [base]
     needed = sorted({layer for c in candidates for layer in c})
     feats = extract_features(
-        model, tokenizer, list(harmful_texts) + list(benign_texts), needed,
-        pool=config.pool, batch_size=config.feature_batch_size, max_len=config.max_len,
+        model,
+        tokenizer,
+        list(harmful_texts) + list(benign_texts),
+        needed,
+        pool=config.pool,
+        batch_size=config.feature_batch_size,
+        max_len=config.max_len,
     )
     labels = [1] * len(harmful_texts) + [0] * len(benign_texts)
     return train_probe_on_features(feats, labels, needed, config, layer_candidates=candidates, groups=groups)

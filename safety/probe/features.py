@@ -10,6 +10,7 @@ Forward hooks capture the pooled states; the hook on the deepest layer needed st
 forward pass, so a middle-layer probe costs less than a full forward pass. The hooks are
 removed before :func:`extract_features` returns, also on an error.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -90,9 +91,7 @@ def _content_span(ids: list[int], prefix: list[int], suffix: list[int]) -> tuple
         start += 1
     suf = 0
     while (
-        suf < len(suffix)
-        and len(ids) - suf - 1 >= start
-        and ids[len(ids) - 1 - suf] == suffix[len(suffix) - 1 - suf]
+        suf < len(suffix) and len(ids) - suf - 1 >= start and ids[len(ids) - 1 - suf] == suffix[len(suffix) - 1 - suf]
     ):
         suf += 1
     end = len(ids) - suf
@@ -140,8 +139,7 @@ def extract_features(
     modules.update({i + 1: m for i, m in enumerate(_decoder_layers(model))})
     handles = [modules[i].register_forward_hook(hook_for(i)) for i in sorted(set(wanted))]
     encoded = [
-        tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"][-max_len:]
-        for p in prompts
+        tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"][-max_len:] for p in prompts
     ]
     # Batches of similar length waste less compute on padding; results go back in order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -151,10 +149,7 @@ def extract_features(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             token_lists = [encoded[i] for i in rows]
-            spans = [
-                _content_span(ids, prefix, suffix) if pool == "content" else (0, len(ids))
-                for ids in token_lists
-            ]
+            spans = [_content_span(ids, prefix, suffix) if pool == "content" else (0, len(ids)) for ids in token_lists]
             ids_t, mask = pad_batch(token_lists, pad_id, padding_side)
             pool_mask = torch.zeros(mask.shape, dtype=torch.float32)
             for row, (ids, (s, e)) in enumerate(zip(token_lists, spans)):

@@ -7,6 +7,7 @@ weights (:func:`fit_head`). A :class:`Probe` is saved as ``probe.safetensors`` (
 only, read back with ``safetensors.torch.load_file``: no pickle) plus ``probe.json``
 (everything else).
 """
+
 from __future__ import annotations
 
 import json
@@ -133,8 +134,13 @@ class Probe:
     ) -> list[float]:
         """Harmful probability of each prompt (a string or a message list)."""
         feats = extract_features(
-            model, tokenizer, prompts, self.layers,
-            pool=self.pool, batch_size=batch_size, max_len=self.max_len,
+            model,
+            tokenizer,
+            prompts,
+            self.layers,
+            pool=self.pool,
+            batch_size=batch_size,
+            max_len=self.max_len,
         )
         return [float(p) for p in self.predict_proba_features(feats)]
 

@@ -49,8 +49,9 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
             raise NotFound(f"No base model named {model_id!r} in the registry.", code="model_not_found")
         source = entry.source
     settings = get_settings()
-    meta = ensure_aligned(source, aligned_dir(model_id), align_config(), cache_dir=settings.models_dir,
-                          device=settings.device)  # fmt: skip
+    meta = ensure_aligned(
+        source, aligned_dir(model_id), align_config(), cache_dir=settings.models_dir, device=settings.device
+    )
     name = aligned_name(model_id)
     with session_scope() as session:
         variant = session.get(BaseModelEntry, name)
@@ -60,11 +61,20 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
         elif variant.source != meta["path"] or not meta["cached"]:
             variant.source, variant.status = meta["path"], "registered"
             variant.probe_prefix, variant.baseline = None, None
-        audit.record(session, actor=actor, action="model.aligned", target=name,
-                     details={"from": model_id, "key": meta["key"], "cached": meta["cached"],
-                              "examples": meta["report"]["examples"], "steps": meta["report"]["steps"]})  # fmt: skip
-    result = {"model": name, "from": model_id, "path": meta["path"], "cached": meta["cached"],
-              "report": meta["report"]}  # fmt: skip
+        audit.record(
+            session,
+            actor=actor,
+            action="model.aligned",
+            target=name,
+            details={
+                "from": model_id,
+                "key": meta["key"],
+                "cached": meta["cached"],
+                "examples": meta["report"]["examples"],
+                "steps": meta["report"]["steps"],
+            },
+        )
+    result = {"model": name, "from": model_id, "path": meta["path"], "cached": meta["cached"], "report": meta["report"]}
     if onboard:
         from worker.pipeline.onboard import onboard_base_model
 

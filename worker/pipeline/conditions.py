@@ -45,10 +45,18 @@ def evaluate(model: Any, tokenizer: Any, conditions: list[Any], judge: Any = Non
     s = get_settings()
     prompts = spread(eval_prompts(), s.eval_condition_prompts)
     return {
-        c.name: evaluate_asr(model, tokenizer, prompts, judge=judge, max_new_tokens=s.eval_max_new_tokens,
-                             batch_size=s.eval_batch_size, condition=c).to_dict()
-        for c in conditions if c.kind != "plain"
-    }  # fmt: skip
+        c.name: evaluate_asr(
+            model,
+            tokenizer,
+            prompts,
+            judge=judge,
+            max_new_tokens=s.eval_max_new_tokens,
+            batch_size=s.eval_batch_size,
+            condition=c,
+        ).to_dict()
+        for c in conditions
+        if c.kind != "plain"
+    }
 
 
 def _rates(asr: dict[str, Any]) -> dict[str, Any]:

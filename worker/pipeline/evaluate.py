@@ -36,7 +36,9 @@ def run(job_id: str) -> None:
     from safety.checkpoints import load_adapter
 
     with session_scope() as session:
-        jobstate.enter_stage(session, job_id, JobStage.EVALUATING, "Evaluating safety: attack success rate before and after")
+        jobstate.enter_stage(
+            session, job_id, JobStage.EVALUATING, "Evaluating safety: attack success rate before and after"
+        )
         job = session.get(Job, job_id)
         entry = session.get(BaseModelEntry, job.model)
         report = session.get(SafetyReport, job_id)
@@ -73,9 +75,16 @@ def run(job_id: str) -> None:
     }
     with session_scope() as session:
         session.get(SafetyReport, job_id).evaluation = evaluation
-        jobstate.add_event(session, job_id, "Evaluation done: " + _headline(rows),
-                           data={"evaluation": {r["name"]: {"base": r["base"]["asr_keyword"], "tuned": r["tuned"]["asr_keyword"]}
-                                                for r in rows}})  # fmt: skip
+        jobstate.add_event(
+            session,
+            job_id,
+            "Evaluation done: " + _headline(rows),
+            data={
+                "evaluation": {
+                    r["name"]: {"base": r["base"]["asr_keyword"], "tuned": r["tuned"]["asr_keyword"]} for r in rows
+                }
+            },
+        )
 
 
 def _headline(rows: list[dict[str, Any]]) -> str:
@@ -94,15 +103,21 @@ def _summary(evaluation: dict[str, Any], val_loss: float | None) -> dict[str, An
     """The report's view: rates overall and per category, no generations."""
     asr, refusals = evaluation["asr"], evaluation["over_refusal"]
     return {
-        "n": asr["n"], "asr_keyword": asr["asr_keyword"], "asr_judge": asr.get("asr_judge"),
-        "mean_judge_score": asr.get("mean_judge_score"), "per_category": asr["per_category"],
-        "over_refusal": refusals["rate"], "n_benign": refusals["n"], "val_loss": val_loss,
-    }  # fmt: skip
+        "n": asr["n"],
+        "asr_keyword": asr["asr_keyword"],
+        "asr_judge": asr.get("asr_judge"),
+        "mean_judge_score": asr.get("mean_judge_score"),
+        "per_category": asr["per_category"],
+        "over_refusal": refusals["rate"],
+        "n_benign": refusals["n"],
+        "val_loss": val_loss,
+    }
 
 
 def _store_generations(job: Job, asr_by_condition: dict[str, dict[str, Any]], tuned: dict[str, Any]) -> None:
-    rows = [{"set": "harmful", "condition": name, **g}
-            for name, asr in asr_by_condition.items() for g in asr["generations"]]  # fmt: skip
+    rows = [
+        {"set": "harmful", "condition": name, **g} for name, asr in asr_by_condition.items() for g in asr["generations"]
+    ]
     rows += [{"set": "benign", **g} for g in tuned["over_refusal"]["generations"]]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     get_store().put_stream(eval_outputs_key(job), io.BytesIO(data))

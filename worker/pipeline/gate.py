@@ -18,8 +18,12 @@ def policy():
     from safety.gate import GatePolicy
 
     s = get_settings()
-    return GatePolicy(max_asr_increase=s.gate_max_asr_increase, max_asr_absolute=s.gate_max_asr,
-                      max_over_refusal_increase=s.gate_max_over_refusal_increase, use=s.gate_asr_source)  # fmt: skip
+    return GatePolicy(
+        max_asr_increase=s.gate_max_asr_increase,
+        max_asr_absolute=s.gate_max_asr,
+        max_over_refusal_increase=s.gate_max_over_refusal_increase,
+        use=s.gate_asr_source,
+    )
 
 
 def run(job_id: str) -> None:
@@ -31,13 +35,31 @@ def run(job_id: str) -> None:
         if report.gate is None:
             decision = decide(*summaries_from_evaluation(report.evaluation), policy())
             report.gate = {**decision.to_dict(), "policy": vars(policy())}
-            audit.record(session, actor=audit.SYSTEM, action="gate.decision", target=job_id,
-                         details={"released": decision.released, "reasons": decision.reasons})  # fmt: skip
-            jobstate.add_event(session, job_id, "Gate: " + " ".join(decision.reasons),
-                               level="info" if decision.released else "warn", data={"gate": report.gate})  # fmt: skip
+            audit.record(
+                session,
+                actor=audit.SYSTEM,
+                action="gate.decision",
+                target=job_id,
+                details={"released": decision.released, "reasons": decision.reasons},
+            )
+            jobstate.add_event(
+                session,
+                job_id,
+                "Gate: " + " ".join(decision.reasons),
+                level="info" if decision.released else "warn",
+                data={"gate": report.gate},
+            )
         results.attach_step_metrics(session, jobstate.live_job(session, job_id))
         if not report.gate["released"]:
-            jobstate.finish(session, job_id, JobStatus.FAILED, level="error",
-                            error={"code": ErrorCode.SAFETY_GATE_BLOCKED, "param": None,
-                                   "message": "The fine-tuned model failed the safety gate: " + " ".join(report.gate["reasons"])},
-                            message="Job blocked by the safety gate; the adapter is kept but not served")  # fmt: skip
+            jobstate.finish(
+                session,
+                job_id,
+                JobStatus.FAILED,
+                level="error",
+                error={
+                    "code": ErrorCode.SAFETY_GATE_BLOCKED,
+                    "param": None,
+                    "message": "The fine-tuned model failed the safety gate: " + " ".join(report.gate["reasons"]),
+                },
+                message="Job blocked by the safety gate; the adapter is kept but not served",
+            )

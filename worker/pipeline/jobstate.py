@@ -90,8 +90,16 @@ def enter_stage(session: Session, job_id: str, stage: JobStage, message: str) ->
             raise Paused(job_id) if now_status == JobStatus.PAUSED else JobGone(job_id)
 
 
-def finish(session: Session, job_id: str, status: JobStatus, *, error: dict[str, Any] | None = None,
-           message: str, level: str = "info", **values: Any) -> bool:  # fmt: skip
+def finish(
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    *,
+    error: dict[str, Any] | None = None,
+    message: str,
+    level: str = "info",
+    **values: Any,
+) -> bool:
     """End the job in a terminal ``status`` (if it is not terminal already)."""
     return transition(
         session,
@@ -113,8 +121,14 @@ def finish(session: Session, job_id: str, status: JobStatus, *, error: dict[str,
 
 def fail(job_id: str, code: ErrorCode, message: str, param: str | None = None) -> None:
     with session_scope() as session:
-        finish(session, job_id, JobStatus.FAILED, error={"code": code, "message": message, "param": param},
-               message=f"Job failed: {message}", level="error")  # fmt: skip
+        finish(
+            session,
+            job_id,
+            JobStatus.FAILED,
+            error={"code": code, "message": message, "param": param},
+            message=f"Job failed: {message}",
+            level="error",
+        )
 
 
 def claim(session: Session, job_id: str) -> bool:

@@ -32,11 +32,13 @@ def train_builtin_probe(model: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]
 
 def probe_summary(report: dict[str, Any]) -> str:
     """One honest line on a probe report: unseen-split AUROC and FPR/TPR at the threshold."""
-    return (f"probe layers {report['layers'][0]}-{report['layers'][-1]}: AUROC {report['auroc']:.3f} and, at threshold "
-            f"{report['threshold']:.3f}, FPR {report['fpr_at_threshold']:.1%} / TPR {report['tpr_at_threshold']:.1%} on "
-            f"{report['n_test']} held-out prompts that chose neither the layers nor the threshold (calibrated for FPR "
-            f"<= {report['target_fpr']:.0%} on {report['n_calibrate']} others: FPR {report['calibrate_fpr']:.1%}; "
-            f"layer-selection AUROC {report['select_auroc']:.3f}, optimistic)")  # fmt: skip
+    return (
+        f"probe layers {report['layers'][0]}-{report['layers'][-1]}: AUROC {report['auroc']:.3f} and, at threshold "
+        f"{report['threshold']:.3f}, FPR {report['fpr_at_threshold']:.1%} / TPR {report['tpr_at_threshold']:.1%} on "
+        f"{report['n_test']} held-out prompts that chose neither the layers nor the threshold (calibrated for FPR "
+        f"<= {report['target_fpr']:.0%} on {report['n_calibrate']} others: FPR {report['calibrate_fpr']:.1%}; "
+        f"layer-selection AUROC {report['select_auroc']:.3f}, optimistic)"
+    )
 
 
 def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer: Any) -> Any:
@@ -52,9 +54,18 @@ def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer:
         upload_dir(store, Path(tmp) / "probe", probe_prefix(entry.id))
     entry.probe_prefix = probe_prefix(entry.id)
     entry.baseline = {**(entry.baseline or {}), "probe": report}
-    audit.record(session, actor=audit.SYSTEM, action="model.probe_trained", target=entry.id,
-                 details={"auroc": report["auroc"], "fpr_at_threshold": report["fpr_at_threshold"],
-                          "threshold": report["threshold"], "layers": report["layers"]})  # fmt: skip
+    audit.record(
+        session,
+        actor=audit.SYSTEM,
+        action="model.probe_trained",
+        target=entry.id,
+        details={
+            "auroc": report["auroc"],
+            "fpr_at_threshold": report["fpr_at_threshold"],
+            "threshold": report["threshold"],
+            "layers": report["layers"],
+        },
+    )
     return probe
 
 
@@ -81,8 +92,12 @@ def eval_prompts() -> list[Any]:
 def eval_key() -> dict[str, Any]:
     """The evaluation settings a cached baseline must match to be reused."""
     s = get_settings()
-    return {"max_new_tokens": s.eval_max_new_tokens, "n_harmful": s.eval_max_prompts,
-            "n_benign": s.eval_max_benign_prompts, "prompts": eval_prompts_source()}  # fmt: skip
+    return {
+        "max_new_tokens": s.eval_max_new_tokens,
+        "n_harmful": s.eval_max_prompts,
+        "n_benign": s.eval_max_benign_prompts,
+        "prompts": eval_prompts_source(),
+    }
 
 
 def evaluate_model(model: Any, tokenizer: Any, judge: Any = None) -> dict[str, Any]:
@@ -92,10 +107,21 @@ def evaluate_model(model: Any, tokenizer: Any, judge: Any = None) -> dict[str, A
     from safety.prompt_sets import load_builtin
 
     s = get_settings()
-    asr = evaluate_asr(model, tokenizer, eval_prompts()[: s.eval_max_prompts], judge=judge,
-                       max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size)  # fmt: skip
-    refusals = over_refusal(model, tokenizer, load_builtin("benign_eval")[: s.eval_max_benign_prompts],
-                            max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size)  # fmt: skip
+    asr = evaluate_asr(
+        model,
+        tokenizer,
+        eval_prompts()[: s.eval_max_prompts],
+        judge=judge,
+        max_new_tokens=s.eval_max_new_tokens,
+        batch_size=s.eval_batch_size,
+    )
+    refusals = over_refusal(
+        model,
+        tokenizer,
+        load_builtin("benign_eval")[: s.eval_max_benign_prompts],
+        max_new_tokens=s.eval_max_new_tokens,
+        batch_size=s.eval_batch_size,
+    )
     return {"asr": asr.to_dict(), "over_refusal": refusals.to_dict(), "settings": eval_key()}
 
 
@@ -113,13 +139,26 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
         entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer)}
         entry.context_length = context_length(model)
         entry.status = "ready"
-        audit.record(session, actor=actor, action="model.onboarded", target=model_id,
-                     details={"asr_keyword": entry.baseline["eval"]["asr"]["asr_keyword"]})  # fmt: skip
-        return {"model": model_id, "status": entry.status, "context_length": entry.context_length,
-                "probe": entry.baseline["probe"], "probe_summary": probe_summary(entry.baseline["probe"]),
-                "baseline": _headline(entry.baseline["eval"])}  # fmt: skip
+        audit.record(
+            session,
+            actor=actor,
+            action="model.onboarded",
+            target=model_id,
+            details={"asr_keyword": entry.baseline["eval"]["asr"]["asr_keyword"]},
+        )
+        return {
+            "model": model_id,
+            "status": entry.status,
+            "context_length": entry.context_length,
+            "probe": entry.baseline["probe"],
+            "probe_summary": probe_summary(entry.baseline["probe"]),
+            "baseline": _headline(entry.baseline["eval"]),
+        }
 
 
 def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
-    return {"asr_keyword": evaluation["asr"]["asr_keyword"], "asr_judge": evaluation["asr"].get("asr_judge"),
-            "over_refusal": evaluation["over_refusal"]["rate"]}  # fmt: skip
+    return {
+        "asr_keyword": evaluation["asr"]["asr_keyword"],
+        "asr_judge": evaluation["asr"].get("asr_judge"),
+        "over_refusal": evaluation["over_refusal"]["rate"],
+    }

@@ -89,8 +89,14 @@ def reap() -> list[dict[str, Any]]:
                 continue  # waiting in the queue
             if action:
                 actions.append({"job_id": job.id, "action": action, "task": message.task if message else None})
-                log.info("reaper_action", job_id=job.id, action=action, task=message.task if message else None,
-                         status=job.status, stage=job.stage)  # fmt: skip
+                log.info(
+                    "reaper_action",
+                    job_id=job.id,
+                    action=action,
+                    task=message.task if message else None,
+                    status=job.status,
+                    stage=job.stage,
+                )
             if message is not None:
                 to_send.append(message)
     for message in to_send:  # after the commit
@@ -138,11 +144,19 @@ def _worker_lost(
 ) -> tuple[str | None, outbox.Pending | None]:
     where, retry = job.stage or job.status, job.attempts + 1  # read before the UPDATE refreshes `job`
     if retry >= settings.max_stage_attempts:
-        failed = jobstate.finish(session, job.id, JobStatus.FAILED, level="error",
-                                 error={"code": ErrorCode.WORKER_LOST, "param": None,
-                                        "message": f"The worker running stage '{where}' stopped responding "
-                                                   f"{settings.max_stage_attempts} times; the job was stopped."},
-                                 message="Job failed: its worker was lost")  # fmt: skip
+        failed = jobstate.finish(
+            session,
+            job.id,
+            JobStatus.FAILED,
+            level="error",
+            error={
+                "code": ErrorCode.WORKER_LOST,
+                "param": None,
+                "message": f"The worker running stage '{where}' stopped responding "
+                f"{settings.max_stage_attempts} times; the job was stopped.",
+            },
+            message="Job failed: its worker was lost",
+        )
         return ("failed" if failed else None), None
     claimed = session.execute(
         update(Job)
@@ -151,7 +165,11 @@ def _worker_lost(
     ).rowcount
     if not claimed:
         return None, None
-    jobstate.add_event(session, job.id, f"Worker lost during {where}; retrying the stage "
-                       f"(retry {retry} of {settings.max_stage_attempts - 1})", level="warn")  # fmt: skip
+    jobstate.add_event(
+        session,
+        job.id,
+        f"Worker lost during {where}; retrying the stage (retry {retry} of {settings.max_stage_attempts - 1})",
+        level="warn",
+    )
     task, queue = (row.task, row.queue) if row is not None else _task_for(job)
     return "retried", outbox.add(session, job.id, task, queue)

@@ -16,9 +16,15 @@ def run(job_id: str) -> None:
     with session_scope() as session:
         job = jobstate.live_job(session, job_id)
         prefix = adapter_prefix(job)
-        released = releases.release_job(session, job, actor=audit.SYSTEM, storage_prefix=prefix,
-                                        sha256=releases.adapter_sha256(get_store(), prefix))  # fmt: skip
-        jobstate.finish(session, job_id, JobStatus.SUCCEEDED, fine_tuned_model=released.id,
-                        message=f"Released as {released.id} (sha256 {released.sha256[:12]}…)")  # fmt: skip
+        released = releases.release_job(
+            session, job, actor=audit.SYSTEM, storage_prefix=prefix, sha256=releases.adapter_sha256(get_store(), prefix)
+        )
+        jobstate.finish(
+            session,
+            job_id,
+            JobStatus.SUCCEEDED,
+            fine_tuned_model=released.id,
+            message=f"Released as {released.id} (sha256 {released.sha256[:12]}…)",
+        )
         adapter = adapter_ref(released)
     adapter_released(adapter)  # after the commit: the serving backend may load it now

@@ -53,11 +53,25 @@ def attach_step_metrics(session: Session, job: Job) -> str:
     file_id = new_id("file")
     key = org_key(job.org_id, "files", file_id)
     put = get_store().put_stream(key, io.BytesIO(body))
-    session.add(File(id=file_id, org_id=job.org_id, filename=FILENAME, purpose=PURPOSE, bytes=put.bytes,
-                     sha256=put.sha256, storage_key=key, status="processed"))  # fmt: skip
+    session.add(
+        File(
+            id=file_id,
+            org_id=job.org_id,
+            filename=FILENAME,
+            purpose=PURPOSE,
+            bytes=put.bytes,
+            sha256=put.sha256,
+            storage_key=key,
+            status="processed",
+        )
+    )
     session.flush()
     update_live(session, job.id, result_files=[file_id])
-    audit.record(session, actor=audit.SYSTEM, action="file.create", target=file_id,
-                 details={"org_id": job.org_id, "job_id": job.id, "purpose": PURPOSE, "bytes": put.bytes,
-                          "sha256": put.sha256})  # fmt: skip
+    audit.record(
+        session,
+        actor=audit.SYSTEM,
+        action="file.create",
+        target=file_id,
+        details={"org_id": job.org_id, "job_id": job.id, "purpose": PURPOSE, "bytes": put.bytes, "sha256": put.sha256},
+    )
     return file_id

@@ -58,8 +58,11 @@ def judge_failures_fail_the_job() -> Iterator[None]:
     try:
         yield
     except JudgeUnavailableError as exc:
-        raise StageError(ErrorCode.JUDGE_UNAVAILABLE, f"The Safety Critic judge failed, so no risk or ASR was invented: {exc}",
-                         "safety.estimator") from exc  # fmt: skip
+        raise StageError(
+            ErrorCode.JUDGE_UNAVAILABLE,
+            f"The Safety Critic judge failed, so no risk or ASR was invented: {exc}",
+            "safety.estimator",
+        ) from exc
 
 
 def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit: int, max_errors: int) -> None:
@@ -100,28 +103,42 @@ def run(job_id: str) -> None:
         estimator = safety.estimator
         judge = make_judge() if safety.uses_judge else None
         if safety.uses_judge and judge is None:
-            raise StageError(ErrorCode.JUDGE_UNAVAILABLE, "This deployment has no judge configured (neither "
-                             "GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL); use estimator 'probe'.",
-                             "safety.estimator")  # fmt: skip
+            raise StageError(
+                ErrorCode.JUDGE_UNAVAILABLE,
+                "This deployment has no judge configured (neither "
+                "GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL); use estimator 'probe'.",
+                "safety.estimator",
+            )
         probe = ensure_probe(session, entry, model, tokenizer) if safety.uses_probe else None
         session.commit()  # keep a freshly trained probe even if scanning fails
         with judge_failures_fail_the_job():
             result = scan_dataset(
-                examples, probe=probe, judge=judge, estimator=estimator, model=model, tokenizer=tokenizer,
+                examples,
+                probe=probe,
+                judge=judge,
+                estimator=estimator,
+                model=model,
+                tokenizer=tokenizer,
                 config=ScanConfig(flag_threshold=settings.flag_threshold),
                 progress=lambda n: jobstate.beat(job_id),
-            )  # fmt: skip
+            )
         _store_scan(session, job, result)
         summary = result.summary
-        jobstate.add_event(session, job_id, f"Scanned {summary.n} examples: {summary.n_flagged} flagged "
-                           f"(mean risk {summary.mean_risk:.2f})", data={"scan": _headline(summary)})  # fmt: skip
+        jobstate.add_event(
+            session,
+            job_id,
+            f"Scanned {summary.n} examples: {summary.n_flagged} flagged (mean risk {summary.mean_risk:.2f})",
+            data={"scan": _headline(summary)},
+        )
         bound = safety.max_flagged_fraction
         if bound is not None and summary.flagged_fraction > bound:
             lines = ", ".join(f"{e.line} (turn {e.turn})" for e in summary.top_flagged)
-            raise StageError(ErrorCode.UNSAFE_TRAINING_FILE,
-                             f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
-                             f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",
-                             "training_file")  # fmt: skip
+            raise StageError(
+                ErrorCode.UNSAFE_TRAINING_FILE,
+                f"{summary.flagged_fraction:.0%} of the training examples were flagged as harmful, above "
+                f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",
+                "training_file",
+            )
         if uses_cache(job):
             build_and_store(job, model, tokenizer, [example for _, example in examples])
 
@@ -130,11 +147,18 @@ def _store_scan(session: Session, job: Job, result: Any) -> None:
     rows = "".join(json.dumps(asdict(e)) + "\n" for e in result.examples).encode()
     get_store().put_stream(scan_key(job), io.BytesIO(rows))
     report = session.get(SafetyReport, job.id) or SafetyReport(job_id=job.id)
-    report.scan = {**result.summary.to_dict(), "estimator": SafetyConfig.stored(job.safety).estimator,
-                   "artifact": scan_key(job)}  # fmt: skip
+    report.scan = {
+        **result.summary.to_dict(),
+        "estimator": SafetyConfig.stored(job.safety).estimator,
+        "artifact": scan_key(job),
+    }
     session.add(report)
 
 
 def _headline(summary: Any) -> dict[str, Any]:
-    return {"n": summary.n, "n_flagged": summary.n_flagged, "mean_risk": summary.mean_risk,
-            "counts_by_score": {str(k): v for k, v in summary.counts_by_score.items()}}  # fmt: skip
+    return {
+        "n": summary.n,
+        "n_flagged": summary.n_flagged,
+        "mean_risk": summary.mean_risk,
+        "counts_by_score": {str(k): v for k, v in summary.counts_by_score.items()},
+    }

@@ -35,7 +35,7 @@ from worker.pipeline.resources import (
     read_scan_risks,
     token_limit,
     work_dir,
-)  # fmt: skip
+)
 
 
 def train_config(job: Job, max_seq_len: int) -> Any:
@@ -87,26 +87,47 @@ def run(job_id: str) -> None:
             jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
     progress = Progress(job)
     result = train(
-        model, tokenizer, examples, risks, config, work_dir=workdir, on_step=progress.on_step,
-        should_cancel=lambda: jobstate.cancel_requested(job_id), save_checkpoint=progress.save_checkpoint,
-        resume_dir=resume_dir, flagged=flagged, should_pause=lambda: jobstate.pause_requested(job_id),
-        validation=validation, reference_cache=cache,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        examples,
+        risks,
+        config,
+        work_dir=workdir,
+        on_step=progress.on_step,
+        should_cancel=lambda: jobstate.cancel_requested(job_id),
+        save_checkpoint=progress.save_checkpoint,
+        resume_dir=resume_dir,
+        flagged=flagged,
+        should_pause=lambda: jobstate.pause_requested(job_id),
+        validation=validation,
+        reference_cache=cache,
+    )
     if result.paused:
         with session_scope() as session:
-            jobstate.add_event(session, job_id, f"Training paused at step {result.steps} of {result.total_steps}; "
-                               "its checkpoint is saved and the worker is free")  # fmt: skip
+            jobstate.add_event(
+                session,
+                job_id,
+                f"Training paused at step {result.steps} of {result.total_steps}; "
+                "its checkpoint is saved and the worker is free",
+            )
         shutil.rmtree(workdir, ignore_errors=True)
         raise Paused(job_id)
     if result.cancelled:
         with session_scope() as session:
-            jobstate.add_event(session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled")
+            jobstate.add_event(
+                session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled"
+            )
         raise JobGone(job_id)
     upload_dir(get_store(), result.adapter_dir, adapter_prefix(job))
     with session_scope() as session:
         report = session.get(SafetyReport, job_id) or SafetyReport(job_id=job_id)
-        report.training = {**result.summary, "mode": config.mode, "kl_bounds": [config.kl_lo, config.kl_hi],
-                           "risk_weighting": config.risk_weighting, "reference": config.reference}  # fmt: skip
+        report.training = {
+            **result.summary,
+            "mode": config.mode,
+            "kl_bounds": [config.kl_lo, config.kl_hi],
+            "risk_weighting": config.risk_weighting,
+            "reference": config.reference,
+        }
         session.add(report)
         update_live(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
         jobstate.add_event(session, job_id, f"Training finished after {result.steps} steps")
@@ -136,19 +157,32 @@ class Progress:
         with session_scope() as session:
             if session.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step)):
                 return
-            session.add(Checkpoint(id=new_id("ftckpt"), job_id=self.job.id, step=step, storage_prefix=prefix,
-                                   metrics=metrics_data(m)))  # fmt: skip
+            session.add(
+                Checkpoint(
+                    id=new_id("ftckpt"), job_id=self.job.id, step=step, storage_prefix=prefix, metrics=metrics_data(m)
+                )
+            )
             jobstate.add_event(session, self.job.id, f"Checkpoint saved at step {step}")
 
 
 def metrics_data(m: Any) -> dict[str, Any]:
     """A metrics event's ``data`` (and a checkpoint's metrics): OpenAI's fields plus the safety
     objective's; ``valid_*`` on steps with a validation pass."""
-    data = {"step": m.step, "total_steps": m.total_steps, "train_loss": m.loss,
-            "train_mean_token_accuracy": m.train_accuracy, "sft_loss": m.sft_loss,
-            "kl": m.kl, "kl_weight": m.kl_weight, "sft_weight": m.sft_weight, "risk": m.risk,
-            "kl_weight_flagged": m.kl_weight_flagged, "kl_weight_unflagged": m.kl_weight_unflagged,
-            "tokens_per_s": m.tokens_per_s, "learning_rate": m.lr}  # fmt: skip
+    data = {
+        "step": m.step,
+        "total_steps": m.total_steps,
+        "train_loss": m.loss,
+        "train_mean_token_accuracy": m.train_accuracy,
+        "sft_loss": m.sft_loss,
+        "kl": m.kl,
+        "kl_weight": m.kl_weight,
+        "sft_weight": m.sft_weight,
+        "risk": m.risk,
+        "kl_weight_flagged": m.kl_weight_flagged,
+        "kl_weight_unflagged": m.kl_weight_unflagged,
+        "tokens_per_s": m.tokens_per_s,
+        "learning_rate": m.lr,
+    }
     if m.valid_loss is not None:
         data.update(valid_loss=m.valid_loss, valid_mean_token_accuracy=m.valid_accuracy)
     return data
@@ -157,5 +191,7 @@ def metrics_data(m: Any) -> dict[str, Any]:
 def _step_message(m: Any) -> str:
     kl = f", kl={m.kl:.4f}" if m.kl is not None else ""
     valid = f", validation loss={m.valid_loss:.4f}" if m.valid_loss is not None else ""
-    return (f"Step {m.step}/{m.total_steps}: training loss={m.loss:.4f}{valid}{kl}, "
-            f"kl_weight={m.kl_weight:.2f}, risk={m.risk:.2f}")  # fmt: skip
+    return (
+        f"Step {m.step}/{m.total_steps}: training loss={m.loss:.4f}{valid}{kl}, "
+        f"kl_weight={m.kl_weight:.2f}, risk={m.risk:.2f}"
+    )

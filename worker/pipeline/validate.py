@@ -26,9 +26,13 @@ def run(job_id: str) -> None:
                 continue
             file = session.get(File, file_id)
             if file is None or file.deleted_at is not None:
-                raise StageError(ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} no longer exists.", param)
+                raise StageError(
+                    ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} no longer exists.", param
+                )
             report = validate_chunks(get_store().iter_chunks(file.storage_key), limits)
             if report.error_count:
                 first = "; ".join(f"line {e.line}: {e.message}" for e in report.errors[:5])
-                raise StageError(ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} is invalid: {first}", param)
+                raise StageError(
+                    ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} is invalid: {first}", param
+                )
         transition(session, job_id, JobStatus.QUEUED, message="Validated training file; job queued")
