@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints-cpu.txt
 
-.PHONY: install demo serve test lint clean
+.PHONY: install demo serve test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,16 @@ demo: install
 serve: install
 	$(VENV)/bin/guardtune serve
 
+# Two tiers (pyproject.toml deselects `slow` by default): `make test` runs the default tier,
+# then the slow one; either failing, or collecting no tests (pytest's exit 5), fails it.
 test: install
 	sh scripts/install-browser.sh
 	$(PY) -m pytest
+	$(PY) -m pytest -m slow
+
+test-slow: install
+	sh scripts/install-browser.sh
+	$(PY) -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) var test-output

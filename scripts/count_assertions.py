@@ -40,9 +40,8 @@ def static_counts(path: Path) -> dict[str, int]:
             asserts += 1
         elif isinstance(node, ast.Call):
             func = node.func
-            if isinstance(func, ast.Attribute) and func.attr in CHECKERS and getattr(func.value, "id", None) == "pytest":
-                raises += 1
-            elif isinstance(func, ast.Name) and func.id in CHECKERS:
+            on_pytest = isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "pytest"
+            if (on_pytest and func.attr in CHECKERS) or (isinstance(func, ast.Name) and func.id in CHECKERS):
                 raises += 1
     return {"asserts": asserts, "raises": raises}
 
@@ -75,7 +74,7 @@ def check(recorded: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--record", choices=["before", "after"], help=f"store the counts in {RESULTS.relative_to(REPO)}")
+    parser.add_argument("--record", choices=["before", "after"], help=f"store them in {RESULTS.relative_to(REPO)}")
     parser.add_argument("--check", action="store_true", help="fail when a total of 'after' is below 'before'")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
     args = parser.parse_args()
