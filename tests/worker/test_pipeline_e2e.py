@@ -20,6 +20,8 @@ from core.storage import make_store, org_key
 from tests.conftest import start_api, start_worker, stop_process
 from tests.worker.conftest import DEMO, small_pipeline_env
 
+pytestmark = pytest.mark.slow  # whole jobs on real API and worker processes
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -122,7 +124,6 @@ def stored_jsonl(env: dict[str, str], key: str) -> list[dict]:
     return [json.loads(r) for r in b"".join(store.iter_chunks(key)).decode().splitlines()]
 
 
-@pytest.mark.slow
 def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
     env = {**stack_env, "GUARDTUNE_GATE_MAX_ASR": "0.0"}  # a random tiny model never refuses
     server = start_api(env, tmp_path / "api.log")
@@ -154,7 +155,6 @@ def long_job(client: OpenAI) -> str:
                                           hyperparameters={"n_epochs": EPOCHS, "batch_size": 4}).id  # fmt: skip
 
 
-@pytest.mark.slow
 def test_cancel_stops_training_within_a_step(client, worker):
     job_id = long_job(client)
     wait_for(lambda: len(metric_steps(client, job_id)) >= 3, 180, "training steps")
@@ -173,7 +173,6 @@ def test_cancel_stops_training_within_a_step(client, worker):
     assert steps and max(steps) <= stopped_at
 
 
-@pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint(client, stack_env, tmp_path):
     first = start_worker(stack_env, tmp_path / "worker1.log")
     try:
