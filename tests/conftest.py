@@ -243,15 +243,25 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
             process.wait()
 
 
+@pytest.fixture(scope="session")
+def _live_servers(deployment_env) -> Iterator[dict[tuple[tuple[str, str], ...], LiveServer]]:
+    """The servers ``live_api`` started, by their environment; stopped at the end of the session."""
+    servers: dict[tuple[tuple[str, str], ...], LiveServer] = {}
+    yield servers
+    for server in servers.values():
+        stop_process(server.process)
+
+
 @pytest.fixture(scope="module")
-def live_api(request, tmp_path_factory) -> Iterator[LiveServer]:
-    """The API under uvicorn against Postgres + Redis + S3 (module-scoped)."""
-    env = dict(request.getfixturevalue("deployment_env"))
-    extra = getattr(request.module, "API_ENV", {})
-    env.update(extra)
-    server = start_api(env, tmp_path_factory.mktemp("api") / "api.log")
-    yield server
-    stop_process(server.process)
+def live_api(request, deployment_env, _live_servers, tmp_path_factory) -> LiveServer:
+    """The API under uvicorn against Postgres + Redis + S3, configured by ``deployment_env``
+    and the module's ``API_ENV``: one server per distinct environment, shared by the modules
+    that ask for the same one (its log holds all their requests)."""
+    env = {**deployment_env, **getattr(request.module, "API_ENV", {})}
+    key = tuple(sorted(env.items()))
+    if key not in _live_servers:
+        _live_servers[key] = start_api(env, tmp_path_factory.mktemp("api") / "api.log")
+    return _live_servers[key]
 
 
 @contextmanager
