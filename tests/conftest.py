@@ -1,5 +1,6 @@
 """Shared fixtures: real Postgres, Redis, an S3 server (moto server mode), a live
-API under uvicorn and Celery worker processes.
+API under uvicorn (or the same app served in this process, :func:`serve_in_process`)
+and Celery worker processes.
 
 Services are required, never skipped: a test that needs Postgres or Redis fails
 when they are down (``.ci/run`` starts them).
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,15 +243,51 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
             process.wait()
 
 
+@pytest.fixture(scope="session")
+def _live_servers(deployment_env) -> Iterator[dict[tuple[tuple[str, str], ...], LiveServer]]:
+    """The servers ``live_api`` started, by their environment; stopped at the end of the session."""
+    servers: dict[tuple[tuple[str, str], ...], LiveServer] = {}
+    yield servers
+    for server in servers.values():
+        stop_process(server.process)
+
+
 @pytest.fixture(scope="module")
-def live_api(request, tmp_path_factory) -> Iterator[LiveServer]:
-    """The API under uvicorn against Postgres + Redis + S3 (module-scoped)."""
-    env = dict(request.getfixturevalue("deployment_env"))
-    extra = getattr(request.module, "API_ENV", {})
-    env.update(extra)
-    server = start_api(env, tmp_path_factory.mktemp("api") / "api.log")
-    yield server
-    stop_process(server.process)
+def live_api(request, deployment_env, _live_servers, tmp_path_factory) -> LiveServer:
+    """The API under uvicorn against Postgres + Redis + S3, configured by ``deployment_env``
+    and the module's ``API_ENV``: one server per distinct environment, shared by the modules
+    that ask for the same one (its log holds all their requests)."""
+    env = {**deployment_env, **getattr(request.module, "API_ENV", {})}
+    key = tuple(sorted(env.items()))
+    if key not in _live_servers:
+        _live_servers[key] = start_api(env, tmp_path_factory.mktemp("api") / "api.log")
+    return _live_servers[key]
+
+
+@contextmanager
+def serve_in_process(env: dict[str, str]) -> Iterator[httpx.Client]:
+    """The API app (``api.app.create_app``) served in this process for ``http://testserver``:
+    fastapi's ``TestClient``, a sync ``httpx.Client`` over the ASGI app with its lifespan run,
+    so it can be the ``http_client`` of an ``openai.OpenAI``. This process is configured by
+    ``env`` as :func:`start_api` configures its subprocess, for as long as the client is
+    open; the environment, the process-wide caches and structlog's configuration (which
+    ``create_app`` sets) are restored afterwards. No uvicorn: its limits (header size,
+    keep-alive) and the server's log are only on :func:`start_api`'s server. An exception the
+    app does not turn into a response is raised in the test."""
+    import structlog
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    logging_config = structlog.get_config()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        apply_env(monkeypatch, env)
+        try:
+            with TestClient(create_app(), base_url="http://testserver") as client:
+                yield client
+        finally:
+            structlog.configure(**logging_config)
+            clear_caches()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,14 @@
-"""Fixtures of the API tests: the live server (``live_api``, module-scoped, from
-``tests/conftest.py``), direct database and object-store access to arrange and inspect
-state, a look at the broker's queue, and the "nothing changed" snapshot.
+"""Fixtures of the API tests: the API under test (``http``, ``sdk``), direct database and
+object-store access to arrange and inspect state, a look at the broker's queue, and the
+"nothing changed" snapshot.
+
+Transports: ``http`` and ``sdk`` reach the app in this process over ASGI (``asgi``, the
+default: the fast tier) or the live server under uvicorn (``uvicorn``: ``live_api`` from
+``tests/conftest.py``), both configured from ``deployment_env`` plus the module's
+``API_ENV``. ``@pytest.mark.transport("uvicorn")`` (on a test or a module) chooses the real
+server, ``transport("asgi", "uvicorn")`` runs the tests on both; the test id names the
+transport (``test_x[asgi]``). The module's organizations (``tenant``, ``other_tenant``) are
+the same on both: a test that runs on both must not depend on what the other run left.
 
 Every organization made here is named ``api-test-…``; at the end of each module its
 active jobs are cancelled and its queued pipeline tasks removed from the broker, so no
@@ -23,6 +31,20 @@ from core.models import AuditRecord, File, Job, JobEvent, Organization
 from core.settings import Settings
 from core.storage import ObjectStore, make_store
 from tests.api.helpers import ORG_PREFIX, Snapshot, Tenant, pipeline_messages
+from tests.conftest import serve_in_process
+
+TRANSPORTS = ("asgi", "uvicorn")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``http`` (and so ``sdk``) with the transports of the test's ``transport`` marker."""
+    if "http" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("transport")
+    transports = marker.args if marker else ("asgi",)
+    if not transports or not set(transports) <= set(TRANSPORTS):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: transport must be among {TRANSPORTS}: {transports}")
+    metafunc.parametrize("http", transports, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="session")
@@ -70,18 +92,28 @@ def other_tenant(new_tenant) -> Tenant:
 
 
 @pytest.fixture(scope="module")
-def sdk(live_api) -> Callable[[Tenant | str], OpenAI]:
-    def _client(who: Tenant | str) -> OpenAI:
-        key = who.key if isinstance(who, Tenant) else who
-        return OpenAI(base_url=f"{live_api.base_url}/v1", api_key=key, max_retries=0, timeout=30)
-
-    return _client
+def http(request, deployment_env) -> Iterator[httpx.Client]:
+    """An httpx client of the API under test, by the transport in ``request.param``."""
+    if request.param == "asgi":
+        with serve_in_process({**deployment_env, **getattr(request.module, "API_ENV", {})}) as client:
+            yield client
+        return
+    with httpx.Client(base_url=request.getfixturevalue("live_api").base_url, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def http(live_api) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_api.base_url, timeout=30) as client:
-        yield client
+def sdk(http) -> Callable[[Tenant | str], OpenAI]:
+    """``sdk(tenant or key)``: the official SDK on the same transport as ``http`` (in this
+    process: through ``http`` itself; on the live server: a connection pool of its own)."""
+    base_url = f"{str(http.base_url).rstrip('/')}/v1"
+    in_process = {"http_client": http} if http.base_url.host == "testserver" else {}
+
+    def _client(who: Tenant | str) -> OpenAI:
+        key = who.key if isinstance(who, Tenant) else who
+        return OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30, **in_process)
+
+    return _client
 
 
 @pytest.fixture(autouse=True, scope="module")

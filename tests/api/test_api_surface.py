@@ -126,6 +126,7 @@ def test_base_and_unknown_models_cannot_be_deleted(client, tenant, unchanged):
 
 
 # -- x-request-id ---------------------------------------------------------------------------
+@pytest.mark.transport("uvicorn")  # reads the server's log
 def test_every_response_carries_a_request_id(client, http, live_api, tenant, db):
     uploaded = client.files.with_raw_response.create(file=("train.jsonl", GOOD), purpose="fine-tune")
     generated = uploaded.headers["x-request-id"]

@@ -13,6 +13,8 @@ from schemathesis import GenerationMode
 
 from tests.api.helpers import auth
 
+pytestmark = pytest.mark.slow  # long fuzzing of every operation on the real server
+
 EXAMPLES = 25  # per operation and generation mode
 
 

@@ -16,7 +16,9 @@ from tests.api.helpers import BASE_MODEL, GOOD, auth, chat, jsonl
 
 MAX_HEADER = 16 * 1024
 BOUNDARY = "gt-test-boundary"
-API_ENV = {  # read by the ``live_api`` fixture
+# Through uvicorn's request parsing too: the module's live server is up for the raw requests anyway.
+pytestmark = pytest.mark.transport("asgi", "uvicorn")
+API_ENV = {  # read by the ``live_api`` fixture and the in-process app
     "GUARDTUNE_MAX_HEADER_BYTES": str(MAX_HEADER),
     "GUARDTUNE_BROKER_URL": "redis://127.0.0.1:1/0",  # nothing listens there: /readyz fails
 }
@@ -208,6 +210,7 @@ def test_header_over_the_limit_is_431_before_it_is_read(live_api):
     assert sent < total, "the server read the whole oversized header"
 
 
+@pytest.mark.transport("uvicorn")  # the limit is uvicorn's (the closest marker wins)
 def test_header_under_the_limit_is_served(http):
     r = http.get("/healthz", headers={"X-Big": "x" * (MAX_HEADER // 2)})
     assert r.status_code == 200

@@ -11,7 +11,7 @@ import pytest
 from tests.api.helpers import BASE_MODEL, audit_actions, auth, chat, jsonl
 
 MAX_UPLOAD = 2048
-API_ENV = {  # read by the ``live_api`` fixture
+API_ENV = {  # read by the ``live_api`` fixture and the in-process app
     "GUARDTUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
     "GUARDTUNE_MAX_EXAMPLE_CHARS": "300",
     "GUARDTUNE_MAX_EXAMPLES": "5",

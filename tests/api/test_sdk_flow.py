@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from core.models import Checkpoint, File, Job, JobEvent
 from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, queued_job_ids, set_job
 
+pytestmark = pytest.mark.transport("uvicorn")  # the SDK's whole flow on the real server
+
 
 @pytest.fixture(scope="module")
 def client(sdk, tenant):

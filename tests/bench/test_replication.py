@@ -68,6 +68,7 @@ def test_a_dirty_tree_is_refused_unless_marked(monkeypatch, tmp_path, capsys):
     assert not out.exists() and "dirty" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a bench run: a dozen fine-tunings of the tiny model
 def test_quick_run_on_the_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "replication.json"
     code = run.main(["--quick", "--dirty-ok", "--base", str(tiny_model), "--cache-dir", str(tmp_path / "models"),

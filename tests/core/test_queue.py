@@ -29,6 +29,7 @@ def test_round_trip_on_redis(deployment_env, monkeypatch, tmp_path, queue):
     assert reply["echo"] == {"n": 42} and ":" in reply["worker"]
 
 
+@pytest.mark.slow  # the embedded broker is polled: seconds per round trip
 def test_round_trip_on_embedded_broker(embedded_env, tmp_path):
     reply = round_trip(embedded_env, tmp_path, DEFAULT_QUEUE)
     assert reply["echo"] == {"n": 42}

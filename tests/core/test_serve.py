@@ -11,10 +11,12 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import child_env, free_port, stop_process, wait_http
 
 
+@pytest.mark.slow  # three real processes: the API, an embedded worker and the inference server
 def test_serve_embedded_default_is_ready(tmp_path):
     port, infer_port = free_port(), free_port()
     env = child_env({"GUARDTUNE_HOME": str(tmp_path / "var"), "GUARDTUNE_PORT": str(port),

@@ -17,11 +17,14 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from core.db import session_scope
 from core.ids import new_id
 from core.models import Checkpoint, Job, JobEvent, SafetyReport
+
+pytestmark = pytest.mark.slow  # a real browser following whole jobs on the real stack
 
 TIMEOUT_MS = 15_000  # polling starts at 2 s: every change shows within a few seconds
 HARMFUL_LINES = (3, 7)

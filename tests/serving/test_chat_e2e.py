@@ -24,6 +24,8 @@ from tests.serving.conftest import start_infer
 from tests.worker.conftest import create_job, small_pipeline_env
 from tests.worker.test_pipeline_e2e import finished, stored_jsonl, upload
 
+pytestmark = pytest.mark.slow  # a real job released and served by real API, worker and infer processes
+
 RATE_LIMIT = 60
 
 

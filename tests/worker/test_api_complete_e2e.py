@@ -19,6 +19,8 @@ from core.models import AuditRecord, Job
 from tests.worker.conftest import DEMO
 from tests.worker.test_pipeline_e2e import api, client, finished, stack_env, upload, wait_for, worker  # noqa: F401
 
+pytestmark = pytest.mark.slow  # whole jobs on the real stack, paused and resumed
+
 
 @pytest.fixture(scope="module")
 def db(stack_env):

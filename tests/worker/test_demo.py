@@ -19,8 +19,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import child_env, free_port
 from tests.worker.conftest import small_pipeline_env
+
+pytestmark = pytest.mark.slow  # the whole demo command end to end (about a minute and a half)
 
 TINY_ALIGNMENT = {"n_harmful": 32, "n_benign": 2, "answer_max_new_tokens": 4, "prefix_tokens": [2],
                   "learning_rate": 0.01, "n_epochs": 2, "batch_size": 8, "max_seq_len": 48,

@@ -32,6 +32,8 @@ from tests.worker.faults import (
     stage_runs,
 )
 
+pytestmark = pytest.mark.slow  # fault injection: kills and restarts real processes
+
 STALE_S = 6.0
 PIPELINE = ["validate", "scan", "train", "evaluate", "gate", "release"]
 

@@ -21,6 +21,8 @@ from core.storage import make_store, org_key
 from tests.conftest import start_api, start_worker, stop_process
 from tests.worker.conftest import DEMO, small_pipeline_env
 
+pytestmark = pytest.mark.slow  # whole jobs on real API and worker processes
+
 
 @pytest.fixture(scope="module")
 def stack_env(deployment_env, tiny_model) -> dict[str, str]:
