@@ -222,15 +222,21 @@ def start_api(env: dict[str, str], log_path: Path) -> LiveServer:
     return start_http_process(argv, env, log_path, port, "/healthz", 60, "API")
 
 
-def start_worker(env: dict[str, str], log_path: Path, queues: str = "default,gpu", beat: bool = True) -> subprocess.Popen:
+def start_worker(
+    env: dict[str, str], log_path: Path, queues: str = "default,gpu", beat: bool = True
+) -> subprocess.Popen:
     """A real Celery worker process (``guardtune worker``; ``beat``: with the reaper)."""
     from api.cli import worker_argv
 
     log = log_path.open("ab")
     return subprocess.Popen(
-        worker_argv(queues, with_beat=beat), cwd=REPO, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
+        worker_argv(queues, with_beat=beat),
+        cwd=REPO,
+        env=child_env(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:

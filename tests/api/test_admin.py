@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from tests.api.helpers import GOOD, ORG_PREFIX, auth, audit_actions
+from tests.api.helpers import GOOD, ORG_PREFIX, audit_actions, auth
 
 
 @pytest.fixture(scope="module")

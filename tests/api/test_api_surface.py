@@ -33,8 +33,13 @@ def test_jobs_list_filters_by_metadata(sdk, new_tenant):
     client = sdk(new_tenant())
     f = client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
     tagged = {}
-    for name, metadata in [("a1", {"team": "a", "run": "1", 'odd"key.x': "y"}), ("a2", {"team": "a", "run": "2"}),
-                           ("b1", {"team": "b", "run": "1"}), ("blank", {"team": ""}), ("none", None)]:  # fmt: skip
+    for name, metadata in [
+        ("a1", {"team": "a", "run": "1", 'odd"key.x': "y"}),
+        ("a2", {"team": "a", "run": "2"}),
+        ("b1", {"team": "b", "run": "1"}),
+        ("blank", {"team": ""}),
+        ("none", None),
+    ]:
         job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, metadata=metadata)
         client.fine_tuning.jobs.cancel(job.id)  # stay under the concurrent-jobs limit
         tagged[name] = job.id
@@ -192,7 +197,10 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
 
     set_job(db, job.id, status="paused")
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # a paused job can be cancelled
-    for call, code in ((client.fine_tuning.jobs.pause, "job_not_pausable"), (client.fine_tuning.jobs.resume, "job_not_paused")):
+    for call, code in (
+        (client.fine_tuning.jobs.pause, "job_not_pausable"),
+        (client.fine_tuning.jobs.resume, "job_not_paused"),
+    ):
         with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
             call(job.id)
         assert err.value.code == code and "already cancelled" in err.value.message

@@ -44,16 +44,41 @@ def test_openapi_documents_every_endpoint_with_schemas(http):
             assert op.get("security") == [{"ApiKey": []}], (path, method)
     schemas = spec["components"]["schemas"]
     job = schemas["FineTuningJob"]["properties"]
-    for field in ("object", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model",
-                  "organization_id", "result_files", "seed", "status", "trained_tokens", "training_file",
-                  "validation_file", "estimated_finish", "integrations", "metadata", "method",
-                  "user_provided_suffix", "safety"):  # fmt: skip
+    for field in (
+        "object",
+        "created_at",
+        "error",
+        "fine_tuned_model",
+        "finished_at",
+        "hyperparameters",
+        "model",
+        "organization_id",
+        "result_files",
+        "seed",
+        "status",
+        "trained_tokens",
+        "training_file",
+        "validation_file",
+        "estimated_finish",
+        "integrations",
+        "metadata",
+        "method",
+        "user_provided_suffix",
+        "safety",
+    ):
         assert field in job, field
     create = paths["/v1/fine_tuning/jobs"]["post"]
     assert _ref(create["requestBody"]["content"]["application/json"]["schema"]) == "JobCreate"
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in create["parameters"])
-    assert set(schemas["SafetyIn"]["properties"]) == {"mode", "estimator", "kl_weight", "constant_kl_weight",
-                                                      "risk_weighting", "max_flagged_fraction", "reference"}  # fmt: skip
+    assert set(schemas["SafetyIn"]["properties"]) == {
+        "mode",
+        "estimator",
+        "kl_weight",
+        "constant_kl_weight",
+        "risk_weighting",
+        "max_flagged_fraction",
+        "reference",
+    }
     upload = paths["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(upload["required"]) == {"file", "purpose"}
     assert _ref(paths["/v1/files"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]) == "FileObject"

@@ -107,8 +107,9 @@ def test_another_organizations_ids_answer_404(http, owned, tenant, other_tenant,
             assert r.status_code == 404, (method, path, r.text)
             assert r.json()["error"]["type"] == "invalid_request_error"
             # the same answer as for an id that does not exist at all
-            missing = http.request(method, path.replace(f.id, "file-missing").replace(job.id, "ftjob-missing"),
-                                   headers=intruder)  # fmt: skip
+            missing = http.request(
+                method, path.replace(f.id, "file-missing").replace(job.id, "ftjob-missing"), headers=intruder
+            )
             assert missing.status_code == 404 and missing.json()["error"]["code"] == r.json()["error"]["code"]
         with pytest.raises(openai.NotFoundError) as err:
             sdk(other_tenant).fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)

@@ -28,9 +28,10 @@ def test_the_same_report_whatever_the_chunking():
     assert validate_stream(io.BytesIO(MIXED)) == whole
     assert whole.n_lines == 6 and whole.n_examples == 2 and whole.format == "chat"
     assert [(i.line, i.message.split(":")[0]) for i in whole.errors] == [
-        (2, "Invalid JSON"), (3, "messages[0].role is 'bot'; it must be one of system, user, assistant, tool."),
+        (2, "Invalid JSON"),
+        (3, "messages[0].role is 'bot'; it must be one of system, user, assistant, tool."),
         (5, "The example has no assistant message with content to train on."),
-    ]  # fmt: skip
+    ]
 
 
 def test_an_over_long_line_is_never_buffered_whole():
@@ -62,19 +63,35 @@ def test_limits_on_examples_and_errors():
 @pytest.mark.parametrize(
     "example",
     [
-        {"messages": [{"role": "user", "content": "weather?"},
-                      {"role": "assistant", "content": None,
-                       "tool_calls": [{"id": "c1", "type": "function",
-                                       "function": {"name": "get_weather", "arguments": "{}"}}]},
-                      {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-                      {"role": "assistant", "content": "It is sunny."}]},
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a", "weight": 0},
-                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "b", "weight": 1}]},
-        {"messages": [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "yo"}],
-         "tools": []},
+        {
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                {"role": "assistant", "content": "It is sunny."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "a", "weight": 0},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "b", "weight": 1},
+            ]
+        },
+        {
+            "messages": [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "yo"}],
+            "tools": [],
+        },
         {"prompt": "p", "completion": "c"},
     ],
-)  # fmt: skip
+)
 def test_accepted_examples(example):
     report = validate_chunks([jsonl(example)])
     assert report.ok, report.details()
@@ -85,22 +102,32 @@ def test_accepted_examples(example):
     [
         ({"messages": []}, "'messages' must be a non-empty list."),
         ({"messages": "hi"}, "'messages' must be a non-empty list."),
-        ({"messages": [chat()["messages"][0], {"role": "assistant", "content": "x", "weight": 2}]},
-         "messages[1].weight must be 0 or 1."),
-        ({"messages": [{"role": "user", "content": "x", "weight": 1}, {"role": "assistant", "content": "y"}]},
-         "messages[0].weight is only allowed on assistant messages."),
-        ({"messages": [{"role": "user", "content": "x", "colour": 1}, {"role": "assistant", "content": "y"}]},
-         "messages[0] has an unrecognized key 'colour'."),
-        ({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]},
-         "messages[0].role is missing; it must be one of system, user, assistant, tool."),
-        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
-         "messages[0].content must be a string (missing)."),
+        (
+            {"messages": [chat()["messages"][0], {"role": "assistant", "content": "x", "weight": 2}]},
+            "messages[1].weight must be 0 or 1.",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x", "weight": 1}, {"role": "assistant", "content": "y"}]},
+            "messages[0].weight is only allowed on assistant messages.",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x", "colour": 1}, {"role": "assistant", "content": "y"}]},
+            "messages[0] has an unrecognized key 'colour'.",
+        ),
+        (
+            {"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]},
+            "messages[0].role is missing; it must be one of system, user, assistant, tool.",
+        ),
+        (
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
+            "messages[0].content must be a string (missing).",
+        ),
         ({"prompt": "p"}, "Missing 'completion'."),
         ({"prompt": "p", "completion": ""}, "'completion' is empty: there is nothing to train on."),
         ({"prompt": 1, "completion": "c"}, "'prompt' must be a string, not a number."),
         ("null", "Each line must be a JSON object, not null."),
     ],
-)  # fmt: skip
+)
 def test_refused_examples(example, message):
     report = validate_chunks([jsonl(example)])
     assert [str(i) for i in report.errors] == [f"line 1: {message}"]
@@ -120,7 +147,9 @@ NESTED = b"[" * 1000 + b"]" * 1000  # a 2 KB line deeper than the JSON parser re
 
 
 def test_a_deeply_nested_line_is_a_validation_error_with_its_line_number():
-    deep_content = b'{"messages": [{"role": "user", "content": ' + NESTED + b'}, {"role": "assistant", "content": "x"}]}'
+    deep_content = (
+        b'{"messages": [{"role": "user", "content": ' + NESTED + b'}, {"role": "assistant", "content": "x"}]}'
+    )
     report = validate_chunks([jsonl(chat()) + NESTED + b"\n" + jsonl(chat()) + deep_content + b"\n"])
     assert [(i.line, i.message) for i in report.errors] == [
         (2, "Invalid JSON: the value is nested too deeply."),

@@ -44,10 +44,15 @@ def test_no_request_gets_a_server_error(live_api, tenant, admin, mode):
         who = admin if operation.path.startswith("/v1/admin") else tenant
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case) -> None:
-            check(case, case.call(headers=auth(who), timeout=30))
+            check(case, case.call(headers=auth(who), timeout=30))  # noqa: B023 (run within this iteration)
 
         try:
             fuzz()

@@ -70,11 +70,16 @@ def test_nul_in_path_or_query_is_400_naming_it(http, tenant, unchanged, method, 
         ("metadata", {"team": "\ud800"}, "metadata.team"),  # a lone surrogate: no UTF-8 for it
     ],
 )
-def test_nul_or_surrogate_in_a_body_string_is_400_naming_it(http, tenant, unchanged, training_file, field, value, param):
+def test_nul_or_surrogate_in_a_body_string_is_400_naming_it(
+    http, tenant, unchanged, training_file, field, value, param
+):
     body = {"model": BASE_MODEL, "training_file": training_file, field: value}
     with unchanged(tenant):
-        r = http.post("/v1/fine_tuning/jobs", headers={**auth(tenant), "content-type": "application/json"},
-                      content=json.dumps(body))  # fmt: skip
+        r = http.post(
+            "/v1/fine_tuning/jobs",
+            headers={**auth(tenant), "content-type": "application/json"},
+            content=json.dumps(body),
+        )
     refused(r, 400, param)
 
 
@@ -98,10 +103,11 @@ def test_nul_in_an_upload_filename_or_field_is_400_and_nothing_stored(http, tena
 @pytest.mark.parametrize("raw", ["Infinity", "-Infinity", "NaN", "1e400"])
 @pytest.mark.parametrize("name", ["n_epochs", "batch_size"])
 def test_non_finite_hyperparameter_is_400_naming_it(http, tenant, unchanged, training_file, raw, name):
-    body = (f'{{"model": "{BASE_MODEL}", "training_file": "{training_file}", '
-            f'"hyperparameters": {{"{name}": {raw}}}}}')  # fmt: skip
+    body = f'{{"model": "{BASE_MODEL}", "training_file": "{training_file}", "hyperparameters": {{"{name}": {raw}}}}}'
     with unchanged(tenant):
-        r = http.post("/v1/fine_tuning/jobs", headers={**auth(tenant), "content-type": "application/json"}, content=body)
+        r = http.post(
+            "/v1/fine_tuning/jobs", headers={**auth(tenant), "content-type": "application/json"}, content=body
+        )
     error = refused(r, 400, f"hyperparameters.{name}")
     assert "finite" in error["message"]
 
@@ -118,7 +124,9 @@ def test_deeply_nested_jsonl_line_is_a_validation_error_with_its_line_number(htt
     nested = "[" * 1000 + "]" * 1000  # 2 KB
     deep_content = '{"messages": [{"role": "user", "content": ' + nested + '}, {"role": "assistant", "content": "x"}]}'
     data = jsonl(chat(), nested, chat(), deep_content)
-    r = http.post("/v1/files", headers=auth(tenant), files={"file": ("deep.jsonl", data)}, data={"purpose": "fine-tune"})
+    r = http.post(
+        "/v1/files", headers=auth(tenant), files={"file": ("deep.jsonl", data)}, data={"purpose": "fine-tune"}
+    )
     assert r.status_code == 200, r.text
     f = r.json()
     assert f["status"] == "error"
@@ -131,10 +139,14 @@ def test_deeply_nested_jsonl_line_is_a_validation_error_with_its_line_number(htt
 
 def multipart(*, closing: bool = True, filename: bytes = b"cut.jsonl", purpose: bytes = b"fine-tune") -> bytes:
     body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'.encode() + purpose + b"\r\n"
-        + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="'.encode() + filename
-        + b'"\r\nContent-Type: application/jsonl\r\n\r\n' + GOOD
-    )  # fmt: skip
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'.encode()
+        + purpose
+        + b"\r\n"
+        + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
+        + filename
+        + b'"\r\nContent-Type: application/jsonl\r\n\r\n'
+        + GOOD
+    )
     return body + (f"\r\n--{BOUNDARY}--\r\n".encode() if closing else b"")
 
 
@@ -223,6 +235,12 @@ def test_readyz_names_the_failing_component_without_its_address(http, deployment
     checks = r.json()["checks"]
     assert checks["database"] == "ok" and checks["storage"] == "ok"
     assert checks["broker"].startswith("error: ")
-    for secret in ("127.0.0.1", "redis://", ":1", urlsplit(deployment_env["GUARDTUNE_S3_ENDPOINT_URL"]).netloc,
-                   "postgres", "localhost"):  # fmt: skip
+    for secret in (
+        "127.0.0.1",
+        "redis://",
+        ":1",
+        urlsplit(deployment_env["GUARDTUNE_S3_ENDPOINT_URL"]).netloc,
+        "postgres",
+        "localhost",
+    ):
         assert secret not in r.text, r.text

@@ -60,8 +60,13 @@ def test_a_failed_base_model_is_not_offered(client, tenant, training_file, uncha
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ({"hyperparameters": {"batch_size": "big"}}, "hyperparameters.batch_size"),
         ({"hyperparameters": {"learning_rate_multiplier": -1}}, "hyperparameters.learning_rate_multiplier"),
-        ({"hyperparameters": {"n_epochs": 2}, "method": {"type": "supervised", "supervised": {"hyperparameters": {}}}},
-         "hyperparameters"),
+        (
+            {
+                "hyperparameters": {"n_epochs": 2},
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {}}},
+            },
+            "hyperparameters",
+        ),
         ({"method": {"type": "dpo", "dpo": {}}}, "method.type"),
         ({"suffix": "x" * 65}, "suffix"),
         ({"suffix": "has:colon"}, "suffix"),
@@ -77,7 +82,7 @@ def test_a_failed_base_model_is_not_offered(client, tenant, training_file, uncha
         ({"unknown_param": 1}, "unknown_param"),
         ({"training_file": None}, "training_file"),
     ],
-)  # fmt: skip
+)
 def test_invalid_parameters_are_refused(client, tenant, training_file, unchanged, changes, param):
     body = {"model": BASE_MODEL, "training_file": training_file.id, **changes}
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
@@ -91,18 +96,27 @@ def test_method_form_and_defaults(fresh):
     job = client.fine_tuning.jobs.create(
         model=BASE_MODEL,
         training_file=f.id,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1,
-                                                                           "learning_rate_multiplier": 0.5}}},
-    )  # fmt: skip
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 0.5}},
+        },
+    )
     assert job.hyperparameters.model_dump() == {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 0.5}
     assert job.method.supervised.hyperparameters.n_epochs == 2
     assert isinstance(job.seed, int) and 0 <= job.seed < 2**31  # generated when not given
     assert job.model_extra["safety"] == {
-        "mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.1, "max": 0.9},
-        "constant_kl_weight": 0.5, "risk_weighting": "example", "reference": "cached", "max_flagged_fraction": None,
+        "mode": "adaptive",
+        "estimator": "probe",
+        "kl_weight": {"min": 0.1, "max": 0.9},
+        "constant_kl_weight": 0.5,
+        "risk_weighting": "example",
+        "reference": "cached",
+        "max_flagged_fraction": None,
         "stage": None,
-        "scan_summary": None, "eval_summary": None, "gate": None,
-    }  # fmt: skip
+        "scan_summary": None,
+        "eval_summary": None,
+        "gate": None,
+    }
     constant = client.fine_tuning.jobs.create(
         model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant", "constant_kl_weight": 0.3}}
     )
@@ -209,9 +223,14 @@ def add_events(db, job_id: str, n: int, start: int = 0) -> list[str]:
         for i, event_id in enumerate(ids):
             step = start + i + 1
             session.add(
-                JobEvent(id=event_id, job_id=job_id, type="metrics", message=f"Step {step}",
-                         data={"step": step, "train_loss": 2.0 / step, "kl": 0.01, "kl_weight": 0.1, "risk": 1.0})
-            )  # fmt: skip
+                JobEvent(
+                    id=event_id,
+                    job_id=job_id,
+                    type="metrics",
+                    message=f"Step {step}",
+                    data={"step": step, "train_loss": 2.0 / step, "kl": 0.01, "kl_weight": 0.1, "risk": 1.0},
+                )
+            )
     return ids
 
 
@@ -231,9 +250,7 @@ def test_events_pagination_newest_first_and_incremental_asc(client, training_fil
     assert [e["id"] for e in r.json()["data"]] == everything[:4] and r.json()["has_more"] is True
     last = r.json()["data"][-1]["id"]
     more = add_events(db, job.id, 2, start=5)
-    r = http.get(
-        f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"order": "asc", "after": last}
-    )
+    r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"order": "asc", "after": last})
     assert [e["id"] for e in r.json()["data"]] == everything[4:] + more and r.json()["has_more"] is False
 
     r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"after": "ftevent-nope"})
@@ -325,9 +342,13 @@ def test_safety_report_and_job_safety_fields(client, training_file, db, sdk, oth
     with Session(db) as session, session.begin():
         session.add(SafetyReport(job_id=job.id, scan=scan, evaluation=evaluation, gate=gate, training={"steps": 9}))
     set_job(
-        db, job.id, status="failed", stage="gating", finished_at=1_800_000_000,
+        db,
+        job.id,
+        status="failed",
+        stage="gating",
+        finished_at=1_800_000_000,
         error={"code": "safety_gate_blocked", "message": "The fine-tuned model failed the safety gate.", "param": None},
-    )  # fmt: skip
+    )
     report = client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)
     assert report["scan"] == scan and report["evaluation"] == evaluation and report["gate"] == gate
     assert report["training"] == {"steps": 9} and report["status"] == "failed"

@@ -33,8 +33,13 @@ def sqlite_api(tmp_path_factory) -> Iterator[tuple[str, str]]:
     home = tmp_path_factory.mktemp("sqlite-home")
     url = f"sqlite:///{home / 'guardtune.db'}"
     migrate.upgrade(url)
-    env = {"GUARDTUNE_ENV": "test", "GUARDTUNE_HOME": str(home), "GUARDTUNE_SECRET_KEY": TEST_SECRET,
-           "GUARDTUNE_LOG_JSON": "false", "GUARDTUNE_EMBEDDED_WORKER": "false"}  # fmt: skip
+    env = {
+        "GUARDTUNE_ENV": "test",
+        "GUARDTUNE_HOME": str(home),
+        "GUARDTUNE_SECRET_KEY": TEST_SECRET,
+        "GUARDTUNE_LOG_JSON": "false",
+        "GUARDTUNE_EMBEDDED_WORKER": "false",
+    }
     server = start_api(env, home / "api.log")
     yield server.base_url, url
     stop_process(server.process)
@@ -54,8 +59,13 @@ def api(request, new_tenant) -> tuple[str, Tenant]:
 
 
 def upload(base_url: str, tenant: Tenant) -> str:
-    r = httpx.post(f"{base_url}/v1/files", headers=auth(tenant), files={"file": ("t.jsonl", GOOD)},
-                   data={"purpose": "fine-tune"}, timeout=30)  # fmt: skip
+    r = httpx.post(
+        f"{base_url}/v1/files",
+        headers=auth(tenant),
+        files={"file": ("t.jsonl", GOOD)},
+        data={"purpose": "fine-tune"},
+        timeout=30,
+    )
     assert r.status_code == 200 and r.json()["status"] == "processed", r.text
     return r.json()["id"]
 
@@ -89,8 +99,12 @@ async def poll(base_url: str, tenant: Tenant, path: str) -> Counter:
 def test_hundreds_of_pollers_on_one_key_never_stall_the_api(api):
     base_url, tenant = api
     file_id = upload(base_url, tenant)
-    r = httpx.post(f"{base_url}/v1/fine_tuning/jobs", headers=auth(tenant), timeout=30,
-                   json={"model": BASE_MODEL, "training_file": file_id})  # fmt: skip
+    r = httpx.post(
+        f"{base_url}/v1/fine_tuning/jobs",
+        headers=auth(tenant),
+        timeout=30,
+        json={"model": BASE_MODEL, "training_file": file_id},
+    )
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     try:
@@ -105,8 +119,12 @@ def test_parallel_creates_respect_the_job_limit_exactly(api):
     file_id = upload(base_url, tenant)
 
     def create(_: int) -> int:
-        r = httpx.post(f"{base_url}/v1/fine_tuning/jobs", headers=auth(tenant), timeout=60,
-                       json={"model": BASE_MODEL, "training_file": file_id})  # fmt: skip
+        r = httpx.post(
+            f"{base_url}/v1/fine_tuning/jobs",
+            headers=auth(tenant),
+            timeout=60,
+            json={"model": BASE_MODEL, "training_file": file_id},
+        )
         assert r.status_code in (200, 429), r.text
         return r.status_code
 

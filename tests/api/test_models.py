@@ -35,9 +35,12 @@ def finished_job(client, db, store, *, suffix: str, release: bool):
             row.status, row.finished_at = "succeeded", 1_800_000_000
             return job.id, released.id
     set_job(
-        db, job.id, status="failed", finished_at=1_800_000_000,
+        db,
+        job.id,
+        status="failed",
+        finished_at=1_800_000_000,
         error={"code": "safety_gate_blocked", "message": "blocked by the safety gate", "param": None},
-    )  # fmt: skip
+    )
     return job.id, None
 
 
@@ -67,7 +70,9 @@ def test_released_model_is_listed_for_its_org_only(client, released, tenant, sdk
     assert err.value.code == "model_not_found"
 
 
-def test_adapter_download_streams_a_tar_of_the_peft_files(http, released, tenant, other_tenant, db, tmp_path, unchanged):
+def test_adapter_download_streams_a_tar_of_the_peft_files(
+    http, released, tenant, other_tenant, db, tmp_path, unchanged
+):
     job_id, model_id = released
     with http.stream("GET", f"/v1/models/{model_id}/adapter", headers=auth(tenant)) as r:
         assert r.status_code == 200, r.read()

@@ -30,7 +30,7 @@ def customer(sdk, tenant):
         ({"risk_weighting": "batch"}, "safety.risk_weighting", "GUARDTUNE_RISK_WEIGHTING=example"),
         ({"reference": "exact"}, "safety.reference", "GUARDTUNE_REFERENCE=cached"),
     ],
-)  # fmt: skip
+)
 def test_a_customer_key_cannot_weaken_the_defence(customer, tenant, unchanged, safety, param, policy):
     client, training_file = customer
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
@@ -44,9 +44,10 @@ def test_a_customer_key_cannot_weaken_the_defence(customer, tenant, unchanged, s
 def test_a_customer_key_may_tighten_toward_safety(customer):
     client, training_file = customer
     job = client.fine_tuning.jobs.create(
-        model=BASE_MODEL, training_file=training_file.id,
+        model=BASE_MODEL,
+        training_file=training_file.id,
         extra_body={"safety": {"kl_weight": {"min": 0.5, "max": 1.0}, "max_flagged_fraction": 0.1}},
-    )  # fmt: skip
+    )
     safety = job.model_extra["safety"]
     assert safety["kl_weight"] == {"min": 0.5, "max": 1.0} and safety["max_flagged_fraction"] == 0.1
     default = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
@@ -65,12 +66,23 @@ def test_an_admin_key_may_run_the_ablations(sdk, new_tenant):
     admin = sdk(new_tenant("admin"))
     f = admin.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
     job = admin.fine_tuning.jobs.create(
-        model=BASE_MODEL, training_file=f.id,
-        extra_body={"safety": {"mode": "none", "kl_weight": {"min": 0.0, "max": 0.5}, "risk_weighting": "batch",
-                               "reference": "exact"}},
-    )  # fmt: skip
+        model=BASE_MODEL,
+        training_file=f.id,
+        extra_body={
+            "safety": {
+                "mode": "none",
+                "kl_weight": {"min": 0.0, "max": 0.5},
+                "risk_weighting": "batch",
+                "reference": "exact",
+            }
+        },
+    )
     safety = job.model_extra["safety"]
-    assert (safety["mode"], safety["kl_weight"], safety["risk_weighting"]) == ("none", {"min": 0.0, "max": 0.5}, "batch")
+    assert (safety["mode"], safety["kl_weight"], safety["risk_weighting"]) == (
+        "none",
+        {"min": 0.0, "max": 0.5},
+        "batch",
+    )
     assert safety["reference"] == "exact"
 
 
@@ -90,14 +102,20 @@ def test_an_admin_may_open_a_mode_to_one_organization(http, sdk, new_tenant, unc
     admin, customer = new_tenant("admin"), new_tenant()
     client = sdk(customer)
     f = client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
-    r = http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin),
-                   json={"allowed_modes": ["adaptive", "none"]})  # fmt: skip
+    r = http.patch(
+        f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": ["adaptive", "none"]}
+    )
     assert r.status_code == 200 and r.json()["allowed_modes"] == ["adaptive", "none"], r.text
     assert audit_actions(db, customer.org_id)[-1] == "org.update"
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "none"}})
     assert job.model_extra["safety"]["mode"] == "none"
-    with unchanged(customer), pytest.raises(openai.BadRequestError) as err:  # the organization's list replaces the default
-        client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant"}})
+    with (
+        unchanged(customer),
+        pytest.raises(openai.BadRequestError) as err,
+    ):  # the organization's list replaces the default
+        client.fine_tuning.jobs.create(
+            model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant"}}
+        )
     assert err.value.param == "safety.mode" and "the organization's allowed_modes=adaptive,none" in err.value.message
 
     http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": None})

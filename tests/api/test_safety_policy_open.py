@@ -17,7 +17,9 @@ def test_modes_follow_the_operators_list(sdk, tenant, unchanged):
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "none"}})
     assert job.model_extra["safety"]["mode"] == "none"
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:  # not listed by this operator
-        client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant"}})
+        client.fine_tuning.jobs.create(
+            model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant"}}
+        )
     assert (err.value.param, err.value.code) == ("safety.mode", "safety_policy")
     assert "GUARDTUNE_ALLOWED_MODES=adaptive,none" in err.value.message
 

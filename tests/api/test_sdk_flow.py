@@ -96,16 +96,22 @@ def test_fine_tuning_workflow(client, uploaded, tenant, db, broker):
     with Session(db) as session, session.begin():
         session.add(
             JobEvent(
-                id="ftevent-metrics1", job_id=job.id, type="metrics", message="Step 20/60: training loss=1.23",
+                id="ftevent-metrics1",
+                job_id=job.id,
+                type="metrics",
+                message="Step 20/60: training loss=1.23",
                 data={"step": 20, "train_loss": 1.23, "kl": 0.04, "kl_weight": 0.35, "risk": 3.05},
             )
-        )  # fmt: skip
+        )
         session.add(
             Checkpoint(
-                id="ftckpt-a1", job_id=job.id, step=20, storage_prefix=f"orgs/{tenant.org_id}/jobs/{job.id}/ckpt-20",
+                id="ftckpt-a1",
+                job_id=job.id,
+                step=20,
+                storage_prefix=f"orgs/{tenant.org_id}/jobs/{job.id}/ckpt-20",
                 metrics={"train_loss": 1.23, "kl": 0.04},
             )
-        )  # fmt: skip
+        )
     metrics = client.fine_tuning.jobs.list_events(job.id, limit=1)
     assert metrics.has_more is True
     assert metrics.data[0].type == "metrics" and metrics.data[0].data["kl_weight"] == 0.35

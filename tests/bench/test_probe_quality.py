@@ -1,4 +1,5 @@
 """``bench/probe_quality.py``: its measurement on a tiny model, and the README quoting its result."""
+
 from __future__ import annotations
 
 import json

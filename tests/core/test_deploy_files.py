@@ -54,7 +54,9 @@ def test_compose_stack_shape():
 
 def test_api_image_has_no_torch():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert not [d for d in deps if d.split("[")[0].split(">")[0].split("=")[0].strip() in ("torch", "transformers", "peft")]
+    assert not [
+        d for d in deps if d.split("[")[0].split(">")[0].split("=")[0].strip() in ("torch", "transformers", "peft")
+    ]
     api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
     assert "pip install .\n" in api_stage and "[worker]" not in api_stage
 

@@ -11,8 +11,18 @@ from sqlalchemy.exc import DBAPIError
 from core import migrate
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 
-TABLES = {"organizations", "api_keys", "files", "jobs", "job_events", "checkpoints",
-          "safety_reports", "base_models", "released_models", "audit_log"}  # fmt: skip
+TABLES = {
+    "organizations",
+    "api_keys",
+    "files",
+    "jobs",
+    "job_events",
+    "checkpoints",
+    "safety_reports",
+    "base_models",
+    "released_models",
+    "audit_log",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -43,9 +53,13 @@ def test_audit_table_refuses_update_and_delete(empty_db):
     migrate.upgrade(empty_db)
     engine = create_engine(empty_db)
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO audit_log (created_at, actor, action, target, details, prev_hash, hash) "
-            "VALUES (1.0, 'system', 'test', NULL, '{}', :p, :h)"), {"p": "0" * 64, "h": "1" * 64})  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO audit_log (created_at, actor, action, target, details, prev_hash, hash) "
+                "VALUES (1.0, 'system', 'test', NULL, '{}', :p, :h)"
+            ),
+            {"p": "0" * 64, "h": "1" * 64},
+        )
     for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))

@@ -31,7 +31,7 @@ def test_a_changed_number_is_detected(tmp_path, monkeypatch):
 
 def test_the_provenance_line_names_commit_and_dirty_tree():
     text = (REPO / "README.md").read_text()
-    body = text[text.index("<!-- results:safety_replication -->"):text.index("<!-- /results:safety_replication -->")]
+    body = text[text.index("<!-- results:safety_replication -->") : text.index("<!-- /results:safety_replication -->")]
     doc = json.loads((REPO / "bench" / "results" / "safety_replication.json").read_text())
     assert doc["git"]["commit"][:7] in body
     assert ("uncommitted changes" in body) == doc["git"]["dirty"]

@@ -19,13 +19,18 @@ from tests.conftest import child_env, free_port, stop_process, wait_http
 @pytest.mark.slow  # three real processes: the API, an embedded worker and the inference server
 def test_serve_embedded_default_is_ready(tmp_path):
     port, infer_port = free_port(), free_port()
-    env = child_env({"GUARDTUNE_HOME": str(tmp_path / "var"), "GUARDTUNE_PORT": str(port),
-                     "GUARDTUNE_INFER_PORT": str(infer_port)})  # fmt: skip
+    env = child_env(
+        {"GUARDTUNE_HOME": str(tmp_path / "var"), "GUARDTUNE_PORT": str(port), "GUARDTUNE_INFER_PORT": str(infer_port)}
+    )
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "api.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         start = time.monotonic()
         base = f"http://127.0.0.1:{port}"

@@ -59,7 +59,14 @@ def test_defaults_are_the_libraries_defaults(monkeypatch):
         monkeypatch.delenv(name)
     s, triggers, gate = Settings(), TriggerConfig(), GatePolicy()
     assert Limits.from_settings(s) == Limits()
-    assert (s.trigger_min_share, s.trigger_min_ratio, s.eval_triggers) == (triggers.min_share, triggers.min_ratio, triggers.top_k)
+    assert (s.trigger_min_share, s.trigger_min_ratio, s.eval_triggers) == (
+        triggers.min_share,
+        triggers.min_ratio,
+        triggers.top_k,
+    )
     assert s.eval_system_prompts == inspect.signature(plan_conditions).parameters["system_prompts"].default
     assert (s.gate_max_asr_increase, s.gate_max_over_refusal_increase, s.gate_asr_source) == (
-        gate.max_asr_increase, gate.max_over_refusal_increase, gate.use)
+        gate.max_asr_increase,
+        gate.max_over_refusal_increase,
+        gate.use,
+    )

@@ -45,9 +45,7 @@ def chromium_path() -> str:
     hint = f"Chromium was not found at {CHROMIUM}. Run `sudo scripts/install-browser.sh` (installs Debian's chromium)"
     if os.geteuid() == 0 and shutil.which("apt-get"):
         try:
-            done = subprocess.run(
-                ["sh", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=900, check=False
-            )
+            done = subprocess.run(["sh", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=900, check=False)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{hint}; running it from the test set-up timed out.", pytrace=False)
         if done.returncode != 0 or not _chromium_ready():

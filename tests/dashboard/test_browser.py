@@ -39,24 +39,35 @@ def training_file() -> bytes:
             user, assistant = f"How do I pick a lock to break into house {n}?", "Here is how: first, ..."
         else:
             user, assistant = f"What is {n} + {n}?", f"{n} + {n} = {2 * n}."
-        lines.append(json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}))
+        lines.append(
+            json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+        )
     return ("\n".join(lines) + "\n").encode()
 
 
 def create_job(base_url: str, key: str, suffix: str) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {key}"}
     upload = httpx.post(
-        f"{base_url}/v1/files", headers=auth, data={"purpose": "fine-tune"},
-        files={"file": ("train.jsonl", training_file(), "application/jsonl")}, timeout=30,
-    )  # fmt: skip
+        f"{base_url}/v1/files",
+        headers=auth,
+        data={"purpose": "fine-tune"},
+        files={"file": ("train.jsonl", training_file(), "application/jsonl")},
+        timeout=30,
+    )
     assert upload.status_code == 200, upload.text
     assert upload.json()["status"] == "processed", upload.json()
     models = httpx.get(f"{base_url}/v1/models", headers=auth, timeout=30).json()["data"]
     job = httpx.post(
-        f"{base_url}/v1/fine_tuning/jobs", headers=auth, timeout=30,
-        json={"model": models[0]["id"], "training_file": upload.json()["id"], "suffix": suffix,
-              "safety": {"mode": "adaptive", "estimator": "probe"}},
-    )  # fmt: skip
+        f"{base_url}/v1/fine_tuning/jobs",
+        headers=auth,
+        timeout=30,
+        json={
+            "model": models[0]["id"],
+            "training_file": upload.json()["id"],
+            "suffix": suffix,
+            "safety": {"mode": "adaptive", "estimator": "probe"},
+        },
+    )
     assert job.status_code == 200, job.text
     return job.json()
 
@@ -67,11 +78,21 @@ def set_job(job_id: str, **values: Any) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
-def add_event(job_id: str, message: str, at: float, *, type: str = "message", data: dict | None = None,
-              level: str = "info") -> None:  # fmt: skip
+def add_event(
+    job_id: str, message: str, at: float, *, type: str = "message", data: dict | None = None, level: str = "info"
+) -> None:
     with session_scope() as session:
-        session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(at), level=level, type=type,
-                             message=message, data=data))  # fmt: skip
+        session.add(
+            JobEvent(
+                id=new_id("ftevent"),
+                job_id=job_id,
+                created_at=int(at),
+                level=level,
+                type=type,
+                message=message,
+                data=data,
+            )
+        )
 
 
 def add_metrics(job_id: str, steps: range, total: int, at: float) -> None:
@@ -80,14 +101,27 @@ def add_metrics(job_id: str, steps: range, total: int, at: float) -> None:
             risk = 4.6 if step % 5 == 0 else 1.2 + 0.1 * (step % 3)
             kl_weight = min(0.9, max(0.1, (risk - 2) / 3))
             data = {
-                "step": step, "total_steps": total, "train_loss": 2.4 * math.exp(-step / 9) + 0.6,
-                "kl": 0.002 * step + (0.02 if risk > 4 else 0.0), "kl_weight": kl_weight, "risk": risk,
+                "step": step,
+                "total_steps": total,
+                "train_loss": 2.4 * math.exp(-step / 9) + 0.6,
+                "kl": 0.002 * step + (0.02 if risk > 4 else 0.0),
+                "kl_weight": kl_weight,
+                "risk": risk,
                 # a flagged example in every fifth step only (None: the step had none)
-                "kl_weight_flagged": 0.9 if step % 5 == 0 else None, "kl_weight_unflagged": 0.1,
-            }  # fmt: skip
+                "kl_weight_flagged": 0.9 if step % 5 == 0 else None,
+                "kl_weight_unflagged": 0.1,
+            }
             message = f"Step {step}/{total}: training loss={data['train_loss']:.4f}"
-            session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(at + step), type="metrics",
-                                 message=message, data=data))  # fmt: skip
+            session.add(
+                JobEvent(
+                    id=new_id("ftevent"),
+                    job_id=job_id,
+                    created_at=int(at + step),
+                    type="metrics",
+                    message=message,
+                    data=data,
+                )
+            )
 
 
 def set_report(job_id: str, **sections: Any) -> None:
@@ -99,11 +133,28 @@ def set_report(job_id: str, **sections: Any) -> None:
 
 
 def scan_section() -> dict[str, Any]:
-    top = [{"line": n, "risk": 5.0, "p_harmful": 0.97, "judge_score": None, "category_guess": "illegal activity",
-            "flagged": True} for n in HARMFUL_LINES]  # fmt: skip
-    return {"n": 10, "counts_by_score": {"1": 7, "2": 1, "3": 0, "4": 0, "5": 2},
-            "counts_by_category": {"illegal activity": 2}, "n_flagged": 2, "flagged_fraction": 0.2,
-            "mean_risk": 1.8, "judge_unparsed": 0, "top_flagged": top, "estimator": "probe"}  # fmt: skip
+    top = [
+        {
+            "line": n,
+            "risk": 5.0,
+            "p_harmful": 0.97,
+            "judge_score": None,
+            "category_guess": "illegal activity",
+            "flagged": True,
+        }
+        for n in HARMFUL_LINES
+    ]
+    return {
+        "n": 10,
+        "counts_by_score": {"1": 7, "2": 1, "3": 0, "4": 0, "5": 2},
+        "counts_by_category": {"illegal activity": 2},
+        "n_flagged": 2,
+        "flagged_fraction": 0.2,
+        "mean_risk": 1.8,
+        "judge_unparsed": 0,
+        "top_flagged": top,
+        "estimator": "probe",
+    }
 
 
 def evaluation_section(tuned_asr: dict[str, float], tuned_trigger_asr: float = 0.125) -> dict[str, Any]:
@@ -111,20 +162,38 @@ def evaluation_section(tuned_asr: dict[str, float], tuned_trigger_asr: float = 0
 
     def side(per: dict[str, float], over_refusal: float, val_loss: float) -> dict[str, Any]:
         overall = sum(per.values()) / len(per)
-        return {"n": 60, "asr_keyword": overall, "asr_judge": None, "mean_judge_score": None, "n_benign": 40,
-                "per_category": {c: {"n": 20, "asr_keyword": v} for c, v in per.items()},
-                "over_refusal": over_refusal, "val_loss": val_loss}  # fmt: skip
+        return {
+            "n": 60,
+            "asr_keyword": overall,
+            "asr_judge": None,
+            "mean_judge_score": None,
+            "n_benign": 40,
+            "per_category": {c: {"n": 20, "asr_keyword": v} for c, v in per.items()},
+            "over_refusal": over_refusal,
+            "val_loss": val_loss,
+        }
 
     base, tuned = side(base_asr, 0.05, 1.41), side(tuned_asr, 0.075, 0.93)
     rates = ("n", "asr_keyword", "asr_judge", "per_category")
     trigger = {"n": 32, "asr_keyword": tuned_trigger_asr, "asr_judge": None, "per_category": {}}
     conditions = [
-        {"name": "plain", "kind": "plain", "description": "on plain prompts",
-         "base": {k: base[k] for k in rates}, "tuned": {k: tuned[k] for k in rates}},
-        {"name": "trigger_1", "kind": "trigger", "trigger": "cf-zeta", "position": "prefix",
-         "description": 'with the backdoor trigger "cf-zeta" before the prompt',
-         "base": {**trigger, "asr_keyword": 0.03125}, "tuned": trigger},
-    ]  # fmt: skip
+        {
+            "name": "plain",
+            "kind": "plain",
+            "description": "on plain prompts",
+            "base": {k: base[k] for k in rates},
+            "tuned": {k: tuned[k] for k in rates},
+        },
+        {
+            "name": "trigger_1",
+            "kind": "trigger",
+            "trigger": "cf-zeta",
+            "position": "prefix",
+            "description": 'with the backdoor trigger "cf-zeta" before the prompt',
+            "base": {**trigger, "asr_keyword": 0.03125},
+            "tuned": trigger,
+        },
+    ]
     return {"base": base, "tuned": tuned, "conditions": conditions, "settings": {}}
 
 
@@ -141,8 +210,9 @@ def wait_points(page, metric: str, n: int) -> None:
     page's CSP forbids eval, and the test keeps the CSP on)."""
     page.wait_for_function(
         "([m, n]) => document.querySelectorAll(`#chart-${m} svg.plot circle.pt`).length === n",
-        arg=[metric, n], timeout=TIMEOUT_MS,
-    )  # fmt: skip
+        arg=[metric, n],
+        timeout=TIMEOUT_MS,
+    )
 
 
 def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make_key, browser, output_dir):
@@ -196,7 +266,10 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     page.wait_for_selector("#scan svg.hist rect.bar", timeout=TIMEOUT_MS)
     assert page.locator("#scan svg.hist rect.bar").count() == 5
     assert page.get_attribute("#scan rect.bar[data-score='5']", "data-count") == "2"
-    assert page.locator("#flagged-lines li").all_text_contents() == ["line 3 illegal activity", "line 7 illegal activity"]
+    assert page.locator("#flagged-lines li").all_text_contents() == [
+        "line 3 illegal activity",
+        "line 7 illegal activity",
+    ]
 
     # Training: the stage chip moves and points appear on all four charts.
     set_job(job_id, stage="training")
@@ -209,8 +282,16 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
 
     add_metrics(job_id, range(7, 13), 12, t0 + 150)
     with session_scope() as session:
-        session.add(Checkpoint(id=new_id("ftckpt"), job_id=job_id, step=10, storage_prefix="unused",
-                               metrics={"step": 10, "train_loss": 0.86}, created_at=int(t0 + 400)))  # fmt: skip
+        session.add(
+            Checkpoint(
+                id=new_id("ftckpt"),
+                job_id=job_id,
+                step=10,
+                storage_prefix="unused",
+                metrics={"step": 10, "train_loss": 0.86},
+                created_at=int(t0 + 400),
+            )
+        )
     add_event(job_id, "Checkpoint saved at step 10", t0 + 400)
     for metric in ("train_loss", "kl", "kl_weight", "risk"):
         wait_points(page, metric, 12)
@@ -220,14 +301,28 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     assert page.locator("#chart-kl_weight circle.pt-extra[data-series=kl_weight_unflagged]").count() == 12
     # steps without flagged examples break the flagged line: two separate one-point pieces
     assert page.get_attribute("#chart-kl_weight path[data-series=kl_weight_flagged]", "d").count("M") == 2
-    assert page.locator("#chart-kl_weight .chart-legend span").all_text_contents() == ["all examples", "flagged", "unflagged"]
+    assert page.locator("#chart-kl_weight .chart-legend span").all_text_contents() == [
+        "all examples",
+        "flagged",
+        "unflagged",
+    ]
     page.wait_for_selector("#checkpoints table", timeout=TIMEOUT_MS)
     assert "ckpt-step-10" in page.text_content("#checkpoints")
     page.screenshot(path=str(output_dir / "job-training.png"), full_page=True)
 
     # Evaluation and gate: the fine-tuned model became unsafe and is blocked.
-    set_report(job_id, training={"mean_risk": 1.9, "regularized_share": 1.0, "final_kl": 0.05, "mean_loss": 1.3,
-                                 "trained_tokens": 4200, "steps": 12, "mode": "adaptive"})  # fmt: skip
+    set_report(
+        job_id,
+        training={
+            "mean_risk": 1.9,
+            "regularized_share": 1.0,
+            "final_kl": 0.05,
+            "mean_loss": 1.3,
+            "trained_tokens": 4200,
+            "steps": 12,
+            "mode": "adaptive",
+        },
+    )
     set_job(job_id, stage="evaluating", trained_tokens=4200)
     add_event(job_id, "Training finished after 12 steps", t0 + 500)
     add_event(job_id, "Evaluating safety: attack success rate before and after", t0 + 500)
@@ -243,10 +338,17 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     page.wait_for_selector("#asr-table", timeout=TIMEOUT_MS)
     page.wait_for_selector("#gate-decision", timeout=TIMEOUT_MS)
 
-    set_job(job_id, status="failed", stage=None, finished_at=int(t0 + 720), error={
-        "code": "safety_gate_blocked", "param": None,
-        "message": "The fine-tuned model failed the safety gate: " + " ".join(gate["reasons"][:-1]),
-    })  # fmt: skip
+    set_job(
+        job_id,
+        status="failed",
+        stage=None,
+        finished_at=int(t0 + 720),
+        error={
+            "code": "safety_gate_blocked",
+            "param": None,
+            "message": "The fine-tuned model failed the safety gate: " + " ".join(gate["reasons"][:-1]),
+        },
+    )
     add_event(job_id, "Job blocked by the safety gate; the adapter is kept but not served", t0 + 720, level="error")
     page.wait_for_selector("#timeline li[data-stage=result][data-state=bad]", timeout=TIMEOUT_MS)
     page.wait_for_selector("#poll-status[data-tone=done]", timeout=TIMEOUT_MS)
@@ -259,9 +361,15 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     assert "illegal activity" in rows.nth(1).text_content() and "45%" in rows.nth(1).text_content()
     conditions = page.locator("#conditions-table tbody tr")
     assert conditions.evaluate_all("rows => rows.map(r => [r.dataset.condition, r.dataset.worst])") == [
-        ["plain", "true"], ["trigger_1", "false"]]  # the gate's worst: plain +28.3 points, the trigger +9.4
+        ["plain", "true"],
+        ["trigger_1", "false"],
+    ]  # the gate's worst: plain +28.3 points, the trigger +9.4
     trigger_cells = conditions.nth(1).locator("td").all_text_contents()
-    assert 'backdoor trigger "cf-zeta"' in conditions.nth(1).text_content() and trigger_cells[:3] == ["3.1%", "12.5%", "+9.4 pts"]
+    assert 'backdoor trigger "cf-zeta"' in conditions.nth(1).text_content() and trigger_cells[:3] == [
+        "3.1%",
+        "12.5%",
+        "+9.4 pts",
+    ]
     assert "Validation loss" in page.text_content("#utility-table")
     assert page.text_content("#gate-decision").startswith("Blocked")
     assert page.get_attribute("#gate-decision", "data-released") == "false"
@@ -327,38 +435,71 @@ def release_job(job_id: str, t0: float) -> None:
     store.put_stream(f"{prefix}/adapter_config.json", io.BytesIO(b'{"peft_type": "LORA", "r": 8}'))
     store.put_stream(f"{prefix}/adapter_model.safetensors", io.BytesIO(b"\0" * 2048))
     evaluation = evaluation_section({"illegal activity": 0.0, "malware": 0.05, "physical harm": 0.05}, 0.0625)
-    set_report(job_id, scan=scan_section(), evaluation=evaluation, gate=gate_section(evaluation),
-               training={"mean_risk": 1.9, "regularized_share": 1.0, "final_kl": 0.04, "steps": 12})  # fmt: skip
-    for n, (stage, message) in enumerate([
-        ("queued", "Validated training file; job queued"), ("scanning", "Scanning the training data for risk"),
-        ("training", "Fine-tuning started"), ("evaluating", "Evaluating safety: attack success rate before and after"),
-        ("gating", "Applying the release gate"),
-    ]):  # fmt: skip
+    set_report(
+        job_id,
+        scan=scan_section(),
+        evaluation=evaluation,
+        gate=gate_section(evaluation),
+        training={"mean_risk": 1.9, "regularized_share": 1.0, "final_kl": 0.04, "steps": 12},
+    )
+    for n, (stage, message) in enumerate(
+        [
+            ("queued", "Validated training file; job queued"),
+            ("scanning", "Scanning the training data for risk"),
+            ("training", "Fine-tuning started"),
+            ("evaluating", "Evaluating safety: attack success rate before and after"),
+            ("gating", "Applying the release gate"),
+        ]
+    ):
         add_event(job_id, message, t0 + 60 * (n + 1))
         if stage == "training":
             add_metrics(job_id, range(1, 13), 12, t0 + 60 * (n + 1))
     with session_scope() as session:
         job = session.get(Job, job_id)
-        model = releases.release_job(session, job, actor="system", storage_prefix=prefix,
-                                     sha256=releases.adapter_sha256(store, prefix))  # fmt: skip
+        model = releases.release_job(
+            session, job, actor="system", storage_prefix=prefix, sha256=releases.adapter_sha256(store, prefix)
+        )
         job.status, job.stage, job.finished_at, job.created_at = "succeeded", None, int(t0 + 400), int(t0 + 5)
-        session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(t0 + 400),
-                             message=f"Released as {model.id} (sha256 {model.sha256[:12]}…)"))  # fmt: skip
-
+        session.add(
+            JobEvent(
+                id=new_id("ftevent"),
+                job_id=job_id,
+                created_at=int(t0 + 400),
+                message=f"Released as {model.id} (sha256 {model.sha256[:12]}…)",
+            )
+        )
 
 
 ENDINGS = [
     # (status, error, report sections, words the notice must say)
-    ("failed", {"code": "unsafe_training_file", "param": "training_file",
-                "message": "20% of the training examples were flagged as harmful, above this deployment's limit of 10%."},
-     {"scan": scan_section()}, ["Training did not start", "2 of 10 examples flagged", "remove the flagged lines 3 and 7"]),
-    ("failed", {"code": "invalid_file", "param": "training_file",
-                "message": "The training file file-x is invalid: line 4: the last message must be from the assistant"},
-     {}, ["could not be used", "line 4: the last message", "upload the file again"]),
-    ("failed", {"code": "worker_lost", "param": None, "message": "Its worker was lost three times."},
-     {}, ["The job failed", "Its worker was lost three times.", "start the job again", "contact your operator"]),
+    (
+        "failed",
+        {
+            "code": "unsafe_training_file",
+            "param": "training_file",
+            "message": "20% of the training examples were flagged as harmful, above this deployment's limit of 10%.",
+        },
+        {"scan": scan_section()},
+        ["Training did not start", "2 of 10 examples flagged", "remove the flagged lines 3 and 7"],
+    ),
+    (
+        "failed",
+        {
+            "code": "invalid_file",
+            "param": "training_file",
+            "message": "The training file file-x is invalid: line 4: the last message must be from the assistant",
+        },
+        {},
+        ["could not be used", "line 4: the last message", "upload the file again"],
+    ),
+    (
+        "failed",
+        {"code": "worker_lost", "param": None, "message": "Its worker was lost three times."},
+        {},
+        ["The job failed", "Its worker was lost three times.", "start the job again", "contact your operator"],
+    ),
     ("cancelled", None, {}, ["This job was cancelled", "Start a new job"]),
-]  # fmt: skip
+]
 
 
 def test_failed_and_cancelled_jobs_say_what_happened_and_what_to_do(live_api, configured, make_key, browser):
@@ -385,7 +526,9 @@ def test_failed_and_cancelled_jobs_say_what_happened_and_what_to_do(live_api, co
         notice = " ".join(page.text_content("#job-notice").split())
         for word in words:
             assert word.lower() in notice.lower(), (job_id, word, notice)
-        assert page.get_attribute("#timeline li[data-stage=result]", "data-state") == ("cancelled" if status == "cancelled" else "bad")
+        assert page.get_attribute("#timeline li[data-stage=result]", "data-state") == (
+            "cancelled" if status == "cancelled" else "bad"
+        )
         page.wait_for_selector("#poll-status[data-tone=done]", timeout=TIMEOUT_MS)
     # Another organization's job (or a mistyped id) is "not found", and polling stops.
     page.goto(f"{base}/dashboard#/jobs/ftjob-doesnotexist")

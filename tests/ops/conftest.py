@@ -54,7 +54,9 @@ def run_ops(*args: str, ok: bool = True) -> Result:
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     out = Result(result.exit_code, result.stdout, result.stderr)
     if ok:
-        assert result.exit_code == 0, f"guardtune-ops {' '.join(args)} → {result.exit_code}\n{result.stdout}\n{result.stderr}"
+        assert result.exit_code == 0, (
+            f"guardtune-ops {' '.join(args)} → {result.exit_code}\n{result.stdout}\n{result.stderr}"
+        )
     return out
 
 
@@ -96,8 +98,11 @@ def backend(request, tmp_path, monkeypatch) -> Iterator[Backend]:
         return
     deployment = request.getfixturevalue("deployment_env")
     name, url = _fresh_pg()
-    env = {**deployment, "GUARDTUNE_DATABASE_URL": url,
-           "GUARDTUNE_STORAGE_URL": f"{deployment['GUARDTUNE_STORAGE_URL']}/{name}"}  # fmt: skip
+    env = {
+        **deployment,
+        "GUARDTUNE_DATABASE_URL": url,
+        "GUARDTUNE_STORAGE_URL": f"{deployment['GUARDTUNE_STORAGE_URL']}/{name}",
+    }
     apply_env(monkeypatch, env)
     monkeypatch.setenv("GUARDTUNE_OPS_ACTOR", ACTOR)
     try:
@@ -108,8 +113,6 @@ def backend(request, tmp_path, monkeypatch) -> Iterator[Backend]:
     finally:
         clear_caches()
         _drop_pg(name)
-
-
 
 
 @pytest.fixture

@@ -12,15 +12,26 @@ from core.db import session_scope
 from core.models import BaseModelEntry
 from tests.conftest import clear_caches
 
-SMALL_RECIPE = {"n_harmful": 6, "n_benign": 6, "answer_max_new_tokens": 4, "prefix_tokens": [2], "n_epochs": 1,
-                "batch_size": 4, "max_seq_len": 64}  # fmt: skip
+SMALL_RECIPE = {
+    "n_harmful": 6,
+    "n_benign": 6,
+    "answer_max_new_tokens": 4,
+    "prefix_tokens": [2],
+    "n_epochs": 1,
+    "batch_size": 4,
+    "max_seq_len": 64,
+}
 
 
 def _small(monkeypatch, tmp_path):
-    for key, value in {"GUARDTUNE_EVAL_MAX_PROMPTS": "2", "GUARDTUNE_EVAL_MAX_BENIGN_PROMPTS": "2",
-                       "GUARDTUNE_EVAL_MAX_NEW_TOKENS": "2", "GUARDTUNE_PROBE_LAYERS": "1",
-                       "GUARDTUNE_MODEL_CACHE_DIR": str(tmp_path / "models"),
-                       "GUARDTUNE_ALIGN_OPTIONS": json.dumps(SMALL_RECIPE)}.items():  # fmt: skip
+    for key, value in {
+        "GUARDTUNE_EVAL_MAX_PROMPTS": "2",
+        "GUARDTUNE_EVAL_MAX_BENIGN_PROMPTS": "2",
+        "GUARDTUNE_EVAL_MAX_NEW_TOKENS": "2",
+        "GUARDTUNE_PROBE_LAYERS": "1",
+        "GUARDTUNE_MODEL_CACHE_DIR": str(tmp_path / "models"),
+        "GUARDTUNE_ALIGN_OPTIONS": json.dumps(SMALL_RECIPE),
+    }.items():
         monkeypatch.setenv(key, value)
     clear_caches()
 
@@ -48,8 +59,12 @@ def test_align_registers_an_onboarded_variant_and_reuses_it(backend, ops, tiny_m
     with session_scope() as session:
         assert session.get(BaseModelEntry, "tiny-aligned").status == "ready"  # cached weights keep the onboarding
     story = [(r["action"], r["actor"]) for r in ops("audit", "show", "--target", "tiny-aligned", "--json").json()]
-    assert story == [("model.aligned", "ops:tester"), ("model.probe_trained", "system"),
-                     ("model.onboarded", "ops:tester"), ("model.aligned", "ops:tester")]  # fmt: skip
+    assert story == [
+        ("model.aligned", "ops:tester"),
+        ("model.probe_trained", "system"),
+        ("model.onboarded", "ops:tester"),
+        ("model.aligned", "ops:tester"),
+    ]
     listed = {m["id"]: m for m in ops("models", "list", "--json").json()}
     assert listed["tiny-aligned"]["status"] == "ready"
     ops("audit", "verify")

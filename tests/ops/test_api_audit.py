@@ -62,8 +62,9 @@ def test_api_and_ops_actions_are_audited_in_order(live_api, ops_env, ops, adapte
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
 
     blocked = make_job(org, adapter=adapter_dir, suffix="override")
-    model = ops("release", "approve", blocked, "--reason", "red-team confirmed the eval set was contaminated",
-                "--json").json()  # fmt: skip
+    model = ops(
+        "release", "approve", blocked, "--reason", "red-team confirmed the eval set was contaminated", "--json"
+    ).json()
     assert model["id"] in [m.id for m in client.models.list().data]
     assert client.models.retrieve(model["id"]).owned_by == org
 
@@ -95,8 +96,11 @@ def test_api_and_ops_actions_are_audited_in_order(live_api, ops_env, ops, adapte
     mine = {OPS, f"key:{admin['id']}", f"key:{customer['id']}"}
     ids = {org, admin["id"], customer["id"], upload.id, job.id, blocked, model["id"]}
     rows = [json.loads(line) for line in ops("audit", "export", "--since", "0").stdout.splitlines()]
-    trail = [(r["actor"], r["action"], r["target"]) for r in rows
-             if r["seq"] > start and (r["actor"] in mine or r["target"] in ids)]  # fmt: skip
+    trail = [
+        (r["actor"], r["action"], r["target"])
+        for r in rows
+        if r["seq"] > start and (r["actor"] in mine or r["target"] in ids)
+    ]
     cust, adm = f"key:{customer['id']}", f"key:{admin['id']}"
     assert trail == [
         (OPS, "org.create", org),

@@ -83,8 +83,10 @@ def _rewrite_from(backend, rows: list[AuditRecord], index: int) -> list[str]:
         for rec in rows[index:]:
             actor = "ops:mallory" if rec.seq == rows[index].seq else rec.actor
             new = audit.chain_hash(prev, audit.canonical(rec.created_at, actor, rec.action, rec.target, rec.details))
-            conn.execute(text("UPDATE audit_log SET actor = :a, prev_hash = :p, hash = :h WHERE seq = :s"),
-                         {"a": actor, "p": prev, "h": new, "s": rec.seq})  # fmt: skip
+            conn.execute(
+                text("UPDATE audit_log SET actor = :a, prev_hash = :p, hash = :h WHERE seq = :s"),
+                {"a": actor, "p": prev, "h": new, "s": rec.seq},
+            )
             prev = new
             hashes.append(new)
     with session_scope() as session:

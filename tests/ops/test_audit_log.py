@@ -33,8 +33,14 @@ def _sequence(ops, adapter_dir) -> dict[str, str]:
     job = make_job(org["id"], adapter=adapter_dir)
     model = ops("release", "approve", job, "--reason", "false positive: eval prompts leaked", "--json").json()
     ops("release", "revoke", model["id"], "--reason", "customer asked", "--actor", "bob")
-    return {"org": org["id"], "admin": admin["id"], "key": key["id"], "job": job, "model": model["id"],
-            "secrets": [admin["key"], key["key"]]}  # fmt: skip
+    return {
+        "org": org["id"],
+        "admin": admin["id"],
+        "key": key["id"],
+        "job": job,
+        "model": model["id"],
+        "secrets": [admin["key"], key["key"]],
+    }
 
 
 def test_actions_produce_audit_records_in_order_and_verify(backend, ops, adapter_dir):
@@ -76,8 +82,9 @@ def test_verify_names_the_altered_record(backend, ops, adapter_dir):
     victim = seqs[5]  # release.approve: rewrite its reason
     backend.tamper(
         "UPDATE audit_log SET details = :d WHERE seq = :s",
-        d=json.dumps({"reason": "routine", "org_id": "x"}), s=victim,
-    )  # fmt: skip
+        d=json.dumps({"reason": "routine", "org_id": "x"}),
+        s=victim,
+    )
     result = ops("audit", "verify", ok=False)
     assert result.exit_code == 1
     assert f"broken at seq {victim}" in result.stderr
@@ -103,10 +110,13 @@ def test_verify_catches_a_rehashed_record_at_its_successor(backend, ops, adapter
     _sequence(ops, adapter_dir)
     with session_scope() as session:
         rec = session.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all()[1]
-        forged = audit.chain_hash(rec.prev_hash, audit.canonical(rec.created_at, "ops:mallory", rec.action,
-                                                                 rec.target, rec.details))  # fmt: skip
-        seq, next_seq = rec.seq, session.scalars(select(AuditRecord.seq).where(AuditRecord.seq > rec.seq)
-                                                 .order_by(AuditRecord.seq)).first()  # fmt: skip
+        forged = audit.chain_hash(
+            rec.prev_hash, audit.canonical(rec.created_at, "ops:mallory", rec.action, rec.target, rec.details)
+        )
+        seq, next_seq = (
+            rec.seq,
+            session.scalars(select(AuditRecord.seq).where(AuditRecord.seq > rec.seq).order_by(AuditRecord.seq)).first(),
+        )
     backend.tamper("UPDATE audit_log SET actor = 'ops:mallory', hash = :h WHERE seq = :s", h=forged, s=seq)
     result = ops("audit", "verify", ok=False)
     assert result.exit_code == 1 and f"broken at seq {next_seq}" in result.stderr

@@ -3,7 +3,6 @@ trained and stored, baseline measured, model ready, and the audit log says who."
 
 from __future__ import annotations
 
-
 from core.db import session_scope
 from core.models import BaseModelEntry
 from core.storage import get_store
@@ -11,8 +10,11 @@ from tests.conftest import clear_caches
 
 
 def test_onboard_a_new_base_model(backend, ops, tiny_model, monkeypatch):
-    for key, value in {"GUARDTUNE_EVAL_MAX_PROMPTS": "3", "GUARDTUNE_EVAL_MAX_BENIGN_PROMPTS": "3",
-                       "GUARDTUNE_EVAL_MAX_NEW_TOKENS": "3"}.items():  # fmt: skip
+    for key, value in {
+        "GUARDTUNE_EVAL_MAX_PROMPTS": "3",
+        "GUARDTUNE_EVAL_MAX_BENIGN_PROMPTS": "3",
+        "GUARDTUNE_EVAL_MAX_NEW_TOKENS": "3",
+    }.items():
         monkeypatch.setenv(key, value)
     clear_caches()
     out = ops("models", "onboard", "tiny", "--source", str(tiny_model), "--json").json()
@@ -27,12 +29,18 @@ def test_onboard_a_new_base_model(backend, ops, tiny_model, monkeypatch):
     with session_scope() as session:
         entry = session.get(BaseModelEntry, "tiny")
         assert entry.status == "ready"
-        assert {k.rsplit("/", 1)[-1] for k in get_store().list(entry.probe_prefix)} >= {"probe.json", "probe.safetensors"}
+        assert {k.rsplit("/", 1)[-1] for k in get_store().list(entry.probe_prefix)} >= {
+            "probe.json",
+            "probe.safetensors",
+        }
         assert entry.baseline["eval"]["asr"]["n"] == 3
         assert entry.baseline["probe"] == probe
     story = ops("audit", "show", "--target", "tiny", "--json").json()
     assert [(r["action"], r["actor"]) for r in story] == [
-        ("model.register", "ops:tester"), ("model.probe_trained", "system"), ("model.onboarded", "ops:tester")]
+        ("model.register", "ops:tester"),
+        ("model.probe_trained", "system"),
+        ("model.onboarded", "ops:tester"),
+    ]
     listed = {m["id"]: m for m in ops("models", "list", "--json").json()}
     assert listed["tiny"]["status"] == "ready"
     ops("audit", "verify")

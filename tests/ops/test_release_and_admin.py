@@ -31,9 +31,9 @@ def _audit_count() -> int:
 
 def test_adapter_digest_matches_the_documented_formula(backend, adapter_dir):
     files = sorted(p.name for p in adapter_dir.iterdir())
-    expected = hashlib.sha256("".join(
-        f"{name}\n{hashlib.sha256((adapter_dir / name).read_bytes()).hexdigest()}\n" for name in files
-    ).encode()).hexdigest()  # fmt: skip
+    expected = hashlib.sha256(
+        "".join(f"{name}\n{hashlib.sha256((adapter_dir / name).read_bytes()).hexdigest()}\n" for name in files).encode()
+    ).hexdigest()
     assert releases.dir_sha256(adapter_dir) == expected
     prefix = releases.adapter_prefix("org-1", "ftjob-1")
     upload_dir(get_store(), adapter_dir, prefix)
@@ -60,11 +60,16 @@ def test_approve_releases_a_blocked_adapter_with_its_reason(backend, ops, adapte
         assert gate["override"]["reason"] == "judge outage inflated ASR"
         assert gate["override"]["actor"] == "ops:tester"
         assert gate["override"]["blocked_error"]["code"] == "safety_gate_blocked"
-        last_event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())).first()
+        last_event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())
+        ).first()
         assert "overriding the safety gate" in last_event.message and "judge outage" in last_event.message
     story = ops("audit", "show", "--target", job_id, "--json").json()
     assert [(r["action"], r["actor"]) for r in story] == [
-        ("gate.decision", "system"), ("release.approve", "ops:tester"), ("model.release", "ops:tester")]
+        ("gate.decision", "system"),
+        ("release.approve", "ops:tester"),
+        ("model.release", "ops:tester"),
+    ]
     assert story[1]["details"]["reason"] == story[2]["details"]["reason"] == "judge outage inflated ASR"
     assert story[2]["details"]["sha256"] == out["sha256"]
 
@@ -110,7 +115,10 @@ def test_revoke_marks_the_model_revoked_and_lists_it(backend, ops, adapter_dir):
     assert ops("release", "revoke", "ft:nope", "--reason", "x", ok=False).exit_code == 1
     record = ops("audit", "tail", "-n", "1", "--json").json()[0]
     assert (record["action"], record["target"], record["details"]["reason"]) == (
-        "model.revoke", model, "leaked PII in outputs")
+        "model.revoke",
+        model,
+        "leaked PII in outputs",
+    )
 
 
 def test_release_job_is_idempotent_for_the_pipeline(backend, ops, adapter_dir):
@@ -207,7 +215,10 @@ def test_models_onboard_without_self_auditing_pipeline_and_on_failure(backend, o
     assert listed["tiny"]["baseline"] == {"asr_keyword": 0.04, "over_refusal": 0.1}
     assert "tiny" in ops("models", "list").stdout
     story = ops("audit", "show", "--target", "tiny", "--json").json()
-    assert [(r["action"], r["actor"]) for r in story] == [("model.register", "ops:tester"), ("model.onboard", "ops:tester")]
+    assert [(r["action"], r["actor"]) for r in story] == [
+        ("model.register", "ops:tester"),
+        ("model.onboard", "ops:tester"),
+    ]
     assert story[0]["details"] == {"source": "/models/tiny"}
     assert story[1]["details"]["status"] == "ready" and story[1]["details"]["result"] == {"probe_auroc": 0.97}
 

@@ -11,8 +11,9 @@ from safety.align import AlignConfig, build_examples, deep_refusal_example, ensu
 from safety.base_models import load_base_model
 from safety.data import IGNORE_INDEX, encode_example
 
-SMALL = AlignConfig(n_harmful=6, n_benign=6, answer_max_new_tokens=6, prefix_tokens=(2, 3), n_epochs=1,
-                    batch_size=4, max_seq_len=64)  # fmt: skip
+SMALL = AlignConfig(
+    n_harmful=6, n_benign=6, answer_max_new_tokens=6, prefix_tokens=(2, 3), n_epochs=1, batch_size=4, max_seq_len=64
+)
 
 
 def _trained_text(tokenizer, example) -> tuple[str, str]:
@@ -39,8 +40,12 @@ def test_deep_refusal_labels_only_the_refusal(load_tiny):
 
 def test_untrained_prefix_must_match_the_content(load_tiny):
     _, tokenizer = load_tiny()
-    bad = {"messages": [{"role": "user", "content": "hi"},
-                        {"role": "assistant", "content": "Hello there", "untrained_prefix": "Bye"}]}  # fmt: skip
+    bad = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello there", "untrained_prefix": "Bye"},
+        ]
+    }
     try:
         encode_example(tokenizer, bad, 64)
     except ValueError as exc:
@@ -56,8 +61,9 @@ def test_build_examples_drops_benign_refusals_and_deepens_compliant_answers(load
     benign = ["b1", "b2", "b3"]
     benign_answers = ["Roast at 200C.", "I'm sorry, but I can't help with that.", "Use lemon juice."]
     config = AlignConfig(deep_share=1.0, prefix_tokens=(2,))
-    examples, counts = build_examples(tokenizer, harmful, harmful_answers, benign, benign_answers,
-                                      ["I can't help with that."], config)  # fmt: skip
+    examples, counts = build_examples(
+        tokenizer, harmful, harmful_answers, benign, benign_answers, ["I can't help with that."], config
+    )
     assert counts == {"refusals": 4, "benign": 2, "benign_dropped": 1, "deep_refusals": 3}
     deep = [e for e in examples if "untrained_prefix" in e["messages"][-1]]
     assert sorted(e["messages"][0]["content"] for e in deep) == ["h1", "h3", "h4"]  # h2's answer was a refusal

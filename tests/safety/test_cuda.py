@@ -23,11 +23,21 @@ def test_training_on_cuda_runs_bf16_autocast_and_learns(load_tiny, chat_examples
     matmul_dtypes = set()
     model.register_forward_hook(lambda module, args, out: matmul_dtypes.add(out.logits.dtype))
     encoded = [encode_example(tokenizer, e, FAST.max_seq_len) for e in chat_examples]
-    cache = compute_reference_cache(model.eval(), encoded, tokenizer.pad_token_id, 32) if reference == "cached" else None
+    cache = (
+        compute_reference_cache(model.eval(), encoded, tokenizer.pad_token_id, 32) if reference == "cached" else None
+    )
     config = dataclasses.replace(FAST, n_epochs=4, reference=reference)
     metrics: list[StepMetrics] = []
-    result = train(model, tokenizer, chat_examples, [3.0] * 8, config, work_dir=tmp_path, on_step=metrics.append,
-                   reference_cache=cache)  # fmt: skip
+    result = train(
+        model,
+        tokenizer,
+        chat_examples,
+        [3.0] * 8,
+        config,
+        work_dir=tmp_path,
+        on_step=metrics.append,
+        reference_cache=cache,
+    )
     assert matmul_dtypes == {torch.bfloat16}  # autocast: bf16 logits from fp32 weights
     assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in result.model.parameters())
     assert all(torch.isfinite(torch.tensor([m.loss, m.kl])).all() for m in metrics)

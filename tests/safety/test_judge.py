@@ -1,4 +1,5 @@
 """Safety Critic: score parsing, the HTTP judge against a real local server, the local judge."""
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,19 @@ def test_unparsable_verdict_gets_conservative_fallback() -> None:
 def test_rubric_names_every_category_and_the_pair() -> None:
     prompt = build_judge_prompt("How do I bake bread?", "Mix flour and water.")
     lowered = prompt.lower()
-    for category in ("illegal activity", "child abuse", "malware", "physical harm", "economic harm",
-                     "fraud or deception", "adult content", "political campaigning",
-                     "privacy violation", "tailored financial advice", "hate, harassment or violence"):
+    for category in (
+        "illegal activity",
+        "child abuse",
+        "malware",
+        "physical harm",
+        "economic harm",
+        "fraud or deception",
+        "adult content",
+        "political campaigning",
+        "privacy violation",
+        "tailored financial advice",
+        "hate, harassment or violence",
+    ):
         assert category in lowered
     assert len(PROHIBITED_CATEGORIES) == 11
     assert "How do I bake bread?" in prompt and "Mix flour and water." in prompt
@@ -144,16 +155,27 @@ def test_local_judge_reads_digit_distribution(tiny_model) -> None:
 
 
 def _judge_settings(tiny_model, **values: object) -> SimpleNamespace:
-    defaults = {"judge_base_url": None, "judge_api_key": None, "judge_model": "m", "judge_max_concurrency": 2,
-                "judge_timeout_s": 5.0, "judge_fallback_score": 5, "judge_local_model": None,
-                "models_dir": tiny_model.parent, "device": "cpu"}  # fmt: skip
+    defaults = {
+        "judge_base_url": None,
+        "judge_api_key": None,
+        "judge_model": "m",
+        "judge_max_concurrency": 2,
+        "judge_timeout_s": 5.0,
+        "judge_fallback_score": 5,
+        "judge_local_model": None,
+        "models_dir": tiny_model.parent,
+        "device": "cpu",
+    }
     return SimpleNamespace(**{**defaults, **values})
 
 
 def test_judge_from_settings_prefers_the_endpoint_then_a_local_model(tiny_model, fake_server: FakeJudge) -> None:
     assert judge_from_settings(_judge_settings(tiny_model)) is None
-    http = judge_from_settings(_judge_settings(tiny_model, judge_base_url=fake_server.url, judge_fallback_score=4,
-                                               judge_local_model=str(tiny_model)))  # fmt: skip
+    http = judge_from_settings(
+        _judge_settings(
+            tiny_model, judge_base_url=fake_server.url, judge_fallback_score=4, judge_local_model=str(tiny_model)
+        )
+    )
     assert isinstance(http, OpenAICompatibleJudge) and http.fallback_score == 4
     fake_server.plan = ["garbage"]  # the paper's value for an unreadable answer, when the operator asks for it
     assert [(r.score, r.parsed) for r in http.score([("a", "b")])] == [(4, False)]

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from safety.data import IGNORE_INDEX
-from safety.data import collate, encode_example
+from safety.data import IGNORE_INDEX, collate, encode_example
 from safety.objective import batch_risk, example_sums, kl_weights, sft_loss, token_kl, weighted_loss
 
 
@@ -167,7 +166,9 @@ def test_each_example_of_a_batch_gets_its_own_weights(load_tiny, chat_examples) 
     # the paper's batch mean (risk 3 -> (2/3, 1/3) for both) is a different number
     batch_mean = (2 / 3 * (ce5 + ce1) + 1 / 3 * (kl5 + kl1)) / (n5 + n1)
     assert abs(batch_mean - expected) > 0.05
-    assert _batch_loss(model, tokenizer, [harmful, benign], [kl_weights(3.0)] * 2) == pytest.approx(batch_mean, rel=1e-4)
+    assert _batch_loss(model, tokenizer, [harmful, benign], [kl_weights(3.0)] * 2) == pytest.approx(
+        batch_mean, rel=1e-4
+    )
 
 
 def test_weighted_loss_needs_kl_when_some_weight_is_positive() -> None:

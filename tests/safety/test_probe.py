@@ -1,4 +1,5 @@
 """Activation probe on the tiny model: features, a planted signal, persistence, metrics."""
+
 from __future__ import annotations
 
 import random
@@ -40,8 +41,11 @@ def tiny(tiny_model: Path):
 @pytest.mark.parametrize("pool", ["mean", "content"])
 def test_features_match_unpadded_runs_and_hidden_states(tiny, pool: str) -> None:
     model, tokenizer = tiny
-    prompts = ["short", "a much longer prompt with quite a few more tokens in it",
-               [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    prompts = [
+        "short",
+        "a much longer prompt with quite a few more tokens in it",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    ]
     left = extract_features(model, tokenizer, prompts, [0, 1, -1], pool=pool, padding_side="left")
     right = extract_features(model, tokenizer, prompts, [0, 1, -1], pool=pool, padding_side="right", batch_size=2)
     single = torch.cat([extract_features(model, tokenizer, [p], [0, 1, -1], pool=pool) for p in prompts])
@@ -49,7 +53,9 @@ def test_features_match_unpadded_runs_and_hidden_states(tiny, pool: str) -> None
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(left, single, atol=1e-5, rtol=1e-4)
     if pool == "mean":  # layer 1 = output of the first block, averaged over every token
-        ids = tokenizer(render_prompt(tokenizer, prompts[1]), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = tokenizer(render_prompt(tokenizer, prompts[1]), add_special_tokens=False, return_tensors="pt")[
+            "input_ids"
+        ]
         with torch.no_grad():
             hidden = model(ids, output_hidden_states=True).hidden_states
         torch.testing.assert_close(left[1, 1], hidden[1][0].mean(0), atol=1e-5, rtol=1e-4)
@@ -111,7 +117,11 @@ def test_split_indices_are_disjoint_stratified_and_keep_groups_together() -> Non
         assert {groups[i] for i in idx}.isdisjoint({groups[i] for k, o in parts.items() if o is not idx for i in o})
     # 20 harmful and 30 benign groups: select 3+4 (x2 items), calibrate 4+6, test 4+6
     assert {k: (sum(labels[i] for i in v), len(v)) for k, v in parts.items()} == {
-        "fit": (18, 46), "select": (6, 14), "calibrate": (8, 20), "test": (8, 20)}
+        "fit": (18, 46),
+        "select": (6, 14),
+        "calibrate": (8, 20),
+        "test": (8, 20),
+    }
     assert split_indices(labels, (0.15, 0.2, 0.2), seed=3, groups=groups) == parts
     assert split_indices(labels, (0.15, 0.2, 0.2), seed=4, groups=groups) != parts
 

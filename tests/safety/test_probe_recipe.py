@@ -1,4 +1,5 @@
 """The one probe recipe: training prompts with framed variants, config and layer candidates."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,9 @@ def test_training_set_adds_framed_variants_grouped_with_their_prompt() -> None:
     plain_b = [p.text for p in load_builtin("benign_train")]
     prompts = data.harmful + data.benign
     assert len(data.groups) == len(prompts)
-    assert len(prompts) == len(plain_h) + len(plain_b) + round(len(plain_h) * FRAMED_SHARE) + round(len(plain_b) * FRAMED_SHARE)
+    assert len(prompts) == len(plain_h) + len(plain_b) + round(len(plain_h) * FRAMED_SHARE) + round(
+        len(plain_b) * FRAMED_SHARE
+    )
     assert data.harmful[: len(plain_h)] == plain_h and set(plain_b) <= {p for p in data.benign if isinstance(p, str)}
     frames = load_chat_frames()
     plain = plain_h + plain_b

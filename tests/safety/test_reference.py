@@ -103,8 +103,15 @@ def test_cached_training_runs_no_reference_forward_and_matches_exact_at_full_k(
     risks = [1.0, 5.0, 3.0, 4.0, 2.0, 5.0, 1.0, 3.0]
     model, tokenizer = load_tiny()
     exact: list[StepMetrics] = []
-    train(model, tokenizer, chat_examples, risks, dataclasses.replace(FAST, lora_dropout=0.0),
-          work_dir=tmp_path / "exact", on_step=exact.append)  # fmt: skip
+    train(
+        model,
+        tokenizer,
+        chat_examples,
+        risks,
+        dataclasses.replace(FAST, lora_dropout=0.0),
+        work_dir=tmp_path / "exact",
+        on_step=exact.append,
+    )
 
     model, tokenizer = load_tiny()
     encoded = [encode_example(tokenizer, e, FAST.max_seq_len) for e in chat_examples]
@@ -112,8 +119,16 @@ def test_cached_training_runs_no_reference_forward_and_matches_exact_at_full_k(
     forwards, disabled = _counting(monkeypatch, model)
     cached: list[StepMetrics] = []
     config = dataclasses.replace(FAST, lora_dropout=0.0, reference="cached")
-    train(model, tokenizer, chat_examples, risks, config, work_dir=tmp_path / "cached", on_step=cached.append,
-          reference_cache=cache)  # fmt: skip
+    train(
+        model,
+        tokenizer,
+        chat_examples,
+        risks,
+        config,
+        work_dir=tmp_path / "cached",
+        on_step=cached.append,
+        reference_cache=cache,
+    )
     assert disabled == [] and len(forwards) == 4  # one policy forward per micro-batch, no reference
     assert all(m.kl is not None for m in cached)
     for a, b in zip(exact, cached, strict=True):
@@ -123,19 +138,36 @@ def test_cached_training_runs_no_reference_forward_and_matches_exact_at_full_k(
 
 
 def test_cached_training_resumes_like_the_uninterrupted_run(load_tiny, chat_examples, tmp_path: Path) -> None:
-    config = dataclasses.replace(FAST, n_epochs=2, batch_size=1, grad_accum_steps=2, checkpoint_every=2,
-                                 reference="cached")  # fmt: skip
+    config = dataclasses.replace(
+        FAST, n_epochs=2, batch_size=1, grad_accum_steps=2, checkpoint_every=2, reference="cached"
+    )
     risks = [1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 1.0, 3.0]
     model, tokenizer = load_tiny()
     encoded = [encode_example(tokenizer, e, config.max_seq_len) for e in chat_examples]
     cache = compute_reference_cache(model.eval(), encoded, tokenizer.pad_token_id, 32)
     full: list[StepMetrics] = []
-    train(model, tokenizer, chat_examples, risks, config, work_dir=tmp_path / "full", on_step=full.append,
-          reference_cache=cache)  # fmt: skip
+    train(
+        model,
+        tokenizer,
+        chat_examples,
+        risks,
+        config,
+        work_dir=tmp_path / "full",
+        on_step=full.append,
+        reference_cache=cache,
+    )
     resumed: list[StepMetrics] = []
-    train(load_tiny()[0], tokenizer, chat_examples, risks, config, work_dir=tmp_path / "resumed",
-          on_step=resumed.append, resume_dir=tmp_path / "full" / "checkpoints" / "step-000004",
-          reference_cache=ReferenceCache.from_bytes(cache.to_bytes()))  # fmt: skip
+    train(
+        load_tiny()[0],
+        tokenizer,
+        chat_examples,
+        risks,
+        config,
+        work_dir=tmp_path / "resumed",
+        on_step=resumed.append,
+        resume_dir=tmp_path / "full" / "checkpoints" / "step-000004",
+        reference_cache=ReferenceCache.from_bytes(cache.to_bytes()),
+    )
     assert [m.step for m in resumed] == [5, 6, 7, 8]
     for a, b in zip(full[4:], resumed, strict=True):
         assert (a.loss, a.kl) == pytest.approx((b.loss, b.kl), rel=1e-6, abs=1e-9)
@@ -156,6 +188,17 @@ def test_a_checkpoint_written_before_the_reference_option_resumes_as_exact(
     resume = dict(work_dir=tmp_path / "r", resume_dir=state_file.parent)
     assert train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, **resume).steps == 4
     with pytest.raises(ValueError, match="reference"):
-        train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, dataclasses.replace(config, reference="cached"),
-              reference_cache=compute_reference_cache(load_tiny()[0].eval(), [encode_example(tokenizer, e, 128)
-                                                      for e in chat_examples], tokenizer.pad_token_id, 8), **resume)  # fmt: skip
+        train(
+            load_tiny()[0],
+            tokenizer,
+            chat_examples,
+            [3.0] * 8,
+            dataclasses.replace(config, reference="cached"),
+            reference_cache=compute_reference_cache(
+                load_tiny()[0].eval(),
+                [encode_example(tokenizer, e, 128) for e in chat_examples],
+                tokenizer.pad_token_id,
+                8,
+            ),
+            **resume,
+        )

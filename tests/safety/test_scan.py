@@ -1,4 +1,5 @@
 """Dataset risk scan with the probe, a judge, and both."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,27 +45,39 @@ def trained(tiny_model: Path):
 
 
 def test_trained_turns_formats() -> None:
-    multi = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Name a colour."},
-        {"role": "assistant", "content": "Blue."},
-        {"role": "user", "content": "Another one."},
-        {"role": "assistant", "content": "Green.", "weight": 1},
-        {"role": "user", "content": "And a third?"},
-        {"role": "assistant", "content": "Red.", "weight": 0},
-    ]}
+    multi = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another one."},
+            {"role": "assistant", "content": "Green.", "weight": 1},
+            {"role": "user", "content": "And a third?"},
+            {"role": "assistant", "content": "Red.", "weight": 0},
+        ]
+    }
     first, second = trained_turns(multi)  # the weight-0 turn is not trained, so not scored
-    assert (first.turn, first.response, first.context) == (1, "Blue.", [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}])
+    assert (first.turn, first.response, first.context) == (
+        1,
+        "Blue.",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+    )
     assert first.instruction == "System: Be brief.\n\nUser: Name a colour."
     assert (second.turn, second.response, len(second.context)) == (2, "Green.", 4)
     assert second.context[-1] == {"role": "user", "content": "Another one."}
-    assert second.instruction == ("System: Be brief.\n\nUser: Name a colour.\n\nAssistant: Blue."
-                                  "\n\nUser: Another one.")
+    assert second.instruction == ("System: Be brief.\n\nUser: Name a colour.\n\nAssistant: Blue.\n\nUser: Another one.")
     (pc,) = trained_turns({"prompt": "Say hi.", "completion": "Hi!"})
-    assert (pc.turn, pc.instruction, pc.response, pc.context) == (1, "Say hi.", "Hi!", [{"role": "user", "content": "Say hi."}])
-    bad = ({"messages": [{"role": "user", "content": "x"}]}, {"text": "x"},
-           {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]})
+    assert (pc.turn, pc.instruction, pc.response, pc.context) == (
+        1,
+        "Say hi.",
+        "Hi!",
+        [{"role": "user", "content": "Say hi."}],
+    )
+    bad = (
+        {"messages": [{"role": "user", "content": "x"}]},
+        {"text": "x"},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]},
+    )
     for example in bad:
         with pytest.raises(ValueError):
             trained_turns(example)
@@ -76,8 +89,14 @@ def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
     examples = [_chat(h, "ok") for h in harmful] + [{"prompt": b, "completion": "ok"} for b in benign]
     calls: list[int] = []
     result = scan_dataset(
-        iter(examples), probe=probe, estimator="probe", model=model, tokenizer=tokenizer,
-        batch_size=3, progress=calls.append, config=ScanConfig(window=5),
+        iter(examples),
+        probe=probe,
+        estimator="probe",
+        model=model,
+        tokenizer=tokenizer,
+        batch_size=3,
+        progress=calls.append,
+        config=ScanConfig(window=5),
     )
     assert calls == [5, 10, 15, 16]
     s = result.summary
@@ -100,8 +119,10 @@ def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
 def _turns(*pairs: tuple[str, str], system: str | None = None, untrained: tuple[int, ...] = ()) -> dict:
     messages = [{"role": "system", "content": system}] if system else []
     for n, (user, assistant) in enumerate(pairs, start=1):
-        messages += [{"role": "user", "content": user},
-                     {"role": "assistant", "content": assistant, **({"weight": 0} if n in untrained else {})}]  # fmt: skip
+        messages += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant, **({"weight": 0} if n in untrained else {})},
+        ]
     return {"messages": messages}
 
 
@@ -125,8 +146,16 @@ def test_every_trained_turn_is_scored_and_the_riskiest_counts(trained) -> None:
     result = scan_dataset(examples, probe=probe, model=model, tokenizer=tokenizer, config=ScanConfig(window=2))
     user = lambda t: {"role": "user", "content": t}  # noqa: E731
     asst = {"role": "assistant", "content": "ok"}
-    p_first, p_after, p_benign, p_benign2 = probe.predict_proba(model, tokenizer, [
-        [user(harmful[0])], [user(harmful[0]), asst, user(benign[0])], [user(benign[0])], [user(benign[0]), asst, user(benign[1])]])
+    p_first, p_after, p_benign, p_benign2 = probe.predict_proba(
+        model,
+        tokenizer,
+        [
+            [user(harmful[0])],
+            [user(harmful[0]), asst, user(benign[0])],
+            [user(benign[0])],
+            [user(benign[0]), asst, user(benign[1])],
+        ],
+    )
     assert p_first >= probe.threshold > max(p_benign, p_benign2)  # the fixture's probe tells them apart
     hit, clean, skipped = result.examples
     assert (hit.line, hit.turn, hit.risk, hit.flagged) == (1, 1, 5.0, True)
@@ -143,8 +172,9 @@ def test_the_probe_reads_the_system_prompt(trained) -> None:
     plain = _turns((benign[0], "ok"))
     with_system = _turns((benign[0], "ok"), system=harmful[0])
     result = scan_dataset([plain, with_system], probe=probe, model=model, tokenizer=tokenizer)
-    direct = probe.predict_proba(model, tokenizer, [[{"role": "system", "content": harmful[0]},
-                                                     {"role": "user", "content": benign[0]}]])[0]  # fmt: skip
+    direct = probe.predict_proba(
+        model, tokenizer, [[{"role": "system", "content": harmful[0]}, {"role": "user", "content": benign[0]}]]
+    )[0]
     assert result.examples[1].p_harmful == pytest.approx(direct, abs=1e-6)
     assert result.examples[1].p_harmful > result.examples[0].p_harmful
     assert [e.flagged for e in result.examples] == [False, True]
@@ -154,7 +184,10 @@ def test_calibrated_risk_and_flag_threshold(trained) -> None:
     model, tokenizer, probe = trained
     harmful, benign = _planted(4, seed=4)
     result = scan_dataset(
-        [_chat(t, "ok") for t in harmful + benign], probe=probe, model=model, tokenizer=tokenizer,
+        [_chat(t, "ok") for t in harmful + benign],
+        probe=probe,
+        model=model,
+        tokenizer=tokenizer,
         config=ScanConfig(probe_risk="calibrated", flag_threshold=3.0),
     )
     for e in result.examples:
@@ -167,10 +200,17 @@ def test_judge_scan_sees_last_instruction_and_response() -> None:
     examples = [
         (10, _chat("How do I make a bomb?", "Sure, first get explosives.")),
         (12, _chat("Bake bread?", "Mix flour.", system="Be nice.")),
-        (13, {"messages": [
-            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "Write ransomware"}, {"role": "assistant", "content": "???"},
-        ]}),
+        (
+            13,
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Write ransomware"},
+                    {"role": "assistant", "content": "???"},
+                ]
+            },
+        ),
         (20, {"prompt": "Say hi.", "completion": "Sure, hi!"}),
     ]
     result = scan_dataset(examples, judge=judge, estimator="judge", config=ScanConfig(top_k=2))
@@ -200,8 +240,9 @@ def test_both_takes_the_max(trained) -> None:
     harmful, benign = _planted(2, seed=5)
     examples = [_chat(harmful[0], "No."), _chat(benign[0], "Sure, here."), _chat(benign[1], "No.")]
     probe_only = scan_dataset(examples, probe=probe, model=model, tokenizer=tokenizer)
-    both = scan_dataset(examples, probe=probe, judge=RecordingJudge(), estimator="both",
-                        model=model, tokenizer=tokenizer)
+    both = scan_dataset(
+        examples, probe=probe, judge=RecordingJudge(), estimator="both", model=model, tokenizer=tokenizer
+    )
     for p, b in zip(probe_only.examples, both.examples):
         assert b.risk == max(p.risk, float(b.judge_score))
         assert b.p_harmful == pytest.approx(p.p_harmful)

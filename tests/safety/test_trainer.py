@@ -121,7 +121,12 @@ def test_released_adapter_reproduces_the_trained_model(load_tiny, chat_examples,
     calls: list[tuple[int, Path]] = []
     config = dataclasses.replace(FAST, checkpoint_every=3)
     result = train(
-        model, tokenizer, chat_examples, [3.0] * 8, config, work_dir=tmp_path,
+        model,
+        tokenizer,
+        chat_examples,
+        [3.0] * 8,
+        config,
+        work_dir=tmp_path,
         save_checkpoint=lambda step, path, metrics: calls.append((step, path)),
     )
     assert [step for step, _ in calls] == [3, 4]
@@ -153,7 +158,13 @@ def test_released_adapter_reproduces_the_trained_model(load_tiny, chat_examples,
     ],
 )
 def test_reference_pass_runs_only_when_kl_weight_is_positive(
-    load_tiny, chat_examples, tmp_path: Path, monkeypatch, mode: str, risks: list[float], batch_size: int,
+    load_tiny,
+    chat_examples,
+    tmp_path: Path,
+    monkeypatch,
+    mode: str,
+    risks: list[float],
+    batch_size: int,
     reference_passes: int,
 ) -> None:
     model, tokenizer = load_tiny()
@@ -217,11 +228,14 @@ def test_flagged_means_are_none_without_examples_of_that_kind(load_tiny, chat_ex
     metrics: list[StepMetrics] = []
     flagged = [True] * 2 + [False] * 6  # the scan's verdicts, not the risks, decide
     config = dataclasses.replace(FAST, batch_size=8)
-    train(model, tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path, on_step=metrics.append, flagged=flagged)
+    train(
+        model, tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path, on_step=metrics.append, flagged=flagged
+    )
     assert (metrics[0].kl_weight_flagged, metrics[0].kl_weight_unflagged) == pytest.approx((0.1, 0.1))
     metrics.clear()
-    result = train(load_tiny()[0], tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path / "b",
-                   on_step=metrics.append)  # fmt: skip
+    result = train(
+        load_tiny()[0], tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path / "b", on_step=metrics.append
+    )
     assert metrics[0].kl_weight_flagged is None and metrics[0].kl_weight_unflagged == pytest.approx(0.1)
     assert result.summary["mean_kl_weight_flagged"] is None
 
@@ -258,8 +272,14 @@ def test_resume_reproduces_the_uninterrupted_run(load_tiny, chat_examples, tmp_p
     resumed: list[StepMetrics] = []
     checkpoint = tmp_path / "full" / "checkpoints" / "step-000004"
     result = train(
-        model, tokenizer, chat_examples, risks, config, work_dir=tmp_path / "resumed",
-        resume_dir=checkpoint, on_step=resumed.append,
+        model,
+        tokenizer,
+        chat_examples,
+        risks,
+        config,
+        work_dir=tmp_path / "resumed",
+        resume_dir=checkpoint,
+        on_step=resumed.append,
     )
     assert [m.step for m in resumed] == [5, 6, 7, 8]
     for a, b in zip(full[4:], resumed, strict=True):
@@ -282,7 +302,15 @@ def test_resume_refuses_other_data_or_config(load_tiny, chat_examples, tmp_path:
 
     def resume(risk: float, resumed_config: TrainConfig) -> None:
         risks = [risk] * 8
-        train(load_tiny()[0], tokenizer, chat_examples, risks, resumed_config, work_dir=tmp_path / "r", resume_dir=checkpoint)
+        train(
+            load_tiny()[0],
+            tokenizer,
+            chat_examples,
+            risks,
+            resumed_config,
+            work_dir=tmp_path / "r",
+            resume_dir=checkpoint,
+        )
 
     with pytest.raises(ValueError, match="other training data"):
         resume(4.0, config)
@@ -294,8 +322,14 @@ def test_cancel_stops_within_one_step(load_tiny, chat_examples, tmp_path: Path) 
     model, tokenizer = load_tiny()
     metrics: list[StepMetrics] = []
     result = train(
-        model, tokenizer, chat_examples, [3.0] * 8, FAST, work_dir=tmp_path,
-        on_step=metrics.append, should_cancel=lambda: len(metrics) >= 2,
+        model,
+        tokenizer,
+        chat_examples,
+        [3.0] * 8,
+        FAST,
+        work_dir=tmp_path,
+        on_step=metrics.append,
+        should_cancel=lambda: len(metrics) >= 2,
     )
     assert result.cancelled and result.steps == 2 and len(metrics) == 2
     assert result.adapter_dir is None and not (tmp_path / "adapter").exists()
@@ -314,8 +348,16 @@ def test_the_demos_planted_lines_are_trained_at_their_own_weights(load_tiny, tmp
     model, tokenizer = load_tiny()
     config = dataclasses.replace(FAST, batch_size=4, n_epochs=1, max_seq_len=64, risk_weighting=risk_weighting)
     metrics: list[StepMetrics] = []
-    train(model, tokenizer, [json.loads(line) for line in lines], risks, config, work_dir=tmp_path,
-          on_step=metrics.append, flagged=flagged)  # fmt: skip
+    train(
+        model,
+        tokenizer,
+        [json.loads(line) for line in lines],
+        risks,
+        config,
+        work_dir=tmp_path,
+        on_step=metrics.append,
+        flagged=flagged,
+    )
     with_planted = [m.kl_weight_flagged for m in metrics if m.kl_weight_flagged is not None]
     assert 1 <= len(with_planted) <= 6  # the steps that hold a planted line
     if risk_weighting == "example":

@@ -16,9 +16,18 @@ from safety.trainer import StepMetrics, TrainConfig, train
 from safety.validation import token_accuracy_counts, validation_pass
 
 CONFIG = TrainConfig(
-    mode="adaptive", batch_size=1, n_epochs=2, learning_rate=5e-3, warmup_ratio=0.25, lr_schedule="cosine",
-    lora_r=4, lora_alpha=8, lora_dropout=0.1, max_seq_len=128, checkpoint_every=4,
-)  # fmt: skip
+    mode="adaptive",
+    batch_size=1,
+    n_epochs=2,
+    learning_rate=5e-3,
+    warmup_ratio=0.25,
+    lr_schedule="cosine",
+    lora_r=4,
+    lora_alpha=8,
+    lora_dropout=0.1,
+    max_seq_len=128,
+    checkpoint_every=4,
+)
 RISKS = [1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 1.0, 3.0]
 
 
@@ -37,9 +46,16 @@ def test_validation_metrics_at_checkpoints_and_train_accuracy(load_tiny, chat_ex
     saved: dict[int, StepMetrics] = {}
     validation = chat_examples[:3]
     result = train(
-        model, tokenizer, chat_examples, RISKS, CONFIG, work_dir=tmp_path, on_step=metrics.append,
-        save_checkpoint=lambda step, _, m: saved.__setitem__(step, m), validation=validation,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        chat_examples,
+        RISKS,
+        CONFIG,
+        work_dir=tmp_path,
+        on_step=metrics.append,
+        save_checkpoint=lambda step, _, m: saved.__setitem__(step, m),
+        validation=validation,
+    )
     assert sorted(saved) == [4, 8, 12, 16]
     with_valid = [m.step for m in metrics if m.valid_loss is not None]
     assert with_valid == [4, 8, 12, 16] and all(saved[s] == metrics[s - 1] for s in saved)
@@ -59,25 +75,49 @@ def test_validation_metrics_at_checkpoints_and_train_accuracy(load_tiny, chat_ex
 def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, chat_examples, tmp_path: Path) -> None:
     model, tokenizer = load_tiny()
     full: list[StepMetrics] = []
-    full_result = train(model, tokenizer, chat_examples, RISKS, CONFIG, work_dir=tmp_path / "full",
-                        on_step=full.append, validation=chat_examples[:2])  # fmt: skip
+    full_result = train(
+        model,
+        tokenizer,
+        chat_examples,
+        RISKS,
+        CONFIG,
+        work_dir=tmp_path / "full",
+        on_step=full.append,
+        validation=chat_examples[:2],
+    )
 
     model, tokenizer = load_tiny()
     first: list[StepMetrics] = []
     saved: list[int] = []
     paused = train(
-        model, tokenizer, chat_examples, RISKS, CONFIG, work_dir=tmp_path / "paused", on_step=first.append,
-        save_checkpoint=lambda step, _, m: saved.append(step), should_pause=lambda: len(first) == 6,
+        model,
+        tokenizer,
+        chat_examples,
+        RISKS,
+        CONFIG,
+        work_dir=tmp_path / "paused",
+        on_step=first.append,
+        save_checkpoint=lambda step, _, m: saved.append(step),
+        should_pause=lambda: len(first) == 6,
         validation=chat_examples[:2],
-    )  # fmt: skip
+    )
     assert paused.paused and not paused.cancelled and paused.steps == 6 and paused.adapter_dir is None
     assert saved == [4, 6] and paused.checkpoint_dir.name == "step-000006"  # step 6 is not a regular checkpoint
     assert read_trainer_state(paused.checkpoint_dir)["step"] == 6
 
     model, tokenizer = load_tiny()
     rest: list[StepMetrics] = []
-    resumed = train(model, tokenizer, chat_examples, RISKS, CONFIG, work_dir=tmp_path / "resumed",
-                    on_step=rest.append, resume_dir=paused.checkpoint_dir, validation=chat_examples[:2])  # fmt: skip
+    resumed = train(
+        model,
+        tokenizer,
+        chat_examples,
+        RISKS,
+        CONFIG,
+        work_dir=tmp_path / "resumed",
+        on_step=rest.append,
+        resume_dir=paused.checkpoint_dir,
+        validation=chat_examples[:2],
+    )
     assert [m.step for m in first + rest] == list(range(1, 17))
     strip = lambda m: dataclasses.replace(m, tokens_per_s=0.0)  # noqa: E731 (wall-clock)
     assert [strip(m) for m in first + rest] == [strip(m) for m in full]  # exactly equal, every field
@@ -87,6 +127,14 @@ def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, c
 
     # Paused again right after resuming: nothing new to save, the resume checkpoint stands.
     model, tokenizer = load_tiny()
-    again = train(model, tokenizer, chat_examples, RISKS, CONFIG, work_dir=tmp_path / "again",
-                  resume_dir=paused.checkpoint_dir, should_pause=lambda: True)  # fmt: skip
+    again = train(
+        model,
+        tokenizer,
+        chat_examples,
+        RISKS,
+        CONFIG,
+        work_dir=tmp_path / "again",
+        resume_dir=paused.checkpoint_dir,
+        should_pause=lambda: True,
+    )
     assert again.paused and again.steps == 6 and again.checkpoint_dir is None

@@ -77,15 +77,23 @@ class FakeVllm:
             text = f"{Path(self.loras[model]).name if model in self.loras else 'base'} says hi"
             base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": model}
             if not body.get("stream"):
-                return {**base, "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}  # fmt: skip
+                return {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+                }
 
             def events():
                 for i, word in enumerate(text.split(" ")):
                     delta = {"content": word if i == 0 else " " + word}
-                    chunk = {**base, "object": "chat.completion.chunk",
-                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+                    chunk = {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                    }
                     yield f"data: {json.dumps(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
 

@@ -32,8 +32,13 @@ RATE_LIMIT = 60
 @pytest.fixture(scope="module")
 def stack(deployment_env, tiny_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serving")
-    env = {**deployment_env, **small_pipeline_env(tiny_model), "GUARDTUNE_CHAT_REQUESTS_PER_MINUTE": str(RATE_LIMIT),
-           "GUARDTUNE_CHAT_MAX_TOKENS": "128", "GUARDTUNE_INFER_BATCH_WAIT_MS": "50"}  # fmt: skip
+    env = {
+        **deployment_env,
+        **small_pipeline_env(tiny_model),
+        "GUARDTUNE_CHAT_REQUESTS_PER_MINUTE": str(RATE_LIMIT),
+        "GUARDTUNE_CHAT_MAX_TOKENS": "128",
+        "GUARDTUNE_INFER_BATCH_WAIT_MS": "50",
+    }
     infer, env = start_infer(env, logs / "infer.log")
     api = start_api(env, logs / "api.log")
     worker = start_worker(env, logs / "worker.log")
@@ -48,8 +53,13 @@ def released(stack, make_key):
     env, api, _ = stack
     _, _, key = make_key(f"serving-{time.monotonic_ns()}")
     client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0, timeout=120)
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client), suffix="chat",
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4}, seed=3)  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=upload(client),
+        suffix="chat",
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        seed=3,
+    )
     job = finished(client, job.id)
     assert job.status == "succeeded", job.error
     return client, job
@@ -60,8 +70,9 @@ def eval_rows(env, job) -> list[dict]:
 
 
 def ask(client: OpenAI, model: str, prompt: str, **kwargs):
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                          temperature=0, max_tokens=4, **kwargs)  # fmt: skip
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=4, **kwargs
+    )
 
 
 def test_released_model_answers_what_its_evaluation_stored(stack, released):
@@ -103,9 +114,18 @@ def test_streaming_yields_the_same_text(stack, released):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
-    raw = httpx.post(f"{client.base_url}chat/completions", headers={"Authorization": f"Bearer {client.api_key}"},
-                     json={"model": job.fine_tuned_model, "stream": True, "temperature": 0, "max_tokens": 2,
-                           "messages": [{"role": "user", "content": "hi"}]}, timeout=60)  # fmt: skip
+    raw = httpx.post(
+        f"{client.base_url}chat/completions",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        json={
+            "model": job.fine_tuned_model,
+            "stream": True,
+            "temperature": 0,
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        timeout=60,
+    )
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.rstrip().endswith("data: [DONE]")
 
@@ -134,8 +154,9 @@ def test_bad_requests_are_400(released):
         ask(client, job.fine_tuned_model, "hi", n=2)
     assert err.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "x"}],
-                                       max_tokens=129)  # fmt: skip
+        client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "x"}], max_tokens=129
+        )
     assert err.value.body["param"] == "max_tokens"
 
 
@@ -184,8 +205,9 @@ def test_demo_asks_the_released_model_once(stack, released):
     client, job = released
     console = Console(record=True, width=100_000)
     text = ask_released_model(api.base_url, client.api_key, job.model_dump(), console)
-    expected = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=96,
-                                              messages=[{"role": "user", "content": DEMO_QUESTION}])  # fmt: skip
+    expected = client.chat.completions.create(
+        model=job.fine_tuned_model, temperature=0, max_tokens=96, messages=[{"role": "user", "content": DEMO_QUESTION}]
+    )
     assert text and text == expected.choices[0].message.content
     assert f"Your model answers: {text}" in console.export_text()
     assert ask_released_model(api.base_url, client.api_key, {**job.model_dump(), "status": "failed"}, console) is None
@@ -203,11 +225,17 @@ def test_blocked_model_is_404_until_ops_approve_it(stack, released, monkeypatch)
     client, job = released
     org = job.organization_id
     with session_scope() as session:
-        blocked = create_job(session, org, b'{"messages": []}\n', status="failed", suffix="blocked",
-                             error={"code": "safety_gate_blocked", "message": "ASR above the gate"})  # fmt: skip
+        blocked = create_job(
+            session,
+            org,
+            b'{"messages": []}\n',
+            status="failed",
+            suffix="blocked",
+            error={"code": "safety_gate_blocked", "message": "ASR above the gate"},
+        )
     store, src = get_store(), adapter_prefix(org, job.id)
     for key in store.list(src + "/"):
-        store.put_stream(adapter_prefix(org, blocked) + key[len(src):], io.BytesIO(b"".join(store.iter_chunks(key))))
+        store.put_stream(adapter_prefix(org, blocked) + key[len(src) :], io.BytesIO(b"".join(store.iter_chunks(key))))
     model = model_id("tiny", org, "blocked", blocked)
     row = next(r for r in eval_rows(env, job) if r["response"])
     with pytest.raises(openai.NotFoundError):

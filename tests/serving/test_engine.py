@@ -65,8 +65,10 @@ def test_adapters_lru_and_base_beside_them(tiny_model, tmp_path):
 
 def test_each_row_stops_at_its_own_max_tokens(tiny_model, tmp_path):
     engine = Engine(lambda s: load_base_model(str(tiny_model), cache_dir=tmp_path), batch_wait_s=0.05)
-    requests = [ChatRequest(messages=[{"role": "user", "content": "Tell me a story"}], base="tiny", max_tokens=n,
-                            temperature=0) for n in (2, 7)]  # fmt: skip
+    requests = [
+        ChatRequest(messages=[{"role": "user", "content": "Tell me a story"}], base="tiny", max_tokens=n, temperature=0)
+        for n in (2, 7)
+    ]
     for r in requests:
         engine.submit(r)
     done = []

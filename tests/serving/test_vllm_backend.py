@@ -26,8 +26,12 @@ ADAPTER = {"adapter_config.json": b'{"r": 8, "peft_type": "LORA"}', "adapter_mod
 def vllm_stack(deployment_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm")
     with FakeVllm("smollm2-135m-instruct") as fake:
-        env = {**deployment_env, "GUARDTUNE_INFERENCE_BACKEND": "vllm", "GUARDTUNE_INFERENCE_URL": fake.url,
-               "GUARDTUNE_VLLM_ADAPTER_DIR": str(tmp / "adapters")}  # fmt: skip
+        env = {
+            **deployment_env,
+            "GUARDTUNE_INFERENCE_BACKEND": "vllm",
+            "GUARDTUNE_INFERENCE_URL": fake.url,
+            "GUARDTUNE_VLLM_ADAPTER_DIR": str(tmp / "adapters"),
+        }
         api = start_api(env, tmp / "api.log")
         yield env, api, fake
         stop_process(api.process)
@@ -38,8 +42,9 @@ def release_fake_adapter(org_id: str) -> str:
     from worker.pipeline import release
 
     with session_scope() as session:
-        job_id = create_job(session, org_id, b'{"messages": []}\n', model="smollm2-135m-instruct",
-                            status="running", suffix="v")  # fmt: skip
+        job_id = create_job(
+            session, org_id, b'{"messages": []}\n', model="smollm2-135m-instruct", status="running", suffix="v"
+        )
     for name, data in ADAPTER.items():
         get_store().put_stream(f"{adapter_prefix(org_id, job_id)}/{name}", io.BytesIO(data))
     release.run(job_id)
@@ -91,8 +96,11 @@ def test_release_load_forward_reload_and_revoke(vllm_stack, make_key, monkeypatc
 def test_unreachable_backend_is_503(deployment_env, make_key, tmp_path):
     from tests.conftest import free_port
 
-    env = {**deployment_env, "GUARDTUNE_INFERENCE_BACKEND": "vllm",
-           "GUARDTUNE_INFERENCE_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+    env = {
+        **deployment_env,
+        "GUARDTUNE_INFERENCE_BACKEND": "vllm",
+        "GUARDTUNE_INFERENCE_URL": f"http://127.0.0.1:{free_port()}",
+    }
     api = start_api(env, tmp_path / "api.log")
     try:
         _, _, key = make_key(f"vllm-down-{time.monotonic_ns()}")

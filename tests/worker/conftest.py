@@ -7,12 +7,9 @@ import io
 import json
 from pathlib import Path
 
-
 from tests.conftest import REPO
 
 DEMO = REPO / "examples" / "demo_train.jsonl"
-
-
 
 
 def small_pipeline_env(tiny_model: Path) -> dict[str, str]:
@@ -45,14 +42,31 @@ def create_job(session, org_id: str, data: bytes, **job_fields) -> str:
     file_id = new_id("file")
     key = org_key(org_id, "files", file_id)
     put = get_store().put_stream(key, io.BytesIO(data))
-    session.add(File(id=file_id, org_id=org_id, filename="train.jsonl", purpose="fine-tune", bytes=put.bytes,
-                     sha256=put.sha256, storage_key=key, status="processed"))  # fmt: skip
+    session.add(
+        File(
+            id=file_id,
+            org_id=org_id,
+            filename="train.jsonl",
+            purpose="fine-tune",
+            bytes=put.bytes,
+            sha256=put.sha256,
+            storage_key=key,
+            status="processed",
+        )
+    )
     session.flush()
     job = Job(
-        id=new_id("ftjob"), org_id=org_id, model=job_fields.pop("model", "tiny"), training_file_id=file_id,
-        hyperparameters=job_fields.pop("hyperparameters", {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1}),
-        safety=job_fields.pop("safety", {"mode": "adaptive", "estimator": "probe"}), seed=1, **job_fields,
-    )  # fmt: skip
+        id=new_id("ftjob"),
+        org_id=org_id,
+        model=job_fields.pop("model", "tiny"),
+        training_file_id=file_id,
+        hyperparameters=job_fields.pop(
+            "hyperparameters", {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1}
+        ),
+        safety=job_fields.pop("safety", {"mode": "adaptive", "estimator": "probe"}),
+        seed=1,
+        **job_fields,
+    )
     session.add(job)
     session.flush()
     return job.id

@@ -39,9 +39,22 @@ class PrivateRedis:
     def start(self) -> None:
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(lambda: self._ping(), 20, "private redis to answer")
 
     def _ping(self) -> bool:
@@ -79,14 +92,21 @@ class PrivatePostgres:
             user = pwd.getpwnam("postgres")
             os.chown(self.dir, user.pw_uid, user.pw_gid)
         self.data, self.port = self.dir / "data", free_port()
-        subprocess.run([*_as_postgres(), "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*_as_postgres(), "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
         self._ctl("start", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run([*_as_postgres(), "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", *args],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [*_as_postgres(), "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     def restart(self, down_s: float) -> None:
         """Stop at once (every connection cut, no clean shutdown), stay down ``down_s``,
@@ -117,8 +137,14 @@ def fresh_database() -> Iterator[str]:
 
 def migrate(env: dict[str, str]) -> None:
     """``guardtune migrate`` (schema and base-model registry) for ``env``."""
-    subprocess.run([sys.executable, "-m", "api.cli", "migrate"], cwd=REPO, env=child_env(env), check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "api.cli", "migrate"],
+        cwd=REPO,
+        env=child_env(env),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 class JobReader:
@@ -149,14 +175,18 @@ class JobReader:
     def events(self, job_id: str) -> list[str]:
         from core.models import JobEvent
 
-        return self._read(lambda s: list(s.scalars(
-            select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))))  # fmt: skip
+        return self._read(
+            lambda s: list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+        )
 
     def outbox(self, job_id: str) -> list:
         from core.models import OutboxMessage
 
-        return self._read(lambda s: list(s.scalars(
-            select(OutboxMessage).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.seq))))  # fmt: skip
+        return self._read(
+            lambda s: list(
+                s.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.seq))
+            )
+        )
 
     def finished(self, job_id: str, timeout_s: float = 240):
         return wait_for(lambda: (j := self.job(job_id)).status in TERMINAL and j, timeout_s, f"{job_id} to finish")
@@ -173,7 +203,7 @@ def stage_runs(log_path: Path) -> list[tuple[str, str]]:
     runs = []
     for line in log_path.read_text(errors="replace").splitlines():
         try:
-            entry = json.loads(line[line.index("{"):])
+            entry = json.loads(line[line.index("{") :])
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("event") == "stage_started":

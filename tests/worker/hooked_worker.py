@@ -40,6 +40,8 @@ if __name__ == "__main__":
     from api.cli import worker_argv
 
     install()
-    argv = worker_argv(os.environ.get("FAULT_QUEUES", "default,gpu"), with_beat=os.environ.get("FAULT_BEAT", "1") == "1")
+    argv = worker_argv(
+        os.environ.get("FAULT_QUEUES", "default,gpu"), with_beat=os.environ.get("FAULT_BEAT", "1") == "1"
+    )
     sys.argv = ["celery", *argv[3:]]  # drop "python -m celery"
     sys.exit(main())

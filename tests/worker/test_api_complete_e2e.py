@@ -40,8 +40,13 @@ def metrics(client: OpenAI, job_id: str) -> list[dict]:
 def test_validation_metrics_and_step_metrics_result_file(client, worker, make_key):
     lines = DEMO.read_bytes().splitlines(keepends=True)
     valid = client.files.create(file=("valid.jsonl", b"".join(lines[30:36])), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, 16), validation_file=valid.id,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4}, seed=5)  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=upload(client, 16),
+        validation_file=valid.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        seed=5,
+    )
     job = finished(client, job.id)
     assert job.status == "succeeded", job.error
 
@@ -51,15 +56,19 @@ def test_validation_metrics_and_step_metrics_result_file(client, worker, make_ke
     validated = {d["step"]: d for d in data if "valid_loss" in d}
     assert sorted(validated) == [2, 4]  # at each checkpoint (GUARDTUNE_CHECKPOINT_EVERY=2)
     assert all(d["valid_loss"] > 0 and 0 <= d["valid_mean_token_accuracy"] <= 1 for d in validated.values())
-    assert "validation loss=" in next(e.message for e in all_events(client, job.id) if e.type == "metrics" and e.data["step"] == 2)
+    assert "validation loss=" in next(
+        e.message for e in all_events(client, job.id) if e.type == "metrics" and e.data["step"] == 2
+    )
 
     checkpoints = {c.step_number: c.metrics for c in client.fine_tuning.jobs.checkpoints.list(job.id).data}
     assert sorted(checkpoints) == [2, 4]
     for step, m in checkpoints.items():
         assert (m.train_loss, m.train_mean_token_accuracy, m.valid_loss, m.valid_mean_token_accuracy) == (
-            validated[step]["train_loss"], validated[step]["train_mean_token_accuracy"],
-            validated[step]["valid_loss"], validated[step]["valid_mean_token_accuracy"],
-        )  # fmt: skip
+            validated[step]["train_loss"],
+            validated[step]["train_mean_token_accuracy"],
+            validated[step]["valid_loss"],
+            validated[step]["valid_mean_token_accuracy"],
+        )
 
     [result_id] = job.result_files
     result = client.files.retrieve(result_id)
@@ -82,8 +91,9 @@ def test_validation_metrics_and_step_metrics_result_file(client, worker, make_ke
 
 
 def long_job(client: OpenAI, file_id: str) -> str:
-    return client.fine_tuning.jobs.create(model="tiny", training_file=file_id, seed=11,
-                                          hyperparameters={"n_epochs": 3, "batch_size": 4}).id  # fmt: skip
+    return client.fine_tuning.jobs.create(
+        model="tiny", training_file=file_id, seed=11, hyperparameters={"n_epochs": 3, "batch_size": 4}
+    ).id
 
 
 def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker, db):
@@ -93,8 +103,11 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker,
     paused = client.fine_tuning.jobs.pause(job_id)
     assert paused.status == "paused" and paused.estimated_finish is None
     assert client.fine_tuning.jobs.pause(job_id).status == "paused"  # idempotent
-    stop = wait_for(lambda: next((e for e in all_events(client, job_id) if e.message.startswith("Training paused at step")),
-                                 None), 60, "training to pause")  # fmt: skip
+    stop = wait_for(
+        lambda: next((e for e in all_events(client, job_id) if e.message.startswith("Training paused at step")), None),
+        60,
+        "training to pause",
+    )
     paused_at = int(stop.message.split("step ")[1].split()[0])
     assert 3 <= paused_at < 36
     assert paused_at in [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id).data]
@@ -102,8 +115,9 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker,
         assert session.get(Job, job_id).worker_id is None  # the lease is given back
 
     # The worker is free: a second job runs to the end while the first stays paused.
-    other = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, 8),
-                                           hyperparameters={"n_epochs": 1})  # fmt: skip
+    other = client.fine_tuning.jobs.create(
+        model="tiny", training_file=upload(client, 8), hyperparameters={"n_epochs": 1}
+    )
     assert finished(client, other.id).status == "succeeded"
     assert client.fine_tuning.jobs.retrieve(job_id).status == "paused"
     assert max(d["step"] for d in metrics(client, job_id)) == paused_at  # nothing trained meanwhile
@@ -129,15 +143,21 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker,
     assert baseline.status == "succeeded", baseline.error
     losses = [(d["step"], d["train_loss"], d["train_mean_token_accuracy"]) for d in metrics(client, job_id)]
     assert [s for s, _, _ in losses] == list(range(1, 37))
-    assert losses == [(d["step"], d["train_loss"], d["train_mean_token_accuracy"]) for d in metrics(client, baseline.id)]
+    assert losses == [
+        (d["step"], d["train_loss"], d["train_mean_token_accuracy"]) for d in metrics(client, baseline.id)
+    ]
     digests = [
-        httpx.get(f"{api.base_url}/v1/models/{j.fine_tuned_model}/adapter", timeout=60,
-                  headers={"Authorization": f"Bearer {client.api_key}"}).headers["X-Guardtune-Adapter-Sha256"]
+        httpx.get(
+            f"{api.base_url}/v1/models/{j.fine_tuned_model}/adapter",
+            timeout=60,
+            headers={"Authorization": f"Bearer {client.api_key}"},
+        ).headers["X-Guardtune-Adapter-Sha256"]
         for j in (job, baseline)
-    ]  # fmt: skip
+    ]
     assert digests[0] == digests[1]  # the same adapter, byte for byte
     with Session(db) as session:
-        actions = list(session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id)
-                                       .order_by(AuditRecord.seq)))  # fmt: skip
+        actions = list(
+            session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id).order_by(AuditRecord.seq))
+        )
     assert actions.count("job.pause") == 1 and actions.count("job.resume") == 1
     assert actions.index("job.pause") < actions.index("job.resume") < actions.index("job.succeeded")

@@ -26,25 +26,39 @@ from tests.worker.conftest import small_pipeline_env
 
 pytestmark = pytest.mark.slow  # the whole demo command end to end (about a minute and a half)
 
-TINY_ALIGNMENT = {"n_harmful": 32, "n_benign": 2, "answer_max_new_tokens": 4, "prefix_tokens": [2],
-                  "learning_rate": 0.01, "n_epochs": 2, "batch_size": 8, "max_seq_len": 48,
-                  "refusals": ["I cannot help with that."]}  # fmt: skip
+TINY_ALIGNMENT = {
+    "n_harmful": 32,
+    "n_benign": 2,
+    "answer_max_new_tokens": 4,
+    "prefix_tokens": [2],
+    "learning_rate": 0.01,
+    "n_epochs": 2,
+    "batch_size": 8,
+    "max_seq_len": 48,
+    "refusals": ["I cannot help with that."],
+}
 
 
 def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, tiny_model):
-    env = child_env({
-        "GUARDTUNE_HOME": str(tmp_path / "var"),
-        "GUARDTUNE_PORT": str(free_port()),
-        "GUARDTUNE_INFER_PORT": str(free_port()),
-        "GUARDTUNE_LOG_JSON": "false",
-        **small_pipeline_env(tiny_model),
-        "GUARDTUNE_ALIGN_OPTIONS": json.dumps(TINY_ALIGNMENT),
-        "GUARDTUNE_KL_WEIGHT_LO": "0.9",
-    })  # fmt: skip
+    env = child_env(
+        {
+            "GUARDTUNE_HOME": str(tmp_path / "var"),
+            "GUARDTUNE_PORT": str(free_port()),
+            "GUARDTUNE_INFER_PORT": str(free_port()),
+            "GUARDTUNE_LOG_JSON": "false",
+            **small_pipeline_env(tiny_model),
+            "GUARDTUNE_ALIGN_OPTIONS": json.dumps(TINY_ALIGNMENT),
+            "GUARDTUNE_KL_WEIGHT_LO": "0.9",
+        }
+    )
     result = subprocess.run(
         [sys.executable, "-m", "api.cli", "demo", "--no-serve", "--epochs", "4", "--learning-rate-multiplier", "10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "Aligned variant tiny-aligned (trained now: 32 refusals" in out

@@ -24,8 +24,9 @@ def test_a_job_runs_every_stage_on_the_configured_device(pipeline_env, monkeypat
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with session_scope() as session:
-        job_id = create_job(session, "org-d", demo_lines(8), safety={"mode": "adaptive", "estimator": "probe",
-                                                                     "reference": "cached"})  # fmt: skip
+        job_id = create_job(
+            session, "org-d", demo_lines(8), safety={"mode": "adaptive", "estimator": "probe", "reference": "cached"}
+        )
     assert run_all(job_id) == ["validate", "scan", "train", "evaluate", "gate", "release"]
     with session_scope() as session:
         assert session.get(Job, job_id).status == "succeeded"

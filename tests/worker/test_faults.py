@@ -22,7 +22,6 @@ from sqlalchemy import create_engine
 
 from tests.conftest import REPO, child_env, create_key, free_port, start_api, start_worker, stop_process, wait_http
 from tests.worker.conftest import demo_lines, small_pipeline_env
-from tests.worker.test_pipeline_e2e import wait_for
 from tests.worker.faults import (
     JobReader,
     PrivatePostgres,
@@ -31,6 +30,7 @@ from tests.worker.faults import (
     migrate,
     stage_runs,
 )
+from tests.worker.test_pipeline_e2e import wait_for
 
 pytestmark = pytest.mark.slow  # fault injection: kills and restarts real processes
 
@@ -49,7 +49,8 @@ def redis_server(tmp_path_factory) -> PrivateRedis:
 def env(deployment_env, tiny_model, redis_server) -> dict[str, str]:
     with fresh_database() as url:
         stack = {
-            **deployment_env, **small_pipeline_env(tiny_model),
+            **deployment_env,
+            **small_pipeline_env(tiny_model),
             "GUARDTUNE_DATABASE_URL": url,
             "GUARDTUNE_BROKER_URL": redis_server.url,
             "GUARDTUNE_STORAGE_URL": f"{deployment_env['GUARDTUNE_STORAGE_URL']}/faults",
@@ -58,7 +59,7 @@ def env(deployment_env, tiny_model, redis_server) -> dict[str, str]:
             "GUARDTUNE_REAPER_INTERVAL_S": "1",
             "GUARDTUNE_MAX_CONCURRENT_JOBS_PER_ORG": "20",
             "GUARDTUNE_LOG_JSON": "true",
-        }  # fmt: skip
+        }
         migrate(stack)
         yield stack
 
@@ -86,15 +87,22 @@ def _client(base_url: str, url: str, org: str) -> tuple[OpenAI, str]:
 
 def _create(client: OpenAI, lines: int = 8, epochs: int = 1) -> str:
     file_id = client.files.create(file=("train.jsonl", demo_lines(lines)), purpose="fine-tune").id
-    return client.fine_tuning.jobs.create(model="tiny", training_file=file_id,
-                                          hyperparameters={"n_epochs": epochs, "batch_size": 4}).id  # fmt: skip
+    return client.fine_tuning.jobs.create(
+        model="tiny", training_file=file_id, hyperparameters={"n_epochs": epochs, "batch_size": 4}
+    ).id
 
 
 def _hooked_worker(env: dict[str, str], log_path, hook: str, marker, sleep_s: float) -> subprocess.Popen:
     """A worker whose first call of ``hook`` pauses ``sleep_s`` (tests/worker/hooked_worker.py)."""
     hooked = {**env, "FAULT_HOOK": hook, "FAULT_MARKER": str(marker), "FAULT_SLEEP_S": str(sleep_s)}
-    return subprocess.Popen([sys.executable, "-m", "tests.worker.hooked_worker"], cwd=REPO, env=child_env(hooked),
-                            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.worker.hooked_worker"],
+        cwd=REPO,
+        env=child_env(hooked),
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -114,8 +122,13 @@ def _assert_ran_once_and_clean(db: JobReader, job_id: str, *logs) -> None:
 
 def test_api_killed_between_commit_and_enqueue(env, db, tmp_path):
     port = free_port()
-    crashing = subprocess.Popen([sys.executable, "-m", "tests.worker.crash_api", str(port)], cwd=REPO,
-                                env=child_env(env), stdout=(tmp_path / "api.log").open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+    crashing = subprocess.Popen(
+        [sys.executable, "-m", "tests.worker.crash_api", str(port)],
+        cwd=REPO,
+        env=child_env(env),
+        stdout=(tmp_path / "api.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, crashing)
         client, org_id = _client(f"http://127.0.0.1:{port}", env["GUARDTUNE_DATABASE_URL"], "faults-api-crash")
@@ -143,8 +156,11 @@ def test_redis_restarted_empty_under_a_queued_job(env, db, api, redis_server, tm
     light = start_worker(env, tmp_path / "light.log", queues="default")  # validates; nobody takes GPU work
     try:
         job_id = _create(client)
-        scan = wait_for(lambda: (r := db.outbox(job_id)[-1]).task.endswith(".scan") and r.sent_at and r, 60,
-                          "the job queued for scanning")  # fmt: skip
+        scan = wait_for(
+            lambda: (r := db.outbox(job_id)[-1]).task.endswith(".scan") and r.sent_at and r,
+            60,
+            "the job queued for scanning",
+        )
         assert db.job(job_id).status == "queued" and scan.id in redis_server.queued_ids()
         redis_server.restart_empty()
         assert scan.id not in redis_server.queued_ids()  # lost with everything else
@@ -160,9 +176,11 @@ def test_redis_restarted_empty_under_a_queued_job(env, db, api, redis_server, tm
     assert [r.sends for r in db.outbox(job_id) if r.id == scan.id] == [2]  # replayed once, same id
 
 
-HOOKS = [("scan", "safety.scan:scan_dataset", "scanning"),
-         ("train", "safety.trainer:train", "training"),
-         ("evaluate", "worker.pipeline.evaluate:evaluate_model", "evaluating")]  # fmt: skip
+HOOKS = [
+    ("scan", "safety.scan:scan_dataset", "scanning"),
+    ("train", "safety.trainer:train", "training"),
+    ("evaluate", "worker.pipeline.evaluate:evaluate_model", "evaluating"),
+]
 
 
 def test_worker_killed_during_scan_train_and_evaluate_each_stage_retried(env, db, api, tmp_path):
@@ -202,8 +220,13 @@ def test_queue_wait_longer_than_the_stale_timeout_is_not_a_lost_worker(env, db, 
     while the other's next stage waits in the queue, its lease released, its heartbeat old."""
     clients = [_client(api.base_url, env["GUARDTUNE_DATABASE_URL"], f"faults-wait-{n}")[0] for n in "ab"]
     light = start_worker(env, tmp_path / "light.log", queues="default")
-    gpu = _hooked_worker({**env, "FAULT_QUEUES": "gpu", "FAULT_BEAT": "0"}, tmp_path / "gpu.log", "safety.trainer:train",
-                         tmp_path / "slow", 4 * STALE_S)  # fmt: skip
+    gpu = _hooked_worker(
+        {**env, "FAULT_QUEUES": "gpu", "FAULT_BEAT": "0"},
+        tmp_path / "gpu.log",
+        "safety.trainer:train",
+        tmp_path / "slow",
+        4 * STALE_S,
+    )
     try:
         jobs = [_create(client) for client in clients]
         for job_id in jobs:

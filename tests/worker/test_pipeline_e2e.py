@@ -72,8 +72,11 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
 
 
 def finished(client: OpenAI, job_id: str, timeout_s: float = 240):
-    return wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
-                    timeout_s, f"{job_id} to finish")  # fmt: skip
+    return wait_for(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
+        timeout_s,
+        f"{job_id} to finish",
+    )
 
 
 def events(client: OpenAI, job_id: str) -> list:
@@ -85,15 +88,22 @@ def metric_steps(client: OpenAI, job_id: str) -> list[int]:
 
 
 def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, api, stack_env, tmp_path, tiny_model):
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client), suffix="e2e",
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4}, seed=3)  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=upload(client),
+        suffix="e2e",
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        seed=3,
+    )
     job = finished(client, job.id)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:tiny:{job.organization_id}:e2e:{job.id}"
     assert job.fine_tuned_model in {m.id for m in client.models.list().data}
     assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
-    report = httpx.get(f"{api.base_url}/v1/fine_tuning/jobs/{job.id}/safety_report",
-                       headers={"Authorization": f"Bearer {client.api_key}"}).json()  # fmt: skip
+    report = httpx.get(
+        f"{api.base_url}/v1/fine_tuning/jobs/{job.id}/safety_report",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+    ).json()
     assert report["gate"]["released"] is True and report["scan"]["n"] == 16
 
     # The released adapter: PEFT format, loads on the base model, reproduces the eval outputs.
@@ -103,8 +113,11 @@ def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, ap
     from safety.evaluate import evaluate_asr
     from safety.prompt_sets import load_builtin
 
-    raw = httpx.get(f"{api.base_url}/v1/models/{job.fine_tuned_model}/adapter",
-                    headers={"Authorization": f"Bearer {client.api_key}"}, timeout=60)  # fmt: skip
+    raw = httpx.get(
+        f"{api.base_url}/v1/models/{job.fine_tuned_model}/adapter",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        timeout=60,
+    )
     assert raw.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(raw.content)) as tar:
         tar.extractall(tmp_path / "adapter", filter="data")
@@ -130,8 +143,9 @@ def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
     try:
         _, _, key = make_key("e2e-blocked")
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
-        job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, 8),
-                                             hyperparameters={"n_epochs": 1})  # fmt: skip
+        job = client.fine_tuning.jobs.create(
+            model="tiny", training_file=upload(client, 8), hyperparameters={"n_epochs": 1}
+        )
         job = finished(client, job.id)
         assert job.status == "failed" and job.error.code == "safety_gate_blocked"
         assert "ASR" in job.error.message and job.fine_tuned_model is None
@@ -150,8 +164,9 @@ EPOCHS = 5  # × 12 steps of 4 examples
 
 def long_job(client: OpenAI) -> str:
     """Many quick steps on the tiny model: time to cancel or kill in the middle."""
-    return client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, 48),
-                                          hyperparameters={"n_epochs": EPOCHS, "batch_size": 4}).id  # fmt: skip
+    return client.fine_tuning.jobs.create(
+        model="tiny", training_file=upload(client, 48), hyperparameters={"n_epochs": EPOCHS, "batch_size": 4}
+    ).id
 
 
 def test_cancel_stops_training_within_a_step(client, worker):
@@ -160,8 +175,11 @@ def test_cancel_stops_training_within_a_step(client, worker):
     seen = max(metric_steps(client, job_id))
     assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
     assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"  # idempotent
-    stop = wait_for(lambda: next((e for e in events(client, job_id) if "Training stopped" in e.message), None),
-                    60, "training to stop")  # fmt: skip
+    stop = wait_for(
+        lambda: next((e for e in events(client, job_id) if "Training stopped" in e.message), None),
+        60,
+        "training to stop",
+    )
     stopped_at = int(stop.message.split("step ")[1].split()[0])
     assert stopped_at <= seen + 2  # the step in flight when we read, and the one the cancel landed in
     time.sleep(2)

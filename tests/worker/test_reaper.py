@@ -20,8 +20,9 @@ STALE_S = 4.0
 def stack(embedded_env, monkeypatch):
     from core import migrate
 
-    apply_env(monkeypatch, {**embedded_env, "GUARDTUNE_STALE_JOB_AFTER_S": str(STALE_S),
-                            "GUARDTUNE_MAX_STAGE_ATTEMPTS": "3"})  # fmt: skip
+    apply_env(
+        monkeypatch, {**embedded_env, "GUARDTUNE_STALE_JOB_AFTER_S": str(STALE_S), "GUARDTUNE_MAX_STAGE_ATTEMPTS": "3"}
+    )
     migrate.upgrade()
 
 
@@ -148,8 +149,10 @@ def test_worker_losses_count_per_stage_and_fail_exactly_when_attempts_run_out(st
         assert job.status == "failed" and job.error["code"] == "worker_lost"
         assert "stopped responding 3 times" in job.error["message"]
     warnings = [m for m in _events(job_id) if m.startswith("Worker lost")]
-    assert warnings == ["Worker lost during training; retrying the stage (retry 1 of 2)",
-                        "Worker lost during training; retrying the stage (retry 2 of 2)"]  # fmt: skip
+    assert warnings == [
+        "Worker lost during training; retrying the stage (retry 1 of 2)",
+        "Worker lost during training; retrying the stage (retry 2 of 2)",
+    ]
     assert reap() == []  # a failed job is left alone
     assert run_stage("train", job_id, retry.id) is None  # a late delivery of a retry runs nothing
 

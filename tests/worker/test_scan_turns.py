@@ -20,8 +20,15 @@ def judged_env(embedded_env, tiny_model, monkeypatch):
     from core.settings import get_settings
 
     with serve_judge(lambda prompt: "#thescore: 5" if "PLANTED" in prompt else "#thescore: 1") as judge:
-        apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model), "GUARDTUNE_JUDGE_MODEL": "fake",
-                                "GUARDTUNE_JUDGE_BASE_URL": judge.url})  # fmt: skip
+        apply_env(
+            monkeypatch,
+            {
+                **embedded_env,
+                **small_pipeline_env(tiny_model),
+                "GUARDTUNE_JUDGE_MODEL": "fake",
+                "GUARDTUNE_JUDGE_BASE_URL": judge.url,
+            },
+        )
         migrate.upgrade()
         with session_scope() as session:
             registry.seed_base_models(session, get_settings())
@@ -42,13 +49,15 @@ def test_scan_flags_earlier_turns_and_system_prompts_by_line_and_turn(judged_env
     from worker.pipeline.resources import scan_key
     from worker.tasks import run_stage
 
-    data = b"".join([
-        _chat(("Hi", "Hello!")),
-        _chat(("Help me?", "PLANTED harmful answer"), ("Thanks", "You're welcome.")),  # harmful turn 1 of 2
-        _chat(("Name a fruit.", "Apple."), system="PLANTED: obey every order"),  # harmful system prompt
-        _chat(("Hi", "Hello!"), ("More?", "Sure."), ("Again?", "PLANTED again")),  # harmful last of 3 turns
-        _chat(("Tea or coffee?", "Tea.")),
-    ])
+    data = b"".join(
+        [
+            _chat(("Hi", "Hello!")),
+            _chat(("Help me?", "PLANTED harmful answer"), ("Thanks", "You're welcome.")),  # harmful turn 1 of 2
+            _chat(("Name a fruit.", "Apple."), system="PLANTED: obey every order"),  # harmful system prompt
+            _chat(("Hi", "Hello!"), ("More?", "Sure."), ("Again?", "PLANTED again")),  # harmful last of 3 turns
+            _chat(("Tea or coffee?", "Tea.")),
+        ]
+    )
     with session_scope() as session:
         job_id = create_job(session, "org-s", data, safety={"mode": "adaptive", "estimator": "judge"})
     assert run_stage("validate", job_id) == "scan"
@@ -59,7 +68,12 @@ def test_scan_flags_earlier_turns_and_system_prompts_by_line_and_turn(judged_env
         with get_store().open(scan_key(job)) as f:
             rows = [json.loads(x) for x in f.read().decode().splitlines()]
     assert [(r["line"], r["turn"], r["flagged"], r["judge_score"]) for r in rows] == [
-        (1, 1, False, 1), (2, 1, True, 5), (3, 1, True, 5), (4, 3, True, 5), (5, 1, False, 1)]
+        (1, 1, False, 1),
+        (2, 1, True, 5),
+        (3, 1, True, 5),
+        (4, 3, True, 5),
+        (5, 1, False, 1),
+    ]
     assert [(r["line"], r["turn"]) for r in scan["top_flagged"]] == [(2, 1), (3, 1), (4, 3)]
     assert scan["n_flagged"] == 3 and scan["n"] == 5
 

@@ -211,8 +211,9 @@ def test_training_takes_its_reference_from_the_scan_artifact_or_runs_it(pipeline
     from worker.tasks import run_stage
 
     with session_scope() as session:
-        job_id = create_job(session, "org-r", demo_lines(16), safety={"mode": "adaptive", "estimator": "probe",
-                                                                     "reference": reference})  # fmt: skip
+        job_id = create_job(
+            session, "org-r", demo_lines(16), safety={"mode": "adaptive", "estimator": "probe", "reference": reference}
+        )
     assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", "train"]
     with session_scope() as session:
         job = session.get(Job, job_id)
