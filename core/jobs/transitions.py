@@ -41,6 +41,15 @@ def add_event(
     session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message, data=data))
 
 
+def _expire_loaded(session: Session, job_id: str) -> None:
+    """Make a ``Job`` this session already holds reload on next access. Sessions here do not
+    expire on commit, and the in-place sync of the UPDATE left such a job's ``error`` stale (the
+    API's create answered ``failed`` with no error when the broker refused the job)."""
+    loaded = session.identity_map.get(session.identity_key(Job, job_id))
+    if loaded is not None:
+        session.expire(loaded)
+
+
 def transition(
     session: Session,
     job_id: str,
@@ -65,6 +74,7 @@ def transition(
     )
     if result.rowcount != 1:
         return False
+    _expire_loaded(session, job_id)
     if message is not None:
         add_event(session, job_id, message, level=level, data=event_data)
     if action is not None:
