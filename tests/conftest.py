@@ -84,14 +84,20 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database number of its own, flushed before and after."""
+    """A Redis database number of its own (1-15), claimed with a lock key so that concurrent
+    sessions (pytest-xdist workers, parallel runs) never share one; flushed before and after."""
     import redis
 
-    db = 1 + (os.getpid() % 14)
-    url = f"{REDIS_URL}/{db}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    for db in range(1, 16):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=5)
+        if client.set("guardtune-test:claimed-by", token, nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("every Redis test database (1-15) is claimed by another test session")
     client.flushdb()
-    yield url
+    client.set("guardtune-test:claimed-by", token, ex=3600)  # the flush took the claim too
+    yield f"{REDIS_URL}/{db}"
     client.flushdb()
 
 

@@ -51,7 +51,8 @@ class Result:
 
 def run_ops(*args: str, ok: bool = True) -> Result:
     """Invoke ``guardtune-ops`` in-process; with ``ok`` assert it exited 0."""
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    # COLUMNS unset, as in a pipe (pytest-xdist workers inherit COLUMNS=80): tables print at full width.
+    result = CliRunner(env={"COLUMNS": None}).invoke(app, list(args), catch_exceptions=False)
     out = Result(result.exit_code, result.stdout, result.stderr)
     if ok:
         assert result.exit_code == 0, (
