@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from sqlalchemy import func, or_, select
 
 from core import audit as audit_log
@@ -18,7 +18,7 @@ from core import audit_anchors as anchors
 from core.models import AuditRecord, ReleasedModel
 from core.settings import get_settings
 from ops.common import db
-from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, render
+from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, progress_bar, render
 
 app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 
@@ -144,17 +144,6 @@ def export(
         err_console().print(f"exported {n} records to {output}")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console(),
-        transient=True,
-    )
-
-
 def _counted(items: Iterable[Any], progress: Progress, task: Any) -> Iterator[Any]:
     for item in items:
         yield item
@@ -278,7 +267,7 @@ def verify(
     database, also check the table against the newest signed anchor (truncation, a
     recomputed chain) and, with ``--expect-head``, that a saved head is still there."""
     anchored_at, anchor_seq, problem = None, None, None
-    with _progress() as progress:
+    with progress_bar() as progress:
         if file is not None:
             if not file.is_file():
                 raise fail(f"{file}: no such file")

@@ -10,8 +10,8 @@ import typer
 
 from core.settings import get_settings
 from ops.modelload import load_model
-from ops.output import echo_json, err_console, fail, handle_errors
-from ops.probe import ModelOpt, progress_bar
+from ops.output import echo_json, err_console, fail, handle_errors, progress_bar
+from ops.probe import ModelOpt
 
 app = typer.Typer(help="Safety evaluation.", no_args_is_help=True)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from core.settings import get_settings
 from ops.modelload import default_probe_dir, load_model
-from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, render_record
+from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, progress_bar, render_record
 
 app = typer.Typer(
     help="Activation probes (harmful-prompt classifiers on a model's hidden states).", no_args_is_help=True
@@ -133,17 +132,6 @@ def read_inputs(path: Path) -> list[tuple[str, Any]]:
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console(),
-        transient=True,
-    )
 
 
 @app.command("score")
