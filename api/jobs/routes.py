@@ -10,8 +10,8 @@ from api.auth import CUSTOMER
 from api.conditional import NOT_MODIFIED, conditional, conditional_json
 from api.deps import CallerDep
 from api.jobs.deps import JobServiceDep
+from api.jobs.params import metadata_filter
 from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
-from api.jobs.service import metadata_filter
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)

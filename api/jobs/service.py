@@ -1,4 +1,7 @@
-"""Fine-tuning jobs: create (validate, resolve, limit, record, enqueue), read, cancel.
+"""Fine-tuning jobs: create (validate, resolve, limit, record, enqueue), read, cancel, pause, resume.
+
+The checks and resolution of a create body are :mod:`api.jobs.build`; rows become wire
+objects in :mod:`api.jobs.presenters`; query parameters are parsed in :mod:`api.jobs.params`.
 
 Decisions where OpenAI's API leaves room:
 
@@ -25,10 +28,6 @@ Decisions where OpenAI's API leaves room:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import secrets
 import time
 from typing import Any, Literal
 
@@ -39,88 +38,32 @@ from sqlalchemy.orm import Session
 from api.admin.repository import OrgRepository
 from api.deps import Caller
 from api.etags import row_validator
-from api.files.repository import FileRepository
+from api.jobs.build import build_job
+from api.jobs.params import fingerprint
+from api.jobs.presenters import checkpoint_object, event_object, job_object, report_object
 from api.jobs.repository import JobRepository
-from api.jobs.safety_policy import resolve_safety
 from api.jobs.schemas import (
-    CheckpointMetrics,
     FineTuningJob,
-    HyperparametersIn,
     JobCheckpoint,
     JobCreate,
-    JobError,
     JobEvent,
     SafetyReport,
-    SafetyState,
 )
 from api.metrics import JOBS_CREATED
-from api.models.repository import ModelRepository
 from core import audit, outbox
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
-from core.jobs.config import Hyperparameters, SafetyConfig
 from core.jobs.pipeline import DEFAULT_QUEUE, START_TASK, Stage
 from core.jobs.transitions import transition
 from core.jobs.vocab import ACTIVE, TERMINAL, ErrorCode, JobStatus
 from core.logging import get_logger
-from core.models import AuditRecord, Checkpoint, File, Job, now
+from core.models import AuditRecord, Job, now
 from core.models import JobEvent as JobEventRow
-from core.models import SafetyReport as SafetyReportRow
 from core.settings import Settings
 
 log = get_logger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 200
-
-
-METADATA_PARAM = re.compile(r"^metadata\[([^\[\]]+)\]$")
-MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
-
-
-def metadata_filter(query: list[tuple[str, str]]) -> dict[str, str] | None:
-    """``metadata[key]=value`` query parameters (as the SDK sends ``metadata={...}``) as a
-    dict; several keys are AND-ed. The literal ``metadata=null`` (OpenAI's) selects jobs
-    without metadata and returns ``None``. Any other ``metadata…`` parameter, a key given
-    twice, or a key or value over the metadata limits is refused (400 naming the parameter)."""
-    wanted: dict[str, str] = {}
-    names = [name for name, _ in query if name.startswith("metadata")]
-    if names == ["metadata"] and dict(query)["metadata"] == "null":
-        return None
-    for name, value in query:
-        if not name.startswith("metadata"):
-            continue
-        match = METADATA_PARAM.match(name)
-        if match is None:
-            raise InvalidRequest(
-                f"Malformed metadata filter {name!r}: use metadata[KEY]=VALUE (one parameter per key).",
-                code="invalid_metadata_filter",
-                param=name,
-            )
-        key = match.group(1)
-        if key in wanted:
-            raise InvalidRequest(
-                f"The metadata filter {name!r} is given twice.", code="invalid_metadata_filter", param=name
-            )
-        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
-            raise InvalidRequest(
-                f"Metadata keys have at most {MAX_METADATA_KEY} characters and values at most "
-                f"{MAX_METADATA_VALUE}; {name!r} is longer.",
-                code="invalid_metadata_filter",
-                param=name,
-            )
-        wanted[key] = value
-    if len(wanted) > MAX_METADATA_KEYS:
-        raise InvalidRequest(
-            f"At most {MAX_METADATA_KEYS} metadata filters (got {len(wanted)}).",
-            code="invalid_metadata_filter",
-            param="metadata",
-        )
-    return wanted
-
-
-def fingerprint(body: JobCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _job_not_found(job_id: str) -> NotFound:
@@ -129,86 +72,6 @@ def _job_not_found(job_id: str) -> NotFound:
 
 def _concurrency_limit(settings: Settings, org_max: int | None) -> int:
     return settings.max_concurrent_jobs_per_org if org_max is None else org_max
-
-
-# -- presenters ------------------------------------------------------------------------------
-def _job_error(error: dict[str, Any] | None) -> JobError | None:
-    if not error:
-        return None
-    return JobError(
-        code=str(error.get("code") or "error"), message=str(error.get("message") or ""), param=error.get("param")
-    )
-
-
-def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
-    config = SafetyConfig.stored(job.safety)
-    return SafetyState(
-        **config.model_dump(),
-        stage=job.stage,
-        scan_summary=report.scan if report else None,
-        eval_summary=report.evaluation if report else None,
-        gate=report.gate if report else None,
-    )
-
-
-def job_object(job: Job, report: SafetyReportRow | None) -> FineTuningJob:
-    hp = job.hyperparameters or {}
-    method = job.method or {"type": "supervised", "supervised": {"hyperparameters": hp}}
-    return FineTuningJob(
-        id=job.id,
-        created_at=job.created_at,
-        error=_job_error(job.error),
-        fine_tuned_model=job.fine_tuned_model,
-        finished_at=job.finished_at,
-        hyperparameters=hp,
-        model=job.model,
-        organization_id=job.org_id,
-        result_files=list(job.result_files or []),
-        seed=job.seed,
-        status=job.status,
-        trained_tokens=job.trained_tokens,
-        training_file=job.training_file_id,
-        validation_file=job.validation_file_id,
-        estimated_finish=job.estimated_finish,
-        integrations=[],
-        metadata=job.metadata_,
-        method=method,
-        user_provided_suffix=job.suffix,
-        safety=safety_state(job, report),
-    )
-
-
-def event_object(row: JobEventRow) -> JobEvent:
-    level = row.level if row.level in ("info", "warn", "error") else "info"
-    kind = row.type if row.type in ("message", "metrics") else "message"
-    return JobEvent(id=row.id, created_at=row.created_at, level=level, message=row.message, type=kind, data=row.data)
-
-
-def checkpoint_object(job: Job, row: Checkpoint) -> JobCheckpoint:
-    metrics = {**(row.metrics or {}), "step": row.step}
-    return JobCheckpoint(
-        id=row.id,
-        created_at=row.created_at,
-        fine_tuned_model_checkpoint=f"ft:{job.model}:{job.org_id}:{job.suffix or ''}:{job.id}:ckpt-step-{row.step}",
-        fine_tuning_job_id=job.id,
-        metrics=CheckpointMetrics(**metrics),
-        step_number=row.step,
-    )
-
-
-def report_object(job: Job, report: SafetyReportRow | None) -> SafetyReport:
-    return SafetyReport(
-        job_id=job.id,
-        status=job.status,
-        stage=job.stage,
-        config=job.safety or {},
-        scan=report.scan if report else None,
-        training=report.training if report else None,
-        evaluation=report.evaluation if report else None,
-        gate=report.gate if report else None,
-        fine_tuned_model=job.fine_tuned_model,
-        updated_at=report.updated_at if report else None,
-    )
 
 
 class JobService:
@@ -290,7 +153,7 @@ class JobService:
                 if existing is not None:  # a concurrent request with this key committed first
                     self.session.rollback()
                     return self._replay(existing, request_sha)
-            job = self._build(caller, body, idempotency_key)
+            job = build_job(self.session, self.settings, caller, body, idempotency_key)
             self._check_concurrency(caller)
             self.jobs.add(job)
             self.jobs.add_event(
@@ -342,83 +205,6 @@ class JobService:
             )
         return job
 
-    def _build(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
-        entry = ModelRepository(self.session).base_model(body.model)
-        if entry is None:
-            raise NotFound(
-                f"The model {body.model!r} does not exist or is not available for fine-tuning. "
-                "GET /v1/models lists the base models.",
-                code="model_not_found",
-                param="model",
-            )
-        training = self._usable_file(caller, body.training_file, "training_file")
-        if body.validation_file:
-            self._usable_file(caller, body.validation_file, "validation_file")
-
-        if body.method is not None and body.method.type != "supervised":
-            raise InvalidRequest(
-                f"The {body.method.type!r} method is not supported; use 'supervised'.",
-                code="unsupported_method",
-                param="method.type",
-            )
-        method_hp = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
-        if method_hp is not None and body.hyperparameters is not None:
-            raise InvalidRequest(
-                "Give hyperparameters either at the top level or in method.supervised, not both.",
-                code="invalid_value",
-                param="hyperparameters",
-            )
-        if body.integrations:
-            raise InvalidRequest(
-                "Integrations are not supported.", code="unsupported_integration", param="integrations"
-            )
-        requested = method_hp or body.hyperparameters or HyperparametersIn()
-        hp = Hyperparameters.resolve(**requested.model_dump(), n_examples=training.n_examples).model_dump()
-        org = OrgRepository(self.session).get(caller.org_id)
-        return Job(
-            id=new_id("ftjob"),
-            org_id=caller.org_id,
-            created_by=caller.key_id,
-            model=entry.id,
-            training_file_id=training.id,
-            validation_file_id=body.validation_file or None,
-            status=JobStatus.VALIDATING_FILES,
-            hyperparameters=hp,
-            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
-            safety=resolve_safety(body.safety, self.settings, caller, org.allowed_modes if org else None).model_dump(),
-            suffix=body.suffix or None,
-            seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
-            metadata_=body.metadata,
-            result_files=[],
-            idempotency_key=idempotency_key,
-            created_at=now(),
-        )
-
-    def _usable_file(self, caller: Caller, file_id: str, param: str) -> File:
-        row = FileRepository(self.session).get(caller.org_id, file_id)
-        if row is None:
-            raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param=param)
-        if row.purpose != "fine-tune":
-            raise InvalidRequest(
-                f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
-                code="invalid_file_purpose",
-                param=param,
-            )
-        if row.status == "error":
-            details = (row.status_details or "").strip()
-            raise InvalidRequest(
-                f"File {file_id} failed validation and cannot be used for fine-tuning. {details}".strip(),
-                code=f"invalid_{param}",
-                param=param,
-            )
-        if row.status != "processed":
-            raise InvalidRequest(
-                f"File {file_id} is still being processed; retry when its status is 'processed'.",
-                code="file_not_ready",
-                param=param,
-            )
-        return row
-
     def _check_concurrency(self, caller: Caller) -> None:
         """Call under the organization's row lock, so concurrent creates count in turn."""
         org = OrgRepository(self.session).get(caller.org_id)
@@ -463,9 +249,7 @@ class JobService:
 
     # -- cancel ----------------------------------------------------------------------------
     def cancel(self, caller: Caller, job_id: str) -> Job:
-        job = self.jobs.get(caller.org_id, job_id, for_update=True)
-        if job is None:
-            raise _job_not_found(job_id)
+        job = self._locked(caller, job_id)
         if job.status == JobStatus.CANCELLED:
             self.session.rollback()
             return job  # idempotent: nothing changes, nothing to record
@@ -529,7 +313,7 @@ class JobService:
     def _locked(self, caller: Caller, job_id: str) -> Job:
         job = self.jobs.get(caller.org_id, job_id, for_update=True)
         if job is None:
-            raise NotFound(f"No such fine-tuning job: {job_id!r}.", code="job_not_found", param="fine_tuning_job_id")
+            raise _job_not_found(job_id)
         return job
 
     def _refuse(self, job: Job, done: str, code: str, rule: str) -> InvalidRequest:

@@ -1,0 +1,110 @@
+"""A create request to a new ``Job`` row: the checks that refuse it and the values it is
+resolved to (the base model's registry id, ``"auto"`` hyperparameters, the safety config
+the organization allows, a seed).
+
+Contracts: :func:`build_job` queries but writes nothing (the caller adds the row, under
+the organization's lock); it raises 404 ``model_not_found`` / ``file_not_found`` and 400s
+naming the offending parameter (``unsupported_method``, ``invalid_value``,
+``unsupported_integration``, ``invalid_file_purpose``, ``invalid_<param>``,
+``file_not_ready``).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy.orm import Session
+
+from api.admin.repository import OrgRepository
+from api.deps import Caller
+from api.files.repository import FileRepository
+from api.jobs.safety_policy import resolve_safety
+from api.jobs.schemas import HyperparametersIn, JobCreate
+from api.models.repository import ModelRepository
+from core.errors import InvalidRequest, NotFound
+from core.ids import new_id
+from core.jobs.config import Hyperparameters
+from core.jobs.vocab import JobStatus
+from core.models import File, Job, now
+from core.settings import Settings
+
+
+def build_job(
+    session: Session, settings: Settings, caller: Caller, body: JobCreate, idempotency_key: str | None
+) -> Job:
+    """The job ``body`` asks for, checked and resolved; not added to the session."""
+    entry = ModelRepository(session).base_model(body.model)
+    if entry is None:
+        raise NotFound(
+            f"The model {body.model!r} does not exist or is not available for fine-tuning. "
+            "GET /v1/models lists the base models.",
+            code="model_not_found",
+            param="model",
+        )
+    training = usable_file(session, caller, body.training_file, "training_file")
+    if body.validation_file:
+        usable_file(session, caller, body.validation_file, "validation_file")
+
+    if body.method is not None and body.method.type != "supervised":
+        raise InvalidRequest(
+            f"The {body.method.type!r} method is not supported; use 'supervised'.",
+            code="unsupported_method",
+            param="method.type",
+        )
+    method_hp = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    if method_hp is not None and body.hyperparameters is not None:
+        raise InvalidRequest(
+            "Give hyperparameters either at the top level or in method.supervised, not both.",
+            code="invalid_value",
+            param="hyperparameters",
+        )
+    if body.integrations:
+        raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
+    requested = method_hp or body.hyperparameters or HyperparametersIn()
+    hp = Hyperparameters.resolve(**requested.model_dump(), n_examples=training.n_examples).model_dump()
+    org = OrgRepository(session).get(caller.org_id)
+    return Job(
+        id=new_id("ftjob"),
+        org_id=caller.org_id,
+        created_by=caller.key_id,
+        model=entry.id,
+        training_file_id=training.id,
+        validation_file_id=body.validation_file or None,
+        status=JobStatus.VALIDATING_FILES,
+        hyperparameters=hp,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        safety=resolve_safety(body.safety, settings, caller, org.allowed_modes if org else None).model_dump(),
+        suffix=body.suffix or None,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        metadata_=body.metadata,
+        result_files=[],
+        idempotency_key=idempotency_key,
+        created_at=now(),
+    )
+
+
+def usable_file(session: Session, caller: Caller, file_id: str, param: str) -> File:
+    """The organization's processed ``fine-tune`` file ``file_id``, or the error naming ``param``."""
+    row = FileRepository(session).get(caller.org_id, file_id)
+    if row is None:
+        raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param=param)
+    if row.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
+            code="invalid_file_purpose",
+            param=param,
+        )
+    if row.status == "error":
+        details = (row.status_details or "").strip()
+        raise InvalidRequest(
+            f"File {file_id} failed validation and cannot be used for fine-tuning. {details}".strip(),
+            code=f"invalid_{param}",
+            param=param,
+        )
+    if row.status != "processed":
+        raise InvalidRequest(
+            f"File {file_id} is still being processed; retry when its status is 'processed'.",
+            code="file_not_ready",
+            param=param,
+        )
+    return row

@@ -1,0 +1,105 @@
+"""Rows to wire objects: a ``Job`` (with its safety report), its events, checkpoints and
+safety report as the OpenAI-shaped bodies of :mod:`api.jobs.schemas`.
+
+Contracts: pure functions of the rows given (no queries, no session); a missing report
+gives ``None`` summaries; a job's stored ``safety`` dict is read through
+:meth:`core.jobs.config.SafetyConfig.stored`, so defaults come from one place; event levels
+and types outside the wire's vocabulary answer as ``info`` / ``message``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.jobs.schemas import (
+    CheckpointMetrics,
+    FineTuningJob,
+    JobCheckpoint,
+    JobError,
+    JobEvent,
+    SafetyReport,
+    SafetyState,
+)
+from core.jobs.config import SafetyConfig
+from core.models import Checkpoint, Job
+from core.models import JobEvent as JobEventRow
+from core.models import SafetyReport as SafetyReportRow
+
+
+def _job_error(error: dict[str, Any] | None) -> JobError | None:
+    if not error:
+        return None
+    return JobError(
+        code=str(error.get("code") or "error"), message=str(error.get("message") or ""), param=error.get("param")
+    )
+
+
+def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
+    config = SafetyConfig.stored(job.safety)
+    return SafetyState(
+        **config.model_dump(),
+        stage=job.stage,
+        scan_summary=report.scan if report else None,
+        eval_summary=report.evaluation if report else None,
+        gate=report.gate if report else None,
+    )
+
+
+def job_object(job: Job, report: SafetyReportRow | None) -> FineTuningJob:
+    hp = job.hyperparameters or {}
+    method = job.method or {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    return FineTuningJob(
+        id=job.id,
+        created_at=job.created_at,
+        error=_job_error(job.error),
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        hyperparameters=hp,
+        model=job.model,
+        organization_id=job.org_id,
+        result_files=list(job.result_files or []),
+        seed=job.seed,
+        status=job.status,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
+        estimated_finish=job.estimated_finish,
+        integrations=[],
+        metadata=job.metadata_,
+        method=method,
+        user_provided_suffix=job.suffix,
+        safety=safety_state(job, report),
+    )
+
+
+def event_object(row: JobEventRow) -> JobEvent:
+    level = row.level if row.level in ("info", "warn", "error") else "info"
+    kind = row.type if row.type in ("message", "metrics") else "message"
+    return JobEvent(id=row.id, created_at=row.created_at, level=level, message=row.message, type=kind, data=row.data)
+
+
+def checkpoint_object(job: Job, row: Checkpoint) -> JobCheckpoint:
+    metrics = {**(row.metrics or {}), "step": row.step}
+    return JobCheckpoint(
+        id=row.id,
+        created_at=row.created_at,
+        fine_tuned_model_checkpoint=f"ft:{job.model}:{job.org_id}:{job.suffix or ''}:{job.id}:ckpt-step-{row.step}",
+        fine_tuning_job_id=job.id,
+        metrics=CheckpointMetrics(**metrics),
+        step_number=row.step,
+    )
+
+
+def report_object(job: Job, report: SafetyReportRow | None) -> SafetyReport:
+    return SafetyReport(
+        job_id=job.id,
+        status=job.status,
+        stage=job.stage,
+        config=job.safety or {},
+        scan=report.scan if report else None,
+        training=report.training if report else None,
+        evaluation=report.evaluation if report else None,
+        gate=report.gate if report else None,
+        fine_tuned_model=job.fine_tuned_model,
+        updated_at=report.updated_at if report else None,
+    )
