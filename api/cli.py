@@ -17,10 +17,11 @@ ALL_QUEUES = f"{DEFAULT_QUEUE},{GPU_QUEUE}"  # a worker's default: every stage's
 
 
 def worker_argv(
-    queues: str = ALL_QUEUES, concurrency: int = 1, loglevel: str = "INFO", with_beat: bool = True
+    queues: str = ALL_QUEUES, concurrency: int = 1, loglevel: str | None = None, with_beat: bool = True
 ) -> list[str]:
-    """The Celery worker command line: one task at a time, prefetch 1; ``with_beat`` also
-    runs the periodic stale-job reaper in this worker (run it in one worker only)."""
+    """The Celery worker command line: one task at a time, prefetch 1, at ``loglevel`` (default
+    ``GUARDTUNE_LOG_LEVEL``); ``with_beat`` also runs the periodic stale-job reaper in this
+    worker (run it in one worker only)."""
     beat = ["--beat"] if with_beat else []
     return [
         sys.executable,
@@ -36,7 +37,7 @@ def worker_argv(
         "--prefetch-multiplier",
         "1",
         "--loglevel",
-        loglevel,
+        loglevel or get_settings().log_level,
         "--without-gossip",
         "--without-mingle",
         *beat,
