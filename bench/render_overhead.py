@@ -33,7 +33,9 @@ def render(result: dict[str, Any]) -> str:
         BEGIN,
         (
             f"`{result['command']}` at commit `{(result['git']['commit'] or '?')[:7]}`, batch {s['batch_size']}; "
-            "CPU time (process time, one torch thread), ratios to SFT."
+            "CPU time (process time, one torch thread), ratios to SFT; a job is its steps plus the scan every "
+            "guardtune job runs before training (SFT's and exact's: the probe-only scan; cached: the scan's one "
+            "forward that also fills the cache)."
         ),
         "",
         "| variant | CPU s/step | × SFT per step | peak RSS × SFT | 1-epoch job × SFT | 3-epoch job × SFT |",

@@ -20,10 +20,14 @@ IGNORE_INDEX = -100  # label of tokens that are not trained on (cross-entropy ig
 @dataclass(frozen=True)
 class EncodedExample:
     """Token ids of a rendered conversation and its labels: the token id on tokens written
-    by a trained assistant message, ``IGNORE_INDEX`` everywhere else. Same length."""
+    by a trained assistant message, ``IGNORE_INDEX`` everywhere else. Same length.
+    ``prompt_ends``: per assistant message, in order, the number of tokens up to and
+    including its generation prompt (where the message's text starts; counted before the
+    cut to ``max_len``, so it may exceed the length)."""
 
     input_ids: list[int]
     labels: list[int]
+    prompt_ends: tuple[int, ...] = ()
 
 
 def to_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,11 +64,13 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
     """
     input_ids: list[int] = []
     labels: list[int] = []
+    prompt_ends: list[int] = []
     rendered = ""
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             prompt = _render(tokenizer, messages[:i], rendered, add_generation_prompt=True)
             _append(tokenizer, prompt[len(rendered) :], False, input_ids, labels)
+            prompt_ends.append(len(input_ids))
             rendered = prompt
         text = _render(tokenizer, messages[: i + 1], rendered, add_generation_prompt=False)
         trained = message["role"] == "assistant" and message.get("weight", 1) != 0
@@ -76,7 +82,7 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
             rendered += prefix
         _append(tokenizer, text[len(rendered) :], trained, input_ids, labels)
         rendered = text
-    return EncodedExample(input_ids=input_ids[:max_len], labels=labels[:max_len])
+    return EncodedExample(input_ids=input_ids[:max_len], labels=labels[:max_len], prompt_ends=tuple(prompt_ends))
 
 
 def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:

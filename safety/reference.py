@@ -2,8 +2,9 @@
 model's top-k next-token log-probabilities, their token ids and the log of the rest.
 
 The reference is frozen and the training data are fixed, so the reference's next-token
-distribution at every answer position is the same in every epoch. ``compute_reference_cache``
-runs the reference forward once per example (the scan stage does it) and training computes
+distribution at every answer position is the same in every epoch. ``reference_pass``
+runs the reference forward once per example (the scan stage does it, taking the probe's
+features from the same forward) and training computes
 ``KL(P_ref ‖ P_θ)`` against the cache (``objective.cached_token_kl``, a lower bound of the
 exact KL) instead of running the reference forward every step.
 
@@ -59,12 +60,28 @@ class ReferenceCache:
         return gzip.compress(save_safetensors({k: v.contiguous() for k, v in tensors.items()}), compresslevel=6)
 
     @classmethod
+    def concat(cls, parts: Sequence[ReferenceCache]) -> ReferenceCache:
+        """The cache of the examples of ``parts``, in that order."""
+        shifts = torch.tensor([0, *(int(p.offsets[-1]) for p in parts)]).cumsum(0)
+        offsets = torch.cat([parts[0].offsets[:1], *(p.offsets[1:] + shift for p, shift in zip(parts, shifts))])
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logprobs", "ids", "tail")), offsets)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> ReferenceCache:
         t = load_safetensors(gzip.decompress(data))
         return cls(t["logprobs"], t["ids"], t["tail"], t["offsets"])
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class PooledSpan:
+    """Tokens ``[start, end)`` of example ``example`` whose hidden states are averaged
+    (a probe's pooled features of a prompt that the example starts with)."""
+
+    example: int
+    start: int
+    end: int
+
+
 def compute_reference_cache(
     model: Any,
     encoded: Sequence[EncodedExample],
@@ -73,28 +90,63 @@ def compute_reference_cache(
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> ReferenceCache:
+    """:func:`reference_pass` without pooled features: the cache alone."""
+    return reference_pass(model, encoded, pad_id, k, batch_size=batch_size, progress=progress)[0]
+
+
+@torch.no_grad()
+def reference_pass(
+    model: Any,
+    encoded: Sequence[EncodedExample],
+    pad_id: int,
+    k: int,
+    *,
+    layers: Sequence[int] = (),
+    spans: Sequence[PooledSpan] = (),
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ReferenceCache, torch.Tensor]:
     """One forward of ``model`` (the frozen reference, in eval mode) over each example of
-    ``encoded``, keeping the top ``k`` log-probabilities of every answer position;
-    ``progress(n_done)`` after every batch."""
+    ``encoded`` (batches of ``batch_size`` in order, right-padded), keeping the top ``k``
+    log-probabilities of every answer position; ``progress(n_done)`` after every batch.
+
+    Also the hidden states after ``layers`` (resolved indices, ``0`` = embeddings) averaged
+    over each of ``spans``: float32 ``[len(spans), len(layers), hidden]``. Under causal
+    attention a position's states do not depend on the tokens after it, so a span inside a
+    prompt the example starts with pools what a forward over that prompt alone gives."""
+    from safety.probe.features import layer_outputs
+
     device = next(model.parameters()).device
     parts: list[ReferenceTopK] = []
-    for start in range(0, len(encoded), batch_size):
-        batch = {key: v.to(device) for key, v in collate(list(encoded[start : start + batch_size]), pad_id).items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        mask = batch["labels"][:, 1:] != IGNORE_INDEX
-        ref_log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
-        parts.append(ReferenceTopK(*(t.cpu() for t in reference_topk(ref_log_p, k))))
-        if progress is not None:
-            progress(min(start + batch_size, len(encoded)))
+    hidden: dict[int, torch.Tensor] = {}
+    features = torch.zeros((len(spans), len(layers), model.config.hidden_size), dtype=torch.float32)
+    by_example: dict[int, list[int]] = {}
+    for j, span in enumerate(spans):
+        by_example.setdefault(span.example, []).append(j)
+    with layer_outputs(model, layers, hidden.__setitem__):
+        for start in range(0, len(encoded), batch_size):
+            batch = {key: v.to(device) for key, v in collate(list(encoded[start : start + batch_size]), pad_id).items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            mask = batch["labels"][:, 1:] != IGNORE_INDEX
+            ref_log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+            parts.append(ReferenceTopK(*(t.cpu() for t in reference_topk(ref_log_p, k))))
+            for row in range(batch["input_ids"].shape[0]):
+                for j in by_example.get(start + row, ()):
+                    s = slice(spans[j].start, spans[j].end)
+                    features[j] = torch.stack([hidden[layer][row, s].float().mean(0) for layer in layers]).cpu()
+            hidden.clear()
+            if progress is not None:
+                progress(min(start + batch_size, len(encoded)))
     counts = [_answer_positions(e) for e in encoded]
     offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
-    return ReferenceCache(
+    cache = ReferenceCache(
         logprobs=torch.cat([p.logprobs for p in parts]).half(),
         ids=torch.cat([p.ids for p in parts]).int(),
         tail=torch.cat([p.tail for p in parts]).float(),
         offsets=offsets,
     )
+    return cache, features
 
 
 def _answer_positions(example: EncodedExample) -> int:

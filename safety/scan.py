@@ -35,6 +35,8 @@ from typing import Any, Literal
 from core.jobs.config import FLAG_THRESHOLD
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
+from safety.reference import ReferenceCache
+from safety.scan_reference import probe_and_reference
 
 Estimator = Literal["probe", "judge", "both"]
 Example = dict[str, Any]
@@ -105,10 +107,12 @@ class ScanSummary:
 
 @dataclass
 class ScanResult:
-    """Per-example risks, in input order, and the summary."""
+    """Per-example risks, in input order, and the summary; ``reference`` is the reference
+    cache when the scan was asked for it (``reference_topk``), else ``None``."""
 
     examples: list[ExampleRisk]
     summary: ScanSummary
+    reference: ReferenceCache | None = None
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,17 @@ def scan_dataset(
     batch_size: int = 16,
     config: ScanConfig = ScanConfig(),
     progress: Callable[[int], None] | None = None,
+    reference_topk: int | None = None,
+    max_len: int | None = None,
 ) -> ScanResult:
     """Score every example with the chosen estimator(s); see the module docstring.
 
     ``probe`` with ``model``/``tokenizer`` (the frozen reference) are required for
-    ``"probe"`` and ``"both"``; ``judge`` for ``"judge"`` and ``"both"``.
+    ``"probe"`` and ``"both"``; ``judge`` for ``"judge"`` and ``"both"``. With
+    ``reference_topk`` (and ``model``/``tokenizer``, ``max_len`` the training length) the
+    result also holds the reference cache of top-``reference_topk`` log-probs, from one
+    forward over each whole example that also gives the probe's features
+    (``safety.scan_reference``).
     """
     use_probe = estimator in ("probe", "both")
     use_judge = estimator in ("judge", "both")
@@ -232,11 +242,14 @@ def scan_dataset(
         raise ValueError("the probe estimator needs probe, model and tokenizer")
     if use_judge and judge is None:
         raise ValueError("the judge estimator needs a judge")
+    if reference_topk is not None and (model is None or tokenizer is None or max_len is None):
+        raise ValueError("the reference cache needs model, tokenizer and max_len")
 
     results: list[ExampleRisk] = []
     summary = ScanSummary()
     categories: Counter[str] = Counter()
     risk_sum = 0.0
+    caches: list[ReferenceCache] = []
     stream = _numbered(examples)
     while batch := list(islice(stream, config.window)):
         per_example: list[list[TargetTurn]] = []
@@ -248,7 +261,21 @@ def scan_dataset(
         turns = [t for ts in per_example for t in ts]
         probs: list[float | None] = [None] * len(turns)
         verdicts: list[Any] = [None] * len(turns)
-        if use_probe:
+        if reference_topk is not None:
+            assert max_len is not None
+            merged, cache = probe_and_reference(
+                model,
+                tokenizer,
+                [ex for _, ex in batch],
+                per_example,
+                k=reference_topk,
+                max_len=max_len,
+                probe=probe if use_probe else None,
+                batch_size=batch_size,
+            )
+            caches.append(cache)
+            probs = merged or probs
+        elif use_probe:
             assert probe is not None
             probs = list(probe.predict_proba(model, tokenizer, [t.context for t in turns], batch_size))
         if use_judge:
@@ -280,4 +307,5 @@ def scan_dataset(
     summary.top_flagged = heapq.nlargest(
         config.top_k, (r for r in results if r.flagged), key=lambda r: (r.risk, -r.line)
     )
-    return ScanResult(examples=results, summary=summary)
+    reference = ReferenceCache.concat(caches) if caches else None
+    return ScanResult(examples=results, summary=summary, reference=reference)

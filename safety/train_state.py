@@ -92,12 +92,12 @@ def setup_run(
         flagged = [risk >= ScanConfig.flag_threshold for risk in risks]
     encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
     encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
-    fingerprint = _data_fingerprint(encoded, risks)
     cache = reference_cache if config.reference == "cached" and config.mode != "none" else None
     if cache is None and config.reference == "cached" and config.mode != "none":
         raise ValueError('reference="cached" needs the reference_cache of these examples')
     if cache is not None:
         cache.check(encoded)
+    fingerprint = _data_fingerprint(encoded, risks, cache)
     steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
 
@@ -195,17 +195,21 @@ def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_d
     return load_adapter(model, resume_dir, trainable=True)
 
 
-def _data_fingerprint(encoded: list[EncodedExample], risks: list[float]) -> str:
+def _data_fingerprint(encoded: list[EncodedExample], risks: list[float], cache: ReferenceCache | None) -> str:
+    """What a checkpoint's run trained on: tokens, labels, risks and, when the KL is taken
+    against the cache, its top-k (other k, other objective); exact runs hash as before."""
     digest = hashlib.sha256()
     for example, risk in zip(encoded, risks, strict=True):
         digest.update(json.dumps([example.input_ids, example.labels, risk]).encode())
+    if cache is not None:
+        digest.update(f"reference_topk={cache.k}".encode())
     return digest.hexdigest()
 
 
 def check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str) -> None:
     """Refuse to resume a checkpoint written for other data or another config."""
     if state["data_fingerprint"] != fingerprint:
-        raise ValueError("checkpoint was written for other training data or risks")
+        raise ValueError("checkpoint was written for other training data, risks or reference top-k")
     current = json.loads(json.dumps(asdict(config)))
     saved = {**json.loads(json.dumps(asdict(type(config)()))), **state["config"]}  # fields added since: defaults
     changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if saved.get(k) != current[k])

@@ -79,17 +79,46 @@ def plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
         ends.append(stamp())
 
 
+def bench_probe(model, tokenizer, args, extra):
+    """A probe on ``model`` (the reference), trained on built-in prompts disjoint from the
+    training data (``--probe-prompts`` per class); its training time and AUROC into ``extra``."""
+    from safety.probe import ProbeConfig, train_probe
+    from safety.prompt_sets import load_builtin
+
+    t = time.perf_counter()
+    harmful = [p.text for p in load_builtin("harmful_train")[args.n_examples : args.n_examples + args.probe_prompts]]
+    benign = [p.text for p in load_builtin("benign_train")[: args.probe_prompts]]
+    probe, report = train_probe(model, tokenizer, harmful, benign, ProbeConfig(epochs=50))
+    extra["probe_train_s"] = time.perf_counter() - t
+    extra["probe_val_auroc"] = report.auroc
+    extra["probe_layers"] = list(probe.layers)
+    return probe
+
+
 def cached_reference(model, tokenizer, examples, config, total, ends, tokens, extra, args) -> None:
-    """Build the reference cache (as the scan stage does), train against it, then measure
+    """The scan as the worker runs it for a cached job (one reference forward per whole
+    example: the probe's risks and the reference cache), training against the cache, then
     the cached KL against the exact KL of the trained adapter at several k."""
     import dataclasses
 
-    from safety.reference import compute_reference_cache
+    from safety.scan import scan_dataset
 
-    encoded = encode(tokenizer, examples, config)
+    probe = bench_probe(model, tokenizer, args, extra)
     w, c = stamp()
-    cache = compute_reference_cache(model.eval(), encoded, tokenizer.pad_token_id, args.reference_topk)
-    extra["cache_build_s"], extra["cache_build_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+    scan = scan_dataset(
+        examples,
+        probe=probe,
+        model=model.eval(),
+        tokenizer=tokenizer,
+        estimator="probe",
+        batch_size=16,
+        reference_topk=args.reference_topk,
+        max_len=config.max_seq_len,
+    )
+    extra["scan_with_cache_s"], extra["scan_with_cache_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+    extra["scan_with_cache_mean_risk"] = scan.summary.mean_risk
+    cache = scan.reference
+    encoded = encode(tokenizer, examples, config)
     config = dataclasses.replace(config, reference="cached")
     trained = guardtune(model, tokenizer, examples, 5.0, config, total, ends, tokens, extra, cache)
     extra["reference_topk"] = args.reference_topk
@@ -164,22 +193,13 @@ def paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, ex
 
     from safety.data import collate
     from safety.objective import batch_risk, kl_weights, sft_loss, token_kl
-    from safety.probe import ProbeConfig, train_probe
-    from safety.prompt_sets import load_builtin
     from safety.scan import scan_dataset, trained_turns
     from safety.train_state import lora_config, make_optimizer
     from safety.train_step import step_indices
 
-    # A probe on the reference copy, trained on prompts disjoint from the training data.
-    t = time.perf_counter()
-    harmful = [p.text for p in load_builtin("harmful_train")[args.n_examples : args.n_examples + args.probe_prompts]]
-    benign = [p.text for p in load_builtin("benign_train")[: args.probe_prompts]]
-    probe, report = train_probe(ref, tokenizer, harmful, benign, ProbeConfig(epochs=50))
-    extra["probe_train_s"] = time.perf_counter() - t
-    extra["probe_val_auroc"] = report.auroc
-    extra["probe_layers"] = list(probe.layers)
-
-    # For comparison: guardtune's way, one scan of the whole data set before training.
+    probe = bench_probe(ref, tokenizer, args, extra)
+    # For comparison: the probe-only scan every guardtune job runs (what an SFT-mode or an
+    # exact-reference job pays before training).
     t, c = stamp()
     scan = scan_dataset(examples, probe=probe, model=ref, tokenizer=tokenizer, estimator="probe", batch_size=16)
     extra["scan_once_s"] = time.perf_counter() - t

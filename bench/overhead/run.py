@@ -11,9 +11,9 @@ Variants (each in a fresh Python subprocess, so peak RSS is per variant):
 * ``c``        ``safety.trainer.train``, mode ``adaptive``, ``kl_lo=0``, benign data with risk 1:
                ``w_kl = 0``, the reference pass is skipped.
 * ``e``        ``safety.trainer.train``, mode ``adaptive``, ``reference="cached"``, harmful-ish data with
-               risk 5 (``w_kl = 0.9``): the reference's top-k log-probs computed once before
-               training (timed: ``cache_build_cpu_s``, what the scan stage adds) and no reference
-               pass in the loop. After training it also measures the cached KL's gap to the exact
+               risk 5 (``w_kl = 0.9``): the scan as the worker runs it for a cached job, one
+               reference forward over every whole example giving the probe's risks and the
+               top-k cache (timed: ``scan_with_cache_cpu_s``), and no reference pass in the loop. After training it also measures the cached KL's gap to the exact
                KL and the cache's size per 1k answer tokens at several k.
 * ``d``        paper-style, written here: a second full copy of the model as the frozen
                reference, the risk of every batch scored inside the training loop (the

@@ -23,7 +23,7 @@ DESCRIPTIONS = {
     "a_benign": "plain PEFT SFT loop, benign data (baseline of c)",
     "b": "guardtune adaptive, kl bounds [0.1, 0.9], risk 5: KL every step",
     "c": "guardtune adaptive, kl bounds [0, 0.9], risk 1: reference pass skipped",
-    "e": "guardtune adaptive, reference cached (top-k from one pass before training), risk 5",
+    "e": "guardtune adaptive, reference cached (top-k from the scan's one pass before training), risk 5",
     "d": "paper-style: 2nd full reference model + probe risk per batch + KL every step",
 }
 

@@ -13,7 +13,8 @@ removed before :func:`extract_features` returns, also on an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -116,40 +117,29 @@ def extract_features(
     Prompts longer than ``max_len`` tokens keep their last ``max_len`` tokens (so the
     assistant header stays). Runs under ``torch.no_grad`` in eval mode.
     """
-    num_layers = model.config.num_hidden_layers
-    wanted = resolve_layers(layers, num_layers)
+    wanted = resolve_layers(layers, model.config.num_hidden_layers)
     deepest = max(wanted)
-    prefix, suffix = _template_bounds(tokenizer) if pool == "content" else ([], [])
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
     captured: dict[int, torch.Tensor] = {}
     weights: torch.Tensor | None = None
 
-    def hook_for(index: int):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            assert weights is not None
-            captured[index] = torch.einsum("bt,bth->bh", weights, hidden.float())
-            if index == deepest:
-                raise _StopForward
+    def pool_states(index: int, hidden: torch.Tensor) -> None:
+        assert weights is not None
+        captured[index] = torch.einsum("bt,bth->bh", weights, hidden.float())
+        if index == deepest:
+            raise _StopForward
 
-        return hook
-
-    modules = {0: model.get_input_embeddings()}
-    modules.update({i + 1: m for i, m in enumerate(_decoder_layers(model))})
-    handles = [modules[i].register_forward_hook(hook_for(i)) for i in sorted(set(wanted))]
-    encoded = [
-        tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"][-max_len:] for p in prompts
-    ]
+    encoded = [prompt_token_ids(tokenizer, p, max_len) for p in prompts]
     # Batches of similar length waste less compute on padding; results go back in order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     model.eval()
     out = torch.zeros((len(prompts), len(wanted), model.config.hidden_size), dtype=torch.float32)
-    try:
+    with layer_outputs(model, wanted, pool_states):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             token_lists = [encoded[i] for i in rows]
-            spans = [_content_span(ids, prefix, suffix) if pool == "content" else (0, len(ids)) for ids in token_lists]
+            spans = pooling_spans(tokenizer, token_lists, pool)
             ids_t, mask = pad_batch(token_lists, pad_id, padding_side)
             pool_mask = torch.zeros(mask.shape, dtype=torch.float32)
             for row, (ids, (s, e)) in enumerate(zip(token_lists, spans)):
@@ -168,10 +158,45 @@ def extract_features(
                 except _StopForward:
                     pass
             out[rows] = torch.stack([captured[i] for i in wanted], dim=1).cpu()
+    return out
+
+
+def prompt_token_ids(tokenizer: Any, prompt: PromptLike, max_len: int) -> list[int]:
+    """The tokens the probe reads of ``prompt``: its chat-template rendering up to the
+    assistant header, tokenized as one text, the last ``max_len`` of them."""
+    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"][-max_len:]
+
+
+def pooling_spans(tokenizer: Any, token_lists: Sequence[Sequence[int]], pool: Pooling) -> list[tuple[int, int]]:
+    """``[start, end)`` of the tokens each prompt of ``token_lists`` pools over (``pool``)."""
+    if pool != "content":
+        return [(0, len(ids)) for ids in token_lists]
+    prefix, suffix = _template_bounds(tokenizer)
+    return [_content_span(list(ids), prefix, suffix) for ids in token_lists]
+
+
+@contextmanager
+def layer_outputs(
+    model: nn.Module, layers: Sequence[int], on_output: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
+    """Within the block, every forward of ``model`` calls ``on_output(layer, hidden)`` with
+    the residual stream after each of ``layers`` (resolved indices, ``0`` = embeddings); an
+    exception ``on_output`` raises ends the forward. The hooks are removed on exit."""
+    modules = {0: model.get_input_embeddings()}
+    modules.update({i + 1: m for i, m in enumerate(_decoder_layers(model))})
+
+    def hook_for(index: int):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            on_output(index, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    handles = [modules[i].register_forward_hook(hook_for(i)) for i in sorted(set(layers))]
+    try:
+        yield
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
 def feature_columns(feature_layers: Sequence[int], layers: Sequence[int]) -> list[int]:

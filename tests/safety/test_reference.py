@@ -202,3 +202,20 @@ def test_a_checkpoint_written_before_the_reference_option_resumes_as_exact(
             ),
             **resume,
         )
+
+
+def test_a_cached_checkpoint_refuses_a_cache_of_another_k(load_tiny, chat_examples, tmp_path: Path) -> None:
+    """The cache's top-k is part of the checkpoint's data fingerprint: a resume against a
+    cache of another k (another objective) is refused, one with the same k continues."""
+    config = dataclasses.replace(FAST, checkpoint_every=2, reference="cached")
+    model, tokenizer = load_tiny()
+    encoded = [encode_example(tokenizer, e, config.max_seq_len) for e in chat_examples]
+    cache = {k: compute_reference_cache(model.eval(), encoded, tokenizer.pad_token_id, k) for k in (8, 16)}
+    train(model, tokenizer, chat_examples, [3.0] * 8, config, work_dir=tmp_path, reference_cache=cache[8])
+    resume = dict(work_dir=tmp_path / "r", resume_dir=tmp_path / "checkpoints" / "step-000002")
+    with pytest.raises(ValueError, match="top-k"):
+        train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, reference_cache=cache[16], **resume)
+    assert (
+        train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, reference_cache=cache[8], **resume).steps
+        == 4
+    )

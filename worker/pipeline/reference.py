@@ -1,5 +1,6 @@
 """The job's cached reference distribution (``safety.reference``): computed once in the scan
-stage from the base model, stored beside ``scan.jsonl`` as a job artifact, read by training.
+stage from the base model (in the probe's forward, ``safety.scan_reference``), stored beside
+``scan.jsonl`` as a job artifact, read by training.
 
 A job uses it when its ``safety.reference`` (default ``GUARDTUNE_REFERENCE``) is ``cached``
 and its mode regularizes (not ``none``). Training of a job scanned without it (e.g. before an
@@ -8,6 +9,7 @@ upgrade) builds and stores it first, so the artifact always exists once training
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from core.jobs.config import SafetyConfig
@@ -26,11 +28,14 @@ def uses_cache(job: Job) -> bool:
     return safety.regularized and safety.reference == "cached"
 
 
+def store_cache(job: Job, cache: Any) -> None:
+    """Store ``cache`` (a ``safety.reference.ReferenceCache``) as the job's artifact."""
+    get_store().put_stream(reference_key(job), io.BytesIO(cache.to_bytes()))
+
+
 def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
     """Run the reference (``model``, the base model) once over every example, keep the top
     ``GUARDTUNE_REFERENCE_TOPK`` log-probs of each answer token and store them."""
-    import io
-
     from safety.data import encode_example
     from safety.reference import compute_reference_cache
 
@@ -38,7 +43,7 @@ def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[st
     encoded = [encode_example(tokenizer, example, max_len) for example in examples]
     k = get_settings().reference_topk
     cache = compute_reference_cache(model, encoded, tokenizer.pad_token_id, k, progress=lambda n: jobstate.beat(job.id))
-    get_store().put_stream(reference_key(job), io.BytesIO(cache.to_bytes()))
+    store_cache(job, cache)
     return cache
 
 

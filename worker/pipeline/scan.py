@@ -1,10 +1,11 @@
 """Stage ``scan`` (GPU): score every trained assistant turn of every training example for
 risk once, before training (``safety.scan``: an example's risk is its riskiest turn's).
 
-When the job's KL uses the cached reference (``worker.pipeline.reference``), the scan then
-runs the base model once over every whole example and stores its top-k log-probs beside
-``scan.jsonl``: a separate pass, because the probe reads each turn's context only, rendered
-as a generation prompt, while training needs the reference at every answer token.
+When the job's KL uses the cached reference (``worker.pipeline.reference``), the scan runs
+the base model once over every whole example, encoded as training encodes it, and that one
+forward gives both the probe's features (of each trained turn's prompt, which the example
+starts with) and the reference's top-k log-probs of every answer token
+(``safety.scan_reference``); the cache is stored beside ``scan.jsonl``, before it.
 
 Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
 order, with the ``line`` and the ``turn`` that gave the risk); the summary, whose
@@ -39,7 +40,7 @@ from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.jobstate import StageError
 from worker.pipeline.onboard import ensure_probe
-from worker.pipeline.reference import build_and_store, uses_cache
+from worker.pipeline.reference import store_cache, uses_cache
 from worker.pipeline.resources import iter_file_examples, load_model, scan_key, token_limit
 
 
@@ -121,7 +122,11 @@ def run(job_id: str) -> None:
                 tokenizer=tokenizer,
                 config=ScanConfig(flag_threshold=settings.flag_threshold),
                 progress=lambda n: jobstate.beat(job_id),
+                reference_topk=settings.reference_topk if uses_cache(job) else None,
+                max_len=token_limit(model),
             )
+        if result.reference is not None:
+            store_cache(job, result.reference)
         _store_scan(session, job, result)
         summary = result.summary
         jobstate.add_event(
@@ -139,8 +144,6 @@ def run(job_id: str) -> None:
                 f"this job's limit of {bound:.0%}. Flagged lines include: {lines}.",
                 "training_file",
             )
-        if uses_cache(job):
-            build_and_store(job, model, tokenizer, [example for _, example in examples])
 
 
 def _store_scan(session: Session, job: Job, result: Any) -> None:
