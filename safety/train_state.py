@@ -97,7 +97,7 @@ def setup_run(
         raise ValueError('reference="cached" needs the reference_cache of these examples')
     if cache is not None:
         cache.check(encoded)
-    fingerprint = _data_fingerprint(encoded, risks, cache)
+    fingerprint = _data_fingerprint(encoded, risks)
     steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
 
@@ -107,7 +107,7 @@ def setup_run(
     start_step = 0
     if resume_dir is not None:
         state = read_trainer_state(resume_dir)
-        check_resumable(state, config, fingerprint)
+        check_resumable(state, config, fingerprint, cache.k if cache is not None else None)
         restore_checkpoint(resume_dir, optimizer, scheduler)
         start_step = state["step"]
         summary = RunSummary(**state["summary"])
@@ -163,6 +163,7 @@ def write_run_checkpoint(run: TrainRun, done: int) -> Path:
         "total_steps": run.total_steps,
         "config": asdict(run.config),
         "data_fingerprint": run.fingerprint,
+        "reference_topk": run.cache.k if run.cache is not None else None,
         "summary": asdict(run.summary),
     }
     directory = run.work_dir / "checkpoints" / checkpoint_name(done)
@@ -195,21 +196,25 @@ def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_d
     return load_adapter(model, resume_dir, trainable=True)
 
 
-def _data_fingerprint(encoded: list[EncodedExample], risks: list[float], cache: ReferenceCache | None) -> str:
-    """What a checkpoint's run trained on: tokens, labels, risks and, when the KL is taken
-    against the cache, its top-k (other k, other objective); exact runs hash as before."""
+def _data_fingerprint(encoded: list[EncodedExample], risks: list[float]) -> str:
+    """What a checkpoint's run trained on: tokens, labels and risks."""
     digest = hashlib.sha256()
     for example, risk in zip(encoded, risks, strict=True):
         digest.update(json.dumps([example.input_ids, example.labels, risk]).encode())
-    if cache is not None:
-        digest.update(f"reference_topk={cache.k}".encode())
     return digest.hexdigest()
 
 
-def check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str) -> None:
-    """Refuse to resume a checkpoint written for other data or another config."""
+def check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str, reference_topk: int | None) -> None:
+    """Refuse to resume a checkpoint written for other data, another config or, when the KL is
+    taken against a cache, a cache of another top-k (another objective). A checkpoint from
+    before the top-k was recorded carries none and is checked on data and config only."""
     if state["data_fingerprint"] != fingerprint:
-        raise ValueError("checkpoint was written for other training data, risks or reference top-k")
+        raise ValueError("checkpoint was written for other training data or risks")
+    saved_topk = state.get("reference_topk", reference_topk)
+    if saved_topk != reference_topk:
+        raise ValueError(
+            f"checkpoint was written against a reference cache of top-k {saved_topk}, this run's has {reference_topk}"
+        )
     current = json.loads(json.dumps(asdict(config)))
     saved = {**json.loads(json.dumps(asdict(type(config)()))), **state["config"]}  # fields added since: defaults
     changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if saved.get(k) != current[k])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -205,8 +206,9 @@ def test_a_checkpoint_written_before_the_reference_option_resumes_as_exact(
 
 
 def test_a_cached_checkpoint_refuses_a_cache_of_another_k(load_tiny, chat_examples, tmp_path: Path) -> None:
-    """The cache's top-k is part of the checkpoint's data fingerprint: a resume against a
-    cache of another k (another objective) is refused, one with the same k continues."""
+    """A checkpoint records its cache's top-k: a resume against a cache of another k (another
+    objective) is refused, one with the same k continues, and a checkpoint from before the
+    top-k was recorded (none in its state) still resumes."""
     config = dataclasses.replace(FAST, checkpoint_every=2, reference="cached")
     model, tokenizer = load_tiny()
     encoded = [encode_example(tokenizer, e, config.max_seq_len) for e in chat_examples]
@@ -215,6 +217,15 @@ def test_a_cached_checkpoint_refuses_a_cache_of_another_k(load_tiny, chat_exampl
     resume = dict(work_dir=tmp_path / "r", resume_dir=tmp_path / "checkpoints" / "step-000002")
     with pytest.raises(ValueError, match="top-k"):
         train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, reference_cache=cache[16], **resume)
+    assert (
+        train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, reference_cache=cache[8], **resume).steps
+        == 4
+    )
+    state_file = tmp_path / "checkpoints" / "step-000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state.pop("reference_topk") == 8
+    state_file.write_text(json.dumps(state))
+    resume["work_dir"] = tmp_path / "older"
     assert (
         train(load_tiny()[0], tokenizer, chat_examples, [3.0] * 8, config, reference_cache=cache[8], **resume).steps
         == 4
