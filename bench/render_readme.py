@@ -158,9 +158,43 @@ def render_aligned_reference(doc: dict[str, Any]) -> str:
     )
 
 
+def render_api_load(doc: dict[str, Any]) -> str:
+    """One row per run (``after``, ``before``, …) and database: errors, each poll's
+    requests/s as a fraction of ``/healthz``'s in the same run, and API CPU per request."""
+    rows = []
+    for label, run in doc["runs"].items():
+        for db, result in run["databases"].items():
+            endpoints, summary = result["endpoints"], run["summary"][db]
+            cpu = " / ".join(num(endpoints[p]["server_cpu_ms_per_request"], 1) for p in ("job", "job_304", "healthz"))
+            rows.append(
+                [
+                    f"{label} (`{run['api_commit'][:7]}`, {run['settings']['duration']:.0f} s per phase)",
+                    db,
+                    str(sum(e["requests"] for e in endpoints.values())),
+                    str(summary["errors"]),
+                    f"{num(summary['job_vs_healthz'])}×",
+                    f"{num(summary['job_304_vs_healthz'])}×",
+                    cpu,
+                ]
+            )
+    headers = [
+        "run (API commit)",
+        "database",
+        "requests (all phases)",
+        "errors",
+        "job poll vs `/healthz`",
+        "304 poll vs `/healthz`",
+        "API CPU ms/request (job / 304 / healthz)",
+    ]
+    pollers = sorted({run["settings"]["concurrency"] for run in doc["runs"].values()})
+    note = f"{' / '.join(map(str, pollers))} concurrent pollers on one job; target: ≥ 0.5× on both databases, 0 errors."
+    return table(headers, rows) + "\n\n" + note
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "safety_replication": render_safety_replication,
     "aligned_reference": render_aligned_reference,
+    "api_load": render_api_load,
 }
 
 

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
 
     # Security. The secret peppers API-key hashes.
     secret_key: str = INSECURE_SECRET
+    # Seconds an API key found valid is trusted without a query (api.keycache); 0: never.
+    api_key_cache_s: float = Field(default=5.0, ge=0)
 
     # HTTP service.
     host: str = "127.0.0.1"

@@ -36,7 +36,8 @@ def free_port() -> int:
 
 
 def clear_caches() -> None:
-    """Forget process-wide cached settings, engines, stores and producers."""
+    """Forget process-wide cached settings, engines, stores, producers and API keys."""
+    from api import keycache
     from core import db, queue, settings, storage
 
     settings.get_settings.cache_clear()
@@ -44,6 +45,7 @@ def clear_caches() -> None:
     db._factory.cache_clear()
     storage._cached_store.cache_clear()
     queue.producer.cache_clear()
+    keycache.forget_all()
 
 
 def _pg_admin():

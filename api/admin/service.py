@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from api.admin.repository import OrgRepository
 from api.admin.schemas import ApiKeyCreate, OrganizationCreate, OrganizationUpdate
 from api.deps import Caller
+from api.keycache import forget_all
 from core import audit
 from core import orgs as orgs_core
 from core.errors import NotFound
@@ -82,4 +83,5 @@ class AdminService:
             return key  # idempotent: already revoked, nothing to record
         key = orgs_core.revoke_key(self.session, key.id, actor=caller.actor)
         self.session.commit()
+        forget_all()  # the key stops working in this process now (others: within the TTL)
         return key

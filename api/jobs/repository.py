@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import Text, cast, func, or_, select
+from sqlalchemy import Text, bindparam, cast, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -25,6 +25,13 @@ def _has_metadata(dialect: str, key: str, value: str) -> ColumnElement[bool]:
     return Job.metadata_[key].as_string() == value  # the key is a bound parameter of ->>
 
 
+_VERSIONS = (
+    select(Job.version, SafetyReport.version)
+    .outerjoin(SafetyReport, SafetyReport.job_id == Job.id)
+    .where(Job.org_id == bindparam("org_id"), Job.id == bindparam("job_id"))
+)
+
+
 class JobRepository:
     def __init__(self, session: Session):
         self.session = session
@@ -35,14 +42,19 @@ class JobRepository:
             query = query.with_for_update()
         return self.session.scalar(query)
 
-    def versions(self, org_id: str, job_id: str) -> tuple[int, int | None] | None:
-        """``(job version, report version or None)`` of a job the organization owns, or None:
-        what a conditional poll compares, read without loading the rows."""
+    def get_with_report(self, org_id: str, job_id: str) -> tuple[Job, SafetyReport | None] | None:
+        """A job the organization owns and its safety report (if any), in one query."""
         row = self.session.execute(
-            select(Job.version, SafetyReport.version)
+            select(Job, SafetyReport)
             .outerjoin(SafetyReport, SafetyReport.job_id == Job.id)
             .where(Job.org_id == org_id, Job.id == job_id)
         ).first()
+        return None if row is None else (row[0], row[1])
+
+    def versions(self, org_id: str, job_id: str) -> tuple[int, int | None] | None:
+        """``(job version, report version or None)`` of a job the organization owns, or None:
+        what a conditional poll compares, read without loading the rows (nor the ORM)."""
+        row = self.session.connection().execute(_VERSIONS, {"org_id": org_id, "job_id": job_id}).first()
         return None if row is None else (row[0], row[1])
 
     def event_marks(self, org_id: str, job_id: str) -> tuple[int | None, int] | None:

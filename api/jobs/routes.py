@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.auth import CUSTOMER
-from api.conditional import NOT_MODIFIED, conditional, conditional_json
+from api.conditional import NOT_MODIFIED, conditional, conditional_json, conditional_rows
 from api.deps import CallerDep
 from api.jobs.deps import JobServiceDep
 from api.jobs.params import metadata_filter
@@ -69,8 +69,15 @@ def list_jobs(
     responses=NOT_MODIFIED,
 )
 def retrieve_job(fine_tuning_job_id: str, request: Request, caller: CallerDep, service: JobServiceDep) -> Response:
-    etag = service.job_validator(caller, fine_tuning_job_id)
-    return conditional(request, etag, lambda: service.present(service.get(caller, fine_tuning_job_id)))
+    """One query per poll, for the row versions (the ETag): 304 if current, else the body
+    kept for that ETag (:func:`api.conditional.conditional_rows`) or built from the job and its
+    report; the connection goes back before the thread does."""
+    try:
+        service.read_only()  # the ETag comes from the rows the body is built of: no common snapshot
+        etag = service.job_validator(caller, fine_tuning_job_id)
+        return conditional_rows(request, etag, lambda: service.get_presented(caller, fine_tuning_job_id))
+    finally:
+        service.release()
 
 
 @router.post(

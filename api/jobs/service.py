@@ -51,6 +51,7 @@ from api.jobs.schemas import (
 )
 from api.metrics import JOBS_CREATED
 from core import audit, outbox
+from core.db import read_outside_transaction
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
 from core.jobs.pipeline import DEFAULT_QUEUE, START_TASK, Stage
@@ -93,6 +94,25 @@ class JobService:
         if versions is None:
             raise _job_not_found(job_id)
         return row_validator("job", job_id, *versions)
+
+    def get_presented(self, caller: Caller, job_id: str) -> tuple[str, FineTuningJob]:
+        """``(ETag, body)`` of the job (as :meth:`job_validator` and :meth:`present`), from one
+        query for the job and its report."""
+        found = self.jobs.get_with_report(caller.org_id, job_id)
+        if found is None:
+            raise _job_not_found(job_id)
+        job, report = found
+        version = None if report is None else report.version
+        return row_validator("job", job_id, job.version, version), job_object(job, report)
+
+    def read_only(self) -> None:
+        """This request only reads, each query on its own (``core.db.read_outside_transaction``)."""
+        read_outside_transaction(self.session)
+
+    def release(self) -> None:
+        """End this request's transaction on the calling thread, so that its connection goes
+        back to the pool without another trip to a thread (``api.deps.get_db``)."""
+        self.session.close()
 
     def events_validator(self, caller: Caller, job_id: str, *, after: str | None, limit: int, order: str) -> str:
         """The ETag of one page of the job's events (:meth:`events`), from the newest event."""

@@ -68,15 +68,21 @@ def test_sdk_sees_authentication_errors(sdk):
     assert err.value.code == "invalid_api_key"
 
 
-def test_a_revoked_key_stops_working(sdk, new_tenant, db, unchanged):
+def test_a_key_revoked_elsewhere_stops_working_within_the_cache_ttl(http, new_tenant, db, monkeypatch):
+    """Revoked in the database (another process): cached here for GUARDTUNE_API_KEY_CACHE_S
+    (default 5 s), refused once that has passed. (Through the admin API of this process it is
+    refused at once: ``test_admin``; with the cache off, at the next request: ``test_key_cache``.)"""
+    from api import keycache
+
     t = new_tenant()
-    client = sdk(t)
-    assert client.models.list().data
+    assert http.get("/v1/files", headers=auth(t)).status_code == 200
     with Session(db) as session, session.begin():
         session.execute(update(ApiKey).where(ApiKey.id == t.key_id).values(revoked_at=now()))
-    with unchanged(t), pytest.raises(openai.AuthenticationError) as err:
-        client.files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
-    assert err.value.code == "invalid_api_key" and "revoked" in err.value.message
+    assert http.get("/v1/files", headers=auth(t)).status_code == 200  # cached: within the TTL
+    clock = keycache.time.monotonic
+    monkeypatch.setattr(keycache.time, "monotonic", lambda: clock() + 5.0)
+    r = http.get("/v1/files", headers=auth(t))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
 @pytest.fixture(scope="module")

@@ -361,3 +361,15 @@ def test_safety_report_and_job_safety_fields(client, training_file, db, sdk, oth
 
     with pytest.raises(openai.NotFoundError):
         sdk(other_tenant).get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)
+
+
+def test_a_plain_poll_sees_every_write_too(client, training_file, http, tenant, db):
+    """Without If-None-Match the body may come from the bodies kept by ETag
+    (``api.conditional.conditional_rows``): it must still follow each write."""
+    job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
+    url = f"/v1/fine_tuning/jobs/{job.id}"
+    first, again = http.get(url, headers=auth(tenant)), http.get(url, headers=auth(tenant))
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    set_job(db, job.id, status="running", stage="scanning")
+    changed = http.get(url, headers=auth(tenant))
+    assert changed.headers["etag"] != first.headers["etag"] and changed.json()["safety"]["stage"] == "scanning"

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 def test_readme_tables_match_the_results_json():
     text = (REPO / "README.md").read_text()
     names = [m.group("name") for m in render_readme.BLOCK.finditer(text)]
-    assert {"safety_replication", "aligned_reference"} <= set(names)
+    assert {"safety_replication", "aligned_reference", "api_load"} <= set(names)
     assert render_readme.stale_blocks(text) == [], "run: python bench/render_readme.py"
 
 
