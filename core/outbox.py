@@ -10,7 +10,9 @@ A task is never sent straight from a request or a stage. Instead:
    runs, any duplicate (a replay, a broker redelivery) is skipped;
 4. the reaper (``worker/pipeline/reaper.py``) replays a job's live row that was never sent
    (the process died between commit and send) or whose message the broker no longer holds
-   (the broker lost it), with the same id, so replays are idempotent.
+   (the broker lost it, or on Redis a worker took it longer than the stale timeout ago and
+   died before consuming the row), with the same id, so replays are idempotent: of the
+   replay and a late redelivery of the original, whichever consumes the row first runs.
 """
 
 from __future__ import annotations

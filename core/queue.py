@@ -7,6 +7,7 @@ tasks are declared in :mod:`core.jobs.pipeline`."""
 from __future__ import annotations
 
 import json
+import time
 from functools import lru_cache
 
 from celery import Celery
@@ -64,15 +65,27 @@ def enqueue(
     )
 
 
-def broker_message_ids(queues: tuple[str, ...] = (DEFAULT_QUEUE, GPU_QUEUE)) -> set[str]:
+def broker_message_ids(
+    queues: tuple[str, ...] = (DEFAULT_QUEUE, GPU_QUEUE), delivered_within_s: float | None = None
+) -> set[str]:
     """The ids of the task messages the broker still holds for ``queues``: waiting in a
-    queue, or delivered to a worker and not yet acknowledged. Raises if the broker cannot
-    be read (then nobody can tell a waiting message from a lost one)."""
+    queue (at any age), or delivered to a worker and not yet acknowledged. Raises if the
+    broker cannot be read (then nobody can tell a waiting message from a lost one).
+
+    ``delivered_within_s`` (Redis): a delivered message counts only if it was delivered
+    within that many seconds (kombu's ``unacked_index`` sorted set holds each delivery's
+    time, by the delivering worker's clock). The reaper passes its stale timeout: a worker
+    reserves a message only for an idle process (prefetch 1, acks late) and consumes its
+    outbox row as the task starts, so a message delivered longer ago whose row is still
+    unconsumed belongs to a worker that died in between, and Redis would hand it out again
+    only after the visibility timeout. The embedded (SQLAlchemy) broker does not say who
+    holds a delivered message or since when: its delivered messages never count."""
     with producer().connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=3)
         channel = conn.default_channel
         if conn.transport_cls in ("redis", "rediss") or hasattr(channel, "unacked_key"):
-            payloads = _redis_payloads(channel, queues)
+            delivered_after = None if delivered_within_s is None else time.time() - delivered_within_s
+            payloads = _redis_payloads(channel, queues, delivered_after)
         elif hasattr(channel, "message_cls"):  # kombu's SQLAlchemy transport (the embedded broker)
             payloads = _sqla_payloads(channel, queues)
         else:
@@ -80,14 +93,21 @@ def broker_message_ids(queues: tuple[str, ...] = (DEFAULT_QUEUE, GPU_QUEUE)) -> 
         return {message_id for message_id in map(_message_id, payloads) if message_id}
 
 
-def _redis_payloads(channel, queues: tuple[str, ...]) -> list[str]:
+def _redis_payloads(channel, queues: tuple[str, ...], delivered_after: float | None) -> list[str]:
     client = channel.client
     payloads: list[str] = []
     for queue in queues:
         for step in channel.priority_steps:
             payloads += client.lrange(channel._q_for_pri(queue, step), 0, -1)
-    for value in client.hvals(channel.unacked_key):  # [payload, exchange, routing key]
-        payloads.append(json.dumps(json.loads(value)[0]))
+    with client.pipeline() as pipe:  # MULTI/EXEC: the hash and its index as of one moment
+        unacked, index = (
+            pipe.hgetall(channel.unacked_key).zrange(channel.unacked_index_key, 0, -1, withscores=True).execute()
+        )
+    delivered_at = dict(index)  # delivery tag -> time delivered
+    for tag, value in unacked.items():  # value: [payload, exchange, routing key]
+        when = delivered_at.get(tag)
+        if delivered_after is None or when is None or when >= delivered_after:
+            payloads.append(json.dumps(json.loads(value)[0]))
     return payloads
 
 

@@ -3,6 +3,8 @@ embedded (server-less) broker."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from core.queue import DEFAULT_QUEUE, GPU_QUEUE, make_celery
@@ -41,3 +43,28 @@ def test_reliability_options():
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert {q.name for q in conf.task_queues} == {DEFAULT_QUEUE, GPU_QUEUE}
+
+
+def test_an_unacked_message_delivered_longer_ago_than_asked_is_not_held(redis_url, monkeypatch):
+    """On Redis a message a worker took and never acknowledged counts as held only if it was
+    delivered within ``delivered_within_s`` (the reaper's stale timeout); one waiting in a
+    queue counts however old, and without ``delivered_within_s`` every delivered one does."""
+    from tests.conftest import apply_env
+
+    apply_env(monkeypatch, {"GUARDTUNE_BROKER_URL": redis_url})
+    from core.queue import broker_message_ids, enqueue, producer
+
+    taken = enqueue("guardtune.ping", {}, queue=GPU_QUEUE, ignore_result=True, task_id="msg-taken")
+    with producer().connection_for_read() as conn:
+        channel = conn.default_channel
+        message = channel.basic_get(GPU_QUEUE, no_ack=False)  # a worker took it: in the unacked hash
+        assert message is not None and message.headers["id"] == taken
+        waiting = enqueue("guardtune.ping", {}, queue=GPU_QUEUE, ignore_result=True, task_id="msg-waiting")
+        assert broker_message_ids(delivered_within_s=60) == {taken, waiting}  # delivered just now
+
+        client = channel.client
+        client.zadd(channel.unacked_index_key, {message.delivery_tag: time.time() - 120})  # as if 2 min ago
+        assert broker_message_ids(delivered_within_s=60) == {waiting}  # its worker died before starting it
+        assert broker_message_ids(delivered_within_s=180) == {taken, waiting}
+        assert broker_message_ids() == {taken, waiting}
+        assert broker_message_ids(delivered_within_s=0) == {waiting}  # waiting in a queue: never too old

@@ -73,6 +73,11 @@ class PrivateRedis:
         raw = [m for q in ("default", "gpu") for m in client.lrange(q, 0, -1)]
         return {json.loads(m)["headers"]["id"] for m in raw}
 
+    def unacked_ids(self) -> set[str]:
+        """Messages delivered to a worker and not acknowledged (kombu's ``unacked`` hash)."""
+        raw = redis.Redis.from_url(self.url).hvals("unacked")  # [payload, exchange, routing key]
+        return {json.loads(m)[0]["headers"]["id"] for m in raw}
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

@@ -1,6 +1,7 @@
 """Faults on the real stack (uvicorn API, Celery worker processes, Postgres, Redis, S3 on
 a tiny model): the API SIGKILLed between a job's commit and its enqueue, a private Redis
-restarted empty under a queued job, the worker SIGKILLed during scan, train and evaluate,
+restarted empty under a queued job, a worker SIGKILLed after taking a message and before
+starting its stage, the worker SIGKILLed during scan, train and evaluate,
 a private Postgres restarted mid-job, and two organizations' jobs queued behind each other
 on one worker for longer than the stale timeout. Every job still ends, none is stranded,
 no stage runs twice and a wait in the queue is never reported as a lost worker.
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import openai
@@ -174,6 +176,42 @@ def test_redis_restarted_empty_under_a_queued_job(env, db, api, redis_server, tm
     assert job.status == "succeeded", job.error
     _assert_ran_once_and_clean(db, job_id, tmp_path / "light.log", tmp_path / "gpu.log")
     assert [r.sends for r in db.outbox(job_id) if r.id == scan.id] == [2]  # replayed once, same id
+
+
+def test_worker_killed_after_taking_a_message_before_starting_it(env, db, api, redis_server, tmp_path):
+    """A GPU worker takes the scan message (Redis moves it to its ``unacked`` hash) and is
+    SIGKILLed before it consumes the outbox row: no lease, the row live, the message neither
+    queued nor acknowledged. Redis would hand it out again only after the visibility timeout
+    (the default hour); the reaper counts a delivery older than the stale timeout as lost and
+    replays it (same id) within a few stale timeouts, and the job ends with scan run once."""
+    client, _ = _client(api.base_url, env["GUARDTUNE_DATABASE_URL"], "faults-unacked")
+    light = start_worker(env, tmp_path / "light.log", queues="default")  # validates and reaps
+    marker = tmp_path / "taken"
+    taker = _hooked_worker(
+        {**env, "FAULT_QUEUES": "gpu", "FAULT_BEAT": "0"}, tmp_path / "taker.log", "core.outbox:consume", marker, 600
+    )
+    try:
+        job_id = _create(client)
+        wait_for(marker.exists, 120, "the GPU worker holding the scan message")
+        taken_at = time.time()
+        scan = db.outbox(job_id)[-1]
+        assert scan.task.endswith(".scan") and scan.consumed_at is None and scan.sends == 1
+        assert db.job(job_id).worker_id is None and scan.id in redis_server.unacked_ids()
+        _kill_group(taker)
+        gpu = start_worker(env, tmp_path / "gpu.log", queues="gpu", beat=False)
+        try:
+            job = db.finished(job_id)
+        finally:
+            stop_process(gpu)
+    finally:
+        stop_process(taker)
+        stop_process(light)
+    assert job.status == "succeeded", job.error
+    _assert_ran_once_and_clean(db, job_id, tmp_path / "light.log", tmp_path / "taker.log", tmp_path / "gpu.log")
+    [replayed] = [r for r in db.outbox(job_id) if r.id == scan.id]
+    assert replayed.sends == 2  # replayed once, same id
+    assert replayed.sent_at - taken_at < 3 * STALE_S  # within a few stale timeouts, not the visibility timeout
+    assert scan.id in redis_server.unacked_ids()  # the dead worker's copy is still there, redelivered in an hour
 
 
 HOOKS = [

@@ -12,7 +12,11 @@ For each unfinished job (``validating_files``, ``queued``, ``running``; any othe
   the broker): nothing to do, however long the wait. Never a worker loss.
 * **message gone** (no lease holder, the live row never sent, or sent but no longer in
   the broker): the row is replayed with the same id (idempotent: a duplicate delivery is
-  skipped by the worker). Not counted as an attempt, no customer-facing event.
+  skipped by the worker). Not counted as an attempt, no customer-facing event. On Redis a
+  message delivered to a worker more than ``GUARDTUNE_STALE_JOB_AFTER_S`` ago whose row is
+  still unconsumed counts as gone too (the worker died between taking it and starting the
+  stage; Redis would redeliver it only after ``GUARDTUNE_VISIBILITY_TIMEOUT_S``); a message
+  waiting in a queue is never gone, however old (:func:`core.queue.broker_message_ids`).
 * **nothing queued** (no lease holder, no live row, untouched for the stale period; e.g. a
   job created before the outbox existed): the stage the job's status points at is queued.
 
@@ -46,16 +50,18 @@ def send_grace_s(settings: Settings) -> float:
 
 
 class _Broker:
-    """The broker's message ids, read at most once per pass and only when needed."""
+    """The broker's message ids, read at most once per pass and only when needed; a message
+    delivered longer than ``delivered_within_s`` ago and not acknowledged is not held."""
 
-    def __init__(self) -> None:
+    def __init__(self, delivered_within_s: float) -> None:
         self._ids: set[str] | None = None
         self.unreadable = False
+        self.delivered_within_s = delivered_within_s
 
     def holds(self, message_id: str) -> bool | None:
         if self._ids is None and not self.unreadable:
             try:
-                self._ids = broker_message_ids()
+                self._ids = broker_message_ids(delivered_within_s=self.delivered_within_s)
             except Exception as exc:
                 self.unreadable = True
                 log.warning("reaper_broker_unreadable", error=f"{type(exc).__name__}: {exc}")
@@ -68,7 +74,7 @@ def reap() -> list[dict[str, Any]]:
     settings = get_settings()
     now = time.time()
     stale_before, grace_before = now - settings.stale_job_after_s, now - send_grace_s(settings)
-    broker = _Broker()
+    broker = _Broker(settings.stale_job_after_s)
     actions: list[dict[str, Any]] = []
     to_send: list[outbox.Pending] = []
     with session_scope() as session:

@@ -95,6 +95,7 @@ def run(job_id: str) -> None:
         report = session.get(SafetyReport, job_id)
         if report is not None and report.scan and get_store().exists(scan_key(job)):
             return  # scanned before a crash
+        session.commit()  # unlock the job row: the heartbeat writes it while the model loads and a probe trains
         file = session.get(File, job.training_file_id)
         entry = session.get(BaseModelEntry, job.model)
         examples = list(iter_file_examples(file.storage_key))
