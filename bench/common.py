@@ -116,9 +116,12 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def write_result(name: str, payload: dict[str, Any], *, argv: Sequence[str] | None = None) -> Path:
+def write_result(
+    name: str, payload: dict[str, Any], *, argv: Sequence[str] | None = None, git: dict[str, Any] | None = None
+) -> Path:
     """Write ``bench/results/<name>.json``: the payload plus when, how (the command line),
-    on what machine and at which commit it was measured."""
+    on what machine and at which commit it was measured (``git``: :func:`git_info` taken when
+    the run started, for a run that writes other results before this one; default: now)."""
     argv = list(sys.argv if argv is None else argv)
     script = Path(argv[0])
     try:
@@ -129,7 +132,7 @@ def write_result(name: str, payload: dict[str, Any], *, argv: Sequence[str] | No
         "benchmark": name,
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, argv[1:])]),
-        "git": git_info(),
+        "git": git if git is not None else git_info(),
         "machine": machine_info(),
         **payload,
     }

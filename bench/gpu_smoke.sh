@@ -25,6 +25,8 @@ else
   SIZES=(--variants a,e --steps 1 --max-seq-len 96 --n-examples 8)
 fi
 LOG="$(mktemp -d)"
+# The commit and cleanliness at the start: the parts below write result files themselves.
+"$PY" -c 'import json; from bench.common import git_info; print(json.dumps(git_info()))' >"$LOG/git.json"
 part() {  # part NAME SECONDS CMD...: run with a time limit, record exit code and duration
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS rc=0
@@ -36,12 +38,12 @@ part cuda_tests 120 "$PY" -m pytest -q -m cuda -rs tests
 part overhead_bench 240 "$PY" bench/train_overhead.py "${SIZES[@]}" --device "$DEVICE" \
   --cache-dir "$CACHE_DIR" --result-name "gpu_train_overhead_$DEVICE"
 part job_end_to_end 120 "$PY" -m pytest -q tests/worker/test_device.py -k "$DEVICE"
-"$PY" - "$DEVICE" "$LOG/parts" <<'PYEOF'
+"$PY" - "$DEVICE" "$LOG/parts" "$LOG/git.json" <<'PYEOF'
 import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
 from bench.common import write_result
-device, parts_file = sys.argv[1], sys.argv[2]
+device, parts_file, git_file = sys.argv[1], sys.argv[2], sys.argv[3]
 parts = {n: {"exit_code": int(rc), "seconds": int(s)} for n, rc, s in (l.split() for l in Path(parts_file).read_text().splitlines())}
 bench = Path(f"bench/results/gpu_train_overhead_{device}.json")
 summary = {}
@@ -52,7 +54,9 @@ if bench.exists():
         "peak_memory_mb": {v: r.get("peak_cuda_mb") or r["peak_rss_mb"] for v, r in data["variants"].items()},
         "ratios": data["ratios"],
     }
-write_result(f"gpu_smoke_{device}", {"device": device, "parts": parts, "bench": summary})
+write_result(
+    f"gpu_smoke_{device}", {"device": device, "parts": parts, "bench": summary}, git=json.loads(Path(git_file).read_text())
+)
 print(json.dumps(parts))
 PYEOF
 ! grep -qv ' 0 ' "$LOG/parts"
