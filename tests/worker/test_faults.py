@@ -122,6 +122,16 @@ def _assert_ran_once_and_clean(db: JobReader, job_id: str, *logs) -> None:
     assert all(row.consumed_at is not None for row in db.outbox(job_id))
 
 
+def _finish_on_a_gpu_worker(env, db, job_id: str, tmp_path):
+    """Start a GPU-queue worker (log ``gpu.log``), wait for the job to end, stop the worker;
+    returns the finished job."""
+    gpu = start_worker(env, tmp_path / "gpu.log", queues="gpu", beat=False)
+    try:
+        return db.finished(job_id)
+    finally:
+        stop_process(gpu)
+
+
 def test_api_killed_between_commit_and_enqueue(env, db, tmp_path):
     port = free_port()
     crashing = subprocess.Popen(
@@ -166,11 +176,7 @@ def test_redis_restarted_empty_under_a_queued_job(env, db, api, redis_server, tm
         assert db.job(job_id).status == "queued" and scan.id in redis_server.queued_ids()
         redis_server.restart_empty()
         assert scan.id not in redis_server.queued_ids()  # lost with everything else
-        gpu = start_worker(env, tmp_path / "gpu.log", queues="gpu", beat=False)
-        try:
-            job = db.finished(job_id)
-        finally:
-            stop_process(gpu)
+        job = _finish_on_a_gpu_worker(env, db, job_id, tmp_path)
     finally:
         stop_process(light)
     assert job.status == "succeeded", job.error
@@ -198,11 +204,7 @@ def test_worker_killed_after_taking_a_message_before_starting_it(env, db, api, r
         assert scan.task.endswith(".scan") and scan.consumed_at is None and scan.sends == 1
         assert db.job(job_id).worker_id is None and scan.id in redis_server.unacked_ids()
         _kill_group(taker)
-        gpu = start_worker(env, tmp_path / "gpu.log", queues="gpu", beat=False)
-        try:
-            job = db.finished(job_id)
-        finally:
-            stop_process(gpu)
+        job = _finish_on_a_gpu_worker(env, db, job_id, tmp_path)
     finally:
         stop_process(taker)
         stop_process(light)
