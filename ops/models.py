@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -90,23 +92,27 @@ def _load_pipeline(module_name: str = ONBOARD_MODULE, function: str = ONBOARD_FU
     return func_
 
 
-def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
-    """Run the pipeline's alignment of ``name`` (audited there); a failure is audited here."""
-    align_fn = _load_pipeline(ALIGN_MODULE, ALIGN_FUNCTION)
+@contextmanager
+def _failure_audited(who: str, action: str, name: str, doing: str) -> Iterator[None]:
+    """Run the block; if it raises, record ``action`` on ``name`` by ``who`` in the audit log,
+    print the traceback and fail the command with "``doing`` ``name`` failed: …"."""
     try:
-        with err_console().status(f"aligning {name} (refusal training, merged into a new model)…"):
-            return align_fn(name, actor=who, onboard=onboard)
+        yield
     except Exception as exc:
         with db() as session:
             audit.record(
-                session,
-                actor=who,
-                action="model.align_failed",
-                target=name,
-                details={"error": f"{type(exc).__name__}: {exc}"},
+                session, actor=who, action=action, target=name, details={"error": f"{type(exc).__name__}: {exc}"}
             )
         err_console().print(traceback.format_exc(), markup=False)
-        raise fail(f"aligning {name} failed: {exc}") from None
+        raise fail(f"{doing} {name} failed: {exc}") from None
+
+
+def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
+    """Run the pipeline's alignment of ``name`` (audited there); a failure is audited here."""
+    align_fn = _load_pipeline(ALIGN_MODULE, ALIGN_FUNCTION)
+    with _failure_audited(who, "model.align_failed", name, "aligning"):
+        with err_console().status(f"aligning {name} (refusal training, merged into a new model)…"):
+            return align_fn(name, actor=who, onboard=onboard)
 
 
 @app.command("align")
@@ -180,20 +186,9 @@ def onboard(
     # actor; otherwise the CLI records the outcome right after it committed.
     audits_itself = "actor" in inspect.signature(onboard_fn).parameters
     kwargs: dict[str, Any] = {"actor": who} if audits_itself else {}
-    try:
+    with _failure_audited(who, "model.onboard_failed", name, "onboarding"):
         with err_console().status(f"onboarding {name} (probe training and baseline evaluation)…"):
             result = onboard_fn(name, **kwargs)
-    except Exception as exc:  # the failure itself is audited, then shown
-        with db() as session:
-            audit.record(
-                session,
-                actor=who,
-                action="model.onboard_failed",
-                target=name,
-                details={"error": f"{type(exc).__name__}: {exc}"},
-            )
-        err_console().print(traceback.format_exc(), markup=False)
-        raise fail(f"onboarding {name} failed: {exc}") from None
 
     with db() as session:
         entry = session.get(BaseModelEntry, name)
