@@ -63,7 +63,8 @@ def gsm8k_em(model: Any, tokenizer: Any, rows: list[dict[str, Any]], args: Any) 
 
 
 def measure(model: Any, tokenizer: Any, data: dict[str, Any], conditions: dict, args: Any) -> dict[str, Any]:
-    """Everything one model contributes to the tables."""
+    """Everything one model contributes to the tables, with the per-item values behind each
+    rate and loss (``success``, ``refused_benign``, ``val_loss_per_example``) for intervals."""
     out: dict[str, Any] = {
         "asr": {
             name: asr(model, tokenizer, data["eval_harmful"], system, prefix, args)
@@ -74,6 +75,10 @@ def measure(model: Any, tokenizer: Any, data: dict[str, Any], conditions: dict, 
         model, tokenizer, data["eval_benign"], max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size
     )
     out["over_refusal"] = refusals.rate
+    out["refused_benign"] = [g.refused for g in refusals.generations]
     out["val_loss"] = validation_loss(model, tokenizer, data["utility_val"], max_len=args.max_seq_len)
+    out["val_loss_per_example"] = [
+        validation_loss(model, tokenizer, [example], max_len=args.max_seq_len) for example in data["utility_val"]
+    ]
     out["gsm8k_em"] = gsm8k_em(model, tokenizer, data["gsm_eval"], args)
     return out

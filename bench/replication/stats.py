@@ -1,6 +1,7 @@
-"""Statistics over seeds and prompts: ASR mean with a 95 % interval (percentile bootstrap over
-prompts, each prompt's outcome averaged over seeds, so seeds and prompts are both accounted
-for) and an exact paired test against the reference (McNemar on discordant prompt × seed pairs)."""
+"""Statistics over seeds and prompts: a rate's or loss's mean with a 95 % interval (percentile
+bootstrap over prompts, each prompt's value averaged over seeds, so seeds and prompts are both
+accounted for) and an exact paired test against the reference (McNemar on discordant prompt ×
+seed pairs)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ def mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def bootstrap_ci(outcomes: list[list[bool]], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % interval of the mean success rate; ``outcomes[s][i]``: seed ``s``, prompt ``i``."""
+def bootstrap_ci(outcomes: list[list[float]], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean (a success rate for booleans); ``outcomes[s][i]``: seed ``s``,
+    prompt ``i``."""
     n = len(outcomes[0])
     per_prompt = [sum(run[i] for run in outcomes) / len(outcomes) for i in range(n)]
     rng = random.Random(seed)
@@ -31,7 +33,13 @@ def mcnemar_exact(run: list[list[bool]], reference: list[bool]) -> dict[str, flo
     return {"only_run": b, "only_reference": c, "p_value": p}
 
 
-def summarize(outcomes: list[list[bool]]) -> dict[str, object]:
-    """``{"mean", "ci95", "per_seed"}`` of per-seed success lists."""
+def summarize(outcomes: list[list[float]]) -> dict[str, object]:
+    """``{"mean", "ci95", "per_seed"}`` of per-seed lists of per-prompt values (booleans for
+    a rate)."""
     per_seed = [sum(run) / len(run) for run in outcomes]
     return {"mean": mean(per_seed), "ci95": list(bootstrap_ci(outcomes)), "per_seed": per_seed}
+
+
+def within_each_other(a: dict[str, object], b: dict[str, object]) -> bool:
+    """Whether each of two :func:`summarize` results has its mean inside the other's interval."""
+    return b["ci95"][0] <= a["mean"] <= b["ci95"][1] and a["ci95"][0] <= b["mean"] <= a["ci95"][1]

@@ -107,7 +107,7 @@ def test_quick_run_on_the_tiny_model(tiny_model, tmp_path):
             "--attacks",
             "mixed,backdoor",
             "--modes",
-            "none,filter,adaptive_batch",
+            "none,filter,adaptive_batch,adaptive,adaptive_exact",
         ]
     )
     assert code == 0
@@ -115,7 +115,8 @@ def test_quick_run_on_the_tiny_model(tiny_model, tmp_path):
     assert doc["version"] == 2 and doc["complete"] and doc["git"]["dirty"] == git_info()["dirty"]
     assert doc["git"]["dirty_ok"] is True
     rows = {(r["attack"], r["mode"]): r for r in doc["summary"]}
-    assert set(rows) == {(a, m) for a in ("mixed", "backdoor") for m in ("none", "filter", "adaptive_batch")}
+    modes = ("none", "filter", "adaptive_batch", "adaptive", "adaptive_exact")
+    assert set(rows) == {(a, m) for a in ("mixed", "backdoor") for m in modes}
     for row in rows.values():
         assert row["seeds"] == [0, 1] and len(row["asr"]["per_seed"]) == 2
         lo, hi = row["asr"]["ci95"]
@@ -124,6 +125,37 @@ def test_quick_run_on_the_tiny_model(tiny_model, tmp_path):
     filtered = [r for k, r in doc["runs"].items() if r["mode"] == "filter"]
     assert all(r["n_examples"] == max(1, r["n_attack_examples"] - r["flagged"]) for r in filtered)
     assert doc["reference"]["summary"]["asr"]["mean"] is not None
+    assert doc["config"]["reference"] == "cached"  # the product's default
+    used = {r["mode"]: r["reference"] for r in doc["runs"].values()}
+    assert used == {
+        "none": None,
+        "filter": None,
+        "adaptive_batch": "cached",
+        "adaptive": "cached",
+        "adaptive_exact": "exact",
+    }
+    for row in rows.values():
+        for metric in ("over_refusal", "val_loss"):
+            lo, hi = row[metric]["ci95"]
+            assert lo <= row[metric]["mean"] <= hi and len(row[metric]["per_seed"]) == 2
+    agreement = [k for k in doc["checks"] if "cached reference within the exact one" in k]
+    assert sorted(agreement) == sorted(
+        f"{a}: cached reference within the exact one's 95% intervals (ASR, over-refusal, utility)"
+        for a in ("mixed", "backdoor")
+    )
+
+
+def test_cached_and_exact_agree_only_inside_each_others_intervals():
+    def row(mode, asr, lo, hi):
+        summary = {"mean": asr, "ci95": [lo, hi], "per_seed": [asr]}
+        return {"attack": "mixed", "mode": mode, "asr": summary, "over_refusal": summary, "val_loss": summary}
+
+    key = "mixed: cached reference within the exact one's 95% intervals (ASR, over-refusal, utility)"
+    close = run.checks([row("adaptive", 0.10, 0.05, 0.20), row("adaptive_exact", 0.12, 0.06, 0.22)], {})
+    assert close[key] == {"value": {m: [0.10, 0.12] for m in ("asr", "over_refusal", "val_loss")}, "met": True}
+    apart = run.checks([row("adaptive", 0.10, 0.05, 0.20), row("adaptive_exact", 0.30, 0.22, 0.40)], {})
+    assert apart[key]["met"] is False
+    assert stats.within_each_other({"mean": 0.3, "ci95": [0.2, 0.4]}, {"mean": 0.35, "ci95": [0.31, 0.5]}) is False
 
 
 def test_judge_asr_alongside_when_a_judge_is_configured(fake_server, load_tiny):
