@@ -22,7 +22,7 @@ from tests.conftest import apply_env, start_api, start_worker, stop_process
 from tests.dashboard.conftest import browser, chromium_path  # noqa: F401  (fixtures)
 from tests.serving.conftest import start_infer
 from tests.worker.conftest import create_job, small_pipeline_env
-from tests.worker.test_pipeline_e2e import finished, stored_jsonl, upload
+from tests.worker.jobs import finished, stored_jsonl, upload
 
 pytestmark = pytest.mark.slow  # a real job released and served by real API, worker and infer processes
 

@@ -1,13 +1,18 @@
-"""Fixtures for pipeline tests: a tiny model registered as a base model, and a job
-created directly in the database (the API tests cover creation over HTTP)."""
+"""Fixtures for pipeline tests: a tiny model registered as a base model, a job created
+directly in the database (the API tests cover creation over HTTP), and the whole stack
+(``stack_env``, ``api`` under uvicorn, a Celery ``worker`` process, an SDK ``client``)."""
 
 from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
-from tests.conftest import REPO
+import pytest
+from openai import OpenAI
+
+from tests.conftest import REPO, start_api, start_worker, stop_process
 
 DEMO = REPO / "examples" / "demo_train.jsonl"
 
@@ -70,3 +75,36 @@ def create_job(session, org_id: str, data: bytes, **job_fields) -> str:
     session.add(job)
     session.flush()
     return job.id
+
+
+@pytest.fixture(scope="module")
+def stack_env(deployment_env, tiny_model) -> dict[str, str]:
+    return {
+        **deployment_env,
+        **small_pipeline_env(tiny_model),
+        "GUARDTUNE_HEARTBEAT_INTERVAL_S": "1",
+        "GUARDTUNE_STALE_JOB_AFTER_S": "4",
+        "GUARDTUNE_VISIBILITY_TIMEOUT_S": "8",
+        "GUARDTUNE_REAPER_INTERVAL_S": "3",
+        "GUARDTUNE_MAX_CONCURRENT_JOBS_PER_ORG": "20",
+    }
+
+
+@pytest.fixture(scope="module")
+def api(stack_env, tmp_path_factory):
+    server = start_api(stack_env, tmp_path_factory.mktemp("e2e") / "api.log")
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture
+def worker(stack_env, tmp_path):
+    process = start_worker(stack_env, tmp_path / "worker.log")
+    yield process
+    stop_process(process)
+
+
+@pytest.fixture
+def client(api, make_key) -> OpenAI:
+    _, _, key = make_key(f"e2e-{time.monotonic_ns()}")
+    return OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)

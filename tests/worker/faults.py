@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs.vocab import TERMINAL
 from tests.conftest import PG_ADMIN_URL, REPO, _pg_admin, child_env, free_port
-from tests.worker.test_pipeline_e2e import wait_for
+from tests.worker.jobs import wait_for
 
 
 class PrivateRedis:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from core.models import AuditRecord, Job
 from tests.worker.conftest import DEMO
-from tests.worker.test_pipeline_e2e import api, client, finished, stack_env, upload, wait_for, worker  # noqa: F401
+from tests.worker.jobs import finished, upload, wait_for
 
 pytestmark = pytest.mark.slow  # whole jobs on the real stack, paused and resumed
 

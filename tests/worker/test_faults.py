@@ -32,7 +32,7 @@ from tests.worker.faults import (
     migrate,
     stage_runs,
 )
-from tests.worker.test_pipeline_e2e import wait_for
+from tests.worker.jobs import wait_for
 
 pytestmark = pytest.mark.slow  # fault injection: kills and restarts real processes
 

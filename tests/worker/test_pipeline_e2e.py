@@ -5,7 +5,6 @@ tiny model. Released, blocked, cancelled, and surviving a SIGKILLed worker."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import tarfile
@@ -15,68 +14,11 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from core.jobs.vocab import TERMINAL
-from core.settings import Settings
-from core.storage import make_store, org_key
+from core.storage import org_key
 from tests.conftest import start_api, start_worker, stop_process
-from tests.worker.conftest import DEMO, small_pipeline_env
+from tests.worker.jobs import finished, stored_jsonl, upload, wait_for
 
 pytestmark = pytest.mark.slow  # whole jobs on real API and worker processes
-
-
-@pytest.fixture(scope="module")
-def stack_env(deployment_env, tiny_model) -> dict[str, str]:
-    return {
-        **deployment_env,
-        **small_pipeline_env(tiny_model),
-        "GUARDTUNE_HEARTBEAT_INTERVAL_S": "1",
-        "GUARDTUNE_STALE_JOB_AFTER_S": "4",
-        "GUARDTUNE_VISIBILITY_TIMEOUT_S": "8",
-        "GUARDTUNE_REAPER_INTERVAL_S": "3",
-        "GUARDTUNE_MAX_CONCURRENT_JOBS_PER_ORG": "20",
-    }
-
-
-@pytest.fixture(scope="module")
-def api(stack_env, tmp_path_factory):
-    server = start_api(stack_env, tmp_path_factory.mktemp("e2e") / "api.log")
-    yield server
-    stop_process(server.process)
-
-
-@pytest.fixture
-def worker(stack_env, tmp_path):
-    process = start_worker(stack_env, tmp_path / "worker.log")
-    yield process
-    stop_process(process)
-
-
-@pytest.fixture
-def client(api, make_key) -> OpenAI:
-    _, _, key = make_key(f"e2e-{time.monotonic_ns()}")
-    return OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
-
-
-def upload(client: OpenAI, n_lines: int = 16) -> str:
-    data = b"".join(DEMO.read_bytes().splitlines(keepends=True)[:n_lines])
-    return client.files.create(file=("train.jsonl", data), purpose="fine-tune").id
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def finished(client: OpenAI, job_id: str, timeout_s: float = 240):
-    return wait_for(
-        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
-        timeout_s,
-        f"{job_id} to finish",
-    )
 
 
 def events(client: OpenAI, job_id: str) -> list:
@@ -128,12 +70,6 @@ def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, ap
     asr = evaluate_asr(tuned, tokenizer, load_builtin("harmful_eval")[:4], max_new_tokens=4)
     stored = stored_jsonl(stack_env, org_key(job.organization_id, "jobs", job.id, "eval_outputs.jsonl"))
     assert [g.response for g in asr.generations] == [r["response"] for r in stored if r.get("condition") == "plain"]
-
-
-def stored_jsonl(env: dict[str, str], key: str) -> list[dict]:
-    """Rows of a JSONL object in the deployment's S3 bucket."""
-    store = make_store(env["GUARDTUNE_STORAGE_URL"], Settings(s3_endpoint_url=env["GUARDTUNE_S3_ENDPOINT_URL"]))
-    return [json.loads(r) for r in b"".join(store.iter_chunks(key)).decode().splitlines()]
 
 
 def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
