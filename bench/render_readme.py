@@ -126,7 +126,11 @@ def _replication_v2(doc: dict[str, Any]) -> str:
     ]
     seeds = doc["config"]["seeds"]
     note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); {'smoke run (--quick)' if doc['config'].get('quick') else 'full run'}."
-    return table(headers, rows) + "\n\n" + note
+    if doc["config"].get("reference"):
+        note += f" Modes that regularize use the `{doc['config']['reference']}` reference (top-{doc['config']['reference_topk']}) unless named `_exact`."
+    verdicts = {True: "met", False: "**missed**", None: "not measured"}
+    checks = "; ".join(f"{name}: {verdicts[c['met']]}" for name, c in doc.get("checks", {}).items())
+    return table(headers, rows) + "\n\n" + note + (f"\n\nChecks: {checks}." if checks else "")
 
 
 def render_aligned_reference(doc: dict[str, Any]) -> str:
@@ -193,6 +197,7 @@ def render_api_load(doc: dict[str, Any]) -> str:
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "safety_replication": render_safety_replication,
+    "replication_reference_modes": render_safety_replication,
     "aligned_reference": render_aligned_reference,
     "api_load": render_api_load,
 }
