@@ -43,8 +43,10 @@ def _chat(*turns: tuple[str, str], system: str | None = None) -> bytes:
 
 
 def test_scan_flags_earlier_turns_and_system_prompts_by_line_and_turn(judged_env, monkeypatch):
+    from sqlalchemy import select
+
     from core.db import session_scope
-    from core.models import Job, SafetyReport
+    from core.models import Job, JobEvent, SafetyReport
     from core.storage import get_store
     from worker.pipeline.resources import scan_key
     from worker.tasks import run_stage
@@ -87,3 +89,11 @@ def test_scan_flags_earlier_turns_and_system_prompts_by_line_and_turn(judged_env
         job = session.get(Job, job_id)
         assert job.status == "failed" and job.error["code"] == "unsafe_training_file"
         assert "Flagged lines include: 2 (turn 1), 3 (turn 1), 4 (turn 3)." in job.error["message"]
+        refused = session.get(SafetyReport, job_id).scan  # kept for the customer, not rolled back
+        assert refused["n_flagged"] == 3 and [(r["line"], r["turn"]) for r in refused["top_flagged"]] == [
+            (2, 1),
+            (3, 1),
+            (4, 3),
+        ]
+        events = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+        assert any(m.startswith("Scanned 5 examples: 3 flagged") for m in events)

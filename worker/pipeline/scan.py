@@ -11,7 +11,8 @@ Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, 
 order, with the ``line`` and the ``turn`` that gave the risk); the summary, whose
 ``top_flagged`` lists line and turn of each, goes to the safety report. A job fails when its
 flagged share exceeds its ``safety.max_flagged_fraction`` (the stricter of the customer's and
-the operator's ``GUARDTUNE_MAX_FLAGGED_FRACTION``).
+the operator's ``GUARDTUNE_MAX_FLAGGED_FRACTION``); it keeps its scan report and event, so
+the customer can see which lines were flagged.
 
 Before scoring, every example's token count is checked against the token limit (the model's
 context capped by ``GUARDTUNE_MAX_EXAMPLE_TOKENS``, the length training uses): a longer example
@@ -138,6 +139,7 @@ def run(job_id: str) -> None:
         )
         bound = safety.max_flagged_fraction
         if bound is not None and summary.flagged_fraction > bound:
+            session.commit()  # the refused job keeps its scan report and event: which lines, which risks
             lines = ", ".join(f"{e.line} (turn {e.turn})" for e in summary.top_flagged)
             raise StageError(
                 ErrorCode.UNSAFE_TRAINING_FILE,
