@@ -8,7 +8,10 @@ A task is never sent straight from a request or a stage. Instead:
    message id) and marks it sent;
 3. the worker that runs it first :func:`consume`\\ s the row: exactly one delivery of a row
    runs, any duplicate (a replay, a broker redelivery) is skipped;
-4. the reaper (``worker/pipeline/reaper.py``) replays a job's live row that was never sent
+4. the row keeps the id of the API request the task stems from (``x-request-id``: the
+   request bound in the writer's log context, else the job's previous row's), and the worker
+   binds it while the task runs, so its log lines and audit records name that request;
+5. the reaper (``worker/pipeline/reaper.py``) replays a job's live row that was never sent
    (the process died between commit and send) or whose message the broker no longer holds
    (the broker lost it, or on Redis a worker took it longer than the stale timeout ago and
    died before consuming the row), with the same id, so replays are idempotent: of the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -47,14 +51,23 @@ def pending(row: OutboxMessage) -> Pending:
 
 def add(session: Session, job_id: str, task: str, queue: str) -> Pending:
     """Write the job's next task in ``session``'s transaction; older unconsumed rows of the
-    job are superseded (marked consumed), so a job has at most one live row."""
+    job are superseded (marked consumed), so a job has at most one live row. The row's
+    ``request_id`` is the one bound in the log context, else the job's previous row's."""
     stamp = time.time()
+    request_id = structlog.contextvars.get_contextvars().get("request_id") or session.scalar(
+        select(OutboxMessage.request_id)
+        .where(OutboxMessage.job_id == job_id)
+        .order_by(OutboxMessage.seq.desc())
+        .limit(1)
+    )
     session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.job_id == job_id, OutboxMessage.consumed_at.is_(None))
         .values(consumed_at=stamp)
     )
-    row = OutboxMessage(id=new_id("msg"), job_id=job_id, task=task, queue=queue, created_at=stamp, sends=0)
+    row = OutboxMessage(
+        id=new_id("msg"), job_id=job_id, task=task, queue=queue, created_at=stamp, sends=0, request_id=request_id
+    )
     session.add(row)
     session.flush()
     return pending(row)
@@ -102,6 +115,11 @@ def consume(session: Session, message_id: str) -> bool:
     if changed:
         return True
     return session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is None
+
+
+def request_id(session: Session, message_id: str) -> str | None:
+    """The request id stored with a row (``None``: none recorded, or no such row)."""
+    return session.scalar(select(OutboxMessage.request_id).where(OutboxMessage.id == message_id))
 
 
 def latest(session: Session, job_id: str) -> OutboxMessage | None:

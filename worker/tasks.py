@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 
+import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import outbox
@@ -46,19 +47,28 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
     stage queued (None: the job ended, or the stage did not run).
 
     ``message_id`` (the delivery's outbox row) is consumed in the transaction that takes
-    the lease: a duplicate delivery runs nothing. A customer-facing failure
-    (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
-    ``error``; a job that went terminal meanwhile is left alone. A lost database
-    connection fails nothing: the lease goes stale and the reaper retries the stage."""
+    the lease: a duplicate delivery runs nothing. The row's request id is bound in the log
+    context while the stage runs (its logs, its audit records and the next stage's row carry
+    it). A customer-facing failure (:class:`StageError`) or any unexpected error ends the job
+    ``failed`` with a clear ``error``; a job that went terminal meanwhile is left alone. A
+    lost database connection fails nothing: the lease goes stale and the reaper retries the
+    stage."""
     stage = Stage(stage)
-    function = STAGES[stage]
     with session_scope() as session:
+        request_id = outbox.request_id(session, message_id) if message_id is not None else None
         if message_id is not None and not outbox.consume(session, message_id):
             log.info("stage_skipped", job_id=job_id, stage=stage, message_id=message_id, reason="duplicate delivery")
             return None
         if not jobstate.claim(session, job_id):
             log.info("stage_skipped", job_id=job_id, stage=stage, reason="lease held or job terminal")
             return None
+    with structlog.contextvars.bound_contextvars(**({"request_id": request_id} if request_id else {})):
+        return _run_claimed(stage, job_id)
+
+
+def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
+    """:func:`run_stage` after the lease is taken."""
+    function = STAGES[stage]
     log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.WORKER_ID)
     try:
         with jobstate.heartbeat(job_id):

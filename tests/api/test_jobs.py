@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import openai
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.models import BaseModelEntry, Job, JobEvent, Organization, SafetyReport
+from core.models import BaseModelEntry, Job, JobEvent, Organization, OutboxMessage, SafetyReport
 from tests.api.helpers import BASE_MODEL, GOOD, auth, queued_job_ids, set_job
 
 
@@ -151,6 +151,17 @@ def test_idempotency_key_returns_the_same_job(fresh, sdk, other_tenant, db, brok
         model=BASE_MODEL, training_file=theirs.id, extra_headers={"Idempotency-Key": "create-1"}
     )
     assert their_job.id != first.id  # keys are per organization
+
+
+def test_the_create_request_id_is_queued_with_the_job(fresh, db):
+    """The worker binds it while running the job's stages (tests/worker/test_reaper.py)."""
+    _, client, f = fresh
+    created = client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=f.id, extra_headers={"x-request-id": "trace-create-7"}
+    )
+    with Session(db) as session:
+        rows = session.scalars(select(OutboxMessage.request_id).where(OutboxMessage.job_id == created.id)).all()
+    assert rows == ["trace-create-7"]
 
 
 # -- per-organization limits ------------------------------------------------------------

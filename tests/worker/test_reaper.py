@@ -190,3 +190,39 @@ def test_a_job_with_nothing_queued_is_requeued_after_the_stale_period(stack):
     row = _latest(job_id)
     assert row.queue == "gpu" and row.sent_at is not None and row.sends == 1
     assert reap() == []  # now it waits in the queue
+
+
+def test_the_request_id_that_started_a_job_follows_it_through_the_worker(stack):
+    """The create request's ``x-request-id`` is kept with the outbox row, bound while the
+    worker runs the stage (audit records name it), inherited by the next stage's row and by
+    a row written outside any request (a reaper retry), and unbound afterwards."""
+    import structlog
+
+    from core import outbox
+    from core.db import session_scope
+    from core.models import AuditRecord
+    from worker.tasks import run_stage
+
+    jobs = [_job(), _job()]
+    with session_scope() as session:  # a file that is not JSONL: its validation fails
+        bad = create_job(session, "org-r", b"not json\n")
+    messages = {}
+    for job_id, request_id in [(jobs[0], "req-create-1"), (jobs[1], "req-create-2"), (bad, "req-bad")]:
+        with structlog.contextvars.bound_contextvars(request_id=request_id), session_scope() as session:
+            messages[job_id] = outbox.add(session, job_id, "guardtune.pipeline.start", "default")
+    assert _row(messages[jobs[0]].id).request_id == "req-create-1"
+
+    assert run_stage("validate", jobs[0], messages[jobs[0]].id) == "scan"  # outside any request
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+    assert _latest(jobs[0]).request_id == "req-create-1"
+    with session_scope() as session:  # the reaper retrying the scan: no request bound
+        retry = outbox.add(session, jobs[0], "guardtune.pipeline.scan", "gpu")
+    assert _row(retry.id).request_id == "req-create-1"
+    assert _latest(jobs[1]).request_id == "req-create-2"  # another job's row is its own
+
+    assert run_stage("validate", bad, messages[bad].id) is None
+    with session_scope() as session:
+        failed = session.scalar(
+            select(AuditRecord).where(AuditRecord.target == bad, AuditRecord.action == "job.failed")
+        )
+    assert failed.details["request_id"] == "req-bad"
