@@ -1,4 +1,5 @@
-"""Organizations and API keys: create, look up, revoke (shared by ops and the admin API).
+"""Organizations and API keys: create, look up, change limits, revoke (shared by ops and
+the admin API).
 
 Each mutating function writes its audit record in the caller's session; the caller
 commits, so the change and its record land together. A key's plaintext is returned
@@ -6,6 +7,8 @@ once by :func:`create_key` and never stored or audited (only its display prefix)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -38,6 +41,17 @@ def create_org(session: Session, name: str, *, actor: str) -> Organization:
     session.flush()
     audit.record(session, actor=actor, action="org.create", target=org.id, details={"name": name})
     return org
+
+
+def update_org(session: Session, org: Organization, changes: dict[str, Any], *, actor: str) -> None:
+    """Set ``changes`` (validated columns: limits, ``allowed_modes``; ``None`` = the
+    deployment's default) on ``org``, audited as ``org.update`` with the values before and
+    after."""
+    before = {key: getattr(org, key) for key in changes}
+    for key, value in changes.items():
+        setattr(org, key, value)
+    session.flush()
+    audit.record(session, actor=actor, action="org.update", target=org.id, details={"before": before, "after": changes})
 
 
 def create_key(

@@ -1,13 +1,15 @@
-"""``guardtune-ops orgs``: create and list organizations."""
+"""``guardtune-ops orgs``: create and list organizations, set the safety modes one may use."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from sqlalchemy import func, select
 
 from core import orgs as org_service
+from core.errors import InvalidRequest
+from core.jobs.config import SafetyMode
 from core.models import ApiKey, Job, Organization
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, handle_errors, render, render_record
@@ -38,6 +40,40 @@ def create(
         org = org_service.create_org(session, name, actor=ops_actor(actor))
         out = org_dict(org)
     render_record(out, as_json=as_json, title="organization created")
+
+
+@app.command("allow-modes")
+@handle_errors
+def allow_modes(
+    org_ref: Annotated[str, typer.Argument(metavar="ORG", help="Organization id or name.")],
+    modes: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Safety modes its customer keys may ask ({', '.join(get_args(SafetyMode))}).", show_default=False
+        ),
+    ] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Forget the override: the deployment's GUARDTUNE_ALLOWED_MODES.")
+    ] = False,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the safety modes an organization's customer keys may ask (admin keys may ask any),
+    as the admin API's PATCH /v1/admin/organizations/{id} does; audited as org.update."""
+    if default == bool(modes):
+        raise InvalidRequest("give the modes, or --default (not both)", param="modes")
+    unknown = sorted(set(modes or ()) - set(get_args(SafetyMode)))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown safety mode(s) {', '.join(unknown)}; choose from {', '.join(get_args(SafetyMode))}",
+            param="modes",
+        )
+    with db() as session:
+        org = org_service.find_org(session, org_ref)
+        allowed = None if default else list(dict.fromkeys(modes))
+        org_service.update_org(session, org, {"allowed_modes": allowed}, actor=ops_actor(actor))
+        out = org_dict(org)
+    render_record(out, as_json=as_json, title="organization updated")
 
 
 @app.command("list")

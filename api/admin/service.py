@@ -9,7 +9,6 @@ from api.admin.repository import OrgRepository
 from api.admin.schemas import ApiKeyCreate, OrganizationCreate, OrganizationUpdate
 from api.deps import Caller
 from api.keycache import forget_all
-from core import audit
 from core import orgs as orgs_core
 from core.errors import NotFound
 from core.models import ApiKey, Organization
@@ -37,7 +36,7 @@ class AdminService:
             include={"max_concurrent_jobs", "max_storage_bytes", "allowed_modes"}, exclude_none=True
         )
         if limits:
-            self._apply(caller, org, limits)
+            orgs_core.update_org(self.session, org, limits, actor=caller.actor)
         self.session.commit()
         return org
 
@@ -47,22 +46,9 @@ class AdminService:
             raise NotFound(f"No such organization: {org_id!r}.", code="org_not_found", param="org_id")
         changes = body.model_dump(mode="json", exclude_unset=True)
         if changes:
-            self._apply(caller, org, changes)
+            orgs_core.update_org(self.session, org, changes, actor=caller.actor)
         self.session.commit()
         return org
-
-    def _apply(self, caller: Caller, org: Organization, changes: dict) -> None:
-        before = {key: getattr(org, key) for key in changes}
-        for key, value in changes.items():
-            setattr(org, key, value)
-        self.session.flush()
-        audit.record(
-            self.session,
-            actor=caller.actor,
-            action="org.update",
-            target=org.id,
-            details={"before": before, "after": changes},
-        )
 
     def list_keys(self, org_id: str) -> list[ApiKey]:
         return orgs_core.list_keys(self.session, self.get_org(org_id).id)

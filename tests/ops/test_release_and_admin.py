@@ -168,6 +168,30 @@ def test_orgs_create_list(backend, ops):
     assert "acme" in ops("orgs", "list").stdout
 
 
+def test_orgs_allow_modes_sets_and_resets_the_override_audited(backend, ops):
+    org = _org(ops)
+    before = _audit_count()
+    out = ops("orgs", "allow-modes", "acme", "adaptive", "none", "adaptive", "--json").json()
+    assert out["allowed_modes"] == ["adaptive", "none"]
+    for bad, says in [
+        (["allow-modes", "acme", "yolo"], "unknown safety mode(s) yolo"),
+        (["allow-modes", "acme"], "give the modes, or --default"),
+        (["allow-modes", "acme", "none", "--default"], "give the modes, or --default"),
+        (["allow-modes", "nobody", "none"], "no organization"),
+    ]:
+        refused = ops("orgs", *bad, ok=False)
+        assert refused.exit_code == 1 and says in refused.stderr
+    assert ops("orgs", "allow-modes", org, "--default", "--json").json()["allowed_modes"] is None
+    with session_scope() as session:
+        records = session.scalars(select(AuditRecord).where(AuditRecord.seq > before).order_by(AuditRecord.seq)).all()
+        assert [(r.action, r.target, r.actor) for r in records] == [("org.update", org, "ops:tester")] * 2
+        assert records[0].details == {
+            "before": {"allowed_modes": None},
+            "after": {"allowed_modes": ["adaptive", "none"]},
+        }
+        assert records[1].details["after"] == {"allowed_modes": None}
+
+
 def test_jobs_list_and_show(backend, ops, adapter_dir):
     acme, globex = _org(ops, "acme"), _org(ops, "globex")
     blocked = make_job(acme, adapter=adapter_dir)
