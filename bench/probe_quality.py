@@ -307,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": {
                 "harmful": result["splits"]["n_harmful"],
                 "benign": result["splits"]["n_benign"],
-                "note": "safety.probe_recipe.training_set: harmful_train / benign_train plus framed chat variants",
+                "note": "safety.probe_recipe.training_set: harmful_train + probe_harmful_train / benign_train + "
+                "probe_benign_train, plus framed chat variants",
             },
             "external": {n: len(external[n]) for n in HARMFUL_EXT + BENIGN_EXT + ("aoa_turns",)},
             "notes": f"AdvBench: {len(external['advbench'])} sampled with seed {args.seed}; HarmBench: behaviour text "

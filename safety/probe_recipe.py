@@ -4,8 +4,9 @@ Onboarding (``worker/pipeline/onboard.py``), ``guardtune-ops probe train`` and
 ``bench/probe_quality.py`` all build their probe from :func:`recipe` and
 :func:`training_set`, so the probe a benchmark measures is the probe a deployment runs.
 
-Training prompts: ``harmful_train`` (label 1) and ``benign_train`` (label 0), each as a
-plain user turn, plus a seeded ``FRAMED_SHARE`` of each placed in a chat frame
+Training prompts: ``harmful_train`` + ``probe_harmful_train`` (label 1) and
+``benign_train`` + ``probe_benign_train`` (label 0, ordinary and borderline-benign
+requests), each as a plain user turn, plus a seeded ``FRAMED_SHARE`` of each placed in a chat frame
 (``safety/prompts/chat_frames.jsonl``: a system prompt and/or earlier turns), because
 the scan shows the probe whole conversations up to each trained assistant turn. A framed
 variant keeps its prompt's label: the label is the request's, so the probe learns that a
@@ -29,6 +30,8 @@ from safety.probe import Probe, ProbeConfig, ProbeReport, layer_candidates, trai
 from safety.prompt_sets import framed, load_builtin, load_chat_frames
 
 FRAMED_SHARE = 0.4
+HARMFUL_SETS = ("harmful_train", "probe_harmful_train")
+BENIGN_SETS = ("benign_train", "probe_benign_train")
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ class TrainingSet:
 def training_set(seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = ()) -> TrainingSet:
     """The recipe's training prompts (module docstring), with any extra plain prompts
     appended to their class before the framed variants are drawn."""
-    harmful = [p.text for p in load_builtin("harmful_train")] + list(extra_harmful)
-    benign = [p.text for p in load_builtin("benign_train")] + list(extra_benign)
+    harmful = [p.text for n in HARMFUL_SETS for p in load_builtin(n)] + list(extra_harmful)
+    benign = [p.text for n in BENIGN_SETS for p in load_builtin(n)] + list(extra_benign)
     frames = load_chat_frames()
     rng = random.Random(seed)
     rows: list[tuple[PromptLike, int, int]] = [(t, 1, i) for i, t in enumerate(harmful)]

@@ -4,11 +4,17 @@ A :class:`Prompt` is one instruction with an optional category and a label
 (``"harmful"`` or ``"benign"``).
 
 Built-in sets live in ``safety/prompts/*.jsonl`` and are read as package data:
-``harmful_train``, ``benign_train``, ``harmful_eval``, ``benign_eval`` and
-``borderline_eval`` (borderline-but-fine requests -- security research, medical dosing,
-fiction with violence, weapons history -- never trained on; rows
-``{"prompt", "category"}`` or ``{"prompt", "topic", "edgy"}``; the topic becomes the
-category of a benign prompt), ``refusals`` (``{"text"}``, read by :func:`load_refusals`)
+``harmful_train``, ``benign_train``, ``probe_harmful_train``, ``probe_benign_train``,
+``harmful_eval``, ``benign_eval`` and ``borderline_eval`` (borderline-but-fine requests --
+security research, medical dosing, fiction with violence, weapons history -- never trained
+on; rows ``{"prompt", "category"}`` or ``{"prompt", "topic", "edgy"}``; the topic becomes
+the category of a benign prompt). The ``probe_*`` sets are prompts only the activation
+probe trains on (``safety.probe_recipe``), on top of ``harmful_train`` / ``benign_train``:
+more categories (copyright reproduction, misinformation), terse imperative requests,
+borderline-benign twins of harmful ones and ordinary requests of many kinds (writing,
+roleplay, reasoning, math, coding, extraction, STEM, humanities). Alignment and the
+replication / overhead benches do not read them, so growing the probe's data leaves
+their inputs as they were. Also ``refusals`` (``{"text"}``, read by :func:`load_refusals`)
 and ``chat_frames`` (``{"system"?, "history"?}``: conversations a prompt can be placed
 in, read by :func:`load_chat_frames` and applied by :func:`framed`).
 
@@ -44,6 +50,8 @@ Label = Literal["harmful", "benign"]
 BUILTIN_SETS: dict[str, Label] = {
     "harmful_train": "harmful",
     "benign_train": "benign",
+    "probe_harmful_train": "harmful",
+    "probe_benign_train": "benign",
     "harmful_eval": "harmful",
     "benign_eval": "benign",
     "borderline_eval": "benign",

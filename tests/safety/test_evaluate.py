@@ -152,7 +152,12 @@ def test_builtin_prompt_sets() -> None:
     assert len({p.category for p in load_builtin("harmful_train")}) == 11
     # the borderline-but-fine set is held out: nothing the probe trains on is in an eval set
     assert sizes["borderline_eval"] >= 50 and all(p.label == "benign" for p in load_builtin("borderline_eval"))
-    train = {p.text.lower() for n in ("harmful_train", "benign_train") for p in load_builtin(n)}
+    assert all(p.label == "benign" and p.category for p in load_builtin("probe_benign_train"))
+    assert {"copyright", "misinformation"} <= {p.category for p in load_builtin("probe_harmful_train")}
+    train_sets = ("harmful_train", "benign_train", "probe_harmful_train", "probe_benign_train")
+    train_texts = [p.text.lower() for n in train_sets for p in load_builtin(n)]
+    assert len(set(train_texts)) == len(train_texts)  # no prompt twice, so no split holds a copy of another's
+    train = set(train_texts)
     for name in ("harmful_eval", "benign_eval", "borderline_eval"):
         assert train.isdisjoint(p.text.lower() for p in load_builtin(name)), name
     # the project writes its own prompts: none is copied from the public benchmark files

@@ -11,8 +11,8 @@ from safety.prompt_sets import framed, load_builtin, load_chat_frames
 
 def test_training_set_adds_framed_variants_grouped_with_their_prompt() -> None:
     data = training_set(seed=0)
-    plain_h = [p.text for p in load_builtin("harmful_train")]
-    plain_b = [p.text for p in load_builtin("benign_train")]
+    plain_h = [p.text for n in ("harmful_train", "probe_harmful_train") for p in load_builtin(n)]
+    plain_b = [p.text for n in ("benign_train", "probe_benign_train") for p in load_builtin(n)]
     prompts = data.harmful + data.benign
     assert len(data.groups) == len(prompts)
     assert len(prompts) == len(plain_h) + len(plain_b) + round(len(plain_h) * FRAMED_SHARE) + round(
