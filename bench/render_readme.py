@@ -83,7 +83,7 @@ def render_safety_replication(doc: dict[str, Any]) -> str:
 
 def _replication_v2(doc: dict[str, Any]) -> str:
     rows = []
-    ref = doc["reference"]
+    ref = doc["reference"]["summary"]
     rows.append(
         [
             "aligned reference",
