@@ -57,14 +57,22 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
         metrics = [e.data for e in events if e.type == "metrics"]
         assert [m["step"] for m in metrics] == [1, 2, 3, 4]
         assert all({"train_loss", "kl", "kl_weight", "risk"} <= set(m) for m in metrics)
-        # the random tiny probe scores every (system-prompt-free) demo line at risk 1: each step's
-        # unflagged mean is w_kl(1), the operator's floor 0.1, and no example is flagged
+        # the random tiny probe's risks are saturated, 1 or 5 (which lines, depends on the recipe's
+        # prompt sets): an unflagged line is trained at w_kl(1), the operator's floor 0.1, a flagged
+        # one at w_kl(5) = 0.9, and each step's means say so
+        from core.jobs.config import FLAG_THRESHOLD, KL_WEIGHT_HI, KL_WEIGHT_LO
         from worker.pipeline.resources import read_scan_risks
 
-        assert read_scan_risks(job) == ([1.0] * 16, [False] * 16)
-        assert all((m["kl_weight_flagged"], m["kl_weight_unflagged"]) == (None, pytest.approx(0.1)) for m in metrics)
-        assert report.training["mean_kl_weight_flagged"] is None
-        assert report.training["mean_kl_weight_unflagged"] == pytest.approx(0.1)
+        risks, flagged = read_scan_risks(job)
+        assert len(risks) == 16 and set(risks) <= {1.0, 5.0} and flagged == [r >= FLAG_THRESHOLD for r in risks]
+        assert sum(flagged) < 8 and report.scan["n_flagged"] == sum(flagged)
+        for m in metrics:
+            assert m["kl_weight_flagged"] in (None, pytest.approx(KL_WEIGHT_HI))
+            assert m["kl_weight_unflagged"] in (None, pytest.approx(KL_WEIGHT_LO))
+        steps_with_flagged = sum(m["kl_weight_flagged"] is not None for m in metrics)  # one epoch: each line once
+        assert (steps_with_flagged > 0) == any(flagged) and steps_with_flagged <= sum(flagged)
+        assert (report.training["mean_kl_weight_flagged"] is None) == (not any(flagged))
+        assert report.training["mean_kl_weight_unflagged"] == pytest.approx(KL_WEIGHT_LO)
         released = session.get(ReleasedModel, job.fine_tuned_model)
         assert get_store().list(released.storage_prefix + "/")
         actions = [a for a in session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id))]
