@@ -52,21 +52,27 @@ class AlignConfig:
     harmful prompts that also get a deep-refusal copy, with ``k`` drawn from
     ``prefix_tokens``. ``answer_max_new_tokens``: length cap of the base model's benign
     answers (cut after their last full sentence). ``refusals``: the refusal texts trained
-    (empty: the project's own set, ``safety.prompt_sets.load_refusals``)."""
+    (empty: the project's own set, ``safety.prompt_sets.load_refusals``).
 
-    n_harmful: int = 0
-    n_benign: int = 240
+    The defaults trade refusals against over-refusal on SmolLM2-135M (``bench/aligned_reference.py``):
+    every benign prompt (everyday and edgy-but-fine) with the base model's answer, 150 refusals
+    plus their deep copies (about 30 % of the set; with over half of it refusals and 2 epochs the
+    variant refused a third of the benign eval prompts, with 60 it let half the harmful ones
+    through), one epoch."""
+
+    n_harmful: int = 150
+    n_benign: int = 0
     deep_share: float = 0.5
     prefix_tokens: tuple[int, ...] = (3, 6, 10, 16)
     answer_max_new_tokens: int = 40
     gen_batch_size: int = 16
     learning_rate: float = 5e-4
-    n_epochs: int = 2
+    n_epochs: int = 1
     batch_size: int = 8
     lora_r: int = 16
     lora_alpha: int = 32
     target_modules: tuple[str, ...] = ALL_LINEAR
-    max_seq_len: int = 192
+    max_seq_len: int = 128
     seed: int = 0
     refusals: tuple[str, ...] = ()
 
