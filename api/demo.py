@@ -255,7 +255,7 @@ def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 
                 reports[mode] = (client.get(f"/v1/fine_tuning/jobs/{job['id']}/safety_report").json(), job)
                 lap(f"job {mode}")
             print_reports(reports)
-        console.print(phase_times(walls, aligned))
+        console.print(phase_times(walls, aligned), soft_wrap=True)
         ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")
         if keep_serving:
