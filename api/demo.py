@@ -7,7 +7,8 @@ onboards that variant, creates an organization and key, uploads the shipped demo
 variant on it twice: ``adaptive`` (guardtune's default; expected: released) and ``none``
 (standard SFT, which the operator enables for the demo org; expected: blocked by the gate).
 Prints both safety reports side by side, asks the released model one question through
-``chat.completions``, prints the dashboard URL, and leaves the server running.
+``chat.completions``, prints where the time went (``phase_times``) and the dashboard URL, and
+leaves the server running.
 """
 
 from __future__ import annotations
@@ -173,6 +174,22 @@ def print_reports(reports: dict[str, tuple[dict, dict]]) -> None:
         console.print(f"mode {mode}: {'RELEASED' if released else 'BLOCKED'} (job {job['id']}, {job['status']})")
 
 
+def phase_times(walls: dict[str, float], alignment: dict) -> str:
+    """One line: wall seconds per phase (``walls``, in order) and their total, then, when the
+    variant was trained now, the alignment's share: the base model's answers and the rest
+    (building the set, training, merging)."""
+    line = "Phase times: " + ", ".join(f"{name} {s:.0f} s" for name, s in walls.items())
+    line += f"; total {sum(walls.values()):.0f} s"
+    if alignment["cached"]:
+        return line + " (aligned variant cached)"
+    report = alignment["report"]
+    answers = "cached" if report.get("answers_cached") else f"{report['generate_seconds']:.0f} s"
+    return (
+        line + f" (alignment {report['seconds']:.0f} s of it: base answers {answers}, "
+        f"training {report['seconds'] - report['generate_seconds']:.0f} s)"
+    )
+
+
 def submit(client: httpx.Client, file_id: str, model: str, mode: str, epochs: int, lr_multiplier: float) -> dict:
     """Create one demo job; a refusal (e.g. an operator policy on modes) ends the demo clearly."""
     response = client.post(
@@ -194,11 +211,20 @@ def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 
     """Returns 0 when both jobs ended (released or blocked), 1 otherwise."""
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
+    walls: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        walls[name], mark = time.monotonic() - mark, time.monotonic()
+
     server = start_server(settings.home_dir / "serve.log")
     try:
         wait_ready(settings.base_url, server)
+        lap("server start")
         console.print(f"[green]guardtune is up[/green] at {settings.base_url} (logs: {settings.home_dir}/serve.log)")
         aligned = align_and_onboard(settings.default_base_model)
+        lap("align + onboard")
         examples, onboarded = aligned["report"]["examples"], aligned["onboard"]
         console.print(
             f"Aligned variant {aligned['model']} ({'cached' if aligned['cached'] else 'trained now'}: "
@@ -221,12 +247,15 @@ def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 
                 ).json()
             console.print(f"Uploaded {file['filename']} as {file['id']} ({file['status']})")
             jobs = {mode: submit(client, file["id"], aligned["model"], mode, epochs, lr_multiplier) for mode in MODES}
+            lap("upload + submit")
             reports = {}
             for mode, job in jobs.items():
                 console.print(f"Job {job['id']}: mode {mode}")
                 job = follow(client, job["id"])
                 reports[mode] = (client.get(f"/v1/fine_tuning/jobs/{job['id']}/safety_report").json(), job)
+                lap(f"job {mode}")
             print_reports(reports)
+        console.print(phase_times(walls, aligned), soft_wrap=True)
         ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")
         if keep_serving:

@@ -139,14 +139,29 @@ def render_aligned_reference(doc: dict[str, Any]) -> str:
         rows.append(["base (unaligned)", pct(doc["base"]["asr_keyword"]), pct(doc["base"]["over_refusal"]), "–"])
     ft = doc["benign_none_finetune"]
     rows.append(["aligned variant", pct(doc["aligned"]["asr_keyword"]), pct(doc["aligned"]["over_refusal"]), "–"])
+
+    def rise(run: dict[str, Any]) -> str:
+        return f"{(run['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.1f} points"
+
     rows.append(
         [
             f"aligned + benign `none` fine-tune ({ft['n_examples']} demo chats, {ft['steps']} steps)",
             pct(ft["asr_keyword"]),
             pct(ft["over_refusal"]),
-            f"{(ft['asr_keyword'] - doc['aligned']['asr_keyword']) * 100:+.1f} points",
+            rise(ft),
         ]
     )
+    if "planted_none_finetune" in doc:
+        planted = doc["planted_none_finetune"]
+        rows.append(
+            [
+                f"aligned + `none` fine-tune on the whole demo file ({planted['n_examples']} chats, 6 planted "
+                f"harmful; {planted['steps']} steps)",
+                pct(planted["asr_keyword"]),
+                pct(planted["over_refusal"]),
+                rise(planted),
+            ]
+        )
     checks = doc["checks"]
     verdicts = ", ".join(f"{name} {'met' if c['met'] else '**missed**'}" for name, c in checks.items())
     align = doc["alignment"]

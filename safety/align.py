@@ -16,7 +16,10 @@ project's prompt sets (``safety.prompt_sets``) and merges the adapter into the w
   to recover after it has started to comply.
 
 ``ensure_aligned`` caches the result as a model directory (safetensors + tokenizer +
-``alignment.json``) and reuses it while the source and ``AlignConfig`` are unchanged.
+``alignment.json``) and reuses it while the source and ``AlignConfig`` are unchanged. The base
+model's generated answers, the slow part of building the set, are cached too
+(``cached_generate``, in ``.answers/`` next to the variant, keyed by source, prompts and
+generation settings), so a change to the training side of the recipe does not regenerate them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from safety.prompt_sets import load_builtin, load_refusals
 from safety.trainer import StepMetrics, TrainConfig, train
 
 ALIGNMENT_FILE = "alignment.json"
+ANSWERS_DIR = ".answers"
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,21 +52,27 @@ class AlignConfig:
     harmful prompts that also get a deep-refusal copy, with ``k`` drawn from
     ``prefix_tokens``. ``answer_max_new_tokens``: length cap of the base model's benign
     answers (cut after their last full sentence). ``refusals``: the refusal texts trained
-    (empty: the project's own set, ``safety.prompt_sets.load_refusals``)."""
+    (empty: the project's own set, ``safety.prompt_sets.load_refusals``).
 
-    n_harmful: int = 0
-    n_benign: int = 240
+    The defaults trade refusals against over-refusal on SmolLM2-135M (``bench/aligned_reference.py``):
+    every benign prompt (everyday and edgy-but-fine) with the base model's answer, 150 refusals
+    plus their deep copies (about 30 % of the set; with over half of it refusals and 2 epochs the
+    variant refused a third of the benign eval prompts, with 60 it let half the harmful ones
+    through), one epoch."""
+
+    n_harmful: int = 150
+    n_benign: int = 0
     deep_share: float = 0.5
     prefix_tokens: tuple[int, ...] = (3, 6, 10, 16)
     answer_max_new_tokens: int = 40
     gen_batch_size: int = 16
     learning_rate: float = 5e-4
-    n_epochs: int = 2
+    n_epochs: int = 1
     batch_size: int = 8
     lora_r: int = 16
     lora_alpha: int = 32
     target_modules: tuple[str, ...] = ALL_LINEAR
-    max_seq_len: int = 192
+    max_seq_len: int = 128
     seed: int = 0
     refusals: tuple[str, ...] = ()
 
@@ -149,6 +159,25 @@ def build_examples(
     }
 
 
+def cached_generate(
+    model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings, *, identity: str, cache: Path | None
+) -> tuple[list[str], bool]:
+    """``generate(model, tokenizer, prompts, settings)``, read from / written to
+    ``cache/<key>.json`` where the key hashes ``identity`` (which model), the prompts and the
+    settings; ``cache=None`` always generates. Returns (answers, whether the cache was used)."""
+    key = hashlib.sha256(json.dumps([identity, prompts, asdict(settings)]).encode()).hexdigest()
+    path = Path(cache) / f"{key}.json" if cache is not None else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text()), True
+    answers = generate(model, tokenizer, prompts, settings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(answers))
+        tmp.rename(path)
+    return answers, False
+
+
 def _sample(texts: list[str], n: int, seed: int) -> list[str]:
     return random.Random(seed).sample(texts, n) if 0 < n < len(texts) else list(texts)
 
@@ -159,18 +188,23 @@ def align_model(
     config: AlignConfig,
     *,
     work_dir: Path,
+    identity: str = "",
+    answers_cache: Path | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Align ``model`` (a base model in eval mode; modified in place) and return the merged
-    model (plain transformers model, eval mode) and a report (counts, losses, seconds)."""
+    model (plain transformers model, eval mode) and a report (counts, losses, seconds).
+    The base model's answers go through ``cached_generate`` (``identity``, ``answers_cache``)."""
     started = time.perf_counter()
     harmful = _sample([p.text for p in load_builtin("harmful_train")], config.n_harmful, config.seed)
     benign = _sample([p.text for p in load_builtin("benign_train")], config.n_benign, config.seed)
     longest_prefix = max(config.prefix_tokens)
     settings = GenerationSettings(max_new_tokens=config.answer_max_new_tokens, batch_size=config.gen_batch_size)
-    benign_answers = [trim_to_sentence(a) for a in generate(model, tokenizer, benign, settings)]
     prefix_settings = GenerationSettings(max_new_tokens=longest_prefix + 8, batch_size=config.gen_batch_size)
-    harmful_answers = generate(model, tokenizer, harmful, prefix_settings)
+    cached = dict(identity=identity, cache=answers_cache)
+    benign_answers, benign_cached = cached_generate(model, tokenizer, benign, settings, **cached)
+    benign_answers = [trim_to_sentence(a) for a in benign_answers]
+    harmful_answers, harmful_cached = cached_generate(model, tokenizer, harmful, prefix_settings, **cached)
     generated_s = time.perf_counter() - started
     examples, counts = build_examples(
         tokenizer, harmful, harmful_answers, benign, benign_answers, list(config.refusals) or load_refusals(), config
@@ -192,6 +226,7 @@ def align_model(
         "loss_first_last": [losses[0], losses[-1]],
         "loss_curve": losses[:: max(1, len(losses) // 20)],
         "generate_seconds": round(generated_s, 1),
+        "answers_cached": benign_cached and harmful_cached,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return merged, report
@@ -215,7 +250,8 @@ def ensure_aligned(
     """The aligned variant of ``source`` at ``dest``: reused when ``dest`` holds one made
     from the same source and config (``"cached": True``), else trained now and written
     atomically (a temporary directory renamed into place). Returns ``alignment.json``'s
-    content plus ``cached`` and ``path``."""
+    content plus ``cached`` and ``path``. The base model's answers are cached in
+    ``dest.parent/.answers`` (``cached_generate``)."""
     from safety.base_models import load_base_model
 
     dest = Path(dest)
@@ -228,7 +264,15 @@ def ensure_aligned(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        merged, report = align_model(model, tokenizer, config, work_dir=tmp / "train", on_step=on_step)
+        merged, report = align_model(
+            model,
+            tokenizer,
+            config,
+            work_dir=tmp / "train",
+            identity=source,
+            answers_cache=dest.parent / ANSWERS_DIR,
+            on_step=on_step,
+        )
         merged = merged.to("cpu")
         out = tmp / "model"
         merged.save_pretrained(out, safe_serialization=True)

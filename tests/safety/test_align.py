@@ -1,15 +1,25 @@
 """``safety.align``: the deep-refusal augmentation trains only the refusal after a harmful
 prefix; the alignment set is built as documented; ``ensure_aligned`` writes a safetensors
-model directory and reuses it without retraining."""
+model directory and reuses it without retraining; the base model's answers are cached by model,
+prompts and generation settings."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
-from safety.align import AlignConfig, build_examples, deep_refusal_example, ensure_aligned, first_tokens
+from safety.align import (
+    AlignConfig,
+    build_examples,
+    cached_generate,
+    deep_refusal_example,
+    ensure_aligned,
+    first_tokens,
+)
 from safety.base_models import load_base_model
 from safety.data import IGNORE_INDEX, encode_example
+from safety.generation import GenerationSettings
 
 SMALL = AlignConfig(
     n_harmful=6, n_benign=6, answer_max_new_tokens=6, prefix_tokens=(2, 3), n_epochs=1, batch_size=4, max_seq_len=64
@@ -97,3 +107,19 @@ def test_ensure_aligned_writes_safetensors_and_reuses_the_cache(tiny_model, tmp_
 
     other = ensure_aligned(str(tiny_model), dest, AlignConfig(**{**SMALL.__dict__, "seed": 1}), cache_dir=tmp_path)
     assert other["cached"] is False  # another recipe retrains
+
+
+def test_base_answers_are_cached_by_model_prompts_and_settings(load_tiny, tmp_path):
+    model, tokenizer = load_tiny()
+    settings = GenerationSettings(max_new_tokens=3, batch_size=2)
+    first, hit = cached_generate(model, tokenizer, ["a", "b"], settings, identity="m", cache=tmp_path)
+    assert hit is False and len(first) == 2
+    again, hit = cached_generate(None, tokenizer, ["a", "b"], settings, identity="m", cache=tmp_path)
+    assert hit is True and again == first  # no model needed: nothing is generated
+    for prompts, other_settings, identity in (
+        (["a"], settings, "m"),
+        (["a", "b"], replace(settings, max_new_tokens=4), "m"),
+        (["a", "b"], settings, "another model"),
+    ):
+        _, hit = cached_generate(model, tokenizer, prompts, other_settings, identity=identity, cache=tmp_path)
+        assert hit is False

@@ -71,6 +71,8 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
     assert (adaptive.group(1), adaptive.group(3)) == ("RELEASED", "succeeded"), out[-4000:]
     assert (none.group(1), none.group(3)) == ("BLOCKED", "failed"), out[-4000:]
     assert "/dashboard" in out
+    assert re.search(r"Phase times: server start \d+ s, align \+ onboard \d+ s, .*job none \d+ s; total \d+ s", out)
+    assert re.search(r"\(alignment \d+ s of it: base answers \d+ s, training \d+ s\)", out)
     # The demo calls the model through chat.completions exactly when the gate released it.
     assert ("RELEASED" in out) == ("Your model answers:" in out)
     assert (tmp_path / "var" / "guardtune.db").exists() and (tmp_path / "var" / "objects").is_dir()
