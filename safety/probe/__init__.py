@@ -4,7 +4,7 @@ The one public surface of the probe; callers import from ``safety.probe``. The p
 
 * :mod:`safety.probe.features`: which layers to read and the pooled hidden states
   (:func:`extract_features`; forward hooks that stop after the deepest layer needed).
-* :mod:`safety.probe.heads`: :class:`ProbeConfig`, the classifier (:func:`fit_head`) and
+* :mod:`safety.probe.heads`: :class:`ProbeConfig`, the classifier ensemble (:func:`fit_heads`) and
   :class:`Probe`, persisted as ``probe.safetensors`` + ``probe.json`` (no pickle).
 * :mod:`safety.probe.calibration`: AUROC / TPR-at-FPR metrics, the fit / select /
   calibrate / test split, the layer search and the threshold (:func:`train_probe`).

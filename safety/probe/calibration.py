@@ -25,7 +25,7 @@ from safety.probe.features import (
     feature_columns,
     resolve_layers,
 )
-from safety.probe.heads import Probe, ProbeConfig, fit_head
+from safety.probe.heads import Probe, ProbeConfig, fit_heads
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def split_indices(
 def _fit_probe(feats: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...], config: ProbeConfig) -> Probe:
     x = feats.mean(dim=1)
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
-    head = fit_head((x - mean) / std, y, config)
+    heads = fit_heads((x - mean) / std, y, config)
     return Probe(
         layers=layers,
         kind=config.kind,
@@ -161,7 +161,7 @@ def _fit_probe(feats: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...], co
         hidden_units=config.hidden_units,
         mean=mean,
         std=std,
-        head=head,
+        heads=heads,
         threshold=0.5,
     )
 
@@ -254,9 +254,10 @@ def train_probe(
     The prompts (``groups`` aligned with ``harmful_texts + benign_texts``) are split by
     :func:`split_indices` into four disjoint parts, each with its own job:
 
-    1. ``fit``: every candidate layer set's classifier is trained here;
-    2. ``select``: the candidate with the best AUROC here wins (ties: lower log-loss),
-       and the returned probe is that layer set refitted on ``fit`` + ``select``;
+    1. ``fit``: every candidate layer set's ensemble of ``config.heads`` heads is trained here;
+    2. ``select``: the candidate whose ensemble has the best AUROC here wins (ties: lower
+       log-loss, then the earlier candidate), and the returned probe is that layer set
+       refitted on ``fit`` + ``select``;
     3. ``calibrate``: the threshold is the lowest score whose FPR here is at most
        ``config.target_fpr`` (never below ``config.min_threshold``);
     4. ``test``: never used for either choice; the report's ``auroc`` and

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from safety.base_models import load_base_model
 from safety.generation import render_prompt
@@ -91,8 +94,41 @@ def test_planted_signal_is_separated_and_round_trips(tiny, kind: str, tmp_path: 
     probe.save(tmp_path / "probe")
     assert sorted(f.name for f in (tmp_path / "probe").iterdir()) == ["probe.json", "probe.safetensors"]
     loaded = Probe.load(tmp_path / "probe")
+    assert len(loaded.heads) == len(probe.heads) == config.heads > 1
     assert loaded.predict_proba(model, tokenizer, test_h + test_b, batch_size=7) == p
     assert (loaded.layers, loaded.kind, loaded.threshold) == (probe.layers, kind, probe.threshold)
+
+
+def _planted_features(n: int = 60, dim: int = 8) -> tuple[torch.Tensor, list[int]]:
+    """``[2n, 1, dim]`` noise features; the harmful half has a shifted first coordinate."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * n, 1, dim, generator=gen)
+    x[:n, 0, 0] += 1.5
+    return x, [1] * n + [0] * n
+
+
+def test_ensemble_probability_is_the_mean_of_its_heads() -> None:
+    x, labels = _planted_features()
+    config = ProbeConfig(kind="mlp", hidden_units=16, epochs=5, heads=3, seed=7)
+    probe, _ = train_probe_on_features(x, labels, [0], config)
+    singles = [dataclasses.replace(probe, heads=[head]).predict_proba_features(x) for head in probe.heads]
+    torch.testing.assert_close(probe.predict_proba_features(x), torch.stack(singles).mean(dim=0))
+    assert not torch.equal(singles[0], singles[1])  # the heads' seeds differ
+    one, _ = train_probe_on_features(x, labels, [0], dataclasses.replace(config, heads=1))
+    assert torch.equal(one.predict_proba_features(x), singles[0])  # head 0 is seeded config.seed
+
+
+def test_a_one_head_probe_file_from_before_ensembles_loads(tmp_path: Path) -> None:
+    x, labels = _planted_features()
+    probe, _ = train_probe_on_features(x, labels, [0], ProbeConfig(hidden_units=16, epochs=5, heads=1))
+    tensors = {"mean": probe.mean, "std": probe.std}
+    tensors.update({f"head.{k}": v for k, v in probe.heads[0].state_dict().items()})
+    save_file(tensors, str(tmp_path / "probe.safetensors"))
+    meta = {"layers": [0], "kind": "mlp", "pool": "content", "max_len": 512, "hidden_units": 16, "threshold": 0.7}
+    (tmp_path / "probe.json").write_text(json.dumps(meta))
+    loaded = Probe.load(tmp_path)
+    assert (len(loaded.heads), loaded.threshold) == (1, 0.7)
+    assert torch.equal(loaded.predict_proba_features(x), probe.predict_proba_features(x))
 
 
 def test_layer_candidates_pick_best_validation_auroc(tiny) -> None:
