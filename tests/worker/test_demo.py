@@ -49,6 +49,7 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
             **small_pipeline_env(tiny_model),
             "GUARDTUNE_ALIGN_OPTIONS": json.dumps(TINY_ALIGNMENT),
             "GUARDTUNE_KL_WEIGHT_LO": "0.9",
+            "GUARDTUNE_TORCH_THREADS": "1",  # one thread: the same arithmetic on idle and busy cores
         }
     )
     result = subprocess.run(
