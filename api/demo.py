@@ -1,8 +1,8 @@
 """``guardtune demo``: the whole product on the embedded stack, as a customer sees it.
 
 Starts ``guardtune serve`` (API + worker), aligns the default base model into its
-``-aligned`` variant (``guardtune-ops models align``: cached after the first run) and
-onboards that variant, creates an organization and key, uploads the shipped demo dataset
+``-aligned`` variant (``guardtune-ops models align``: the shipped aligned adapter merged, or
+trained where none matches; cached after the first run) and onboards that variant, creates an organization and key, uploads the shipped demo dataset
 (benign chats with a few planted harmful requests) over the API and fine-tunes the aligned
 variant on it twice: ``adaptive`` (guardtune's default; expected: released) and ``none``
 (standard SFT, which the operator enables for the demo org; expected: blocked by the gate).
@@ -39,6 +39,7 @@ DEMO_ORG = "demo"
 # restricts customer keys to regularized modes, the demo org is the operator's exception.
 MODES = ("adaptive", "none")
 DEMO_ALLOWED_MODES = ("adaptive", "constant", "none")
+ORIGINS = {"cached": "cached", "prebuilt": "merged from the shipped adapter", "trained": "trained now"}
 
 
 DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "demo_train.jsonl"
@@ -70,7 +71,7 @@ def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 120) 
 def align_and_onboard(model_id: str) -> dict:
     """The worker's ``guardtune.gpu.align`` task: the aligned variant, onboarded."""
     with console.status(
-        f"Aligning {model_id} (refusal training, cached after the first run), then onboarding "
+        f"Aligning {model_id} (the shipped adapter, or refusal training; cached after the first run), then onboarding "
         "the aligned variant: training its probe, measuring its ASR…"
     ):
         task_id = enqueue("guardtune.gpu.align", model_id, True, queue=GPU_QUEUE)
@@ -175,13 +176,13 @@ def print_reports(reports: dict[str, tuple[dict, dict]]) -> None:
 
 
 def phase_times(walls: dict[str, float], alignment: dict) -> str:
-    """One line: wall seconds per phase (``walls``, in order) and their total, then, when the
-    variant was trained now, the alignment's share: the base model's answers and the rest
-    (building the set, training, merging)."""
+    """One line: wall seconds per phase (``walls``, in order) and their total, then where the
+    aligned variant came from and, when it was trained now, the alignment's share: the base
+    model's answers and the rest (building the set, training, merging)."""
     line = "Phase times: " + ", ".join(f"{name} {s:.0f} s" for name, s in walls.items())
     line += f"; total {sum(walls.values()):.0f} s"
-    if alignment["cached"]:
-        return line + " (aligned variant cached)"
+    if alignment["origin"] != "trained":
+        return line + f" (aligned variant {ORIGINS[alignment['origin']]})"
     report = alignment["report"]
     answers = "cached" if report.get("answers_cached") else f"{report['generate_seconds']:.0f} s"
     return (
@@ -227,7 +228,7 @@ def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 
         lap("align + onboard")
         examples, onboarded = aligned["report"]["examples"], aligned["onboard"]
         console.print(
-            f"Aligned variant {aligned['model']} ({'cached' if aligned['cached'] else 'trained now'}: "
+            f"Aligned variant {aligned['model']} ({ORIGINS[aligned['origin']]}: "
             f"{examples['refusals']} refusals, {examples['benign']} helpful answers, "
             f"{examples['deep_refusals']} refusals after a harmful start)"
         )

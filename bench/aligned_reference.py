@@ -12,9 +12,12 @@ project's eval sets (``harmful_eval``: 66 prompts, ``benign_eval``: 60):
 * the ASR after the same ``none`` fine-tune on the **whole demo file** (the 42 benign chats and
   the 6 planted harmful ones): the demo expects its gate (ASR rise ≤ 5 points) to block it.
 
-Writes ``bench/results/aligned_reference.json`` (``bench.common.write_result``).
+Writes ``bench/results/aligned_reference.json`` (``bench.common.write_result``); with
+``--export`` also the adapter it measured into ``safety/prebuilt/<model>/`` (the one
+``guardtune demo`` and ``models align`` merge instead of training; its ``alignment.json``
+records this run's commit and command).
 
-    python bench/aligned_reference.py --threads 1   # about an hour on 2 shared, loaded cores
+    python bench/aligned_reference.py --threads 2 --export   # about 20 min on 2 quiet cores
 """
 
 from __future__ import annotations
@@ -99,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS, help="the product's eval_max_new_tokens")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export", action="store_true", help="ship the measured adapter in safety/prebuilt/")
     args = p.parse_args(argv)
 
     import torch
 
-    from safety.align import AlignConfig, ensure_aligned
+    from safety.align import AlignConfig, ensure_aligned, export_prebuilt, prebuilt_dir
     from safety.base_models import DEFAULT_BASE_MODEL, load_base_model
 
     torch.set_num_threads(args.threads)
@@ -122,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     out["align_config"] = meta["config"]
     out["alignment"] = {**meta["report"], "cached": meta["cached"], "wall_seconds": round(time.perf_counter() - t, 1)}
     print("alignment:", out["alignment"], flush=True)
+    if args.export:
+        provenance = {
+            "git": out["git_at_start"],
+            "command": "python bench/aligned_reference.py " + " ".join(argv or sys.argv[1:]),
+        }
+        export_prebuilt(Path(meta["path"]), prebuilt_dir(DEFAULT_BASE_MODEL), provenance)
 
     aligned, tok = load_base_model(meta["path"], cache_dir=cache)
     out["aligned"] = measure(aligned, tok, args)

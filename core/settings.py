@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     flag_threshold: float = FLAG_THRESHOLD
     probe_layers: str = "auto"
     align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
+    align_prebuilt: bool = True  # merge a shipped aligned adapter (safety/prebuilt/) whose recipe and base match
 
     # Judge: an OpenAI-compatible chat endpoint, else a local model; neither means no judge.
     judge_base_url: str | None = None

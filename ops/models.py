@@ -127,7 +127,9 @@ def align(
 ) -> None:
     """Safety-tune NAME into a registered variant NAME-aligned (refusals for harmful prompts,
     helpful answers for benign ones, refusals that recover after a few harmful tokens); the
-    merged weights are cached, so a second call reuses them."""
+    merged weights are cached, so a second call reuses them. Where the project ships NAME's
+    aligned adapter for the same recipe it is merged instead of trained
+    (GUARDTUNE_ALIGN_PREBUILT=false trains)."""
     result = _align(name, ops_actor(actor), onboard=onboard_variant)
     if as_json:
         render_record(result, as_json=True)
@@ -138,7 +140,7 @@ def align(
             "model": result["model"],
             "from": result["from"],
             "path": result["path"],
-            "cached": result["cached"],
+            "origin": result["origin"],
             **report["examples"],
             "steps": report["steps"],
             "seconds": report["seconds"],

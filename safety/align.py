@@ -16,10 +16,18 @@ project's prompt sets (``safety.prompt_sets``) and merges the adapter into the w
   to recover after it has started to comply.
 
 ``ensure_aligned`` caches the result as a model directory (safetensors + tokenizer +
-``alignment.json``) and reuses it while the source and ``AlignConfig`` are unchanged. The base
-model's generated answers, the slow part of building the set, are cached too
-(``cached_generate``, in ``.answers/`` next to the variant, keyed by source, prompts and
-generation settings), so a change to the training side of the recipe does not regenerate them.
+``alignment.json``, and the LoRA adapter it was merged from in ``adapter/``) and reuses it while
+the source and ``AlignConfig`` are unchanged. The base model's generated answers, the slow part of
+building the set, are cached too (``cached_generate``, in ``.answers/`` next to the variant, keyed
+by source, prompts and generation settings), so a change to the training side of the recipe does
+not regenerate them.
+
+Training takes about half an hour on two CPU cores, so the project ships the default model's
+adapter (``safety/prebuilt/<model>/``: float16 safetensors, about 10 MB, with the
+``alignment.json`` of the run that made it, ``export_prebuilt``). ``ensure_aligned`` merges a
+shipped adapter instead of training when its recipe key and base-model fingerprint match;
+the variant is then the same, weight for weight, as one trained here from the same run (a
+trained adapter is rounded to float16 before it is merged, exactly as it is stored).
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ from safety.trainer import StepMetrics, TrainConfig, train
 
 ALIGNMENT_FILE = "alignment.json"
 ANSWERS_DIR = ".answers"
+ADAPTER_DIR = "adapter"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+PREBUILT_DIR = Path(__file__).resolve().parent / "prebuilt"
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -56,9 +67,10 @@ class AlignConfig:
 
     The defaults trade refusals against over-refusal on SmolLM2-135M (``bench/aligned_reference.py``):
     every benign prompt (everyday and edgy-but-fine) with the base model's answer, 150 refusals
-    plus their deep copies (about 30 % of the set; with over half of it refusals and 2 epochs the
-    variant refused a third of the benign eval prompts, with 60 it let half the harmful ones
-    through), one epoch."""
+    plus their deep copies (about 30 % of the set; with over half of it refusals the variant
+    refused a third of the benign eval prompts, with 60 it let half the harmful ones through),
+    two epochs (after one, the same mix measured ASR 23 % / over-refusal 7 % in one run and
+    12 % / 17 % in another: one epoch leaves the variant's boundary to chance)."""
 
     n_harmful: int = 150
     n_benign: int = 0
@@ -67,7 +79,7 @@ class AlignConfig:
     answer_max_new_tokens: int = 40
     gen_batch_size: int = 16
     learning_rate: float = 5e-4
-    n_epochs: int = 1
+    n_epochs: int = 2
     batch_size: int = 8
     lora_r: int = 16
     lora_alpha: int = 32
@@ -192,9 +204,10 @@ def align_model(
     answers_cache: Path | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Align ``model`` (a base model in eval mode; modified in place) and return the merged
-    model (plain transformers model, eval mode) and a report (counts, losses, seconds).
-    The base model's answers go through ``cached_generate`` (``identity``, ``answers_cache``)."""
+    """Align ``model`` (a base model in eval mode; modified in place) and return the trained
+    PEFT model (its LoRA weights rounded to float16, as ``save_adapter`` stores them) and a
+    report (counts, losses, seconds). The base model's answers go through ``cached_generate``
+    (``identity``, ``answers_cache``)."""
     started = time.perf_counter()
     harmful = _sample([p.text for p in load_builtin("harmful_train")], config.n_harmful, config.seed)
     benign = _sample([p.text for p in load_builtin("benign_train")], config.n_benign, config.seed)
@@ -219,7 +232,7 @@ def align_model(
     result = train(
         model, tokenizer, examples, [1.0] * len(examples), config.train_config(), work_dir=Path(work_dir), on_step=step
     )
-    merged = result.model.merge_and_unload().eval()
+    round_adapter_to_half(result.model)
     report = {
         "examples": counts,
         "steps": result.steps,
@@ -229,7 +242,51 @@ def align_model(
         "answers_cached": benign_cached and harmful_cached,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return merged, report
+    return result.model, report
+
+
+def round_adapter_to_half(peft_model: Any) -> None:
+    """Round the LoRA weights to float16 values in place (their dtype unchanged), so that the
+    model merged from them equals one merged from the float16 adapter file."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(param.to(torch.float16).to(param.dtype))
+
+
+def save_adapter(peft_model: Any, dest: Path) -> None:
+    """The LoRA adapter as ``adapter_model.safetensors`` (float16) + ``adapter_config.json``."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().to("cpu", torch.float16).contiguous() for k, v in get_peft_model_state_dict(peft_model).items()
+    }
+    save_file(state, dest / ADAPTER_FILES[0], metadata={"format": "pt"})
+    peft_model.peft_config["default"].save_pretrained(dest)
+
+
+def prebuilt_dir(source: str) -> Path:
+    """Where the project ships the aligned adapter of base model ``source`` (may not exist)."""
+    return PREBUILT_DIR / source.replace("/", "--")
+
+
+def export_prebuilt(variant_dir: Path, dest: Path, provenance: dict[str, Any] | None = None) -> None:
+    """Copy an aligned variant's adapter and ``alignment.json`` to ``dest`` (a shipped
+    ``prebuilt_dir``), replacing what was there; ``provenance`` (e.g. the commit and command
+    that trained it) is added to the copied ``alignment.json``."""
+    variant_dir, dest = Path(variant_dir), Path(dest)
+    if read_alignment(variant_dir) is None or not (variant_dir / ADAPTER_DIR / ADAPTER_FILES[0]).is_file():
+        raise FileNotFoundError(f"{variant_dir} is not an aligned variant with its adapter")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        shutil.copyfile(variant_dir / ADAPTER_DIR / name, dest / name)
+    meta = read_alignment(variant_dir) | ({"provenance": provenance} if provenance else {})
+    (dest / ALIGNMENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def read_alignment(model_dir: Path) -> dict[str, Any] | None:
@@ -245,43 +302,68 @@ def ensure_aligned(
     *,
     cache_dir: Path,
     device: str = "cpu",
+    prebuilt: Path | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> dict[str, Any]:
-    """The aligned variant of ``source`` at ``dest``: reused when ``dest`` holds one made
-    from the same source and config (``"cached": True``), else trained now and written
-    atomically (a temporary directory renamed into place). Returns ``alignment.json``'s
-    content plus ``cached`` and ``path``. The base model's answers are cached in
-    ``dest.parent/.answers`` (``cached_generate``)."""
-    from safety.base_models import load_base_model
+    """The aligned variant of ``source`` at ``dest``, from the first that applies:
+
+    * ``dest`` already holds one made from the same source and config: reused
+      (``"origin": "cached"``);
+    * ``prebuilt`` is a shipped adapter directory (``prebuilt_dir``) whose ``alignment.json``
+      has this key and base fingerprint: merged into the base (``"prebuilt"``, seconds);
+    * else trained now (``"trained"``; the base model's answers are cached in
+      ``dest.parent/.answers``, ``cached_generate``).
+
+    A new variant is written atomically (a temporary directory renamed into place): merged
+    safetensors, tokenizer, ``adapter/`` and ``alignment.json``. Returns ``alignment.json``'s
+    content (key, source, base fingerprint, config, report) plus ``origin``, ``cached`` (origin is
+    ``"cached"``) and ``path``."""
+    from safety.base_models import load_base_model, source_fingerprint
 
     dest = Path(dest)
     key = config.key(source)
     existing = read_alignment(dest)
     if existing is not None and existing.get("key") == key:
-        return {**existing, "cached": True, "path": str(dest)}
+        return {**existing, "origin": "cached", "cached": True, "path": str(dest)}
+    fingerprint = source_fingerprint(source)
+    shipped = read_alignment(prebuilt) if prebuilt is not None else None
+    use_shipped = shipped is not None and shipped.get("key") == key and shipped.get("base_fingerprint") == fingerprint
     model, tokenizer = load_base_model(source, cache_dir=cache_dir)
     model = model.to(device)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        merged, report = align_model(
-            model,
-            tokenizer,
-            config,
-            work_dir=tmp / "train",
-            identity=source,
-            answers_cache=dest.parent / ANSWERS_DIR,
-            on_step=on_step,
-        )
-        merged = merged.to("cpu")
+        if use_shipped:
+            from peft import PeftModel
+
+            peft_model, report = PeftModel.from_pretrained(model, str(prebuilt), is_trainable=False), shipped["report"]
+        else:
+            peft_model, report = align_model(
+                model,
+                tokenizer,
+                config,
+                work_dir=tmp / "train",
+                identity=source,
+                answers_cache=dest.parent / ANSWERS_DIR,
+                on_step=on_step,
+            )
         out = tmp / "model"
+        save_adapter(peft_model, out / ADAPTER_DIR)
+        merged = peft_model.merge_and_unload().eval().to("cpu")
         merged.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        meta = {"key": key, "source": source, "config": asdict(config), "report": report}
+        meta = {
+            "key": key,
+            "source": source,
+            "base_fingerprint": fingerprint,
+            "config": asdict(config),
+            "report": report,
+        }
         (out / ALIGNMENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
         out.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {**meta, "cached": False, "path": str(dest)}
+    origin = "prebuilt" if use_shipped else "trained"
+    return {**meta, "origin": origin, "cached": False, "path": str(dest)}

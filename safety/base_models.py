@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib.util
 import shutil
 import tempfile
@@ -88,6 +89,23 @@ def set_torch_threads(threads: int | None) -> None:
     keeps torch's default (one per core), which stalls when several workers share cores."""
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def source_fingerprint(source: str) -> str | None:
+    """sha256 of the weights a source names: a built-in's GGUF file, a local directory's
+    ``*.safetensors`` files (in name order); ``None`` for a hub id (not resolved here)."""
+    if source in BUILTIN_MODELS:
+        files = [BUILTIN_MODELS[source].path()]
+    elif Path(source).expanduser().is_dir():
+        files = sorted(Path(source).expanduser().glob("*.safetensors"))
+    else:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve_model_dir(source: str, cache_dir: Path) -> Path:

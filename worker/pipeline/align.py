@@ -3,7 +3,9 @@
 
 The variant is a merged model directory (safetensors) under
 ``GUARDTUNE_MODEL_CACHE_DIR/aligned/<name>``, cached like the converted base model: a second
-call with the same source and recipe reuses it without training."""
+call with the same source and recipe reuses it without training. Where the project ships the
+model's aligned adapter for the same recipe (``safety/prebuilt/``; ``GUARDTUNE_ALIGN_PREBUILT``,
+on by default), the first call merges it instead of training."""
 
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
 
     A newly trained variant loses any earlier onboarding (probe, baseline: they belong to the
     old weights); with ``onboard`` the variant is onboarded right away. Returns the variant's
-    name, path, whether the cache was used, the alignment report and the onboarding result."""
-    from safety.align import ensure_aligned
+    name, path, whether the cache was used and where the variant came from (``origin``: cached,
+    prebuilt or trained), the alignment report and the onboarding result."""
+    from safety.align import ensure_aligned, prebuilt_dir
 
     with session_scope() as session:
         entry = session.get(BaseModelEntry, model_id)
@@ -50,7 +53,12 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
         source = entry.source
     settings = get_settings()
     meta = ensure_aligned(
-        source, aligned_dir(model_id), align_config(), cache_dir=settings.models_dir, device=settings.device
+        source,
+        aligned_dir(model_id),
+        align_config(),
+        cache_dir=settings.models_dir,
+        device=settings.device,
+        prebuilt=prebuilt_dir(source) if settings.align_prebuilt else None,
     )
     name = aligned_name(model_id)
     with session_scope() as session:
@@ -70,11 +78,19 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
                 "from": model_id,
                 "key": meta["key"],
                 "cached": meta["cached"],
+                "origin": meta["origin"],
                 "examples": meta["report"]["examples"],
                 "steps": meta["report"]["steps"],
             },
         )
-    result = {"model": name, "from": model_id, "path": meta["path"], "cached": meta["cached"], "report": meta["report"]}
+    result = {
+        "model": name,
+        "from": model_id,
+        "path": meta["path"],
+        "cached": meta["cached"],
+        "origin": meta["origin"],
+        "report": meta["report"],
+    }
     if onboard:
         from worker.pipeline.onboard import onboard_base_model
 
