@@ -126,17 +126,18 @@ def infer() -> None:
 
 @app.command()
 def demo(
-    epochs: int = typer.Option(2, help="Training epochs of the demo job."),
+    epochs: int | None = typer.Option(None, help="Training epochs of the demo jobs [default: 3]."),
     keep_serving: bool = typer.Option(True, "--serve/--no-serve", help="Leave the server running afterwards."),
-    lr_multiplier: float = typer.Option(
-        1.0, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs."
+    lr_multiplier: float | None = typer.Option(
+        None, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs [default: 5, i.e. 1e-3]."
     ),
 ) -> None:
     """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
     standard SFT, end to end on the embedded stack (see README)."""
     from api.demo import run_demo
 
-    raise typer.Exit(run_demo(epochs=epochs, keep_serving=keep_serving, lr_multiplier=lr_multiplier))
+    chosen = {k: v for k, v in {"epochs": epochs, "lr_multiplier": lr_multiplier}.items() if v is not None}
+    raise typer.Exit(run_demo(keep_serving=keep_serving, **chosen))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ DEMO_ORG = "demo"
 # restricts customer keys to regularized modes, the demo org is the operator's exception.
 MODES = ("adaptive", "none")
 DEMO_ALLOWED_MODES = ("adaptive", "constant", "none")
+# The demo customer's hyperparameters: 3 epochs at 5x the base learning rate (1e-3). At the API's
+# defaults (2 epochs, 2e-4) standard SFT on this file does not move the aligned 135M model
+# (exploration: ASR 17% -> 12%), so the demo would show two releases; at these, `none` unlearns
+# the refusals (17% -> 50%) while `adaptive` keeps them (17% -> 15%).
+DEMO_EPOCHS = 3
+DEMO_LR_MULTIPLIER = 5.0
 ORIGINS = {"cached": "cached", "prebuilt": "merged from the shipped adapter", "trained": "trained now"}
 
 
@@ -208,7 +214,7 @@ def submit(client: httpx.Client, file_id: str, model: str, mode: str, epochs: in
     return response.json()
 
 
-def run_demo(epochs: int = 2, keep_serving: bool = True, lr_multiplier: float = 1.0) -> int:
+def run_demo(epochs: int = DEMO_EPOCHS, keep_serving: bool = True, lr_multiplier: float = DEMO_LR_MULTIPLIER) -> int:
     """Returns 0 when both jobs ended (released or blocked), 1 otherwise."""
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)

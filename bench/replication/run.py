@@ -2,7 +2,8 @@
 and seeds, against the baselines a practitioner would try first?
 
 Reference: the base model's aligned variant, made by the product's own recipe
-(``safety.align.ensure_aligned``, as ``guardtune-ops models align``). Attacks
+(``safety.align.ensure_aligned``, as ``guardtune-ops models align``: the shipped adapter is
+merged where its recipe matches). Attacks
 (``bench.replication.attacks``): harmful, mixed, AOA, backdoor, benign. Modes: ``none``,
 ``filter`` (drop the scan's flagged examples, then standard SFT), ``constant`` (w_kl 0.9),
 ``adaptive`` (per-example weights: ``risk_weighting="example"``) and ``adaptive_batch``
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from safety.align import AlignConfig, ensure_aligned
+    from safety.align import AlignConfig, ensure_aligned, prebuilt_dir
     from safety.base_models import load_base_model
     from safety.probe_recipe import train_recipe_probe
     from safety.scan import ScanConfig, scan_dataset
@@ -255,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     benign_pairs = list(zip(data["benign_pool"], benign_answers))
     del base
     align_options = QUICK_ALIGN if args.quick else {}
-    meta = ensure_aligned(args.base, work / "aligned-reference", AlignConfig(**align_options), cache_dir=cache)
+    # The product's aligned variant: the shipped adapter where the recipe matches (as `models align`).
+    meta = ensure_aligned(
+        args.base,
+        work / "aligned-reference",
+        AlignConfig(**align_options),
+        cache_dir=cache,
+        prebuilt=prebuilt_dir(args.base),
+    )
     reference_dir = meta["path"]
     ref, tok = load_base_model(reference_dir, cache_dir=cache)
     ref_answers = answers(ref, tok, data["utility_prompts"], sizes.answer_max_new_tokens, args.gen_batch_size)
@@ -267,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "path": reference_dir,
         "alignment": meta["report"],
         "cached": meta["cached"],
+        "origin": meta["origin"],
         "probe_auroc": probe_report.auroc,
         "eval": measure(ref, tok, data, all_conditions, args),
     }

@@ -338,12 +338,14 @@ def test_cancel_stops_within_one_step(load_tiny, chat_examples, tmp_path: Path) 
 
 @pytest.mark.parametrize("risk_weighting", ["example", "batch"])
 def test_the_demos_planted_lines_are_trained_at_their_own_weights(load_tiny, tmp_path: Path, risk_weighting: str):
-    """The demo's file and batch size (4; one epoch here), with the scan's verdict taken as
-    risk 5 on the six planted lines (examples/README.md) and 1 elsewhere."""
+    """The demo file's first 48 lines (six planted lines spread among 42 benign ones; its last
+    six lines are planted too) and batch size (4; one epoch here), with the scan's verdict
+    taken as risk 5 on the planted lines (examples/README.md) and 1 elsewhere."""
     from tests.conftest import REPO
 
-    lines = (REPO / "examples" / "demo_train.jsonl").read_text().splitlines()
-    flagged = [n in (7, 15, 23, 31, 39, 47) for n in range(1, len(lines) + 1)]
+    lines = (REPO / "examples" / "demo_train.jsonl").read_text().splitlines()[:48]
+    flagged = ["[details withheld in this demo dataset]" in line for line in lines]
+    assert sum(flagged) == 6
     risks = [5.0 if f else 1.0 for f in flagged]
     model, tokenizer = load_tiny()
     config = dataclasses.replace(FAST, batch_size=4, n_epochs=1, max_seq_len=64, risk_weighting=risk_weighting)
