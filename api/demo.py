@@ -256,11 +256,11 @@ def run_demo(epochs: int = DEMO_EPOCHS, keep_serving: bool = True, lr_multiplier
             jobs = {mode: submit(client, file["id"], aligned["model"], mode, epochs, lr_multiplier) for mode in MODES}
             lap("upload + submit")
             reports = {}
-            for mode, job in jobs.items():
+            for mode, job in jobs.items():  # the worker runs both jobs' stages in turn, so they end together
                 console.print(f"Job {job['id']}: mode {mode}")
                 job = follow(client, job["id"])
                 reports[mode] = (client.get(f"/v1/fine_tuning/jobs/{job['id']}/safety_report").json(), job)
-                lap(f"job {mode}")
+            lap(f"both jobs ({' + '.join(MODES)})")
             print_reports(reports)
         console.print(phase_times(walls, aligned), soft_wrap=True)
         ask_released_model(settings.base_url, key, reports["adaptive"][1], console)

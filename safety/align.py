@@ -316,8 +316,8 @@ def ensure_aligned(
 
     A new variant is written atomically (a temporary directory renamed into place): merged
     safetensors, tokenizer, ``adapter/`` and ``alignment.json``. Returns ``alignment.json``'s
-    content (key, source, base fingerprint, config, report) plus ``origin``, ``cached`` (origin is
-    ``"cached"``) and ``path``."""
+    content (key, source, base fingerprint, config, report and, for a shipped adapter, its
+    ``provenance``) plus ``origin``, ``cached`` (origin is ``"cached"``) and ``path``."""
     from safety.base_models import load_base_model, source_fingerprint
 
     dest = Path(dest)
@@ -359,6 +359,8 @@ def ensure_aligned(
             "config": asdict(config),
             "report": report,
         }
+        if use_shipped and "provenance" in shipped:
+            meta["provenance"] = shipped["provenance"]  # the run that trained the shipped adapter
         (out / ALIGNMENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if dest.exists():
             shutil.rmtree(dest)

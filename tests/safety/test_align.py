@@ -149,13 +149,14 @@ def test_a_shipped_adapter_is_merged_instead_of_training(tiny_model, tmp_path):
     assert trained["origin"] == "trained" and trained["base_fingerprint"] == source_fingerprint(str(tiny_model))
     _float16_lora_tensors(tmp_path / "trained" / ADAPTER_DIR / ADAPTER_FILES[0])
     shipped = tmp_path / "shipped"
-    export_prebuilt(tmp_path / "trained", shipped)
+    export_prebuilt(tmp_path / "trained", shipped, {"command": "made here"})
     assert sorted(p.name for p in shipped.iterdir()) == sorted((*ADAPTER_FILES, ALIGNMENT_FILE))
 
     started = time.perf_counter()
     merged = ensure_aligned(str(tiny_model), tmp_path / "merged", SMALL, cache_dir=tmp_path, prebuilt=shipped)
     assert merged["origin"] == "prebuilt" and merged["cached"] is False and time.perf_counter() - started < 30
     assert merged["report"] == trained["report"] and merged["key"] == trained["key"]
+    assert merged["provenance"] == {"command": "made here"} and "provenance" not in trained
     a, _ = load_base_model(str(tmp_path / "trained"), cache_dir=tmp_path)
     b, _ = load_base_model(str(tmp_path / "merged"), cache_dir=tmp_path)
     assert all(p.equal(b.state_dict()[n]) for n, p in a.state_dict().items())  # weight for weight
