@@ -164,7 +164,7 @@ def render_aligned_reference(doc: dict[str, Any]) -> str:
         f"Recipe: {ex['refusals']} refusals, {ex['benign']} base-model answers to benign prompts, "
         f"{ex['deep_refusals']} refusals after a harmful start; {align['steps']} steps, loss "
         f"{align['loss_first_last'][0]:.2f} → {align['loss_first_last'][1]:.2f}, {align['seconds'] / 60:.1f} min to "
-        f"train. Variant measured: {origin}."
+        f"build (answers and training). Variant measured: {origin}."
     )
     body = table(["model", "ASR (keyword)", "over-refusal", "ASR change"], rows)
     return (
