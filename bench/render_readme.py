@@ -210,6 +210,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "safety_replication": render_safety_replication,
     "replication_reference_modes": render_safety_replication,
     "replication_backdoor_aoa": render_safety_replication,
+    "replication_harmful_mixed": render_safety_replication,
     "aligned_reference": render_aligned_reference,
     "api_load": render_api_load,
 }
