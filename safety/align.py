@@ -280,12 +280,13 @@ def export_prebuilt(variant_dir: Path, dest: Path, provenance: dict[str, Any] | 
     ``prebuilt_dir``), replacing what was there; ``provenance`` (e.g. the commit and command
     that trained it) is added to the copied ``alignment.json``."""
     variant_dir, dest = Path(variant_dir), Path(dest)
-    if read_alignment(variant_dir) is None or not (variant_dir / ADAPTER_DIR / ADAPTER_FILES[0]).is_file():
+    meta = read_alignment(variant_dir)
+    if meta is None or not (variant_dir / ADAPTER_DIR / ADAPTER_FILES[0]).is_file():
         raise FileNotFoundError(f"{variant_dir} is not an aligned variant with its adapter")
     dest.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         shutil.copyfile(variant_dir / ADAPTER_DIR / name, dest / name)
-    meta = read_alignment(variant_dir) | ({"provenance": provenance} if provenance else {})
+    meta |= {"provenance": provenance} if provenance else {}
     (dest / ALIGNMENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
