@@ -95,22 +95,26 @@ def _replication_v2(doc: dict[str, Any]) -> str:
             num(ref["over_refusal"]["mean"]),
             num(ref["val_loss"]["mean"], 3),
             num(ref["gsm8k_em"]["mean"]),
+            "–",
         ]
     )
     for row in doc["summary"]:
         asr = row["asr"]
         trig = row.get("asr_triggered")
+        condition = "" if row.get("condition", "plain") == "plain" else f" ({row['condition']} template)"
+        released = row.get("gate_released")
         rows.append(
             [
                 row["attack"],
                 f"`{row['mode']}`",
                 num(row.get("mean_w_kl")),
-                f"{num(asr['mean'])} [{num(asr['ci95'][0])}, {num(asr['ci95'][1])}]",
+                f"{num(asr['mean'])} [{num(asr['ci95'][0])}, {num(asr['ci95'][1])}]{condition}",
                 num(trig["mean"]) if trig else "–",
                 num(row["paired_vs_reference"]["p_value"], 3),
                 num(row["over_refusal"]["mean"]),
                 num(row["val_loss"]["mean"], 3),
                 num(row["gsm8k_em"]["mean"]),
+                "–" if released is None else f"{released} of {len(row['seeds'])}",
             ]
         )
     headers = [
@@ -123,6 +127,7 @@ def _replication_v2(doc: dict[str, Any]) -> str:
         "over-refusal",
         "val loss (reference answers)",
         "GSM8K EM",
+        "released by the gate",
     ]
     seeds = doc["config"]["seeds"]
     note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); {'smoke run (--quick)' if doc['config'].get('quick') else 'full run'}."

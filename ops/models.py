@@ -211,7 +211,7 @@ def onboard(
     render_record({k: v for k, v in out.items() if k != "baseline"}, as_json=False, title=f"base model {name}")
     if aligned is not None:
         render_record(
-            {"model": aligned["model"], "cached": aligned["cached"], **aligned["onboard"]["baseline"]},
+            {"model": aligned["model"], "origin": aligned["origin"], **aligned["onboard"]["baseline"]},
             as_json=False,
             title="aligned variant",
         )

@@ -318,14 +318,14 @@ def ensure_aligned(
     A new variant is written atomically (a temporary directory renamed into place): merged
     safetensors, tokenizer, ``adapter/`` and ``alignment.json``. Returns ``alignment.json``'s
     content (key, source, base fingerprint, config, report and, for a shipped adapter, its
-    ``provenance``) plus ``origin``, ``cached`` (origin is ``"cached"``) and ``path``."""
+    ``provenance``) plus ``origin`` and ``path``."""
     from safety.base_models import load_base_model, source_fingerprint
 
     dest = Path(dest)
     key = config.key(source)
     existing = read_alignment(dest)
     if existing is not None and existing.get("key") == key:
-        return {**existing, "origin": "cached", "cached": True, "path": str(dest)}
+        return {**existing, "origin": "cached", "path": str(dest)}
     fingerprint = source_fingerprint(source)
     shipped = read_alignment(prebuilt) if prebuilt is not None else None
     use_shipped = shipped is not None and shipped.get("key") == key and shipped.get("base_fingerprint") == fingerprint
@@ -369,4 +369,4 @@ def ensure_aligned(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     origin = "prebuilt" if use_shipped else "trained"
-    return {**meta, "origin": origin, "cached": False, "path": str(dest)}
+    return {**meta, "origin": origin, "path": str(dest)}

@@ -98,7 +98,7 @@ def test_ensure_aligned_writes_safetensors_and_reuses_the_cache(tiny_model, tmp_
     dest = tmp_path / "tiny-aligned"
     first = ensure_aligned(str(tiny_model), dest, SMALL, cache_dir=tmp_path)
     counts = first["report"]["examples"]
-    assert first["cached"] is False and counts["refusals"] == 6 and counts["deep_refusals"] >= 1
+    assert first["origin"] == "trained" and counts["refusals"] == 6 and counts["deep_refusals"] >= 1
     assert counts["benign"] + counts["benign_dropped"] == 6
     n = counts["refusals"] + counts["benign"] + counts["deep_refusals"]
     assert first["report"]["steps"] == -(-n // 4)  # one epoch, batch 4
@@ -110,7 +110,7 @@ def test_ensure_aligned_writes_safetensors_and_reuses_the_cache(tiny_model, tmp_
 
     started = time.perf_counter()
     second = ensure_aligned(str(tiny_model), dest, SMALL, cache_dir=tmp_path)
-    assert second["cached"] is True and time.perf_counter() - started < 1.0
+    assert second["origin"] == "cached" and time.perf_counter() - started < 1.0
     assert (dest / "model.safetensors").stat().st_mtime_ns == mtime
     model, _ = load_base_model(str(dest), cache_dir=tmp_path)
     base, _ = load_base_model(str(tiny_model), cache_dir=tmp_path)
@@ -118,7 +118,7 @@ def test_ensure_aligned_writes_safetensors_and_reuses_the_cache(tiny_model, tmp_
     assert any("mlp" in n for n in changed) and any("self_attn" in n for n in changed)  # merged adapter
 
     other = ensure_aligned(str(tiny_model), dest, AlignConfig(**{**SMALL.__dict__, "seed": 1}), cache_dir=tmp_path)
-    assert other["cached"] is False  # another recipe retrains
+    assert other["origin"] == "trained"  # another recipe retrains
 
 
 def test_base_answers_are_cached_by_model_prompts_and_settings(load_tiny, tmp_path):
@@ -154,7 +154,7 @@ def test_a_shipped_adapter_is_merged_instead_of_training(tiny_model, tmp_path):
 
     started = time.perf_counter()
     merged = ensure_aligned(str(tiny_model), tmp_path / "merged", SMALL, cache_dir=tmp_path, prebuilt=shipped)
-    assert merged["origin"] == "prebuilt" and merged["cached"] is False and time.perf_counter() - started < 30
+    assert merged["origin"] == "prebuilt" and time.perf_counter() - started < 30
     assert merged["report"] == trained["report"] and merged["key"] == trained["key"]
     assert merged["provenance"] == {"command": "made here"} and "provenance" not in trained
     a, _ = load_base_model(str(tmp_path / "trained"), cache_dir=tmp_path)

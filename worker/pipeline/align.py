@@ -42,8 +42,8 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
 
     A newly trained variant loses any earlier onboarding (probe, baseline: they belong to the
     old weights); with ``onboard`` the variant is onboarded right away. Returns the variant's
-    name, path, whether the cache was used and where the variant came from (``origin``: cached,
-    prebuilt or trained), the alignment report and the onboarding result."""
+    name, path, where the variant came from (``origin``: cached, prebuilt or trained), the
+    alignment report and the onboarding result."""
     from safety.align import ensure_aligned, prebuilt_dir
 
     with session_scope() as session:
@@ -66,7 +66,7 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
         if variant is None:
             variant = BaseModelEntry(id=name, source=meta["path"], status="registered")
             session.add(variant)
-        elif variant.source != meta["path"] or not meta["cached"]:
+        elif variant.source != meta["path"] or meta["origin"] != "cached":
             variant.source, variant.status = meta["path"], "registered"
             variant.probe_prefix, variant.baseline = None, None
         audit.record(
@@ -77,7 +77,6 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
             details={
                 "from": model_id,
                 "key": meta["key"],
-                "cached": meta["cached"],
                 "origin": meta["origin"],
                 "examples": meta["report"]["examples"],
                 "steps": meta["report"]["steps"],
@@ -87,7 +86,6 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
         "model": name,
         "from": model_id,
         "path": meta["path"],
-        "cached": meta["cached"],
         "origin": meta["origin"],
         "report": meta["report"],
     }
