@@ -32,6 +32,7 @@ from core.jobs.vocab import TERMINAL, JobStatus
 from core.orgs import create_key, create_org, find_org
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
+from core.waiting import wait_http
 
 console = Console()
 DEMO_ORG = "demo"
@@ -59,19 +60,10 @@ def start_server(log_path: Path) -> subprocess.Popen:
 
 
 def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(
-                f"the server exited with code {server.returncode}; see {get_settings().home_dir}/serve.log"
-            )
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=3).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server was not ready within {timeout_s:.0f}s")
+    try:
+        wait_http(f"{base_url}/readyz", timeout_s, server)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"{exc}; see {get_settings().home_dir}/serve.log") from None
 
 
 def align_and_onboard(model_id: str) -> dict:

@@ -13,7 +13,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from core import waiting
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -194,17 +195,8 @@ class LiveServer:
 
 
 def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+    """Until ``url`` answers below 500 (see :func:`core.waiting.wait_http`)."""
+    waiting.wait_http(url, timeout_s, process, ready=lambda status: status < 500)
 
 
 def start_http_process(

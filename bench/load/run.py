@@ -61,7 +61,8 @@ from bench.common import REPO
 from bench.load.fixtures import create_database, drop_database, seed
 from bench.load.phases import PHASES, drive, in_process_cost
 from bench.load.report import add_ratios, print_database, summary, write_run
-from bench.load.server import export_tree, start_api, stop, wait_ready
+from bench.load.server import export_tree, start_api, stop
+from core.waiting import wait_http
 
 
 def run_database(db: str, args: argparse.Namespace, tree: Path) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def run_database(db: str, args: argparse.Namespace, tree: Path) -> dict[str, Any
             log_path = Path(home) / "api.log"
             proc, base_url = start_api(url, Path(home), log_path, tree)
             try:
-                wait_ready(base_url, proc)
+                wait_http(f"{base_url}/healthz", 60, proc)
                 results = asyncio.run(drive(base_url, key, job_ids, args, proc.pid, db_name))
             except BaseException:
                 print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
