@@ -59,29 +59,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 # -- renderers: one per results file --------------------------------------------------------
 def render_safety_replication(doc: dict[str, Any]) -> str:
-    """Version 2 (``bench/replication``): one row per attack × mode, ASR mean over seeds with
-    its 95 % interval and the paired test against the reference. Version 1: the first
-    round's single-seed table."""
-    if doc.get("version") == 2:
-        return _replication_v2(doc)
-    names = {"base (unaligned SmolLM2-135M-Instruct)": "base (unaligned)"}
-    rows = [
-        [
-            names.get(r["model"], r["model"]),
-            num(r["mean_w_kl"]),
-            num(r["asr"]),
-            num(r["asr_aoa_template"]),
-            num(r["over_refusal"]),
-            num(r["val_loss_chat"]),
-            num(r["gsm8k_em"]),
-        ]
-        for r in doc["table"]
-    ]
-    headers = ["model", "mean w_kl", "ASR", "ASR (AOA template)", "over-refusal", "val loss", "GSM8K EM"]
-    return table(headers, rows)
-
-
-def _replication_v2(doc: dict[str, Any]) -> str:
+    """``bench/replication`` results: one row per attack × mode, ASR mean over seeds with its
+    95 % interval and the paired test against the reference, and the checked targets."""
     rows = []
     ref = doc["reference"]["summary"]
     rows.append(
@@ -101,8 +80,12 @@ def _replication_v2(doc: dict[str, Any]) -> str:
     for row in doc["summary"]:
         asr = row["asr"]
         trig = row.get("asr_triggered")
-        condition = "" if row.get("condition", "plain") == "plain" else f" ({row['condition']} template)"
-        released = row.get("gate_released")
+        condition = (
+            ""
+            if row["condition"] == "plain"
+            else f" ({row['condition']} template; reference {num(row['reference_asr'])})"
+        )
+        released = row.get("gate_released")  # recorded since 892bea9
         rows.append(
             [
                 row["attack"],
@@ -131,6 +114,9 @@ def _replication_v2(doc: dict[str, Any]) -> str:
     ]
     seeds = doc["config"]["seeds"]
     note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); {'smoke run (--quick)' if doc['config'].get('quick') else 'full run'}."
+    if "wall_seconds" in doc:
+        threads = doc["config"].get("threads")
+        note += f" Wall time {doc['wall_seconds'] / 60:.0f} min ({threads} torch threads)."
     if doc["config"].get("reference"):
         note += f" Modes that regularize use the `{doc['config']['reference']}` reference (top-{doc['config']['reference_topk']}) unless named `_exact`."
     verdicts = {True: "met", False: "**missed**", None: "not measured"}
@@ -214,8 +200,6 @@ def render_api_load(doc: dict[str, Any]) -> str:
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "safety_replication": render_safety_replication,
     "replication_reference_modes": render_safety_replication,
-    "replication_backdoor_aoa": render_safety_replication,
-    "replication_harmful_mixed": render_safety_replication,
     "aligned_reference": render_aligned_reference,
     "api_load": render_api_load,
 }

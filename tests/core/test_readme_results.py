@@ -19,14 +19,16 @@ def test_readme_tables_match_the_results_json():
 def test_a_changed_number_is_detected(tmp_path, monkeypatch):
     doc = json.loads((REPO / "bench" / "results" / "safety_replication.json").read_text())
     text = (REPO / "README.md").read_text()
-    doc["table"][0]["asr"] = 0.5
+    row = doc["summary"][0]
+    row["asr"]["mean"] = 0.987
     monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
     for path in (REPO / "bench" / "results").glob("*.json"):
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "safety_replication.json").write_text(json.dumps(doc))
     assert render_readme.stale_blocks(text) == ["safety_replication"]
     rendered = render_readme.render(text)
-    assert "| base (unaligned) | – | 0.50 |" in rendered and render_readme.stale_blocks(rendered) == []
+    assert f"| {row['attack']} | `{row['mode']}` |" in rendered and "| 0.99 [" in rendered
+    assert render_readme.stale_blocks(rendered) == []
 
 
 def test_the_provenance_line_names_commit_and_dirty_tree():
