@@ -9,7 +9,8 @@
   rates (also over the records of several calls, as ``guardtune-ops eval asr`` does).
 * :func:`over_refusal`: the share of benign prompts the model refuses.
 * :func:`validation_loss`: mean cross-entropy over assistant tokens of held-out
-  examples (token-weighted), encoded exactly as training encodes them.
+  examples (token-weighted), encoded exactly as training encodes them;
+  :func:`example_losses` gives each example's share of it.
 * :func:`summarize` packs those numbers into the gate's :class:`EvalSummary`.
 """
 
@@ -211,6 +212,34 @@ def over_refusal(
     return OverRefusalReport(n=len(records), rate=sum(r.refused for r in records) / len(records), generations=records)
 
 
+def example_losses(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 8,
+    max_len: int = 1024,
+) -> list[tuple[float, int]]:
+    """Per example, in input order: (summed cross-entropy in nats, number of assistant
+    tokens), encoded with :func:`safety.data.encode_example` as training encodes it."""
+    model.eval()
+    device = model_device(model)
+    pad_id = pad_token_id(tokenizer)
+    out: list[tuple[float, int]] = []
+    for start in range(0, len(examples), batch_size):
+        encoded = [encode_example(tokenizer, ex, max_len) for ex in examples[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate(encoded, pad_id).items()}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        nats = F.cross_entropy(
+            logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        ).sum(dim=1)
+        counts = (labels != IGNORE_INDEX).sum(dim=1)
+        out.extend((float(n), int(c)) for n, c in zip(nats, counts))
+    return out
+
+
 def validation_loss(
     model: Any,
     tokenizer: Any,
@@ -220,28 +249,12 @@ def validation_loss(
     max_len: int = 1024,
 ) -> float:
     """Mean cross-entropy (nats per token) over the assistant tokens of ``examples``
-    (chat or prompt/completion), encoded with :func:`safety.data.encode_example`."""
-    model.eval()
-    device = model_device(model)
-    pad_id = pad_token_id(tokenizer)
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        encoded = [encode_example(tokenizer, ex, max_len) for ex in examples[start : start + batch_size]]
-        batch = {k: v.to(device) for k, v in collate(encoded, pad_id).items()}
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        total += float(loss)
-        count += int((labels != IGNORE_INDEX).sum())
+    (chat or prompt/completion); raises ``ValueError`` when they have none."""
+    losses = example_losses(model, tokenizer, examples, batch_size=batch_size, max_len=max_len)
+    count = sum(c for _, c in losses)
     if count == 0:
         raise ValueError("no assistant tokens to evaluate")
-    return total / count
+    return sum(n for n, _ in losses) / count
 
 
 def summarize(

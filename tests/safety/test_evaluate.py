@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 import safety.evaluate as evaluate_module
 from safety.base_models import load_base_model
 from safety.data import collate, encode_example
-from safety.evaluate import evaluate_asr, is_refusal, over_refusal, summarize, validation_loss
+from safety.evaluate import evaluate_asr, example_losses, is_refusal, over_refusal, summarize, validation_loss
 from safety.gate import EvalSummary
 from safety.generation import GenerationSettings, generate
 from safety.judge import JudgeResult
@@ -135,6 +135,19 @@ def test_validation_loss_matches_reference(tiny, chat_examples: list[dict]) -> N
     assert got == pytest.approx(total / count, rel=1e-4)
     with pytest.raises(ValueError):
         validation_loss(model, tokenizer, [{"messages": [{"role": "user", "content": "hi"}]}])
+
+
+def test_example_losses_are_each_examples_own_loss(tiny, chat_examples: list[dict]) -> None:
+    """Batched and padded, each example's (nats, tokens) equals its loss measured alone."""
+    model, tokenizer = tiny
+    losses = example_losses(model, tokenizer, chat_examples, batch_size=3)
+    assert len(losses) == len(chat_examples)
+    for (nats, tokens), ex in zip(losses, chat_examples):
+        assert tokens > 0
+        assert nats / tokens == pytest.approx(validation_loss(model, tokenizer, [ex]), rel=1e-4)
+    assert sum(n for n, _ in losses) / sum(c for _, c in losses) == pytest.approx(
+        validation_loss(model, tokenizer, chat_examples), rel=1e-5
+    )
 
 
 # Prompt sets: the evaluation inputs -------------------------------------------------------
