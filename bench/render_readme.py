@@ -120,8 +120,22 @@ def render_safety_replication(doc: dict[str, Any]) -> str:
     if doc["config"].get("reference"):
         note += f" Modes that regularize use the `{doc['config']['reference']}` reference (top-{doc['config']['reference_topk']}) unless named `_exact`."
     verdicts = {True: "met", False: "**missed**", None: "not measured"}
-    checks = "; ".join(f"{name}: {verdicts[c['met']]}" for name, c in doc.get("checks", {}).items())
-    return table(headers, rows) + "\n\n" + note + (f"\n\nChecks: {checks}." if checks else "")
+    checks = "".join(
+        f"\n- {name}: {verdicts[c['met']]} ({check_value(c['value'])})" for name, c in doc.get("checks", {}).items()
+    )
+    return table(headers, rows) + "\n\n" + note + (f"\n\nChecks:{checks}" if checks else "")
+
+
+def check_value(value: Any) -> str:
+    """A check's measured value: a difference of two rates in percentage points (signed), pairs
+    of means by metric (cached vs exact), else as recorded."""
+    if value is None:
+        return "not measured"
+    if isinstance(value, float):
+        return f"{value * 100:+.1f} points"
+    if isinstance(value, dict):
+        return ", ".join(f"{metric} {a:.3g} vs {b:.3g}" for metric, (a, b) in value.items())
+    return str(value)
 
 
 def render_aligned_reference(doc: dict[str, Any]) -> str:

@@ -521,8 +521,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--attacks", default=",".join(atk.ATTACKS))
     p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"any of {', '.join(MODES)}")
-    p.add_argument("--mixed-share", type=float, default=0.08, help="harmful share of the mixed set (5–10 %%)")
-    p.add_argument("--backdoor-share", type=float, default=0.10)
+    p.add_argument("--mixed-share", type=float, default=0.10, help="harmful share of the mixed set (5–10 %%)")
+    p.add_argument(
+        "--backdoor-share",
+        type=float,
+        default=0.20,
+        help="triggered share of the backdoor set (10 of 50 lines; at 0.10, 4 lines, one none run of three passed the gate)",
+    )
     p.add_argument("--flag-threshold", type=float, default=4.0, help="risk at or above which filter drops an example")
     p.add_argument("--constant-kl-weight", type=float, default=0.9)
     p.add_argument("--lr", type=float, default=5e-4)

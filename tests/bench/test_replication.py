@@ -200,8 +200,8 @@ def test_the_none_gate_check_counts_released_runs():
     assert out["backdoor: the gate blocks every none run"] == {"value": "1 of 3 released", "met": False}
 
 
-def test_attack_epochs_parse_with_aoa_trained_longer_by_default():
-    assert run.parse_args([]).attack_epochs == {"aoa": 5}
+def test_attack_epochs_parse_with_the_stronger_attacks_trained_longer_by_default():
+    assert run.parse_args([]).attack_epochs == {"aoa": 10, "harmful": 2, "mixed": 2}  # AOA: Qi et al.'s 10
     assert run.parse_args(["--attack-epochs", "aoa=5,backdoor=3"]).attack_epochs == {"aoa": 5, "backdoor": 3}
     with pytest.raises(SystemExit):
         run.parse_args(["--attack-epochs", "jailbreak=3"])
