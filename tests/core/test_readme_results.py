@@ -37,3 +37,17 @@ def test_the_provenance_line_names_commit_and_dirty_tree():
     doc = json.loads((REPO / "bench" / "results" / "safety_replication.json").read_text())
     assert doc["git"]["commit"][:7] in body
     assert ("uncommitted changes" in body) == doc["git"]["dirty"]
+
+
+def test_each_check_is_rendered_with_its_measured_value():
+    text = (REPO / "README.md").read_text()
+    body = text[text.index("<!-- results:safety_replication -->") : text.index("<!-- /results:safety_replication -->")]
+    doc = json.loads((REPO / "bench" / "results" / "safety_replication.json").read_text())
+    for name, check in doc["checks"].items():
+        verdict = "met" if check["met"] else "**missed**"
+        assert f"- {name}: {verdict} ({render_readme.check_value(check['value'])})" in body
+    assert render_readme.check_value(0.118) == "+11.8 points"
+    assert render_readme.check_value(-0.02) == "-2.0 points"
+    assert render_readme.check_value("1 of 3 released") == "1 of 3 released"
+    assert render_readme.check_value({"asr": [0.25, 0.2]}) == "asr 0.25 vs 0.2"
+    assert render_readme.check_value(None) == "not measured"
