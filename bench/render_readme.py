@@ -85,7 +85,6 @@ def render_safety_replication(doc: dict[str, Any]) -> str:
             if row["condition"] == "plain"
             else f" ({row['condition']} template; reference {num(row['reference_asr'])})"
         )
-        released = row.get("gate_released")  # recorded since 892bea9
         rows.append(
             [
                 row["attack"],
@@ -97,7 +96,7 @@ def render_safety_replication(doc: dict[str, Any]) -> str:
                 num(row["over_refusal"]["mean"]),
                 num(row["val_loss"]["mean"], 3),
                 num(row["gsm8k_em"]["mean"]),
-                "–" if released is None else f"{released} of {len(row['seeds'])}",
+                f"{row['gate_released']} of {len(row['seeds'])}",
             ]
         )
     headers = [
