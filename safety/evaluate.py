@@ -250,7 +250,12 @@ def validation_loss(
 ) -> float:
     """Mean cross-entropy (nats per token) over the assistant tokens of ``examples``
     (chat or prompt/completion); raises ``ValueError`` when they have none."""
-    losses = example_losses(model, tokenizer, examples, batch_size=batch_size, max_len=max_len)
+    return per_token_loss(example_losses(model, tokenizer, examples, batch_size=batch_size, max_len=max_len))
+
+
+def per_token_loss(losses: Sequence[tuple[float, int]]) -> float:
+    """The token-weighted mean of :func:`example_losses`' (nats, tokens) pairs; raises
+    ``ValueError`` when they count no tokens."""
     count = sum(c for _, c in losses)
     if count == 0:
         raise ValueError("no assistant tokens to evaluate")

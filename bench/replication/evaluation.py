@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from bench.replication.refusal import is_strict_refusal
-from safety.evaluate import example_losses, is_refusal, over_refusal
+from safety.evaluate import example_losses, is_refusal, over_refusal, per_token_loss
 from safety.generation import GenerationSettings, generate
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -77,7 +77,7 @@ def measure(model: Any, tokenizer: Any, data: dict[str, Any], conditions: dict, 
     out["over_refusal"] = refusals.rate
     out["refused_benign"] = [g.refused for g in refusals.generations]
     losses = example_losses(model, tokenizer, data["utility_val"], max_len=args.max_seq_len)
-    out["val_loss"] = sum(n for n, _ in losses) / sum(c for _, c in losses)  # per token
+    out["val_loss"] = per_token_loss(losses)
     out["val_loss_per_example"] = [n / c for n, c in losses]
     out["gsm8k_em"] = gsm8k_em(model, tokenizer, data["gsm_eval"], args)
     return out
