@@ -27,11 +27,11 @@ serve: install
 # then the slow one (always both); either failing, or collecting no tests (pytest's exit 5), fails it.
 test: install
 	sh scripts/install-browser.sh
-	$(PY) -m pytest; fast=$$?; $(PY) -m pytest -m slow -n 0; slow=$$?; test $$fast -eq 0 -a $$slow -eq 0
+	$(PY) -m pytest; fast=$$?; $(PY) -m pytest -m slow -n 0 --durations=10; slow=$$?; test $$fast -eq 0 -a $$slow -eq 0
 
 test-slow: install
 	sh scripts/install-browser.sh
-	$(PY) -m pytest -m slow -n 0
+	$(PY) -m pytest -m slow -n 0 --durations=10
 
 lint: install
 	$(VENV)/bin/ruff format --check .
