@@ -25,11 +25,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.demo_chat import ask_released_model
-from core import audit
 from core.db import session_scope
 from core.errors import NotFound
 from core.jobs.vocab import TERMINAL, JobStatus
-from core.orgs import create_key, create_org, find_org
+from core.orgs import create_key, create_org, find_org, update_org
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
 from core.waiting import wait_http
@@ -85,17 +84,7 @@ def demo_key() -> str:
             org = create_org(session, DEMO_ORG, actor="ops:demo")
         if set(org.allowed_modes or ()) != set(DEMO_ALLOWED_MODES):
             # The operator opens standard SFT (`none`) to the demo org, as an admin PATCH would.
-            audit.record(
-                session,
-                actor="ops:demo",
-                action="org.update",
-                target=org.id,
-                details={
-                    "before": {"allowed_modes": org.allowed_modes},
-                    "after": {"allowed_modes": list(DEMO_ALLOWED_MODES)},
-                },
-            )
-            org.allowed_modes = list(DEMO_ALLOWED_MODES)
+            update_org(session, org, {"allowed_modes": list(DEMO_ALLOWED_MODES)}, actor="ops:demo")
         _, plaintext = create_key(session, DEMO_ORG, actor="ops:demo", secret=settings.secret_key, name="demo")
     return plaintext
 
