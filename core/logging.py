@@ -10,7 +10,20 @@ import structlog
 from core.settings import get_settings
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is when a line is logged, not the one
+    at configure time (a CLI run in-process by a test runner swaps it per invocation)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging() -> None:
+    """Structured logs to stderr (JSON lines with ``GUARDTUNE_LOG_JSON``, else readable), at
+    ``GUARDTUNE_LOG_LEVEL``; stdout stays the program's own output."""
     settings = get_settings()
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
@@ -23,7 +36,7 @@ def configure_logging() -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from core.logging import configure_logging
 from ops import audit, jobs, keys, models, orgs, probe, release
 from ops import eval as eval_cmd
 
@@ -28,8 +29,10 @@ def main() -> None:
     """Operate a guardtune deployment. Reads GUARDTUNE_DATABASE_URL like the services.
 
     Mutating commands record who acted in the audit log as ops:<$USER> (or --actor /
-    GUARDTUNE_OPS_ACTOR).
+    GUARDTUNE_OPS_ACTOR). Logs go to stderr, as the services' do, so that stdout (--json)
+    holds only the command's output.
     """
+    configure_logging()
 
 
 if __name__ == "__main__":

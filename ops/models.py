@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from core import audit
 from core.models import BaseModelEntry, ReleasedModel
 from ops.common import ActorOpt, db, ops_actor
-from ops.output import JsonOpt, console, err_console, fail, handle_errors, render, render_record
+from ops.output import JsonOpt, console, err_console, fail, handle_errors, progress_bar, render, render_record
 
 app = typer.Typer(help="Base models: list, onboard, align.", no_args_is_help=True)
 
@@ -110,9 +110,13 @@ def _failure_audited(who: str, action: str, name: str, doing: str) -> Iterator[N
 def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
     """Run the pipeline's alignment of ``name`` (audited there); a failure is audited here."""
     align_fn = _load_pipeline(ALIGN_MODULE, ALIGN_FUNCTION)
-    with _failure_audited(who, "model.align_failed", name, "aligning"):
-        with err_console().status(f"aligning {name} (refusal training, merged into a new model)…"):
-            return align_fn(name, actor=who, onboard=onboard)
+    with _failure_audited(who, "model.align_failed", name, "aligning"), progress_bar() as progress:
+        bar = progress.add_task(f"aligning {name} (refusal training steps; then onboarding)", total=None)
+
+        def on_step(metrics: Any) -> None:
+            progress.update(bar, completed=metrics.step, total=metrics.total_steps)
+
+        return align_fn(name, actor=who, onboard=onboard, on_step=on_step)
 
 
 @app.command("align")

@@ -5,6 +5,7 @@ onboarded variant ``NAME-aligned``; a second call reuses the cached weights; ``o
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -44,8 +45,16 @@ def test_align_registers_an_onboarded_variant_and_reuses_it(backend, ops, tiny_m
     assert missing.exit_code != 0 and "tiny" in missing.stdout + missing.stderr
 
     ops("models", "onboard", "tiny", "--source", str(tiny_model))
-    out = ops("models", "align", "tiny", "--json").json()
+    aligned = ops("models", "align", "tiny", "--json")
+    out = aligned.json()  # stdout: the result alone, the logs went to stderr
     assert out["model"] == "tiny-aligned" and out["origin"] == "trained"
+    # Training shows its progress in logs without a terminal: every tenth of its steps, and the last.
+    logged = re.sub(r"\x1b\[[0-9;]*m", "", aligned.stderr).splitlines()
+    progress = [
+        re.search(r"step=(\d+) total_steps=(\d+)", line).groups() for line in logged if "align_progress" in line
+    ]
+    steps = str(out["report"]["steps"])
+    assert progress and progress[-1] == (steps, steps) and len(progress) <= 11
     assert out["path"] == str(tmp_path / "models" / "aligned" / "tiny")
     assert out["report"]["examples"]["refusals"] == 6 and out["onboard"]["status"] == "ready"
     assert (tmp_path / "models" / "aligned" / "tiny" / "model.safetensors").is_file()

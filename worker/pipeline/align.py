@@ -9,16 +9,19 @@ on by default), the first call merges it instead of training."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core import audit
 from core.db import session_scope
 from core.errors import NotFound
+from core.logging import get_logger
 from core.models import BaseModelEntry
 from core.settings import get_settings
 
 ALIGNED_SUFFIX = "-aligned"
+log = get_logger(__name__)
 
 
 def aligned_name(model_id: str) -> str:
@@ -37,13 +40,40 @@ def align_config() -> Any:
     return AlignConfig(**options)
 
 
-def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = False) -> dict[str, Any]:
+def logged_progress(model_id: str, on_step: Callable[[Any], None] | None = None) -> Callable[[Any], None]:
+    """An ``on_step`` for the alignment's training: logs ``align_progress`` (step, total steps,
+    loss) at every tenth of its steps and its last, so that logs without a terminal show it
+    moving, then calls ``on_step`` (a CLI's progress bar) with every step's metrics."""
+
+    def step(metrics: Any) -> None:
+        every = max(1, metrics.total_steps // 10)
+        if metrics.step % every == 0 or metrics.step == metrics.total_steps:
+            log.info(
+                "align_progress",
+                model=model_id,
+                step=metrics.step,
+                total_steps=metrics.total_steps,
+                loss=round(metrics.loss, 4),
+            )
+        if on_step is not None:
+            on_step(metrics)
+
+    return step
+
+
+def align_base_model(
+    model_id: str,
+    actor: str = audit.SYSTEM,
+    onboard: bool = False,
+    on_step: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """Align registered base model ``model_id`` and register (or refresh) its variant.
 
     A newly trained variant loses any earlier onboarding (probe, baseline: they belong to the
-    old weights); with ``onboard`` the variant is onboarded right away. Returns the variant's
-    name, path, where the variant came from (``origin``: cached, prebuilt or trained), the
-    alignment report and the onboarding result."""
+    old weights); with ``onboard`` the variant is onboarded right away. Training logs its
+    progress (``logged_progress``) and calls ``on_step`` with each step's ``StepMetrics``.
+    Returns the variant's name, path, where the variant came from (``origin``: cached,
+    prebuilt or trained), the alignment report and the onboarding result."""
     from safety.align import ensure_aligned, prebuilt_dir
 
     with session_scope() as session:
@@ -59,6 +89,7 @@ def align_base_model(model_id: str, actor: str = audit.SYSTEM, onboard: bool = F
         cache_dir=settings.models_dir,
         device=settings.device,
         prebuilt=prebuilt_dir(source) if settings.align_prebuilt else None,
+        on_step=logged_progress(model_id, on_step),
     )
     name = aligned_name(model_id)
     with session_scope() as session:
