@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 
 from core.db import session_scope
 from core.ids import new_id
 from core.jobs.config import BASE_LEARNING_RATE, Hyperparameters, SafetyConfig
 from core.jobs.transitions import update_live
-from core.jobs.vocab import JobStage
+from core.jobs.vocab import JobStage, JobStatus
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -146,8 +146,12 @@ class Progress:
             self.first_step = m.step - 1
         done = m.step - self.first_step
         eta = time.time() + (time.monotonic() - self.started) / done * (m.total_steps - m.step)
+        # Only a running job has a finish to estimate: a pause committed while this step ran
+        # cleared the estimate, and it stays cleared (the heartbeat goes on: the worker is
+        # still saving its checkpoint).
+        estimate = case((Job.status == JobStatus.RUNNING, int(eta)), else_=None)
         with session_scope() as session:
-            update_live(session, self.job.id, heartbeat_at=time.time(), estimated_finish=int(eta))
+            update_live(session, self.job.id, heartbeat_at=time.time(), estimated_finish=estimate)
             if m.step % self.every == 0 or m.step == m.total_steps:
                 jobstate.add_event(session, self.job.id, _step_message(m), type="metrics", data=metrics_data(m))
 
