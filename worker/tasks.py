@@ -69,7 +69,7 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
 def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
     """:func:`run_stage` after the lease is taken."""
     function = STAGES[stage]
-    log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.WORKER_ID)
+    log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.worker_id())
     try:
         with jobstate.heartbeat(job_id):
             function(job_id)

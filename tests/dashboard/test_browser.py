@@ -216,7 +216,6 @@ def wait_points(page, metric: str, n: int) -> None:
 
 
 def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make_key, browser, output_dir):
-    started = time.monotonic()
     base = live_api.base_url
     _, _, key = make_key("dashboard-org")
     job = create_job(base, key, "dash")
@@ -420,7 +419,6 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     assert foreign == [], f"the page fetched other hosts: {foreign}"
     assert console_errors == [] or all("401" in e for e in console_errors), console_errors
     context.close()
-    assert time.monotonic() - started < 90
 
 
 def release_job(job_id: str, t0: float) -> None:

@@ -37,7 +37,7 @@ def stack(deployment_env, tiny_model, tmp_path_factory):
         **small_pipeline_env(tiny_model),
         "GUARDTUNE_CHAT_REQUESTS_PER_MINUTE": str(RATE_LIMIT),
         "GUARDTUNE_CHAT_MAX_TOKENS": "128",
-        "GUARDTUNE_INFER_BATCH_WAIT_MS": "50",
+        "GUARDTUNE_INFER_BATCH_WAIT_MS": "500",  # concurrent requests meet in one batch on a slow machine too
     }
     infer, env = start_infer(env, logs / "infer.log")
     api = start_api(env, logs / "api.log")

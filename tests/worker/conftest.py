@@ -28,6 +28,10 @@ def small_pipeline_env(tiny_model: Path) -> dict[str, str]:
         "GUARDTUNE_EVAL_CONDITION_PROMPTS": "3",
         "GUARDTUNE_CHECKPOINT_EVERY": "2",
         "GUARDTUNE_PROBE_LAYERS": "1",
+        # One thread in every process (as in this one: tests/safety/conftest.py): tests compare
+        # greedy outputs across worker, inference server and test process, and a tiny random
+        # model's near-ties follow the order of float sums.
+        "GUARDTUNE_TORCH_THREADS": "1",
     }
 
 

@@ -1,6 +1,6 @@
 """Driving jobs through the ``openai`` SDK on a stack under test (the fixtures in
 ``tests/worker/conftest.py``): upload demo lines, wait for a condition or a terminal
-status, read a JSONL object back from the deployment's bucket."""
+status, list every event, read a JSONL object back from the deployment's bucket."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
             return value
         time.sleep(poll_s)
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def all_events(client: OpenAI, job_id: str) -> list:
+    """The job's events, every page, oldest first."""
+    return list(client.fine_tuning.jobs.list_events(job_id, limit=100))[::-1]
 
 
 def finished(client: OpenAI, job_id: str, timeout_s: float = 240):

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from core.models import AuditRecord, Job
 from tests.worker.conftest import DEMO
-from tests.worker.jobs import finished, upload, wait_for
+from tests.worker.jobs import all_events, finished, upload, wait_for
 
 pytestmark = pytest.mark.slow  # whole jobs on the real stack, paused and resumed
 
@@ -27,10 +27,6 @@ def db(stack_env):
     engine = create_engine(stack_env["GUARDTUNE_DATABASE_URL"])
     yield engine
     engine.dispose()
-
-
-def all_events(client: OpenAI, job_id: str) -> list:
-    return list(client.fine_tuning.jobs.list_events(job_id, limit=100))[::-1]  # every page, oldest first
 
 
 def metrics(client: OpenAI, job_id: str) -> list[dict]:

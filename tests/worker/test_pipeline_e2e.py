@@ -16,17 +16,13 @@ from openai import OpenAI
 
 from core.storage import org_key
 from tests.conftest import start_api, start_worker, stop_process
-from tests.worker.jobs import finished, stored_jsonl, upload, wait_for
+from tests.worker.jobs import all_events, finished, stored_jsonl, upload, wait_for
 
 pytestmark = pytest.mark.slow  # whole jobs on real API and worker processes
 
 
-def events(client: OpenAI, job_id: str) -> list:
-    return list(client.fine_tuning.jobs.list_events(job_id, limit=100).data)[::-1]  # oldest first
-
-
 def metric_steps(client: OpenAI, job_id: str) -> list[int]:
-    return [e.data["step"] for e in events(client, job_id) if e.type == "metrics"]
+    return [e.data["step"] for e in all_events(client, job_id) if e.type == "metrics"]
 
 
 def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, api, stack_env, tmp_path, tiny_model):
@@ -51,9 +47,11 @@ def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, ap
     # The released adapter: PEFT format, loads on the base model, reproduces the eval outputs.
     from peft import PeftModel
 
-    from safety.base_models import load_base_model
+    from safety.base_models import load_base_model, set_torch_threads
     from safety.evaluate import evaluate_asr
     from safety.prompt_sets import load_builtin
+
+    set_torch_threads(1)  # the worker's arithmetic (small_pipeline_env)
 
     raw = httpx.get(
         f"{api.base_url}/v1/models/{job.fine_tuned_model}/adapter",
@@ -86,7 +84,7 @@ def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
         assert job.status == "failed" and job.error.code == "safety_gate_blocked"
         assert "ASR" in job.error.message and job.fine_tuned_model is None
         assert not [m for m in client.models.list().data if m.id.startswith("ft:")]
-        assert any("blocked" in e.message for e in events(client, job.id))
+        assert any("blocked" in e.message for e in all_events(client, job.id))
         [result] = job.result_files  # the step metrics of a blocked job too
         assert client.files.retrieve(result).purpose == "fine-tune-results"
         assert client.files.content(result).read().startswith(b"step,train_loss,train_accuracy,")
@@ -108,16 +106,16 @@ def long_job(client: OpenAI) -> str:
 def test_cancel_stops_training_within_a_step(client, worker):
     job_id = long_job(client)
     wait_for(lambda: len(metric_steps(client, job_id)) >= 3, 180, "training steps")
-    seen = max(metric_steps(client, job_id))
     assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
+    after = max(metric_steps(client, job_id))  # read once the cancel has committed
     assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"  # idempotent
     stop = wait_for(
-        lambda: next((e for e in events(client, job_id) if "Training stopped" in e.message), None),
+        lambda: next((e for e in all_events(client, job_id) if "Training stopped" in e.message), None),
         60,
         "training to stop",
     )
     stopped_at = int(stop.message.split("step ")[1].split()[0])
-    assert stopped_at <= seen + 2  # the step in flight when we read, and the one the cancel landed in
+    assert stopped_at <= after + 1  # at most the step in flight when we read
     time.sleep(2)
     assert max(metric_steps(client, job_id)) == stopped_at  # and nothing after
     job = client.fine_tuning.jobs.retrieve(job_id)
@@ -144,7 +142,7 @@ def test_killed_worker_resumes_from_checkpoint(client, stack_env, tmp_path):
     finally:
         stop_process(second)
     assert job.status == "succeeded", job.error
-    messages = [e.message for e in events(client, job_id)]
+    messages = [e.message for e in all_events(client, job_id)]
     resumed = [m for m in messages if m.startswith("Resumed training from the checkpoint at step")]
     assert resumed, messages
     resumed_step = int(resumed[0].rsplit(" ", 1)[1])

@@ -129,6 +129,8 @@ def test_torch_threads_setting_applies_when_a_stage_loads_its_model(pipeline_env
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
+        monkeypatch.delenv("GUARDTUNE_TORCH_THREADS")  # (small_pipeline_env sets it)
+        clear_caches()
         load_model(str(pipeline_env))  # unset: torch's own setting is kept
         assert torch.get_num_threads() == 3
         monkeypatch.setenv("GUARDTUNE_TORCH_THREADS", "2")

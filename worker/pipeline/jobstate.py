@@ -8,6 +8,7 @@ overwritten by a worker that is still finishing a step.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -30,7 +31,17 @@ from core.settings import get_settings
 
 log = get_logger(__name__)
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+@functools.cache
+def _worker_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+
+
+def worker_id() -> str:
+    """This process's id as a stage's lease holder. Per process, not per import: Celery's
+    prefork pool imports the tasks in its parent, and children sharing the parent's id would
+    each take the others' leases as their own."""
+    return _worker_id(os.getpid())
 
 
 class StageError(Exception):
@@ -141,9 +152,9 @@ def claim(session: Session, job_id: str) -> bool:
         .where(
             Job.id == job_id,
             Job.status.in_(ACTIVE),
-            or_(Job.worker_id.is_(None), Job.worker_id == WORKER_ID, Job.heartbeat_at < stale_before),
+            or_(Job.worker_id.is_(None), Job.worker_id == worker_id(), Job.heartbeat_at < stale_before),
         )
-        .values(worker_id=WORKER_ID, heartbeat_at=time.time())
+        .values(worker_id=worker_id(), heartbeat_at=time.time())
     )
     return result.rowcount == 1
 
@@ -154,14 +165,14 @@ def release_lease(job_id: str, session: Session | None = None) -> bool:
     if session is None:
         with session_scope() as own:
             return release_lease(job_id, own)
-    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID).values(worker_id=None))
+    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id()).values(worker_id=None))
     return result.rowcount == 1
 
 
 def beat(job_id: str) -> None:
     with session_scope() as session:
         session.execute(
-            update(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID).values(heartbeat_at=time.time())
+            update(Job).where(Job.id == job_id, Job.worker_id == worker_id()).values(heartbeat_at=time.time())
         )
 
 

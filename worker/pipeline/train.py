@@ -103,14 +103,15 @@ def run(job_id: str) -> None:
         reference_cache=cache,
     )
     if result.paused:
-        with session_scope() as session:
+        shutil.rmtree(workdir, ignore_errors=True)  # before a resumed run may take the job's work dir
+        with session_scope() as session:  # the event tells the truth: the lease goes with it
+            jobstate.release_lease(job_id, session)
             jobstate.add_event(
                 session,
                 job_id,
                 f"Training paused at step {result.steps} of {result.total_steps}; "
                 "its checkpoint is saved and the worker is free",
             )
-        shutil.rmtree(workdir, ignore_errors=True)
         raise Paused(job_id)
     if result.cancelled:
         with session_scope() as session:
