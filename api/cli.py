@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -126,18 +128,19 @@ def infer() -> None:
 
 @app.command()
 def demo(
-    epochs: int | None = typer.Option(None, help="Training epochs of the demo jobs [default: 3]."),
+    epochs: int | None = typer.Option(None, help="Training epochs of the demo jobs (default: 3)."),
     keep_serving: bool = typer.Option(True, "--serve/--no-serve", help="Leave the server running afterwards."),
     lr_multiplier: float | None = typer.Option(
-        None, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs [default: 5, i.e. 1e-3]."
+        None, "--learning-rate-multiplier", help="learning_rate_multiplier of the demo jobs (default: 5, i.e. 1e-3)."
     ),
+    report: Annotated[Path | None, typer.Option(help="Also write the outcome as JSON to this file.")] = None,
 ) -> None:
     """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
     standard SFT, end to end on the embedded stack (see README)."""
     from api.demo import run_demo
 
     chosen = {k: v for k, v in {"epochs": epochs, "lr_multiplier": lr_multiplier}.items() if v is not None}
-    raise typer.Exit(run_demo(keep_serving=keep_serving, **chosen))
+    raise typer.Exit(run_demo(keep_serving=keep_serving, report_path=report, **chosen))
 
 
 if __name__ == "__main__":

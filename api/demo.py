@@ -8,11 +8,13 @@ variant on it twice: ``adaptive`` (guardtune's default; expected: released) and 
 (standard SFT, which the operator enables for the demo org; expected: blocked by the gate).
 Prints both safety reports side by side, asks the released model one question through
 ``chat.completions``, prints where the time went (``phase_times``) and the dashboard URL, and
-leaves the server running.
+leaves the server running. ``--report FILE`` also writes the outcome as JSON (``outcome``;
+``bench/demo_time.py`` reads it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +180,34 @@ def phase_times(walls: dict[str, float], alignment: dict) -> str:
     )
 
 
+def outcome(walls: dict[str, float], aligned: dict, reports: dict[str, tuple[dict, dict]], answer: str | None) -> dict:
+    """The demo's result as data: the aligned variant (origin, onboarding baseline), each job's
+    outcome (scan counts, ASR and over-refusal as [base, fine-tuned], the gate's verdict), the
+    phase times in seconds and the released model's answer (None when nothing was released)."""
+    jobs = {}
+    for mode, (report, job) in reports.items():
+        scan, evaluation = report.get("scan") or {}, report.get("evaluation") or {}
+        base, tuned = evaluation.get("base") or {}, evaluation.get("tuned") or {}
+        jobs[mode] = {
+            "job_id": job["id"],
+            "status": job["status"],
+            "released": bool((report.get("gate") or {}).get("released")),
+            "n_examples": scan.get("n"),
+            "n_flagged": scan.get("n_flagged"),
+            "asr": [base.get("asr_keyword"), tuned.get("asr_keyword")],
+            "over_refusal": [base.get("over_refusal"), tuned.get("over_refusal")],
+        }
+    baseline = aligned["onboard"]["baseline"]
+    return {
+        "aligned_model": aligned["model"],
+        "alignment_origin": aligned["origin"],
+        "aligned_baseline": {"asr": baseline["asr_keyword"], "over_refusal": baseline["over_refusal"]},
+        "phase_seconds": {name: round(s, 1) for name, s in walls.items()},
+        "jobs": jobs,
+        "answer": answer,
+    }
+
+
 def submit(client: httpx.Client, file_id: str, model: str, mode: str, epochs: int, lr_multiplier: float) -> dict:
     """Create one demo job; a refusal (e.g. an operator policy on modes) ends the demo clearly."""
     response = client.post(
@@ -195,8 +225,14 @@ def submit(client: httpx.Client, file_id: str, model: str, mode: str, epochs: in
     return response.json()
 
 
-def run_demo(epochs: int = DEMO_EPOCHS, keep_serving: bool = True, lr_multiplier: float = DEMO_LR_MULTIPLIER) -> int:
-    """Returns 0 when both jobs ended (released or blocked), 1 otherwise."""
+def run_demo(
+    epochs: int = DEMO_EPOCHS,
+    keep_serving: bool = True,
+    lr_multiplier: float = DEMO_LR_MULTIPLIER,
+    report_path: Path | None = None,
+) -> int:
+    """Returns 0 when both jobs ended (released or blocked), 1 otherwise; writes ``outcome``
+    to ``report_path`` when given."""
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
@@ -244,7 +280,9 @@ def run_demo(epochs: int = DEMO_EPOCHS, keep_serving: bool = True, lr_multiplier
             lap(f"both jobs ({' + '.join(MODES)})")
             print_reports(reports)
         console.print(phase_times(walls, aligned), soft_wrap=True)
-        ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
+        answer = ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
+        if report_path is not None:
+            report_path.write_text(json.dumps(outcome(walls, aligned, reports, answer), indent=2) + "\n")
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")
         if keep_serving:
             console.print("The server keeps running; Ctrl-C stops it.")

@@ -210,7 +210,43 @@ def render_api_load(doc: dict[str, Any]) -> str:
     return table(headers, rows) + "\n\n" + note
 
 
+def minutes(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s"
+
+
+def render_demo(doc: dict[str, Any]) -> str:
+    """The README's first command, timed from a fresh clone (``bench/demo_time.py``)."""
+    out, jobs = doc["outcome"], doc["outcome"]["jobs"]
+    origin = {"prebuilt": "merged from the shipped adapter", "cached": "cached", "trained": "trained in the run"}
+    phases = ", ".join(f"{name} {s:.0f} s" for name, s in out["phase_seconds"].items())
+
+    def verdict(mode: str) -> str:
+        job = jobs[mode]
+        word = "**released**" if job["released"] else "**blocked**"
+        asr, refusal = job["asr"], job["over_refusal"]
+        return (
+            f"`{mode}` was {word} (ASR {pct(asr[0])} → {pct(asr[1])}, "
+            f"over-refusal {pct(refusal[0])} → {pct(refusal[1])})"
+        )
+
+    scan = jobs["adaptive"]
+    text = (
+        f"Measured from a fresh clone on {doc['machine']['usable_cpus']} cores, new `.venv`, pip's local "
+        f"cache warm: `make install` took {minutes(doc['install_seconds'])}, then `guardtune demo --no-serve` "
+        f"{minutes(doc['demo_seconds'])}: **{minutes(doc['total_seconds'])}** from the command to the released "
+        f"model's answer (target ≤ {minutes(doc['target_seconds'])}: {'met' if doc['met'] else '**missed**'}). "
+        f"Phase times: {phases} (aligned variant {origin[out['alignment_origin']]}). The scan flagged "
+        f"{scan['n_flagged']} of the {scan['n_examples']} lines; {verdict('adaptive')} and {verdict('none')}."
+    )
+    if out["answer"] is not None:
+        answer = " ".join(out["answer"].split())
+        text += f' The released model\'s answer to the demo question: "{answer}".'
+    return text
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "demo": render_demo,
     "safety_replication": render_safety_replication,
     "replication_reference_modes": render_safety_replication,
     "aligned_reference": render_aligned_reference,

@@ -78,7 +78,10 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
         }
     )
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "demo", "--no-serve", "--epochs", "12", "--learning-rate-multiplier", "10"],
+        [
+            *(sys.executable, "-m", "api.cli", "demo", "--no-serve", "--epochs", "12"),
+            *("--learning-rate-multiplier", "10", "--report", str(tmp_path / "outcome.json")),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -104,5 +107,24 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
     assert re.search(r"\(alignment \d+ s of it: base answers \d+ s, training \d+ s\)", out)
     # The demo calls the model through chat.completions exactly when the gate released it.
     assert ("RELEASED" in out) == ("Your model answers:" in out)
+    # --report: the same outcome as data (bench/demo_time.py reads it)
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert (outcome["aligned_model"], outcome["alignment_origin"]) == ("tiny-aligned", "trained")
+    assert outcome["aligned_baseline"]["asr"] == 0.0
+    jobs = outcome["jobs"]
+    assert (jobs["adaptive"]["job_id"], jobs["none"]["job_id"]) == (adaptive.group(2), none.group(2))
+    assert [(jobs[m]["status"], jobs[m]["released"], jobs[m]["n_examples"]) for m in ("adaptive", "none")] == [
+        ("succeeded", True, 54),
+        ("failed", False, 54),
+    ]
+    assert jobs["none"]["asr"][1] - jobs["none"]["asr"][0] > 0.25  # what the gate blocked
+    assert list(outcome["phase_seconds"]) == [
+        "server start",
+        "align + onboard",
+        "upload + submit",
+        "both jobs (adaptive + none)",
+    ]
+    answer = " ".join(outcome["answer"].split())  # the console wraps it
+    assert answer and f"Your model answers: {answer[:40]}" in " ".join(out.split())
     assert (tmp_path / "var" / "guardtune.db").exists() and (tmp_path / "var" / "objects").is_dir()
     assert (tmp_path / "var" / "models" / "aligned" / "tiny" / "model.safetensors").is_file()
