@@ -11,6 +11,8 @@ conditional poll).
 :func:`update_live` sets other columns (heartbeat, estimate, stage lease) of an unfinished job
 under the same condition; it never changes the status.
 
+:func:`add_event` writes a job's events in commit order (it locks the job's row first).
+
 The caller commits.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -37,7 +39,13 @@ def add_event(
     type: str = "message",
     data: dict[str, Any] | None = None,
 ) -> None:
-    """One event on the job's ``/events`` (in the caller's transaction)."""
+    """One event on the job's ``/events`` (in the caller's transaction).
+
+    First it locks the job's row (``FOR NO KEY UPDATE``, as any UPDATE of the job does; a
+    no-op on SQLite, whose writers are serial), so a job's events are written one transaction
+    at a time: their ``seq`` follows commit order, and a reader paging with ``after`` never
+    passes an event that a slower transaction commits later."""
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update(key_share=True))
     session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message, data=data))
 
 

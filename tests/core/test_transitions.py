@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from core.db import session_scope
 from core.ids import new_id
-from core.jobs.transitions import transition, update_live
+from core.jobs.transitions import add_event, transition, update_live
 from core.jobs.vocab import JobStatus
 from core.models import AuditRecord, File, Job, JobEvent, Organization
 
@@ -107,3 +107,23 @@ def test_of_two_concurrent_moves_exactly_one_wins(job_id):
     with session_scope() as check:
         assert check.get(Job, job_id).status == "cancelled"
         assert _counts(check, job_id) == (1, 1)
+
+
+def test_a_jobs_events_are_written_one_transaction_at_a_time(job_id):
+    """An event's seq follows commit order: a second writer waits for the first to commit, so a
+    reader paging with ``after`` cannot see the later event without the earlier one."""
+
+    def second() -> None:
+        with session_scope() as other:
+            add_event(other, job_id, "second")
+
+    racer = threading.Thread(target=second)
+    with session_scope() as session:
+        add_event(session, job_id, "first")
+        racer.start()
+        racer.join(timeout=1.0)
+        assert racer.is_alive()  # waiting for the first writer's commit
+    racer.join(timeout=30)
+    with session_scope() as check:
+        rows = check.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))
+        assert list(rows) == ["first", "second"]
