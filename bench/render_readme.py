@@ -212,7 +212,7 @@ def render_api_load(doc: dict[str, Any]) -> str:
 
 def minutes(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
-    return f"{m} min {s} s"
+    return " ".join(part for part in (f"{m} min" if m else "", f"{s} s" if s or not m else "") if part)
 
 
 def render_demo(doc: dict[str, Any]) -> str:
@@ -241,7 +241,7 @@ def render_demo(doc: dict[str, Any]) -> str:
     )
     if out["answer"] is not None:
         answer = " ".join(out["answer"].split())
-        text += f' The released model\'s answer to the demo question: "{answer}".'
+        text += f' The released model answered the demo question with "{answer}"'
     return text
 
 
