@@ -5,6 +5,7 @@
 
 import { api, forgetAnswer, jobPath } from "./api.js";
 import { chartFigures, renderCharts, renderTrainingReport } from "./charts.js";
+import { jobControls } from "./controls.js";
 import { $, h, replace } from "./dom.js";
 import { renderEvaluation, renderGate } from "./evaluation.js";
 import { fmtNum, fmtTime, humanize, isNum, num } from "./format.js";
@@ -57,7 +58,7 @@ export function showJob(id, current) {
       h("section", { class: "card", id: "event-log" }, h("h2", null, "Messages"), h("ol", { class: "log", id: "log" }))));
   renderCharts(st);
 
-  startPolling(new Poller(async () => {
+  const poller = new Poller(async () => {
     let result;
     try {
       result = await jobTick(st);
@@ -68,7 +69,9 @@ export function showJob(id, current) {
     }
     if (!current()) return { done: true };
     return result;
-  }));
+  });
+  st.refresh = () => poller.poke(); // after a control's answer: look at once
+  startPolling(poller);
 }
 
 function showMissingJob(id, message) {
@@ -207,6 +210,7 @@ function renderHeader(st) {
       !TERMINAL.has(job.status) && isNum(job.estimated_finish)
         ? kv("Estimated finish", `${fmtTime(job.estimated_finish)}`) : null,
       job.fine_tuned_model ? kv("Fine-tuned model", h("code", { class: "model-id" }, job.fine_tuned_model)) : null),
+    jobControls(st, st.refresh),
     job.fine_tuned_model && job.status === STATUS.SUCCEEDED ? adapterDownload(job) : null,
     job.fine_tuned_model && job.status === STATUS.SUCCEEDED ? tryIt(st, job.fine_tuned_model) : null);
 }

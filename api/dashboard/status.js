@@ -24,7 +24,8 @@ export function jobStage(job) {
   if (!job) return null;
   if (TERMINAL.has(job.status)) return RESULT;
   const safety = job.safety || {};
-  if (job.status === STATUS.RUNNING) return safety.stage || job.stage || STAGE.TRAINING;
+  // A paused job stays in the stage it was paused in.
+  if (job.status === STATUS.RUNNING || job.status === STATUS.PAUSED) return safety.stage || job.stage || STAGE.TRAINING;
   return job.status;
 }
 
@@ -34,7 +35,7 @@ export function statusChip(status) {
 
 export function stageChip(job) {
   const safety = job.safety || {};
-  const stage = job.status === STATUS.RUNNING ? safety.stage || job.stage : null;
+  const stage = job.status === STATUS.RUNNING || job.status === STATUS.PAUSED ? safety.stage || job.stage : null;
   if (!stage) return h("span", { class: "chip stage stage-none", "data-role": "stage" }, "—");
   return h("span", { class: "chip stage", "data-role": "stage", "data-stage": stage }, humanize(stage));
 }

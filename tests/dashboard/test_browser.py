@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core.db import session_scope
 from core.ids import new_id
-from core.models import Checkpoint, Job, JobEvent, SafetyReport
+from core.models import AuditRecord, Checkpoint, Job, JobEvent, SafetyReport
 
 pytestmark = pytest.mark.slow  # a real browser following whole jobs on the real stack
 
@@ -536,4 +536,52 @@ def test_failed_and_cancelled_jobs_say_what_happened_and_what_to_do(live_api, co
     page.click("#sign-out")
     page.wait_for_selector("#signin:not([hidden])")
     assert page.evaluate("() => sessionStorage.getItem('guardtune.apiKey')") is None
+    context.close()
+
+
+def test_a_job_is_paused_resumed_and_cancelled_from_its_page(live_api, configured, make_key, browser, output_dir):
+    base = live_api.base_url
+    _, _, key = make_key("dashboard-controls")
+    job_id = create_job(base, key, "ctl")["id"]
+    set_job(job_id, status="running", stage="training")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # "Cancel this job?"
+    page.goto(f"{base}/dashboard")
+    page.fill("#api-key", key)
+    page.click("#signin-button")
+    page.goto(f"{base}/dashboard#/jobs/{job_id}")
+    page.wait_for_selector("#job-pause", timeout=TIMEOUT_MS)
+    assert page.locator("#job-resume").count() == 0 and page.locator("#job-cancel").count() == 1
+
+    page.click("#job-pause")
+    page.wait_for_selector("#job-header [data-status=paused]", timeout=TIMEOUT_MS)
+    assert page.text_content("#job-control-msg").startswith("Pausing")
+    assert page.get_attribute("#timeline li[data-stage=training]", "data-state") == "current"  # paused in training
+    assert page.locator("#job-pause").count() == 0
+
+    # The worker is still saving its checkpoint: the API's 409 is said beside the buttons.
+    set_job(job_id, worker_id="worker-saving", heartbeat_at=time.time())
+    page.click("#job-resume")
+    page.wait_for_selector("#job-control-msg[data-state=failed]", timeout=TIMEOUT_MS)
+    assert "still pausing" in page.text_content("#job-control-msg")
+    page.screenshot(path=str(output_dir / "job-paused.png"))
+    set_job(job_id, worker_id=None)
+    page.click("#job-resume")
+    page.wait_for_selector("#job-header [data-status=queued]", timeout=TIMEOUT_MS)
+    assert page.text_content("#job-control-msg").startswith("Resumed")
+
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-header [data-status=cancelled]", timeout=TIMEOUT_MS)
+    assert page.locator("#job-controls").count() == 0  # a finished job has none
+    page.wait_for_selector("#poll-status[data-tone=done]", timeout=TIMEOUT_MS)
+    with session_scope() as session:
+        actions = session.scalars(
+            select(AuditRecord.action).where(AuditRecord.target == job_id).order_by(AuditRecord.seq)
+        ).all()
+    assert [a for a in actions if a in ("job.pause", "job.resume", "job.cancel")] == [
+        "job.pause",
+        "job.resume",
+        "job.cancel",
+    ]
     context.close()
