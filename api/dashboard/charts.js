@@ -7,9 +7,11 @@ import { safetyOf } from "./report.js";
 const MAX_POINT_MARKS = 400; // above this, charts draw the line only
 
 const CHARTS = [
-  { key: "train_loss", title: "Train loss", note: "SFT loss on the batch" },
+  { key: "train_loss", title: "Train loss", series: "training batch",
+    note: "SFT loss on the batch, and on the validation file at checkpoint steps (a job with one)",
+    extra: [{ key: "valid_loss", label: "validation", joined: true }] },
   { key: "kl", title: "KL to the reference", note: "KL(P_ref ‖ P_θ) per token" },
-  { key: "kl_weight", title: "KL weight", domain: [0, 1],
+  { key: "kl_weight", title: "KL weight", domain: [0, 1], series: "all examples",
     note: "w_kl = clamp((risk − 2) / 3, 0.1, 0.9) of each example: the step's mean, and the mean of its flagged and of its unflagged examples",
     extra: [{ key: "kl_weight_flagged", label: "flagged" }, { key: "kl_weight_unflagged", label: "unflagged" }] },
   { key: "risk", title: "Batch risk", note: "mean risk score of the step's examples, 1–5", domain: [1, 5] },
@@ -21,7 +23,7 @@ export function chartFigures() {
     h("figcaption", null, h("span", { class: "chart-title" }, c.title), " ",
       h("span", { class: "chart-latest", id: `latest-${c.key}` })),
     svg("svg", { class: "plot", viewBox: "0 0 320 170", role: "img", "aria-label": c.title }),
-    c.extra ? h("p", { class: "chart-legend small" }, h("span", { "data-series": c.key }, "all examples"),
+    c.extra ? h("p", { class: "chart-legend small" }, h("span", { "data-series": c.key }, c.series),
       c.extra.map((e) => h("span", { "data-series": e.key }, e.label))) : null,
     h("p", { class: "chart-note muted small" }, c.note)));
 }
@@ -39,7 +41,8 @@ export function niceTicks(lo, hi, count) {
 
 /** A chart of ``series`` (``[[step, value], …]``) and, drawn beside it, each of ``extras``
  * (``[{key, label, points}]``, e.g. the flagged / unflagged KL weights; a ``null`` value, a
- * step with no such examples, breaks that line). */
+ * step with no such examples, breaks that line; an extra measured only on some steps, like the
+ * validation loss, comes without its ``null``s and so is one line). */
 function drawChart(figure, spec, series, extras = []) {
   const plot = figure.querySelector("svg.plot");
   const W = 320; const H = 170;
@@ -107,7 +110,11 @@ export function renderCharts(st) {
     if (!fig) continue;
     const pointsOf = (key) => steps.map((s) => [s, num(st.metrics.get(s)[key])]);
     const series = pointsOf(spec.key).filter((p) => p[1] !== null);
-    drawChart(fig, spec, series, (spec.extra || []).map((e) => ({ ...e, points: pointsOf(e.key) })));
+    const extras = (spec.extra || []).map((e) => {
+      const points = pointsOf(e.key);
+      return { ...e, points: e.joined ? points.filter((p) => p[1] !== null) : points };
+    });
+    drawChart(fig, spec, series, extras);
     const last = series[series.length - 1];
     $(`latest-${spec.key}`).textContent = last ? `${fmtNum(last[1], 4)} at step ${last[0]}` : "";
   }

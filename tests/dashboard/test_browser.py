@@ -111,6 +111,8 @@ def add_metrics(job_id: str, steps: range, total: int, at: float) -> None:
                 "kl_weight_flagged": 0.9 if step % 5 == 0 else None,
                 "kl_weight_unflagged": 0.1,
             }
+            if step % 4 == 0:  # the checkpoint steps of a job with a validation file
+                data["valid_loss"] = 2.6 * math.exp(-step / 12) + 0.7
             message = f"Step {step}/{total}: training loss={data['train_loss']:.4f}"
             session.add(
                 JobEvent(
@@ -300,6 +302,11 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     assert page.locator("#chart-kl_weight circle.pt-extra[data-series=kl_weight_unflagged]").count() == 12
     # steps without flagged examples break the flagged line: two separate one-point pieces
     assert page.get_attribute("#chart-kl_weight path[data-series=kl_weight_flagged]", "d").count("M") == 2
+    # the validation loss of checkpoint steps 4, 8, 12: one line through its points
+    valid = page.locator("#chart-train_loss circle.pt-extra[data-series=valid_loss]")
+    assert [valid.nth(i).get_attribute("data-step") for i in range(valid.count())] == ["4", "8", "12"]
+    assert page.get_attribute("#chart-train_loss path[data-series=valid_loss]", "d").count("M") == 1
+    assert page.locator("#chart-train_loss .chart-legend span").all_text_contents() == ["training batch", "validation"]
     assert page.locator("#chart-kl_weight .chart-legend span").all_text_contents() == [
         "all examples",
         "flagged",
