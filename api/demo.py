@@ -2,8 +2,10 @@
 
 Starts ``guardtune serve`` (API + worker), aligns the default base model into its
 ``-aligned`` variant (``guardtune-ops models align``: the shipped aligned adapter merged, or
-trained where none matches; cached after the first run) and onboards that variant, creates an organization and key, uploads the shipped demo dataset
-(benign chats with a few planted harmful requests) over the API and fine-tunes the aligned
+trained where none matches; cached after the first run) and onboards that variant (once: a
+later run with the cached variant reuses its onboarding), creates an organization and key,
+uploads the shipped demo dataset (benign chats with a few planted harmful requests) over the
+API and fine-tunes the aligned
 variant on it twice: ``adaptive`` (guardtune's default; expected: released) and ``none``
 (standard SFT, which the operator enables for the demo org; expected: blocked by the gate).
 Prints both safety reports side by side, asks the released model one question through
@@ -30,6 +32,7 @@ from api.demo_chat import ask_released_model
 from core.db import session_scope
 from core.errors import NotFound
 from core.jobs.vocab import TERMINAL, JobStatus
+from core.models import BaseModelEntry
 from core.orgs import create_key, create_org, find_org, update_org
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
@@ -68,13 +71,37 @@ def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 120) 
 
 
 def align_and_onboard(model_id: str) -> dict:
-    """The worker's ``guardtune.gpu.align`` task: the aligned variant, onboarded."""
-    with console.status(
-        f"Aligning {model_id} (the shipped adapter, or refusal training; cached after the first run), then onboarding "
-        "the aligned variant: training its probe, measuring its ASR…"
-    ):
-        task_id = enqueue("guardtune.gpu.align", model_id, True, queue=GPU_QUEUE)
-        return producer().AsyncResult(task_id).get(timeout=3600)
+    """The aligned variant (the worker's ``guardtune.gpu.align`` task), onboarded: by the
+    worker's ``guardtune.gpu.onboard`` task, or, when the variant came from the cache and an
+    earlier run onboarded it (``earlier_onboarding``), as that run left it. ``onboard_reused``
+    says which."""
+    with console.status(f"Aligning {model_id} (the shipped adapter, or refusal training; cached after the first run)…"):
+        task_id = enqueue("guardtune.gpu.align", model_id, False, queue=GPU_QUEUE)
+        aligned = producer().AsyncResult(task_id).get(timeout=3600)
+    earlier = earlier_onboarding(aligned)
+    aligned["onboard_reused"] = earlier is not None
+    if earlier is not None:
+        aligned["onboard"] = earlier
+        return aligned
+    with console.status(f"Onboarding {aligned['model']}: training its probe, measuring its ASR…"):
+        task_id = enqueue("guardtune.gpu.onboard", aligned["model"], queue=GPU_QUEUE)
+        aligned["onboard"] = producer().AsyncResult(task_id).get(timeout=3600)
+    return aligned
+
+
+def earlier_onboarding(aligned: dict) -> dict | None:
+    """The variant's onboarding from an earlier run, when its weights are those it was onboarded
+    on (the alignment came from the cache: a new variant resets the row) and it is ready; None
+    otherwise. (``guardtune-ops models onboard NAME`` re-onboards, e.g. after a settings change.)"""
+    from worker.pipeline.onboard import onboarding_summary
+
+    if aligned["origin"] != "cached":
+        return None
+    with session_scope() as session:
+        entry = session.get(BaseModelEntry, aligned["model"])
+        if entry is None or entry.status != "ready" or not entry.probe_prefix or not entry.baseline:
+            return None
+        return onboarding_summary(entry)
 
 
 def demo_key() -> str:
@@ -201,6 +228,7 @@ def outcome(walls: dict[str, float], aligned: dict, reports: dict[str, tuple[dic
     return {
         "aligned_model": aligned["model"],
         "alignment_origin": aligned["origin"],
+        "onboard_reused": aligned["onboard_reused"],
         "aligned_baseline": {"asr": baseline["asr_keyword"], "over_refusal": baseline["over_refusal"]},
         "phase_seconds": {name: round(s, 1) for name, s in walls.items()},
         "jobs": jobs,
@@ -260,6 +288,7 @@ def run_demo(
             f"Probe: held-out AUROC {probe['auroc']:.3f} on layer(s) {probe['layers']}; aligned model ASR "
             f"{onboarded['baseline']['asr_keyword']:.0%}, over-refusal "
             f"{onboarded['baseline']['over_refusal']:.0%}"
+            + (" (onboarded by an earlier run)" if aligned["onboard_reused"] else "")
         )
         key = demo_key()
         with httpx.Client(base_url=settings.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:

@@ -109,7 +109,11 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
     assert ("RELEASED" in out) == ("Your model answers:" in out)
     # --report: the same outcome as data (bench/demo_time.py reads it)
     outcome = json.loads((tmp_path / "outcome.json").read_text())
-    assert (outcome["aligned_model"], outcome["alignment_origin"]) == ("tiny-aligned", "trained")
+    assert (outcome["aligned_model"], outcome["alignment_origin"], outcome["onboard_reused"]) == (
+        "tiny-aligned",
+        "trained",
+        False,
+    )
     assert outcome["aligned_baseline"]["asr"] == 0.0
     jobs = outcome["jobs"]
     assert (jobs["adaptive"]["job_id"], jobs["none"]["job_id"]) == (adaptive.group(2), none.group(2))

@@ -146,14 +146,20 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
             target=model_id,
             details={"asr_keyword": entry.baseline["eval"]["asr"]["asr_keyword"]},
         )
-        return {
-            "model": model_id,
-            "status": entry.status,
-            "context_length": entry.context_length,
-            "probe": entry.baseline["probe"],
-            "probe_summary": probe_summary(entry.baseline["probe"]),
-            "baseline": _headline(entry.baseline["eval"]),
-        }
+        return onboarding_summary(entry)
+
+
+def onboarding_summary(entry: BaseModelEntry) -> dict[str, Any]:
+    """What onboarding reports of an onboarded registry row: status, context length, the probe's
+    report (and its one-line summary) and the baseline's headline (ASR, over-refusal)."""
+    return {
+        "model": entry.id,
+        "status": entry.status,
+        "context_length": entry.context_length,
+        "probe": entry.baseline["probe"],
+        "probe_summary": probe_summary(entry.baseline["probe"]),
+        "baseline": _headline(entry.baseline["eval"]),
+    }
 
 
 def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
