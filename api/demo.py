@@ -5,9 +5,9 @@ Starts ``guardtune serve`` (API + worker), aligns the default base model into it
 trained where none matches; cached after the first run) and onboards that variant (once: a
 later run with the cached variant reuses its onboarding), creates an organization and key,
 uploads the shipped demo dataset (benign chats with a few planted harmful requests) over the
-API and fine-tunes the aligned
-variant on it twice: ``adaptive`` (guardtune's default; expected: released) and ``none``
-(standard SFT, which the operator enables for the demo org; expected: blocked by the gate).
+API and fine-tunes the aligned variant on it twice: ``adaptive`` (guardtune's default;
+expected: released) and ``none`` (standard SFT, which the operator enables for the demo org;
+expected: blocked by the gate).
 Prints both safety reports side by side, asks the released model one question through
 ``chat.completions``, prints where the time went (``phase_times``) and the dashboard URL, and
 leaves the server running. ``--report FILE`` also writes the outcome as JSON (``outcome``;
