@@ -1,11 +1,14 @@
 """The demo onboards its aligned variant once: a later run whose variant came from the cache
-reuses the onboarding an earlier run stored in the registry (``api.demo.earlier_onboarding``)."""
+reuses the onboarding an earlier run stored in the registry (``api.demo.earlier_onboarding``).
+On the embedded stack in a tmp home: registry rows written here must not show in the model
+lists of tests that share the deployment's Postgres."""
 
 from __future__ import annotations
 
 import pytest
 
 from api.demo import earlier_onboarding
+from core import migrate
 from core.db import session_scope
 from core.models import BaseModelEntry
 
@@ -24,6 +27,11 @@ PROBE = {
 BASELINE = {"probe": PROBE, "eval": {"asr": {"asr_keyword": 0.17, "asr_judge": None}, "over_refusal": {"rate": 0.03}}}
 
 
+@pytest.fixture
+def registry(embedded_env) -> None:
+    migrate.upgrade()
+
+
 def _variant(name: str, **fields) -> dict:
     row = {"status": "ready", "probe_prefix": f"models/{name}/probe", "baseline": BASELINE, "context_length": 2048}
     with session_scope() as session:
@@ -31,7 +39,7 @@ def _variant(name: str, **fields) -> dict:
     return {"model": name, "origin": "cached"}
 
 
-def test_a_cached_ready_variant_reuses_its_onboarding(configured):
+def test_a_cached_ready_variant_reuses_its_onboarding(registry):
     summary = earlier_onboarding(_variant("demo-reuse-aligned"))
     assert summary["model"] == "demo-reuse-aligned" and summary["status"] == "ready"
     assert summary["baseline"] == {"asr_keyword": 0.17, "asr_judge": None, "over_refusal": 0.03}
@@ -49,11 +57,11 @@ def test_a_cached_ready_variant_reuses_its_onboarding(configured):
         ("cached", {"probe_prefix": None}),
     ],
 )
-def test_anything_else_is_onboarded_again(configured, origin, fields):
+def test_anything_else_is_onboarded_again(registry, origin, fields):
     name = f"demo-{origin}-{next(iter(fields.values()), 'as-stored')}-aligned"
     aligned = {**_variant(name, **fields), "origin": origin}
     assert earlier_onboarding(aligned) is None
 
 
-def test_a_variant_missing_from_the_registry_is_onboarded(configured):
+def test_a_variant_missing_from_the_registry_is_onboarded(registry):
     assert earlier_onboarding({"model": "no-such-aligned", "origin": "cached"}) is None
