@@ -76,17 +76,20 @@ def align_and_onboard(model_id: str) -> dict:
     earlier run onboarded it (``earlier_onboarding``), as that run left it. ``onboard_reused``
     says which."""
     with console.status(f"Aligning {model_id} (the shipped adapter, or refusal training; cached after the first run)…"):
-        task_id = enqueue("guardtune.gpu.align", model_id, False, queue=GPU_QUEUE)
-        aligned = producer().AsyncResult(task_id).get(timeout=3600)
+        aligned = gpu_task_result("guardtune.gpu.align", model_id, False)
     earlier = earlier_onboarding(aligned)
     aligned["onboard_reused"] = earlier is not None
     if earlier is not None:
         aligned["onboard"] = earlier
         return aligned
     with console.status(f"Onboarding {aligned['model']}: training its probe, measuring its ASR…"):
-        task_id = enqueue("guardtune.gpu.onboard", aligned["model"], queue=GPU_QUEUE)
-        aligned["onboard"] = producer().AsyncResult(task_id).get(timeout=3600)
+        aligned["onboard"] = gpu_task_result("guardtune.gpu.onboard", aligned["model"])
     return aligned
+
+
+def gpu_task_result(task: str, *args: object) -> dict:
+    """Run worker task ``task`` on the GPU queue and wait (up to an hour) for its result."""
+    return producer().AsyncResult(enqueue(task, *args, queue=GPU_QUEUE)).get(timeout=3600)
 
 
 def earlier_onboarding(aligned: dict) -> dict | None:

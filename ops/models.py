@@ -111,7 +111,8 @@ def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
     """Run the pipeline's alignment of ``name`` (audited there); a failure is audited here."""
     align_fn = _load_pipeline(ALIGN_MODULE, ALIGN_FUNCTION)
     with _failure_audited(who, "model.align_failed", name, "aligning"), progress_bar() as progress:
-        bar = progress.add_task(f"aligning {name} (refusal training steps; then onboarding)", total=None)
+        then = "; then onboarding" if onboard else ""
+        bar = progress.add_task(f"aligning {name} (refusal training steps{then})", total=None)
 
         def on_step(metrics: Any) -> None:
             progress.update(bar, completed=metrics.step, total=metrics.total_steps)

@@ -20,12 +20,14 @@ const LABELS = {
 export const STAGES = [STATUS.VALIDATING_FILES, STATUS.QUEUED, ...JOB_STAGES, RESULT].map((id) => ({ id, label: LABELS[id] || humanize(id) }));
 export const STAGE_INDEX = Object.fromEntries(STAGES.map((s, i) => [s.id, i]));
 
+// The statuses of a job that sits in a pipeline stage: running it, or paused in it.
+const IN_A_STAGE = new Set([STATUS.RUNNING, STATUS.PAUSED]);
+
 export function jobStage(job) {
   if (!job) return null;
   if (TERMINAL.has(job.status)) return RESULT;
   const safety = job.safety || {};
-  // A paused job stays in the stage it was paused in.
-  if (job.status === STATUS.RUNNING || job.status === STATUS.PAUSED) return safety.stage || job.stage || STAGE.TRAINING;
+  if (IN_A_STAGE.has(job.status)) return safety.stage || job.stage || STAGE.TRAINING;
   return job.status;
 }
 
@@ -35,7 +37,7 @@ export function statusChip(status) {
 
 export function stageChip(job) {
   const safety = job.safety || {};
-  const stage = job.status === STATUS.RUNNING || job.status === STATUS.PAUSED ? safety.stage || job.stage : null;
+  const stage = IN_A_STAGE.has(job.status) ? safety.stage || job.stage : null;
   if (!stage) return h("span", { class: "chip stage stage-none", "data-role": "stage" }, "—");
   return h("span", { class: "chip stage", "data-role": "stage", "data-stage": stage }, humanize(stage));
 }
