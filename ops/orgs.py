@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 from sqlalchemy import func, select
 
 from core import orgs as org_service
 from core.errors import InvalidRequest
-from core.jobs.config import SafetyMode
+from core.jobs.vocab import SafetyMode
 from core.models import ApiKey, Job, Organization
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, handle_errors, render, render_record
@@ -48,9 +48,7 @@ def allow_modes(
     org_ref: Annotated[str, typer.Argument(metavar="ORG", help="Organization id or name.")],
     modes: Annotated[
         list[str] | None,
-        typer.Argument(
-            help=f"Safety modes its customer keys may ask ({', '.join(get_args(SafetyMode))}).", show_default=False
-        ),
+        typer.Argument(help=f"Safety modes its customer keys may ask ({', '.join(SafetyMode)}).", show_default=False),
     ] = None,
     default: Annotated[
         bool, typer.Option("--default", help="Forget the override: the deployment's GUARDTUNE_ALLOWED_MODES.")
@@ -62,10 +60,10 @@ def allow_modes(
     as the admin API's PATCH /v1/admin/organizations/{id} does; audited as org.update."""
     if default == bool(modes):
         raise InvalidRequest("give the modes, or --default (not both)", param="modes")
-    unknown = sorted(set(modes or ()) - set(get_args(SafetyMode)))
+    unknown = sorted(set(modes or ()) - set(SafetyMode))
     if unknown:
         raise InvalidRequest(
-            f"unknown safety mode(s) {', '.join(unknown)}; choose from {', '.join(get_args(SafetyMode))}",
+            f"unknown safety mode(s) {', '.join(unknown)}; choose from {', '.join(SafetyMode)}",
             param="modes",
         )
     with db() as session:

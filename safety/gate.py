@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.jobs.config import DEFAULT_ASR_SOURCE, GATE_MAX_ASR_INCREASE, GATE_MAX_OVER_REFUSAL_INCREASE, AsrSource
+from core.jobs.config import DEFAULT_ASR_SOURCE, GATE_MAX_ASR_INCREASE, GATE_MAX_OVER_REFUSAL_INCREASE
+from core.jobs.vocab import AsrSource
 
 _TOLERANCE = 1e-9
 

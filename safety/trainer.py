@@ -30,7 +30,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.jobs import config as defaults
-from core.jobs.config import ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import ReferenceMode, RiskWeighting, SafetyMode
 from safety.data import collate, encode_example
 from safety.objective import RiskReduce, token_kl
 from safety.reference import ReferenceCache

@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs.config import SafetyMode
+from core.jobs.vocab import SafetyMode
 from core.models import ApiKey, Organization
+from core.vocab import AS_LITERAL
 
 ALLOWED_MODES_DOC = (
     "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
@@ -25,7 +26,9 @@ class OrganizationCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     max_concurrent_jobs: MaxJobs | None = None
     max_storage_bytes: MaxBytes | None = None
-    allowed_modes: list[SafetyMode] | None = Field(None, min_length=1, description=ALLOWED_MODES_DOC)
+    allowed_modes: list[Annotated[SafetyMode, AS_LITERAL]] | None = Field(
+        None, min_length=1, description=ALLOWED_MODES_DOC
+    )
 
 
 class OrganizationUpdate(BaseModel):
@@ -35,7 +38,9 @@ class OrganizationUpdate(BaseModel):
 
     max_concurrent_jobs: MaxJobs | None = None
     max_storage_bytes: MaxBytes | None = None
-    allowed_modes: list[SafetyMode] | None = Field(None, min_length=1, description=ALLOWED_MODES_DOC)
+    allowed_modes: list[Annotated[SafetyMode, AS_LITERAL]] | None = Field(
+        None, min_length=1, description=ALLOWED_MODES_DOC
+    )
 
 
 class OrganizationObject(BaseModel):
@@ -45,7 +50,7 @@ class OrganizationObject(BaseModel):
     created_at: int
     max_concurrent_jobs: int | None = None
     max_storage_bytes: int | None = None
-    allowed_modes: list[SafetyMode] | None = None
+    allowed_modes: list[Annotated[SafetyMode, AS_LITERAL]] | None = None
 
     @classmethod
     def of(cls, row: Organization) -> OrganizationObject:

@@ -13,8 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from core.jobs import config
-from core.jobs.config import Estimator, KlWeightBounds, ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.config import KlWeightBounds
+from core.jobs.vocab import Estimator, ReferenceMode, RiskWeighting, SafetyMode
 from core.jobs.vocab import JobStatus as JobStatusEnum
+from core.vocab import AS_LITERAL
 
 Auto = Literal["auto"]
 JobStatus = Literal[tuple(status.value for status in JobStatusEnum)]  # an inline enum in the OpenAPI schema
@@ -75,11 +77,11 @@ class SafetyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: SafetyMode = Field(
+    mode: Annotated[SafetyMode, AS_LITERAL] = Field(
         config.DEFAULT_MODE,
         description="adaptive: KL weight from each example's risk; constant: fixed KL weight; none: plain SFT.",
     )
-    estimator: Estimator = Field(
+    estimator: Annotated[Estimator, AS_LITERAL] = Field(
         config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two)."
     )
     kl_weight: KlWeightBounds | None = Field(
@@ -88,7 +90,7 @@ class SafetyIn(BaseModel):
     constant_kl_weight: float = Field(
         config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode."
     )
-    risk_weighting: RiskWeighting | None = Field(
+    risk_weighting: Annotated[RiskWeighting, AS_LITERAL] | None = Field(
         None,
         description="example: each example weighted by its own risk; batch: by the batch's mean risk "
         "(the paper's code, an ablation). Default set by the operator.",
@@ -96,7 +98,7 @@ class SafetyIn(BaseModel):
     max_flagged_fraction: float | None = Field(
         None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
     )
-    reference: ReferenceMode | None = Field(
+    reference: Annotated[ReferenceMode, AS_LITERAL] | None = Field(
         None,
         description="cached: KL against the reference's top-k log-probs computed once in the scan; exact: a "
         "reference forward every step. Default set by the operator.",
@@ -157,12 +159,12 @@ class JobError(BaseModel):
 class SafetyState(BaseModel):
     """guardtune extension on the job: the configuration and where the safety work stands."""
 
-    mode: SafetyMode
-    estimator: Estimator
+    mode: Annotated[SafetyMode, AS_LITERAL]
+    estimator: Annotated[Estimator, AS_LITERAL]
     kl_weight: KlWeightBounds
     constant_kl_weight: float
-    risk_weighting: RiskWeighting = config.DEFAULT_RISK_WEIGHTING
-    reference: ReferenceMode = config.STORED_REFERENCE
+    risk_weighting: Annotated[RiskWeighting, AS_LITERAL] = config.DEFAULT_RISK_WEIGHTING
+    reference: Annotated[ReferenceMode, AS_LITERAL] = config.STORED_REFERENCE
     max_flagged_fraction: float | None = None
     stage: str | None = Field(None, description="scanning | training | evaluating | gating while running")
     scan_summary: dict[str, Any] | None = None

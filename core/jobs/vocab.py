@@ -6,7 +6,9 @@ A terminal status is final: no writer changes it (:mod:`core.jobs.transitions` r
 except an operator's approval of a gate-blocked job (``failed`` → ``succeeded``).
 
 ``JobStage`` is the job's ``stage`` field while it runs; ``ErrorCode`` every ``error.code``
-a job can end with. All are ``str`` enums: they compare equal to, and serialize as, their
+a job can end with. ``SafetyMode``, ``Estimator``, ``AsrSource``, ``RiskWeighting`` and
+``ReferenceMode`` are the words of a job's safety configuration, from the wire schema to the
+trainer. All are ``str`` enums: they compare equal to, and serialize as, their
 values, so rows and JSON hold the same plain strings as before.
 """
 
@@ -58,3 +60,41 @@ class ErrorCode(StrEnum):
     QUEUE_UNAVAILABLE = "queue_unavailable"  # the broker refused the job at creation
     WORKER_LOST = "worker_lost"  # a stage's worker died too often
     INTERNAL_ERROR = "internal_error"  # an unexpected error in a stage
+
+
+class SafetyMode(StrEnum):
+    """How training is regularized toward the safe base model."""
+
+    ADAPTIVE = "adaptive"  # per-example KL weight from the example's risk (the paper)
+    CONSTANT = "constant"  # one KL weight for every example
+    NONE = "none"  # standard SFT
+
+
+class Estimator(StrEnum):
+    """What scores an example's risk at the scan."""
+
+    JUDGE = "judge"
+    PROBE = "probe"
+    BOTH = "both"
+
+
+class AsrSource(StrEnum):
+    """The release gate's attack-success measure."""
+
+    KEYWORD = "keyword"
+    JUDGE = "judge"
+    BOTH = "both"
+
+
+class RiskWeighting(StrEnum):
+    """Whether ``adaptive`` weights each example by its own risk or a step by its mean risk."""
+
+    EXAMPLE = "example"
+    BATCH = "batch"
+
+
+class ReferenceMode(StrEnum):
+    """How the reference (safe base) distribution is obtained: a live pass, or the scan's cache."""
+
+    EXACT = "exact"
+    CACHED = "cached"
