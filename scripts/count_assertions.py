@@ -11,8 +11,8 @@ Per file under ``tests/`` and in total:
 
 ``python scripts/count_assertions.py`` prints the totals as JSON;
 ``--record before|after`` stores them under that key of ``bench/results/test_tiers.json``
-(keeping the other keys); ``--check`` exits 1 when a total of the recorded ``after`` is
-lower than the same total of ``before``.
+(keeping the other keys); ``--check`` exits 1 when a total of the recorded ``after``, or a count of a
+file recorded in both, is lower than in ``before``.
 """
 
 from __future__ import annotations
@@ -67,9 +67,19 @@ def count(python: str) -> dict:
 
 
 def check(recorded: dict) -> list[str]:
-    """The totals that went down from ``before`` to ``after``."""
-    before, after = recorded["before"]["total"], recorded["after"]["total"]
-    return [f"{key}: {before[key]} -> {after[key]}" for key in TOTALS if after[key] < before[key]]
+    """What went down from ``before`` to ``after``: a total, or a count of a file that both
+    recorded (a file that was moved or split is held by the totals)."""
+    before, after = recorded["before"], recorded["after"]
+    lost = [
+        f"{key}: {before['total'][key]} -> {after['total'][key]}"
+        for key in TOTALS
+        if after["total"][key] < before["total"][key]
+    ]
+    for name, counts in before["files"].items():
+        kept = after["files"].get(name)
+        if kept is not None:
+            lost += [f"{name} {key}: {counts[key]} -> {kept[key]}" for key in TOTALS if kept[key] < counts[key]]
+    return lost
 
 
 def main() -> None:
