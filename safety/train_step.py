@@ -4,8 +4,8 @@
 seeded per-epoch shuffle, a pure function of ``(seed, epoch)`` so a resumed run sees the
 same batches), gives each its ``(w_sft, w_kl)`` (:func:`example_weights`), accumulates
 the gradient of the weighted objective over micro-batches (:func:`accumulate_gradients`:
-the reference pass runs under ``torch.no_grad`` with the LoRA adapter disabled, or comes
-from the reference cache), clips it, steps the optimizer and the LR schedule, adds the
+the reference pass runs in ``safety.reference.reference_forward``, or comes from the
+reference cache), clips it, steps the optimizer and the LR schedule, adds the
 step to the run's ``RunSummary`` and returns its ``StepMetrics`` (``safety.train_metrics``).
 """
 
