@@ -76,7 +76,8 @@ def demo_examples(planted: bool) -> list[dict]:
 def finetuned(model_dir: str, examples: list[dict], hyper: dict, args, cache: Path) -> dict:
     """Fine-tune a fresh load of ``model_dir`` with ``hyper`` (standard SFT) on ``examples``; measure it."""
     from safety.base_models import load_base_model
-    from safety.trainer import TrainConfig, train
+    from safety.train_config import TrainConfig
+    from safety.trainer import train
 
     model, tok = load_base_model(model_dir, cache_dir=cache)
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,7 @@ Production points the URLs at Postgres, Redis and S3 and sets ``GUARDTUNE_ENV``.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +35,8 @@ from core.jobs.config import (
     JUDGE_FALLBACK_SCORE,
     JUDGE_MAX_CONCURRENCY,
     JUDGE_TIMEOUT_S,
-    KL_WEIGHT_HI,
-    KL_WEIGHT_LO,
+    KL_WEIGHT_MAX,
+    KL_WEIGHT_MIN,
     TRIGGER_MIN_RATIO,
     TRIGGER_MIN_SHARE,
     AsrSource,
@@ -45,6 +46,8 @@ from core.jobs.config import (
 )
 
 INSECURE_SECRET = "dev-insecure-secret-change-me"
+# Env vars of settings since renamed: refused, so that an operator's value is never silently dropped.
+RENAMED_ENV = {"GUARDTUNE_KL_WEIGHT_LO": "GUARDTUNE_KL_WEIGHT_MIN", "GUARDTUNE_KL_WEIGHT_HI": "GUARDTUNE_KL_WEIGHT_MAX"}
 
 
 class Settings(BaseSettings):
@@ -107,8 +110,8 @@ class Settings(BaseSettings):
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
     # (api/jobs/safety_policy.py).
     allowed_modes: list[SafetyMode] = Field(default_factory=lambda: ["adaptive", "constant"])
-    kl_weight_lo: float = KL_WEIGHT_LO
-    kl_weight_hi: float = KL_WEIGHT_HI
+    kl_weight_min: float = KL_WEIGHT_MIN
+    kl_weight_max: float = KL_WEIGHT_MAX
     risk_weighting: RiskWeighting = DEFAULT_RISK_WEIGHTING  # "batch": the paper's batch mean (ablation)
     reference: ReferenceMode = "cached"  # KL against the scan's cached top-k, or a forward per step
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
@@ -160,6 +163,15 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed_env(cls, data: Any) -> Any:
+        set_names = {name.upper() for name in os.environ}
+        renamed = [f"{old} is now {new}" for old, new in RENAMED_ENV.items() if old in set_names]
+        if renamed:
+            raise ValueError(f"renamed settings: {'; '.join(renamed)} (set the new name instead)")
+        return data
 
     @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Settings:

@@ -36,6 +36,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from core.jobs import config as defaults
 from safety.generation import MAX_PROMPT_LEN, encode_prompts, model_device, pad_token_id
+from safety.reference import reference_forward
 
 LoadBase = Callable[[str], tuple[Any, Any]]
 
@@ -144,7 +145,7 @@ class _Base:
     def activate(self, name: str | None, adapter_dir: Path | None, max_adapters: int) -> Any:
         """The context to generate in: the adapter ``name`` active, or (None) the base alone."""
         if name is None:
-            return self.model.disable_adapter() if self.adapters else nullcontext()
+            return reference_forward(self.model) if self.adapters else nullcontext()
         if name not in self.adapters:
             assert adapter_dir is not None, "an adapter not yet loaded needs its directory"
             self._n += 1

@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from core.jobs.config import KL_WEIGHT_HI, KL_WEIGHT_LO, SFT_WEIGHT_HI, SFT_WEIGHT_LO
+from core.jobs.config import KL_WEIGHT_MAX, KL_WEIGHT_MIN, SFT_WEIGHT_MAX, SFT_WEIGHT_MIN
 from safety.data import IGNORE_INDEX
 
 RiskReduce = Literal["mean", "max"]
@@ -32,18 +32,19 @@ RiskReduce = Literal["mean", "max"]
 
 def kl_weights(
     risk: float,
-    lo: float = KL_WEIGHT_LO,
-    hi: float = KL_WEIGHT_HI,
-    sft_lo: float = SFT_WEIGHT_LO,
-    sft_hi: float = SFT_WEIGHT_HI,
+    kl_weight_min: float = KL_WEIGHT_MIN,
+    kl_weight_max: float = KL_WEIGHT_MAX,
+    sft_weight_min: float = SFT_WEIGHT_MIN,
+    sft_weight_max: float = SFT_WEIGHT_MAX,
 ) -> tuple[float, float]:
     """``(w_sft, w_kl)`` for a batch risk on the 1–5 scale, as in the paper:
-    ``w_kl = clamp((risk − 2) / 3, lo, hi)`` and ``w_sft = clamp(1 − w_kl, sft_lo, sft_hi)``.
-    ``lo = 0`` is allowed: batches with risk ≤ 2 then get ``w_kl = 0`` (no reference pass)."""
+    ``w_kl = clamp((risk − 2) / 3, kl_weight_min, kl_weight_max)`` and
+    ``w_sft = clamp(1 − w_kl, sft_weight_min, sft_weight_max)``. ``kl_weight_min = 0`` is
+    allowed: batches with risk ≤ 2 then get ``w_kl = 0`` (no reference pass)."""
     if not math.isfinite(risk):
         raise ValueError(f"risk must be finite, got {risk}")
-    w_kl = min(max((risk - 2.0) / 3.0, lo), hi)
-    w_sft = min(max(1.0 - w_kl, sft_lo), sft_hi)
+    w_kl = min(max((risk - 2.0) / 3.0, kl_weight_min), kl_weight_max)
+    w_sft = min(max(1.0 - w_kl, sft_weight_min), sft_weight_max)
     return w_sft, w_kl
 
 

@@ -12,14 +12,19 @@ Layout (``to_bytes``: safetensors, gzip-compressed): ``logprobs`` ``(M, k)`` flo
 ``ids`` ``(M, k)`` int32, ``tail`` ``(M,)`` float32 and ``offsets`` ``(n + 1,)`` int64, M being
 the answer positions of all n examples (example i's rows are ``offsets[i]:offsets[i+1]``, in
 the order ``objective.example_sums`` selects them).
+
+:func:`reference_forward` is the reference computed live: inside it, the LoRA model runs as
+P_ref (adapter disabled, no gradients), as training's exact-KL pass, ``trainer.mean_kl`` and
+serving's base-model requests run it.
 """
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,18 @@ from safetensors.torch import save as save_safetensors
 
 from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.objective import ReferenceTopK, reference_topk
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+
+@contextmanager
+def reference_forward(model: PeftModel) -> Iterator[None]:
+    """Forward passes of ``model`` inside are the reference's: its adapter
+    disabled (the LoRA layers return the base layer's output) and gradients off. The model's
+    train / eval mode is left as it is."""
+    with torch.no_grad(), model.disable_adapter():
+        yield
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ one initialised from ``config.seed``, or the checkpoint's), builds the AdamW opt
 and the LR schedule and, with ``resume_dir``, restores them, the RNG states and the
 running summary from a checkpoint written for the same data and config
 (:func:`check_resumable`). :func:`write_run_checkpoint` writes the state after a step
-(``safety.checkpoints`` holds the on-disk format); resuming from it continues exactly.
+(``safety.checkpoints`` holds the on-disk format); resuming from it continues exactly,
+each step taking the same examples (:func:`step_indices`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from core.jobs.vocab import ReferenceMode, SafetyMode
 from safety.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
     load_adapter,
@@ -32,13 +35,18 @@ from safety.checkpoints import (
 from safety.data import EncodedExample, encode_example
 from safety.reference import ReferenceCache
 from safety.scan import ScanConfig
-from safety.train_step import RunSummary, step_indices
-
-if TYPE_CHECKING:
-    from safety.trainer import TrainConfig
+from safety.train_config import TrainConfig
+from safety.train_metrics import RunSummary
 
 # Config fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
+# Config fields a checkpoint written by an earlier version names otherwise: its name → today's.
+RENAMED_FIELDS = {
+    "kl_lo": "kl_weight_min",
+    "kl_hi": "kl_weight_max",
+    "sft_lo": "sft_weight_min",
+    "sft_hi": "sft_weight_max",
+}
 
 
 @dataclass
@@ -92,8 +100,9 @@ def setup_run(
         flagged = [risk >= ScanConfig.flag_threshold for risk in risks]
     encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
     encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
-    cache = reference_cache if config.reference == "cached" and config.mode != "none" else None
-    if cache is None and config.reference == "cached" and config.mode != "none":
+    uses_cache = config.reference == ReferenceMode.CACHED and config.mode != SafetyMode.NONE
+    cache = reference_cache if uses_cache else None
+    if cache is None and uses_cache:
         raise ValueError('reference="cached" needs the reference_cache of these examples')
     if cache is not None:
         cache.check(encoded)
@@ -130,6 +139,16 @@ def setup_run(
         summary=summary,
         work_dir=Path(work_dir),
     )
+
+
+def step_indices(n_examples: int, examples_per_step: int, seed: int, step: int) -> list[int]:
+    """Example indices of optimizer step ``step`` (0-based): its slice of its epoch's
+    shuffle, which is a pure function of ``(seed, epoch)``."""
+    steps_per_epoch = -(-n_examples // examples_per_step)
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    start = step_in_epoch * examples_per_step
+    return order[start : start + examples_per_step].tolist()
 
 
 def make_optimizer(
@@ -207,7 +226,8 @@ def _data_fingerprint(encoded: list[EncodedExample], risks: list[float]) -> str:
 def check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str, reference_topk: int | None) -> None:
     """Refuse to resume a checkpoint written for other data, another config or, when the KL is
     taken against a cache, a cache of another top-k (another objective). A checkpoint from
-    before the top-k was recorded carries none and is checked on data and config only."""
+    before the top-k was recorded carries none and is checked on data and config only; one
+    from before a config field was renamed (:data:`RENAMED_FIELDS`) is read with today's names."""
     if state["data_fingerprint"] != fingerprint:
         raise ValueError("checkpoint was written for other training data or risks")
     saved_topk = state.get("reference_topk", reference_topk)
@@ -216,7 +236,8 @@ def check_resumable(state: dict[str, Any], config: TrainConfig, fingerprint: str
             f"checkpoint was written against a reference cache of top-k {saved_topk}, this run's has {reference_topk}"
         )
     current = json.loads(json.dumps(asdict(config)))
-    saved = {**json.loads(json.dumps(asdict(type(config)()))), **state["config"]}  # fields added since: defaults
+    written = {RENAMED_FIELDS.get(k, k): v for k, v in state["config"].items()}
+    saved = {**json.loads(json.dumps(asdict(type(config)()))), **written}  # fields added since: defaults
     changed = sorted(k for k in current.keys() - RESUMABLE_CHANGES if saved.get(k) != current[k])
     if changed:
         raise ValueError(f"checkpoint was written with a different config: {', '.join(changed)}")

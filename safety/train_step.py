@@ -1,12 +1,12 @@
 """One optimizer step of ``safety.trainer.train``, and what it reports.
 
-:func:`run_step` takes step ``step``'s examples (:func:`step_indices`: a slice of a
+:func:`run_step` takes step ``step``'s examples (``train_state.step_indices``: a slice of a
 seeded per-epoch shuffle, a pure function of ``(seed, epoch)`` so a resumed run sees the
 same batches), gives each its ``(w_sft, w_kl)`` (:func:`example_weights`), accumulates
 the gradient of the weighted objective over micro-batches (:func:`accumulate_gradients`:
-the reference pass runs under ``torch.no_grad`` with the LoRA adapter disabled, or comes
-from the reference cache), clips it, steps the optimizer and the LR schedule, adds the
-step to the run's :class:`RunSummary` and returns its :class:`StepMetrics`.
+the reference pass runs in ``safety.reference.reference_forward``, or comes from the
+reference cache), clips it, steps the optimizer and the LR schedule, adds the
+step to the run's ``RunSummary`` and returns its ``StepMetrics`` (``safety.train_metrics``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from core.jobs.vocab import RiskWeighting, SafetyMode
 from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.objective import (
     ReferenceTopK,
@@ -29,104 +29,44 @@ from safety.objective import (
     kl_weights,
     weighted_loss,
 )
+from safety.reference import reference_forward
+from safety.train_config import TrainConfig
+from safety.train_metrics import StepMetrics
+from safety.train_state import TrainRun, step_indices
 from safety.validation import token_accuracy_counts, validation_pass
-
-if TYPE_CHECKING:
-    from safety.train_state import TrainRun
-    from safety.trainer import TrainConfig
-
-
-@dataclass(frozen=True)
-class StepMetrics:
-    """What one optimizer step did. ``step`` and ``epoch`` count from 1. ``loss`` is the
-    step's objective; ``sft_loss`` and ``kl`` are unweighted means over its answer tokens
-    (``kl`` over those of micro-batches that ran the reference pass; ``None`` if none did;
-    with ``reference="cached"`` it is the cached, lower-bound KL).
-    ``kl_weight``/``sft_weight`` are the means over the step's examples; ``kl_weight_flagged``
-    and ``kl_weight_unflagged`` the mean ``w_kl`` of its flagged / unflagged examples
-    (``None`` when it has none). ``risk`` is the ``risk_reduce`` of the examples' risks.
-    ``tokens`` counts non-padding input tokens. ``train_accuracy`` is the step's token
-    accuracy (from the training logits); ``valid_loss`` / ``valid_accuracy`` are set on
-    checkpoint steps of a run with validation examples (``safety.validation``)."""
-
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float
-    sft_loss: float
-    kl: float | None
-    kl_weight: float
-    sft_weight: float
-    risk: float
-    kl_weight_flagged: float | None
-    kl_weight_unflagged: float | None
-    tokens: int
-    tokens_per_s: float
-    lr: float
-    train_accuracy: float | None = None
-    valid_loss: float | None = None
-    valid_accuracy: float | None = None
 
 
 @dataclass
-class RunSummary:
-    """Running totals over completed steps (kept in checkpoints so resumed runs report the
-    same summary as uninterrupted ones)."""
+class StepSums:
+    """One step's sums over its micro-batches (:func:`accumulate_gradients`): the objective
+    ``loss``; the cross-entropy ``ce`` over its ``answer_tokens``; the KL ``kl`` over
+    ``kl_tokens``, the answer tokens of micro-batches with a reference pass; input ``tokens``
+    (non-padding); and the ``correct`` / ``labelled`` next-token counts of the training
+    logits."""
 
-    steps: int = 0
-    risk_sum: float = 0.0
-    regularized_steps: int = 0
-    loss_sum: float = 0.0
-    trained_tokens: int = 0
-    final_kl: float | None = None
-    flagged_kl_weight_sum: float = 0.0
-    flagged_examples: int = 0
-    unflagged_kl_weight_sum: float = 0.0
-    unflagged_examples: int = 0
+    answer_tokens: int
+    loss: float = 0.0
+    ce: float = 0.0
+    kl: float = 0.0
+    kl_tokens: int = 0
+    tokens: int = 0
+    correct: int = 0
+    labelled: int = 0
 
-    def add(self, metrics: StepMetrics, kl_weights: list[float], flagged: list[bool]) -> None:
-        """Count a completed step whose examples had ``kl_weights`` and scan flags ``flagged``."""
-        for w_kl, is_flagged in zip(kl_weights, flagged, strict=True):
-            if is_flagged:
-                self.flagged_kl_weight_sum += w_kl
-                self.flagged_examples += 1
-            else:
-                self.unflagged_kl_weight_sum += w_kl
-                self.unflagged_examples += 1
-        self.steps += 1
-        self.risk_sum += metrics.risk
-        self.regularized_steps += metrics.kl_weight > 0
-        self.loss_sum += metrics.loss
-        self.trained_tokens += metrics.tokens
-        if metrics.kl is not None:
-            self.final_kl = metrics.kl
+    @property
+    def sft_loss(self) -> float:
+        """Mean cross-entropy per answer token (0 without any)."""
+        return self.ce / max(self.answer_tokens, 1)
 
-    def report(self) -> dict[str, Any]:
-        """``mean_risk``, ``regularized_share`` (steps with ``w_kl > 0``), ``final_kl`` (last
-        measured; ``None`` if never), ``mean_loss``, ``trained_tokens``, ``steps``, and
-        ``mean_kl_weight_flagged`` / ``_unflagged``: the mean ``w_kl`` at which flagged /
-        unflagged examples were trained, over every time one was (``None`` if never)."""
-        n = max(self.steps, 1)
-        return {
-            "mean_risk": self.risk_sum / n,
-            "regularized_share": self.regularized_steps / n,
-            "final_kl": self.final_kl,
-            "mean_loss": self.loss_sum / n,
-            "trained_tokens": self.trained_tokens,
-            "steps": self.steps,
-            "mean_kl_weight_flagged": _ratio(self.flagged_kl_weight_sum, self.flagged_examples),
-            "mean_kl_weight_unflagged": _ratio(self.unflagged_kl_weight_sum, self.unflagged_examples),
-        }
+    @property
+    def mean_kl(self) -> float | None:
+        """Mean KL per answer token of the micro-batches with a reference pass; ``None`` if none had one."""
+        return self.kl / self.kl_tokens if self.kl_tokens else None
 
-
-def step_indices(n_examples: int, examples_per_step: int, seed: int, step: int) -> list[int]:
-    """Example indices of optimizer step ``step`` (0-based): its slice of its epoch's
-    shuffle, which is a pure function of ``(seed, epoch)``."""
-    steps_per_epoch = -(-n_examples // examples_per_step)
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
-    start = step_in_epoch * examples_per_step
-    return order[start : start + examples_per_step].tolist()
+    @property
+    def train_accuracy(self) -> float:
+        """Token accuracy of the training logits (0 without labelled tokens)."""
+        return self.correct / max(self.labelled, 1)
 
 
 def run_step(run: TrainRun, step: int) -> StepMetrics:
@@ -151,18 +91,18 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
         step=step + 1,
         total_steps=run.total_steps,
         epoch=step // run.steps_per_epoch + 1,
-        loss=sums["loss"],
-        sft_loss=sums["ce"] / max(sums["answer_tokens"], 1),
-        kl=sums["kl"] / sums["kl_tokens"] if sums["kl_tokens"] else None,
+        loss=sums.loss,
+        sft_loss=sums.sft_loss,
+        kl=sums.mean_kl,
         kl_weight=_mean(w_kl),
         sft_weight=_mean(w_sft),
         risk=batch_risk([risks[i] for i in indices], config.risk_reduce),
         kl_weight_flagged=_mean([w for w, i in zip(w_kl, indices) if flagged[i]]),
         kl_weight_unflagged=_mean([w for w, i in zip(w_kl, indices) if not flagged[i]]),
-        tokens=sums["tokens"],
-        tokens_per_s=sums["tokens"] / elapsed if elapsed > 0 else 0.0,
+        tokens=sums.tokens,
+        tokens_per_s=sums.tokens / elapsed if elapsed > 0 else 0.0,
         lr=lr,
-        train_accuracy=sums["correct"] / max(sums["labelled"], 1),
+        train_accuracy=sums.train_accuracy,
     )
     run.summary.add(metrics, w_kl, [flagged[i] for i in indices])
     return metrics
@@ -178,17 +118,17 @@ def with_validation(
 
 def loss_weights(config: TrainConfig, risk: float) -> tuple[float, float]:
     """``(w_sft, w_kl)`` of risk ``risk`` under ``config.mode``."""
-    if config.mode == "none":
+    if config.mode == SafetyMode.NONE:
         return 1.0, 0.0
-    if config.mode == "constant":
+    if config.mode == SafetyMode.CONSTANT:
         return 1.0 - config.constant_kl_weight, config.constant_kl_weight
-    return kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
+    return kl_weights(risk, config.kl_weight_min, config.kl_weight_max, config.sft_weight_min, config.sft_weight_max)
 
 
 def example_weights(config: TrainConfig, risks: list[float]) -> list[tuple[float, float]]:
     """``(w_sft, w_kl)`` of each example of a step: from its own risk, or (``"batch"``) all
     from the step's ``risk_reduce`` of the risks."""
-    if config.risk_weighting == "batch":
+    if config.risk_weighting == RiskWeighting.BATCH:
         return [loss_weights(config, batch_risk(risks, config.risk_reduce))] * len(risks)
     return [loss_weights(config, risk) for risk in risks]
 
@@ -201,26 +141,15 @@ def accumulate_gradients(
     weights: list[tuple[float, float]],
     batch_size: int,
     cached_rows: Callable[[list[int]], ReferenceTopK] | None = None,
-) -> dict[str, float]:
+) -> StepSums:
     """Forward and backward the step's examples (``encoded[i]`` for ``i`` in ``indices``) in
     micro-batches of ``batch_size``, the reference from ``cached_rows(indices)`` when given
-    (else its forward pass), accumulating the gradient of ``weighted_loss`` normalised by the step's answer tokens.
-    Returns the step's sums: ``loss``, ``ce``, ``kl`` (over ``kl_tokens``, the answer tokens
-    of micro-batches with a reference pass), ``answer_tokens``, input ``tokens``, and the
-    ``correct`` / ``labelled`` next-token counts of the training logits (token accuracy)."""
+    (else its forward pass), accumulating the gradient of ``weighted_loss`` normalised by the
+    step's answer tokens; the step's sums."""
     device = next(model.parameters()).device
     examples = [encoded[i] for i in indices]
     n_answer = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
-    sums = {
-        "loss": 0.0,
-        "ce": 0.0,
-        "kl": 0.0,
-        "kl_tokens": 0,
-        "answer_tokens": n_answer,
-        "tokens": 0,
-        "correct": 0,
-        "labelled": 0,
-    }
+    sums = StepSums(answer_tokens=n_answer)
     for start in range(0, len(examples), batch_size):
         micro = examples[start : start + batch_size]
         w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)
@@ -231,22 +160,22 @@ def accumulate_gradients(
             if cached_rows is not None:
                 ref_topk = cached_rows(indices[start : start + batch_size])
             else:
-                with torch.no_grad(), model.disable_adapter(), autocast(device):
+                with reference_forward(model), autocast(device):
                     ref_logits = model(**inputs).logits
         with autocast(device):
             logits = model(**inputs).logits
         ce, kl, answer_tokens = example_sums(logits, batch["labels"], ref_logits, ref_topk)
         correct, labelled = token_accuracy_counts(logits.detach(), batch["labels"])
-        sums["correct"] += correct
-        sums["labelled"] += labelled
+        sums.correct += correct
+        sums.labelled += labelled
         loss = weighted_loss(ce, kl, w_sft, w_kl, n_answer)
         loss.backward()
-        sums["loss"] += loss.item()
-        sums["ce"] += ce.sum().item()
+        sums.loss += loss.item()
+        sums.ce += ce.sum().item()
         if kl is not None:
-            sums["kl"] += kl.sum().item()
-            sums["kl_tokens"] += int(answer_tokens.sum())
-        sums["tokens"] += int(batch["attention_mask"].sum())
+            sums.kl += kl.sum().item()
+            sums.kl_tokens += int(answer_tokens.sum())
+        sums.tokens += int(batch["attention_mask"].sum())
     return sums
 
 
@@ -257,8 +186,4 @@ def autocast(device: torch.device) -> Any:
 
 
 def _mean(values: list[float]) -> float | None:
-    return _ratio(sum(values), len(values))
-
-
-def _ratio(total: float, n: int) -> float | None:
-    return total / n if n else None
+    return sum(values) / len(values) if values else None

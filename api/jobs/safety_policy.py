@@ -8,8 +8,8 @@ may ask anything the schema allows (ablations such as ``mode: none``):
   ``constant``). ``none`` (plain SFT, no regularization) is open to customer keys only where
   the operator lists it.
 * **KL weight** — a customer may only move toward more regularization: ``kl_weight.min`` at
-  or above the operator's floor ``GUARDTUNE_KL_WEIGHT_LO``, ``kl_weight.max`` at or above
-  the operator's ceiling ``GUARDTUNE_KL_WEIGHT_HI`` (a lower ceiling would weaken the
+  or above the operator's floor ``GUARDTUNE_KL_WEIGHT_MIN``, ``kl_weight.max`` at or above
+  the operator's ceiling ``GUARDTUNE_KL_WEIGHT_MAX`` (a lower ceiling would weaken the
   defence on exactly the harmful examples), and ``constant_kl_weight`` at or above the floor.
 * **flagged share** — ``max_flagged_fraction`` may only be lower than
   ``GUARDTUNE_MAX_FLAGGED_FRACTION`` (when the operator set one); the job keeps the
@@ -40,7 +40,7 @@ def resolve_safety(
     after checking it against the policy (customer keys; ``org_modes`` is the organization's
     override of the allowed modes) and the deployment (judge)."""
     s = requested or SafetyIn()
-    floor, ceiling = settings.kl_weight_lo, settings.kl_weight_hi
+    floor, ceiling = settings.kl_weight_min, settings.kl_weight_max
     bounds = s.kl_weight or KlWeightBounds(min=floor, max=ceiling)
     constant = s.constant_kl_weight if "constant_kl_weight" in s.model_fields_set else max(CONSTANT_KL_WEIGHT, floor)
     operator_share = settings.max_flagged_fraction
@@ -57,19 +57,19 @@ def resolve_safety(
             _refuse(
                 "safety.kl_weight.min",
                 f"kl_weight.min {bounds.min} is below the operator's floor {floor}",
-                f"GUARDTUNE_KL_WEIGHT_LO={floor}; a customer may only raise it",
+                f"GUARDTUNE_KL_WEIGHT_MIN={floor}; a customer may only raise it",
             )
         if bounds.max < ceiling:
             _refuse(
                 "safety.kl_weight.max",
                 f"kl_weight.max {bounds.max} is below the operator's ceiling {ceiling}",
-                f"GUARDTUNE_KL_WEIGHT_HI={ceiling}; a customer may only raise it",
+                f"GUARDTUNE_KL_WEIGHT_MAX={ceiling}; a customer may only raise it",
             )
         if s.mode == "constant" and constant < floor:
             _refuse(
                 "safety.constant_kl_weight",
                 f"constant_kl_weight {constant} is below the operator's floor {floor}",
-                f"GUARDTUNE_KL_WEIGHT_LO={floor}",
+                f"GUARDTUNE_KL_WEIGHT_MIN={floor}",
             )
         if share is not None and operator_share is not None and share > operator_share:
             _refuse(

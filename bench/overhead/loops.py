@@ -54,8 +54,7 @@ def plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     from peft import get_peft_model
 
     from safety.data import collate
-    from safety.train_state import lora_config, make_optimizer
-    from safety.train_step import step_indices
+    from safety.train_state import lora_config, make_optimizer, step_indices
 
     encoded = encode(tokenizer, examples, config)
     torch.manual_seed(config.seed)
@@ -133,14 +132,14 @@ def kl_gap(model, tokenizer, encoded) -> dict[str, Any]:
 
     from safety.data import collate
     from safety.objective import example_sums
-    from safety.reference import compute_reference_cache
+    from safety.reference import compute_reference_cache, reference_forward
 
     out: dict[str, Any] = {}
     with torch.no_grad():
         batch = {k: v.to(args_device(model)) for k, v in collate(encoded, tokenizer.pad_token_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         logits = model(**inputs).logits
-        with model.disable_adapter():
+        with reference_forward(model):
             ref_logits = model(**inputs).logits
             caches = {k: compute_reference_cache(model, encoded, tokenizer.pad_token_id, k) for k in TOPKS}
         _, exact, n = example_sums(logits, batch["labels"], ref_logits)
@@ -194,8 +193,7 @@ def paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, ex
     from safety.data import collate
     from safety.objective import batch_risk, kl_weights, sft_loss, token_kl
     from safety.scan import scan_dataset, trained_turns
-    from safety.train_state import lora_config, make_optimizer
-    from safety.train_step import step_indices
+    from safety.train_state import lora_config, make_optimizer, step_indices
 
     probe = bench_probe(ref, tokenizer, args, extra)
     # For comparison: the probe-only scan every guardtune job runs (what an SFT-mode or an
@@ -225,7 +223,9 @@ def paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, ex
             scoring_s += time.perf_counter() - s
             scoring_cpu_s += time.process_time() - c
         risks_seen.append(risk)
-        w_sft, w_kl = kl_weights(risk, config.kl_lo, config.kl_hi, config.sft_lo, config.sft_hi)
+        w_sft, w_kl = kl_weights(
+            risk, config.kl_weight_min, config.kl_weight_max, config.sft_weight_min, config.sft_weight_max
+        )
         batch = {
             k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()
         }

@@ -23,7 +23,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from safety.base_models import DEFAULT_BASE_MODEL, load_base_model
-    from safety.trainer import TrainConfig
+    from safety.train_config import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,8 +39,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     total = args.warmup + args.steps
     config = TrainConfig(
         mode="adaptive",
-        kl_lo=0.0 if variant == "c" else 0.1,
-        kl_hi=0.9,
+        kl_weight_min=0.0 if variant == "c" else 0.1,
+        kl_weight_max=0.9,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         seed=args.seed,

@@ -5,10 +5,10 @@ Variants (each in a fresh Python subprocess, so peak RSS is per variant):
 
 * ``a``        standard SFT: a plain PEFT loop written here (HF's built-in LM loss), harmful-ish data.
 * ``a_benign`` the same plain loop on the benign data set: the baseline of ``c`` (same tokens).
-* ``b``        ``safety.trainer.train``, mode ``adaptive``, the paper's bounds (``kl_lo=0.1``),
+* ``b``        ``safety.trainer.train``, mode ``adaptive``, the paper's bounds (``kl_weight_min=0.1``),
                harmful-ish data with risk 5 on every example: ``w_kl = 0.9``, one reference
                pass (adapter disabled, same weights) every step.
-* ``c``        ``safety.trainer.train``, mode ``adaptive``, ``kl_lo=0``, benign data with risk 1:
+* ``c``        ``safety.trainer.train``, mode ``adaptive``, ``kl_weight_min=0``, benign data with risk 1:
                ``w_kl = 0``, the reference pass is skipped.
 * ``e``        ``safety.trainer.train``, mode ``adaptive``, ``reference="cached"``, harmful-ish data with
                risk 5 (``w_kl = 0.9``): the scan as the worker runs it for a cached job, one

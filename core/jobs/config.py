@@ -2,9 +2,9 @@
 default defined here once.
 
 * The paper's bounds of the adaptive objective (``w_kl = clamp((r − 2) / 3, 0.1, 0.9)``,
-  ``w_sft = clamp(1 − w_kl, 0.1, 0.9)``) are :data:`KL_WEIGHT_LO` … :data:`SFT_WEIGHT_HI`:
-  ``safety.objective`` and ``safety.trainer`` default to them, and the operator's
-  ``GUARDTUNE_KL_WEIGHT_LO`` / ``_HI`` default to them.
+  ``w_sft = clamp(1 − w_kl, 0.1, 0.9)``) are :data:`KL_WEIGHT_MIN` … :data:`SFT_WEIGHT_MAX`:
+  ``safety.objective`` and ``safety.train_config`` default to them, and the operator's
+  ``GUARDTUNE_KL_WEIGHT_MIN`` / ``_MAX`` (a job's ``kl_weight.min`` / ``.max``) default to them.
 * :class:`SafetyConfig` is a job's resolved safety configuration. The API fills a request in
   from the operator's settings at creation (``api.jobs.safety_policy``) and stores every
   field; :meth:`SafetyConfig.stored` reads a stored one back, where a field missing from an
@@ -32,8 +32,8 @@ from core.jobs.vocab import AsrSource, Estimator, ReferenceMode, RiskWeighting, 
 from core.vocab import AS_LITERAL
 
 # The adaptive objective's clamps (the paper's) and the constant mode's KL weight.
-KL_WEIGHT_LO, KL_WEIGHT_HI = 0.1, 0.9
-SFT_WEIGHT_LO, SFT_WEIGHT_HI = 0.1, 0.9
+KL_WEIGHT_MIN, KL_WEIGHT_MAX = 0.1, 0.9
+SFT_WEIGHT_MIN, SFT_WEIGHT_MAX = 0.1, 0.9
 CONSTANT_KL_WEIGHT = 0.5
 FLAG_THRESHOLD = 4.0  # the scan flags an example whose risk (1–5) reaches this
 DEFAULT_MODE = SafetyMode.ADAPTIVE
@@ -86,8 +86,8 @@ INFER_BATCH_WAIT_MS = 5.0
 class OperatorDefaults(Protocol):
     """What creation fills in from the operator's settings (``core.settings.Settings``)."""
 
-    kl_weight_lo: float
-    kl_weight_hi: float
+    kl_weight_min: float
+    kl_weight_max: float
     risk_weighting: RiskWeighting
     max_flagged_fraction: float | None
 
@@ -112,7 +112,7 @@ class SafetyConfig(BaseModel):
 
     mode: Annotated[SafetyMode, AS_LITERAL] = DEFAULT_MODE
     estimator: Annotated[Estimator, AS_LITERAL] = DEFAULT_ESTIMATOR
-    kl_weight: KlWeightBounds = Field(default_factory=lambda: KlWeightBounds(min=KL_WEIGHT_LO, max=KL_WEIGHT_HI))
+    kl_weight: KlWeightBounds = Field(default_factory=lambda: KlWeightBounds(min=KL_WEIGHT_MIN, max=KL_WEIGHT_MAX))
     constant_kl_weight: float = Field(CONSTANT_KL_WEIGHT, ge=0, le=1)
     risk_weighting: Annotated[RiskWeighting, AS_LITERAL] = DEFAULT_RISK_WEIGHTING
     reference: Annotated[ReferenceMode, AS_LITERAL] = STORED_REFERENCE
@@ -124,7 +124,7 @@ class SafetyConfig(BaseModel):
         in from ``operator`` (the settings), or as this class's defaults without one."""
         data = dict(data or {})
         if operator is not None:
-            data.setdefault("kl_weight", {"min": operator.kl_weight_lo, "max": operator.kl_weight_hi})
+            data.setdefault("kl_weight", {"min": operator.kl_weight_min, "max": operator.kl_weight_max})
             data.setdefault("risk_weighting", operator.risk_weighting)
             data.setdefault("max_flagged_fraction", operator.max_flagged_fraction)
         return cls.model_validate(data)

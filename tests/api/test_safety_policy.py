@@ -9,7 +9,7 @@ import pytest
 
 from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth
 
-API_ENV = {"GUARDTUNE_MAX_FLAGGED_FRACTION": "0.3", "GUARDTUNE_KL_WEIGHT_LO": "0.2"}
+API_ENV = {"GUARDTUNE_MAX_FLAGGED_FRACTION": "0.3", "GUARDTUNE_KL_WEIGHT_MIN": "0.2"}
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,9 @@ def customer(sdk, tenant):
     ("safety", "param", "policy"),
     [
         ({"mode": "none"}, "safety.mode", "GUARDTUNE_ALLOWED_MODES=adaptive,constant"),
-        ({"kl_weight": {"min": 0.1, "max": 0.9}}, "safety.kl_weight.min", "GUARDTUNE_KL_WEIGHT_LO=0.2"),
-        ({"kl_weight": {"min": 0.2, "max": 0.5}}, "safety.kl_weight.max", "GUARDTUNE_KL_WEIGHT_HI=0.9"),
-        ({"mode": "constant", "constant_kl_weight": 0.1}, "safety.constant_kl_weight", "GUARDTUNE_KL_WEIGHT_LO=0.2"),
+        ({"kl_weight": {"min": 0.1, "max": 0.9}}, "safety.kl_weight.min", "GUARDTUNE_KL_WEIGHT_MIN=0.2"),
+        ({"kl_weight": {"min": 0.2, "max": 0.5}}, "safety.kl_weight.max", "GUARDTUNE_KL_WEIGHT_MAX=0.9"),
+        ({"mode": "constant", "constant_kl_weight": 0.1}, "safety.constant_kl_weight", "GUARDTUNE_KL_WEIGHT_MIN=0.2"),
         ({"max_flagged_fraction": 0.5}, "safety.max_flagged_fraction", "GUARDTUNE_MAX_FLAGGED_FRACTION=0.3"),
         ({"risk_weighting": "batch"}, "safety.risk_weighting", "GUARDTUNE_RISK_WEIGHTING=example"),
         ({"reference": "exact"}, "safety.reference", "GUARDTUNE_REFERENCE=cached"),

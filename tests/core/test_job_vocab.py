@@ -42,12 +42,12 @@ def test_safety_defaults_are_the_papers_and_one_definition():
     wire = SafetyIn()
     assert (wire.mode, wire.estimator, wire.constant_kl_weight) == (default.mode, default.estimator, 0.5)
     settings = Settings()
-    assert (settings.kl_weight_lo, settings.kl_weight_hi) == (config.KL_WEIGHT_LO, config.KL_WEIGHT_HI)
+    assert (settings.kl_weight_min, settings.kl_weight_max) == (config.KL_WEIGHT_MIN, config.KL_WEIGHT_MAX)
 
 
 def test_a_stored_safety_config_fills_missing_fields_as_creation_would():
     class Operator:
-        kl_weight_lo, kl_weight_hi, risk_weighting, max_flagged_fraction = 0.2, 0.95, "batch", 0.3
+        kl_weight_min, kl_weight_max, risk_weighting, max_flagged_fraction = 0.2, 0.95, "batch", 0.3
 
     stored = SafetyConfig.stored({"mode": "constant", "estimator": "judge"}, Operator())
     assert (stored.kl_weight.min, stored.kl_weight.max) == (0.2, 0.95)

@@ -38,6 +38,21 @@ def test_production_refuses_insecure_secret(monkeypatch):
     assert Settings().secret_key != INSECURE_SECRET
 
 
+def test_the_renamed_kl_weight_settings_are_refused_under_their_old_names(monkeypatch):
+    """An operator's bound set under a name from before the rename is never silently dropped."""
+    monkeypatch.setenv("GUARDTUNE_KL_WEIGHT_LO", "0.3")
+    with pytest.raises(ValidationError, match="GUARDTUNE_KL_WEIGHT_LO is now GUARDTUNE_KL_WEIGHT_MIN"):
+        Settings()
+    monkeypatch.delenv("GUARDTUNE_KL_WEIGHT_LO")
+    monkeypatch.setenv("guardtune_kl_weight_hi", "0.95")
+    with pytest.raises(ValidationError, match="GUARDTUNE_KL_WEIGHT_HI is now GUARDTUNE_KL_WEIGHT_MAX"):
+        Settings()
+    monkeypatch.delenv("guardtune_kl_weight_hi")
+    monkeypatch.setenv("GUARDTUNE_KL_WEIGHT_MIN", "0.3")
+    monkeypatch.setenv("GUARDTUNE_KL_WEIGHT_MAX", "0.95")
+    assert (Settings().kl_weight_min, Settings().kl_weight_max) == (0.3, 0.95)
+
+
 def test_torch_threads_must_be_positive(monkeypatch):
     monkeypatch.setenv("GUARDTUNE_TORCH_THREADS", "0")
     with pytest.raises(ValidationError, match="torch_threads"):

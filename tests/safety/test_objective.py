@@ -30,10 +30,11 @@ def test_kl_weights_follow_the_paper(risk: float, expected: tuple[float, float])
 
 
 def test_kl_weights_bounds_are_configurable() -> None:
-    assert kl_weights(1.0, lo=0.0) == (0.9, 0.0)  # benign batch: no KL term at all
-    assert kl_weights(2.0, lo=0.0) == (0.9, 0.0)
-    assert kl_weights(5.0, lo=0.0, hi=1.0, sft_lo=0.0, sft_hi=1.0) == (0.0, 1.0)
-    assert kl_weights(1.0, lo=0.0, sft_hi=1.0) == (1.0, 0.0)
+    assert kl_weights(1.0, kl_weight_min=0.0) == (0.9, 0.0)  # benign batch: no KL term at all
+    assert kl_weights(2.0, kl_weight_min=0.0) == (0.9, 0.0)
+    bounds = dict(kl_weight_min=0.0, kl_weight_max=1.0, sft_weight_min=0.0, sft_weight_max=1.0)
+    assert kl_weights(5.0, **bounds) == (0.0, 1.0)
+    assert kl_weights(1.0, kl_weight_min=0.0, sft_weight_max=1.0) == (1.0, 0.0)
     with pytest.raises(ValueError):
         kl_weights(math.nan)
 

@@ -11,10 +11,12 @@ import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
+from core.jobs.vocab import ReferenceMode, RiskWeighting, SafetyMode
 from safety.checkpoints import load_adapter, read_trainer_state
 from safety.data import IGNORE_INDEX, collate, encode_chat, encode_example
-from safety.train_state import lora_config
-from safety.trainer import StepMetrics, TrainConfig, mean_kl, train
+from safety.train_config import TrainConfig, TrainOutcome
+from safety.train_state import check_resumable, lora_config
+from safety.trainer import StepMetrics, mean_kl, train
 
 FAST = TrainConfig(
     mode="adaptive",
@@ -178,7 +180,9 @@ def test_reference_pass_runs_only_when_kl_weight_is_positive(
         return original(self)
 
     monkeypatch.setattr(PeftModel, "disable_adapter", counting_disable_adapter)
-    config = dataclasses.replace(FAST, mode=mode, kl_lo=0.0, batch_size=batch_size, grad_accum_steps=2 // batch_size)
+    config = dataclasses.replace(
+        FAST, mode=mode, kl_weight_min=0.0, batch_size=batch_size, grad_accum_steps=2 // batch_size
+    )
     metrics: list[StepMetrics] = []
     train(model, tokenizer, chat_examples, risks, config, work_dir=tmp_path, on_step=metrics.append)
 
@@ -318,6 +322,39 @@ def test_resume_refuses_other_data_or_config(load_tiny, chat_examples, tmp_path:
         resume(3.0, dataclasses.replace(config, learning_rate=1.0))
 
 
+def test_a_checkpoint_naming_the_bounds_as_an_earlier_version_did_resumes() -> None:
+    """Checkpoints written before the bounds were renamed call them kl_lo … sft_hi."""
+    config = dataclasses.replace(FAST, kl_weight_min=0.2, sft_weight_max=0.8)
+    written = json.loads(json.dumps(dataclasses.asdict(config)))
+    earlier = {
+        "kl_weight_min": "kl_lo",
+        "kl_weight_max": "kl_hi",
+        "sft_weight_min": "sft_lo",
+        "sft_weight_max": "sft_hi",
+    }
+    state = {"data_fingerprint": "data", "config": {earlier.get(k, k): v for k, v in written.items()}}
+    check_resumable(state, config, "data", None)
+    with pytest.raises(ValueError, match="different config: kl_weight_min"):
+        check_resumable(state, dataclasses.replace(config, kl_weight_min=0.3), "data", None)
+
+
+def test_the_config_holds_its_safety_words_as_enums() -> None:
+    config = TrainConfig(mode="constant", risk_weighting="batch", reference="cached")
+    assert (config.mode, config.risk_weighting, config.reference) == (
+        SafetyMode.CONSTANT,
+        RiskWeighting.BATCH,
+        ReferenceMode.CACHED,
+    )
+    assert json.loads(json.dumps(dataclasses.asdict(config)))["mode"] == "constant"
+    for field, value, message in (
+        ("mode", "sft", "unknown training mode 'sft'"),
+        ("risk_weighting", "token", "unknown risk weighting 'token'"),
+        ("reference", "lazy", "unknown reference 'lazy'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**{field: value})
+
+
 def test_cancel_stops_within_one_step(load_tiny, chat_examples, tmp_path: Path) -> None:
     model, tokenizer = load_tiny()
     metrics: list[StepMetrics] = []
@@ -331,7 +368,7 @@ def test_cancel_stops_within_one_step(load_tiny, chat_examples, tmp_path: Path) 
         on_step=metrics.append,
         should_cancel=lambda: len(metrics) >= 2,
     )
-    assert result.cancelled and result.steps == 2 and len(metrics) == 2
+    assert result.outcome == TrainOutcome.CANCELLED and result.steps == 2 and len(metrics) == 2
     assert result.adapter_dir is None and not (tmp_path / "adapter").exists()
     assert not result.model.training
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from safety.checkpoints import read_trainer_state
 from safety.data import IGNORE_INDEX, encode_example
-from safety.trainer import StepMetrics, TrainConfig, train
+from safety.train_config import TrainConfig, TrainOutcome
+from safety.trainer import StepMetrics, train
 from safety.validation import token_accuracy_counts, validation_pass
 
 CONFIG = TrainConfig(
@@ -101,7 +102,7 @@ def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, c
         should_pause=lambda: len(first) == 6,
         validation=chat_examples[:2],
     )
-    assert paused.paused and not paused.cancelled and paused.steps == 6 and paused.adapter_dir is None
+    assert paused.outcome == TrainOutcome.PAUSED and paused.steps == 6 and paused.adapter_dir is None
     assert saved == [4, 6] and paused.checkpoint_dir.name == "step-000006"  # step 6 is not a regular checkpoint
     assert read_trainer_state(paused.checkpoint_dir)["step"] == 6
 
@@ -137,4 +138,4 @@ def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, c
         resume_dir=paused.checkpoint_dir,
         should_pause=lambda: True,
     )
-    assert again.paused and again.steps == 6 and again.checkpoint_dir is None
+    assert again.outcome == TrainOutcome.PAUSED and again.steps == 6 and again.checkpoint_dir is None

@@ -6,7 +6,7 @@ file trained ``adaptive`` (released) and ``none`` (blocked).
 A tiny random model cannot learn the project's 40 varied refusals in seconds, so the test's
 operator settings make the outcome a property of the method rather than of luck: the aligned
 variant is trained on one fixed refusal (``GUARDTUNE_ALIGN_OPTIONS``), the operator's KL floor
-is 0.9 (``GUARDTUNE_KL_WEIGHT_LO``: adaptive runs stay close to the aligned reference) and the
+is 0.9 (``GUARDTUNE_KL_WEIGHT_MIN``: adaptive runs stay close to the aligned reference) and the
 jobs train 12 epochs at the highest learning rate multiplier (10), enough for unregularized SFT
 to move a tiny model all the way.
 
@@ -68,7 +68,7 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
             "GUARDTUNE_LOG_JSON": "false",
             **small_pipeline_env(confident_tiny_model),
             "GUARDTUNE_ALIGN_OPTIONS": json.dumps(TINY_ALIGNMENT),
-            "GUARDTUNE_KL_WEIGHT_LO": "0.9",
+            "GUARDTUNE_KL_WEIGHT_MIN": "0.9",
             "GUARDTUNE_CHECKPOINT_EVERY": "50",  # checkpoints every 2 steps (the small pipeline) cost seconds a job
             "GUARDTUNE_TORCH_THREADS": "1",  # one thread: the same arithmetic on idle and busy cores
             # 40 harmful eval prompts (the small pipeline's 4 make one prompt 25 points) and a gate

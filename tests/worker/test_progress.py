@@ -9,7 +9,7 @@ from core.db import session_scope
 from core.jobs.transitions import transition
 from core.jobs.vocab import JobStatus
 from core.models import Job
-from safety.train_step import StepMetrics
+from safety.train_metrics import StepMetrics
 from tests.worker.conftest import create_job, demo_lines
 from worker.pipeline.train import Progress
 

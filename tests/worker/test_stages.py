@@ -60,19 +60,20 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
         # the random tiny probe's risks are saturated, 1 or 5 (which lines, depends on the recipe's
         # prompt sets): an unflagged line is trained at w_kl(1), the operator's floor 0.1, a flagged
         # one at w_kl(5) = 0.9, and each step's means say so
-        from core.jobs.config import FLAG_THRESHOLD, KL_WEIGHT_HI, KL_WEIGHT_LO
+        from core.jobs.config import FLAG_THRESHOLD, KL_WEIGHT_MAX, KL_WEIGHT_MIN
         from worker.pipeline.resources import read_scan_risks
 
         risks, flagged = read_scan_risks(job)
         assert len(risks) == 16 and set(risks) <= {1.0, 5.0} and flagged == [r >= FLAG_THRESHOLD for r in risks]
         assert sum(flagged) < 8 and report.scan["n_flagged"] == sum(flagged)
         for m in metrics:
-            assert m["kl_weight_flagged"] in (None, pytest.approx(KL_WEIGHT_HI))
-            assert m["kl_weight_unflagged"] in (None, pytest.approx(KL_WEIGHT_LO))
+            assert m["kl_weight_flagged"] in (None, pytest.approx(KL_WEIGHT_MAX))
+            assert m["kl_weight_unflagged"] in (None, pytest.approx(KL_WEIGHT_MIN))
         steps_with_flagged = sum(m["kl_weight_flagged"] is not None for m in metrics)  # one epoch: each line once
         assert (steps_with_flagged > 0) == any(flagged) and steps_with_flagged <= sum(flagged)
         assert (report.training["mean_kl_weight_flagged"] is None) == (not any(flagged))
-        assert report.training["mean_kl_weight_unflagged"] == pytest.approx(KL_WEIGHT_LO)
+        assert report.training["mean_kl_weight_unflagged"] == pytest.approx(KL_WEIGHT_MIN)
+        assert report.training["kl_weight"] == {"min": KL_WEIGHT_MIN, "max": KL_WEIGHT_MAX}
         released = session.get(ReleasedModel, job.fine_tuned_model)
         assert get_store().list(released.storage_prefix + "/")
         actions = [a for a in session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id))]

@@ -20,7 +20,7 @@ from core.db import session_scope
 from core.ids import new_id
 from core.jobs.config import BASE_LEARNING_RATE, Hyperparameters, SafetyConfig
 from core.jobs.transitions import update_live
-from core.jobs.vocab import JobStage, JobStatus
+from core.jobs.vocab import JobStage, JobStatus, ReferenceMode
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -40,15 +40,15 @@ from worker.pipeline.resources import (
 
 def train_config(job: Job, max_seq_len: int) -> Any:
     """The trainer's config from the job (hyperparameters, safety) and operator settings."""
-    from safety.trainer import TrainConfig
+    from safety.train_config import TrainConfig
 
     settings = get_settings()
     hp, safety = Hyperparameters.model_validate(job.hyperparameters or {}), SafetyConfig.stored(job.safety, settings)
     return TrainConfig(
         mode=safety.mode,
         constant_kl_weight=safety.constant_kl_weight,
-        kl_lo=safety.kl_weight.min,
-        kl_hi=safety.kl_weight.max,
+        kl_weight_min=safety.kl_weight.min,
+        kl_weight_max=safety.kl_weight.max,
         risk_weighting=safety.risk_weighting,
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
@@ -56,11 +56,12 @@ def train_config(job: Job, max_seq_len: int) -> Any:
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
-        reference="cached" if uses_cache(job) else "exact",
+        reference=ReferenceMode.CACHED if uses_cache(job) else ReferenceMode.EXACT,
     )
 
 
 def run(job_id: str) -> None:
+    from safety.train_config import TrainOutcome
     from safety.trainer import train
 
     with session_scope() as session:
@@ -78,7 +79,7 @@ def run(job_id: str) -> None:
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
     config = train_config(job, token_limit(model))
-    cache = load_or_build(job, model, tokenizer, examples) if config.reference == "cached" else None
+    cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
     workdir = work_dir(job_id)
     resume_dir = None
     if last is not None:
@@ -102,7 +103,7 @@ def run(job_id: str) -> None:
         validation=validation,
         reference_cache=cache,
     )
-    if result.paused:
+    if result.outcome == TrainOutcome.PAUSED:
         shutil.rmtree(workdir, ignore_errors=True)  # before a resumed run may take the job's work dir
         with session_scope() as session:  # the event tells the truth: the lease goes with it
             jobstate.release_lease(job_id, session)
@@ -113,7 +114,7 @@ def run(job_id: str) -> None:
                 "its checkpoint is saved and the worker is free",
             )
         raise Paused(job_id)
-    if result.cancelled:
+    if result.outcome == TrainOutcome.CANCELLED:
         with session_scope() as session:
             jobstate.add_event(
                 session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled"
@@ -125,7 +126,7 @@ def run(job_id: str) -> None:
         report.training = {
             **result.summary,
             "mode": config.mode,
-            "kl_bounds": [config.kl_lo, config.kl_hi],
+            "kl_weight": {"min": config.kl_weight_min, "max": config.kl_weight_max},
             "risk_weighting": config.risk_weighting,
             "reference": config.reference,
         }
