@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.keycache import KEYS
-from core.apikeys import hash_key
 from core.db import new_session
 from core.errors import AuthenticationError, PermissionDenied
 from core.models import ApiKey, now
+from core.orgs.apikeys import hash_key
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, get_store
 

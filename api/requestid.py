@@ -3,7 +3,7 @@
 A client-sent ``x-request-id`` is kept when it is sane (1–128 characters of
 ``A-Z a-z 0-9 . _ : - + = /``); otherwise the server makes one (``req_`` + 32 hex digits).
 While the request runs the id is bound in structlog's context variables, so every log
-line of the request and every audit record it writes (``core.audit``) carry it; one
+line of the request and every audit record it writes (:mod:`core.audit.service`) carry it; one
 ``request`` log line per request records method, path, status and duration."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import httpx
 from core.chat import AdapterRef, InferenceTarget
 from core.errors import GuardtuneError
 from core.logging import get_logger
-from core.releases import dir_sha256
+from core.releases.digests import dir_sha256
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, download_dir, get_store
 

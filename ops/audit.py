@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
-from sqlalchemy import func, or_, select
 
-from core import audit as audit_log
-from core import audit_anchors as anchors
-from core.models import AuditRecord, ReleasedModel
+from core.audit import anchors
+from core.audit import service as audit_log
+from core.audit.repository import AuditRepository
+from core.models import AuditRecord
+from core.releases.repository import ReleaseRepository
 from core.settings import get_settings
 from ops.common import db
 from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, progress_bar, render
@@ -23,7 +24,6 @@ from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_er
 app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 
 COLUMNS = ["seq", "created_at", "actor", "action", "target", "details"]
-_BATCH = 1000
 
 
 def record_dict(rec: AuditRecord) -> dict[str, Any]:
@@ -67,18 +67,8 @@ def tail(
 ) -> None:
     """The latest N records, oldest first."""
     with db() as session:
-        rows = _table_rows(session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(n)))[::-1]
+        rows = _table_rows(AuditRepository(session).latest(n))
     render(rows, COLUMNS, as_json=as_json, title="audit log", empty="the audit log is empty")
-
-
-def _related_targets(session, target: str) -> set[str]:
-    """A job and the model released from it are one story: show both."""
-    targets = {target}
-    for released in session.scalars(
-        select(ReleasedModel).where(or_(ReleasedModel.job_id == target, ReleasedModel.id == target))
-    ):
-        targets |= {released.id, released.job_id}
-    return targets
 
 
 @app.command("show")
@@ -95,15 +85,11 @@ def show(
     if not (target or actor or action):
         raise typer.BadParameter("give at least one of --target, --actor, --action")
     with db() as session:
-        query = select(AuditRecord)
-        if target:
-            targets = {target} if exact else _related_targets(session, target)
-            query = query.where(AuditRecord.target.in_(sorted(targets)))
-        if actor:
-            query = query.where(AuditRecord.actor == actor)
-        if action:
-            query = query.where(AuditRecord.action == action)
-        rows = _table_rows(session.scalars(query.order_by(AuditRecord.seq).limit(limit)))
+        targets = None
+        if target:  # a job and the model released from it are one story: show both
+            targets = {target} if exact else ReleaseRepository.for_operator(session).related_ids(target)
+        records = AuditRepository(session).matching(targets=targets, actor=actor, action=action, limit=limit)
+        rows = _table_rows(records)
     render(rows, COLUMNS, as_json=as_json, title=f"audit: {target or actor or action}", empty="no matching records")
 
 
@@ -125,12 +111,7 @@ def export(
     n = 0
     try:
         with db() as session:
-            query = select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=_BATCH)
-            if start is not None:
-                query = query.where(AuditRecord.created_at >= start)
-            if end is not None:
-                query = query.where(AuditRecord.created_at < end)
-            for rec in session.scalars(query):
+            for rec in AuditRepository(session).walk(since=start, until=end):
                 line = json.dumps(record_dict(rec), separators=(",", ":"), default=str)
                 if out:
                     out.write(line + "\n")
@@ -166,22 +147,6 @@ class _Row:
 
     def __init__(self, data: dict[str, Any]):
         self.__dict__.update(data)
-
-
-def _walk(records: Iterable[Any], prev: str) -> tuple[audit_log.VerifyResult, Any]:
-    """:func:`core.audit.verify`, starting from ``prev``; also returns the last good record."""
-    n, last = 0, None
-    for rec in records:
-        n += 1
-        if rec.prev_hash != prev:
-            return audit_log.VerifyResult(
-                False, n, rec.seq, "prev_hash does not match the previous record's hash"
-            ), last
-        body = audit_log.canonical(rec.created_at, rec.actor, rec.action, rec.target, rec.details)
-        if audit_log.chain_hash(prev, body) != rec.hash:
-            return audit_log.VerifyResult(False, n, rec.seq, "hash does not match the record's contents"), last
-        prev, last = rec.hash, rec
-    return audit_log.VerifyResult(True, n), last
 
 
 def _read_export(path: Path) -> Iterator[_Row]:
@@ -227,7 +192,7 @@ def _anchor_problem(session, last: Any) -> tuple[str | None, int | None]:
             f"the newest anchor (seq {stored.seq}) has an invalid signature: forged, or another secret key",
             stored.seq,
         )
-    found = session.scalar(select(AuditRecord.hash).where(AuditRecord.seq == stored.seq))
+    found = AuditRepository(session).hash_at(stored.seq)
     if found is None:
         end = last.seq if last is not None else "no records"
         return (
@@ -276,23 +241,22 @@ def verify(
             if rows and first_prev != audit_log.GENESIS:
                 anchored_at = rows[0].seq
             task = progress.add_task("verifying export", total=len(rows))
-            result, last = _walk(_counted(rows, progress, task), first_prev)
+            seen = _Last()
+            result = audit_log.verify(seen.track(_counted(rows, progress, task)), first_prev)
+            last = seen.last if result.ok else None
             if result.ok and expect_head:
                 problem = _expect_head_problem({r.hash for r in rows}, expect_head, last)
         else:
             with db() as session:
-                total = session.scalar(select(func.count()).select_from(AuditRecord)) or 0
-                task = progress.add_task("verifying audit chain", total=total)
-                records = session.scalars(
-                    select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=_BATCH)
-                )
+                repo = AuditRepository(session)
+                task = progress.add_task("verifying audit chain", total=repo.count())
                 seen = _Last()
-                result = audit_log.verify(seen.track(_counted(records, progress, task)))
+                result = audit_log.verify(seen.track(_counted(repo.walk(), progress, task)))
                 last = seen.last if result.ok else None
                 if result.ok:
                     problem, anchor_seq = _anchor_problem(session, last)
                 if result.ok and not problem and expect_head:
-                    found = session.scalar(select(AuditRecord.seq).where(AuditRecord.hash == expect_head))
+                    found = repo.has_hash(expect_head)
                     problem = _expect_head_problem({expect_head} if found else set(), expect_head, last)
 
     summary = {

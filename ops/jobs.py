@@ -11,8 +11,10 @@ from sqlalchemy import func, select
 
 from core.errors import NotFound
 from core.jobs.vocab import TERMINAL, JobStage, JobStatus
-from core.models import Checkpoint, Job, JobEvent, Organization, ReleasedModel, SafetyReport
-from core.orgs import find_org
+from core.models import Checkpoint, Job, JobEvent, Organization, SafetyReport
+from core.orgs.service import OrgService
+from core.releases.repository import ReleaseRepository
+from core.settings import get_settings
 from ops.common import db
 from ops.output import JsonOpt, console, fmt_time, fmt_value, handle_errors, render, render_record
 
@@ -61,7 +63,7 @@ def list_(
     with db() as session:
         query = select(Job, Organization.name).join(Organization, Organization.id == Job.org_id)
         if org is not None:
-            query = query.where(Job.org_id == find_org(session, org).id)
+            query = query.where(Job.org_id == OrgService(session, get_settings()).find(org).id)
         if status is not None:
             query = query.where(Job.status == status)
         rows = [job_dict(j, name) for j, name in session.execute(query.order_by(Job.seq.desc()).limit(limit))]
@@ -154,7 +156,7 @@ def show(
         checkpoints = list(
             session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step))
         )
-        released = session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job.id))
+        released = ReleaseRepository(session, job.org_id).of_job(job.id)
         report = _report_dict(session.get(SafetyReport, job.id))
         out = job_dict(job, org.name if org else None)
         out["events"] = [

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from core import orgs as org_service
 from core.models import ApiKey
+from core.orgs.service import OrgService
 from core.settings import get_settings
+from core.vocab import KeyScope
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, handle_errors, render, render_record
 
@@ -39,12 +40,11 @@ def create(
 ) -> None:
     """Create an API key. Its secret is printed once and never again."""
     with db() as session:
-        key, plaintext = org_service.create_key(
-            session,
-            org,
+        service = OrgService(session, get_settings())
+        key, plaintext = service.create_key(
+            service.find(org),
             actor=ops_actor(actor),
-            secret=get_settings().secret_key,
-            scope="admin" if admin else "customer",
+            scope=KeyScope.ADMIN if admin else KeyScope.CUSTOMER,
             name=name,
         )
         out = {**key_dict(key), "key": plaintext}
@@ -64,7 +64,8 @@ def list_(
 ) -> None:
     """List an organization's keys (prefixes only; secrets are never stored)."""
     with db() as session:
-        rows = [key_dict(k) for k in org_service.list_keys(session, org)]
+        service = OrgService(session, get_settings())
+        rows = [key_dict(k) for k in service.keys(service.find(org))]
     render(
         rows,
         ["id", "prefix", "scope", "name", "created_at", "last_used_at", "revoked_at"],
@@ -83,5 +84,5 @@ def revoke(
 ) -> None:
     """Revoke an API key: it stops authenticating at once."""
     with db() as session:
-        out = key_dict(org_service.revoke_key(session, key_id, actor=ops_actor(actor)))
+        out = key_dict(OrgService(session, get_settings()).revoke_key(key_id, actor=ops_actor(actor)))
     render_record(out, as_json=as_json, title="API key revoked")

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from core import audit
-from core.models import BaseModelEntry, ReleasedModel
+from core.audit import service as audit
+from core.models import BaseModelEntry
+from core.releases.repository import ReleaseRepository
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, fail, handle_errors, progress_bar, render, render_record
 
@@ -51,13 +52,7 @@ def _baseline_summary(baseline: dict[str, Any] | None) -> str:
 def list_(as_json: JsonOpt = False) -> None:
     """Base models jobs may name, with their onboarding status."""
     with db() as session:
-        serving = dict(
-            session.execute(
-                select(ReleasedModel.base_model, func.count())
-                .where(ReleasedModel.revoked_at.is_(None))
-                .group_by(ReleasedModel.base_model)
-            ).all()
-        )
+        serving = ReleaseRepository.for_operator(session).serving_per_base()
         rows = [
             {**entry_dict(e), "released_adapters": serving.get(e.id, 0)}
             for e in session.scalars(select(BaseModelEntry).order_by(BaseModelEntry.id))

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy import func, select
 
-from core import orgs as org_service
 from core.errors import InvalidRequest
 from core.jobs.vocab import SafetyMode
-from core.models import ApiKey, Job, Organization
+from core.models import Organization
+from core.orgs.repository import OrgRepository
+from core.orgs.service import OrgService
+from core.settings import get_settings
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, handle_errors, render, render_record
 
@@ -37,7 +38,7 @@ def create(
 ) -> None:
     """Create an organization."""
     with db() as session:
-        org = org_service.create_org(session, name, actor=ops_actor(actor))
+        org = OrgService(session, get_settings()).create(name, actor=ops_actor(actor))
         out = org_dict(org)
     render_record(out, as_json=as_json, title="organization created")
 
@@ -67,9 +68,10 @@ def allow_modes(
             param="modes",
         )
     with db() as session:
-        org = org_service.find_org(session, org_ref)
+        service = OrgService(session, get_settings())
+        org = service.find(org_ref)
         allowed = None if default else list(dict.fromkeys(modes))
-        org_service.update_org(session, org, {"allowed_modes": allowed}, actor=ops_actor(actor))
+        service.update(org, {"allowed_modes": allowed}, actor=ops_actor(actor))
         out = org_dict(org)
     render_record(out, as_json=as_json, title="organization updated")
 
@@ -79,15 +81,11 @@ def allow_modes(
 def list_(as_json: JsonOpt = False) -> None:
     """List organizations with their active keys and jobs."""
     with db() as session:
-        keys = dict(
-            session.execute(
-                select(ApiKey.org_id, func.count()).where(ApiKey.revoked_at.is_(None)).group_by(ApiKey.org_id)
-            ).all()
-        )
-        jobs = dict(session.execute(select(Job.org_id, func.count()).group_by(Job.org_id)).all())
+        orgs = OrgRepository(session)
+        keys, jobs = orgs.active_key_counts(), orgs.job_counts()
         rows = [
             {**org_dict(org), "active_keys": keys.get(org.id, 0), "jobs": jobs.get(org.id, 0)}
-            for org in session.scalars(select(Organization).order_by(Organization.created_at, Organization.name))
+            for org in orgs.by_creation()
         ]
     render(
         rows,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
-from core import releases
 from core.inference import adapter_ref, adapter_released, adapter_revoked
 from core.models import ReleasedModel
-from core.orgs import find_org
+from core.orgs.service import OrgService
+from core.releases import service as releases
+from core.releases.repository import ReleaseRepository
+from core.settings import get_settings
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, handle_errors, render, render_record
 
@@ -76,14 +77,11 @@ def list_(
 ) -> None:
     """Released models, newest first."""
     with db() as session:
-        query = select(ReleasedModel)
-        if org is not None:
-            query = query.where(ReleasedModel.org_id == find_org(session, org).id)
-        if revoked is True:
-            query = query.where(ReleasedModel.revoked_at.is_not(None))
-        elif revoked is False:
-            query = query.where(ReleasedModel.revoked_at.is_(None))
-        rows = [released_dict(m) for m in session.scalars(query.order_by(ReleasedModel.created_at.desc()))]
+        if org is None:
+            repo = ReleaseRepository.for_operator(session)
+        else:
+            repo = ReleaseRepository(session, OrgService(session, get_settings()).find(org).id)
+        rows = [released_dict(m) for m in repo.newest_first(revoked=revoked)]
     render(
         rows,
         ["id", "status", "job_id", "sha256", "created_at", "revoked_at", "revoke_reason"],

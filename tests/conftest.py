@@ -318,9 +318,9 @@ def create_key(engine, org_name: str, scope: str = "customer") -> tuple[str, str
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from core.apikeys import generate_key
     from core.ids import new_id
     from core.models import ApiKey, Organization
+    from core.orgs.apikeys import generate_key
 
     with Session(engine) as session, session.begin():
         org = session.scalar(select(Organization).where(Organization.name == org_name))

@@ -1,5 +1,5 @@
-"""``AdminServiceDep``: the request's :class:`AdminService`, so that no handler builds one
-(an ``async`` dependency, as every service dependency is: see :mod:`api.deps`)."""
+"""``OrgServiceDep``: the request's :class:`~core.orgs.service.OrgService`, so that no handler
+builds one (an ``async`` dependency, as every service dependency is: see :mod:`api.deps`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from api.admin.service import AdminService
 from api.deps import SessionDep, SettingsDep
+from core.orgs.service import OrgService
 
 
-async def admin_service(session: SessionDep, settings: SettingsDep) -> AdminService:
-    return AdminService(session, settings)
+async def org_service(session: SessionDep, settings: SettingsDep) -> OrgService:
+    return OrgService(session, settings)
 
 
-AdminServiceDep = Annotated[AdminService, Depends(admin_service)]
+OrgServiceDep = Annotated[OrgService, Depends(org_service)]

@@ -21,6 +21,7 @@ from core.errors import GuardtuneError, InvalidRequest, NotFound
 from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref
 from core.models import BaseModelEntry
 from core.ratelimit import chat_limiter
+from core.releases.repository import ReleaseRepository
 from core.settings import Settings
 
 
@@ -45,7 +46,7 @@ def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, 
             code="invalid_value",
         )
     repo = ModelRepository(session)
-    released = repo.released(caller.org_id, request.model)
+    released = ReleaseRepository(session, caller.org_id).serving(request.model)
     if released is not None:
         base = session.get(BaseModelEntry, released.base_model)
         if base is None:

@@ -4,27 +4,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, func, select
 
-from api.pagination import paginate
 from core.models import File
+from core.pagination import paginate
+from core.repository import OrgScopedRepository
 
 
-class FileRepository:
-    def __init__(self, session: Session):
-        self.session = session
+class FileRepository(OrgScopedRepository[File]):
+    model = File
 
-    def _live(self, org_id: str):
-        return select(File).where(File.org_id == org_id, File.deleted_at.is_(None))
-
-    def get(self, org_id: str, file_id: str) -> File | None:
-        return self.session.scalar(self._live(org_id).where(File.id == file_id))
+    def scoped(self, query: Select) -> Select:
+        """The organization's files that are not deleted."""
+        return super().scoped(query).where(File.deleted_at.is_(None))
 
     def list(
-        self, org_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"], purpose: str | None
+        self, *, after: str | None, limit: int, order: Literal["asc", "desc"], purpose: str | None
     ) -> tuple[list[File], bool]:
-        query = self._live(org_id)
+        query = self.scoped(select(File))
         if purpose:
             query = query.where(File.purpose == purpose)
         return paginate(
@@ -33,18 +30,11 @@ class FileRepository:
             keys=(File.created_at, File.id),
             descending=order == "desc",
             after=after,
-            cursor=lambda file_id: self.get(org_id, file_id),
+            cursor=self.get,
             limit=limit,
             noun="file",
         )
 
-    def storage_used(self, org_id: str) -> int:
-        total = self.session.scalar(
-            select(func.coalesce(func.sum(File.bytes), 0)).where(File.org_id == org_id, File.deleted_at.is_(None))
-        )
+    def storage_used(self) -> int:
+        total = self.session.scalar(self.scoped(select(func.coalesce(func.sum(File.bytes), 0))))
         return int(total or 0)
-
-    def add(self, row: File) -> File:
-        self.session.add(row)
-        self.session.flush()
-        return row

@@ -7,18 +7,18 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
-from api.admin.repository import OrgRepository
 from api.deps import Caller
 from api.files.repository import FileRepository
 from api.files.uploads import Upload
 from api.jobs.repository import JobRepository
 from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
-from core import audit
+from core.audit import service as audit
 from core.datasets import Limits, validate_stream
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import new_id
 from core.logging import get_logger
 from core.models import File, now
+from core.orgs.repository import OrgRepository
 from core.settings import Settings
 from core.storage import ObjectStore, org_key
 
@@ -40,10 +40,12 @@ class FileService:
         self.session = session
         self.settings = settings
         self.store = store
-        self.files = FileRepository(session)
+
+    def _files(self, caller: Caller) -> FileRepository:
+        return FileRepository(self.session, caller.org_id)
 
     def get(self, caller: Caller, file_id: str) -> File:
-        row = self.files.get(caller.org_id, file_id)
+        row = self._files(caller).get(file_id)
         if row is None:
             raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param="file_id")
         return row
@@ -51,7 +53,7 @@ class FileService:
     def list(
         self, caller: Caller, *, after: str | None, limit: int, order: Literal["asc", "desc"], purpose: str | None
     ) -> tuple[list[File], bool]:
-        return self.files.list(caller.org_id, after=after, limit=limit, order=order, purpose=purpose)
+        return self._files(caller).list(after=after, limit=limit, order=order, purpose=purpose)
 
     def create(self, caller: Caller, upload: Upload) -> File:
         """Validate the received upload, check the quota, store it, record it (one transaction)."""
@@ -79,7 +81,7 @@ class FileService:
         try:
             # Again under the organization's row lock: concurrent uploads check in turn.
             self._check_quota(caller, upload.size, lock=True)
-            row = self.files.add(
+            row = self._files(caller).add(
                 File(
                     id=file_id,
                     org_id=caller.org_id,
@@ -122,7 +124,7 @@ class FileService:
     def _check_quota(self, caller: Caller, size: int, *, lock: bool = False) -> None:
         org = OrgRepository(self.session).get(caller.org_id, for_update=lock)
         quota = storage_quota(self.settings, org.max_storage_bytes if org else None)
-        used = self.files.storage_used(caller.org_id)
+        used = self._files(caller).storage_used()
         if used + size > quota:
             raise Conflict(
                 f"Storage quota exceeded: this organization stores {_mb(used)} of its {_mb(quota)} quota and "
@@ -142,7 +144,7 @@ class FileService:
         # file between this check and the commit.
         OrgRepository(self.session).get(caller.org_id, for_update=True)
         row = self.get(caller, file_id)
-        users = JobRepository(self.session).active_jobs_using_file(caller.org_id, file_id)
+        users = JobRepository(self.session, caller.org_id).active_jobs_using_file(file_id)
         if users:
             raise Conflict(
                 f"File {file_id} is used by the active fine-tuning job {users[0]}; cancel it or wait for it "

@@ -15,7 +15,6 @@ import secrets
 
 from sqlalchemy.orm import Session
 
-from api.admin.repository import OrgRepository
 from api.deps import Caller
 from api.files.repository import FileRepository
 from api.jobs.safety_policy import resolve_safety
@@ -26,6 +25,7 @@ from core.ids import new_id
 from core.jobs.config import Hyperparameters
 from core.jobs.vocab import JobStatus
 from core.models import File, Job, now
+from core.orgs.repository import OrgRepository
 from core.settings import Settings
 
 
@@ -85,7 +85,7 @@ def build_job(
 
 def usable_file(session: Session, caller: Caller, file_id: str, param: str) -> File:
     """The organization's processed ``fine-tune`` file ``file_id``, or the error naming ``param``."""
-    row = FileRepository(session).get(caller.org_id, file_id)
+    row = FileRepository(session, caller.org_id).get(file_id)
     if row is None:
         raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param=param)
     if row.purpose != "fine-tune":

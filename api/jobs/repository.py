@@ -1,19 +1,20 @@
 """Jobs of an organization and what hangs off them (events, checkpoints, safety report).
 
-Events, checkpoints and the report are reached through a job the caller's organization
-owns: the service fetches the job with :meth:`JobRepository.get` first."""
+Events, checkpoints and the report carry no organization of their own: they are reached
+through a job of this organization, which the service fetches with
+:meth:`JobRepository.get` first."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import Text, bindparam, cast, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from api.pagination import paginate
 from core.jobs.vocab import ACTIVE
 from core.models import Checkpoint, Job, JobEvent, SafetyReport
+from core.pagination import paginate
+from core.repository import OrgScopedRepository
 
 
 def _has_metadata(dialect: str, key: str, value: str) -> ColumnElement[bool]:
@@ -25,59 +26,48 @@ def _has_metadata(dialect: str, key: str, value: str) -> ColumnElement[bool]:
     return Job.metadata_[key].as_string() == value  # the key is a bound parameter of ->>
 
 
-_VERSIONS = (
-    select(Job.version, SafetyReport.version)
-    .outerjoin(SafetyReport, SafetyReport.job_id == Job.id)
-    .where(Job.org_id == bindparam("org_id"), Job.id == bindparam("job_id"))
-)
+class JobRepository(OrgScopedRepository[Job]):
+    model = Job
 
-
-class JobRepository:
-    def __init__(self, session: Session):
-        self.session = session
-
-    def get(self, org_id: str, job_id: str, *, for_update: bool = False) -> Job | None:
-        query = select(Job).where(Job.org_id == org_id, Job.id == job_id)
-        if for_update:
-            query = query.with_for_update()
-        return self.session.scalar(query)
-
-    def get_with_report(self, org_id: str, job_id: str) -> tuple[Job, SafetyReport | None] | None:
-        """A job the organization owns and its safety report (if any), in one query."""
+    def get_with_report(self, job_id: str) -> tuple[Job, SafetyReport | None] | None:
+        """A job of the organization and its safety report (if any), in one query."""
         row = self.session.execute(
-            select(Job, SafetyReport)
-            .outerjoin(SafetyReport, SafetyReport.job_id == Job.id)
-            .where(Job.org_id == org_id, Job.id == job_id)
+            self.scoped(select(Job, SafetyReport).outerjoin(SafetyReport, SafetyReport.job_id == Job.id)).where(
+                Job.id == job_id
+            )
         ).first()
         return None if row is None else (row[0], row[1])
 
-    def versions(self, org_id: str, job_id: str) -> tuple[int, int | None] | None:
-        """``(job version, report version or None)`` of a job the organization owns, or None:
+    def versions(self, job_id: str) -> tuple[int, int | None] | None:
+        """``(job version, report version or None)`` of a job of the organization, or None:
         what a conditional poll compares, read without loading the rows (nor the ORM)."""
-        row = self.session.connection().execute(_VERSIONS, {"org_id": org_id, "job_id": job_id}).first()
+        query = self.scoped(
+            select(Job.version, SafetyReport.version).outerjoin(SafetyReport, SafetyReport.job_id == Job.id)
+        ).where(Job.id == job_id)
+        row = self.session.connection().execute(query).first()
         return None if row is None else (row[0], row[1])
 
-    def event_marks(self, org_id: str, job_id: str) -> tuple[int | None, int] | None:
-        """``(newest event's seq, number of events)`` of a job the organization owns, or None.
+    def event_marks(self, job_id: str) -> tuple[int | None, int] | None:
+        """``(newest event's seq, number of events)`` of a job of the organization, or None.
         Events are only ever appended, so the pair changes exactly when the set does."""
         row = self.session.execute(
-            select(func.max(JobEvent.seq), func.count(JobEvent.seq))
-            .select_from(Job)
-            .outerjoin(JobEvent, JobEvent.job_id == Job.id)
-            .where(Job.org_id == org_id, Job.id == job_id)
+            self.scoped(
+                select(func.max(JobEvent.seq), func.count(JobEvent.seq))
+                .select_from(Job)
+                .outerjoin(JobEvent, JobEvent.job_id == Job.id)
+            )
+            .where(Job.id == job_id)
             .group_by(Job.id)
         ).first()
         return None if row is None else (row[0], row[1])
 
-    def get_by_idempotency_key(self, org_id: str, key: str) -> Job | None:
-        return self.session.scalar(select(Job).where(Job.org_id == org_id, Job.idempotency_key == key))
+    def get_by_idempotency_key(self, key: str) -> Job | None:
+        return self.session.scalar(self.scoped(select(Job)).where(Job.idempotency_key == key))
 
-    def list(
-        self, org_id: str, *, after: str | None, limit: int, metadata: dict[str, str] | None
-    ) -> tuple[list[Job], bool]:
+    def list(self, *, after: str | None, limit: int, metadata: dict[str, str] | None) -> tuple[list[Job], bool]:
         """Newest first; with ``metadata``, only jobs whose metadata has every given
         ``key: value`` pair; ``metadata=None``: only jobs without metadata."""
-        query = select(Job).where(Job.org_id == org_id)
+        query = self.scoped(select(Job))
         if metadata is None:  # SQL NULL or JSON null
             query = query.where(func.coalesce(cast(Job.metadata_, Text), "null") == "null")
         dialect = self.session.get_bind().dialect.name
@@ -89,34 +79,25 @@ class JobRepository:
             keys=(Job.seq,),
             descending=True,
             after=after,
-            cursor=lambda job_id: self.get(org_id, job_id),
+            cursor=self.get,
             limit=limit,
             noun="job",
         )
 
-    def count_active(self, org_id: str) -> int:
+    def count_active(self) -> int:
         return (
-            self.session.scalar(
-                select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(ACTIVE))
-            )
-            or 0
+            self.session.scalar(self.scoped(select(func.count()).select_from(Job)).where(Job.status.in_(ACTIVE))) or 0
         )
 
-    def active_jobs_using_file(self, org_id: str, file_id: str) -> list[str]:
+    def active_jobs_using_file(self, file_id: str) -> list[str]:
         return list(
             self.session.scalars(
-                select(Job.id).where(
-                    Job.org_id == org_id,
+                self.scoped(select(Job.id)).where(
                     Job.status.in_(ACTIVE),
                     or_(Job.training_file_id == file_id, Job.validation_file_id == file_id),
                 )
             )
         )
-
-    def add(self, row: Job) -> Job:
-        self.session.add(row)
-        self.session.flush()
-        return row
 
     # -- events --------------------------------------------------------------------------
     def add_event(self, row: JobEvent) -> JobEvent:

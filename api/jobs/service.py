@@ -31,11 +31,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.admin.repository import OrgRepository
 from api.deps import Caller
 from api.etags import row_validator
 from api.jobs.build import build_job
@@ -50,7 +48,9 @@ from api.jobs.schemas import (
     SafetyReport,
 )
 from api.metrics import JOBS_CREATED
-from core import audit, outbox
+from core import outbox
+from core.audit import service as audit
+from core.audit.repository import AuditRepository
 from core.db import read_outside_transaction
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.ids import new_id
@@ -58,8 +58,9 @@ from core.jobs.pipeline import DEFAULT_QUEUE, START_TASK, Stage
 from core.jobs.transitions import transition
 from core.jobs.vocab import ACTIVE, TERMINAL, ErrorCode, JobStatus
 from core.logging import get_logger
-from core.models import AuditRecord, Job, now
+from core.models import Job, now
 from core.models import JobEvent as JobEventRow
+from core.orgs.repository import OrgRepository
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -79,18 +80,20 @@ class JobService:
     def __init__(self, session: Session, settings: Settings):
         self.session = session
         self.settings = settings
-        self.jobs = JobRepository(session)
+
+    def _jobs(self, caller: Caller) -> JobRepository:
+        return JobRepository(self.session, caller.org_id)
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, caller: Caller, job_id: str) -> Job:
-        job = self.jobs.get(caller.org_id, job_id)
+        job = self._jobs(caller).get(job_id)
         if job is None:
             raise _job_not_found(job_id)
         return job
 
     def job_validator(self, caller: Caller, job_id: str) -> str:
         """The ETag of the job's body (:meth:`present`), from row versions alone."""
-        versions = self.jobs.versions(caller.org_id, job_id)
+        versions = self._jobs(caller).versions(job_id)
         if versions is None:
             raise _job_not_found(job_id)
         return row_validator("job", job_id, *versions)
@@ -98,7 +101,7 @@ class JobService:
     def get_presented(self, caller: Caller, job_id: str) -> tuple[str, FineTuningJob]:
         """``(ETag, body)`` of the job (as :meth:`job_validator` and :meth:`present`), from one
         query for the job and its report."""
-        found = self.jobs.get_with_report(caller.org_id, job_id)
+        found = self._jobs(caller).get_with_report(job_id)
         if found is None:
             raise _job_not_found(job_id)
         job, report = found
@@ -116,38 +119,39 @@ class JobService:
 
     def events_validator(self, caller: Caller, job_id: str, *, after: str | None, limit: int, order: str) -> str:
         """The ETag of one page of the job's events (:meth:`events`), from the newest event."""
-        marks = self.jobs.event_marks(caller.org_id, job_id)
+        marks = self._jobs(caller).event_marks(job_id)
         if marks is None:
             raise _job_not_found(job_id)
         return row_validator("events", job_id, *marks, after, limit, order)
 
     def present(self, job: Job) -> FineTuningJob:
-        return job_object(job, self.jobs.report(job.id))
+        return job_object(job, JobRepository(self.session, job.org_id).report(job.id))
 
     def list(
         self, caller: Caller, *, after: str | None, limit: int, metadata: dict[str, str] | None
     ) -> tuple[list[FineTuningJob], bool]:
-        rows, has_more = self.jobs.list(caller.org_id, after=after, limit=limit, metadata=metadata)
-        reports = self.jobs.reports([row.id for row in rows])
+        jobs = self._jobs(caller)
+        rows, has_more = jobs.list(after=after, limit=limit, metadata=metadata)
+        reports = jobs.reports([row.id for row in rows])
         return [job_object(row, reports.get(row.id)) for row in rows], has_more
 
     def events(
         self, caller: Caller, job_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
     ) -> tuple[list[JobEvent], bool]:
         job = self.get(caller, job_id)
-        rows, has_more = self.jobs.events(job.id, after=after, limit=limit, order=order)
+        rows, has_more = self._jobs(caller).events(job.id, after=after, limit=limit, order=order)
         return [event_object(row) for row in rows], has_more
 
     def checkpoints(
         self, caller: Caller, job_id: str, *, after: str | None, limit: int
     ) -> tuple[list[JobCheckpoint], bool]:
         job = self.get(caller, job_id)
-        rows, has_more = self.jobs.checkpoints(job.id, after=after, limit=limit)
+        rows, has_more = self._jobs(caller).checkpoints(job.id, after=after, limit=limit)
         return [checkpoint_object(job, row) for row in rows], has_more
 
     def safety_report(self, caller: Caller, job_id: str) -> SafetyReport:
         job = self.get(caller, job_id)
-        return report_object(job, self.jobs.report(job.id))
+        return report_object(job, self._jobs(caller).report(job.id))
 
     # -- create ----------------------------------------------------------------------------
     def create(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
@@ -160,7 +164,7 @@ class JobService:
                     code="invalid_idempotency_key",
                     param="Idempotency-Key",
                 )
-            existing = self.jobs.get_by_idempotency_key(caller.org_id, idempotency_key)
+            existing = self._jobs(caller).get_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_sha)
 
@@ -169,17 +173,18 @@ class JobService:
             # the insert see the same files and the same count of active jobs.
             OrgRepository(self.session).get(caller.org_id, for_update=True)
             if idempotency_key is not None:
-                existing = self.jobs.get_by_idempotency_key(caller.org_id, idempotency_key)
+                existing = self._jobs(caller).get_by_idempotency_key(idempotency_key)
                 if existing is not None:  # a concurrent request with this key committed first
                     self.session.rollback()
                     return self._replay(existing, request_sha)
             job = build_job(self.session, self.settings, caller, body, idempotency_key)
             self._check_concurrency(caller)
-            self.jobs.add(job)
-            self.jobs.add_event(
+            jobs = self._jobs(caller)
+            jobs.add(job)
+            jobs.add_event(
                 JobEventRow(id=new_id("ftevent"), job_id=job.id, message=f"Created fine-tuning job: {job.id}")
             )
-            self.jobs.add_event(
+            jobs.add_event(
                 JobEventRow(
                     id=new_id("ftevent"), job_id=job.id, message=f"Validating training file: {job.training_file_id}"
                 )
@@ -205,7 +210,7 @@ class JobService:
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the race.
             self.session.rollback()
-            existing = self.jobs.get_by_idempotency_key(caller.org_id, idempotency_key) if idempotency_key else None
+            existing = self._jobs(caller).get_by_idempotency_key(idempotency_key) if idempotency_key else None
             if existing is None:
                 raise
             return self._replay(existing, request_sha)
@@ -214,9 +219,7 @@ class JobService:
         return job
 
     def _replay(self, job: Job, request_sha: str) -> Job:
-        recorded = self.session.scalar(
-            select(AuditRecord.details).where(AuditRecord.action == "job.create", AuditRecord.target == job.id).limit(1)
-        )
+        recorded = AuditRepository(self.session).details_of("job.create", job.id)
         if recorded and recorded.get("request_sha256") not in (None, request_sha):
             raise Unprocessable(
                 "This Idempotency-Key was already used with a different request body; use a new key.",
@@ -229,7 +232,7 @@ class JobService:
         """Call under the organization's row lock, so concurrent creates count in turn."""
         org = OrgRepository(self.session).get(caller.org_id)
         limit = _concurrency_limit(self.settings, org.max_concurrent_jobs if org else None)
-        active = self.jobs.count_active(caller.org_id)
+        active = self._jobs(caller).count_active()
         if active >= limit:
             raise RateLimited(
                 f"Too many concurrent fine-tuning jobs: this organization has {active} active "
@@ -331,7 +334,7 @@ class JobService:
         return job
 
     def _locked(self, caller: Caller, job_id: str) -> Job:
-        job = self.jobs.get(caller.org_id, job_id, for_update=True)
+        job = self._jobs(caller).get(job_id, for_update=True)
         if job is None:
             raise _job_not_found(job_id)
         return job

@@ -1,13 +1,15 @@
-"""Base models of the registry (shared by all) and an organization's released models."""
+"""Base models of the registry, shared by every organization (an organization's released
+models are :class:`core.releases.repository.ReleaseRepository`'s)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import BaseModelEntry, ReleasedModel
+from core.models import BaseModelEntry
+from core.vocab import BaseModelStatus
 
-UNUSABLE_BASE_STATUSES = ("failed",)
+UNUSABLE_BASE_STATUSES = (BaseModelStatus.FAILED,)
 
 
 class ModelRepository:
@@ -24,22 +26,5 @@ class ModelRepository:
                 select(BaseModelEntry)
                 .where(BaseModelEntry.status.not_in(UNUSABLE_BASE_STATUSES))
                 .order_by(BaseModelEntry.id)
-            )
-        )
-
-    def released(self, org_id: str, model_id: str) -> ReleasedModel | None:
-        """The organization's released model ``model_id``, unless revoked."""
-        return self.session.scalar(
-            select(ReleasedModel).where(
-                ReleasedModel.org_id == org_id, ReleasedModel.id == model_id, ReleasedModel.revoked_at.is_(None)
-            )
-        )
-
-    def released_list(self, org_id: str) -> list[ReleasedModel]:
-        return list(
-            self.session.scalars(
-                select(ReleasedModel)
-                .where(ReleasedModel.org_id == org_id, ReleasedModel.revoked_at.is_(None))
-                .order_by(ReleasedModel.created_at, ReleasedModel.id)
             )
         )

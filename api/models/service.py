@@ -14,9 +14,12 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.models.repository import ModelRepository
 from api.models.schemas import Model
-from core import audit, inference, releases
+from core import inference
+from core.audit import service as audit
 from core.errors import NotFound, PermissionDenied
 from core.models import BaseModelEntry, ReleasedModel
+from core.releases import service as releases
+from core.releases.repository import ReleaseRepository
 from core.storage import ObjectStore
 
 BASE_MODEL_OWNER = "system"
@@ -77,13 +80,17 @@ class ModelService:
         self.session = session
         self.models = ModelRepository(session)
 
+    def _released(self, caller: Caller) -> ReleaseRepository:
+        """The caller's organization's released models."""
+        return ReleaseRepository(self.session, caller.org_id)
+
     def list(self, caller: Caller) -> list[Model]:
         return [base_model_object(r) for r in self.models.base_models()] + [
-            released_model_object(r) for r in self.models.released_list(caller.org_id)
+            released_model_object(r) for r in self._released(caller).serving_list()
         ]
 
     def get(self, caller: Caller, model_id: str) -> Model:
-        released = self.models.released(caller.org_id, model_id)
+        released = self._released(caller).serving(model_id)
         if released is not None:
             return released_model_object(released)
         base = self.models.base_model(model_id)
@@ -92,9 +99,9 @@ class ModelService:
         raise NotFound(f"The model {model_id!r} does not exist.", code="model_not_found", param="model")
 
     def delete(self, caller: Caller, model_id: str) -> ReleasedModel:
-        """Revoke the organization's released model ``model_id`` (``core.releases``, audited
+        """Revoke the organization's released model ``model_id`` (:func:`core.releases.service.revoke_model`, audited
         with the caller as actor); committed, then unloaded from the inference backend."""
-        if self.models.released(caller.org_id, model_id) is None:
+        if self._released(caller).serving(model_id) is None:
             if self.models.base_model(model_id) is not None:
                 raise PermissionDenied(
                     f"{model_id!r} is a base model; only your organization's fine-tuned models can be deleted.",
@@ -116,7 +123,7 @@ class ModelService:
         files are in ``store``.
 
         The download is recorded in the audit log (committed before the first byte)."""
-        model = self.models.released(caller.org_id, model_id)
+        model = self._released(caller).serving(model_id)
         if model is None:
             raise NotFound(
                 f"No released fine-tuned model {model_id!r} in this organization.",

@@ -58,10 +58,10 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
     from sqlalchemy import create_engine, insert, text
     from sqlalchemy.orm import Session
 
-    from core.apikeys import generate_key
     from core.ids import new_id
     from core.jobs import ErrorCode, Hyperparameters, JobStage, JobStatus, SafetyConfig
     from core.models import ApiKey, File, Job, JobEvent, Organization, SafetyReport
+    from core.orgs.apikeys import generate_key
 
     rng = random.Random(seed_)
     engine = create_engine(url)

@@ -54,9 +54,9 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
     from api.jobs.schemas import JobEvent as JobEventOut
     from api.jobs.service import JobService
     from api.schemas import CursorPage, page
-    from core.apikeys import hash_key
     from core.db import get_engine, new_session
     from core.models import ApiKey
+    from core.orgs.apikeys import hash_key
     from core.settings import Settings
 
     settings = Settings(database_url=url, secret_key=SECRET)

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core import audit
+from core.audit import service as audit
 from core.ids import new_id
 from core.jobs.vocab import ACTIVE, JobStatus
 from core.models import Job, JobEvent

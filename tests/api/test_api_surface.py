@@ -217,10 +217,10 @@ def test_metadata_filter_on_the_embedded_sqlite(embedded_env):
     with session_scope() as session:
         ids = {name: create_job(session, "org-sqlite", GOOD, metadata_=metadata) for name, metadata in tags.items()}
     with session_scope() as session:
-        jobs = JobRepository(session)
+        jobs = JobRepository(session, "org-sqlite")
 
         def listed(metadata):
-            return {row.id for row in jobs.list("org-sqlite", after=None, limit=10, metadata=metadata)[0]}
+            return {row.id for row in jobs.list(after=None, limit=10, metadata=metadata)[0]}
 
         assert listed({"team": "a"}) == {ids["a"]}
         assert listed({'we"ird.key': "x"}) == {ids["a"]} and listed({"team": "a", 'we"ird.key': "y"}) == set()

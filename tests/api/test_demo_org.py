@@ -8,14 +8,15 @@ from sqlalchemy import select
 from api.demo import DEMO_ALLOWED_MODES, DEMO_ORG, demo_key
 from core.db import session_scope
 from core.models import ApiKey, AuditRecord
-from core.orgs import find_org
+from core.orgs.service import OrgService
+from core.settings import get_settings
 
 
 def test_demo_key_opens_none_to_the_demo_org_once_and_audits_it(configured):
     first, second = demo_key(), demo_key()
     assert first != second
     with session_scope() as session:
-        org = find_org(session, DEMO_ORG)
+        org = OrgService(session, get_settings()).find(DEMO_ORG)
         assert set(org.allowed_modes) == set(DEMO_ALLOWED_MODES) and "none" in org.allowed_modes
         updates = session.scalars(
             select(AuditRecord).where(AuditRecord.action == "org.update", AuditRecord.target == org.id)

@@ -11,8 +11,9 @@ import openai
 import pytest
 from sqlalchemy.orm import Session
 
-from core import releases
 from core.models import Job
+from core.releases import digests
+from core.releases import service as releases
 from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth, set_job
 
 ADAPTER_CONFIG = json.dumps({"peft_type": "LORA", "r": 8, "base_model_name_or_path": BASE_MODEL}).encode()
@@ -25,12 +26,12 @@ def finished_job(client, db, store, *, suffix: str, release: bool):
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, suffix=suffix)
     with Session(db) as session, session.begin():
         row = session.get(Job, job.id)
-        prefix = releases.adapter_prefix(row.org_id, row.id)
+        prefix = digests.adapter_prefix(row.org_id, row.id)
         store.put_stream(f"{prefix}/adapter_config.json", io.BytesIO(ADAPTER_CONFIG))
         store.put_stream(f"{prefix}/adapter_model.safetensors", io.BytesIO(ADAPTER_WEIGHTS))
         if release:
             released = releases.release_job(
-                session, row, actor="system", sha256=releases.adapter_sha256(store, prefix), storage_prefix=prefix
+                session, row, actor="system", sha256=digests.adapter_sha256(store, prefix), storage_prefix=prefix
             )
             row.status, row.finished_at = "succeeded", 1_800_000_000
             return job.id, released.id
@@ -79,7 +80,7 @@ def test_adapter_download_streams_a_tar_of_the_peft_files(
         assert r.headers["content-type"] == "application/x-tar"
         body = b"".join(r.iter_bytes())
     assert int(r.headers["content-length"]) == len(body)
-    root = releases.model_id(BASE_MODEL, tenant.org_id, "helpdesk", job_id).replace(":", "-")
+    root = digests.model_id(BASE_MODEL, tenant.org_id, "helpdesk", job_id).replace(":", "-")
     assert r.headers["content-disposition"] == f'attachment; filename="{root}.tar"'
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         assert sorted(tar.getnames()) == [f"{root}/adapter_config.json", f"{root}/adapter_model.safetensors"]
@@ -87,7 +88,7 @@ def test_adapter_download_streams_a_tar_of_the_peft_files(
         assert tar.extractfile(f"{root}/adapter_model.safetensors").read() == ADAPTER_WEIGHTS
         tar.extractall(tmp_path, filter="data")
     # the digest the release recorded checks against the downloaded files
-    assert releases.dir_sha256(tmp_path / root) == r.headers["x-guardtune-adapter-sha256"]
+    assert digests.dir_sha256(tmp_path / root) == r.headers["x-guardtune-adapter-sha256"]
     assert audit_actions(db, model_id) == ["model.release", "model.adapter_download"]
 
     with unchanged(other_tenant):
@@ -100,7 +101,7 @@ def test_blocked_base_and_unknown_models_have_no_adapter(client, http, tenant, d
     blocked = client.fine_tuning.jobs.retrieve(job_id)
     assert blocked.status == "failed" and blocked.error.code == "safety_gate_blocked"
     assert blocked.fine_tuned_model is None
-    would_be = releases.model_id(BASE_MODEL, tenant.org_id, "blocked", job_id)
+    would_be = digests.model_id(BASE_MODEL, tenant.org_id, "blocked", job_id)
     with unchanged(tenant):
         for model in (would_be, BASE_MODEL, "ft:nothing:here"):
             r = http.get(f"/v1/models/{model}/adapter", headers=auth(tenant))

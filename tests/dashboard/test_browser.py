@@ -430,12 +430,13 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
 
 def release_job(job_id: str, t0: float) -> None:
     """Play the whole pipeline of a good job: scan, train, evaluate, gate, release."""
-    from core import releases
+    from core.releases import digests
+    from core.releases import service as releases
     from core.storage import get_store
 
     with session_scope() as session:
         job = session.get(Job, job_id)
-        prefix = releases.adapter_prefix(job.org_id, job.id)
+        prefix = digests.adapter_prefix(job.org_id, job.id)
     store = get_store()
     store.put_stream(f"{prefix}/adapter_config.json", io.BytesIO(b'{"peft_type": "LORA", "r": 8}'))
     store.put_stream(f"{prefix}/adapter_model.safetensors", io.BytesIO(b"\0" * 2048))
@@ -462,7 +463,7 @@ def release_job(job_id: str, t0: float) -> None:
     with session_scope() as session:
         job = session.get(Job, job_id)
         model = releases.release_job(
-            session, job, actor="system", storage_prefix=prefix, sha256=releases.adapter_sha256(store, prefix)
+            session, job, actor="system", storage_prefix=prefix, sha256=digests.adapter_sha256(store, prefix)
         )
         job.status, job.stage, job.finished_at, job.created_at = "succeeded", None, int(t0 + 400), int(t0 + 5)
         session.add(

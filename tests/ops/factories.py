@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import audit
+from core.audit import service as audit
 from core.db import session_scope
 from core.ids import new_id
 from core.models import File, Job, JobEvent, SafetyReport
-from core.releases import adapter_prefix
+from core.releases.digests import adapter_prefix
 from core.storage import get_store, upload_dir
 
 BLOCKED_ERROR = {

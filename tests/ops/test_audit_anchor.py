@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, text
 
-from core import audit, audit_anchors
+from core.audit import anchors as audit_anchors
+from core.audit import service as audit
 from core.db import session_scope
 from core.models import AuditRecord
 from core.settings import get_settings

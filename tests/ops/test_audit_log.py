@@ -11,9 +11,11 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from core import audit, orgs
+from core.audit import service as audit
 from core.db import session_scope
 from core.models import AuditRecord, Organization
+from core.orgs.service import OrgService
+from core.settings import get_settings
 from tests.ops.conftest import ACTOR
 from tests.ops.factories import make_job
 
@@ -140,7 +142,7 @@ def test_change_and_record_share_one_transaction(backend, monkeypatch):
 
     monkeypatch.setattr(audit, "record", broken_record)
     with pytest.raises(RuntimeError), session_scope() as session:
-        orgs.create_org(session, "ghost", actor="ops:x")
+        OrgService(session, get_settings()).create("ghost", actor="ops:x")
     monkeypatch.undo()
     with session_scope() as session:
         assert session.scalar(select(Organization).where(Organization.name == "ghost")) is None

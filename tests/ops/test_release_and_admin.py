@@ -10,11 +10,12 @@ import types
 import pytest
 from sqlalchemy import select
 
-from core import releases
-from core.apikeys import hash_key
 from core.db import session_scope
 from core.errors import Conflict
 from core.models import ApiKey, AuditRecord, BaseModelEntry, Job, JobEvent, ReleasedModel, SafetyReport
+from core.orgs.apikeys import hash_key
+from core.releases import digests
+from core.releases import service as releases
 from core.settings import get_settings
 from core.storage import get_store, upload_dir
 from tests.ops.factories import make_job
@@ -34,12 +35,12 @@ def test_adapter_digest_matches_the_documented_formula(backend, adapter_dir):
     expected = hashlib.sha256(
         "".join(f"{name}\n{hashlib.sha256((adapter_dir / name).read_bytes()).hexdigest()}\n" for name in files).encode()
     ).hexdigest()
-    assert releases.dir_sha256(adapter_dir) == expected
-    prefix = releases.adapter_prefix("org-1", "ftjob-1")
+    assert digests.dir_sha256(adapter_dir) == expected
+    prefix = digests.adapter_prefix("org-1", "ftjob-1")
     upload_dir(get_store(), adapter_dir, prefix)
-    assert releases.adapter_sha256(get_store(), prefix) == expected
+    assert digests.adapter_sha256(get_store(), prefix) == expected
     (adapter_dir / "adapter_config.json").write_text("{}")
-    assert releases.dir_sha256(adapter_dir) != expected
+    assert digests.dir_sha256(adapter_dir) != expected
 
 
 def test_approve_releases_a_blocked_adapter_with_its_reason(backend, ops, adapter_dir):
@@ -48,13 +49,13 @@ def test_approve_releases_a_blocked_adapter_with_its_reason(backend, ops, adapte
     out = ops("release", "approve", job_id, "--reason", "judge outage inflated ASR", "--json").json()
 
     assert out["id"] == f"ft:smollm2-135m-instruct:{org}:support-bot:{job_id}"
-    assert out["sha256"] == releases.dir_sha256(adapter_dir)
+    assert out["sha256"] == digests.dir_sha256(adapter_dir)
     assert out["status"] == "serving" and out["job_id"] == job_id
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.error, job.fine_tuned_model) == ("succeeded", None, out["id"])
         released = session.get(ReleasedModel, out["id"])
-        assert released.storage_prefix == releases.adapter_prefix(org, job_id)
+        assert released.storage_prefix == digests.adapter_prefix(org, job_id)
         assert released.revoked_at is None
         gate = session.get(SafetyReport, job_id).gate
         assert gate["override"]["reason"] == "judge outage inflated ASR"

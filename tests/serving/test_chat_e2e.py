@@ -16,7 +16,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from core.db import session_scope
-from core.releases import adapter_prefix, model_id, revoke_model
+from core.releases.digests import adapter_prefix, model_id
+from core.releases.service import revoke_model
 from core.storage import get_store, org_key
 from tests.conftest import apply_env, start_api, start_worker, stop_process
 from tests.dashboard.conftest import browser, chromium_path  # noqa: F401  (fixtures)

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from core.db import session_scope
-from core.releases import adapter_prefix, dir_sha256
+from core.releases.digests import adapter_prefix, dir_sha256
 from core.storage import get_store
 from tests.conftest import apply_env, start_api, stop_process
 from tests.serving.fake_vllm import FakeVllm
@@ -115,7 +115,7 @@ def test_unreachable_backend_is_503(deployment_env, make_key, tmp_path):
 def test_fetch_adapter_checks_the_digest(tmp_path):
     from core.chat import AdapterRef
     from core.inference import fetch_adapter
-    from core.releases import adapter_sha256
+    from core.releases.digests import adapter_sha256
     from core.storage import make_store
 
     store = make_store(f"file://{tmp_path / 'objects'}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core import audit
+from core.audit import service as audit
 from core.db import session_scope
 from core.errors import NotFound
 from core.logging import get_logger

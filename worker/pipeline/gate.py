@@ -6,7 +6,7 @@ job gets its ``step_metrics.csv`` result file here."""
 
 from __future__ import annotations
 
-from core import audit
+from core.audit import service as audit
 from core.db import session_scope
 from core.jobs.vocab import ErrorCode, JobStage, JobStatus
 from core.models import SafetyReport

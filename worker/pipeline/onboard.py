@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core import audit
+from core.audit import service as audit
 from core.db import session_scope
 from core.errors import NotFound
 from core.models import BaseModelEntry

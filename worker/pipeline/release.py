@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from core import audit, releases
+from core.audit import service as audit
 from core.db import session_scope
 from core.inference import adapter_ref, adapter_released
 from core.jobs.vocab import JobStatus
+from core.releases import service as releases
+from core.releases.digests import adapter_sha256
 from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.resources import adapter_prefix
@@ -17,7 +19,7 @@ def run(job_id: str) -> None:
         job = jobstate.live_job(session, job_id)
         prefix = adapter_prefix(job)
         released = releases.release_job(
-            session, job, actor=audit.SYSTEM, storage_prefix=prefix, sha256=releases.adapter_sha256(get_store(), prefix)
+            session, job, actor=audit.SYSTEM, storage_prefix=prefix, sha256=adapter_sha256(get_store(), prefix)
         )
         jobstate.finish(
             session,

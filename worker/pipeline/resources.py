@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core import releases
 from core.datasets import iter_examples
 from core.models import Job
+from core.releases import digests
 from core.settings import get_settings
 from core.storage import ObjectStore, get_store, org_key
 
@@ -29,7 +29,7 @@ def reference_key(job: Job) -> str:
 
 
 def adapter_prefix(job: Job) -> str:
-    return releases.adapter_prefix(job.org_id, job.id)
+    return digests.adapter_prefix(job.org_id, job.id)
 
 
 def checkpoint_prefix(job: Job, step: int) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import audit
+from core.audit import service as audit
 from core.ids import new_id
 from core.jobs.transitions import update_live
 from core.models import File, Job, JobEvent

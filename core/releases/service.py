@@ -1,95 +1,30 @@
-"""Releasing, approving and revoking fine-tuned adapters (shared by the pipeline and ops).
+"""Releasing, approving and revoking fine-tuned adapters (shared by the pipeline, ops and
+the models API).
 
 A released adapter is a :class:`~core.models.ReleasedModel` row naming where its PEFT
-files lie in object storage and their digest. Every function here writes its audit
-record in the caller's session, so the change and its record commit together; the
-caller commits.
-
-Adapter digest (:func:`adapter_sha256`): the adapter's files are listed by their path
-*relative to the adapter prefix* (``adapter_config.json``, ``adapter_model.safetensors``)
-in sorted order, and the digest is ``sha256(concat(name + "\\n" + sha256(file) + "\\n"))``.
-Relative names keep the digest a property of the adapter itself, so a downloaded copy
-checks with :func:`dir_sha256` against the stored value.
+files lie in object storage and their digest (:mod:`core.releases.digests`). Every
+function here writes its audit record in the caller's session, so the change and its
+record commit together; the caller commits.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import audit
+from core.audit import service as audit
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.jobs.transitions import transition
 from core.jobs.vocab import ErrorCode, JobStatus
 from core.models import Job, ReleasedModel, SafetyReport, now
-from core.storage import ObjectStore, get_store, org_key
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+from core.releases.digests import ADAPTER_FILES, adapter_prefix, adapter_sha256, model_id
+from core.releases.repository import ReleaseRepository
+from core.revocation import revoke
+from core.storage import ObjectStore, get_store
 
 # Audit actions written here.
 ACTION_RELEASE = "model.release"
 ACTION_APPROVE = "release.approve"
 ACTION_REVOKE = "model.revoke"
-
-
-# ---------------------------------------------------------------------------------------
-# Names and digests
-
-
-def adapter_prefix(org_id: str, job_id: str) -> str:
-    """Where the pipeline stores a job's final adapter."""
-    return org_key(org_id, "jobs", job_id, "adapter")
-
-
-def model_id(base_model: str, org_id: str, suffix: str | None, job_id: str) -> str:
-    """``ft:<base>:<org>:<suffix>:<job-id>`` (an empty suffix stays empty, as OpenAI's)."""
-    parts = [base_model, org_id, suffix or "", job_id]
-    return "ft:" + ":".join(p.replace(":", "-") for p in parts)
-
-
-def combine_digests(entries: Iterable[tuple[str, str]]) -> str:
-    """The adapter digest from ``(relative name, file sha256)`` pairs, in sorted name order."""
-    digest = hashlib.sha256()
-    for name, file_sha in sorted(entries):
-        digest.update(f"{name}\n{file_sha}\n".encode())
-    return digest.hexdigest()
-
-
-def _sha256_chunks(chunks: Iterator[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def adapter_sha256(store: ObjectStore, prefix: str) -> str:
-    """Digest of every object under ``prefix`` (streamed; see the module docstring)."""
-    base = prefix.rstrip("/") + "/"
-    keys = [k for k in store.list(base) if k.startswith(base)]
-    if not keys:
-        raise NotFound(f"no adapter files under {prefix!r}", code="adapter_not_found")
-    return combine_digests((k[len(base) :], _sha256_chunks(store.iter_chunks(k))) for k in keys)
-
-
-def dir_sha256(directory: str | Path) -> str:
-    """The same digest over the files of a local adapter directory."""
-    root = Path(directory)
-    files = [p for p in root.rglob("*") if p.is_file()]
-    if not files:
-        raise FileNotFoundError(f"{root} holds no files")
-    entries = []
-    for path in files:
-        with path.open("rb") as f:
-            entries.append((path.relative_to(root).as_posix(), _sha256_chunks(iter(lambda: f.read(1 << 20), b""))))
-    return combine_digests(entries)
-
-
-# ---------------------------------------------------------------------------------------
-# Release, approve, revoke
 
 
 def release_job(
@@ -106,7 +41,7 @@ def release_job(
     Idempotent for the pipeline: releasing a job already released with the same digest
     returns the existing row (no second record); a different digest is a conflict.
     """
-    existing = session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job.id))
+    existing = ReleaseRepository(session, job.org_id).of_job(job.id)
     if existing is not None:
         if existing.sha256 != sha256:
             raise Conflict(f"job {job.id} was already released as {existing.id} with another adapter digest")
@@ -208,19 +143,14 @@ def approve_blocked_job(
 def revoke_model(session: Session, model_id: str, *, actor: str, reason: str) -> ReleasedModel:
     """Stop serving a released adapter (its files stay stored) and audit why."""
     reason = _require_reason(reason)
-    released = session.get(ReleasedModel, model_id, with_for_update=True)
-    if released is None:
-        raise NotFound(f"no released model {model_id!r}", code="model_not_found")
-    if released.revoked_at is not None:
-        raise Conflict(f"model {model_id} was already revoked", code="model_revoked")
-    released.revoked_at = now()
-    released.revoke_reason = reason
-    session.flush()
-    audit.record(
+    return revoke(
         session,
+        ReleasedModel,
+        model_id,
+        missing=NotFound(f"no released model {model_id!r}", code="model_not_found"),
+        revoked=Conflict(f"model {model_id} was already revoked", code="model_revoked"),
         actor=actor,
         action=ACTION_REVOKE,
-        target=released.id,
-        details={"reason": reason, "job_id": released.job_id, "org_id": released.org_id},
+        details=lambda released: {"reason": reason, "job_id": released.job_id, "org_id": released.org_id},
+        revoke_reason=reason,
     )
-    return released

@@ -19,9 +19,10 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from core.audit.repository import AuditRepository
 from core.logging import get_logger
 from core.models import AuditRecord
 from core.settings import get_settings
@@ -63,7 +64,7 @@ def write(seq: int, head_hash: str, store: ObjectStore | None = None) -> Anchor:
 
 def anchor_head(session: Session) -> Anchor | None:
     """Anchor the table's current head (None when the log is empty)."""
-    head = session.execute(select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)).first()
+    head = AuditRepository(session).head()
     return write(head.seq, head.hash) if head else None
 
 
@@ -78,7 +79,7 @@ def latest(store: ObjectStore | None = None) -> Anchor | None:
 
 
 def note_appended(session: Session, prev_seq: int, record: AuditRecord) -> None:
-    """Called by :func:`core.audit.record`: mark the transaction's newest record for an
+    """Called by :func:`core.audit.service.record`: mark the transaction's newest record for an
     anchor after the commit if this transaction crossed a multiple of the anchor interval."""
     every = get_settings().audit_anchor_every
     if every <= 0:

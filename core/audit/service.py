@@ -4,7 +4,7 @@ Each record's ``hash`` is SHA-256 over its canonical JSON (time, actor, action,
 target, details) and the previous record's hash. :func:`record` must be called in
 the same session/transaction as the change it records, so both commit or neither.
 The head is anchored outside the table every ``GUARDTUNE_AUDIT_ANCHOR_EVERY`` records
-(:mod:`core.audit_anchors`), so truncation and a recomputed chain are detected too.
+(:mod:`core.audit.anchors`), so truncation and a recomputed chain are detected too.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core import audit_anchors
+from core.audit import anchors
+from core.audit.repository import AuditRepository
 from core.models import AuditRecord
 
 GENESIS = "0" * 64
@@ -48,7 +49,7 @@ def record(
     request, ``details`` gets the request's ``request_id`` (unless it has one)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
-    last = session.execute(select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)).first()
+    last = AuditRepository(session).head()
     prev = last.hash if last else GENESIS
     details = json.loads(json.dumps(details or {}, default=str))
     request_id = structlog.contextvars.get_contextvars().get("request_id")
@@ -66,7 +67,7 @@ def record(
     )
     session.add(entry)
     session.flush()
-    audit_anchors.note_appended(session, last.seq if last else 0, entry)
+    anchors.note_appended(session, last.seq if last else 0, entry)
     return entry
 
 
@@ -78,9 +79,10 @@ class VerifyResult:
     reason: str | None = None
 
 
-def verify(records: Iterable[AuditRecord]) -> VerifyResult:
-    """Walk the chain in ``seq`` order; report the first record that does not fit."""
-    prev, n = GENESIS, 0
+def verify(records: Iterable[AuditRecord], prev: str = GENESIS) -> VerifyResult:
+    """Walk the chain in ``seq`` order from the hash ``prev`` (the genesis, or the record
+    before an exported slice); report the first record that does not fit."""
+    n = 0
     for rec in records:
         n += 1
         if rec.prev_hash != prev:
