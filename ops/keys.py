@@ -9,6 +9,7 @@ import typer
 from core import orgs as org_service
 from core.models import ApiKey
 from core.settings import get_settings
+from core.vocab import KeyScope
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, handle_errors, render, render_record
 
@@ -44,7 +45,7 @@ def create(
             org,
             actor=ops_actor(actor),
             secret=get_settings().secret_key,
-            scope="admin" if admin else "customer",
+            scope=KeyScope.ADMIN if admin else KeyScope.CUSTOMER,
             name=name,
         )
         out = {**key_dict(key), "key": plaintext}

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from core import audit
 from core.models import BaseModelEntry, ReleasedModel
+from core.vocab import BaseModelStatus
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, fail, handle_errors, progress_bar, render, render_record
 
@@ -182,7 +183,7 @@ def onboard(
         if entry is None:
             if source is None:
                 raise fail(f"no base model {name!r} in the registry; pass --source PATH_OR_HF_ID to register it")
-            entry = BaseModelEntry(id=name, source=source, status="registered")
+            entry = BaseModelEntry(id=name, source=source, status=BaseModelStatus.REGISTERED)
             session.add(entry)
             session.flush()
             audit.record(session, actor=who, action="model.register", target=name, details={"source": source})

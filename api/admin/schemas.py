@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.jobs.vocab import SafetyMode
 from core.models import ApiKey, Organization
-from core.vocab import AS_LITERAL
+from core.vocab import AS_LITERAL, KeyScope
 
 ALLOWED_MODES_DOC = (
     "Safety modes this organization's customer keys may ask; null: the deployment's GUARDTUNE_ALLOWED_MODES"
@@ -68,7 +68,7 @@ class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("", max_length=200)
-    scope: Literal["customer", "admin"] = "customer"
+    scope: Annotated[KeyScope, AS_LITERAL] = KeyScope.CUSTOMER
 
 
 class ApiKeyObject(BaseModel):
@@ -77,7 +77,7 @@ class ApiKeyObject(BaseModel):
     organization_id: str
     name: str
     prefix: str = Field(description="The first characters of the key, to recognise it")
-    scope: Literal["customer", "admin"]
+    scope: Annotated[KeyScope, AS_LITERAL]
     created_at: int
     last_used_at: int | None = None
     revoked_at: int | None = None

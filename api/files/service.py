@@ -21,6 +21,7 @@ from core.logging import get_logger
 from core.models import File, now
 from core.settings import Settings
 from core.storage import ObjectStore, org_key
+from core.vocab import FileStatus
 
 log = get_logger(__name__)
 
@@ -88,7 +89,7 @@ class FileService:
                     bytes=put.bytes,
                     sha256=put.sha256,
                     storage_key=key,
-                    status="processed" if report.ok else "error",
+                    status=FileStatus.PROCESSED if report.ok else FileStatus.ERROR,
                     status_details=report.details(),
                     n_examples=report.n_examples,
                     n_tokens=report.est_tokens,
