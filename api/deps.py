@@ -19,6 +19,7 @@ from core.models import ApiKey, now
 from core.orgs.apikeys import hash_key
 from core.settings import Settings, get_settings
 from core.storage import ObjectStore, get_store
+from core.vocab import KeyScope
 
 
 async def _settings() -> Settings:
@@ -63,7 +64,7 @@ class Caller:
 
     key_id: str
     org_id: str
-    scope: str
+    scope: KeyScope
 
     @property
     def actor(self) -> str:
@@ -87,7 +88,7 @@ def _lookup(session: Session, key_hash: str) -> Caller:
         key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
         if key is None or key.revoked_at is not None:
             raise AuthenticationError("Incorrect or revoked API key provided.", code="invalid_api_key")
-        caller = Caller(key.id, key.org_id, key.scope)
+        caller = Caller(key.id, key.org_id, KeyScope(key.scope))
         if key.last_used_at is None or now() - key.last_used_at > 60:
             key.last_used_at = now()
             session.commit()
@@ -119,7 +120,7 @@ CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
 def require_admin(caller: CallerDep) -> Caller:
-    if caller.scope != "admin":
+    if caller.scope != KeyScope.ADMIN:
         raise PermissionDenied("This endpoint needs an admin-scoped API key.", code="insufficient_scope")
     return caller
 

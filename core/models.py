@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.jobs.vocab import JobStatus
+from core.vocab import BaseModelStatus, FileStatus, KeyScope
 
 
 def now() -> int:
@@ -54,7 +55,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    scope: Mapped[str] = mapped_column(String(16), default="customer")  # customer | admin
+    scope: Mapped[str] = mapped_column(String(16), default=KeyScope.CUSTOMER.value)  # a KeyScope
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     last_used_at: Mapped[int | None] = mapped_column(BigInteger)
@@ -72,7 +73,7 @@ class File(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
     storage_key: Mapped[str] = mapped_column(String(512))
-    status: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded|processed|error
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.UPLOADED.value)  # a FileStatus
     status_details: Mapped[str | None] = mapped_column(Text)
     n_examples: Mapped[int] = mapped_column(Integer, default=0)
     n_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -163,7 +164,7 @@ class BaseModelEntry(Base):
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     source: Mapped[str] = mapped_column(String(500))  # alias, HF id or local path
-    status: Mapped[str] = mapped_column(String(16), default="registered")  # registered|ready|failed
+    status: Mapped[str] = mapped_column(String(16), default=BaseModelStatus.REGISTERED.value)  # a BaseModelStatus
     context_length: Mapped[int | None] = mapped_column(Integer)
     probe_prefix: Mapped[str | None] = mapped_column(String(512))
     baseline: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -109,11 +109,11 @@ class Settings(BaseSettings):
 
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
     # (api/jobs/safety_policy.py).
-    allowed_modes: list[SafetyMode] = Field(default_factory=lambda: ["adaptive", "constant"])
+    allowed_modes: list[SafetyMode] = Field(default_factory=lambda: [SafetyMode.ADAPTIVE, SafetyMode.CONSTANT])
     kl_weight_min: float = KL_WEIGHT_MIN
     kl_weight_max: float = KL_WEIGHT_MAX
     risk_weighting: RiskWeighting = DEFAULT_RISK_WEIGHTING  # "batch": the paper's batch mean (ablation)
-    reference: ReferenceMode = "cached"  # KL against the scan's cached top-k, or a forward per step
+    reference: ReferenceMode = ReferenceMode.CACHED  # KL against the scan's cached top-k, or a forward per step
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
     flag_threshold: float = FLAG_THRESHOLD
     probe_layers: str = "auto"

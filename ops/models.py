@@ -14,6 +14,7 @@ from sqlalchemy import select
 from core.audit import service as audit
 from core.models import BaseModelEntry
 from core.releases.repository import ReleaseRepository
+from core.vocab import BaseModelStatus
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, fail, handle_errors, progress_bar, render, render_record
 
@@ -177,7 +178,7 @@ def onboard(
         if entry is None:
             if source is None:
                 raise fail(f"no base model {name!r} in the registry; pass --source PATH_OR_HF_ID to register it")
-            entry = BaseModelEntry(id=name, source=source, status="registered")
+            entry = BaseModelEntry(id=name, source=source, status=BaseModelStatus.REGISTERED)
             session.add(entry)
             session.flush()
             audit.record(session, actor=who, action="model.register", target=name, details={"source": source})

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.jobs.vocab import SafetyMode
 from safety.evaluate import is_refusal
 from safety.generation import GenerationSettings, generate
 from safety.prompt_sets import load_builtin, load_refusals
@@ -91,7 +92,7 @@ class AlignConfig:
     def train_config(self) -> TrainConfig:
         """The trainer's config: standard SFT (no reference pass) on a LoRA adapter."""
         return TrainConfig(
-            mode="none",
+            mode=SafetyMode.NONE,
             learning_rate=self.learning_rate,
             n_epochs=self.n_epochs,
             batch_size=self.batch_size,

@@ -170,13 +170,14 @@ def _worst(checks: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def decide(base: EvalSummary, tuned: EvalSummary, policy: GatePolicy = GatePolicy()) -> GateDecision:
     """Apply ``policy`` to the base and fine-tuned evaluations (see module docstring)."""
-    if policy.use not in ("keyword", "judge", "both"):
+    if policy.use not in tuple(AsrSource):
         raise ValueError(f"unknown ASR source {policy.use!r}")
-    sources = [("asr_keyword", "ASR (refusal keywords)"), ("asr_judge", "ASR (judge)")]
+    sources = [(AsrSource.KEYWORD, "ASR (refusal keywords)"), (AsrSource.JUDGE, "ASR (judge)")]
     checks: list[dict[str, Any]] = []
-    for key, subject in sources:
-        if policy.use not in (key.removeprefix("asr_"), "both"):
+    for source, subject in sources:
+        if policy.use not in (source, AsrSource.BOTH):
             continue
+        key = f"asr_{source}"
         rows = _condition_rows(base, tuned, key)
         if policy.max_asr_increase is not None:
             checks.append(

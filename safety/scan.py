@@ -30,15 +30,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import Any
 
 from core.jobs.config import FLAG_THRESHOLD
+from core.jobs.vocab import Estimator
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
 from safety.reference import ReferenceCache
 from safety.scan_reference import probe_and_reference
 
-Estimator = Literal["probe", "judge", "both"]
 Example = dict[str, Any]
 
 # Plain keyword cues per rubric category, used only to label flagged examples.
@@ -216,7 +216,7 @@ def scan_dataset(
     *,
     probe: Probe | None = None,
     judge: Judge | None = None,
-    estimator: Estimator = "probe",
+    estimator: Estimator = Estimator.PROBE,
     model: Any = None,
     tokenizer: Any = None,
     batch_size: int = 16,
@@ -234,9 +234,9 @@ def scan_dataset(
     forward over each whole example that also gives the probe's features
     (``safety.scan_reference``).
     """
-    use_probe = estimator in ("probe", "both")
-    use_judge = estimator in ("judge", "both")
-    if estimator not in ("probe", "judge", "both"):
+    use_probe = estimator in (Estimator.PROBE, Estimator.BOTH)
+    use_judge = estimator in (Estimator.JUDGE, Estimator.BOTH)
+    if estimator not in tuple(Estimator):
         raise ValueError(f"unknown estimator {estimator!r}")
     if use_probe and (probe is None or model is None or tokenizer is None):
         raise ValueError("the probe estimator needs probe, model and tokenizer")

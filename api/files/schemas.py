@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel
 
 from core.models import File
+from core.vocab import AS_LITERAL, FileStatus
 
 
 class FileObject(BaseModel):
@@ -16,7 +17,7 @@ class FileObject(BaseModel):
     created_at: int
     filename: str
     purpose: str
-    status: Literal["uploaded", "processed", "error"]
+    status: Annotated[FileStatus, AS_LITERAL]
     status_details: str | None = None
     expires_at: int | None = None
 

@@ -21,6 +21,7 @@ from core.models import File, now
 from core.orgs.repository import OrgRepository
 from core.settings import Settings
 from core.storage import ObjectStore, org_key
+from core.vocab import FileStatus
 
 log = get_logger(__name__)
 
@@ -90,7 +91,7 @@ class FileService:
                     bytes=put.bytes,
                     sha256=put.sha256,
                     storage_key=key,
-                    status="processed" if report.ok else "error",
+                    status=FileStatus.PROCESSED if report.ok else FileStatus.ERROR,
                     status_details=report.details(),
                     n_examples=report.n_examples,
                     n_tokens=report.est_tokens,

@@ -27,6 +27,7 @@ from core.jobs.vocab import JobStatus
 from core.models import File, Job, now
 from core.orgs.repository import OrgRepository
 from core.settings import Settings
+from core.vocab import FileStatus
 
 
 def build_job(
@@ -94,14 +95,14 @@ def usable_file(session: Session, caller: Caller, file_id: str, param: str) -> F
             code="invalid_file_purpose",
             param=param,
         )
-    if row.status == "error":
+    if row.status == FileStatus.ERROR:
         details = (row.status_details or "").strip()
         raise InvalidRequest(
             f"File {file_id} failed validation and cannot be used for fine-tuning. {details}".strip(),
             code=f"invalid_{param}",
             param=param,
         )
-    if row.status != "processed":
+    if row.status != FileStatus.PROCESSED:
         raise InvalidRequest(
             f"File {file_id} is still being processed; retry when its status is 'processed'.",
             code="file_not_ready",

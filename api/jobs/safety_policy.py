@@ -29,8 +29,9 @@ from api.deps import Caller
 from api.jobs.schemas import SafetyIn
 from core.errors import InvalidRequest
 from core.jobs.config import CONSTANT_KL_WEIGHT, KlWeightBounds, SafetyConfig
-from core.jobs.vocab import ErrorCode
+from core.jobs.vocab import ErrorCode, SafetyMode
 from core.settings import Settings
+from core.vocab import KeyScope
 
 
 def resolve_safety(
@@ -45,14 +46,16 @@ def resolve_safety(
     constant = s.constant_kl_weight if "constant_kl_weight" in s.model_fields_set else max(CONSTANT_KL_WEIGHT, floor)
     operator_share = settings.max_flagged_fraction
     share = s.max_flagged_fraction
-    if caller.scope != "admin":
+    if caller.scope != KeyScope.ADMIN:
         allowed, source = (
             (org_modes, "the organization's allowed_modes")
             if org_modes
             else (settings.allowed_modes, "GUARDTUNE_ALLOWED_MODES")
         )
         if s.mode not in allowed:
-            _refuse("safety.mode", f"mode {s.mode!r} is not open to customer keys", f"{source}={','.join(allowed)}")
+            _refuse(
+                "safety.mode", f"mode {s.mode.value!r} is not open to customer keys", f"{source}={','.join(allowed)}"
+            )
         if bounds.min < floor:
             _refuse(
                 "safety.kl_weight.min",
@@ -65,7 +68,7 @@ def resolve_safety(
                 f"kl_weight.max {bounds.max} is below the operator's ceiling {ceiling}",
                 f"GUARDTUNE_KL_WEIGHT_MAX={ceiling}; a customer may only raise it",
             )
-        if s.mode == "constant" and constant < floor:
+        if s.mode == SafetyMode.CONSTANT and constant < floor:
             _refuse(
                 "safety.constant_kl_weight",
                 f"constant_kl_weight {constant} is below the operator's floor {floor}",
@@ -80,13 +83,13 @@ def resolve_safety(
         if s.risk_weighting is not None and s.risk_weighting != settings.risk_weighting:
             _refuse(
                 "safety.risk_weighting",
-                f"risk_weighting {s.risk_weighting!r} is not open to customer keys",
+                f"risk_weighting {s.risk_weighting.value!r} is not open to customer keys",
                 f"GUARDTUNE_RISK_WEIGHTING={settings.risk_weighting}",
             )
         if s.reference is not None and s.reference != settings.reference:
             _refuse(
                 "safety.reference",
-                f"reference {s.reference!r} is not open to customer keys",
+                f"reference {s.reference.value!r} is not open to customer keys",
                 f"GUARDTUNE_REFERENCE={settings.reference}",
             )
     config = SafetyConfig(
@@ -99,9 +102,9 @@ def resolve_safety(
         max_flagged_fraction=_stricter(share, operator_share),
     )
     has_judge = bool(settings.judge_base_url or settings.judge_local_model)
-    if config.mode == "adaptive" and config.uses_judge and not has_judge:
+    if config.mode == SafetyMode.ADAPTIVE and config.uses_judge and not has_judge:
         raise InvalidRequest(
-            f"safety.estimator {s.estimator!r} needs the judge, and this deployment has none configured "
+            f"safety.estimator {s.estimator.value!r} needs the judge, and this deployment has none configured "
             "(neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL is set); use 'probe'.",
             code=ErrorCode.JUDGE_UNAVAILABLE,
             param="safety.estimator",

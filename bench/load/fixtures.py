@@ -62,6 +62,7 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
     from core.jobs import ErrorCode, Hyperparameters, JobStage, JobStatus, SafetyConfig
     from core.models import ApiKey, File, Job, JobEvent, Organization, SafetyReport
     from core.orgs.apikeys import generate_key
+    from core.vocab import FileStatus, KeyScope
 
     rng = random.Random(seed_)
     engine = create_engine(url)
@@ -187,7 +188,7 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
     with Session(engine) as session, session.begin():
         session.add(Organization(id=org_id, name="bench-org"))
         session.flush()
-        session.add(ApiKey(id=new_id("key"), org_id=org_id, prefix=prefix, key_hash=digest, scope="customer"))
+        session.add(ApiKey(id=new_id("key"), org_id=org_id, prefix=prefix, key_hash=digest, scope=KeyScope.CUSTOMER))
         session.add(
             File(
                 id=file_id,
@@ -195,7 +196,7 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
                 filename="train.jsonl",
                 purpose="fine-tune",
                 storage_key=f"orgs/{org_id}/files/{file_id}",
-                status="processed",
+                status=FileStatus.PROCESSED,
                 n_examples=48,
             )
         )

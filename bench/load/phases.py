@@ -58,6 +58,7 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
     from core.models import ApiKey
     from core.orgs.apikeys import hash_key
     from core.settings import Settings
+    from core.vocab import KeyScope
 
     settings = Settings(database_url=url, secret_key=SECRET)
     rng = random.Random(1)
@@ -69,7 +70,7 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
         session = new_session(url)  # the API's engine options (core.db.get_engine)
         try:
             row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key, SECRET)))
-            caller = Caller(row.id, row.org_id, row.scope)
+            caller = Caller(row.id, row.org_id, KeyScope(row.scope))
             service = JobService(session, settings)
             job_id = rng.choice(job_ids)
             if kind == "job":

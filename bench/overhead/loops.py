@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.common import peak_rss_mb
 from bench.overhead.variants import TOPKS
+from core.jobs.vocab import Estimator, ReferenceMode
 
 
 def stamp() -> tuple[float, float]:
@@ -109,7 +110,7 @@ def cached_reference(model, tokenizer, examples, config, total, ends, tokens, ex
         probe=probe,
         model=model.eval(),
         tokenizer=tokenizer,
-        estimator="probe",
+        estimator=Estimator.PROBE,
         batch_size=16,
         reference_topk=args.reference_topk,
         max_len=config.max_seq_len,
@@ -118,7 +119,7 @@ def cached_reference(model, tokenizer, examples, config, total, ends, tokens, ex
     extra["scan_with_cache_mean_risk"] = scan.summary.mean_risk
     cache = scan.reference
     encoded = encode(tokenizer, examples, config)
-    config = dataclasses.replace(config, reference="cached")
+    config = dataclasses.replace(config, reference=ReferenceMode.CACHED)
     trained = guardtune(model, tokenizer, examples, 5.0, config, total, ends, tokens, extra, cache)
     extra["reference_topk"] = args.reference_topk
     extra["peak_rss_training_mb"] = peak_rss_mb()  # before the gap measurement below
@@ -199,7 +200,7 @@ def paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, ex
     # For comparison: the probe-only scan every guardtune job runs (what an SFT-mode or an
     # exact-reference job pays before training).
     t, c = stamp()
-    scan = scan_dataset(examples, probe=probe, model=ref, tokenizer=tokenizer, estimator="probe", batch_size=16)
+    scan = scan_dataset(examples, probe=probe, model=ref, tokenizer=tokenizer, estimator=Estimator.PROBE, batch_size=16)
     extra["scan_once_s"] = time.perf_counter() - t
     extra["scan_once_cpu_s"] = time.process_time() - c
     extra["scan_once_mean_risk"] = scan.summary.mean_risk

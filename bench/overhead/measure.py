@@ -17,6 +17,7 @@ from typing import Any
 from bench.common import current_rss_mb, peak_rss_mb
 from bench.overhead.loops import cached_reference, guardtune, paper_style, plain_sft
 from bench.overhead.variants import DATASET_OF, DESCRIPTIONS, build_dataset
+from core.jobs.vocab import SafetyMode
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     examples = build_dataset(DATASET_OF[variant], args.n_examples)
     total = args.warmup + args.steps
     config = TrainConfig(
-        mode="adaptive",
+        mode=SafetyMode.ADAPTIVE,
         kl_weight_min=0.0 if variant == "c" else 0.1,
         kl_weight_max=0.9,
         batch_size=args.batch_size,

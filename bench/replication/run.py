@@ -38,6 +38,7 @@ from bench.replication import attacks as atk
 from bench.replication import stats
 from bench.replication.evaluation import measure
 from bench.replication.gate import decision
+from core.jobs.vocab import ReferenceMode, RiskWeighting, SafetyMode
 
 DEFAULT_MODES = ("none", "filter", "constant", "adaptive", "adaptive_batch")
 MODES = (*DEFAULT_MODES, "adaptive_exact")  # adaptive_exact: only to check the cache (--modes)
@@ -165,16 +166,16 @@ def mode_config(mode: str, args: argparse.Namespace, seed: int, epochs: int) -> 
         "checkpoint_every": 0,
     }
     if mode in ("none", "filter"):
-        return {**common, "mode": "none"}
+        return {**common, "mode": SafetyMode.NONE}
     if "reference" in fields:  # a trainer from before the cached reference has only the exact one
-        common["reference"] = "exact" if mode == "adaptive_exact" else args.reference
+        common["reference"] = ReferenceMode.EXACT if mode == "adaptive_exact" else args.reference
     if mode == "constant":
-        return {**common, "mode": "constant", "constant_kl_weight": args.constant_kl_weight}
-    weighting = "batch" if mode == "adaptive_batch" else "example"
+        return {**common, "mode": SafetyMode.CONSTANT, "constant_kl_weight": args.constant_kl_weight}
+    weighting = RiskWeighting.BATCH if mode == "adaptive_batch" else RiskWeighting.EXAMPLE
     if "risk_weighting" in fields:
-        return {**common, "mode": "adaptive", "risk_weighting": weighting}
-    if weighting == "batch":
-        return {**common, "mode": "adaptive"}  # this trainer weights by the batch mean only
+        return {**common, "mode": SafetyMode.ADAPTIVE, "risk_weighting": weighting}
+    if weighting == RiskWeighting.BATCH:
+        return {**common, "mode": SafetyMode.ADAPTIVE}  # this trainer weights by the batch mean only
     return "this trainer has no risk_weighting option (per-example weights); not run"
 
 
@@ -196,7 +197,7 @@ def fine_tune(
         TrainConfig(**fields),
         work_dir=work,
         on_step=lambda m: w_kl.append(m.kl_weight),
-        reference_cache=cache if fields.get("reference") == "cached" else None,
+        reference_cache=cache if fields.get("reference") == ReferenceMode.CACHED else None,
     )
     return result.model, tokenizer, {"steps": result.steps, "mean_w_kl": stats.mean(w_kl)}
 
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         "attack": attack,
                         "mode": mode,
                         "seed": seed,
-                        "reference": fields.get("reference") if fields["mode"] != "none" else None,
+                        "reference": fields.get("reference") if fields["mode"] != SafetyMode.NONE else None,
                         "n_examples": len(train_examples),
                         "flagged": sum(flagged),
                         "n_attack_examples": len(examples),

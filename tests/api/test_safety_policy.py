@@ -39,6 +39,7 @@ def test_a_customer_key_cannot_weaken_the_defence(customer, tenant, unchanged, s
     assert err.value.param == param and err.value.code == "safety_policy"
     assert err.value.type == "invalid_request_error"
     assert policy in err.value.message and "safety policy" in err.value.message
+    assert "<" not in err.value.message  # a refused value is quoted as its string, not an enum's repr
 
 
 def test_a_customer_key_may_tighten_toward_safety(customer):
@@ -96,6 +97,7 @@ def test_estimator_judge_without_an_endpoint_is_a_clear_400(customer, tenant, un
         assert (err.value.param, err.value.code) == ("safety.estimator", "judge_unavailable")
         assert "neither GUARDTUNE_JUDGE_BASE_URL nor GUARDTUNE_JUDGE_LOCAL_MODEL" in err.value.message
         assert "'probe'" in err.value.message
+        assert f"safety.estimator '{estimator}' needs the judge" in err.value.message
 
 
 def test_an_admin_may_open_a_mode_to_one_organization(http, sdk, new_tenant, unchanged, db):

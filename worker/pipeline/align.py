@@ -19,6 +19,7 @@ from core.errors import NotFound
 from core.logging import get_logger
 from core.models import BaseModelEntry
 from core.settings import get_settings
+from core.vocab import BaseModelStatus
 
 ALIGNED_SUFFIX = "-aligned"
 log = get_logger(__name__)
@@ -95,10 +96,10 @@ def align_base_model(
     with session_scope() as session:
         variant = session.get(BaseModelEntry, name)
         if variant is None:
-            variant = BaseModelEntry(id=name, source=meta["path"], status="registered")
+            variant = BaseModelEntry(id=name, source=meta["path"], status=BaseModelStatus.REGISTERED)
             session.add(variant)
         elif variant.source != meta["path"] or meta["origin"] != "cached":
-            variant.source, variant.status = meta["path"], "registered"
+            variant.source, variant.status = meta["path"], BaseModelStatus.REGISTERED
             variant.probe_prefix, variant.baseline = None, None
         audit.record(
             session,

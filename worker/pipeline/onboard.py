@@ -16,6 +16,7 @@ from core.errors import NotFound
 from core.models import BaseModelEntry
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
+from core.vocab import BaseModelStatus
 from worker.pipeline.resources import load_model, probe_prefix
 
 
@@ -138,7 +139,7 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
         ensure_probe(session, entry, model, tokenizer)
         entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer)}
         entry.context_length = context_length(model)
-        entry.status = "ready"
+        entry.status = BaseModelStatus.READY
         audit.record(
             session,
             actor=actor,

@@ -13,6 +13,7 @@ import io
 from typing import Any
 
 from core.jobs.config import SafetyConfig
+from core.jobs.vocab import ReferenceMode
 from core.models import Job
 from core.settings import get_settings
 from core.storage import get_store
@@ -25,7 +26,7 @@ def uses_cache(job: Job) -> bool:
     ``safety.reference`` at creation (``GUARDTUNE_REFERENCE`` by default); one created before
     the option existed keeps the exact reference it started with."""
     safety = SafetyConfig.stored(job.safety)
-    return safety.regularized and safety.reference == "cached"
+    return safety.regularized and safety.reference == ReferenceMode.CACHED
 
 
 def store_cache(job: Job, cache: Any) -> None:

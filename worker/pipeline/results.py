@@ -22,6 +22,7 @@ from core.ids import new_id
 from core.jobs.transitions import update_live
 from core.models import File, Job, JobEvent
 from core.storage import get_store, org_key
+from core.vocab import FileStatus
 
 FILENAME = "step_metrics.csv"
 PURPOSE = "fine-tune-results"
@@ -62,7 +63,7 @@ def attach_step_metrics(session: Session, job: Job) -> str:
             bytes=put.bytes,
             sha256=put.sha256,
             storage_key=key,
-            status="processed",
+            status=FileStatus.PROCESSED,
         )
     )
     session.flush()
