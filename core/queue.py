@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from functools import lru_cache
-
 from typing import TYPE_CHECKING
 
 from celery import Celery

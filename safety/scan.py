@@ -27,18 +27,18 @@ from __future__ import annotations
 import heapq
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import Any
 
 from core.jobs.config import FLAG_THRESHOLD
+from core.jobs.vocab import Estimator
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
 from safety.reference import ReferenceCache
 from safety.scan_reference import probe_and_reference
 
-Estimator = Literal["probe", "judge", "both"]
 Example = dict[str, Any]
 
 # Plain keyword cues per rubric category, used only to label flagged examples.
@@ -216,7 +216,7 @@ def scan_dataset(
     *,
     probe: Probe | None = None,
     judge: Judge | None = None,
-    estimator: Estimator = "probe",
+    estimator: Estimator = Estimator.PROBE,
     model: Any = None,
     tokenizer: Any = None,
     batch_size: int = 16,
@@ -259,7 +259,7 @@ def scan_dataset(
             except ValueError as exc:
                 raise ValueError(f"line {line}: {exc}") from None
         turns = [t for ts in per_example for t in ts]
-        probs: list[float | None] = [None] * len(turns)
+        probs: Sequence[float | None] = [None] * len(turns)
         verdicts: list[Any] = [None] * len(turns)
         if reference_topk is not None:
             assert max_len is not None
