@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from kombu import Queue
 
+from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
+from core.settings import Settings, get_settings
+
 if TYPE_CHECKING:
     from kombu.transport import redis as redis_transport
     from kombu.transport import sqlalchemy as sqlalchemy_transport
-
-from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
-from core.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ()) -> Celery:

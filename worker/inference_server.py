@@ -59,7 +59,7 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
     app = FastAPI(title="guardtune infer", docs_url=None, redoc_url=None)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    def health() -> dict:
         return {
             "status": "ok",
             "loaded": engine.loaded(),
