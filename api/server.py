@@ -41,7 +41,8 @@ class BoundedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         buffered, _ = self.conn.trailing_data
-        if self.conn.their_state is not h11.ERROR or len(buffered) <= self.config.h11_max_incomplete_event_size:
+        limit = self.config.h11_max_incomplete_event_size  # :func:`server` sets it
+        if self.conn.their_state is not h11.ERROR or limit is None or len(buffered) <= limit:
             super().send_400_response(msg)
             return
         self.logger.warning("Request header fields too large.")

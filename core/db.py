@@ -7,8 +7,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import CursorResult, Engine, Update, create_engine, event, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from core.settings import Settings, get_settings
 
@@ -44,12 +46,19 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def matched_rows(session: Session, statement: Update) -> int:
+    """Execute the UPDATE ``statement`` in ``session``: the number of rows its WHERE matched."""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)  # what a DML statement returns
+    return result.rowcount
 
 
 def begin_write(session: Session) -> None:
@@ -62,6 +71,7 @@ def begin_write(session: Session) -> None:
     if connection.dialect.name != "sqlite":
         return
     dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None  # a checked-out connection has its driver connection
     if not dbapi.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 

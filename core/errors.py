@@ -22,7 +22,7 @@ class GuardtuneError(Exception):
         self.param = param
         self.headers = headers  # extra response headers (e.g. ``x-should-retry: false``)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 

@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from core.db import matched_rows
 from core.ids import new_id
 from core.logging import get_logger
 from core.models import OutboxMessage
@@ -107,11 +108,12 @@ def consume(session: Session, message_id: str) -> bool:
     """Mark the row consumed in ``session``'s transaction. False if it was consumed (or
     superseded) before: this delivery is a duplicate and must not run. A message id with
     no row (a task sent by hand) is not deduplicated: True."""
-    changed = session.execute(
+    changed = matched_rows(
+        session,
         update(OutboxMessage)
         .where(OutboxMessage.id == message_id, OutboxMessage.consumed_at.is_(None))
-        .values(consumed_at=time.time())
-    ).rowcount
+        .values(consumed_at=time.time()),
+    )
     if changed:
         return True
     return session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is None

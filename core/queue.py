@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import time
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from kombu import Queue
 
 from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
 from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from kombu.transport import redis as redis_transport
+    from kombu.transport import sqlalchemy as sqlalchemy_transport
 
 
 def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ()) -> Celery:
@@ -60,9 +65,9 @@ def enqueue(
     ``ignore_result=True`` for fire-and-forget tasks whose outcome lives in the database:
     the producer then never subscribes to the result backend (with the broker down, a send
     fails in about a second instead of ~20 s of result-backend reconnects)."""
-    return (
-        producer().send_task(task_name, args=list(args), queue=queue, ignore_result=ignore_result, task_id=task_id).id
-    )
+    result = producer().send_task(task_name, args=list(args), queue=queue, ignore_result=ignore_result, task_id=task_id)
+    sent_id: str = result.id
+    return sent_id
 
 
 def broker_message_ids(
@@ -93,7 +98,9 @@ def broker_message_ids(
         return {message_id for message_id in map(_message_id, payloads) if message_id}
 
 
-def _redis_payloads(channel, queues: tuple[str, ...], delivered_after: float | None) -> list[str]:
+def _redis_payloads(
+    channel: redis_transport.Channel, queues: tuple[str, ...], delivered_after: float | None
+) -> list[str]:
     client = channel.client
     payloads: list[str] = []
     for queue in queues:
@@ -111,7 +118,7 @@ def _redis_payloads(channel, queues: tuple[str, ...], delivered_after: float | N
     return payloads
 
 
-def _sqla_payloads(channel, queues: tuple[str, ...]) -> list[str]:
+def _sqla_payloads(channel: sqlalchemy_transport.Channel, queues: tuple[str, ...]) -> list[str]:
     # Delivered messages stay in the table with visible = False; only visible ones wait.
     # (A worker of this transport holds a delivered message in memory, nowhere readable.)
     session, message, queue = channel.session, channel.message_cls, channel.queue_cls
@@ -130,7 +137,10 @@ def _message_id(payload: str | bytes) -> str | None:
         data = json.loads(payload)
     except (TypeError, ValueError):
         return None
-    return (data.get("headers") or {}).get("id") or (data.get("properties") or {}).get("correlation_id")
+    message_id: str | None = (data.get("headers") or {}).get("id") or (data.get("properties") or {}).get(
+        "correlation_id"
+    )
+    return message_id
 
 
 def check_broker(timeout_s: float = 3.0) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from core.settings import Settings, get_settings
@@ -61,7 +61,7 @@ class ObjectStore(Protocol):
         """Raise if the store is unreachable."""
 
 
-def _copy_hashing(stream: BinaryIO, out: BinaryIO, max_bytes: int | None) -> PutResult:
+def _copy_hashing(stream: BinaryIO, out: IO[bytes], max_bytes: int | None) -> PutResult:
     digest, total = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK):
         total += len(chunk)
@@ -178,7 +178,8 @@ class S3Store:
             body.close()
 
     def open(self, key: str) -> BinaryIO:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        body: BinaryIO = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        return body
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -207,12 +208,14 @@ class S3Store:
         return sorted(keys)
 
     def size(self, key: str) -> int:
-        return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        length: int = self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        return length
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
-        return self.client.generate_presigned_url(
+        url: str = self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
+        return url
 
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -13,7 +14,7 @@ import httpx
 def wait_http(
     url: str,
     timeout_s: float,
-    process: subprocess.Popen | None = None,
+    process: subprocess.Popen[Any] | None = None,
     *,
     ready: Callable[[int], bool] = lambda status: status == 200,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,12 +13,17 @@ from ops.modelload import load_model
 from ops.output import echo_json, err_console, fail, handle_errors, progress_bar
 from ops.probe import ModelOpt
 
+if TYPE_CHECKING:
+    from safety.evaluate import GenerationRecord
+    from safety.judge import Judge
+    from safety.prompt_sets import Prompt
+
 app = typer.Typer(help="Safety evaluation.", no_args_is_help=True)
 
 BUILTIN = "builtin:"
 
 
-def load_prompts(spec: str, limit: int | None) -> list[Any]:
+def load_prompts(spec: str, limit: int | None) -> list[Prompt]:
     """Harmful prompts from a file (AdvBench/HarmBench/StrongREJECT CSV, txt, JSONL) or ``builtin:NAME``."""
     from safety.prompt_sets import load_builtin, load_prompt_file
 
@@ -38,7 +43,7 @@ def load_prompts(spec: str, limit: int | None) -> list[Any]:
     return prompts
 
 
-def make_judge() -> Any | None:
+def make_judge() -> Judge | None:
     """The configured judge (endpoint or local model, ``safety.judge.judge_from_settings``), or None."""
     from safety.judge import judge_from_settings
 
@@ -79,7 +84,7 @@ def asr(
     model_obj, tokenizer = load_model(model, adapter)
     tokens = max_new_tokens or settings.eval_max_new_tokens
     batch_size = batch_size or settings.eval_batch_size
-    records: list[Any] = []
+    records: list[GenerationRecord] = []
     unparsed = 0
     try:
         with progress_bar() as progress:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from core.settings import get_settings
 from ops.modelload import default_probe_dir, load_model
 from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, progress_bar, render_record
+
+if TYPE_CHECKING:
+    from safety.generation import PromptLike
+    from safety.probe import RiskMode
 
 app = typer.Typer(
     help="Activation probes (harmful-prompt classifiers on a model's hidden states).", no_args_is_help=True
@@ -87,7 +91,7 @@ def train(
     console().print(f"[green]probe saved to {directory}[/green]")
 
 
-def _row_text(row: dict[str, Any]) -> tuple[str, Any]:
+def _row_text(row: dict[str, Any]) -> tuple[str, PromptLike]:
     """(display text, what the probe reads) of one JSONL row."""
     if isinstance(row.get("messages"), list):
         messages = row["messages"]
@@ -102,7 +106,7 @@ def _row_text(row: dict[str, Any]) -> tuple[str, Any]:
     raise ValueError(f"row has none of the keys messages, {', '.join(_TEXT_KEYS)}")
 
 
-def read_inputs(path: Path) -> list[tuple[str, Any]]:
+def read_inputs(path: Path) -> list[tuple[str, PromptLike]]:
     """A prompt a line, or JSONL rows (``messages`` or ``text``/``prompt``/…); CSV via the prompt-set reader."""
     if path.suffix.lower() == ".csv":
         from safety.prompt_sets import load_prompt_file
@@ -154,6 +158,7 @@ def score(
     """Score prompts with a trained probe: JSONL rows {"text", "p_harmful", "risk"}."""
     if risk_mode not in ("calibrated", "binary"):
         raise typer.BadParameter("risk mode must be calibrated or binary", param_hint="--risk-mode")
+    mode: RiskMode = "binary" if risk_mode == "binary" else "calibrated"
     from safety.probe import Probe
 
     directory = probe_dir or default_probe_dir(model)
@@ -171,9 +176,7 @@ def score(
             for batch in _batches(items, batch_size):
                 probs = probe.predict_proba(model_obj, tokenizer, [p for _, p in batch], batch_size=batch_size)
                 for (text, _), p in zip(batch, probs, strict=True):
-                    line = json.dumps(
-                        {"text": text, "p_harmful": round(p, 6), "risk": round(probe.risk(p, risk_mode), 4)}
-                    )  # type: ignore[arg-type]
+                    line = json.dumps({"text": text, "p_harmful": round(p, 6), "risk": round(probe.risk(p, mode), 4)})
                     if sink:
                         sink.write(line + "\n")
                     else:

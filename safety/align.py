@@ -215,10 +215,13 @@ def align_model(
     longest_prefix = max(config.prefix_tokens)
     settings = GenerationSettings(max_new_tokens=config.answer_max_new_tokens, batch_size=config.gen_batch_size)
     prefix_settings = GenerationSettings(max_new_tokens=longest_prefix + 8, batch_size=config.gen_batch_size)
-    cached = dict(identity=identity, cache=answers_cache)
-    benign_answers, benign_cached = cached_generate(model, tokenizer, benign, settings, **cached)
+    benign_answers, benign_cached = cached_generate(
+        model, tokenizer, benign, settings, identity=identity, cache=answers_cache
+    )
     benign_answers = [trim_to_sentence(a) for a in benign_answers]
-    harmful_answers, harmful_cached = cached_generate(model, tokenizer, harmful, prefix_settings, **cached)
+    harmful_answers, harmful_cached = cached_generate(
+        model, tokenizer, harmful, prefix_settings, identity=identity, cache=answers_cache
+    )
     generated_s = time.perf_counter() - started
     examples, counts = build_examples(
         tokenizer, harmful, harmful_answers, benign, benign_answers, list(config.refusals) or load_refusals(), config
@@ -329,13 +332,14 @@ def ensure_aligned(
         return {**existing, "origin": "cached", "path": str(dest)}
     fingerprint = source_fingerprint(source)
     shipped = read_alignment(prebuilt) if prebuilt is not None else None
-    use_shipped = shipped is not None and shipped.get("key") == key and shipped.get("base_fingerprint") == fingerprint
+    if shipped is not None and (shipped.get("key") != key or shipped.get("base_fingerprint") != fingerprint):
+        shipped = None  # shipped for another recipe or base: train here
     model, tokenizer = load_base_model(source, cache_dir=cache_dir)
-    model = model.to(device)
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) garbles the signature
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        if use_shipped:
+        if shipped is not None:
             from peft import PeftModel
 
             peft_model, report = PeftModel.from_pretrained(model, str(prebuilt), is_trainable=False), shipped["report"]
@@ -361,7 +365,7 @@ def ensure_aligned(
             "config": asdict(config),
             "report": report,
         }
-        if use_shipped and "provenance" in shipped:
+        if shipped is not None and "provenance" in shipped:
             meta["provenance"] = shipped["provenance"]  # the run that trained the shipped adapter
         (out / ALIGNMENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if dest.exists():
@@ -369,5 +373,5 @@ def ensure_aligned(
         out.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    origin = "prebuilt" if use_shipped else "trained"
+    origin = "prebuilt" if shipped is not None else "trained"
     return {**meta, "origin": origin, "path": str(dest)}

@@ -231,7 +231,7 @@ def _convert_gguf(name: str, dest: Path) -> None:
     # The weights are plain float32 now; a saved quantization_config would make
     # from_pretrained look for the GGUF file again.
     del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # the Auto class's return type lacks it
     tokenizer = _read_tokenizer(name)
     tokenizer.model_max_length = model.config.max_position_embeddings
     dest.parent.mkdir(parents=True, exist_ok=True)

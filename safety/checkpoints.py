@@ -45,7 +45,7 @@ def write_checkpoint(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
         _save_tree(optimizer.state_dict(), tmp / "optimizer")
         _save_tree(scheduler.state_dict(), tmp / "scheduler")
         _save_tree(_rng_states(), tmp / "rng")

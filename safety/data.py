@@ -105,6 +105,7 @@ def _render(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], prefix: str, *, add_generation_prompt: bool
 ) -> str:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    assert isinstance(text, str)  # tokenize=False renders text
     if not text.startswith(prefix):
         raise ValueError("chat template is not prefix-stable; cannot locate assistant tokens")
     return text

@@ -30,7 +30,7 @@ from safety.data import IGNORE_INDEX, collate, encode_example
 from safety.gate import EvalSummary
 from safety.generation import GenerationSettings, generate, model_device, pad_token_id
 from safety.judge import Judge
-from safety.prompt_sets import Prompt
+from safety.prompt_sets import Label, Prompt
 
 # Refusal phrases (the GCG / Qi et al. keyword lists, minus their noisy single words).
 REFUSAL_MARKERS: tuple[str, ...] = (
@@ -117,7 +117,7 @@ class OverRefusalReport:
         return asdict(self)
 
 
-def _as_prompts(prompts: Sequence[Prompt | str], label: str) -> list[Prompt]:
+def _as_prompts(prompts: Sequence[Prompt | str], label: Label) -> list[Prompt]:
     return [p if isinstance(p, Prompt) else Prompt(text=p, category=None, label=label) for p in prompts]
 
 

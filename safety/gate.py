@@ -157,7 +157,9 @@ def _condition_rows(
     by_side = ({c.name: c for c in base.conditions}, {c.name: c for c in tuned.conditions})
     for name in dict.fromkeys([*by_side[1], *by_side[0]]):
         b, t = by_side[0].get(name), by_side[1].get(name)
-        rows.append((name, (t or b).description, getattr(b, key, None), getattr(t, key, None)))
+        listed = t or b
+        assert listed is not None  # ``name`` comes from one side's conditions
+        rows.append((name, listed.description, getattr(b, key, None), getattr(t, key, None)))
     return rows
 
 

@@ -149,6 +149,10 @@ class Judge(Protocol):
         """One verdict per (user instruction, model response) pair, in order."""
         ...
 
+    def close(self) -> None:
+        """Release what the judge holds between calls (it still scores afterwards)."""
+        ...
+
 
 class JudgeUnavailableError(RuntimeError):
     """The judge endpoint failed after all retries, or rejected the request outright."""
@@ -275,6 +279,9 @@ class LocalJudge:
 
     def __post_init__(self) -> None:
         self._suffix_ids, self._digit_ids = _score_token_ids(self.tokenizer)
+
+    def close(self) -> None:
+        """Nothing to release: the model stays loaded for the next call."""
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         self.model.eval()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
@@ -259,7 +259,7 @@ def scan_dataset(
             except ValueError as exc:
                 raise ValueError(f"line {line}: {exc}") from None
         turns = [t for ts in per_example for t in ts]
-        probs: list[float | None] = [None] * len(turns)
+        probs: Sequence[float | None] = [None] * len(turns)
         verdicts: list[Any] = [None] * len(turns)
         if reference_topk is not None:
             assert max_len is not None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import queue
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -30,8 +30,11 @@ from core.inference import InferenceUnavailable, fetch_adapter
 from core.settings import get_settings
 from core.storage import get_store
 
+if TYPE_CHECKING:
+    from safety.inference import Engine
 
-def make_engine() -> Any:
+
+def make_engine() -> Engine:
     from safety.inference import Engine
     from worker.pipeline.resources import load_model
 
@@ -48,7 +51,7 @@ def _error(exc: GuardtuneError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), exc.status_code)
 
 
-def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
+def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -> FastAPI:
     settings = get_settings()
     engine = engine or make_engine()
     adapter_root = adapter_root or settings.home_dir / "infer-adapters"
@@ -65,7 +68,7 @@ def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions", response_model=None)
-    def chat_completions(body: chat.InferRequest) -> Any:
+    def chat_completions(body: chat.InferRequest) -> JSONResponse | StreamingResponse | dict[str, Any]:
         from safety.inference import ChatRequest
 
         target = body.guardtune
@@ -102,14 +105,16 @@ def create_app(engine: Any = None, adapter_root: Path | None = None) -> FastAPI:
     return app
 
 
-def _next(events: queue.Queue, timeout_s: float) -> tuple[str, Any]:
+def _next(events: queue.Queue[tuple[str, Any]], timeout_s: float) -> tuple[str, Any]:
     try:
         return events.get(timeout=timeout_s)
     except queue.Empty:
         return ("error", f"generation took longer than {timeout_s:.0f}s")
 
 
-def _stream(events: queue.Queue, id_: str, model: str, include_usage: bool, timeout_s: float) -> Iterator[bytes]:
+def _stream(
+    events: queue.Queue[tuple[str, Any]], id_: str, model: str, include_usage: bool, timeout_s: float
+) -> Iterator[bytes]:
     yield chat.sse(chat.chunk(id_, model, {"role": "assistant", "content": ""}))
     while True:
         kind, value = _next(events, timeout_s)

@@ -29,7 +29,9 @@ class BackendError(GuardtuneError):
     """A backend's own error object, relayed with its status."""
 
     def __init__(self, status: int, body: dict[str, Any]):
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = body.get("error")
+        if not isinstance(error, dict):
+            error = {}
         super().__init__(str(error.get("message") or body)[:1000], code=error.get("code"), param=error.get("param"))
         self.status_code = status
         self.type = error.get("type") or ("invalid_request_error" if status < 500 else "server_error")

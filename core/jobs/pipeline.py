@@ -66,4 +66,4 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec(Stage.RELEASE, DEFAULT_QUEUE, None),
 )
 _SPEC = {spec.stage: spec for spec in PIPELINE}
-_BY_JOB_STAGE = {spec.job_stage: spec.stage for spec in PIPELINE if spec.job_stage is not None}
+_BY_JOB_STAGE: dict[str, Stage] = {spec.job_stage: spec.stage for spec in PIPELINE if spec.job_stage is not None}

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.audit import service as audit
+from core.db import matched_rows
 from core.ids import new_id
 from core.jobs.vocab import ACTIVE, JobStatus
 from core.models import Job, JobEvent
@@ -77,10 +78,11 @@ def transition(
     ``level`` and ``event_data``) and the audit record ``action`` by ``actor`` with ``details``,
     each only when given. Returns False, having written nothing, when the job is not (any
     longer) in ``allowed_from``."""
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(tuple(allowed_from))).values(status=status, **values)
+    matched = matched_rows(
+        session,
+        update(Job).where(Job.id == job_id, Job.status.in_(tuple(allowed_from))).values(status=status, **values),
     )
-    if result.rowcount != 1:
+    if matched != 1:
         return False
     _expire_loaded(session, job_id)
     if message is not None:
@@ -94,5 +96,4 @@ def update_live(session: Session, job_id: str, **values: Any) -> bool:
     """Set columns (not the status) of an unfinished job; False if it is finished."""
     if "status" in values:
         raise ValueError("change a job's status with transition()")
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(**values))
-    return result.rowcount == 1
+    return matched_rows(session, update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(**values)) == 1

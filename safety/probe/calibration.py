@@ -64,7 +64,7 @@ class ProbeReport:
         return d
 
 
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+def auroc(scores: Sequence[float], labels: Sequence[float]) -> float:
     """Area under the ROC curve (labels 1 = positive), ties counted half (Mann-Whitney)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
@@ -84,7 +84,7 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def tpr_at_fpr(scores: Sequence[float], labels: Sequence[int], target_fpr: float) -> tuple[float, float]:
+def tpr_at_fpr(scores: Sequence[float], labels: Sequence[float], target_fpr: float) -> tuple[float, float]:
     """``(tpr, threshold)`` of the rule ``score >= threshold`` with the highest TPR whose
     FPR is at most ``target_fpr``; the threshold is the lowest score meeting it."""
     s = np.asarray(scores, dtype=np.float64)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from safety.generation import (
     PromptLike,
@@ -36,7 +37,7 @@ class _StopForward(Exception):
     """Raised by the hook on the deepest needed layer to skip the rest of the model."""
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def _decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     n = model.config.num_hidden_layers
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n:
@@ -177,7 +178,7 @@ def pooling_spans(tokenizer: Any, token_lists: Sequence[Sequence[int]], pool: Po
 
 @contextmanager
 def layer_outputs(
-    model: nn.Module, layers: Sequence[int], on_output: Callable[[int, torch.Tensor], None]
+    model: PreTrainedModel, layers: Sequence[int], on_output: Callable[[int, torch.Tensor], None]
 ) -> Iterator[None]:
     """Within the block, every forward of ``model`` calls ``on_output(layer, hidden)`` with
     the residual stream after each of ``layers`` (resolved indices, ``0`` = embeddings); an

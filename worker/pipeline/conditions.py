@@ -11,12 +11,16 @@ each model, on top of the plain evaluation.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.models import Job
 from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline.resources import iter_file_examples, scan_key
+
+if TYPE_CHECKING:
+    from safety.attacks import Condition
+    from safety.judge import Judge
 
 
 def flagged_lines(job: Job) -> set[int]:
@@ -25,7 +29,7 @@ def flagged_lines(job: Job) -> set[int]:
     return {row["line"] for row in map(json.loads, filter(str.strip, rows)) if row.get("flagged")}
 
 
-def plan(job: Job, training_key: str) -> list[Any]:
+def plan(job: Job, training_key: str) -> list[Condition]:
     """The conditions for ``job``: plain, then system-prompt and trigger conditions."""
     from safety.attacks import TriggerConfig, plan_conditions
 
@@ -36,7 +40,9 @@ def plan(job: Job, training_key: str) -> list[Any]:
     return plan_conditions(scanned, system_prompts=s.eval_system_prompts, triggers=config)
 
 
-def evaluate(model: Any, tokenizer: Any, conditions: list[Any], judge: Any = None) -> dict[str, dict[str, Any]]:
+def evaluate(
+    model: Any, tokenizer: Any, conditions: list[Condition], judge: Judge | None = None
+) -> dict[str, dict[str, Any]]:
     """ASR report dicts by condition name for the non-plain ``conditions``."""
     from safety.attacks import spread
     from safety.evaluate import evaluate_asr
@@ -63,7 +69,9 @@ def _rates(asr: dict[str, Any]) -> dict[str, Any]:
     return {k: asr.get(k) for k in ("n", "asr_keyword", "asr_judge", "mean_judge_score", "per_category")}
 
 
-def report_rows(conditions: list[Any], base: dict[str, dict], tuned: dict[str, dict]) -> list[dict[str, Any]]:
+def report_rows(
+    conditions: list[Condition], base: dict[str, dict[str, Any]], tuned: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One safety-report row per condition: what it is, and both models' rates.
     ``base`` / ``tuned`` map condition names (``"plain"`` included) to ASR report dicts."""
     return [{**c.to_dict(), "base": _rates(base[c.name]), "tuned": _rates(tuned[c.name])} for c in conditions]

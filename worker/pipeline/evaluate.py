@@ -39,14 +39,14 @@ def run(job_id: str) -> None:
         jobstate.enter_stage(
             session, job_id, JobStage.EVALUATING, "Evaluating safety: attack success rate before and after"
         )
-        job = session.get(Job, job_id)
-        entry = session.get(BaseModelEntry, job.model)
-        report = session.get(SafetyReport, job_id)
+        job = session.get_one(Job, job_id)
+        entry = session.get_one(BaseModelEntry, job.model)
+        report = session.get_one(SafetyReport, job_id)
         if report.evaluation:
             return  # evaluated before a crash
         cached = (entry.baseline or {}).get("eval")
-        validation_key = session.get(File, job.validation_file_id).storage_key if job.validation_file_id else None
-        training_key = session.get(File, job.training_file_id).storage_key
+        validation_key = session.get_one(File, job.validation_file_id).storage_key if job.validation_file_id else None
+        training_key = session.get_one(File, job.training_file_id).storage_key
         source = entry.source
         conditions = attack_conditions.plan(job, training_key)
     judge = make_judge()
@@ -74,7 +74,7 @@ def run(job_id: str) -> None:
         "outputs": eval_outputs_key(job),
     }
     with session_scope() as session:
-        session.get(SafetyReport, job_id).evaluation = evaluation
+        session.get_one(SafetyReport, job_id).evaluation = evaluation
         jobstate.add_event(
             session,
             job_id,
@@ -93,7 +93,7 @@ def _headline(rows: list[dict[str, Any]]) -> str:
     return "ASR (base → fine-tuned) " + "; ".join(parts)
 
 
-def _val_loss(model: Any, tokenizer: Any, examples: list[dict] | None) -> float | None:
+def _val_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]] | None) -> float | None:
     from safety.evaluate import validation_loss
 
     return validation_loss(model, tokenizer, examples) if examples else None

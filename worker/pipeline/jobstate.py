@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from core.db import session_scope
+from core.db import matched_rows, session_scope
 from core.jobs.transitions import add_event as add_event  # re-exported: the stages' events
 from core.jobs.transitions import transition
 from core.jobs.vocab import ACTIVE, LIVE, TERMINAL, ErrorCode, JobStage, JobStatus
@@ -82,7 +82,7 @@ def enter_stage(session: Session, job_id: str, stage: JobStage, message: str) ->
     """Mark the job running in ``stage`` with an event and an audit record (a resumed job,
     ``queued`` in its stage, just becomes ``running``); :class:`Paused` if it is paused."""
     job = live_job(session, job_id)
-    order = list(JobStage)
+    order: list[str] = list(JobStage)
     if job.stage and order.index(job.stage) > order.index(stage):
         raise Superseded(f"{job_id} is already {job.stage}")
     values: dict[str, Any] = {"stage": stage}
@@ -91,7 +91,7 @@ def enter_stage(session: Session, job_id: str, stage: JobStage, message: str) ->
     entering = job.stage != stage  # read first: the UPDATE below refreshes ``job``
     if entering or job.status != JobStatus.RUNNING:
         # A resumed job (``queued`` in its stage) just becomes ``running``: nothing to record.
-        record = (
+        record: dict[str, Any] = (
             {"message": message, "event_data": {"stage": stage}, "action": "job.stage", "details": {"stage": stage}}
             if entering
             else {}
@@ -147,16 +147,17 @@ def claim(session: Session, job_id: str) -> bool:
 
     Exactly one worker wins a contested claim (one conditional UPDATE)."""
     stale_before = time.time() - get_settings().stale_job_after_s
-    result = session.execute(
+    claimed = matched_rows(
+        session,
         update(Job)
         .where(
             Job.id == job_id,
             Job.status.in_(ACTIVE),
             or_(Job.worker_id.is_(None), Job.worker_id == worker_id(), Job.heartbeat_at < stale_before),
         )
-        .values(worker_id=worker_id(), heartbeat_at=time.time())
+        .values(worker_id=worker_id(), heartbeat_at=time.time()),
     )
-    return result.rowcount == 1
+    return claimed == 1
 
 
 def release_lease(job_id: str, session: Session | None = None) -> bool:
@@ -165,8 +166,10 @@ def release_lease(job_id: str, session: Session | None = None) -> bool:
     if session is None:
         with session_scope() as own:
             return release_lease(job_id, own)
-    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id()).values(worker_id=None))
-    return result.rowcount == 1
+    released = matched_rows(
+        session, update(Job).where(Job.id == job_id, Job.worker_id == worker_id()).values(worker_id=None)
+    )
+    return released == 1
 
 
 def beat(job_id: str) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core import outbox
-from core.db import session_scope
+from core.db import matched_rows, session_scope
 from core.jobs.pipeline import Stage
 from core.jobs.vocab import LIVE, ErrorCode, JobStatus
 from core.logging import get_logger
@@ -119,13 +119,14 @@ def _untouched(session: Session, job: Job, row: OutboxMessage | None, stale_befo
     if row is not None:
         newer = newer.where(OutboxMessage.seq > row.seq)
     stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
-    claimed = session.execute(
+    claimed = matched_rows(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.worker_id.is_(None), ~newer.exists(), stale)
         .values(heartbeat_at=time.time())
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return claimed.rowcount == 1
+    return claimed == 1
 
 
 def _message_gone(row: OutboxMessage, grace_before: float, broker: _Broker) -> bool:
@@ -136,12 +137,14 @@ def _message_gone(row: OutboxMessage, grace_before: float, broker: _Broker) -> b
 
 def _task_for(job: Job) -> tuple[str, str]:
     """The stage a job with nothing queued should run next, from its status and stage."""
+    stage: Stage | None
     if job.status == JobStatus.VALIDATING_FILES:
         stage = Stage.VALIDATE
     elif job.stage is None:
         stage = Stage.VALIDATE.next  # validated, not yet scanning
     else:
         stage = Stage.running_as(job.stage)
+    assert stage is not None  # validate is not the last stage
     return stage.task, stage.queue
 
 
@@ -164,11 +167,12 @@ def _worker_lost(
             message="Job failed: its worker was lost",
         )
         return ("failed" if failed else None), None
-    claimed = session.execute(
+    claimed = matched_rows(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.worker_id == job.worker_id, Job.heartbeat_at < stale_before)
-        .values(attempts=retry, worker_id=None, heartbeat_at=time.time())
-    ).rowcount
+        .values(attempts=retry, worker_id=None, heartbeat_at=time.time()),
+    )
     if not claimed:
         return None, None
     jobstate.add_event(

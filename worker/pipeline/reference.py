@@ -10,7 +10,7 @@ upgrade) builds and stores it first, so the artifact always exists once training
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.jobs.config import SafetyConfig
 from core.jobs.vocab import ReferenceMode
@@ -19,6 +19,9 @@ from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline import jobstate
 from worker.pipeline.resources import reference_key, token_limit
+
+if TYPE_CHECKING:
+    from safety.reference import ReferenceCache
 
 
 def uses_cache(job: Job) -> bool:
@@ -29,12 +32,12 @@ def uses_cache(job: Job) -> bool:
     return safety.regularized and safety.reference == ReferenceMode.CACHED
 
 
-def store_cache(job: Job, cache: Any) -> None:
-    """Store ``cache`` (a ``safety.reference.ReferenceCache``) as the job's artifact."""
+def store_cache(job: Job, cache: ReferenceCache) -> None:
+    """Store ``cache`` as the job's artifact."""
     get_store().put_stream(reference_key(job), io.BytesIO(cache.to_bytes()))
 
 
-def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
+def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> ReferenceCache:
     """Run the reference (``model``, the base model) once over every example, keep the top
     ``GUARDTUNE_REFERENCE_TOPK`` log-probs of each answer token and store them."""
     from safety.data import encode_example
@@ -48,7 +51,7 @@ def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[st
     return cache
 
 
-def load_or_build(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> Any:
+def load_or_build(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> ReferenceCache:
     """The stored cache of ``job``, built (from the base ``model``) and stored if missing."""
     from safety.reference import ReferenceCache
 

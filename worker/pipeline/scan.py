@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -44,8 +44,12 @@ from worker.pipeline.onboard import ensure_probe
 from worker.pipeline.reference import store_cache, uses_cache
 from worker.pipeline.resources import iter_file_examples, load_model, scan_key, token_limit
 
+if TYPE_CHECKING:
+    from safety.judge import Judge
+    from safety.scan import ScanResult, ScanSummary
 
-def make_judge() -> Any:
+
+def make_judge() -> Judge | None:
     """The Safety Critic judge of this deployment (endpoint or local model), or None."""
     from safety.judge import judge_from_settings
 
@@ -67,7 +71,9 @@ def judge_failures_fail_the_job() -> Iterator[None]:
         ) from exc
 
 
-def check_token_lengths(examples: list[tuple[int, dict]], tokenizer: Any, limit: int, max_errors: int) -> None:
+def check_token_lengths(
+    examples: list[tuple[int, dict[str, Any]]], tokenizer: Any, limit: int, max_errors: int
+) -> None:
     """Fail the job with a ``line N: …`` error for each example longer than ``limit`` tokens
     (the first ``max_errors`` shown, all counted)."""
     from safety.data import to_messages
@@ -92,13 +98,13 @@ def run(job_id: str) -> None:
     settings = get_settings()
     with session_scope() as session:
         jobstate.enter_stage(session, job_id, JobStage.SCANNING, "Scanning the training data for risk")
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         report = session.get(SafetyReport, job_id)
         if report is not None and report.scan and get_store().exists(scan_key(job)):
             return  # scanned before a crash
         session.commit()  # unlock the job row: the heartbeat writes it while the model loads and a probe trains
-        file = session.get(File, job.training_file_id)
-        entry = session.get(BaseModelEntry, job.model)
+        file = session.get_one(File, job.training_file_id)
+        entry = session.get_one(BaseModelEntry, job.model)
         examples = list(iter_file_examples(file.storage_key))
         model, tokenizer = load_model(entry.source)
         check_token_lengths(examples, tokenizer, token_limit(model), settings.validation_max_errors)
@@ -149,7 +155,7 @@ def run(job_id: str) -> None:
             )
 
 
-def _store_scan(session: Session, job: Job, result: Any) -> None:
+def _store_scan(session: Session, job: Job, result: ScanResult) -> None:
     rows = "".join(json.dumps(asdict(e)) + "\n" for e in result.examples).encode()
     get_store().put_stream(scan_key(job), io.BytesIO(rows))
     report = session.get(SafetyReport, job.id) or SafetyReport(job_id=job.id)
@@ -161,7 +167,7 @@ def _store_scan(session: Session, job: Job, result: Any) -> None:
     session.add(report)
 
 
-def _headline(summary: Any) -> dict[str, Any]:
+def _headline(summary: ScanSummary) -> dict[str, Any]:
     return {
         "n": summary.n,
         "n_flagged": summary.n_flagged,
