@@ -226,7 +226,7 @@ def start_worker(
     env: dict[str, str], log_path: Path, queues: str = "default,gpu", beat: bool = True
 ) -> subprocess.Popen:
     """A real Celery worker process (``guardtune worker``; ``beat``: with the reaper)."""
-    from api.cli import worker_argv
+    from cli.guardtune import worker_argv
 
     log = log_path.open("ab")
     return subprocess.Popen(

@@ -28,22 +28,23 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.demo_chat import ask_released_model
+from cli.demo_chat import ask_released_model
 from core.db import session_scope
 from core.errors import NotFound
-from core.jobs.vocab import TERMINAL, JobStatus
+from core.jobs.vocab import TERMINAL, JobStatus, SafetyMode
 from core.models import BaseModelEntry
 from core.orgs import create_key, create_org, find_org, update_org
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
+from core.vocab import BaseModelStatus
 from core.waiting import wait_http
 
 console = Console()
 DEMO_ORG = "demo"
 # Training modes of the demo's two jobs, in order. ``none`` is standard SFT: where the operator
 # restricts customer keys to regularized modes, the demo org is the operator's exception.
-MODES = ("adaptive", "none")
-DEMO_ALLOWED_MODES = ("adaptive", "constant", "none")
+MODES = (SafetyMode.ADAPTIVE, SafetyMode.NONE)
+DEMO_ALLOWED_MODES = (SafetyMode.ADAPTIVE, SafetyMode.CONSTANT, SafetyMode.NONE)
 # The demo customer's hyperparameters: 3 epochs at 5x the base learning rate (1e-3). At the API's
 # defaults (2 epochs, 2e-4) standard SFT on this file does not move the aligned 135M model
 # (exploration: ASR 17% -> 12%), so the demo would show two releases; at these, `none` unlearns
@@ -59,7 +60,7 @@ DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "demo_train
 def start_server(log_path: Path) -> subprocess.Popen:
     log = log_path.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        [sys.executable, "-m", "cli.guardtune", "serve"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
     )
 
 
@@ -102,7 +103,7 @@ def earlier_onboarding(aligned: dict) -> dict | None:
         return None
     with session_scope() as session:
         entry = session.get(BaseModelEntry, aligned["model"])
-        if entry is None or entry.status != "ready" or not entry.probe_prefix or not entry.baseline:
+        if entry is None or entry.status != BaseModelStatus.READY or not entry.probe_prefix or not entry.baseline:
             return None
         return onboarding_summary(entry)
 
@@ -312,7 +313,7 @@ def run_demo(
             lap(f"both jobs ({' + '.join(MODES)})")
             print_reports(reports)
         console.print(phase_times(walls, aligned), soft_wrap=True)
-        answer = ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
+        answer = ask_released_model(settings.base_url, key, reports[SafetyMode.ADAPTIVE][1], console)
         if report_path is not None:
             report_path.write_text(json.dumps(outcome(walls, aligned, reports, answer), indent=2) + "\n")
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")

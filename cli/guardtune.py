@@ -1,4 +1,4 @@
-"""``guardtune``: the service commands (serve, worker, infer, migrate)."""
+"""``guardtune``: the service commands (serve, worker, infer, migrate) and the demo."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def worker_argv(
 
 def infer_argv() -> list[str]:
     """The embedded inference process (``guardtune infer``)."""
-    return [sys.executable, "-m", "api.cli", "infer"]
+    return [sys.executable, "-m", "cli.guardtune", "infer"]
 
 
 def stop_child(process: subprocess.Popen) -> None:
@@ -137,7 +137,7 @@ def demo(
 ) -> None:
     """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
     standard SFT, end to end on the embedded stack (see README)."""
-    from api.demo import run_demo
+    from cli.demo import run_demo
 
     chosen = {k: v for k, v in {"epochs": epochs, "lr_multiplier": lr_multiplier}.items() if v is not None}
     raise typer.Exit(run_demo(keep_serving=keep_serving, report_path=report, **chosen))
