@@ -179,7 +179,7 @@ def report_rows(report: dict, job: dict) -> dict[str, str]:
     return rows
 
 
-def print_reports(reports: dict[str, tuple[dict, dict]]) -> None:
+def print_reports(reports: dict[SafetyMode, tuple[dict, dict]]) -> None:
     """The safety reports of the demo's jobs side by side, one column per training mode."""
     columns = {mode: report_rows(report, job) for mode, (report, job) in reports.items()}
     table = Table(title="Safety reports: the same file, two training modes", show_lines=True)
@@ -211,7 +211,7 @@ def phase_times(walls: dict[str, float], alignment: dict) -> str:
     )
 
 
-def outcome(walls: dict[str, float], aligned: dict, reports: dict[str, tuple[dict, dict]], answer: str | None) -> dict:
+def outcome(walls: dict[str, float], aligned: dict, reports: dict[SafetyMode, tuple[dict, dict]], answer: str | None) -> dict:
     """The demo's result as data: the aligned variant (origin, onboarding baseline), each job's
     outcome (scan counts, ASR and over-refusal as [base, fine-tuned], the gate's verdict), the
     phase times in seconds and the released model's answer (None when nothing was released)."""
