@@ -211,7 +211,9 @@ def phase_times(walls: dict[str, float], alignment: dict) -> str:
     )
 
 
-def outcome(walls: dict[str, float], aligned: dict, reports: dict[SafetyMode, tuple[dict, dict]], answer: str | None) -> dict:
+def outcome(
+    walls: dict[str, float], aligned: dict, reports: dict[SafetyMode, tuple[dict, dict]], answer: str | None
+) -> dict:
     """The demo's result as data: the aligned variant (origin, onboarding baseline), each job's
     outcome (scan counts, ASR and over-refusal as [base, fine-tuned], the gate's verdict), the
     phase times in seconds and the released model's answer (None when nothing was released)."""

@@ -62,9 +62,9 @@ def stop_child(process: subprocess.Popen) -> None:
 @app.command()
 def migrate(revision: str = "head") -> None:
     """Upgrade the database schema (``alembic upgrade``) and seed the base-model registry."""
-    from core import migrate as migrations
     from core.db import session_scope
     from core.registry import seed_base_models
+    from migrations import migrate as migrations
 
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)

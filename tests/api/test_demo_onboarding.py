@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from cli.demo import earlier_onboarding
-from core import migrate
 from core.db import session_scope
 from core.models import BaseModelEntry
+from migrations import migrate
 
 PROBE = {
     "layers": [3, 4],

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from typer.testing import CliRunner
 
 from cli.ops import app
-from core import migrate
+from migrations import migrate
 from tests.conftest import PG_ADMIN_URL, _pg_admin, apply_env, clear_caches
 
 ACTOR = "tester"
