@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from safety.fake_judge import serve_judge
 from tests.conftest import apply_env, clear_caches
+from tests.fakes.judge import serve_judge
 from tests.worker.conftest import create_job, small_pipeline_env
 
 
