@@ -6,6 +6,7 @@
 FROM scratch AS source
 COPY pyproject.toml README.md alembic.ini /src/
 COPY api /src/api
+COPY cli /src/cli
 COPY core /src/core
 COPY ops /src/ops
 COPY worker /src/worker

@@ -2,7 +2,7 @@
 
 Pollers (the dashboard) send back the ETag they got; while nothing changed they get an
 empty 304. :func:`conditional_json` tags a built body by its hash; :func:`conditional`
-takes a tag computed without the body (``api.etags.row_validator``) and builds the body
+takes a tag computed without the body (``core.etags.row_validator``) and builds the body
 only when the tag does not match, so a poll that changes nothing costs one small query
 (the key's is cached: ``api.keycache``). :func:`conditional_rows` also keeps the bodies it
 built by their tag, so a plain poll of unchanged rows costs that one query too.
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from fastapi import Request, Response
 from pydantic import BaseModel
 
-from api.etags import etag_of
+from core.etags import etag_of
 
 # Bodies by their row validator (strong: equal tags, byte-equal bodies); at most MAX_BODIES,
 # starting over when full. Plain dict operations, safe from the endpoint threads.

@@ -44,13 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, RESULTS_DIR, git_info, machine_info, print_table, ratio  # noqa: E402
 from safety.base_models import DEFAULT_BASE_MODEL, load_base_model  # noqa: E402
-from safety.fake_judge import serve_judge  # noqa: E402
 from safety.generation import PromptLike, pad_batch, pad_token_id, position_ids_from_mask, render_prompt  # noqa: E402
 from safety.judge import LocalJudge, OpenAICompatibleJudge  # noqa: E402
 from safety.probe import Probe, auroc, extract_features, tpr_at_fpr, train_probe_on_features  # noqa: E402
 from safety.probe_recipe import recipe, training_set  # noqa: E402
 from safety.prompt_sets import load_builtin, load_prompt_file, load_refusals  # noqa: E402
 from safety.scan import scan_dataset, trained_turns  # noqa: E402
+from tests.fakes.judge import serve_judge  # noqa: E402
 
 TARGET_AUROC = 0.97
 TARGET_FPR = 0.05

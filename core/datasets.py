@@ -20,10 +20,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
-
-if TYPE_CHECKING:  # core.settings reads this module's limits as its defaults
-    from core.settings import Settings
+from typing import Any, BinaryIO, Literal, Protocol
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = frozenset(
@@ -42,6 +39,14 @@ MAX_EXAMPLES = 500_000  # per file
 MAX_ERRORS = 20  # errors reported before validation stops
 
 
+class LimitSettings(Protocol):
+    """The operator's limits (``core.settings.Settings``, which reads this module's defaults)."""
+
+    max_example_chars: int
+    max_examples: int
+    validation_max_errors: int
+
+
 @dataclass(frozen=True)
 class Limits:
     max_example_chars: int = MAX_EXAMPLE_CHARS
@@ -49,7 +54,7 @@ class Limits:
     max_errors: int = MAX_ERRORS
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
+    def from_settings(cls, settings: LimitSettings) -> Limits:
         return cls(settings.max_example_chars, settings.max_examples, settings.validation_max_errors)
 
     @property

@@ -1,1 +1,1 @@
-"""``guardtune-ops``: the internal ops CLI."""
+"""``guardtune-ops``'s command groups, one module each (assembled in :mod:`cli.ops`)."""

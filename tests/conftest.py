@@ -68,7 +68,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh Postgres database, migrated to head, dropped afterwards."""
-    from core import migrate
+    from migrations import migrate
 
     name = f"gt_test_{os.getpid()}_{secrets.token_hex(3)}"
     with _pg_admin() as conn:
@@ -226,7 +226,7 @@ def start_worker(
     env: dict[str, str], log_path: Path, queues: str = "default,gpu", beat: bool = True
 ) -> subprocess.Popen:
     """A real Celery worker process (``guardtune worker``; ``beat``: with the reaper)."""
-    from api.cli import worker_argv
+    from cli.guardtune import worker_argv
 
     log = log_path.open("ab")
     return subprocess.Popen(

@@ -35,7 +35,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
-from api.etags import row_validator
 from api.jobs.build import build_job
 from api.jobs.params import fingerprint
 from api.jobs.presenters import checkpoint_object, event_object, job_object, report_object
@@ -48,11 +47,13 @@ from api.jobs.schemas import (
     SafetyReport,
 )
 from api.metrics import JOBS_CREATED
+from api.schemas import CursorPage
 from core import outbox
 from core.audit import service as audit
 from core.audit.repository import AuditRepository
 from core.db import read_outside_transaction
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
+from core.etags import body_format, row_validator
 from core.ids import new_id
 from core.jobs.pipeline import DEFAULT_QUEUE, START_TASK, Stage
 from core.jobs.transitions import transition
@@ -66,6 +67,8 @@ from core.settings import Settings
 log = get_logger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 200
+# Part of every row validator of a job or events body: a deploy that changes their rendering changes the tags.
+BODY_FORMAT = body_format(FineTuningJob, CursorPage[JobEvent])
 
 
 def _job_not_found(job_id: str) -> NotFound:
@@ -96,7 +99,7 @@ class JobService:
         versions = self._jobs(caller).versions(job_id)
         if versions is None:
             raise _job_not_found(job_id)
-        return row_validator("job", job_id, *versions)
+        return row_validator(BODY_FORMAT, "job", job_id, *versions)
 
     def get_presented(self, caller: Caller, job_id: str) -> tuple[str, FineTuningJob]:
         """``(ETag, body)`` of the job (as :meth:`job_validator` and :meth:`present`), from one
@@ -106,7 +109,7 @@ class JobService:
             raise _job_not_found(job_id)
         job, report = found
         version = None if report is None else report.version
-        return row_validator("job", job_id, job.version, version), job_object(job, report)
+        return row_validator(BODY_FORMAT, "job", job_id, job.version, version), job_object(job, report)
 
     def read_only(self) -> None:
         """This request only reads, each query on its own (``core.db.read_outside_transaction``)."""
@@ -122,7 +125,7 @@ class JobService:
         marks = self._jobs(caller).event_marks(job_id)
         if marks is None:
             raise _job_not_found(job_id)
-        return row_validator("events", job_id, *marks, after, limit, order)
+        return row_validator(BODY_FORMAT, "events", job_id, *marks, after, limit, order)
 
     def present(self, job: Job) -> FineTuningJob:
         return job_object(job, JobRepository(self.session, job.org_id).report(job.id))

@@ -50,11 +50,11 @@ def in_process_cost(url: str, key: str, job_ids: list[str], events_limit: int, n
     from sqlalchemy import select
 
     from api.deps import Caller
-    from api.etags import etag_of
     from api.jobs.schemas import JobEvent as JobEventOut
     from api.jobs.service import JobService
     from api.schemas import CursorPage, page
     from core.db import get_engine, new_session
+    from core.etags import etag_of
     from core.models import ApiKey
     from core.orgs.apikeys import hash_key
     from core.settings import Settings

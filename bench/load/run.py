@@ -4,7 +4,7 @@ of the same app in the same run.
 What it does, per database (``--db postgres|sqlite|both``):
 
 1. creates a scratch database (a Postgres database, or a SQLite file), migrates it
-   (``core.migrate.upgrade``) and inserts, in bulk through SQLAlchemy, one organization, one
+   (``migrations.migrate.upgrade``) and inserts, in bulk through SQLAlchemy, one organization, one
    API key, one training file and ``--jobs`` jobs (a mix of running / succeeded / failed, each
    with a safety report) with ``--events-per-job`` events each;
 2. starts the API in a subprocess the way its source tree starts it (``python -m api.server``:
@@ -68,7 +68,7 @@ from core.waiting import wait_http
 def run_database(db: str, args: argparse.Namespace, tree: Path) -> dict[str, Any]:
     """Set up a scratch database of kind ``db``, serve it with the API of ``tree``, drive the
     phases; the database is dropped afterwards."""
-    from core import migrate
+    from migrations import migrate
 
     with tempfile.TemporaryDirectory(prefix="gt-bench-api-") as home:
         if db == "postgres":

@@ -208,8 +208,8 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
 
 def test_metadata_filter_on_the_embedded_sqlite(embedded_env):
     """The same JSON filter on SQLite (the embedded default), keys with JSON-path characters too."""
-    from core import migrate
     from core.db import session_scope
+    from migrations import migrate
     from tests.worker.conftest import create_job
 
     migrate.upgrade()

@@ -1,5 +1,5 @@
 """The demo onboards its aligned variant once: a later run whose variant came from the cache
-reuses the onboarding an earlier run stored in the registry (``api.demo.earlier_onboarding``).
+reuses the onboarding an earlier run stored in the registry (``cli.demo.earlier_onboarding``).
 On the embedded stack in a tmp home: registry rows written here must not show in the model
 lists of tests that share the deployment's Postgres."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from api.demo import earlier_onboarding
-from core import migrate
+from cli.demo import earlier_onboarding
 from core.db import session_scope
 from core.models import BaseModelEntry
+from migrations import migrate
 
 PROBE = {
     "layers": [3, 4],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from api.demo import DEMO_ALLOWED_MODES, DEMO_ORG, demo_key
+from cli.demo import DEMO_ALLOWED_MODES, DEMO_ORG, demo_key
 from core.db import session_scope
 from core.models import ApiKey, AuditRecord
 from core.orgs.service import OrgService

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from core import migrate
+from migrations import migrate
 from tests.api.helpers import BASE_MODEL, GOOD, ORG_PREFIX, Tenant, auth
 from tests.conftest import TEST_SECRET, create_key, start_api, stop_process
 

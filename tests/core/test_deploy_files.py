@@ -11,7 +11,7 @@ import tomllib
 import yaml
 from typer.main import get_command
 
-from api.cli import app as service_cli
+from cli.guardtune import app as service_cli
 from core.settings import Settings
 from tests.conftest import REPO
 
@@ -59,6 +59,14 @@ def test_api_image_has_no_torch():
     ]
     api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
     assert "pip install .\n" in api_stage and "[worker]" not in api_stage
+
+
+def test_images_copy_every_package():
+    """The source stage copies every top-level package pyproject installs (``cli/`` holds the
+    ``guardtune`` commands both images run)."""
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\w+) /src/\1$", DOCKERFILE, re.M))
+    assert {pattern.rstrip("*") for pattern in include} == copied
 
 
 def test_compose_vllm_serves_released_adapters():

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from core import migrate
+from migrations import migrate
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 
 TABLES = {

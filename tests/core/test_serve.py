@@ -24,7 +24,7 @@ def test_serve_embedded_default_is_ready(tmp_path):
     )
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"],
+        [sys.executable, "-m", "cli.guardtune", "serve"],
         cwd=tmp_path,
         env=env,
         stdout=log,

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from typer.testing import CliRunner
 
-from core import migrate
-from ops.cli import app
+from cli.ops import app
+from migrations import migrate
 from tests.conftest import PG_ADMIN_URL, _pg_admin, apply_env, clear_caches
 
 ACTOR = "tester"

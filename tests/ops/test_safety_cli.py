@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from safety.fake_judge import serve_judge
 from safety.probe import Probe, ProbeConfig
 from safety.probe_recipe import training_set
 from safety.prompt_sets import load_builtin
 from tests.conftest import apply_env, clear_caches
+from tests.fakes.judge import serve_judge
 from tests.ops.conftest import run_ops as ops
 
 torch.set_num_threads(1)

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 from safety.base_models import load_base_model
-from safety.fake_judge import FakeJudge, serve_judge
 from safety.judge import (
     PROHIBITED_CATEGORIES,
     JudgeUnavailableError,
@@ -20,6 +19,7 @@ from safety.judge import (
     parse_score,
     result_from_text,
 )
+from tests.fakes.judge import FakeJudge, serve_judge
 
 
 @pytest.mark.parametrize(

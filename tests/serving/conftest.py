@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.cli import infer_argv
+from cli.guardtune import infer_argv
 from tests.conftest import LiveServer, free_port, start_http_process
 
 

@@ -200,7 +200,7 @@ def test_dashboard_try_it_box_asks_the_released_model(stack, released, browser):
 def test_demo_asks_the_released_model_once(stack, released):
     from rich.console import Console
 
-    from api.demo_chat import DEMO_QUESTION, ask_released_model
+    from cli.demo_chat import DEMO_QUESTION, ask_released_model
 
     _, api, _ = stack
     client, job = released
@@ -219,7 +219,7 @@ def test_blocked_model_is_404_until_ops_approve_it(stack, released, monkeypatch)
     ``guardtune-ops release approve`` releases it and it answers from the next request on."""
     from typer.testing import CliRunner
 
-    from ops.cli import app as ops_cli
+    from cli.ops import app as ops_cli
 
     env, _, _ = stack
     apply_env(monkeypatch, env)

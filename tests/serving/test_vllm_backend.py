@@ -84,7 +84,7 @@ def test_release_load_forward_reload_and_revoke(vllm_stack, make_key, monkeypatc
 
     from typer.testing import CliRunner
 
-    from ops.cli import app as ops_cli
+    from cli.ops import app as ops_cli
 
     result = CliRunner().invoke(ops_cli, ["release", "revoke", model, "--reason", "test"])
     assert result.exit_code == 0, result.output

@@ -143,7 +143,7 @@ def fresh_database() -> Iterator[str]:
 def migrate(env: dict[str, str]) -> None:
     """``guardtune migrate`` (schema and base-model registry) for ``env``."""
     subprocess.run(
-        [sys.executable, "-m", "api.cli", "migrate"],
+        [sys.executable, "-m", "cli.guardtune", "migrate"],
         cwd=REPO,
         env=child_env(env),
         check=True,

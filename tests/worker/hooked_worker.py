@@ -37,7 +37,7 @@ def install() -> None:
 if __name__ == "__main__":
     from celery.bin.celery import main
 
-    from api.cli import worker_argv
+    from cli.guardtune import worker_argv
 
     install()
     argv = worker_argv(

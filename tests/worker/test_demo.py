@@ -79,7 +79,7 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
     )
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "api.cli", "demo", "--no-serve", "--epochs", "12"),
+            *(sys.executable, "-m", "cli.guardtune", "demo", "--no-serve", "--epochs", "12"),
             *("--learning-rate-multiplier", "10", "--report", str(tmp_path / "outcome.json")),
         ],
         cwd=tmp_path,

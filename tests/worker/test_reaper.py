@@ -18,7 +18,7 @@ STALE_S = 4.0
 
 @pytest.fixture
 def stack(embedded_env, monkeypatch):
-    from core import migrate
+    from migrations import migrate
 
     apply_env(
         monkeypatch, {**embedded_env, "GUARDTUNE_STALE_JOB_AFTER_S": str(STALE_S), "GUARDTUNE_MAX_STAGE_ATTEMPTS": "3"}

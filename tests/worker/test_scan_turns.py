@@ -8,16 +8,17 @@ import json
 
 import pytest
 
-from safety.fake_judge import serve_judge
 from tests.conftest import apply_env, clear_caches
+from tests.fakes.judge import serve_judge
 from tests.worker.conftest import create_job, small_pipeline_env
 
 
 @pytest.fixture
 def judged_env(embedded_env, tiny_model, monkeypatch):
-    from core import migrate, registry
+    from core import registry
     from core.db import session_scope
     from core.settings import get_settings
+    from migrations import migrate
 
     with serve_judge(lambda prompt: "#thescore: 5" if "PLANTED" in prompt else "#thescore: 1") as judge:
         apply_env(

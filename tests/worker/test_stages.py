@@ -12,9 +12,10 @@ from tests.worker.conftest import create_job, demo_lines, small_pipeline_env
 
 @pytest.fixture
 def pipeline_env(embedded_env, tiny_model, monkeypatch):
-    from core import migrate, registry
+    from core import registry
     from core.db import session_scope
     from core.settings import get_settings
+    from migrations import migrate
 
     apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model)})
     migrate.upgrade()

@@ -1,6 +1,6 @@
 """``guardtune-ops``: audit, jobs, orgs and keys, releases, models, probes and evaluation.
 
-Each command group lives in its own module. The database commands import only
+Each command group lives in its own module of :mod:`ops`. The database commands import only
 ``core``; ``probe``, ``eval`` and ``models onboard`` import ``safety`` / the pipeline
 inside the command, so the CLI starts without torch.
 """

@@ -1,4 +1,4 @@
-"""``guardtune``: the service commands (serve, worker, infer, migrate)."""
+"""``guardtune``: the service commands (serve, worker, infer, migrate) and the demo."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def worker_argv(
 
 def infer_argv() -> list[str]:
     """The embedded inference process (``guardtune infer``)."""
-    return [sys.executable, "-m", "api.cli", "infer"]
+    return [sys.executable, "-m", "cli.guardtune", "infer"]
 
 
 def stop_child(process: subprocess.Popen) -> None:
@@ -62,9 +62,9 @@ def stop_child(process: subprocess.Popen) -> None:
 @app.command()
 def migrate(revision: str = "head") -> None:
     """Upgrade the database schema (``alembic upgrade``) and seed the base-model registry."""
-    from core import migrate as migrations
     from core.db import session_scope
     from core.registry import seed_base_models
+    from migrations import migrate as migrations
 
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def demo(
 ) -> None:
     """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
     standard SFT, end to end on the embedded stack (see README)."""
-    from api.demo import run_demo
+    from cli.demo import run_demo
 
     chosen = {k: v for k, v in {"epochs": epochs, "lr_multiplier": lr_multiplier}.items() if v is not None}
     raise typer.Exit(run_demo(keep_serving=keep_serving, report_path=report, **chosen))

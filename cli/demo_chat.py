@@ -1,7 +1,7 @@
 """The demo's last step: call the released model once through ``chat.completions`` with
 the official ``openai`` SDK (as a customer would) and print the answer.
 
-Kept apart from :mod:`api.demo` so the demo's job flow can change without touching this."""
+Kept apart from :mod:`cli.demo` so the demo's job flow can change without touching this."""
 
 from __future__ import annotations
 

@@ -28,22 +28,23 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.demo_chat import ask_released_model
+from cli.demo_chat import ask_released_model
 from core.db import session_scope
 from core.errors import NotFound
-from core.jobs.vocab import TERMINAL, JobStatus
+from core.jobs.vocab import TERMINAL, JobStatus, SafetyMode
 from core.models import BaseModelEntry
-from core.orgs import create_key, create_org, find_org, update_org
+from core.orgs.service import OrgService
 from core.queue import GPU_QUEUE, enqueue, producer
 from core.settings import get_settings
+from core.vocab import BaseModelStatus
 from core.waiting import wait_http
 
 console = Console()
 DEMO_ORG = "demo"
 # Training modes of the demo's two jobs, in order. ``none`` is standard SFT: where the operator
 # restricts customer keys to regularized modes, the demo org is the operator's exception.
-MODES = ("adaptive", "none")
-DEMO_ALLOWED_MODES = ("adaptive", "constant", "none")
+MODES = (SafetyMode.ADAPTIVE, SafetyMode.NONE)
+DEMO_ALLOWED_MODES = (SafetyMode.ADAPTIVE, SafetyMode.CONSTANT, SafetyMode.NONE)
 # The demo customer's hyperparameters: 3 epochs at 5x the base learning rate (1e-3). At the API's
 # defaults (2 epochs, 2e-4) standard SFT on this file does not move the aligned 135M model
 # (exploration: ASR 17% -> 12%), so the demo would show two releases; at these, `none` unlearns
@@ -59,7 +60,7 @@ DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "demo_train
 def start_server(log_path: Path) -> subprocess.Popen:
     log = log_path.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        [sys.executable, "-m", "cli.guardtune", "serve"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
     )
 
 
@@ -102,7 +103,7 @@ def earlier_onboarding(aligned: dict) -> dict | None:
         return None
     with session_scope() as session:
         entry = session.get(BaseModelEntry, aligned["model"])
-        if entry is None or entry.status != "ready" or not entry.probe_prefix or not entry.baseline:
+        if entry is None or entry.status != BaseModelStatus.READY or not entry.probe_prefix or not entry.baseline:
             return None
         return onboarding_summary(entry)
 
@@ -110,14 +111,15 @@ def earlier_onboarding(aligned: dict) -> dict | None:
 def demo_key() -> str:
     settings = get_settings()
     with session_scope() as session:
+        orgs = OrgService(session, settings)
         try:
-            org = find_org(session, DEMO_ORG)
+            org = orgs.find(DEMO_ORG)
         except NotFound:
-            org = create_org(session, DEMO_ORG, actor="ops:demo")
+            org = orgs.create(DEMO_ORG, actor="ops:demo")
         if set(org.allowed_modes or ()) != set(DEMO_ALLOWED_MODES):
             # The operator opens standard SFT (`none`) to the demo org, as an admin PATCH would.
-            update_org(session, org, {"allowed_modes": list(DEMO_ALLOWED_MODES)}, actor="ops:demo")
-        _, plaintext = create_key(session, DEMO_ORG, actor="ops:demo", secret=settings.secret_key, name="demo")
+            orgs.update(org, {"allowed_modes": list(DEMO_ALLOWED_MODES)}, actor="ops:demo")
+        _, plaintext = orgs.create_key(org, actor="ops:demo", name="demo")
     return plaintext
 
 
@@ -178,7 +180,7 @@ def report_rows(report: dict, job: dict) -> dict[str, str]:
     return rows
 
 
-def print_reports(reports: dict[str, tuple[dict, dict]]) -> None:
+def print_reports(reports: dict[SafetyMode, tuple[dict, dict]]) -> None:
     """The safety reports of the demo's jobs side by side, one column per training mode."""
     columns = {mode: report_rows(report, job) for mode, (report, job) in reports.items()}
     table = Table(title="Safety reports: the same file, two training modes", show_lines=True)
@@ -210,7 +212,9 @@ def phase_times(walls: dict[str, float], alignment: dict) -> str:
     )
 
 
-def outcome(walls: dict[str, float], aligned: dict, reports: dict[str, tuple[dict, dict]], answer: str | None) -> dict:
+def outcome(
+    walls: dict[str, float], aligned: dict, reports: dict[SafetyMode, tuple[dict, dict]], answer: str | None
+) -> dict:
     """The demo's result as data: the aligned variant (origin, onboarding baseline), each job's
     outcome (scan counts, ASR and over-refusal as [base, fine-tuned], the gate's verdict), the
     phase times in seconds and the released model's answer (None when nothing was released)."""
@@ -312,7 +316,7 @@ def run_demo(
             lap(f"both jobs ({' + '.join(MODES)})")
             print_reports(reports)
         console.print(phase_times(walls, aligned), soft_wrap=True)
-        answer = ask_released_model(settings.base_url, key, reports["adaptive"][1], console)
+        answer = ask_released_model(settings.base_url, key, reports[SafetyMode.ADAPTIVE][1], console)
         if report_path is not None:
             report_path.write_text(json.dumps(outcome(walls, aligned, reports, answer), indent=2) + "\n")
         console.print(f"\nDashboard: {settings.base_url}/dashboard  (sign in with the demo key: {key})")

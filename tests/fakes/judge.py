@@ -1,10 +1,9 @@
 """A fake OpenAI-compatible judge endpoint: a real local HTTP server for tests and benches.
 
-Not used by the product. It speaks the one call :class:`safety.judge.OpenAICompatibleJudge`
+Not part of the product. It speaks the one call :class:`safety.judge.OpenAICompatibleJudge`
 makes, ``POST {url}/chat/completions``, so the client's real HTTP path (retries,
-concurrency, parsing) runs against it. It lives next to the client it fakes so that the
-tests (``tests/``) and the benches (``bench/probe_quality.py``, which is not a package the
-tests may import from, nor the other way round) share one implementation.
+concurrency, parsing) runs against it. The tests and the benches (``bench/probe_quality.py``)
+share this one implementation.
 
 Contract of :func:`serve_judge`: each request is recorded in :attr:`FakeJudge.requests`
 (``path``, ``auth`` header, JSON ``body``), then answered after ``latency_s`` by the next

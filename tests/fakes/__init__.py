@@ -1,0 +1,1 @@
+"""Test doubles shared by the tests and the benches (``bench/`` imports them from here)."""
