@@ -19,8 +19,11 @@ def test_organization_and_key_lifecycle(http, admin, db, sdk):
     r = http.post("/v1/admin/organizations", headers=auth(admin), json={"name": name, "max_concurrent_jobs": 2})
     assert r.status_code == 200, r.text
     org = r.json()
-    assert org["object"] == "organization" and org["name"] == name and org["id"].startswith("org-")
-    assert org["max_concurrent_jobs"] == 2 and org["max_storage_bytes"] is None
+    assert org["object"] == "organization"
+    assert org["name"] == name
+    assert org["id"].startswith("org-")
+    assert org["max_concurrent_jobs"] == 2
+    assert org["max_storage_bytes"] is None
     assert audit_actions(db, org["id"]) == ["org.create", "org.update"]
 
     listed = http.get("/v1/admin/organizations", headers=auth(admin), params={"limit": 1000}).json()
@@ -28,14 +31,18 @@ def test_organization_and_key_lifecycle(http, admin, db, sdk):
     assert http.get(f"/v1/admin/organizations/{org['id']}", headers=auth(admin)).json() == org
 
     r = http.patch(f"/v1/admin/organizations/{org['id']}", headers=auth(admin), json={"max_storage_bytes": 10_000})
-    assert r.json()["max_storage_bytes"] == 10_000 and r.json()["max_concurrent_jobs"] == 2
+    assert r.json()["max_storage_bytes"] == 10_000
+    assert r.json()["max_concurrent_jobs"] == 2
     assert audit_actions(db, org["id"]) == ["org.create", "org.update", "org.update"]
 
     r = http.post(f"/v1/admin/organizations/{org['id']}/api_keys", headers=auth(admin), json={"name": "ci"})
     assert r.status_code == 200, r.text
     created = r.json()
-    assert created["object"] == "api_key" and created["scope"] == "customer" and created["name"] == "ci"
-    assert created["key"].startswith("gt-") and created["key"].startswith(created["prefix"])
+    assert created["object"] == "api_key"
+    assert created["scope"] == "customer"
+    assert created["name"] == "ci"
+    assert created["key"].startswith("gt-")
+    assert created["key"].startswith(created["prefix"])
     assert audit_actions(db, created["id"]) == ["key.create"]
 
     # the new key works, in its organization, with its limits
@@ -44,23 +51,28 @@ def test_organization_and_key_lifecycle(http, admin, db, sdk):
     assert f.status == "processed"
     keys = http.get(f"/v1/admin/organizations/{org['id']}/api_keys", headers=auth(admin)).json()["data"]
     assert [k["id"] for k in keys] == [created["id"]]
-    assert "key" not in keys[0] and "key_hash" not in keys[0]  # the secret is shown once
+    assert "key" not in keys[0]  # the secret is shown once
+    assert "key_hash" not in keys[0]
     assert keys[0]["last_used_at"] is not None
 
     revoke = f"/v1/admin/organizations/{org['id']}/api_keys/{created['id']}/revoke"
     r = http.post(revoke, headers=auth(admin))
-    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    assert r.status_code == 200
+    assert r.json()["revoked_at"] is not None
     again = http.post(revoke, headers=auth(admin))
-    assert again.status_code == 200 and again.json()["revoked_at"] == r.json()["revoked_at"]
+    assert again.status_code == 200
+    assert again.json()["revoked_at"] == r.json()["revoked_at"]
     assert audit_actions(db, created["id"]) == ["key.create", "key.revoke"]
     assert http.get("/v1/files", headers=auth(created["key"])).status_code == 401
 
 
 def test_admin_errors(http, admin, tenant, new_tenant):
     r = http.post("/v1/admin/organizations", headers=auth(admin), json={"name": tenant.name})
-    assert r.status_code == 409 and r.json()["error"]["code"] == "org_exists"
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "org_exists"
     r = http.post("/v1/admin/organizations", headers=auth(admin), json={"name": ""})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "name"
     for method, path in [
         ("GET", "/v1/admin/organizations/org-missing"),
         ("PATCH", "/v1/admin/organizations/org-missing"),
@@ -75,4 +87,5 @@ def test_admin_errors(http, admin, tenant, new_tenant):
     r = http.post(f"/v1/admin/organizations/{tenant.org_id}/api_keys/{other.key_id}/revoke", headers=auth(admin))
     assert r.status_code == 404
     r = http.post(f"/v1/admin/organizations/{tenant.org_id}/api_keys", headers=auth(admin), json={"scope": "root"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "scope"
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "scope"

@@ -54,11 +54,14 @@ def test_jobs_list_filters_by_metadata(sdk, new_tenant):
     assert ids(metadata={'odd"key.x': "y"}) == [tagged["a1"]]  # a key is a key, not a JSON path
     assert ids(metadata={"team": ""}) == [tagged["blank"]]  # an empty value matches an empty value
     assert ids(extra_query={"metadata": "null"}) == [tagged["none"]]  # OpenAI's literal for "no metadata"
-    assert len(ids()) == 5 and ids(metadata={}) == ids()
+    assert len(ids()) == 5
+    assert ids(metadata={}) == ids()
     page = client.fine_tuning.jobs.list(limit=1, metadata={"team": "a"})
-    assert [j.id for j in page.data] == [tagged["a2"]] and page.has_more
+    assert [j.id for j in page.data] == [tagged["a2"]]
+    assert page.has_more
     after = client.fine_tuning.jobs.list(limit=1, after=tagged["a2"], metadata={"team": "a"})
-    assert [j.id for j in after.data] == [tagged["a1"]] and not after.has_more
+    assert [j.id for j in after.data] == [tagged["a1"]]
+    assert not after.has_more
 
 
 @pytest.mark.parametrize(
@@ -76,7 +79,8 @@ def test_malformed_metadata_filters_are_refused(http, tenant, query, param):
     r = http.get(f"/v1/fine_tuning/jobs?{query}", headers=auth(tenant))
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert error["code"] == "invalid_metadata_filter" and error["param"] == param
+    assert error["code"] == "invalid_metadata_filter"
+    assert error["param"] == param
     assert param in error["message"]
 
 
@@ -90,9 +94,11 @@ def test_a_body_that_is_not_json_answers_400_saying_so(http, tenant, unchanged):
         )
     assert r.status_code == 400
     error = r.json()["error"]
-    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_json"
     assert error["param"] is None
-    assert "could not parse the JSON body" in error["message"] and "Expecting value at character 52" in error["message"]
+    assert "could not parse the JSON body" in error["message"]
+    assert "Expecting value at character 52" in error["message"]
 
 
 # -- models.delete --------------------------------------------------------------------------
@@ -111,9 +117,11 @@ def test_models_delete_revokes_the_owners_fine_tuned_model(client, sdk, other_te
     assert http.get(f"/v1/models/{model_id}/adapter", headers=auth(tenant)).status_code == 404
     with Session(db) as session:
         row = session.get(ReleasedModel, model_id)
-        assert row.revoked_at is not None and "DELETE /v1/models" in row.revoke_reason
+        assert row.revoked_at is not None
+        assert "DELETE /v1/models" in row.revoke_reason
     revoke = [r for r in audit_rows(db, model_id) if r.action == "model.revoke"]
-    assert len(revoke) == 1 and revoke[0].actor == f"key:{tenant.key_id}"
+    assert len(revoke) == 1
+    assert revoke[0].actor == f"key:{tenant.key_id}"
     assert revoke[0].details["request_id"] == deleted._request_id
 
     with pytest.raises(openai.NotFoundError):  # already deleted
@@ -135,7 +143,8 @@ def test_base_and_unknown_models_cannot_be_deleted(client, tenant, unchanged):
 def test_every_response_carries_a_request_id(client, http, live_api, tenant, db):
     uploaded = client.files.with_raw_response.create(file=("train.jsonl", GOOD), purpose="fine-tune")
     generated = uploaded.headers["x-request-id"]
-    assert generated.startswith("req_") and len(generated) == 36
+    assert generated.startswith("req_")
+    assert len(generated) == 36
     assert uploaded.parse()._request_id == generated  # the SDK's request_id
     file_id = uploaded.parse().id
     [record] = audit_rows(db, file_id)
@@ -145,7 +154,8 @@ def test_every_response_carries_a_request_id(client, http, live_api, tenant, db)
     assert client.files.retrieve(file_id, extra_headers={"x-request-id": mine})._request_id == mine
     for insane in ("has spaces", "x" * 129, "ü"):
         r = http.get("/v1/models", headers={**auth(tenant), "x-request-id": insane.encode()})
-        assert r.status_code == 200 and r.headers["x-request-id"].startswith("req_")
+        assert r.status_code == 200
+        assert r.headers["x-request-id"].startswith("req_")
 
     with pytest.raises(openai.NotFoundError) as err:  # errors carry it too
         client.files.retrieve("file-missing", extra_headers={"x-request-id": "trace-404"})
@@ -154,7 +164,8 @@ def test_every_response_carries_a_request_id(client, http, live_api, tenant, db)
         assert http.get(path).headers["x-request-id"].startswith("req_")
     assert http.get("/v1/models").headers["x-request-id"]  # 401 too
     log = re.sub(r"\x1b\[[0-9;]*m", "", live_api.log())  # the console renderer's colours
-    assert "request_id=trace-404" in log and f"request_id={generated}" in log
+    assert "request_id=trace-404" in log
+    assert f"request_id={generated}" in log
 
 
 # -- pause / resume (the state machine; the worker side is in tests/worker) ---------------------
@@ -163,7 +174,8 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:  # not running yet
         client.fine_tuning.jobs.pause(job.id)
-    assert err.value.code == "job_not_pausable" and "cancel it instead" in err.value.message
+    assert err.value.code == "job_not_pausable"
+    assert "cancel it instead" in err.value.message
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.resume(job.id)
     assert err.value.code == "job_not_paused"
@@ -172,7 +184,9 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
     with pytest.raises(openai.NotFoundError):
         sdk(other_tenant).fine_tuning.jobs.pause(job.id)
     paused = client.fine_tuning.jobs.pause(job.id)
-    assert paused.status == "paused" and paused.estimated_finish is None and paused.safety["stage"] == "training"
+    assert paused.status == "paused"
+    assert paused.estimated_finish is None
+    assert paused.safety["stage"] == "training"
     with unchanged(tenant):
         assert client.fine_tuning.jobs.pause(job.id).status == "paused"  # idempotent, nothing recorded
     assert client.fine_tuning.jobs.list(limit=1).data[0].status == "paused"
@@ -184,16 +198,19 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
     set_job(db, job.id, heartbeat_at=time.time() - 301)  # silent past GUARDTUNE_STALE_JOB_AFTER_S: gone
     before = broker.llen("gpu")
     resumed = client.fine_tuning.jobs.resume(job.id)
-    assert resumed.status == "queued" and resumed.safety["stage"] == "training"
+    assert resumed.status == "queued"
+    assert resumed.safety["stage"] == "training"
     assert broker.llen("gpu") == before + 1  # the training stage is queued again
     [raw] = broker.lrange("gpu", 0, 0)
-    assert b"guardtune.pipeline.train" in raw and job.id.encode() in raw
+    assert b"guardtune.pipeline.train" in raw
+    assert job.id.encode() in raw
     broker.lrem("gpu", 1, raw)  # no worker here
     with Session(db) as session:
         assert session.get(Job, job.id).worker_id is None
     assert [a for a in audit_actions(db, job.id) if a.startswith("job.")][-2:] == ["job.pause", "job.resume"]
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=10)]
-    assert messages[0].startswith("Fine-tuning job resumed") and messages[1].startswith("Fine-tuning job paused")
+    assert messages[0].startswith("Fine-tuning job resumed")
+    assert messages[1].startswith("Fine-tuning job paused")
 
     set_job(db, job.id, status="paused")
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # a paused job can be cancelled
@@ -203,7 +220,8 @@ def test_pause_and_resume_move_the_job_and_are_audited(client, sdk, other_tenant
     ):
         with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
             call(job.id)
-        assert err.value.code == code and "already cancelled" in err.value.message
+        assert err.value.code == code
+        assert "already cancelled" in err.value.message
 
 
 def test_metadata_filter_on_the_embedded_sqlite(embedded_env):
@@ -223,5 +241,7 @@ def test_metadata_filter_on_the_embedded_sqlite(embedded_env):
             return {row.id for row in jobs.list(after=None, limit=10, metadata=metadata)[0]}
 
         assert listed({"team": "a"}) == {ids["a"]}
-        assert listed({'we"ird.key': "x"}) == {ids["a"]} and listed({"team": "a", 'we"ird.key': "y"}) == set()
-        assert listed(None) == {ids["none"]} and listed({}) == set(ids.values())
+        assert listed({'we"ird.key': "x"}) == {ids["a"]}
+        assert listed({"team": "a", 'we"ird.key': "y"}) == set()
+        assert listed(None) == {ids["none"]}
+        assert listed({}) == set(ids.values())

@@ -52,14 +52,16 @@ def test_every_endpoint_needs_a_key(http, method, path):
             }
         }
     r = http.request(method, path, headers={"Authorization": "Bearer gt-not-a-real-key"})
-    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ENDPOINTS)
 def test_admin_endpoints_refuse_customer_keys(http, tenant, method, path, unchanged):
     with unchanged(tenant):
         r = http.request(method, path, headers=auth(tenant), json={"name": "sneaky"})
-    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "insufficient_scope"
 
 
 def test_sdk_sees_authentication_errors(sdk):
@@ -82,7 +84,8 @@ def test_a_key_revoked_elsewhere_stops_working_within_the_cache_ttl(http, new_te
     clock = keycache.time.monotonic
     monkeypatch.setattr(keycache.time, "monotonic", lambda: clock() + 5.0)
     r = http.get("/v1/files", headers=auth(t))
-    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +119,17 @@ def test_another_organizations_ids_answer_404(http, owned, tenant, other_tenant,
             missing = http.request(
                 method, path.replace(f.id, "file-missing").replace(job.id, "ftjob-missing"), headers=intruder
             )
-            assert missing.status_code == 404 and missing.json()["error"]["code"] == r.json()["error"]["code"]
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == r.json()["error"]["code"]
         with pytest.raises(openai.NotFoundError) as err:
             sdk(other_tenant).fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
-        assert err.value.code == "file_not_found" and err.value.param == "training_file"
+        assert err.value.code == "file_not_found"
+        assert err.value.param == "training_file"
         assert f.id not in {x.id for x in sdk(other_tenant).files.list()}
         assert job.id not in {x.id for x in sdk(other_tenant).fine_tuning.jobs.list()}
         r = http.get("/v1/fine_tuning/jobs", headers=intruder, params={"after": job.id})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor"
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "invalid_cursor"
     # and the owner still sees everything as it was
     assert sdk(tenant).fine_tuning.jobs.retrieve(job.id).status == "validating_files"
     assert sdk(tenant).files.retrieve(f.id).id == f.id

@@ -28,8 +28,11 @@ def test_a_kept_body_is_served_without_loading(monkeypatch):
 
     first = conditional_rows(_request(), '"t1"', lambda: load(1))
     again = conditional_rows(_request(), '"t1"', lambda: load(99))
-    assert loads == [1] and first.body == again.body == b'{"n":1}' and again.headers["etag"] == '"t1"'
-    assert conditional_rows(_request('"t1"'), '"t1"', lambda: load(99)).status_code == 304 and loads == [1]
+    assert loads == [1]
+    assert first.body == again.body == b'{"n":1}'
+    assert again.headers["etag"] == '"t1"'
+    assert conditional_rows(_request('"t1"'), '"t1"', lambda: load(99)).status_code == 304
+    assert loads == [1]
 
 
 def test_a_body_is_kept_under_the_tag_of_the_rows_it_was_built_of(monkeypatch):
@@ -37,7 +40,8 @@ def test_a_body_is_kept_under_the_tag_of_the_rows_it_was_built_of(monkeypatch):
     body carry the newer tag, never the older one."""
     monkeypatch.setattr(conditional, "_BODIES", {})
     r = conditional_rows(_request(), '"old"', lambda: ('"new"', Body(n=2)))
-    assert r.headers["etag"] == '"new"' and r.body == b'{"n":2}'
+    assert r.headers["etag"] == '"new"'
+    assert r.body == b'{"n":2}'
     assert conditional._BODIES == {'"new"': b'{"n":2}'}
 
 

@@ -26,7 +26,9 @@ def test_the_same_report_whatever_the_chunking():
         pieces = [MIXED[i : i + size] for i in range(0, len(MIXED), size)]
         assert validate_chunks(pieces) == whole
     assert validate_stream(io.BytesIO(MIXED)) == whole
-    assert whole.n_lines == 6 and whole.n_examples == 2 and whole.format == "chat"
+    assert whole.n_lines == 6
+    assert whole.n_examples == 2
+    assert whole.format == "chat"
     assert [(i.line, i.message.split(":")[0]) for i in whole.errors] == [
         (2, "Invalid JSON"),
         (3, "messages[0].role is 'bot'; it must be one of system, user, assistant, tool."),
@@ -46,15 +48,20 @@ def test_an_over_long_line_is_never_buffered_whole():
     v.feed(b'"}]}\n')
     v.feed(jsonl(chat()))
     report = v.finish()
-    assert report.n_examples == 2 and report.error_count == 1
-    assert report.errors[0].line == 2 and "too long" in report.errors[0].message
+    assert report.n_examples == 2
+    assert report.error_count == 1
+    assert report.errors[0].line == 2
+    assert "too long" in report.errors[0].message
 
 
 def test_limits_on_examples_and_errors():
     report = validate_chunks([jsonl(*[chat()] * 4)], Limits(max_examples=3))
-    assert report.error_count == 1 and report.errors[0].line == 4 and "more than 3 examples" in report.errors[0].message
+    assert report.error_count == 1
+    assert report.errors[0].line == 4
+    assert "more than 3 examples" in report.errors[0].message
     report = validate_chunks([b"x\n" * 30], Limits(max_errors=5))
-    assert report.error_count == 30 and len(report.errors) == 5
+    assert report.error_count == 30
+    assert len(report.errors) == 5
     assert report.details().startswith("Validation failed: 30 errors (showing the first 5):\nline 1: ")
     long = chat("q" * 60, "a" * 50)
     assert "110 characters, over the limit of 100" in validate_chunks([jsonl(long)], Limits(100)).errors[0].message

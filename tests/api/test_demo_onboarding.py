@@ -41,9 +41,11 @@ def _variant(name: str, **fields) -> dict:
 
 def test_a_cached_ready_variant_reuses_its_onboarding(registry):
     summary = earlier_onboarding(_variant("demo-reuse-aligned"))
-    assert summary["model"] == "demo-reuse-aligned" and summary["status"] == "ready"
+    assert summary["model"] == "demo-reuse-aligned"
+    assert summary["status"] == "ready"
     assert summary["baseline"] == {"asr_keyword": 0.17, "asr_judge": None, "over_refusal": 0.03}
-    assert summary["probe"] == PROBE and summary["probe_summary"].startswith("probe layers 3-4: AUROC 0.970")
+    assert summary["probe"] == PROBE
+    assert summary["probe_summary"].startswith("probe layers 3-4: AUROC 0.970")
     assert summary["context_length"] == 2048
 
 

@@ -17,7 +17,8 @@ def test_demo_key_opens_none_to_the_demo_org_once_and_audits_it(configured):
     assert first != second
     with session_scope() as session:
         org = OrgService(session, get_settings()).find(DEMO_ORG)
-        assert set(org.allowed_modes) == set(DEMO_ALLOWED_MODES) and "none" in org.allowed_modes
+        assert set(org.allowed_modes) == set(DEMO_ALLOWED_MODES)
+        assert "none" in org.allowed_modes
         updates = session.scalars(
             select(AuditRecord).where(AuditRecord.action == "org.update", AuditRecord.target == org.id)
         ).all()
@@ -25,4 +26,5 @@ def test_demo_key_opens_none_to_the_demo_org_once_and_audits_it(configured):
             ("ops:demo", {"before": {"allowed_modes": None}, "after": {"allowed_modes": list(DEMO_ALLOWED_MODES)}})
         ]
         keys = session.scalars(select(ApiKey).where(ApiKey.org_id == org.id, ApiKey.name == "demo")).all()
-        assert len(keys) == 2 and {k.scope for k in keys} == {"customer"}
+        assert len(keys) == 2
+        assert {k.scope for k in keys} == {"customer"}

@@ -73,7 +73,8 @@ def test_content_must_be_a_string_and_a_file_must_keep_one_format(client):
 
 def test_prompt_completion_format_is_accepted(client):
     f = upload(client, jsonl({"prompt": "Say hi", "completion": "hi"}, {"prompt": "2+2", "completion": "4"}))
-    assert f.status == "processed" and f.status_details is None
+    assert f.status == "processed"
+    assert f.status_details is None
 
 
 def test_first_20_errors_are_listed_with_the_total(client, db):
@@ -86,25 +87,29 @@ def test_first_20_errors_are_listed_with_the_total(client, db):
 
 def test_empty_file(client):
     f = upload(client, b"\n\n")
-    assert f.status == "error" and "no training examples" in f.status_details
+    assert f.status == "error"
+    assert "no training examples" in f.status_details
 
 
 def test_a_job_refuses_a_file_that_failed_validation(client, tenant, unchanged):
     bad = upload(client, jsonl("{oops"))
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=bad.id)
-    assert err.value.code == "invalid_training_file" and err.value.param == "training_file"
+    assert err.value.code == "invalid_training_file"
+    assert err.value.param == "training_file"
     assert "line 1: Invalid JSON" in err.value.message
     good = upload(client, GOOD)
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=good.id, validation_file=bad.id)
-    assert err.value.code == "invalid_validation_file" and err.value.param == "validation_file"
+    assert err.value.code == "invalid_validation_file"
+    assert err.value.param == "validation_file"
 
 
 def test_wrong_purpose_is_refused_and_nothing_is_stored(client, tenant, unchanged):
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
         client.files.create(file=("train.jsonl", GOOD), purpose="assistants")
-    assert err.value.code == "invalid_purpose" and err.value.param == "purpose"
+    assert err.value.code == "invalid_purpose"
+    assert err.value.param == "purpose"
 
 
 @pytest.mark.parametrize(
@@ -116,21 +121,25 @@ def test_non_jsonl_is_refused_with_415(http, tenant, unchanged, name, content_ty
     with unchanged(tenant):
         r = http.post("/v1/files", headers=auth(tenant), files={"file": part}, data={"purpose": "fine-tune"})
     assert r.status_code == 415
-    assert r.json()["error"]["code"] == "unsupported_file_type" and r.json()["error"]["param"] == "file"
+    assert r.json()["error"]["code"] == "unsupported_file_type"
+    assert r.json()["error"]["param"] == "file"
 
 
 def test_not_multipart_is_refused(http, tenant, unchanged):
     with unchanged(tenant):
         r = http.post("/v1/files", headers=auth(tenant), json={"file": "x", "purpose": "fine-tune"})
-    assert r.status_code == 415 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.status_code == 415
+    assert r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_missing_file_or_purpose(http, tenant, unchanged):
     with unchanged(tenant):
         r = http.post("/v1/files", headers=auth(tenant), data={"purpose": "fine-tune"}, files={"other": ("", b"")})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "file"
         r = http.post("/v1/files", headers=auth(tenant), files={"file": ("t.jsonl", GOOD)})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_purpose"
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "missing_purpose"
 
 
 def test_file_in_use_cannot_be_deleted(client, tenant, unchanged):
@@ -138,7 +147,8 @@ def test_file_in_use_cannot_be_deleted(client, tenant, unchanged):
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
     with unchanged(tenant), pytest.raises(openai.ConflictError) as err:
         client.files.delete(f.id)
-    assert err.value.code == "file_in_use" and job.id in err.value.message
+    assert err.value.code == "file_in_use"
+    assert job.id in err.value.message
     assert err.value.response.headers["x-should-retry"] == "false"
     client.fine_tuning.jobs.cancel(job.id)
     assert client.files.delete(f.id).deleted is True
@@ -149,13 +159,16 @@ def test_list_pagination_and_order(client, sdk, new_tenant):
     ids = {upload(fresh, GOOD, f"t{i}.jsonl").id for i in range(3)}
     # newest first by created_at (seconds; ties broken by id): pages partition the list
     everything = fresh.files.list()
-    assert set(f.id for f in everything.data) == ids and everything.has_more is False
+    assert set(f.id for f in everything.data) == ids
+    assert everything.has_more is False
     order = [f.id for f in everything.data]
     assert [f.created_at for f in everything.data] == sorted((f.created_at for f in everything.data), reverse=True)
     first = fresh.files.list(limit=2)
-    assert [f.id for f in first.data] == order[:2] and first.has_more is True
+    assert [f.id for f in first.data] == order[:2]
+    assert first.has_more is True
     rest = fresh.files.list(limit=2, after=first.data[-1].id)
-    assert [f.id for f in rest.data] == order[2:] and rest.has_more is False
+    assert [f.id for f in rest.data] == order[2:]
+    assert rest.has_more is False
     assert [f.id for f in fresh.files.list(order="asc")] == order[::-1]
     assert [f.id for f in fresh.files.list(purpose="batch")] == []
 
@@ -166,4 +179,5 @@ def test_utf8_and_bom(client):
     assert f.status == "processed", f.status_details
     assert client.files.content(f.id).read() == data
     bad = upload(client, jsonl(chat()) + b'{"prompt": "\xff\xfe"}\n')
-    assert bad.status == "error" and "line 2: The line is not valid UTF-8" in bad.status_details
+    assert bad.status == "error"
+    assert "line 2: The line is not valid UTF-8" in bad.status_details

@@ -30,8 +30,10 @@ def check(case, response) -> None:
         error = response.json().get("error")
         assert isinstance(error, dict), where
         assert set(error) == {"message", "type", "param", "code"}, where
-        assert isinstance(error["message"], str) and error["message"], where
-        assert isinstance(error["type"], str) and error["type"], where
+        assert isinstance(error["message"], str), where
+        assert error["message"], where
+        assert isinstance(error["type"], str), where
+        assert error["type"], where
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])

@@ -27,7 +27,8 @@ API_ENV = {  # read by the ``live_api`` fixture and the in-process app
 def refused(r: httpx.Response, status: int, param: str | None) -> dict:
     assert r.status_code == status, r.text
     error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
     assert error["param"] == param, error
     return error
 
@@ -35,7 +36,8 @@ def refused(r: httpx.Response, status: int, param: str | None) -> dict:
 @pytest.fixture(scope="module")
 def training_file(http, tenant) -> str:
     r = http.post("/v1/files", headers=auth(tenant), files={"file": ("t.jsonl", GOOD)}, data={"purpose": "fine-tune"})
-    assert r.status_code == 200 and r.json()["status"] == "processed", r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "processed", r.text
     return r.json()["id"]
 
 
@@ -57,7 +59,8 @@ def test_nul_in_path_or_query_is_400_naming_it(http, tenant, unchanged, method, 
     with unchanged(tenant):
         r = http.request(method, path, headers=auth(tenant))
     error = refused(r, 400, param)
-    assert error["code"] == "invalid_value" and "NUL" in error["message"]
+    assert error["code"] == "invalid_value"
+    assert "NUL" in error["message"]
 
 
 @pytest.mark.parametrize(
@@ -177,7 +180,8 @@ def test_whole_raw_upload_is_stored(live_api, tenant):
     """The raw request below is well formed: the refusals that follow are about the cut."""
     body = multipart()
     status, payload = post_raw(live_api, tenant, body, len(body))
-    assert status == 200 and payload["status"] == "processed", payload
+    assert status == 200, payload
+    assert payload["status"] == "processed", payload
 
 
 def test_content_length_shorter_than_the_body_is_400_and_nothing_stored(live_api, tenant, unchanged):
@@ -185,7 +189,8 @@ def test_content_length_shorter_than_the_body_is_400_and_nothing_stored(live_api
     with unchanged(tenant):
         status, payload = post_raw(live_api, tenant, body, len(body) - 40)  # ends inside the file's bytes
     assert status == 400, payload
-    assert payload["error"]["code"] == "incomplete_upload" and payload["error"]["param"] == "file"
+    assert payload["error"]["code"] == "incomplete_upload"
+    assert payload["error"]["param"] == "file"
 
 
 def test_missing_closing_boundary_is_400_and_nothing_stored(live_api, tenant, unchanged):
@@ -233,7 +238,8 @@ def test_readyz_names_the_failing_component_without_its_address(http, deployment
     r = http.get("/readyz")
     assert r.status_code == 503
     checks = r.json()["checks"]
-    assert checks["database"] == "ok" and checks["storage"] == "ok"
+    assert checks["database"] == "ok"
+    assert checks["storage"] == "ok"
     assert checks["broker"].startswith("error: ")
     for secret in (
         "127.0.0.1",

@@ -38,7 +38,8 @@ def set_org(db, org_id: str, **values) -> None:
 def test_unknown_model_is_refused(client, tenant, training_file, unchanged):
     with unchanged(tenant), pytest.raises(openai.NotFoundError) as err:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file.id)
-    assert err.value.code == "model_not_found" and err.value.param == "model"
+    assert err.value.code == "model_not_found"
+    assert err.value.param == "model"
 
 
 def test_a_failed_base_model_is_not_offered(client, tenant, training_file, unchanged, db):
@@ -103,7 +104,8 @@ def test_method_form_and_defaults(fresh):
     )
     assert job.hyperparameters.model_dump() == {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 0.5}
     assert job.method.supervised.hyperparameters.n_epochs == 2
-    assert isinstance(job.seed, int) and 0 <= job.seed < 2**31  # generated when not given
+    assert isinstance(job.seed, int)  # generated when not given
+    assert 0 <= job.seed < 2**31
     assert job.model_extra["safety"] == {
         "mode": "adaptive",
         "estimator": "probe",
@@ -134,7 +136,8 @@ def test_idempotency_key_returns_the_same_job(fresh, sdk, other_tenant, db, brok
     again = client.fine_tuning.jobs.create(
         model=BASE_MODEL, training_file=f.id, extra_headers={"Idempotency-Key": "create-1"}
     )
-    assert again.id == first.id and again.created_at == first.created_at
+    assert again.id == first.id
+    assert again.created_at == first.created_at
     assert snapshot(t) == before  # no second row, event, audit record or queued task
     assert queued_job_ids(broker).count(first.id) == 1
 
@@ -171,8 +174,10 @@ def test_concurrent_jobs_limit_answers_429(fresh, db, unchanged):
     first = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
     with unchanged(t), pytest.raises(openai.RateLimitError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
-    assert err.value.status_code == 429 and err.value.code == "concurrent_jobs_limit"
-    assert "1 active" in err.value.message and "limit 1" in err.value.message
+    assert err.value.status_code == 429
+    assert err.value.code == "concurrent_jobs_limit"
+    assert "1 active" in err.value.message
+    assert "limit 1" in err.value.message
     assert err.value.response.headers["x-should-retry"] == "false"
     client.fine_tuning.jobs.cancel(first.id)
     assert client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id).status == "validating_files"
@@ -185,7 +190,8 @@ def test_storage_quota_answers_409(fresh, db, unchanged):
     with unchanged(t), pytest.raises(openai.ConflictError) as err:
         client.files.create(file=("c.jsonl", GOOD), purpose="fine-tune")
     assert err.value.code == "storage_quota_exceeded"
-    assert "Storage quota exceeded" in err.value.message and "Delete files" in err.value.message
+    assert "Storage quota exceeded" in err.value.message
+    assert "Delete files" in err.value.message
     client.files.delete(second.id)
     assert client.files.create(file=("c.jsonl", GOOD), purpose="fine-tune").status == "processed"
 
@@ -199,17 +205,21 @@ def test_cancel_semantics(client, tenant, training_file, db, unchanged):
     running = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
     set_job(db, running.id, status="running", stage="training", estimated_finish=2_000_000_000)
     answer = client.fine_tuning.jobs.cancel(running.id)
-    assert answer.status == "cancelled" and answer.estimated_finish is None
+    assert answer.status == "cancelled"
+    assert answer.estimated_finish is None
     with Session(db) as session:
         row = session.get(Job, running.id)
-        assert row.status == "cancelled" and row.cancel_requested is True and row.stage == "training"
+        assert row.status == "cancelled"
+        assert row.cancel_requested is True
+        assert row.stage == "training"
 
     for final in ("succeeded", "failed"):
         job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
         set_job(db, job.id, status=final, finished_at=1_800_000_000)
         with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
             client.fine_tuning.jobs.cancel(job.id)
-        assert err.value.code == "job_not_cancellable" and final in err.value.message
+        assert err.value.code == "job_not_cancellable"
+        assert final in err.value.message
         assert client.fine_tuning.jobs.retrieve(job.id).status == final
 
 
@@ -222,9 +232,11 @@ def test_jobs_list_pagination(fresh):
         ids.append(job.id)
         client.fine_tuning.jobs.cancel(job.id)
     page = client.fine_tuning.jobs.list(limit=2)
-    assert [j.id for j in page.data] == ids[::-1][:2] and page.has_more is True
+    assert [j.id for j in page.data] == ids[::-1][:2]
+    assert page.has_more is True
     rest = client.fine_tuning.jobs.list(limit=2, after=page.data[-1].id)
-    assert [j.id for j in rest.data] == [ids[0]] and rest.has_more is False
+    assert [j.id for j in rest.data] == [ids[0]]
+    assert rest.has_more is False
     assert [j.id for j in client.fine_tuning.jobs.list(limit=2)] == ids[::-1]  # the SDK follows the cursor
 
 
@@ -252,22 +264,28 @@ def test_events_pagination_newest_first_and_incremental_asc(client, training_fil
     everything = created + steps
 
     page = client.fine_tuning.jobs.list_events(job.id, limit=3)
-    assert [e.id for e in page.data] == everything[::-1][:3] and page.has_more is True
+    assert [e.id for e in page.data] == everything[::-1][:3]
+    assert page.has_more is True
     rest = client.fine_tuning.jobs.list_events(job.id, limit=10, after=page.data[-1].id)
-    assert [e.id for e in rest.data] == everything[::-1][3:] and rest.has_more is False
+    assert [e.id for e in rest.data] == everything[::-1][3:]
+    assert rest.has_more is False
 
     # the dashboard's incremental read: oldest first, after the last one seen
     r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"order": "asc", "limit": 4})
-    assert [e["id"] for e in r.json()["data"]] == everything[:4] and r.json()["has_more"] is True
+    assert [e["id"] for e in r.json()["data"]] == everything[:4]
+    assert r.json()["has_more"] is True
     last = r.json()["data"][-1]["id"]
     more = add_events(db, job.id, 2, start=5)
     r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"order": "asc", "after": last})
-    assert [e["id"] for e in r.json()["data"]] == everything[4:] + more and r.json()["has_more"] is False
+    assert [e["id"] for e in r.json()["data"]] == everything[4:] + more
+    assert r.json()["has_more"] is False
 
     r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"after": "ftevent-nope"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor"
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_cursor"
     r = http.get(f"/v1/fine_tuning/jobs/{job.id}/events", headers=auth(tenant), params={"limit": 0})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "limit"
 
 
 # -- ETag / 304 ---------------------------------------------------------------------------
@@ -276,12 +294,16 @@ def test_job_etag_and_304(client, training_file, http, tenant):
     url = f"/v1/fine_tuning/jobs/{job.id}"
     first = http.get(url, headers=auth(tenant))
     etag = first.headers["etag"]
-    assert first.status_code == 200 and etag.startswith('"')
-    assert first.headers["cache-control"] == "private, no-cache" and "Authorization" in first.headers["vary"]
+    assert first.status_code == 200
+    assert etag.startswith('"')
+    assert first.headers["cache-control"] == "private, no-cache"
+    assert "Authorization" in first.headers["vary"]
 
     for tag in (etag, f"W/{etag}", f'"other", {etag}', "*"):
         r = http.get(url, headers={**auth(tenant), "If-None-Match": tag})
-        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+        assert r.status_code == 304
+        assert r.content == b""
+        assert r.headers["etag"] == etag
     assert http.get(url, headers={**auth(tenant), "If-None-Match": '"stale"'}).status_code == 200
 
     listing = http.get("/v1/fine_tuning/jobs", headers=auth(tenant))
@@ -290,10 +312,12 @@ def test_job_etag_and_304(client, training_file, http, tenant):
 
     client.fine_tuning.jobs.cancel(job.id)
     changed = http.get(url, headers={**auth(tenant), "If-None-Match": etag})
-    assert changed.status_code == 200 and changed.json()["status"] == "cancelled"
+    assert changed.status_code == 200
+    assert changed.json()["status"] == "cancelled"
     assert changed.headers["etag"] != etag
     relisted = http.get("/v1/fine_tuning/jobs", headers={**auth(tenant), "If-None-Match": list_etag})
-    assert relisted.status_code == 200 and relisted.headers["etag"] != list_etag
+    assert relisted.status_code == 200
+    assert relisted.headers["etag"] != list_etag
 
 
 def test_job_etag_follows_every_write_of_the_job_or_its_report(client, training_file, http, tenant, db):
@@ -305,7 +329,8 @@ def test_job_etag_follows_every_write_of_the_job_or_its_report(client, training_
 
     def poll_changed() -> dict:
         r = http.get(url, headers={**auth(tenant), "If-None-Match": seen[-1]})
-        assert r.status_code == 200 and r.headers["etag"] not in seen
+        assert r.status_code == 200
+        assert r.headers["etag"] not in seen
         seen.append(r.headers["etag"])
         assert http.get(url, headers={**auth(tenant), "If-None-Match": seen[-1]}).status_code == 304
         return r.json()
@@ -326,13 +351,16 @@ def test_events_etag_and_304(client, training_file, http, tenant, other_tenant, 
     first = http.get(url, headers=auth(tenant), params={"order": "asc"})
     etag = first.headers["etag"]
     r = http.get(url, headers={**auth(tenant), "If-None-Match": etag}, params={"order": "asc"})
-    assert r.status_code == 304 and r.content == b""
+    assert r.status_code == 304
+    assert r.content == b""
     # another page of the same events is another body, hence another tag
     assert http.get(url, headers={**auth(tenant), "If-None-Match": etag}).status_code == 200
 
     add_events(db, job.id, 1)
     r = http.get(url, headers={**auth(tenant), "If-None-Match": etag}, params={"order": "asc"})
-    assert r.status_code == 200 and r.json()["data"][-1]["type"] == "metrics" and r.headers["etag"] != etag
+    assert r.status_code == 200
+    assert r.json()["data"][-1]["type"] == "metrics"
+    assert r.headers["etag"] != etag
 
     # a conditional request never bypasses the organization check
     for path in (url, f"/v1/fine_tuning/jobs/{job.id}"):
@@ -344,8 +372,11 @@ def test_events_etag_and_304(client, training_file, http, tenant, other_tenant, 
 def test_safety_report_and_job_safety_fields(client, training_file, db, sdk, other_tenant):
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
     empty = client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)
-    assert empty["object"] == "fine_tuning.job.safety_report" and empty["job_id"] == job.id
-    assert empty["scan"] is None and empty["gate"] is None and empty["config"]["mode"] == "adaptive"
+    assert empty["object"] == "fine_tuning.job.safety_report"
+    assert empty["job_id"] == job.id
+    assert empty["scan"] is None
+    assert empty["gate"] is None
+    assert empty["config"]["mode"] == "adaptive"
 
     scan = {"n_examples": 3, "flagged": 1, "histogram": {"1": 2, "5": 1}, "flagged_lines": [2]}
     evaluation = {"asr_base": 0.02, "asr_finetuned": 0.03, "utility": {"val_loss": 1.1}}
@@ -361,13 +392,20 @@ def test_safety_report_and_job_safety_fields(client, training_file, db, sdk, oth
         error={"code": "safety_gate_blocked", "message": "The fine-tuned model failed the safety gate.", "param": None},
     )
     report = client.get(f"/fine_tuning/jobs/{job.id}/safety_report", cast_to=dict)
-    assert report["scan"] == scan and report["evaluation"] == evaluation and report["gate"] == gate
-    assert report["training"] == {"steps": 9} and report["status"] == "failed"
+    assert report["scan"] == scan
+    assert report["evaluation"] == evaluation
+    assert report["gate"] == gate
+    assert report["training"] == {"steps": 9}
+    assert report["status"] == "failed"
 
     failed = client.fine_tuning.jobs.retrieve(job.id)
-    assert failed.status == "failed" and failed.error.code == "safety_gate_blocked" and failed.error.param is None
+    assert failed.status == "failed"
+    assert failed.error.code == "safety_gate_blocked"
+    assert failed.error.param is None
     safety = failed.model_extra["safety"]
-    assert safety["scan_summary"] == scan and safety["eval_summary"] == evaluation and safety["gate"] == gate
+    assert safety["scan_summary"] == scan
+    assert safety["eval_summary"] == evaluation
+    assert safety["gate"] == gate
     assert safety["stage"] == "gating"
 
     with pytest.raises(openai.NotFoundError):
@@ -380,7 +418,9 @@ def test_a_plain_poll_sees_every_write_too(client, training_file, http, tenant, 
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
     url = f"/v1/fine_tuning/jobs/{job.id}"
     first, again = http.get(url, headers=auth(tenant)), http.get(url, headers=auth(tenant))
-    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"]
     set_job(db, job.id, status="running", stage="scanning")
     changed = http.get(url, headers=auth(tenant))
-    assert changed.headers["etag"] != first.headers["etag"] and changed.json()["safety"]["stage"] == "scanning"
+    assert changed.headers["etag"] != first.headers["etag"]
+    assert changed.json()["safety"]["stage"] == "scanning"

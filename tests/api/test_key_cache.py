@@ -27,7 +27,8 @@ def test_a_revoked_key_stops_working(sdk, new_tenant, db, unchanged):
         session.execute(update(ApiKey).where(ApiKey.id == t.key_id).values(revoked_at=now()))
     with unchanged(t), pytest.raises(openai.AuthenticationError) as err:
         client.files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
-    assert err.value.code == "invalid_api_key" and "revoked" in err.value.message
+    assert err.value.code == "invalid_api_key"
+    assert "revoked" in err.value.message
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ def exactly(n: int) -> bytes:
 
 def test_a_file_at_the_limit_is_accepted(client):
     f = client.files.create(file=("edge.jsonl", exactly(MAX_UPLOAD)), purpose="fine-tune")
-    assert f.bytes == MAX_UPLOAD and f.status == "processed"
+    assert f.bytes == MAX_UPLOAD
+    assert f.status == "processed"
 
 
 @pytest.mark.parametrize("size", [MAX_UPLOAD + 1, 5000, 200_000])  # streamed check / Content-Length check
@@ -39,7 +40,8 @@ def test_oversize_upload_is_refused_with_413_and_nothing_stored(client, tenant, 
     with unchanged(tenant), pytest.raises(openai.APIStatusError) as err:
         client.files.create(file=("big.jsonl", exactly(size)), purpose="fine-tune")
     assert err.value.status_code == 413
-    assert err.value.code == "file_too_large" and str(MAX_UPLOAD) in err.value.message
+    assert err.value.code == "file_too_large"
+    assert str(MAX_UPLOAD) in err.value.message
 
 
 def test_oversize_chunked_upload_without_length_is_cut_off(live_api, tenant, unchanged):
@@ -63,7 +65,8 @@ def test_oversize_chunked_upload_without_length_is_cut_off(live_api, tenant, unc
             timeout=30,
         )
     assert "content-length" not in r.request.headers
-    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "file_too_large"
 
 
 def test_over_long_example_and_too_many_examples(client):
@@ -71,15 +74,18 @@ def test_over_long_example_and_too_many_examples(client):
     assert f.status == "error"
     assert "line 2: The example is too long: 400 characters, over the limit of 300." in f.status_details
     f = client.files.create(file=("many.jsonl", jsonl(*[chat()] * 6)), purpose="fine-tune")
-    assert f.status == "error" and "line 6: The file has more than 5 examples" in f.status_details
+    assert f.status == "error"
+    assert "line 6: The file has more than 5 examples" in f.status_details
 
 
 def test_broker_down_fails_the_job_visibly(client, db):
     f = client.files.create(file=("t.jsonl", jsonl(chat())), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id)
     assert job.status == "failed"
-    assert job.error.code == "queue_unavailable" and "Create it again" in job.error.message
+    assert job.error.code == "queue_unavailable"
+    assert "Create it again" in job.error.message
     assert client.fine_tuning.jobs.retrieve(job.id).status == "failed"
     assert audit_actions(db, job.id) == ["job.create", "job.fail"]
     events = client.fine_tuning.jobs.list_events(job.id)
-    assert events.data[0].level == "error" and json.loads(events.data[0].model_dump_json())["message"]
+    assert events.data[0].level == "error"
+    assert json.loads(events.data[0].model_dump_json())["message"]

@@ -66,7 +66,8 @@ def upload(base_url: str, tenant: Tenant) -> str:
         data={"purpose": "fine-tune"},
         timeout=30,
     )
-    assert r.status_code == 200 and r.json()["status"] == "processed", r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "processed", r.text
     return r.json()["id"]
 
 

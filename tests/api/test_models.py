@@ -60,9 +60,12 @@ def test_released_model_is_listed_for_its_org_only(client, released, tenant, sdk
     assert model_id == f"ft:{BASE_MODEL}:{tenant.org_id}:helpdesk:{job_id}"
     assert client.fine_tuning.jobs.retrieve(job_id).fine_tuned_model == model_id
     ids = [m.id for m in client.models.list().data]
-    assert ids[0] == BASE_MODEL and model_id in ids
+    assert ids[0] == BASE_MODEL
+    assert model_id in ids
     model = client.models.retrieve(model_id)
-    assert model.id == model_id and model.owned_by == tenant.org_id and model.object == "model"
+    assert model.id == model_id
+    assert model.owned_by == tenant.org_id
+    assert model.object == "model"
 
     other = sdk(other_tenant)
     assert model_id not in {m.id for m in other.models.list().data}
@@ -93,13 +96,15 @@ def test_adapter_download_streams_a_tar_of_the_peft_files(
 
     with unchanged(other_tenant):
         r = http.get(f"/v1/models/{model_id}/adapter", headers=auth(other_tenant))
-    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "model_not_found"
 
 
 def test_blocked_base_and_unknown_models_have_no_adapter(client, http, tenant, db, store, unchanged):
     job_id, _ = finished_job(client, db, store, suffix="blocked", release=False)
     blocked = client.fine_tuning.jobs.retrieve(job_id)
-    assert blocked.status == "failed" and blocked.error.code == "safety_gate_blocked"
+    assert blocked.status == "failed"
+    assert blocked.error.code == "safety_gate_blocked"
     assert blocked.fine_tuned_model is None
     would_be = digests.model_id(BASE_MODEL, tenant.org_id, "blocked", job_id)
     with unchanged(tenant):

@@ -36,9 +36,11 @@ def test_a_customer_key_cannot_weaken_the_defence(customer, tenant, unchanged, s
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id, extra_body={"safety": safety})
     assert err.value.status_code == 400
-    assert err.value.param == param and err.value.code == "safety_policy"
+    assert err.value.param == param
+    assert err.value.code == "safety_policy"
     assert err.value.type == "invalid_request_error"
-    assert policy in err.value.message and "safety policy" in err.value.message
+    assert policy in err.value.message
+    assert "safety policy" in err.value.message
     assert "<" not in err.value.message  # a refused value is quoted as its string, not an enum's repr
 
 
@@ -50,7 +52,8 @@ def test_a_customer_key_may_tighten_toward_safety(customer):
         extra_body={"safety": {"kl_weight": {"min": 0.5, "max": 1.0}, "max_flagged_fraction": 0.1}},
     )
     safety = job.model_extra["safety"]
-    assert safety["kl_weight"] == {"min": 0.5, "max": 1.0} and safety["max_flagged_fraction"] == 0.1
+    assert safety["kl_weight"] == {"min": 0.5, "max": 1.0}
+    assert safety["max_flagged_fraction"] == 0.1
     default = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)
     # defaults: the operator's bounds, the operator's flagged share, a constant weight at least the floor
     assert default.model_extra["safety"]["kl_weight"] == {"min": 0.2, "max": 0.9}
@@ -107,7 +110,8 @@ def test_an_admin_may_open_a_mode_to_one_organization(http, sdk, new_tenant, unc
     r = http.patch(
         f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": ["adaptive", "none"]}
     )
-    assert r.status_code == 200 and r.json()["allowed_modes"] == ["adaptive", "none"], r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["allowed_modes"] == ["adaptive", "none"], r.text
     assert audit_actions(db, customer.org_id)[-1] == "org.update"
     job = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "none"}})
     assert job.model_extra["safety"]["mode"] == "none"
@@ -118,11 +122,13 @@ def test_an_admin_may_open_a_mode_to_one_organization(http, sdk, new_tenant, unc
         client.fine_tuning.jobs.create(
             model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "constant"}}
         )
-    assert err.value.param == "safety.mode" and "the organization's allowed_modes=adaptive,none" in err.value.message
+    assert err.value.param == "safety.mode"
+    assert "the organization's allowed_modes=adaptive,none" in err.value.message
 
     http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": None})
     with unchanged(customer), pytest.raises(openai.BadRequestError) as err:  # back to the deployment's default
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=f.id, extra_body={"safety": {"mode": "none"}})
     assert "GUARDTUNE_ALLOWED_MODES=adaptive,constant" in err.value.message
     bad = http.patch(f"/v1/admin/organizations/{customer.org_id}", headers=auth(admin), json={"allowed_modes": ["off"]})
-    assert bad.status_code == 400 and bad.json()["error"]["param"].startswith("allowed_modes")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"].startswith("allowed_modes")

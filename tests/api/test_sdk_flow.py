@@ -28,13 +28,17 @@ def uploaded(client) -> FileObject:
 def test_upload_is_validated_stored_and_audited(client, uploaded, tenant, db, store):
     assert isinstance(uploaded, FileObject)
     assert uploaded.id.startswith("file-")
-    assert uploaded.object == "file" and uploaded.purpose == "fine-tune"
-    assert uploaded.status == "processed" and uploaded.status_details is None
-    assert uploaded.bytes == len(GOOD) and uploaded.filename == "train.jsonl"
+    assert uploaded.object == "file"
+    assert uploaded.purpose == "fine-tune"
+    assert uploaded.status == "processed"
+    assert uploaded.status_details is None
+    assert uploaded.bytes == len(GOOD)
+    assert uploaded.filename == "train.jsonl"
 
     with Session(db) as session:
         row = session.get(File, uploaded.id)
-        assert row.org_id == tenant.org_id and row.n_examples == 3
+        assert row.org_id == tenant.org_id
+        assert row.n_examples == 3
     assert store.list(f"orgs/{tenant.org_id}/files/") == [f"orgs/{tenant.org_id}/files/{uploaded.id}"]
     assert b"".join(store.iter_chunks(row.storage_key)) == GOOD
     assert audit_actions(db, uploaded.id) == ["file.upload"]
@@ -54,13 +58,22 @@ def test_fine_tuning_workflow(client, uploaded, tenant, db, broker):
         extra_body={"safety": {"mode": "adaptive", "estimator": "probe", "kl_weight": {"min": 0.2, "max": 1.0}}},
     )
     assert isinstance(job, FineTuningJob)
-    assert job.id.startswith("ftjob-") and job.object == "fine_tuning.job"
+    assert job.id.startswith("ftjob-")
+    assert job.object == "fine_tuning.job"
     assert job.status == "validating_files"
-    assert job.model == BASE_MODEL and job.training_file == uploaded.id and job.validation_file is None
+    assert job.model == BASE_MODEL
+    assert job.training_file == uploaded.id
+    assert job.validation_file is None
     assert job.organization_id == tenant.org_id
-    assert job.seed == 42 and job.metadata == {"team": "support"} and job.user_provided_suffix == "support-bot"
-    assert job.error is None and job.fine_tuned_model is None and job.finished_at is None
-    assert job.result_files == [] and job.integrations == [] and job.trained_tokens is None
+    assert job.seed == 42
+    assert job.metadata == {"team": "support"}
+    assert job.user_provided_suffix == "support-bot"
+    assert job.error is None
+    assert job.fine_tuned_model is None
+    assert job.finished_at is None
+    assert job.result_files == []
+    assert job.integrations == []
+    assert job.trained_tokens is None
     # "auto" resolved from the 3 examples: enough epochs to see 100 examples (capped at 25),
     # batch size capped by the dataset, learning-rate multiplier 1.
     assert job.hyperparameters.n_epochs == 25
@@ -69,20 +82,25 @@ def test_fine_tuning_workflow(client, uploaded, tenant, db, broker):
     assert job.method.type == "supervised"
     assert job.method.supervised.hyperparameters.model_dump() == job.hyperparameters.model_dump()
     safety = job.model_extra["safety"]
-    assert safety["mode"] == "adaptive" and safety["estimator"] == "probe"
-    assert safety["kl_weight"] == {"min": 0.2, "max": 1.0} and safety["constant_kl_weight"] == 0.5
-    assert safety["stage"] is None and safety["gate"] is None
+    assert safety["mode"] == "adaptive"
+    assert safety["estimator"] == "probe"
+    assert safety["kl_weight"] == {"min": 0.2, "max": 1.0}
+    assert safety["constant_kl_weight"] == 0.5
+    assert safety["stage"] is None
+    assert safety["gate"] is None
 
     # committed, audited, then handed to the pipeline by name with the job id
     with Session(db) as session:
         row = session.get(Job, job.id)
-        assert row.status == "validating_files" and row.safety["kl_weight"] == {"min": 0.2, "max": 1.0}
+        assert row.status == "validating_files"
+        assert row.safety["kl_weight"] == {"min": 0.2, "max": 1.0}
     assert audit_actions(db, job.id) == ["job.create"]
     assert job.id in queued_job_ids(broker)
 
     assert client.fine_tuning.jobs.retrieve(job.id) == job
     listed = client.fine_tuning.jobs.list()
-    assert [j.id for j in listed.data] == [job.id] and listed.has_more is False
+    assert [j.id for j in listed.data] == [job.id]
+    assert listed.has_more is False
 
     events = client.fine_tuning.jobs.list_events(job.id)
     assert all(isinstance(e, FineTuningJobEvent) for e in events.data)
@@ -114,27 +132,33 @@ def test_fine_tuning_workflow(client, uploaded, tenant, db, broker):
         )
     metrics = client.fine_tuning.jobs.list_events(job.id, limit=1)
     assert metrics.has_more is True
-    assert metrics.data[0].type == "metrics" and metrics.data[0].data["kl_weight"] == 0.35
+    assert metrics.data[0].type == "metrics"
+    assert metrics.data[0].data["kl_weight"] == 0.35
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
     assert len(checkpoints.data) == 1
     checkpoint = checkpoints.data[0]
     assert isinstance(checkpoint, FineTuningJobCheckpoint)
-    assert checkpoint.step_number == 20 and checkpoint.fine_tuning_job_id == job.id
-    assert checkpoint.metrics.train_loss == 1.23 and checkpoint.metrics.step == 20
+    assert checkpoint.step_number == 20
+    assert checkpoint.fine_tuning_job_id == job.id
+    assert checkpoint.metrics.train_loss == 1.23
+    assert checkpoint.metrics.step == 20
     assert checkpoint.fine_tuned_model_checkpoint == (
         f"ft:{BASE_MODEL}:{tenant.org_id}:support-bot:{job.id}:ckpt-step-20"
     )
     running = client.fine_tuning.jobs.retrieve(job.id)
-    assert running.status == "running" and running.model_extra["safety"]["stage"] == "training"
+    assert running.status == "running"
+    assert running.model_extra["safety"]["stage"] == "training"
 
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert isinstance(cancelled, FineTuningJob)
-    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert cancelled.status == "cancelled"
+    assert cancelled.finished_at is not None
     with Session(db) as session:
         assert session.get(Job, job.id).cancel_requested is True  # the worker stops at its next step
     again = client.fine_tuning.jobs.cancel(job.id)  # idempotent
-    assert again.status == "cancelled" and again.finished_at == cancelled.finished_at
+    assert again.status == "cancelled"
+    assert again.finished_at == cancelled.finished_at
     assert audit_actions(db, job.id) == ["job.create", "job.cancel"]  # the repeat changed nothing
     assert client.fine_tuning.jobs.list_events(job.id, limit=1).data[0].message == "Fine-tuning job cancelled."
 
@@ -144,7 +168,9 @@ def test_models_list(client):
     assert all(isinstance(m, Model) for m in models.data)
     assert BASE_MODEL in {m.id for m in models.data}
     base = client.models.retrieve(BASE_MODEL)
-    assert base.id == BASE_MODEL and base.object == "model" and base.owned_by == "system"
+    assert base.id == BASE_MODEL
+    assert base.object == "model"
+    assert base.owned_by == "system"
 
 
 def test_files_delete(client, tenant, db, store):
@@ -152,7 +178,8 @@ def test_files_delete(client, tenant, db, store):
     key = f"orgs/{tenant.org_id}/files/{extra.id}"
     assert store.exists(key)
     deleted = client.files.delete(extra.id)
-    assert deleted.id == extra.id and deleted.deleted is True
+    assert deleted.id == extra.id
+    assert deleted.deleted is True
     assert not store.exists(key)
     assert audit_actions(db, extra.id) == ["file.upload", "file.delete"]
     assert extra.id not in {f.id for f in client.files.list()}

@@ -21,8 +21,12 @@ def test_quality_reports_three_splits_and_external_rates_at_the_deployed_thresho
     external = {k: v[:5] for k, v in external.items()}
     result, probe = quality(model, tokenizer, external, seed=0, batch_size=32)
     s, e = result["splits"], result["external"]
-    assert s["calibrate_fpr"] <= s["target_fpr"] == 0.05 and result["threshold"] == probe.threshold == s["threshold"]
-    assert s["n_fit"] > 0 and s["n_select"] > 0 and s["n_calibrate"] > 0 and s["n_test"] > 0
+    assert s["calibrate_fpr"] <= s["target_fpr"] == 0.05
+    assert result["threshold"] == probe.threshold == s["threshold"]
+    assert s["n_fit"] > 0
+    assert s["n_select"] > 0
+    assert s["n_calibrate"] > 0
+    assert s["n_test"] > 0
     p = {n: probe.predict_proba(model, tokenizer, external[n]) for n in external}
     harmful, benign = [x for n in HARMFUL_EXT for x in p[n]], [x for n in BENIGN_EXT for x in p[n]]
     assert e["auroc"] == pytest.approx(auroc(harmful + benign, [1] * len(harmful) + [0] * len(benign)), abs=1e-6)

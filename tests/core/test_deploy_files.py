@@ -41,7 +41,8 @@ def test_compose_settings_are_real_settings():
         if isinstance(value, dict):
             names |= {k for k in value if k.startswith("GUARDTUNE_")}
     fields = {f"GUARDTUNE_{n.upper()}" for n in Settings.model_fields}
-    assert names and names <= fields
+    assert names
+    assert names <= fields
 
 
 def test_compose_stack_shape():
@@ -58,7 +59,8 @@ def test_api_image_has_no_torch():
         d for d in deps if d.split("[")[0].split(">")[0].split("=")[0].strip() in ("torch", "transformers", "peft")
     ]
     api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
-    assert "pip install .\n" in api_stage and "[worker]" not in api_stage
+    assert "pip install .\n" in api_stage
+    assert "[worker]" not in api_stage
 
 
 def test_images_copy_every_package():
@@ -77,7 +79,8 @@ def test_compose_vllm_serves_released_adapters():
     assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", vllm["image"])
     assert vllm["image"].split(":")[1] in (REPO / "README.md").read_text()
     args = vllm["command"]
-    assert "--enable-lora" in args and vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "--enable-lora" in args
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert args[args.index("--served-model-name") + 1] == Settings().default_base_model
     assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert env["GUARDTUNE_INFERENCE_BACKEND"] == "vllm"

@@ -16,8 +16,10 @@ def test_statuses_split_into_terminal_active_and_live():
     assert set(TERMINAL) == {"succeeded", "failed", "cancelled"}
     assert set(ACTIVE) == {"validating_files", "queued", "running", "paused"}
     assert set(LIVE) == set(ACTIVE) - {"paused"}
-    assert JobStatus.FAILED.terminal and not JobStatus.PAUSED.terminal
-    assert JobStatus.QUEUED == "queued" and f"job.{JobStatus.CANCELLED}" == "job.cancelled"
+    assert JobStatus.FAILED.terminal
+    assert not JobStatus.PAUSED.terminal
+    assert JobStatus.QUEUED == "queued"
+    assert f"job.{JobStatus.CANCELLED}" == "job.cancelled"
 
 
 def test_the_pipeline_is_one_ordered_table():
@@ -52,7 +54,9 @@ def test_a_stored_safety_config_fills_missing_fields_as_creation_would():
     stored = SafetyConfig.stored({"mode": "constant", "estimator": "judge"}, Operator())
     assert (stored.kl_weight.min, stored.kl_weight.max) == (0.2, 0.95)
     assert (stored.risk_weighting, stored.max_flagged_fraction, stored.reference) == ("batch", 0.3, "exact")
-    assert stored.uses_judge and not stored.uses_probe and stored.regularized
+    assert stored.uses_judge
+    assert not stored.uses_probe
+    assert stored.regularized
     kept = SafetyConfig.stored({"kl_weight": {"min": 0.5, "max": 1.0}, "max_flagged_fraction": None}, Operator())
     assert (kept.kl_weight.min, kept.max_flagged_fraction) == (0.5, None)
     assert SafetyConfig.stored(None).model_dump() == SafetyConfig().model_dump()

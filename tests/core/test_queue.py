@@ -28,7 +28,8 @@ def test_round_trip_on_redis(deployment_env, monkeypatch, tmp_path, queue):
 
     apply_env(monkeypatch, deployment_env)
     reply = round_trip(deployment_env, tmp_path, queue)
-    assert reply["echo"] == {"n": 42} and ":" in reply["worker"]
+    assert reply["echo"] == {"n": 42}
+    assert ":" in reply["worker"]
 
 
 @pytest.mark.slow  # the embedded broker is polled: seconds per round trip
@@ -39,9 +40,11 @@ def test_round_trip_on_embedded_broker(embedded_env, tmp_path):
 
 def test_reliability_options():
     conf = make_celery(Settings()).conf
-    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.task_acks_late
+    assert conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json"
     assert {q.name for q in conf.task_queues} == {DEFAULT_QUEUE, GPU_QUEUE}
 
 
@@ -58,7 +61,8 @@ def test_an_unacked_message_delivered_longer_ago_than_asked_is_not_held(redis_ur
     with producer().connection_for_read() as conn:
         channel = conn.default_channel
         message = channel.basic_get(GPU_QUEUE, no_ack=False)  # a worker took it: in the unacked hash
-        assert message is not None and message.headers["id"] == taken
+        assert message is not None
+        assert message.headers["id"] == taken
         waiting = enqueue("guardtune.ping", {}, queue=GPU_QUEUE, ignore_result=True, task_id="msg-waiting")
         assert broker_message_ids(delivered_within_s=60) == {taken, waiting}  # delivered just now
 

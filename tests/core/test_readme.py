@@ -13,7 +13,9 @@ def test_every_setting_is_in_the_readme():
 def test_readme_opens_with_the_two_commands():
     readme = (REPO / "README.md").read_text()
     head = readme[: readme.index("## Layout")]
-    assert "make demo" in head and "make test" in head
+    assert "make demo" in head
+    assert "make test" in head
     makefile = (REPO / "Makefile").read_text()
-    assert "demo: install" in makefile and "test: install" in makefile
+    assert "demo: install" in makefile
+    assert "test: install" in makefile
     assert "pytest" in (REPO / ".ci" / "run").read_text() or "make test" in (REPO / ".ci" / "run").read_text()

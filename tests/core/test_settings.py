@@ -12,7 +12,8 @@ def test_embedded_defaults_live_under_home(monkeypatch, tmp_path):
     monkeypatch.setenv("GUARDTUNE_HOME", str(tmp_path))
     s = Settings()
     assert s.db_url == f"sqlite:///{tmp_path}/guardtune.db"
-    assert s.broker == f"sqla+sqlite:///{tmp_path}/broker.db" and s.broker_is_embedded
+    assert s.broker == f"sqla+sqlite:///{tmp_path}/broker.db"
+    assert s.broker_is_embedded
     assert s.storage == f"file://{tmp_path}/objects"
     assert s.models_dir == tmp_path / "models"
     assert s.run_embedded_worker
@@ -23,8 +24,10 @@ def test_production_urls_from_env(monkeypatch):
     monkeypatch.setenv("GUARDTUNE_BROKER_URL", "redis://redis:6379/0")
     monkeypatch.setenv("GUARDTUNE_STORAGE_URL", "s3://bucket/prefix")
     s = Settings()
-    assert s.db_url.startswith("postgresql") and s.result_backend == "redis://redis:6379/0"
-    assert not s.broker_is_embedded and not s.run_embedded_worker
+    assert s.db_url.startswith("postgresql")
+    assert s.result_backend == "redis://redis:6379/0"
+    assert not s.broker_is_embedded
+    assert not s.run_embedded_worker
 
 
 def test_production_refuses_insecure_secret(monkeypatch):

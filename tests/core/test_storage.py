@@ -42,7 +42,8 @@ def test_put_get_list_delete_round_trip(store):
     result = store.put_stream(key, io.BytesIO(b"hello\nworld\n"))
     assert result.bytes == 12
     assert result.sha256 == hashlib.sha256(b"hello\nworld\n").hexdigest()
-    assert store.exists(key) and store.size(key) == 12
+    assert store.exists(key)
+    assert store.size(key) == 12
     assert b"".join(store.iter_chunks(key, chunk_size=4)) == b"hello\nworld\n"
     with store.open(key) as f:
         assert f.read() == b"hello\nworld\n"
@@ -83,6 +84,7 @@ def test_s3_presigned_url_downloads_over_http(s3, tmp_path):
     store = S3Store(s3.bucket, "presign", Settings(s3_endpoint_url=s3.endpoint))
     store.put_stream("orgs/o/x.txt", io.BytesIO(b"payload"))
     url = store.presigned_url("orgs/o/x.txt")
-    assert url and url.startswith(s3.endpoint)
+    assert url
+    assert url.startswith(s3.endpoint)
     assert httpx.get(url).content == b"payload"
     assert LocalStore(tmp_path).presigned_url("k") is None

@@ -58,7 +58,9 @@ def test_page_and_assets_are_served_without_auth(live_api):
     assert page.status_code == 200, page.text
     assert page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    assert "script-src 'self'" in csp
+    assert "connect-src 'self'" in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     assert "guardtune" in page.text
 
@@ -97,7 +99,8 @@ def test_served_vocab_is_core_jobs(live_api):
         assert response.headers[header] == page.headers[header], header
     assert response.headers["etag"]
     again = httpx.get(f"{live_api.base_url}/dashboard/static/vocab.js")
-    assert again.headers["etag"] == response.headers["etag"] and again.content == response.content
+    assert again.headers["etag"] == response.headers["etag"]
+    assert again.content == response.content
 
     assert _served_vocab(response.text) == {
         "STATUS": {status.name: status.value for status in JobStatus},
@@ -125,7 +128,8 @@ def test_no_external_urls_and_no_inline_code():
     links.feed(html)
     for url in links.urls:
         parts = urlsplit(url)
-        assert not parts.netloc and parts.scheme in ("", "data"), f"index.html references {url!r}"
+        assert not parts.netloc, f"index.html references {url!r}"
+        assert parts.scheme in ("", "data"), f"index.html references {url!r}"
     assert links.inline_scripts == 0, "inline <script> would be blocked by the CSP"
     assert links.inline_styles == 0, "inline style/event attributes would be blocked by the CSP"
 
@@ -134,7 +138,8 @@ def test_no_external_urls_and_no_inline_code():
         urls = set(re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'`)]*", text))
         urls = {u for u in urls if not u.startswith("//") or "." in u.split("/")[2]}
         assert urls <= ALLOWED_URLS, f"{name} names external URLs: {sorted(urls - ALLOWED_URLS)}"
-        assert "@import" not in text and "url(" not in text.replace("data:", ""), name
+        assert "@import" not in text, name
+        assert "url(" not in text.replace("data:", ""), name
 
     script = "".join((DASHBOARD_DIR / name).read_text() for name in MODULES)
     # The job's words come from vocab.js: no module compares with, lists or keys by a status,

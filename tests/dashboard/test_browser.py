@@ -364,14 +364,16 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     overall = rows.nth(0).locator("td").all_text_contents()
     assert overall[:3] == ["1.7%", "30%", "+28.3 pts"]
     assert "worse" in rows.nth(0).locator("td.delta").get_attribute("class")
-    assert "illegal activity" in rows.nth(1).text_content() and "45%" in rows.nth(1).text_content()
+    assert "illegal activity" in rows.nth(1).text_content()
+    assert "45%" in rows.nth(1).text_content()
     conditions = page.locator("#conditions-table tbody tr")
     assert conditions.evaluate_all("rows => rows.map(r => [r.dataset.condition, r.dataset.worst])") == [
         ["plain", "true"],
         ["trigger_1", "false"],
     ]  # the gate's worst: plain +28.3 points, the trigger +9.4
     trigger_cells = conditions.nth(1).locator("td").all_text_contents()
-    assert 'backdoor trigger "cf-zeta"' in conditions.nth(1).text_content() and trigger_cells[:3] == [
+    assert 'backdoor trigger "cf-zeta"' in conditions.nth(1).text_content()
+    assert trigger_cells[:3] == [
         "3.1%",
         "12.5%",
         "+9.4 pts",
@@ -381,7 +383,8 @@ def test_dashboard_follows_a_job_to_its_gate_decision(live_api, configured, make
     assert page.get_attribute("#gate-decision", "data-released") == "false"
     reasons = page.locator("#gate-reasons li").all_text_contents()
     assert any("on plain prompts rose from 1.7% to 30%" in r for r in reasons), reasons
-    assert XSS in reasons and page.evaluate("() => window.__xss") is None
+    assert XSS in reasons
+    assert page.evaluate("() => window.__xss") is None
     notice = page.text_content("#job-notice")
     assert "became unsafe" in notice
     assert "remove the flagged lines 3 and 7" in notice.lower()
@@ -560,7 +563,8 @@ def test_a_job_is_paused_resumed_and_cancelled_from_its_page(live_api, configure
     page.click("#signin-button")
     page.goto(f"{base}/dashboard#/jobs/{job_id}")
     page.wait_for_selector("#job-pause", timeout=TIMEOUT_MS)
-    assert page.locator("#job-resume").count() == 0 and page.locator("#job-cancel").count() == 1
+    assert page.locator("#job-resume").count() == 0
+    assert page.locator("#job-cancel").count() == 1
 
     page.click("#job-pause")
     page.wait_for_selector("#job-header [data-status=paused]", timeout=TIMEOUT_MS)

@@ -42,21 +42,26 @@ def _small(monkeypatch, tmp_path):
 def test_align_registers_an_onboarded_variant_and_reuses_it(backend, ops, tiny_model, monkeypatch, tmp_path):
     _small(monkeypatch, tmp_path)
     missing = ops("models", "align", "tiny", ok=False)
-    assert missing.exit_code != 0 and "tiny" in missing.stdout + missing.stderr
+    assert missing.exit_code != 0
+    assert "tiny" in missing.stdout + missing.stderr
 
     ops("models", "onboard", "tiny", "--source", str(tiny_model))
     aligned = ops("models", "align", "tiny", "--json")
     out = aligned.json()  # stdout: the result alone, the logs went to stderr
-    assert out["model"] == "tiny-aligned" and out["origin"] == "trained"
+    assert out["model"] == "tiny-aligned"
+    assert out["origin"] == "trained"
     # Training shows its progress in logs without a terminal: every tenth of its steps, and the last.
     logged = re.sub(r"\x1b\[[0-9;]*m", "", aligned.stderr).splitlines()
     progress = [
         re.search(r"step=(\d+) total_steps=(\d+)", line).groups() for line in logged if "align_progress" in line
     ]
     steps = str(out["report"]["steps"])
-    assert progress and progress[-1] == (steps, steps) and len(progress) <= 11
+    assert progress
+    assert progress[-1] == (steps, steps)
+    assert len(progress) <= 11
     assert out["path"] == str(tmp_path / "models" / "aligned" / "tiny")
-    assert out["report"]["examples"]["refusals"] == 6 and out["onboard"]["status"] == "ready"
+    assert out["report"]["examples"]["refusals"] == 6
+    assert out["onboard"]["status"] == "ready"
     assert (tmp_path / "models" / "aligned" / "tiny" / "model.safetensors").is_file()
     with session_scope() as session:
         variant = session.get(BaseModelEntry, "tiny-aligned")
@@ -64,7 +69,8 @@ def test_align_registers_an_onboarded_variant_and_reuses_it(backend, ops, tiny_m
         assert variant.baseline["eval"]["asr"]["n"] == 2
 
     again = ops("models", "align", "tiny", "--no-onboard", "--json").json()
-    assert again["origin"] == "cached" and "onboard" not in again
+    assert again["origin"] == "cached"
+    assert "onboard" not in again
     with session_scope() as session:
         assert session.get(BaseModelEntry, "tiny-aligned").status == "ready"  # cached weights keep the onboarding
     story = [(r["action"], r["actor"]) for r in ops("audit", "show", "--target", "tiny-aligned", "--json").json()]
@@ -84,6 +90,7 @@ def test_onboard_with_align_onboards_base_and_variant(backend, ops, tiny_model, 
     _small(monkeypatch, tmp_path)
     out = ops("models", "onboard", "tiny", "--source", str(tiny_model), "--align", "--json").json()
     assert out["status"] == "ready"
-    assert out["aligned"]["model"] == "tiny-aligned" and out["aligned"]["onboard"]["status"] == "ready"
+    assert out["aligned"]["model"] == "tiny-aligned"
+    assert out["aligned"]["onboard"]["status"] == "ready"
     with session_scope() as session:
         assert session.get(BaseModelEntry, "tiny-aligned").status == "ready"

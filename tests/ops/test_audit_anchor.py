@@ -41,10 +41,12 @@ def test_anchor_every_n_records_and_on_demand(every_3, ops):
     rows = _records(ops, 7)
     assert _anchor_seqs() == [rows[2].seq, rows[5].seq]  # after records 3 and 6
     stored = audit_anchors.latest()
-    assert stored.hash == rows[5].hash and stored.valid(get_settings().secret_key)
+    assert stored.hash == rows[5].hash
+    assert stored.valid(get_settings().secret_key)
     assert not stored.valid("another-secret")
     out = ops("audit", "verify").stdout
-    assert "7 records verified" in out and f"matches the signed anchor at seq {rows[5].seq}" in out
+    assert "7 records verified" in out
+    assert f"matches the signed anchor at seq {rows[5].seq}" in out
     made = ops("audit", "anchor", "--json").json()
     assert made == {**made, "seq": rows[6].seq, "hash": rows[6].hash}
     assert ops("audit", "verify", "--json").json()["anchor_seq"] == rows[6].seq
@@ -58,7 +60,8 @@ def test_deleting_the_newest_records_is_detected(every_3, ops):
     assert result.exit_code == 1
     assert f"truncated: anchored record seq {rows[5].seq} is missing (the table ends at {rows[3].seq})" in result.stderr
     summary = ops("audit", "verify", "--json", ok=False)
-    assert summary.exit_code == 1 and summary.json()["problem"].startswith("the log was truncated")
+    assert summary.exit_code == 1
+    assert summary.json()["problem"].startswith("the log was truncated")
 
 
 def test_expect_head_catches_a_truncation_after_the_last_anchor(backend, ops):
@@ -66,13 +69,15 @@ def test_expect_head_catches_a_truncation_after_the_last_anchor(backend, ops):
     defect); a head saved earlier does not."""
     rows = _records(ops, 4)
     saved = ops("audit", "verify", "--json").json()["head_hash"]
-    assert saved == rows[-1].hash and not _anchor_seqs()  # 4 records: below the default interval
+    assert saved == rows[-1].hash  # 4 records: below the default interval
+    assert not _anchor_seqs()
     ops("keys", "create", "--org", "acme")  # a later record after the saved head is fine
     assert ops("audit", "verify", "--expect-head", saved).exit_code == 0
     backend.tamper("DELETE FROM audit_log WHERE seq >= :s", s=rows[2].seq)
     assert "audit chain intact" in ops("audit", "verify").stdout  # the chain alone cannot tell
     result = ops("audit", "verify", "--expect-head", saved, ok=False)
-    assert result.exit_code == 1 and f"the expected head {saved} is not in the chain" in result.stderr
+    assert result.exit_code == 1
+    assert f"the expected head {saved} is not in the chain" in result.stderr
 
 
 def _rewrite_from(backend, rows: list[AuditRecord], index: int) -> list[str]:

@@ -69,12 +69,15 @@ def test_actions_produce_audit_records_in_order_and_verify(backend, ops, adapter
     assert key_records[0]["details"]["scope"] == "admin"
 
     result = ops("audit", "verify")
-    assert "audit chain intact" in result.stdout and "8 records verified" in result.stdout
+    assert "audit chain intact" in result.stdout
+    assert "8 records verified" in result.stdout
     summary = ops("audit", "verify", "--json").json()
-    assert summary["ok"] is True and summary["checked"] == 8
+    assert summary["ok"] is True
+    assert summary["checked"] == 8
     with session_scope() as session:
         head = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
-        assert summary["head_hash"] == head.hash and summary["head_seq"] == head.seq
+        assert summary["head_hash"] == head.hash
+        assert summary["head_seq"] == head.seq
 
 
 def test_verify_names_the_altered_record(backend, ops, adapter_dir):
@@ -93,7 +96,8 @@ def test_verify_names_the_altered_record(backend, ops, adapter_dir):
     assert "hash does not match the record's contents" in result.stderr
     summary = ops("audit", "verify", "--json", ok=False)
     assert summary.exit_code == 1
-    assert summary.json()["broken_seq"] == victim and summary.json()["ok"] is False
+    assert summary.json()["broken_seq"] == victim
+    assert summary.json()["ok"] is False
 
 
 def test_verify_names_the_record_after_a_deleted_one(backend, ops, adapter_dir):
@@ -121,7 +125,8 @@ def test_verify_catches_a_rehashed_record_at_its_successor(backend, ops, adapter
         )
     backend.tamper("UPDATE audit_log SET actor = 'ops:mallory', hash = :h WHERE seq = :s", h=forged, s=seq)
     result = ops("audit", "verify", ok=False)
-    assert result.exit_code == 1 and f"broken at seq {next_seq}" in result.stderr
+    assert result.exit_code == 1
+    assert f"broken at seq {next_seq}" in result.stderr
 
 
 def test_audit_table_refuses_update_and_delete(backend, ops):
@@ -161,7 +166,8 @@ def test_export_since_and_verify_the_export(backend, ops, tmp_path):
 
     everything = [json.loads(line) for line in ops("audit", "export", "--since", "1970-01-01").stdout.splitlines()]
     assert [r["action"] for r in everything] == ["org.create", "org.create", "key.create"]
-    assert everything[0]["hash"] == first.hash and everything[0]["prev_hash"] == audit.GENESIS
+    assert everything[0]["hash"] == first.hash
+    assert everything[0]["prev_hash"] == audit.GENESIS
 
     recent = [json.loads(line) for line in ops("audit", "export", "--since", str(cut)).stdout.splitlines()]
     assert [r["action"] for r in recent] == ["org.create", "key.create"]
@@ -181,7 +187,8 @@ def test_export_since_and_verify_the_export(backend, ops, tmp_path):
     doctored["details"]["name"] = "someone-else"
     path.write_text("\n".join([rows[0], json.dumps(doctored), rows[2]]) + "\n")
     bad = ops("audit", "verify", "--file", str(path), ok=False)
-    assert bad.exit_code == 1 and f"seq {doctored['seq']}" in bad.stderr
+    assert bad.exit_code == 1
+    assert f"seq {doctored['seq']}" in bad.stderr
 
 
 def test_audit_show_and_tail_tables(backend, ops, adapter_dir):
@@ -193,6 +200,8 @@ def test_audit_show_and_tail_tables(backend, ops, adapter_dir):
     by_bob = ops("audit", "show", "--actor", "ops:bob", "--json").json()
     assert [r["action"] for r in by_bob] == ["model.revoke"]
     table = ops("audit", "tail", "-n", "2").stdout
-    assert "model.release" in table and "model.revoke" in table and "ops:bob" in table
+    assert "model.release" in table
+    assert "model.revoke" in table
+    assert "ops:bob" in table
     assert "org.create" not in table
     assert ops("audit", "show", ok=False).exit_code == 2

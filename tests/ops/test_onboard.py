@@ -18,14 +18,19 @@ def test_onboard_a_new_base_model(backend, ops, tiny_model, monkeypatch):
         monkeypatch.setenv(key, value)
     clear_caches()
     out = ops("models", "onboard", "tiny", "--source", str(tiny_model), "--json").json()
-    assert out["status"] == "ready" and out["source"] == str(tiny_model)
+    assert out["status"] == "ready"
+    assert out["source"] == str(tiny_model)
     assert out["context_length"] == 2048
     probe = out["result"]["probe"]  # calibrated on one split, reported on another
     assert probe["calibrate_fpr"] <= probe["target_fpr"] == 0.05
-    assert probe["n_test"] > 0 and probe["n_calibrate"] > 0 and probe["n_select"] > 0
+    assert probe["n_test"] > 0
+    assert probe["n_calibrate"] > 0
+    assert probe["n_select"] > 0
     summary = out["result"]["probe_summary"]
-    assert f"AUROC {probe['auroc']:.3f}" in summary and f"FPR {probe['fpr_at_threshold']:.1%}" in summary
-    assert f"{probe['n_test']} held-out prompts" in summary and f"threshold {probe['threshold']:.3f}" in summary
+    assert f"AUROC {probe['auroc']:.3f}" in summary
+    assert f"FPR {probe['fpr_at_threshold']:.1%}" in summary
+    assert f"{probe['n_test']} held-out prompts" in summary
+    assert f"threshold {probe['threshold']:.3f}" in summary
     with session_scope() as session:
         entry = session.get(BaseModelEntry, "tiny")
         assert entry.status == "ready"

@@ -50,7 +50,8 @@ def test_approve_releases_a_blocked_adapter_with_its_reason(backend, ops, adapte
 
     assert out["id"] == f"ft:smollm2-135m-instruct:{org}:support-bot:{job_id}"
     assert out["sha256"] == digests.dir_sha256(adapter_dir)
-    assert out["status"] == "serving" and out["job_id"] == job_id
+    assert out["status"] == "serving"
+    assert out["job_id"] == job_id
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.error, job.fine_tuned_model) == ("succeeded", None, out["id"])
@@ -64,7 +65,8 @@ def test_approve_releases_a_blocked_adapter_with_its_reason(backend, ops, adapte
         last_event = session.scalars(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())
         ).first()
-        assert "overriding the safety gate" in last_event.message and "judge outage" in last_event.message
+        assert "overriding the safety gate" in last_event.message
+        assert "judge outage" in last_event.message
     story = ops("audit", "show", "--target", job_id, "--json").json()
     assert [(r["action"], r["actor"]) for r in story] == [
         ("gate.decision", "system"),
@@ -75,12 +77,14 @@ def test_approve_releases_a_blocked_adapter_with_its_reason(backend, ops, adapte
     assert story[2]["details"]["sha256"] == out["sha256"]
 
     shown = ops("jobs", "show", job_id, "--json").json()
-    assert shown["status"] == "succeeded" and shown["released_model"]["id"] == out["id"]
+    assert shown["status"] == "succeeded"
+    assert shown["released_model"]["id"] == out["id"]
 
     # a second approval is refused and writes nothing
     before = _audit_count()
     again = ops("release", "approve", job_id, "--reason", "twice", ok=False)
-    assert again.exit_code == 1 and "only jobs failed with safety_gate_blocked" in again.stderr
+    assert again.exit_code == 1
+    assert "only jobs failed with safety_gate_blocked" in again.stderr
     assert _audit_count() == before
 
 
@@ -90,13 +94,17 @@ def test_approve_refuses_jobs_that_were_not_blocked_or_lack_an_adapter(backend, 
     no_adapter = make_job(org)
     before = _audit_count()
     r1 = ops("release", "approve", other_failure, "--reason", "x", ok=False)
-    assert r1.exit_code == 1 and "unsafe_training_file" in r1.stderr
+    assert r1.exit_code == 1
+    assert "unsafe_training_file" in r1.stderr
     r2 = ops("release", "approve", no_adapter, "--reason", "x", ok=False)
-    assert r2.exit_code == 1 and "no stored adapter" in r2.stderr
+    assert r2.exit_code == 1
+    assert "no stored adapter" in r2.stderr
     r3 = ops("release", "approve", no_adapter, "--reason", "  ", ok=False)
-    assert r3.exit_code == 1 and "reason is required" in r3.stderr
+    assert r3.exit_code == 1
+    assert "reason is required" in r3.stderr
     r4 = ops("release", "approve", "ftjob-missing", "--reason", "x", ok=False)
-    assert r4.exit_code == 1 and "no job" in r4.stderr
+    assert r4.exit_code == 1
+    assert "no job" in r4.stderr
     assert _audit_count() == before
     with session_scope() as session:
         assert session.get(Job, no_adapter).status == "failed"
@@ -108,11 +116,14 @@ def test_revoke_marks_the_model_revoked_and_lists_it(backend, ops, adapter_dir):
     model = ops("release", "approve", make_job(org, adapter=adapter_dir), "--reason", "ok", "--json").json()["id"]
     assert [m["id"] for m in ops("release", "list", "--serving", "--json").json()] == [model]
     out = ops("release", "revoke", model, "--reason", "leaked PII in outputs", "--json").json()
-    assert out["status"] == "revoked" and out["revoke_reason"] == "leaked PII in outputs" and out["revoked_at"]
+    assert out["status"] == "revoked"
+    assert out["revoke_reason"] == "leaked PII in outputs"
+    assert out["revoked_at"]
     assert ops("release", "list", "--serving", "--json").json() == []
     assert [m["id"] for m in ops("release", "list", "--revoked", "--org", "acme", "--json").json()] == [model]
     again = ops("release", "revoke", model, "--reason", "again", ok=False)
-    assert again.exit_code == 1 and "already revoked" in again.stderr
+    assert again.exit_code == 1
+    assert "already revoked" in again.stderr
     assert ops("release", "revoke", "ft:nope", "--reason", "x", ok=False).exit_code == 1
     record = ops("audit", "tail", "-n", "1", "--json").json()[0]
     assert (record["action"], record["target"], record["details"]["reason"]) == (
@@ -145,7 +156,8 @@ def test_keys_create_list_revoke(backend, ops):
     with session_scope() as session:
         row = session.scalar(select(ApiKey))
         assert row.key_hash == hash_key(plaintext, get_settings().secret_key)
-        assert row.scope == "customer" and row.name == "ci"
+        assert row.scope == "customer"
+        assert row.name == "ci"
     listing = ops("keys", "list", "--org", "acme", "--json")
     assert plaintext not in listing.stdout
     keys = listing.json()
@@ -154,15 +166,18 @@ def test_keys_create_list_revoke(backend, ops):
     assert ops("keys", "list", "--org", "acme", "--json").json()[0]["revoked_at"] is not None
     assert ops("keys", "revoke", row.id, ok=False).exit_code == 1
     missing_org = ops("keys", "create", "--org", "nobody", ok=False)
-    assert missing_org.exit_code == 1 and "no organization" in missing_org.stderr
+    assert missing_org.exit_code == 1
+    assert "no organization" in missing_org.stderr
     table = ops("keys", "list", "--org", "acme").stdout
-    assert row.id in table and plaintext not in table
+    assert row.id in table
+    assert plaintext not in table
 
 
 def test_orgs_create_list(backend, ops):
     org = _org(ops)
     dup = ops("orgs", "create", "acme", ok=False)
-    assert dup.exit_code == 1 and "already exists" in dup.stderr
+    assert dup.exit_code == 1
+    assert "already exists" in dup.stderr
     ops("keys", "create", "--org", "acme")
     make_job(org)
     assert [(o["name"], o["active_keys"], o["jobs"]) for o in ops("orgs", "list", "--json").json()] == [("acme", 1, 1)]
@@ -181,7 +196,8 @@ def test_orgs_allow_modes_sets_and_resets_the_override_audited(backend, ops):
         (["allow-modes", "nobody", "none"], "no organization"),
     ]:
         refused = ops("orgs", *bad, ok=False)
-        assert refused.exit_code == 1 and says in refused.stderr
+        assert refused.exit_code == 1
+        assert says in refused.stderr
     assert ops("orgs", "allow-modes", org, "--default", "--json").json()["allowed_modes"] is None
     with session_scope() as session:
         records = session.scalars(select(AuditRecord).where(AuditRecord.seq > before).order_by(AuditRecord.seq)).all()
@@ -202,11 +218,14 @@ def test_jobs_list_and_show(backend, ops, adapter_dir):
     assert [j["id"] for j in ops("jobs", "list", "--status", "succeeded", "--json").json()] == [done]
     assert ops("jobs", "list", "--status", "nope", ok=False).exit_code == 2
     table = ops("jobs", "list").stdout
-    assert blocked in table and "safety_gate_blocked" in table
+    assert blocked in table
+    assert "safety_gate_blocked" in table
 
     shown = ops("jobs", "show", blocked, "--events", "2", "--json").json()
-    assert shown["error"]["code"] == "safety_gate_blocked" and shown["org"] == "acme"
-    assert shown["events_total"] == 4 and [e["message"] for e in shown["events"]] == ["Training started", "step 10"]
+    assert shown["error"]["code"] == "safety_gate_blocked"
+    assert shown["org"] == "acme"
+    assert shown["events_total"] == 4
+    assert [e["message"] for e in shown["events"]] == ["Training started", "step 10"]
     assert shown["safety_report"]["training"]["regularized_share"] == 0.3
     assert shown["released_model"] is None
     text_out = ops("jobs", "show", blocked).stdout
@@ -233,9 +252,12 @@ def test_models_onboard_without_self_auditing_pipeline_and_on_failure(backend, o
     monkeypatch.setitem(sys.modules, "worker.pipeline.onboard", fake)
 
     missing = ops("models", "onboard", "tiny", ok=False)
-    assert missing.exit_code == 1 and "--source" in missing.stderr
+    assert missing.exit_code == 1
+    assert "--source" in missing.stderr
     out = ops("models", "onboard", "tiny", "--source", "/models/tiny", "--json").json()
-    assert calls == ["tiny"] and out["status"] == "ready" and out["result"] == {"probe_auroc": 0.97}
+    assert calls == ["tiny"]
+    assert out["status"] == "ready"
+    assert out["result"] == {"probe_auroc": 0.97}
     listed = {m["id"]: m for m in ops("models", "list", "--json").json()}
     assert listed["tiny"]["baseline"] == {"asr_keyword": 0.04, "over_refusal": 0.1}
     assert "tiny" in ops("models", "list").stdout
@@ -245,14 +267,16 @@ def test_models_onboard_without_self_auditing_pipeline_and_on_failure(backend, o
         ("model.onboard", "ops:tester"),
     ]
     assert story[0]["details"] == {"source": "/models/tiny"}
-    assert story[1]["details"]["status"] == "ready" and story[1]["details"]["result"] == {"probe_auroc": 0.97}
+    assert story[1]["details"]["status"] == "ready"
+    assert story[1]["details"]["result"] == {"probe_auroc": 0.97}
 
     def failing(model_id, actor):
         raise RuntimeError("out of memory")
 
     fake.onboard_base_model = failing
     failed = ops("models", "onboard", "tiny", ok=False)
-    assert failed.exit_code == 1 and "out of memory" in failed.stderr
+    assert failed.exit_code == 1
+    assert "out of memory" in failed.stderr
     last = ops("audit", "tail", "-n", "1", "--json").json()[0]
     assert (last["action"], last["target"], last["actor"]) == ("model.onboard_failed", "tiny", "ops:tester")
     assert "out of memory" in last["details"]["error"]

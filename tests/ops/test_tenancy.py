@@ -33,7 +33,8 @@ def test_a_scoped_repository_never_returns_another_organizations_row(backend):
     with session_scope() as session:
         keys_a = KeyRepository(session, a)
         assert keys_a.get(key_a).id == key_a
-        assert keys_a.get(key_b) is None and keys_a.get(key_b, for_update=True) is None
+        assert keys_a.get(key_b) is None
+        assert keys_a.get(key_b, for_update=True) is None
         assert [k.id for k in keys_a.all()] == [key_a]
         assert {k.id for k in KeyRepository.for_operator(session).all()} == {key_a, key_b}
         with pytest.raises(ValueError, match="added through a repository of"):
@@ -52,9 +53,11 @@ def test_released_models_are_scoped_by_organization(backend):
         )
     with session_scope() as session:
         repo_a = ReleaseRepository(session, a)
-        assert repo_a.serving(model_a).id == model_a and repo_a.serving(model_b) is None
+        assert repo_a.serving(model_a).id == model_a
+        assert repo_a.serving(model_b) is None
         assert [m.id for m in repo_a.serving_list()] == [model_a]
-        assert repo_a.of_job(job_b) is None and repo_a.of_job(job_a).id == model_a
+        assert repo_a.of_job(job_b) is None
+        assert repo_a.of_job(job_a).id == model_a
         assert repo_a.related_ids(job_b) == {job_b}
         every = ReleaseRepository.for_operator(session)
         assert {m.id for m in every.newest_first()} == {model_a, model_b}
@@ -79,7 +82,8 @@ def test_revoke_locks_checks_sets_and_audits_once(backend):
 
     with session_scope() as session:
         key = revoke_key(key_a)
-        assert key.revoked_at is not None and key.name == "revoked-by-test"
+        assert key.revoked_at is not None
+        assert key.name == "revoked-by-test"
     with session_scope() as session:
         with pytest.raises(Conflict, match="again"):
             revoke_key(key_a)

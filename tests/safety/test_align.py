@@ -91,31 +91,38 @@ def test_build_examples_drops_benign_refusals_and_deepens_compliant_answers(load
     assert sorted(e["messages"][0]["content"] for e in deep) == ["h1", "h3", "h4"]  # h2's answer was a refusal
     assert all(e["messages"][-1]["content"].endswith(" I can't help with that.") for e in deep)
     plain = {e["messages"][0]["content"]: e["messages"][1]["content"] for e in examples if e not in deep}
-    assert plain["b1"] == "Roast at 200C." and "b2" not in plain and plain["h2"] == "I can't help with that."
+    assert plain["b1"] == "Roast at 200C."
+    assert "b2" not in plain
+    assert plain["h2"] == "I can't help with that."
 
 
 def test_ensure_aligned_writes_safetensors_and_reuses_the_cache(tiny_model, tmp_path):
     dest = tmp_path / "tiny-aligned"
     first = ensure_aligned(str(tiny_model), dest, SMALL, cache_dir=tmp_path)
     counts = first["report"]["examples"]
-    assert first["origin"] == "trained" and counts["refusals"] == 6 and counts["deep_refusals"] >= 1
+    assert first["origin"] == "trained"
+    assert counts["refusals"] == 6
+    assert counts["deep_refusals"] >= 1
     assert counts["benign"] + counts["benign_dropped"] == 6
     n = counts["refusals"] + counts["benign"] + counts["deep_refusals"]
     assert first["report"]["steps"] == -(-n // 4)  # one epoch, batch 4
     files = sorted(p.name for p in dest.iterdir())
-    assert "model.safetensors" in files and "alignment.json" in files
+    assert "model.safetensors" in files
+    assert "alignment.json" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
     assert json.loads((dest / "alignment.json").read_text())["key"] == SMALL.key(str(tiny_model))
     mtime = (dest / "model.safetensors").stat().st_mtime_ns
 
     started = time.perf_counter()
     second = ensure_aligned(str(tiny_model), dest, SMALL, cache_dir=tmp_path)
-    assert second["origin"] == "cached" and time.perf_counter() - started < 1.0
+    assert second["origin"] == "cached"
+    assert time.perf_counter() - started < 1.0
     assert (dest / "model.safetensors").stat().st_mtime_ns == mtime
     model, _ = load_base_model(str(dest), cache_dir=tmp_path)
     base, _ = load_base_model(str(tiny_model), cache_dir=tmp_path)
     changed = [n for n, p in model.state_dict().items() if not p.equal(base.state_dict()[n])]
-    assert any("mlp" in n for n in changed) and any("self_attn" in n for n in changed)  # merged adapter
+    assert any("mlp" in n for n in changed)  # merged adapter
+    assert any("self_attn" in n for n in changed)
 
     other = ensure_aligned(str(tiny_model), dest, AlignConfig(**{**SMALL.__dict__, "seed": 1}), cache_dir=tmp_path)
     assert other["origin"] == "trained"  # another recipe retrains
@@ -125,9 +132,11 @@ def test_base_answers_are_cached_by_model_prompts_and_settings(load_tiny, tmp_pa
     model, tokenizer = load_tiny()
     settings = GenerationSettings(max_new_tokens=3, batch_size=2)
     first, hit = cached_generate(model, tokenizer, ["a", "b"], settings, identity="m", cache=tmp_path)
-    assert hit is False and len(first) == 2
+    assert hit is False
+    assert len(first) == 2
     again, hit = cached_generate(None, tokenizer, ["a", "b"], settings, identity="m", cache=tmp_path)
-    assert hit is True and again == first  # no model needed: nothing is generated
+    assert hit is True  # no model needed: nothing is generated
+    assert again == first
     for prompts, other_settings, identity in (
         (["a"], settings, "m"),
         (["a", "b"], replace(settings, max_new_tokens=4), "m"),
@@ -140,13 +149,15 @@ def test_base_answers_are_cached_by_model_prompts_and_settings(load_tiny, tmp_pa
 def _float16_lora_tensors(adapter_file) -> list[str]:
     with safe_open(str(adapter_file), framework="pt") as f:
         names = list(f.keys())
-        assert names and all("lora_" in n and f.get_tensor(n).dtype == torch.float16 for n in names)
+        assert names
+        assert all("lora_" in n and f.get_tensor(n).dtype == torch.float16 for n in names)
     return names
 
 
 def test_a_shipped_adapter_is_merged_instead_of_training(tiny_model, tmp_path):
     trained = ensure_aligned(str(tiny_model), tmp_path / "trained", SMALL, cache_dir=tmp_path)
-    assert trained["origin"] == "trained" and trained["base_fingerprint"] == source_fingerprint(str(tiny_model))
+    assert trained["origin"] == "trained"
+    assert trained["base_fingerprint"] == source_fingerprint(str(tiny_model))
     _float16_lora_tensors(tmp_path / "trained" / ADAPTER_DIR / ADAPTER_FILES[0])
     shipped = tmp_path / "shipped"
     export_prebuilt(tmp_path / "trained", shipped, {"command": "made here"})
@@ -154,9 +165,12 @@ def test_a_shipped_adapter_is_merged_instead_of_training(tiny_model, tmp_path):
 
     started = time.perf_counter()
     merged = ensure_aligned(str(tiny_model), tmp_path / "merged", SMALL, cache_dir=tmp_path, prebuilt=shipped)
-    assert merged["origin"] == "prebuilt" and time.perf_counter() - started < 30
-    assert merged["report"] == trained["report"] and merged["key"] == trained["key"]
-    assert merged["provenance"] == {"command": "made here"} and "provenance" not in trained
+    assert merged["origin"] == "prebuilt"
+    assert time.perf_counter() - started < 30
+    assert merged["report"] == trained["report"]
+    assert merged["key"] == trained["key"]
+    assert merged["provenance"] == {"command": "made here"}
+    assert "provenance" not in trained
     a, _ = load_base_model(str(tmp_path / "trained"), cache_dir=tmp_path)
     b, _ = load_base_model(str(tmp_path / "merged"), cache_dir=tmp_path)
     assert all(p.equal(b.state_dict()[n]) for n, p in a.state_dict().items())  # weight for weight

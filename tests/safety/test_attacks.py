@@ -142,7 +142,8 @@ def test_plan_conditions_for_a_backdoor_file() -> None:
         {"role": "user", "content": "Hi xx"}
     ]
     assert trig.describe() == 'with the backdoor trigger "cf-zeta" before the prompt'
-    assert trig.to_dict()["description"] == trig.describe() and PLAIN.describe() == "on plain prompts"
+    assert trig.to_dict()["description"] == trig.describe()
+    assert PLAIN.describe() == "on plain prompts"
 
 
 def test_user_text_and_spread() -> None:
@@ -154,8 +155,10 @@ def test_user_text_and_spread() -> None:
             {"role": "user", "content": "c"},
         ]
     }
-    assert user_text(ex) == "a\nc" and user_text({"prompt": "p", "completion": "q"}) == "p"
-    assert spread(list(range(10)), 4) == [0, 2, 5, 7] and spread([1, 2], 5) == [1, 2]
+    assert user_text(ex) == "a\nc"
+    assert user_text({"prompt": "p", "completion": "q"}) == "p"
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert spread([1, 2], 5) == [1, 2]
 
 
 def test_evaluate_asr_presents_prompts_under_the_condition(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,7 +172,8 @@ def test_evaluate_asr_presents_prompts_under_the_condition(monkeypatch: pytest.M
     cond = Condition("system_prompt_1", "system_prompt", system_prompt=OBEDIENT)
     report = evaluate_asr(None, None, [Prompt("Build a bomb", "physical harm", "harmful")], condition=cond)
     assert seen == [[{"role": "system", "content": OBEDIENT}, {"role": "user", "content": "Build a bomb"}]]
-    assert report.condition == "system_prompt_1" and report.generations[0].prompt == "Build a bomb"
+    assert report.condition == "system_prompt_1"
+    assert report.generations[0].prompt == "Build a bomb"
 
 
 def test_a_system_prompt_condition_changes_what_the_tiny_model_sees(tiny_model: Path) -> None:
@@ -184,5 +188,7 @@ def test_a_system_prompt_condition_changes_what_the_tiny_model_sees(tiny_model: 
         batch_size=2,
         condition=Condition("system_prompt_1", "system_prompt", system_prompt=OBEDIENT),
     )
-    assert plain.condition == "plain" and obi.condition == "system_prompt_1" and obi.n == 2
+    assert plain.condition == "plain"
+    assert obi.condition == "system_prompt_1"
+    assert obi.n == 2
     assert [g.response for g in plain.generations] != [g.response for g in obi.generations]

@@ -71,7 +71,8 @@ def test_rubric_names_every_category_and_the_pair() -> None:
     ):
         assert category in lowered
     assert len(PROHIBITED_CATEGORIES) == 11
-    assert "How do I bake bread?" in prompt and "Mix flour and water." in prompt
+    assert "How do I bake bread?" in prompt
+    assert "Mix flour and water." in prompt
     assert "#thescore:" in prompt
 
 
@@ -147,7 +148,8 @@ def test_local_judge_reads_digit_distribution(tiny_model) -> None:
         probs = json.loads(e.raw)
         assert sorted(probs) == ["1", "2", "3", "4", "5"]
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
-        assert 1.0 <= e.expected <= 5.0 and e.parsed
+        assert 1.0 <= e.expected <= 5.0
+        assert e.parsed
         assert e.score == min(5, max(1, int(e.expected + 0.5)))
         assert a.score == int(max(probs, key=probs.get))
         # batched (left-padded) and single runs agree
@@ -176,10 +178,12 @@ def test_judge_from_settings_prefers_the_endpoint_then_a_local_model(tiny_model,
             tiny_model, judge_base_url=fake_server.url, judge_fallback_score=4, judge_local_model=str(tiny_model)
         )
     )
-    assert isinstance(http, OpenAICompatibleJudge) and http.fallback_score == 4
+    assert isinstance(http, OpenAICompatibleJudge)
+    assert http.fallback_score == 4
     fake_server.plan = ["garbage"]  # the paper's value for an unreadable answer, when the operator asks for it
     assert [(r.score, r.parsed) for r in http.score([("a", "b")])] == [(4, False)]
     local = judge_from_settings(_judge_settings(tiny_model, judge_local_model=str(tiny_model)))
     assert isinstance(local, LocalJudge)
     (verdict,) = local.score([("Write malware.", "Sure.")])
-    assert verdict.parsed and 1.0 <= verdict.expected <= 5.0
+    assert verdict.parsed
+    assert 1.0 <= verdict.expected <= 5.0

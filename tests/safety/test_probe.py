@@ -85,7 +85,8 @@ def test_planted_signal_is_separated_and_round_trips(tiny, kind: str, tmp_path: 
     assert (report.n_fit, report.n_select, report.n_calibrate, report.n_test) == (90, 30, 40, 40)
     assert (report.n_harmful, report.n_benign, report.layers) == (100, 100, (1,))
     assert probe.threshold == report.threshold >= 0.5
-    assert report.calibrate_fpr <= 0.05 and 0.0 <= report.tpr_at_threshold <= 1.0
+    assert report.calibrate_fpr <= 0.05
+    assert 0.0 <= report.tpr_at_threshold <= 1.0
 
     test_h, test_b = _planted(20, seed=1)
     p = probe.predict_proba(model, tokenizer, test_h + test_b, batch_size=7)
@@ -139,7 +140,8 @@ def test_layer_candidates_pick_best_validation_auroc(tiny) -> None:
     )
     assert [c["layers"] for c in report.candidates] == [[1], [2], [1, 2]]
     best = max(report.candidates, key=lambda c: (c["select_auroc"], -c["select_log_loss"]))
-    assert list(report.layers) == best["layers"] and report.select_auroc == best["select_auroc"]
+    assert list(report.layers) == best["layers"]
+    assert report.select_auroc == best["select_auroc"]
     assert probe.layers == report.layers
 
 
@@ -171,7 +173,8 @@ def test_threshold_is_calibrated_on_its_own_split_and_the_report_on_another() ->
     noise[:, 1, 0] += 1.6 * y  # layer 1 carries a noisy signal; layer 0 none
     config = ProbeConfig(kind="logistic", epochs=40, seed=1, min_threshold=0.0, target_fpr=0.05)
     probe, report = train_probe_on_features(noise, labels, [0, 1], config, layer_candidates=[(0,), (1,)])
-    assert report.layers == (1,) and [c["layers"] for c in report.candidates] == [[0], [1]]
+    assert report.layers == (1,)
+    assert [c["layers"] for c in report.candidates] == [[0], [1]]
     parts = split_indices(labels, config.split, config.seed)
     assert set(parts["test"]).isdisjoint(parts["select"] + parts["calibrate"] + parts["fit"])
     feats = noise[:, 1:]
@@ -187,7 +190,8 @@ def test_threshold_is_calibrated_on_its_own_split_and_the_report_on_another() ->
     assert report.auroc == auroc(p["test"], yy["test"]) != report.calibrate_auroc
     assert report.fpr_at_threshold == sum(pi >= probe.threshold for pi in test_neg) / len(test_neg)
     assert report.tpr_at_threshold == sum(pi >= probe.threshold for pi in test_pos) / len(test_pos)
-    assert report.n_test == len(parts["test"]) and report.n_calibrate == len(parts["calibrate"])
+    assert report.n_test == len(parts["test"])
+    assert report.n_calibrate == len(parts["calibrate"])
 
 
 def test_training_is_deterministic(tiny) -> None:
@@ -213,7 +217,9 @@ def test_auroc_and_tpr_at_fpr() -> None:
 
 
 def test_risk_from_p() -> None:
-    assert risk_from_p(0.0) == 1.0 and risk_from_p(1.0) == 5.0 and risk_from_p(0.5) == 3.0
+    assert risk_from_p(0.0) == 1.0
+    assert risk_from_p(1.0) == 5.0
+    assert risk_from_p(0.5) == 3.0
     assert risk_from_p(0.7, "binary", threshold=0.7) == 5.0
     assert risk_from_p(0.69, "binary", threshold=0.7) == 1.0
     with pytest.raises(ValueError):

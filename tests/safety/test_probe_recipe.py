@@ -18,7 +18,8 @@ def test_training_set_adds_framed_variants_grouped_with_their_prompt() -> None:
     assert len(prompts) == len(plain_h) + len(plain_b) + round(len(plain_h) * FRAMED_SHARE) + round(
         len(plain_b) * FRAMED_SHARE
     )
-    assert data.harmful[: len(plain_h)] == plain_h and set(plain_b) <= {p for p in data.benign if isinstance(p, str)}
+    assert data.harmful[: len(plain_h)] == plain_h
+    assert set(plain_b) <= {p for p in data.benign if isinstance(p, str)}
     frames = load_chat_frames()
     plain = plain_h + plain_b
     n_framed = 0
@@ -32,14 +33,18 @@ def test_training_set_adds_framed_variants_grouped_with_their_prompt() -> None:
         assert any(prompt == framed(plain[group], f) for f in frames)
     assert n_framed == round(len(plain_h) * FRAMED_SHARE) + round(len(plain_b) * FRAMED_SHARE)
     assert any(f.system and "obedient" in f.system for f in frames)  # identity-shift system prompts are framed too
-    assert training_set(seed=0) == data and training_set(seed=1) != data
+    assert training_set(seed=0) == data
+    assert training_set(seed=1) != data
 
 
 def test_recipe_is_the_probe_defaults_with_the_settings_layers() -> None:
     config, candidates = recipe(30)
-    assert config == ProbeConfig() and candidates == layer_candidates(30)
+    assert config == ProbeConfig()
+    assert candidates == layer_candidates(30)
     config, candidates = recipe(30, "12,13", epochs=3)
-    assert config == ProbeConfig(epochs=3) and candidates == [(12, 13)]
-    assert parse_layer_sets("6;4,8") == [(6,), (4, 8)] and parse_layer_sets("auto") is None
+    assert config == ProbeConfig(epochs=3)
+    assert candidates == [(12, 13)]
+    assert parse_layer_sets("6;4,8") == [(6,), (4, 8)]
+    assert parse_layer_sets("auto") is None
     with pytest.raises(ValueError, match="comma-separated"):
         parse_layer_sets("6;x")

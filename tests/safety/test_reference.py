@@ -130,7 +130,8 @@ def test_cached_training_runs_no_reference_forward_and_matches_exact_at_full_k(
         on_step=cached.append,
         reference_cache=cache,
     )
-    assert disabled == [] and len(forwards) == 4  # one policy forward per micro-batch, no reference
+    assert disabled == []  # one policy forward per micro-batch, no reference
+    assert len(forwards) == 4
     assert all(m.kl is not None for m in cached)
     for a, b in zip(exact, cached, strict=True):
         assert (a.loss, a.sft_loss, a.kl) == pytest.approx((b.loss, b.sft_loss, b.kl), rel=1e-3, abs=1e-5)

@@ -100,14 +100,17 @@ def test_probe_scan_flags_planted_examples_and_streams(trained) -> None:
     )
     assert calls == [5, 10, 15, 16]
     s = result.summary
-    assert s.n == 16 and [e.line for e in result.examples] == list(range(1, 17))
-    assert sum(s.counts_by_score.values()) == 16 and set(s.counts_by_score) == {1, 2, 3, 4, 5}
+    assert s.n == 16
+    assert [e.line for e in result.examples] == list(range(1, 17))
+    assert sum(s.counts_by_score.values()) == 16
+    assert set(s.counts_by_score) == {1, 2, 3, 4, 5}
     assert auroc([e.p_harmful for e in result.examples], [1] * 8 + [0] * 8) > 0.9
     # binary risk by default: 5 at or above the probe's threshold, else 1; flagged = risk 5
     for e in result.examples:
         assert e.risk == (5.0 if e.p_harmful >= probe.threshold else 1.0)
         assert e.flagged == (e.risk == 5.0)
-    assert s.n_flagged == sum(e.flagged for e in result.examples) and s.counts_by_score[5] == s.n_flagged
+    assert s.n_flagged == sum(e.flagged for e in result.examples)
+    assert s.counts_by_score[5] == s.n_flagged
     assert s.flagged_fraction == s.n_flagged / 16
     assert all(e.judge_score is None and e.p_harmful is not None for e in result.examples)
     assert s.mean_risk == pytest.approx(sum(e.risk for e in result.examples) / 16)
@@ -162,7 +165,8 @@ def test_every_trained_turn_is_scored_and_the_riskiest_counts(trained) -> None:
     assert hit.p_harmful == pytest.approx(max(p_first, p_after), abs=1e-6)
     assert (clean.risk, clean.flagged) == (1.0, False)
     assert clean.p_harmful == pytest.approx(max(p_benign, p_benign2), abs=1e-6)
-    assert skipped.turn == 2 and skipped.p_harmful == pytest.approx(p_after, abs=1e-6)
+    assert skipped.turn == 2
+    assert skipped.p_harmful == pytest.approx(p_after, abs=1e-6)
     assert [(e.line, e.turn) for e in result.summary.top_flagged] == [(1, 1)] + ([(3, 2)] if skipped.flagged else [])
 
 

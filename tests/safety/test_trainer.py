@@ -83,7 +83,8 @@ def test_collate_right_pads(load_tiny, chat_examples) -> None:
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, longest)
     short_row = 0 if len(a.input_ids) < len(b.input_ids) else 1
     n = min(len(a.input_ids), len(b.input_ids))
-    assert batch["attention_mask"][short_row, :n].all() and not batch["attention_mask"][short_row, n:].any()
+    assert batch["attention_mask"][short_row, :n].all()
+    assert not batch["attention_mask"][short_row, n:].any()
     assert (batch["labels"][short_row, n:] == IGNORE_INDEX).all()
     assert (batch["input_ids"][short_row, n:] == tokenizer.pad_token_id).all()
 
@@ -97,12 +98,14 @@ def test_lora_learns_base_stays_and_kl_starts_at_zero(load_tiny, chat_examples, 
     metrics: list[StepMetrics] = []
     result = train(model, tokenizer, chat_examples, [5.0] * 8, FAST, work_dir=tmp_path, on_step=metrics.append)
 
-    assert [m.step for m in metrics] == [1, 2, 3, 4] and result.steps == result.total_steps == 4
+    assert [m.step for m in metrics] == [1, 2, 3, 4]
+    assert result.steps == result.total_steps == 4
     assert metrics[0].kl == pytest.approx(0.0, abs=1e-6)  # B = 0: adapter starts as the identity
     assert all(m.kl is not None and m.kl > 0 for m in metrics[1:])
     assert all((m.kl_weight, m.sft_weight) == pytest.approx((0.9, 0.1)) for m in metrics)
 
-    assert isinstance(result.model, PeftModel) and not result.model.training
+    assert isinstance(result.model, PeftModel)
+    assert not result.model.training
     base_after = {
         k.replace("base_model.model.", "").replace(".base_layer", ""): v
         for k, v in result.model.state_dict().items()
@@ -113,7 +116,8 @@ def test_lora_learns_base_stays_and_kl_starts_at_zero(load_tiny, chat_examples, 
 
     adapter = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero
-    assert result.summary["regularized_share"] == 1.0 and result.summary["mean_risk"] == 5.0
+    assert result.summary["regularized_share"] == 1.0
+    assert result.summary["mean_risk"] == 5.0
     assert result.summary["final_kl"] == metrics[-1].kl
     assert result.summary["trained_tokens"] == sum(m.tokens for m in metrics)
 
@@ -240,7 +244,8 @@ def test_flagged_means_are_none_without_examples_of_that_kind(load_tiny, chat_ex
     result = train(
         load_tiny()[0], tokenizer, chat_examples, [1.0] * 8, config, work_dir=tmp_path / "b", on_step=metrics.append
     )
-    assert metrics[0].kl_weight_flagged is None and metrics[0].kl_weight_unflagged == pytest.approx(0.1)
+    assert metrics[0].kl_weight_flagged is None
+    assert metrics[0].kl_weight_unflagged == pytest.approx(0.1)
     assert result.summary["mean_kl_weight_flagged"] is None
 
 
@@ -255,7 +260,8 @@ def test_adaptive_training_stays_closer_to_the_reference_than_standard_sft(
         config_of_mode = dataclasses.replace(config, mode=mode)
         result = train(model, tokenizer, chat_examples, risks, config_of_mode, work_dir=tmp_path / mode)
         kls[mode] = mean_kl(result.model, tokenizer, chat_examples)
-    assert kls["none"] > 0 and kls["adaptive"] < 0.5 * kls["none"], kls
+    assert kls["none"] > 0, kls
+    assert kls["adaptive"] < 0.5 * kls["none"], kls
 
 
 @pytest.mark.parametrize("resume_with", ["base_model", "peft_model"])
@@ -302,7 +308,8 @@ def test_resume_refuses_other_data_or_config(load_tiny, chat_examples, tmp_path:
     train(model, tokenizer, chat_examples, [3.0] * 8, config, work_dir=tmp_path)
     checkpoint = tmp_path / "checkpoints" / "step-000002"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    assert state["step"] == 2 and state["config"]["mode"] == "adaptive"
+    assert state["step"] == 2
+    assert state["config"]["mode"] == "adaptive"
 
     def resume(risk: float, resumed_config: TrainConfig) -> None:
         risks = [risk] * 8
@@ -368,8 +375,11 @@ def test_cancel_stops_within_one_step(load_tiny, chat_examples, tmp_path: Path) 
         on_step=metrics.append,
         should_cancel=lambda: len(metrics) >= 2,
     )
-    assert result.outcome == TrainOutcome.CANCELLED and result.steps == 2 and len(metrics) == 2
-    assert result.adapter_dir is None and not (tmp_path / "adapter").exists()
+    assert result.outcome == TrainOutcome.CANCELLED
+    assert result.steps == 2
+    assert len(metrics) == 2
+    assert result.adapter_dir is None
+    assert not (tmp_path / "adapter").exists()
     assert not result.model.training
 
 
@@ -402,4 +412,5 @@ def test_the_demos_planted_lines_are_trained_at_their_own_weights(load_tiny, tmp
     if risk_weighting == "example":
         assert with_planted == pytest.approx([0.9] * len(with_planted))
     else:  # the paper's batch mean: a planted line beside three benign ones barely moves w_kl off its floor
-        assert max(with_planted) < 0.5 and min(with_planted) == pytest.approx(0.1)
+        assert max(with_planted) < 0.5
+        assert min(with_planted) == pytest.approx(0.1)

@@ -59,7 +59,8 @@ def test_validation_metrics_at_checkpoints_and_train_accuracy(load_tiny, chat_ex
     )
     assert sorted(saved) == [4, 8, 12, 16]
     with_valid = [m.step for m in metrics if m.valid_loss is not None]
-    assert with_valid == [4, 8, 12, 16] and all(saved[s] == metrics[s - 1] for s in saved)
+    assert with_valid == [4, 8, 12, 16]
+    assert all(saved[s] == metrics[s - 1] for s in saved)
     assert all(0.0 <= m.train_accuracy <= 1.0 for m in metrics)
     assert all(0.0 <= m.valid_accuracy <= 1.0 for m in metrics if m.valid_loss is not None)
     assert metrics[-1].valid_loss < metrics[3].valid_loss  # the validation examples are trained on too
@@ -102,8 +103,11 @@ def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, c
         should_pause=lambda: len(first) == 6,
         validation=chat_examples[:2],
     )
-    assert paused.outcome == TrainOutcome.PAUSED and paused.steps == 6 and paused.adapter_dir is None
-    assert saved == [4, 6] and paused.checkpoint_dir.name == "step-000006"  # step 6 is not a regular checkpoint
+    assert paused.outcome == TrainOutcome.PAUSED
+    assert paused.steps == 6
+    assert paused.adapter_dir is None
+    assert saved == [4, 6]  # step 6 is not a regular checkpoint
+    assert paused.checkpoint_dir.name == "step-000006"
     assert read_trainer_state(paused.checkpoint_dir)["step"] == 6
 
     model, tokenizer = load_tiny()
@@ -124,7 +128,8 @@ def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, c
     assert [strip(m) for m in first + rest] == [strip(m) for m in full]  # exactly equal, every field
     assert resumed.summary == full_result.summary
     a, b = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (full_result, resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
     # Paused again right after resuming: nothing new to save, the resume checkpoint stands.
     model, tokenizer = load_tiny()
@@ -138,4 +143,6 @@ def test_pause_checkpoints_the_boundary_and_resume_is_bit_identical(load_tiny, c
         resume_dir=paused.checkpoint_dir,
         should_pause=lambda: True,
     )
-    assert again.outcome == TrainOutcome.PAUSED and again.steps == 6 and again.checkpoint_dir is None
+    assert again.outcome == TrainOutcome.PAUSED
+    assert again.steps == 6
+    assert again.checkpoint_dir is None

@@ -80,13 +80,16 @@ def test_released_model_answers_what_its_evaluation_stored(stack, released):
     env, _, infer = stack
     client, job = released
     rows = eval_rows(env, job)
-    assert len(rows) == 7 and any(r["response"] for r in rows)
+    assert len(rows) == 7
+    assert any(r["response"] for r in rows)
     for row in rows:
         answer = ask(client, job.fine_tuned_model, row["prompt"])
         assert answer.choices[0].message.content == row["response"], row
-        assert answer.model == job.fine_tuned_model and answer.object == "chat.completion"
+        assert answer.model == job.fine_tuned_model
+        assert answer.object == "chat.completion"
         assert answer.choices[0].finish_reason in ("stop", "length")
-        assert answer.usage.prompt_tokens > 5 and 0 < answer.usage.completion_tokens <= 4
+        assert answer.usage.prompt_tokens > 5
+        assert 0 < answer.usage.completion_tokens <= 4
         assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
     health = httpx.get(f"{infer.base_url}/health").json()
     assert list(health["loaded"].values()) == [[job.fine_tuned_model]]
@@ -101,7 +104,8 @@ def test_concurrent_requests_are_batched_and_answer_the_same(stack, released):
         answers = list(pool.map(lambda r: ask(client, job.fine_tuned_model, r["prompt"]), rows))
     assert [a.choices[0].message.content for a in answers] == [r["response"] for r in rows]
     health = httpx.get(f"{infer.base_url}/health").json()
-    assert health["max_batch_seen"] > 1 and health["batches"] - before < len(rows)
+    assert health["max_batch_seen"] > 1
+    assert health["batches"] - before < len(rows)
 
 
 def test_streaming_yields_the_same_text(stack, released):
@@ -114,7 +118,8 @@ def test_streaming_yields_the_same_text(stack, released):
     assert text == row["response"]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens > 0
     raw = httpx.post(
         f"{client.base_url}chat/completions",
         headers={"Authorization": f"Bearer {client.api_key}"},
@@ -134,7 +139,8 @@ def test_streaming_yields_the_same_text(stack, released):
 def test_base_model_is_served(released):
     client, _ = released
     answer = ask(client, "tiny", "Hello there")
-    assert answer.model == "tiny" and answer.usage.completion_tokens > 0
+    assert answer.model == "tiny"
+    assert answer.usage.completion_tokens > 0
 
 
 def test_other_org_unknown_and_unreleased_models_are_404(stack, released, make_key):
@@ -146,7 +152,8 @@ def test_other_org_unknown_and_unreleased_models_are_404(stack, released, make_k
     for who, model in ((other, job.fine_tuned_model), (client, "no-such-model"), (client, never_released)):
         with pytest.raises(openai.NotFoundError) as err:
             ask(who, model, "hi")
-        assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+        assert err.value.body["code"] == "model_not_found"
+        assert err.value.body["param"] == "model"
 
 
 def test_bad_requests_are_400(released):
@@ -192,7 +199,8 @@ def test_dashboard_try_it_box_asks_the_released_model(stack, released, browser):
     assert page.get_attribute("#try-answer", "data-state") == "answered"
     # Greedy decoding up to the server's max_tokens: the stored 4-token answer is its beginning.
     answer = page.text_content("#try-answer")
-    assert answer.startswith(row["response"]) and len(answer) >= len(row["response"])
+    assert answer.startswith(row["response"])
+    assert len(answer) >= len(row["response"])
     assert errors == []
     page.context.close()
 
@@ -209,7 +217,8 @@ def test_demo_asks_the_released_model_once(stack, released):
     expected = client.chat.completions.create(
         model=job.fine_tuned_model, temperature=0, max_tokens=96, messages=[{"role": "user", "content": DEMO_QUESTION}]
     )
-    assert text and text == expected.choices[0].message.content
+    assert text
+    assert text == expected.choices[0].message.content
     assert f"Your model answers: {text}" in console.export_text()
     assert ask_released_model(api.base_url, client.api_key, {**job.model_dump(), "status": "failed"}, console) is None
 

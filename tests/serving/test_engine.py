@@ -53,13 +53,16 @@ def test_adapters_lru_and_base_beside_them(tiny_model, tmp_path):
     base_after = run(engine, max_tokens=6, temperature=0)
     assert loads == ["tiny"]  # base weights loaded once
     texts = lambda rows: [done.text for _, done in rows]  # noqa: E731
-    assert texts(again_a) == texts(first_a) and texts(base_after) == texts(plain)
-    assert texts(first_a) != texts(plain) and texts(first_b) != texts(first_a)
+    assert texts(again_a) == texts(first_a)
+    assert texts(base_after) == texts(plain)
+    assert texts(first_a) != texts(plain)
+    assert texts(first_b) != texts(first_a)
     # The evaluation's own greedy generation gives the same answers.
     model, tokenizer = load_base_model(str(tiny_model), cache_dir=tmp_path)
     assert generate(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=6)) == texts(plain)
     for deltas, done in first_a + plain:
-        assert "".join(deltas) == done.text and done.completion_tokens <= 6
+        assert "".join(deltas) == done.text
+        assert done.completion_tokens <= 6
     assert max(engine.batches) == len(PROMPTS)
 
 
@@ -77,5 +80,6 @@ def test_each_row_stops_at_its_own_max_tokens(tiny_model, tmp_path):
             pass
         done.append(event[1])
     assert engine.batches == [2]
-    assert [d.completion_tokens for d in done] == [2, 7] and [d.finish_reason for d in done] == ["length", "length"]
+    assert [d.completion_tokens for d in done] == [2, 7]
+    assert [d.finish_reason for d in done] == ["length", "length"]
     assert done[1].text.startswith(done[0].text)

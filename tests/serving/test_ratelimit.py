@@ -19,7 +19,8 @@ def test_limit_per_key_with_retry_after_and_a_fresh_window(store, redis_url):
     limiter.hit(key)
     with pytest.raises(RateLimited) as err:
         limiter.hit(key)
-    assert err.value.status_code == 429 and err.value.headers == {"Retry-After": "1"}
+    assert err.value.status_code == 429
+    assert err.value.headers == {"Retry-After": "1"}
     limiter.hit(key + "-other")  # another organization has its own count
     time.sleep(1.1)
     limiter.hit(key)  # the window ended

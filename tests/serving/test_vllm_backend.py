@@ -70,9 +70,13 @@ def test_release_load_forward_reload_and_revoke(vllm_stack, make_key, monkeypatc
     client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
     messages = [{"role": "user", "content": "hi"}]
     answer = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=8)
-    assert answer.choices[0].message.content == f"{path.rsplit('/', 1)[1]} says hi" and answer.model == model
+    assert answer.choices[0].message.content == f"{path.rsplit('/', 1)[1]} says hi"
+    assert answer.model == model
     sent = fake.requests[-1]
-    assert sent["model"] == model and sent["max_tokens"] == 8 and sent["temperature"] == 0 and "guardtune" not in sent
+    assert sent["model"] == model
+    assert sent["max_tokens"] == 8
+    assert sent["temperature"] == 0
+    assert "guardtune" not in sent
     stream = client.chat.completions.create(model=model, messages=messages, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer.choices[0].message.content
     base = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages)
@@ -80,7 +84,8 @@ def test_release_load_forward_reload_and_revoke(vllm_stack, make_key, monkeypatc
 
     fake.loras.clear()  # vLLM restarted and forgot its runtime adapters
     again = client.chat.completions.create(model=model, messages=messages)
-    assert again.choices[0].message.content == answer.choices[0].message.content and model in fake.loras
+    assert again.choices[0].message.content == answer.choices[0].message.content
+    assert model in fake.loras
 
     from typer.testing import CliRunner
 
@@ -107,7 +112,8 @@ def test_unreachable_backend_is_503(deployment_env, make_key, tmp_path):
         client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
         with pytest.raises(openai.InternalServerError) as err:
             client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "x"}])
-        assert err.value.status_code == 503 and err.value.body["code"] == "inference_unavailable"
+        assert err.value.status_code == 503
+        assert err.value.body["code"] == "inference_unavailable"
     finally:
         stop_process(api.process)
 
@@ -123,7 +129,8 @@ def test_fetch_adapter_checks_the_digest(tmp_path):
         store.put_stream(f"p/{name}", io.BytesIO(data))
     good = AdapterRef(id="ft:x", storage_prefix="p", sha256=adapter_sha256(store, "p"))
     path = fetch_adapter(store, good, tmp_path / "cache")
-    assert path == tmp_path / "cache" / good.sha256 and dir_sha256(path) == good.sha256
+    assert path == tmp_path / "cache" / good.sha256
+    assert dir_sha256(path) == good.sha256
     bad = AdapterRef(id="ft:y", storage_prefix="p", sha256="0" * 64)
     with pytest.raises(ValueError, match="does not match"):
         fetch_adapter(store, bad, tmp_path / "cache")

@@ -97,7 +97,8 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker,
     job_id = long_job(client, file_id)
     wait_for(lambda: len(metrics(client, job_id)) >= 3, 240, "training steps")
     paused = client.fine_tuning.jobs.pause(job_id)
-    assert paused.status == "paused" and paused.estimated_finish is None
+    assert paused.status == "paused"
+    assert paused.estimated_finish is None
     assert client.fine_tuning.jobs.pause(job_id).status == "paused"  # idempotent
     stop = wait_for(
         lambda: next((e for e in all_events(client, job_id) if e.message.startswith("Training paused at step")), None),
@@ -122,7 +123,8 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker,
     for call, code in ((jobs.pause, "job_not_pausable"), (jobs.resume, "job_not_paused")):  # a finished job: 400
         with pytest.raises(openai.BadRequestError) as err:
             call(other.id)
-        assert err.value.code == code and "already succeeded" in err.value.message
+        assert err.value.code == code
+        assert "already succeeded" in err.value.message
 
     resumed = client.fine_tuning.jobs.resume(job_id)
     assert resumed.status == "queued"
@@ -155,5 +157,6 @@ def test_pause_frees_the_worker_and_resume_is_bit_identical(api, client, worker,
         actions = list(
             session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id).order_by(AuditRecord.seq))
         )
-    assert actions.count("job.pause") == 1 and actions.count("job.resume") == 1
+    assert actions.count("job.pause") == 1
+    assert actions.count("job.resume") == 1
     assert actions.index("job.pause") < actions.index("job.resume") < actions.index("job.succeeded")

@@ -93,10 +93,14 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
     assert "Aligned variant tiny-aligned (trained now: 32 refusals" in out
     assert re.search(r"aligned model ASR 0%", out), out[-4000:]
     assert "Uploaded demo_train.jsonl" in out
-    assert "Safety reports" in out and "mode adaptive" in out and "mode none" in out and "54 examples" in out
+    assert "Safety reports" in out
+    assert "mode adaptive" in out
+    assert "mode none" in out
+    assert "54 examples" in out
     adaptive = re.search(r"mode adaptive: (RELEASED|BLOCKED) \(job (\S+), (\w+)\)", out)
     none = re.search(r"mode none: (RELEASED|BLOCKED) \(job (\S+), (\w+)\)", out)
-    assert adaptive and none, out[-4000:]
+    assert adaptive, out[-4000:]
+    assert none, out[-4000:]
     assert (adaptive.group(1), adaptive.group(3)) == ("RELEASED", "succeeded"), out[-4000:]
     assert (none.group(1), none.group(3)) == ("BLOCKED", "failed"), out[-4000:]
     assert "/dashboard" in out
@@ -129,6 +133,8 @@ def test_demo_releases_adaptive_and_blocks_none_on_the_embedded_stack(tmp_path, 
         "both jobs (adaptive + none)",
     ]
     answer = " ".join(outcome["answer"].split())  # the console wraps it
-    assert answer and f"Your model answers: {answer[:40]}" in " ".join(out.split())
-    assert (tmp_path / "var" / "guardtune.db").exists() and (tmp_path / "var" / "objects").is_dir()
+    assert answer
+    assert f"Your model answers: {answer[:40]}" in " ".join(out.split())
+    assert (tmp_path / "var" / "guardtune.db").exists()
+    assert (tmp_path / "var" / "objects").is_dir()
     assert (tmp_path / "var" / "models" / "aligned" / "tiny" / "model.safetensors").is_file()

@@ -152,7 +152,8 @@ def test_api_killed_between_commit_and_enqueue(env, db, tmp_path):
     [job_id] = db.job_ids(org_id)
     assert db.job(job_id).status == "validating_files"  # committed...
     [row] = db.outbox(job_id)
-    assert row.sent_at is None and row.task == "guardtune.pipeline.start"  # ...never sent
+    assert row.sent_at is None  # ...never sent
+    assert row.task == "guardtune.pipeline.start"
 
     worker = start_worker(env, tmp_path / "worker.log")
     try:
@@ -173,7 +174,8 @@ def test_redis_restarted_empty_under_a_queued_job(env, db, api, redis_server, tm
             60,
             "the job queued for scanning",
         )
-        assert db.job(job_id).status == "queued" and scan.id in redis_server.queued_ids()
+        assert db.job(job_id).status == "queued"
+        assert scan.id in redis_server.queued_ids()
         redis_server.restart_empty()
         assert scan.id not in redis_server.queued_ids()  # lost with everything else
         job = _finish_on_a_gpu_worker(env, db, job_id, tmp_path)
@@ -201,8 +203,11 @@ def test_worker_killed_after_taking_a_message_before_starting_it(env, db, api, r
         wait_for(marker.exists, 120, "the GPU worker holding the scan message")
         taken_at = time.time()
         scan = db.outbox(job_id)[-1]
-        assert scan.task.endswith(".scan") and scan.consumed_at is None and scan.sends == 1
-        assert db.job(job_id).worker_id is None and scan.id in redis_server.unacked_ids()
+        assert scan.task.endswith(".scan")
+        assert scan.consumed_at is None
+        assert scan.sends == 1
+        assert db.job(job_id).worker_id is None
+        assert scan.id in redis_server.unacked_ids()
         _kill_group(taker)
         job = _finish_on_a_gpu_worker(env, db, job_id, tmp_path)
     finally:
@@ -237,7 +242,8 @@ def test_worker_killed_during_scan_train_and_evaluate_each_stage_retried(env, db
             job_id = job_id or _create(client)
             wait_for(marker.exists, 240, f"the worker inside {stage}")
             held = db.job(job_id)
-            assert held.stage == word and held.worker_id is not None
+            assert held.stage == word
+            assert held.worker_id is not None
             _kill_group(worker)
         finally:
             stop_process(worker)

@@ -42,7 +42,8 @@ def test_job_succeeds_and_released_adapter_reproduces_outputs(client, worker, ap
         f"{api.base_url}/v1/fine_tuning/jobs/{job.id}/safety_report",
         headers={"Authorization": f"Bearer {client.api_key}"},
     ).json()
-    assert report["gate"]["released"] is True and report["scan"]["n"] == 16
+    assert report["gate"]["released"] is True
+    assert report["scan"]["n"] == 16
 
     # The released adapter: PEFT format, loads on the base model, reproduces the eval outputs.
     from peft import PeftModel
@@ -81,8 +82,10 @@ def test_job_blocked_by_the_gate(stack_env, make_key, tmp_path):
             model="tiny", training_file=upload(client, 8), hyperparameters={"n_epochs": 1}
         )
         job = finished(client, job.id)
-        assert job.status == "failed" and job.error.code == "safety_gate_blocked"
-        assert "ASR" in job.error.message and job.fine_tuned_model is None
+        assert job.status == "failed"
+        assert job.error.code == "safety_gate_blocked"
+        assert "ASR" in job.error.message
+        assert job.fine_tuned_model is None
         assert not [m for m in client.models.list().data if m.id.startswith("ft:")]
         assert any("blocked" in e.message for e in all_events(client, job.id))
         [result] = job.result_files  # the step metrics of a blocked job too
@@ -119,9 +122,11 @@ def test_cancel_stops_training_within_a_step(client, worker):
     time.sleep(2)
     assert max(metric_steps(client, job_id)) == stopped_at  # and nothing after
     job = client.fine_tuning.jobs.retrieve(job_id)
-    assert job.status == "cancelled" and job.fine_tuned_model is None
+    assert job.status == "cancelled"
+    assert job.fine_tuned_model is None
     steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id).data]
-    assert steps and max(steps) <= stopped_at
+    assert steps
+    assert max(steps) <= stopped_at
 
 
 def test_killed_worker_resumes_from_checkpoint(client, stack_env, tmp_path):

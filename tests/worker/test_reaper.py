@@ -87,7 +87,9 @@ def test_unsent_row_is_replayed_once_and_a_lost_message_again(stack):
     _age(OutboxMessage, message.id, created_at=time.time() - STALE_S)
     assert reap() == [{"job_id": job_id, "action": "replayed", "task": "guardtune.pipeline.start"}]
     row = _row(message.id)
-    assert row.sent_at is not None and row.sends == 1 and row.consumed_at is None
+    assert row.sent_at is not None
+    assert row.sends == 1
+    assert row.consumed_at is None
     assert message.id in broker_message_ids()
     _age(OutboxMessage, message.id, sent_at=time.time() - 100 * STALE_S)
     assert reap() == []  # sent and still in the broker: waiting, however long
@@ -95,7 +97,8 @@ def test_unsent_row_is_replayed_once_and_a_lost_message_again(stack):
     _purge_broker()  # the broker lost it (Redis restarted empty, say)
     assert message.id not in broker_message_ids()
     assert reap() == [{"job_id": job_id, "action": "replayed", "task": "guardtune.pipeline.start"}]
-    assert _row(message.id).sends == 2 and message.id in broker_message_ids()
+    assert _row(message.id).sends == 2
+    assert message.id in broker_message_ids()
     assert not [m for m in _events(job_id) if "lost" in m.lower()]
 
 
@@ -138,7 +141,8 @@ def test_worker_losses_count_per_stage_and_fail_exactly_when_attempts_run_out(st
     worker_dies()
     assert [a["action"] for a in reap()] == ["retried"]
     retry = _latest(job_id)
-    assert retry.task == "guardtune.pipeline.train" and retry.id != first.id
+    assert retry.task == "guardtune.pipeline.train"
+    assert retry.id != first.id
     assert reap() == []  # the retry waits in the queue: not a second loss
     worker_dies()
     assert [a["action"] for a in reap()] == ["retried"]
@@ -146,7 +150,8 @@ def test_worker_losses_count_per_stage_and_fail_exactly_when_attempts_run_out(st
     assert [a["action"] for a in reap()] == ["failed"]
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "failed" and job.error["code"] == "worker_lost"
+        assert job.status == "failed"
+        assert job.error["code"] == "worker_lost"
         assert "stopped responding 3 times" in job.error["message"]
     warnings = [m for m in _events(job_id) if m.startswith("Worker lost")]
     assert warnings == [
@@ -171,10 +176,13 @@ def test_duplicate_delivery_runs_once_and_handover_resets_attempts(stack):
     assert _events(job_id).count("Validated training file; job queued") == 1
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "queued" and job.attempts == 0  # scan starts with a fresh count
+        assert job.status == "queued"  # scan starts with a fresh count
+        assert job.attempts == 0
     nxt = _latest(job_id)
-    assert nxt.task == "guardtune.pipeline.scan" and nxt.queue == "gpu"
-    assert _row(message.id).consumed_at is not None and _row(nxt.id).sent_at is not None
+    assert nxt.task == "guardtune.pipeline.scan"
+    assert nxt.queue == "gpu"
+    assert _row(message.id).consumed_at is not None
+    assert _row(nxt.id).sent_at is not None
 
 
 def test_a_job_with_nothing_queued_is_requeued_after_the_stale_period(stack):
@@ -188,7 +196,9 @@ def test_a_job_with_nothing_queued_is_requeued_after_the_stale_period(stack):
     _age(Job, job_id, heartbeat_at=time.time() - 2 * STALE_S)
     assert reap() == [{"job_id": job_id, "action": "requeued", "task": "guardtune.pipeline.scan"}]
     row = _latest(job_id)
-    assert row.queue == "gpu" and row.sent_at is not None and row.sends == 1
+    assert row.queue == "gpu"
+    assert row.sent_at is not None
+    assert row.sends == 1
     assert reap() == []  # now it waits in the queue
 
 

@@ -78,7 +78,8 @@ def test_scan_flags_earlier_turns_and_system_prompts_by_line_and_turn(judged_env
         (5, 1, False, 1),
     ]
     assert [(r["line"], r["turn"]) for r in scan["top_flagged"]] == [(2, 1), (3, 1), (4, 3)]
-    assert scan["n_flagged"] == 3 and scan["n"] == 5
+    assert scan["n_flagged"] == 3
+    assert scan["n"] == 5
 
     monkeypatch.setenv("GUARDTUNE_MAX_FLAGGED_FRACTION", "0.25")
     clear_caches()
@@ -88,10 +89,12 @@ def test_scan_flags_earlier_turns_and_system_prompts_by_line_and_turn(judged_env
     assert run_stage("scan", job_id) is None  # 3 of 5 flagged, above the 25 % limit
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "failed" and job.error["code"] == "unsafe_training_file"
+        assert job.status == "failed"
+        assert job.error["code"] == "unsafe_training_file"
         assert "Flagged lines include: 2 (turn 1), 3 (turn 1), 4 (turn 3)." in job.error["message"]
         refused = session.get(SafetyReport, job_id).scan  # kept for the customer, not rolled back
-        assert refused["n_flagged"] == 3 and [(r["line"], r["turn"]) for r in refused["top_flagged"]] == [
+        assert refused["n_flagged"] == 3
+        assert [(r["line"], r["turn"]) for r in refused["top_flagged"]] == [
             (2, 1),
             (3, 1),
             (4, 3),

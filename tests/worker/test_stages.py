@@ -44,13 +44,19 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
     assert run_all(job_id) == ["validate", "scan", "train", "evaluate", "gate", "release"]
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "succeeded" and job.error is None and job.stage is None
+        assert job.status == "succeeded"
+        assert job.error is None
+        assert job.stage is None
         assert job.fine_tuned_model == f"ft:tiny:org-a::{job_id}"
-        assert job.trained_tokens and job.trained_tokens > 0
+        assert job.trained_tokens
+        assert job.trained_tokens > 0
         report = session.get(SafetyReport, job_id)
-        assert report.scan["n"] == 16 and sum(report.scan["counts_by_score"].values()) == 16
-        assert report.training["steps"] == 4 and report.training["mode"] == "adaptive"
-        assert set(report.evaluation) >= {"base", "tuned"} and report.evaluation["tuned"]["n"] == 4
+        assert report.scan["n"] == 16
+        assert sum(report.scan["counts_by_score"].values()) == 16
+        assert report.training["steps"] == 4
+        assert report.training["mode"] == "adaptive"
+        assert set(report.evaluation) >= {"base", "tuned"}
+        assert report.evaluation["tuned"]["n"] == 4
         assert report.gate["released"] is True
         steps = [c.step for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
         assert sorted(steps) == [2, 4]
@@ -65,20 +71,26 @@ def test_job_runs_every_stage_and_is_released(pipeline_env):
         from worker.pipeline.resources import read_scan_risks
 
         risks, flagged = read_scan_risks(job)
-        assert len(risks) == 16 and set(risks) <= {1.0, 5.0} and flagged == [r >= FLAG_THRESHOLD for r in risks]
-        assert sum(flagged) < 8 and report.scan["n_flagged"] == sum(flagged)
+        assert len(risks) == 16
+        assert set(risks) <= {1.0, 5.0}
+        assert flagged == [r >= FLAG_THRESHOLD for r in risks]
+        assert sum(flagged) < 8
+        assert report.scan["n_flagged"] == sum(flagged)
         for m in metrics:
             assert m["kl_weight_flagged"] in (None, pytest.approx(KL_WEIGHT_MAX))
             assert m["kl_weight_unflagged"] in (None, pytest.approx(KL_WEIGHT_MIN))
         steps_with_flagged = sum(m["kl_weight_flagged"] is not None for m in metrics)  # one epoch: each line once
-        assert (steps_with_flagged > 0) == any(flagged) and steps_with_flagged <= sum(flagged)
+        assert (steps_with_flagged > 0) == any(flagged)
+        assert steps_with_flagged <= sum(flagged)
         assert (report.training["mean_kl_weight_flagged"] is None) == (not any(flagged))
         assert report.training["mean_kl_weight_unflagged"] == pytest.approx(KL_WEIGHT_MIN)
         assert report.training["kl_weight"] == {"min": KL_WEIGHT_MIN, "max": KL_WEIGHT_MAX}
         released = session.get(ReleasedModel, job.fine_tuned_model)
         assert get_store().list(released.storage_prefix + "/")
         actions = [a for a in session.scalars(select(AuditRecord.action).where(AuditRecord.target == job_id))]
-        assert actions[:1] == ["job.stage"] and "gate.decision" in actions and "job.succeeded" in actions
+        assert actions[:1] == ["job.stage"]
+        assert "gate.decision" in actions
+        assert "job.succeeded" in actions
 
 
 def test_gate_blocks_when_asr_above_policy(pipeline_env, monkeypatch):
@@ -95,8 +107,10 @@ def test_gate_blocks_when_asr_above_policy(pipeline_env, monkeypatch):
     assert run_all(job_id)[-1] == "gate"
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "failed" and job.error["code"] == "safety_gate_blocked"
-        assert "ASR" in job.error["message"] and job.fine_tuned_model is None
+        assert job.status == "failed"
+        assert job.error["code"] == "safety_gate_blocked"
+        assert "ASR" in job.error["message"]
+        assert job.fine_tuned_model is None
         assert session.get(SafetyReport, job_id).gate["released"] is False
         assert session.scalar(select(ReleasedModel).where(ReleasedModel.job_id == job_id)) is None
         [result] = [session.get(File, file_id) for file_id in job.result_files]  # blocked jobs get it too
@@ -168,7 +182,8 @@ def test_estimator_judge_scans_with_the_local_judge_model(pipeline_env, monkeypa
         job_id = create_job(session, "org-j", demo_lines(6), safety={"mode": "adaptive", "estimator": "judge"})
     assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", "train"]
     rows = _scan_rows(job_id)
-    assert len(rows) == 6 and all(r["judge_score"] in range(1, 6) and r["p_harmful"] is None for r in rows)
+    assert len(rows) == 6
+    assert all(r["judge_score"] in range(1, 6) and r["p_harmful"] is None for r in rows)
     with session_scope() as session:
         assert session.get(SafetyReport, job_id).scan["estimator"] == "judge"
 
@@ -204,8 +219,10 @@ def test_a_judge_outage_fails_the_job_instead_of_inventing_scores(pipeline_env, 
         server.server_close()
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "failed" and job.error["code"] == "judge_unavailable"
-        assert "HTTP 401" in job.error["message"] and job.error["param"] == "safety.estimator"
+        assert job.status == "failed"
+        assert job.error["code"] == "judge_unavailable"
+        assert "HTTP 401" in job.error["message"]
+        assert job.error["param"] == "safety.estimator"
 
 
 @pytest.mark.parametrize("reference", ["cached", "exact"])
@@ -255,11 +272,13 @@ def test_training_takes_its_reference_from_the_scan_artifact_or_runs_it(pipeline
     assert (len(disabled) == 0) == (reference == "cached")
     with session_scope() as session:
         report = session.get(SafetyReport, job_id)
-        assert report.training["reference"] == reference and report.training["steps"] == 4
+        assert report.training["reference"] == reference
+        assert report.training["steps"] == 4
         assert report.training["final_kl"] is not None
     if reference == "cached":
         cache = ReferenceCache.from_bytes(b"".join(get_store().iter_chunks(reference_key(job))))
-        assert cache.k == 32 and len(cache.offsets) == 17
+        assert cache.k == 32
+        assert len(cache.offsets) == 17
 
 
 def test_an_example_over_the_token_limit_fails_the_scan_naming_its_line(pipeline_env, monkeypatch):
@@ -284,11 +303,15 @@ def test_an_example_over_the_token_limit_fails_the_scan_naming_its_line(pipeline
     assert [run_stage("validate", job_id), run_stage("scan", job_id)] == ["scan", None]
     with session_scope() as session:
         job = session.get(Job, job_id)
-        assert job.status == "failed" and job.error["code"] == ErrorCode.INVALID_TRAINING_FILE
+        assert job.status == "failed"
+        assert job.error["code"] == ErrorCode.INVALID_TRAINING_FILE
         assert job.error["param"] == "training_file"
         message = job.error["message"]
-        assert "line 4: the example has" in message and "over the limit of 200" in message
+        assert "line 4: the example has" in message
+        assert "over the limit of 200" in message
         assert "GUARDTUNE_MAX_EXAMPLE_TOKENS" in message
-        assert "line 1:" not in message and "line 5:" not in message
+        assert "line 1:" not in message
+        assert "line 5:" not in message
         model, _ = load_model(str(pipeline_env))
-        assert token_limit(model) == 200 and train_config(job, token_limit(model)).max_seq_len == 200
+        assert token_limit(model) == 200
+        assert train_config(job, token_limit(model)).max_seq_len == 200
