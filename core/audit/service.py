@@ -29,7 +29,7 @@ SYSTEM = "system"
 _PG_LOCK_ID = 0x6775617264  # advisory lock serialising appends on Postgres
 
 
-def canonical(created_at: float, actor: str, action: str, target: str | None, details: dict) -> str:
+def canonical(created_at: float, actor: str, action: str, target: str | None, details: dict[str, Any]) -> str:
     return json.dumps(
         {"created_at": f"{created_at:.6f}", "actor": actor, "action": action, "target": target, "details": details},
         sort_keys=True,
