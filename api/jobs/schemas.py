@@ -91,28 +91,28 @@ class SafetyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Annotated[SafetyMode, AS_LITERAL] = Field(
-        config.DEFAULT_MODE,
+        default=config.DEFAULT_MODE,
         description="adaptive: KL weight from each example's risk; constant: fixed KL weight; none: plain SFT.",
     )
     estimator: Annotated[Estimator, AS_LITERAL] = Field(
-        config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two)."
+        default=config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two)."
     )
     kl_weight: KlWeightBounds | None = Field(
-        None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
+        default=None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
     )
     constant_kl_weight: float = Field(
-        config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode."
+        default=config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode."
     )
     risk_weighting: Annotated[RiskWeighting, AS_LITERAL] | None = Field(
-        None,
+        default=None,
         description="example: each example weighted by its own risk; batch: by the batch's mean risk "
         "(the paper's code, an ablation). Default set by the operator.",
     )
     max_flagged_fraction: float | None = Field(
-        None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
+        default=None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
     )
     reference: Annotated[ReferenceMode, AS_LITERAL] | None = Field(
-        None,
+        default=None,
         description="cached: KL against the reference's top-k log-probs computed once in the scan; exact: a "
         "reference forward every step. Default set by the operator.",
     )
