@@ -10,7 +10,7 @@ way to build a repository without the filter.
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, Self, TypeVar, TypeVarTuple, Unpack
+from typing import Generic, Protocol, Self, TypeVar, TypeVarTuple
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Mapped, Session
@@ -45,7 +45,7 @@ class OrgScopedRepository(Generic[M]):
         repo.session, repo.org_id = session, None
         return repo
 
-    def scoped(self, query: Select[Unpack[Ts]]) -> Select[Unpack[Ts]]:
+    def scoped(self, query: Select[*Ts]) -> Select[*Ts]:
         """``query`` restricted to this repository's organization (unchanged for the operator)."""
         if self.org_id is None:
             return query

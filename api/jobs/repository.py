@@ -7,7 +7,6 @@ through a job of this organization, which the service fetches with
 from __future__ import annotations
 
 import builtins
-
 from typing import Literal
 
 from sqlalchemy import Text, cast, func, or_, select
@@ -66,7 +65,9 @@ class JobRepository(OrgScopedRepository[Job]):
     def get_by_idempotency_key(self, key: str) -> Job | None:
         return self.session.scalar(self.scoped(select(Job)).where(Job.idempotency_key == key))
 
-    def list(self, *, after: str | None, limit: int, metadata: dict[str, str] | None) -> tuple[builtins.list[Job], bool]:
+    def list(
+        self, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> tuple[builtins.list[Job], bool]:
         """Newest first; with ``metadata``, only jobs whose metadata has every given
         ``key: value`` pair; ``metadata=None``: only jobs without metadata."""
         query = self.scoped(select(Job))

@@ -24,9 +24,7 @@ EventLevel = Literal["info", "warn", "error"]
 EventType = Literal["message", "metrics"]
 
 
-def _auto_or(
-    kind: type[int] | type[float], low: float, high: float, *, exclusive_low: bool = False
-) -> BeforeValidator:
+def _auto_or(kind: type[int] | type[float], low: float, high: float, *, exclusive_low: bool = False) -> BeforeValidator:
     """The validator of ``"auto"`` or a number in ``[low, high]`` (``(low, high]`` when
     ``exclusive_low``), with one clear error message (not one per union member)."""
     what = "an integer" if kind is int else "a number"
@@ -109,7 +107,10 @@ class SafetyIn(BaseModel):
         "(the paper's code, an ablation). Default set by the operator.",
     )
     max_flagged_fraction: float | None = Field(
-        default=None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
+        default=None,
+        ge=0,
+        le=1,
+        description="Fail the job when the scan flags a larger share (at most the operator's).",
     )
     reference: Annotated[ReferenceMode, AS_LITERAL] | None = Field(
         default=None,

@@ -29,7 +29,6 @@ Decisions where OpenAI's API leaves room:
 from __future__ import annotations
 
 import builtins
-
 import time
 from typing import Any, Literal
 

@@ -41,7 +41,9 @@ def align_config() -> AlignConfig:
     """``AlignConfig`` with ``GUARDTUNE_ALIGN_OPTIONS`` applied (lists become tuples)."""
     from safety.align import AlignConfig
 
-    options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in get_settings().align_options.items()}
+    options: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in get_settings().align_options.items()
+    }
     return AlignConfig(**options)
 
 

@@ -28,9 +28,7 @@ if TYPE_CHECKING:
     from safety.prompt_sets import Prompt
 
 
-def train_builtin_probe(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-) -> tuple[Probe, dict[str, Any]]:
+def train_builtin_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[Probe, dict[str, Any]]:
     """A probe trained only on the project's own prompt sets by the one recipe
     (``safety.probe_recipe``, layers per ``GUARDTUNE_PROBE_LAYERS``); returns (probe,
     report): layers chosen on one split, threshold calibrated on a second, quality
