@@ -107,7 +107,7 @@ async def authenticate(request: Request, session: SessionDep, settings: Settings
     query; a miss reads the key on a thread of the endpoint pool (and releases its
     connection there). ``last_used_at`` is refreshed on misses, at most once a minute."""
     key_hash = hash_key(_bearer(request), settings.secret_key)
-    caller = KEYS.get(key_hash)
+    caller: Caller | None = KEYS.get(key_hash)
     if caller is None:
         generation = KEYS.generation
         caller = await anyio.to_thread.run_sync(_lookup, session, key_hash)

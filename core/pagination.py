@@ -12,7 +12,7 @@ One extra row is read to tell whether another page follows."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -20,8 +20,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from core.errors import InvalidRequest
 
+R = TypeVar("R")
 
-def _past(keys: Sequence[InstrumentedAttribute], row: Any, descending: bool) -> ColumnElement[bool]:
+
+def _past(keys: Sequence[InstrumentedAttribute[Any]], row: object, descending: bool) -> ColumnElement[bool]:
     """Rows after ``row`` in the order of ``keys``: ``k1 > v1 OR (k1 = v1 AND k2 > v2) ...``
     (``<`` when descending)."""
     values = [getattr(row, key.key) for key in keys]
@@ -34,16 +36,16 @@ def _past(keys: Sequence[InstrumentedAttribute], row: Any, descending: bool) -> 
 
 def paginate(
     session: Session,
-    query: Select,
+    query: Select[R],
     *,
-    keys: Sequence[InstrumentedAttribute],
+    keys: Sequence[InstrumentedAttribute[Any]],
     descending: bool,
     after: str | None,
-    cursor: Callable[[str], Any | None],
+    cursor: Callable[[str], object | None],
     limit: int,
     noun: str,
     scope: str = "",
-) -> tuple[list[Any], bool]:
+) -> tuple[list[R], bool]:
     """``(rows, has_more)``: at most ``limit`` rows of ``query`` past the cursor ``after``.
 
     An unknown cursor answers "No {noun} with id {after!r}{scope} to continue after."

@@ -10,20 +10,27 @@ way to build a repository without the filter.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Generic, Protocol, Self, TypeVar, TypeVarTuple
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session
 
-from core.models import Base
 
-M = TypeVar("M", bound=Base)
+class OrgOwned(Protocol):
+    """A mapped row of one organization: what :class:`OrgScopedRepository` filters on."""
+
+    id: Mapped[str]
+    org_id: Mapped[str]
+
+
+M = TypeVar("M", bound=OrgOwned)
+Ts = TypeVarTuple("Ts")
 
 
 class OrgScopedRepository(Generic[M]):
     """Rows of ``model`` (a table with ``id`` and ``org_id`` columns) of one organization."""
 
-    model: ClassVar[type[Any]]
+    model: type[M]
 
     def __init__(self, session: Session, org_id: str):
         if not org_id:
@@ -38,7 +45,7 @@ class OrgScopedRepository(Generic[M]):
         repo.session, repo.org_id = session, None
         return repo
 
-    def scoped(self, query: Select) -> Select:
+    def scoped(self, query: Select[*Ts]) -> Select[*Ts]:
         """``query`` restricted to this repository's organization (unchanged for the operator)."""
         if self.org_id is None:
             return query

@@ -41,7 +41,7 @@ def org_key(org_id: str, *parts: str) -> str:
 
 
 class ObjectStore(Protocol):
-    def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
         """Copy ``stream`` to ``key`` in chunks. Over ``max_bytes`` nothing is stored
         and :class:`ObjectTooLarge` is raised."""
 
@@ -61,7 +61,7 @@ class ObjectStore(Protocol):
         """Raise if the store is unreachable."""
 
 
-def _copy_hashing(stream: BinaryIO, out: IO[bytes], max_bytes: int | None) -> PutResult:
+def _copy_hashing(stream: IO[bytes], out: IO[bytes], max_bytes: int | None) -> PutResult:
     digest, total = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK):
         total += len(chunk)
@@ -85,7 +85,7 @@ class LocalStore:
             raise ValueError(f"key escapes the store: {key!r}")
         return path
 
-    def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
@@ -161,7 +161,7 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
         # Spool to a bounded temp file first so the size limit is enforced before
         # anything becomes visible in the bucket; upload_fileobj then streams it.
         with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK) as spool:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import typer
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
+from sqlalchemy.orm import Session
 
 from core.audit import anchors
 from core.audit import service as audit_log
@@ -20,6 +21,8 @@ from core.releases.repository import ReleaseRepository
 from core.settings import get_settings
 from ops.common import db
 from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, progress_bar, render
+
+R = TypeVar("R")
 
 app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 
@@ -125,25 +128,35 @@ def export(
         err_console().print(f"exported {n} records to {output}")
 
 
-def _counted(items: Iterable[Any], progress: Progress, task: Any) -> Iterator[Any]:
+def _counted(items: Iterable[R], progress: Progress, task: TaskID) -> Iterator[R]:
     for item in items:
         yield item
         progress.advance(task)
 
 
-class _Last:
+class _Last(Generic[R]):
     """Remembers the last item an iterator yielded (the chain's head after a full walk)."""
 
-    last: Any = None
+    last: R | None = None
 
-    def track(self, items: Iterable[Any]) -> Iterator[Any]:
+    def track(self, items: Iterable[R]) -> Iterator[R]:
         for item in items:
             self.last = item
             yield item
 
 
 class _Row:
-    """An exported record read back, shaped like :class:`AuditRecord` for verification."""
+    """An exported record read back, shaped like :class:`AuditRecord` for verification (a
+    missing field raises AttributeError when read)."""
+
+    seq: int
+    created_at: float
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
 
     def __init__(self, data: dict[str, Any]):
         self.__dict__.update(data)
@@ -182,7 +195,7 @@ def anchor(as_json: JsonOpt = False) -> None:
         console().print(f"anchored head seq {written.seq} hash {written.hash} ({anchors.anchor_key(written.seq)})")
 
 
-def _anchor_problem(session, last: Any) -> tuple[str | None, int | None]:
+def _anchor_problem(session: Session, last: audit_log.Chained | None) -> tuple[str | None, int | None]:
     """Check an intact table against the newest stored anchor: (problem or None, anchored seq)."""
     stored = anchors.latest()
     if stored is None:
@@ -204,7 +217,7 @@ def _anchor_problem(session, last: Any) -> tuple[str | None, int | None]:
     return None, stored.seq
 
 
-def _expect_head_problem(hashes: Any, expected: str, last: Any) -> str | None:
+def _expect_head_problem(hashes: Container[str], expected: str, last: audit_log.Chained | None) -> str | None:
     """``expected`` (a head saved earlier) must still be in the chain; later records may follow."""
     if expected in hashes:
         return None
@@ -241,7 +254,7 @@ def verify(
             if rows and first_prev != audit_log.GENESIS:
                 anchored_at = rows[0].seq
             task = progress.add_task("verifying export", total=len(rows))
-            seen = _Last()
+            seen: _Last[audit_log.Chained] = _Last()
             result = audit_log.verify(seen.track(_counted(rows, progress, task)), first_prev)
             last = seen.last if result.ok else None
             if result.ok and expect_head:

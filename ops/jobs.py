@@ -125,7 +125,11 @@ def _stage_table(job: Job) -> Table:
         if i < current:
             cells.append(f"[green]✓ {label}[/green]")
         elif i == current:
-            colours = {JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red", JobStatus.CANCELLED: "yellow"}
+            colours: dict[str, str] = {
+                JobStatus.SUCCEEDED: "green",
+                JobStatus.FAILED: "red",
+                JobStatus.CANCELLED: "yellow",
+            }
             colour = colours.get(job.status, "cyan")
             cells.append(f"[bold {colour}]● {label}[/bold {colour}]")
         else:

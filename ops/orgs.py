@@ -70,7 +70,7 @@ def allow_modes(
     with db() as session:
         service = OrgService(session, get_settings())
         org = service.find(org_ref)
-        allowed = None if default else list(dict.fromkeys(modes))
+        allowed = list(dict.fromkeys(modes)) if modes else None
         service.update(org, {"allowed_modes": allowed}, actor=ops_actor(actor))
         out = org_dict(org)
     render_record(out, as_json=as_json, title="organization updated")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -20,6 +20,8 @@ from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_er
 if TYPE_CHECKING:
     from safety.generation import PromptLike
     from safety.probe import RiskMode
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Activation probes (harmful-prompt classifiers on a model's hidden states).", no_args_is_help=True
@@ -133,7 +135,7 @@ def read_inputs(path: Path) -> list[tuple[str, PromptLike]]:
     return items
 
 
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+def _batches(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -81,7 +81,12 @@ class ReferenceCache:
         """The cache of the examples of ``parts``, in that order."""
         shifts = torch.tensor([0, *(int(p.offsets[-1]) for p in parts)]).cumsum(0)
         offsets = torch.cat([parts[0].offsets[:1], *(p.offsets[1:] + shift for p, shift in zip(parts, shifts))])
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logprobs", "ids", "tail")), offsets)
+        return cls(
+            torch.cat([p.logprobs for p in parts]),
+            torch.cat([p.ids for p in parts]),
+            torch.cat([p.tail for p in parts]),
+            offsets,
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReferenceCache:

@@ -94,8 +94,8 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
         loss=sums.loss,
         sft_loss=sums.sft_loss,
         kl=sums.mean_kl,
-        kl_weight=_mean(w_kl),
-        sft_weight=_mean(w_sft),
+        kl_weight=sum(w_kl) / len(w_kl),  # a step has examples: never empty
+        sft_weight=sum(w_sft) / len(w_sft),
         risk=batch_risk([risks[i] for i in indices], config.risk_reduce),
         kl_weight_flagged=_mean([w for w, i in zip(w_kl, indices) if flagged[i]]),
         kl_weight_unflagged=_mean([w for w, i in zip(w_kl, indices) if not flagged[i]]),

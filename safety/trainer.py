@@ -122,7 +122,7 @@ def train(
 
     run.model.eval()
     adapter_dir = run.work_dir / "adapter"
-    run.model.save_pretrained(adapter_dir, safe_serialization=True)
+    run.model.save_pretrained(str(adapter_dir), safe_serialization=True)
     return TrainResult(
         model=run.model,
         outcome=TrainOutcome.COMPLETED,

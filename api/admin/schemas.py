@@ -89,7 +89,7 @@ class ApiKeyObject(BaseModel):
             organization_id=row.org_id,
             name=row.name,
             prefix=row.prefix,
-            scope=row.scope,
+            scope=KeyScope(row.scope),
             created_at=row.created_at,
             last_used_at=row.last_used_at,
             revoked_at=row.revoked_at,

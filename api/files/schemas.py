@@ -29,7 +29,7 @@ class FileObject(BaseModel):
             created_at=row.created_at,
             filename=row.filename,
             purpose=row.purpose,
-            status=row.status,
+            status=FileStatus(row.status),
             status_details=row.status_details,
         )
 

@@ -13,13 +13,16 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
 from api.input_guard import unstorable
 from core.errors import GuardtuneError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 SPOOL_MEMORY = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file's bytes
@@ -91,13 +94,13 @@ class _Receiver:
         self._hname = b""
         self._hvalue = b""
         self._name: str | None = None
-        self._is_file = False
+        self._file: IO[bytes] | None = None  # the spool of the current part, if it is the file
         self._value = bytearray()
         self._files = 0
 
     # python-multipart callbacks -----------------------------------------------------------
     def on_part_begin(self) -> None:
-        self._headers, self._name, self._is_file = [], None, False
+        self._headers, self._name, self._file = [], None, None
         self._value = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -128,42 +131,38 @@ class _Receiver:
             raise InvalidRequest(f"The file name {why}.", code="invalid_value", param="file")
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         check_jsonl(filename, content_type)
-        self._is_file = True
         self.upload.filename = filename[:512]
         self.upload.content_type = content_type or None
-        self.upload.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=self.spool_dir)
+        self.upload.spool = self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=self.spool_dir)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         n = end - start
-        if self._is_file:
+        if self._file is not None:
             self.upload.size += n
             if self.upload.size > self.max_bytes:
                 raise _too_large(self.max_bytes)
-            self.upload.spool.write(data[start:end])
+            self._file.write(data[start:end])
         else:
             if len(self._value) + n > MAX_FIELD_BYTES:
                 raise InvalidRequest(f"The form field {self._name!r} is too long.", param=self._name)
             self._value += data[start:end]
 
     def on_part_end(self) -> None:
-        if not self._is_file and self._name is not None:
+        if self._file is None and self._name is not None:
             value = self._value.decode("utf-8", "replace")
             if why := unstorable(value) or unstorable(self._name):
                 raise InvalidRequest(f"The form field {self._name!r} {why}.", code="invalid_value", param=self._name)
             self.upload.fields[self._name] = value
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
-            name: getattr(self, name)
-            for name in (
-                "on_part_begin",
-                "on_header_field",
-                "on_header_value",
-                "on_header_end",
-                "on_headers_finished",
-                "on_part_data",
-                "on_part_end",
-            )
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
         }
 
 

@@ -13,14 +13,19 @@ from typing import Any
 
 from api.jobs.schemas import (
     CheckpointMetrics,
+    EventLevel,
+    EventType,
     FineTuningJob,
+    Hyperparameters,
     JobCheckpoint,
     JobError,
     JobEvent,
+    Method,
     SafetyReport,
     SafetyState,
 )
 from core.jobs.config import SafetyConfig
+from core.jobs.vocab import JobStatus
 from core.models import Checkpoint, Job
 from core.models import JobEvent as JobEventRow
 from core.models import SafetyReport as SafetyReportRow
@@ -47,19 +52,19 @@ def safety_state(job: Job, report: SafetyReportRow | None) -> SafetyState:
 
 def job_object(job: Job, report: SafetyReportRow | None) -> FineTuningJob:
     hp = job.hyperparameters or {}
-    method = job.method or {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    method = Method.model_validate(job.method or {"type": "supervised", "supervised": {"hyperparameters": hp}})
     return FineTuningJob(
         id=job.id,
         created_at=job.created_at,
         error=_job_error(job.error),
         fine_tuned_model=job.fine_tuned_model,
         finished_at=job.finished_at,
-        hyperparameters=hp,
+        hyperparameters=Hyperparameters.model_validate(hp),
         model=job.model,
         organization_id=job.org_id,
         result_files=list(job.result_files or []),
         seed=job.seed,
-        status=job.status,
+        status=JobStatus(job.status),
         trained_tokens=job.trained_tokens,
         training_file=job.training_file_id,
         validation_file=job.validation_file_id,
@@ -73,8 +78,14 @@ def job_object(job: Job, report: SafetyReportRow | None) -> FineTuningJob:
 
 
 def event_object(row: JobEventRow) -> JobEvent:
-    level = row.level if row.level in ("info", "warn", "error") else "info"
-    kind = row.type if row.type in ("message", "metrics") else "message"
+    level: EventLevel = "info"
+    match row.level:
+        case "info" | "warn" | "error" as known_level:
+            level = known_level
+    kind: EventType = "message"
+    match row.type:
+        case "message" | "metrics" as known_kind:
+            kind = known_kind
     return JobEvent(id=row.id, created_at=row.created_at, level=level, message=row.message, type=kind, data=row.data)
 
 
@@ -93,7 +104,7 @@ def checkpoint_object(job: Job, row: Checkpoint) -> JobCheckpoint:
 def report_object(job: Job, report: SafetyReportRow | None) -> SafetyReport:
     return SafetyReport(
         job_id=job.id,
-        status=job.status,
+        status=JobStatus(job.status),
         stage=job.stage,
         config=job.safety or {},
         scan=report.scan if report else None,

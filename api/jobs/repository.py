@@ -6,6 +6,7 @@ through a job of this organization, which the service fetches with
 
 from __future__ import annotations
 
+import builtins
 from typing import Literal
 
 from sqlalchemy import Text, cast, func, or_, select
@@ -64,7 +65,9 @@ class JobRepository(OrgScopedRepository[Job]):
     def get_by_idempotency_key(self, key: str) -> Job | None:
         return self.session.scalar(self.scoped(select(Job)).where(Job.idempotency_key == key))
 
-    def list(self, *, after: str | None, limit: int, metadata: dict[str, str] | None) -> tuple[list[Job], bool]:
+    def list(
+        self, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> tuple[builtins.list[Job], bool]:
         """Newest first; with ``metadata``, only jobs whose metadata has every given
         ``key: value`` pair; ``metadata=None``: only jobs without metadata."""
         query = self.scoped(select(Job))
@@ -89,7 +92,7 @@ class JobRepository(OrgScopedRepository[Job]):
             self.session.scalar(self.scoped(select(func.count()).select_from(Job)).where(Job.status.in_(ACTIVE))) or 0
         )
 
-    def active_jobs_using_file(self, file_id: str) -> list[str]:
+    def active_jobs_using_file(self, file_id: str) -> builtins.list[str]:
         return list(
             self.session.scalars(
                 self.scoped(select(Job.id)).where(
@@ -107,7 +110,7 @@ class JobRepository(OrgScopedRepository[Job]):
 
     def events(
         self, job_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
-    ) -> tuple[list[JobEvent], bool]:
+    ) -> tuple[builtins.list[JobEvent], bool]:
         def cursor(event_id: str):
             return self.session.execute(
                 select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
@@ -126,7 +129,7 @@ class JobRepository(OrgScopedRepository[Job]):
         )
 
     # -- checkpoints ---------------------------------------------------------------------
-    def checkpoints(self, job_id: str, *, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
+    def checkpoints(self, job_id: str, *, after: str | None, limit: int) -> tuple[builtins.list[Checkpoint], bool]:
         def cursor(checkpoint_id: str):
             return self.session.execute(
                 select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == checkpoint_id)
@@ -148,7 +151,7 @@ class JobRepository(OrgScopedRepository[Job]):
     def report(self, job_id: str) -> SafetyReport | None:
         return self.session.get(SafetyReport, job_id)
 
-    def reports(self, job_ids: list[str]) -> dict[str, SafetyReport]:
+    def reports(self, job_ids: builtins.list[str]) -> dict[str, SafetyReport]:
         if not job_ids:
             return {}
         rows = self.session.scalars(select(SafetyReport).where(SafetyReport.job_id.in_(job_ids)))

@@ -19,15 +19,18 @@ from core.jobs.vocab import JobStatus as JobStatusEnum
 from core.vocab import AS_LITERAL
 
 Auto = Literal["auto"]
-JobStatus = Literal[tuple(status.value for status in JobStatusEnum)]  # an inline enum in the OpenAPI schema
+JobStatus = Annotated[JobStatusEnum, AS_LITERAL]  # an inline enum in the OpenAPI schema
+EventLevel = Literal["info", "warn", "error"]
+EventType = Literal["message", "metrics"]
 
 
-def _auto_or(kind: type, low: float, high: float, *, exclusive_low: bool = False) -> Any:
-    """``"auto"`` or a number in range, with one clear error message (not one per union member)."""
+def _auto_or(kind: type[int] | type[float], low: float, high: float, *, exclusive_low: bool = False) -> BeforeValidator:
+    """The validator of ``"auto"`` or a number in ``[low, high]`` (``(low, high]`` when
+    ``exclusive_low``), with one clear error message (not one per union member)."""
     what = "an integer" if kind is int else "a number"
     message = f"must be 'auto' or {what} {'>' if exclusive_low else '>='} {low} and <= {high}"
 
-    def check(value: Any) -> Any:
+    def check(value: object) -> object:
         if value == "auto":
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -39,13 +42,21 @@ def _auto_or(kind: type, low: float, high: float, *, exclusive_low: bool = False
             raise ValueError(message)
         return number
 
-    bounds = {"gt" if exclusive_low else "ge": low, "le": high}
-    return Annotated[Auto | Annotated[kind, Field(**bounds)], BeforeValidator(check)]
+    return BeforeValidator(check)
 
 
-NEpochs = _auto_or(int, *config.N_EPOCHS_RANGE)
-BatchSize = _auto_or(int, *config.BATCH_SIZE_RANGE)
-LrMultiplier = _auto_or(float, *config.LR_MULTIPLIER_RANGE, exclusive_low=True)
+NEpochs = Annotated[
+    Auto | Annotated[int, Field(ge=config.N_EPOCHS_RANGE[0], le=config.N_EPOCHS_RANGE[1])],
+    _auto_or(int, *config.N_EPOCHS_RANGE),
+]
+BatchSize = Annotated[
+    Auto | Annotated[int, Field(ge=config.BATCH_SIZE_RANGE[0], le=config.BATCH_SIZE_RANGE[1])],
+    _auto_or(int, *config.BATCH_SIZE_RANGE),
+]
+LrMultiplier = Annotated[
+    Auto | Annotated[float, Field(gt=config.LR_MULTIPLIER_RANGE[0], le=config.LR_MULTIPLIER_RANGE[1])],
+    _auto_or(float, *config.LR_MULTIPLIER_RANGE, exclusive_low=True),
+]
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -78,28 +89,31 @@ class SafetyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Annotated[SafetyMode, AS_LITERAL] = Field(
-        config.DEFAULT_MODE,
+        default=config.DEFAULT_MODE,
         description="adaptive: KL weight from each example's risk; constant: fixed KL weight; none: plain SFT.",
     )
     estimator: Annotated[Estimator, AS_LITERAL] = Field(
-        config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two)."
+        default=config.DEFAULT_ESTIMATOR, description="Risk estimator of the adaptive mode (both = max of the two)."
     )
     kl_weight: KlWeightBounds | None = Field(
-        None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
+        default=None, description="Bounds of the adaptive KL weight; default and allowed range set by the operator."
     )
     constant_kl_weight: float = Field(
-        config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode."
+        default=config.CONSTANT_KL_WEIGHT, ge=0, le=1, description="KL weight of the constant mode."
     )
     risk_weighting: Annotated[RiskWeighting, AS_LITERAL] | None = Field(
-        None,
+        default=None,
         description="example: each example weighted by its own risk; batch: by the batch's mean risk "
         "(the paper's code, an ablation). Default set by the operator.",
     )
     max_flagged_fraction: float | None = Field(
-        None, ge=0, le=1, description="Fail the job when the scan flags a larger share (at most the operator's)."
+        default=None,
+        ge=0,
+        le=1,
+        description="Fail the job when the scan flags a larger share (at most the operator's).",
     )
     reference: Annotated[ReferenceMode, AS_LITERAL] | None = Field(
-        None,
+        default=None,
         description="cached: KL against the reference's top-k log-probs computed once in the scan; exact: a "
         "reference forward every step. Default set by the operator.",
     )
@@ -200,9 +214,9 @@ class JobEvent(BaseModel):
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
     created_at: int
-    level: Literal["info", "warn", "error"]
+    level: EventLevel
     message: str
-    type: Literal["message", "metrics"] = "message"
+    type: EventType = "message"
     data: dict[str, Any] | None = Field(
         None,
         description="metrics events: step, train_loss, train_mean_token_accuracy, valid_loss and "

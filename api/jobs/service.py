@@ -28,6 +28,7 @@ Decisions where OpenAI's API leaves room:
 
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Any, Literal
 
@@ -132,7 +133,7 @@ class JobService:
 
     def list(
         self, caller: Caller, *, after: str | None, limit: int, metadata: dict[str, str] | None
-    ) -> tuple[list[FineTuningJob], bool]:
+    ) -> tuple[builtins.list[FineTuningJob], bool]:
         jobs = self._jobs(caller)
         rows, has_more = jobs.list(after=after, limit=limit, metadata=metadata)
         reports = jobs.reports([row.id for row in rows])
@@ -140,14 +141,14 @@ class JobService:
 
     def events(
         self, caller: Caller, job_id: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
-    ) -> tuple[list[JobEvent], bool]:
+    ) -> tuple[builtins.list[JobEvent], bool]:
         job = self.get(caller, job_id)
         rows, has_more = self._jobs(caller).events(job.id, after=after, limit=limit, order=order)
         return [event_object(row) for row in rows], has_more
 
     def checkpoints(
         self, caller: Caller, job_id: str, *, after: str | None, limit: int
-    ) -> tuple[list[JobCheckpoint], bool]:
+    ) -> tuple[builtins.list[JobCheckpoint], bool]:
         job = self.get(caller, job_id)
         rows, has_more = self._jobs(caller).checkpoints(job.id, after=after, limit=limit)
         return [checkpoint_object(job, row) for row in rows], has_more
@@ -360,7 +361,7 @@ class JobService:
             self.session,
             job.id,
             status,
-            allowed_from=(job.status,),
+            allowed_from=(JobStatus(job.status),),
             message=message,
             actor=caller.actor,
             action=action,

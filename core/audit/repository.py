@@ -18,7 +18,7 @@ class AuditRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def head(self) -> Row[tuple[int, str]] | None:
+    def head(self) -> Row[int, str] | None:
         """``(seq, hash)`` of the newest record, or None when the log is empty."""
         return self.session.execute(
             select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)

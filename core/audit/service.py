@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import text
@@ -29,7 +29,7 @@ SYSTEM = "system"
 _PG_LOCK_ID = 0x6775617264  # advisory lock serialising appends on Postgres
 
 
-def canonical(created_at: float, actor: str, action: str, target: str | None, details: dict) -> str:
+def canonical(created_at: float, actor: str, action: str, target: str | None, details: dict[str, Any]) -> str:
     return json.dumps(
         {"created_at": f"{created_at:.6f}", "actor": actor, "action": action, "target": target, "details": details},
         sort_keys=True,
@@ -71,6 +71,20 @@ def record(
     return entry
 
 
+class Chained(Protocol):
+    """What :func:`verify` reads of a record: an :class:`AuditRecord`, or one read back from
+    an export."""
+
+    seq: int
+    created_at: float
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
@@ -79,7 +93,7 @@ class VerifyResult:
     reason: str | None = None
 
 
-def verify(records: Iterable[AuditRecord], prev: str = GENESIS) -> VerifyResult:
+def verify(records: Iterable[Chained], prev: str = GENESIS) -> VerifyResult:
     """Walk the chain in ``seq`` order from the hash ``prev`` (the genesis, or the record
     before an exported slice); report the first record that does not fit."""
     n = 0

@@ -24,7 +24,7 @@ Only pydantic is imported: ``safety/`` (no database) reads these defaults too.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -165,7 +165,11 @@ class Hyperparameters(BaseModel):
 
     @classmethod
     def resolve(
-        cls, n_epochs: int | str, batch_size: int | str, learning_rate_multiplier: float | str, n_examples: int
+        cls,
+        n_epochs: int | Literal["auto"],
+        batch_size: int | Literal["auto"],
+        learning_rate_multiplier: float | Literal["auto"],
+        n_examples: int,
     ) -> Hyperparameters:
         """The request's values with ``"auto"`` resolved for a file of ``n_examples``:
         :func:`auto_epochs`; a batch of :data:`AUTO_BATCH_SIZE` or the whole file if smaller;

@@ -45,8 +45,11 @@ class Stage(StrEnum):
         return order[index] if index < len(order) else None
 
     @classmethod
-    def running_as(cls, job_stage: str) -> Stage:
-        """The stage that (re)runs a job whose ``stage`` field is ``job_stage`` (KeyError if none)."""
+    def running_as(cls, job_stage: str | None) -> Stage:
+        """The stage that (re)runs a job whose ``stage`` field is ``job_stage`` (KeyError if
+        none, a ``None`` stage included)."""
+        if job_stage is None:
+            raise KeyError(job_stage)
         return _BY_JOB_STAGE[job_stage]
 
 

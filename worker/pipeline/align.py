@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.audit import service as audit
 from core.db import session_scope
@@ -20,6 +20,10 @@ from core.logging import get_logger
 from core.models import BaseModelEntry
 from core.settings import get_settings
 from core.vocab import BaseModelStatus
+
+if TYPE_CHECKING:
+    from safety.align import AlignConfig
+    from safety.train_metrics import StepMetrics
 
 ALIGNED_SUFFIX = "-aligned"
 log = get_logger(__name__)
@@ -33,20 +37,24 @@ def aligned_dir(model_id: str) -> Path:
     return get_settings().models_dir / "aligned" / model_id.replace("/", "--")
 
 
-def align_config() -> Any:
+def align_config() -> AlignConfig:
     """``AlignConfig`` with ``GUARDTUNE_ALIGN_OPTIONS`` applied (lists become tuples)."""
     from safety.align import AlignConfig
 
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in get_settings().align_options.items()}
+    options: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in get_settings().align_options.items()
+    }
     return AlignConfig(**options)
 
 
-def logged_progress(model_id: str, on_step: Callable[[Any], None] | None = None) -> Callable[[Any], None]:
+def logged_progress(
+    model_id: str, on_step: Callable[[StepMetrics], None] | None = None
+) -> Callable[[StepMetrics], None]:
     """An ``on_step`` for the alignment's training: logs ``align_progress`` (step, total steps,
     loss) at every tenth of its steps and its last, so that logs without a terminal show it
     moving, then calls ``on_step`` (a CLI's progress bar) with every step's metrics."""
 
-    def step(metrics: Any) -> None:
+    def step(metrics: StepMetrics) -> None:
         every = max(1, metrics.total_steps // 10)
         if metrics.step % every == 0 or metrics.step == metrics.total_steps:
             log.info(
@@ -66,7 +74,7 @@ def align_base_model(
     model_id: str,
     actor: str = audit.SYSTEM,
     onboard: bool = False,
-    on_step: Callable[[Any], None] | None = None,
+    on_step: Callable[[StepMetrics], None] | None = None,
 ) -> dict[str, Any]:
     """Align registered base model ``model_id`` and register (or refresh) its variant.
 

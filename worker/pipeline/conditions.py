@@ -19,6 +19,9 @@ from core.storage import get_store
 from worker.pipeline.resources import iter_file_examples, scan_key
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from safety.attacks import Condition
     from safety.judge import Judge
 
@@ -41,7 +44,10 @@ def plan(job: Job, training_key: str) -> list[Condition]:
 
 
 def evaluate(
-    model: Any, tokenizer: Any, conditions: list[Condition], judge: Judge | None = None
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conditions: list[Condition],
+    judge: Judge | None = None,
 ) -> dict[str, dict[str, Any]]:
     """ASR report dicts by condition name for the non-plain ``conditions``."""
     from safety.attacks import spread

@@ -15,7 +15,7 @@ import io
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.db import session_scope
 from core.jobs.vocab import JobStage
@@ -26,6 +26,10 @@ from worker.pipeline import jobstate
 from worker.pipeline.onboard import eval_key, evaluate_model
 from worker.pipeline.resources import adapter_prefix, iter_file_examples, job_prefix, load_model
 from worker.pipeline.scan import judge_failures_fail_the_job, make_judge
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def eval_outputs_key(job: Job) -> str:
@@ -93,7 +97,9 @@ def _headline(rows: list[dict[str, Any]]) -> str:
     return "ASR (base → fine-tuned) " + "; ".join(parts)
 
 
-def _val_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]] | None) -> float | None:
+def _val_loss(
+    model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]] | None
+) -> float | None:
     from safety.evaluate import validation_loss
 
     return validation_loss(model, tokenizer, examples) if examples else None

@@ -6,6 +6,8 @@ job gets its ``step_metrics.csv`` result file here."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from core.audit import service as audit
 from core.db import session_scope
 from core.jobs.vocab import ErrorCode, JobStage, JobStatus
@@ -13,8 +15,11 @@ from core.models import SafetyReport
 from core.settings import get_settings
 from worker.pipeline import jobstate, results
 
+if TYPE_CHECKING:
+    from safety.gate import GatePolicy
 
-def policy():
+
+def policy() -> GatePolicy:
     from safety.gate import GatePolicy
 
     s = get_settings()
@@ -31,8 +36,9 @@ def run(job_id: str) -> None:
 
     with session_scope() as session:
         jobstate.enter_stage(session, job_id, JobStage.GATING, "Applying the release gate")
-        report = session.get(SafetyReport, job_id)
+        report = session.get_one(SafetyReport, job_id)
         if report.gate is None:
+            assert report.evaluation is not None  # stored by the evaluate stage
             decision = decide(*summaries_from_evaluation(report.evaluation), policy())
             report.gate = {**decision.to_dict(), "policy": vars(policy())}
             audit.record(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -19,8 +19,16 @@ from core.storage import download_dir, get_store, upload_dir
 from core.vocab import BaseModelStatus
 from worker.pipeline.resources import load_model, probe_prefix
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def train_builtin_probe(model: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
+    from safety.judge import Judge
+    from safety.probe import Probe
+    from safety.prompt_sets import Prompt
+
+
+def train_builtin_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[Probe, dict[str, Any]]:
     """A probe trained only on the project's own prompt sets by the one recipe
     (``safety.probe_recipe``, layers per ``GUARDTUNE_PROBE_LAYERS``); returns (probe,
     report): layers chosen on one split, threshold calibrated on a second, quality
@@ -42,7 +50,9 @@ def probe_summary(report: dict[str, Any]) -> str:
     )
 
 
-def ensure_probe(session: Session, entry: BaseModelEntry, model: Any, tokenizer: Any) -> Any:
+def ensure_probe(
+    session: Session, entry: BaseModelEntry, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> Probe:
     """The base model's probe: from the store if onboarded, else trained now and stored."""
     from safety.probe import Probe
 
@@ -79,7 +89,7 @@ def eval_prompts_source() -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def eval_prompts() -> list[Any]:
+def eval_prompts() -> list[Prompt]:
     """The harmful eval prompts: the operator's private file when set, else the shipped set."""
     from safety.prompt_sets import load_builtin, load_prompt_file
 
@@ -101,7 +111,9 @@ def eval_key() -> dict[str, Any]:
     }
 
 
-def evaluate_model(model: Any, tokenizer: Any, judge: Any = None) -> dict[str, Any]:
+def evaluate_model(
+    model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, judge: Judge | None = None
+) -> dict[str, Any]:
     """ASR on the harmful eval set (:func:`eval_prompts`) and over-refusal on the
     built-in benign one."""
     from safety.evaluate import evaluate_asr, over_refusal
@@ -153,6 +165,7 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
 def onboarding_summary(entry: BaseModelEntry) -> dict[str, Any]:
     """What onboarding reports of an onboarded registry row: status, context length, the probe's
     report (and its one-line summary) and the baseline's headline (ASR, over-refusal)."""
+    assert entry.baseline is not None  # onboarded: the probe's report and the evaluation
     return {
         "model": entry.id,
         "status": entry.status,

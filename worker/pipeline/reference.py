@@ -21,6 +21,8 @@ from worker.pipeline import jobstate
 from worker.pipeline.resources import reference_key, token_limit
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from safety.reference import ReferenceCache
 
 
@@ -37,7 +39,9 @@ def store_cache(job: Job, cache: ReferenceCache) -> None:
     get_store().put_stream(reference_key(job), io.BytesIO(cache.to_bytes()))
 
 
-def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> ReferenceCache:
+def build_and_store(
+    job: Job, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]]
+) -> ReferenceCache:
     """Run the reference (``model``, the base model) once over every example, keep the top
     ``GUARDTUNE_REFERENCE_TOPK`` log-probs of each answer token and store them."""
     from safety.data import encode_example
@@ -51,7 +55,9 @@ def build_and_store(job: Job, model: Any, tokenizer: Any, examples: list[dict[st
     return cache
 
 
-def load_or_build(job: Job, model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> ReferenceCache:
+def load_or_build(
+    job: Job, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]]
+) -> ReferenceCache:
     """The stored cache of ``job``, built (from the base ``model``) and stored if missing."""
     from safety.reference import ReferenceCache
 

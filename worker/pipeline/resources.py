@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.datasets import iter_examples
 from core.models import Job
 from core.releases import digests
 from core.settings import get_settings
 from core.storage import ObjectStore, get_store, org_key
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def job_prefix(job: Job, *parts: str) -> str:
@@ -58,7 +61,7 @@ def read_scan_risks(job: Job) -> tuple[list[float], list[bool]]:
     return [row["risk"] for row in rows], [bool(row["flagged"]) for row in rows]
 
 
-def token_limit(model: Any) -> int:
+def token_limit(model: PreTrainedModel) -> int:
     """The most tokens an example may have: the model's context, capped by
     ``GUARDTUNE_MAX_EXAMPLE_TOKENS``. The scan fails a job with a longer example (naming its
     line), so training (and the reference cache) never truncates one."""
@@ -67,7 +70,7 @@ def token_limit(model: Any) -> int:
     return min(context_length(model), get_settings().max_example_tokens)
 
 
-def load_model(source: str) -> tuple[Any, Any]:
+def load_model(source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model (eval mode, on the configured device) and its tokenizer. Applies
     ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
     server and the ``guardtune-ops`` model commands (``ops.modelload``) load it here."""
@@ -76,4 +79,5 @@ def load_model(source: str) -> tuple[Any, Any]:
     settings = get_settings()
     set_torch_threads(settings.torch_threads)
     model, tokenizer = load_base_model(source, cache_dir=settings.models_dir)
-    return model.to(settings.device).eval(), tokenizer
+    # transformers wraps ``to`` with functools.wraps(Module.to): typeshed then wants ``self`` first
+    return model.to(settings.device).eval(), tokenizer  # type: ignore[arg-type]

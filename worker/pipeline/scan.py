@@ -45,6 +45,8 @@ from worker.pipeline.reference import store_cache, uses_cache
 from worker.pipeline.resources import iter_file_examples, load_model, scan_key, token_limit
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from safety.judge import Judge
     from safety.scan import ScanResult, ScanSummary
 
@@ -72,7 +74,7 @@ def judge_failures_fail_the_job() -> Iterator[None]:
 
 
 def check_token_lengths(
-    examples: list[tuple[int, dict[str, Any]]], tokenizer: Any, limit: int, max_errors: int
+    examples: list[tuple[int, dict[str, Any]]], tokenizer: PreTrainedTokenizerBase, limit: int, max_errors: int
 ) -> None:
     """Fail the job with a ``line N: …`` error for each example longer than ``limit`` tokens
     (the first ``max_errors`` shown, all counted)."""

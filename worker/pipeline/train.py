@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, select
 
@@ -37,8 +37,12 @@ from worker.pipeline.resources import (
     work_dir,
 )
 
+if TYPE_CHECKING:
+    from safety.train_config import TrainConfig
+    from safety.train_metrics import StepMetrics
 
-def train_config(job: Job, max_seq_len: int) -> Any:
+
+def train_config(job: Job, max_seq_len: int) -> TrainConfig:
     """The trainer's config from the job (hyperparameters, safety) and operator settings."""
     from safety.train_config import TrainConfig
 
@@ -66,10 +70,10 @@ def run(job_id: str) -> None:
 
     with session_scope() as session:
         jobstate.enter_stage(session, job_id, JobStage.TRAINING, "Fine-tuning started")
-        job = session.get(Job, job_id)
-        source = session.get(BaseModelEntry, job.model).source
-        storage_key = session.get(File, job.training_file_id).storage_key
-        valid_key = session.get(File, job.validation_file_id).storage_key if job.validation_file_id else None
+        job = session.get_one(Job, job_id)
+        source = session.get_one(BaseModelEntry, job.model).source
+        storage_key = session.get_one(File, job.training_file_id).storage_key
+        valid_key = session.get_one(File, job.validation_file_id).storage_key if job.validation_file_id else None
         last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
         report = session.get(SafetyReport, job_id)
         if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
@@ -120,6 +124,7 @@ def run(job_id: str) -> None:
                 session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled"
             )
         raise JobGone(job_id)
+    assert result.adapter_dir is not None  # a completed run wrote its adapter
     upload_dir(get_store(), result.adapter_dir, adapter_prefix(job))
     with session_scope() as session:
         report = session.get(SafetyReport, job_id) or SafetyReport(job_id=job_id)
@@ -140,10 +145,11 @@ class Progress:
     """The trainer's callbacks: metrics events, ETA, heartbeat, stored checkpoints."""
 
     def __init__(self, job: Job):
-        self.job, self.started, self.first_step = job, time.monotonic(), None
+        self.job, self.started = job, time.monotonic()
+        self.first_step: int | None = None
         self.every = max(1, get_settings().metrics_event_every)
 
-    def on_step(self, m: Any) -> None:
+    def on_step(self, m: StepMetrics) -> None:
         if self.first_step is None:
             self.first_step = m.step - 1
         done = m.step - self.first_step
@@ -157,7 +163,7 @@ class Progress:
             if m.step % self.every == 0 or m.step == m.total_steps:
                 jobstate.add_event(session, self.job.id, _step_message(m), type="metrics", data=metrics_data(m))
 
-    def save_checkpoint(self, step: int, local_dir: Path, m: Any) -> None:
+    def save_checkpoint(self, step: int, local_dir: Path, m: StepMetrics) -> None:
         prefix = checkpoint_prefix(self.job, step)
         upload_dir(get_store(), local_dir, prefix)
         with session_scope() as session:
@@ -171,7 +177,7 @@ class Progress:
             jobstate.add_event(session, self.job.id, f"Checkpoint saved at step {step}")
 
 
-def metrics_data(m: Any) -> dict[str, Any]:
+def metrics_data(m: StepMetrics) -> dict[str, Any]:
     """A metrics event's ``data`` (and a checkpoint's metrics): OpenAI's fields plus the safety
     objective's; ``valid_*`` on steps with a validation pass."""
     data = {
@@ -194,7 +200,7 @@ def metrics_data(m: Any) -> dict[str, Any]:
     return data
 
 
-def _step_message(m: Any) -> str:
+def _step_message(m: StepMetrics) -> str:
     kl = f", kl={m.kl:.4f}" if m.kl is not None else ""
     valid = f", validation loss={m.valid_loss:.4f}" if m.valid_loss is not None else ""
     return (
