@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request, Response
 from pydantic import BaseModel
@@ -23,7 +24,9 @@ from core.etags import etag_of
 _BODIES: dict[str, bytes] = {}
 MAX_BODIES = 1024
 
-NOT_MODIFIED = {304: {"description": "Not Modified: the `If-None-Match` ETag is still current"}}
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not Modified: the `If-None-Match` ETag is still current"}
+}
 
 
 def etag_matches(header: str | None, etag: str) -> bool:

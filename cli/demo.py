@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -31,10 +32,11 @@ from rich.table import Table
 from cli.demo_chat import ask_released_model
 from core.db import session_scope
 from core.errors import NotFound
+from core.jobs.pipeline import GPU_QUEUE
 from core.jobs.vocab import TERMINAL, JobStatus, SafetyMode
 from core.models import BaseModelEntry
 from core.orgs.service import OrgService
-from core.queue import GPU_QUEUE, enqueue, producer
+from core.queue import enqueue, producer
 from core.settings import get_settings
 from core.vocab import BaseModelStatus
 from core.waiting import wait_http
@@ -125,7 +127,8 @@ def demo_key() -> str:
 
 def follow(client: httpx.Client, job_id: str) -> dict:
     """Poll the job and its events with a progress bar until the job ends."""
-    after, job = None, {}
+    after: str | None = None
+    job: dict[str, Any] = {}
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -137,7 +140,7 @@ def follow(client: httpx.Client, job_id: str) -> dict:
         while job.get("status") not in TERMINAL:
             time.sleep(1.0)
             job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-            params = {"order": "asc", "limit": 100, **({"after": after} if after else {})}
+            params: dict[str, str | int] = {"order": "asc", "limit": 100, **({"after": after} if after else {})}
             for event in client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params).json()["data"]:
                 after = event["id"]
                 data = event.get("data") or {}

@@ -30,8 +30,7 @@ def ask_released_model(
     text = answer.choices[0].message.content or ""
     console.print(f"\n[bold]You:[/bold] {question}")
     console.print(f"[bold]Your model answers:[/bold] {text}")
-    console.print(
-        f"[dim]({answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens; "
-        f"client.chat.completions.create(model={model!r}, …))[/dim]"
-    )
+    usage = answer.usage
+    tokens = f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens; " if usage else ""
+    console.print(f"[dim]({tokens}client.chat.completions.create(model={model!r}, …))[/dim]")
     return text

@@ -137,10 +137,16 @@ def demo(
 ) -> None:
     """Fine-tune the aligned default model on a file with planted harmful lines, adaptive and
     standard SFT, end to end on the embedded stack (see README)."""
-    from cli.demo import run_demo
+    from cli.demo import DEMO_EPOCHS, DEMO_LR_MULTIPLIER, run_demo
 
-    chosen = {k: v for k, v in {"epochs": epochs, "lr_multiplier": lr_multiplier}.items() if v is not None}
-    raise typer.Exit(run_demo(keep_serving=keep_serving, report_path=report, **chosen))
+    raise typer.Exit(
+        run_demo(
+            keep_serving=keep_serving,
+            report_path=report,
+            epochs=DEMO_EPOCHS if epochs is None else epochs,
+            lr_multiplier=DEMO_LR_MULTIPLIER if lr_multiplier is None else lr_multiplier,
+        )
+    )
 
 
 if __name__ == "__main__":

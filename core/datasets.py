@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, cast
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = frozenset(
@@ -194,7 +194,7 @@ class Validator:
             return
         if self.report.format is None:
             self.report.format = fmt
-        elif fmt != self.report.format:
+        elif fmt is not None and fmt != self.report.format:
             self._error(
                 lineno,
                 f"The example uses the {_FORMAT_NAMES[fmt]} format but earlier lines use the "
@@ -317,7 +317,7 @@ def validate_chunks(chunks: Iterable[bytes], limits: Limits | None = None) -> Re
     return validator.finish()
 
 
-def validate_stream(stream: BinaryIO, limits: Limits | None = None) -> Report:
+def validate_stream(stream: IO[bytes], limits: Limits | None = None) -> Report:
     """Validate a readable binary stream, reading it in 1 MiB chunks."""
     return validate_chunks(iter(lambda: stream.read(READ_CHUNK), b""), limits)
 
@@ -343,7 +343,7 @@ def iter_examples(chunks: Iterable[bytes], limits: Limits | None = None) -> Iter
         fmt, problems, _ = check_example(obj)
         if problems:
             raise ValueError(f"line {lineno}: {problems[0]}")
-        return obj
+        return cast(dict[str, Any], obj)  # check_example found no problem: a JSON object
 
     for chunk in chunks:
         start = 0

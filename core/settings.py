@@ -39,11 +39,8 @@ from core.jobs.config import (
     KL_WEIGHT_MIN,
     TRIGGER_MIN_RATIO,
     TRIGGER_MIN_SHARE,
-    AsrSource,
-    ReferenceMode,
-    RiskWeighting,
-    SafetyMode,
 )
+from core.jobs.vocab import AsrSource, ReferenceMode, RiskWeighting, SafetyMode
 
 INSECURE_SECRET = "dev-insecure-secret-change-me"
 # Env vars of settings since renamed: refused, so that an operator's value is never silently dropped.
