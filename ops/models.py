@@ -6,7 +6,7 @@ import inspect
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy import select
@@ -17,6 +17,9 @@ from core.releases.repository import ReleaseRepository
 from core.vocab import BaseModelStatus
 from ops.common import ActorOpt, db, ops_actor
 from ops.output import JsonOpt, console, err_console, fail, handle_errors, progress_bar, render, render_record
+
+if TYPE_CHECKING:
+    from safety.train_metrics import StepMetrics
 
 app = typer.Typer(help="Base models: list, onboard, align.", no_args_is_help=True)
 
@@ -110,7 +113,7 @@ def _align(name: str, who: str, *, onboard: bool) -> dict[str, Any]:
         then = "; then onboarding" if onboard else ""
         bar = progress.add_task(f"aligning {name} (refusal training steps{then})", total=None)
 
-        def on_step(metrics: Any) -> None:
+        def on_step(metrics: StepMetrics) -> None:
             progress.update(bar, completed=metrics.step, total=metrics.total_steps)
 
         return align_fn(name, actor=who, onboard=onboard, on_step=on_step)
