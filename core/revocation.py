@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -12,7 +12,14 @@ from core.audit import service as audit
 from core.errors import Conflict, NotFound
 from core.models import now
 
-R = TypeVar("R")
+
+class Revocable(Protocol):
+    """A mapped row that is revoked by setting its ``revoked_at``."""
+
+    revoked_at: int | None  # unix seconds, as every timestamp column
+
+
+R = TypeVar("R", bound=Revocable)
 
 
 def revoke(
@@ -34,9 +41,9 @@ def revoke(
     row = session.get(model, row_id, with_for_update=True)
     if row is None:
         raise missing
-    if row.revoked_at is not None:  # type: ignore[attr-defined]
+    if row.revoked_at is not None:
         raise revoked
-    row.revoked_at = now()  # type: ignore[attr-defined]
+    row.revoked_at = now()
     for column, value in values.items():
         setattr(row, column, value)
     session.flush()
