@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 
 def train_config(job: Job, max_seq_len: int) -> TrainConfig:
-    """The trainer's config from the job (hyperparameters, safety) and operator settings."""
+    """The trainer's config from the job (hyperparameters, safety) and operator settings
+    (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``)."""
     from safety.train_config import TrainConfig
 
     settings = get_settings()
@@ -54,6 +55,8 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         kl_weight_min=safety.kl_weight.min,
         kl_weight_max=safety.kl_weight.max,
         risk_weighting=safety.risk_weighting,
+        objective=settings.objective,
+        sft_cutoff_risk=settings.flag_threshold,
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
@@ -133,6 +136,7 @@ def run(job_id: str) -> None:
             "mode": config.mode,
             "kl_weight": {"min": config.kl_weight_min, "max": config.kl_weight_max},
             "risk_weighting": config.risk_weighting,
+            "objective": config.objective,
             "reference": config.reference,
         }
         session.add(report)
