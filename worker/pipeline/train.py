@@ -18,9 +18,9 @@ from sqlalchemy import case, select
 
 from core.db import session_scope
 from core.ids import new_id
-from core.jobs.config import BASE_LEARNING_RATE, Hyperparameters, SafetyConfig
+from core.jobs.config import BASE_LEARNING_RATE, FLAG_THRESHOLD, Hyperparameters, SafetyConfig
 from core.jobs.transitions import update_live
-from core.jobs.vocab import JobStage, JobStatus, ReferenceMode
+from core.jobs.vocab import JobStage, JobStatus, Objective, ReferenceMode
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -56,7 +56,9 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         kl_weight_max=safety.kl_weight.max,
         risk_weighting=safety.risk_weighting,
         objective=settings.objective,
-        sft_cutoff_risk=settings.flag_threshold,
+        # bounded's cutoff is the scan's flag threshold; paper has none and keeps the default,
+        # so its checkpoints (also those written before the option) resume whatever the threshold
+        sft_cutoff_risk=settings.flag_threshold if settings.objective == Objective.BOUNDED else FLAG_THRESHOLD,
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
