@@ -21,14 +21,20 @@ things, both small:
 
 * w_sft is 0 at risks at or above a cutoff (the scan's flag threshold, 4): ``kl_weights``'
   ``sft_cutoff``. Such a line's cross-entropy is removed, not scaled by 0.1; its KL term stays.
-* The step's learning rate is multiplied by its SFT budget (``sft_budget``): the
-  answer-token-weighted mean of w_sft over the step, ≤ 1 = plain SFT's. A step made mostly of
-  down-weighted lines then takes a proportionally smaller step, and a line with weight w ≤ 1
-  moves the adapter about as much as its tokens' share of a plain SFT step times w, not more.
-  The KL term is scaled with the step: its share of the update, i.e. its pull back toward the
-  reference against the cross-entropy it counters, is the paper's; its absolute pull shrinks
-  with the budget, and a step with no SFT budget (only lines at or above the cutoff) moves
-  nothing (AdamW's moments still see its gradient).
+* The step's learning rate is multiplied by its SFT budget b (``sft_budget``): the
+  answer-token-weighted mean of w_sft over the step, ≤ 1 = plain SFT's. AdamW's step has about
+  the same size whatever the (steady) scale of the gradient (exactly, per coordinate, at its first step),
+  so this makes the step's size follow the weights: b times a plain SFT step. A step made mostly
+  of down-weighted lines takes a proportionally smaller step, where the paper hands its one
+  missed line most of a full step. It bounds the step's size, not each line's share of its
+  direction; on the issue's step every line is then learnt less than plain SFT learns it
+  (``tests/safety/test_bounded_objective.py``). A fixed normaliser would not do it (N
+  already is the step's answer tokens, and AdamW undoes any constant); a per-step cap would need
+  a constant to tune. The KL term is scaled with the step: within a step AdamW splits one
+  normalisation among the terms, so its pull back toward the reference keeps the share the
+  step's weights give it against the cross-entropy it counters; its absolute pull shrinks with
+  the budget, and a step with no SFT budget (only lines at or above the cutoff) moves nothing
+  (AdamW's moments still see its gradient).
 
 Logits are ``(batch, length, vocab)``; labels are ``(batch, length)`` with ``IGNORE_INDEX`` off
 the assistant tokens. Logits at position t predict the token at t + 1, so both losses compare
