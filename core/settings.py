@@ -20,6 +20,7 @@ from core.jobs.config import (
     CHECKPOINT_EVERY,
     DEFAULT_ASR_SOURCE,
     DEFAULT_BASE_MODEL,
+    DEFAULT_OBJECTIVE,
     DEFAULT_RISK_WEIGHTING,
     EVAL_BATCH_SIZE,
     EVAL_CONDITION_PROMPTS,
@@ -40,7 +41,7 @@ from core.jobs.config import (
     TRIGGER_MIN_RATIO,
     TRIGGER_MIN_SHARE,
 )
-from core.jobs.vocab import AsrSource, ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import AsrSource, Objective, ReferenceMode, RiskWeighting, SafetyMode
 
 INSECURE_SECRET = "dev-insecure-secret-change-me"
 # Env vars of settings since renamed: refused, so that an operator's value is never silently dropped.
@@ -110,6 +111,7 @@ class Settings(BaseSettings):
     kl_weight_min: float = KL_WEIGHT_MIN
     kl_weight_max: float = KL_WEIGHT_MAX
     risk_weighting: RiskWeighting = DEFAULT_RISK_WEIGHTING  # "batch": the paper's batch mean (ablation)
+    objective: Objective = DEFAULT_OBJECTIVE  # "bounded": adaptive's weights bound the AdamW step (operator only)
     reference: ReferenceMode = ReferenceMode.CACHED  # KL against the scan's cached top-k, or a forward per step
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
     flag_threshold: float = FLAG_THRESHOLD

@@ -11,6 +11,31 @@ micro-batches of one optimizer step). For a batch of one this is exactly the pap
 ``w_sft · mean-token CE + w_kl · mean-token KL``; with equal weights (the paper's batch-mean
 risk, ``risk_weighting="batch"``) it is the same formula over the batch's tokens.
 
+``objective="bounded"`` (an operator option, ``TrainConfig.objective``; the default stays
+``"paper"``) departs from the paper where AdamW undoes its weights. AdamW's update is
+invariant to a global scale of the loss: lowering every line's w_sft only shifts the *share*
+of a step among its lines, never the step's size. So a floor weight 0.9 → 0.1 changes nothing
+on a step of flagged lines (the KL gradient is zero where training starts), and one missed
+line at 0.9 beside three flagged at 0.1 takes most of a full-size step. ``bounded`` changes two
+things, both small:
+
+* w_sft is 0 at risks at or above a cutoff (the scan's flag threshold, 4): ``kl_weights``'
+  ``sft_cutoff``. Such a line's cross-entropy is removed, not scaled by 0.1; its KL term stays.
+* The step's learning rate is multiplied by its SFT budget b (``sft_budget``): the
+  answer-token-weighted mean of w_sft over the step, ≤ 1 = plain SFT's. AdamW's step has about
+  the same size whatever the (steady) scale of the gradient (exactly, per coordinate, at its first step),
+  so this makes the step's size follow the weights: b times a plain SFT step. A step made mostly
+  of down-weighted lines takes a proportionally smaller step, where the paper hands its one
+  missed line most of a full step. It bounds the step's size, not each line's share of its
+  direction; on the issue's step every line is then learnt less than plain SFT learns it
+  (``tests/safety/test_bounded_objective.py``). A fixed normaliser would not do it (N
+  already is the step's answer tokens, and AdamW undoes any constant); a per-step cap would need
+  a constant to tune. The KL term is scaled with the step: within a step AdamW splits one
+  normalisation among the terms, so its pull back toward the reference keeps the share the
+  step's weights give it against the cross-entropy it counters; its absolute pull shrinks with
+  the budget, and a step with no SFT budget (only lines at or above the cutoff) moves nothing
+  (AdamW's moments still see its gradient).
+
 Logits are ``(batch, length, vocab)``; labels are ``(batch, length)`` with ``IGNORE_INDEX`` off
 the assistant tokens. Logits at position t predict the token at t + 1, so both losses compare
 ``logits[:, :-1]`` with ``labels[:, 1:]``.
@@ -36,16 +61,27 @@ def kl_weights(
     kl_weight_max: float = KL_WEIGHT_MAX,
     sft_weight_min: float = SFT_WEIGHT_MIN,
     sft_weight_max: float = SFT_WEIGHT_MAX,
+    sft_cutoff: float = math.inf,
 ) -> tuple[float, float]:
     """``(w_sft, w_kl)`` for a batch risk on the 1–5 scale, as in the paper:
     ``w_kl = clamp((risk − 2) / 3, kl_weight_min, kl_weight_max)`` and
     ``w_sft = clamp(1 − w_kl, sft_weight_min, sft_weight_max)``. ``kl_weight_min = 0`` is
-    allowed: batches with risk ≤ 2 then get ``w_kl = 0`` (no reference pass)."""
+    allowed: batches with risk ≤ 2 then get ``w_kl = 0`` (no reference pass). At a risk at or
+    above ``sft_cutoff`` (``bounded``; the paper has none) ``w_sft`` is 0, not the floor."""
     if not math.isfinite(risk):
         raise ValueError(f"risk must be finite, got {risk}")
     w_kl = min(max((risk - 2.0) / 3.0, kl_weight_min), kl_weight_max)
-    w_sft = min(max(1.0 - w_kl, sft_weight_min), sft_weight_max)
+    w_sft = 0.0 if risk >= sft_cutoff else min(max(1.0 - w_kl, sft_weight_min), sft_weight_max)
     return w_sft, w_kl
+
+
+def sft_budget(w_sft: list[float], answer_tokens: list[int]) -> float:
+    """A step's SFT budget: the mean of its examples' ``w_sft`` weighted by their answer
+    tokens, capped at plain SFT's 1; 1 for a step without answer tokens (it trains nothing)."""
+    total = sum(answer_tokens)
+    if total == 0:
+        return 1.0
+    return min(sum(w * n for w, n in zip(w_sft, answer_tokens, strict=True)) / total, 1.0)
 
 
 def batch_risk(risks: list[float], reduce: RiskReduce = "mean") -> float:

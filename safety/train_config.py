@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.jobs import config as defaults
-from core.jobs.vocab import ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import Objective, ReferenceMode, RiskWeighting, SafetyMode
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -26,9 +26,11 @@ class TrainConfig:
     ``constant`` = ``w_kl = constant_kl_weight``, ``w_sft = 1 − w_kl``; ``adaptive`` = the
     paper's risk-set weights (``objective.kl_weights`` with the ``kl_weight_*`` /
     ``sft_weight_*`` bounds), from each example's own risk (``risk_weighting="example"``) or
-    from the step's ``risk_reduce`` of its examples' risks (``"batch"``). ``mode``,
-    ``risk_weighting`` and ``reference`` may be given as their enums' string values; they
-    are held as the enums."""
+    from the step's ``risk_reduce`` of its examples' risks (``"batch"``). ``objective``
+    (``adaptive`` only): ``paper`` = those weights in the loss as written; ``bounded`` = w_sft 0
+    at risks ≥ ``sft_cutoff_risk`` and each step's learning rate scaled by its SFT budget
+    (``safety.objective``'s docstring says why). ``mode``, ``risk_weighting``, ``objective`` and
+    ``reference`` may be given as their enums' string values; they are held as the enums."""
 
     mode: SafetyMode = defaults.DEFAULT_MODE
     constant_kl_weight: float = defaults.CONSTANT_KL_WEIGHT
@@ -38,6 +40,8 @@ class TrainConfig:
     sft_weight_max: float = defaults.SFT_WEIGHT_MAX
     risk_weighting: RiskWeighting = defaults.DEFAULT_RISK_WEIGHTING
     risk_reduce: RiskReduce = "mean"
+    objective: Objective = defaults.DEFAULT_OBJECTIVE
+    sft_cutoff_risk: float = defaults.FLAG_THRESHOLD  # bounded: w_sft = 0 at or above this risk
     reference: ReferenceMode = ReferenceMode.EXACT
     lora_r: int = 8
     lora_alpha: int = 16
@@ -58,6 +62,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _set_enum(self, "mode", SafetyMode, "unknown training mode")
         _set_enum(self, "risk_weighting", RiskWeighting, "unknown risk weighting")
+        _set_enum(self, "objective", Objective, "unknown objective")
         _set_enum(self, "reference", ReferenceMode, "unknown reference")
         if min(self.batch_size, self.grad_accum_steps, self.n_epochs, self.max_seq_len) < 1:
             raise ValueError("batch_size, grad_accum_steps, n_epochs and max_seq_len must be ≥ 1")

@@ -17,7 +17,8 @@ class StepMetrics:
     ``kl_weight``/``sft_weight`` are the means over the step's examples; ``kl_weight_flagged``
     and ``kl_weight_unflagged`` the mean ``w_kl`` of its flagged / unflagged examples
     (``None`` when it has none). ``risk`` is the ``risk_reduce`` of the examples' risks.
-    ``tokens`` counts non-padding input tokens. ``train_accuracy`` is the step's token
+    ``tokens`` counts non-padding input tokens. ``lr`` is the rate the step ran at (the
+    schedule's, times the step's SFT budget under ``objective="bounded"``). ``train_accuracy`` is the step's token
     accuracy (from the training logits); ``valid_loss`` / ``valid_accuracy`` are set on
     checkpoint steps of a run with validation examples (``safety.validation``)."""
 

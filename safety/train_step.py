@@ -5,14 +5,18 @@ seeded per-epoch shuffle, a pure function of ``(seed, epoch)`` so a resumed run 
 same batches), gives each its ``(w_sft, w_kl)`` (:func:`example_weights`), accumulates
 the gradient of the weighted objective over micro-batches (:func:`accumulate_gradients`:
 the reference pass runs in ``safety.reference.reference_forward``, or comes from the
-reference cache), clips it, steps the optimizer and the LR schedule, adds the
-step to the run's ``RunSummary`` and returns its ``StepMetrics`` (``safety.train_metrics``).
+reference cache), clips it, steps the optimizer (at the schedule's learning rate, scaled by
+the step's SFT budget under ``objective="bounded"``: :func:`lr_scale`) and the LR schedule,
+adds the step to the run's ``RunSummary`` and returns its ``StepMetrics``
+(``safety.train_metrics``).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,13 +24,14 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from core.jobs.vocab import RiskWeighting, SafetyMode
+from core.jobs.vocab import Objective, RiskWeighting, SafetyMode
 from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.objective import (
     ReferenceTopK,
     batch_risk,
     example_sums,
     kl_weights,
+    sft_budget,
     weighted_loss,
 )
 from safety.reference import reference_forward
@@ -79,8 +84,10 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
     sums = accumulate_gradients(run.model, run.tokenizer, run.encoded, indices, weights, config.batch_size, refs)
 
     torch.nn.utils.clip_grad_norm_(run.trainable, config.max_grad_norm)
-    lr = run.scheduler.get_last_lr()[0]
-    run.optimizer.step()
+    scale = lr_scale(config, weights, [count_answer_tokens(run.encoded[i]) for i in indices])
+    lr = run.scheduler.get_last_lr()[0] * scale
+    with scaled_lr(run.optimizer, scale):
+        run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
@@ -117,12 +124,38 @@ def with_validation(
 
 
 def loss_weights(config: TrainConfig, risk: float) -> tuple[float, float]:
-    """``(w_sft, w_kl)`` of risk ``risk`` under ``config.mode``."""
+    """``(w_sft, w_kl)`` of risk ``risk`` under ``config.mode`` (and, ``adaptive``, its ``objective``)."""
     if config.mode == SafetyMode.NONE:
         return 1.0, 0.0
     if config.mode == SafetyMode.CONSTANT:
         return 1.0 - config.constant_kl_weight, config.constant_kl_weight
-    return kl_weights(risk, config.kl_weight_min, config.kl_weight_max, config.sft_weight_min, config.sft_weight_max)
+    cutoff = config.sft_cutoff_risk if config.objective == Objective.BOUNDED else math.inf
+    return kl_weights(
+        risk, config.kl_weight_min, config.kl_weight_max, config.sft_weight_min, config.sft_weight_max, cutoff
+    )
+
+
+def lr_scale(config: TrainConfig, weights: list[tuple[float, float]], answer_tokens: list[int]) -> float:
+    """The factor on a step's learning rate: its SFT budget (``objective.sft_budget`` of the
+    examples' ``(w_sft, w_kl)`` and answer tokens) for ``adaptive`` under ``bounded``, else 1
+    (``none`` and ``constant`` are the baselines ``bounded`` is measured against)."""
+    if config.mode != SafetyMode.ADAPTIVE or config.objective != Objective.BOUNDED:
+        return 1.0
+    return sft_budget([w for w, _ in weights], answer_tokens)
+
+
+@contextmanager
+def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
+    """Within the block, every param group's learning rate times ``scale``; restored after, so
+    the schedule and the checkpointed optimizer state see the schedule's own rate."""
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] *= scale
+    try:
+        yield
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
 
 
 def example_weights(config: TrainConfig, risks: list[float]) -> list[tuple[float, float]]:
@@ -148,7 +181,7 @@ def accumulate_gradients(
     step's answer tokens; the step's sums."""
     device = next(model.parameters()).device
     examples = [encoded[i] for i in indices]
-    n_answer = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
+    n_answer = sum(count_answer_tokens(e) for e in examples)
     sums = StepSums(answer_tokens=n_answer)
     for start in range(0, len(examples), batch_size):
         micro = examples[start : start + batch_size]
@@ -177,6 +210,11 @@ def accumulate_gradients(
             sums.kl_tokens += int(answer_tokens.sum())
         sums.tokens += int(batch["attention_mask"].sum())
     return sums
+
+
+def count_answer_tokens(example: EncodedExample) -> int:
+    """The number of answer (labelled) tokens an example's logits predict."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
 
 
 def autocast(device: torch.device) -> Any:

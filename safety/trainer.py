@@ -4,7 +4,9 @@ Each optimizer step takes the next ``batch_size × grad_accum_steps`` examples o
 seeded per-epoch shuffle, turns each example's pre-computed risk (1–5) into its own loss
 weights (``risk_weighting="example"``, the default; ``"batch"`` gives every example the
 weights of the batch's mean risk, the paper's code as an ablation), and minimises
-``Σ_i [w_sft_i · CE_i + w_kl_i · KL_i] / N`` (``objective.weighted_loss``). The reference
+``Σ_i [w_sft_i · CE_i + w_kl_i · KL_i] / N`` (``objective.weighted_loss``; under
+``objective="bounded"`` w_sft is 0 at flagged risks and the step's learning rate is scaled by
+its SFT budget, ``safety.objective``'s departure from the paper). The reference
 policy P_ref is the same model with the LoRA adapter disabled; with ``reference="exact"`` its
 forward pass runs every micro-batch (skipped when all its examples have ``w_kl == 0``); with
 ``reference="cached"`` it never runs here: the KL is taken against the reference's top-k

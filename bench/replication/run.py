@@ -10,7 +10,8 @@ merged where its recipe matches). Attacks
 (the paper's batch mean: ``risk_weighting="batch"``), both against the product's default
 reference (``GUARDTUNE_REFERENCE``: the scan's cached top-k log-probs), and
 ``adaptive_exact`` (per-example weights against the on-the-fly reference forward, to check
-the cache against it). Risks come from the activation probe
+the cache against it) and ``adaptive_bounded`` (per-example weights under
+``objective="bounded"``, ``safety.objective``'s departure from the paper). Risks come from the activation probe
 trained on the reference with the onboarding recipe, applied by ``safety.scan.scan_dataset``.
 Every (attack, mode) runs for each seed; ASR (strict detector, keyword alongside) has a 95 %
 bootstrap interval and an exact paired test against the reference; utility is validation
@@ -38,10 +39,11 @@ from bench.replication import attacks as atk
 from bench.replication import stats
 from bench.replication.evaluation import measure
 from bench.replication.gate import decision
-from core.jobs.vocab import ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import Objective, ReferenceMode, RiskWeighting, SafetyMode
 
 DEFAULT_MODES = ("none", "filter", "constant", "adaptive", "adaptive_batch")
-MODES = (*DEFAULT_MODES, "adaptive_exact")  # adaptive_exact: only to check the cache (--modes)
+# adaptive_exact: only to check the cache; adaptive_bounded: objective="bounded" (--modes)
+MODES = (*DEFAULT_MODES, "adaptive_exact", "adaptive_bounded")
 NEAR_DUP_JACCARD = 0.5
 
 
@@ -171,6 +173,10 @@ def mode_config(mode: str, args: argparse.Namespace, seed: int, epochs: int) -> 
         common["reference"] = ReferenceMode.EXACT if mode == "adaptive_exact" else args.reference
     if mode == "constant":
         return {**common, "mode": SafetyMode.CONSTANT, "constant_kl_weight": args.constant_kl_weight}
+    if mode == "adaptive_bounded":
+        if "objective" not in fields:
+            return "this trainer has no objective option (the paper's only); not run"
+        return {**common, "mode": SafetyMode.ADAPTIVE, "objective": Objective.BOUNDED}
     weighting = RiskWeighting.BATCH if mode == "adaptive_batch" else RiskWeighting.EXAMPLE
     if "risk_weighting" in fields:
         return {**common, "mode": SafetyMode.ADAPTIVE, "risk_weighting": weighting}

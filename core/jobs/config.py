@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.jobs.vocab import AsrSource, Estimator, ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import AsrSource, Estimator, Objective, ReferenceMode, RiskWeighting, SafetyMode
 from core.vocab import AS_LITERAL
 
 # The adaptive objective's clamps (the paper's) and the constant mode's KL weight.
@@ -39,6 +39,7 @@ FLAG_THRESHOLD = 4.0  # the scan flags an example whose risk (1–5) reaches thi
 DEFAULT_MODE = SafetyMode.ADAPTIVE
 DEFAULT_ESTIMATOR = Estimator.PROBE
 DEFAULT_RISK_WEIGHTING = RiskWeighting.EXAMPLE
+DEFAULT_OBJECTIVE = Objective.PAPER  # until the replication measures ``bounded`` (README, "Departure from the paper")
 STORED_REFERENCE = ReferenceMode.EXACT  # a stored job without ``reference`` predates the cache
 
 # The base model a job fine-tunes unless the operator configures others (GUARDTUNE_DEFAULT_BASE_MODEL).

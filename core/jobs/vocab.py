@@ -8,7 +8,7 @@ except an operator's approval of a gate-blocked job (``failed`` → ``succeeded`
 ``JobStage`` is the job's ``stage`` field while it runs; ``ErrorCode`` every ``error.code``
 a job can end with. ``SafetyMode``, ``Estimator``, ``AsrSource``, ``RiskWeighting`` and
 ``ReferenceMode`` are the words of a job's safety configuration, from the wire schema to the
-trainer. All are ``str`` enums: they compare equal to, and serialize as, their
+trainer; ``Objective`` is the operator's choice of how ``adaptive``'s weights become an update. All are ``str`` enums: they compare equal to, and serialize as, their
 values, so rows and JSON hold the same plain strings as before.
 """
 
@@ -98,3 +98,10 @@ class ReferenceMode(StrEnum):
 
     EXACT = "exact"
     CACHED = "cached"
+
+
+class Objective(StrEnum):
+    """How ``adaptive``'s weights act on the update (``safety.objective``; ``GUARDTUNE_OBJECTIVE``)."""
+
+    PAPER = "paper"  # the paper's loss as written; AdamW normalises the step whatever the weights
+    BOUNDED = "bounded"  # w_sft 0 at flagged risks, the step's learning rate scaled by its SFT budget

@@ -250,3 +250,16 @@ def test_benign_utility_is_compared_where_both_runs_measured_gsm8k():
     assert out["benign: adaptive GSM8K exact match within 0.02 of none"]["met"] is False
     unmeasured = run.checks([row("none", 0.10, None), row("adaptive", 0.11, 0.02)], {})
     assert not any("GSM8K" in name for name in unmeasured)
+
+
+def test_adaptive_bounded_is_per_example_adaptive_under_the_bounded_objective():
+    from bench.replication.run import mode_config, parse_args
+    from safety.train_config import TrainConfig
+
+    args = parse_args(["--modes", "adaptive,adaptive_bounded"])
+    args.reference = "cached"  # main() sets it from GUARDTUNE_REFERENCE
+    fields = mode_config("adaptive_bounded", args, 0, 1)
+    assert isinstance(fields, dict)
+    config = TrainConfig(**fields)
+    assert (config.mode, config.objective, config.risk_weighting) == ("adaptive", "bounded", "example")
+    assert config.reference == "cached"

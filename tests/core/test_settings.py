@@ -88,3 +88,17 @@ def test_defaults_are_the_libraries_defaults(monkeypatch):
         gate.max_over_refusal_increase,
         gate.use,
     )
+
+
+def test_the_objective_is_an_operator_setting_defaulting_to_the_papers(monkeypatch):
+    """GUARDTUNE_OBJECTIVE: "paper" (the trainer's default too) until the replication measures "bounded"."""
+    from core.jobs.vocab import Objective
+    from safety.train_config import TrainConfig
+
+    monkeypatch.delenv("GUARDTUNE_OBJECTIVE", raising=False)
+    assert Settings().objective == TrainConfig().objective == Objective.PAPER
+    monkeypatch.setenv("GUARDTUNE_OBJECTIVE", "bounded")
+    assert Settings().objective == Objective.BOUNDED
+    monkeypatch.setenv("GUARDTUNE_OBJECTIVE", "clipped")
+    with pytest.raises(ValidationError, match="objective"):
+        Settings()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from safety.data import IGNORE_INDEX, collate, encode_example
-from safety.objective import batch_risk, example_sums, kl_weights, sft_loss, token_kl, weighted_loss
+from safety.objective import batch_risk, example_sums, kl_weights, sft_budget, sft_loss, token_kl, weighted_loss
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,24 @@ def test_kl_weights_bounds_are_configurable() -> None:
     assert kl_weights(1.0, kl_weight_min=0.0, sft_weight_max=1.0) == (1.0, 0.0)
     with pytest.raises(ValueError):
         kl_weights(math.nan)
+
+
+def test_a_cutoff_removes_the_cross_entropy_of_risks_at_or_above_it() -> None:
+    """bounded: w_sft 0 (not the floor 0.1) from the cutoff on; below it, and w_kl, the paper's."""
+    assert kl_weights(5.0, sft_cutoff=4.0) == (0.0, 0.9)
+    assert kl_weights(4.0, sft_cutoff=4.0) == pytest.approx((0.0, 2 / 3))
+    assert kl_weights(3.9, sft_cutoff=4.0) == kl_weights(3.9)
+    assert kl_weights(1.0, sft_cutoff=4.0) == (0.9, 0.1)
+
+
+def test_the_sft_budget_is_the_token_weighted_mean_of_w_sft_at_most_1() -> None:
+    assert sft_budget([0.0, 0.0, 0.0, 0.9], [10, 10, 10, 10]) == pytest.approx(0.225)
+    assert sft_budget([0.0, 0.9], [30, 10]) == pytest.approx(0.225)  # a long flagged line weighs more
+    assert sft_budget([1.0, 1.0], [3, 5]) == 1.0  # plain SFT
+    assert sft_budget([1.5], [4]) == 1.0  # never above plain SFT's step
+    assert sft_budget([0.5, 0.5], [0, 0]) == 1.0  # nothing to train
+    with pytest.raises(ValueError):
+        sft_budget([0.5], [1, 2])
 
 
 def test_batch_risk() -> None:

@@ -11,11 +11,11 @@ import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from core.jobs.vocab import ReferenceMode, RiskWeighting, SafetyMode
+from core.jobs.vocab import Objective, ReferenceMode, RiskWeighting, SafetyMode
 from safety.checkpoints import load_adapter, read_trainer_state
 from safety.data import IGNORE_INDEX, collate, encode_chat, encode_example
 from safety.train_config import TrainConfig, TrainOutcome
-from safety.train_state import check_resumable, lora_config
+from safety.train_state import check_resumable, lora_config, make_optimizer
 from safety.trainer import StepMetrics, mean_kl, train
 
 FAST = TrainConfig(
@@ -264,10 +264,22 @@ def test_adaptive_training_stays_closer_to_the_reference_than_standard_sft(
     assert kls["adaptive"] < 0.5 * kls["none"], kls
 
 
-@pytest.mark.parametrize("resume_with", ["base_model", "peft_model"])
-def test_resume_reproduces_the_uninterrupted_run(load_tiny, chat_examples, tmp_path: Path, resume_with: str) -> None:
+@pytest.mark.parametrize(
+    ("resume_with", "objective"), [("base_model", "paper"), ("peft_model", "paper"), ("base_model", "bounded")]
+)
+def test_resume_reproduces_the_uninterrupted_run(
+    load_tiny, chat_examples, tmp_path: Path, resume_with: str, objective: str
+) -> None:
+    """Also under bounded, whose steps run at a scaled rate: the schedule's own rate is checkpointed."""
     config = dataclasses.replace(
-        FAST, n_epochs=2, grad_accum_steps=2, batch_size=1, checkpoint_every=2, lr_schedule="cosine", warmup_ratio=0.25
+        FAST,
+        n_epochs=2,
+        grad_accum_steps=2,
+        batch_size=1,
+        checkpoint_every=2,
+        lr_schedule="cosine",
+        warmup_ratio=0.25,
+        objective=objective,
     )
     risks = [1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 1.0, 3.0]
 
@@ -292,6 +304,16 @@ def test_resume_reproduces_the_uninterrupted_run(load_tiny, chat_examples, tmp_p
         on_step=resumed.append,
     )
     assert [m.step for m in resumed] == [5, 6, 7, 8]
+    _, _, schedule = make_optimizer(torch.nn.Linear(1, 1), config, 8)
+    rates = []
+    for _ in range(8):
+        rates.append(schedule.get_last_lr()[0])
+        schedule.step()
+    if objective == "bounded":  # each step at most w_sft's bound 0.9 of the schedule's rate
+        assert all(m.lr <= 0.9 * rate for m, rate in zip(full, rates, strict=True))
+        assert sum(m.lr for m in full) < 0.9 * sum(rates)
+    else:
+        assert [m.lr for m in full] == rates
     for a, b in zip(full[4:], resumed, strict=True):
         assert (a.risk, a.kl_weight, a.epoch, a.tokens) == (b.risk, b.kl_weight, b.epoch, b.tokens)
         assert (a.loss, a.sft_loss, a.kl, a.lr) == pytest.approx((b.loss, b.sft_loss, b.kl, b.lr), rel=1e-6, abs=1e-9)
@@ -346,17 +368,19 @@ def test_a_checkpoint_naming_the_bounds_as_an_earlier_version_did_resumes() -> N
 
 
 def test_the_config_holds_its_safety_words_as_enums() -> None:
-    config = TrainConfig(mode="constant", risk_weighting="batch", reference="cached")
-    assert (config.mode, config.risk_weighting, config.reference) == (
+    config = TrainConfig(mode="constant", risk_weighting="batch", reference="cached", objective="bounded")
+    assert (config.mode, config.risk_weighting, config.reference, config.objective) == (
         SafetyMode.CONSTANT,
         RiskWeighting.BATCH,
         ReferenceMode.CACHED,
+        Objective.BOUNDED,
     )
     assert json.loads(json.dumps(dataclasses.asdict(config)))["mode"] == "constant"
     for field, value, message in (
         ("mode", "sft", "unknown training mode 'sft'"),
         ("risk_weighting", "token", "unknown risk weighting 'token'"),
         ("reference", "lazy", "unknown reference 'lazy'"),
+        ("objective", "clipped", "unknown objective 'clipped'"),
     ):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**{field: value})

@@ -273,6 +273,7 @@ def test_training_takes_its_reference_from_the_scan_artifact_or_runs_it(pipeline
     with session_scope() as session:
         report = session.get(SafetyReport, job_id)
         assert report.training["reference"] == reference
+        assert report.training["objective"] == "paper"  # GUARDTUNE_OBJECTIVE's default
         assert report.training["steps"] == 4
         assert report.training["final_kl"] is not None
     if reference == "cached":
@@ -315,3 +316,28 @@ def test_an_example_over_the_token_limit_fails_the_scan_naming_its_line(pipeline
         model, _ = load_model(str(pipeline_env))
         assert token_limit(model) == 200
         assert train_config(job, token_limit(model)).max_seq_len == 200
+
+
+def test_the_trainer_takes_the_operators_objective_with_its_cutoff_at_the_flag_threshold(monkeypatch):
+    """GUARDTUNE_OBJECTIVE is an operator option (no request field); bounded's cutoff is the scan's threshold."""
+    import dataclasses
+
+    from core.models import Job
+    from core.settings import get_settings
+    from worker.pipeline.train import train_config
+
+    job = Job(safety={"mode": "adaptive", "estimator": "probe"}, hyperparameters={}, seed=0)
+    monkeypatch.setenv("GUARDTUNE_OBJECTIVE", "bounded")
+    monkeypatch.setenv("GUARDTUNE_FLAG_THRESHOLD", "3.5")
+    get_settings.cache_clear()
+    try:
+        config = train_config(job, 200)
+    finally:
+        get_settings.cache_clear()
+    assert (config.objective, config.sft_cutoff_risk, config.mode) == ("bounded", 3.5, "adaptive")
+    monkeypatch.setenv("GUARDTUNE_OBJECTIVE", "paper")
+    get_settings.cache_clear()
+    try:  # paper has no cutoff: its config (and so its checkpoints) does not follow the threshold
+        assert train_config(job, 200) == dataclasses.replace(config, objective="paper", sft_cutoff_risk=4.0)
+    finally:
+        get_settings.cache_clear()

@@ -18,9 +18,9 @@ from sqlalchemy import case, select
 
 from core.db import session_scope
 from core.ids import new_id
-from core.jobs.config import BASE_LEARNING_RATE, Hyperparameters, SafetyConfig
+from core.jobs.config import BASE_LEARNING_RATE, FLAG_THRESHOLD, Hyperparameters, SafetyConfig
 from core.jobs.transitions import update_live
-from core.jobs.vocab import JobStage, JobStatus, ReferenceMode
+from core.jobs.vocab import JobStage, JobStatus, Objective, ReferenceMode
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 
 def train_config(job: Job, max_seq_len: int) -> TrainConfig:
-    """The trainer's config from the job (hyperparameters, safety) and operator settings."""
+    """The trainer's config from the job (hyperparameters, safety) and operator settings
+    (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``)."""
     from safety.train_config import TrainConfig
 
     settings = get_settings()
@@ -54,6 +55,10 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         kl_weight_min=safety.kl_weight.min,
         kl_weight_max=safety.kl_weight.max,
         risk_weighting=safety.risk_weighting,
+        objective=settings.objective,
+        # bounded's cutoff is the scan's flag threshold; paper has none and keeps the default,
+        # so its checkpoints (also those written before the option) resume whatever the threshold
+        sft_cutoff_risk=settings.flag_threshold if settings.objective == Objective.BOUNDED else FLAG_THRESHOLD,
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
@@ -133,6 +138,7 @@ def run(job_id: str) -> None:
             "mode": config.mode,
             "kl_weight": {"min": config.kl_weight_min, "max": config.kl_weight_max},
             "risk_weighting": config.risk_weighting,
+            "objective": config.objective,
             "reference": config.reference,
         }
         session.add(report)
