@@ -88,3 +88,18 @@ def test_defaults_are_the_libraries_defaults(monkeypatch):
         gate.max_over_refusal_increase,
         gate.use,
     )
+
+
+def test_probe_risk_and_target_recall_from_env(monkeypatch):
+    s = Settings()
+    assert (s.probe_risk, s.probe_target_recall) == ("binary", 0.98)
+    monkeypatch.setenv("GUARDTUNE_PROBE_RISK", "graded")
+    monkeypatch.setenv("GUARDTUNE_PROBE_TARGET_RECALL", "0.95")
+    assert (Settings().probe_risk, Settings().probe_target_recall) == ("graded", 0.95)
+    monkeypatch.setenv("GUARDTUNE_PROBE_RISK", "fuzzy")
+    with pytest.raises(ValidationError, match="probe_risk"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_PROBE_RISK", "calibrated")
+    monkeypatch.setenv("GUARDTUNE_PROBE_TARGET_RECALL", "1.5")
+    with pytest.raises(ValidationError, match="probe_target_recall"):
+        Settings()
