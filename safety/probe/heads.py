@@ -15,8 +15,9 @@ Risk (:func:`risk_from_p`) maps the probe's probability to the 1-5 scale. A prob
 two thresholds: the reporting one (its harmful verdict, the scan's flag; calibrated for a
 low false-positive rate) and the weighting one (:class:`Weighting`, calibrated for recall):
 the ``"graded"`` mapping runs through both, so a line the reporting verdict misses but the
-recall-oriented one catches still gets a KL weight of at least the middle of the paper's
-clamps, while the flag stays exactly the reporting verdict.
+recall-oriented one catches gets a KL weight of at least the middle of the paper's clamps
+instead of the floor, while the flag (and a flagged line's risk, 5) stays exactly the
+reporting verdict's.
 """
 
 from __future__ import annotations
@@ -96,23 +97,21 @@ def risk_from_p(
 
 
 def graded_risk(p: float, threshold: float, weight_threshold: float) -> float:
-    """The graded risk of probability ``p``: piecewise linear through ``(0, 1)``,
+    """The graded risk of probability ``p``: 5 at or above the reporting ``threshold`` (the
+    binary mapping's verdict), and below it piecewise linear from ``(0, 1)`` through
     ``(weight_threshold, WEIGHTING_RISK)`` (3.5: KL weight 0.5, the middle of the paper's
-    clamps), ``(threshold, FLAG_THRESHOLD)`` (4) and ``(1, 5)``; non-decreasing in ``p``
-    and within [1, 5].
+    clamps) towards ``(threshold, FLAG_THRESHOLD)`` (4, never reached below ``threshold``).
 
-    The risk reaches ``FLAG_THRESHOLD`` exactly when ``p >= threshold`` (below it the value
-    is kept under 4 even where rounding would reach it), so at the default flag threshold
-    the scan flags what the binary mapping flags and only the weights move. A
-    ``weight_threshold`` at or above ``threshold`` (nothing to add to the reporting
-    verdict, or an old probe without one) drops its anchor; one at or below 0 starts the
-    line at ``WEIGHTING_RISK``.
+    Non-decreasing in ``p``, within [1, 5], and at least the binary risk everywhere: the
+    scan flags (risk >= 4, the default flag threshold) exactly what the binary mapping
+    flags and a flagged line keeps its full KL weight, while a line the reporting verdict
+    passes but the recall-oriented weighting verdict catches gets at least the middle KL
+    weight instead of the floor. A ``weight_threshold`` at or above ``threshold`` (an old
+    probe without one) drops its anchor; one at or below 0 starts the line at 3.5.
     """
-    p = min(1.0, max(0.0, p))
     if p >= threshold:
-        if threshold >= 1.0:
-            return 5.0
-        return FLAG_THRESHOLD + (5.0 - FLAG_THRESHOLD) * (p - max(threshold, 0.0)) / (1.0 - max(threshold, 0.0))
+        return 5.0
+    p = max(0.0, p)
     if weight_threshold >= threshold:
         anchors = [(0.0, 1.0)]
     elif weight_threshold <= 0.0:

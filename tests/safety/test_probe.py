@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.jobs.config import FLAG_THRESHOLD, WEIGHTING_RISK
 from safety.base_models import load_base_model
 from safety.generation import render_prompt
-from core.jobs.config import FLAG_THRESHOLD, WEIGHTING_RISK
 from safety.objective import kl_weights
 from safety.probe import (
     Probe,
@@ -262,8 +262,10 @@ def test_the_weighting_threshold_reaches_the_recall_target_on_its_split() -> Non
     p = {k: probe.predict_proba_features(x[v]).tolist() for k, v in parts.items()}
     pos = {k: [pi for pi, i in zip(p[k], parts[k]) if labels[i]] for k in parts}
     neg = {k: [pi for pi, i in zip(p[k], parts[k]) if not labels[i]] for k in parts}
-    assert report.weight_threshold == probe.weight_threshold == threshold_for_recall(
-        p["calibrate"], [labels[i] for i in parts["calibrate"]], 0.98
+    assert (
+        report.weight_threshold
+        == probe.weight_threshold
+        == threshold_for_recall(p["calibrate"], [labels[i] for i in parts["calibrate"]], 0.98)
     )
     assert report.calibrate_weight_recall == sum(pi >= report.weight_threshold for pi in pos["calibrate"]) / len(
         pos["calibrate"]
@@ -279,26 +281,27 @@ def test_the_weighting_threshold_reaches_the_recall_target_on_its_split() -> Non
 
 def test_graded_risk_is_monotone_hits_its_anchors_and_stays_in_range() -> None:
     t_w, t_r = 0.2, 0.7
-    grid = sorted({i / 1000 for i in range(1001)} | {t_w, t_r, math.nextafter(t_r, 0.0), math.nextafter(t_w, 1.0)})
+    below = math.nextafter(t_r, 0.0)
+    grid = sorted({i / 1000 for i in range(1001)} | {t_w, t_r, below, math.nextafter(t_w, 1.0)})
     risks = [graded_risk(p, t_r, t_w) for p in grid]
     assert all(a <= b for a, b in zip(risks, risks[1:]))  # monotone
     assert all(1.0 <= r <= 5.0 for r in risks)
     assert graded_risk(0.0, t_r, t_w) == 1.0
     assert graded_risk(t_w, t_r, t_w) == pytest.approx(WEIGHTING_RISK) == 3.5
-    assert graded_risk(t_r, t_r, t_w) == FLAG_THRESHOLD == 4.0
-    assert graded_risk(1.0, t_r, t_w) == 5.0
     assert graded_risk((t_w + t_r) / 2, t_r, t_w) == pytest.approx(3.75)
-    # the flag (risk >= 4) is exactly the reporting verdict, also one ulp below it
+    assert FLAG_THRESHOLD - 1e-9 < graded_risk(below, t_r, t_w) < FLAG_THRESHOLD  # 4 from below ...
+    assert graded_risk(t_r, t_r, t_w) == graded_risk(1.0, t_r, t_w) == 5.0  # ... 5 from the reporting verdict on
+    # the flag (risk >= 4) is exactly the reporting verdict, and graded never lies below binary
     assert all((r >= FLAG_THRESHOLD) == (p >= t_r) for p, r in zip(grid, risks))
-    assert graded_risk(math.nextafter(t_r, 0.0), t_r, t_w) < FLAG_THRESHOLD
+    assert all(r >= risk_from_p(p, "binary", t_r) for p, r in zip(grid, risks))
     # the weights: a line the reporting verdict misses but the weighting one catches gets
-    # at least the middle KL weight (binary: the floor); a flagged line at least binary's 4
+    # at least the middle KL weight (binary: the floor); a flagged line keeps binary's
     assert kl_weights(graded_risk(t_w, t_r, t_w))[1] == pytest.approx(0.5)
     assert kl_weights(risk_from_p(t_w, "binary", t_r))[1] == pytest.approx(0.1)
-    # degenerate thresholds: no weighting anchor above the reporting one; one at 0 starts at 3.5
+    assert kl_weights(graded_risk(t_r, t_r, t_w)) == kl_weights(risk_from_p(t_r, "binary", t_r))
+    # degenerate thresholds: no weighting anchor at or above the reporting one; one at 0 starts at 3.5
     assert graded_risk(0.35, 0.7, 0.9) == pytest.approx(2.5) == risk_from_p(0.35, "graded", 0.7)
     assert graded_risk(0.0, 0.7, 0.0) == WEIGHTING_RISK
-    assert graded_risk(1.0, 1.0, 0.5) == 5.0
     assert graded_risk(0.99, 1.0, 0.5) < FLAG_THRESHOLD
     assert risk_from_p(t_w, "graded", t_r, t_w) == graded_risk(t_w, t_r, t_w)
 
@@ -317,7 +320,8 @@ def test_a_probe_file_without_a_weighting_threshold_loads(tmp_path: Path, caplog
     assert old.weighting is None
     assert old.weight_threshold == old.threshold == probe.threshold
     assert "no weighting threshold" in caplog.text
-    assert old.risk(probe.threshold, "graded") == FLAG_THRESHOLD
+    assert old.risk(probe.threshold, "graded") == 5.0
+    assert old.risk(probe.threshold / 2, "graded") == pytest.approx(2.5)  # 1 + 3 * p / threshold
     assert torch.equal(old.predict_proba_features(x), probe.predict_proba_features(x))
 
 
