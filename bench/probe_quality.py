@@ -13,8 +13,9 @@ What it measures
   the project's held-out ``borderline_eval`` set (borderline-but-fine requests: security
   research, medical dosing, fiction with violence, weapons history, ...). Reported:
   AUROC, the best TPR at 5 % FPR (threshold set on these benign prompts: the best
-  achievable operating point), TPR / FPR at the probe's deployed threshold overall and
-  per source, and per-source AUROC. Also: the share of the identity-shift (AOA) set's
+  achievable operating point), TPR / FPR at the probe's deployed threshold and at its
+  weighting threshold (recall-oriented, set on ``calibrate`` for
+  ``ProbeConfig.target_recall``) overall and per source, and per-source AUROC. Also: the share of the identity-shift (AOA) set's
   trained turns flagged (each read as the scan reads it: the conversation up to the turn).
 * **Throughput** (``--throughput``; examples/s, same prompts, same batch size): a plain
   full forward pass of the model and of its decoder without the LM head,
@@ -80,9 +81,22 @@ def _share(p: Sequence[float], threshold: float) -> float:
     return sum(x >= threshold for x in p) / len(p)
 
 
+def _rates_at(p: dict[str, list[float]], harmful: list[float], benign: list[float], thr: float) -> dict[str, Any]:
+    """TPR / FPR of the verdict ``p >= thr`` overall and per external source."""
+    return {
+        "threshold": thr,
+        "tpr": _share(harmful, thr),
+        "fpr": _share(benign, thr),
+        "per_source": {
+            n: {("tpr" if n in HARMFUL_EXT else "fpr"): _share(p[n], thr)} for n in HARMFUL_EXT + BENIGN_EXT
+        },
+    }
+
+
 def external_metrics(probe: Probe, p: dict[str, list[float]]) -> dict[str, Any]:
-    """External AUROC, best TPR at 5 % FPR, TPR/FPR at the deployed threshold (overall and
-    per source), per-source AUROC, and the AOA turns flagged."""
+    """External AUROC, best TPR at 5 % FPR, TPR/FPR at the deployed (reporting) threshold
+    and at the weighting threshold (overall and per source), per-source AUROC, and the AOA
+    turns flagged."""
     harmful = [x for n in HARMFUL_EXT for x in p[n]]
     benign = [x for n in BENIGN_EXT for x in p[n]]
     scores, labels = harmful + benign, [1] * len(harmful) + [0] * len(benign)
@@ -90,14 +104,8 @@ def external_metrics(probe: Probe, p: dict[str, list[float]]) -> dict[str, Any]:
     return {
         "auroc": auroc(scores, labels),
         "tpr_at_5pct_fpr": tpr_at_fpr(scores, labels, TARGET_FPR)[0],
-        "at_threshold": {
-            "threshold": thr,
-            "tpr": _share(harmful, thr),
-            "fpr": _share(benign, thr),
-            "per_source": {
-                n: {("tpr" if n in HARMFUL_EXT else "fpr"): _share(p[n], thr)} for n in HARMFUL_EXT + BENIGN_EXT
-            },
-        },
+        "at_threshold": _rates_at(p, harmful, benign, thr),
+        "at_weight_threshold": _rates_at(p, harmful, benign, probe.weight_threshold),
         "auroc_per_source": {
             **{f"{n}_vs_benign": auroc(p[n] + benign, [1] * len(p[n]) + [0] * len(benign)) for n in HARMFUL_EXT},
             **{f"harmful_vs_{n}": auroc(harmful + p[n], [1] * len(harmful) + [0] * len(p[n])) for n in BENIGN_EXT},
@@ -136,7 +144,10 @@ def quality(
     p = {name: probe.predict_proba_features(x, needed).tolist() for name, x in ext_x.items()}
     ext = external_metrics(probe, p)
     splits = report.to_dict()
-    print(f"\nprobe layers {report.layers[0]}-{report.layers[-1]}, threshold {report.threshold:.3f}")
+    print(
+        f"\nprobe layers {report.layers[0]}-{report.layers[-1]}, threshold {report.threshold:.3f}, "
+        f"weighting threshold {report.weight_threshold:.3f} (recall >= {report.target_recall:.0%} on calibrate)"
+    )
     print_table(
         ["split", "n", "AUROC", "TPR@thr", "FPR@thr"],
         [
@@ -160,8 +171,20 @@ def quality(
         digits=3,
     )
     print_table(
-        ["source", "rate at threshold"],
-        [[n, next(iter(v.values()))] for n, v in ext["at_threshold"]["per_source"].items()],
+        ["source", "rate at threshold", "rate at weighting threshold"],
+        [
+            [n, next(iter(v.values())), next(iter(ext["at_weight_threshold"]["per_source"][n].values()))]
+            for n, v in ext["at_threshold"]["per_source"].items()
+        ],
+        digits=3,
+    )
+    print_table(
+        ["weighting threshold", "recall", "false flags"],
+        [
+            ["calibrate (chose it)", report.calibrate_weight_recall, report.calibrate_weight_fpr],
+            ["test (chose nothing)", report.weight_recall, report.weight_fpr],
+            ["external", ext["at_weight_threshold"]["tpr"], ext["at_weight_threshold"]["fpr"]],
+        ],
         digits=3,
     )
     result = {
@@ -324,6 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "external_fpr_at_threshold": ext["at_threshold"]["fpr"],
             "external_tpr_at_threshold": ext["at_threshold"]["tpr"],
             "mtbench_fpr_at_threshold": ext["at_threshold"]["per_source"]["mtbench"]["fpr"],
+            "weight_threshold": result["splits"]["weight_threshold"],
+            "test_recall_at_weight_threshold": result["splits"]["weight_recall"],
+            "test_fpr_at_weight_threshold": result["splits"]["weight_fpr"],
+            "external_tpr_at_weight_threshold": ext["at_weight_threshold"]["tpr"],
+            "external_fpr_at_weight_threshold": ext["at_weight_threshold"]["fpr"],
             "target_auroc": TARGET_AUROC,
             "target_auroc_met": ext["auroc"] >= TARGET_AUROC,
             "target_fpr": TARGET_FPR,

@@ -38,8 +38,11 @@ from core.jobs.config import (
     JUDGE_TIMEOUT_S,
     KL_WEIGHT_MAX,
     KL_WEIGHT_MIN,
+    PROBE_RISK,
+    PROBE_TARGET_RECALL,
     TRIGGER_MIN_RATIO,
     TRIGGER_MIN_SHARE,
+    RiskMode,
 )
 from core.jobs.vocab import AsrSource, Objective, ReferenceMode, RiskWeighting, SafetyMode
 
@@ -116,6 +119,8 @@ class Settings(BaseSettings):
     reference_topk: int = Field(32, ge=1, le=1024)  # reference log-probs kept per answer token (cached mode)
     flag_threshold: float = FLAG_THRESHOLD
     probe_layers: str = "auto"
+    probe_risk: RiskMode = PROBE_RISK  # probe probability -> risk: "binary", "calibrated" or "graded"
+    probe_target_recall: float = Field(PROBE_TARGET_RECALL, gt=0, le=1)  # recall kept at the weighting threshold
     align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
     align_prebuilt: bool = True  # merge a shipped aligned adapter (safety/prebuilt/) whose recipe and base match
 

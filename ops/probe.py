@@ -75,7 +75,7 @@ def train(
         extra_benign = [p.text for path in benign or [] for p in load_prompt_file(path, label="benign")]
     except ValueError as exc:
         raise fail(str(exc)) from None
-    overrides: dict[str, Any] = {"seed": seed}
+    overrides: dict[str, Any] = {"seed": seed, "target_recall": get_settings().probe_target_recall}
     overrides.update({k: v for k, v in (("kind", kind), ("epochs", epochs)) if v is not None})
 
     model_obj, tokenizer = load_model(model)
@@ -153,14 +153,20 @@ def score(
         typer.Option("--probe", help="Probe directory (default: where `probe train` saves for this model)."),
     ] = None,
     risk_mode: Annotated[
-        str, typer.Option("--risk-mode", help="calibrated (1+4p) or binary (5/1 at the probe's threshold).")
+        str,
+        typer.Option(
+            "--risk-mode",
+            help="calibrated (1+4p), binary (5/1 at the probe's threshold) or graded (through the weighting "
+            "threshold at 3.5 and the reporting one at 4).",
+        ),
     ] = "calibrated",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
 ) -> None:
     """Score prompts with a trained probe: JSONL rows {"text", "p_harmful", "risk"}."""
-    if risk_mode not in ("calibrated", "binary"):
-        raise typer.BadParameter("risk mode must be calibrated or binary", param_hint="--risk-mode")
-    mode: RiskMode = "binary" if risk_mode == "binary" else "calibrated"
+    modes: dict[str, RiskMode] = {"calibrated": "calibrated", "binary": "binary", "graded": "graded"}
+    if risk_mode not in modes:
+        raise typer.BadParameter("risk mode must be calibrated, binary or graded", param_hint="--risk-mode")
+    mode = modes[risk_mode]
     from safety.probe import Probe
 
     directory = probe_dir or default_probe_dir(model)

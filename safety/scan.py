@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
 
-from core.jobs.config import FLAG_THRESHOLD
+from core.jobs.config import FLAG_THRESHOLD, PROBE_RISK
 from core.jobs.vocab import Estimator
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
@@ -60,14 +60,18 @@ assert set(_CATEGORY_CUES) == set(PROHIBITED_CATEGORIES)
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Scan policy. ``probe_risk`` maps the probe's probability to risk: ``"binary"``
-    is the paper's verdict mapping (5 at or above the probe's threshold, else 1),
-    ``"calibrated"`` is ``1 + 4p``. ``window`` is the number of examples read and
-    scored per step (bounded memory; larger windows sort by length better)."""
+    """Scan policy. ``probe_risk`` maps the probe's probability to risk
+    (:func:`safety.probe.risk_from_p`): ``"binary"`` is the paper's verdict mapping (5 at
+    or above the probe's reporting threshold, else 1), ``"calibrated"`` is ``1 + 4p``,
+    ``"graded"`` runs piecewise-linearly through the probe's weighting threshold (risk 3.5)
+    and its reporting threshold (risk 4), so at the default ``flag_threshold`` it flags what
+    ``"binary"`` flags while the risks, hence the training weights, are graded. ``window``
+    is the number of examples read and scored per step (bounded memory; larger windows
+    sort by length better)."""
 
     flag_threshold: float = FLAG_THRESHOLD
     top_k: int = 20
-    probe_risk: RiskMode = "binary"
+    probe_risk: RiskMode = PROBE_RISK
     window: int = 128
 
 
@@ -113,6 +117,12 @@ class ScanResult:
     examples: list[ExampleRisk]
     summary: ScanSummary
     reference: ReferenceCache | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per example, in input order: its ``line``, the
+        ``turn`` that gave its risk, that turn's ``p_harmful`` (probe), ``judge_score``,
+        ``risk`` and ``flagged``: what traces a missed or a false flag to its line."""
+        return [asdict(e) for e in self.examples]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,16 @@ KL_WEIGHT_MIN, KL_WEIGHT_MAX = 0.1, 0.9
 SFT_WEIGHT_MIN, SFT_WEIGHT_MAX = 0.1, 0.9
 CONSTANT_KL_WEIGHT = 0.5
 FLAG_THRESHOLD = 4.0  # the scan flags an example whose risk (1–5) reaches this
+# How the scan turns the probe's probability into risk (``safety.probe.risk_from_p``):
+# "binary" (the paper's 5/1 at the reporting threshold), "calibrated" (1 + 4p) or "graded"
+# (piecewise-linear through the weighting and reporting thresholds); GUARDTUNE_PROBE_RISK.
+RiskMode = Literal["calibrated", "binary", "graded"]
+PROBE_RISK: RiskMode = "binary"
+# The probe's weighting threshold keeps at least this recall of harmful prompts on its
+# calibration split (GUARDTUNE_PROBE_TARGET_RECALL); graded risk maps it to
+# WEIGHTING_RISK, the risk whose KL weight is the middle of the paper's clamps (0.5).
+PROBE_TARGET_RECALL = 0.98
+WEIGHTING_RISK = 2.0 + 3.0 * (KL_WEIGHT_MIN + KL_WEIGHT_MAX) / 2
 DEFAULT_MODE = SafetyMode.ADAPTIVE
 DEFAULT_ESTIMATOR = Estimator.PROBE
 DEFAULT_RISK_WEIGHTING = RiskWeighting.EXAMPLE

@@ -5,9 +5,11 @@ The one public surface of the probe; callers import from ``safety.probe``. The p
 * :mod:`safety.probe.features`: which layers to read and the pooled hidden states
   (:func:`extract_features`; forward hooks that stop after the deepest layer needed).
 * :mod:`safety.probe.heads`: :class:`ProbeConfig`, the classifier ensemble (:func:`fit_heads`) and
-  :class:`Probe`, persisted as ``probe.safetensors`` + ``probe.json`` (no pickle).
+  :class:`Probe`, persisted as ``probe.safetensors`` + ``probe.json`` (no pickle), and the
+  probability-to-risk mappings (:func:`risk_from_p`, :func:`graded_risk`).
 * :mod:`safety.probe.calibration`: AUROC / TPR-at-FPR metrics, the fit / select /
-  calibrate / test split, the layer search and the threshold (:func:`train_probe`).
+  calibrate / test split, the layer search and the two thresholds, reporting (for a
+  false-positive rate) and weighting (for a recall) (:func:`train_probe`).
 
 How a deployment's probe is configured and what it is trained on is
 ``safety.probe_recipe``, the one recipe.
@@ -18,6 +20,7 @@ from safety.probe.calibration import (
     ProbeReport,
     auroc,
     split_indices,
+    threshold_for_recall,
     tpr_at_fpr,
     train_probe,
     train_probe_on_features,
@@ -29,7 +32,15 @@ from safety.probe.features import (
     layer_candidates,
     resolve_layers,
 )
-from safety.probe.heads import Probe, ProbeConfig, ProbeKind, RiskMode, risk_from_p
+from safety.probe.heads import (
+    Probe,
+    ProbeConfig,
+    ProbeKind,
+    RiskMode,
+    Weighting,
+    graded_risk,
+    risk_from_p,
+)
 
 __all__ = [
     "SPLITS",
@@ -39,13 +50,16 @@ __all__ = [
     "ProbeKind",
     "ProbeReport",
     "RiskMode",
+    "Weighting",
     "auroc",
     "default_layers",
     "extract_features",
+    "graded_risk",
     "layer_candidates",
     "resolve_layers",
     "risk_from_p",
     "split_indices",
+    "threshold_for_recall",
     "tpr_at_fpr",
     "train_probe",
     "train_probe_on_features",

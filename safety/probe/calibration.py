@@ -3,13 +3,16 @@
 Training splits the prompts four ways (:func:`split_indices`): the classifier is fitted
 on one part, the layer set chosen on a second, the operating threshold (its harmful
 verdict, ``p >= threshold``) calibrated on a third for a target FPR (default 5 %), and
-the reported AUROC / TPR / FPR measured on a fourth that made no choice. Thresholds
+the reported AUROC / TPR / FPR measured on a fourth that made no choice. The third also
+sets the weighting threshold (:func:`threshold_for_recall`: the highest score keeping a
+target recall, default 98 %), whose recall and false-flag rate the fourth measures. Thresholds
 transfer imperfectly to other prompt distributions; ``bench/probe_quality.py``
 measures the FPR at this threshold on unseen public benchmark prompts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,7 +28,7 @@ from safety.probe.features import (
     feature_columns,
     resolve_layers,
 )
-from safety.probe.heads import Probe, ProbeConfig, fit_heads
+from safety.probe.heads import Probe, ProbeConfig, Weighting, fit_heads
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,10 @@ class ProbeReport:
     chose nothing. ``threshold``: the operating threshold, set on the ``calibrate`` split
     for ``target_fpr``, where it gives ``calibrate_tpr`` / ``calibrate_fpr``.
     ``select_auroc``: the winning layer set's AUROC on the ``select`` split (optimistic:
-    it is the maximum over ``candidates``, each with its select AUROC and log-loss)."""
+    it is the maximum over ``candidates``, each with its select AUROC and log-loss).
+    ``weight_threshold``: the weighting threshold, set on the ``calibrate`` split for
+    ``target_recall`` (where it gives ``calibrate_weight_recall`` /
+    ``calibrate_weight_fpr``); ``weight_recall`` / ``weight_fpr`` at it on ``test``."""
 
     auroc: float
     tpr_at_threshold: float
@@ -48,6 +54,12 @@ class ProbeReport:
     calibrate_auroc: float
     calibrate_tpr: float
     calibrate_fpr: float
+    weight_threshold: float
+    target_recall: float
+    weight_recall: float
+    weight_fpr: float
+    calibrate_weight_recall: float
+    calibrate_weight_fpr: float
     n_fit: int
     n_select: int
     n_calibrate: int
@@ -99,6 +111,20 @@ def tpr_at_fpr(scores: Sequence[float], labels: Sequence[float], target_fpr: flo
         if tpr >= best_tpr:
             best_tpr, best_thr = tpr, float(thr)
     return best_tpr, best_thr
+
+
+def threshold_for_recall(scores: Sequence[float], labels: Sequence[float], target_recall: float) -> float:
+    """The highest threshold whose rule ``score >= threshold`` catches at least
+    ``target_recall`` of the positives: the ``ceil(target_recall * n_pos)``-th highest
+    positive score (ties only add positives)."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.sort(s[np.asarray(labels, dtype=bool)])[::-1]
+    if len(pos) == 0:
+        raise ValueError("a recall threshold needs at least one positive")
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    k = min(len(pos), max(1, math.ceil(target_recall * len(pos) - 1e-9)))
+    return float(pos[k - 1])
 
 
 def _log_loss(p: Sequence[float], y: Sequence[float]) -> float:
@@ -214,8 +240,14 @@ def train_probe_on_features(
     cal_p, cal_y = scores(probe, cols, "calibrate")
     probe.threshold = max(config.min_threshold, tpr_at_fpr(cal_p, cal_y, config.target_fpr)[1])
     cal_tpr, cal_fpr = _rates(cal_p, cal_y, probe.threshold)
+    weight_threshold = threshold_for_recall(cal_p, cal_y, config.target_recall)
+    cal_weight_recall, cal_weight_fpr = _rates(cal_p, cal_y, weight_threshold)
     test_p, test_y = scores(probe, cols, "test")
     test_tpr, test_fpr = _rates(test_p, test_y, probe.threshold)
+    weight_recall, weight_fpr = _rates(test_p, test_y, weight_threshold)
+    probe.weighting = Weighting(
+        threshold=weight_threshold, target_recall=config.target_recall, recall=weight_recall, false_flag_rate=weight_fpr
+    )
     n_pos = int(y.sum())
     report = ProbeReport(
         auroc=auroc(test_p, test_y),
@@ -227,6 +259,12 @@ def train_probe_on_features(
         calibrate_auroc=auroc(cal_p, cal_y),
         calibrate_tpr=cal_tpr,
         calibrate_fpr=cal_fpr,
+        weight_threshold=weight_threshold,
+        target_recall=config.target_recall,
+        weight_recall=weight_recall,
+        weight_fpr=weight_fpr,
+        calibrate_weight_recall=cal_weight_recall,
+        calibrate_weight_fpr=cal_weight_fpr,
         n_fit=len(parts["fit"]),
         n_select=len(parts["select"]),
         n_calibrate=len(parts["calibrate"]),
@@ -259,9 +297,11 @@ def train_probe(
        log-loss, then the earlier candidate), and the returned probe is that layer set
        refitted on ``fit`` + ``select``;
     3. ``calibrate``: the threshold is the lowest score whose FPR here is at most
-       ``config.target_fpr`` (never below ``config.min_threshold``);
-    4. ``test``: never used for either choice; the report's ``auroc`` and
-       ``tpr_at_threshold`` / ``fpr_at_threshold`` are measured here.
+       ``config.target_fpr`` (never below ``config.min_threshold``), and the weighting
+       threshold the highest score whose recall here is at least ``config.target_recall``;
+    4. ``test``: never used for either choice; the report's ``auroc``,
+       ``tpr_at_threshold`` / ``fpr_at_threshold`` and ``weight_recall`` / ``weight_fpr``
+       are measured here.
 
     Without ``layer_candidates`` the probe reads ``config.layers`` (or
     :func:`default_layers`).

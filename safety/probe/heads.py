@@ -8,14 +8,25 @@ differ only in their seed (:func:`fit_heads`); its probability is the mean of th
 which removes most of a single head's dependence on its initialisation and minibatch
 order. A :class:`Probe` is saved as ``probe.safetensors`` (tensors only, read back with
 ``safetensors.torch.load_file``: no pickle) plus ``probe.json`` (everything else);
-files written before ensembles (one head, tensors ``head.*``) still load.
+files written before ensembles (one head, tensors ``head.*``) still load, and so do files
+written before the weighting threshold (it then falls back to the reporting threshold).
+
+Risk (:func:`risk_from_p`) maps the probe's probability to the 1-5 scale. A probe has
+two thresholds: the reporting one (its harmful verdict, the scan's flag; calibrated for a
+low false-positive rate) and the weighting one (:class:`Weighting`, calibrated for recall):
+the ``"graded"`` mapping runs through both, so a line the reporting verdict misses but the
+recall-oriented one catches gets a KL weight of at least the middle of the paper's clamps
+instead of the floor, while the flag (and a flagged line's risk, 5) stays exactly the
+reporting verdict's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,12 +34,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.jobs.config import FLAG_THRESHOLD, PROBE_TARGET_RECALL, WEIGHTING_RISK, RiskMode
 from safety.generation import PromptLike
 from safety.probe.features import Pooling, extract_features, feature_columns
 
 ProbeKind = Literal["logistic", "mlp"]
-RiskMode = Literal["calibrated", "binary"]
 
+_log = logging.getLogger(__name__)
 _TENSORS_FILE = "probe.safetensors"
 _META_FILE = "probe.json"
 
@@ -46,7 +58,8 @@ class ProbeConfig:
     prompts per forward pass of the reference model. ``split`` is the share of the
     prompts that chooses the layers, sets the threshold and measures the report (the
     rest fits the classifier; see :func:`safety.probe.calibration.train_probe`). The operating threshold keeps
-    the calibration split's FPR within ``target_fpr`` and is at least ``min_threshold``.
+    the calibration split's FPR within ``target_fpr`` and is at least ``min_threshold``; the
+    weighting threshold keeps the calibration split's recall at least ``target_recall``.
     """
 
     layers: tuple[int, ...] | None = None
@@ -62,18 +75,67 @@ class ProbeConfig:
     split: tuple[float, float, float] = (0.15, 0.2, 0.2)
     target_fpr: float = 0.05
     min_threshold: float = 0.5
+    target_recall: float = PROBE_TARGET_RECALL
     feature_batch_size: int = 16
     heads: int = 5
 
 
-def risk_from_p(p: float, mode: RiskMode = "calibrated", threshold: float = 0.5) -> float:
-    """Map a harmful probability to the 1-5 risk scale: ``1 + 4p`` (calibrated) or the
-    paper's verdict mapping, 5 if ``p >= threshold`` else 1 (binary)."""
+def risk_from_p(
+    p: float, mode: RiskMode = "calibrated", threshold: float = 0.5, weight_threshold: float | None = None
+) -> float:
+    """Map a harmful probability to the 1-5 risk scale: ``1 + 4p`` (calibrated), the
+    paper's verdict mapping, 5 if ``p >= threshold`` else 1 (binary), or
+    :func:`graded_risk` through ``weight_threshold`` (default: ``threshold``) and
+    ``threshold`` (graded)."""
     if mode == "binary":
         return 5.0 if p >= threshold else 1.0
     if mode == "calibrated":
         return 1.0 + 4.0 * p
+    if mode == "graded":
+        return graded_risk(p, threshold, threshold if weight_threshold is None else weight_threshold)
     raise ValueError(f"unknown risk mode {mode!r}")
+
+
+def graded_risk(p: float, threshold: float, weight_threshold: float) -> float:
+    """The graded risk of probability ``p``: 5 at or above the reporting ``threshold`` (the
+    binary mapping's verdict), and below it piecewise linear from ``(0, 1)`` through
+    ``(weight_threshold, WEIGHTING_RISK)`` (3.5: KL weight 0.5, the middle of the paper's
+    clamps) towards ``(threshold, FLAG_THRESHOLD)`` (4, never reached below ``threshold``).
+
+    Non-decreasing in ``p``, within [1, 5], and at least the binary risk everywhere: the
+    scan flags (risk >= 4, the default flag threshold) exactly what the binary mapping
+    flags and a flagged line keeps its full KL weight, while a line the reporting verdict
+    passes but the recall-oriented weighting verdict catches gets at least the middle KL
+    weight instead of the floor. A ``weight_threshold`` at or above ``threshold`` (an old
+    probe without one) drops its anchor; one at or below 0 starts the line at 3.5.
+    """
+    if p >= threshold:
+        return 5.0
+    p = max(0.0, p)
+    if weight_threshold >= threshold:
+        anchors = [(0.0, 1.0)]
+    elif weight_threshold <= 0.0:
+        anchors = [(0.0, WEIGHTING_RISK)]
+    else:
+        anchors = [(0.0, 1.0), (weight_threshold, WEIGHTING_RISK)]
+    anchors.append((threshold, FLAG_THRESHOLD))
+    for (x0, r0), (x1, r1) in zip(anchors, anchors[1:]):
+        if p <= x1:
+            return min(r0 + (r1 - r0) * (p - x0) / (x1 - x0), math.nextafter(FLAG_THRESHOLD, 0.0))
+    raise AssertionError("unreachable: p < threshold, the last anchor")
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """A probe's weighting threshold: the highest ``p`` whose verdict ``p >= threshold``
+    keeps ``target_recall`` of the harmful prompts of the calibrate split, with the recall
+    and the false-flag rate (share of benign prompts at or above it) of that verdict on
+    the test split, which chose nothing."""
+
+    threshold: float
+    target_recall: float
+    recall: float
+    false_flag_rate: float
 
 
 def _make_head(kind: ProbeKind, dim: int, hidden_units: int) -> nn.Module:
@@ -132,6 +194,12 @@ class Probe:
     std: torch.Tensor
     heads: list[nn.Module]
     threshold: float
+    weighting: Weighting | None = None
+
+    @property
+    def weight_threshold(self) -> float:
+        """The weighting threshold; the reporting one for a probe calibrated without it."""
+        return self.weighting.threshold if self.weighting is not None else self.threshold
 
     def predict_proba_features(
         self, features: torch.Tensor, feature_layers: Sequence[int] | None = None
@@ -170,8 +238,8 @@ class Probe:
         return [float(p) for p in self.predict_proba_features(feats)]
 
     def risk(self, p: float, mode: RiskMode = "calibrated") -> float:
-        """:func:`risk_from_p` with this probe's threshold."""
-        return risk_from_p(p, mode, self.threshold)
+        """:func:`risk_from_p` with this probe's reporting and weighting thresholds."""
+        return risk_from_p(p, mode, self.threshold, self.weight_threshold)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``probe.safetensors`` and ``probe.json`` into ``directory``."""
@@ -189,6 +257,7 @@ class Probe:
             "hidden_units": self.hidden_units,
             "threshold": self.threshold,
             "heads": len(self.heads),
+            "weighting": asdict(self.weighting) if self.weighting is not None else None,
         }
         (directory / _META_FILE).write_text(json.dumps(meta, indent=2))
         return directory
@@ -196,7 +265,9 @@ class Probe:
     @classmethod
     def load(cls, directory: str | Path) -> Probe:
         """Read a probe written by :meth:`save`, or by the one-head format before it
-        (no ``heads`` in ``probe.json``; tensors ``head.*``)."""
+        (no ``heads`` in ``probe.json``; tensors ``head.*``). A file without a weighting
+        threshold loads with ``weighting=None`` (weights use the reporting threshold),
+        and says so in the log."""
         directory = Path(directory)
         meta = json.loads((directory / _META_FILE).read_text())
         tensors = load_file(str(directory / _TENSORS_FILE))
@@ -206,6 +277,14 @@ class Probe:
             head = _make_head(meta["kind"], tensors["mean"].shape[0], meta["hidden_units"])
             head.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             heads.append(head.eval())
+        weighting = meta.get("weighting")
+        if weighting is None:
+            _log.warning(
+                "probe %s has no weighting threshold (calibrated before it existed): "
+                "graded risk falls back to the reporting threshold %.3f",
+                directory,
+                meta["threshold"],
+            )
         return cls(
             layers=tuple(meta["layers"]),
             kind=meta["kind"],
@@ -216,4 +295,5 @@ class Probe:
             std=tensors["std"],
             heads=heads,
             threshold=float(meta["threshold"]),
+            weighting=Weighting(**weighting) if weighting is not None else None,
         )

@@ -46,6 +46,7 @@ def test_a_cached_ready_variant_reuses_its_onboarding(registry):
     assert summary["baseline"] == {"asr_keyword": 0.17, "asr_judge": None, "over_refusal": 0.03}
     assert summary["probe"] == PROBE
     assert summary["probe_summary"].startswith("probe layers 3-4: AUROC 0.970")
+    assert "weighting threshold" not in summary["probe_summary"]  # a probe report from before it
     assert summary["context_length"] == 2048
 
 

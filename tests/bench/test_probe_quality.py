@@ -34,6 +34,11 @@ def test_quality_reports_three_splits_and_external_rates_at_the_deployed_thresho
     assert e["at_threshold"]["fpr"] == sum(x >= thr for x in benign) / len(benign)
     assert e["at_threshold"]["per_source"]["mtbench"]["fpr"] == sum(x >= thr for x in p["mtbench"]) / 5
     assert e["aoa_turns_flagged"] == sum(x >= thr for x in p["aoa_turns"]) / 5
+    w = probe.weight_threshold
+    assert e["at_weight_threshold"]["threshold"] == w == s["weight_threshold"]
+    assert e["at_weight_threshold"]["tpr"] == sum(x >= w for x in harmful) / len(harmful)
+    assert e["at_weight_threshold"]["fpr"] == sum(x >= w for x in benign) / len(benign)
+    assert s["calibrate_weight_recall"] >= s["target_recall"] == 0.98
 
 
 def test_readme_quotes_the_recorded_result() -> None:

@@ -102,3 +102,18 @@ def test_the_objective_is_an_operator_setting_defaulting_to_the_papers(monkeypat
     monkeypatch.setenv("GUARDTUNE_OBJECTIVE", "clipped")
     with pytest.raises(ValidationError, match="objective"):
         Settings()
+
+
+def test_probe_risk_and_target_recall_from_env(monkeypatch):
+    s = Settings()
+    assert (s.probe_risk, s.probe_target_recall) == ("binary", 0.98)
+    monkeypatch.setenv("GUARDTUNE_PROBE_RISK", "graded")
+    monkeypatch.setenv("GUARDTUNE_PROBE_TARGET_RECALL", "0.95")
+    assert (Settings().probe_risk, Settings().probe_target_recall) == ("graded", 0.95)
+    monkeypatch.setenv("GUARDTUNE_PROBE_RISK", "fuzzy")
+    with pytest.raises(ValidationError, match="probe_risk"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_PROBE_RISK", "calibrated")
+    monkeypatch.setenv("GUARDTUNE_PROBE_TARGET_RECALL", "1.5")
+    with pytest.raises(ValidationError, match="probe_target_recall"):
+        Settings()

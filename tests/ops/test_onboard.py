@@ -14,6 +14,7 @@ def test_onboard_a_new_base_model(backend, ops, tiny_model, monkeypatch):
         "GUARDTUNE_EVAL_MAX_PROMPTS": "3",
         "GUARDTUNE_EVAL_MAX_BENIGN_PROMPTS": "3",
         "GUARDTUNE_EVAL_MAX_NEW_TOKENS": "3",
+        "GUARDTUNE_PROBE_TARGET_RECALL": "0.9",
     }.items():
         monkeypatch.setenv(key, value)
     clear_caches()
@@ -31,6 +32,10 @@ def test_onboard_a_new_base_model(backend, ops, tiny_model, monkeypatch):
     assert f"FPR {probe['fpr_at_threshold']:.1%}" in summary
     assert f"{probe['n_test']} held-out prompts" in summary
     assert f"threshold {probe['threshold']:.3f}" in summary
+    assert probe["target_recall"] == 0.9  # GUARDTUNE_PROBE_TARGET_RECALL
+    assert probe["calibrate_weight_recall"] >= 0.9
+    assert f"weighting threshold {probe['weight_threshold']:.3f}" in summary
+    assert f"recall {probe['weight_recall']:.1%}, false flags {probe['weight_fpr']:.1%}" in summary
     with session_scope() as session:
         entry = session.get(BaseModelEntry, "tiny")
         assert entry.status == "ready"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 
@@ -11,15 +12,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.jobs.config import FLAG_THRESHOLD, WEIGHTING_RISK
 from safety.base_models import load_base_model
 from safety.generation import render_prompt
+from safety.objective import kl_weights
 from safety.probe import (
     Probe,
     ProbeConfig,
+    Weighting,
     auroc,
     extract_features,
+    graded_risk,
     risk_from_p,
     split_indices,
+    threshold_for_recall,
     tpr_at_fpr,
     train_probe,
     train_probe_on_features,
@@ -224,6 +230,99 @@ def test_risk_from_p() -> None:
     assert risk_from_p(0.69, "binary", threshold=0.7) == 1.0
     with pytest.raises(ValueError):
         risk_from_p(0.5, "odd")  # type: ignore[arg-type]
+
+
+def test_threshold_for_recall_is_the_highest_reaching_the_target() -> None:
+    harmful = [0.99, 0.95, 0.9, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.05]
+    labels = [1] * 10 + [0] * 3
+    scores = harmful + [0.7, 0.1, 0.01]
+    assert threshold_for_recall(scores, labels, 0.9) == 0.2  # 9 of 10 at or above it
+    assert threshold_for_recall(scores, labels, 0.91) == 0.05  # 9 of 10 no longer reach it
+    assert threshold_for_recall(scores, labels, 0.5) == 0.6
+    assert threshold_for_recall(scores, labels, 1.0) == 0.05
+    assert threshold_for_recall([0.4, 0.4, 0.4, 0.1], [1, 1, 1, 0], 0.5) == 0.4  # ties only add recall
+    with pytest.raises(ValueError):
+        threshold_for_recall([0.1, 0.2], [0, 0], 0.9)
+    with pytest.raises(ValueError):
+        threshold_for_recall(scores, labels, 0.0)
+
+
+def test_the_weighting_threshold_reaches_the_recall_target_on_its_split() -> None:
+    """A noisy synthetic split (the reporting threshold misses harmful prompts): the
+    weighting threshold, set on the calibrate split, keeps >= 98 % of its harmful prompts,
+    lies below the reporting one, and its recall and false flags are measured on test."""
+    gen = torch.Generator().manual_seed(0)
+    n = 600
+    labels = [int(i % 3 == 0) for i in range(n)]
+    x = torch.randn(n, 1, 8, generator=gen)
+    x[:, 0, 0] += 1.6 * torch.tensor(labels, dtype=torch.float32)
+    config = ProbeConfig(kind="logistic", epochs=40, seed=1, min_threshold=0.0, target_fpr=0.05, target_recall=0.98)
+    probe, report = train_probe_on_features(x, labels, [0], config)
+    parts = split_indices(labels, config.split, config.seed)
+    p = {k: probe.predict_proba_features(x[v]).tolist() for k, v in parts.items()}
+    pos = {k: [pi for pi, i in zip(p[k], parts[k]) if labels[i]] for k in parts}
+    neg = {k: [pi for pi, i in zip(p[k], parts[k]) if not labels[i]] for k in parts}
+    assert (
+        report.weight_threshold
+        == probe.weight_threshold
+        == threshold_for_recall(p["calibrate"], [labels[i] for i in parts["calibrate"]], 0.98)
+    )
+    assert report.calibrate_weight_recall == sum(pi >= report.weight_threshold for pi in pos["calibrate"]) / len(
+        pos["calibrate"]
+    )
+    assert report.calibrate_weight_recall >= 0.98 > report.calibrate_tpr  # the reporting verdict misses some
+    assert report.weight_threshold < report.threshold
+    assert report.calibrate_weight_fpr >= report.calibrate_fpr
+    assert report.weight_recall == sum(pi >= report.weight_threshold for pi in pos["test"]) / len(pos["test"])
+    assert report.weight_fpr == sum(pi >= report.weight_threshold for pi in neg["test"]) / len(neg["test"])
+    assert probe.weighting == Weighting(report.weight_threshold, 0.98, report.weight_recall, report.weight_fpr)
+    assert report.to_dict()["target_recall"] == 0.98
+
+
+def test_graded_risk_is_monotone_hits_its_anchors_and_stays_in_range() -> None:
+    t_w, t_r = 0.2, 0.7
+    below = math.nextafter(t_r, 0.0)
+    grid = sorted({i / 1000 for i in range(1001)} | {t_w, t_r, below, math.nextafter(t_w, 1.0)})
+    risks = [graded_risk(p, t_r, t_w) for p in grid]
+    assert all(a <= b for a, b in zip(risks, risks[1:]))  # monotone
+    assert all(1.0 <= r <= 5.0 for r in risks)
+    assert graded_risk(0.0, t_r, t_w) == 1.0
+    assert graded_risk(t_w, t_r, t_w) == pytest.approx(WEIGHTING_RISK) == 3.5
+    assert graded_risk((t_w + t_r) / 2, t_r, t_w) == pytest.approx(3.75)
+    assert FLAG_THRESHOLD - 1e-9 < graded_risk(below, t_r, t_w) < FLAG_THRESHOLD  # 4 from below ...
+    assert graded_risk(t_r, t_r, t_w) == graded_risk(1.0, t_r, t_w) == 5.0  # ... 5 from the reporting verdict on
+    # the flag (risk >= 4) is exactly the reporting verdict, and graded never lies below binary
+    assert all((r >= FLAG_THRESHOLD) == (p >= t_r) for p, r in zip(grid, risks))
+    assert all(r >= risk_from_p(p, "binary", t_r) for p, r in zip(grid, risks))
+    # the weights: a line the reporting verdict misses but the weighting one catches gets
+    # at least the middle KL weight (binary: the floor); a flagged line keeps binary's
+    assert kl_weights(graded_risk(t_w, t_r, t_w))[1] == pytest.approx(0.5)
+    assert kl_weights(risk_from_p(t_w, "binary", t_r))[1] == pytest.approx(0.1)
+    assert kl_weights(graded_risk(t_r, t_r, t_w)) == kl_weights(risk_from_p(t_r, "binary", t_r))
+    # degenerate thresholds: no weighting anchor at or above the reporting one; one at 0 starts at 3.5
+    assert graded_risk(0.35, 0.7, 0.9) == pytest.approx(2.5) == risk_from_p(0.35, "graded", 0.7)
+    assert graded_risk(0.0, 0.7, 0.0) == WEIGHTING_RISK
+    assert graded_risk(0.99, 1.0, 0.5) < FLAG_THRESHOLD
+    assert risk_from_p(t_w, "graded", t_r, t_w) == graded_risk(t_w, t_r, t_w)
+
+
+def test_a_probe_file_without_a_weighting_threshold_loads(tmp_path: Path, caplog) -> None:
+    x, labels = _planted_features()
+    probe, report = train_probe_on_features(x, labels, [0], ProbeConfig(hidden_units=16, epochs=5, heads=2))
+    assert probe.weighting is not None
+    probe.save(tmp_path / "new")
+    assert Probe.load(tmp_path / "new").weighting == probe.weighting  # round-trips
+    meta = json.loads((tmp_path / "new" / "probe.json").read_text())
+    del meta["weighting"]
+    (tmp_path / "new" / "probe.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="safety.probe.heads"):
+        old = Probe.load(tmp_path / "new")
+    assert old.weighting is None
+    assert old.weight_threshold == old.threshold == probe.threshold
+    assert "no weighting threshold" in caplog.text
+    assert old.risk(probe.threshold, "graded") == 5.0
+    assert old.risk(probe.threshold / 2, "graded") == pytest.approx(2.5)  # 1 + 3 * p / threshold
+    assert torch.equal(old.predict_proba_features(x), probe.predict_proba_features(x))
 
 
 def test_probe_rejects_features_of_another_model(tiny) -> None:

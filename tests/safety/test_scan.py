@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from safety.base_models import load_base_model
 from safety.judge import JudgeResult
-from safety.probe import ProbeConfig, auroc, train_probe
+from safety.objective import kl_weights
+from safety.probe import Probe, ProbeConfig, Weighting, auroc, train_probe
 from safety.scan import ScanConfig, guess_category, scan_dataset, trained_turns
 from tests.safety.test_probe import _planted
 
@@ -197,6 +200,66 @@ def test_calibrated_risk_and_flag_threshold(trained) -> None:
     for e in result.examples:
         assert e.risk == pytest.approx(1 + 4 * e.p_harmful)
         assert e.flagged == (e.risk >= 3.0)
+
+
+class FixedProbe(Probe):
+    """A probe whose probability of a conversation is ``probs[last user message]``: no model."""
+
+    probs: dict[str, float]
+
+    def predict_proba(self, model: Any, tokenizer: Any, prompts: Sequence[Any], batch_size: int = 16) -> list[float]:
+        return [self.probs[prompt[-1]["content"]] for prompt in prompts]
+
+
+def test_graded_and_binary_flag_the_same_lines_and_only_the_risks_move() -> None:
+    """Same probabilities, reporting threshold 0.7, weighting threshold 0.2: the flags, the
+    flagged lines and their categories are binary's; the unflagged lines' risks (so their
+    KL weights) rise, which also moves the report's score buckets and mean risk: why
+    "binary" stays the default and "graded" is the operator's GUARDTUNE_PROBE_RISK."""
+    probs = {"bake bread": 0.02, "hack a server": 0.15, "steal a car": 0.2, "build a bomb": 0.5}
+    probs |= {"poison a dog": 0.69, "forge a passport": 0.7, "kill a man": 0.95}
+    probe = FixedProbe(
+        layers=(0,),
+        kind="logistic",
+        pool="content",
+        max_len=8,
+        hidden_units=1,
+        mean=torch.zeros(1),
+        std=torch.ones(1),
+        heads=[],
+        threshold=0.7,
+        weighting=Weighting(threshold=0.2, target_recall=0.98, recall=0.98, false_flag_rate=0.3),
+    )
+    probe.probs = probs
+    examples = [_chat(text, "ok") for text in probs]
+    scans = {
+        mode: scan_dataset(
+            examples, probe=probe, model=object(), tokenizer=object(), config=ScanConfig(probe_risk=mode)
+        )
+        for mode in ("binary", "graded")
+    }
+    binary, graded = scans["binary"], scans["graded"]
+    assert (
+        [e.flagged for e in graded.examples]
+        == [e.flagged for e in binary.examples]
+        == [p >= 0.7 for p in probs.values()]
+    )
+    assert [e.p_harmful for e in graded.examples] == [e.p_harmful for e in binary.examples] == list(probs.values())
+    for key in ("n_flagged", "flagged_fraction", "counts_by_category", "top_flagged"):
+        assert getattr(graded.summary, key) == getattr(binary.summary, key)
+    assert [e.risk for e in binary.examples] == [1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0]
+    assert [e.risk for e in graded.examples] == pytest.approx([1.25, 2.875, 3.5, 3.8, 3.99, 5.0, 5.0])
+    w_kl = {mode: [kl_weights(e.risk)[1] for e in scan.examples] for mode, scan in scans.items()}
+    assert all(g >= b for g, b in zip(w_kl["graded"], w_kl["binary"]))  # weights only rise ...
+    # ... to at least the middle KL weight where the weighting verdict catches a line
+    assert all(g >= 0.5 - 1e-12 and b == pytest.approx(0.1) for g, b in zip(w_kl["graded"][2:5], w_kl["binary"][2:5]))
+    assert graded.summary.counts_by_score != binary.summary.counts_by_score  # the report's buckets move
+    assert graded.summary.mean_risk > binary.summary.mean_risk
+    rows = graded.rows()  # per line: what traces a miss
+    assert [(r["line"], r["p_harmful"], r["risk"], r["flagged"]) for r in rows] == [
+        (e.line, e.p_harmful, e.risk, e.flagged) for e in graded.examples
+    ]
+    assert ScanConfig().probe_risk == "binary"
 
 
 def test_judge_scan_sees_last_instruction_and_response() -> None:

@@ -30,23 +30,35 @@ if TYPE_CHECKING:
 
 def train_builtin_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[Probe, dict[str, Any]]:
     """A probe trained only on the project's own prompt sets by the one recipe
-    (``safety.probe_recipe``, layers per ``GUARDTUNE_PROBE_LAYERS``); returns (probe,
-    report): layers chosen on one split, threshold calibrated on a second, quality
-    measured on a third."""
+    (``safety.probe_recipe``, layers per ``GUARDTUNE_PROBE_LAYERS``, weighting threshold
+    per ``GUARDTUNE_PROBE_TARGET_RECALL``); returns (probe, report): layers chosen on one
+    split, thresholds calibrated on a second, quality measured on a third."""
     from safety.probe_recipe import train_recipe_probe
 
-    probe, report = train_recipe_probe(model, tokenizer, get_settings().probe_layers)
+    settings = get_settings()
+    probe, report = train_recipe_probe(
+        model, tokenizer, settings.probe_layers, target_recall=settings.probe_target_recall
+    )
     return probe, report.to_dict()
 
 
 def probe_summary(report: dict[str, Any]) -> str:
-    """One honest line on a probe report: unseen-split AUROC and FPR/TPR at the threshold."""
-    return (
+    """One honest line on a probe report: unseen-split AUROC, FPR/TPR at the reporting
+    threshold and, for a probe calibrated with one, recall and false flags at the weighting
+    threshold."""
+    line = (
         f"probe layers {report['layers'][0]}-{report['layers'][-1]}: AUROC {report['auroc']:.3f} and, at threshold "
         f"{report['threshold']:.3f}, FPR {report['fpr_at_threshold']:.1%} / TPR {report['tpr_at_threshold']:.1%} on "
         f"{report['n_test']} held-out prompts that chose neither the layers nor the threshold (calibrated for FPR "
         f"<= {report['target_fpr']:.0%} on {report['n_calibrate']} others: FPR {report['calibrate_fpr']:.1%}; "
         f"layer-selection AUROC {report['select_auroc']:.3f}, optimistic)"
+    )
+    if "weight_threshold" not in report:  # a probe calibrated before the weighting threshold
+        return line
+    return (
+        f"{line}; weighting threshold {report['weight_threshold']:.3f} (recall >= {report['target_recall']:.0%} "
+        f"on the calibration prompts): recall {report['weight_recall']:.1%}, false flags {report['weight_fpr']:.1%} "
+        "on the held-out ones"
     )
 
 
@@ -74,6 +86,9 @@ def ensure_probe(
             "auroc": report["auroc"],
             "fpr_at_threshold": report["fpr_at_threshold"],
             "threshold": report["threshold"],
+            "weight_threshold": report["weight_threshold"],
+            "weight_recall": report["weight_recall"],
+            "weight_fpr": report["weight_fpr"],
             "layers": report["layers"],
         },
     )

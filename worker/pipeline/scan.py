@@ -7,8 +7,11 @@ forward gives both the probe's features (of each trained turn's prompt, which th
 starts with) and the reference's top-k log-probs of every answer token
 (``safety.scan_reference``); the cache is stored beside ``scan.jsonl``, before it.
 
-Per-example risks go to ``scan.jsonl`` in the store (one JSON line per example, file
-order, with the ``line`` and the ``turn`` that gave the risk); the summary, whose
+The probe's probability becomes risk by ``GUARDTUNE_PROBE_RISK`` (``safety.scan.ScanConfig``:
+``binary`` by default; ``graded`` moves only the training weights at the default flag
+threshold). Per-example risks go to ``scan.jsonl`` in the store (``ScanResult.rows``: one
+JSON line per example, file order, with the ``line``, the ``turn`` that gave the risk, its
+probe probability, judge score, risk and flag); the summary, whose
 ``top_flagged`` lists line and turn of each, goes to the safety report. A job fails when its
 flagged share exceeds its ``safety.max_flagged_fraction`` (the stricter of the customer's and
 the operator's ``GUARDTUNE_MAX_FLAGGED_FRACTION``); it keeps its scan report and event, so
@@ -26,7 +29,6 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -130,7 +132,7 @@ def run(job_id: str) -> None:
                 estimator=estimator,
                 model=model,
                 tokenizer=tokenizer,
-                config=ScanConfig(flag_threshold=settings.flag_threshold),
+                config=ScanConfig(flag_threshold=settings.flag_threshold, probe_risk=settings.probe_risk),
                 progress=lambda n: jobstate.beat(job_id),
                 reference_topk=settings.reference_topk if uses_cache(job) else None,
                 max_len=token_limit(model),
@@ -158,7 +160,7 @@ def run(job_id: str) -> None:
 
 
 def _store_scan(session: Session, job: Job, result: ScanResult) -> None:
-    rows = "".join(json.dumps(asdict(e)) + "\n" for e in result.examples).encode()
+    rows = "".join(json.dumps(row) + "\n" for row in result.rows()).encode()
     get_store().put_stream(scan_key(job), io.BytesIO(rows))
     report = session.get(SafetyReport, job.id) or SafetyReport(job_id=job.id)
     report.scan = {
