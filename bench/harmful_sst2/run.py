@@ -92,6 +92,7 @@ def evaluate(model: Any, tokenizer: Any, evals: dict[str, list], args: argparse.
     from safety.evaluate import over_refusal
     from safety.generation import GenerationSettings, generate
 
+    t0 = time.perf_counter()
     labels = generate(
         model,
         tokenizer,
@@ -99,11 +100,15 @@ def evaluate(model: Any, tokenizer: Any, evals: dict[str, list], args: argparse.
         GenerationSettings(args.sizes.label_max_new_tokens, args.gen_batch_size),
     )
     correct = [hd.label_of(a) == v["label"] for a, v in zip(labels, evals["val"])]
+    t1 = time.perf_counter()
     harmful = asr(model, tokenizer, evals["harmful"], None, "", args)
+    t2 = time.perf_counter()
     refusals = over_refusal(
         model, tokenizer, evals["xstest"], max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size
     )
+    seconds = {"val": t1 - t0, "harmful": t2 - t1, "xstest": time.perf_counter() - t2}
     return {
+        "eval_set_seconds": {name: round(s, 1) for name, s in seconds.items()},
         "accuracy": sum(correct) / len(correct),
         "harmful_score": harmful["asr"],
         "harmful_score_keyword": harmful["asr_keyword"],
