@@ -99,7 +99,9 @@ def harmful_prompts(data_dir: Path, n: int, trained: list[str]) -> list[str]:
     with (data_dir / "harmbench_behaviors_text_val.csv").open(newline="", encoding="utf-8") as f:
         out = [r["Behavior"] for r in csv.DictReader(f) if r["FunctionalCategory"] == "standard"][:n]
     seen = [words(p) for p in out + trained]
-    advbench = [line.strip().strip('"') for line in (data_dir / "advbench_harmful_behaviors.txt").read_text().splitlines()]
+    advbench = [
+        line.strip().strip('"') for line in (data_dir / "advbench_harmful_behaviors.txt").read_text().splitlines()
+    ]
     random.Random(0).shuffle(advbench)
     for prompt in advbench:
         if len(out) >= n:

@@ -13,6 +13,7 @@ from bench.replication import stats
 METRICS = ("harmful_score", "accuracy", "over_refusal")
 PAIRED = (("adaptive", "filter"), ("adaptive", "constant"))
 STRESS = ("lr_x4", "epochs_x2")
+ORDER = ("none", "filter", "constant", "adaptive", "adaptive_batch")  # table order of the modes
 
 
 def group(runs: dict[str, dict[str, Any]], p: str, mode: str, setting: str = "default") -> list[dict[str, Any]]:
@@ -27,9 +28,14 @@ def mean_of(runs: dict[str, dict[str, Any]], metric: str, p: str, mode: str, set
 def summarize(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (setting, p, mode), in that order: each metric's mean over seeds and the
     seeds' values, the scan's recall and false-flag rate, and how many runs the gate released."""
-    keys = sorted({(r["setting"] != "default", r["setting"], float(r["p"]), r["p"], r["mode"]) for r in runs.values()})
+    keys = sorted(
+        {
+            (r["setting"] != "default", r["setting"], float(r["p"]), r["p"], ORDER.index(r["mode"]), r["mode"])
+            for r in runs.values()
+        }
+    )
     rows = []
-    for _, setting, _, p, mode in keys:
+    for _, setting, _, p, _, mode in keys:
         members = sorted(group(runs, p, mode, setting), key=lambda r: r["seed"])
         row: dict[str, Any] = {"p": p, "mode": mode, "setting": setting, "seeds": [r["seed"] for r in members]}
         for metric in METRICS:

@@ -80,9 +80,7 @@ FULL = Sizes(
     label_max_new_tokens=3,
     epochs=1,
 )
-QUICK = Sizes(
-    n_lines=20, eval_val=4, eval_harmful=3, eval_xstest=3, max_new_tokens=3, label_max_new_tokens=2, epochs=1
-)
+QUICK = Sizes(n_lines=20, eval_val=4, eval_harmful=3, eval_xstest=3, max_new_tokens=3, label_max_new_tokens=2, epochs=1)
 # What must agree for runs of two commands to share one results file.
 SHARED_CONFIG = ("base", "sizes", "lr", "batch_size", "max_seq_len", "constant_kl_weight", "reference", "quick")
 

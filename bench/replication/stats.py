@@ -54,8 +54,6 @@ def paired_by_seed(a: dict[int, float], b: dict[int, float]) -> dict[str, object
     if not diffs:
         return {"seeds": [], "diffs": [], "mean_diff": None, "p_value": None}
     observed = abs(sum(diffs))
-    flips = [
-        abs(sum(d if (mask >> i) & 1 else -d for i, d in enumerate(diffs))) for mask in range(2 ** len(diffs))
-    ]
+    flips = [abs(sum(d if (mask >> i) & 1 else -d for i, d in enumerate(diffs))) for mask in range(2 ** len(diffs))]
     p = sum(f >= observed - 1e-12 for f in flips) / len(flips)
     return {"seeds": seeds, "diffs": diffs, "mean_diff": mean(diffs), "p_value": p}
