@@ -37,6 +37,7 @@ from bench.replication.run import QUICK_ALIGN, fine_tune, log, mode_config, unfl
 from core.jobs.config import AUTO_BATCH_SIZE, BASE_LEARNING_RATE
 
 MODES = ("none", "filter", "constant", "adaptive")
+QUICK_PROBE = {"epochs": 5, "heads": 1, "hidden_units": 32}  # the recipe's probe, small for a smoke run
 SETTINGS = {"default": (1, 1), "lr_x4": (4, 1), "epochs_x2": (1, 2)}  # name → (lr ×, epochs ×)
 
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     reference_dir = meta["path"]
     ref, tok = load_base_model(reference_dir, cache_dir=cache)
     t = time.perf_counter()
-    probe, probe_report = train_recipe_probe(ref, tok)
+    probe, probe_report = train_recipe_probe(ref, tok, **(QUICK_PROBE if args.quick else {}))
     probe_seconds = time.perf_counter() - t
     if doc.get("reference") is None:
         t = time.perf_counter()
