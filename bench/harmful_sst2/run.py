@@ -254,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     reference_dir = meta["path"]
     ref, tok = load_base_model(reference_dir, cache_dir=cache)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     probe, probe_report = train_recipe_probe(ref, tok, **(QUICK_PROBE if args.quick else {}))
-    probe_seconds = time.perf_counter() - t
+    probe_seconds, probe_cpu = time.perf_counter() - t, time.process_time() - cpu
+    log(f"probe: {probe_seconds:.0f} s ({probe_cpu:.0f} CPU s), AUROC {probe_report.auroc:.3f}")
     if doc.get("reference") is None:
         t = time.perf_counter()
         doc["reference"] = {
@@ -287,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                 train_examples, train_risks = (
                     unflagged(examples, risks, scan_info["flagged"]) if mode == "filter" else (examples, risks)
                 )
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 model, mtok, info = fine_tune(
                     reference_dir, train_examples, train_risks, fields, run_args, work / "runs" / key, scan.reference
                 )
-                train_seconds = time.perf_counter() - t
-                t = time.perf_counter()
+                train_seconds, train_cpu = time.perf_counter() - t, time.process_time() - cpu
+                t, cpu = time.perf_counter(), time.process_time()
                 ev = evaluate(model, mtok, evals, args)
                 run = {
                     "p": cell.p,
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                     "gate": decision(doc["reference"], ev),
                     "train_seconds": round(train_seconds, 1),
                     "eval_seconds": round(time.perf_counter() - t, 1),
+                    # CPU seconds of all threads: with --threads 2, about the wall time on 2 idle cores
+                    "train_cpu_seconds": round(train_cpu, 1),
+                    "eval_cpu_seconds": round(time.process_time() - cpu, 1),
                 }
                 doc["runs"][key] = run
                 log(
@@ -319,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
                 del model
                 gc.collect()
     doc["parts"][part_key].update(
-        complete=True, wall_seconds=round(time.perf_counter() - started, 1), probe_seconds=round(probe_seconds, 1)
+        complete=True,
+        wall_seconds=round(time.perf_counter() - started, 1),
+        cpu_seconds=round(time.process_time(), 1),
+        probe_seconds=round(probe_seconds, 1),
+        probe_cpu_seconds=round(probe_cpu, 1),
     )
     finish(doc, out)
     log(f"part {part_key}: {doc['parts'][part_key]['wall_seconds'] / 60:.1f} min; results in {out}")
