@@ -37,7 +37,7 @@ from bench.replication.run import QUICK_ALIGN, fine_tune, log, mode_config, unfl
 from core.jobs.config import AUTO_BATCH_SIZE, BASE_LEARNING_RATE
 
 MODES = ("none", "filter", "constant", "adaptive")
-QUICK_PROBE = {"epochs": 5, "heads": 1, "hidden_units": 32}  # the recipe's probe, small for a smoke run
+QUICK_PROBE = {"epochs": 5, "heads": 1, "hidden_units": 32, "max_len": 64}  # the recipe's probe, small for a smoke run
 SETTINGS = {"default": (1, 1), "lr_x4": (4, 1), "epochs_x2": (1, 2)}  # name → (lr ×, epochs ×)
 
 
