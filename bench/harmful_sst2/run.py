@@ -225,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if sizes.n_lines < 1000:
         doc["shrunk"] = f"n = {sizes.n_lines} training lines per mix (the benchmark's n is 1000), share p kept"
     started = time.perf_counter()
-    part_key = ",".join(names)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])])
+    part_key = command  # one entry per command: parts may be split further by --seeds and --modes
     doc["parts"][part_key] = {
-        "command": "python "
-        + " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "git": {**git, "dirty_ok": bool(args.dirty_ok)},
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         probe_cpu_seconds=round(probe_cpu, 1),
     )
     finish(doc, out)
-    log(f"part {part_key}: {doc['parts'][part_key]['wall_seconds'] / 60:.1f} min; results in {out}")
+    log(f"{command}: {doc['parts'][part_key]['wall_seconds'] / 60:.1f} min; results in {out}")
     return 0
 
 
