@@ -137,6 +137,82 @@ def check_value(value: Any) -> str:
     return str(value)
 
 
+def points(value: float | None) -> str:
+    """A rate as a percentage with one decimal (the field's tables), missing as an en dash."""
+    return "–" if value is None else f"{value * 100:.1f}"
+
+
+def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
+    """The field's benchmark (``bench/harmful_finetune.py``): per setting, p and mode the
+    harmful score and fine-tune accuracy (means over seeds), over-refusal, the scan's recall
+    and false flags and the gate's releases; the paired tests; the checks; the parts run."""
+    sizes, ev, config = doc["config"]["sizes"], doc["eval_sets"], doc["config"]
+    ref = doc["reference"]
+    rows = [
+        ["aligned reference", "–", "–"]
+        + [points(ref[m]) for m in ("harmful_score", "accuracy", "over_refusal")]
+        + ["–", "–"]
+    ]
+    for row in doc["summary"]:
+        recall, false = row["scan_recall"], row["scan_false_flag_rate"]
+        rows.append(
+            [
+                f"p = {row['p']}" + ("" if row["setting"] == "default" else f", {row['setting'].replace('_x', ' ×')}"),
+                f"`{row['mode']}`",
+                ", ".join(map(str, row["seeds"])),
+                points(row["harmful_score"]["mean"]),
+                points(row["accuracy"]["mean"]),
+                points(row["over_refusal"]["mean"]),
+                f"{points(recall)} / {points(false)}",
+                f"{row['gate_released']} of {len(row['seeds'])}",
+            ]
+        )
+    headers = [
+        "setting",
+        "mode",
+        "seeds",
+        "harmful score (%)",
+        "fine-tune accuracy (%)",
+        "over-refusal, XSTest (%)",
+        "scan recall / false flags (%)",
+        "released by the gate",
+    ]
+    head = (
+        f"{sizes['n_lines']} training lines per mix, {sizes['epochs']} epoch(s) at lr {config['lr']:g}, batch "
+        f"{config['batch_size']}; accuracy on {ev['val']} `val.json` sentences, harmful score (strict detector) on "
+        f"{ev['harmful']} HarmBench + AdvBench requests, over-refusal on {ev['xstest']} XSTest safe prompts."
+    )
+    if doc.get("shrunk"):
+        head += f" **Shrunk:** {doc['shrunk']}."
+    paired = "".join(
+        f"\n- `{t['a']}` − `{t['b']}` at p = {t['p']}, {t['metric'].replace('_', ' ')}: "
+        f"{check_value(t['mean_diff'])} (seeds {', '.join(map(str, t['seeds']))}; sign-flip p = {num(t['p_value'], 3)})"
+        for t in doc["paired"]
+    )
+    verdicts = {True: "met", False: "**missed**", None: "not measured"}
+    checks = "".join(
+        f"\n- {name}: {verdicts[c['met']]} ("
+        + (f"missing: {', '.join(c['missing'])}" if c.get("missing") else check_value(c["value"]))
+        + ")"
+        for name, c in doc["checks"].items()
+    )
+    reported = "".join(
+        f"\n- {name}: {check_value(v) if 'cost' in name else points(v) + ' %' if v is not None else 'not measured'}"
+        for name, v in doc["reported"].items()
+    )
+    parts = "".join(
+        f"\n- `{part['command']}`: commit `{(part['git']['commit'] or 'unknown')[:7]}`"
+        f"{' (**uncommitted changes**)' if part['git']['dirty'] else ''}, "
+        + (f"{part['wall_seconds'] / 60:.0f} min" if "wall_seconds" in part else "no run finished")
+        + ("" if part["complete"] else ", **cut short**")
+        for part in doc["parts"].values()
+    )
+    return (
+        f"{head}\n\n{table(headers, rows)}\n\nPaired tests, seeds as the unit:{paired or ' none (runs missing)'}"
+        f"\n\nChecks (p = 0.1, means over seeds):{checks}\n\nReported as they fall:{reported}\n\nParts:{parts}"
+    )
+
+
 def render_aligned_reference(doc: dict[str, Any]) -> str:
     rows = []
     if "base" in doc:
@@ -247,6 +323,7 @@ def render_demo(doc: dict[str, Any]) -> str:
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo": render_demo,
+    "harmful_finetune_sst2": render_harmful_finetune_sst2,
     "safety_replication": render_safety_replication,
     "replication_reference_modes": render_safety_replication,
     "aligned_reference": render_aligned_reference,
@@ -259,6 +336,8 @@ def render_block(name: str) -> str:
     if name not in RENDERERS:
         raise KeyError(f"README has a results block {name!r} that no renderer knows")
     path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return f"_Not run at this commit: `bench/results/{name}.json` does not exist._\n"
     doc = json.loads(path.read_text())
     return f"{RENDERERS[name](doc)}\n\n{provenance(doc, name)}\n"
 

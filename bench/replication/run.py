@@ -185,6 +185,13 @@ def mode_config(mode: str, args: argparse.Namespace, seed: int, epochs: int) -> 
     return "this trainer has no risk_weighting option (per-example weights); not run"
 
 
+def unflagged(examples: list[dict], risks: list[float], flagged: list[bool]) -> tuple[list[dict], list[float]]:
+    """``filter``'s training set: the examples (and their risks) the scan did not flag; the
+    first example alone when it flagged every one (the trainer needs at least one)."""
+    kept = [i for i, f in enumerate(flagged) if not f] or [0]
+    return [examples[i] for i in kept], [risks[i] for i in kept]
+
+
 def fine_tune(
     reference_dir: str, examples: list[dict], risks: list[float], fields: dict, args, work: Path, cache: Any = None
 ):
@@ -322,10 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(fields, str):
                     runs[key] = {"attack": attack, "mode": mode, "seed": seed, "skipped": fields}
                     continue
-                train_examples, train_risks = examples, risks
-                if mode == "filter":
-                    kept = [i for i, f in enumerate(flagged) if not f] or [0]
-                    train_examples, train_risks = [examples[i] for i in kept], [risks[i] for i in kept]
+                train_examples, train_risks = (
+                    unflagged(examples, risks, flagged) if mode == "filter" else (examples, risks)
+                )
                 t = time.perf_counter()
                 model, mtok, info = fine_tune(
                     reference_dir, train_examples, train_risks, fields, args, work / "runs" / key, scan.reference
