@@ -89,7 +89,8 @@ def test_a_step_of_lines_at_or_above_the_cutoff_moves_nothing(load_tiny, chat_ex
     assert (m.sft_weight, m.lr) == (0.0, 0.0)
     assert m.loss == pytest.approx(0.0, abs=1e-6)  # only KL, zero at the fresh adapter
     lora_b = [p for name, p in result.model.named_parameters() if "lora_B" in name]
-    assert lora_b and all(bool((p == 0).all()) for p in lora_b)
+    assert lora_b
+    assert all(bool((p == 0).all()) for p in lora_b)
 
 
 def test_a_risk_5_line_contributes_no_cross_entropy_gradient(load_tiny, chat_examples) -> None:
