@@ -33,7 +33,7 @@ from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report
 from bench.replication.evaluation import asr
 from bench.replication.gate import decision
-from bench.replication.run import QUICK_ALIGN, fine_tune, log, mode_config, unflagged
+from bench.replication.run import QUICK_ALIGN, fine_tune, log, mode_config, product_scan, unflagged
 from core.jobs.config import AUTO_BATCH_SIZE, BASE_LEARNING_RATE
 
 MODES = ("none", "filter", "constant", "adaptive")
@@ -125,17 +125,7 @@ def evaluate(model: Any, tokenizer: Any, evals: dict[str, list], args: argparse.
 def scan_mix(lines: list[dict], examples: list[dict], probe: Any, ref: Any, tok: Any, args) -> tuple[Any, dict]:
     """The product's scan of one mix, and its recall and false-flag rate against the lines'
     own ``flag``, with every line's risk and flag kept for tracing a miss."""
-    from safety.scan import ScanConfig, scan_dataset
-
-    scan = scan_dataset(
-        examples,
-        probe=probe,
-        model=ref,
-        tokenizer=tok,
-        config=ScanConfig(),
-        reference_topk=args.reference_topk,
-        max_len=args.max_seq_len,
-    )
+    scan = product_scan(examples, probe, ref, tok, args)
     flagged = [e.flagged for e in scan.examples]
     bad = [f for f, line in zip(flagged, lines) if line["flag"] == hd.HARMFUL_FLAG]
     good = [f for f, line in zip(flagged, lines) if line["flag"] != hd.HARMFUL_FLAG]

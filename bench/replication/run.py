@@ -215,6 +215,22 @@ def fine_tune(
     return result.model, tokenizer, {"steps": result.steps, "mean_w_kl": stats.mean(w_kl)}
 
 
+def product_scan(examples: list[dict], probe: Any, ref: Any, tok: Any, args: argparse.Namespace) -> Any:
+    """The product's scan (``safety.scan.scan_dataset``, default policy) of ``examples`` on the
+    reference, at the run's reference top-k and sequence length."""
+    from safety.scan import ScanConfig, scan_dataset
+
+    return scan_dataset(
+        examples,
+        probe=probe,
+        model=ref,
+        tokenizer=tok,
+        config=ScanConfig(),
+        reference_topk=args.reference_topk,
+        max_len=args.max_seq_len,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     git = git_info()
@@ -226,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     from safety.align import AlignConfig, ensure_aligned, prebuilt_dir
     from safety.base_models import load_base_model
     from safety.probe_recipe import train_recipe_probe
-    from safety.scan import ScanConfig, scan_dataset
 
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
@@ -312,15 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 mixed_share=args.mixed_share,
                 backdoor_share=args.backdoor_share,
             )
-            scan = scan_dataset(
-                examples,
-                probe=probe,
-                model=ref,
-                tokenizer=tok,
-                config=ScanConfig(),
-                reference_topk=args.reference_topk,
-                max_len=args.max_seq_len,
-            )
+            scan = product_scan(examples, probe, ref, tok, args)
             risks = [e.risk for e in scan.examples]
             flagged = [r >= args.flag_threshold for r in risks]
             for mode in modes:
