@@ -43,13 +43,14 @@ from safety.validation import token_accuracy_counts, validation_pass
 
 @dataclass
 class StepSums:
-    """One step's sums over its micro-batches (:func:`accumulate_gradients`): the objective
+    """One step's sums over its micro-batches (:func:`accumulate_gradients`): each example's
+    answer-token count (``example_answer_tokens``, in step order); the objective
     ``loss``; the cross-entropy ``ce`` over its ``answer_tokens``; the KL ``kl`` over
     ``kl_tokens``, the answer tokens of micro-batches with a reference pass; input ``tokens``
     (non-padding); and the ``correct`` / ``labelled`` next-token counts of the training
     logits."""
 
-    answer_tokens: int
+    example_answer_tokens: list[int]
     loss: float = 0.0
     ce: float = 0.0
     kl: float = 0.0
@@ -57,6 +58,10 @@ class StepSums:
     tokens: int = 0
     correct: int = 0
     labelled: int = 0
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(self.example_answer_tokens)
 
     @property
     def sft_loss(self) -> float:
@@ -84,7 +89,7 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
     sums = accumulate_gradients(run.model, run.tokenizer, run.encoded, indices, weights, config.batch_size, refs)
 
     torch.nn.utils.clip_grad_norm_(run.trainable, config.max_grad_norm)
-    scale = lr_scale(config, weights, [count_answer_tokens(run.encoded[i]) for i in indices])
+    scale = lr_scale(config, weights, sums.example_answer_tokens)
     lr = run.scheduler.get_last_lr()[0] * scale
     with scaled_lr(run.optimizer, scale):
         run.optimizer.step()
@@ -181,8 +186,8 @@ def accumulate_gradients(
     step's answer tokens; the step's sums."""
     device = next(model.parameters()).device
     examples = [encoded[i] for i in indices]
-    n_answer = sum(count_answer_tokens(e) for e in examples)
-    sums = StepSums(answer_tokens=n_answer)
+    sums = StepSums(example_answer_tokens=[count_answer_tokens(e) for e in examples])
+    n_answer = sums.answer_tokens
     for start in range(0, len(examples), batch_size):
         micro = examples[start : start + batch_size]
         w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)
