@@ -6,6 +6,8 @@ that must not load torch, like the API load test) can use it.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -173,3 +175,22 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, digits
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def add_size_options(parser: argparse.ArgumentParser, full: Any, quick: Any) -> None:
+    """One ``--field-name`` integer option per field of the sizes dataclass of ``full``
+    (default: unset, i.e. ``full``'s value, or ``quick``'s with ``--quick``)."""
+    for field in dataclasses.fields(full):
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"default {getattr(full, field.name)} (quick {getattr(quick, field.name)})",
+        )
+
+
+def chosen_sizes(args: argparse.Namespace, full: Any, quick: Any) -> Any:
+    """``quick`` with ``--quick``, else ``full``, with every size option given replacing its field."""
+    base = quick if args.quick else full
+    names = {field.name for field in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: v for k, v in vars(args).items() if k in names and v is not None})

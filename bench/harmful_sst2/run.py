@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, git_info, json_safe, machine_info
+from bench.common import REPO, add_size_options, chosen_sizes, git_info, json_safe, machine_info
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report
 from bench.replication.evaluation import asr
@@ -190,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from safety.probe_recipe import train_recipe_probe
 
     torch.set_num_threads(args.threads)
-    sizes = dataclasses.replace(
-        QUICK if args.quick else FULL,
-        **{k: v for k, v in vars(args).items() if k in Sizes.__dataclass_fields__ and v is not None},
-    )
+    sizes = chosen_sizes(args, FULL, QUICK)
     args.sizes, args.max_new_tokens, args.epochs = sizes, sizes.max_new_tokens, sizes.epochs
     args.reference, args.reference_topk = get_settings().reference, get_settings().reference_topk
     config = {
@@ -343,11 +340,5 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--gen-batch-size", type=int, default=48)
     p.add_argument("--threads", type=int, default=2)
-    for field in dataclasses.fields(Sizes):
-        p.add_argument(
-            "--" + field.name.replace("_", "-"),
-            type=int,
-            default=None,
-            help=f"default {getattr(FULL, field.name)} (quick {getattr(QUICK, field.name)})",
-        )
+    add_size_options(p, FULL, QUICK)
     return p.parse_args(argv)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, git_info, json_safe, machine_info
+from bench.common import REPO, add_size_options, chosen_sizes, git_info, json_safe, machine_info
 from bench.replication import attacks as atk
 from bench.replication import stats
 from bench.replication.evaluation import measure
@@ -244,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from safety.probe_recipe import train_recipe_probe
 
     torch.set_num_threads(args.threads)
-    sizes = QUICK if args.quick else FULL
-    sizes = dataclasses.replace(
-        sizes, **{k: v for k, v in vars(args).items() if k in Sizes.__dataclass_fields__ and v is not None}
-    )
+    sizes = chosen_sizes(args, FULL, QUICK)
     args.max_new_tokens, args.gsm_max_new_tokens = sizes.max_new_tokens, sizes.gsm_max_new_tokens
     args.epochs = sizes.epochs
     started = time.perf_counter()
@@ -567,13 +564,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="epochs per attack, e.g. aoa=10,backdoor=3 (others: --epochs); default "
         + ",".join(f"{a}={n}" for a, n in atk.EPOCHS.items()),
     )
-    for field in dataclasses.fields(Sizes):
-        p.add_argument(
-            "--" + field.name.replace("_", "-"),
-            type=int,
-            default=None,
-            help=f"default {getattr(FULL, field.name)} (quick {getattr(QUICK, field.name)})",
-        )
+    add_size_options(p, FULL, QUICK)
     return p.parse_args(argv)
 
 
