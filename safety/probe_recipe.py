@@ -15,6 +15,13 @@ benign request harmful (labelling those harmful made the probe flag plain GSM8K 
 in ``bench/probe_quality.py`` trials). A framed variant
 shares its group with its plain prompt, so the probe's fit / select / calibrate / test
 split never separates the two.
+
+Format-robust variants (``formats=True``, the default; ``safety.instruction_formats``): a
+seeded ``TEMPLATED_SHARE`` of each class placed in an instruction template (Alpaca and
+others; the label kept), and ``TASK_SHARE`` of the benign prompts as the input of a benign
+task instruction, a ``LONG_SHARE`` of those with several benign prompts joined as a long
+input. Each shares its group with the prompt it was drawn from. Without them the probe read
+the Alpaca boilerplate of the SST-2 benchmark's lines as harm (``bench/probe_formats.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from safety.generation import PromptLike
+from safety.instruction_formats import request_variant, task_variant
 from safety.probe import Probe, ProbeConfig, ProbeReport, layer_candidates, train_probe
 from safety.prompt_sets import framed, load_builtin, load_chat_frames
 
 FRAMED_SHARE = 0.4
+TEMPLATED_SHARE = 0.3
+TASK_SHARE = 0.3
+LONG_SHARE = 0.25
 HARMFUL_SETS = ("harmful_train", "probe_harmful_train")
 BENIGN_SETS = ("benign_train", "probe_benign_train")
 
@@ -43,9 +54,12 @@ class TrainingSet:
     groups: list[int]
 
 
-def training_set(seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = ()) -> TrainingSet:
+def training_set(
+    seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign: Sequence[str] = (), formats: bool = True
+) -> TrainingSet:
     """The recipe's training prompts (module docstring), with any extra plain prompts
-    appended to their class before the framed variants are drawn."""
+    appended to their class before the framed (and, with ``formats``, templated and task)
+    variants are drawn."""
     harmful = [p.text for n in HARMFUL_SETS for p in load_builtin(n)] + list(extra_harmful)
     benign = [p.text for n in BENIGN_SETS for p in load_builtin(n)] + list(extra_benign)
     frames = load_chat_frames()
@@ -55,6 +69,8 @@ def training_set(seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign:
     for label, texts, offset in ((1, harmful, 0), (0, benign, len(harmful))):
         for i in sorted(rng.sample(range(len(texts)), round(len(texts) * FRAMED_SHARE))):
             rows.append((framed(texts[i], rng.choice(frames)), label, offset + i))
+    if formats:
+        rows += format_variants(harmful, benign, random.Random(seed + 1))
     rows.sort(key=lambda r: -r[1])  # harmful first (stable: plain prompts before variants)
     n_harmful = sum(r[1] for r in rows)
     return TrainingSet(
@@ -62,6 +78,19 @@ def training_set(seed: int = 0, extra_harmful: Sequence[str] = (), extra_benign:
         benign=[r[0] for r in rows[n_harmful:]],
         groups=[r[2] for r in rows],
     )
+
+
+def format_variants(harmful: list[str], benign: list[str], rng: random.Random) -> list[tuple[PromptLike, int, int]]:
+    """``(prompt, label, group)`` rows of the templated and task variants (module docstring);
+    groups index ``harmful + benign`` as :func:`training_set`'s do."""
+    rows: list[tuple[PromptLike, int, int]] = []
+    for label, texts, offset in ((1, harmful, 0), (0, benign, len(harmful))):
+        for i in sorted(rng.sample(range(len(texts)), round(len(texts) * TEMPLATED_SHARE))):
+            rows.append((request_variant(texts[i], rng), label, offset + i))
+    for i in sorted(rng.sample(range(len(benign)), round(len(benign) * TASK_SHARE))):
+        others = rng.sample(benign, min(len(benign), 12))
+        rows.append((task_variant([benign[i], *others], rng, long=rng.random() < LONG_SHARE), 0, len(harmful) + i))
+    return rows
 
 
 def parse_layer_sets(value: str) -> list[tuple[int, ...]] | None:
@@ -93,11 +122,13 @@ def train_recipe_probe(
     *,
     extra_harmful: Sequence[str] = (),
     extra_benign: Sequence[str] = (),
+    formats: bool = True,
     **overrides: Any,
 ) -> tuple[Probe, ProbeReport]:
-    """Train, calibrate and report a probe by the recipe (see :func:`train_probe`)."""
+    """Train, calibrate and report a probe by the recipe (see :func:`train_probe`);
+    ``formats=False`` leaves out the format-robust variants (the benchmark's baseline)."""
     config, candidates = recipe(model.config.num_hidden_layers, probe_layers, **overrides)
-    data = training_set(config.seed, extra_harmful, extra_benign)
+    data = training_set(config.seed, extra_harmful, extra_benign, formats)
     return train_probe(
         model, tokenizer, data.harmful, data.benign, config, layer_candidates=candidates, groups=data.groups
     )

@@ -51,6 +51,15 @@ def request_of(line: dict[str, Any]) -> str:
     return found.group(1) if found else line["instruction"]
 
 
+def plain_prompt(line: dict[str, Any]) -> str:
+    """A templated line with its template taken off: the request, and the input (when there is
+    one) after a blank line, as a customer writing plain chat would send them."""
+    found = re.search(r"### Input:\n(.*?)\n\n### Response:", line["instruction"], re.S)
+    input_text = found.group(1).strip() if found else line.get("input", "")
+    request = request_of(line)
+    return f"{request}\n\n{input_text}" if input_text else request
+
+
 def to_chat(line: dict[str, Any]) -> dict[str, Any]:
     """One training line as a chat example: its prompt text the user turn, its output the
     assistant turn."""
