@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             src: {fmt: probe.predict_proba_features(f, layers).tolist() for fmt, f in by_fmt.items()}
             for src, by_fmt in features.items()
         }
+        if name == "formats" and args.save_probe:
+            probe.save(args.save_probe)  # the SST-2 benchmark can read it (``--probe``) instead of retraining
         probes[name] = {
             "layers": list(probe.layers),
             "threshold": probe.threshold,
@@ -187,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gsm8k", type=int, default=200, help="GSM8K questions (seeded sample)")
     p.add_argument("--sst2-lines", type=int, default=None, help="lines of the p = 0.2 mix (default: all 1000)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-probe", default="", help="save the formats probe to this directory")
     p.add_argument("--dirty-ok", action="store_true", help="record results from a dirty tree (marked in the JSON)")
     return p.parse_args(argv)
 

@@ -140,6 +140,19 @@ def scan_mix(lines: list[dict], examples: list[dict], probe: Any, ref: Any, tok:
     }
 
 
+def recipe_probe(ref: Any, tok: Any, args: argparse.Namespace) -> tuple[Any, float | None]:
+    """The onboarding recipe's probe of the reference and its test-split AUROC: read from
+    ``--probe`` (a probe ``bench/probe_formats.py --save-probe`` trained by the same recipe on
+    the same aligned variant; AUROC not recomputed) or trained here."""
+    from safety.probe import Probe
+    from safety.probe_recipe import train_recipe_probe
+
+    if args.probe:
+        return Probe.load(args.probe), None
+    probe, report = train_recipe_probe(ref, tok, **(QUICK_PROBE if args.quick else {}))
+    return probe, report.auroc
+
+
 def load_doc(out: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """The results file to merge into (a new one with ``fresh`` or when none exists); refuses
     one whose shared configuration differs from this command's."""
@@ -187,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     from core.settings import get_settings
     from safety.align import AlignConfig, ensure_aligned, prebuilt_dir
     from safety.base_models import load_base_model
-    from safety.probe_recipe import train_recipe_probe
 
     torch.set_num_threads(args.threads)
     sizes = chosen_sizes(args, FULL, QUICK)
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "threads": args.threads,
         "gen_batch_size": args.gen_batch_size,
+        "probe": args.probe or "trained by the run",
     }
     out, work, cache = Path(args.out), Path(args.work_dir), Path(args.cache_dir)
     doc = load_doc(out, config, args.fresh)
@@ -242,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     reference_dir = meta["path"]
     ref, tok = load_base_model(reference_dir, cache_dir=cache)
     t, cpu = time.perf_counter(), time.process_time()
-    probe, probe_report = train_recipe_probe(ref, tok, **(QUICK_PROBE if args.quick else {}))
+    probe, probe_auroc = recipe_probe(ref, tok, args)
     probe_seconds, probe_cpu = time.perf_counter() - t, time.process_time() - cpu
-    log(f"probe: {probe_seconds:.0f} s ({probe_cpu:.0f} CPU s), AUROC {probe_report.auroc:.3f}")
+    log(f"probe: {probe_seconds:.0f} s ({probe_cpu:.0f} CPU s), AUROC {probe_auroc}")
     if doc.get("reference") is None:
         t = time.perf_counter()
         doc["reference"] = {
             "origin": meta["origin"],
-            "probe_auroc": probe_report.auroc,
+            "probe_auroc": probe_auroc,
             **evaluate(ref, tok, evals, args),
             "eval_seconds": round(time.perf_counter() - t, 1),
         }
@@ -340,5 +353,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--gen-batch-size", type=int, default=48)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--probe", default="", help="a saved recipe probe of the aligned variant (default: train one)")
     add_size_options(p, FULL, QUICK)
     return p.parse_args(argv)
