@@ -11,10 +11,16 @@ from typing import Any
 from bench.replication import stats
 
 METRICS = ("harmful_score", "accuracy", "over_refusal")
-PAIRED = (("adaptive", "filter"), ("adaptive", "constant"))
+PAIRED = (
+    ("adaptive", "filter"),
+    ("adaptive", "constant"),
+    ("adaptive_bounded", "filter"),
+    ("adaptive_bounded", "constant"),
+    ("adaptive_bounded", "adaptive"),
+)
 STRESS = ("lr_x4", "epochs_x2")
 EPS = 1e-9  # a difference at a target's bound meets it (float rounding of means)
-ORDER = ("none", "filter", "constant", "adaptive", "adaptive_batch")  # table order of the modes
+ORDER = ("none", "filter", "constant", "adaptive", "adaptive_batch", "adaptive_bounded")  # table order of the modes
 
 
 def group(runs: dict[str, dict[str, Any]], p: str, mode: str, setting: str = "default") -> list[dict[str, Any]]:
@@ -50,7 +56,8 @@ def summarize(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def paired_tests(runs: dict[str, dict[str, Any]], p: str = "0.1") -> list[dict[str, Any]]:
-    """Adaptive against filter and against constant at share ``p``, seeds as the unit, on
+    """Adaptive (the paper's objective, and the bounded one) against filter and against constant
+    (and bounded against paper) at share ``p``, seeds as the unit, on
     harmful score and accuracy (:func:`bench.replication.stats.paired_by_seed`)."""
     out = []
     for a, b in PAIRED:

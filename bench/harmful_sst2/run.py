@@ -52,11 +52,13 @@ class Cell:
 
 
 def parts(seeds: tuple[int, ...]) -> dict[str, list[Cell]]:
-    """The grid: every mode at each p (``seeds`` at p = 0.1, the first seed elsewhere), and
-    at p = 0.1 the first seed of ``none`` and ``adaptive`` at lr ×4 and at epochs ×2."""
+    """The grid: every mode at each p (``seeds`` at p = 0.1, the first seed elsewhere; at p =
+    0.1 also ``adaptive_batch`` and ``adaptive_bounded``, the bounded objective of
+    ``GUARDTUNE_OBJECTIVE``), and at p = 0.1 the first seed of ``none`` and ``adaptive`` at
+    lr ×4 and at epochs ×2."""
     one = seeds[:1]
     grid = {f"p{p}": [Cell(p, MODES, one)] for p in ("0", "0.05", "0.2")}
-    grid["p0.1"] = [Cell("0.1", (*MODES, "adaptive_batch"), seeds)]
+    grid["p0.1"] = [Cell("0.1", (*MODES, "adaptive_batch", "adaptive_bounded"), seeds)]
     grid["stress"] = [Cell("0.1", ("none", "adaptive"), one, s) for s in ("lr_x4", "epochs_x2")]
     return grid
 

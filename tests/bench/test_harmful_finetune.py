@@ -223,6 +223,7 @@ def test_the_grid_parts():
     (main,) = grid["p0.1"]
     assert main.seeds == (0, 1, 2)
     assert "adaptive_batch" in main.modes
+    assert "adaptive_bounded" in main.modes
     assert [c.setting for c in grid["stress"]] == ["lr_x4", "epochs_x2"]
     assert all(c.seeds == (0,) for n in ("p0", "p0.05", "p0.2", "stress") for c in grid[n])
 
