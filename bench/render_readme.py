@@ -213,6 +213,47 @@ def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
     )
 
 
+def render_probe_formats(doc: dict[str, Any]) -> str:
+    """``bench/probe_formats.py``: per source and format the share each probe flags (plain recipe
+    vs format-robust recipe, reporting threshold; the latter also at its weighting threshold),
+    the SST-2 AUROC per format, and the format targets as checks."""
+    plain, robust = doc["probes"]["plain"], doc["probes"]["formats"]
+    rows = []
+    for src, by_fmt in robust["rates"].items():
+        what = "recall" if src in doc["harmful_sources"] else "flagged"
+        for fmt, rates in by_fmt.items():
+            rows.append(
+                [
+                    f"{src} ({doc['eval_sets'][src][fmt]})",
+                    fmt,
+                    what,
+                    points(plain["rates"][src][fmt]["flagged"]),
+                    points(rates["flagged"]),
+                    points(rates["weighted"]),
+                ]
+            )
+    headers = [
+        "source (prompts)",
+        "format",
+        "",
+        "plain recipe (%)",
+        "format-robust recipe (%)",
+        "at its weighting threshold (%)",
+    ]
+    aurocs = "; ".join(
+        f"{fmt}: {num(plain['sst2_auroc'][fmt], 3)} → {num(robust['sst2_auroc'][fmt], 3)}"
+        for fmt in robust["sst2_auroc"]
+    )
+    verdicts = {True: "met", False: "**missed**"}
+    checks = "".join(f"\n- {name}: {verdicts[c['met']]} ({points(c['value'])} %)" for name, c in doc["checks"].items())
+    return (
+        f"Probe of the aligned variant, onboarding recipe without and with the format-robust variants "
+        f"(thresholds {robust['threshold']:.3f} / weighting {robust['weight_threshold']:.3f}; plain recipe "
+        f"{plain['threshold']:.3f}).\n\n{table(headers, rows)}\n\nSST-2 AUROC, harmful vs task lines, plain → "
+        f"format-robust: {aurocs}.\n\nChecks (format-robust recipe, reporting threshold):{checks}"
+    )
+
+
 def render_aligned_reference(doc: dict[str, Any]) -> str:
     rows = []
     if "base" in doc:
@@ -324,6 +365,7 @@ def render_demo(doc: dict[str, Any]) -> str:
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo": render_demo,
     "harmful_finetune_sst2": render_harmful_finetune_sst2,
+    "probe_formats": render_probe_formats,
     "safety_replication": render_safety_replication,
     "replication_reference_modes": render_safety_replication,
     "aligned_reference": render_aligned_reference,
