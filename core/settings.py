@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers; 431 above
 
     # Limits.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # request body of every route but uploads; 413
     max_upload_bytes: int = 512 * 1024 * 1024
     max_concurrent_jobs_per_org: int = 4
     max_storage_bytes_per_org: int = 10 * 1024**3

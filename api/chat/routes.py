@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import CUSTOMER
 from api.chat import service
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, ErrorResponse
 from core.chat import ChatCompletionRequest
 from core.inference import get_backend
 
-router = APIRouter(tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+router = APIRouter(route_class=GuardedRoute, tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 
 
 @router.post(

@@ -14,9 +14,12 @@ from api.deps import CallerDep, SessionDep, SettingsDep
 from api.files.deps import FileServiceDep
 from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
 from api.files.uploads import receive_upload
+from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 
-router = APIRouter(prefix="/files", tags=["files"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+router = APIRouter(
+    route_class=GuardedRoute, prefix="/files", tags=["files"], dependencies=CUSTOMER, responses=COMMON_ERRORS
+)
 
 
 @router.post(
