@@ -204,7 +204,8 @@ def test_missing_closing_boundary_is_400_and_nothing_stored(live_api, tenant, un
 # -- header size ----------------------------------------------------------------------------------------
 def test_header_over_the_limit_is_431_before_it_is_read(live_api):
     """A 100 MB header: more than socket buffers hold, so if the server kept reading it the
-    client would send it all; it answers 431 and closes after about MAX_HEADER bytes."""
+    client would send it all; it answers 431 after about MAX_HEADER bytes and closes after
+    discarding at most ``api.server.LINGER_BYTES`` more."""
     total, chunk = 100 * 1024 * 1024, b"x" * 65536
     url = urlsplit(live_api.base_url)
     with socket.create_connection((url.hostname, url.port), timeout=30) as s:
@@ -225,6 +226,15 @@ def test_header_over_the_limit_is_431_before_it_is_read(live_api):
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "request_header_fields_too_large"
     assert sent < total, "the server read the whole oversized header"
+
+
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, 8 * 1024 * 1024])
+def test_an_http_client_sending_a_huge_header_reads_431(live_api, size):
+    """A client that sends its whole request before reading (httpx, like most) gets the 431,
+    not a reset connection: the server answers, then reads and discards what is still coming."""
+    r = httpx.get(f"{live_api.base_url}/healthz", headers={"X-Big": "x" * size}, timeout=30)
+    assert r.status_code == 431
+    assert r.json()["error"]["code"] == "request_header_fields_too_large"
 
 
 @pytest.mark.transport("uvicorn")  # the limit is uvicorn's (the closest marker wins)
