@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Request
 
 from core.errors import InvalidRequest
+from core.quoting import clip, quoted
 
 
 def unstorable(text: str) -> str | None:
@@ -31,7 +32,7 @@ def unstorable(text: str) -> str | None:
 
 
 def _refuse(param: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"The parameter {param!r} {why}.", code="invalid_value", param=param)
+    return InvalidRequest(f"The parameter {quoted(param)} {why}.", code="invalid_value", param=clip(param))
 
 
 def _walk(value: Any, path: str) -> None:

@@ -20,6 +20,7 @@ from core.chat import ChatCompletionRequest
 from core.errors import GuardtuneError, InvalidRequest, NotFound
 from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref
 from core.models import BaseModelEntry
+from core.quoting import quoted
 from core.ratelimit import chat_limiter
 from core.releases.repository import ReleaseRepository
 from core.settings import Settings
@@ -53,13 +54,15 @@ def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, 
         base = session.get(BaseModelEntry, released.base_model)
         if base is None:
             raise NotFound(
-                f"The base model of {request.model!r} is no longer registered.", code="model_not_found", param="model"
+                f"The base model of {quoted(request.model)} is no longer registered.",
+                code="model_not_found",
+                param="model",
             )
         return ServingTarget(request.model, base.id, base.source, adapter_ref(released))
     base = repo.base_model(request.model)
     if base is None:
         raise NotFound(
-            f"The model {request.model!r} does not exist or you do not have access to it.",
+            f"The model {quoted(request.model)} does not exist or you do not have access to it.",
             code="model_not_found",
             param="model",
         )

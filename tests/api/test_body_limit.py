@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from core.quoting import QUOTE_CHARS
 from tests.api.helpers import BASE_MODEL, GOOD, auth, chat, jsonl
 
 MAX_BODY = 64 * 1024
@@ -98,6 +99,18 @@ def test_the_json_body_is_parsed_once(http, tenant, monkeypatch):
     r = http.post("/v1/fine_tuning/jobs", headers={**auth(tenant), "content-type": "application/json"}, content=body)
     assert r.status_code == 404, r.text  # the file does not exist: the body was parsed and validated
     assert len(parses) == 1
+
+
+def test_a_long_model_name_is_quoted_short(http, tenant):
+    r = http.post(
+        "/v1/chat/completions",
+        headers=auth(tenant),
+        json={"model": "m" * 50_000, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    refused(r, 404, "model_not_found")
+    error = r.json()["error"]
+    assert "(50000 characters)" in error["message"]
+    assert len(error["message"]) < QUOTE_CHARS + 200
 
 
 # -- 100 MB against the real server ---------------------------------------------------------------------

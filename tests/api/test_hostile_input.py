@@ -11,7 +11,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from core.models import File
+from core.quoting import QUOTE_CHARS
 from tests.api.helpers import BASE_MODEL, GOOD, auth, chat, jsonl
 
 MAX_HEADER = 16 * 1024
@@ -135,6 +139,38 @@ def test_deeply_nested_jsonl_line_is_a_validation_error_with_its_line_number(htt
     assert f["status"] == "error"
     assert "line 2: Invalid JSON: the value is nested too deeply." in f["status_details"]
     assert "line 4: Invalid JSON: the value is nested too deeply." in f["status_details"]
+
+
+# -- long customer strings in errors -------------------------------------------------------------------
+LONG = 100_000  # characters of one customer string; an error quotes at most QUOTE_CHARS of it
+
+
+def test_a_long_role_is_quoted_short_in_the_answer_and_the_database(http, tenant, db):
+    line = {"messages": [{"role": "r" * LONG, "content": "x"}, {"role": "assistant", "content": "y"}]}
+    r = http.post(
+        "/v1/files",
+        headers=auth(tenant),
+        files={"file": ("roles.jsonl", jsonl(*[line] * 10))},
+        data={"purpose": "fine-tune"},
+    )
+    assert r.status_code == 200, r.text[:500]
+    details = r.json()["status_details"]
+    assert f"({LONG} characters)" in details
+    assert len(details) < 10 * (QUOTE_CHARS + 200), len(details)
+    with Session(db) as session:
+        stored = session.scalar(select(File.status_details).where(File.id == r.json()["id"]))
+    assert stored == details
+
+
+def test_a_long_key_is_quoted_short_in_a_validation_error(http, tenant, training_file):
+    key = "k" * LONG
+    r = http.post(
+        "/v1/fine_tuning/jobs",
+        headers=auth(tenant),
+        json={"model": BASE_MODEL, "training_file": training_file, "metadata": {key: "a\u0000b"}},
+    )
+    assert r.status_code == 400
+    assert len(r.content) < 2 * QUOTE_CHARS + 500, len(r.content)
 
 
 # -- cut-short uploads --------------------------------------------------------------------------------
