@@ -30,7 +30,11 @@ router = APIRouter(route_class=GuardedRoute, tags=["chat"], dependencies=CUSTOME
             "ending with `data: [DONE]`",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        429: {"model": ErrorResponse, "description": "Rate limit of the organization (see Retry-After)"},
+        429: {
+            "model": ErrorResponse,
+            "description": "Request or token budget of the organization exceeded (see Retry-After and the "
+            "x-ratelimit-* headers)",
+        },
         503: {"model": ErrorResponse, "description": "The inference backend is unavailable"},
     },
 )
@@ -40,7 +44,7 @@ async def create_chat_completion(
     """OpenAI's chat completion for a registry base model or a released `ft:` model of your
     organization (greedy decoding with `temperature: 0`). Other organizations' models,
     blocked and revoked models answer 404."""
-    target = await run_in_threadpool(service.authorize, session, caller, body, settings)
+    target, rate_headers = await run_in_threadpool(service.authorize, session, caller, body, settings)
     await run_in_threadpool(session.close)  # no connection held while generating
     max_tokens = body.requested_max_tokens() or settings.chat_max_tokens
     client, response = await service.forward(
@@ -48,7 +52,9 @@ async def create_chat_completion(
     )
     if body.stream:
         return StreamingResponse(
-            service.relay(client, response), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            service.relay(client, response),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **rate_headers},
         )
     try:
         payload = json.loads(await response.aread())
@@ -56,4 +62,4 @@ async def create_chat_completion(
         await response.aclose()
         await client.aclose()
     payload["model"] = target.model
-    return JSONResponse(payload)
+    return JSONResponse(payload, headers=rate_headers)

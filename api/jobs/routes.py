@@ -32,7 +32,10 @@ After = Annotated[str | None, Query(description="The id of the last item of the 
     summary="Create a fine-tuning job",
     responses={
         422: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body"},
-        429: {"model": ErrorResponse, "description": "Too many concurrent jobs in this organization"},
+        429: {
+            "model": ErrorResponse,
+            "description": "Too many concurrent jobs in this organization, or job creations per minute (Retry-After)",
+        },
     },
 )
 def create_job(

@@ -15,18 +15,18 @@ from core.ratelimit import RateLimiter
 def test_limit_per_key_with_retry_after_and_a_fresh_window(store, redis_url):
     limiter = RateLimiter(2, window_s=1.0, redis_url=redis_url if store == "redis" else None)
     key = f"org-{store}-{time.monotonic_ns()}"
-    limiter.hit(key)
-    limiter.hit(key)
+    limiter.take(key)
+    limiter.take(key)
     with pytest.raises(RateLimited) as err:
-        limiter.hit(key)
+        limiter.take(key)
     assert err.value.status_code == 429
     assert err.value.headers == {"Retry-After": "1"}
-    limiter.hit(key + "-other")  # another organization has its own count
+    limiter.take(key + "-other")  # another organization has its own count
     time.sleep(1.1)
-    limiter.hit(key)  # the window ended
+    limiter.take(key)  # the window ended
 
 
 def test_zero_means_unlimited():
     limiter = RateLimiter(0)
     for _ in range(100):
-        limiter.hit("org")
+        limiter.take("org")
