@@ -4,7 +4,8 @@ window starting with the organization's first use in it (so no burst straddles a
 One :class:`RateLimiter` per budget (:func:`limiter` builds each from its setting): chat
 requests and chat tokens (``/v1/chat/completions``), file uploads and job creations.
 Counts live in Redis when the broker is Redis (shared by every API replica), otherwise in
-this process (the embedded default has one API process). :meth:`RateLimiter.take` counts
+this process (the embedded default has one API process); while Redis cannot be reached
+nothing is limited (a warning is logged per request). :meth:`RateLimiter.take` counts
 an amount and returns the :class:`Usage` left, or raises :class:`~core.errors.RateLimited`
 with ``Retry-After`` (seconds until the window ends) and takes nothing."""
 
@@ -18,7 +19,10 @@ from functools import lru_cache
 from typing import Literal
 
 from core.errors import RateLimited
+from core.logging import get_logger
 from core.settings import get_settings
+
+log = get_logger(__name__)
 
 Budget = Literal["chat_requests", "chat_tokens", "uploads", "job_creations"]
 # What each budget counts, for messages, and its setting (per minute, per organization).
@@ -46,19 +50,27 @@ class RateLimiter:
         if redis_url:
             import redis
 
-            self._redis = redis.Redis.from_url(redis_url, socket_timeout=5)
+            self._redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
         self._lock = threading.Lock()
         self._local: dict[str, tuple[float, int]] = {}  # key -> (window end, count)
 
-    def _add(self, key: str, amount: int) -> tuple[int, float]:
-        """Add ``amount`` (negative: give back) to the key's window: its count and seconds left."""
+    def _add(self, key: str, amount: int) -> tuple[int, float] | None:
+        """Add ``amount`` (negative: give back) to the key's window: its count and seconds
+        left, or None when Redis cannot be reached (the limit is not enforced meanwhile: a
+        broker outage must not take uploads and chat down with it)."""
         if self._redis is not None:
+            import redis
+
             name = f"guardtune:ratelimit:{self.name}:{key}"
             pipe = self._redis.pipeline()
             pipe.set(name, 0, nx=True, px=int(self.window_s * 1000))
             pipe.incrby(name, amount)
             pipe.pttl(name)
-            _, count, ttl_ms = pipe.execute()
+            try:
+                _, count, ttl_ms = pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("rate_limit_store_unavailable", budget=self.name, error=type(exc).__name__)
+                return None
             return int(count), max(ttl_ms, 0) / 1000
         with self._lock:
             now = time.monotonic()
@@ -77,7 +89,10 @@ class RateLimiter:
         """Count ``amount`` against the key's budget; over it, 429 and nothing is counted."""
         if self.limit <= 0:
             return Usage(0, 0, 0.0)
-        count, left_s = self._add(key, amount)
+        counted = self._add(key, amount)
+        if counted is None:
+            return Usage(self.limit, self.limit, self.window_s)
+        count, left_s = counted
         if count <= self.limit:
             return Usage(self.limit, self.limit - count, left_s)
         self.give_back(key, amount)
