@@ -59,16 +59,10 @@ async def parse_json_once(request: Request) -> None:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "ctx": {"error": exc.msg}}]
         ) from None
-    except RecursionError:
+    except (ValueError, RecursionError) as exc:  # not UTF-8/16/32 text, or nested deeper than the parser goes
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "the body is not Unicode text"
         raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body",),
-                    "msg": "JSON decode error",
-                    "ctx": {"error": "nested too deeply"},
-                }
-            ]
+            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {"error": reason}}]
         ) from None
     refuse_unstorable_body(parsed)
 

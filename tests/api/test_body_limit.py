@@ -172,3 +172,9 @@ def test_a_100_mb_body_is_refused_quickly_with_memory_bounded(live_api, tenant, 
     assert grown < 50 * 1024 * 1024, f"the server grew {grown / 2**20:.0f} MB"
     assert health.failures == 0
     assert health.slowest < 1.0, f"/healthz took {health.slowest:.2f}s"
+
+
+@pytest.mark.parametrize("body", [b"\x80{}", b'{"a"\x00\x00', b"[" * 50_000], ids=["not-utf8", "utf32-cut", "deep"])
+def test_a_body_json_cannot_read_is_400_invalid_json(http, tenant, body):
+    r = http.post("/v1/fine_tuning/jobs", headers={**auth(tenant), "content-type": "application/json"}, content=body)
+    refused(r, 400, "invalid_json")
