@@ -76,6 +76,25 @@ def test_invalid_json_without_a_valid_key_is_401(http, key):
     assert r.status_code == 401, r.text
 
 
+def json_operations(http) -> list[tuple[str, str]]:
+    """``(method, path)`` of every authenticated operation that takes a JSON body."""
+    paths = http.get("/openapi.json").json()["paths"]
+    return [
+        (method.upper(), path.replace("{org_id}", "org-x"))
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {}) and operation.get("security")
+    ]
+
+
+def test_every_json_operation_answers_401_before_parsing_its_body(http):
+    operations = json_operations(http)
+    assert len(operations) >= 5
+    for method, path in operations:
+        r = http.request(method, path, headers={"content-type": "application/json"}, content=b"\x80not json")
+        assert r.status_code == 401, (method, path, r.text)
+
+
 def test_invalid_json_with_a_key_is_400_naming_the_position(http, tenant):
     r = http.post(
         "/v1/chat/completions", headers={**auth(tenant), "content-type": "application/json"}, content=b'{"model": '
