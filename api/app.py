@@ -6,21 +6,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError
 
 from api import health
 from api.admin.routes import router as admin_router
+from api.bodylimit import BodyLimitMiddleware
 from api.chat.routes import router as chat_router
 from api.dashboard.routes import router as dashboard_router
 from api.errors import install_error_handlers
 from api.files.routes import router as files_router
-from api.input_guard import refuse_unstorable_input
 from api.jobs.routes import router as jobs_router
 from api.metrics import install_metrics
 from api.models.routes import router as models_router
 from api.openapi import install_openapi
 from api.requestid import RequestIdMiddleware
+from api.routing import GuardedRoute
 from core.db import session_scope
 from core.logging import configure_logging
 from core.registry import seed_base_models
@@ -45,7 +46,6 @@ def create_app() -> FastAPI:
     configure_logging()
     app = FastAPI(
         lifespan=lifespan,
-        dependencies=[Depends(refuse_unstorable_input)],
         title="guardtune",
         version="0.1.0",
         description=(
@@ -56,7 +56,13 @@ def create_app() -> FastAPI:
             "the people who run the deployment, never to a customer."
         ),
     )
+    app.router.route_class = GuardedRoute  # the app's own routes (``/metrics``)
     install_error_handlers(app)
+    # Before routing, parsing and authentication; uploads stream under their own limit. The
+    # innermost middleware, so that what it raises while a body is read reaches that reader.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=get_settings().max_body_bytes, exempt=frozenset({("POST", "/v1/files")})
+    )
     install_metrics(app)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response gets the header
     app.include_router(health.router)

@@ -55,7 +55,7 @@ SessionDep = Annotated[Session, Depends(get_db)]
 # Each domain's service is a typed dependency too (``JobServiceDep`` in ``api/jobs/deps.py``,
 # and likewise for files, models and admin). Those are ``async``: building a service does no
 # I/O, so it takes no thread of the endpoint pool; it wraps this request's session (FastAPI
-# resolves ``get_db`` once per request), the one ``authenticate`` released its connection of.
+# resolves ``get_db`` once per request).
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,10 @@ def _lookup(session: Session, key_hash: str) -> Caller:
     return caller
 
 
-async def authenticate(request: Request, session: SessionDep, settings: SettingsDep) -> Caller:
-    """The caller of a bearer key (401 otherwise). Returns holding no database connection.
+async def identify(request: Request, settings: Settings) -> Caller:
+    """The caller of the request's bearer key (401 otherwise), on a session of its own that
+    holds no connection when this returns. :class:`api.routing.GuardedRoute` calls it
+    before the request's body is read, for every route that depends on :func:`authenticate`.
 
     A key found valid is cached for ``GUARDTUNE_API_KEY_CACHE_S`` (:mod:`api.keycache`:
     revocation contracts there), so a request whose key is cached takes no thread and no
@@ -110,9 +112,18 @@ async def authenticate(request: Request, session: SessionDep, settings: Settings
     caller: Caller | None = KEYS.get(key_hash)
     if caller is None:
         generation = KEYS.generation
-        caller = await anyio.to_thread.run_sync(_lookup, session, key_hash)
+        session = new_session()
+        try:
+            caller = await anyio.to_thread.run_sync(_lookup, session, key_hash)
+        finally:
+            session.close()  # _lookup ended its transaction: no connection, no I/O
         KEYS.put(key_hash, caller, settings.api_key_cache_s, generation=generation)
-    request.state.caller = caller
+    return caller
+
+
+async def authenticate(request: Request) -> Caller:
+    """The caller :class:`api.routing.GuardedRoute` identified before the body was read."""
+    caller: Caller = request.state.caller
     return caller
 
 

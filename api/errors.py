@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.requestid import HEADER, request_id_of
 from core.errors import GuardtuneError
 from core.logging import get_logger
+from core.quoting import clip
 
 log = get_logger(__name__)
 
@@ -41,8 +42,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body(invalid_json_message(first), "invalid_request_error", "invalid_json"), 400)
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        message = f"{first['msg']}" + (f" (param: {param})" if param else "")
+        param = clip(".".join(loc)) or None  # a path may hold the customer's own keys
+        message = clip(str(first["msg"]), 1000) + (f" (param: {param})" if param else "")
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_value", param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

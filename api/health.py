@@ -7,12 +7,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SessionDep, StoreDep
+from api.routing import GuardedRoute
 from core.logging import get_logger
 from core.queue import check_broker
 
 log = get_logger(__name__)
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=GuardedRoute, tags=["health"])
 
 
 @router.get("/healthz")

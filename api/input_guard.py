@@ -4,20 +4,20 @@ Postgres cannot store a NUL character in text, UTF-8 has no lone surrogates (JSO
 ``"\\ud800"``), and Python's JSON parser turns ``Infinity``, ``NaN`` and ``1e400`` into
 floats that overflow every integer conversion. Each of these answers 400
 ``invalid_value`` naming the parameter (``fine_tuning_job_id``, ``after``,
-``hyperparameters.n_epochs``, ``metadata.team``), whatever the route: the check is an
-app-wide dependency over the path and query parameters and the JSON body. Multipart
-uploads are checked as they stream (``api.files.uploads``)."""
+``hyperparameters.n_epochs``, ``metadata.team``), whatever the route:
+:class:`api.routing.GuardedRoute` checks the path and query parameters before anything
+else and the JSON body right after parsing it (once: FastAPI validates that same parse).
+Multipart uploads are checked as they stream (``api.files.uploads``)."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from fastapi import Request
-from fastapi.routing import APIRoute
 
 from core.errors import InvalidRequest
+from core.quoting import clip, quoted
 
 
 def unstorable(text: str) -> str | None:
@@ -32,18 +32,14 @@ def unstorable(text: str) -> str | None:
 
 
 def _refuse(param: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"The parameter {param!r} {why}.", code="invalid_value", param=param)
-
-
-class _NonFinite:
-    """What ``Infinity``, ``-Infinity`` and ``NaN`` parse to here, to be refused by name."""
+    return InvalidRequest(f"The parameter {quoted(param)} {why}.", code="invalid_value", param=clip(param))
 
 
 def _walk(value: Any, path: str) -> None:
     if isinstance(value, str):
         if why := unstorable(value):
             raise _refuse(path or "body", why)
-    elif isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
+    elif isinstance(value, float) and not math.isfinite(value):
         raise _refuse(path or "body", "must be a finite number")
     elif isinstance(value, dict):
         for key, item in value.items():
@@ -56,8 +52,8 @@ def _walk(value: Any, path: str) -> None:
             _walk(item, f"{path}.{i}" if path else str(i))
 
 
-async def refuse_unstorable_input(request: Request) -> None:
-    """App-wide dependency (runs after routing, before authentication and validation)."""
+def refuse_unstorable_params(request: Request) -> None:
+    """400 naming the first path or query parameter that cannot be stored."""
     for name, value in request.path_params.items():
         if isinstance(value, str) and (why := unstorable(value)):
             raise _refuse(name, why)
@@ -66,17 +62,8 @@ async def refuse_unstorable_input(request: Request) -> None:
             raise _refuse("query", f"has a parameter name that {why}")
         if why := unstorable(value):
             raise _refuse(name, why)
-    route = request.scope.get("route")
-    if not isinstance(route, APIRoute) or route.body_field is None:
-        return  # no JSON body on this route (uploads stream past FastAPI)
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        return
-    body = await request.body()  # FastAPI has read it already; this is its cached copy
-    if not body:
-        return
-    try:
-        parsed = json.loads(body, parse_constant=lambda _: _NonFinite())
-    except (ValueError, RecursionError):
-        return  # not JSON: FastAPI's own 400 says so
+
+
+def refuse_unstorable_body(parsed: Any) -> None:
+    """400 naming the first value of a parsed JSON body that cannot be stored."""
     _walk(parsed, "")

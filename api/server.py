@@ -2,8 +2,11 @@
 the API through :func:`run` (``python -m api.server``), so both get the same limits:
 
 * request line + headers are bounded (``GUARDTUNE_MAX_HEADER_BYTES``): h11 stops buffering
-  at the limit and the client gets ``431`` with an OpenAI-shaped error body, the connection
-  closed, before more of an oversized header is read;
+  at the limit and the client gets ``431`` with an OpenAI-shaped error body. The server then
+  half-closes and reads on, discarding, for up to :data:`LINGER_BYTES` / :data:`LINGER_S`
+  (a "lingering close"): a client that sends its whole request before reading the answer
+  (most do) reads the 431 instead of a reset connection, and none can make the server read
+  an unbounded header;
 * endpoint threads: ``GUARDTUNE_API_THREADS`` (set in ``api.app``'s lifespan), the database
   pool sized from the same number (``core.db.pool_size``)."""
 
@@ -33,11 +36,24 @@ HEADER_TOO_LARGE = json.dumps(
 # An idle keep-alive connection is closed after this long. uvicorn's 5 s races clients
 # whose event loop lags under load: the server closes as the next request goes out.
 KEEP_ALIVE_S = 30
+# After a 431: what the server still reads (and discards) before it closes the connection.
+LINGER_BYTES = 16 * 1024 * 1024
+LINGER_S = 5.0
 
 
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, answering 431 (not 400) when h11 gave up on a request head
-    longer than ``h11_max_incomplete_event_size``."""
+    longer than ``h11_max_incomplete_event_size``, then closing lingeringly (see the module)."""
+
+    linger_left: int | None = None  # bytes still to discard before closing; None: not lingering
+
+    def data_received(self, data: bytes) -> None:
+        if self.linger_left is None:
+            super().data_received(data)
+            return
+        self.linger_left -= len(data)
+        if self.linger_left <= 0:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         buffered, _ = self.conn.trailing_data
@@ -53,7 +69,12 @@ class BoundedH11Protocol(H11Protocol):
             h11.EndOfMessage(),
         ):
             self.transport.write(self.conn.send(event))
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()  # the answer, then FIN; what the client still sends is discarded
+        self.linger_left = LINGER_BYTES
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def config(

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Protocol, cast
 
+from core.quoting import quoted
+
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
@@ -239,7 +241,7 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
     problems: list[str] = []
     unknown = sorted(set(obj) - CHAT_TOP_KEYS)
     if unknown:
-        problems.append(f"Unrecognized key {unknown[0]!r} next to 'messages'.")
+        problems.append(f"Unrecognized key {quoted(unknown[0])} next to 'messages'.")
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         return [*problems, "'messages' must be a non-empty list."], 0
@@ -251,10 +253,10 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
             continue
         extra = sorted(set(msg) - MESSAGE_KEYS)
         if extra:
-            problems.append(f"{where} has an unrecognized key {extra[0]!r}.")
+            problems.append(f"{where} has an unrecognized key {quoted(extra[0])}.")
         role = msg.get("role")
         if role not in ROLES:
-            shown = "missing" if role is None else repr(role)
+            shown = "missing" if role is None else quoted(role)
             problems.append(f"{where}.role is {shown}; it must be one of {', '.join(ROLES)}.")
             continue
         content = msg.get("content")

@@ -22,7 +22,7 @@ POOL_SLACK = 8
 def pool_size(settings: Settings) -> int:
     """Pooled connections per engine: one per thread serving sync endpoints
     (``GUARDTUNE_API_THREADS``) plus :data:`POOL_SLACK`. A request holds a connection only
-    while it holds a thread (``api.deps.authenticate`` releases its own), so with the two
+    while it holds a thread (``api.deps.identify`` releases its own), so with the two
     sized together no request can wait for a connection that waits for a thread."""
     return settings.api_threads + POOL_SLACK
 

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.ratelimit import Usage
+
 
 class GuardtuneError(Exception):
     status_code = 500
@@ -67,5 +72,11 @@ class Unprocessable(GuardtuneError):
 
 
 class RateLimited(GuardtuneError):
+    """429; ``usage`` is the budget that was exceeded (:class:`core.ratelimit.Usage`)."""
+
     status_code = 429
     type = "rate_limit_error"
+
+    def __init__(self, message: str, *, usage: Usage | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.usage = usage

@@ -81,8 +81,11 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line + headers; 431 above
 
     # Limits.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # request body of every route but uploads; 413
     max_upload_bytes: int = 512 * 1024 * 1024
     max_concurrent_jobs_per_org: int = 4
+    uploads_per_minute: int = Field(60, ge=0)  # file uploads per organization; 0 = unlimited
+    job_creations_per_minute: int = Field(60, ge=0)  # fine-tuning job creations per organization; 0 = unlimited
     max_storage_bytes_per_org: int = 10 * 1024**3
     validation_max_errors: int = MAX_ERRORS
     max_example_chars: int = MAX_EXAMPLE_CHARS  # per training example (sum of message contents)
@@ -163,6 +166,10 @@ class Settings(BaseSettings):
     infer_batch_wait_ms: float = INFER_BATCH_WAIT_MS
     chat_max_tokens: int = 512  # cap on max_tokens (and the default when a request names none)
     chat_requests_per_minute: int = 600  # per organization; 0 = unlimited
+    chat_tokens_per_minute: int = Field(200_000, ge=0)  # per organization (prompt estimate + max_tokens); 0 = unlimited
+    chat_max_messages: int = Field(256, ge=1)  # messages in one chat request
+    chat_max_chars: int = Field(100_000, ge=1)  # characters of all message contents of one chat request
+    chat_max_prompt_tokens: int = Field(8192, ge=1)  # estimated prompt tokens of one chat request
     vllm_adapter_dir: Path | None = None  # where released adapters are placed for vLLM to read
 
     log_level: str = "INFO"

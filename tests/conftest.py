@@ -37,11 +37,12 @@ def free_port() -> int:
 
 
 def clear_caches() -> None:
-    """Forget process-wide cached settings, engines, stores, producers and API keys."""
+    """Forget process-wide cached settings, engines, stores, producers, rate limiters and API keys."""
     from api import keycache
-    from core import db, queue, settings, storage
+    from core import db, queue, ratelimit, settings, storage
 
     settings.get_settings.cache_clear()
+    ratelimit.limiter.cache_clear()
     db.get_engine.cache_clear()
     db._factory.cache_clear()
     storage._cached_store.cache_clear()

@@ -22,9 +22,11 @@ from api.admin.schemas import (
 from api.auth import ADMIN
 from api.deps import AdminDep, SessionDep
 from api.keycache import forget_all
+from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, ListObject, page
 
 router = APIRouter(
+    route_class=GuardedRoute,
     prefix="/admin",
     tags=["admin"],
     dependencies=ADMIN,

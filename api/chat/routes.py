@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import CUSTOMER
 from api.chat import service
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, ErrorResponse
 from core.chat import ChatCompletionRequest
 from core.inference import get_backend
 
-router = APIRouter(tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+router = APIRouter(route_class=GuardedRoute, tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
 
 
 @router.post(
@@ -29,7 +30,11 @@ router = APIRouter(tags=["chat"], dependencies=CUSTOMER, responses=COMMON_ERRORS
             "ending with `data: [DONE]`",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        429: {"model": ErrorResponse, "description": "Rate limit of the organization (see Retry-After)"},
+        429: {
+            "model": ErrorResponse,
+            "description": "Request or token budget of the organization exceeded (see Retry-After and the "
+            "x-ratelimit-* headers)",
+        },
         503: {"model": ErrorResponse, "description": "The inference backend is unavailable"},
     },
 )
@@ -39,7 +44,7 @@ async def create_chat_completion(
     """OpenAI's chat completion for a registry base model or a released `ft:` model of your
     organization (greedy decoding with `temperature: 0`). Other organizations' models,
     blocked and revoked models answer 404."""
-    target = await run_in_threadpool(service.authorize, session, caller, body, settings)
+    target, rate_headers = await run_in_threadpool(service.authorize, session, caller, body, settings)
     await run_in_threadpool(session.close)  # no connection held while generating
     max_tokens = body.requested_max_tokens() or settings.chat_max_tokens
     client, response = await service.forward(
@@ -47,7 +52,9 @@ async def create_chat_completion(
     )
     if body.stream:
         return StreamingResponse(
-            service.relay(client, response), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            service.relay(client, response),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **rate_headers},
         )
     try:
         payload = json.loads(await response.aread())
@@ -55,4 +62,4 @@ async def create_chat_completion(
         await response.aclose()
         await client.aclose()
     payload["model"] = target.model
-    return JSONResponse(payload)
+    return JSONResponse(payload, headers=rate_headers)

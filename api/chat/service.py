@@ -1,5 +1,5 @@
-"""Chat completions: rate-limit the organization, authorize the model, forward to the
-inference backend (:mod:`core.inference`) and relay its answer.
+"""Chat completions: check the request's size and the organization's budgets
+(:mod:`api.chat.limits`), authorize the model, forward to the inference backend (:mod:`core.inference`) and relay its answer.
 
 A model is servable when it is a registry base model or a released, non-revoked model of
 the caller's organization; anything else (another organization's model, a blocked job's
@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
+from api.chat import limits
 from api.deps import Caller
 from api.models.repository import ModelRepository
 from core.chat import ChatCompletionRequest
 from core.errors import GuardtuneError, InvalidRequest, NotFound
 from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref
 from core.models import BaseModelEntry
-from core.ratelimit import chat_limiter
+from core.quoting import quoted
 from core.releases.repository import ReleaseRepository
 from core.settings import Settings
 
@@ -37,9 +38,12 @@ class BackendError(GuardtuneError):
         self.type = error.get("type") or ("invalid_request_error" if status < 500 else "server_error")
 
 
-def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, settings: Settings) -> ServingTarget:
-    """Rate-limit the caller's organization, then resolve ``request.model`` for it."""
-    chat_limiter().hit(caller.org_id, "chat completion requests")
+def authorize(
+    session: Session, caller: Caller, request: ChatCompletionRequest, settings: Settings
+) -> tuple[ServingTarget, dict[str, str]]:
+    """Check the request's size, count it against the organization's budgets, then resolve
+    ``request.model`` for it: the target and the answer's ``x-ratelimit-*`` headers
+    (:mod:`api.chat.limits`)."""
     wanted = request.requested_max_tokens()
     if wanted is not None and wanted > settings.chat_max_tokens:
         raise InvalidRequest(
@@ -47,19 +51,28 @@ def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, 
             param="max_tokens",
             code="invalid_value",
         )
+    prompt_tokens = limits.check_size(request, settings)
+    rate_headers = limits.admit(caller.org_id, prompt_tokens + (wanted or settings.chat_max_tokens))
+    return _target(session, caller, request), rate_headers
+
+
+def _target(session: Session, caller: Caller, request: ChatCompletionRequest) -> ServingTarget:
+    """``request.model`` as the caller's organization may be served it (404 otherwise)."""
     repo = ModelRepository(session)
     released = ReleaseRepository(session, caller.org_id).serving(request.model)
     if released is not None:
         base = session.get(BaseModelEntry, released.base_model)
         if base is None:
             raise NotFound(
-                f"The base model of {request.model!r} is no longer registered.", code="model_not_found", param="model"
+                f"The base model of {quoted(request.model)} is no longer registered.",
+                code="model_not_found",
+                param="model",
             )
         return ServingTarget(request.model, base.id, base.source, adapter_ref(released))
     base = repo.base_model(request.model)
     if base is None:
         raise NotFound(
-            f"The model {request.model!r} does not exist or you do not have access to it.",
+            f"The model {quoted(request.model)} does not exist or you do not have access to it.",
             code="model_not_found",
             param="model",
         )

@@ -21,6 +21,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from api.dashboard.vocab import VOCAB_ETAG, VOCAB_JS
+from api.routing import GuardedRoute
 from core.errors import NotFound
 
 DASHBOARD_DIR = Path(__file__).resolve().parent
@@ -52,7 +53,7 @@ _HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-router = APIRouter(tags=["dashboard"], include_in_schema=False)
+router = APIRouter(route_class=GuardedRoute, tags=["dashboard"], include_in_schema=False)
 
 
 @router.get("/dashboard")

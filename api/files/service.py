@@ -19,6 +19,7 @@ from core.ids import new_id
 from core.logging import get_logger
 from core.models import File, now
 from core.orgs.repository import OrgRepository
+from core.quoting import quoted
 from core.settings import Settings
 from core.storage import ObjectStore, org_key
 from core.vocab import FileStatus
@@ -48,7 +49,7 @@ class FileService:
     def get(self, caller: Caller, file_id: str) -> File:
         row = self._files(caller).get(file_id)
         if row is None:
-            raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param="file_id")
+            raise NotFound(f"No such file: {quoted(file_id)}.", code="file_not_found", param="file_id")
         return row
 
     def list(
@@ -65,7 +66,7 @@ class FileService:
             )
         if purpose not in SUPPORTED_PURPOSES:
             raise InvalidRequest(
-                f"Unsupported purpose {purpose!r}: guardtune accepts only files with purpose 'fine-tune'.",
+                f"Unsupported purpose {quoted(purpose)}: guardtune accepts only files with purpose 'fine-tune'.",
                 code="invalid_purpose",
                 param="purpose",
             )

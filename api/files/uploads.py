@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from api.input_guard import unstorable
 from core.errors import GuardtuneError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from core.quoting import clip, quoted
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -77,7 +78,7 @@ def check_jsonl(filename: str, content_type: str | None) -> None:
     media = (content_type or "").split(";")[0].strip().lower()
     if not filename.lower().endswith(JSONL_EXTENSIONS) or media not in JSONL_CONTENT_TYPES:
         raise UnsupportedMediaType(
-            f"Fine-tuning files must be JSONL: got {filename!r} ({media or 'no content type'}). "
+            f"Fine-tuning files must be JSONL: got {quoted(filename)} ({media or 'no content type'}). "
             "Upload a .jsonl file with one JSON example per line.",
             code="unsupported_file_type",
             param="file",
@@ -122,7 +123,7 @@ class _Receiver:
         if b"filename" not in options:
             return
         if self._name != self.file_field:
-            raise InvalidRequest(f"Unexpected file part {self._name!r}; send the file as 'file'.", param="file")
+            raise InvalidRequest(f"Unexpected file part {quoted(self._name)}; send the file as 'file'.", param="file")
         self._files += 1
         if self._files > 1:
             raise InvalidRequest("Send exactly one file per upload.", code="invalid_multipart", param="file")
@@ -144,14 +145,18 @@ class _Receiver:
             self._file.write(data[start:end])
         else:
             if len(self._value) + n > MAX_FIELD_BYTES:
-                raise InvalidRequest(f"The form field {self._name!r} is too long.", param=self._name)
+                raise InvalidRequest(
+                    f"The form field {quoted(self._name)} is too long.", param=self._name and clip(self._name)
+                )
             self._value += data[start:end]
 
     def on_part_end(self) -> None:
         if self._file is None and self._name is not None:
             value = self._value.decode("utf-8", "replace")
             if why := unstorable(value) or unstorable(self._name):
-                raise InvalidRequest(f"The form field {self._name!r} {why}.", code="invalid_value", param=self._name)
+                raise InvalidRequest(
+                    f"The form field {quoted(self._name)} {why}.", code="invalid_value", param=clip(self._name)
+                )
             self.upload.fields[self._name] = value
 
     def callbacks(self) -> MultipartCallbacks:

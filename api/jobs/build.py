@@ -26,6 +26,7 @@ from core.jobs.config import Hyperparameters
 from core.jobs.vocab import JobStatus
 from core.models import File, Job, now
 from core.orgs.repository import OrgRepository
+from core.quoting import quoted
 from core.settings import Settings
 from core.vocab import FileStatus
 
@@ -37,7 +38,7 @@ def build_job(
     entry = ModelRepository(session).base_model(body.model)
     if entry is None:
         raise NotFound(
-            f"The model {body.model!r} does not exist or is not available for fine-tuning. "
+            f"The model {quoted(body.model)} does not exist or is not available for fine-tuning. "
             "GET /v1/models lists the base models.",
             code="model_not_found",
             param="model",
@@ -48,7 +49,7 @@ def build_job(
 
     if body.method is not None and body.method.type != "supervised":
         raise InvalidRequest(
-            f"The {body.method.type!r} method is not supported; use 'supervised'.",
+            f"The {quoted(body.method.type)} method is not supported; use 'supervised'.",
             code="unsupported_method",
             param="method.type",
         )
@@ -88,7 +89,7 @@ def usable_file(session: Session, caller: Caller, file_id: str, param: str) -> F
     """The organization's processed ``fine-tune`` file ``file_id``, or the error naming ``param``."""
     row = FileRepository(session, caller.org_id).get(file_id)
     if row is None:
-        raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param=param)
+        raise NotFound(f"No such file: {quoted(file_id)}.", code="file_not_found", param=param)
     if row.purpose != "fine-tune":
         raise InvalidRequest(
             f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",

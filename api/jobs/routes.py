@@ -12,9 +12,16 @@ from api.deps import CallerDep
 from api.jobs.deps import JobServiceDep
 from api.jobs.params import metadata_filter
 from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
+from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+router = APIRouter(
+    route_class=GuardedRoute,
+    prefix="/fine_tuning/jobs",
+    tags=["fine-tuning"],
+    dependencies=CUSTOMER,
+    responses=COMMON_ERRORS,
+)
 
 After = Annotated[str | None, Query(description="The id of the last item of the previous page")]
 
@@ -25,7 +32,10 @@ After = Annotated[str | None, Query(description="The id of the last item of the 
     summary="Create a fine-tuning job",
     responses={
         422: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body"},
-        429: {"model": ErrorResponse, "description": "Too many concurrent jobs in this organization"},
+        429: {
+            "model": ErrorResponse,
+            "description": "Too many concurrent jobs in this organization, or job creations per minute (Retry-After)",
+        },
     },
 )
 def create_job(

@@ -10,9 +10,12 @@ from api.auth import CUSTOMER
 from api.deps import CallerDep, StoreDep
 from api.models.deps import ModelServiceDep
 from api.models.schemas import Model, ModelDeleted, ModelList
+from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS
 
-router = APIRouter(prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS)
+router = APIRouter(
+    route_class=GuardedRoute, prefix="/models", tags=["models"], dependencies=CUSTOMER, responses=COMMON_ERRORS
+)
 
 
 @router.get("", response_model=ModelList, summary="List models")

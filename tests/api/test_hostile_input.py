@@ -11,7 +11,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from core.models import File
+from core.quoting import QUOTE_CHARS
 from tests.api.helpers import BASE_MODEL, GOOD, auth, chat, jsonl
 
 MAX_HEADER = 16 * 1024
@@ -137,6 +141,38 @@ def test_deeply_nested_jsonl_line_is_a_validation_error_with_its_line_number(htt
     assert "line 4: Invalid JSON: the value is nested too deeply." in f["status_details"]
 
 
+# -- long customer strings in errors -------------------------------------------------------------------
+LONG = 100_000  # characters of one customer string; an error quotes at most QUOTE_CHARS of it
+
+
+def test_a_long_role_is_quoted_short_in_the_answer_and_the_database(http, tenant, db):
+    line = {"messages": [{"role": "r" * LONG, "content": "x"}, {"role": "assistant", "content": "y"}]}
+    r = http.post(
+        "/v1/files",
+        headers=auth(tenant),
+        files={"file": ("roles.jsonl", jsonl(*[line] * 10))},
+        data={"purpose": "fine-tune"},
+    )
+    assert r.status_code == 200, r.text[:500]
+    details = r.json()["status_details"]
+    assert f"({LONG} characters)" in details
+    assert len(details) < 10 * (QUOTE_CHARS + 200), len(details)
+    with Session(db) as session:
+        stored = session.scalar(select(File.status_details).where(File.id == r.json()["id"]))
+    assert stored == details
+
+
+def test_a_long_key_is_quoted_short_in_a_validation_error(http, tenant, training_file):
+    key = "k" * LONG
+    r = http.post(
+        "/v1/fine_tuning/jobs",
+        headers=auth(tenant),
+        json={"model": BASE_MODEL, "training_file": training_file, "metadata": {key: "a\u0000b"}},
+    )
+    assert r.status_code == 400
+    assert len(r.content) < 2 * QUOTE_CHARS + 500, len(r.content)
+
+
 # -- cut-short uploads --------------------------------------------------------------------------------
 
 
@@ -204,7 +240,8 @@ def test_missing_closing_boundary_is_400_and_nothing_stored(live_api, tenant, un
 # -- header size ----------------------------------------------------------------------------------------
 def test_header_over_the_limit_is_431_before_it_is_read(live_api):
     """A 100 MB header: more than socket buffers hold, so if the server kept reading it the
-    client would send it all; it answers 431 and closes after about MAX_HEADER bytes."""
+    client would send it all; it answers 431 after about MAX_HEADER bytes and closes after
+    discarding at most ``api.server.LINGER_BYTES`` more."""
     total, chunk = 100 * 1024 * 1024, b"x" * 65536
     url = urlsplit(live_api.base_url)
     with socket.create_connection((url.hostname, url.port), timeout=30) as s:
@@ -225,6 +262,15 @@ def test_header_over_the_limit_is_431_before_it_is_read(live_api):
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "request_header_fields_too_large"
     assert sent < total, "the server read the whole oversized header"
+
+
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, 8 * 1024 * 1024])
+def test_an_http_client_sending_a_huge_header_reads_431(live_api, size):
+    """A client that sends its whole request before reading (httpx, like most) gets the 431,
+    not a reset connection: the server answers, then reads and discards what is still coming."""
+    r = httpx.get(f"{live_api.base_url}/healthz", headers={"X-Big": "x" * size}, timeout=30)
+    assert r.status_code == 431
+    assert r.json()["error"]["code"] == "request_header_fields_too_large"
 
 
 @pytest.mark.transport("uvicorn")  # the limit is uvicorn's (the closest marker wins)

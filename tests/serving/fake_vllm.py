@@ -24,12 +24,12 @@ def _error(status: int, message: str, type_: str) -> JSONResponse:
 
 
 class FakeVllm:
-    def __init__(self, served_model: str):
+    def __init__(self, served_model: str, port: int | None = None):
         self.served_model = served_model
         self.loras: dict[str, str] = {}  # lora_name -> lora_path
         self.requests: list[dict] = []
         self.app = self._app()
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
