@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.deps import Caller
 from api.models.repository import ModelRepository
 from core.chat import ChatCompletionRequest
+from core.chat_params import unknown_parameter, unsupported_parameter
 from core.errors import GuardtuneError, InvalidRequest, NotFound
 from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref
 from core.models import BaseModelEntry
@@ -40,6 +41,7 @@ class BackendError(GuardtuneError):
 def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, settings: Settings) -> ServingTarget:
     """Rate-limit the caller's organization, then resolve ``request.model`` for it."""
     chat_limiter().hit(caller.org_id, "chat completion requests")
+    check_parameters(request, settings)
     wanted = request.requested_max_tokens()
     if wanted is not None and wanted > settings.chat_max_tokens:
         raise InvalidRequest(
@@ -64,6 +66,19 @@ def authorize(session: Session, caller: Caller, request: ChatCompletionRequest, 
             param="model",
         )
     return ServingTarget(request.model, base.id, base.source)
+
+
+def check_parameters(request: ChatCompletionRequest, settings: Settings) -> None:
+    """400 for an argument OpenAI does not define (``unknown_parameter``) or one the
+    configured backend cannot honour (``unsupported_parameter``; :mod:`core.chat_params`)."""
+    if (name := unknown_parameter(request)) is not None:
+        raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+    if (name := unsupported_parameter(request, settings.inference_backend)) is not None:
+        raise InvalidRequest(
+            f"{name!r} is not supported by this server's {settings.inference_backend} inference backend.",
+            param=name,
+            code="unsupported_parameter",
+        )
 
 
 async def forward(
