@@ -260,7 +260,9 @@ class Engine:
                 attention_mask=mask.to(device),
                 max_new_tokens=max(r.max_tokens for r in group),
                 pad_token_id=pad_token_id(tokenizer),
-                stopping_criteria=StoppingCriteriaList([_Emit(rows, _eos_ids(base.model, tokenizer), controls, tokenizer)]),
+                stopping_criteria=StoppingCriteriaList(
+                    [_Emit(rows, _eos_ids(base.model, tokenizer), controls, tokenizer)]
+                ),
                 logits_processor=LogitsProcessorList([controls] if controls is not None else []),
                 **sampling,
             )
@@ -277,7 +279,9 @@ def _valid_bias(request: ChatRequest, vocab: int) -> bool:
     outside the model's vocabulary."""
     outside = sorted(t for t in request.decoding.logit_bias if not 0 <= t < vocab)
     if outside:
-        request.events.put(("invalid", ("logit_bias", f"token {outside[0]} is outside the model's vocabulary of {vocab}")))
+        request.events.put(
+            ("invalid", ("logit_bias", f"token {outside[0]} is outside the model's vocabulary of {vocab}"))
+        )
     return not outside
 
 

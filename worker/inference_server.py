@@ -165,9 +165,7 @@ def _replay(
         event = _next(events, timeout_s)
 
 
-def _stream(
-    events: Iterator[tuple[str, Any]], id_: str, model: str, n: int, include_usage: bool
-) -> Iterator[bytes]:
+def _stream(events: Iterator[tuple[str, Any]], id_: str, model: str, n: int, include_usage: bool) -> Iterator[bytes]:
     for index in range(n):
         yield chat.sse(chat.chunk(id_, model, {"role": "assistant", "content": ""}, index=index))
     for kind, value in events:
