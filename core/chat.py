@@ -171,7 +171,7 @@ class ChatCompletionRequest(BaseModel):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
         for token, bias in (self.logit_bias or {}).items():
-            if not token.isdigit() or not -100 <= bias <= 100:
+            if not (token.isascii() and token.isdigit()) or not -100 <= bias <= 100:
                 raise ValueError("logit_bias maps token ids (integers) to a bias from -100 to 100")
         return self
 

@@ -3,7 +3,7 @@
 Every parameter of OpenAI's request is recognized (:class:`core.chat.ChatCompletionRequest`);
 a request that sets one its backend cannot honour is refused with 400
 ``unsupported_parameter`` naming it (``param``), never served as if it had not been sent.
-A parameter counts as set when its value is neither null nor ``false`` nor one of its
+A parameter counts as set when its value is neither null, ``false``, empty nor one of its
 :data:`NEUTRAL` values (``modalities: ["text"]``, ``service_tier: "auto"``…), which ask for
 nothing beyond a plain text answer.
 
@@ -50,7 +50,7 @@ def _set_parameters(request: ChatCompletionRequest) -> list[str]:
     out = []
     for name in type(request).model_fields:
         value = getattr(request, name)
-        if value is None or value is False or value in NEUTRAL.get(name, ()):
+        if value is None or value is False or value in ([], {}) or value in NEUTRAL.get(name, ()):
             continue
         out.append(name)
     return out
