@@ -106,13 +106,15 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
 
 
 def _refusal(body: chat.InferRequest) -> GuardtuneError | None:
-    """The 400 for a parameter this backend cannot honour (the API checks it first)."""
-    name = unknown_parameter(body) or unsupported_parameter(body, "embedded")
-    if name is None:
-        return None
-    return InvalidRequest(
-        f"{name!r} is not supported by the embedded inference backend.", param=name, code="unsupported_parameter"
-    )
+    """The 400 for an argument OpenAI does not define or one this backend cannot honour
+    (the API checks both first: this guards direct calls)."""
+    if (name := unknown_parameter(body)) is not None:
+        return InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+    if (name := unsupported_parameter(body, "embedded")) is not None:
+        return InvalidRequest(
+            f"{name!r} is not supported by the embedded inference backend.", param=name, code="unsupported_parameter"
+        )
+    return None
 
 
 def _invalid(detail: tuple[str, str]) -> GuardtuneError:

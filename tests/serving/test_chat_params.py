@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -20,15 +21,21 @@ STORY = [{"role": "user", "content": "Tell me a story"}]
 
 
 @pytest.fixture(scope="module")
-def client(deployment_env, tiny_model, tmp_path_factory, make_key):
+def stack(deployment_env, tiny_model, tmp_path_factory, make_key):
+    """(an SDK client of the API, the URL of the ``guardtune infer`` behind it)."""
     logs = tmp_path_factory.mktemp("chat-params")
     env = {**deployment_env, **small_pipeline_env(tiny_model)}
     infer, env = start_infer(env, logs / "infer.log")
     api = start_api(env, logs / "api.log")
     _, _, key = make_key(f"chat-params-{time.monotonic_ns()}")
-    yield OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+    yield OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0, timeout=120), infer.base_url
     for process in (api.process, infer.process):
         stop_process(process)
+
+
+@pytest.fixture
+def client(stack):
+    return stack[0]
 
 
 def ask(client: OpenAI, **kwargs):
@@ -114,3 +121,19 @@ def test_unknown_argument_is_400_and_neutral_values_are_served(client):
     assert err.value.body["param"] == "top_k"
     served = ask(client, max_tokens=2, response_format={"type": "text"}, store=False, user="u", logprobs=False)
     assert served.choices[0].message.content
+
+
+def test_the_infer_process_refuses_on_its_own_too(stack, tiny_model):
+    """A request that reaches ``guardtune infer`` without the API's check is refused alike."""
+    _, infer_url = stack
+    body = {"model": "tiny", "messages": STORY, "max_tokens": 2, "guardtune": {"base": str(tiny_model)}}
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    refused = httpx.post(f"{infer_url}/v1/chat/completions", json={**body, "tools": tools}, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "unsupported_parameter"
+    assert refused.json()["error"]["param"] == "tools"
+    unknown = httpx.post(f"{infer_url}/v1/chat/completions", json={**body, "top_k": 3}, timeout=60)
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == "unknown_parameter"
+    served = httpx.post(f"{infer_url}/v1/chat/completions", json=body, timeout=60)
+    assert served.json()["choices"][0]["message"]["content"]
