@@ -9,8 +9,10 @@ whole. Two formats are accepted, one per file:
   ``function_call`` keys too, and top-level ``tools`` / ``functions`` / ``parallel_tool_calls``);
 * prompt/completion: ``{"prompt": "...", "completion": "..."}``.
 
-Each example needs at least one assistant turn with non-empty content that is trained on
-(``weight`` not 0); a prompt/completion example needs a non-empty completion. Errors carry
+Each example needs at least one assistant turn that is trained on (``weight`` not 0) with
+non-empty content or tool calls (a call's arguments are answer text); ``tools`` and tool
+calls must have OpenAI's shape (:mod:`core.tool_format`); a prompt/completion example
+needs a non-empty completion. Errors carry
 1-based line numbers; the first ``max_errors`` are kept and all are counted.
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Protocol, cast
 
 from core.quoting import quoted
+from core.tool_format import calls_problems, tools_problems
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = frozenset(
@@ -242,6 +245,7 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
     unknown = sorted(set(obj) - CHAT_TOP_KEYS)
     if unknown:
         problems.append(f"Unrecognized key {quoted(unknown[0])} next to 'messages'.")
+    problems += tools_problems(obj)
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         return [*problems, "'messages' must be a non-empty list."], 0
@@ -260,7 +264,9 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
             problems.append(f"{where}.role is {shown}; it must be one of {', '.join(ROLES)}.")
             continue
         content = msg.get("content")
-        calls = msg.get("tool_calls") or msg.get("function_call")
+        call_problems = calls_problems(where, msg)
+        problems += call_problems
+        calls = None if call_problems else (msg.get("tool_calls") or msg.get("function_call"))
         if content is None and role == "assistant" and calls:
             pass  # an assistant turn that only calls tools
         elif not isinstance(content, str):
@@ -276,8 +282,9 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
                 problems.append(f"{where}.weight is only allowed on assistant messages.")
         if calls:
             chars += len(json.dumps(calls))
-        if role == "assistant" and isinstance(content, str) and content.strip() and msg.get("weight", 1) != 0:
-            trained = True
+        answers = calls or (isinstance(content, str) and content.strip())
+        if role == "assistant" and answers and msg.get("weight", 1) != 0:
+            trained = True  # a tool call is answer text too
     if not problems and not trained:
         problems.append("The example has no assistant message with content to train on.")
     return problems, chars

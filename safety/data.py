@@ -3,6 +3,8 @@
 An example is one JSONL line of an OpenAI fine-tuning file, either chat
 (``{"messages": [{"role": ..., "content": ...}, ...]}``) or prompt/completion
 (``{"prompt": ..., "completion": ...}``, treated as one user turn and one assistant turn).
+A chat example's ``tools`` and its assistant turns' tool calls are rendered by the chat
+template (:mod:`safety.templates`) and trained like any answer text.
 Validation (roles, sizes) happens before training; this module assumes valid examples.
 """
 
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from safety.templates import TemplateError, example_tools, render
 
 IGNORE_INDEX = -100  # label of tokens that are not trained on (cross-entropy ignore_index)
 
@@ -41,17 +45,25 @@ def to_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], max_len: int) -> EncodedExample:
-    """``encode_chat`` of either example format."""
-    return encode_chat(tokenizer, to_messages(example), max_len)
+    """``encode_chat`` of either example format, with the example's tools."""
+    return encode_chat(tokenizer, to_messages(example), max_len, tools=example_tools(example))
 
 
-def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], max_len: int) -> EncodedExample:
-    """Render ``messages`` with the tokenizer's chat template and label assistant tokens only.
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    max_len: int,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+) -> EncodedExample:
+    """Render ``messages`` (and ``tools``) with the tokenizer's chat template
+    (:func:`safety.templates.render`) and label assistant tokens only.
 
     The conversation is rendered prefix by prefix: each message adds the text between the
     rendering of the messages before it and the rendering including it. For an assistant
     message the part up to the generation prompt (``<|im_start|>assistant\\n`` or the like) is
-    context; the rest (content and end-of-turn tokens) is trained, unless the message has
+    context; the rest (content, tool calls as the template writes them, and end-of-turn
+    tokens) is trained, unless the message has
     OpenAI's ``"weight": 0``. An assistant message may also carry ``"untrained_prefix"``
     (never accepted from uploads: dataset validation rejects the key; ``safety.align`` uses it
     for refusals that recover after a few harmful tokens): its ``content`` must start with that
@@ -59,8 +71,9 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
     exactly how the model sees an answer it generates after the generation prompt. The result
     is cut to the first ``max_len`` tokens.
 
-    Raises ``ValueError`` if the chat template is not prefix-stable (a later rendering does
-    not start with an earlier one), since assistant tokens could then not be located.
+    Raises :class:`safety.templates.TemplateError` (a ``ValueError``) if the chat template
+    fails on the messages or is not prefix-stable (a later rendering does not start with an
+    earlier one), since assistant tokens could then not be located.
     """
     input_ids: list[int] = []
     labels: list[int] = []
@@ -68,11 +81,11 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
     rendered = ""
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
-            prompt = _render(tokenizer, messages[:i], rendered, add_generation_prompt=True)
+            prompt = _render(tokenizer, messages[:i], tools, rendered, add_generation_prompt=True)
             _append(tokenizer, prompt[len(rendered) :], False, input_ids, labels)
             prompt_ends.append(len(input_ids))
             rendered = prompt
-        text = _render(tokenizer, messages[: i + 1], rendered, add_generation_prompt=False)
+        text = _render(tokenizer, messages[: i + 1], tools, rendered, add_generation_prompt=False)
         trained = message["role"] == "assistant" and message.get("weight", 1) != 0
         prefix = message.get("untrained_prefix", "") if message["role"] == "assistant" else ""
         if prefix:
@@ -102,12 +115,16 @@ def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]
 
 
 def _render(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], prefix: str, *, add_generation_prompt: bool
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    prefix: str,
+    *,
+    add_generation_prompt: bool,
 ) -> str:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    assert isinstance(text, str)  # tokenize=False renders text
+    text = render(tokenizer, messages, tools, add_generation_prompt=add_generation_prompt)
     if not text.startswith(prefix):
-        raise ValueError("chat template is not prefix-stable; cannot locate assistant tokens")
+        raise TemplateError("chat template is not prefix-stable; cannot locate assistant tokens")
     return text
 
 

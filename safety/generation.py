@@ -3,7 +3,7 @@
 Contract shared by every caller in ``safety`` (probe, local judge, evaluation):
 
 * A *conversation* is a list of OpenAI-style messages (``{"role", "content"}``); a bare
-  string is shorthand for one user message.
+  string is shorthand for one user message; a :class:`ToolConversation` is one offered tools.
 * A prompt is the conversation rendered with the tokenizer's chat template up to the
   assistant turn (``add_generation_prompt=True``), tokenized without adding special
   tokens a second time, and truncated from the left to ``max_len`` tokens so the
@@ -22,9 +22,20 @@ from typing import Any, Literal
 import torch
 
 from core.jobs import config as defaults
+from safety.templates import render
 
-Conversation = list[dict[str, str]]
-PromptLike = str | Conversation
+Conversation = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolConversation:
+    """A conversation offered ``tools`` (OpenAI's shape), rendered with them."""
+
+    messages: Conversation
+    tools: list[dict[str, Any]]
+
+
+PromptLike = str | Conversation | ToolConversation
 PaddingSide = Literal["left", "right"]
 
 
@@ -40,7 +51,7 @@ class GenerationSettings:
     max_prompt_len: int = MAX_PROMPT_LEN
 
 
-def as_conversation(prompt: PromptLike) -> Conversation:
+def as_conversation(prompt: str | Conversation) -> Conversation:
     """A bare string becomes a single user message; a message list is returned as is."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
@@ -48,8 +59,11 @@ def as_conversation(prompt: PromptLike) -> Conversation:
 
 
 def render_prompt(tokenizer: Any, prompt: PromptLike) -> str:
-    """The chat-template text of ``prompt`` ending with the assistant-turn header."""
-    return tokenizer.apply_chat_template(as_conversation(prompt), tokenize=False, add_generation_prompt=True)
+    """The chat-template text of ``prompt`` ending with the assistant-turn header
+    (:func:`safety.templates.render`, as training renders its examples)."""
+    if isinstance(prompt, ToolConversation):
+        return render(tokenizer, prompt.messages, prompt.tools, add_generation_prompt=True)
+    return render(tokenizer, as_conversation(prompt), add_generation_prompt=True)
 
 
 def pad_token_id(tokenizer: Any) -> int:

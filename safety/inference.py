@@ -4,16 +4,20 @@ concurrent requests batched.
 Contract:
 
 * :meth:`Engine.submit` takes a :class:`ChatRequest` and returns at once; the request's
-  ``events`` queue then receives ``("delta", text)`` items as tokens are generated and one
-  final ``("done", Completion)`` (or ``("error", message)``).
+  ``events`` queue then receives ``("delta", Delta)`` items as tokens are generated and one
+  final ``("done", Completion)`` (or ``("error", message)``, or ``("invalid", (param,
+  message))`` for a request the model cannot serve: a ``logit_bias`` token outside its
+  vocabulary).
 * A worker thread takes the first waiting request, collects more for up to
   ``batch_wait_s`` (at most ``max_batch``), groups them by (base model, adapter, sampling
-  settings) and runs each group as one left-padded ``generate`` call. Each row stops on its
-  own EOS or its own ``max_tokens``.
+  settings) and runs each group as one left-padded ``generate`` call, a request with
+  ``n`` choices as ``n`` rows. Each row stops on its own EOS, its own stop sequences
+  (:mod:`safety.decoding`; ``finish_reason`` ``stop``) or its own ``max_tokens``;
+  penalties, logit bias and log-probabilities are per row too.
 * Decoding matches :func:`safety.generation.generate` (the evaluation's): the prompt is the
   chat template up to the assistant turn, left-truncated to ``max_prompt_len``; the answer
-  is the generated tokens decoded with special tokens skipped and stripped. The streamed
-  deltas concatenate to exactly that text. ``temperature == 0`` is greedy decoding.
+  is the generated tokens decoded with special tokens skipped, stripped and cut before the
+  first stop sequence. The streamed deltas of a choice concatenate to exactly that text. ``temperature == 0`` is greedy decoding.
 * Adapters: the first adapter of a base wraps it in a ``PeftModel``; base-model requests
   then run with the adapter disabled (the LoRA layers return the base layer's output).
   At most ``max_adapters`` adapters per base stay loaded (least recently used evicted).
@@ -32,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from core.jobs import config as defaults
+from safety.decoding import Detokenizer, RowControls, RowSettings
 from safety.generation import MAX_PROMPT_LEN, encode_prompts, model_device, pad_token_id
 from safety.reference import reference_forward
 
@@ -51,6 +56,9 @@ class ChatRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    n: int = 1  # choices, each a row of the batch
+    stop: list[str] = field(default_factory=list)
+    decoding: RowSettings = field(default_factory=RowSettings)
     adapter: str | None = None  # the adapter's name (the ft: model id)
     adapter_dir: Path | None = None  # its PEFT files on local disk
     events: queue.Queue = field(default_factory=queue.Queue)
@@ -62,74 +70,71 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
-class Completion:
+class Delta:
+    """New text of choice ``index`` and, with ``logprobs``, the entries of its new tokens."""
+
+    index: int
+    text: str
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
     text: str
     finish_reason: str  # "stop" | "length"
-    prompt_tokens: int
     completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None  # per token, when asked
 
 
-class Detokenizer:
-    """Incremental decoding whose deltas add up to ``decode(all ids).strip()``.
+@dataclass(frozen=True)
+class Completion:
+    choices: list[Choice]
+    prompt_tokens: int
 
-    Leading whitespace is never emitted, trailing whitespace and incomplete UTF-8 are held
-    back until more text follows; :meth:`finish` emits what is left of the stripped text."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = ""
-
-    def _text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self._text().lstrip()
-        if text.endswith("\ufffd"):
-            return ""
-        ready = text.rstrip()
-        if not ready.startswith(self.emitted) or len(ready) <= len(self.emitted):
-            return ""
-        delta, self.emitted = ready[len(self.emitted) :], ready
-        return delta
-
-    def finish(self) -> str:
-        final = self._text().strip()
-        if not final.startswith(self.emitted):  # decoding changed earlier text: cannot happen with byte-level BPE
-            raise RuntimeError("streamed text is not a prefix of the final text")
-        delta, self.emitted = final[len(self.emitted) :], final
-        return delta
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
 
 
 class _Row:
-    def __init__(self, request: ChatRequest, tokenizer: Any, prompt_tokens: int):
-        self.request = request
-        self.detok = Detokenizer(tokenizer)
+    def __init__(self, request: ChatRequest, index: int, tokenizer: Any, prompt_tokens: int):
+        self.request, self.index = request, index
+        self.detok = Detokenizer(tokenizer, request.stop)
         self.prompt_tokens = prompt_tokens
         self.count = 0
         self.finish_reason: str | None = None
+        self.logprobs: list[dict[str, Any]] | None = [] if request.decoding.logprobs else None
+
+    def choice(self) -> Choice:
+        return Choice(self.detok.emitted, self.finish_reason or "length", self.count, self.logprobs)
 
 
 class _Emit(StoppingCriteria):
     """Called by ``generate`` after every step with the whole batch: hands each row's new
-    token to its request and stops rows at their EOS or their own ``max_tokens``."""
+    token to its request and stops rows at their EOS, a stop sequence or their own
+    ``max_tokens``."""
 
-    def __init__(self, rows: list[_Row], eos_ids: set[int]):
-        self.rows, self.eos_ids = rows, eos_ids
+    def __init__(self, rows: list[_Row], eos_ids: set[int], controls: RowControls | None, tokenizer: Any):
+        self.rows, self.eos_ids, self.controls, self.tokenizer = rows, eos_ids, controls, tokenizer
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         last = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, last):
+        for i, (row, token) in enumerate(zip(self.rows, last)):
             if row.finish_reason is not None:
                 continue
             if token in self.eos_ids:
                 row.finish_reason = "stop"
                 continue
             row.count += 1
-            if delta := row.detok.push(token):
-                row.request.events.put(("delta", delta))
-            if row.count >= row.request.max_tokens:
+            delta = row.detok.push(token)
+            entry = self.controls.entry(self.tokenizer, i, token) if self.controls is not None else None
+            if entry is not None and row.logprobs is not None:
+                row.logprobs.append(entry)
+            if delta or entry is not None:
+                row.request.events.put(("delta", Delta(row.index, delta, None if entry is None else [entry])))
+            if row.detok.stopped:
+                row.finish_reason = "stop"
+            elif row.count >= row.request.max_tokens:
                 row.finish_reason = "length"
         return torch.tensor([r.finish_reason is not None for r in self.rows], device=input_ids.device)
 
@@ -230,41 +235,54 @@ class Engine:
     def _run(self, group: list[ChatRequest]) -> None:
         first = group[0]
         base = self._base(first.base)
+        vocab = int(base.model.config.vocab_size)
+        group = [r for r in group if _valid_bias(r, vocab)]
+        if not group:
+            return
         context = base.activate(first.adapter, first.adapter_dir, self.max_adapters)
         tokenizer = base.tokenizer
-        ids, mask = encode_prompts(tokenizer, [r.messages for r in group], max_len=self.max_prompt_len)
-        rows = [_Row(r, tokenizer, int(m.sum())) for r, m in zip(group, mask)]
-        eos_ids = _eos_ids(base.model, tokenizer)
+        expanded = [(r, i) for r in group for i in range(r.n)]
+        ids, mask = encode_prompts(tokenizer, [r.messages for r, _ in expanded], max_len=self.max_prompt_len)
+        rows = [_Row(r, i, tokenizer, int(m.sum())) for (r, i), m in zip(expanded, mask)]
+        controls = None
+        if any(r.decoding.changes_logits or r.decoding.logprobs for r in group):
+            controls = RowControls([r.decoding for r, _ in expanded], ids.shape[1], vocab)
         sampling: dict[str, Any] = {"do_sample": False}
         if first.temperature > 0:
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
             if first.seed is not None:
                 torch.manual_seed(first.seed)
         device = model_device(base.model)
-        self.batches.append(len(group))
+        self.batches.append(len(rows))
         with context, torch.no_grad():
             base.model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max(r.max_tokens for r in group),
                 pad_token_id=pad_token_id(tokenizer),
-                stopping_criteria=StoppingCriteriaList([_Emit(rows, eos_ids)]),
+                stopping_criteria=StoppingCriteriaList(
+                    [_Emit(rows, _eos_ids(base.model, tokenizer), controls, tokenizer)]
+                ),
+                logits_processor=LogitsProcessorList([controls] if controls is not None else []),
                 **sampling,
             )
         for row in rows:
             if tail := row.detok.finish():
-                row.request.events.put(("delta", tail))
-            row.request.events.put(
-                (
-                    "done",
-                    Completion(
-                        text=row.detok.emitted,
-                        finish_reason=row.finish_reason or "length",
-                        prompt_tokens=row.prompt_tokens,
-                        completion_tokens=row.count,
-                    ),
-                )
-            )
+                row.request.events.put(("delta", Delta(row.index, tail)))
+        for request in group:
+            mine = [row for row in rows if row.request is request]
+            request.events.put(("done", Completion([row.choice() for row in mine], mine[0].prompt_tokens)))
+
+
+def _valid_bias(request: ChatRequest, vocab: int) -> bool:
+    """False (and the request answered ``invalid``) when its logit_bias names a token
+    outside the model's vocabulary."""
+    outside = sorted(t for t in request.decoding.logit_bias if not 0 <= t < vocab)
+    if outside:
+        request.events.put(
+            ("invalid", ("logit_bias", f"token {outside[0]} is outside the model's vocabulary of {vocab}"))
+        )
+    return not outside
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -9,7 +9,13 @@ pair (``{"prompt", "completion"}``). Every assistant turn that is trained (see
   state the paper probes;
 * the judge reads (the conversation up to that turn, the assistant's text): the
   instruction is the last user message alone when nothing precedes it, else a
-  transcript of the system prompt and earlier turns ending with that message.
+  transcript of the system prompt and earlier turns ending with that message (or with the
+  tool results after it, which the turn answers).
+
+A tool call is answer text: the probe's prompt is rendered with the example's ``tools``
+and earlier tool calls as training renders them, and the judge reads a turn's calls as
+``name(arguments)`` after its content (:func:`safety.templates.answer_text`), so harm
+carried in a call's arguments is scored like harm in prose.
 
 An example's risk is the max over its trained turns; ``ExampleRisk.turn`` says which
 turn (1-based among the example's assistant messages) gave it.
@@ -34,10 +40,12 @@ from typing import Any
 
 from core.jobs.config import FLAG_THRESHOLD, PROBE_RISK
 from core.jobs.vocab import Estimator
+from safety.generation import PromptLike, ToolConversation
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
 from safety.reference import ReferenceCache
 from safety.scan_reference import probe_and_reference
+from safety.templates import answer_text, example_tools
 
 Example = dict[str, Any]
 
@@ -127,19 +135,29 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class TargetTurn:
-    """What the estimators see of one trained assistant turn."""
+    """What the estimators see of one trained assistant turn: the messages before it (as
+    written, tool calls included) and the example's ``tools``; the judge's ``instruction``
+    and ``response`` are texts, tool calls written as ``name(arguments)``
+    (:func:`safety.templates.answer_text`)."""
 
     turn: int
-    context: list[dict[str, str]]
+    context: list[dict[str, Any]]
     instruction: str
     response: str
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def prompt(self) -> PromptLike:
+        """What the probe reads: the context rendered with the example's tools."""
+        return ToolConversation(self.context, self.tools) if self.tools else self.context
 
 
-def _transcript(context: list[dict[str, str]]) -> str:
+def _transcript(context: list[dict[str, Any]]) -> str:
     """The judge's instruction: the last user message, prefixed by what came before it."""
+    texts = [answer_text(m) if m["role"] == "assistant" else str(m.get("content") or "") for m in context]
     if len(context) == 1:
-        return context[0]["content"]
-    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in context)
+        return texts[0]
+    return "\n\n".join(f"{m['role'].capitalize()}: {text}" for m, text in zip(context, texts))
 
 
 def trained_turns(example: Example) -> list[TargetTurn]:
@@ -154,7 +172,7 @@ def trained_turns(example: Example) -> list[TargetTurn]:
         ]
     else:
         raise ValueError("example is neither chat ({'messages'}) nor prompt/completion")
-    plain = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    tools = example_tools(example)
     turns: list[TargetTurn] = []
     n_assistant = 0
     for i, message in enumerate(messages):
@@ -163,16 +181,20 @@ def trained_turns(example: Example) -> list[TargetTurn]:
         n_assistant += 1
         if message.get("weight", 1) == 0:
             continue
-        context = plain[:i]
+        context = messages[:i]
         last_user = max((j for j, m in enumerate(context) if m["role"] == "user"), default=None)
         if last_user is None:
             raise ValueError(f"assistant turn {n_assistant} has no user message before it")
+        # The judge's instruction ends with the last user message, or with the tool results
+        # (and the calls that asked for them) the turn answers.
+        upto = len(context) if any(m["role"] == "tool" for m in context[last_user:]) else last_user + 1
         turns.append(
             TargetTurn(
                 turn=n_assistant,
                 context=context,
-                instruction=_transcript(context[: last_user + 1]),
-                response=plain[i]["content"],
+                instruction=_transcript(context[:upto]),
+                response=answer_text(message),
+                tools=tools,
             )
         )
     if not turns:
@@ -287,7 +309,7 @@ def scan_dataset(
             probs = merged or probs
         elif use_probe:
             assert probe is not None
-            probs = list(probe.predict_proba(model, tokenizer, [t.context for t in turns], batch_size))
+            probs = list(probe.predict_proba(model, tokenizer, [t.prompt for t in turns], batch_size))
         if use_judge:
             assert judge is not None
             verdicts = judge.score([(t.instruction, t.response) for t in turns])

@@ -45,7 +45,7 @@ def probe_and_reference(
     owners: list[int] = []
     if probe is not None:
         for j, (i, turn) in enumerate(flat):
-            ids = prompt_token_ids(tokenizer, turn.context, probe.max_len)
+            ids = prompt_token_ids(tokenizer, turn.prompt, probe.max_len)
             end = encoded[i].prompt_ends[turn.turn - 1]
             if end <= len(encoded[i].input_ids) and encoded[i].input_ids[:end] == ids:
                 merged[j] = len(prompts)
@@ -62,6 +62,6 @@ def probe_and_reference(
         return None, cache
     pooled = [float(p) for p in probe.predict_proba_features(features)] if spans else []
     rest = [j for j in range(len(flat)) if j not in merged]
-    own = probe.predict_proba(model, tokenizer, [flat[j][1].context for j in rest], batch_size) if rest else []
+    own = probe.predict_proba(model, tokenizer, [flat[j][1].prompt for j in rest], batch_size) if rest else []
     by_turn = dict(zip(rest, own))
     return [pooled[merged[j]] if j in merged else by_turn[j] for j in range(len(flat))], cache

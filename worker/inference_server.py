@@ -6,7 +6,10 @@ Endpoints:
 * ``POST /v1/chat/completions`` — OpenAI's request plus the ``guardtune`` target
   (:class:`core.chat.InferRequest`), sent by the API after it authorized the caller; answers
   a ``chat.completion`` or, with ``stream``, server-sent ``chat.completion.chunk`` events
-  ending with ``data: [DONE]``.
+  ending with ``data: [DONE]``. It honours what :mod:`core.chat_params` lists for the
+  embedded backend (``n``, ``stop``, ``logprobs``/``top_logprobs``, the penalties and
+  ``logit_bias`` through :mod:`safety.decoding`) and answers 400 ``unsupported_parameter``
+  for anything else the request sets.
 * ``GET /health`` — ``{"status": "ok", "loaded": {base: [adapters…]}, "batches": [...]}``.
 
 Adapters are fetched from the object store on first use into ``$HOME/infer-adapters/<sha256>``
@@ -25,13 +28,14 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from core import chat
-from core.errors import GuardtuneError
+from core.chat_params import unknown_parameter, unsupported_parameter
+from core.errors import GuardtuneError, InvalidRequest
 from core.inference import InferenceUnavailable, fetch_adapter
 from core.settings import get_settings
 from core.storage import get_store
 
 if TYPE_CHECKING:
-    from safety.inference import Engine
+    from safety.inference import ChatRequest, Engine
 
 
 def make_engine() -> Engine:
@@ -69,40 +73,79 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(body: chat.InferRequest) -> JSONResponse | StreamingResponse | dict[str, Any]:
-        from safety.inference import ChatRequest
-
+        if (refused := _refusal(body)) is not None:
+            return _error(refused)
         target = body.guardtune
         try:
             adapter_dir = fetch_adapter(get_store(), target.adapter, adapter_root) if target.adapter else None
         except (OSError, ValueError) as exc:
             return _error(InferenceUnavailable(f"adapter unavailable: {exc}", code="adapter_unavailable"))
-        request = ChatRequest(
-            messages=[m.plain() for m in body.messages],
-            base=target.base,
-            max_tokens=body.requested_max_tokens() or settings.chat_max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            adapter=target.adapter.id if target.adapter else None,
-            adapter_dir=adapter_dir,
-        )
+        request = _chat_request(body, settings.chat_max_tokens, adapter_dir)
         engine.submit(request)
         id_ = chat.new_completion_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            first = _next(request.events, timeout_s)
+            if first[0] == "invalid":
+                return _error(_invalid(first[1]))
+            events = _replay(first, request.events, timeout_s)
             return StreamingResponse(
-                _stream(request.events, id_, body.model, include_usage, timeout_s), media_type="text/event-stream"
+                _stream(events, id_, body.model, request.n, include_usage), media_type="text/event-stream"
             )
         while (event := _next(request.events, timeout_s))[0] == "delta":
             pass
+        if event[0] == "invalid":
+            return _error(_invalid(event[1]))
         if event[0] == "error":
             return _error(GuardtuneError(event[1], code="inference_failed"))
         done = event[1]
-        return chat.completion(
-            id_, body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
-        )
+        choices = [chat.choice(i, c.text, c.finish_reason, c.logprobs) for i, c in enumerate(done.choices)]
+        return chat.completion(id_, body.model, choices, done.prompt_tokens, done.completion_tokens)
 
     return app
+
+
+def _refusal(body: chat.InferRequest) -> GuardtuneError | None:
+    """The 400 for an argument OpenAI does not define or one this backend cannot honour
+    (the API checks both first: this guards direct calls)."""
+    if (name := unknown_parameter(body)) is not None:
+        return InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+    if (name := unsupported_parameter(body, "embedded")) is not None:
+        return InvalidRequest(
+            f"{name!r} is not supported by the embedded inference backend.", param=name, code="unsupported_parameter"
+        )
+    return None
+
+
+def _invalid(detail: tuple[str, str]) -> GuardtuneError:
+    param, message = detail
+    return InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _chat_request(body: chat.InferRequest, max_tokens: int, adapter_dir: Path | None) -> ChatRequest:
+    from safety.decoding import RowSettings
+    from safety.inference import ChatRequest
+
+    target = body.guardtune
+    return ChatRequest(
+        messages=[m.plain() for m in body.messages],
+        base=target.base,
+        max_tokens=body.requested_max_tokens() or max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        n=body.n or 1,
+        stop=body.stop_list(),
+        decoding=RowSettings(
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            logit_bias={int(k): float(v) for k, v in (body.logit_bias or {}).items()},
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs or 0,
+        ),
+        adapter=target.adapter.id if target.adapter else None,
+        adapter_dir=adapter_dir,
+    )
 
 
 def _next(events: queue.Queue[tuple[str, Any]], timeout_s: float) -> tuple[str, Any]:
@@ -112,24 +155,34 @@ def _next(events: queue.Queue[tuple[str, Any]], timeout_s: float) -> tuple[str, 
         return ("error", f"generation took longer than {timeout_s:.0f}s")
 
 
-def _stream(
-    events: queue.Queue[tuple[str, Any]], id_: str, model: str, include_usage: bool, timeout_s: float
-) -> Iterator[bytes]:
-    yield chat.sse(chat.chunk(id_, model, {"role": "assistant", "content": ""}))
+def _replay(
+    first: tuple[str, Any], events: queue.Queue[tuple[str, Any]], timeout_s: float
+) -> Iterator[tuple[str, Any]]:
+    """``first``, then the request's events up to and including the last one."""
+    event = first
     while True:
-        kind, value = _next(events, timeout_s)
+        yield event
+        if event[0] != "delta":
+            return
+        event = _next(events, timeout_s)
+
+
+def _stream(events: Iterator[tuple[str, Any]], id_: str, model: str, n: int, include_usage: bool) -> Iterator[bytes]:
+    for index in range(n):
+        yield chat.sse(chat.chunk(id_, model, {"role": "assistant", "content": ""}, index=index))
+    for kind, value in events:
         if kind == "delta":
-            yield chat.sse(chat.chunk(id_, model, {"content": value}))
+            yield chat.sse(chat.chunk(id_, model, {"content": value.text}, index=value.index, logprobs=value.logprobs))
             continue
-        if kind == "error":
-            yield chat.sse(GuardtuneError(value, code="inference_failed").to_dict())
+        if kind != "done":
+            yield chat.sse(GuardtuneError(str(value), code="inference_failed").to_dict())
             break
-        yield chat.sse(chat.chunk(id_, model, {}, value.finish_reason))
+        for index, choice in enumerate(value.choices):
+            yield chat.sse(chat.chunk(id_, model, {}, choice.finish_reason, index=index))
         if include_usage:
             yield chat.sse(
                 chat.chunk(id_, model, None, usage_=chat.usage(value.prompt_tokens, value.completion_tokens))
             )
-        break
     yield chat.SSE_DONE
 
 

@@ -14,6 +14,7 @@ from api.chat import service
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, ErrorResponse
+from core import chat_params
 from core.chat import ChatCompletionRequest
 from core.inference import get_backend
 
@@ -43,13 +44,14 @@ async def create_chat_completion(
 ) -> Any:
     """OpenAI's chat completion for a registry base model or a released `ft:` model of your
     organization (greedy decoding with `temperature: 0`). Other organizations' models,
-    blocked and revoked models answer 404."""
+    blocked and revoked models answer 404. Every OpenAI parameter is recognized (others are
+    400 `unknown_parameter`); one the server's inference backend cannot honour is 400
+    `unsupported_parameter` naming it (see the README's chat section)."""
     target, rate_headers = await run_in_threadpool(service.authorize, session, caller, body, settings)
     await run_in_threadpool(session.close)  # no connection held while generating
     max_tokens = body.requested_max_tokens() or settings.chat_max_tokens
-    client, response = await service.forward(
-        get_backend(settings), target, body.forward_body(target.model, max_tokens), settings.inference_timeout_s
-    )
+    forwarded = body.forward_body(target.model, max_tokens, chat_params.forwarded(settings.inference_backend))
+    client, response = await service.forward(get_backend(settings), target, forwarded, settings.inference_timeout_s)
     if body.stream:
         return StreamingResponse(
             service.relay(client, response),

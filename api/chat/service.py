@@ -18,6 +18,7 @@ from api.chat import limits
 from api.deps import Caller
 from api.models.repository import ModelRepository
 from core.chat import ChatCompletionRequest
+from core.chat_params import unknown_parameter, unsupported_parameter
 from core.errors import GuardtuneError, InvalidRequest, NotFound
 from core.inference import CHAT_PATH, Backend, InferenceUnavailable, ServingTarget, adapter_ref
 from core.models import BaseModelEntry
@@ -43,7 +44,9 @@ def authorize(
 ) -> tuple[ServingTarget, dict[str, str]]:
     """Check the request's size, count it against the organization's budgets, then resolve
     ``request.model`` for it: the target and the answer's ``x-ratelimit-*`` headers
-    (:mod:`api.chat.limits`)."""
+    (:mod:`api.chat.limits`); an argument the backend cannot honour is refused first and
+    counts nothing."""
+    check_parameters(request, settings)
     wanted = request.requested_max_tokens()
     if wanted is not None and wanted > settings.chat_max_tokens:
         raise InvalidRequest(
@@ -77,6 +80,19 @@ def _target(session: Session, caller: Caller, request: ChatCompletionRequest) ->
             param="model",
         )
     return ServingTarget(request.model, base.id, base.source)
+
+
+def check_parameters(request: ChatCompletionRequest, settings: Settings) -> None:
+    """400 for an argument OpenAI does not define (``unknown_parameter``) or one the
+    configured backend cannot honour (``unsupported_parameter``; :mod:`core.chat_params`)."""
+    if (name := unknown_parameter(request)) is not None:
+        raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+    if (name := unsupported_parameter(request, settings.inference_backend)) is not None:
+        raise InvalidRequest(
+            f"{name!r} is not supported by this server's {settings.inference_backend} inference backend.",
+            param=name,
+            code="unsupported_parameter",
+        )
 
 
 async def forward(

@@ -67,6 +67,9 @@ def test_limits_on_examples_and_errors():
     assert "110 characters, over the limit of 100" in validate_chunks([jsonl(long)], Limits(100)).errors[0].message
 
 
+TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+
+
 @pytest.mark.parametrize(
     "example",
     [
@@ -97,6 +100,20 @@ def test_limits_on_examples_and_errors():
             "tools": [],
         },
         {"prompt": "p", "completion": "c"},
+        {  # a turn that only calls a tool is trained: its arguments are answer text
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "function_call": TOOL_CALL["function"]},
+            ],
+            "functions": [{"name": "get_weather"}],
+        },
     ],
 )
 def test_accepted_examples(example):
@@ -128,6 +145,39 @@ def test_accepted_examples(example):
         (
             {"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
             "messages[0].content must be a string (missing).",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": [{}]},
+            "tools[0] must be an object with type 'function'.",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                "tools": [{"type": "function", "function": {"description": "no name"}}],
+            },
+            "tools[0].function must be an object with a non-empty 'name'.",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": "y",
+                        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{oops"}}],
+                    },
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments is not valid JSON.",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x", "tool_calls": [TOOL_CALL]},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+            "messages[0] calls a tool; only assistant messages may.",
         ),
         ({"prompt": "p"}, "Missing 'completion'."),
         ({"prompt": "p", "completion": ""}, "'completion' is empty: there is nothing to train on."),

@@ -1,6 +1,7 @@
 """A small HTTP server speaking the part of vLLM's OpenAI-compatible API guardtune uses
 (vLLM itself needs a GPU): ``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter``
-and ``POST /v1/chat/completions`` for the served base model or a loaded adapter, with
+and ``POST /v1/chat/completions`` for the served base model or a loaded adapter (``n``
+choices; a tool call when the request has ``tools``; log-probabilities when asked), with
 vLLM's status codes (400 for an adapter already loaded or a path without an adapter, 404
 for an unknown adapter or model). Its answer names the adapter directory it read, so a
 test sees which adapter served a request."""
@@ -21,6 +22,29 @@ from tests.conftest import free_port
 
 def _error(status: int, message: str, type_: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": status}}, status)
+
+
+def _choice(index: int, text: str, body: dict) -> dict:
+    """One choice as vLLM writes it: with ``tools``, a call of the first tool
+    (``finish_reason: "tool_calls"``); with ``logprobs``, an entry per word."""
+    message: dict = {"role": "assistant", "content": text}
+    finish_reason = "stop"
+    if body.get("tools"):
+        name = body["tools"][0]["function"]["name"]
+        call = {"id": f"chatcmpl-tool-{index}", "type": "function", "function": {"name": name, "arguments": ARGUMENTS}}
+        message, finish_reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+    logprobs = None
+    if body.get("logprobs"):
+        logprobs = {
+            "content": [
+                {"token": word, "logprob": -0.5, "bytes": list(word.encode()), "top_logprobs": []}
+                for word in text.split(" ")
+            ]
+        }
+    return {"index": index, "finish_reason": finish_reason, "message": message, "logprobs": logprobs}
+
+
+ARGUMENTS = '{"city": "Paris"}'
 
 
 class FakeVllm:
@@ -80,9 +104,7 @@ class FakeVllm:
                 return {
                     **base,
                     "object": "chat.completion",
-                    "choices": [
-                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                    ],
+                    "choices": [_choice(i, text, body) for i in range(body.get("n") or 1)],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
                 }
 

@@ -15,6 +15,7 @@ from openai import OpenAI
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+from core.chat import MAX_N
 from core.db import session_scope
 from core.releases.digests import adapter_prefix, model_id
 from core.releases.service import revoke_model
@@ -159,7 +160,7 @@ def test_other_org_unknown_and_unreleased_models_are_404(stack, released, make_k
 def test_bad_requests_are_400(released):
     client, job = released
     with pytest.raises(openai.BadRequestError) as err:
-        ask(client, job.fine_tuned_model, "hi", n=2)
+        ask(client, job.fine_tuned_model, "hi", n=MAX_N + 1)
     assert err.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(

@@ -29,9 +29,9 @@ def run(engine: Engine, **kwargs) -> list[tuple[list[str], object]]:
     for r in requests:
         deltas = []
         while (event := r.events.get(timeout=120))[0] == "delta":
-            deltas.append(event[1])
+            deltas.append(event[1].text)
         assert event[0] == "done", event
-        out.append((deltas, event[1]))
+        out.append((deltas, event[1].choices[0]))
     return out
 
 
@@ -78,7 +78,7 @@ def test_each_row_stops_at_its_own_max_tokens(tiny_model, tmp_path):
     for r in requests:
         while (event := r.events.get(timeout=120))[0] == "delta":
             pass
-        done.append(event[1])
+        done.append(event[1].choices[0])
     assert engine.batches == [2]
     assert [d.completion_tokens for d in done] == [2, 7]
     assert [d.finish_reason for d in done] == ["length", "length"]

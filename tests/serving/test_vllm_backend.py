@@ -135,3 +135,117 @@ def test_fetch_adapter_checks_the_digest(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         fetch_adapter(store, bad, tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [good.sha256]  # nothing half-written left
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TOOL_TURNS = [
+    {"role": "developer", "content": "Use the tools."},
+    {"role": "user", "content": "Weather in Rome?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+    {"role": "user", "content": "And in Paris?"},
+]
+
+
+def test_every_openai_parameter_vllm_supports_is_forwarded_unchanged(vllm_stack, make_key):
+    _, api, fake = vllm_stack
+    _, _, key = make_key(f"vllm-params-{time.monotonic_ns()}")
+    client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
+    schema = {"name": "weather", "schema": {"type": "object", "properties": {"sky": {"type": "string"}}}}
+    answer = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=TOOL_TURNS,
+        max_completion_tokens=20,
+        temperature=0.7,
+        top_p=0.9,
+        n=2,
+        seed=7,
+        stop=["\n\n", "END"],
+        logprobs=True,
+        top_logprobs=2,
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
+        logit_bias={"42": -5, "7": 3},
+        response_format={"type": "json_schema", "json_schema": schema},
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        reasoning_effort="low",
+        user="end-user-1",
+        safety_identifier="hashed-user",
+        prompt_cache_key="cache-1",
+    )
+    assert fake.requests[-1] == {
+        "model": "smollm2-135m-instruct",
+        "messages": [
+            {"role": "system", "content": "Use the tools."},
+            *TOOL_TURNS[1:2],
+            *[{k: v for k, v in turn.items() if v is not None} for turn in TOOL_TURNS[2:]],
+        ],
+        "max_tokens": 20,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "n": 2,
+        "seed": 7,
+        "stop": ["\n\n", "END"],
+        "logprobs": True,
+        "top_logprobs": 2,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "logit_bias": {"42": -5, "7": 3},
+        "response_format": {"type": "json_schema", "json_schema": schema},
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+        "reasoning_effort": "low",
+        "user": "end-user-1",
+        "stream": False,
+    }
+    # vLLM's answer comes back unchanged: both choices, their tool calls and log-probabilities.
+    assert [c.index for c in answer.choices] == [0, 1]
+    first = answer.choices[0]
+    assert first.finish_reason == "tool_calls"
+    assert first.message.content is None
+    assert first.message.tool_calls[0].function.name == "get_weather"
+    assert first.message.tool_calls[0].function.arguments == '{"city": "Paris"}'
+    assert [e.token for e in first.logprobs.content] == ["base", "says", "hi"]
+
+
+def test_parameters_vllm_lacks_and_unknown_ones_are_400(vllm_stack, make_key):
+    _, api, fake = vllm_stack
+    _, _, key = make_key(f"vllm-refused-{time.monotonic_ns()}")
+    client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
+    sent = len(fake.requests)
+    messages = [{"role": "user", "content": "hi"}]
+    for kwargs, param in (
+        ({"store": True}, "store"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"functions": [WEATHER_TOOL["function"]]}, "functions"),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, **kwargs)
+        assert err.value.body["code"] == "unsupported_parameter"
+        assert err.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, extra_body={"top_k": 5})
+    assert err.value.body["code"] == "unknown_parameter"
+    assert err.value.body["param"] == "top_k"
+    # Neutral values ask for nothing more than a text answer: served.
+    plain = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=messages, store=False, modalities=["text"], service_tier="auto"
+    )
+    assert plain.choices[0].message.content == "base says hi"
+    assert len(fake.requests) == sent + 1

@@ -17,10 +17,13 @@ flagged share exceeds its ``safety.max_flagged_fraction`` (the stricter of the c
 the operator's ``GUARDTUNE_MAX_FLAGGED_FRACTION``); it keeps its scan report and event, so
 the customer can see which lines were flagged.
 
-Before scoring, every example's token count is checked against the token limit (the model's
-context capped by ``GUARDTUNE_MAX_EXAMPLE_TOKENS``, the length training uses): a longer example
-fails the job ``invalid_training_file`` with one ``line N: …`` error per example, as the
-file validation reports its errors.
+Before scoring, every example of the training and validation files is rendered with the base
+model's chat template as training renders it, its ``tools`` and tool calls included, and its
+token count is checked against the token limit (the model's context capped by
+``GUARDTUNE_MAX_EXAMPLE_TOKENS``, the length training uses): a line the template cannot render
+faithfully (it fails, or renders the tools or tool calls as if absent) or a longer example
+fails the job ``invalid_training_file`` with one ``line N: …`` error per example, as the file
+validation reports its errors, before any GPU time is spent on training.
 """
 
 from __future__ import annotations
@@ -75,25 +78,46 @@ def judge_failures_fail_the_job() -> Iterator[None]:
         ) from exc
 
 
-def check_token_lengths(
-    examples: list[tuple[int, dict[str, Any]]], tokenizer: PreTrainedTokenizerBase, limit: int, max_errors: int
+def check_examples(
+    examples: list[tuple[int, dict[str, Any]]],
+    tokenizer: PreTrainedTokenizerBase,
+    limit: int,
+    max_errors: int,
+    param: str = "training_file",
 ) -> None:
-    """Fail the job with a ``line N: …`` error for each example longer than ``limit`` tokens
-    (the first ``max_errors`` shown, all counted)."""
-    from safety.data import to_messages
+    """Fail the job ``invalid_training_file`` naming each line the base model cannot train
+    on: one its chat template cannot render faithfully, tools and tool calls included
+    (:func:`safety.templates.check_renders`, then encoded as training encodes it), or one
+    longer than ``limit`` tokens (the first ``max_errors`` of each kind shown, all counted)."""
+    from safety.data import encode_example, to_messages
+    from safety.templates import TemplateError, check_renders, example_tools, render
 
-    issues = []
+    unrenderable, too_long = [], []
     for line, example in examples:
-        text = tokenizer.apply_chat_template(to_messages(example), tokenize=False)
+        messages, tools = to_messages(example), example_tools(example)
+        try:
+            check_renders(tokenizer, messages, tools)
+            encode_example(tokenizer, example, limit)
+        except TemplateError as exc:
+            unrenderable.append(Issue(line, str(exc)))
+            continue
+        text = render(tokenizer, messages, tools, add_generation_prompt=False)
         n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n_tokens > limit:
-            issues.append(Issue(line, f"the example has {n_tokens} tokens, over the limit of {limit}"))
-    if issues:
-        more = f"; and {len(issues) - max_errors} more" if len(issues) > max_errors else ""
-        shown = "; ".join(map(str, issues[:max_errors]))
+            too_long.append(Issue(line, f"the example has {n_tokens} tokens, over the limit of {limit}"))
+    what = "training file" if param == "training_file" else "validation file"
+    if unrenderable:
+        message = f"The base model cannot train on these lines of the {what}: {_listed(unrenderable, max_errors)}."
+        raise StageError(ErrorCode.INVALID_TRAINING_FILE, message, param)
+    if too_long:
         limit_is = f"{limit} tokens (the model's context, capped by GUARDTUNE_MAX_EXAMPLE_TOKENS)"
-        message = f"Examples exceed the token limit of {limit_is}: {shown}{more}."
-        raise StageError(ErrorCode.INVALID_TRAINING_FILE, message, "training_file")
+        message = f"Examples exceed the token limit of {limit_is}: {_listed(too_long, max_errors)}."
+        raise StageError(ErrorCode.INVALID_TRAINING_FILE, message, param)
+
+
+def _listed(issues: list[Issue], max_errors: int) -> str:
+    more = f"; and {len(issues) - max_errors} more" if len(issues) > max_errors else ""
+    return "; ".join(map(str, issues[:max_errors])) + more
 
 
 def run(job_id: str) -> None:
@@ -111,7 +135,10 @@ def run(job_id: str) -> None:
         entry = session.get_one(BaseModelEntry, job.model)
         examples = list(iter_file_examples(file.storage_key))
         model, tokenizer = load_model(entry.source)
-        check_token_lengths(examples, tokenizer, token_limit(model), settings.validation_max_errors)
+        check_examples(examples, tokenizer, token_limit(model), settings.validation_max_errors)
+        if job.validation_file_id is not None:
+            valid = list(iter_file_examples(session.get_one(File, job.validation_file_id).storage_key))
+            check_examples(valid, tokenizer, token_limit(model), settings.validation_max_errors, "validation_file")
         safety = SafetyConfig.stored(job.safety, settings)
         estimator = safety.estimator
         judge = make_judge() if safety.uses_judge else None

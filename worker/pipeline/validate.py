@@ -1,6 +1,7 @@
 """Stage ``validate`` (light, default queue): re-check the training and validation
 files streaming from the store, then queue the job for the GPU stages. (Token counts need
-the model's tokenizer: the scan checks them, :func:`worker.pipeline.scan.check_token_lengths`.)"""
+the model's tokenizer: the scan checks them and whether its chat template renders each line,
+:func:`worker.pipeline.scan.check_examples`.)"""
 
 from __future__ import annotations
 
