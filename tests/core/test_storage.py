@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from core.storage import LocalStore, ObjectTooLarge, S3Store, download_dir, org_key, upload_dir
+from core.storage import LocalStore, ObjectTooLarge, S3Store, WriteOnceViolation, download_dir, org_key, upload_dir
 
 
 class CountingReader(io.RawIOBase):
@@ -88,3 +88,27 @@ def test_s3_presigned_url_downloads_over_http(s3, tmp_path):
     assert url.startswith(s3.endpoint)
     assert httpx.get(url).content == b"payload"
     assert LocalStore(tmp_path).presigned_url("k") is None
+
+
+def test_a_write_once_object_is_never_replaced(store):
+    store.put_once("audit/anchors/1.json", b"first")
+    with pytest.raises(WriteOnceViolation):
+        store.put_once("audit/anchors/1.json", b"second")
+    assert b"".join(store.iter_chunks("audit/anchors/1.json")) == b"first"
+    assert store.list("audit/") == ["audit/anchors/1.json"]
+    assert store.removed("audit/") == []
+
+
+def test_the_local_store_refuses_to_delete_or_overwrite_a_write_once_object(tmp_path):
+    store = LocalStore(tmp_path / "objects")
+    store.put_once("audit/anchors/1.json", b"first")
+    store.put_stream("audit/notes.txt", io.BytesIO(b"ordinary"))
+    with pytest.raises(WriteOnceViolation):
+        store.delete("audit/anchors/1.json")
+    with pytest.raises(WriteOnceViolation):
+        store.put_stream("audit/anchors/1.json", io.BytesIO(b"second"))
+    with pytest.raises(WriteOnceViolation):
+        store.delete_prefix("audit")
+    assert store.list("audit/") == ["audit/anchors/1.json", "audit/notes.txt"]  # nothing went
+    store.delete("audit/notes.txt")
+    assert not store.exists("audit/notes.txt")
