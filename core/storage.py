@@ -260,11 +260,28 @@ class S3Store:
             raise
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self._delete_versions(self._key(key), exact=True)
 
     def delete_prefix(self, prefix: str) -> None:
-        for key in self.list(prefix):
-            self.delete(key)
+        self._delete_versions(self._key(prefix), exact=False)
+
+    def _delete_versions(self, full_key: str, *, exact: bool) -> None:
+        """Delete every version and delete marker of the key (or of every key under the
+        prefix): on a versioned bucket (Object Lock makes one) a plain delete only hides the
+        data under a marker. Unversioned buckets list each object once (version ``null``).
+        Raises ``OSError`` naming the first object the store kept (a locked version)."""
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full_key):
+            found = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            doomed = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]} for v in found if not exact or v["Key"] == full_key
+            ]
+            if not doomed:
+                continue
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed, "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise OSError(f"S3 kept {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
 
     def removed(self, prefix: str) -> list[str]:
         keys: list[str] = []

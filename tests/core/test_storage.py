@@ -28,12 +28,20 @@ class CountingReader(io.RawIOBase):
         return b"a" * n
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-versioned"])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(tmp_path / "objects")
     s3 = request.getfixturevalue("s3")
-    return S3Store(s3.bucket, f"t-{tmp_path.name}", Settings(s3_endpoint_url=s3.endpoint))
+    bucket = request.getfixturevalue("locked_bucket") if request.param == "s3-versioned" else s3.bucket
+    return S3Store(bucket, f"t-{tmp_path.name}", Settings(s3_endpoint_url=s3.endpoint))
+
+
+def _versions(store: S3Store, key: str) -> list[str]:
+    """Every version and delete marker the bucket keeps of ``key``."""
+    listed = store.client.list_object_versions(Bucket=store.bucket, Prefix=store._key(key))
+    found = [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])]
+    return [v["Key"].removeprefix(store.prefix + "/") for v in found]
 
 
 def test_put_get_list_delete_round_trip(store):
@@ -112,3 +120,18 @@ def test_the_local_store_refuses_to_delete_or_overwrite_a_write_once_object(tmp_
     assert store.list("audit/") == ["audit/anchors/1.json", "audit/notes.txt"]  # nothing went
     store.delete("audit/notes.txt")
     assert not store.exists("audit/notes.txt")
+
+
+def test_deleting_leaves_no_version_behind(store):
+    """On a versioned bucket a plain delete would only hide the bytes under a marker."""
+    store.put_stream("orgs/o/files/f", io.BytesIO(b"v1"))
+    store.put_stream("orgs/o/files/f", io.BytesIO(b"v2"))
+    store.put_stream("orgs/o/files/f-kept", io.BytesIO(b"other"))
+    store.put_stream("orgs/o/jobs/j/checkpoints/a", io.BytesIO(b"c"))
+    store.put_stream("orgs/o/jobs/j/checkpoints/a", io.BytesIO(b"c2"))
+    store.delete("orgs/o/files/f")
+    store.delete_prefix("orgs/o/jobs/")
+    assert store.list("orgs/o/") == ["orgs/o/files/f-kept"]
+    if isinstance(store, S3Store):
+        assert _versions(store, "orgs/o/files/f") == ["orgs/o/files/f-kept"]  # the prefix lists its neighbour only
+        assert _versions(store, "orgs/o/jobs/") == []

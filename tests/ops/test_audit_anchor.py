@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy import select, text
@@ -22,7 +21,6 @@ from core.settings import get_settings
 from core.storage import LocalStore, S3Store, WriteOnceViolation, get_store
 from tests.conftest import clear_caches
 
-LOCKED_BUCKET = "guardtune-test-locked"
 SIGNING_KEY = "audit-signing-key-" + "s" * 32
 
 
@@ -32,12 +30,9 @@ def anchored(backend, monkeypatch, request):
     S3 bucket with Object Lock and anchors are kept under a day's compliance retention."""
     monkeypatch.setenv("GUARDTUNE_AUDIT_SIGNING_KEY", SIGNING_KEY)
     if backend.name == "postgres":
-        s3 = request.getfixturevalue("s3")
-        client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
-        if LOCKED_BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-            client.create_bucket(Bucket=LOCKED_BUCKET, ObjectLockEnabledForBucket=True)
+        bucket = request.getfixturevalue("locked_bucket")
         prefix = backend.url.rsplit("/", 1)[1]
-        monkeypatch.setenv("GUARDTUNE_STORAGE_URL", f"s3://{LOCKED_BUCKET}/{prefix}")
+        monkeypatch.setenv("GUARDTUNE_STORAGE_URL", f"s3://{bucket}/{prefix}")
         monkeypatch.setenv("GUARDTUNE_AUDIT_ANCHOR_RETENTION_DAYS", "1")
     clear_caches()
     return backend
