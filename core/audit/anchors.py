@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from core.audit.repository import AuditRepository
 from core.logging import get_logger
 from core.models import AuditRecord
 from core.settings import Settings, get_settings
@@ -106,12 +105,6 @@ def write_missing(due: Iterable[tuple[int, str]], store: ObjectStore | None = No
         except WriteOnceViolation:
             continue
     return written
-
-
-def anchor_head(session: Session) -> Anchor | None:
-    """Anchor the table's current head (None when the log is empty or it is anchored)."""
-    head = AuditRepository(session).head()
-    return next(iter(write_missing([(head.seq, head.hash)])), None) if head else None
 
 
 def crosses_grid(prev_seq: int, seq: int, every: int) -> bool:
