@@ -203,3 +203,21 @@ def test_orgs_delete_purge_removes_every_row_and_object_audited(stored, ops, ada
     assert record["details"]["rows"] == out["rows_deleted"]
     assert ops("audit", "verify", "--json").json()["ok"] is True  # the log, org.create included, stays
     assert job in ops("audit", "show", "--target", job, "--json").stdout
+
+
+def test_the_worker_sweeps_pending_deletions_on_its_beat(stored):
+    from worker.celery_app import celery_app
+    from worker.tasks import sweep_deletions
+
+    celery_app.finalize()
+    schedule = {entry["task"]: entry["schedule"] for entry in celery_app.conf.beat_schedule.values()}
+    assert schedule["guardtune.sweep_deletions"] == get_settings().reaper_interval_s
+    key = _put("orgs/o/files/file-3")
+    with session_scope() as session:
+        assert (
+            deletion.delete_or_defer(session, key, reason="file.delete file-3", store=FlakyStore(get_store(), 9))
+            is False
+        )
+    assert sweep_deletions() == {"deleted": 1, "failed": 0}
+    assert _kept("orgs/o/") == []
+    assert _count(PendingDeletion) == 0
