@@ -47,6 +47,7 @@ class AnchorCheck:
         self._prev_seq = 0
         self._walk_problems: list[str] = []
         self.newest_matched: int | None = None  # the highest seq whose anchor was read and matched
+        self._last_read: int | None = None  # the last seq whose anchor was checked
 
     def feed(self, records: Iterable[R]) -> Iterator[R]:
         """``records``, each seen by the check as it passes."""
@@ -72,7 +73,7 @@ class AnchorCheck:
             for seq in self._unmatched
         ]
         problems += [f"the anchor of seq {seq} was deleted from the store (a version remains)" for seq in self._removed]
-        if head is not None and self.newest_matched != head.seq:
+        if head is not None and self._last_read != head.seq:
             problems += self._check(head, self._read_head(head.seq), "head")
         return problems + self._walk_problems
 
@@ -85,6 +86,7 @@ class AnchorCheck:
 
     def _check(self, rec: Record, anchor: Anchor | None, what: str) -> list[str]:
         """[] when ``anchor`` is ``rec``'s, validly signed; else the problem."""
+        self._last_read = rec.seq
         if anchor is None:
             return [
                 f"the {what} record seq {rec.seq} has no anchor: deleted, or its write failed "
