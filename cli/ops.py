@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from core.logging import configure_logging
-from ops import audit, jobs, keys, models, orgs, probe, release
+from ops import audit, jobs, keys, models, orgs, probe, release, storage
 from ops import eval as eval_cmd
 
 app = typer.Typer(help="guardtune ops CLI.", no_args_is_help=True, add_completion=False)
@@ -19,6 +19,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(audit.app, name="audit")
 app.add_typer(release.app, name="release")
+app.add_typer(storage.app, name="storage")
 app.add_typer(models.app, name="models")
 app.add_typer(probe.app, name="probe")
 app.add_typer(eval_cmd.app, name="eval")

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import CursorResult, Engine, Update, create_engine, event, make_url
+from sqlalchemy import CursorResult, Delete, Engine, Update, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -54,8 +54,8 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     cur.close()
 
 
-def matched_rows(session: Session, statement: Update) -> int:
-    """Execute the UPDATE ``statement`` in ``session``: the number of rows its WHERE matched."""
+def matched_rows(session: Session, statement: Update | Delete) -> int:
+    """Execute the UPDATE or DELETE ``statement`` in ``session``: the number of rows its WHERE matched."""
     result = session.execute(statement)
     assert isinstance(result, CursorResult)  # what a DML statement returns
     return result.rowcount

@@ -19,6 +19,7 @@ call after their commit; they never raise (the lazy load above repairs a missed 
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -149,6 +150,22 @@ def fetch_adapter(store: ObjectStore, adapter: AdapterRef, root: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def embedded_adapter_root(settings: Settings) -> Path:
+    """Where ``guardtune infer`` keeps the adapters it fetched (one folder per digest)."""
+    return settings.home_dir / "infer-adapters"
+
+
+def remove_placed_adapter(sha256: str, settings: Settings | None = None) -> None:
+    """Delete the copies of the adapter ``sha256`` placed on this host for vLLM and for the
+    embedded ``guardtune infer`` (after its model was revoked; absent copies are fine)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"not an adapter digest: {sha256!r}")
+    settings = settings or get_settings()
+    for root in (settings.vllm_adapters, embedded_adapter_root(settings)):
+        with _fetch_lock:
+            shutil.rmtree(root / sha256, ignore_errors=True)
 
 
 def get_backend(settings: Settings | None = None) -> Backend:

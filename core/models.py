@@ -224,3 +224,18 @@ class OutboxMessage(Base):
     sends: Mapped[int] = mapped_column(Integer, default=0)
     consumed_at: Mapped[float | None] = mapped_column(Float)
     request_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class PendingDeletion(Base):
+    """A stored object, or every object under a prefix, whose deletion failed after its
+    retries: the deletion sweep (:func:`core.deletion.sweep`) tries it again until it goes."""
+
+    __tablename__ = "pending_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(1024))
+    prefix: Mapped[bool] = mapped_column(Boolean, default=False)  # every object under ``key``
+    reason: Mapped[str] = mapped_column(String(300))  # what deleted it, e.g. "file.delete file-…"
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

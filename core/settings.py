@@ -65,8 +65,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
 
-    # Security. The secret peppers API-key hashes.
+    # Security. The secret peppers API-key hashes; the audit signing key signs the audit
+    # anchors (empty outside production: derived from the secret). Previous signing keys
+    # still verify the anchors they signed (rotation, see README).
     secret_key: str = INSECURE_SECRET
+    audit_signing_key: str = ""
+    audit_previous_signing_keys: list[str] = Field(default_factory=list)
     # Seconds an API key found valid is trusted without a query (api.keycache); 0: never.
     api_key_cache_s: float = Field(default=5.0, ge=0)
 
@@ -106,7 +110,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
-    audit_anchor_every: int = 100
+    audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head
+    audit_anchor_retention_days: int = Field(default=0, ge=0)  # S3 Object Lock (compliance) on anchors; 0: none
     metrics_event_every: int = 1
     checkpoint_every: int = CHECKPOINT_EVERY
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
@@ -190,12 +195,22 @@ class Settings(BaseSettings):
             raise ValueError("GUARDTUNE_SECRET_KEY must be set to a private value when GUARDTUNE_ENV=production")
         if self.env == "production" and len(self.secret_key) < 32:
             raise ValueError("GUARDTUNE_SECRET_KEY must be at least 32 characters in production")
+        if self.env == "production" and len(self.audit_signing_key) < 32:
+            raise ValueError("GUARDTUNE_AUDIT_SIGNING_KEY must be set (32+ characters) when GUARDTUNE_ENV=production")
+        if self.audit_signing_key and self.audit_signing_key == self.secret_key:
+            raise ValueError("GUARDTUNE_AUDIT_SIGNING_KEY must differ from GUARDTUNE_SECRET_KEY")
         return self
 
     # Derived values: the embedded defaults live under ``home``.
     @property
     def home_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def anchor_signing_key(self) -> str:
+        """The key that signs audit anchors: ``audit_signing_key``, or outside production
+        (where it may be unset) one derived from the secret key."""
+        return self.audit_signing_key or f"derived-from-secret-key:{self.secret_key}"
 
     @property
     def db_url(self) -> str:

@@ -2,6 +2,13 @@
 
 Everything streams in chunks; nothing reads a whole object into memory. Keys are
 namespaced by organization with :func:`org_key`.
+
+Write-once objects (:meth:`ObjectStore.put_once`, the audit anchors) are never replaced or
+deleted through a store: the local folder keeps them read-only and refuses both; on S3 the
+put is conditional (``If-None-Match: *``) and, with ``GUARDTUNE_AUDIT_ANCHOR_RETENTION_DAYS``,
+carries an Object Lock retention in compliance mode (no one, the bucket's owner included,
+removes the version before it ends; a plain delete only leaves a delete marker, which
+:meth:`ObjectStore.removed` reports).
 """
 
 from __future__ import annotations
@@ -9,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
@@ -24,6 +33,10 @@ CHUNK = 1024 * 1024
 
 class ObjectTooLarge(Exception):
     """Raised by :meth:`ObjectStore.put_stream` when a stream exceeds ``max_bytes``."""
+
+
+class WriteOnceViolation(Exception):
+    """Raised when a write-once object would be replaced or deleted."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,10 @@ class ObjectStore(Protocol):
         """Copy ``stream`` to ``key`` in chunks. Over ``max_bytes`` nothing is stored
         and :class:`ObjectTooLarge` is raised."""
 
+    def put_once(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key`` as a write-once object; :class:`WriteOnceViolation` if
+        ``key`` exists (nothing is replaced)."""
+
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream of the object (caller closes it)."""
@@ -52,6 +69,10 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def removed(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` deleted while an older version is kept (an S3 delete marker
+        on a versioned bucket); [] where the store keeps no versions."""
+
     def list(self, prefix: str) -> list[str]: ...
     def size(self, key: str) -> int: ...
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
@@ -85,8 +106,13 @@ class LocalStore:
             raise ValueError(f"key escapes the store: {key!r}")
         return path
 
+    def _refuse_write_once(self, path: Path) -> None:
+        if path.is_file() and not path.stat().st_mode & stat.S_IWUSR:
+            raise WriteOnceViolation(f"{path.relative_to(self.root).as_posix()} is write-once")
+
     def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
         path = self._path(key)
+        self._refuse_write_once(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
         try:
@@ -100,6 +126,24 @@ class LocalStore:
             raise
         return result
 
+    def put_once(self, key: str, data: bytes) -> None:
+        """Written read-only beside the target, then hard-linked into place (the link fails
+        if the key exists: never a replace)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o444)
+            os.link(tmp, path)
+        except FileExistsError:
+            raise WriteOnceViolation(f"{key} exists (write-once)") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         with self._path(key).open("rb") as f:
             while chunk := f.read(chunk_size):
@@ -112,14 +156,22 @@ class LocalStore:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        self._refuse_write_once(path)
+        path.unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under ``prefix``; nothing at all if one of them is write-once."""
         path = self._path(prefix)
         if path.is_dir():
+            for key in self.list(prefix):
+                self._refuse_write_once(self._path(key))
             shutil.rmtree(path)
         else:
-            path.unlink(missing_ok=True)
+            self.delete(prefix)
+
+    def removed(self, prefix: str) -> list[str]:
+        return []
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -151,6 +203,7 @@ class S3Store:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.retention_days = settings.audit_anchor_retention_days
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -169,6 +222,20 @@ class S3Store:
             spool.seek(0)
             self.client.upload_fileobj(spool, self.bucket, self._key(key))
         return result
+
+    def put_once(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import ClientError
+
+        lock: dict[str, object] = {}
+        if self.retention_days > 0:
+            until = datetime.now(UTC) + timedelta(days=self.retention_days)
+            lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*", **lock)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise WriteOnceViolation(f"{key} exists (write-once)") from None
+            raise
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
@@ -193,11 +260,36 @@ class S3Store:
             raise
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self._delete_versions(self._key(key), exact=True)
 
     def delete_prefix(self, prefix: str) -> None:
-        for key in self.list(prefix):
-            self.delete(key)
+        self._delete_versions(self._key(prefix), exact=False)
+
+    def _delete_versions(self, full_key: str, *, exact: bool) -> None:
+        """Delete every version and delete marker of the key (or of every key under the
+        prefix): on a versioned bucket (Object Lock makes one) a plain delete only hides the
+        data under a marker. Unversioned buckets list each object once (version ``null``).
+        Raises ``OSError`` naming the first object the store kept (a locked version)."""
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full_key):
+            found = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            doomed = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]} for v in found if not exact or v["Key"] == full_key
+            ]
+            if not doomed:
+                continue
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed, "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise OSError(f"S3 kept {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+
+    def removed(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            keys.extend(m["Key"][strip:] for m in page.get("DeleteMarkers", []) if m["IsLatest"])
+        return sorted(keys)
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 
 from core.audit import anchors
 from core.audit import service as audit_log
+from core.audit.anchor_check import AnchorCheck
 from core.audit.repository import AuditRepository
 from core.models import AuditRecord
 from core.releases.repository import ReleaseRepository
 from core.settings import get_settings
+from core.storage import get_store
 from ops.common import db
 from ops.output import JsonOpt, console, echo_json, err_console, fail, handle_errors, progress_bar, render
 
@@ -174,47 +176,55 @@ def _read_export(path: Path) -> Iterator[_Row]:
 
 @app.command("anchor")
 @handle_errors
-def anchor(as_json: JsonOpt = False) -> None:
-    """Anchor the chain's head now: an HMAC-signed checkpoint in the object store (also
-    written every GUARDTUNE_AUDIT_ANCHOR_EVERY records). Keep the printed hash elsewhere
-    too, for `audit verify --expect-head`. Writes no audit record (that would move the head)."""
+def anchor(
+    fill: Annotated[
+        bool,
+        typer.Option(
+            "--fill",
+            help="Also anchor every grid record without one (after a store outage, or a new "
+            "GUARDTUNE_AUDIT_ANCHOR_EVERY); the chain must verify first.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Anchor the chain's head now (every commit that appends records anchors its head; this
+    is for a head whose anchor write failed). Keep the printed hash elsewhere too, for `audit
+    verify --expect-head`. Writes no audit record (that would move the head)."""
     with db() as session:
-        written = anchors.anchor_head(session)
-    if written is None:
-        raise fail("the audit log is empty: nothing to anchor")
+        head = AuditRepository(session).head()
+        if head is None:
+            raise fail("the audit log is empty: nothing to anchor")
+        written = _fill(session) if fill else anchors.write_missing([(head.seq, head.hash)])
+    rows = [
+        {"seq": a.seq, "hash": a.hash, "created_at": a.created_at, "key": anchors.anchor_key(a.seq)} for a in written
+    ]
     if as_json:
-        echo_json(
-            {
-                "seq": written.seq,
-                "hash": written.hash,
-                "created_at": written.created_at,
-                "key": anchors.anchor_key(written.seq),
-            }
-        )
-    else:
-        console().print(f"anchored head seq {written.seq} hash {written.hash} ({anchors.anchor_key(written.seq)})")
+        echo_json({"head_seq": head.seq, "head_hash": head.hash, "written": rows})
+        return
+    for row in rows:
+        console().print(f"anchored seq {row['seq']} hash {row['hash']} ({row['key']})")
+    console().print(f"head seq {head.seq} hash {head.hash}: {len(rows)} anchors written, the others existed")
 
 
-def _anchor_problem(session: Session, last: audit_log.Chained | None) -> tuple[str | None, int | None]:
-    """Check an intact table against the newest stored anchor: (problem or None, anchored seq)."""
-    stored = anchors.latest()
-    if stored is None:
-        return None, None
-    if not stored.valid(get_settings().secret_key):
-        return (
-            f"the newest anchor (seq {stored.seq}) has an invalid signature: forged, or another secret key",
-            stored.seq,
-        )
-    found = AuditRepository(session).hash_at(stored.seq)
-    if found is None:
-        end = last.seq if last is not None else "no records"
-        return (
-            f"the log was truncated: anchored record seq {stored.seq} is missing (the table ends at {end})",
-            stored.seq,
-        )
-    if found != stored.hash:
-        return f"record seq {stored.seq} does not match its anchor: the chain was rewritten", stored.seq
-    return None, stored.seq
+def _fill(session: Session) -> list[anchors.Anchor]:
+    """Anchors for every grid record and the head that lack one, if the chain verifies."""
+    every, due = get_settings().audit_anchor_every, {}
+
+    def noting_grid(records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
+        prev_seq = 0
+        for rec in records:
+            if anchors.crosses_grid(prev_seq, rec.seq, every):
+                due[rec.seq] = rec.hash
+            prev_seq = rec.seq
+            yield rec
+
+    seen: _Last[AuditRecord] = _Last()
+    result = audit_log.verify(seen.track(noting_grid(AuditRepository(session).walk())))
+    if not result.ok:
+        raise fail(f"audit chain broken at seq {result.broken_seq}: {result.reason}; nothing anchored")
+    if seen.last is not None:
+        due[seen.last.seq] = seen.last.hash
+    return anchors.write_missing(sorted(due.items()))
 
 
 def _expect_head_problem(hashes: Container[str], expected: str, last: audit_log.Chained | None) -> str | None:
@@ -242,9 +252,10 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Walk the hash chain; exit 1 naming the first record that does not fit. On the
-    database, also check the table against the newest signed anchor (truncation, a
-    recomputed chain) and, with ``--expect-head``, that a saved head is still there."""
-    anchored_at, anchor_seq, problem = None, None, None
+    database, also check the table against the signed anchors (every grid anchor and the
+    head's present and matching, none beyond the table's end or deleted: see
+    core.audit.anchor_check) and, with ``--expect-head``, that a saved head is still there."""
+    anchored_at, anchor_seq, problem, problems = None, None, None, []
     with progress_bar() as progress:
         if file is not None:
             if not file.is_file():
@@ -264,10 +275,12 @@ def verify(
                 repo = AuditRepository(session)
                 task = progress.add_task("verifying audit chain", total=repo.count())
                 seen = _Last()
-                result = audit_log.verify(seen.track(_counted(repo.walk(), progress, task)))
+                check = AnchorCheck(get_settings(), get_store())
+                result = audit_log.verify(seen.track(check.feed(_counted(repo.walk(), progress, task))))
                 last = seen.last if result.ok else None
                 if result.ok:
-                    problem, anchor_seq = _anchor_problem(session, last)
+                    problems = check.finish(last)
+                    problem, anchor_seq = (problems[0] if problems else None), check.newest_matched
                 if result.ok and not problem and expect_head:
                     found = repo.has_hash(expect_head)
                     problem = _expect_head_problem({expect_head} if found else set(), expect_head, last)
@@ -282,6 +295,7 @@ def verify(
         "anchored_at_seq": anchored_at,
         "anchor_seq": anchor_seq,
         "problem": problem,
+        "problems": problems,
     }
     if as_json:
         echo_json(summary)
@@ -293,7 +307,8 @@ def verify(
     if result.ok and problem:
         if as_json:
             raise typer.Exit(1)
-        raise fail(f"audit log check failed: {problem}")
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise fail(f"audit log check failed: {problem}{more}")
     if not result.ok:
         message = f"audit chain broken at seq {result.broken_seq}: {result.reason} ({result.checked - 1} records before it verified)"
         if as_json:

@@ -1,4 +1,4 @@
-"""``guardtune-ops orgs``: create and list organizations, set the safety modes one may use."""
+"""``guardtune-ops orgs``: create, list and delete organizations, set the safety modes one may use."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from core.errors import InvalidRequest
 from core.jobs.vocab import SafetyMode
 from core.models import Organization
+from core.orgs.purge import purge_org
 from core.orgs.repository import OrgRepository
 from core.orgs.service import OrgService
 from core.settings import get_settings
@@ -94,3 +95,31 @@ def list_(as_json: JsonOpt = False) -> None:
         title="organizations",
         empty="no organizations",
     )
+
+
+@app.command("delete")
+@handle_errors
+def delete(
+    org_ref: Annotated[str, typer.Argument(metavar="ORG", help="Organization id or name.")],
+    purge: Annotated[
+        bool,
+        typer.Option("--purge", help="Required: every row and stored object of the organization goes, for good."),
+    ] = False,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Offboard an organization: delete its keys, files, jobs, reports, released models and
+    every stored object under orgs/<id>/ (audited as org.purge; the audit log stays).
+    Refused while it has unfinished jobs."""
+    if not purge:
+        raise InvalidRequest("deleting an organization deletes all its data: pass --purge to confirm", param="purge")
+    with db() as session:
+        result = purge_org(session, org_ref, actor=ops_actor(actor))
+    out = {
+        "id": result.org_id,
+        "name": result.name,
+        "rows_deleted": result.rows,
+        "prefix": result.prefix,
+        "objects": "deleted" if result.objects_deleted else "pending: the deletion sweep retries",
+    }
+    render_record(out, as_json=as_json, title="organization purged")

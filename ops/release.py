@@ -58,13 +58,24 @@ def approve(
 def revoke(
     model_id: Annotated[str, typer.Argument(help="A released model (ft:…).")],
     reason: ReasonOpt,
+    keep_files: Annotated[
+        bool,
+        typer.Option(
+            "--keep-files", help="Keep the job's stored objects and checkpoints (a hold for an investigation)."
+        ),
+    ] = False,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop serving a released adapter (its files are kept for audit)."""
+    """Stop serving a released adapter and delete the stored objects of the job that made it
+    (adapter, checkpoints, artifacts), unless --keep-files."""
     with db() as session:
-        out = released_dict(releases.revoke_model(session, model_id, actor=ops_actor(actor), reason=reason))
-    adapter_revoked(model_id)
+        revoked = releases.revoke_model(session, model_id, actor=ops_actor(actor), reason=reason, keep_files=keep_files)
+        out = released_dict(revoked)
+        session.commit()
+        adapter_revoked(model_id)
+        if not keep_files:
+            releases.delete_model_files(session, revoked)
     render_record(out, as_json=as_json, title="model revoked")
 
 

@@ -131,6 +131,18 @@ def s3() -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
+def locked_bucket(s3) -> str:
+    """A second bucket on the S3 server, created with Object Lock (hence versioned), as
+    compose creates its bucket."""
+    import boto3
+
+    name = "guardtune-test-locked"
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+@pytest.fixture(scope="session")
 def deployment_env(pg_url, redis_url, s3, tmp_path_factory) -> dict[str, str]:
     """GUARDTUNE_* variables of a production-shaped deployment: Postgres, Redis, S3."""
     home = tmp_path_factory.mktemp("home")

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from core import chat
 from core.chat_params import unknown_parameter, unsupported_parameter
 from core.errors import GuardtuneError, InvalidRequest
-from core.inference import InferenceUnavailable, fetch_adapter
+from core.inference import InferenceUnavailable, embedded_adapter_root, fetch_adapter
 from core.settings import get_settings
 from core.storage import get_store
 
@@ -58,7 +58,7 @@ def _error(exc: GuardtuneError) -> JSONResponse:
 def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -> FastAPI:
     settings = get_settings()
     engine = engine or make_engine()
-    adapter_root = adapter_root or settings.home_dir / "infer-adapters"
+    adapter_root = adapter_root or embedded_adapter_root(settings)
     timeout_s = settings.inference_timeout_s
     app = FastAPI(title="guardtune infer", docs_url=None, redoc_url=None)
 

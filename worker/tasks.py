@@ -15,7 +15,7 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from core import outbox
+from core import deletion, outbox
 from core.db import session_scope
 from core.jobs.pipeline import PIPELINE, START_TASK, Stage
 from core.jobs.transitions import update_live
@@ -138,11 +138,21 @@ def reap_stale_jobs() -> list:
     return reap()
 
 
+@celery_app.task(name="guardtune.sweep_deletions")
+def sweep_deletions() -> dict:
+    """Retry the stored objects whose deletion failed (:func:`core.deletion.sweep`)."""
+    with session_scope() as session:
+        result = deletion.sweep(session)
+    return {"deleted": result.deleted, "failed": result.failed}
+
+
 @celery_app.on_after_finalize.connect
 def _schedule_reaper(sender, **_) -> None:
     from core.settings import get_settings
 
-    sender.add_periodic_task(get_settings().reaper_interval_s, reap_stale_jobs.s(), name="reap stale jobs")
+    interval = get_settings().reaper_interval_s
+    sender.add_periodic_task(interval, reap_stale_jobs.s(), name="reap stale jobs")
+    sender.add_periodic_task(interval, sweep_deletions.s(), name="sweep pending deletions")
 
 
 @celery_app.task(name="guardtune.ping")

@@ -12,19 +12,17 @@ from api.files.repository import FileRepository
 from api.files.uploads import Upload
 from api.jobs.repository import JobRepository
 from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
+from core import deletion
 from core.audit import service as audit
 from core.datasets import Limits, validate_stream
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import new_id
-from core.logging import get_logger
 from core.models import File, now
 from core.orgs.repository import OrgRepository
 from core.quoting import quoted
 from core.settings import Settings
 from core.storage import ObjectStore, org_key
 from core.vocab import FileStatus
-
-log = get_logger(__name__)
 
 SUPPORTED_PURPOSES = ("fine-tune",)
 
@@ -156,6 +154,7 @@ class FileService:
                 headers={"x-should-retry": "false"},
             )
         row.deleted_at = now()
+        row.errors, row.status_details = [], None  # they quote the file's content
         audit.record(
             self.session,
             actor=caller.actor,
@@ -164,8 +163,7 @@ class FileService:
             details={"org_id": caller.org_id, "bytes": row.bytes, "sha256": row.sha256},
         )
         self.session.commit()
-        try:  # after the commit: the row is gone for good, so the bytes may go too
-            self.store.delete(row.storage_key)
-        except Exception:
-            log.warning("file_object_delete_failed", file_id=file_id, key=row.storage_key, exc_info=True)
+        # After the commit (the row is gone for good, so the bytes may go too): retried, and
+        # left to the deletion sweep if the store keeps failing.
+        deletion.delete_or_defer(self.session, row.storage_key, reason=f"file.delete {file_id}", store=self.store)
         return row

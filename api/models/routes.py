@@ -53,8 +53,8 @@ def retrieve_model(model: str, caller: CallerDep, service: ModelServiceDep) -> M
 
 
 @router.delete("/{model:path}", response_model=ModelDeleted, summary="Delete (revoke) a fine-tuned model")
-def delete_model(model: str, caller: CallerDep, service: ModelServiceDep) -> ModelDeleted:
+def delete_model(model: str, caller: CallerDep, service: ModelServiceDep, store: StoreDep) -> ModelDeleted:
     """Revokes a released ``ft:`` model of your organization (audited; its adapter is no
     longer listed, served or downloadable). Another organization's, an unknown or an already
     deleted model answers 404; a base model 403."""
-    return ModelDeleted(id=service.delete(caller, model).id, deleted=True)
+    return ModelDeleted(id=service.delete(caller, model, store).id, deleted=True)

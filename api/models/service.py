@@ -98,9 +98,10 @@ class ModelService:
             return base_model_object(base)
         raise NotFound(f"The model {model_id!r} does not exist.", code="model_not_found", param="model")
 
-    def delete(self, caller: Caller, model_id: str) -> ReleasedModel:
+    def delete(self, caller: Caller, model_id: str, store: ObjectStore) -> ReleasedModel:
         """Revoke the organization's released model ``model_id`` (:func:`core.releases.service.revoke_model`, audited
-        with the caller as actor); committed, then unloaded from the inference backend."""
+        with the caller as actor); committed, then unloaded from the inference backend and its
+        stored objects deleted (:func:`core.releases.service.delete_model_files`)."""
         if self._released(caller).serving(model_id) is None:
             if self.models.base_model(model_id) is not None:
                 raise PermissionDenied(
@@ -116,6 +117,7 @@ class ModelService:
         )
         self.session.commit()
         inference.adapter_revoked(model_id)
+        releases.delete_model_files(self.session, revoked, store)
         return revoked
 
     def adapter(self, caller: Caller, model_id: str, store: ObjectStore) -> AdapterArchive:

@@ -39,6 +39,7 @@ def start_api(url: str, home: Path, log_path: Path, tree: Path = REPO) -> tuple[
             "GUARDTUNE_ENV": "production",
             "GUARDTUNE_DATABASE_URL": url,
             "GUARDTUNE_SECRET_KEY": SECRET,
+            "GUARDTUNE_AUDIT_SIGNING_KEY": "bench-audit-signing-" + "y" * 40,
             "GUARDTUNE_HOME": str(home),
             "GUARDTUNE_LOG_JSON": "true",
             "PYTHONUNBUFFERED": "1",

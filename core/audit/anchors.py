@@ -1,37 +1,38 @@
 """Anchors of the audit chain, kept outside the database: a truncated or recomputed
 chain no longer verifies.
 
-An anchor is the chain's head at one moment (``seq`` and ``hash``), signed with an HMAC
-keyed by ``GUARDTUNE_SECRET_KEY`` and written to the object store under
-``audit/anchors/<seq>.json``. One is written after the commit of every transaction whose
-records cross a multiple of ``GUARDTUNE_AUDIT_ANCHOR_EVERY``, and on demand
-(``guardtune-ops audit anchor``). Someone who can rewrite the table but does not hold
-the secret key cannot forge an anchor for a rewritten or shortened chain; records
-appended after the newest anchor are covered only by ``audit verify --expect-head``.
+An anchor is one record's ``seq`` and ``hash``, signed with an HMAC keyed by
+``GUARDTUNE_AUDIT_SIGNING_KEY`` (not the key-hash pepper) and stored write-once
+(:meth:`core.storage.ObjectStore.put_once`) under ``audit/anchors/<seq>.json``. After
+the commit of every transaction that appended records, one is written for the
+transaction's newest record (the head: every append is anchored, one small object per
+audited commit) and one for each record that crossed a multiple of
+``GUARDTUNE_AUDIT_ANCHOR_EVERY`` (the grid, which verification can predict from the table
+alone). :mod:`core.audit.anchor_check` holds what verification expects of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from core.audit.repository import AuditRepository
 from core.logging import get_logger
 from core.models import AuditRecord
-from core.settings import get_settings
-from core.storage import ObjectStore, get_store
+from core.settings import Settings, get_settings
+from core.storage import ObjectStore, WriteOnceViolation, get_store
 
 log = get_logger(__name__)
 
 PREFIX = "audit/anchors/"
-_DUE = "guardtune_audit_anchor_due"  # session.info key: (seq, hash) to anchor after commit
+# session.info keys: the grid records ({seq: hash}) and the head ((seq, hash)) to anchor after commit
+_GRID, _HEAD = "guardtune_audit_grid_due", "guardtune_audit_head_due"
 
 
 @dataclass(frozen=True)
@@ -40,65 +41,99 @@ class Anchor:
     hash: str
     created_at: float
     hmac: str
+    key_id: str | None = None  # which signing key (None: an anchor from before key ids)
 
-    def valid(self, secret: str) -> bool:
-        return hmac.compare_digest(self.hmac, sign(secret, self.seq, self.hash, self.created_at))
+    def valid(self, settings: Settings) -> bool:
+        """Signed by the current or a previous audit signing key."""
+        return any(
+            hmac.compare_digest(self.hmac, sign(key, self.seq, self.hash, self.created_at))
+            for key in signing_keys(settings)
+            if self.key_id is None or key_id(key) == self.key_id
+        )
 
 
-def sign(secret: str, seq: int, head_hash: str, created_at: float) -> str:
+def signing_keys(settings: Settings) -> list[str]:
+    return [settings.anchor_signing_key, *settings.audit_previous_signing_keys]
+
+
+def key_id(key: str) -> str:
+    """A short public name of a signing key (a hash: it reveals nothing of the key)."""
+    return hashlib.sha256(f"guardtune-audit-key-id:{key}".encode()).hexdigest()[:16]
+
+
+def sign(key: str, seq: int, head_hash: str, created_at: float) -> str:
     body = json.dumps({"seq": seq, "hash": head_hash, "created_at": f"{created_at:.6f}"}, sort_keys=True)
-    return hmac.new(f"guardtune-audit-anchor:{secret}".encode(), body.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(f"guardtune-audit-anchor:{key}".encode(), body.encode(), hashlib.sha256).hexdigest()
 
 
 def anchor_key(seq: int) -> str:
     return f"{PREFIX}{seq:012d}.json"
 
 
+def seq_of(key: str) -> int:
+    """The ``seq`` an anchor key names."""
+    return int(key.rsplit("/", 1)[1].split(".")[0])
+
+
 def write(seq: int, head_hash: str, store: ObjectStore | None = None) -> Anchor:
-    """Sign and store an anchor for the record ``seq`` whose hash is ``head_hash``."""
+    """Sign and store an anchor for the record ``seq`` whose hash is ``head_hash``;
+    :class:`WriteOnceViolation` if that record is anchored already."""
+    settings = get_settings()
     created_at = round(time.time(), 6)
-    anchor = Anchor(seq, head_hash, created_at, sign(get_settings().secret_key, seq, head_hash, created_at))
-    (store or get_store()).put_stream(anchor_key(seq), io.BytesIO(json.dumps(asdict(anchor)).encode()))
+    key = settings.anchor_signing_key
+    anchor = Anchor(seq, head_hash, created_at, sign(key, seq, head_hash, created_at), key_id(key))
+    (store or get_store()).put_once(anchor_key(seq), json.dumps(asdict(anchor)).encode())
     return anchor
 
 
-def anchor_head(session: Session) -> Anchor | None:
-    """Anchor the table's current head (None when the log is empty)."""
-    head = AuditRepository(session).head()
-    return write(head.seq, head.hash) if head else None
-
-
-def latest(store: ObjectStore | None = None) -> Anchor | None:
-    """The anchor with the highest ``seq`` in the store (unverified: check :meth:`Anchor.valid`)."""
+def read(seq: int, store: ObjectStore | None = None) -> Anchor | None:
+    """The stored anchor of record ``seq`` (unverified: check :meth:`Anchor.valid`), or None."""
     store = store or get_store()
-    keys = sorted(k for k in store.list(PREFIX) if k.endswith(".json"))
-    if not keys:
+    if not store.exists(anchor_key(seq)):
         return None
-    data = json.loads(b"".join(store.iter_chunks(keys[-1])))
-    return Anchor(int(data["seq"]), str(data["hash"]), float(data["created_at"]), str(data["hmac"]))
+    data = json.loads(b"".join(store.iter_chunks(anchor_key(seq))))
+    return Anchor(int(data["seq"]), str(data["hash"]), float(data["created_at"]), str(data["hmac"]), data.get("key_id"))
+
+
+def write_missing(due: Iterable[tuple[int, str]], store: ObjectStore | None = None) -> list[Anchor]:
+    """Anchor each ``(seq, hash)`` not anchored yet; the anchors written."""
+    store = store or get_store()
+    written = []
+    for seq, hash_ in due:
+        try:
+            written.append(write(seq, hash_, store))
+        except WriteOnceViolation:
+            continue
+    return written
+
+
+def crosses_grid(prev_seq: int, seq: int, every: int) -> bool:
+    """Whether the record ``seq`` following ``prev_seq`` (0: the first) is a grid record:
+    the first at or past a multiple of ``every``."""
+    return seq // every > prev_seq // every
 
 
 def note_appended(session: Session, prev_seq: int, record: AuditRecord) -> None:
-    """Called by :func:`core.audit.service.record`: mark the transaction's newest record for an
-    anchor after the commit if this transaction crossed a multiple of the anchor interval."""
-    every = get_settings().audit_anchor_every
-    if every <= 0:
-        return
-    if _DUE in session.info or record.seq // every > prev_seq // every:
-        session.info[_DUE] = (record.seq, record.hash)
+    """Called by :func:`core.audit.service.record`: a grid record is due for an anchor after
+    the commit, and so is the transaction's newest record (its head)."""
+    grid: dict[int, str] = session.info.setdefault(_GRID, {})
+    if crosses_grid(prev_seq, record.seq, get_settings().audit_anchor_every):
+        grid[record.seq] = record.hash
+    session.info[_HEAD] = (record.seq, record.hash)
 
 
 @event.listens_for(Session, "after_commit")
-def _write_due_anchor(session: Session) -> None:
-    due = session.info.pop(_DUE, None)
-    if due is None:
+def _write_due_anchors(session: Session) -> None:
+    grid, head = session.info.pop(_GRID, {}), session.info.pop(_HEAD, None)
+    if head is None:
         return
     try:
-        write(*due)
-    except Exception as exc:  # the commit stands; the next interval (or `audit anchor`) anchors again
-        log.warning("audit_anchor_failed", seq=due[0], error=f"{type(exc).__name__}: {exc}")
+        write_missing(sorted({**grid, head[0]: head[1]}.items()))
+    except Exception as exc:  # the commit stands; `audit verify` reports the gap, `audit anchor --fill` closes it
+        log.warning("audit_anchor_failed", seq=head[0], error=f"{type(exc).__name__}: {exc}")
 
 
 @event.listens_for(Session, "after_rollback")
-def _forget_due_anchor(session: Session) -> None:
-    session.info.pop(_DUE, None)
+def _forget_due_anchors(session: Session) -> None:
+    session.info.pop(_GRID, None)
+    session.info.pop(_HEAD, None)

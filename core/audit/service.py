@@ -3,8 +3,9 @@
 Each record's ``hash`` is SHA-256 over its canonical JSON (time, actor, action,
 target, details) and the previous record's hash. :func:`record` must be called in
 the same session/transaction as the change it records, so both commit or neither.
-The head is anchored outside the table every ``GUARDTUNE_AUDIT_ANCHOR_EVERY`` records
-(:mod:`core.audit.anchors`), so truncation and a recomputed chain are detected too.
+Each committed transaction's newest record, and every ``GUARDTUNE_AUDIT_ANCHOR_EVERY``-th,
+is anchored outside the table (:mod:`core.audit.anchors`), so truncation and a recomputed
+chain are detected too.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ from core.storage import ObjectStore, org_key
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
+def job_dir(org_id: str, job_id: str) -> str:
+    """The prefix of every stored object of a job (scan, reference cache, checkpoints,
+    evaluation outputs, adapter), with its trailing slash."""
+    return org_key(org_id, "jobs", job_id) + "/"
+
+
 def adapter_prefix(org_id: str, job_id: str) -> str:
     """Where the pipeline stores a job's final adapter."""
     return org_key(org_id, "jobs", job_id, "adapter")

@@ -27,6 +27,13 @@ class ReleaseRepository(OrgScopedRepository[ReleasedModel]):
             )
         )
 
+    def digest_serving(self, sha256: str) -> bool:
+        """Whether a model not revoked has the adapter digest ``sha256``."""
+        query = self.scoped(select(ReleasedModel.id)).where(
+            ReleasedModel.sha256 == sha256, ReleasedModel.revoked_at.is_(None)
+        )
+        return self.session.scalar(query.limit(1)) is not None
+
     def of_job(self, job_id: str) -> ReleasedModel | None:
         """The model released from the job ``job_id``, revoked or not."""
         return self.session.scalar(self.scoped(select(ReleasedModel)).where(ReleasedModel.job_id == job_id))

@@ -9,14 +9,17 @@ record commit together; the caller commits.
 
 from __future__ import annotations
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from core import deletion
 from core.audit import service as audit
 from core.errors import Conflict, InvalidRequest, NotFound
+from core.inference import remove_placed_adapter
 from core.jobs.transitions import transition
 from core.jobs.vocab import ErrorCode, JobStatus
-from core.models import Job, ReleasedModel, SafetyReport, now
-from core.releases.digests import ADAPTER_FILES, adapter_prefix, adapter_sha256, model_id
+from core.models import Checkpoint, Job, ReleasedModel, SafetyReport, now
+from core.releases.digests import ADAPTER_FILES, adapter_prefix, adapter_sha256, job_dir, model_id
 from core.releases.repository import ReleaseRepository
 from core.revocation import revoke
 from core.storage import ObjectStore, get_store
@@ -140,10 +143,14 @@ def approve_blocked_job(
     return released
 
 
-def revoke_model(session: Session, model_id: str, *, actor: str, reason: str) -> ReleasedModel:
-    """Stop serving a released adapter (its files stay stored) and audit why."""
+def revoke_model(
+    session: Session, model_id: str, *, actor: str, reason: str, keep_files: bool = False
+) -> ReleasedModel:
+    """Stop serving a released adapter and audit why. Unless ``keep_files`` (an operator's
+    hold for an investigation), the rows of the job's checkpoints go in the same transaction
+    and its stored objects after the commit (:func:`delete_model_files`)."""
     reason = _require_reason(reason)
-    return revoke(
+    revoked = revoke(
         session,
         ReleasedModel,
         model_id,
@@ -151,6 +158,31 @@ def revoke_model(session: Session, model_id: str, *, actor: str, reason: str) ->
         revoked=Conflict(f"model {model_id} was already revoked", code="model_revoked"),
         actor=actor,
         action=ACTION_REVOKE,
-        details=lambda released: {"reason": reason, "job_id": released.job_id, "org_id": released.org_id},
+        details=lambda released: {
+            "reason": reason,
+            "job_id": released.job_id,
+            "org_id": released.org_id,
+            "files": "kept" if keep_files else "deleted",
+        },
         revoke_reason=reason,
     )
+    if not keep_files:
+        session.execute(delete(Checkpoint).where(Checkpoint.job_id == revoked.job_id))
+    return revoked
+
+
+def delete_model_files(session: Session, released: ReleasedModel, store: ObjectStore | None = None) -> bool:
+    """After a revocation's commit: every stored object of the job that made the model
+    (adapter, checkpoints, evaluation outputs, scan and reference caches; with retries, else
+    left to the deletion sweep) and the adapter copies placed for serving on this host,
+    unless a model still serving has the same digest. True when the objects went now."""
+    gone = deletion.delete_or_defer(
+        session,
+        job_dir(released.org_id, released.job_id),
+        prefix=True,
+        reason=f"model.revoke {released.id}",
+        store=store,
+    )
+    if not ReleaseRepository.for_operator(session).digest_serving(released.sha256):
+        remove_placed_adapter(released.sha256)
+    return gone

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.jobs.repository import JobRepository
 from core.models import AuditRecord, Job, ReleasedModel
+from core.releases import digests
 from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth, set_job
 from tests.api.test_models import finished_job
 
@@ -103,7 +104,9 @@ def test_a_body_that_is_not_json_answers_400_saying_so(http, tenant, unchanged):
 
 # -- models.delete --------------------------------------------------------------------------
 def test_models_delete_revokes_the_owners_fine_tuned_model(client, sdk, other_tenant, tenant, db, store, http):
-    _, model_id = finished_job(client, db, store, suffix="to-delete", release=True)
+    job_id, model_id = finished_job(client, db, store, suffix="to-delete", release=True)
+    job_objects = digests.job_dir(tenant.org_id, job_id)
+    assert store.list(job_objects)  # its adapter
     with pytest.raises(openai.NotFoundError) as err:  # another organization cannot even see it
         sdk(other_tenant).models.delete(model_id)
     assert err.value.code == "model_not_found"
@@ -115,6 +118,7 @@ def test_models_delete_revokes_the_owners_fine_tuned_model(client, sdk, other_te
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve(model_id)
     assert http.get(f"/v1/models/{model_id}/adapter", headers=auth(tenant)).status_code == 404
+    assert store.list(job_objects) == []  # the adapter and every other object of its job went with it
     with Session(db) as session:
         row = session.get(ReleasedModel, model_id)
         assert row.revoked_at is not None

@@ -34,6 +34,20 @@ def test_bad_json_reports_the_line(client, db):
     assert error_lines(db, f.id) == [{"line": 2, "message": f.status_details.split("line 2: ")[1]}]
 
 
+def test_deleting_a_file_deletes_its_object_and_the_errors_quoting_it(client, db, store):
+    bad = {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    f = upload(client, jsonl(chat(), bad))
+    with Session(db) as session:
+        key = session.get(File, f.id).storage_key
+    assert store.exists(key)
+    assert client.files.delete(f.id).deleted is True
+    assert not store.exists(key)
+    with Session(db) as session:
+        row = session.get(File, f.id)
+        assert row.errors == []
+        assert row.status_details is None
+
+
 def test_wrong_role(client):
     bad = {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     f = upload(client, jsonl(chat(), chat(), bad))

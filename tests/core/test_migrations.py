@@ -22,6 +22,7 @@ TABLES = {
     "base_models",
     "released_models",
     "audit_log",
+    "pending_deletions",
 }
 
 

@@ -38,7 +38,25 @@ def test_production_refuses_insecure_secret(monkeypatch):
     with pytest.raises(ValidationError, match="32 characters"):
         Settings()
     monkeypatch.setenv("GUARDTUNE_SECRET_KEY", "k" * 40)
+    monkeypatch.setenv("GUARDTUNE_AUDIT_SIGNING_KEY", "a" * 40)
     assert Settings().secret_key != INSECURE_SECRET
+
+
+def test_production_needs_an_audit_signing_key_apart_from_the_pepper(monkeypatch):
+    monkeypatch.setenv("GUARDTUNE_ENV", "production")
+    monkeypatch.setenv("GUARDTUNE_SECRET_KEY", "k" * 40)
+    with pytest.raises(ValidationError, match="GUARDTUNE_AUDIT_SIGNING_KEY must be set"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_AUDIT_SIGNING_KEY", "k" * 40)
+    with pytest.raises(ValidationError, match="must differ from GUARDTUNE_SECRET_KEY"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_AUDIT_SIGNING_KEY", "a" * 40)
+    assert Settings().anchor_signing_key == "a" * 40
+
+
+def test_outside_production_the_anchor_key_is_derived_from_the_secret_yet_differs(monkeypatch):
+    monkeypatch.setenv("GUARDTUNE_SECRET_KEY", "k" * 40)
+    assert Settings().anchor_signing_key != "k" * 40
 
 
 def test_the_renamed_kl_weight_settings_are_refused_under_their_old_names(monkeypatch):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from core.storage import LocalStore, ObjectTooLarge, S3Store, download_dir, org_key, upload_dir
+from core.storage import LocalStore, ObjectTooLarge, S3Store, WriteOnceViolation, download_dir, org_key, upload_dir
 
 
 class CountingReader(io.RawIOBase):
@@ -28,12 +28,20 @@ class CountingReader(io.RawIOBase):
         return b"a" * n
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-versioned"])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(tmp_path / "objects")
     s3 = request.getfixturevalue("s3")
-    return S3Store(s3.bucket, f"t-{tmp_path.name}", Settings(s3_endpoint_url=s3.endpoint))
+    bucket = request.getfixturevalue("locked_bucket") if request.param == "s3-versioned" else s3.bucket
+    return S3Store(bucket, f"t-{tmp_path.name}", Settings(s3_endpoint_url=s3.endpoint))
+
+
+def _versions(store: S3Store, key: str) -> list[str]:
+    """Every version and delete marker the bucket keeps of ``key``."""
+    listed = store.client.list_object_versions(Bucket=store.bucket, Prefix=store._key(key))
+    found = [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])]
+    return [v["Key"].removeprefix(store.prefix + "/") for v in found]
 
 
 def test_put_get_list_delete_round_trip(store):
@@ -88,3 +96,42 @@ def test_s3_presigned_url_downloads_over_http(s3, tmp_path):
     assert url.startswith(s3.endpoint)
     assert httpx.get(url).content == b"payload"
     assert LocalStore(tmp_path).presigned_url("k") is None
+
+
+def test_a_write_once_object_is_never_replaced(store):
+    store.put_once("audit/anchors/1.json", b"first")
+    with pytest.raises(WriteOnceViolation):
+        store.put_once("audit/anchors/1.json", b"second")
+    assert b"".join(store.iter_chunks("audit/anchors/1.json")) == b"first"
+    assert store.list("audit/") == ["audit/anchors/1.json"]
+    assert store.removed("audit/") == []
+
+
+def test_the_local_store_refuses_to_delete_or_overwrite_a_write_once_object(tmp_path):
+    store = LocalStore(tmp_path / "objects")
+    store.put_once("audit/anchors/1.json", b"first")
+    store.put_stream("audit/notes.txt", io.BytesIO(b"ordinary"))
+    with pytest.raises(WriteOnceViolation):
+        store.delete("audit/anchors/1.json")
+    with pytest.raises(WriteOnceViolation):
+        store.put_stream("audit/anchors/1.json", io.BytesIO(b"second"))
+    with pytest.raises(WriteOnceViolation):
+        store.delete_prefix("audit")
+    assert store.list("audit/") == ["audit/anchors/1.json", "audit/notes.txt"]  # nothing went
+    store.delete("audit/notes.txt")
+    assert not store.exists("audit/notes.txt")
+
+
+def test_deleting_leaves_no_version_behind(store):
+    """On a versioned bucket a plain delete would only hide the bytes under a marker."""
+    store.put_stream("orgs/o/files/f", io.BytesIO(b"v1"))
+    store.put_stream("orgs/o/files/f", io.BytesIO(b"v2"))
+    store.put_stream("orgs/o/files/f-kept", io.BytesIO(b"other"))
+    store.put_stream("orgs/o/jobs/j/checkpoints/a", io.BytesIO(b"c"))
+    store.put_stream("orgs/o/jobs/j/checkpoints/a", io.BytesIO(b"c2"))
+    store.delete("orgs/o/files/f")
+    store.delete_prefix("orgs/o/jobs/")
+    assert store.list("orgs/o/") == ["orgs/o/files/f-kept"]
+    if isinstance(store, S3Store):
+        assert _versions(store, "orgs/o/files/f") == ["orgs/o/files/f-kept"]  # the prefix lists its neighbour only
+        assert _versions(store, "orgs/o/jobs/") == []

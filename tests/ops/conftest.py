@@ -34,8 +34,8 @@ class Backend:
             if self.name == "postgres":
                 conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
             else:
-                conn.execute(text("DROP TRIGGER audit_log_no_update"))
-                conn.execute(text("DROP TRIGGER audit_log_no_delete"))
+                conn.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
+                conn.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
             conn.execute(text(sql), params)
 
 
