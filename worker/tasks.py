@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from core import outbox
+from core.audit import service as audit
 from core.db import session_scope
 from core.jobs.pipeline import PIPELINE, START_TASK, Stage
 from core.jobs.transitions import update_live
@@ -46,17 +48,24 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
     """Run one stage under the job's lease; hand the next to the outbox. Returns the next
     stage queued (None: the job ended, or the stage did not run).
 
-    ``message_id`` (the delivery's outbox row) is consumed in the transaction that takes
-    the lease: a duplicate delivery runs nothing. The row's request id is bound in the log
-    context while the stage runs (its logs, its audit records and the next stage's row carry
-    it). A customer-facing failure (:class:`StageError`) or any unexpected error ends the job
-    ``failed`` with a clear ``error``; a job that went terminal meanwhile is left alone. A
-    lost database connection fails nothing: the lease goes stale and the reaper retries the
-    stage."""
+    ``message_id`` (the delivery's outbox row; None only when called in this process, not
+    through the broker) is consumed in the transaction that takes the lease: a duplicate
+    delivery runs nothing, and a message with no outbox row is refused and audited
+    (``task.refused``): no pipeline producer sent it, and no operator command sends stage
+    tasks. The row's request id is bound in the log context while the stage runs (its logs,
+    its audit records and the next stage's row carry it). A customer-facing failure
+    (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
+    ``error``; a transient fault (storage, disk, database: :mod:`worker.pipeline.transient`)
+    re-queues the stage with backoff instead; a job that went terminal meanwhile is left
+    alone."""
     stage = Stage(stage)
     with session_scope() as session:
         request_id = outbox.request_id(session, message_id) if message_id is not None else None
-        if message_id is not None and not outbox.consume(session, message_id):
+        delivery = outbox.consume(session, message_id) if message_id is not None else outbox.Delivery.FIRST
+        if delivery == outbox.Delivery.UNKNOWN:
+            _refuse(session, stage, job_id, message_id)
+            return None
+        if delivery == outbox.Delivery.DUPLICATE:
             log.info("stage_skipped", job_id=job_id, stage=stage, message_id=message_id, reason="duplicate delivery")
             return None
         if not jobstate.claim(session, job_id):
@@ -64,6 +73,18 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
             return None
     with structlog.contextvars.bound_contextvars(**({"request_id": request_id} if request_id else {})):
         return _run_claimed(stage, job_id)
+
+
+def _refuse(session: Session, stage: Stage, job_id: str, message_id: str | None) -> None:
+    """Audit and log a stage task that no pipeline producer sent (in ``session``'s transaction)."""
+    log.warning("stage_refused", job_id=job_id, stage=stage, message_id=message_id, reason="no outbox row")
+    audit.record(
+        session,
+        actor=audit.SYSTEM,
+        action="task.refused",
+        target=job_id,
+        details={"task": stage.task, "message_id": message_id, "reason": "no outbox row: not sent by the pipeline"},
+    )
 
 
 def _run_claimed(stage: Stage, job_id: str) -> Stage | None:

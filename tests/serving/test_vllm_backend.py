@@ -13,13 +13,10 @@ import pytest
 from openai import OpenAI
 
 from core.db import session_scope
-from core.releases.digests import adapter_prefix, dir_sha256
-from core.storage import get_store
+from core.releases.digests import dir_sha256
 from tests.conftest import apply_env, start_api, stop_process
 from tests.serving.fake_vllm import FakeVllm
-from tests.worker.conftest import create_job
-
-ADAPTER = {"adapter_config.json": b'{"r": 8, "peft_type": "LORA"}', "adapter_model.safetensors": b"\0" * 64}
+from tests.worker.conftest import ADAPTER, create_job, store_adapter
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +35,19 @@ def vllm_stack(deployment_env, tmp_path_factory):
 
 
 def release_fake_adapter(org_id: str) -> str:
-    """A job with stored adapter files, released by the pipeline's release stage."""
-    from worker.pipeline import release
+    """A job with stored adapter files approved by the gate, released by the pipeline's release stage."""
+    from core.models import Job, SafetyReport
+    from worker.tasks import run_stage
 
     with session_scope() as session:
         job_id = create_job(
             session, org_id, b'{"messages": []}\n', model="smollm2-135m-instruct", status="running", suffix="v"
         )
-    for name, data in ADAPTER.items():
-        get_store().put_stream(f"{adapter_prefix(org_id, job_id)}/{name}", io.BytesIO(data))
-    release.run(job_id)
+    digest = store_adapter(org_id, job_id)
     with session_scope() as session:
-        from core.models import Job
-
+        session.add(SafetyReport(job_id=job_id, gate={"released": True, "reasons": [], "adapter_sha256": digest}))
+    assert run_stage("release", job_id) is None
+    with session_scope() as session:
         return session.get(Job, job_id).fine_tuned_model
 
 

@@ -6,22 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import apply_env
-from tests.worker.conftest import create_job, demo_lines, small_pipeline_env
-
-
-@pytest.fixture
-def pipeline_env(embedded_env, tiny_model, monkeypatch):
-    from core import registry
-    from core.db import session_scope
-    from core.settings import get_settings
-    from migrations import migrate
-
-    apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model)})
-    migrate.upgrade()
-    with session_scope() as session:
-        registry.seed_base_models(session, get_settings())
-    return tiny_model
+from tests.worker.conftest import create_job, demo_lines
 
 
 def run_all(job_id: str) -> list[str]:

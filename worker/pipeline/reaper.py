@@ -165,6 +165,7 @@ def _worker_lost(
                 f"{settings.max_stage_attempts} times; the job was stopped.",
             },
             message="Job failed: its worker was lost",
+            holder=job.worker_id,
         )
         return ("failed" if failed else None), None
     claimed = matched_rows(
