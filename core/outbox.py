@@ -52,10 +52,12 @@ def pending(row: OutboxMessage) -> Pending:
     return Pending(row.id, row.job_id, row.task, row.queue)
 
 
-def add(session: Session, job_id: str, task: str, queue: str) -> Pending:
+def add(session: Session, job_id: str, task: str, queue: str, not_before: float | None = None) -> Pending:
     """Write the job's next task in ``session``'s transaction; older unconsumed rows of the
     job are superseded (marked consumed), so a job has at most one live row. The row's
-    ``request_id`` is the one bound in the log context, else the job's previous row's."""
+    ``request_id`` is the one bound in the log context, else the job's previous row's.
+    ``not_before`` (a retry's backoff): the caller does not send the row; the reaper sends
+    it once that time has passed."""
     stamp = time.time()
     request_id = structlog.contextvars.get_contextvars().get("request_id") or session.scalar(
         select(OutboxMessage.request_id)
@@ -69,7 +71,14 @@ def add(session: Session, job_id: str, task: str, queue: str) -> Pending:
         .values(consumed_at=stamp)
     )
     row = OutboxMessage(
-        id=new_id("msg"), job_id=job_id, task=task, queue=queue, created_at=stamp, sends=0, request_id=request_id
+        id=new_id("msg"),
+        job_id=job_id,
+        task=task,
+        queue=queue,
+        created_at=stamp,
+        sends=0,
+        request_id=request_id,
+        not_before=not_before,
     )
     session.add(row)
     session.flush()

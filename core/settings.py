@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
+    retry_backoff_s: float = Field(30.0, ge=0)  # first delay of a stage retried after a transient fault
     audit_anchor_every: int = 100
     metrics_event_every: int = 1
     checkpoint_every: int = CHECKPOINT_EVERY

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import outbox
@@ -24,11 +23,12 @@ from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
 from worker.celery_app import celery_app
-from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
+from worker.pipeline import evaluate, gate, jobstate, release, scan, train, transient, validate
 from worker.pipeline.align import align_base_model
 from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
 from worker.pipeline.onboard import onboard_base_model
 from worker.pipeline.reaper import reap
+from worker.pipeline.transient import transient_fault
 
 log = get_logger(__name__)
 
@@ -55,9 +55,10 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
     tasks. The row's request id is bound in the log context while the stage runs (its logs,
     its audit records and the next stage's row carry it). A customer-facing failure
     (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
-    ``error``; a transient fault (storage, disk, database: :mod:`worker.pipeline.transient`)
-    re-queues the stage with backoff instead; a job that went terminal meanwhile is left
-    alone."""
+    ``error`` (an unexpected error's message is generic and names the request id; the log
+    keeps the exception); a transient fault (storage, disk, database:
+    :mod:`worker.pipeline.transient`) releases the lease and re-queues the stage with backoff
+    instead; a job that went terminal meanwhile is left alone."""
     stage = Stage(stage)
     with session_scope() as session:
         request_id = outbox.request_id(session, message_id) if message_id is not None else None
@@ -101,14 +102,19 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
     except StageError as exc:
         jobstate.fail(job_id, exc.code, exc.message, exc.param)
         return None
-    except (OperationalError, InterfaceError) as exc:  # the database went away (restart, failover)
-        log.warning(
-            "stage_interrupted", job_id=job_id, stage=stage, reason="database unavailable", error=str(exc)[:300]
-        )
-        return None
     except Exception as exc:
-        log.exception("stage_failed", job_id=job_id, stage=stage)
-        jobstate.fail(job_id, ErrorCode.INTERNAL_ERROR, f"Stage '{stage}' failed: {type(exc).__name__}: {exc}")
+        fault = transient_fault(exc)
+        if fault is None:
+            log.exception("stage_failed", job_id=job_id, stage=stage)
+            reference = transient.reference(job_id)
+            jobstate.fail(
+                job_id,
+                ErrorCode.INTERNAL_ERROR,
+                f"Stage '{stage}' failed with an internal error. Quote {reference} to support.",
+            )
+        else:
+            log.warning("stage_interrupted", job_id=job_id, stage=stage, fault=fault, exc_info=True)
+            _retry_later(job_id, stage, fault)
         return None
     message, next_stage = None, stage.next
     with session_scope() as session:
@@ -125,6 +131,17 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
         outbox.send_quietly(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
     return next_stage
+
+
+def _retry_later(job_id: str, stage: Stage, fault: str) -> None:
+    """:func:`transient.retry_later`; if that cannot reach the database either, the lease goes
+    stale and the reaper retries the stage (counted as a worker loss)."""
+    try:
+        outcome = transient.retry_later(job_id, stage, fault)
+    except Exception as exc:
+        log.warning("stage_retry_deferred", job_id=job_id, stage=stage, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+        return
+    log.info("stage_retry", job_id=job_id, stage=stage, fault=fault, outcome=outcome)
 
 
 def _register(stage: Stage) -> None:

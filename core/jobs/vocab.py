@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     RELEASE_REFUSED = "release_refused"  # the release stage found no gate approval of the stored adapter
     QUEUE_UNAVAILABLE = "queue_unavailable"  # the broker refused the job at creation
     WORKER_LOST = "worker_lost"  # a stage's worker died too often
+    SERVICE_UNAVAILABLE = "service_unavailable"  # storage, disk or database failed a stage too often
     INTERNAL_ERROR = "internal_error"  # an unexpected error in a stage
 
 
