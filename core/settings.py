@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     audit_anchor_every: int = 100
     metrics_event_every: int = 1
     checkpoint_every: int = CHECKPOINT_EVERY
+    keep_checkpoints: int = Field(3, ge=1)  # a job's newest checkpoints kept (work dir, store, listing)
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
 
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask

@@ -88,3 +88,13 @@ def test_s3_presigned_url_downloads_over_http(s3, tmp_path):
     assert url.startswith(s3.endpoint)
     assert httpx.get(url).content == b"payload"
     assert LocalStore(tmp_path).presigned_url("k") is None
+
+
+def test_total_bytes_sums_every_object_under_a_prefix(store):
+    store.put_stream("orgs/o/jobs/j/checkpoints/step-000001/a", io.BytesIO(b"x" * 10))
+    store.put_stream("orgs/o/jobs/j/adapter/b", io.BytesIO(b"y" * 5))
+    store.put_stream("orgs/o/files/f", io.BytesIO(b"z" * 7))
+    store.put_stream("orgs/other/jobs/j/c", io.BytesIO(b"w" * 3))
+    assert store.total_bytes("orgs/o/jobs/") == 15
+    assert store.total_bytes("orgs/o/") == 22
+    assert store.total_bytes("orgs/none/") == 0
