@@ -157,6 +157,7 @@ class Settings(BaseSettings):
     inference_backend: Literal["embedded", "vllm"] = "embedded"
     inference_url: str = ""  # empty: the embedded ``guardtune infer`` at infer_host:infer_port
     inference_timeout_s: float = 300.0
+    inference_api_key: str | None = None  # sent as a bearer token to the inference backend (vLLM's --api-key)
     infer_host: str = "127.0.0.1"
     infer_port: int = 8001
     embedded_infer: bool | None = None  # None: serve starts ``guardtune infer`` when backend=embedded and no URL

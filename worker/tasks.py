@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core import outbox
 from core.audit import service as audit
 from core.db import session_scope
-from core.jobs.pipeline import PIPELINE, START_TASK, Stage
+from core.jobs.pipeline import PIPELINE, REAP_TASK, START_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
@@ -171,16 +171,19 @@ def align(model_id: str, onboard: bool = True) -> dict:
     return align_base_model(model_id, onboard=onboard)
 
 
-@celery_app.task(name="guardtune.reap")
+@celery_app.task(name=REAP_TASK)
 def reap_stale_jobs() -> list:
     return reap()
 
 
 @celery_app.on_after_finalize.connect
 def _schedule_reaper(sender, **_) -> None:
+    """Every ``GUARDTUNE_REAPER_INTERVAL_S`` on the reaper's own queue; a pass not started
+    within one interval expires (is discarded), so passes never pile up behind a busy worker."""
     from core.settings import get_settings
 
-    sender.add_periodic_task(get_settings().reaper_interval_s, reap_stale_jobs.s(), name="reap stale jobs")
+    interval = get_settings().reaper_interval_s
+    sender.add_periodic_task(interval, reap_stale_jobs.s(), name="reap stale jobs", expires=interval)
 
 
 @celery_app.task(name="guardtune.ping")

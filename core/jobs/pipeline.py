@@ -16,6 +16,8 @@ from core.jobs.vocab import JobStage
 
 DEFAULT_QUEUE = "default"  # light work
 GPU_QUEUE = "gpu"  # model work
+REAPER_QUEUE = "reaper"  # the reaper's periodic task: never behind a stage (consumed where beat runs)
+REAP_TASK = "guardtune.reap"
 START_TASK = "guardtune.pipeline.start"
 
 

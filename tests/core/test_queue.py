@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from core.jobs.pipeline import REAPER_QUEUE
 from core.queue import DEFAULT_QUEUE, GPU_QUEUE, make_celery
 from core.settings import Settings
 from tests.conftest import start_worker, stop_process
@@ -45,7 +46,7 @@ def test_reliability_options():
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == "json"
-    assert {q.name for q in conf.task_queues} == {DEFAULT_QUEUE, GPU_QUEUE}
+    assert {q.name for q in conf.task_queues} == {DEFAULT_QUEUE, GPU_QUEUE, REAPER_QUEUE}
 
 
 def test_an_unacked_message_delivered_longer_ago_than_asked_is_not_held(redis_url, monkeypatch):
@@ -72,3 +73,22 @@ def test_an_unacked_message_delivered_longer_ago_than_asked_is_not_held(redis_ur
         assert broker_message_ids(delivered_within_s=180) == {taken, waiting}
         assert broker_message_ids() == {taken, waiting}
         assert broker_message_ids(delivered_within_s=0) == {waiting}  # waiting in a queue: never too old
+
+
+def test_the_reaper_runs_on_its_own_queue_and_its_passes_expire():
+    """A reap pass is routed to the reaper's queue (never behind a stage) and expires after one
+    interval, so passes do not pile up; a worker that runs beat consumes that queue."""
+    import worker.tasks  # noqa: F401  (registers the tasks and the schedule)
+    from cli.guardtune import worker_argv
+    from core.jobs.pipeline import REAP_TASK, REAPER_QUEUE
+    from core.settings import get_settings
+    from worker.celery_app import celery_app
+
+    celery_app.finalize()
+    [entry] = [e for e in celery_app.conf.beat_schedule.values() if e["task"] == REAP_TASK]
+    assert entry["options"]["expires"] == get_settings().reaper_interval_s
+    assert celery_app.amqp.router.route({}, REAP_TASK)["queue"].name == REAPER_QUEUE
+    with_beat = worker_argv("default,gpu", with_beat=True)
+    assert with_beat[with_beat.index("-Q") + 1] == f"default,gpu,{REAPER_QUEUE}"
+    without = worker_argv("default,gpu", with_beat=False)
+    assert without[without.index("-Q") + 1] == "default,gpu"
