@@ -103,18 +103,7 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
         jobstate.fail(job_id, exc.code, exc.message, exc.param)
         return None
     except Exception as exc:
-        fault = transient_fault(exc)
-        if fault is None:
-            log.exception("stage_failed", job_id=job_id, stage=stage)
-            reference = transient.reference(job_id)
-            jobstate.fail(
-                job_id,
-                ErrorCode.INTERNAL_ERROR,
-                f"Stage '{stage}' failed with an internal error. Quote {reference} to support.",
-            )
-        else:
-            log.warning("stage_interrupted", job_id=job_id, stage=stage, fault=fault, exc_info=True)
-            _retry_later(job_id, stage, fault)
+        _stage_raised(stage, job_id, exc)
         return None
     message, next_stage = None, stage.next
     with session_scope() as session:
@@ -131,6 +120,19 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
         outbox.send_quietly(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
     return next_stage
+
+
+def _stage_raised(stage: Stage, job_id: str, exc: Exception) -> None:
+    """An unexpected exception ended the stage: a transient fault re-queues it, anything else
+    fails the job with a generic message naming the request id (the log has the traceback)."""
+    fault = transient_fault(exc)
+    if fault is not None:
+        log.warning("stage_interrupted", job_id=job_id, stage=stage, fault=fault, exc_info=exc)
+        _retry_later(job_id, stage, fault)
+        return
+    log.error("stage_failed", job_id=job_id, stage=stage, exc_info=exc)
+    message = f"Stage '{stage}' failed with an internal error. Quote {transient.reference(job_id)} to support."
+    jobstate.fail(job_id, ErrorCode.INTERNAL_ERROR, message)
 
 
 def _retry_later(job_id: str, stage: Stage, fault: str) -> None:
