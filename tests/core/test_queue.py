@@ -92,3 +92,47 @@ def test_the_reaper_runs_on_its_own_queue_and_its_passes_expire():
     assert with_beat[with_beat.index("-Q") + 1] == f"default,gpu,{REAPER_QUEUE}"
     without = worker_argv("default,gpu", with_beat=False)
     assert without[without.index("-Q") + 1] == "default,gpu"
+
+
+def test_a_redis_with_requirepass_takes_the_password_from_the_broker_url(tmp_path, monkeypatch):
+    """Compose runs Redis with ``--requirepass`` and puts the password in the broker URL: with
+    it the app's producer and rate limiter connect; without it Redis turns them away."""
+    import subprocess
+
+    import redis as redis_client
+
+    from core.errors import RateLimited
+    from core.ratelimit import RateLimiter
+    from tests.conftest import apply_env, free_port
+    from tests.worker.jobs import wait_for
+
+    port, password = free_port(), "s3cret-redis-password"
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", password],
+        stdout=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+
+        def answers() -> bool:
+            try:
+                return redis_client.Redis.from_url(url).ping()
+            except redis_client.ConnectionError:
+                return False
+
+        wait_for(answers, 20, "redis to answer")
+        apply_env(monkeypatch, {"GUARDTUNE_BROKER_URL": url, "GUARDTUNE_HOME": str(tmp_path)})
+        from core.queue import check_broker, enqueue
+
+        check_broker()
+        assert enqueue("guardtune.ping", {}, ignore_result=True, task_id="msg-with-password") == "msg-with-password"
+        limiter = RateLimiter(1, redis_url=url)
+        limiter.hit("org-x")  # counted in Redis: the second hit in the window is refused
+        with pytest.raises(RateLimited):
+            limiter.hit("org-x")
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis.from_url(f"redis://127.0.0.1:{port}/0").ping()
+    finally:
+        server.kill()
+        server.wait()
