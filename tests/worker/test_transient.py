@@ -2,7 +2,7 @@
 connections (a real S3 server, moto, stopped and started again on its port) releases the
 lease and queues the stage after a backoff, counted like a worker loss; when storage is back
 the stage runs; past the bound the job fails with a generic message naming the request id,
-while the log keeps the exception. Disk-full and database errors are classified alike."""
+while the log keeps the exception. A full disk (``/dev/full``) is retried too; database errors are classified alike."""
 
 from __future__ import annotations
 
@@ -155,6 +155,25 @@ def test_an_unexpected_error_shows_the_customer_no_internals(pipeline_env, monke
         == "Stage 'validate' failed with an internal error. Quote request id req_broken to support."
     )
     assert "secret internal detail" in capfd.readouterr().err
+
+
+def test_a_full_disk_requeues_the_stage(pipeline_env, monkeypatch):
+    """A stage whose write fails with a real ENOSPC (``/dev/full``) is retried, not failed."""
+    from core.jobs.pipeline import Stage
+    from worker.tasks import STAGES, run_stage
+
+    def writes_to_a_full_disk(job_id: str) -> None:
+        with open("/dev/full", "wb") as out:
+            out.write(b"checkpoint bytes")
+            out.flush()
+
+    monkeypatch.setitem(STAGES, Stage.VALIDATE, writes_to_a_full_disk)
+    job_id, message_id = queued_validate("org-full", "req_full")
+    assert run_stage("validate", job_id, message_id) is None
+    job = job_row(job_id)
+    assert job.error is None
+    assert job.attempts == 1
+    assert newest_row(job_id).not_before is not None
 
 
 @pytest.mark.parametrize(
