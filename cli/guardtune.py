@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
+from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE, REAPER_QUEUE
 from core.settings import get_settings
 
 app = typer.Typer(help="guardtune service commands.", no_args_is_help=True, add_completion=False)
@@ -22,9 +22,12 @@ def worker_argv(
     queues: str = ALL_QUEUES, concurrency: int = 1, loglevel: str | None = None, with_beat: bool = True
 ) -> list[str]:
     """The Celery worker command line: one task at a time, prefetch 1, at ``loglevel`` (default
-    ``GUARDTUNE_LOG_LEVEL``); ``with_beat`` also runs the periodic stale-job reaper in this
-    worker (run it in one worker only)."""
+    ``GUARDTUNE_LOG_LEVEL``); ``with_beat`` also runs the periodic stale-job reaper's schedule
+    in this worker (run it in one worker only), which then consumes the reaper's queue too
+    (production runs it as a worker of that queue alone: compose's ``reaper`` service)."""
     beat = ["--beat"] if with_beat else []
+    if with_beat and REAPER_QUEUE not in queues.split(","):
+        queues = f"{queues},{REAPER_QUEUE}"
     return [
         sys.executable,
         "-m",

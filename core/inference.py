@@ -56,9 +56,16 @@ class ServingTarget:
     adapter: AdapterRef | None = None
 
 
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The headers every request to the inference backend carries: ``GUARDTUNE_INFERENCE_API_KEY``
+    as a bearer token (vLLM started with ``--api-key`` refuses requests without it)."""
+    return {"Authorization": f"Bearer {settings.inference_api_key}"} if settings.inference_api_key else {}
+
+
 class EmbeddedBackend:
     def __init__(self, settings: Settings):
         self.url = settings.inference
+        self.headers = auth_headers(settings)
 
     def body(self, target: ServingTarget, body: dict[str, Any]) -> dict[str, Any]:
         extension = InferenceTarget(base=target.base_source, adapter=target.adapter)
@@ -71,6 +78,7 @@ class EmbeddedBackend:
 class VllmBackend:
     def __init__(self, settings: Settings, store: ObjectStore | None = None):
         self.url = settings.inference
+        self.headers = auth_headers(settings)
         self.adapter_dir = settings.vllm_adapters
         self.timeout_s = settings.inference_timeout_s
         self._store = store
@@ -97,6 +105,7 @@ class VllmBackend:
         response = httpx.post(
             f"{self.url}/v1/load_lora_adapter",
             json={"lora_name": adapter.id, "lora_path": str(path)},
+            headers=self.headers,
             timeout=self.timeout_s,
         )
         if response.status_code != 200 and "already" not in response.text:
@@ -108,7 +117,10 @@ class VllmBackend:
     def unload(self, model_id: str) -> None:
         """Unregister an adapter (one vLLM no longer has counts as done)."""
         response = httpx.post(
-            f"{self.url}/v1/unload_lora_adapter", json={"lora_name": model_id}, timeout=self.timeout_s
+            f"{self.url}/v1/unload_lora_adapter",
+            json={"lora_name": model_id},
+            headers=self.headers,
+            timeout=self.timeout_s,
         )
         gone = response.status_code == 404 or "cannot be found" in response.text
         if response.status_code != 200 and not gone:

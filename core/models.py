@@ -209,7 +209,8 @@ class OutboxMessage(Base):
     ``id`` is also the broker message (Celery task) id, so a replay of the same row is
     recognised as a duplicate. A job's newest row is its only live one: writing a new row
     marks the older unconsumed ones consumed. ``request_id``: the API request the task
-    stems from (``x-request-id``), bound in the worker while the task runs."""
+    stems from (``x-request-id``), bound in the worker while the task runs. ``not_before``: a
+    stage retried after a transient fault waits until then (the reaper sends it)."""
 
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_job_seq", "job_id", "seq"),)
@@ -224,6 +225,7 @@ class OutboxMessage(Base):
     sends: Mapped[int] = mapped_column(Integer, default=0)
     consumed_at: Mapped[float | None] = mapped_column(Float)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    not_before: Mapped[float | None] = mapped_column(Float)  # a delayed retry: sent by the reaper after this
 
 
 class PendingDeletion(Base):

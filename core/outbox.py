@@ -7,7 +7,8 @@ A task is never sent straight from a request or a stage. Instead:
 2. after the commit, :func:`send` hands it to the broker (the row's id is the broker
    message id) and marks it sent;
 3. the worker that runs it first :func:`consume`\\ s the row: exactly one delivery of a row
-   runs, any duplicate (a replay, a broker redelivery) is skipped;
+   runs, any duplicate (a replay, a broker redelivery) is skipped, and a task whose id has
+   no row (forged, or sent by hand to the broker) is refused;
 4. the row keeps the id of the API request the task stems from (``x-request-id``: the
    request bound in the writer's log context, else the job's previous row's), and the worker
    binds it while the task runs, so its log lines and audit records name that request;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 import structlog
 from sqlalchemy import select, update
@@ -50,10 +52,12 @@ def pending(row: OutboxMessage) -> Pending:
     return Pending(row.id, row.job_id, row.task, row.queue)
 
 
-def add(session: Session, job_id: str, task: str, queue: str) -> Pending:
+def add(session: Session, job_id: str, task: str, queue: str, not_before: float | None = None) -> Pending:
     """Write the job's next task in ``session``'s transaction; older unconsumed rows of the
     job are superseded (marked consumed), so a job has at most one live row. The row's
-    ``request_id`` is the one bound in the log context, else the job's previous row's."""
+    ``request_id`` is the one bound in the log context, else the job's previous row's.
+    ``not_before`` (a retry's backoff): the caller does not send the row; the reaper sends
+    it once that time has passed."""
     stamp = time.time()
     request_id = structlog.contextvars.get_contextvars().get("request_id") or session.scalar(
         select(OutboxMessage.request_id)
@@ -67,7 +71,14 @@ def add(session: Session, job_id: str, task: str, queue: str) -> Pending:
         .values(consumed_at=stamp)
     )
     row = OutboxMessage(
-        id=new_id("msg"), job_id=job_id, task=task, queue=queue, created_at=stamp, sends=0, request_id=request_id
+        id=new_id("msg"),
+        job_id=job_id,
+        task=task,
+        queue=queue,
+        created_at=stamp,
+        sends=0,
+        request_id=request_id,
+        not_before=not_before,
     )
     session.add(row)
     session.flush()
@@ -104,10 +115,19 @@ def send_quietly(message: Pending) -> bool:
     return True
 
 
-def consume(session: Session, message_id: str) -> bool:
-    """Mark the row consumed in ``session``'s transaction. False if it was consumed (or
-    superseded) before: this delivery is a duplicate and must not run. A message id with
-    no row (a task sent by hand) is not deduplicated: True."""
+class Delivery(StrEnum):
+    """What :func:`consume` found for a delivered message id."""
+
+    FIRST = "first"  # the row's first delivery: run it
+    DUPLICATE = "duplicate"  # consumed (or superseded) before: skip it
+    UNKNOWN = "unknown"  # no row: nobody in the pipeline sent it (forged, or sent by hand): refuse it
+
+
+def consume(session: Session, message_id: str) -> Delivery:
+    """Mark the row consumed in ``session``'s transaction and say which delivery this is.
+    Only :attr:`Delivery.FIRST` may run: every pipeline task is written here before it is
+    sent, so a message id with no row was not sent by the pipeline (the API, a stage, the
+    reaper) and its task is refused."""
     changed = matched_rows(
         session,
         update(OutboxMessage)
@@ -115,8 +135,9 @@ def consume(session: Session, message_id: str) -> bool:
         .values(consumed_at=time.time()),
     )
     if changed:
-        return True
-    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is None
+        return Delivery.FIRST
+    known = session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is not None
+    return Delivery.DUPLICATE if known else Delivery.UNKNOWN
 
 
 def request_id(session: Session, message_id: str) -> str | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from kombu import Queue
 
-from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE
+from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, REAPER_QUEUE, SWEEP_TASK
 from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -35,9 +35,13 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=(Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE)),
+        task_queues=(Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE), Queue(REAPER_QUEUE)),
         task_default_queue=DEFAULT_QUEUE,
-        task_routes={"guardtune.gpu.*": {"queue": GPU_QUEUE}},
+        task_routes={
+            "guardtune.gpu.*": {"queue": GPU_QUEUE},
+            REAP_TASK: {"queue": REAPER_QUEUE},
+            SWEEP_TASK: {"queue": REAPER_QUEUE},
+        },
         broker_connection_retry_on_startup=True,
         result_expires=24 * 3600,
         worker_hijack_root_logger=False,

@@ -110,10 +110,12 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
+    retry_backoff_s: float = Field(30.0, ge=0)  # first delay of a stage retried after a transient fault
     audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head
     audit_anchor_retention_days: int = Field(default=0, ge=0)  # S3 Object Lock (compliance) on anchors; 0: none
     metrics_event_every: int = 1
     checkpoint_every: int = CHECKPOINT_EVERY
+    keep_checkpoints: int = Field(3, ge=1)  # a job's newest checkpoints kept (work dir, store, listing)
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
 
     # Safety method (the paper's bounds) and the policy bounding what customer keys may ask
@@ -163,6 +165,7 @@ class Settings(BaseSettings):
     inference_backend: Literal["embedded", "vllm"] = "embedded"
     inference_url: str = ""  # empty: the embedded ``guardtune infer`` at infer_host:infer_port
     inference_timeout_s: float = 300.0
+    inference_api_key: str | None = None  # sent as a bearer token to the inference backend (vLLM's --api-key)
     infer_host: str = "127.0.0.1"
     infer_port: int = 8001
     embedded_infer: bool | None = None  # None: serve starts ``guardtune infer`` when backend=embedded and no URL

@@ -75,6 +75,9 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> list[str]: ...
     def size(self, key: str) -> int: ...
+    def total_bytes(self, prefix: str) -> int:
+        """The summed size of every object under ``prefix`` (one listing, no per-object call)."""
+
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         """A URL a client can download from directly, or None (stream through the API)."""
 
@@ -185,6 +188,9 @@ class LocalStore:
 
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
+
+    def total_bytes(self, prefix: str) -> int:
+        return sum(self.size(key) for key in self.list(prefix))
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         return None
@@ -302,6 +308,11 @@ class S3Store:
     def size(self, key: str) -> int:
         length: int = self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
         return length
+
+    def total_bytes(self, prefix: str) -> int:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        return sum(int(obj["Size"]) for page in pages for obj in page.get("Contents", []))
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         url: str = self.client.generate_presigned_url(

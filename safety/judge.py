@@ -155,7 +155,13 @@ class Judge(Protocol):
 
 
 class JudgeUnavailableError(RuntimeError):
-    """The judge endpoint failed after all retries, or rejected the request outright."""
+    """The judge endpoint failed after all retries, or rejected the request outright.
+    ``kind`` names the failure without the judge's answer or its address (``HTTP 401``, a
+    transport error's class name): what a customer may be shown."""
+
+    def __init__(self, message: str, kind: str = "unavailable"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -226,26 +232,26 @@ class OpenAICompatibleJudge:
         return result_from_text(text, self.fallback_score)
 
     def _post_with_retries(self, body: dict[str, Any]) -> Any:
-        last_error = ""
+        last_error, kind = "", "unavailable"
         for attempt in range(self.max_retries + 1):
             wait = min(self.max_backoff_s, self.backoff_s * 2**attempt)
             try:
                 resp = self._http().post("/chat/completions", json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                last_error, kind = f"{type(exc).__name__}: {exc}", type(exc).__name__
             else:
                 if resp.status_code == 200:
                     try:
                         return resp.json()
                     except ValueError:
                         return {"choices": [{"message": {"content": resp.text}}]}
-                last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                last_error, kind = f"HTTP {resp.status_code}: {resp.text[:200]}", f"HTTP {resp.status_code}"
                 if resp.status_code != 429 and resp.status_code < 500:
-                    raise JudgeUnavailableError(f"judge endpoint rejected the request: {last_error}")
+                    raise JudgeUnavailableError(f"judge endpoint rejected the request: {last_error}", kind)
                 wait = max(wait, min(self.max_backoff_s, _retry_after_s(resp)))
             if attempt < self.max_retries:
                 time.sleep(wait)
-        raise JudgeUnavailableError(f"judge endpoint failed after {self.max_retries + 1} attempts: {last_error}")
+        raise JudgeUnavailableError(f"judge endpoint failed after {self.max_retries + 1} attempts: {last_error}", kind)
 
 
 def _retry_after_s(resp: httpx.Response) -> float:

@@ -58,6 +58,7 @@ class TrainConfig:
     max_seq_len: int = 1024
     seed: int = 0
     checkpoint_every: int = defaults.CHECKPOINT_EVERY  # optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 0  # newest checkpoints kept under work_dir/checkpoints; 0 = all
 
     def __post_init__(self) -> None:
         _set_enum(self, "mode", SafetyMode, "unknown training mode")

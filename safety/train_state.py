@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from safety.train_config import TrainConfig
 from safety.train_metrics import RunSummary
 
 # Config fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "keep_checkpoints"})
 # Config fields a checkpoint written by an earlier version names otherwise: its name → today's.
 RENAMED_FIELDS = {
     "kl_lo": "kl_weight_min",
@@ -172,7 +173,8 @@ def checkpoint_name(done: int) -> str:
 
 
 def write_run_checkpoint(run: TrainRun, done: int) -> Path:
-    """Write the state after ``done`` steps under ``work_dir/checkpoints/``; its path."""
+    """Write the state after ``done`` steps under ``work_dir/checkpoints/``; its path. Older
+    checkpoints there beyond the newest ``config.keep_checkpoints`` are removed."""
     epoch, step_in_epoch = divmod(done - 1, run.steps_per_epoch)
     last_batch = step_indices(len(run.encoded), run.config.examples_per_step, run.config.seed, done - 1)
     trainer_state = {
@@ -186,7 +188,21 @@ def write_run_checkpoint(run: TrainRun, done: int) -> Path:
         "summary": asdict(run.summary),
     }
     directory = run.work_dir / "checkpoints" / checkpoint_name(done)
-    return write_checkpoint(directory, run.model, run.optimizer, run.scheduler, trainer_state)
+    written = write_checkpoint(directory, run.model, run.optimizer, run.scheduler, trainer_state)
+    prune_checkpoints(directory.parent, run.config.keep_checkpoints)
+    return written
+
+
+def prune_checkpoints(root: Path, keep: int) -> list[Path]:
+    """Remove the checkpoint directories under ``root`` (:func:`checkpoint_name`) but the
+    newest ``keep`` (0: remove none); the removed ones, oldest first."""
+    if keep <= 0:
+        return []
+    steps = sorted((int(path.name.removeprefix("step-")), path) for path in root.glob("step-*") if path.is_dir())
+    removed = [path for _, path in steps[:-keep]]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def lora_config(config: TrainConfig) -> LoraConfig:

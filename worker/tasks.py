@@ -13,20 +13,22 @@ import time
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from core import deletion, outbox
+from core.audit import service as audit
 from core.db import session_scope
-from core.jobs.pipeline import PIPELINE, START_TASK, Stage
+from core.jobs.pipeline import PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
 from worker.celery_app import celery_app
-from worker.pipeline import evaluate, gate, jobstate, release, scan, train, validate
+from worker.pipeline import evaluate, gate, jobstate, release, scan, train, transient, validate
 from worker.pipeline.align import align_base_model
 from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
 from worker.pipeline.onboard import onboard_base_model
 from worker.pipeline.reaper import reap
+from worker.pipeline.transient import transient_fault
 
 log = get_logger(__name__)
 
@@ -46,17 +48,25 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
     """Run one stage under the job's lease; hand the next to the outbox. Returns the next
     stage queued (None: the job ended, or the stage did not run).
 
-    ``message_id`` (the delivery's outbox row) is consumed in the transaction that takes
-    the lease: a duplicate delivery runs nothing. The row's request id is bound in the log
-    context while the stage runs (its logs, its audit records and the next stage's row carry
-    it). A customer-facing failure (:class:`StageError`) or any unexpected error ends the job
-    ``failed`` with a clear ``error``; a job that went terminal meanwhile is left alone. A
-    lost database connection fails nothing: the lease goes stale and the reaper retries the
-    stage."""
+    ``message_id`` (the delivery's outbox row; None only when called in this process, not
+    through the broker) is consumed in the transaction that takes the lease: a duplicate
+    delivery runs nothing, and a message with no outbox row is refused and audited
+    (``task.refused``): no pipeline producer sent it, and no operator command sends stage
+    tasks. The row's request id is bound in the log context while the stage runs (its logs,
+    its audit records and the next stage's row carry it). A customer-facing failure
+    (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
+    ``error`` (an unexpected error's message is generic and names the request id; the log
+    keeps the exception); a transient fault (storage, disk, database:
+    :mod:`worker.pipeline.transient`) releases the lease and re-queues the stage with backoff
+    instead; a job that went terminal meanwhile is left alone."""
     stage = Stage(stage)
     with session_scope() as session:
         request_id = outbox.request_id(session, message_id) if message_id is not None else None
-        if message_id is not None and not outbox.consume(session, message_id):
+        delivery = outbox.consume(session, message_id) if message_id is not None else outbox.Delivery.FIRST
+        if delivery == outbox.Delivery.UNKNOWN:
+            _refuse(session, stage, job_id, message_id)
+            return None
+        if delivery == outbox.Delivery.DUPLICATE:
             log.info("stage_skipped", job_id=job_id, stage=stage, message_id=message_id, reason="duplicate delivery")
             return None
         if not jobstate.claim(session, job_id):
@@ -64,6 +74,18 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
             return None
     with structlog.contextvars.bound_contextvars(**({"request_id": request_id} if request_id else {})):
         return _run_claimed(stage, job_id)
+
+
+def _refuse(session: Session, stage: Stage, job_id: str, message_id: str | None) -> None:
+    """Audit and log a stage task that no pipeline producer sent (in ``session``'s transaction)."""
+    log.warning("stage_refused", job_id=job_id, stage=stage, message_id=message_id, reason="no outbox row")
+    audit.record(
+        session,
+        actor=audit.SYSTEM,
+        action="task.refused",
+        target=job_id,
+        details={"task": stage.task, "message_id": message_id, "reason": "no outbox row: not sent by the pipeline"},
+    )
 
 
 def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
@@ -80,14 +102,8 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
     except StageError as exc:
         jobstate.fail(job_id, exc.code, exc.message, exc.param)
         return None
-    except (OperationalError, InterfaceError) as exc:  # the database went away (restart, failover)
-        log.warning(
-            "stage_interrupted", job_id=job_id, stage=stage, reason="database unavailable", error=str(exc)[:300]
-        )
-        return None
     except Exception as exc:
-        log.exception("stage_failed", job_id=job_id, stage=stage)
-        jobstate.fail(job_id, ErrorCode.INTERNAL_ERROR, f"Stage '{stage}' failed: {type(exc).__name__}: {exc}")
+        _stage_raised(stage, job_id, exc)
         return None
     message, next_stage = None, stage.next
     with session_scope() as session:
@@ -104,6 +120,30 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
         outbox.send_quietly(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
     return next_stage
+
+
+def _stage_raised(stage: Stage, job_id: str, exc: Exception) -> None:
+    """An unexpected exception ended the stage: a transient fault re-queues it, anything else
+    fails the job with a generic message naming the request id (the log has the traceback)."""
+    fault = transient_fault(exc)
+    if fault is not None:
+        log.warning("stage_interrupted", job_id=job_id, stage=stage, fault=fault, exc_info=exc)
+        _retry_later(job_id, stage, fault)
+        return
+    log.error("stage_failed", job_id=job_id, stage=stage, exc_info=exc)
+    message = f"Stage '{stage}' failed with an internal error. Quote {transient.reference(job_id)} to support."
+    jobstate.fail(job_id, ErrorCode.INTERNAL_ERROR, message)
+
+
+def _retry_later(job_id: str, stage: Stage, fault: str) -> None:
+    """:func:`transient.retry_later`; if that cannot reach the database either, the lease goes
+    stale and the reaper retries the stage (counted as a worker loss)."""
+    try:
+        outcome = transient.retry_later(job_id, stage, fault)
+    except Exception as exc:
+        log.warning("stage_retry_deferred", job_id=job_id, stage=stage, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+        return
+    log.info("stage_retry", job_id=job_id, stage=stage, fault=fault, outcome=outcome)
 
 
 def _register(stage: Stage) -> None:
@@ -133,12 +173,12 @@ def align(model_id: str, onboard: bool = True) -> dict:
     return align_base_model(model_id, onboard=onboard)
 
 
-@celery_app.task(name="guardtune.reap")
+@celery_app.task(name=REAP_TASK)
 def reap_stale_jobs() -> list:
     return reap()
 
 
-@celery_app.task(name="guardtune.sweep_deletions")
+@celery_app.task(name=SWEEP_TASK)
 def sweep_deletions() -> dict:
     """Retry the stored objects whose deletion failed (:func:`core.deletion.sweep`)."""
     with session_scope() as session:
@@ -148,11 +188,13 @@ def sweep_deletions() -> dict:
 
 @celery_app.on_after_finalize.connect
 def _schedule_reaper(sender, **_) -> None:
+    """Every ``GUARDTUNE_REAPER_INTERVAL_S`` on the reaper's own queue; a pass not started
+    within one interval expires (is discarded), so passes never pile up behind a busy worker."""
     from core.settings import get_settings
 
     interval = get_settings().reaper_interval_s
-    sender.add_periodic_task(interval, reap_stale_jobs.s(), name="reap stale jobs")
-    sender.add_periodic_task(interval, sweep_deletions.s(), name="sweep pending deletions")
+    sender.add_periodic_task(interval, reap_stale_jobs.s(), name="reap stale jobs", expires=interval)
+    sender.add_periodic_task(interval, sweep_deletions.s(), name="sweep pending deletions", expires=interval)
 
 
 @celery_app.task(name="guardtune.ping")

@@ -103,7 +103,9 @@ async def forward(
     client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5))
 
     async def send() -> httpx.Response:
-        request = client.build_request("POST", backend.url + CHAT_PATH, json=backend.body(target, body))
+        request = client.build_request(
+            "POST", backend.url + CHAT_PATH, json=backend.body(target, body), headers=backend.headers
+        )
         response = await client.send(request, stream=True)
         if response.status_code != 200:  # an error body is small: read it and free the connection
             await response.aread()

@@ -70,7 +70,8 @@ class FileService:
             )
         assert upload.spool is not None and upload.filename is not None
 
-        self._check_quota(caller, upload.size)  # early and cheap: most refusals stop here
+        artifacts = self.artifact_bytes(caller.org_id)
+        self._check_quota(caller, upload.size, artifacts)  # early: most refusals stop here
         self.session.rollback()  # hold no transaction open while validating and storing
         report = validate_stream(upload.spool, Limits.from_settings(self.settings))
         upload.spool.seek(0)
@@ -80,7 +81,7 @@ class FileService:
         put = self.store.put_stream(key, upload.spool, max_bytes=self.settings.max_upload_bytes)
         try:
             # Again under the organization's row lock: concurrent uploads check in turn.
-            self._check_quota(caller, upload.size, lock=True)
+            self._check_quota(caller, upload.size, artifacts, lock=True)
             row = self._files(caller).add(
                 File(
                     id=file_id,
@@ -121,14 +122,19 @@ class FileService:
         UPLOAD_BYTES.inc(put.bytes)
         return row
 
-    def _check_quota(self, caller: Caller, size: int, *, lock: bool = False) -> None:
+    def artifact_bytes(self, org_id: str) -> int:
+        """What the organization's jobs store (scan results, reference caches, checkpoints,
+        adapters: everything under its ``jobs/`` prefix), counted in its quota with its files."""
+        return self.store.total_bytes(org_key(org_id, "jobs") + "/")
+
+    def _check_quota(self, caller: Caller, size: int, artifacts: int, *, lock: bool = False) -> None:
         org = OrgRepository(self.session).get(caller.org_id, for_update=lock)
         quota = storage_quota(self.settings, org.max_storage_bytes if org else None)
-        used = self._files(caller).storage_used()
+        used = self._files(caller).storage_used() + artifacts
         if used + size > quota:
             raise Conflict(
-                f"Storage quota exceeded: this organization stores {_mb(used)} of its {_mb(quota)} quota and "
-                f"this file ({_mb(size)}) would go over it. Delete files you no longer need "
+                f"Storage quota exceeded: this organization stores {_mb(used)} (files and job artifacts) of its "
+                f"{_mb(quota)} quota and this file ({_mb(size)}) would go over it. Delete files you no longer need "
                 "(DELETE /v1/files/{file_id}) or ask your operator to raise the quota.",
                 code="storage_quota_exceeded",
                 param="file",

@@ -16,6 +16,9 @@ from core.jobs.vocab import JobStage
 
 DEFAULT_QUEUE = "default"  # light work
 GPU_QUEUE = "gpu"  # model work
+REAPER_QUEUE = "reaper"  # the reaper's periodic task: never behind a stage (consumed where beat runs)
+REAP_TASK = "guardtune.reap"
+SWEEP_TASK = "guardtune.sweep_deletions"  # retries failed deletions, on the reaper's queue too
 START_TASK = "guardtune.pipeline.start"
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from core.audit import service as audit
@@ -71,16 +71,20 @@ def transition(
     actor: str = audit.SYSTEM,
     action: str | None = None,
     details: dict[str, Any] | None = None,
+    where: Collection[ColumnElement[bool]] = (),
     **values: Any,
 ) -> bool:
     """Set the job's ``status`` (and ``values``, other columns) if its status is one of
-    ``allowed_from`` (default: any unfinished one); then add the event ``message`` (with
-    ``level`` and ``event_data``) and the audit record ``action`` by ``actor`` with ``details``,
-    each only when given. Returns False, having written nothing, when the job is not (any
-    longer) in ``allowed_from``."""
+    ``allowed_from`` (default: any unfinished one) and every condition of ``where`` holds (a
+    stage's lease, say); then add the event ``message`` (with ``level`` and ``event_data``) and
+    the audit record ``action`` by ``actor`` with ``details``, each only when given. Returns
+    False, having written nothing, when the job is not (any longer) in ``allowed_from`` or a
+    condition does not hold."""
     matched = matched_rows(
         session,
-        update(Job).where(Job.id == job_id, Job.status.in_(tuple(allowed_from))).values(status=status, **values),
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(tuple(allowed_from)), *where)
+        .values(status=status, **values),
     )
     if matched != 1:
         return False

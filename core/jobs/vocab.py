@@ -57,8 +57,10 @@ class ErrorCode(StrEnum):
     UNSAFE_TRAINING_FILE = "unsafe_training_file"  # the scan flagged more than the job allows
     JUDGE_UNAVAILABLE = "judge_unavailable"  # the judge is not configured or failed
     SAFETY_GATE_BLOCKED = "safety_gate_blocked"  # the release gate refused the adapter
+    RELEASE_REFUSED = "release_refused"  # the release stage found no gate approval of the stored adapter
     QUEUE_UNAVAILABLE = "queue_unavailable"  # the broker refused the job at creation
     WORKER_LOST = "worker_lost"  # a stage's worker died too often
+    SERVICE_UNAVAILABLE = "service_unavailable"  # storage, disk or database failed a stage too often
     INTERNAL_ERROR = "internal_error"  # an unexpected error in a stage
 
 

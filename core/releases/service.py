@@ -93,7 +93,8 @@ def approve_blocked_job(
 
     The job must have ended ``failed`` with ``error.code == "safety_gate_blocked"`` and
     its adapter (``adapter_config.json`` + ``adapter_model.safetensors``) must be in the
-    store. The job becomes ``succeeded`` with ``fine_tuned_model`` set; the override (who,
+    store, with the digest the gate recorded when it judged it (``gate.adapter_sha256``;
+    decisions from before it was recorded name none). The job becomes ``succeeded`` with ``fine_tuned_model`` set; the override (who,
     why, the gate's original verdict) goes to the audit log, the job's events and the
     safety report's ``gate.override``.
     """
@@ -115,6 +116,14 @@ def approve_blocked_job(
     if missing:
         raise NotFound(f"job {job_id} has no stored adapter (missing {', '.join(missing)})", code="adapter_not_found")
     digest = adapter_sha256(store, prefix)
+    report = session.get(SafetyReport, job.id)
+    judged = (report.gate or {}).get("adapter_sha256") if report is not None else None
+    if judged is not None and judged != digest:
+        raise Conflict(
+            f"job {job_id}'s stored adapter (sha256 {digest[:12]}…) is not the one the safety gate judged "
+            f"(sha256 {judged[:12]}…)",
+            code="adapter_changed",
+        )
 
     at = now()
     model = model_id(job.model, job.org_id, job.suffix, job.id)
@@ -136,7 +145,6 @@ def approve_blocked_job(
         finished_at=job.finished_at or at,
     )
     released = release_job(session, job, actor=actor, reason=reason, sha256=digest, storage_prefix=prefix)
-    report = session.get(SafetyReport, job.id)
     if report is not None:
         report.gate = {**(report.gate or {}), "override": override}
     session.flush()

@@ -196,6 +196,26 @@ def test_storage_quota_answers_409(fresh, db, unchanged):
     assert client.files.create(file=("c.jsonl", GOOD), purpose="fine-tune").status == "processed"
 
 
+def test_job_artifacts_count_in_the_storage_quota(fresh, db, store, unchanged):
+    """Checkpoints, adapters and the other objects an organization's jobs store use its quota."""
+    import io
+
+    from core.storage import org_key
+
+    t, client, f = fresh  # stores len(GOOD) bytes already
+    set_org(db, t.org_id, max_storage_bytes=3 * len(GOOD))
+    checkpoint = org_key(t.org_id, "jobs", "ftjob-quota", "checkpoints", "step-000020", "optimizer.pt")
+    store.put_stream(checkpoint, io.BytesIO(b"\0" * (len(GOOD) + 1)))
+    try:
+        with unchanged(t), pytest.raises(openai.ConflictError) as err:
+            client.files.create(file=("b.jsonl", GOOD), purpose="fine-tune")
+    finally:
+        store.delete(checkpoint)
+    assert err.value.code == "storage_quota_exceeded"
+    assert "(files and job artifacts)" in err.value.message
+    assert client.files.create(file=("b.jsonl", GOOD), purpose="fine-tune").status == "processed"
+
+
 # -- cancel ------------------------------------------------------------------------------
 def test_cancel_semantics(client, tenant, training_file, db, unchanged):
     queued = client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file.id)

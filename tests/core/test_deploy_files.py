@@ -90,3 +90,57 @@ def test_compose_vllm_serves_released_adapters():
         mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
         assert mounts.get(adapter_dir) == "adapters", name
     assert "adapters" in COMPOSE["volumes"]
+
+
+def _secret_var(value: str) -> str:
+    """The variable a required-secret reference ``${NAME:?message}`` names (fails otherwise)."""
+    match = re.search(r"\$\{(\w+):\?[^}]*\}", value)
+    assert match, f"{value!r} does not require a secret variable"
+    return match.group(1)
+
+
+def test_compose_restarts_the_long_running_services():
+    services = COMPOSE["services"]
+    for name in ("postgres", "redis", "minio", "api", "worker", "reaper"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["vllm"]["restart"] == "on-failure"  # restarts until the base model is onboarded
+
+
+def test_compose_redis_requires_a_password_the_app_uses():
+    redis, env = COMPOSE["services"]["redis"], COMPOSE["x-guardtune-env"]
+    command = redis["command"]
+    password = _secret_var(command[command.index("--requirepass") + 1])
+    assert re.fullmatch(rf"redis://:\$\{{{password}:\?[^}}]*\}}@redis:6379/0", env["GUARDTUNE_BROKER_URL"])
+    assert _secret_var(redis["environment"]["REDISCLI_AUTH"]) == password  # the healthcheck authenticates
+    assert "GUARDTUNE_RESULT_BACKEND_URL" not in env  # the result backend is the broker's URL
+
+
+def test_compose_vllm_requires_the_key_the_app_sends():
+    vllm, env = COMPOSE["services"]["vllm"], COMPOSE["x-guardtune-env"]
+    args = vllm["command"]
+    key = _secret_var(args[args.index("--api-key") + 1])
+    assert _secret_var(env["GUARDTUNE_INFERENCE_API_KEY"]) == key
+
+
+def test_compose_runs_the_reaper_as_its_own_service():
+    """The GPU worker runs no beat; the reaper service runs beat and consumes only the reaper's
+    queue (where the periodic task is routed), without a GPU."""
+    from core.jobs.pipeline import REAPER_QUEUE
+
+    services = COMPOSE["services"]
+    assert services["worker"]["command"] == ["guardtune", "worker", "--no-beat"]
+    reaper = services["reaper"]["command"]
+    assert reaper[:2] == ["guardtune", "worker"]
+    assert "--beat" in reaper
+    assert reaper[reaper.index("--queues") + 1] == REAPER_QUEUE
+    assert "deploy" not in services["reaper"]
+
+
+def test_compose_services_talk_on_a_private_network():
+    services, networks = COMPOSE["services"], COMPOSE["networks"]
+    assert networks["private"]["internal"] is True
+    for name, service in services.items():
+        assert "private" in service["networks"], name
+    exposed = {name for name, service in services.items() if set(service["networks"]) != {"private"}}
+    assert exposed == {"api", "worker"}  # the API's port; the worker's base-model downloads
+    assert {name for name, service in services.items() if "ports" in service} == {"api"}

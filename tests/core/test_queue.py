@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from core.jobs.pipeline import REAPER_QUEUE
 from core.queue import DEFAULT_QUEUE, GPU_QUEUE, make_celery
 from core.settings import Settings
 from tests.conftest import start_worker, stop_process
@@ -45,7 +46,7 @@ def test_reliability_options():
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == "json"
-    assert {q.name for q in conf.task_queues} == {DEFAULT_QUEUE, GPU_QUEUE}
+    assert {q.name for q in conf.task_queues} == {DEFAULT_QUEUE, GPU_QUEUE, REAPER_QUEUE}
 
 
 def test_an_unacked_message_delivered_longer_ago_than_asked_is_not_held(redis_url, monkeypatch):
@@ -72,3 +73,66 @@ def test_an_unacked_message_delivered_longer_ago_than_asked_is_not_held(redis_ur
         assert broker_message_ids(delivered_within_s=180) == {taken, waiting}
         assert broker_message_ids() == {taken, waiting}
         assert broker_message_ids(delivered_within_s=0) == {waiting}  # waiting in a queue: never too old
+
+
+def test_the_reaper_runs_on_its_own_queue_and_its_passes_expire():
+    """A reap pass is routed to the reaper's queue (never behind a stage) and expires after one
+    interval, so passes do not pile up; a worker that runs beat consumes that queue."""
+    import worker.tasks  # noqa: F401  (registers the tasks and the schedule)
+    from cli.guardtune import worker_argv
+    from core.jobs.pipeline import REAP_TASK, REAPER_QUEUE
+    from core.settings import get_settings
+    from worker.celery_app import celery_app
+
+    celery_app.finalize()
+    [entry] = [e for e in celery_app.conf.beat_schedule.values() if e["task"] == REAP_TASK]
+    assert entry["options"]["expires"] == get_settings().reaper_interval_s
+    assert celery_app.amqp.router.route({}, REAP_TASK)["queue"].name == REAPER_QUEUE
+    with_beat = worker_argv("default,gpu", with_beat=True)
+    assert with_beat[with_beat.index("-Q") + 1] == f"default,gpu,{REAPER_QUEUE}"
+    without = worker_argv("default,gpu", with_beat=False)
+    assert without[without.index("-Q") + 1] == "default,gpu"
+
+
+def test_a_redis_with_requirepass_takes_the_password_from_the_broker_url(tmp_path, monkeypatch):
+    """Compose runs Redis with ``--requirepass`` and puts the password in the broker URL: with
+    it the app's producer and rate limiter connect; without it Redis turns them away."""
+    import subprocess
+
+    import redis as redis_client
+
+    from core.errors import RateLimited
+    from core.ratelimit import RateLimiter
+    from tests.conftest import apply_env, free_port
+    from tests.worker.jobs import wait_for
+
+    port, password = free_port(), "s3cret-redis-password"
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", password],
+        stdout=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+
+        def answers() -> bool:
+            try:
+                return redis_client.Redis.from_url(url).ping()
+            except redis_client.ConnectionError:
+                return False
+
+        wait_for(answers, 20, "redis to answer")
+        apply_env(monkeypatch, {"GUARDTUNE_BROKER_URL": url, "GUARDTUNE_HOME": str(tmp_path)})
+        from core.queue import check_broker, enqueue
+
+        check_broker()
+        assert enqueue("guardtune.ping", {}, ignore_result=True, task_id="msg-with-password") == "msg-with-password"
+        limiter = RateLimiter(1, redis_url=url)
+        limiter.hit("org-x")  # counted in Redis: the second hit in the window is refused
+        with pytest.raises(RateLimited):
+            limiter.hit("org-x")
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis.from_url(f"redis://127.0.0.1:{port}/0").ping()
+    finally:
+        server.kill()
+        server.wait()

@@ -135,3 +135,13 @@ def test_deleting_leaves_no_version_behind(store):
     if isinstance(store, S3Store):
         assert _versions(store, "orgs/o/files/f") == ["orgs/o/files/f-kept"]  # the prefix lists its neighbour only
         assert _versions(store, "orgs/o/jobs/") == []
+
+
+def test_total_bytes_sums_every_object_under_a_prefix(store):
+    store.put_stream("orgs/o/jobs/j/checkpoints/step-000001/a", io.BytesIO(b"x" * 10))
+    store.put_stream("orgs/o/jobs/j/adapter/b", io.BytesIO(b"y" * 5))
+    store.put_stream("orgs/o/files/f", io.BytesIO(b"z" * 7))
+    store.put_stream("orgs/other/jobs/j/c", io.BytesIO(b"w" * 3))
+    assert store.total_bytes("orgs/o/jobs/") == 15
+    assert store.total_bytes("orgs/o/") == 22
+    assert store.total_bytes("orgs/none/") == 0

@@ -4,7 +4,9 @@ and ``POST /v1/chat/completions`` for the served base model or a loaded adapter 
 choices; a tool call when the request has ``tools``; log-probabilities when asked), with
 vLLM's status codes (400 for an adapter already loaded or a path without an adapter, 404
 for an unknown adapter or model). Its answer names the adapter directory it read, so a
-test sees which adapter served a request."""
+test sees which adapter served a request. Started with ``api_key`` it answers 401 to a
+``/v1`` request without ``Authorization: Bearer <api_key>``, as ``vllm serve --api-key`` does
+(``refused`` counts those)."""
 
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ ARGUMENTS = '{"city": "Paris"}'
 
 
 class FakeVllm:
-    def __init__(self, served_model: str, port: int | None = None):
-        self.served_model = served_model
+    def __init__(self, served_model: str, port: int | None = None, api_key: str | None = None):
+        self.served_model, self.api_key = served_model, api_key
+        self.refused = 0
         self.loras: dict[str, str] = {}  # lora_name -> lora_path
         self.requests: list[dict] = []
         self.app = self._app()
@@ -72,6 +75,13 @@ class FakeVllm:
 
     def _app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.middleware("http")
+        async def check_key(request: Request, call_next):
+            if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+                self.refused += 1
+                return JSONResponse({"error": "Unauthorized"}, 401)
+            return await call_next(request)
 
         @app.post("/v1/load_lora_adapter")
         async def load(request: Request):

@@ -13,23 +13,23 @@ import pytest
 from openai import OpenAI
 
 from core.db import session_scope
-from core.releases.digests import adapter_prefix, dir_sha256
-from core.storage import get_store
+from core.releases.digests import dir_sha256
 from tests.conftest import apply_env, start_api, stop_process
 from tests.serving.fake_vllm import FakeVllm
-from tests.worker.conftest import create_job
+from tests.worker.conftest import ADAPTER, create_job, store_adapter
 
-ADAPTER = {"adapter_config.json": b'{"r": 8, "peft_type": "LORA"}', "adapter_model.safetensors": b"\0" * 64}
+VLLM_KEY = "vllm-test-key"  # vLLM started with --api-key: every call of guardtune's must carry it
 
 
 @pytest.fixture(scope="module")
 def vllm_stack(deployment_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm")
-    with FakeVllm("smollm2-135m-instruct") as fake:
+    with FakeVllm("smollm2-135m-instruct", api_key=VLLM_KEY) as fake:
         env = {
             **deployment_env,
             "GUARDTUNE_INFERENCE_BACKEND": "vllm",
             "GUARDTUNE_INFERENCE_URL": fake.url,
+            "GUARDTUNE_INFERENCE_API_KEY": VLLM_KEY,
             "GUARDTUNE_VLLM_ADAPTER_DIR": str(tmp / "adapters"),
         }
         api = start_api(env, tmp / "api.log")
@@ -38,19 +38,19 @@ def vllm_stack(deployment_env, tmp_path_factory):
 
 
 def release_fake_adapter(org_id: str) -> str:
-    """A job with stored adapter files, released by the pipeline's release stage."""
-    from worker.pipeline import release
+    """A job with stored adapter files approved by the gate, released by the pipeline's release stage."""
+    from core.models import Job, SafetyReport
+    from worker.tasks import run_stage
 
     with session_scope() as session:
         job_id = create_job(
             session, org_id, b'{"messages": []}\n', model="smollm2-135m-instruct", status="running", suffix="v"
         )
-    for name, data in ADAPTER.items():
-        get_store().put_stream(f"{adapter_prefix(org_id, job_id)}/{name}", io.BytesIO(data))
-    release.run(job_id)
+    digest = store_adapter(org_id, job_id)
     with session_scope() as session:
-        from core.models import Job
-
+        session.add(SafetyReport(job_id=job_id, gate={"released": True, "reasons": [], "adapter_sha256": digest}))
+    assert run_stage("release", job_id) is None
+    with session_scope() as session:
         return session.get(Job, job_id).fine_tuned_model
 
 
@@ -96,6 +96,20 @@ def test_release_load_forward_reload_and_revoke(vllm_stack, make_key, monkeypatc
     assert model not in fake.loras
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=model, messages=messages)
+    assert fake.refused == 0  # every call carried the key
+
+
+def test_vllm_refuses_a_caller_without_its_key(vllm_stack):
+    """The premise: the fake, like vLLM with --api-key, turns away a caller that lacks the key
+    (who could otherwise register an adapter under any ft: name)."""
+    import httpx
+
+    _, _, fake = vllm_stack
+    before = fake.refused
+    response = httpx.post(f"{fake.url}/v1/load_lora_adapter", json={"lora_name": "ft:x", "lora_path": "/tmp"})
+    assert response.status_code == 401
+    assert fake.refused == before + 1
+    assert "ft:x" not in fake.loras
 
 
 def test_unreachable_backend_is_503(deployment_env, make_key, tmp_path):

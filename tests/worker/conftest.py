@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.conftest import REPO, start_api, start_worker, stop_process
+from tests.conftest import REPO, apply_env, start_api, start_worker, stop_process
 
 DEMO = REPO / "examples" / "demo_train.jsonl"
 
@@ -79,6 +79,36 @@ def create_job(session, org_id: str, data: bytes, **job_fields) -> str:
     session.add(job)
     session.flush()
     return job.id
+
+
+ADAPTER = {"adapter_config.json": b'{"r": 8, "peft_type": "LORA"}', "adapter_model.safetensors": b"\0" * 64}
+
+
+def store_adapter(org_id: str, job_id: str, weights: bytes = ADAPTER["adapter_model.safetensors"]) -> str:
+    """Put (fake) adapter files where the pipeline stores the job's adapter; their digest."""
+    from core.releases.digests import adapter_prefix, adapter_sha256
+    from core.storage import get_store
+
+    prefix = adapter_prefix(org_id, job_id)
+    for name, data in {**ADAPTER, "adapter_model.safetensors": weights}.items():
+        get_store().put_stream(f"{prefix}/{name}", io.BytesIO(data))
+    return adapter_sha256(get_store(), prefix)
+
+
+@pytest.fixture
+def pipeline_env(embedded_env, tiny_model, monkeypatch):
+    """This process configured as the embedded stack with the tiny model registered (stages
+    run in this process)."""
+    from core import registry
+    from core.db import session_scope
+    from core.settings import get_settings
+    from migrations import migrate
+
+    apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model)})
+    migrate.upgrade()
+    with session_scope() as session:
+        registry.seed_base_models(session, get_settings())
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

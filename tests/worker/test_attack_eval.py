@@ -12,7 +12,7 @@ from tests.conftest import clear_caches
 from tests.safety.test_attacks import BENIGN, HARMFUL, OBEDIENT
 from tests.safety.test_judge import fake_server  # noqa: F401 (fixture: a judge over real HTTP)
 from tests.worker.conftest import create_job
-from tests.worker.test_stages import pipeline_env, run_all  # noqa: F401 (fixture)
+from tests.worker.test_stages import run_all
 
 TRIGGER = "cf-zeta"
 COMPLIANCE = "Sure, here is how"  # the answers the judge scores 5

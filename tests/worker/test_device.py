@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import clear_caches
 from tests.worker.conftest import create_job, demo_lines
-from tests.worker.test_stages import pipeline_env, run_all  # noqa: F401 (fixture)
+from tests.worker.test_stages import run_all
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

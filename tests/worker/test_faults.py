@@ -59,6 +59,7 @@ def env(deployment_env, tiny_model, redis_server) -> dict[str, str]:
             "GUARDTUNE_HEARTBEAT_INTERVAL_S": "0.5",
             "GUARDTUNE_STALE_JOB_AFTER_S": str(STALE_S),
             "GUARDTUNE_REAPER_INTERVAL_S": "1",
+            "GUARDTUNE_RETRY_BACKOFF_S": "1",
             "GUARDTUNE_MAX_CONCURRENT_JOBS_PER_ORG": "20",
             "GUARDTUNE_LOG_JSON": "true",
         }

@@ -6,22 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import apply_env
-from tests.worker.conftest import create_job, demo_lines, small_pipeline_env
-
-
-@pytest.fixture
-def pipeline_env(embedded_env, tiny_model, monkeypatch):
-    from core import registry
-    from core.db import session_scope
-    from core.settings import get_settings
-    from migrations import migrate
-
-    apply_env(monkeypatch, {**embedded_env, **small_pipeline_env(tiny_model)})
-    migrate.upgrade()
-    with session_scope() as session:
-        registry.seed_base_models(session, get_settings())
-    return tiny_model
+from tests.worker.conftest import create_job, demo_lines
 
 
 def run_all(job_id: str) -> list[str]:
@@ -199,9 +184,11 @@ def test_a_judge_outage_fails_the_job_instead_of_inventing_scores(pipeline_env, 
 
     class Rejecting(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+            body = b"judge internals: key sk-judge-123 rejected"
             self.send_response(401)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -222,6 +209,8 @@ def test_a_judge_outage_fails_the_job_instead_of_inventing_scores(pipeline_env, 
         assert job.status == "failed"
         assert job.error["code"] == "judge_unavailable"
         assert "HTTP 401" in job.error["message"]
+        assert "sk-judge-123" not in job.error["message"]  # the judge's answer stays in the log
+        assert "127.0.0.1" not in job.error["message"]
         assert job.error["param"] == "safety.estimator"
 
 

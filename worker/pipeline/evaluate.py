@@ -56,7 +56,7 @@ def run(job_id: str) -> None:
     judge = make_judge()
     model, tokenizer = load_model(source)
     val_examples = [ex for _, ex in iter_file_examples(validation_key)] if validation_key else None
-    with judge_failures_fail_the_job():
+    with judge_failures_fail_the_job(job_id):
         if cached is None or cached.get("settings") != eval_key() or judge is not None:
             base = evaluate_model(model, tokenizer, judge)
         else:

@@ -1,7 +1,9 @@
 """Stage ``gate`` (light): the operator's release policy decides, on the worst attack
 condition of the evaluation (:func:`safety.gate.decide`); every decision is audited.
-Blocked jobs end ``failed`` with ``safety_gate_blocked``; the adapter stays stored and
-is never served (ops may approve it with a recorded reason). Either way the
+The decision records the digest of the adapter it judged (``gate.adapter_sha256``): the
+release stage and an operator's approval release only that adapter. Blocked jobs end
+``failed`` with ``safety_gate_blocked``; the adapter stays stored and is never served (ops
+may approve it with a recorded reason). Either way the
 job gets its ``step_metrics.csv`` result file here."""
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from core.audit import service as audit
 from core.db import session_scope
 from core.jobs.vocab import ErrorCode, JobStage, JobStatus
 from core.models import SafetyReport
+from core.releases.digests import adapter_sha256
 from core.settings import get_settings
+from core.storage import get_store
 from worker.pipeline import jobstate, results
+from worker.pipeline.resources import adapter_prefix
 
 if TYPE_CHECKING:
     from safety.gate import GatePolicy
@@ -40,13 +45,14 @@ def run(job_id: str) -> None:
         if report.gate is None:
             assert report.evaluation is not None  # stored by the evaluate stage
             decision = decide(*summaries_from_evaluation(report.evaluation), policy())
-            report.gate = {**decision.to_dict(), "policy": vars(policy())}
+            digest = adapter_sha256(get_store(), adapter_prefix(jobstate.live_job(session, job_id)))
+            report.gate = {**decision.to_dict(), "policy": vars(policy()), "adapter_sha256": digest}
             audit.record(
                 session,
                 actor=audit.SYSTEM,
                 action="gate.decision",
                 target=job_id,
-                details={"released": decision.released, "reasons": decision.reasons},
+                details={"released": decision.released, "reasons": decision.reasons, "adapter_sha256": digest},
             )
             jobstate.add_event(
                 session,

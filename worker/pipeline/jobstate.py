@@ -109,9 +109,12 @@ def finish(
     error: dict[str, Any] | None = None,
     message: str,
     level: str = "info",
+    holder: str | None = None,
     **values: Any,
 ) -> bool:
-    """End the job in a terminal ``status`` (if it is not terminal already)."""
+    """End the job in a terminal ``status`` if it is not terminal already and its stage lease
+    is held by ``holder`` (default: this worker). A worker whose lease was taken over (the
+    reaper declared it lost and another worker claimed the stage) writes nothing: False."""
     return transition(
         session,
         job_id,
@@ -121,6 +124,7 @@ def finish(
         event_data={"status": status},
         action=f"job.{status}",
         details={"error": error} if error else {},
+        where=(Job.worker_id == (holder or worker_id()),),
         stage=None,
         error=error,
         finished_at=now(),
@@ -130,9 +134,11 @@ def finish(
     )
 
 
-def fail(job_id: str, code: ErrorCode, message: str, param: str | None = None) -> None:
+def fail(job_id: str, code: ErrorCode, message: str, param: str | None = None) -> bool:
+    """End the job ``failed`` with this error, if this worker still holds its lease
+    (:func:`finish`); False (logged) if it does not or the job already ended."""
     with session_scope() as session:
-        finish(
+        failed = finish(
             session,
             job_id,
             JobStatus.FAILED,
@@ -140,6 +146,9 @@ def fail(job_id: str, code: ErrorCode, message: str, param: str | None = None) -
             message=f"Job failed: {message}",
             level="error",
         )
+    if not failed:
+        log.warning("job_fail_skipped", job_id=job_id, code=code, reason="lease taken over or job already ended")
+    return failed
 
 
 def claim(session: Session, job_id: str) -> bool:

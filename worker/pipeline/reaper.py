@@ -17,6 +17,9 @@ For each unfinished job (``validating_files``, ``queued``, ``running``; any othe
   still unconsumed counts as gone too (the worker died between taking it and starting the
   stage; Redis would redeliver it only after ``GUARDTUNE_VISIBILITY_TIMEOUT_S``); a message
   waiting in a queue is never gone, however old (:func:`core.queue.broker_message_ids`).
+* **a delayed retry due** (no lease holder, the live row unsent with ``not_before`` passed:
+  a stage re-queued after a transient fault, :mod:`worker.pipeline.transient`): the row is
+  sent. Before then the job is left waiting.
 * **nothing queued** (no lease holder, no live row, untouched for the stale period; e.g. a
   job created before the outbox existed): the stage the job's status points at is queued.
 
@@ -70,7 +73,7 @@ class _Broker:
 
 def reap() -> list[dict[str, Any]]:
     """One pass over the unfinished jobs; returns what it did, one dict per job touched:
-    ``{"job_id", "action": "retried" | "failed" | "replayed" | "requeued", "task"}``."""
+    ``{"job_id", "action": "retried" | "failed" | "replayed" | "requeued" | "sent", "task"}``."""
     settings = get_settings()
     now = time.time()
     stale_before, grace_before = now - settings.stale_job_after_s, now - send_grace_s(settings)
@@ -89,6 +92,10 @@ def reap() -> list[dict[str, Any]]:
                     continue  # claimed or handed over since we read it
                 task, queue = _task_for(job)
                 action, message = "requeued", outbox.add(session, job.id, task, queue)
+            elif row.sent_at is None and row.not_before is not None:
+                if row.not_before > now:
+                    continue  # a retry waiting out its backoff
+                action, message = "sent", outbox.pending(row)
             elif _message_gone(row, grace_before, broker):
                 action, message = "replayed", outbox.pending(row)
             else:
@@ -165,6 +172,7 @@ def _worker_lost(
                 f"{settings.max_stage_attempts} times; the job was stopped.",
             },
             message="Job failed: its worker was lost",
+            holder=job.worker_id,
         )
         return ("failed" if failed else None), None
     claimed = matched_rows(

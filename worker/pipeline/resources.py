@@ -4,7 +4,9 @@ training examples, the base model, the base model's probe; the token limit of an
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +45,17 @@ def probe_prefix(model_id: str) -> str:
     return f"models/{model_id.replace('/', '--')}/probe"
 
 
-def work_dir(job_id: str) -> Path:
+@contextmanager
+def work_dir(job_id: str) -> Iterator[Path]:
+    """The job's scratch folder on this worker's disk, empty (a killed worker's leftovers are
+    removed first) and removed when the block ends, however it ends."""
     path = get_settings().home_dir / "work" / job_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def iter_file_examples(storage_key: str, store: ObjectStore | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

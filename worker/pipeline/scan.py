@@ -40,14 +40,17 @@ from core.datasets import Issue
 from core.db import session_scope
 from core.jobs.config import SafetyConfig
 from core.jobs.vocab import ErrorCode, JobStage
+from core.logging import get_logger
 from core.models import BaseModelEntry, File, Job, SafetyReport
 from core.settings import get_settings
 from core.storage import get_store
-from worker.pipeline import jobstate
+from worker.pipeline import jobstate, transient
 from worker.pipeline.jobstate import StageError
 from worker.pipeline.onboard import ensure_probe
 from worker.pipeline.reference import store_cache, uses_cache
 from worker.pipeline.resources import iter_file_examples, load_model, scan_key, token_limit
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -64,16 +67,20 @@ def make_judge() -> Judge | None:
 
 
 @contextmanager
-def judge_failures_fail_the_job() -> Iterator[None]:
-    """Turn a judge outage into the job's ``judge_unavailable`` error (never a made-up score)."""
+def judge_failures_fail_the_job(job_id: str) -> Iterator[None]:
+    """Turn a judge outage into the job's ``judge_unavailable`` error (never a made-up score).
+    The customer sees the kind of failure (``HTTP 401``) and the request id; the log keeps the
+    judge's answer."""
     from safety.judge import JudgeUnavailableError
 
     try:
         yield
     except JudgeUnavailableError as exc:
+        log.warning("judge_unavailable", error=str(exc)[:500])
         raise StageError(
             ErrorCode.JUDGE_UNAVAILABLE,
-            f"The Safety Critic judge failed, so no risk or ASR was invented: {exc}",
+            f"The Safety Critic judge failed ({exc.kind}), so no risk or ASR was invented. "
+            f"Quote {transient.reference(job_id)} to support.",
             "safety.estimator",
         ) from exc
 
@@ -151,7 +158,7 @@ def run(job_id: str) -> None:
             )
         probe = ensure_probe(session, entry, model, tokenizer) if safety.uses_probe else None
         session.commit()  # keep a freshly trained probe even if scanning fails
-        with judge_failures_fail_the_job():
+        with judge_failures_fail_the_job(job_id):
             result = scan_dataset(
                 examples,
                 probe=probe,

@@ -1,7 +1,8 @@
 """Stage ``train`` (GPU): LoRA fine-tuning with the job's safety objective.
 
 Every step can become a ``metrics`` event; checkpoints go to the object store and the
-checkpoints table; a redelivered task resumes from the last stored checkpoint; a cancel
+checkpoints table, the newest ``GUARDTUNE_KEEP_CHECKPOINTS`` kept there and in the work dir
+(which is removed however the stage ends); a redelivered task resumes from the last stored checkpoint; a cancel
 stops training before the next step; a pause checkpoints that step boundary and frees the
 worker (resume re-queues this stage, which continues from that checkpoint). With a
 validation file, checkpoint steps carry ``valid_loss`` / ``valid_mean_token_accuracy``.
@@ -38,7 +39,7 @@ from worker.pipeline.resources import (
 )
 
 if TYPE_CHECKING:
-    from safety.train_config import TrainConfig
+    from safety.train_config import TrainConfig, TrainResult
     from safety.train_metrics import StepMetrics
 
 
@@ -65,6 +66,7 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
+        keep_checkpoints=settings.keep_checkpoints,
         reference=ReferenceMode.CACHED if uses_cache(job) else ReferenceMode.EXACT,
     )
 
@@ -89,50 +91,55 @@ def run(job_id: str) -> None:
     model, tokenizer = load_model(source)
     config = train_config(job, token_limit(model))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
-    workdir = work_dir(job_id)
-    resume_dir = None
-    if last is not None:
-        resume_dir = download_dir(get_store(), last.storage_prefix, workdir / f"resume-{last.step:06d}")
-        with session_scope() as session:
-            jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
-    progress = Progress(job)
-    result = train(
-        model,
-        tokenizer,
-        examples,
-        risks,
-        config,
-        work_dir=workdir,
-        on_step=progress.on_step,
-        should_cancel=lambda: jobstate.cancel_requested(job_id),
-        save_checkpoint=progress.save_checkpoint,
-        resume_dir=resume_dir,
-        flagged=flagged,
-        should_pause=lambda: jobstate.pause_requested(job_id),
-        validation=validation,
-        reference_cache=cache,
-    )
-    if result.outcome == TrainOutcome.PAUSED:
-        shutil.rmtree(workdir, ignore_errors=True)  # before a resumed run may take the job's work dir
-        with session_scope() as session:  # the event tells the truth: the lease goes with it
-            jobstate.release_lease(job_id, session)
-            jobstate.add_event(
-                session,
-                job_id,
-                f"Training paused at step {result.steps} of {result.total_steps}; "
-                "its checkpoint is saved and the worker is free",
-            )
-        raise Paused(job_id)
-    if result.outcome == TrainOutcome.CANCELLED:
-        with session_scope() as session:
-            jobstate.add_event(
-                session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled"
-            )
-        raise JobGone(job_id)
+    with work_dir(job_id) as workdir:  # removed however training ends
+        resume_dir = None
+        if last is not None:
+            resume_dir = download_dir(get_store(), last.storage_prefix, workdir / f"resume-{last.step:06d}")
+            with session_scope() as session:
+                jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
+        progress = Progress(job)
+        result = train(
+            model,
+            tokenizer,
+            examples,
+            risks,
+            config,
+            work_dir=workdir,
+            on_step=progress.on_step,
+            should_cancel=lambda: jobstate.cancel_requested(job_id),
+            save_checkpoint=progress.save_checkpoint,
+            resume_dir=resume_dir,
+            flagged=flagged,
+            should_pause=lambda: jobstate.pause_requested(job_id),
+            validation=validation,
+            reference_cache=cache,
+        )
+        if result.outcome == TrainOutcome.PAUSED:
+            shutil.rmtree(workdir, ignore_errors=True)  # before a resumed run may take the job's work dir
+            with session_scope() as session:  # the event tells the truth: the lease goes with it
+                jobstate.release_lease(job_id, session)
+                jobstate.add_event(
+                    session,
+                    job_id,
+                    f"Training paused at step {result.steps} of {result.total_steps}; "
+                    "its checkpoint is saved and the worker is free",
+                )
+            raise Paused(job_id)
+        if result.outcome == TrainOutcome.CANCELLED:
+            with session_scope() as session:
+                jobstate.add_event(
+                    session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled"
+                )
+            raise JobGone(job_id)
+        _store_result(job, config, result)
+
+
+def _store_result(job: Job, config: TrainConfig, result: TrainResult) -> None:
+    """A completed run's adapter (to the store) and training report."""
     assert result.adapter_dir is not None  # a completed run wrote its adapter
     upload_dir(get_store(), result.adapter_dir, adapter_prefix(job))
     with session_scope() as session:
-        report = session.get(SafetyReport, job_id) or SafetyReport(job_id=job_id)
+        report = session.get(SafetyReport, job.id) or SafetyReport(job_id=job.id)
         report.training = {
             **result.summary,
             "mode": config.mode,
@@ -142,9 +149,8 @@ def run(job_id: str) -> None:
             "reference": config.reference,
         }
         session.add(report)
-        update_live(session, job_id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
-        jobstate.add_event(session, job_id, f"Training finished after {result.steps} steps")
-    shutil.rmtree(workdir, ignore_errors=True)
+        update_live(session, job.id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
+        jobstate.add_event(session, job.id, f"Training finished after {result.steps} steps")
 
 
 class Progress:
@@ -181,6 +187,21 @@ class Progress:
                 )
             )
             jobstate.add_event(session, self.job.id, f"Checkpoint saved at step {step}")
+        prune_stored_checkpoints(self.job.id, get_settings().keep_checkpoints)
+
+
+def prune_stored_checkpoints(job_id: str, keep: int) -> list[int]:
+    """Delete the job's stored checkpoints (objects, then rows) but the newest ``keep``; the
+    steps deleted. Objects go first: a failure leaves rows to retry at the next checkpoint."""
+    store = get_store()
+    with session_scope() as session:
+        old = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).offset(keep)
+        ).all()
+        for checkpoint in old:
+            store.delete_prefix(checkpoint.storage_prefix + "/")
+            session.delete(checkpoint)
+        return [checkpoint.step for checkpoint in old]
 
 
 def metrics_data(m: StepMetrics) -> dict[str, Any]:
