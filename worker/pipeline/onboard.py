@@ -142,6 +142,7 @@ def evaluate_model(
         judge=judge,
         max_new_tokens=s.eval_max_new_tokens,
         batch_size=s.eval_batch_size,
+        max_tokens=s.micro_batch_tokens,
     )
     refusals = over_refusal(
         model,
@@ -149,6 +150,7 @@ def evaluate_model(
         load_builtin("benign_eval")[: s.eval_max_benign_prompts],
         max_new_tokens=s.eval_max_new_tokens,
         batch_size=s.eval_batch_size,
+        max_tokens=s.micro_batch_tokens,
     )
     return {"asr": asr.to_dict(), "over_refusal": refusals.to_dict(), "settings": eval_key()}
 

@@ -71,13 +71,19 @@ def token_limit(model: PreTrainedModel) -> int:
 
 
 def load_model(source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model (eval mode, on the configured device) and its tokenizer. Applies
-    ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
+    """The base model (eval mode, on ``GUARDTUNE_DEVICE``) and its tokenizer: fp32 weights on
+    CPU, half precision on CUDA, NF4 with ``GUARDTUNE_QUANTIZE=4bit`` (``safety.memory``).
+    Applies ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
     server and the ``guardtune-ops`` model commands (``ops.modelload``) load it here."""
     from safety.base_models import load_base_model, set_torch_threads
+    from safety.memory import device_weight_dtype, quantization_config
 
     settings = get_settings()
     set_torch_threads(settings.torch_threads)
-    model, tokenizer = load_base_model(source, cache_dir=settings.models_dir)
-    # transformers wraps ``to`` with functools.wraps(Module.to): typeshed then wants ``self`` first
-    return model.to(settings.device).eval(), tokenizer  # type: ignore[arg-type]
+    return load_base_model(
+        source,
+        cache_dir=settings.models_dir,
+        dtype=device_weight_dtype(settings.device),
+        quantization=quantization_config(settings.quantize, settings.device),
+        device=settings.device,
+    )

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 
 def train_config(job: Job, max_seq_len: int) -> TrainConfig:
     """The trainer's config from the job (hyperparameters, safety) and operator settings
-    (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``)."""
+    (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``;
+    ``GUARDTUNE_MICRO_BATCH_TOKENS``; ``GUARDTUNE_ACTIVATION_CHECKPOINTING`` on this device)."""
+    from safety.memory import checkpointing_enabled
     from safety.train_config import TrainConfig
 
     settings = get_settings()
@@ -62,6 +64,8 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
+        micro_batch_tokens=settings.micro_batch_tokens,
+        activation_checkpointing=checkpointing_enabled(settings.activation_checkpointing, settings.device_type),
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
