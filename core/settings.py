@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     micro_batch_tokens: int | None = Field(None, ge=1)
     activation_checkpointing: bool | Literal["auto"] = "auto"
     quantize: Literal["none", "4bit"] = "none"
+    # Memory of the device a worker trains on (core.jobs.memory_plan): jobs that cannot fit are
+    # refused at create; workers pick the micro-batch that fits when micro_batch_tokens is unset.
+    worker_gpu_memory_gb: float | None = Field(None, gt=0)
 
     # Job pipeline.
     heartbeat_interval_s: float = 10.0
@@ -229,6 +232,14 @@ class Settings(BaseSettings):
     def device_type(self) -> str:
         """``cuda`` for ``cuda`` or ``cuda:N``, else the device as set (``cpu``, ``mps``)."""
         return self.device.split(":", 1)[0]
+
+    @property
+    def checkpointing(self) -> bool:
+        """``GUARDTUNE_ACTIVATION_CHECKPOINTING`` resolved: ``auto`` is on for CUDA, where
+        memory is short, and off elsewhere, where recomputing only costs time."""
+        if self.activation_checkpointing == "auto":
+            return self.device_type == "cuda"
+        return self.activation_checkpointing
 
     @property
     def models_dir(self) -> Path:

@@ -46,12 +46,6 @@ def autocast(device: torch.device) -> Any:
     return torch.autocast("cuda", dtype=dtype, enabled=device.type == "cuda")
 
 
-def checkpointing_enabled(setting: bool | Literal["auto"], device_type: str) -> bool:
-    """Whether training recomputes activations: ``GUARDTUNE_ACTIVATION_CHECKPOINTING``
-    (``auto``: on CUDA, where memory is short; off on CPU, where it only costs time)."""
-    return device_type == "cuda" if setting == "auto" else setting
-
-
 def enable_activation_checkpointing(model: PreTrainedModel | PeftModel) -> None:
     """Recompute ``model``'s decoder layers in the backward pass (non-reentrant
     ``torch.utils.checkpoint``, which keeps the RNG state: LoRA dropout draws the same masks

@@ -147,3 +147,19 @@ def test_micro_batch_tokens_default_to_none_and_must_be_positive(monkeypatch):
         Settings()
     monkeypatch.setenv("GUARDTUNE_MICRO_BATCH_TOKENS", "16384")
     assert Settings().micro_batch_tokens == 16384
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "enabled"),
+    [
+        ("auto", "cuda", True),
+        ("auto", "cuda:1", True),
+        ("auto", "cpu", False),
+        ("true", "cpu", True),
+        ("false", "cuda", False),
+    ],
+)
+def test_activation_checkpointing_auto_is_on_for_cuda_only(monkeypatch, setting, device, enabled):
+    monkeypatch.setenv("GUARDTUNE_ACTIVATION_CHECKPOINTING", setting)
+    monkeypatch.setenv("GUARDTUNE_DEVICE", device)
+    assert Settings().checkpointing is enabled

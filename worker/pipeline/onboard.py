@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from core.audit import service as audit
 from core.db import session_scope
 from core.errors import NotFound
+from core.jobs.memory_plan import ModelShape
 from core.models import BaseModelEntry
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -166,7 +167,8 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
         model, tokenizer = load_model(entry.source)
         entry.probe_prefix = None  # onboarding retrains
         ensure_probe(session, entry, model, tokenizer)
-        entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer)}
+        shape = ModelShape.from_config(model.config.to_dict(), model.num_parameters()).to_dict()
+        entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer), "shape": shape}
         entry.context_length = context_length(model)
         entry.status = BaseModelStatus.READY
         audit.record(

@@ -32,6 +32,7 @@ from worker.pipeline.resources import (
     checkpoint_prefix,
     iter_file_examples,
     load_model,
+    micro_batch_tokens,
     read_scan_risks,
     token_limit,
     work_dir,
@@ -42,11 +43,11 @@ if TYPE_CHECKING:
     from safety.train_metrics import StepMetrics
 
 
-def train_config(job: Job, max_seq_len: int) -> TrainConfig:
+def train_config(job: Job, max_seq_len: int, micro_batch_tokens: int | None = None) -> TrainConfig:
     """The trainer's config from the job (hyperparameters, safety) and operator settings
     (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``;
-    ``GUARDTUNE_MICRO_BATCH_TOKENS``; ``GUARDTUNE_ACTIVATION_CHECKPOINTING`` on this device)."""
-    from safety.memory import checkpointing_enabled
+    ``GUARDTUNE_ACTIVATION_CHECKPOINTING`` on this device), its micro-batches of
+    ``micro_batch_tokens`` (``resources.micro_batch_tokens``)."""
     from safety.train_config import TrainConfig
 
     settings = get_settings()
@@ -64,8 +65,8 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
-        micro_batch_tokens=settings.micro_batch_tokens,
-        activation_checkpointing=checkpointing_enabled(settings.activation_checkpointing, settings.device_type),
+        micro_batch_tokens=micro_batch_tokens,
+        activation_checkpointing=settings.checkpointing,
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
@@ -91,7 +92,9 @@ def run(job_id: str) -> None:
     validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
-    config = train_config(job, token_limit(model))
+    safety = SafetyConfig.stored(job.safety)
+    exact = safety.regularized and safety.reference == ReferenceMode.EXACT
+    config = train_config(job, token_limit(model), micro_batch_tokens(model, exact_reference=exact))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
     workdir = work_dir(job_id)
     resume_dir = None
