@@ -4,8 +4,9 @@
 seeded per-epoch shuffle, a pure function of ``(seed, epoch)`` so a resumed run sees the
 same batches), gives each its ``(w_sft, w_kl)`` (:func:`example_weights`), accumulates
 the gradient of the weighted objective over micro-batches (:func:`accumulate_gradients`:
-the reference pass runs in ``safety.reference.reference_forward``, or comes from the
-reference cache), clips it, steps the optimizer (at the schedule's learning rate, scaled by
+at most ``batch_size`` examples and ``micro_batch_tokens`` padded tokens each, normalised by
+the step's answer tokens so the split changes nothing but memory; the reference pass runs in
+``safety.reference.reference_forward``, or comes from the reference cache), clips it, steps the optimizer (at the schedule's learning rate, scaled by
 the step's SFT budget under ``objective="bounded"``: :func:`lr_scale`) and the LR schedule,
 adds the step to the run's ``RunSummary`` and returns its ``StepMetrics``
 (``safety.train_metrics``).
