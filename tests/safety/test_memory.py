@@ -132,7 +132,10 @@ def test_on_cuda_the_base_is_half_precision_and_lora_and_adam_stay_fp32(
     monkeypatch.setenv("GUARDTUNE_DEVICE", "cuda")
     monkeypatch.setenv("GUARDTUNE_MODEL_CACHE_DIR", str(tmp_path / "models"))
     clear_caches()
-    model, tokenizer = load_model(str(tiny_model))
+    try:
+        model, tokenizer = load_model(str(tiny_model))
+    finally:
+        clear_caches()  # no later test reads these settings
     assert model.model.embed_tokens.weight.dtype == weight_dtype("cuda", torch.cuda.is_bf16_supported())
     config = dataclasses.replace(CONFIG, activation_checkpointing=True)
     result = train(model, tokenizer, chat_examples, RISKS, config, work_dir=tmp_path / "run")
