@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     base_models: list[str] = Field(default_factory=lambda: [DEFAULT_BASE_MODEL])
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1)  # torch.set_num_threads in workers; None: torch's default
+    # Device memory (safety.memory, safety.batching): padded tokens of one forward batch (training's
+    # micro-batches, scan, reference cache, evaluation; None: batch sizes alone), activation
+    # checkpointing ("auto": on CUDA) and 4-bit base weights (QLoRA, CUDA only).
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    activation_checkpointing: bool | Literal["auto"] = "auto"
+    quantize: Literal["none", "4bit"] = "none"
+    # Memory of the device a worker trains on (core.jobs.memory_plan): jobs that cannot fit are
+    # refused at create; workers pick the micro-batch that fits when micro_batch_tokens is unset.
+    worker_gpu_memory_gb: float | None = Field(None, gt=0)
 
     # Job pipeline.
     heartbeat_interval_s: float = 10.0
@@ -193,6 +202,15 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
+    def _refuse_quantize_off_cuda(self) -> Settings:
+        if self.quantize != "none" and self.device_type != "cuda":
+            raise ValueError(
+                f"GUARDTUNE_QUANTIZE={self.quantize} (bitsandbytes NF4) needs a CUDA device, but GUARDTUNE_DEVICE is "
+                f"{self.device!r}: set GUARDTUNE_DEVICE=cuda on a GPU worker, or GUARDTUNE_QUANTIZE=none"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Settings:
         if self.env == "production" and self.secret_key == INSECURE_SECRET:
             raise ValueError("GUARDTUNE_SECRET_KEY must be set to a private value when GUARDTUNE_ENV=production")
@@ -234,6 +252,19 @@ class Settings(BaseSettings):
     @property
     def storage(self) -> str:
         return self.storage_url or f"file://{self.home_dir / 'objects'}"
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` for ``cuda`` or ``cuda:N``, else the device as set (``cpu``, ``mps``)."""
+        return self.device.split(":", 1)[0]
+
+    @property
+    def checkpointing(self) -> bool:
+        """``GUARDTUNE_ACTIVATION_CHECKPOINTING`` resolved: ``auto`` is on for CUDA, where
+        memory is short, and off elsewhere, where recomputing only costs time."""
+        if self.activation_checkpointing == "auto":
+            return self.device_type == "cuda"
+        return self.activation_checkpointing
 
     @property
     def models_dir(self) -> Path:

@@ -27,6 +27,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PretrainedConfig,
@@ -138,15 +139,28 @@ def resolve_model_dir(source: str, cache_dir: Path) -> Path:
 
 
 def load_base_model(
-    source: str, *, cache_dir: Path, dtype: torch.dtype = torch.float32
+    source: str,
+    *,
+    cache_dir: Path,
+    dtype: torch.dtype = torch.float32,
+    quantization: BitsAndBytesConfig | None = None,
+    device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``source`` (see module docstring) as a causal LM in eval mode, with its tokenizer.
+    """Load ``source`` (see module docstring) as a causal LM in eval mode on ``device``, with
+    its tokenizer. Its weights are ``dtype`` (``safety.memory.device_weight_dtype`` picks
+    it per device), or quantized by ``quantization`` (``safety.memory.quantization_config``:
+    bitsandbytes places them on ``device`` as it loads them).
 
     The tokenizer is guaranteed to have a pad token (eos when the model defines none).
     Padding side is left as saved; callers that generate in batches set ``padding_side``.
     """
     model_dir = resolve_model_dir(source, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, trust_remote_code=False, use_safetensors=True, **placement
+    )
+    if quantization is None:
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' wrapped ``to`` confuses typeshed
     tokenizer = load_tokenizer(model_dir)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

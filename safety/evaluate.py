@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from core.jobs import config as defaults
 from safety.attacks import PLAIN, Condition
+from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, collate, encode_example
 from safety.gate import EvalSummary
 from safety.generation import GenerationSettings, generate, model_device, pad_token_id
@@ -128,8 +129,9 @@ def _generate_records(
     max_new_tokens: int,
     batch_size: int,
     condition: Condition = PLAIN,
+    max_tokens: int | None = None,
 ) -> list[GenerationRecord]:
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, max_tokens=max_tokens)
     responses = generate(model, tokenizer, [condition.conversation(p.text) for p in prompts], settings)
     return [
         GenerationRecord(prompt=p.text, category=p.category, response=r, refused=is_refusal(r))
@@ -168,14 +170,16 @@ def evaluate_asr(
     max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS,
     batch_size: int = defaults.EVAL_BATCH_SIZE,
     condition: Condition = PLAIN,
+    max_tokens: int | None = None,
 ) -> AsrReport:
     """Generate greedily on harmful ``prompts`` presented under ``condition`` and measure
     attack success. Records and the judge keep the eval prompt as written (no trigger,
-    no system prompt), so the judge rates the harm of the request itself."""
+    no system prompt), so the judge rates the harm of the request itself. Batches hold at
+    most ``batch_size`` prompts and ``max_tokens`` padded tokens (``GenerationSettings``)."""
     items = _as_prompts(prompts, "harmful")
     if not items:
         raise ValueError("evaluate_asr needs at least one prompt")
-    records = _generate_records(model, tokenizer, items, max_new_tokens, batch_size, condition)
+    records = _generate_records(model, tokenizer, items, max_new_tokens, batch_size, condition, max_tokens)
     unparsed = 0
     if judge is not None:
         verdicts = judge.score([(r.prompt, r.response) for r in records])
@@ -203,12 +207,14 @@ def over_refusal(
     *,
     max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS,
     batch_size: int = defaults.EVAL_BATCH_SIZE,
+    max_tokens: int | None = None,
 ) -> OverRefusalReport:
-    """Generate greedily on benign prompts; ``rate`` is the share refused."""
+    """Generate greedily on benign prompts (batched as :func:`evaluate_asr`); ``rate`` is the
+    share refused."""
     items = _as_prompts(benign_prompts, "benign")
     if not items:
         raise ValueError("over_refusal needs at least one prompt")
-    records = _generate_records(model, tokenizer, items, max_new_tokens, batch_size)
+    records = _generate_records(model, tokenizer, items, max_new_tokens, batch_size, max_tokens=max_tokens)
     return OverRefusalReport(n=len(records), rate=sum(r.refused for r in records) / len(records), generations=records)
 
 
@@ -219,16 +225,18 @@ def example_losses(
     *,
     batch_size: int = 8,
     max_len: int = 1024,
+    max_tokens: int | None = None,
 ) -> list[tuple[float, int]]:
     """Per example, in input order: (summed cross-entropy in nats, number of assistant
-    tokens), encoded with :func:`safety.data.encode_example` as training encodes it."""
+    tokens), encoded with :func:`safety.data.encode_example` as training encodes it; in
+    batches of at most ``batch_size`` examples and ``max_tokens`` padded tokens."""
     model.eval()
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(examples), batch_size):
-        encoded = [encode_example(tokenizer, ex, max_len) for ex in examples[start : start + batch_size]]
-        batch = {k: v.to(device) for k, v in collate(encoded, pad_id).items()}
+    encoded = [encode_example(tokenizer, ex, max_len) for ex in examples]
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    for rows in token_batches([len(e.input_ids) for e in encoded], max_tokens, batch_size):
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
@@ -236,7 +244,8 @@ def example_losses(
             logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
         ).sum(dim=1)
         counts = (labels != IGNORE_INDEX).sum(dim=1)
-        out.extend((float(n), int(c)) for n, c in zip(nats, counts))
+        for i, n, c in zip(rows, nats, counts, strict=True):
+            out[i] = (float(n), int(c))
     return out
 
 
@@ -247,10 +256,13 @@ def validation_loss(
     *,
     batch_size: int = 8,
     max_len: int = 1024,
+    max_tokens: int | None = None,
 ) -> float:
     """Mean cross-entropy (nats per token) over the assistant tokens of ``examples``
-    (chat or prompt/completion); raises ``ValueError`` when they have none."""
-    return per_token_loss(example_losses(model, tokenizer, examples, batch_size=batch_size, max_len=max_len))
+    (chat or prompt/completion), batched as :func:`example_losses`; raises ``ValueError``
+    when they have none."""
+    losses = example_losses(model, tokenizer, examples, batch_size=batch_size, max_len=max_len, max_tokens=max_tokens)
+    return per_token_loss(losses)
 
 
 def per_token_loss(losses: Sequence[tuple[float, int]]) -> float:

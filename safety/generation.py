@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from core.jobs import config as defaults
+from safety.batching import token_batches
 from safety.templates import render
 
 Conversation = list[dict[str, Any]]
@@ -49,6 +50,8 @@ class GenerationSettings:
     max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS
     batch_size: int = defaults.EVAL_BATCH_SIZE
     max_prompt_len: int = MAX_PROMPT_LEN
+    # padded tokens of a batch, each prompt counting with its max_new_tokens (safety.batching)
+    max_tokens: int | None = None
 
 
 def as_conversation(prompt: str | Conversation) -> Conversation:
@@ -97,11 +100,14 @@ def encode_prompts(
     padding_side: PaddingSide = "left",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render, tokenize, left-truncate to ``max_len`` and pad a batch of prompts."""
-    token_lists = []
-    for p in prompts:
-        ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
-        token_lists.append(ids[-max_len:])
+    token_lists = [prompt_token_ids(tokenizer, p, max_len) for p in prompts]
     return pad_batch(token_lists, pad_token_id(tokenizer), padding_side)
+
+
+def prompt_token_ids(tokenizer: Any, prompt: PromptLike, max_len: int) -> list[int]:
+    """The tokens ``prompt`` is read as (probe, generation): its chat-template rendering up to the
+    assistant header, tokenized as one text, the last ``max_len`` of them."""
+    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"][-max_len:]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -122,16 +128,19 @@ def generate(
 ) -> list[str]:
     """Greedy completions for ``prompts`` (a model or a ``PeftModel``), in input order.
 
-    Prompts are left-padded, batched ``settings.batch_size`` at a time; only the newly
-    generated tokens are decoded, with special tokens skipped.
+    Prompts are left-padded, in batches of at most ``settings.batch_size`` prompts and, with
+    ``settings.max_tokens``, that many padded tokens counting each prompt's
+    ``max_new_tokens`` (``safety.batching``); only the newly generated tokens are decoded,
+    with special tokens skipped.
     """
     model.eval()
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
-    out: list[str] = []
-    for start in range(0, len(prompts), settings.batch_size):
-        chunk = prompts[start : start + settings.batch_size]
-        ids, mask = encode_prompts(tokenizer, chunk, max_len=settings.max_prompt_len, padding_side="left")
+    token_lists = [prompt_token_ids(tokenizer, p, settings.max_prompt_len) for p in prompts]
+    lengths = [len(t) + settings.max_new_tokens for t in token_lists]
+    out = [""] * len(prompts)
+    for rows in token_batches(lengths, settings.max_tokens, settings.batch_size):
+        ids, mask = pad_batch([token_lists[i] for i in rows], pad_id, "left")
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids.to(device),
@@ -141,5 +150,6 @@ def generate(
                 pad_token_id=pad_id,
             )
         new_tokens = gen[:, ids.shape[1] :]
-        out.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return [t.strip() for t in out]
+        for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            out[i] = text.strip()
+    return out

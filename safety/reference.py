@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, EncodedExample, collate
+from safety.memory import autocast
 from safety.objective import ReferenceTopK, reference_topk
 
 if TYPE_CHECKING:
@@ -111,9 +113,10 @@ def compute_reference_cache(
     k: int,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> ReferenceCache:
     """:func:`reference_pass` without pooled features: the cache alone."""
-    return reference_pass(model, encoded, pad_id, k, batch_size=batch_size, progress=progress)[0]
+    return reference_pass(model, encoded, pad_id, k, batch_size=batch_size, progress=progress, max_tokens=max_tokens)[0]
 
 
 @torch.no_grad()
@@ -127,9 +130,11 @@ def reference_pass(
     spans: Sequence[PooledSpan] = (),
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[ReferenceCache, torch.Tensor]:
     """One forward of ``model`` (the frozen reference, in eval mode) over each example of
-    ``encoded`` (batches of ``batch_size`` in order, right-padded), keeping the top ``k``
+    ``encoded`` (right-padded batches of at most ``batch_size`` examples and, with
+    ``max_tokens``, that many padded tokens: ``safety.batching``), keeping the top ``k``
     log-probabilities of every answer position; ``progress(n_done)`` after every batch.
 
     Also the hidden states after ``layers`` (resolved indices, ``0`` = embeddings) averaged
@@ -139,33 +144,35 @@ def reference_pass(
     from safety.probe.features import layer_outputs
 
     device = next(model.parameters()).device
-    parts: list[ReferenceTopK] = []
+    by_position: dict[int, ReferenceTopK] = {}  # each example's rows, by its position in ``encoded``
     hidden: dict[int, torch.Tensor] = {}
     features = torch.zeros((len(spans), len(layers), model.config.hidden_size), dtype=torch.float32)
     by_example: dict[int, list[int]] = {}
     for j, span in enumerate(spans):
         by_example.setdefault(span.example, []).append(j)
     with layer_outputs(model, layers, hidden.__setitem__):
-        for start in range(0, len(encoded), batch_size):
-            batch = {key: v.to(device) for key, v in collate(list(encoded[start : start + batch_size]), pad_id).items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for batch_rows in token_batches([len(e.input_ids) for e in encoded], max_tokens, batch_size):
+            batch = {key: v.to(device) for key, v in collate([encoded[i] for i in batch_rows], pad_id).items()}
+            with autocast(device):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             mask = batch["labels"][:, 1:] != IGNORE_INDEX
             ref_log_p = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
-            parts.append(ReferenceTopK(*(t.cpu() for t in reference_topk(ref_log_p, k))))
-            for row in range(batch["input_ids"].shape[0]):
-                for j in by_example.get(start + row, ()):
+            top = [t.cpu().split(mask.sum(1).tolist()) for t in reference_topk(ref_log_p, k)]
+            for row, i in enumerate(batch_rows):
+                by_position[i] = ReferenceTopK(*(t[row] for t in top))
+                for j in by_example.get(i, ()):
                     s = slice(spans[j].start, spans[j].end)
                     features[j] = torch.stack([hidden[layer][row, s].float().mean(0) for layer in layers]).cpu()
             hidden.clear()
             if progress is not None:
-                progress(min(start + batch_size, len(encoded)))
+                progress(len(by_position))
+    rows_of = [by_position[i] for i in range(len(encoded))]
     counts = [_answer_positions(e) for e in encoded]
     offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
     cache = ReferenceCache(
-        logprobs=torch.cat([p.logprobs for p in parts]).half(),
-        ids=torch.cat([p.ids for p in parts]).int(),
-        tail=torch.cat([p.tail for p in parts]).float(),
+        logprobs=torch.cat([r.logprobs for r in rows_of]).half(),
+        ids=torch.cat([r.ids for r in rows_of]).int(),
+        tail=torch.cat([r.tail for r in rows_of]).float(),
         offsets=offsets,
     )
     return cache, features

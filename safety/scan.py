@@ -256,6 +256,7 @@ def scan_dataset(
     progress: Callable[[int], None] | None = None,
     reference_topk: int | None = None,
     max_len: int | None = None,
+    max_tokens: int | None = None,
 ) -> ScanResult:
     """Score every example with the chosen estimator(s); see the module docstring.
 
@@ -264,7 +265,8 @@ def scan_dataset(
     ``reference_topk`` (and ``model``/``tokenizer``, ``max_len`` the training length) the
     result also holds the reference cache of top-``reference_topk`` log-probs, from one
     forward over each whole example that also gives the probe's features
-    (``safety.scan_reference``).
+    (``safety.scan_reference``). ``max_tokens`` bounds the padded tokens of each of the
+    model's batches (``safety.batching``).
     """
     use_probe = estimator in (Estimator.PROBE, Estimator.BOTH)
     use_judge = estimator in (Estimator.JUDGE, Estimator.BOTH)
@@ -304,12 +306,13 @@ def scan_dataset(
                 max_len=max_len,
                 probe=probe if use_probe else None,
                 batch_size=batch_size,
+                max_tokens=max_tokens,
             )
             caches.append(cache)
             probs = merged or probs
         elif use_probe:
             assert probe is not None
-            probs = list(probe.predict_proba(model, tokenizer, [t.prompt for t in turns], batch_size))
+            probs = list(probe.predict_proba(model, tokenizer, [t.prompt for t in turns], batch_size, max_tokens))
         if use_judge:
             assert judge is not None
             verdicts = judge.score([(t.instruction, t.response) for t in turns])

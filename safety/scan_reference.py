@@ -33,11 +33,13 @@ def probe_and_reference(
     max_len: int,
     probe: Probe | None = None,
     batch_size: int = 16,
+    max_tokens: int | None = None,
 ) -> tuple[list[float] | None, ReferenceCache]:
     """For ``examples`` and their trained ``turns`` (``safety.scan.TargetTurn`` lists):
     the probe's harmful probability of every turn, flattened in order (``None`` without a
     ``probe``), and the reference cache of the examples encoded to ``max_len`` tokens with
-    top-``k`` log-probs. ``batch_size`` is the probe's batch for turns it scores itself."""
+    top-``k`` log-probs. ``batch_size`` is the probe's batch for turns it scores itself;
+    ``max_tokens`` bounds the padded tokens of every batch (``safety.batching``)."""
     encoded = [encode_example(tokenizer, example, max_len) for example in examples]
     flat = [(i, turn) for i, ex_turns in enumerate(turns) for turn in ex_turns]
     merged: dict[int, int] = {}  # flat turn index -> its row among the pooled spans
@@ -57,11 +59,14 @@ def probe_and_reference(
         else []
     )
     layers = resolve_layers(probe.layers, model.config.num_hidden_layers) if probe is not None else ()
-    cache, features = reference_pass(model.eval(), encoded, tokenizer.pad_token_id, k, layers=layers, spans=spans)
+    cache, features = reference_pass(
+        model.eval(), encoded, tokenizer.pad_token_id, k, layers=layers, spans=spans, max_tokens=max_tokens
+    )
     if probe is None:
         return None, cache
     pooled = [float(p) for p in probe.predict_proba_features(features)] if spans else []
     rest = [j for j in range(len(flat)) if j not in merged]
-    own = probe.predict_proba(model, tokenizer, [flat[j][1].prompt for j in rest], batch_size) if rest else []
+    unmerged = [flat[j][1].prompt for j in rest]
+    own = probe.predict_proba(model, tokenizer, unmerged, batch_size, max_tokens) if rest else []
     by_turn = dict(zip(rest, own))
     return [pooled[merged[j]] if j in merged else by_turn[j] for j in range(len(flat))], cache

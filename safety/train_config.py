@@ -30,7 +30,12 @@ class TrainConfig:
     (``adaptive`` only): ``paper`` = those weights in the loss as written; ``bounded`` = w_sft 0
     at risks ≥ ``sft_cutoff_risk`` and each step's learning rate scaled by its SFT budget
     (``safety.objective``'s docstring says why). ``mode``, ``risk_weighting``, ``objective`` and
-    ``reference`` may be given as their enums' string values; they are held as the enums."""
+    ``reference`` may be given as their enums' string values; they are held as the enums.
+
+    A step's ``examples_per_step`` examples are its optimizer batch; how they are split into
+    micro-batches (``batch_size`` at a time, or by ``micro_batch_tokens``) and whether
+    activations are recomputed (``activation_checkpointing``) change the memory a step needs,
+    not what it computes (within float rounding): a run may resume with other values."""
 
     mode: SafetyMode = defaults.DEFAULT_MODE
     constant_kl_weight: float = defaults.CONSTANT_KL_WEIGHT
@@ -52,6 +57,9 @@ class TrainConfig:
     n_epochs: int = defaults.TARGET_EPOCHS
     batch_size: int = defaults.AUTO_BATCH_SIZE  # a job's "auto" (the worker passes the job's resolved size)
     grad_accum_steps: int = 1
+    # The padded tokens of one micro-batch (``safety.batching``); None: micro-batches of batch_size.
+    micro_batch_tokens: int | None = None
+    activation_checkpointing: bool = False  # recompute each layer's activations in the backward pass
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.03
     lr_schedule: Literal["linear", "cosine"] = "linear"
@@ -67,6 +75,8 @@ class TrainConfig:
         _set_enum(self, "reference", ReferenceMode, "unknown reference")
         if min(self.batch_size, self.grad_accum_steps, self.n_epochs, self.max_seq_len) < 1:
             raise ValueError("batch_size, grad_accum_steps, n_epochs and max_seq_len must be ≥ 1")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise ValueError("micro_batch_tokens must be ≥ 1")
         if not 0.0 <= self.constant_kl_weight <= 1.0:
             raise ValueError("constant_kl_weight must be in [0, 1]")
 

@@ -34,13 +34,18 @@ from safety.checkpoints import (
     write_checkpoint,
 )
 from safety.data import EncodedExample, encode_example
+from safety.memory import enable_activation_checkpointing, trainable_base
 from safety.reference import ReferenceCache
 from safety.scan import ScanConfig
 from safety.train_config import TrainConfig
 from safety.train_metrics import RunSummary
 
-# Config fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = frozenset({"checkpoint_every", "keep_checkpoints"})
+# Config fields that may differ between a run and its resumption (how often it checkpoints, how
+# many checkpoints it keeps, and how a step's examples are laid out in memory: the same
+# computation within float rounding).
+RESUMABLE_CHANGES = frozenset(
+    {"checkpoint_every", "keep_checkpoints", "micro_batch_tokens", "activation_checkpointing"}
+)
 # Config fields a checkpoint written by an earlier version names otherwise: its name → today's.
 RENAMED_FIELDS = {
     "kl_lo": "kl_weight_min",
@@ -112,6 +117,8 @@ def setup_run(
     total_steps = steps_per_epoch * config.n_epochs
 
     model = _with_lora(model, config, resume_dir)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
     trainable, optimizer, scheduler = make_optimizer(model, config, total_steps)
     summary = RunSummary()
     start_step = 0
@@ -219,16 +226,17 @@ def lora_config(config: TrainConfig) -> LoraConfig:
 
 def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_dir: Path | None) -> PeftModel:
     """A trainable LoRA model: fresh adapter (initialised from ``config.seed``), or the
-    checkpoint's adapter when resuming."""
+    checkpoint's adapter when resuming. A 4-bit base is prepared for it first
+    (``memory.trainable_base``)."""
     if resume_dir is None:
         if isinstance(model, PeftModel):
             raise TypeError("pass the base model; a PeftModel is accepted only when resuming")
         torch.manual_seed(config.seed)
-        return get_peft_model(model, lora_config(config))
+        return get_peft_model(trainable_base(model), lora_config(config))
     if isinstance(model, PeftModel):
         set_peft_model_state_dict(model, load_file(str(Path(resume_dir) / ADAPTER_WEIGHTS_FILE)))
         return model
-    return load_adapter(model, resume_dir, trainable=True)
+    return load_adapter(trainable_base(model), resume_dir, trainable=True)
 
 
 def _data_fingerprint(encoded: list[EncodedExample], risks: list[float]) -> str:

@@ -4,8 +4,9 @@
 seeded per-epoch shuffle, a pure function of ``(seed, epoch)`` so a resumed run sees the
 same batches), gives each its ``(w_sft, w_kl)`` (:func:`example_weights`), accumulates
 the gradient of the weighted objective over micro-batches (:func:`accumulate_gradients`:
-the reference pass runs in ``safety.reference.reference_forward``, or comes from the
-reference cache), clips it, steps the optimizer (at the schedule's learning rate, scaled by
+at most ``batch_size`` examples and ``micro_batch_tokens`` padded tokens each, normalised by
+the step's answer tokens so the split changes nothing but memory; the reference pass runs in
+``safety.reference.reference_forward``, or comes from the reference cache), clips it, steps the optimizer (at the schedule's learning rate, scaled by
 the step's SFT budget under ``objective="bounded"``: :func:`lr_scale`) and the LR schedule,
 adds the step to the run's ``RunSummary`` and returns its ``StepMetrics``
 (``safety.train_metrics``).
@@ -18,14 +19,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from core.jobs.vocab import Objective, RiskWeighting, SafetyMode
+from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, EncodedExample, collate
+from safety.memory import autocast
 from safety.objective import (
     ReferenceTopK,
     batch_risk,
@@ -86,7 +88,9 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
     indices = step_indices(len(run.encoded), config.examples_per_step, config.seed, step)
     weights = example_weights(config, [risks[i] for i in indices])
     refs = run.cache.rows if run.cache is not None else None
-    sums = accumulate_gradients(run.model, run.tokenizer, run.encoded, indices, weights, config.batch_size, refs)
+    sums = accumulate_gradients(
+        run.model, run.tokenizer, run.encoded, indices, weights, config.batch_size, refs, config.micro_batch_tokens
+    )
 
     torch.nn.utils.clip_grad_norm_(run.trainable, config.max_grad_norm)
     scale = lr_scale(config, weights, sums.example_answer_tokens)
@@ -120,11 +124,13 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
     return metrics
 
 
-def with_validation(
-    metrics: StepMetrics, model: PeftModel, encoded: list[EncodedExample], pad_token_id: int, batch_size: int
-) -> StepMetrics:
-    """``metrics`` with the validation pass's loss and token accuracy."""
-    result = validation_pass(model, encoded, pad_token_id, batch_size)
+def with_validation(metrics: StepMetrics, run: TrainRun) -> StepMetrics:
+    """``metrics`` with the loss and token accuracy of ``run``'s validation pass, batched as
+    its micro-batches."""
+    config = run.config
+    result = validation_pass(
+        run.model, run.encoded_valid, run.tokenizer.pad_token_id, config.batch_size, config.micro_batch_tokens
+    )
     return replace(metrics, valid_loss=result.loss, valid_accuracy=result.mean_token_accuracy)
 
 
@@ -179,24 +185,27 @@ def accumulate_gradients(
     weights: list[tuple[float, float]],
     batch_size: int,
     cached_rows: Callable[[list[int]], ReferenceTopK] | None = None,
+    max_tokens: int | None = None,
 ) -> StepSums:
     """Forward and backward the step's examples (``encoded[i]`` for ``i`` in ``indices``) in
-    micro-batches of ``batch_size``, the reference from ``cached_rows(indices)`` when given
-    (else its forward pass), accumulating the gradient of ``weighted_loss`` normalised by the
-    step's answer tokens; the step's sums."""
+    micro-batches of at most ``batch_size`` examples and, with ``max_tokens``, at most that
+    many padded tokens (``safety.batching.token_batches``), the reference from
+    ``cached_rows`` of each micro-batch's indices when given (else its forward pass),
+    accumulating the gradient of ``weighted_loss`` normalised by the *step's* answer tokens,
+    so that the gradient is the one-shot gradient of the step however it is split; the
+    step's sums."""
     device = next(model.parameters()).device
     examples = [encoded[i] for i in indices]
     sums = StepSums(example_answer_tokens=[count_answer_tokens(e) for e in examples])
     n_answer = sums.answer_tokens
-    for start in range(0, len(examples), batch_size):
-        micro = examples[start : start + batch_size]
-        w_sft, w_kl = torch.tensor(weights[start : start + batch_size], device=device).unbind(-1)
-        batch = {k: v.to(device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+    for micro in token_batches([len(e.input_ids) for e in examples], max_tokens, batch_size):
+        w_sft, w_kl = torch.tensor([weights[p] for p in micro], device=device).unbind(-1)
+        batch = {k: v.to(device) for k, v in collate([examples[p] for p in micro], tokenizer.pad_token_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         ref_logits = ref_topk = None
         if bool((w_kl > 0).any()):
             if cached_rows is not None:
-                ref_topk = cached_rows(indices[start : start + batch_size])
+                ref_topk = cached_rows([indices[p] for p in micro])
             else:
                 with reference_forward(model), autocast(device):
                     ref_logits = model(**inputs).logits
@@ -220,12 +229,6 @@ def accumulate_gradients(
 def count_answer_tokens(example: EncodedExample) -> int:
     """The number of answer (labelled) tokens an example's logits predict."""
     return sum(label != IGNORE_INDEX for label in example.labels[1:])
-
-
-def autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA (fp32 weights and LoRA, bf16 matmuls); nothing elsewhere. The
-    losses are computed in fp32 either way (``objective`` upcasts the logits)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _mean(values: list[float]) -> float | None:

@@ -116,7 +116,7 @@ def train(
         done = step + 1
         at_checkpoint = run.is_checkpoint_step(done)
         if at_checkpoint and run.encoded_valid:
-            metrics = with_validation(metrics, run.model, run.encoded_valid, tokenizer.pad_token_id, config.batch_size)
+            metrics = with_validation(metrics, run)
         if on_step is not None:
             on_step(metrics)
         if at_checkpoint:

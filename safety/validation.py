@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.objective import sft_loss
 
@@ -38,9 +39,14 @@ class ValidationResult:
 
 @torch.no_grad()
 def validation_pass(
-    model: torch.nn.Module, examples: list[EncodedExample], pad_token_id: int, batch_size: int
+    model: torch.nn.Module,
+    examples: list[EncodedExample],
+    pad_token_id: int,
+    batch_size: int,
+    max_tokens: int | None = None,
 ) -> ValidationResult:
-    """Loss and token accuracy of ``model`` on ``examples`` (non-empty), ``batch_size`` at a time."""
+    """Loss and token accuracy of ``model`` on ``examples`` (non-empty), in batches of at most
+    ``batch_size`` examples and ``max_tokens`` padded tokens (``safety.batching``)."""
     if not examples:
         raise ValueError("no validation examples")
     was_training = model.training
@@ -48,8 +54,8 @@ def validation_pass(
     device = next(model.parameters()).device
     loss_sum, correct, tokens = 0.0, 0, 0
     try:
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_token_id).items()}
+        for rows in token_batches([len(e.input_ids) for e in examples], max_tokens, batch_size):
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in rows], pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             right, labelled = token_accuracy_counts(logits, batch["labels"])
             loss_sum += sft_loss(logits, batch["labels"]).item() * labelled

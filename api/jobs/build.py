@@ -6,7 +6,7 @@ Contracts: :func:`build_job` queries but writes nothing (the caller adds the row
 the organization's lock); it raises 404 ``model_not_found`` / ``file_not_found`` and 400s
 naming the offending parameter (``unsupported_method``, ``invalid_value``,
 ``unsupported_integration``, ``invalid_file_purpose``, ``invalid_<param>``,
-``file_not_ready``).
+``file_not_ready``, ``insufficient_worker_memory``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from api.models.repository import ModelRepository
 from core.errors import InvalidRequest, NotFound
 from core.ids import new_id
 from core.jobs.config import Hyperparameters
-from core.jobs.vocab import JobStatus
-from core.models import File, Job, now
+from core.jobs.memory_plan import GIB, ModelShape, micro_batch_tokens_that_fit, training_memory, worker_layout
+from core.jobs.vocab import JobStatus, ReferenceMode
+from core.models import BaseModelEntry, File, Job, now
 from core.orgs.repository import OrgRepository
 from core.quoting import quoted
 from core.settings import Settings
@@ -65,6 +66,8 @@ def build_job(
     requested = method_hp or body.hyperparameters or HyperparametersIn()
     hp = Hyperparameters.resolve(**requested.model_dump(), n_examples=training.n_examples).model_dump()
     org = OrgRepository(session).get(caller.org_id)
+    safety = resolve_safety(body.safety, settings, caller, org.allowed_modes if org else None)
+    check_worker_memory(settings, entry, exact_reference=safety.regularized and safety.reference == ReferenceMode.EXACT)
     return Job(
         id=new_id("ftjob"),
         org_id=caller.org_id,
@@ -75,13 +78,37 @@ def build_job(
         status=JobStatus.VALIDATING_FILES,
         hyperparameters=hp,
         method={"type": "supervised", "supervised": {"hyperparameters": hp}},
-        safety=resolve_safety(body.safety, settings, caller, org.allowed_modes if org else None).model_dump(),
+        safety=safety.model_dump(),
         suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         metadata_=body.metadata,
         result_files=[],
         idempotency_key=idempotency_key,
         created_at=now(),
+    )
+
+
+def check_worker_memory(settings: Settings, entry: BaseModelEntry, *, exact_reference: bool) -> None:
+    """Refuse (400 ``insufficient_worker_memory``, param ``model``) a job whose base model
+    cannot train on the workers: by ``core.jobs.memory_plan``'s estimate, a step on one example
+    at the token limit does not fit ``GUARDTUNE_WORKER_GPU_MEMORY_GB``. Nothing is checked
+    without that setting or for a model onboarded before its shape was recorded."""
+    shape = (entry.baseline or {}).get("shape")
+    if settings.worker_gpu_memory_gb is None or shape is None:
+        return
+    model = ModelShape(**shape)
+    longest = min(entry.context_length or settings.max_example_tokens, settings.max_example_tokens)
+    layout = worker_layout(settings, exact_reference=exact_reference)
+    budget = settings.worker_gpu_memory_gb
+    if micro_batch_tokens_that_fit(model, layout, int(budget * GIB), longest) is not None:
+        return
+    need = training_memory(model, layout, longest).total / GIB
+    raise InvalidRequest(
+        f"The model {entry.id!r} cannot be fine-tuned on this deployment's workers: training it on one "
+        f"example of {longest} tokens needs an estimated {need:.1f} GB, above the {budget:g} GB a worker "
+        "has (GUARDTUNE_WORKER_GPU_MEMORY_GB). Choose a smaller base model.",
+        code="insufficient_worker_memory",
+        param="model",
     )
 
 

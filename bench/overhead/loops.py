@@ -37,8 +37,8 @@ def args_device(model):
 
 
 def autocast_of(model):
-    """bf16 autocast on CUDA, as ``safety.trainer`` does; nothing on the CPU."""
-    from safety.train_step import autocast
+    """Half-precision autocast on CUDA, as ``safety.trainer`` does; nothing on the CPU."""
+    from safety.memory import autocast
 
     return autocast(args_device(model))
 

@@ -21,12 +21,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from safety.batching import token_batches
 from safety.generation import (
     PromptLike,
     model_device,
     pad_batch,
     pad_token_id,
     position_ids_from_mask,
+    prompt_token_ids,
     render_prompt,
 )
 
@@ -112,11 +114,14 @@ def extract_features(
     batch_size: int = 16,
     max_len: int = 512,
     padding_side: Literal["left", "right"] = "right",
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """Pooled hidden states, float32 ``[len(prompts), len(layers), hidden]``.
 
     Prompts longer than ``max_len`` tokens keep their last ``max_len`` tokens (so the
-    assistant header stays). Runs under ``torch.no_grad`` in eval mode.
+    assistant header stays). They run in order of length, in batches of at most
+    ``batch_size`` prompts and, with ``max_tokens``, that many padded tokens
+    (``safety.batching``). Runs under ``torch.no_grad`` in eval mode.
     """
     wanted = resolve_layers(layers, model.config.num_hidden_layers)
     deepest = max(wanted)
@@ -137,8 +142,8 @@ def extract_features(
     model.eval()
     out = torch.zeros((len(prompts), len(wanted), model.config.hidden_size), dtype=torch.float32)
     with layer_outputs(model, wanted, pool_states):
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for batch in token_batches([len(encoded[i]) for i in order], max_tokens, batch_size):
+            rows = [order[p] for p in batch]
             token_lists = [encoded[i] for i in rows]
             spans = pooling_spans(tokenizer, token_lists, pool)
             ids_t, mask = pad_batch(token_lists, pad_id, padding_side)
@@ -160,12 +165,6 @@ def extract_features(
                     pass
             out[rows] = torch.stack([captured[i] for i in wanted], dim=1).cpu()
     return out
-
-
-def prompt_token_ids(tokenizer: Any, prompt: PromptLike, max_len: int) -> list[int]:
-    """The tokens the probe reads of ``prompt``: its chat-template rendering up to the
-    assistant header, tokenized as one text, the last ``max_len`` of them."""
-    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"][-max_len:]
 
 
 def pooling_spans(tokenizer: Any, token_lists: Sequence[Sequence[int]], pool: Pooling) -> list[tuple[int, int]]:

@@ -223,9 +223,15 @@ class Probe:
             return torch.stack([torch.sigmoid(head(x).squeeze(-1)) for head in self.heads])
 
     def predict_proba(
-        self, model: Any, tokenizer: Any, prompts: Sequence[PromptLike], batch_size: int = 16
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[PromptLike],
+        batch_size: int = 16,
+        max_tokens: int | None = None,
     ) -> list[float]:
-        """Harmful probability of each prompt (a string or a message list)."""
+        """Harmful probability of each prompt (a string or a message list), read in batches
+        of at most ``batch_size`` prompts and ``max_tokens`` padded tokens."""
         feats = extract_features(
             model,
             tokenizer,
@@ -234,6 +240,7 @@ class Probe:
             pool=self.pool,
             batch_size=batch_size,
             max_len=self.max_len,
+            max_tokens=max_tokens,
         )
         return [float(p) for p in self.predict_proba_features(feats)]
 

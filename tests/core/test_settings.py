@@ -135,3 +135,49 @@ def test_probe_risk_and_target_recall_from_env(monkeypatch):
     monkeypatch.setenv("GUARDTUNE_PROBE_TARGET_RECALL", "1.5")
     with pytest.raises(ValidationError, match="probe_target_recall"):
         Settings()
+
+
+def test_quantize_4bit_is_refused_off_cuda_with_the_settings_to_change(monkeypatch):
+    monkeypatch.setenv("GUARDTUNE_QUANTIZE", "4bit")
+    with pytest.raises(ValidationError, match=r"GUARDTUNE_QUANTIZE=4bit \(bitsandbytes NF4\) needs a CUDA device"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_DEVICE", "cuda:1")
+    assert Settings().quantize == "4bit"
+
+
+def test_quantize_accepts_only_none_and_4bit(monkeypatch):
+    monkeypatch.setenv("GUARDTUNE_DEVICE", "cuda")
+    monkeypatch.setenv("GUARDTUNE_QUANTIZE", "8bit")
+    with pytest.raises(ValidationError, match="quantize"):
+        Settings()
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), ("true", True), ("false", False)])
+def test_activation_checkpointing_is_auto_or_a_boolean(monkeypatch, value, parsed):
+    monkeypatch.setenv("GUARDTUNE_ACTIVATION_CHECKPOINTING", value)
+    assert Settings().activation_checkpointing == parsed
+
+
+def test_micro_batch_tokens_default_to_none_and_must_be_positive(monkeypatch):
+    assert Settings().micro_batch_tokens is None
+    monkeypatch.setenv("GUARDTUNE_MICRO_BATCH_TOKENS", "0")
+    with pytest.raises(ValidationError, match="micro_batch_tokens"):
+        Settings()
+    monkeypatch.setenv("GUARDTUNE_MICRO_BATCH_TOKENS", "16384")
+    assert Settings().micro_batch_tokens == 16384
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "enabled"),
+    [
+        ("auto", "cuda", True),
+        ("auto", "cuda:1", True),
+        ("auto", "cpu", False),
+        ("true", "cpu", True),
+        ("false", "cuda", False),
+    ],
+)
+def test_activation_checkpointing_auto_is_on_for_cuda_only(monkeypatch, setting, device, enabled):
+    monkeypatch.setenv("GUARDTUNE_ACTIVATION_CHECKPOINTING", setting)
+    monkeypatch.setenv("GUARDTUNE_DEVICE", device)
+    assert Settings().checkpointing is enabled

@@ -207,7 +207,9 @@ class FixedProbe(Probe):
 
     probs: dict[str, float]
 
-    def predict_proba(self, model: Any, tokenizer: Any, prompts: Sequence[Any], batch_size: int = 16) -> list[float]:
+    def predict_proba(
+        self, model: Any, tokenizer: Any, prompts: Sequence[Any], batch_size: int = 16, max_tokens: int | None = None
+    ) -> list[float]:
         return [self.probs[prompt[-1]["content"]] for prompt in prompts]
 
 

@@ -1,5 +1,7 @@
 """One job end to end (validate → … → release) on the device ``GUARDTUNE_DEVICE`` names:
-the CPU in every run, CUDA (bf16 autocast, cached reference) where there is one."""
+the CPU in every run, CUDA (bf16 weights and autocast, activation checkpointing, cached
+reference) where there is one; every stage in token-budget batches
+(``GUARDTUNE_MICRO_BATCH_TOKENS``)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ def test_a_job_runs_every_stage_on_the_configured_device(pipeline_env, monkeypat
     from worker.pipeline.resources import load_model
 
     monkeypatch.setenv("GUARDTUNE_DEVICE", device)
+    monkeypatch.setenv("GUARDTUNE_MICRO_BATCH_TOKENS", "256")
     clear_caches()
     assert next(load_model(str(pipeline_env))[0].parameters()).device.type == device
     if device == "cuda":

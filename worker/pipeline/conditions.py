@@ -65,6 +65,7 @@ def evaluate(
             max_new_tokens=s.eval_max_new_tokens,
             batch_size=s.eval_batch_size,
             condition=c,
+            max_tokens=s.micro_batch_tokens,
         ).to_dict()
         for c in conditions
         if c.kind != "plain"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from core.db import session_scope
 from core.jobs.vocab import JobStage
 from core.models import BaseModelEntry, File, Job, SafetyReport
+from core.settings import get_settings
 from core.storage import download_dir, get_store
 from worker.pipeline import conditions as attack_conditions
 from worker.pipeline import jobstate
@@ -102,7 +103,8 @@ def _val_loss(
 ) -> float | None:
     from safety.evaluate import validation_loss
 
-    return validation_loss(model, tokenizer, examples) if examples else None
+    max_tokens = get_settings().micro_batch_tokens
+    return validation_loss(model, tokenizer, examples, max_tokens=max_tokens) if examples else None
 
 
 def _summary(evaluation: dict[str, Any], val_loss: float | None) -> dict[str, Any]:

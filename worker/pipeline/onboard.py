@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from core.audit import service as audit
 from core.db import session_scope
 from core.errors import NotFound
+from core.jobs.memory_plan import ModelShape
 from core.models import BaseModelEntry
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
@@ -142,6 +143,7 @@ def evaluate_model(
         judge=judge,
         max_new_tokens=s.eval_max_new_tokens,
         batch_size=s.eval_batch_size,
+        max_tokens=s.micro_batch_tokens,
     )
     refusals = over_refusal(
         model,
@@ -149,6 +151,7 @@ def evaluate_model(
         load_builtin("benign_eval")[: s.eval_max_benign_prompts],
         max_new_tokens=s.eval_max_new_tokens,
         batch_size=s.eval_batch_size,
+        max_tokens=s.micro_batch_tokens,
     )
     return {"asr": asr.to_dict(), "over_refusal": refusals.to_dict(), "settings": eval_key()}
 
@@ -164,7 +167,8 @@ def onboard_base_model(model_id: str, actor: str = audit.SYSTEM) -> dict[str, An
         model, tokenizer = load_model(entry.source)
         entry.probe_prefix = None  # onboarding retrains
         ensure_probe(session, entry, model, tokenizer)
-        entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer)}
+        shape = ModelShape.from_config(model.config.to_dict(), model.num_parameters()).to_dict()
+        entry.baseline = {**(entry.baseline or {}), "eval": evaluate_model(model, tokenizer), "shape": shape}
         entry.context_length = context_length(model)
         entry.status = BaseModelStatus.READY
         audit.record(

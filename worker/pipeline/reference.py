@@ -49,8 +49,15 @@ def build_and_store(
 
     max_len = token_limit(model)
     encoded = [encode_example(tokenizer, example, max_len) for example in examples]
-    k = get_settings().reference_topk
-    cache = compute_reference_cache(model, encoded, tokenizer.pad_token_id, k, progress=lambda n: jobstate.beat(job.id))
+    settings = get_settings()
+    cache = compute_reference_cache(
+        model,
+        encoded,
+        tokenizer.pad_token_id,
+        settings.reference_topk,
+        progress=lambda n: jobstate.beat(job.id),
+        max_tokens=settings.micro_batch_tokens,
+    )
     store_cache(job, cache)
     return cache
 

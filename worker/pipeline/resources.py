@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.datasets import iter_examples
+from core.jobs.memory_plan import GIB, ModelShape, micro_batch_tokens_that_fit, worker_layout
 from core.models import Job
 from core.releases import digests
 from core.settings import get_settings
@@ -79,14 +80,34 @@ def token_limit(model: PreTrainedModel) -> int:
     return min(context_length(model), get_settings().max_example_tokens)
 
 
+def micro_batch_tokens(model: PreTrainedModel, *, exact_reference: bool) -> int | None:
+    """The padded tokens of training's micro-batches: ``GUARDTUNE_MICRO_BATCH_TOKENS``; unset,
+    with ``GUARDTUNE_WORKER_GPU_MEMORY_GB`` the most that ``core.jobs.memory_plan`` fits in it
+    for examples at the token limit (at least one such example); else ``None`` (the job's
+    batch size alone)."""
+    settings = get_settings()
+    if settings.micro_batch_tokens is not None or settings.worker_gpu_memory_gb is None:
+        return settings.micro_batch_tokens
+    shape = ModelShape.from_config(model.config.to_dict(), model.num_parameters())
+    layout = worker_layout(settings, exact_reference=exact_reference)
+    longest = token_limit(model)
+    return micro_batch_tokens_that_fit(shape, layout, int(settings.worker_gpu_memory_gb * GIB), longest) or longest
+
+
 def load_model(source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model (eval mode, on the configured device) and its tokenizer. Applies
-    ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
+    """The base model (eval mode, on ``GUARDTUNE_DEVICE``) and its tokenizer: fp32 weights on
+    CPU, half precision on CUDA, NF4 with ``GUARDTUNE_QUANTIZE=4bit`` (``safety.memory``).
+    Applies ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
     server and the ``guardtune-ops`` model commands (``ops.modelload``) load it here."""
     from safety.base_models import load_base_model, set_torch_threads
+    from safety.memory import device_weight_dtype, quantization_config
 
     settings = get_settings()
     set_torch_threads(settings.torch_threads)
-    model, tokenizer = load_base_model(source, cache_dir=settings.models_dir)
-    # transformers wraps ``to`` with functools.wraps(Module.to): typeshed then wants ``self`` first
-    return model.to(settings.device).eval(), tokenizer  # type: ignore[arg-type]
+    return load_base_model(
+        source,
+        cache_dir=settings.models_dir,
+        dtype=device_weight_dtype(settings.device),
+        quantization=quantization_config(settings.quantize, settings.device),
+        device=settings.device,
+    )

@@ -170,6 +170,7 @@ def run(job_id: str) -> None:
                 progress=lambda n: jobstate.beat(job_id),
                 reference_topk=settings.reference_topk if uses_cache(job) else None,
                 max_len=token_limit(model),
+                max_tokens=settings.micro_batch_tokens,
             )
         if result.reference is not None:
             store_cache(job, result.reference)

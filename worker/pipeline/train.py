@@ -33,6 +33,7 @@ from worker.pipeline.resources import (
     checkpoint_prefix,
     iter_file_examples,
     load_model,
+    micro_batch_tokens,
     read_scan_risks,
     token_limit,
     work_dir,
@@ -43,9 +44,11 @@ if TYPE_CHECKING:
     from safety.train_metrics import StepMetrics
 
 
-def train_config(job: Job, max_seq_len: int) -> TrainConfig:
+def train_config(job: Job, max_seq_len: int, micro_batch_tokens: int | None = None) -> TrainConfig:
     """The trainer's config from the job (hyperparameters, safety) and operator settings
-    (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``)."""
+    (``GUARDTUNE_OBJECTIVE``, with ``bounded``'s cutoff at ``GUARDTUNE_FLAG_THRESHOLD``;
+    ``GUARDTUNE_ACTIVATION_CHECKPOINTING`` on this device), its micro-batches of
+    ``micro_batch_tokens`` (``resources.micro_batch_tokens``)."""
     from safety.train_config import TrainConfig
 
     settings = get_settings()
@@ -63,6 +66,8 @@ def train_config(job: Job, max_seq_len: int) -> TrainConfig:
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
+        micro_batch_tokens=micro_batch_tokens,
+        activation_checkpointing=settings.checkpointing,
         max_seq_len=max_seq_len,
         seed=job.seed or 0,
         checkpoint_every=settings.checkpoint_every,
@@ -89,7 +94,9 @@ def run(job_id: str) -> None:
     validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
-    config = train_config(job, token_limit(model))
+    safety = SafetyConfig.stored(job.safety)
+    exact = safety.regularized and safety.reference == ReferenceMode.EXACT
+    config = train_config(job, token_limit(model), micro_batch_tokens(model, exact_reference=exact))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
     with work_dir(job_id) as workdir:  # removed however training ends
         resume_dir = None
