@@ -77,6 +77,16 @@ def git_info() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": bool(status)}
 
 
+def git_of_clean_tree(dirty_ok: bool) -> dict[str, Any] | None:
+    """:func:`git_info` of the tree a benchmark is about to measure, or ``None`` (after saying
+    why) when the tree has uncommitted changes and ``dirty_ok`` does not allow a marked result."""
+    git = git_info()
+    if git["dirty"] and not dirty_ok:
+        print("refusing to run from a dirty tree (commit first, or pass --dirty-ok to record a marked result)")
+        return None
+    return git
+
+
 def _cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -37,7 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, RESULTS_DIR, git_info, json_safe, machine_info  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import REPO, RESULTS_DIR, json_safe, machine_info  # noqa: E402
 from bench.harmful_sst2 import data as hd  # noqa: E402
 
 RECALL_TARGET, FALSE_FLAG_TARGET = 0.95, 0.02
@@ -103,9 +104,8 @@ def checks(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    git = git_info()
-    if git["dirty"] and not args.dirty_ok:
-        print("refusing to run from a dirty tree (commit first, or pass --dirty-ok to record a marked result)")
+    git = common.git_of_clean_tree(args.dirty_ok)
+    if git is None:
         return 2
     import torch
 

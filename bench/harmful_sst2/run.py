@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, add_size_options, chosen_sizes, git_info, json_safe, machine_info
+from bench import common
+from bench.common import REPO, add_size_options, chosen_sizes, json_safe, machine_info
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report
 from bench.replication.evaluation import asr
@@ -187,9 +188,8 @@ def finish(doc: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    git = git_info()
-    if git["dirty"] and not args.dirty_ok:
-        print("refusing to run from a dirty tree (commit first, or pass --dirty-ok to record a marked result)")
+    git = common.git_of_clean_tree(args.dirty_ok)
+    if git is None:
         return 2
     grid = parts(tuple(args.seeds))
     names = [n for n in args.part.split(",") if n]

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, add_size_options, chosen_sizes, git_info, json_safe, machine_info
+from bench import common
+from bench.common import REPO, add_size_options, chosen_sizes, json_safe, machine_info
 from bench.replication import attacks as atk
 from bench.replication import stats
 from bench.replication.evaluation import measure
@@ -233,9 +234,8 @@ def product_scan(examples: list[dict], probe: Any, ref: Any, tok: Any, args: arg
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    git = git_info()
-    if git["dirty"] and not args.dirty_ok:
-        print("refusing to run from a dirty tree (commit first, or pass --dirty-ok to record a marked result)")
+    git = common.git_of_clean_tree(args.dirty_ok)
+    if git is None:
         return 2
     import torch
 

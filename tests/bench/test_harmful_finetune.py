@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from bench import render_readme
+from bench import common, render_readme
 from bench.common import git_info
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report, run
@@ -211,7 +211,7 @@ def test_a_dirty_tree_or_an_unknown_part_is_refused(monkeypatch, tmp_path, capsy
     out = tmp_path / "r.json"
     assert run.main(["--part", "p0.3", "--dirty-ok", "--out", str(out)]) == 2
     assert "unknown part" in capsys.readouterr().out
-    monkeypatch.setattr(run, "git_info", lambda: {"commit": "abc", "dirty": True})
+    monkeypatch.setattr(common, "git_info", lambda: {"commit": "abc", "dirty": True})
     assert run.main(["--quick", "--part", "p0.1", "--out", str(out)]) == 2
     assert not out.exists()
     assert "dirty" in capsys.readouterr().out

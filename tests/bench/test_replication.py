@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bench import common
 from bench.common import git_info
 from bench.replication import run, stats
 from bench.replication.attacks import TRIGGER, build
@@ -86,7 +87,7 @@ def test_attack_sets_have_the_documented_shape(tmp_path):
 
 
 def test_a_dirty_tree_is_refused_unless_marked(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(run, "git_info", lambda: {"commit": "abc", "dirty": True})
+    monkeypatch.setattr(common, "git_info", lambda: {"commit": "abc", "dirty": True})
     out = tmp_path / "r.json"
     assert run.main(["--quick", "--out", str(out)]) == 2
     assert not out.exists()
