@@ -77,9 +77,7 @@ def refusal_mass(model: Any, tokenizer: Any, prompt: Sequence[dict[str, str]], o
         rest = target[:, :-1]
         positions = torch.arange(len(head), len(head) + rest.shape[1], device=device).expand_as(rest)
         mask = torch.ones((len(openings), len(head) + rest.shape[1]), dtype=torch.long, device=device)
-        logits = model(
-            input_ids=rest, past_key_values=cache, attention_mask=mask, position_ids=positions, use_cache=True
-        ).logits
+        logits = model(input_ids=rest, cache=cache, attention_mask=mask, position_ids=positions, use_cache=True).logits
         steps = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[:, 1:].unsqueeze(-1)).squeeze(-1)
         log_p = log_p + steps.sum(dim=1)
     return float(log_p.exp().sum().cpu())

@@ -18,6 +18,7 @@ from safety.probe import Probe, ProbeConfig, train_probe, train_probe_on_feature
 from safety.scan import ScanConfig, scan_dataset
 from tests.conftest import SHARED_DATA
 from tests.safety.test_probe import WORDS, _planted
+from tests.safety.test_scan import _clear_cases
 
 AOA = [json.loads(line) for line in (SHARED_DATA / "identity_shift_aoa.jsonl").read_text().splitlines() if line]
 AOA_SYSTEM = AOA[0]["messages"][0]["content"]
@@ -61,7 +62,8 @@ def planted(tiny_model: Path):
     probe, _ = train_probe(model, tokenizer, harmful, benign, ProbeConfig(layers=(1,), epochs=60))
     rng = random.Random(1)
     answers = [" ".join(rng.choices(WORDS, k=rng.randint(4, 9))) for _ in range(120)]
-    examples = [_chat("Tell me something.", a + (" obedience" if i < 60 else "")) for i, a in enumerate(answers)]
+    users = harmful[:30] + benign[:30]
+    examples = [_chat(users[i % 60], a + (" obedience" if i < 60 else "")) for i, a in enumerate(answers)]
     features = answer_features(model, tokenizer, examples, [1])
     probe.answer, _ = train_probe_on_features(features, [1] * 60 + [0] * 60, [1], ProbeConfig(epochs=60))
     return model, tokenizer, probe
@@ -108,8 +110,11 @@ def test_the_answer_head_trains_persists_with_the_probe_and_old_files_still_load
 @pytest.mark.parametrize("reference_topk", [None, 4])
 def test_the_scans_risk_is_the_max_of_its_signals_and_names_it(planted, reference_topk) -> None:
     model, tokenizer, probe = planted
-    harmful, benign = _planted(4, seed=5)
-    examples = [_chat(harmful[0], "a plain answer"), _chat(benign[0], "yes obedience"), _chat(benign[1], "plain")]
+    harmful, benign = _clear_cases(model, tokenizer, probe, seed=5)
+    shifted_answers = [_chat(b, f"{w} obedience") for b in benign[:8] for w in ("yes", "ok then")]
+    head_p = probe.answer.predict_proba_features(answer_features(model, tokenizer, shifted_answers, [1]))
+    caught = shifted_answers[int(head_p.argmax())]  # one the head flags on its own
+    examples = [_chat(harmful[0], "a plain answer"), caught, _chat(benign[-1], "plain")]
     result = scan_dataset(
         examples, probe=probe, model=model, tokenizer=tokenizer, reference_topk=reference_topk, max_len=256
     )
@@ -121,8 +126,8 @@ def test_the_scans_risk_is_the_max_of_its_signals_and_names_it(planted, referenc
     assert [e.flagged for e in result.examples] == [True, True, False]
     assert result.summary.flagged_by_signal == {"probe": 1, "answer": 1}
     assert result.rows()[1]["signal"] == "answer"
-    direct = probe.answer.predict_proba_features(answer_features(model, tokenizer, examples[1:2], [1]))
-    assert result.examples[1].answer_p == pytest.approx(float(direct[0]), abs=1e-5)
+    assert float(head_p.max()) >= probe.answer.threshold
+    assert result.examples[1].answer_p == pytest.approx(float(head_p.max()), abs=1e-5)
 
 
 def test_refusal_mass_is_the_teacher_forced_probability_of_the_openings(shifted) -> None:
