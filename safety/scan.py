@@ -253,6 +253,26 @@ def _turn_risk(line: int, turn: TargetTurn, scores: TurnScores, probe: Probe | N
     )
 
 
+def _signals(
+    estimator: Estimator, probe: Probe | None, judge: Judge | None, model: Any, tokenizer: Any, config: ScanConfig
+) -> ScanSignals:
+    """The signals ``estimator`` and ``config`` ask for; ``ValueError`` where one lacks what it needs."""
+    use_probe = estimator in (Estimator.PROBE, Estimator.BOTH)
+    use_judge = estimator in (Estimator.JUDGE, Estimator.BOTH)
+    if estimator not in tuple(Estimator):
+        raise ValueError(f"unknown estimator {estimator!r}")
+    if use_probe and (probe is None or model is None or tokenizer is None):
+        raise ValueError("the probe estimator needs probe, model and tokenizer")
+    if use_judge and judge is None:
+        raise ValueError("the judge estimator needs a judge")
+    checker = None
+    if config.context_drop is not None:
+        if model is None or tokenizer is None:
+            raise ValueError("the context check needs model and tokenizer")
+        checker = ContextChecker(model, tokenizer, config.context_drop, canary_requests(config.context_canaries))
+    return ScanSignals(probe if use_probe else None, judge if use_judge else None, checker, model, tokenizer)
+
+
 def scan_dataset(
     examples: Iterable[Example | tuple[int, Example]],
     *,
@@ -277,23 +297,9 @@ def scan_dataset(
     (``safety.scan_reference``). ``config.context_drop`` (the context check) needs
     ``model``/``tokenizer`` too.
     """
-    use_probe = estimator in (Estimator.PROBE, Estimator.BOTH)
-    use_judge = estimator in (Estimator.JUDGE, Estimator.BOTH)
-    if estimator not in tuple(Estimator):
-        raise ValueError(f"unknown estimator {estimator!r}")
-    if use_probe and (probe is None or model is None or tokenizer is None):
-        raise ValueError("the probe estimator needs probe, model and tokenizer")
-    if use_judge and judge is None:
-        raise ValueError("the judge estimator needs a judge")
+    signals = _signals(estimator, probe, judge, model, tokenizer, config)
     if reference_topk is not None and (model is None or tokenizer is None or max_len is None):
         raise ValueError("the reference cache needs model, tokenizer and max_len")
-
-    checker = None
-    if config.context_drop is not None:
-        if model is None or tokenizer is None:
-            raise ValueError("the context check needs model and tokenizer")
-        checker = ContextChecker(model, tokenizer, config.context_drop, canary_requests(config.context_canaries))
-    signals = ScanSignals(probe if use_probe else None, judge if use_judge else None, checker, model, tokenizer)
     results: list[ExampleRisk] = []
     summary = ScanSummary()
     categories: Counter[str] = Counter()
@@ -331,7 +337,8 @@ def scan_dataset(
             progress(len(results))
 
     summary.flagged_by_signal = dict(by_signal.most_common())
-    summary.system_prompts = [asdict(v) for v in checker.verdicts.values()] if checker is not None else []
+    checked = signals.checker.verdicts.values() if signals.checker is not None else ()
+    summary.system_prompts = [asdict(v) for v in checked]
     summary.n = len(results)
     summary.counts_by_category = dict(categories.most_common())
     summary.flagged_fraction = summary.n_flagged / summary.n if summary.n else 0.0

@@ -9,7 +9,10 @@ which removes most of a single head's dependence on its initialisation and minib
 order. A :class:`Probe` is saved as ``probe.safetensors`` (tensors only, read back with
 ``safetensors.torch.load_file``: no pickle) plus ``probe.json`` (everything else);
 files written before ensembles (one head, tensors ``head.*``) still load, and so do files
-written before the weighting threshold (it then falls back to the reporting threshold).
+written before the weighting threshold (it then falls back to the reporting threshold). A
+probe may carry the answer-side head (``Probe.answer``, ``safety.answer_head``), itself a
+:class:`Probe`, saved beside it as ``answer.safetensors`` + ``answer.json``; a directory
+without them loads with ``answer=None``.
 
 Risk (:func:`risk_from_p`) maps the probe's probability to the 1-5 scale. A probe has
 two thresholds: the reporting one (its harmful verdict, the scan's flag; calibrated for a
