@@ -83,7 +83,7 @@ def train(
         probe, report = train_recipe_probe(
             model_obj, tokenizer, probe_layers, extra_harmful=extra_harmful, extra_benign=extra_benign, **overrides
         )
-        head = train_recipe_answer_head(model_obj, tokenizer, probe, **overrides)
+        head = train_recipe_answer_head(model_obj, tokenizer, probe, probe_layers, **overrides)
     directory = probe.save(out or default_probe_dir(model))
     result = {"model": model, "probe_dir": str(directory), "kind": probe.kind, **report.to_dict()}
     result["answer_head"] = {k: v for k, v in head.to_dict().items() if k != "candidates"}

@@ -136,12 +136,15 @@ def train_recipe_probe(
     )
 
 
-def train_recipe_answer_head(model: Any, tokenizer: Any, probe: Probe, **overrides: Any) -> ProbeReport:
+def train_recipe_answer_head(
+    model: Any, tokenizer: Any, probe: Probe, probe_layers: str = "auto", **overrides: Any
+) -> ProbeReport:
     """Train the answer-side head (``safety.answer_head``) with the recipe's
-    :class:`ProbeConfig` (plus ``overrides``) and layer candidates, attach it to ``probe``
-    (``probe.answer``: saved and loaded with it, read by the scan) and return its report."""
+    :class:`ProbeConfig` (plus ``overrides``) and layer candidates (``probe_layers`` as for
+    the probe), attach it to ``probe`` (``probe.answer``: saved and loaded with it, read by
+    the scan) and return its report."""
     from safety.answer_head import train_answer_head
 
-    config, candidates = recipe(model.config.num_hidden_layers, "auto", **overrides)
+    config, candidates = recipe(model.config.num_hidden_layers, probe_layers, **overrides)
     probe.answer, report = train_answer_head(model, tokenizer, config, candidates)
     return report

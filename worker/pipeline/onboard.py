@@ -40,7 +40,9 @@ def train_builtin_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     probe, report = train_recipe_probe(
         model, tokenizer, settings.probe_layers, target_recall=settings.probe_target_recall
     )
-    head = train_recipe_answer_head(model, tokenizer, probe, target_recall=settings.probe_target_recall)
+    head = train_recipe_answer_head(
+        model, tokenizer, probe, settings.probe_layers, target_recall=settings.probe_target_recall
+    )
     return probe, {**report.to_dict(), "answer_head": head.to_dict()}
 
 
