@@ -140,6 +140,7 @@ class Settings(BaseSettings):
     probe_layers: str = "auto"
     probe_risk: RiskMode = PROBE_RISK  # probe probability -> risk: "binary", "calibrated" or "graded"
     probe_target_recall: float = Field(PROBE_TARGET_RECALL, gt=0, le=1)  # recall kept at the weighting threshold
+    context_refusal_drop: float | None = Field(None, gt=0, le=1)  # the scan's context check (unset: off)
     align_options: dict[str, Any] = Field(default_factory=dict)  # overrides of safety.align.AlignConfig
     align_prebuilt: bool = True  # merge a shipped aligned adapter (safety/prebuilt/) whose recipe and base match
 

@@ -65,7 +65,7 @@ def train(
     """Train a probe by onboarding's recipe (plus any files given); print its calibrated report."""
     if kind not in (None, "logistic", "mlp"):
         raise typer.BadParameter("kind must be logistic or mlp", param_hint="--kind")
-    from safety.probe_recipe import parse_layer_sets, train_recipe_probe
+    from safety.probe_recipe import parse_layer_sets, train_recipe_answer_head, train_recipe_probe
     from safety.prompt_sets import load_prompt_file
 
     probe_layers = ";".join(layers) if layers else get_settings().probe_layers
@@ -83,13 +83,22 @@ def train(
         probe, report = train_recipe_probe(
             model_obj, tokenizer, probe_layers, extra_harmful=extra_harmful, extra_benign=extra_benign, **overrides
         )
+        head = train_recipe_answer_head(model_obj, tokenizer, probe, probe_layers, **overrides)
     directory = probe.save(out or default_probe_dir(model))
     result = {"model": model, "probe_dir": str(directory), "kind": probe.kind, **report.to_dict()}
+    result["answer_head"] = {k: v for k, v in head.to_dict().items() if k != "candidates"}
     (Path(directory) / "report.json").write_text(json.dumps(result, indent=2))
     if as_json:
         echo_json(result)
         return
-    render_record({k: v for k, v in result.items() if k != "candidates"}, as_json=False, title="probe report")
+    render_record(
+        {k: v for k, v in result.items() if k not in ("candidates", "answer_head")}, as_json=False, title="probe report"
+    )
+    answer = result["answer_head"]
+    console().print(
+        f"answer-side head: AUROC {answer['auroc']:.3f}, at threshold {answer['threshold']:.3f} "
+        f"TPR {answer['tpr_at_threshold']:.1%} / FPR {answer['fpr_at_threshold']:.1%} on {answer['n_test']} held-out answers"
+    )
     console().print(f"[green]probe saved to {directory}[/green]")
 
 

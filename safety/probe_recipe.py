@@ -3,6 +3,8 @@
 Onboarding (``worker/pipeline/onboard.py``), ``guardtune-ops probe train`` and
 ``bench/probe_quality.py`` all build their probe from :func:`recipe` and
 :func:`training_set`, so the probe a benchmark measures is the probe a deployment runs.
+Onboarding and ``guardtune-ops probe train`` also attach the answer-side head
+(:func:`train_recipe_answer_head`, ``safety.answer_head``), stored with the probe.
 
 Training prompts: ``harmful_train`` + ``probe_harmful_train`` (label 1) and
 ``benign_train`` + ``probe_benign_train`` (label 0, ordinary and borderline-benign
@@ -132,3 +134,17 @@ def train_recipe_probe(
     return train_probe(
         model, tokenizer, data.harmful, data.benign, config, layer_candidates=candidates, groups=data.groups
     )
+
+
+def train_recipe_answer_head(
+    model: Any, tokenizer: Any, probe: Probe, probe_layers: str = "auto", **overrides: Any
+) -> ProbeReport:
+    """Train the answer-side head (``safety.answer_head``) with the recipe's
+    :class:`ProbeConfig` (plus ``overrides``) and layer candidates (``probe_layers`` as for
+    the probe), attach it to ``probe`` (``probe.answer``: saved and loaded with it, read by
+    the scan) and return its report."""
+    from safety.answer_head import train_answer_head
+
+    config, candidates = recipe(model.config.num_hidden_layers, probe_layers, **overrides)
+    probe.answer, report = train_answer_head(model, tokenizer, config, candidates)
+    return report

@@ -17,9 +17,21 @@ and earlier tool calls as training renders them, and the judge reads a turn's ca
 ``name(arguments)`` after its content (:func:`safety.templates.answer_text`), so harm
 carried in a call's arguments is scored like harm in prose.
 
-An example's risk is the max over its trained turns; ``ExampleRisk.turn`` says which
+Two more signals read what the request does not (identity-shift data: an obedient persona
+whose answers ask nothing harmful), both beyond the paper, whose estimators read the
+request (probe) or the pair (judge) only:
+
+* the answer-side head (``probe.answer``, ``safety.answer_head``) reads the reference's
+  states over the turn's answer tokens, from the forward over the whole example that the
+  reference cache needs (without the cache, a top-1 pass is run for it);
+* the context check (``ScanConfig.context_drop``, ``safety.context_check``) measures once
+  per distinct system prompt how much it lowers the reference's refusal of held-out harmful
+  canaries; a drop at or above the threshold gives every turn under it risk 5.
+
+A turn's risk is the max over its signals and ``ExampleRisk.signal`` names the one that
+gave it; an example's risk is the max over its trained turns; ``ExampleRisk.turn`` says which
 turn (1-based among the example's assistant messages) gave it.
-``estimator="both"`` takes the max of the two risks (high recall). Risks are on the
+``estimator="both"`` takes the max of probe and judge (high recall). Risks are on the
 1-5 scale; an example is flagged when its risk reaches ``ScanConfig.flag_threshold``.
 The scan streams: examples may come from any iterator (optionally as
 ``(line_number, example)`` pairs; otherwise lines count from 1) and are read
@@ -33,21 +45,23 @@ from __future__ import annotations
 import heapq
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
 
 from core.jobs.config import FLAG_THRESHOLD, PROBE_RISK
 from core.jobs.vocab import Estimator
+from safety.context_check import DEFAULT_CANARIES, ContextChecker, canary_requests
 from safety.generation import PromptLike, ToolConversation
 from safety.judge import PROHIBITED_CATEGORIES, Judge
 from safety.probe import Probe, RiskMode
 from safety.reference import ReferenceCache
-from safety.scan_reference import probe_and_reference
+from safety.scan_signals import ScanSignals, TurnScores
 from safety.templates import answer_text, example_tools
 
 Example = dict[str, Any]
+SIGNALS = ("probe", "judge", "answer", "context")
 
 # Plain keyword cues per rubric category, used only to label flagged examples.
 _CATEGORY_CUES: dict[str, tuple[str, ...]] = {
@@ -75,18 +89,24 @@ class ScanConfig:
     and its reporting threshold (risk 4), so at the default ``flag_threshold`` it flags what
     ``"binary"`` flags while the risks, hence the training weights, are graded. ``window``
     is the number of examples read and scored per step (bounded memory; larger windows
-    sort by length better)."""
+    sort by length better). ``context_drop``: the refusal drop at which a system prompt's
+    context check flags its lines (``None``: no check), over ``context_canaries`` canaries."""
 
     flag_threshold: float = FLAG_THRESHOLD
     top_k: int = 20
     probe_risk: RiskMode = PROBE_RISK
     window: int = 128
+    context_drop: float | None = None
+    context_canaries: int = DEFAULT_CANARIES
 
 
 @dataclass(frozen=True)
 class ExampleRisk:
     """The scan's verdict on one example: its riskiest trained turn (``turn``, 1-based
-    among the example's assistant messages) and that turn's scores."""
+    among the example's assistant messages) and that turn's scores: the probe's
+    ``p_harmful``, the judge's score, the answer-side head's ``answer_p``, the context
+    check's ``context_drop`` of the turn's system prompt, and ``signal``, the one of
+    :data:`SIGNALS` whose risk is the turn's (the first in that order on a tie)."""
 
     line: int
     turn: int
@@ -95,6 +115,9 @@ class ExampleRisk:
     judge_score: int | None
     category_guess: str | None
     flagged: bool
+    answer_p: float | None = None
+    context_drop: float | None = None
+    signal: str = "probe"
 
 
 @dataclass
@@ -109,6 +132,8 @@ class ScanSummary:
     mean_risk: float = 0.0
     judge_unparsed: int = 0
     top_flagged: list[ExampleRisk] = field(default_factory=list)
+    flagged_by_signal: dict[str, int] = field(default_factory=dict)
+    system_prompts: list[dict[str, Any]] = field(default_factory=list)  # context checks (ContextVerdict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (score buckets keyed by strings)."""
@@ -220,27 +245,54 @@ def _numbered(examples: Iterable[Example | tuple[int, Example]]) -> Iterator[tup
         yield item if isinstance(item, tuple) else (n, item)
 
 
-def _turn_risk(
-    line: int, turn: TargetTurn, p: float | None, verdict: Any, probe: Probe | None, config: ScanConfig
-) -> ExampleRisk:
-    """One turn's verdict: the max of the estimators' risks."""
-    risks = []
-    if p is not None:
+def _turn_risk(line: int, turn: TargetTurn, scores: TurnScores, probe: Probe | None, config: ScanConfig) -> ExampleRisk:
+    """One turn's verdict: the max of its signals' risks."""
+    risks: dict[str, float] = {}
+    if scores.p is not None:
         assert probe is not None
-        risks.append(probe.risk(p, config.probe_risk))
-    if verdict is not None:
-        risks.append(verdict.value)
-    risk = max(risks)
+        risks["probe"] = probe.risk(scores.p, config.probe_risk)
+    if scores.verdict is not None:
+        risks["judge"] = scores.verdict.value
+    if scores.answer_p is not None:
+        assert probe is not None and probe.answer is not None
+        risks["answer"] = probe.answer.risk(scores.answer_p, config.probe_risk)
+    if scores.context is not None and scores.context.flagged:
+        risks["context"] = 5.0
+    signal = max(risks, key=lambda name: (risks[name], -SIGNALS.index(name)))
+    risk = risks[signal]
     flagged = risk >= config.flag_threshold
     return ExampleRisk(
         line=line,
         turn=turn.turn,
         risk=risk,
-        p_harmful=p,
-        judge_score=verdict.score if verdict is not None else None,
+        p_harmful=scores.p,
+        judge_score=scores.verdict.score if scores.verdict is not None else None,
         category_guess=guess_category(turn.instruction) if flagged else None,
         flagged=flagged,
+        answer_p=scores.answer_p,
+        context_drop=scores.context.drop if scores.context is not None else None,
+        signal=signal,
     )
+
+
+def _signals(
+    estimator: Estimator, probe: Probe | None, judge: Judge | None, model: Any, tokenizer: Any, config: ScanConfig
+) -> ScanSignals:
+    """The signals ``estimator`` and ``config`` ask for; ``ValueError`` where one lacks what it needs."""
+    use_probe = estimator in (Estimator.PROBE, Estimator.BOTH)
+    use_judge = estimator in (Estimator.JUDGE, Estimator.BOTH)
+    if estimator not in tuple(Estimator):
+        raise ValueError(f"unknown estimator {estimator!r}")
+    if use_probe and (probe is None or model is None or tokenizer is None):
+        raise ValueError("the probe estimator needs probe, model and tokenizer")
+    if use_judge and judge is None:
+        raise ValueError("the judge estimator needs a judge")
+    checker = None
+    if config.context_drop is not None:
+        if model is None or tokenizer is None:
+            raise ValueError("the context check needs model and tokenizer")
+        checker = ContextChecker(model, tokenizer, config.context_drop, canary_requests(config.context_canaries))
+    return ScanSignals(probe if use_probe else None, judge if use_judge else None, checker, model, tokenizer)
 
 
 def scan_dataset(
@@ -266,22 +318,16 @@ def scan_dataset(
     result also holds the reference cache of top-``reference_topk`` log-probs, from one
     forward over each whole example that also gives the probe's features
     (``safety.scan_reference``). ``max_tokens`` bounds the padded tokens of each of the
-    model's batches (``safety.batching``).
+    model's batches (``safety.batching``). ``config.context_drop`` (the context check) needs
+    ``model``/``tokenizer`` too.
     """
-    use_probe = estimator in (Estimator.PROBE, Estimator.BOTH)
-    use_judge = estimator in (Estimator.JUDGE, Estimator.BOTH)
-    if estimator not in tuple(Estimator):
-        raise ValueError(f"unknown estimator {estimator!r}")
-    if use_probe and (probe is None or model is None or tokenizer is None):
-        raise ValueError("the probe estimator needs probe, model and tokenizer")
-    if use_judge and judge is None:
-        raise ValueError("the judge estimator needs a judge")
+    signals = _signals(estimator, probe, judge, model, tokenizer, config)
     if reference_topk is not None and (model is None or tokenizer is None or max_len is None):
         raise ValueError("the reference cache needs model, tokenizer and max_len")
-
     results: list[ExampleRisk] = []
     summary = ScanSummary()
     categories: Counter[str] = Counter()
+    by_signal: Counter[str] = Counter()
     risk_sum = 0.0
     caches: list[ReferenceCache] = []
     stream = _numbered(examples)
@@ -292,37 +338,17 @@ def scan_dataset(
                 per_example.append(trained_turns(ex))
             except ValueError as exc:
                 raise ValueError(f"line {line}: {exc}") from None
-        turns = [t for ts in per_example for t in ts]
-        probs: Sequence[float | None] = [None] * len(turns)
-        verdicts: list[Any] = [None] * len(turns)
-        if reference_topk is not None:
-            assert max_len is not None
-            merged, cache = probe_and_reference(
-                model,
-                tokenizer,
-                [ex for _, ex in batch],
-                per_example,
-                k=reference_topk,
-                max_len=max_len,
-                probe=probe if use_probe else None,
-                batch_size=batch_size,
-                max_tokens=max_tokens,
-            )
-            caches.append(cache)
-            probs = merged or probs
-        elif use_probe:
-            assert probe is not None
-            probs = list(probe.predict_proba(model, tokenizer, [t.prompt for t in turns], batch_size, max_tokens))
-        if use_judge:
-            assert judge is not None
-            verdicts = judge.score([(t.instruction, t.response) for t in turns])
-            summary.judge_unparsed += sum(0 if v.parsed else 1 for v in verdicts)
-        scored = iter(zip(turns, probs, verdicts))
+        scores, cache = signals.window(
+            [ex for _, ex in batch], per_example, batch_size, reference_topk, max_len, max_tokens
+        )
+        caches += [cache] if cache is not None else []
+        summary.judge_unparsed += sum(0 if s.verdict.parsed else 1 for s in scores if s.verdict is not None)
+        scored = iter(zip((t for ts in per_example for t in ts), scores))
         for (line, _), ex_turns in zip(batch, per_example):
             item = max(
                 (
-                    _turn_risk(line, turn, p, verdict, probe, config)
-                    for turn, p, verdict in islice(scored, len(ex_turns))
+                    _turn_risk(line, turn, turn_scores, probe, config)
+                    for turn, turn_scores in islice(scored, len(ex_turns))
                 ),
                 key=lambda r: (r.risk, r.p_harmful or 0.0, -r.turn),
             )
@@ -331,10 +357,14 @@ def scan_dataset(
             risk_sum += item.risk
             if item.flagged:
                 summary.n_flagged += 1
+                by_signal[item.signal] += 1
                 categories[item.category_guess or "uncategorized"] += 1
         if progress is not None:
             progress(len(results))
 
+    summary.flagged_by_signal = dict(by_signal.most_common())
+    checked = signals.checker.verdicts.values() if signals.checker is not None else ()
+    summary.system_prompts = [asdict(v) for v in checked]
     summary.n = len(results)
     summary.counts_by_category = dict(categories.most_common())
     summary.flagged_fraction = summary.n_flagged / summary.n if summary.n else 0.0

@@ -9,7 +9,10 @@ which removes most of a single head's dependence on its initialisation and minib
 order. A :class:`Probe` is saved as ``probe.safetensors`` (tensors only, read back with
 ``safetensors.torch.load_file``: no pickle) plus ``probe.json`` (everything else);
 files written before ensembles (one head, tensors ``head.*``) still load, and so do files
-written before the weighting threshold (it then falls back to the reporting threshold).
+written before the weighting threshold (it then falls back to the reporting threshold). A
+probe may carry the answer-side head (``Probe.answer``, ``safety.answer_head``), itself a
+:class:`Probe`, saved beside it as ``answer.safetensors`` + ``answer.json``; a directory
+without them loads with ``answer=None``.
 
 Risk (:func:`risk_from_p`) maps the probe's probability to the 1-5 scale. A probe has
 two thresholds: the reporting one (its harmful verdict, the scan's flag; calibrated for a
@@ -41,8 +44,8 @@ from safety.probe.features import Pooling, extract_features, feature_columns
 ProbeKind = Literal["logistic", "mlp"]
 
 _log = logging.getLogger(__name__)
-_TENSORS_FILE = "probe.safetensors"
-_META_FILE = "probe.json"
+_STEM = "probe"
+_ANSWER_STEM = "answer"
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class Probe:
     heads: list[nn.Module]
     threshold: float
     weighting: Weighting | None = None
+    answer: Probe | None = None  # the answer-side head (``safety.answer_head``), stored with the probe
 
     @property
     def weight_threshold(self) -> float:
@@ -249,13 +253,20 @@ class Probe:
         return risk_from_p(p, mode, self.threshold, self.weight_threshold)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``probe.safetensors`` and ``probe.json`` into ``directory``."""
+        """Write ``probe.safetensors`` and ``probe.json`` into ``directory``, and the
+        answer-side head, when there is one, as ``answer.safetensors`` and ``answer.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self._write(directory, _STEM)
+        if self.answer is not None:
+            self.answer._write(directory, _ANSWER_STEM)
+        return directory
+
+    def _write(self, directory: Path, stem: str) -> None:
         tensors = {"mean": self.mean, "std": self.std}
         for i, head in enumerate(self.heads):
             tensors.update({f"heads.{i}.{k}": v for k, v in head.state_dict().items()})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / _TENSORS_FILE))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / f"{stem}.safetensors"))
         meta = {
             "layers": list(self.layers),
             "kind": self.kind,
@@ -266,18 +277,25 @@ class Probe:
             "heads": len(self.heads),
             "weighting": asdict(self.weighting) if self.weighting is not None else None,
         }
-        (directory / _META_FILE).write_text(json.dumps(meta, indent=2))
-        return directory
+        (directory / f"{stem}.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> Probe:
         """Read a probe written by :meth:`save`, or by the one-head format before it
         (no ``heads`` in ``probe.json``; tensors ``head.*``). A file without a weighting
         threshold loads with ``weighting=None`` (weights use the reporting threshold),
-        and says so in the log."""
+        and says so in the log; a directory without ``answer.json`` (written before the
+        answer-side head) loads with ``answer=None``."""
         directory = Path(directory)
-        meta = json.loads((directory / _META_FILE).read_text())
-        tensors = load_file(str(directory / _TENSORS_FILE))
+        probe = cls._read(directory, _STEM)
+        if (directory / f"{_ANSWER_STEM}.json").is_file():
+            probe.answer = cls._read(directory, _ANSWER_STEM)
+        return probe
+
+    @classmethod
+    def _read(cls, directory: Path, stem: str) -> Probe:
+        meta = json.loads((directory / f"{stem}.json").read_text())
+        tensors = load_file(str(directory / f"{stem}.safetensors"))
         prefixes = [f"heads.{i}." for i in range(meta["heads"])] if "heads" in meta else ["head."]
         heads = []
         for prefix in prefixes:

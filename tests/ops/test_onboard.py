@@ -36,12 +36,17 @@ def test_onboard_a_new_base_model(backend, ops, tiny_model, monkeypatch):
     assert probe["calibrate_weight_recall"] >= 0.9
     assert f"weighting threshold {probe['weight_threshold']:.3f}" in summary
     assert f"recall {probe['weight_recall']:.1%}, false flags {probe['weight_fpr']:.1%}" in summary
+    head = probe["answer_head"]  # the answer-side head, trained and stored with the probe
+    assert head["n_test"] > 0
+    assert f"answer-side head: AUROC {head['auroc']:.3f}" in summary
     with session_scope() as session:
         entry = session.get(BaseModelEntry, "tiny")
         assert entry.status == "ready"
         assert {k.rsplit("/", 1)[-1] for k in get_store().list(entry.probe_prefix)} >= {
             "probe.json",
             "probe.safetensors",
+            "answer.json",
+            "answer.safetensors",
         }
         assert entry.baseline["eval"]["asr"]["n"] == 3
         assert entry.baseline["probe"] == probe

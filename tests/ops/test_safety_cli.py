@@ -64,12 +64,15 @@ def test_probe_train_reports_and_saves(trained_probe):
     assert (out / "probe.json").is_file()
     assert json.loads((out / "report.json").read_text())["auroc"] == report["auroc"]
     assert list(Probe.load(out).layers) == report["layers"]
+    assert Probe.load(out).answer is not None  # the answer-side head, stored with the probe
+    assert report["answer_head"]["n_test"] > 0
 
 
 def test_probe_train_default_location_and_table(tiny_model, home):
     result = ops("probe", "train", "--model", str(tiny_model), "--epochs", "5")
     assert "probe report" in result.stdout
     assert "auroc" in result.stdout
+    assert "answer-side head: AUROC" in result.stdout
     assert (home / "var" / "models" / "probes" / tiny_model.name / "probe.json").is_file()
     # score then finds it without --probe
     prompts = home / "p.txt"

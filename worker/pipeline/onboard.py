@@ -32,15 +32,19 @@ if TYPE_CHECKING:
 def train_builtin_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[Probe, dict[str, Any]]:
     """A probe trained only on the project's own prompt sets by the one recipe
     (``safety.probe_recipe``, layers per ``GUARDTUNE_PROBE_LAYERS``, weighting threshold
-    per ``GUARDTUNE_PROBE_TARGET_RECALL``); returns (probe, report): layers chosen on one
-    split, thresholds calibrated on a second, quality measured on a third."""
-    from safety.probe_recipe import train_recipe_probe
+    per ``GUARDTUNE_PROBE_TARGET_RECALL``) with its answer-side head attached; returns
+    (probe, report): layers chosen on one split, thresholds calibrated on a second, quality
+    measured on a third; the head's report under ``answer_head``."""
+    from safety.probe_recipe import train_recipe_answer_head, train_recipe_probe
 
     settings = get_settings()
     probe, report = train_recipe_probe(
         model, tokenizer, settings.probe_layers, target_recall=settings.probe_target_recall
     )
-    return probe, report.to_dict()
+    head = train_recipe_answer_head(
+        model, tokenizer, probe, settings.probe_layers, target_recall=settings.probe_target_recall
+    )
+    return probe, {**report.to_dict(), "answer_head": head.to_dict()}
 
 
 def probe_summary(report: dict[str, Any]) -> str:
@@ -56,10 +60,17 @@ def probe_summary(report: dict[str, Any]) -> str:
     )
     if "weight_threshold" not in report:  # a probe calibrated before the weighting threshold
         return line
-    return (
+    line = (
         f"{line}; weighting threshold {report['weight_threshold']:.3f} (recall >= {report['target_recall']:.0%} "
         f"on the calibration prompts): recall {report['weight_recall']:.1%}, false flags {report['weight_fpr']:.1%} "
         "on the held-out ones"
+    )
+    head = report.get("answer_head")
+    if head is None:  # a probe trained before the answer-side head
+        return line
+    return (
+        f"{line}; answer-side head: AUROC {head['auroc']:.3f}, at threshold {head['threshold']:.3f} "
+        f"TPR {head['tpr_at_threshold']:.1%} / FPR {head['fpr_at_threshold']:.1%} on {head['n_test']} held-out answers"
     )
 
 

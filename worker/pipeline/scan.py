@@ -166,7 +166,11 @@ def run(job_id: str) -> None:
                 estimator=estimator,
                 model=model,
                 tokenizer=tokenizer,
-                config=ScanConfig(flag_threshold=settings.flag_threshold, probe_risk=settings.probe_risk),
+                config=ScanConfig(
+                    flag_threshold=settings.flag_threshold,
+                    probe_risk=settings.probe_risk,
+                    context_drop=settings.context_refusal_drop,
+                ),
                 progress=lambda n: jobstate.beat(job_id),
                 reference_topk=settings.reference_topk if uses_cache(job) else None,
                 max_len=token_limit(model),
