@@ -200,9 +200,9 @@ def test_the_renderer_on_a_small_json(tmp_path, monkeypatch):
 
 def test_the_renderer_says_when_the_benchmark_has_not_run(tmp_path, monkeypatch):
     monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
-    text = "<!-- results:harmful_finetune_sst2 -->\nold\n<!-- /results:harmful_finetune_sst2 -->"
+    text = "<!-- results:probe_formats -->\nold\n<!-- /results:probe_formats -->"
     assert "Not run at this commit" in render_readme.render(text)
-    assert render_readme.stale_blocks(text) == ["harmful_finetune_sst2"]
+    assert render_readme.stale_blocks(text) == ["probe_formats"]
     with pytest.raises(FileNotFoundError):  # only a benchmark not yet run may be absent
         render_readme.render("<!-- results:demo -->\nold\n<!-- /results:demo -->")
 
