@@ -128,9 +128,9 @@ def test_a_redis_with_requirepass_takes_the_password_from_the_broker_url(tmp_pat
         check_broker()
         assert enqueue("guardtune.ping", {}, ignore_result=True, task_id="msg-with-password") == "msg-with-password"
         limiter = RateLimiter(1, redis_url=url)
-        limiter.hit("org-x")  # counted in Redis: the second hit in the window is refused
+        limiter.take("org-x")  # counted in Redis: the second take in the window is refused
         with pytest.raises(RateLimited):
-            limiter.hit("org-x")
+            limiter.take("org-x")
         with pytest.raises(redis_client.AuthenticationError):
             redis_client.Redis.from_url(f"redis://127.0.0.1:{port}/0").ping()
     finally:
