@@ -200,6 +200,7 @@ def test_the_renderer_on_a_small_json(tmp_path, monkeypatch):
 
 def test_the_renderer_says_when_the_benchmark_has_not_run(tmp_path, monkeypatch):
     monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
+    monkeypatch.setattr(render_readme, "NOT_YET_RUN_OK", {"probe_formats"})  # a block whose benchmark has not run
     text = "<!-- results:probe_formats -->\nold\n<!-- /results:probe_formats -->"
     assert "Not run at this commit" in render_readme.render(text)
     assert render_readme.stale_blocks(text) == ["probe_formats"]
