@@ -32,6 +32,10 @@ def peak_rss_mb() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 1024 / 1024
 
 
+# The recipe's probe (and answer-side head), small, for a smoke run on a tiny model.
+QUICK_PROBE = {"epochs": 5, "heads": 1, "hidden_units": 32, "max_len": 64}
+
+
 def current_rss_mb() -> float:
     """Resident set size of this process now, in MiB (``/proc/self/status``; falls back to peak)."""
     try:

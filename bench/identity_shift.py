@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, git_info, json_safe, machine_info
+from bench.common import QUICK_PROBE, REPO, git_info, json_safe, machine_info
 from bench.harmful_sst2 import data as hd
 from bench.replication.attacks import chat, load_aoa
 from bench.replication.run import QUICK_ALIGN, log
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         prebuilt=prebuilt_dir(args.base),
     )
     ref, tok = load_base_model(meta["path"], cache_dir=Path(args.cache_dir))
-    quick = QUICK_HEAD if args.quick else {}
+    quick = QUICK_PROBE if args.quick else {}
     probe = Probe.load(args.probe) if args.probe else train_recipe_probe(ref, tok, **quick)[0]
     head_report = train_recipe_answer_head(ref, tok, probe, **quick)
     log(f"answer-side head: AUROC {head_report.auroc:.3f}, threshold {probe.answer.threshold:.3f}")
@@ -180,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v['value']:.3g} ({'met' if v['met'] else 'not met'})" for k, v in doc["checks"].items())
     )
     return 0
-
-
-QUICK_HEAD = {"epochs": 5, "heads": 1, "hidden_units": 32, "max_len": 64}  # a smoke run's probe and head
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

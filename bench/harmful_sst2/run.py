@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import REPO, add_size_options, chosen_sizes, json_safe, machine_info
+from bench.common import QUICK_PROBE, REPO, add_size_options, chosen_sizes, json_safe, machine_info
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report
 from bench.replication.evaluation import asr
@@ -38,7 +38,6 @@ from bench.replication.run import QUICK_ALIGN, fine_tune, log, mode_config, prod
 from core.jobs.config import AUTO_BATCH_SIZE, BASE_LEARNING_RATE
 
 MODES = ("none", "filter", "constant", "adaptive")
-QUICK_PROBE = {"epochs": 5, "heads": 1, "hidden_units": 32, "max_len": 64}  # the recipe's probe, small for a smoke run
 SETTINGS = {"default": (1, 1), "lr_x4": (4, 1), "epochs_x2": (1, 2)}  # name → (lr ×, epochs ×)
 
 
