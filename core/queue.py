@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from kombu.transport import redis as redis_transport
     from kombu.transport import sqlalchemy as sqlalchemy_transport
 
+EMBEDDED_BROKER_LOCK_WAIT_S = 120.0
+
 
 def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ()) -> Celery:
     """A configured Celery app; workers pass ``include`` to register their tasks."""
@@ -47,7 +49,12 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
-    if not settings.broker_is_embedded:
+    if settings.broker.startswith("sqla+sqlite"):
+        # One SQLite file that every worker poll locks (BEGIN IMMEDIATE): on a loaded machine a
+        # send can wait seconds for the lock. SQLite's default 5 s wait then fails the send, and
+        # kombu's publish retry breaks on the channel it closed: wait for the lock instead.
+        app.conf.broker_transport_options = {"connect_args": {"timeout": EMBEDDED_BROKER_LOCK_WAIT_S}}
+    elif not settings.broker_is_embedded:
         # Redis redelivers an unacknowledged task after the visibility timeout: long
         # enough that a training task still running is not handed to a second worker.
         app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout_s}

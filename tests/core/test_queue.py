@@ -136,3 +136,30 @@ def test_a_redis_with_requirepass_takes_the_password_from_the_broker_url(tmp_pat
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_send_waits_out_a_busy_embedded_broker(embedded_env):
+    """The embedded broker is one SQLite file that the worker's polls lock (``BEGIN IMMEDIATE``)
+    and that a loaded machine can keep locked for seconds: a send waits for the lock instead of
+    failing after SQLite's default 5 s (kombu ≥ 5.7 raises on that failure, and its retry then
+    breaks on the closed channel: the demo's failure in CI)."""
+    import sqlite3
+    import threading
+
+    from core.queue import broker_message_ids, enqueue, producer
+    from core.settings import get_settings
+
+    producer().connection_for_write().ensure_connection(max_retries=1)  # creates the broker's tables
+    enqueue("guardtune.ping", {"n": 1}, ignore_result=True)
+    locker = sqlite3.connect(
+        get_settings().home_dir / "broker.db", timeout=0, isolation_level=None, check_same_thread=False
+    )
+    locker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(12.0, locker.commit)
+    release.start()
+    try:
+        sent = enqueue("guardtune.ping", {"n": 2}, ignore_result=True)
+    finally:
+        release.join()
+        locker.close()
+    assert sent in broker_message_ids()
