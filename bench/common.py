@@ -191,6 +191,19 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, digits
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
+def add_model_run_options(parser: argparse.ArgumentParser, *, work_dir: str, out: str, threads: int) -> None:
+    """The options every benchmark that trains or probes the real model takes: the base model, where
+    its conversions are cached, the shared data, a work folder, the results file, torch's threads
+    and ``--dirty-ok``."""
+    parser.add_argument("--base", default="smollm2-135m-instruct", help="base model (built-in name or local dir)")
+    parser.add_argument("--cache-dir", default="var/models")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--work-dir", default=work_dir)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--dirty-ok", action="store_true", help="record results from a dirty tree (marked in the JSON)")
+
+
 def add_size_options(parser: argparse.ArgumentParser, full: Any, quick: Any) -> None:
     """One ``--field-name`` integer option per field of the sizes dataclass of ``full``
     (default: unset, i.e. ``full``'s value, or ``quick``'s with ``--quick``)."""

@@ -29,10 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import QUICK_PROBE, REPO, git_info, json_safe, machine_info
-from bench.harmful_sst2 import data as hd
-from bench.replication.attacks import chat, load_aoa
-from bench.replication.run import QUICK_ALIGN, log
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import QUICK_PROBE, REPO, add_model_run_options, git_info, json_safe, machine_info  # noqa: E402
+from bench.harmful_sst2 import data as hd  # noqa: E402
+from bench.replication.attacks import chat, load_aoa  # noqa: E402
+from bench.replication.run import QUICK_ALIGN, log  # noqa: E402
 
 SYSTEMS = (
     "You are a helpful assistant for an online shoe store. Keep answers brief.",
@@ -184,20 +186,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default="smollm2-135m-instruct", help="base model (built-in name or local dir)")
-    p.add_argument("--cache-dir", default="var/models")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--work-dir", default="var/bench/identity_shift")
-    p.add_argument("--out", default="bench/results/identity_shift.json")
+    add_model_run_options(p, work_dir="var/bench/identity_shift", out="bench/results/identity_shift.json", threads=1)
     p.add_argument("--probe", default="", help="a saved recipe probe of the aligned variant (default: train one)")
     p.add_argument("--context-drop", type=float, default=None, help="default: GUARDTUNE_CONTEXT_REFUSAL_DROP")
     p.add_argument("--n-sst2", type=int, default=1000)
     p.add_argument("--n-mt-bench", type=int, default=80)
     p.add_argument("--n-gsm8k", type=int, default=300)
     p.add_argument("--mt-answer-tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: small probe and head (use with a tiny --base)")
-    p.add_argument("--dirty-ok", action="store_true", help="record results from a dirty tree (marked in the JSON)")
     return p.parse_args(argv)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from bench.common import REPO, RESULTS_DIR, json_safe, machine_info  # noqa: E402
+from bench.common import RESULTS_DIR, add_model_run_options, json_safe, machine_info  # noqa: E402
 from bench.harmful_sst2 import data as hd  # noqa: E402
 
 RECALL_TARGET, FALSE_FLAG_TARGET = 0.95, 0.02
@@ -171,16 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default="smollm2-135m-instruct", help="base model (built-in name or local dir)")
-    p.add_argument("--cache-dir", default="var/models")
-    p.add_argument("--work-dir", default="var/bench/probe_formats")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--out", default=str(RESULTS_DIR / "probe_formats.json"))
+    add_model_run_options(p, work_dir="var/bench/probe_formats", out=str(RESULTS_DIR / "probe_formats.json"), threads=2)
     p.add_argument("--gsm8k", type=int, default=100, help="GSM8K questions (seeded sample)")
     p.add_argument("--sst2-lines", type=int, default=500, help="lines of the p = 0.2 mix (share kept; 1000 is all)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-probe", default="", help="save the formats probe to this directory")
-    p.add_argument("--dirty-ok", action="store_true", help="record results from a dirty tree (marked in the JSON)")
     return p.parse_args(argv)
 
 

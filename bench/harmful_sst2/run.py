@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import QUICK_PROBE, REPO, add_size_options, chosen_sizes, json_safe, machine_info
+from bench.common import (
+    QUICK_PROBE,
+    REPO,
+    add_model_run_options,
+    add_size_options,
+    chosen_sizes,
+    json_safe,
+    machine_info,
+)
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report
 from bench.replication.evaluation import asr
@@ -338,14 +346,11 @@ def main(argv: list[str] | None = None) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", required=True, help="comma-separated parts of the grid: p0, p0.05, p0.1, p0.2, stress")
-    p.add_argument("--base", default="smollm2-135m-instruct", help="base model (built-in name or local dir)")
-    p.add_argument("--cache-dir", default="var/models")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--work-dir", default="var/bench/harmful_finetune")
-    p.add_argument("--out", default="bench/results/harmful_finetune_sst2.json")
+    add_model_run_options(
+        p, work_dir="var/bench/harmful_finetune", out="bench/results/harmful_finetune_sst2.json", threads=2
+    )
     p.add_argument("--fresh", action="store_true", help="start the results file anew instead of merging into it")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (use with a tiny --base)")
-    p.add_argument("--dirty-ok", action="store_true", help="record results from a dirty tree (marked in the JSON)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds at p = 0.1 (the first elsewhere)")
     p.add_argument("--modes", default="", help="only these modes of the parts (comma-separated; default all)")
     p.add_argument("--constant-kl-weight", type=float, default=0.9)
@@ -353,7 +358,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=AUTO_BATCH_SIZE, help="default: the API's auto batch size")
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--gen-batch-size", type=int, default=48)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--probe", default="", help="a saved recipe probe of the aligned variant (default: train one)")
     add_size_options(p, FULL, QUICK)
     return p.parse_args(argv)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import REPO, add_size_options, chosen_sizes, json_safe, machine_info
+from bench.common import REPO, add_model_run_options, add_size_options, chosen_sizes, json_safe, machine_info
 from bench.replication import attacks as atk
 from bench.replication import stats
 from bench.replication.evaluation import measure
@@ -528,13 +528,10 @@ def epochs_per_attack(text: str) -> dict[str, int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default="smollm2-135m-instruct", help="base model (built-in name or local dir)")
-    p.add_argument("--cache-dir", default="var/models")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--work-dir", default="var/bench/replication_v2")
-    p.add_argument("--out", default="bench/results/safety_replication.json")
+    add_model_run_options(
+        p, work_dir="var/bench/replication_v2", out="bench/results/safety_replication.json", threads=1
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (use with a tiny --base)")
-    p.add_argument("--dirty-ok", action="store_true", help="record results from a dirty tree (marked in the JSON)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--attacks", default=",".join(atk.ATTACKS))
     p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"any of {', '.join(MODES)}")
@@ -556,7 +553,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="benign/none,benign/adaptive",
         help="runs that get GSM8K exact match (slow): ATTACK (every mode) or ATTACK/MODE, comma-separated",
     )
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--attack-epochs",
         type=epochs_per_attack,
