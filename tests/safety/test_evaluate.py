@@ -173,20 +173,12 @@ def test_builtin_prompt_sets() -> None:
     assert sizes["borderline_eval"] >= 50
     assert all(p.label == "benign" for p in load_builtin("borderline_eval"))
     assert all(p.label == "benign" and p.category for p in load_builtin("probe_benign_train"))
-    assert {"copyright", "misinformation"} <= {p.category for p in load_builtin("probe_harmful_train")}
-    train_sets = ("harmful_train", "benign_train", "probe_harmful_train", "probe_benign_train")
-    train_texts = [p.text.lower() for n in train_sets for p in load_builtin(n)]
-    assert len(set(train_texts)) == len(train_texts)  # no prompt twice, so no split holds a copy of another's
-    train = set(train_texts)
-    for name in ("harmful_eval", "benign_eval", "borderline_eval"):
-        assert train.isdisjoint(p.text.lower() for p in load_builtin(name)), name
-    # the project writes its own prompts: none is copied from the public benchmark files
-    public = {
-        p.text.lower()
-        for f in ("advbench_harmful_behaviors.txt", "harmbench_behaviors_text_val.csv", "mt_bench_questions.jsonl")
-        for p in load_prompt_file(SHARED_DATA / f)
-    }
-    assert public.isdisjoint(p.text.lower() for n in BUILTIN_SETS for p in load_builtin(n))
+    probe_categories = {p.category for p in load_builtin("probe_harmful_train")}
+    assert {"copyright", "misinformation"} <= probe_categories
+    # the casual first-person requests of the field's harmful data (BeaverTails)
+    casual = {"discrimination", "insult_harassment", "theft", "drugs", "weapons", "cheating", "animal_cruelty"}
+    assert casual | {"vandalism", "privacy_violation", "adult_content"} <= probe_categories
+    # overlaps (between sets, with the public benchmark files): tests/safety/test_prompt_overlap.py
     refusals = load_refusals()
     assert refusals
     assert all(is_refusal(r) for r in refusals)
