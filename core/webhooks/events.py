@@ -72,7 +72,7 @@ def event(job: Job, report: SafetyReport | None) -> dict[str, Any]:
 def job_ended(session: Session, job_id: str) -> None:
     """Queue the finished job's event for every endpoint of its organization (nothing when it
     has none), in ``session``'s transaction; the delivery task is sent after its commit."""
-    job = session.get_one(Job, job_id, populate_existing=True)
+    job = session.get_one(Job, job_id)  # (transition() expired a loaded one: read as moved)
     endpoints = session.scalars(select(WebhookEndpoint.id).where(WebhookEndpoint.org_id == job.org_id)).all()
     if not endpoints:
         return

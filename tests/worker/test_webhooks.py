@@ -189,3 +189,38 @@ def test_an_organization_without_endpoints_queues_nothing(pipeline_env):
     job_id = cancelled_job("org-quiet")
     row = live_row(job_id)
     assert row is None or row.task != WEBHOOK_TASK
+
+
+@pytest.mark.slow
+def test_a_real_worker_delivers_and_its_reaper_retries(stack_env, monkeypatch, tmp_path):
+    """The deployment's stack (Postgres, Redis, a real Celery worker with its reaper): a job
+    cancelled here sends the delivery task through Redis to the worker's default queue; the
+    receiver answers 500, the reaper sends the retry after the backoff, the second POST is
+    delivered."""
+    from core import registry
+    from core.db import session_scope
+    from core.settings import get_settings
+    from tests.conftest import apply_env, start_worker, stop_process
+    from tests.worker.jobs import wait_for
+
+    env = {**stack_env, "GUARDTUNE_WEBHOOK_BACKOFF_S": "1"}
+    apply_env(monkeypatch, env)
+    with session_scope() as session:
+        registry.seed_base_models(session, get_settings())
+    org_id = f"org-hooks-{time.monotonic_ns()}"
+    with receiver(answers=[500]) as hook:
+        endpoint_id, secret = with_endpoint(org_id, hook.url)
+        worker = start_worker(env, tmp_path / "worker.log")
+        try:
+            job_id = cancelled_job(org_id)
+            wait_for(lambda: len(hook.received) >= 2, 120, "the worker to deliver the event twice")
+            wait_for(lambda: len(log_of(org_id, endpoint_id)) == 2, 30, "the second attempt to be logged")
+        finally:
+            stop_process(worker)
+    first, second = hook.received
+    assert unwrap(first, secret).id == unwrap(second, secret).id
+    assert unwrap(second, secret).data.id == job_id
+    assert [(a, code, status) for a, code, _, status in log_of(org_id, endpoint_id)] == [
+        (1, 500, "delivered"),
+        (2, 200, "delivered"),
+    ]
