@@ -31,11 +31,19 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range or not a number
+        return False
+
+
 def check_url(url: str) -> str:
-    """``url`` stripped, or 400 ``invalid_url`` unless it is an absolute http(s) URL with a host."""
+    """``url`` stripped, or 400 ``invalid_url`` unless it is an absolute http(s) URL with a host
+    (and a valid port, if any)."""
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if not _is_http_url(url):
         raise InvalidRequest(
             f"A webhook URL must be an absolute http:// or https:// URL with a host; got {url[:200]!r}.",
             code="invalid_url",

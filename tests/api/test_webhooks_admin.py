@@ -55,7 +55,16 @@ def test_endpoint_lifecycle(http, admin, tenant, db):
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/hook", "javascript:alert(1)", "example.com/hook", "file:///etc/passwd", "https://"]
+    "url",
+    [
+        "ftp://example.com/hook",
+        "javascript:alert(1)",
+        "example.com/hook",
+        "file:///etc/passwd",
+        "https://",
+        "http://[::1/x",
+        "http://h:99999/",
+    ],
 )
 def test_non_http_urls_are_refused(http, admin, tenant, url):
     r = http.post(hooks(tenant), headers=auth(admin), json={"url": url})

@@ -146,6 +146,36 @@ def test_a_failing_receiver_is_retried_after_the_backoff(pipeline_env, monkeypat
     ]
 
 
+def test_the_reaper_requeues_deliveries_whose_task_died(pipeline_env):
+    """A delivery task that consumed its row and died before posting leaves the delivery
+    pending with no live row: once that row is stale the reaper queues the task again."""
+    from sqlalchemy import update
+
+    from core.db import session_scope
+    from core.models import OutboxMessage
+    from worker.pipeline.reaper import reap
+    from worker.webhooks import deliver
+
+    with receiver() as hook:
+        endpoint_id, _ = with_endpoint("org-died", hook.url)
+        job_id = cancelled_job("org-died")
+        died = live_row(job_id)
+        with session_scope() as session:  # consumed by a worker that then died
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == died.id).values(consumed_at=time.time()))
+        assert all(action["job_id"] != job_id for action in reap())  # maybe still posting
+        with session_scope() as session:
+            session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == died.id).values(consumed_at=time.time() - 3600)
+            )
+        assert {"job_id": job_id, "action": "requeued", "task": died.task} in reap()
+        assert {"job_id": job_id, "action": "sent", "task": died.task} in reap()  # due at once
+        again = live_row(job_id)
+        assert again.id != died.id
+        assert deliver(job_id, again.id) == 1
+    assert len(hook.received) == 1
+    assert log_of("org-died", endpoint_id) == [(1, 200, None, "delivered")]
+
+
 def test_attempts_are_bounded(pipeline_env, monkeypatch):
     from core.db import session_scope
     from core.models import WebhookDelivery
