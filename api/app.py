@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api import health
 from api.admin.routes import router as admin_router
+from api.admin.webhooks import router as admin_webhooks_router
 from api.bodylimit import BodyLimitMiddleware
 from api.chat.routes import router as chat_router
 from api.dashboard.routes import router as dashboard_router
@@ -66,7 +67,7 @@ def create_app() -> FastAPI:
     install_metrics(app)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response gets the header
     app.include_router(health.router)
-    for router in (files_router, jobs_router, models_router, chat_router, admin_router):
+    for router in (files_router, jobs_router, models_router, chat_router, admin_router, admin_webhooks_router):
         app.include_router(router, prefix="/v1")
     install_openapi(app)
     app.include_router(dashboard_router)

@@ -1,4 +1,4 @@
-"""``guardtune-ops``: audit, jobs, orgs and keys, releases, models, probes and evaluation.
+"""``guardtune-ops``: audit, jobs, orgs and keys, webhooks, releases, models, probes and evaluation.
 
 Each command group lives in its own module of :mod:`ops`. The database commands import only
 ``core``; ``probe``, ``eval`` and ``models onboard`` import ``safety`` / the pipeline
@@ -10,12 +10,13 @@ from __future__ import annotations
 import typer
 
 from core.logging import configure_logging
-from ops import audit, jobs, keys, models, orgs, probe, release, storage
+from ops import audit, jobs, keys, models, orgs, probe, release, storage, webhooks
 from ops import eval as eval_cmd
 
 app = typer.Typer(help="guardtune ops CLI.", no_args_is_help=True, add_completion=False)
 app.add_typer(orgs.app, name="orgs")
 app.add_typer(keys.app, name="keys")
+app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(audit.app, name="audit")
 app.add_typer(release.app, name="release")

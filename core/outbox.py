@@ -17,6 +17,10 @@ A task is never sent straight from a request or a stage. Instead:
    (the broker lost it, or on Redis a worker took it longer than the stale timeout ago and
    died before consuming the row), with the same id, so replays are idempotent: of the
    replay and a late redelivery of the original, whichever consumes the row first runs.
+
+A writer deep inside another's transaction (a job's terminal move queues its webhooks, see
+:mod:`core.webhooks.events`) cannot send after a commit it does not make: it hands the row to
+:func:`send_after_commit`, which sends it when that session commits.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from core.db import matched_rows
@@ -113,6 +117,26 @@ def send_quietly(message: Pending) -> bool:
         )
         return False
     return True
+
+
+_AFTER_COMMIT = "outbox_send_after_commit"
+
+
+def send_after_commit(session: Session, message: Pending) -> None:
+    """Send ``message`` (:func:`send_quietly`) once ``session``'s transaction commits; if it
+    rolls back, the row is gone with it and nothing is sent."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(message)
+
+
+@event.listens_for(Session, "after_commit")
+def _send_committed(session: Session) -> None:
+    for message in session.info.pop(_AFTER_COMMIT, []):
+        send_quietly(message)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_rolled_back(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 class Delivery(StrEnum):

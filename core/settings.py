@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
     retry_backoff_s: float = Field(30.0, ge=0)  # first delay of a stage retried after a transient fault
+    # Webhooks (core.webhooks): a delivery is tried at most webhook_max_attempts times, the
+    # n-th retry webhook_backoff_s * 2**(n-1) after the previous attempt; each POST waits
+    # webhook_timeout_s for the receiver's answer.
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(10.0, ge=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
     audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head
     audit_anchor_retention_days: int = Field(default=0, ge=0)  # S3 Object Lock (compliance) on anchors; 0: none
     metrics_event_every: int = 1

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core import deletion, outbox
 from core.audit import service as audit
 from core.db import session_scope
-from core.jobs.pipeline import PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, Stage
+from core.jobs.pipeline import PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
@@ -29,6 +29,7 @@ from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
 from worker.pipeline.onboard import onboard_base_model
 from worker.pipeline.reaper import reap
 from worker.pipeline.transient import transient_fault
+from worker.webhooks import deliver
 
 log = get_logger(__name__)
 
@@ -160,6 +161,13 @@ for _stage in STAGES:
 def start(self, job_id: str) -> str | None:
     """The API's entry point (its outbox row written with the job)."""
     return run_stage(PIPELINE[0].stage, job_id, self.request.id)
+
+
+@celery_app.task(name=WEBHOOK_TASK, bind=True)
+def deliver_webhooks(self, job_id: str) -> int:
+    """A finished job's webhook deliveries (:mod:`worker.webhooks`; its outbox row written
+    with the job's terminal move)."""
+    return deliver(job_id, self.request.id)
 
 
 @celery_app.task(name="guardtune.gpu.onboard")

@@ -20,6 +20,7 @@ REAPER_QUEUE = "reaper"  # the reaper's periodic task: never behind a stage (con
 REAP_TASK = "guardtune.reap"
 SWEEP_TASK = "guardtune.sweep_deletions"  # retries failed deletions, on the reaper's queue too
 START_TASK = "guardtune.pipeline.start"
+WEBHOOK_TASK = "guardtune.webhooks.deliver"  # a finished job's webhook deliveries (core.webhooks), default queue
 
 
 class Stage(StrEnum):

@@ -5,8 +5,9 @@ AND status IN (allowed)``: of two concurrent writers, the one whose UPDATE comes
 the status changed and writes nothing. By default only an unfinished job moves, so a cancel
 (the API), a failure (a stage, the reaper) or a release is never overwritten by a worker still
 finishing a step. In the same transaction it writes the job event and the audit record of the
-move (when the caller gives them). Every UPDATE bumps ``Job.version`` (the ETag of a
-conditional poll).
+move (when the caller gives them), and, when the move ends the job, its webhook deliveries
+(:func:`core.webhooks.events.job_ended`: sent after the commit). Every UPDATE bumps
+``Job.version`` (the ETag of a conditional poll).
 
 :func:`update_live` sets other columns (heartbeat, estimate, stage lease) of an unfinished job
 under the same condition; it never changes the status.
@@ -27,8 +28,9 @@ from sqlalchemy.orm import Session
 from core.audit import service as audit
 from core.db import matched_rows
 from core.ids import new_id
-from core.jobs.vocab import ACTIVE, JobStatus
+from core.jobs.vocab import ACTIVE, TERMINAL, JobStatus
 from core.models import Job, JobEvent
+from core.webhooks.events import job_ended
 
 
 def add_event(
@@ -77,9 +79,9 @@ def transition(
     """Set the job's ``status`` (and ``values``, other columns) if its status is one of
     ``allowed_from`` (default: any unfinished one) and every condition of ``where`` holds (a
     stage's lease, say); then add the event ``message`` (with ``level`` and ``event_data``) and
-    the audit record ``action`` by ``actor`` with ``details``, each only when given. Returns
-    False, having written nothing, when the job is not (any longer) in ``allowed_from`` or a
-    condition does not hold."""
+    the audit record ``action`` by ``actor`` with ``details``, each only when given; a
+    terminal ``status`` queues the job's webhook event. Returns False, having written nothing,
+    when the job is not (any longer) in ``allowed_from`` or a condition does not hold."""
     matched = matched_rows(
         session,
         update(Job)
@@ -93,6 +95,8 @@ def transition(
         add_event(session, job_id, message, level=level, data=event_data)
     if action is not None:
         audit.record(session, actor=actor, action=action, target=job_id, details=details or {})
+    if status in TERMINAL:
+        job_ended(session, job_id)
     return True
 
 

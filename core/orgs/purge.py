@@ -2,7 +2,8 @@
 
 In one transaction, under the organization's row lock: refused while it has active jobs;
 otherwise its rows go (outbox messages, job events, checkpoints, safety reports with the
-system prompts they quote, released models, jobs, files, API keys, the organization) and
+system prompts they quote, released models, webhook endpoints with their deliveries and log,
+jobs, files, API keys, the organization) and
 ``org.purge`` is recorded with what went. The audit log stays: its records keep the
 organization's ids. After the commit its released adapters are unloaded from the inference
 backend, their copies placed on this host removed, and every object under
@@ -32,6 +33,9 @@ from core.models import (
     OutboxMessage,
     ReleasedModel,
     SafetyReport,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from core.orgs.repository import OrgRepository
 from core.releases.repository import ReleaseRepository
@@ -87,7 +91,11 @@ def purge_org(session: Session, ref: str, *, actor: str, store: ObjectStore | No
 def _delete_rows(session: Session, org_id: str) -> dict[str, int]:
     """Every row of the organization, children first; rows deleted per table."""
     jobs = select(Job.id).where(Job.org_id == org_id).scalar_subquery()
+    endpoints = select(WebhookEndpoint.id).where(WebhookEndpoint.org_id == org_id).scalar_subquery()
     statements = {
+        "webhook_attempts": delete(WebhookAttempt).where(WebhookAttempt.endpoint_id.in_(endpoints)),
+        "webhook_deliveries": delete(WebhookDelivery).where(WebhookDelivery.endpoint_id.in_(endpoints)),
+        "webhook_endpoints": delete(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id),
         "outbox": delete(OutboxMessage).where(OutboxMessage.job_id.in_(jobs)),
         "job_events": delete(JobEvent).where(JobEvent.job_id.in_(jobs)),
         "checkpoints": delete(Checkpoint).where(Checkpoint.job_id.in_(jobs)),

@@ -23,6 +23,9 @@ TABLES = {
     "released_models",
     "audit_log",
     "pending_deletions",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
 }
 
 

@@ -25,6 +25,11 @@ For each unfinished job (``validating_files``, ``queued``, ``running``; any othe
 
 Replays wait ``send_grace_s`` after a row was written or sent, so a message on its way
 to a worker is not replayed; a lost message is recovered within the stale timeout.
+
+Finished jobs with webhook deliveries still pending (:mod:`worker.webhooks`) are looked
+after the same way: their delivery task's row is sent when its retry is due, replayed when
+its message is gone, and queued again when the task that consumed the last row died before
+leaving the next one (no live row, the last one consumed over the stale timeout ago).
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ from sqlalchemy.orm import Session
 
 from core import outbox
 from core.db import matched_rows, session_scope
-from core.jobs.pipeline import Stage
+from core.jobs.pipeline import DEFAULT_QUEUE, WEBHOOK_TASK, Stage
 from core.jobs.vocab import LIVE, ErrorCode, JobStatus
 from core.logging import get_logger
-from core.models import Job, OutboxMessage
+from core.models import Job, OutboxMessage, WebhookDelivery
 from core.queue import broker_message_ids
 from core.settings import Settings, get_settings
+from core.webhooks.deliveries import DeliveryStatus, next_due
 from worker.pipeline import jobstate
 
 log = get_logger(__name__)
@@ -112,9 +118,36 @@ def reap() -> list[dict[str, Any]]:
                 )
             if message is not None:
                 to_send.append(message)
+        for job_id, action, message in _webhook_actions(session, now, stale_before, grace_before, broker):
+            actions.append({"job_id": job_id, "action": action, "task": WEBHOOK_TASK})
+            log.info("reaper_action", job_id=job_id, action=action, task=WEBHOOK_TASK)
+            if action != "requeued":  # a requeued row waits for its not_before (the next pass sends it)
+                to_send.append(message)
     for message in to_send:  # after the commit
         outbox.send_quietly(message)
     return actions
+
+
+def _webhook_actions(
+    session: Session, now: float, stale_before: float, grace_before: float, broker: _Broker
+) -> list[tuple[str, str, outbox.Pending]]:
+    """``(job id, action, row)`` for each job with webhook deliveries pending whose delivery
+    task is due (``sent``), lost (``replayed``) or died without a next row (``requeued``)."""
+    pending = select(WebhookDelivery.job_id).where(WebhookDelivery.status == DeliveryStatus.PENDING).distinct()
+    found = []
+    for job_id in session.scalars(pending).all():
+        row = outbox.latest(session, job_id)
+        if row is not None and row.consumed_at is not None and row.consumed_at >= stale_before:
+            continue  # its task may still be posting
+        if row is None or row.consumed_at is not None:
+            requeued = outbox.add(session, job_id, WEBHOOK_TASK, DEFAULT_QUEUE, next_due(session, job_id))
+            found.append((job_id, "requeued", requeued))
+        elif row.sent_at is None and row.not_before is not None:
+            if row.not_before <= now:
+                found.append((job_id, "sent", outbox.pending(row)))
+        elif _message_gone(row, grace_before, broker):
+            found.append((job_id, "replayed", outbox.pending(row)))
+    return found
 
 
 def _untouched(session: Session, job: Job, row: OutboxMessage | None, stale_before: float) -> bool:
