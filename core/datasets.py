@@ -255,10 +255,14 @@ def check_example(obj: Any) -> tuple[Format | None, list[str], int]:
     if "input" in obj or any(key in obj for key in PREFERENCE_KEYS):
         problems, chars = _check_preference(obj)
         return "preference", problems, chars
-    return None, [
-        "Missing 'messages' (chat format), 'prompt' and 'completion' (prompt/completion format) or "
-        "'input', 'preferred_output' and 'non_preferred_output' (preference format)."
-    ], 0
+    return (
+        None,
+        [
+            "Missing 'messages' (chat format), 'prompt' and 'completion' (prompt/completion format) or "
+            "'input', 'preferred_output' and 'non_preferred_output' (preference format)."
+        ],
+        0,
+    )
 
 
 def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:

@@ -26,18 +26,24 @@ def is_preference(example: Example) -> bool:
 
 
 def pair_chats(example: Example) -> tuple[Example, Example]:
-    """``(preferred, non_preferred)``: the pair's input followed by each output, as chat examples."""
+    """``(preferred, non_preferred)``: the pair's input followed by each output, as chat
+    examples whose only trained turn is the output (the input's assistant messages get
+    ``"weight": 0``: they are context, the same in both)."""
     inp = example["input"]
     tools = {key: inp[key] for key in ("tools", "functions") if key in inp}
-    preferred, rejected = (
-        {"messages": [*inp["messages"], *example[key]], **tools} for key in PREFERENCE_KEYS
-    )
+    context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in inp["messages"]]
+    preferred, rejected = ({"messages": [*context, *example[key]], **tools} for key in PREFERENCE_KEYS)
     return preferred, rejected
 
 
 def as_chat(example: Example) -> Example:
     """The chat example a line stands for: a pair's preferred one, any other line as it is."""
     return pair_chats(example)[0] if is_preference(example) else example
+
+
+def job_method(method: dict[str, Any] | None) -> str:
+    """The method type of a stored ``Job.method`` (``supervised`` for a row without one)."""
+    return str((method or {}).get("type") or "supervised")
 
 
 def format_problem(method: str, file_format: str | None) -> str | None:

@@ -119,7 +119,7 @@ def micro_batches(
     """Pairs ``indices`` (pair i is ``encoded[2i], encoded[2i + 1]``) in micro-batches of at
     most ``batch_size`` pairs and ``max_tokens`` padded tokens (``safety.batching``)."""
     pairs = [(encoded[2 * i], encoded[2 * i + 1]) for i in indices]
-    lengths = [max(len(w.input_ids), len(l.input_ids)) for w, l in pairs]
+    lengths = [max(len(preferred.input_ids), len(other.input_ids)) for preferred, other in pairs]
     half = max_tokens // 2 if max_tokens is not None else None
     return [[pairs[p] for p in micro] for micro in token_batches(lengths, half, batch_size)]
 

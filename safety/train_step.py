@@ -123,9 +123,7 @@ def optimizer_step(run: TrainRun, weights: list[tuple[float, float]], answer_tok
     return lr
 
 
-def step_fields(
-    run: TrainRun, step: int, indices: list[int], weights: list[tuple[float, float]]
-) -> dict[str, Any]:
+def step_fields(run: TrainRun, step: int, indices: list[int], weights: list[tuple[float, float]]) -> dict[str, Any]:
     """The ``StepMetrics`` fields of step ``step`` that its examples and their weights give
     (counters, mean weights, risk), whatever the objective."""
     config, risks, flagged = run.config, run.risks, run.flagged

@@ -59,7 +59,7 @@ def build_job(
         )
     for param, row in (("training_file", training), ("validation_file", validation)):
         problem = format_problem(method, row.format) if row is not None else None
-        if problem is not None:
+        if row is not None and problem is not None:
             raise InvalidRequest(f"File {row.id}: {problem}", code=f"invalid_{param}", param=param)
     method_hp = method_hyperparameters(body)
     if method_hp is not None and body.hyperparameters is not None:

@@ -47,7 +47,11 @@ def pairs() -> list[dict]:
 
 def test_dpo_loss_is_the_sigmoid_loss_of_the_margin() -> None:
     loss, margin = dpo_loss(
-        torch.tensor([-1.0, -5.0]), torch.tensor([-3.0, -1.0]), torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0]), 0.1
+        torch.tensor([-1.0, -5.0]),
+        torch.tensor([-3.0, -1.0]),
+        torch.tensor([-2.0, -2.0]),
+        torch.tensor([-2.0, -2.0]),
+        0.1,
     )
     assert margin.tolist() == pytest.approx([0.2, -0.4])
     assert loss.tolist() == pytest.approx([math.log1p(math.exp(-0.2)), math.log1p(math.exp(0.4))])
