@@ -7,7 +7,15 @@ whole. Two formats are accepted, one per file:
 * chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}``
   (OpenAI's optional ``name``, ``weight`` (0 or 1), ``tool_calls``, ``tool_call_id``,
   ``function_call`` keys too, and top-level ``tools`` / ``functions`` / ``parallel_tool_calls``);
-* prompt/completion: ``{"prompt": "...", "completion": "..."}``.
+* prompt/completion: ``{"prompt": "...", "completion": "..."}``;
+* preference (OpenAI's DPO format): ``{"input": {"messages": [...], "tools": [...]},
+  "preferred_output": [{"role": "assistant", ...}], "non_preferred_output": [...]}``, each
+  output a list of exactly one assistant message (content or tool calls), the input's
+  messages checked as a chat example's and ending with a user or tool message.
+
+Which method a file suits is not known at upload (files carry no method): the report's
+``format`` is stored on the file, and a job refuses a file whose format its method cannot
+train (``api.jobs.build``; the worker's validation checks it again).
 
 Each example needs at least one assistant turn that is trained on (``weight`` not 0) with
 non-empty content or tool calls (a call's arguments are answer text); ``tools`` and tool
@@ -35,7 +43,10 @@ CHAT_TOP_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_call
 CHARS_PER_TOKEN = 4  # the estimate used before a tokenizer is at hand (the worker counts exactly)
 READ_CHUNK = 1024 * 1024
 
-Format = Literal["chat", "prompt_completion"]
+Format = Literal["chat", "prompt_completion", "preference"]
+PREFERENCE_KEYS = ("preferred_output", "non_preferred_output")
+PREFERENCE_TOP_KEYS = frozenset({"input", *PREFERENCE_KEYS, "metadata"})
+PREFERENCE_INPUT_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_calls"})
 
 
 # The defaults of the operator's GUARDTUNE_MAX_EXAMPLE_CHARS / _MAX_EXAMPLES / _VALIDATION_MAX_ERRORS.
@@ -224,7 +235,11 @@ class Validator:
             self.report.errors.append(Issue(lineno, message))
 
 
-_FORMAT_NAMES = {"chat": "chat (messages)", "prompt_completion": "prompt/completion"}
+_FORMAT_NAMES = {
+    "chat": "chat (messages)",
+    "prompt_completion": "prompt/completion",
+    "preference": "preference (input, preferred_output, non_preferred_output)",
+}
 
 
 def check_example(obj: Any) -> tuple[Format | None, list[str], int]:
@@ -237,7 +252,17 @@ def check_example(obj: Any) -> tuple[Format | None, list[str], int]:
     if "prompt" in obj or "completion" in obj:
         problems, chars = _check_prompt_completion(obj)
         return "prompt_completion", problems, chars
-    return None, ["Missing 'messages' (chat format) or 'prompt' and 'completion' (prompt/completion format)."], 0
+    if "input" in obj or any(key in obj for key in PREFERENCE_KEYS):
+        problems, chars = _check_preference(obj)
+        return "preference", problems, chars
+    return (
+        None,
+        [
+            "Missing 'messages' (chat format), 'prompt' and 'completion' (prompt/completion format) or "
+            "'input', 'preferred_output' and 'non_preferred_output' (preference format)."
+        ],
+        0,
+    )
 
 
 def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
@@ -249,9 +274,20 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         return [*problems, "'messages' must be a non-empty list."], 0
+    message_problems, chars, trained = _check_messages(messages, "messages")
+    problems += message_problems
+    if not problems and not trained:
+        problems.append("The example has no assistant message with content to train on.")
+    return problems, chars
+
+
+def _check_messages(messages: list[Any], name: str) -> tuple[list[str], int, bool]:
+    """``(problems, characters, whether an assistant turn is trained)`` of a message list
+    whose entries are named ``name[i]`` in the problems."""
+    problems: list[str] = []
     chars, trained = 0, False
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(msg, dict):
             problems.append(f"{where} must be an object with 'role' and 'content', not {_json_type(msg)}.")
             continue
@@ -285,8 +321,40 @@ def _check_chat(obj: dict[str, Any]) -> tuple[list[str], int]:
         answers = calls or (isinstance(content, str) and content.strip())
         if role == "assistant" and answers and msg.get("weight", 1) != 0:
             trained = True  # a tool call is answer text too
-    if not problems and not trained:
-        problems.append("The example has no assistant message with content to train on.")
+    return problems, chars, trained
+
+
+def _check_preference(obj: dict[str, Any]) -> tuple[list[str], int]:
+    """A preference pair: its ``input`` as a chat example's context (ending with the user
+    or tool message the outputs answer) and each output one trained assistant message."""
+    problems: list[str] = []
+    unknown = sorted(set(obj) - PREFERENCE_TOP_KEYS)
+    if unknown:
+        problems.append(f"Unrecognized key {quoted(unknown[0])} in a preference example.")
+    chars = 0
+    inp = obj.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) or not inp["messages"]:
+        problems.append("'input' must be an object with a non-empty 'messages' list.")
+    else:
+        extra = sorted(set(inp) - PREFERENCE_INPUT_KEYS)
+        if extra:
+            problems.append(f"Unrecognized key {quoted(extra[0])} in 'input'.")
+        problems += tools_problems(inp)
+        message_problems, chars, _ = _check_messages(inp["messages"], "input.messages")
+        problems += message_problems
+        last = inp["messages"][-1]
+        if not message_problems and last.get("role") not in ("user", "tool"):
+            problems.append("input.messages must end with a user (or tool) message for the outputs to answer.")
+    for key in PREFERENCE_KEYS:
+        output = obj.get(key)
+        if not isinstance(output, list) or len(output) != 1:
+            problems.append(f"{key!r} must be a list of exactly one assistant message.")
+            continue
+        message_problems, n, trained = _check_messages(output, key)
+        chars += n
+        problems += message_problems
+        if not message_problems and (output[0]["role"] != "assistant" or not trained):
+            problems.append(f"{key}[0] must be an assistant message with content or tool calls to train on.")
     return problems, chars
 
 

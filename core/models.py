@@ -77,6 +77,7 @@ class File(Base):
     status_details: Mapped[str | None] = mapped_column(Text)
     n_examples: Mapped[int] = mapped_column(Integer, default=0)
     n_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    format: Mapped[str | None] = mapped_column(String(24))  # core.datasets.Format; None before 0010
     errors: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     deleted_at: Mapped[int | None] = mapped_column(BigInteger)

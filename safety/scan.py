@@ -295,6 +295,27 @@ def _signals(
     return ScanSignals(probe if use_probe else None, judge if use_judge else None, checker, model, tokenizer)
 
 
+def summarize(results: list[ExampleRisk], top_k: int) -> ScanSummary:
+    """The summary of per-example verdicts (all but the judge's unparsed count and the
+    context checks, which the scan adds): counts by score, category and signal of the
+    flagged, the flagged share, the mean risk and the ``top_k`` riskiest flagged."""
+    summary = ScanSummary(n=len(results))
+    categories: Counter[str] = Counter()
+    by_signal: Counter[str] = Counter()
+    for item in results:
+        summary.counts_by_score[_bucket(item.risk)] += 1
+        if item.flagged:
+            summary.n_flagged += 1
+            by_signal[item.signal] += 1
+            categories[item.category_guess or "uncategorized"] += 1
+    summary.flagged_by_signal = dict(by_signal.most_common())
+    summary.counts_by_category = dict(categories.most_common())
+    summary.flagged_fraction = summary.n_flagged / summary.n if summary.n else 0.0
+    summary.mean_risk = sum(item.risk for item in results) / summary.n if summary.n else 0.0
+    summary.top_flagged = heapq.nlargest(top_k, (r for r in results if r.flagged), key=lambda r: (r.risk, -r.line))
+    return summary
+
+
 def scan_dataset(
     examples: Iterable[Example | tuple[int, Example]],
     *,
@@ -325,10 +346,7 @@ def scan_dataset(
     if reference_topk is not None and (model is None or tokenizer is None or max_len is None):
         raise ValueError("the reference cache needs model, tokenizer and max_len")
     results: list[ExampleRisk] = []
-    summary = ScanSummary()
-    categories: Counter[str] = Counter()
-    by_signal: Counter[str] = Counter()
-    risk_sum = 0.0
+    judge_unparsed = 0
     caches: list[ReferenceCache] = []
     stream = _numbered(examples)
     while batch := list(islice(stream, config.window)):
@@ -342,7 +360,7 @@ def scan_dataset(
             [ex for _, ex in batch], per_example, batch_size, reference_topk, max_len, max_tokens
         )
         caches += [cache] if cache is not None else []
-        summary.judge_unparsed += sum(0 if s.verdict.parsed else 1 for s in scores if s.verdict is not None)
+        judge_unparsed += sum(0 if s.verdict.parsed else 1 for s in scores if s.verdict is not None)
         scored = iter(zip((t for ts in per_example for t in ts), scores))
         for (line, _), ex_turns in zip(batch, per_example):
             item = max(
@@ -353,24 +371,12 @@ def scan_dataset(
                 key=lambda r: (r.risk, r.p_harmful or 0.0, -r.turn),
             )
             results.append(item)
-            summary.counts_by_score[_bucket(item.risk)] += 1
-            risk_sum += item.risk
-            if item.flagged:
-                summary.n_flagged += 1
-                by_signal[item.signal] += 1
-                categories[item.category_guess or "uncategorized"] += 1
         if progress is not None:
             progress(len(results))
 
-    summary.flagged_by_signal = dict(by_signal.most_common())
+    summary = summarize(results, config.top_k)
+    summary.judge_unparsed = judge_unparsed
     checked = signals.checker.verdicts.values() if signals.checker is not None else ()
     summary.system_prompts = [asdict(v) for v in checked]
-    summary.n = len(results)
-    summary.counts_by_category = dict(categories.most_common())
-    summary.flagged_fraction = summary.n_flagged / summary.n if summary.n else 0.0
-    summary.mean_risk = risk_sum / summary.n if summary.n else 0.0
-    summary.top_flagged = heapq.nlargest(
-        config.top_k, (r for r in results if r.flagged), key=lambda r: (r.risk, -r.line)
-    )
     reference = ReferenceCache.concat(caches) if caches else None
     return ScanResult(examples=results, summary=summary, reference=reference)

@@ -35,7 +35,12 @@ class TrainConfig:
     A step's ``examples_per_step`` examples are its optimizer batch; how they are split into
     micro-batches (``batch_size`` at a time, or by ``micro_batch_tokens``) and whether
     activations are recomputed (``activation_checkpointing``) change the memory a step needs,
-    not what it computes (within float rounding): a run may resume with other values."""
+    not what it computes (within float rounding): a run may resume with other values.
+
+    ``method``: ``supervised`` trains on chat / prompt-completion examples with the objective
+    above; ``dpo`` on preference pairs with ``safety.dpo``'s objective (DPO's sigmoid loss at
+    ``dpo_beta`` in place of the cross-entropy, the same weights): an example is then a
+    pair and ``batch_size`` counts pairs."""
 
     mode: SafetyMode = defaults.DEFAULT_MODE
     constant_kl_weight: float = defaults.CONSTANT_KL_WEIGHT
@@ -48,6 +53,8 @@ class TrainConfig:
     objective: Objective = defaults.DEFAULT_OBJECTIVE
     sft_cutoff_risk: float = defaults.FLAG_THRESHOLD  # bounded: w_sft = 0 at or above this risk
     reference: ReferenceMode = ReferenceMode.EXACT
+    method: Literal["supervised", "dpo"] = "supervised"
+    dpo_beta: float = defaults.AUTO_DPO_BETA
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -79,6 +86,10 @@ class TrainConfig:
             raise ValueError("micro_batch_tokens must be ≥ 1")
         if not 0.0 <= self.constant_kl_weight <= 1.0:
             raise ValueError("constant_kl_weight must be in [0, 1]")
+        if self.method not in ("supervised", "dpo"):
+            raise ValueError(f"unknown method {self.method!r}")
+        if self.method == "dpo" and (self.reference != ReferenceMode.EXACT or self.dpo_beta <= 0):
+            raise ValueError('dpo needs reference="exact" and dpo_beta > 0')
 
     @property
     def examples_per_step(self) -> int:

@@ -20,7 +20,14 @@ class StepMetrics:
     ``tokens`` counts non-padding input tokens. ``lr`` is the rate the step ran at (the
     schedule's, times the step's SFT budget under ``objective="bounded"``). ``train_accuracy`` is the step's token
     accuracy (from the training logits); ``valid_loss`` / ``valid_accuracy`` are set on
-    checkpoint steps of a run with validation examples (``safety.validation``)."""
+    checkpoint steps of a run with validation examples (``safety.validation``).
+
+    A ``dpo`` step (``safety.dpo``) reports its pairs: ``sft_loss`` is their unweighted mean
+    DPO loss (the term in SFT's cross-entropy's place), ``kl`` is over the preferred answers,
+    ``reward_margin`` the mean margin and ``reward_accuracy`` the share of pairs whose
+    preferred answer the policy favours more than the reference does; ``train_accuracy`` is
+    ``None``, and ``valid_loss`` / ``valid_accuracy`` are the validation pairs' DPO loss and
+    reward accuracy."""
 
     step: int
     total_steps: int
@@ -39,6 +46,8 @@ class StepMetrics:
     train_accuracy: float | None = None
     valid_loss: float | None = None
     valid_accuracy: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None
 
 
 @dataclass

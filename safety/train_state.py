@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from core.jobs.vocab import ReferenceMode, SafetyMode
+from core.preference import pair_chats
 from safety.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
     load_adapter,
@@ -57,7 +58,8 @@ RENAMED_FIELDS = {
 
 @dataclass
 class TrainRun:
-    """Everything a run's steps share. ``start_step`` is the number of steps already done
+    """Everything a run's steps share (``encoded``: ``train_state.encode_all``; ``risks`` and
+    ``flagged`` are per example, a DPO pair being one). ``start_step`` is the number of steps already done
     (0, or the resumed checkpoint's step); ``cache`` is the reference cache when the KL
     is taken against it (``reference="cached"`` and a regularizing mode), else ``None``."""
 
@@ -104,16 +106,17 @@ def setup_run(
         raise ValueError(f"need one risk per example, got {len(examples)} examples and {len(risks)} risks")
     if flagged is None:
         flagged = [risk >= ScanConfig.flag_threshold for risk in risks]
-    encoded = [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
-    encoded_valid = [encode_example(tokenizer, example, config.max_seq_len) for example in validation or []]
+    encoded = encode_all(tokenizer, examples, config)
+    encoded_valid = encode_all(tokenizer, validation or [], config)
     uses_cache = config.reference == ReferenceMode.CACHED and config.mode != SafetyMode.NONE
     cache = reference_cache if uses_cache else None
     if cache is None and uses_cache:
         raise ValueError('reference="cached" needs the reference_cache of these examples')
     if cache is not None:
         cache.check(encoded)
-    fingerprint = _data_fingerprint(encoded, risks)
-    steps_per_epoch = math.ceil(len(encoded) / config.examples_per_step)
+    per_example = len(encoded) // len(examples)  # a DPO pair is two encoded examples
+    fingerprint = _data_fingerprint(encoded, [risk for risk in risks for _ in range(per_example)])
+    steps_per_epoch = math.ceil(len(examples) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
 
     model = _with_lora(model, config, resume_dir)
@@ -147,6 +150,16 @@ def setup_run(
         summary=summary,
         work_dir=Path(work_dir),
     )
+
+
+def encode_all(
+    tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]], config: TrainConfig
+) -> list[EncodedExample]:
+    """The examples encoded for training; under ``dpo`` each pair as its preferred then its
+    non-preferred chat example (``core.preference.pair_chats``), so pair i is ``2i, 2i + 1``."""
+    if config.method == "dpo":
+        examples = [chat for pair in examples for chat in pair_chats(pair)]
+    return [encode_example(tokenizer, example, config.max_seq_len) for example in examples]
 
 
 def step_indices(n_examples: int, examples_per_step: int, seed: int, step: int) -> list[int]:
@@ -183,7 +196,7 @@ def write_run_checkpoint(run: TrainRun, done: int) -> Path:
     """Write the state after ``done`` steps under ``work_dir/checkpoints/``; its path. Older
     checkpoints there beyond the newest ``config.keep_checkpoints`` are removed."""
     epoch, step_in_epoch = divmod(done - 1, run.steps_per_epoch)
-    last_batch = step_indices(len(run.encoded), run.config.examples_per_step, run.config.seed, done - 1)
+    last_batch = step_indices(len(run.risks), run.config.examples_per_step, run.config.seed, done - 1)
     trainer_state = {
         "step": done,
         "epoch": epoch + 1,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -85,43 +86,59 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
     """Optimizer step ``step`` (0-based) of ``run``; counted in ``run.summary``."""
     config, risks, flagged = run.config, run.risks, run.flagged
     started = time.perf_counter()
-    indices = step_indices(len(run.encoded), config.examples_per_step, config.seed, step)
+    indices = step_indices(len(risks), config.examples_per_step, config.seed, step)
     weights = example_weights(config, [risks[i] for i in indices])
     refs = run.cache.rows if run.cache is not None else None
     sums = accumulate_gradients(
         run.model, run.tokenizer, run.encoded, indices, weights, config.batch_size, refs, config.micro_batch_tokens
     )
 
-    torch.nn.utils.clip_grad_norm_(run.trainable, config.max_grad_norm)
-    scale = lr_scale(config, weights, sums.example_answer_tokens)
-    lr = run.scheduler.get_last_lr()[0] * scale
-    with scaled_lr(run.optimizer, scale):
-        run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-
+    lr = optimizer_step(run, weights, sums.example_answer_tokens)
     elapsed = time.perf_counter() - started
-    w_sft = [w for w, _ in weights]
-    w_kl = [w for _, w in weights]
     metrics = StepMetrics(
-        step=step + 1,
-        total_steps=run.total_steps,
-        epoch=step // run.steps_per_epoch + 1,
+        **step_fields(run, step, indices, weights),
         loss=sums.loss,
         sft_loss=sums.sft_loss,
         kl=sums.mean_kl,
-        kl_weight=sum(w_kl) / len(w_kl),  # a step has examples: never empty
-        sft_weight=sum(w_sft) / len(w_sft),
-        risk=batch_risk([risks[i] for i in indices], config.risk_reduce),
-        kl_weight_flagged=_mean([w for w, i in zip(w_kl, indices) if flagged[i]]),
-        kl_weight_unflagged=_mean([w for w, i in zip(w_kl, indices) if not flagged[i]]),
         tokens=sums.tokens,
         tokens_per_s=sums.tokens / elapsed if elapsed > 0 else 0.0,
         lr=lr,
         train_accuracy=sums.train_accuracy,
     )
-    run.summary.add(metrics, w_kl, [flagged[i] for i in indices])
+    run.summary.add(metrics, [w for _, w in weights], [flagged[i] for i in indices])
     return metrics
+
+
+def optimizer_step(run: TrainRun, weights: list[tuple[float, float]], answer_tokens: list[int]) -> float:
+    """Clip the accumulated gradient, step the optimizer at the schedule's rate times
+    :func:`lr_scale` of the step's ``weights`` and ``answer_tokens``, step the schedule and
+    clear the gradient; the rate the step ran at."""
+    torch.nn.utils.clip_grad_norm_(run.trainable, run.config.max_grad_norm)
+    scale = lr_scale(run.config, weights, answer_tokens)
+    lr: float = run.scheduler.get_last_lr()[0] * scale
+    with scaled_lr(run.optimizer, scale):
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def step_fields(run: TrainRun, step: int, indices: list[int], weights: list[tuple[float, float]]) -> dict[str, Any]:
+    """The ``StepMetrics`` fields of step ``step`` that its examples and their weights give
+    (counters, mean weights, risk), whatever the objective."""
+    config, risks, flagged = run.config, run.risks, run.flagged
+    w_sft = [w for w, _ in weights]
+    w_kl = [w for _, w in weights]
+    return {
+        "step": step + 1,
+        "total_steps": run.total_steps,
+        "epoch": step // run.steps_per_epoch + 1,
+        "kl_weight": sum(w_kl) / len(w_kl),  # a step has examples: never empty
+        "sft_weight": sum(w_sft) / len(w_sft),
+        "risk": batch_risk([risks[i] for i in indices], config.risk_reduce),
+        "kl_weight_flagged": _mean([w for w, i in zip(w_kl, indices) if flagged[i]]),
+        "kl_weight_unflagged": _mean([w for w, i in zip(w_kl, indices) if not flagged[i]]),
+    }
 
 
 def with_validation(metrics: StepMetrics, run: TrainRun) -> StepMetrics:

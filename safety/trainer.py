@@ -33,6 +33,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safety.data import collate, encode_example
+from safety.dpo import run_dpo_step, with_preference_validation
 from safety.objective import token_kl
 from safety.reference import ReferenceCache, reference_forward
 from safety.train_config import TrainConfig, TrainOutcome, TrainResult
@@ -63,8 +64,9 @@ def train(
     validation: list[dict[str, Any]] | None = None,
     reference_cache: ReferenceCache | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts) whose
-    risks (1–5, aligned with ``examples``) were scored beforehand. ``flagged`` (aligned too)
+    """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts; under
+    ``config.method="dpo"`` preference pairs, trained by ``safety.dpo``, ``validation`` pairs
+    too) whose risks (1–5, aligned with ``examples``) were scored beforehand. ``flagged`` (aligned too)
     says which examples the scan flagged, for the per-step metrics only; by default those with
     a risk at or above the scan's default flag threshold.
 
@@ -101,6 +103,7 @@ def train(
     )
     checkpoint_dir: Path | None = None
     metrics: StepMetrics | None = None
+    dpo = config.method == "dpo"
     run.model.train()
     for step in range(run.start_step, run.total_steps):
         if should_cancel is not None and should_cancel():
@@ -112,11 +115,11 @@ def train(
                 checkpoint_dir = _checkpoint(run, step, metrics, save_checkpoint)
             return _stopped(run, TrainOutcome.PAUSED, step, checkpoint_dir)
 
-        metrics = run_step(run, step)
+        metrics = run_dpo_step(run, step) if dpo else run_step(run, step)
         done = step + 1
         at_checkpoint = run.is_checkpoint_step(done)
         if at_checkpoint and run.encoded_valid:
-            metrics = with_validation(metrics, run)
+            metrics = with_preference_validation(metrics, run) if dpo else with_validation(metrics, run)
         if on_step is not None:
             on_step(metrics)
         if at_checkpoint:

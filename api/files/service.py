@@ -95,6 +95,7 @@ class FileService:
                     status_details=report.details(),
                     n_examples=report.n_examples,
                     n_tokens=report.est_tokens,
+                    format=report.format,
                     errors=[issue.to_dict() for issue in report.errors],
                 )
             )

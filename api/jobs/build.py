@@ -5,6 +5,8 @@ the organization allows, a seed).
 Contracts: :func:`build_job` queries but writes nothing (the caller adds the row, under
 the organization's lock); it raises 404 ``model_not_found`` / ``file_not_found`` and 400s
 naming the offending parameter (``unsupported_method``, ``invalid_value``,
+``invalid_training_file`` / ``invalid_validation_file`` for a file in a format the method
+cannot train (``core.preference.format_problem``),
 ``unsupported_integration``, ``invalid_file_purpose``, ``invalid_<param>``,
 ``file_not_ready``, ``insufficient_worker_memory``).
 """
@@ -27,6 +29,7 @@ from core.jobs.memory_plan import GIB, ModelShape, micro_batch_tokens_that_fit, 
 from core.jobs.vocab import JobStatus, ReferenceMode
 from core.models import BaseModelEntry, File, Job, now
 from core.orgs.repository import OrgRepository
+from core.preference import METHOD_FORMATS, format_problem
 from core.quoting import quoted
 from core.settings import Settings
 from core.vocab import FileStatus
@@ -45,29 +48,38 @@ def build_job(
             param="model",
         )
     training = usable_file(session, caller, body.training_file, "training_file")
-    if body.validation_file:
-        usable_file(session, caller, body.validation_file, "validation_file")
+    validation = usable_file(session, caller, body.validation_file, "validation_file") if body.validation_file else None
 
-    if body.method is not None and body.method.type != "supervised":
+    method = body.method.type if body.method is not None else "supervised"
+    if method not in METHOD_FORMATS:
         raise InvalidRequest(
-            f"The {quoted(body.method.type)} method is not supported; use 'supervised'.",
+            f"The {quoted(method)} method is not supported; use 'supervised' or 'dpo'.",
             code="unsupported_method",
             param="method.type",
         )
-    method_hp = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    for param, row in (("training_file", training), ("validation_file", validation)):
+        problem = format_problem(method, row.format) if row is not None else None
+        if row is not None and problem is not None:
+            raise InvalidRequest(f"File {row.id}: {problem}", code=f"invalid_{param}", param=param)
+    method_hp = method_hyperparameters(body)
     if method_hp is not None and body.hyperparameters is not None:
         raise InvalidRequest(
-            "Give hyperparameters either at the top level or in method.supervised, not both.",
+            f"Give hyperparameters either at the top level or in method.{method}, not both.",
             code="invalid_value",
             param="hyperparameters",
         )
     if body.integrations:
         raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
-    requested = method_hp or body.hyperparameters or HyperparametersIn()
-    hp = Hyperparameters.resolve(**requested.model_dump(), n_examples=training.n_examples).model_dump()
+    requested = (method_hp or body.hyperparameters or HyperparametersIn()).model_dump()
+    if method == "dpo":
+        requested.setdefault("beta", "auto")
+    hp = Hyperparameters.resolve(**requested, n_examples=training.n_examples).model_dump(exclude_none=True)
     org = OrgRepository(session).get(caller.org_id)
     safety = resolve_safety(body.safety, settings, caller, org.allowed_modes if org else None)
-    check_worker_memory(settings, entry, exact_reference=safety.regularized and safety.reference == ReferenceMode.EXACT)
+    if method == "dpo":  # DPO's own term needs the reference's log-probs of whole answers: no top-k cache
+        safety = safety.model_copy(update={"reference": ReferenceMode.EXACT})
+    exact = method == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
+    check_worker_memory(settings, entry, exact_reference=exact)
     return Job(
         id=new_id("ftjob"),
         org_id=caller.org_id,
@@ -77,7 +89,7 @@ def build_job(
         validation_file_id=body.validation_file or None,
         status=JobStatus.VALIDATING_FILES,
         hyperparameters=hp,
-        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        method={"type": method, method: {"hyperparameters": hp}},
         safety=safety.model_dump(),
         suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
@@ -86,6 +98,14 @@ def build_job(
         idempotency_key=idempotency_key,
         created_at=now(),
     )
+
+
+def method_hyperparameters(body: JobCreate) -> HyperparametersIn | None:
+    """The hyperparameters given under ``method.<type>``, if any."""
+    if body.method is None:
+        return None
+    given = body.method.dpo if body.method.type == "dpo" else body.method.supervised
+    return given.hyperparameters if given is not None else None
 
 
 def check_worker_memory(settings: Settings, entry: BaseModelEntry, *, exact_reference: bool) -> None:

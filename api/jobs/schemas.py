@@ -58,6 +58,11 @@ LrMultiplier = Annotated[
     _auto_or(float, *config.LR_MULTIPLIER_RANGE, exclusive_low=True),
 ]
 
+Beta = Annotated[
+    Auto | Annotated[float, Field(gt=config.DPO_BETA_RANGE[0], le=config.DPO_BETA_RANGE[1])],
+    _auto_or(float, *config.DPO_BETA_RANGE, exclusive_low=True),
+]
+
 
 # -- requests ----------------------------------------------------------------------------
 class HyperparametersIn(BaseModel):
@@ -74,12 +79,22 @@ class SupervisedIn(BaseModel):
     hyperparameters: HyperparametersIn | None = None
 
 
+class DpoHyperparametersIn(HyperparametersIn):
+    beta: Beta = "auto"
+
+
+class DpoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparametersIn | None = None
+
+
 class MethodIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedIn | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoIn | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -159,9 +174,18 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | float | None = None
+
+
+class DpoMethod(BaseModel):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class JobError(BaseModel):

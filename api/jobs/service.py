@@ -16,7 +16,7 @@ Decisions where OpenAI's API leaves room:
 * ``Idempotency-Key``: the same key in the same organization returns the job it created
   (200, same body); reusing a key with a different request body answers 422
   ``idempotency_key_reused`` (the request's SHA-256 is kept in the job's audit record).
-* Only the ``supervised`` method exists; ``integrations`` must be empty.
+* The ``supervised`` and ``dpo`` methods exist (``api.jobs.build``); ``integrations`` must be empty.
 * Pause: only a ``running`` job can be paused (idempotent on a paused one); it becomes
   ``paused`` at once and its worker checkpoints at the next training step boundary (or
   stops at the end of its current stage) and takes other work. Resume: only a ``paused``

@@ -70,7 +70,7 @@ def seed(url: str, n_jobs: int, n_events: int, seed_: int) -> tuple[str, list[st
     org_id, file_id = new_id("org"), new_id("file")
     plaintext, prefix, digest = generate_key(SECRET)
     job_ids = [new_id("ftjob") for _ in range(n_jobs)]
-    hp = Hyperparameters().model_dump()
+    hp = Hyperparameters().model_dump(exclude_none=True)
     safety = SafetyConfig().model_dump(include={"mode", "estimator", "kl_weight", "constant_kl_weight"})
     jobs, reports, events = [], [], []
     for j, job_id in enumerate(job_ids):

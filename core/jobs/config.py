@@ -61,6 +61,9 @@ TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
 MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS = 1, 25
 AUTO_BATCH_SIZE = 8
 AUTO_LR_MULTIPLIER = 1.0
+# DPO's beta (the strength of its implicit KL toward the reference): a request's range, and "auto".
+DPO_BETA_RANGE = (0, 2)  # beta > 0
+AUTO_DPO_BETA = 0.1
 
 # Training: the learning rate a multiplier of 1 means; a checkpoint every this many optimizer steps.
 BASE_LEARNING_RATE = 2e-4
@@ -173,6 +176,7 @@ class Hyperparameters(BaseModel):
     n_epochs: int = Field(TARGET_EPOCHS, ge=N_EPOCHS_RANGE[0], le=N_EPOCHS_RANGE[1])
     batch_size: int = Field(AUTO_BATCH_SIZE, ge=BATCH_SIZE_RANGE[0], le=BATCH_SIZE_RANGE[1])
     learning_rate_multiplier: float = Field(AUTO_LR_MULTIPLIER, gt=LR_MULTIPLIER_RANGE[0], le=LR_MULTIPLIER_RANGE[1])
+    beta: float | None = Field(None, gt=DPO_BETA_RANGE[0], le=DPO_BETA_RANGE[1])  # DPO jobs only
 
     @classmethod
     def resolve(
@@ -181,14 +185,17 @@ class Hyperparameters(BaseModel):
         batch_size: int | Literal["auto"],
         learning_rate_multiplier: float | Literal["auto"],
         n_examples: int,
+        beta: float | Literal["auto"] | None = None,
     ) -> Hyperparameters:
         """The request's values with ``"auto"`` resolved for a file of ``n_examples``:
         :func:`auto_epochs`; a batch of :data:`AUTO_BATCH_SIZE` or the whole file if smaller;
-        a learning-rate multiplier of 1. Explicit values are kept as given."""
+        a learning-rate multiplier of 1; DPO's ``beta`` :data:`AUTO_DPO_BETA` (``None``: not a
+        DPO job). Explicit values are kept as given."""
         return cls(
             n_epochs=auto_epochs(n_examples) if n_epochs == "auto" else n_epochs,
             batch_size=max(1, min(AUTO_BATCH_SIZE, n_examples)) if batch_size == "auto" else batch_size,
             learning_rate_multiplier=AUTO_LR_MULTIPLIER
             if learning_rate_multiplier == "auto"
             else learning_rate_multiplier,
+            beta=AUTO_DPO_BETA if beta == "auto" else beta,
         )

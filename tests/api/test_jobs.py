@@ -68,7 +68,8 @@ def test_a_failed_base_model_is_not_offered(client, tenant, training_file, uncha
             },
             "hyperparameters",
         ),
-        ({"method": {"type": "dpo", "dpo": {}}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "dpo", "dpo": {}}}, "training_file"),  # a chat file: DPO trains on pairs
         ({"suffix": "x" * 65}, "suffix"),
         ({"suffix": "has:colon"}, "suffix"),
         ({"seed": -1}, "seed"),

@@ -87,7 +87,14 @@ def test_hyperparameters_resolve_auto_as_the_api_documents():
     assert resolved("auto", "auto", "auto", 50) == (3, 8, 1.0)
     assert resolved("auto", "auto", "auto", 5) == (20, 5, 1.0)
     assert resolved(2, 16, 0.5, 50) == (2, 16, 0.5)
-    assert list(Hyperparameters().model_dump()) == ["n_epochs", "batch_size", "learning_rate_multiplier"]
+    assert list(Hyperparameters().model_dump(exclude_none=True)) == [
+        "n_epochs",
+        "batch_size",
+        "learning_rate_multiplier",
+    ]
+    assert Hyperparameters.resolve("auto", "auto", "auto", 5).beta is None  # a supervised job has none
+    assert Hyperparameters.resolve("auto", "auto", "auto", 5, beta="auto").beta == config.AUTO_DPO_BETA
+    assert Hyperparameters.resolve("auto", "auto", "auto", 5, beta=0.5).beta == 0.5
     assert [auto_epochs(n) for n in (1, 2, 40, 10_000, 100_000)] == [25, 25, 3, 2, 1]
 
 

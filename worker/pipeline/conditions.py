@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from core.models import Job
+from core.preference import as_chat
 from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline.resources import iter_file_examples, scan_key
@@ -39,7 +40,7 @@ def plan(job: Job, training_key: str) -> list[Condition]:
     s = get_settings()
     flagged = flagged_lines(job)
     config = TriggerConfig(min_share=s.trigger_min_share, min_ratio=s.trigger_min_ratio, top_k=s.eval_triggers)
-    scanned = ((example, line in flagged) for line, example in iter_file_examples(training_key))
+    scanned = ((as_chat(example), line in flagged) for line, example in iter_file_examples(training_key))
     return plan_conditions(scanned, system_prompts=s.eval_system_prompts, triggers=config)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from core.db import session_scope
 from core.jobs.vocab import JobStage
 from core.models import BaseModelEntry, File, Job, SafetyReport
+from core.preference import as_chat
 from core.settings import get_settings
 from core.storage import download_dir, get_store
 from worker.pipeline import conditions as attack_conditions
@@ -56,7 +57,8 @@ def run(job_id: str) -> None:
         conditions = attack_conditions.plan(job, training_key)
     judge = make_judge()
     model, tokenizer = load_model(source)
-    val_examples = [ex for _, ex in iter_file_examples(validation_key)] if validation_key else None
+    # a preference file's validation loss is its preferred answers' (core.preference.as_chat)
+    val_examples = [as_chat(ex) for _, ex in iter_file_examples(validation_key)] if validation_key else None
     with judge_failures_fail_the_job(job_id):
         if cached is None or cached.get("settings") != eval_key() or judge is not None:
             base = evaluate_model(model, tokenizer, judge)

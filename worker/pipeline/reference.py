@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from core.jobs.config import SafetyConfig
 from core.jobs.vocab import ReferenceMode
 from core.models import Job
+from core.preference import job_method
 from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline import jobstate
@@ -31,7 +32,8 @@ def uses_cache(job: Job) -> bool:
     ``safety.reference`` at creation (``GUARDTUNE_REFERENCE`` by default); one created before
     the option existed keeps the exact reference it started with."""
     safety = SafetyConfig.stored(job.safety)
-    return safety.regularized and safety.reference == ReferenceMode.CACHED
+    dpo = job_method(job.method) == "dpo"  # DPO needs whole answers' reference log-probs: never cached
+    return safety.regularized and safety.reference == ReferenceMode.CACHED and not dpo
 
 
 def store_cache(job: Job, cache: ReferenceCache) -> None:

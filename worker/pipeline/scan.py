@@ -1,6 +1,10 @@
 """Stage ``scan`` (GPU): score every trained assistant turn of every training example for
 risk once, before training (``safety.scan``: an example's risk is its riskiest turn's).
 
+A DPO job's preference pairs are checked as their two chat examples and scanned by
+``safety.pair_scan`` (both outputs in context; one row per pair, its ``turn`` 1 when the
+preferred output gave the risk, 2 when the non-preferred one did).
+
 When the job's KL uses the cached reference (``worker.pipeline.reference``), the scan runs
 the base model once over every whole example, encoded as training encodes it, and that one
 forward gives both the probe's features (of each trained turn's prompt, which the example
@@ -42,6 +46,7 @@ from core.jobs.config import SafetyConfig
 from core.jobs.vocab import ErrorCode, JobStage
 from core.logging import get_logger
 from core.models import BaseModelEntry, File, Job, SafetyReport
+from core.preference import is_preference, job_method, pair_chats
 from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline import jobstate, transient
@@ -122,12 +127,23 @@ def check_examples(
         raise StageError(ErrorCode.INVALID_TRAINING_FILE, message, param)
 
 
+def chats(examples: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """The chat examples of a file's ``(line, example)`` items: a preference pair's two
+    (``core.preference.pair_chats``), each with the pair's line; other lines as they are."""
+    return [
+        (line, chat)
+        for line, example in examples
+        for chat in (pair_chats(example) if is_preference(example) else (example,))
+    ]
+
+
 def _listed(issues: list[Issue], max_errors: int) -> str:
     more = f"; and {len(issues) - max_errors} more" if len(issues) > max_errors else ""
     return "; ".join(map(str, issues[:max_errors])) + more
 
 
 def run(job_id: str) -> None:
+    from safety.pair_scan import scan_pairs
     from safety.scan import ScanConfig, scan_dataset
 
     settings = get_settings()
@@ -142,10 +158,12 @@ def run(job_id: str) -> None:
         entry = session.get_one(BaseModelEntry, job.model)
         examples = list(iter_file_examples(file.storage_key))
         model, tokenizer = load_model(entry.source)
-        check_examples(examples, tokenizer, token_limit(model), settings.validation_max_errors)
+        check_examples(chats(examples), tokenizer, token_limit(model), settings.validation_max_errors)
         if job.validation_file_id is not None:
             valid = list(iter_file_examples(session.get_one(File, job.validation_file_id).storage_key))
-            check_examples(valid, tokenizer, token_limit(model), settings.validation_max_errors, "validation_file")
+            check_examples(
+                chats(valid), tokenizer, token_limit(model), settings.validation_max_errors, "validation_file"
+            )
         safety = SafetyConfig.stored(job.safety, settings)
         estimator = safety.estimator
         judge = make_judge() if safety.uses_judge else None
@@ -158,8 +176,9 @@ def run(job_id: str) -> None:
             )
         probe = ensure_probe(session, entry, model, tokenizer) if safety.uses_probe else None
         session.commit()  # keep a freshly trained probe even if scanning fails
+        scan = scan_pairs if job_method(job.method) == "dpo" else scan_dataset
         with judge_failures_fail_the_job(job_id):
-            result = scan_dataset(
+            result = scan(
                 examples,
                 probe=probe,
                 judge=judge,

@@ -6,6 +6,9 @@ checkpoints table, the newest ``GUARDTUNE_KEEP_CHECKPOINTS`` kept there and in t
 stops training before the next step; a pause checkpoints that step boundary and frees the
 worker (resume re-queues this stage, which continues from that checkpoint). With a
 validation file, checkpoint steps carry ``valid_loss`` / ``valid_mean_token_accuracy``.
+A DPO job (``method.type = "dpo"``) trains its preference pairs with ``safety.dpo`` at the
+job's ``beta``; its metrics carry ``train_reward_margin`` / ``train_reward_accuracy`` (and
+``valid_reward_accuracy`` beside the validation pairs' DPO ``valid_loss``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from sqlalchemy import case, select
 
 from core.db import session_scope
 from core.ids import new_id
-from core.jobs.config import BASE_LEARNING_RATE, FLAG_THRESHOLD, Hyperparameters, SafetyConfig
+from core.jobs.config import AUTO_DPO_BETA, BASE_LEARNING_RATE, FLAG_THRESHOLD, Hyperparameters, SafetyConfig
 from core.jobs.transitions import update_live
 from core.jobs.vocab import JobStage, JobStatus, Objective, ReferenceMode
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
+from core.preference import job_method
 from core.settings import get_settings
 from core.storage import download_dir, get_store, upload_dir
 from worker.pipeline import jobstate
@@ -53,6 +57,7 @@ def train_config(job: Job, max_seq_len: int, micro_batch_tokens: int | None = No
 
     settings = get_settings()
     hp, safety = Hyperparameters.model_validate(job.hyperparameters or {}), SafetyConfig.stored(job.safety, settings)
+    dpo = job_method(job.method) == "dpo"
     return TrainConfig(
         mode=safety.mode,
         constant_kl_weight=safety.constant_kl_weight,
@@ -73,6 +78,8 @@ def train_config(job: Job, max_seq_len: int, micro_batch_tokens: int | None = No
         checkpoint_every=settings.checkpoint_every,
         keep_checkpoints=settings.keep_checkpoints,
         reference=ReferenceMode.CACHED if uses_cache(job) else ReferenceMode.EXACT,
+        method="dpo" if dpo else "supervised",
+        dpo_beta=hp.beta if dpo and hp.beta is not None else AUTO_DPO_BETA,
     )
 
 
@@ -95,7 +102,7 @@ def run(job_id: str) -> None:
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
     safety = SafetyConfig.stored(job.safety)
-    exact = safety.regularized and safety.reference == ReferenceMode.EXACT
+    exact = job_method(job.method) == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
     config = train_config(job, token_limit(model), micro_batch_tokens(model, exact_reference=exact))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
     with work_dir(job_id) as workdir:  # removed however training ends
@@ -154,6 +161,8 @@ def _store_result(job: Job, config: TrainConfig, result: TrainResult) -> None:
             "risk_weighting": config.risk_weighting,
             "objective": config.objective,
             "reference": config.reference,
+            "method": config.method,
+            **({"beta": config.dpo_beta} if config.method == "dpo" else {}),
         }
         session.add(report)
         update_live(session, job.id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
@@ -229,7 +238,11 @@ def metrics_data(m: StepMetrics) -> dict[str, Any]:
         "tokens_per_s": m.tokens_per_s,
         "learning_rate": m.lr,
     }
-    if m.valid_loss is not None:
+    if m.reward_accuracy is not None:  # a DPO step: its pairs' margin and preference accuracy
+        data.update(train_reward_margin=m.reward_margin, train_reward_accuracy=m.reward_accuracy)
+        if m.valid_loss is not None:
+            data.update(valid_loss=m.valid_loss, valid_reward_accuracy=m.valid_accuracy)
+    elif m.valid_loss is not None:
         data.update(valid_loss=m.valid_loss, valid_mean_token_accuracy=m.valid_accuracy)
     return data
 

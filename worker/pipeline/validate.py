@@ -1,5 +1,6 @@
 """Stage ``validate`` (light, default queue): re-check the training and validation
-files streaming from the store, then queue the job for the GPU stages. (Token counts need
+files streaming from the store, and that their format suits the job's method (a file
+uploaded before formats were recorded is checked here only), then queue the job for the GPU stages. (Token counts need
 the model's tokenizer: the scan checks them and whether its chat template renders each line,
 :func:`worker.pipeline.scan.check_examples`.)"""
 
@@ -10,6 +11,7 @@ from core.db import session_scope
 from core.jobs.transitions import transition
 from core.jobs.vocab import ErrorCode, JobStatus
 from core.models import File
+from core.preference import format_problem, job_method
 from core.settings import get_settings
 from core.storage import get_store
 from worker.pipeline.jobstate import StageError, live_job
@@ -36,4 +38,7 @@ def run(job_id: str) -> None:
                 raise StageError(
                     ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id} is invalid: {first}", param
                 )
+            problem = format_problem(job_method(job.method), report.format)
+            if problem is not None:
+                raise StageError(ErrorCode.INVALID_FILE, f"The {param.replace('_', ' ')} {file_id}: {problem}", param)
         transition(session, job_id, JobStatus.QUEUED, message="Validated training file; job queued")
