@@ -49,7 +49,7 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
-    if settings.broker.startswith("sqla+sqlite"):
+    if settings.broker_is_sqlite:
         # One SQLite file that every worker poll locks (BEGIN IMMEDIATE): on a loaded machine a
         # send can wait seconds for the lock. SQLite's default 5 s wait then fails the send, and
         # kombu's publish retry breaks on the channel it closed: wait for the lock instead.

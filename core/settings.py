@@ -282,6 +282,11 @@ class Settings(BaseSettings):
         return self.broker.startswith(("sqla+", "filesystem://", "memory://"))
 
     @property
+    def broker_is_sqlite(self) -> bool:
+        """The embedded default broker: one SQLite file through kombu's SQLAlchemy transport."""
+        return self.broker.startswith("sqla+sqlite")
+
+    @property
     def run_embedded_worker(self) -> bool:
         return self.broker_is_embedded if self.embedded_worker is None else self.embedded_worker
 
