@@ -34,7 +34,7 @@ from tests.worker.faults import (
 )
 from tests.worker.jobs import wait_for
 
-pytestmark = pytest.mark.slow  # fault injection: kills and restarts real processes
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # fault injection: kills and restarts real processes
 
 STALE_S = 6.0
 PIPELINE = ["validate", "scan", "train", "evaluate", "gate", "release"]
