@@ -25,7 +25,14 @@ from api.models.repository import ModelRepository
 from core.errors import InvalidRequest, NotFound
 from core.ids import new_id
 from core.jobs.config import Hyperparameters
-from core.jobs.memory_plan import GIB, ModelShape, micro_batch_tokens_that_fit, training_memory, worker_layout
+from core.jobs.memory_plan import (
+    GIB,
+    ModelShape,
+    example_tokens,
+    micro_batch_tokens_that_fit,
+    training_memory,
+    worker_layout,
+)
 from core.jobs.vocab import JobStatus, ReferenceMode
 from core.models import BaseModelEntry, File, Job, now
 from core.orgs.repository import OrgRepository
@@ -79,7 +86,7 @@ def build_job(
     if method == "dpo":  # DPO's own term needs the reference's log-probs of whole answers: no top-k cache
         safety = safety.model_copy(update={"reference": ReferenceMode.EXACT})
     exact = method == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
-    check_worker_memory(settings, entry, exact_reference=exact)
+    check_worker_memory(settings, entry, method, exact_reference=exact)
     return Job(
         id=new_id("ftjob"),
         org_id=caller.org_id,
@@ -108,11 +115,12 @@ def method_hyperparameters(body: JobCreate) -> HyperparametersIn | None:
     return given.hyperparameters if given is not None else None
 
 
-def check_worker_memory(settings: Settings, entry: BaseModelEntry, *, exact_reference: bool) -> None:
+def check_worker_memory(settings: Settings, entry: BaseModelEntry, method: str, *, exact_reference: bool) -> None:
     """Refuse (400 ``insufficient_worker_memory``, param ``model``) a job whose base model
     cannot train on the workers: by ``core.jobs.memory_plan``'s estimate, a step on one example
-    at the token limit does not fit ``GUARDTUNE_WORKER_GPU_MEMORY_GB``. Nothing is checked
-    without that setting or for a model onboarded before its shape was recorded."""
+    of ``method`` at the token limit (a DPO pair: both its sequences) does not fit
+    ``GUARDTUNE_WORKER_GPU_MEMORY_GB``. Nothing is checked without that setting or for a model
+    onboarded before its shape was recorded."""
     shape = (entry.baseline or {}).get("shape")
     if settings.worker_gpu_memory_gb is None or shape is None:
         return
@@ -120,12 +128,14 @@ def check_worker_memory(settings: Settings, entry: BaseModelEntry, *, exact_refe
     longest = min(entry.context_length or settings.max_example_tokens, settings.max_example_tokens)
     layout = worker_layout(settings, exact_reference=exact_reference)
     budget = settings.worker_gpu_memory_gb
-    if micro_batch_tokens_that_fit(model, layout, int(budget * GIB), longest) is not None:
+    tokens = example_tokens(longest, method)
+    if micro_batch_tokens_that_fit(model, layout, int(budget * GIB), tokens) is not None:
         return
-    need = training_memory(model, layout, longest).total / GIB
+    need = training_memory(model, layout, tokens).total / GIB
+    one = "one preference pair of two sequences" if method == "dpo" else "one example"
     raise InvalidRequest(
-        f"The model {entry.id!r} cannot be fine-tuned on this deployment's workers: training it on one "
-        f"example of {longest} tokens needs an estimated {need:.1f} GB, above the {budget:g} GB a worker "
+        f"The model {entry.id!r} cannot be fine-tuned on this deployment's workers: training it on {one} of "
+        f"{longest} tokens needs an estimated {need:.1f} GB, above the {budget:g} GB a worker "
         "has (GUARDTUNE_WORKER_GPU_MEMORY_GB). Choose a smaller base model.",
         code="insufficient_worker_memory",
         param="model",

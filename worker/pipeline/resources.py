@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.datasets import iter_examples
-from core.jobs.memory_plan import GIB, ModelShape, micro_batch_tokens_that_fit, worker_layout
+from core.jobs.memory_plan import GIB, ModelShape, example_tokens, micro_batch_tokens_that_fit, worker_layout
 from core.models import Job
 from core.releases import digests
 from core.settings import get_settings
@@ -80,17 +80,17 @@ def token_limit(model: PreTrainedModel) -> int:
     return min(context_length(model), get_settings().max_example_tokens)
 
 
-def micro_batch_tokens(model: PreTrainedModel, *, exact_reference: bool) -> int | None:
+def micro_batch_tokens(model: PreTrainedModel, method: str, *, exact_reference: bool) -> int | None:
     """The padded tokens of training's micro-batches: ``GUARDTUNE_MICRO_BATCH_TOKENS``; unset,
     with ``GUARDTUNE_WORKER_GPU_MEMORY_GB`` the most that ``core.jobs.memory_plan`` fits in it
-    for examples at the token limit (at least one such example); else ``None`` (the job's
-    batch size alone)."""
+    for examples of ``method`` at the token limit (at least one such example; a DPO pair is
+    both its sequences); else ``None`` (the job's batch size alone)."""
     settings = get_settings()
     if settings.micro_batch_tokens is not None or settings.worker_gpu_memory_gb is None:
         return settings.micro_batch_tokens
     shape = ModelShape.from_config(model.config.to_dict(), model.num_parameters())
     layout = worker_layout(settings, exact_reference=exact_reference)
-    longest = token_limit(model)
+    longest = example_tokens(token_limit(model), method)
     return micro_batch_tokens_that_fit(shape, layout, int(settings.worker_gpu_memory_gb * GIB), longest) or longest
 
 

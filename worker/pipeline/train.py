@@ -102,8 +102,9 @@ def run(job_id: str) -> None:
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
     safety = SafetyConfig.stored(job.safety)
-    exact = job_method(job.method) == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
-    config = train_config(job, token_limit(model), micro_batch_tokens(model, exact_reference=exact))
+    method = job_method(job.method)
+    exact = method == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
+    config = train_config(job, token_limit(model), micro_batch_tokens(model, method, exact_reference=exact))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
     with work_dir(job_id) as workdir:  # removed however training ends
         resume_dir = None
