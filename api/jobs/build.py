@@ -4,10 +4,11 @@ the organization allows, a seed).
 
 Contracts: :func:`build_job` queries but writes nothing (the caller adds the row, under
 the organization's lock); it raises 404 ``model_not_found`` / ``file_not_found`` and 400s
-naming the offending parameter (``unsupported_method``, ``invalid_value``,
+naming the offending parameter (``invalid_model`` for an ``ft:`` model training cannot
+continue from (:func:`resolve_model`), ``unsupported_method``, ``invalid_value``,
 ``invalid_training_file`` / ``invalid_validation_file`` for a file in a format the method
 cannot train (``core.preference.format_problem``),
-``unsupported_integration``, ``invalid_file_purpose``, ``invalid_<param>``,
+``unsupported_integration`` for W&B on a deployment without its key, ``invalid_file_purpose``, ``invalid_<param>``,
 ``file_not_ready``, ``insufficient_worker_memory``).
 """
 
@@ -34,10 +35,11 @@ from core.jobs.memory_plan import (
     worker_layout,
 )
 from core.jobs.vocab import JobStatus, ReferenceMode
-from core.models import BaseModelEntry, File, Job, now
+from core.models import BaseModelEntry, File, Job, ReleasedModel, now
 from core.orgs.repository import OrgRepository
 from core.preference import METHOD_FORMATS, format_problem
 from core.quoting import quoted
+from core.releases.repository import ReleaseRepository
 from core.settings import Settings
 from core.vocab import FileStatus
 
@@ -46,14 +48,7 @@ def build_job(
     session: Session, settings: Settings, caller: Caller, body: JobCreate, idempotency_key: str | None
 ) -> Job:
     """The job ``body`` asks for, checked and resolved; not added to the session."""
-    entry = ModelRepository(session).base_model(body.model)
-    if entry is None:
-        raise NotFound(
-            f"The model {quoted(body.model)} does not exist or is not available for fine-tuning. "
-            "GET /v1/models lists the base models.",
-            code="model_not_found",
-            param="model",
-        )
+    entry, parent = resolve_model(session, caller, body.model)
     training = usable_file(session, caller, body.training_file, "training_file")
     validation = usable_file(session, caller, body.validation_file, "validation_file") if body.validation_file else None
 
@@ -75,8 +70,12 @@ def build_job(
             code="invalid_value",
             param="hyperparameters",
         )
-    if body.integrations:
-        raise InvalidRequest("Integrations are not supported.", code="unsupported_integration", param="integrations")
+    if body.integrations and settings.wandb_mode == "online" and not settings.wandb_api_key:
+        raise InvalidRequest(
+            "The W&B integration is not configured on this deployment.",
+            code="unsupported_integration",
+            param="integrations",
+        )
     requested = (method_hp or body.hyperparameters or HyperparametersIn()).model_dump()
     if method == "dpo":
         requested.setdefault("beta", "auto")
@@ -92,6 +91,7 @@ def build_job(
         org_id=caller.org_id,
         created_by=caller.key_id,
         model=entry.id,
+        parent_model=parent.id if parent is not None else None,
         training_file_id=training.id,
         validation_file_id=body.validation_file or None,
         status=JobStatus.VALIDATING_FILES,
@@ -101,10 +101,39 @@ def build_job(
         suffix=body.suffix or None,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         metadata_=body.metadata,
+        integrations=[integration.model_dump() for integration in body.integrations or []] or None,
         result_files=[],
         idempotency_key=idempotency_key,
         created_at=now(),
     )
+
+
+def resolve_model(session: Session, caller: Caller, model: str) -> tuple[BaseModelEntry, ReleasedModel | None]:
+    """``(base model, released model)`` of a job's ``model``: a base model of the registry
+    (404 ``model_not_found`` otherwise), or ``ft:…``, a released model of the caller's
+    organization that is not revoked and whose base is still in the registry, which training
+    continues from (400 ``invalid_model`` otherwise, the same answer for an unknown, a revoked
+    and another organization's model)."""
+    if not model.startswith("ft:"):
+        entry = ModelRepository(session).base_model(model)
+        if entry is None:
+            raise NotFound(
+                f"The model {quoted(model)} does not exist or is not available for fine-tuning. "
+                "GET /v1/models lists the base models.",
+                code="model_not_found",
+                param="model",
+            )
+        return entry, None
+    parent = ReleaseRepository(session, caller.org_id).serving(model)
+    entry = ModelRepository(session).base_model(parent.base_model) if parent is not None else None
+    if parent is None or entry is None:
+        raise InvalidRequest(
+            f"The model {quoted(model)} cannot be fine-tuned further: it is not a released, "
+            "unrevoked model of your organization. GET /v1/models lists the models you can use.",
+            code="invalid_model",
+            param="model",
+        )
+    return entry, parent
 
 
 def method_hyperparameters(body: JobCreate) -> HyperparametersIn | None:

@@ -10,13 +10,18 @@ Decisions where OpenAI's API leaves room:
   batch of 8 or the whole file if smaller, a learning-rate multiplier of 1.0). Explicit
   values are kept as given.
 * The base model must be in the registry (``BaseModelEntry``, not ``failed``): otherwise
-  404 ``model_not_found``. Fine-tuning a fine-tuned model is not offered.
+  404 ``model_not_found``. ``model="ft:…"`` continues training from a released model of the
+  caller's organization (its adapter is the new job's starting point; its base model stays
+  the safety reference and the gate's baseline); unknown, revoked or another organization's:
+  400 ``invalid_model``. The job echoes the ``ft:`` model it was created with.
 * Cancel is idempotent: a cancelled job answers as it is; a job that already succeeded or
   failed cannot be cancelled and answers 400 ``job_not_cancellable`` (as OpenAI does).
 * ``Idempotency-Key``: the same key in the same organization returns the job it created
   (200, same body); reusing a key with a different request body answers 422
   ``idempotency_key_reused`` (the request's SHA-256 is kept in the job's audit record).
-* The ``supervised`` and ``dpo`` methods exist (``api.jobs.build``); ``integrations`` must be empty.
+* The ``supervised`` and ``dpo`` methods exist (``api.jobs.build``); ``integrations`` holds at
+  most one W&B integration (OpenAI's shape), echoed on the job; the worker logs to it with the
+  operator's key (``worker.pipeline.tracking``).
 * Pause: only a ``running`` job can be paused (idempotent on a paused one); it becomes
   ``paused`` at once and its worker checkpoints at the next training step boundary (or
   stops at the end of its current stage) and takes other work. Resume: only a ``paused``
@@ -203,6 +208,7 @@ class JobService:
                 details={
                     "org_id": caller.org_id,
                     "model": job.model,
+                    "parent_model": job.parent_model,
                     "training_file": job.training_file_id,
                     "validation_file": job.validation_file_id,
                     "hyperparameters": job.hyperparameters,
