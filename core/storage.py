@@ -14,6 +14,7 @@ removes the version before it ends; a plain delete only leaves a delete marker, 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from core.settings import Settings, get_settings
@@ -62,6 +63,10 @@ class ObjectStore(Protocol):
         """Store ``data`` at ``key`` as a write-once object; :class:`WriteOnceViolation` if
         ``key`` exists (nothing is replaced)."""
 
+    def compose(self, key: str, sources: list[str]) -> PutResult:
+        """Store the concatenation of the objects ``sources``, in that order, at ``key``
+        (streamed: no object is read whole; the sources stay)."""
+
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream of the object (caller closes it)."""
@@ -94,6 +99,59 @@ def _copy_hashing(stream: IO[bytes], out: IO[bytes], max_bytes: int | None) -> P
         digest.update(chunk)
         out.write(chunk)
     return PutResult(total, digest.hexdigest())
+
+
+class ConcatReader(io.RawIOBase):
+    """The objects ``keys`` of ``store`` read as one stream, in order, one object open at a
+    time; ``md5``, ``sha256`` and ``bytes`` describe what has been read so far."""
+
+    def __init__(self, store: ObjectStore, keys: list[str]):
+        self.store, self.keys = store, list(keys)
+        self.md5, self.sha256, self.bytes = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
+        self._current: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end of the last object (a multipart upload
+        reading a part's worth gets the whole part)."""
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray()
+        while len(out) < size:
+            if self._current is None:
+                if not self.keys:
+                    break
+                self._current = self.store.open(self.keys.pop(0))
+            data = self._current.read(size - len(out))
+            if not data:
+                self._current.close()
+                self._current = None
+            out += data
+        self.md5.update(out)
+        self.sha256.update(out)
+        self.bytes += len(out)
+        return bytes(out)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        """Read to the end (so that the digests cover every object)."""
+        while self.read(CHUNK):
+            pass
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        super().close()
+
+    def result(self) -> PutResult:
+        return PutResult(self.bytes, self.sha256.hexdigest())
 
 
 class LocalStore:
@@ -146,6 +204,11 @@ class LocalStore:
             raise WriteOnceViolation(f"{key} exists (write-once)") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def compose(self, key: str, sources: list[str]) -> PutResult:
+        """Written as :meth:`put_stream` writes (a temp file renamed into place)."""
+        with ConcatReader(self, sources) as reader:
+            return self.put_stream(key, reader)
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         with self._path(key).open("rb") as f:
@@ -242,6 +305,13 @@ class S3Store:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise WriteOnceViolation(f"{key} exists (write-once)") from None
             raise
+
+    def compose(self, key: str, sources: list[str]) -> PutResult:
+        """One S3 multipart upload of the key, its parts read from the sources in turn as
+        the upload goes (nothing spooled: the sizes were known before)."""
+        with ConcatReader(self, sources) as reader:
+            self.client.upload_fileobj(reader, self.bucket, self._key(key))
+            return reader.result()
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
