@@ -40,6 +40,12 @@ class WriteOnceViolation(Exception):
     """Raised when a write-once object would be replaced or deleted."""
 
 
+class Readable(Protocol):
+    """What :meth:`ObjectStore.put_stream` reads from (a binary file, a :class:`ConcatReader`)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class PutResult:
     bytes: int
@@ -55,7 +61,7 @@ def org_key(org_id: str, *parts: str) -> str:
 
 
 class ObjectStore(Protocol):
-    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: Readable, max_bytes: int | None = None) -> PutResult:
         """Copy ``stream`` to ``key`` in chunks. Over ``max_bytes`` nothing is stored
         and :class:`ObjectTooLarge` is raised."""
 
@@ -90,7 +96,7 @@ class ObjectStore(Protocol):
         """Raise if the store is unreachable."""
 
 
-def _copy_hashing(stream: IO[bytes], out: IO[bytes], max_bytes: int | None) -> PutResult:
+def _copy_hashing(stream: Readable, out: IO[bytes], max_bytes: int | None) -> PutResult:
     digest, total = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK):
         total += len(chunk)
@@ -139,10 +145,10 @@ class ConcatReader(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def drain(self) -> None:
-        """Read to the end (so that the digests cover every object)."""
-        while self.read(CHUNK):
-            pass
+    def chunks(self) -> Iterator[bytes]:
+        """What is left, chunk by chunk."""
+        while chunk := self.read(CHUNK):
+            yield chunk
 
     def close(self) -> None:
         if self._current is not None:
@@ -171,7 +177,7 @@ class LocalStore:
         if path.is_file() and not path.stat().st_mode & stat.S_IWUSR:
             raise WriteOnceViolation(f"{path.relative_to(self.root).as_posix()} is write-once")
 
-    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: Readable, max_bytes: int | None = None) -> PutResult:
         path = self._path(key)
         self._refuse_write_once(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +289,7 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: Readable, max_bytes: int | None = None) -> PutResult:
         # Spool to a bounded temp file first so the size limit is enforced before
         # anything becomes visible in the bucket; upload_fileobj then streams it.
         with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK) as spool:
@@ -307,8 +313,9 @@ class S3Store:
             raise
 
     def compose(self, key: str, sources: list[str]) -> PutResult:
-        """One S3 multipart upload of the key, its parts read from the sources in turn as
-        the upload goes (nothing spooled: the sizes were known before)."""
+        """boto3's managed upload of the key (an S3 multipart upload above 8 MB), its parts
+        read from the sources in turn as the upload goes: nothing is spooled (the caller
+        knows the size already, so there is no limit to enforce first)."""
         with ConcatReader(self, sources) as reader:
             self.client.upload_fileobj(reader, self.bucket, self._key(key))
             return reader.result()

@@ -3,6 +3,8 @@ sent in parts of up to 64 MB, then completed into a file (``client.uploads.uploa
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +21,7 @@ router = APIRouter(
     route_class=GuardedRoute, prefix="/uploads", tags=["uploads"], dependencies=CUSTOMER, responses=COMMON_ERRORS
 )
 
-NOT_PENDING = {
+NOT_PENDING: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "The upload is completed, cancelled or expired (upload_<status>)"}
 }
 

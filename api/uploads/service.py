@@ -23,7 +23,7 @@ from api.input_guard import unstorable
 from api.uploads.repository import UploadPartRepository, UploadRepository
 from api.uploads.schemas import MAX_PART_IDS, UploadComplete, UploadCreate, shown_status
 from core.audit import service as audit
-from core.datasets import Limits, validate_stream
+from core.datasets import Limits, validate_chunks
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from core.ids import new_id
 from core.models import File, Upload, UploadPart, now
@@ -61,6 +61,8 @@ class UploadService:
         filename = os.path.basename(body.filename.replace("\\", "/"))
         if why := unstorable(filename) or ("is empty" if not filename else None):
             raise InvalidRequest(f"The file name {why}.", code="invalid_value", param="filename")
+        if why := unstorable(body.mime_type):
+            raise InvalidRequest(f"The mime_type {why}.", code="invalid_value", param="mime_type")
         check_jsonl(filename, body.mime_type, param="filename")
         limit = self.settings.max_upload_bytes
         if body.bytes > limit:
@@ -171,8 +173,9 @@ class UploadService:
         self.session.rollback()  # hold no transaction open while reading the parts
 
         with ConcatReader(self.store, keys) as reader:
-            report = validate_stream(reader, Limits.from_settings(self.settings))
-            reader.drain()
+            report = validate_chunks(reader.chunks(), Limits.from_settings(self.settings))
+            for _ in reader.chunks():  # validation may stop early; the MD5 covers everything
+                pass
             md5 = reader.md5.hexdigest()
         if body.md5 is not None and body.md5.strip().lower() != md5:
             raise InvalidRequest(
