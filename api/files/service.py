@@ -15,6 +15,7 @@ from api.files.repository import FileRepository
 from api.files.schemas import ExpiresAfter
 from api.files.uploads import Upload
 from api.metrics import FILES_UPLOADED, UPLOAD_BYTES
+from api.uploads.repository import UploadRepository
 from core.audit import service as audit
 from core.datasets import Limits, Report, validate_stream
 from core.errors import Conflict, InvalidRequest, NotFound
@@ -119,17 +120,24 @@ class FileService:
 
     @contextmanager
     def stored(
-        self, caller: Caller, new: NewFile, *, write: Callable[[str], PutResult], artifacts: int
+        self,
+        caller: Caller,
+        new: NewFile,
+        *,
+        write: Callable[[str], PutResult],
+        artifacts: int,
+        upload_id: str | None = None,
     ) -> Iterator[File]:
         """Store a validated file's bytes (``write(key)``), check the quota again under the
         organization's row lock (concurrent uploads check in turn), add its row and audit
         ``file.upload``; the caller's block runs in the same transaction, committed after
-        it. On any failure nothing stays: the transaction is rolled back and the object deleted."""
+        it. On any failure nothing stays: the transaction is rolled back and the object deleted.
+        ``upload_id``: the upload completing into the file (its reservation is the file's)."""
         file_id = new_id("file")
         key = org_key(caller.org_id, "files", file_id)
         put = write(key)
         try:
-            self.check_quota(caller, put.bytes, artifacts, lock=True)
+            self.check_quota(caller, put.bytes, artifacts, lock=True, upload_id=upload_id)
             created = now()
             report = new.report
             row = self._files(caller).add(
@@ -181,15 +189,21 @@ class FileService:
         adapters: everything under its ``jobs/`` prefix), counted in its quota with its files."""
         return self.store.total_bytes(org_key(org_id, "jobs") + "/")
 
-    def check_quota(self, caller: Caller, size: int, artifacts: int, *, lock: bool = False) -> None:
+    def check_quota(
+        self, caller: Caller, size: int, artifacts: int, *, lock: bool = False, upload_id: str | None = None
+    ) -> None:
+        """409 unless ``size`` more bytes fit the organization's quota beside its files, its
+        job ``artifacts`` and its uploads in progress (but ``upload_id``, the one completing
+        into these bytes); ``lock``: under the organization's row lock."""
         org = OrgRepository(self.session).get(caller.org_id, for_update=lock)
         quota = storage_quota(self.settings, org.max_storage_bytes if org else None)
-        used = self._files(caller).storage_used() + artifacts
+        reserved = UploadRepository(self.session, caller.org_id).reserved(besides=upload_id)
+        used = self._files(caller).storage_used() + artifacts + reserved
         if used + size > quota:
             raise Conflict(
-                f"Storage quota exceeded: this organization stores {_mb(used)} (files and job artifacts) of its "
-                f"{_mb(quota)} quota and this file ({_mb(size)}) would go over it. Delete files you no longer need "
-                "(DELETE /v1/files/{file_id}) or ask your operator to raise the quota.",
+                f"Storage quota exceeded: this organization stores {_mb(used)} (files and job artifacts, and "
+                f"uploads in progress) of its {_mb(quota)} quota and this file ({_mb(size)}) would go over it. "
+                "Delete files you no longer need (DELETE /v1/files/{file_id}) or ask your operator to raise the quota.",
                 code="storage_quota_exceeded",
                 param="file",
                 headers={"x-should-retry": "false"},

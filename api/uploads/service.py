@@ -12,6 +12,8 @@ MD5 mismatch, wrong size, an upload no longer pending) changes nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
@@ -24,7 +26,7 @@ from api.uploads.repository import UploadPartRepository, UploadRepository
 from api.uploads.schemas import MAX_PART_IDS, UploadComplete, UploadCreate, shown_status
 from core.audit import service as audit
 from core.datasets import Limits, validate_chunks
-from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from core.errors import Conflict, GuardtuneError, InvalidRequest, NotFound, PayloadTooLarge
 from core.ids import new_id
 from core.models import File, Upload, UploadPart, now
 from core.quoting import quoted
@@ -169,32 +171,47 @@ class UploadService:
         keys = [parts[p].storage_key for p in body.part_ids]
         filename, purpose, expires_after_s = row.filename, row.purpose, row.file_expires_after_s
         artifacts = self.files.artifact_bytes(caller.org_id)
-        self.files.check_quota(caller, total, artifacts)
+        self.files.check_quota(caller, total, artifacts, upload_id=row.id)
         self.session.rollback()  # hold no transaction open while reading the parts
 
-        with ConcatReader(self.store, keys) as reader:
-            report = validate_chunks(reader.chunks(), Limits.from_settings(self.settings))
-            for _ in reader.chunks():  # validation may stop early; the MD5 covers everything
-                pass
-            md5 = reader.md5.hexdigest()
-        if body.md5 is not None and body.md5.strip().lower() != md5:
-            raise InvalidRequest(
-                f"The parts' MD5 is {md5}, not the {quoted(body.md5)} given: a part is not what was meant. "
-                "Nothing was stored.",
-                code="md5_mismatch",
-                param="md5",
-            )
-        with self.files.stored(
-            caller,
-            NewFile(filename, purpose, report, expires_after_s),
-            write=lambda key: self.store.compose(key, keys),
-            artifacts=artifacts,
-        ) as file:
-            row = self.pending(caller, upload_id, lock=True)  # a concurrent complete or cancel won
-            row.file_id = file.id
-            end_upload(self.session, row, UploadStatus.COMPLETED, actor=caller.actor, action="upload.complete")
+        with self._parts_in_place(caller, upload_id):
+            with ConcatReader(self.store, keys) as reader:
+                report = validate_chunks(reader.chunks(), Limits.from_settings(self.settings))
+                for _ in reader.chunks():  # validation may stop early; the MD5 covers everything
+                    pass
+                md5 = reader.md5.hexdigest()
+            if body.md5 is not None and body.md5.strip().lower() != md5:
+                raise InvalidRequest(
+                    f"The parts' MD5 is {md5}, not the {quoted(body.md5)} given: a part is not what was meant. "
+                    "Nothing was stored.",
+                    code="md5_mismatch",
+                    param="md5",
+                )
+            with self.files.stored(
+                caller,
+                NewFile(filename, purpose, report, expires_after_s),
+                write=lambda key: self.store.compose(key, keys),
+                artifacts=artifacts,
+                upload_id=upload_id,
+            ) as file:
+                row = self.pending(caller, upload_id, lock=True)  # a concurrent complete or cancel won
+                row.file_id = file.id
+                end_upload(self.session, row, UploadStatus.COMPLETED, actor=caller.actor, action="upload.complete")
         drop_parts(self.session, row, reason="upload.complete", store=self.store)
         return row, file
+
+    @contextmanager
+    def _parts_in_place(self, caller: Caller, upload_id: str) -> Iterator[None]:
+        """While the parts are read: a store failure because a concurrent cancel (or the
+        expiry sweep) deleted them answers as the upload no longer pending does (409)."""
+        try:
+            yield
+        except GuardtuneError:
+            raise
+        except Exception:
+            self.session.rollback()
+            self.pending(caller, upload_id)
+            raise
 
     def cancel(self, caller: Caller, upload_id: str) -> Upload:
         """The pending upload becomes ``cancelled``; its parts' objects are deleted."""

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core import retention
-from core.models import File, Upload, UploadPart
+from core.models import File, Organization, Upload, UploadPart
 from tests.api.helpers import GOOD, audit_actions, chat, jsonl
 
 MAX_UPLOAD = 1_000_000
@@ -268,3 +268,22 @@ def test_a_bad_expires_after_on_a_file_is_refused(client, unchanged, tenant, fie
     with unchanged(tenant), pytest.raises(openai.BadRequestError) as exc:
         client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune", expires_after=fields)
     assert (exc.value.code, exc.value.param) == ("invalid_value", param)
+
+
+def test_an_upload_in_progress_holds_its_bytes_in_the_storage_quota(sdk, new_tenant, db, unchanged):
+    t = new_tenant()
+    client = sdk(t)
+    with Session(db) as session, session.begin():
+        session.execute(
+            update(Organization).where(Organization.id == t.org_id).values(max_storage_bytes=len(DATA) + 10)
+        )
+    upload = start(client)
+    with unchanged(t), pytest.raises(openai.ConflictError) as exc:  # the first upload's bytes are spoken for
+        start(client, b"x" * 20)
+    assert exc.value.code == "storage_quota_exceeded"
+    assert "uploads in progress" in exc.value.message
+    with unchanged(t), pytest.raises(openai.ConflictError):
+        client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
+    done = client.uploads.complete(upload.id, part_ids=send(client, upload.id, DATA, 5000))  # its own: no conflict
+    assert done.file.bytes == len(DATA)
+    assert start(client, b"x" * 10).status == "pending"  # the reservation became the file
