@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.jobs.vocab import JobStatus
-from core.vocab import BaseModelStatus, FileStatus, KeyScope
+from core.vocab import BaseModelStatus, FileStatus, KeyScope, UploadStatus
 
 
 def now() -> int:
@@ -80,7 +80,42 @@ class File(Base):
     format: Mapped[str | None] = mapped_column(String(24))  # core.datasets.Format; None before 0010
     errors: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, index=True)  # expires_after; the expiry sweep
     deleted_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """An upload in parts (OpenAI's Uploads API): ``bytes`` announced at creation, parts
+    received while ``pending`` (until ``expires_at``), completed into the file ``file_id``
+    or ``cancelled``/``expired`` (its parts' objects deleted). ``file_expires_after_s``: the
+    file's ``expires_after.seconds``, if asked for."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=UploadStatus.PENDING.value, index=True)  # an UploadStatus
+    file_expires_after_s: Mapped[int | None] = mapped_column(Integer)
+    file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class UploadPart(Base):
+    """A part of an upload: its bytes are the object ``storage_key``."""
+
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id"), index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
 class Job(Base):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from kombu import Queue
 
-from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, REAPER_QUEUE, SWEEP_TASK
+from core.jobs.pipeline import DEFAULT_QUEUE, EXPIRE_TASK, GPU_QUEUE, REAP_TASK, REAPER_QUEUE, SWEEP_TASK
 from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
             "guardtune.gpu.*": {"queue": GPU_QUEUE},
             REAP_TASK: {"queue": REAPER_QUEUE},
             SWEEP_TASK: {"queue": REAPER_QUEUE},
+            EXPIRE_TASK: {"queue": REAPER_QUEUE},
         },
         broker_connection_retry_on_startup=True,
         result_expires=24 * 3600,

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
 
     # Limits.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # request body of every route but uploads; 413
-    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)  # a file, one request or assembled from parts; 413
     max_concurrent_jobs_per_org: int = 4
     uploads_per_minute: int = Field(60, ge=0)  # file uploads per organization; 0 = unlimited
     job_creations_per_minute: int = Field(60, ge=0)  # fine-tuning job creations per organization; 0 = unlimited

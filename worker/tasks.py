@@ -15,10 +15,10 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.orm import Session
 
-from core import deletion, outbox
+from core import deletion, outbox, retention
 from core.audit import service as audit
 from core.db import session_scope
-from core.jobs.pipeline import PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
+from core.jobs.pipeline import EXPIRE_TASK, PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
@@ -194,6 +194,15 @@ def sweep_deletions() -> dict:
     return {"deleted": result.deleted, "failed": result.failed}
 
 
+@celery_app.task(name=EXPIRE_TASK)
+def sweep_expired() -> dict:
+    """Delete the files whose ``expires_after`` ran out and end the uploads past their hour
+    (:func:`core.retention.sweep_expired`)."""
+    with session_scope() as session:
+        result = retention.sweep_expired(session)
+    return {"files": result.files, "uploads": result.uploads}
+
+
 @celery_app.on_after_finalize.connect
 def _schedule_reaper(sender, **_) -> None:
     """Every ``GUARDTUNE_REAPER_INTERVAL_S`` on the reaper's own queue; a pass not started
@@ -203,6 +212,7 @@ def _schedule_reaper(sender, **_) -> None:
     interval = get_settings().reaper_interval_s
     sender.add_periodic_task(interval, reap_stale_jobs.s(), name="reap stale jobs", expires=interval)
     sender.add_periodic_task(interval, sweep_deletions.s(), name="sweep pending deletions", expires=interval)
+    sender.add_periodic_task(interval, sweep_expired.s(), name="sweep expired files and uploads", expires=interval)
 
 
 @celery_app.task(name="guardtune.ping")
