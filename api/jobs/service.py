@@ -49,7 +49,7 @@ from api.jobs.schemas import (
 )
 from api.metrics import JOBS_CREATED
 from api.schemas import CursorPage
-from core import outbox
+from core import dispatch, outbox
 from core.audit import service as audit
 from core.audit.repository import AuditRepository
 from core.db import read_outside_transaction
@@ -336,7 +336,7 @@ class JobService:
         # ``running`` again once a worker takes up its stage.
         resumed = "Fine-tuning job resumed; it continues from its last checkpoint."
         self._move(caller, job, JobStatus.QUEUED, "job.resume", resumed, worker_id=None)
-        outbox.send_quietly(message)  # after the commit; the reaper replays it if this fails
+        dispatch.send(message)  # after the commit (when a GPU slot is free); the reaper replays it if this fails
         return job
 
     def _locked(self, caller: Caller, job_id: str) -> Job:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from safety import interrupt
 from safety.batching import token_batches
 from safety.generation import (
     PromptLike,
@@ -143,6 +144,7 @@ def extract_features(
     out = torch.zeros((len(prompts), len(wanted), model.config.hidden_size), dtype=torch.float32)
     with layer_outputs(model, wanted, pool_states):
         for batch in token_batches([len(encoded[i]) for i in order], max_tokens, batch_size):
+            interrupt.check()
             rows = [order[p] for p in batch]
             token_lists = [encoded[i] for i in rows]
             spans = pooling_spans(tokenizer, token_lists, pool)
