@@ -63,7 +63,7 @@ from core.logging import get_logger
 from core.models import Job, now
 from core.models import JobEvent as JobEventRow
 from core.orgs.repository import OrgRepository
-from core.ratelimit import take
+from core.ratelimit import take_request
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -160,7 +160,7 @@ class JobService:
 
     # -- create ----------------------------------------------------------------------------
     def create(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
-        take("job_creations", caller.org_id)  # 429 (GUARDTUNE_JOB_CREATIONS_PER_MINUTE) before any query
+        take_request("job_creations", caller.org_id)  # 429 (GUARDTUNE_JOB_CREATIONS_PER_MINUTE) before any query
         request_sha = fingerprint(body)
         if idempotency_key is not None:
             idempotency_key = idempotency_key.strip()
