@@ -61,7 +61,7 @@ def add(session: Session, job_id: str, task: str, queue: str, not_before: float 
     job are superseded (marked consumed), so a job has at most one live row. The row's
     ``request_id`` is the one bound in the log context, else the job's previous row's.
     ``not_before`` (a retry's backoff): the caller does not send the row; the reaper sends
-    it once that time has passed."""
+    it (through :mod:`core.dispatch`, a GPU row) once that time has passed."""
     stamp = time.time()
     request_id = structlog.contextvars.get_contextvars().get("request_id") or session.scalar(
         select(OutboxMessage.request_id)
