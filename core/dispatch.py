@@ -10,8 +10,8 @@ organization that is owed the GPU most:
 
 1. the fewest GPU stages in flight, then
 2. the fewest GPU seconds over the last ``GUARDTUNE_GPU_SHARE_WINDOW_S`` (a stage's seconds run
-   from its row's dispatch to the job's next row, the job's end, or its last heartbeat if paused; a stage still in
-   flight counts until now), then
+   from its row's dispatch to the job's next row, the job's end, or its last heartbeat if
+   paused; a stage still in flight counts until now), then
 3. its oldest job first (then the oldest row).
 
 So with organization A holding 4 queued jobs and one slot, organization B's new job takes the
