@@ -23,8 +23,9 @@ passed) and the job is live. :func:`release` runs whenever a slot may have freed
 become held: after a GPU stage (``worker.tasks``), when a GPU row is written
 (:func:`send`: a resumed job, a retry) and on every reaper pass (a lost worker's slot, a retry
 that became due). Releases are serialized (a Postgres advisory lock; SQLite's write lock), so
-two of them never fill one slot twice. A dispatched row is marked sent before the commit and
-handed to the broker after it; if that send fails the reaper replays it like any lost message.
+two of them never fill one slot twice. A dispatched row is handed to the broker under the lock
+and marked sent in the same transaction (so ``sent_at`` is seen once the broker has it, as
+:func:`core.outbox.send` writes it); a row the broker refuses stays held for the next release.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from core import outbox
@@ -193,15 +194,20 @@ def release() -> list[outbox.Pending]:
         share_of = shares(session, now, settings.gpu_share_window_s)
         free = settings.gpu_slots - sum(share.in_flight for share in share_of.values())
         chosen = choose(held(session, now), share_of, free) if free > 0 else []
-        if chosen:  # a slot is taken once the commit is visible, whatever the broker does next
-            session.execute(
-                update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in chosen])).values(sent_at=now)
-            )
-        messages = [outbox.pending(row) for row in chosen]
-    for message in messages:
-        log.info("gpu_stage_dispatched", job_id=message.job_id, task=message.task, message_id=message.id)
-        outbox.send_quietly(message)  # if this fails, the reaper replays it (sent, not in the broker)
+        messages = [message for message in map(outbox.pending, chosen) if _sent(session, message)]
     return messages
+
+
+def _sent(session: Session, message: outbox.Pending) -> bool:
+    """Hand the row to the broker, then mark it sent in ``session`` (seen at the commit, once
+    the broker has it); False (logged) if the broker refused: the row stays held."""
+    try:
+        outbox.send(message, session)
+    except Exception as exc:
+        log.warning("gpu_dispatch_send_failed", job_id=message.job_id, error=f"{type(exc).__name__}: {exc}")
+        return False
+    log.info("gpu_stage_dispatched", job_id=message.job_id, task=message.task, message_id=message.id)
+    return True
 
 
 def release_quietly() -> None:
