@@ -122,16 +122,15 @@ def reap() -> list[dict[str, Any]]:
                     status=job.status,
                     stage=job.stage,
                 )
-            if message is not None:
-                to_send.append(message)
+            if message is not None and (action == "replayed" or not dispatch.holds(message.queue)):
+                to_send.append(message)  # (a new GPU row waits for the dispatcher, below; a lost one is replayed)
         for job_id, action, message in _webhook_actions(session, now, stale_before, grace_before, broker):
             actions.append({"job_id": job_id, "action": action, "task": WEBHOOK_TASK})
             log.info("reaper_action", job_id=job_id, action=action, task=WEBHOOK_TASK)
             if action != "requeued":  # a requeued row waits for its not_before (the next pass sends it)
                 to_send.append(message)
     for message in to_send:  # after the commit
-        if not dispatch.holds(message.queue):
-            outbox.send_quietly(message)
+        outbox.send_quietly(message)
     dispatch.release_quietly()  # held GPU stages into the slots freed meanwhile (lost workers, retries due)
     return actions
 
