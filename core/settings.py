@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     max_concurrent_jobs_per_org: int = 4
     uploads_per_minute: int = Field(60, ge=0)  # file uploads per organization; 0 = unlimited
     job_creations_per_minute: int = Field(60, ge=0)  # fine-tuning job creations per organization; 0 = unlimited
+    # Compute bounds of one job, checked at create (400 job_too_large); 0 = unbounded.
+    max_job_steps: int = Field(0, ge=0)  # optimizer steps: ceil(examples / batch_size) * n_epochs
+    max_job_training_tokens: int = Field(0, ge=0)  # the training file's tokens * n_epochs
     max_storage_bytes_per_org: int = 10 * 1024**3
     validation_max_errors: int = MAX_ERRORS
     max_example_chars: int = MAX_EXAMPLE_CHARS  # per training example (sum of message contents)
@@ -120,6 +123,11 @@ class Settings(BaseSettings):
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
     retry_backoff_s: float = Field(30.0, ge=0)  # first delay of a stage retried after a transient fault
+    # Fair share of the GPU workers (core.dispatch): GPU stages run at once, at most (one per
+    # GPU worker process; 0: no dispatcher, every GPU stage goes to the broker's FIFO queue),
+    # and the GPU seconds of the window over which organizations are compared.
+    gpu_slots: int = Field(1, ge=0)
+    gpu_share_window_s: float = Field(86400.0, gt=0)
     # Webhooks (core.webhooks): a delivery is tried at most webhook_max_attempts times, the
     # n-th retry webhook_backoff_s * 2**(n-1) after the previous attempt; each POST waits
     # webhook_timeout_s for the receiver's answer.

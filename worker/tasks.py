@@ -15,13 +15,14 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.orm import Session
 
-from core import deletion, outbox, retention
+from core import deletion, dispatch, outbox, retention
 from core.audit import service as audit
 from core.db import session_scope
 from core.jobs.pipeline import EXPIRE_TASK, PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode
 from core.logging import get_logger
+from safety.interrupt import Interrupted
 from worker.celery_app import celery_app
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, transient, validate
 from worker.pipeline.align import align_base_model
@@ -90,13 +91,25 @@ def _refuse(session: Session, stage: Stage, job_id: str, message_id: str | None)
 
 
 def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
-    """:func:`run_stage` after the lease is taken."""
+    """:func:`run_stage` after the lease is taken; a GPU stage's slot goes to the next
+    organization's held stage when it ends, whatever its outcome (:mod:`core.dispatch`)."""
+    try:
+        return _run_and_hand_over(stage, job_id)
+    finally:
+        if dispatch.holds(stage.queue):
+            dispatch.release_quietly()
+
+
+def _run_and_hand_over(stage: Stage, job_id: str) -> Stage | None:
+    """Run the claimed stage and hand the next stage over. A stage that stopped because the
+    job ended or was paused meanwhile (the scan and evaluation stop between batches once the
+    job is cancelled: :class:`Interrupted`) just lets its lease go."""
     function = STAGES[stage]
     log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.worker_id())
     try:
         with jobstate.heartbeat(job_id):
             function(job_id)
-    except (JobGone, Superseded, Paused) as exc:
+    except (JobGone, Superseded, Paused, Interrupted) as exc:
         log.info("stage_stopped", job_id=job_id, stage=stage, reason=type(exc).__name__)
         jobstate.release_lease(job_id)
         return None
@@ -118,7 +131,7 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
             update_live(session, job_id, attempts=0, heartbeat_at=time.time())  # attempts count per stage
             message = outbox.add(session, job_id, next_stage.task, next_stage.queue)
     if message is not None:
-        outbox.send_quietly(message)
+        dispatch.send(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
     return next_stage
 

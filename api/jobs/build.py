@@ -9,7 +9,7 @@ continue from (:func:`resolve_model`), ``unsupported_method``, ``invalid_value``
 ``invalid_training_file`` / ``invalid_validation_file`` for a file in a format the method
 cannot train (``core.preference.format_problem``),
 ``unsupported_integration`` for W&B on a deployment without its key, ``invalid_file_purpose``, ``invalid_<param>``,
-``file_not_ready``, ``insufficient_worker_memory``).
+``file_not_ready``, ``insufficient_worker_memory``, ``job_too_large``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def build_job(
     requested = (method_hp or body.hyperparameters or HyperparametersIn()).model_dump()
     if method == "dpo":
         requested.setdefault("beta", "auto")
-    hp = Hyperparameters.resolve(**requested, n_examples=training.n_examples).model_dump(exclude_none=True)
+    resolved = Hyperparameters.resolve(**requested, n_examples=training.n_examples)
+    check_compute(settings, training, resolved)
+    hp = resolved.model_dump(exclude_none=True)
     org = OrgRepository(session).get(caller.org_id)
     safety = resolve_safety(body.safety, settings, caller, org.allowed_modes if org else None)
     if method == "dpo":  # DPO's own term needs the reference's log-probs of whole answers: no top-k cache
@@ -142,6 +144,28 @@ def method_hyperparameters(body: JobCreate) -> HyperparametersIn | None:
         return None
     given = body.method.dpo if body.method.type == "dpo" else body.method.supervised
     return given.hyperparameters if given is not None else None
+
+
+def check_compute(settings: Settings, training: File, hp: Hyperparameters) -> None:
+    """Refuse (400 ``job_too_large``, param ``training_file``) a job whose training would take
+    more than ``GUARDTUNE_MAX_JOB_STEPS`` optimizer steps (``ceil(examples / batch_size) ×
+    n_epochs``) or ``GUARDTUNE_MAX_JOB_TRAINING_TOKENS`` trained tokens (the file's tokens ×
+    ``n_epochs``); 0 leaves that bound off."""
+    steps = -(-training.n_examples // hp.batch_size) * hp.n_epochs
+    tokens = training.n_tokens * hp.n_epochs
+    for amount, limit, what, setting in (
+        (steps, settings.max_job_steps, "training steps", "GUARDTUNE_MAX_JOB_STEPS"),
+        (tokens, settings.max_job_training_tokens, "trained tokens", "GUARDTUNE_MAX_JOB_TRAINING_TOKENS"),
+    ):
+        if limit and amount > limit:
+            raise InvalidRequest(
+                f"The job is too large for this deployment: {training.n_examples} examples "
+                f"({training.n_tokens} tokens) at batch size {hp.batch_size} for {hp.n_epochs} epochs "
+                f"make {amount} {what}, above the limit of {limit} ({setting}). "
+                "Use a smaller file or fewer epochs.",
+                code="job_too_large",
+                param="training_file",
+            )
 
 
 def check_worker_memory(settings: Settings, entry: BaseModelEntry, method: str, *, exact_reference: bool) -> None:

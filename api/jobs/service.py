@@ -54,7 +54,7 @@ from api.jobs.schemas import (
 )
 from api.metrics import JOBS_CREATED
 from api.schemas import CursorPage
-from core import outbox
+from core import dispatch, outbox
 from core.audit import service as audit
 from core.audit.repository import AuditRepository
 from core.db import read_outside_transaction
@@ -68,7 +68,7 @@ from core.logging import get_logger
 from core.models import Job, now
 from core.models import JobEvent as JobEventRow
 from core.orgs.repository import OrgRepository
-from core.ratelimit import take
+from core.ratelimit import take_request
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -165,7 +165,7 @@ class JobService:
 
     # -- create ----------------------------------------------------------------------------
     def create(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
-        take("job_creations", caller.org_id)  # 429 (GUARDTUNE_JOB_CREATIONS_PER_MINUTE) before any query
+        take_request("job_creations", caller.org_id)  # 429 (GUARDTUNE_JOB_CREATIONS_PER_MINUTE) before any query
         request_sha = fingerprint(body)
         if idempotency_key is not None:
             idempotency_key = idempotency_key.strip()
@@ -342,7 +342,7 @@ class JobService:
         # ``running`` again once a worker takes up its stage.
         resumed = "Fine-tuning job resumed; it continues from its last checkpoint."
         self._move(caller, job, JobStatus.QUEUED, "job.resume", resumed, worker_id=None)
-        outbox.send_quietly(message)  # after the commit; the reaper replays it if this fails
+        dispatch.send(message)  # after the commit (when a GPU slot is free); the reaper replays it if this fails
         return job
 
     def _locked(self, caller: Caller, job_id: str) -> Job:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from safety import interrupt
 from safety.batching import token_batches
 from safety.generation import (
     PromptLike,
@@ -171,6 +172,7 @@ def span_features(
     out = torch.zeros((len(token_lists), len(wanted), model.config.hidden_size), dtype=torch.float32)
     with layer_outputs(model, wanted, pool_states):
         for batch in token_batches([len(token_lists[i]) for i in order], max_tokens, batch_size):
+            interrupt.check()
             rows = [order[p] for p in batch]
             ids_t, mask = pad_batch([token_lists[i] for i in rows], pad_id, padding_side)
             pool_mask = torch.zeros(mask.shape, dtype=torch.float32)
