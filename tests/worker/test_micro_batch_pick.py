@@ -33,13 +33,13 @@ def test_the_operators_budget_wins(tiny, monkeypatch) -> None:
     monkeypatch.setenv("GUARDTUNE_MICRO_BATCH_TOKENS", "1000")
     monkeypatch.setenv("GUARDTUNE_WORKER_GPU_MEMORY_GB", "1")
     clear_caches()
-    assert micro_batch_tokens(tiny, exact_reference=False) == 1000
+    assert micro_batch_tokens(tiny, "supervised", exact_reference=False) == 1000
 
 
 def test_without_a_budget_or_memory_the_batch_size_alone_bounds_a_micro_batch(tiny) -> None:
     from worker.pipeline.resources import micro_batch_tokens
 
-    assert micro_batch_tokens(tiny, exact_reference=False) is None
+    assert micro_batch_tokens(tiny, "supervised", exact_reference=False) is None
 
 
 def test_with_the_workers_memory_the_largest_micro_batch_that_fits_is_picked(tiny, monkeypatch) -> None:
@@ -47,13 +47,17 @@ def test_with_the_workers_memory_the_largest_micro_batch_that_fits_is_picked(tin
 
     monkeypatch.setenv("GUARDTUNE_WORKER_GPU_MEMORY_GB", "2")
     clear_caches()
-    picked = micro_batch_tokens(tiny, exact_reference=True)
+    picked = micro_batch_tokens(tiny, "supervised", exact_reference=True)
     assert picked is not None
     assert picked % 512 == 0  # whole examples at the token limit
     shape = ModelShape.from_config(tiny.config.to_dict(), tiny.num_parameters())
     layout = worker_layout(get_settings(), exact_reference=True)
     assert training_memory(shape, layout, picked).total <= 2 * GIB
     assert training_memory(shape, layout, picked + 512).total > 2 * GIB
+    pairs = micro_batch_tokens(tiny, "dpo", exact_reference=True)  # a pair: two sequences at the limit
+    assert pairs is not None
+    assert pairs % 1024 == 0
+    assert training_memory(shape, layout, pairs + 1024).total > 2 * GIB
 
 
 def test_memory_for_not_even_one_example_still_trains_one_at_a_time(tiny, monkeypatch) -> None:
@@ -61,4 +65,5 @@ def test_memory_for_not_even_one_example_still_trains_one_at_a_time(tiny, monkey
 
     monkeypatch.setenv("GUARDTUNE_WORKER_GPU_MEMORY_GB", "0.01")
     clear_caches()
-    assert micro_batch_tokens(tiny, exact_reference=False) == 512
+    assert micro_batch_tokens(tiny, "supervised", exact_reference=False) == 512
+    assert micro_batch_tokens(tiny, "dpo", exact_reference=False) == 1024  # one pair
