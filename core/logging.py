@@ -40,11 +40,12 @@ class _StructuredHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def _access_fields(_: Any, __: str, event: EventDict) -> EventDict:
     """A uvicorn access line's arguments as fields (uvicorn logs them as
-    ``(client, method, path, http_version, status_code)``)."""
-    record = event.get("_record")
-    if record is not None and record.name == UVICORN_ACCESS and isinstance(record.args, tuple):
-        if len(record.args) == len(ACCESS_FIELDS):
-            event.update(zip(ACCESS_FIELDS, record.args, strict=True))
+    ``(client, method, path, http_version, status_code)``); other lines' arguments are dropped
+    (they are in the message already)."""
+    args, record = event.pop("positional_args", None), event.get("_record")
+    if record is not None and record.name == UVICORN_ACCESS and isinstance(args, tuple):
+        if len(args) == len(ACCESS_FIELDS):
+            event.update(zip(ACCESS_FIELDS, args, strict=True))
     return event
 
 
@@ -71,6 +72,7 @@ def configure_logging() -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _access_fields],
+            pass_foreign_args=True,  # for _access_fields
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,

@@ -64,7 +64,9 @@ def record_runs(job_id: str, runs: dict[str, list[tuple[float, int | None]]]) ->
     with session_scope() as session:
         for stage, measured in runs.items():
             for seconds, tokens in measured:
-                session.add(StageRun(job_id=job_id, stage=stage, seconds=seconds, tokens=tokens, finished_at=time.time()))
+                session.add(
+                    StageRun(job_id=job_id, stage=stage, seconds=seconds, tokens=tokens, finished_at=time.time())
+                )
 
 
 def test_a_stage_moves_the_worker_and_api_metrics_and_is_recorded(scrape):
@@ -86,15 +88,17 @@ def test_a_stage_moves_the_worker_and_api_metrics_and_is_recorded(scrape):
     assert run_stage("validate", job_id, message.id) == "scan"
     worker1, api1 = scrape()
     finished = {"stage": "validate", "outcome": "finished"}
-    assert value(worker1, "guardtune_stage_seconds_count", **finished) == value(
-        worker0, "guardtune_stage_seconds_count", **finished
-    ) + 1
+    assert (
+        value(worker1, "guardtune_stage_seconds_count", **finished)
+        == value(worker0, "guardtune_stage_seconds_count", **finished) + 1
+    )
     assert value(worker1, "guardtune_stage_seconds_sum", **finished) > value(
         worker0, "guardtune_stage_seconds_sum", **finished
     )
-    assert value(worker1, "guardtune_queue_wait_seconds_count", queue="default") == value(
-        worker0, "guardtune_queue_wait_seconds_count", queue="default"
-    ) + 1
+    assert (
+        value(worker1, "guardtune_queue_wait_seconds_count", queue="default")
+        == value(worker0, "guardtune_queue_wait_seconds_count", queue="default") + 1
+    )
     assert value(api1, "guardtune_jobs", status="validating_files") == 0
     assert value(api1, "guardtune_jobs", status="queued") == 1
     assert value(api1, "guardtune_queue_depth", queue="default") == 0  # taken by the worker
