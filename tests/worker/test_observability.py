@@ -15,22 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, apply_env, clear_caches, free_port, metric_value, start_worker, stop_process
 from tests.worker.conftest import create_job, demo_lines, store_adapter
+from tests.worker.jobs import wait_for
 
 DASHBOARD = REPO / "monitoring" / "grafana-dashboard.json"
 STAGES = ("validate", "scan", "train", "evaluate", "gate", "release")
 
 Scrape = Callable[[], tuple[str, str]]
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """The sample ``name{labels}`` of a scrape's text (0 when absent)."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
 
 
 @pytest.fixture
@@ -80,29 +72,29 @@ def test_a_stage_moves_the_worker_and_api_metrics_and_is_recorded(scrape):
         job_id = create_job(session, "org-metrics", demo_lines(4))
         message = outbox.add(session, job_id, START_TASK, DEFAULT_QUEUE)  # as the API writes it
     worker0, api0 = scrape()
-    assert value(api0, "guardtune_jobs", status="validating_files") == 1
-    assert value(api0, "guardtune_queue_depth", queue="default") == 1
-    assert value(api0, "guardtune_queue_depth", queue="gpu") == 0
-    assert value(api0, "guardtune_queue_oldest_wait_seconds", queue="default") >= 0
+    assert metric_value(api0, "guardtune_jobs", status="validating_files") == 1
+    assert metric_value(api0, "guardtune_queue_depth", queue="default") == 1
+    assert metric_value(api0, "guardtune_queue_depth", queue="gpu") == 0
+    assert metric_value(api0, "guardtune_queue_oldest_wait_seconds", queue="default") >= 0
 
     assert run_stage("validate", job_id, message.id) == "scan"
     worker1, api1 = scrape()
     finished = {"stage": "validate", "outcome": "finished"}
     assert (
-        value(worker1, "guardtune_stage_seconds_count", **finished)
-        == value(worker0, "guardtune_stage_seconds_count", **finished) + 1
+        metric_value(worker1, "guardtune_stage_seconds_count", **finished)
+        == metric_value(worker0, "guardtune_stage_seconds_count", **finished) + 1
     )
-    assert value(worker1, "guardtune_stage_seconds_sum", **finished) > value(
+    assert metric_value(worker1, "guardtune_stage_seconds_sum", **finished) > metric_value(
         worker0, "guardtune_stage_seconds_sum", **finished
     )
     assert (
-        value(worker1, "guardtune_queue_wait_seconds_count", queue="default")
-        == value(worker0, "guardtune_queue_wait_seconds_count", queue="default") + 1
+        metric_value(worker1, "guardtune_queue_wait_seconds_count", queue="default")
+        == metric_value(worker0, "guardtune_queue_wait_seconds_count", queue="default") + 1
     )
-    assert value(api1, "guardtune_jobs", status="validating_files") == 0
-    assert value(api1, "guardtune_jobs", status="queued") == 1
-    assert value(api1, "guardtune_queue_depth", queue="default") == 0  # taken by the worker
-    assert value(api1, "guardtune_queue_depth", queue="gpu") == 1  # the scan it queued
+    assert metric_value(api1, "guardtune_jobs", status="validating_files") == 0
+    assert metric_value(api1, "guardtune_jobs", status="queued") == 1
+    assert metric_value(api1, "guardtune_queue_depth", queue="default") == 0  # taken by the worker
+    assert metric_value(api1, "guardtune_queue_depth", queue="gpu") == 1  # the scan it queued
     with session_scope() as session:
         [run] = session.scalars(select(StageRun).where(StageRun.job_id == job_id)).all()
     assert (run.stage, run.tokens) == ("validate", None)
@@ -126,8 +118,8 @@ def test_the_gate_counts_its_decision(scrape):
         ("guardtune_gate_decisions_total", {"decision": "released"}),
         ("guardtune_stage_seconds_count", {"stage": "gate", "outcome": "finished"}),
     ):
-        assert value(worker1, name, **labels) == value(worker0, name, **labels) + 1, name
-    assert value(worker1, "guardtune_gate_decisions_total", decision="blocked") == value(
+        assert metric_value(worker1, name, **labels) == metric_value(worker0, name, **labels) + 1, name
+    assert metric_value(worker1, "guardtune_gate_decisions_total", decision="blocked") == metric_value(
         worker0, "guardtune_gate_decisions_total", decision="blocked"
     )
 
@@ -197,8 +189,55 @@ def test_a_training_stage_records_its_throughput(scrape):
         runs = {run.stage: run for run in session.scalars(select(StageRun).where(StageRun.job_id == job_id))}
     assert set(runs) == set(STAGES)
     assert runs["train"].tokens == 800  # one epoch, all its steps in this run
-    assert value(worker1, "guardtune_trained_tokens_total") == value(worker0, "guardtune_trained_tokens_total") + 800
-    assert value(worker1, "guardtune_train_tokens_per_second") == pytest.approx(800 / runs["train"].seconds)
+    assert (
+        metric_value(worker1, "guardtune_trained_tokens_total")
+        == metric_value(worker0, "guardtune_trained_tokens_total") + 800
+    )
+    assert metric_value(worker1, "guardtune_train_tokens_per_second") == pytest.approx(800 / runs["train"].seconds)
+
+
+@pytest.mark.slow
+def test_a_real_worker_serves_the_metrics_of_its_pool_processes(stack_env, monkeypatch, tmp_path):
+    """``guardtune worker``'s environment (multiprocess mode) on a real Celery worker: the
+    release stage runs in a pool process, the main process serves its metrics."""
+    from cli.guardtune import worker_env
+    from core import outbox
+    from core.db import session_scope
+    from core.jobs.pipeline import Stage
+    from core.models import Job, SafetyReport
+
+    port = free_port()
+    apply_env(monkeypatch, {**stack_env, "GUARDTUNE_WORKER_METRICS_PORT": str(port)})
+    clear_caches()
+    org_id = f"org-worker-metrics-{time.monotonic_ns()}"
+    with session_scope() as session:
+        job_id = create_job(session, org_id, demo_lines(4), status="running", stage="gating")
+    digest = store_adapter(org_id, job_id)
+    with session_scope() as session:
+        session.add(SafetyReport(job_id=job_id, gate={"released": True, "reasons": ["ok"], "adapter_sha256": digest}))
+        message = outbox.add(session, job_id, Stage.RELEASE.task, Stage.RELEASE.queue)
+    worker = start_worker(worker_env(), tmp_path / "worker.log", beat=False)
+    try:
+        outbox.send(message)
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def released() -> str | None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    text = answer.read().decode()
+            except OSError:
+                return None  # not listening yet
+            finished = metric_value(text, "guardtune_stage_seconds_count", stage="release", outcome="finished")
+            return text if finished else None
+
+        text = wait_for(released, 120, "the worker's metrics to show the release")
+    finally:
+        stop_process(worker)
+    assert metric_value(text, "guardtune_stage_seconds_count", stage="release", outcome="finished") == 1
+    assert metric_value(text, "guardtune_queue_wait_seconds_count", queue=Stage.RELEASE.queue) == 1
+    with session_scope() as session:
+        assert session.get_one(Job, job_id).status == "succeeded"
+    # (without multiprocess mode the main process's own registry would show no release)
 
 
 def exported_names(text: str) -> set[str]:
