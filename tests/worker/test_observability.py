@@ -201,14 +201,17 @@ def test_a_real_worker_serves_the_metrics_of_its_pool_processes(stack_env, monke
     """``guardtune worker``'s environment (multiprocess mode) on a real Celery worker: the
     release stage runs in a pool process, the main process serves its metrics."""
     from cli.guardtune import worker_env
-    from core import outbox
+    from core import outbox, registry
     from core.db import session_scope
     from core.jobs.pipeline import Stage
     from core.models import Job, SafetyReport
+    from core.settings import get_settings
 
     port = free_port()
     apply_env(monkeypatch, {**stack_env, "GUARDTUNE_WORKER_METRICS_PORT": str(port)})
     clear_caches()
+    with session_scope() as session:
+        registry.seed_base_models(session, get_settings())
     org_id = f"org-worker-metrics-{time.monotonic_ns()}"
     with session_scope() as session:
         job_id = create_job(session, org_id, demo_lines(4), status="running", stage="gating")
