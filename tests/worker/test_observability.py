@@ -233,7 +233,7 @@ def test_a_real_worker_serves_the_metrics_of_its_pool_processes(stack_env, monke
             finished = metric_value(text, "guardtune_stage_seconds_count", stage="release", outcome="finished")
             return text if finished else None
 
-        text = wait_for(released, 120, "the worker's metrics to show the release")
+        text = wait_for(released, 300, "the worker's metrics to show the release")  # a cold worker start
     finally:
         stop_process(worker)
     assert metric_value(text, "guardtune_stage_seconds_count", stage="release", outcome="finished") == 1
