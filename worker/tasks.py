@@ -154,7 +154,9 @@ def _estimate_finish(job_id: str, stage: Stage) -> None:
             return
         stages = estimate.stages_from(stage)
         finish = estimate.finish_after(session, job, stages, get_settings().estimate_window)
-        update_live(session, job_id, estimated_finish=case((Job.status == JobStatus.PAUSED, None), else_=finish))
+        # (a bare NULL in the CASE would be typed text on Postgres: no CASE without a value)
+        value = None if finish is None else case((Job.status == JobStatus.PAUSED, None), else_=finish)
+        update_live(session, job_id, estimated_finish=value)
 
 
 def _observe_finished(stage: Stage, seconds: float, tokens: int | None) -> None:
