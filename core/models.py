@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.jobs.vocab import JobStatus
-from core.vocab import BaseModelStatus, FileStatus, KeyScope
+from core.vocab import BaseModelStatus, FileStatus, KeyScope, UploadStatus
 
 
 def now() -> int:
@@ -80,7 +80,42 @@ class File(Base):
     format: Mapped[str | None] = mapped_column(String(24))  # core.datasets.Format; None before 0010
     errors: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, index=True)  # expires_after; the expiry sweep
     deleted_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """An upload in parts (OpenAI's Uploads API): ``bytes`` announced at creation, parts
+    received while ``pending`` (until ``expires_at``), completed into the file ``file_id``
+    or ``cancelled``/``expired`` (its parts' objects deleted). ``file_expires_after_s``: the
+    file's ``expires_after.seconds``, if asked for."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=UploadStatus.PENDING.value, index=True)  # an UploadStatus
+    file_expires_after_s: Mapped[int | None] = mapped_column(Integer)
+    file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class UploadPart(Base):
+    """A part of an upload: its bytes are the object ``storage_key``."""
+
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id"), index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
 class Job(Base):
@@ -91,7 +126,9 @@ class Job(Base):
     seq: Mapped[int] = mapped_column(BigInteger, unique=True, default=time.time_ns)  # list order
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     created_by: Mapped[str | None] = mapped_column(String(40))
-    model: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))  # the base model's registry id
+    # ``model="ft:…"``: the released model whose adapter training starts from (``model`` is its base)
+    parent_model: Mapped[str | None] = mapped_column(String(300))
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.VALIDATING_FILES.value, index=True)
@@ -102,6 +139,7 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    integrations: Mapped[list[Any] | None] = mapped_column(JSON)  # OpenAI's wire shape, as created
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)

@@ -61,7 +61,7 @@ def add(session: Session, job_id: str, task: str, queue: str, not_before: float 
     job are superseded (marked consumed), so a job has at most one live row. The row's
     ``request_id`` is the one bound in the log context, else the job's previous row's.
     ``not_before`` (a retry's backoff): the caller does not send the row; the reaper sends
-    it once that time has passed."""
+    it (through :mod:`core.dispatch`, a GPU row) once that time has passed."""
     stamp = time.time()
     request_id = structlog.contextvars.get_contextvars().get("request_id") or session.scalar(
         select(OutboxMessage.request_id)
@@ -89,18 +89,27 @@ def add(session: Session, job_id: str, task: str, queue: str, not_before: float 
     return pending(row)
 
 
-def send(message: Pending) -> None:
-    """Send one row's task (after its commit) and mark it sent. Raises if the broker
-    refuses; the row then stays unsent and the reaper replays it."""
+def send(message: Pending, session: Session | None = None) -> None:
+    """Send one row's task (after its commit) and then mark it sent, in ``session``'s
+    transaction if given (:mod:`core.dispatch`, under its lock), else in its own. Raises if
+    the broker refuses; the row then stays unsent and the reaper replays it."""
     from core.db import session_scope
 
     enqueue(message.task, message.job_id, queue=message.queue, ignore_result=True, task_id=message.id)
-    with session_scope() as session:
-        session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == message.id)
-            .values(sent_at=time.time(), sends=OutboxMessage.sends + 1)
-        )
+    if session is None:
+        with session_scope() as own:
+            _mark_sent(own, message)
+        return
+    _mark_sent(session, message)
+
+
+def _mark_sent(session: Session, message: Pending) -> None:
+    """Mark the row sent (once more) in ``session``'s transaction."""
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message.id)
+        .values(sent_at=time.time(), sends=OutboxMessage.sends + 1)
+    )
 
 
 def send_quietly(message: Pending) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from kombu import Queue
 
-from core.jobs.pipeline import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, REAPER_QUEUE, SWEEP_TASK
+from core.jobs.pipeline import DEFAULT_QUEUE, EXPIRE_TASK, GPU_QUEUE, REAP_TASK, REAPER_QUEUE, SWEEP_TASK
 from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -43,13 +43,14 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
             "guardtune.gpu.*": {"queue": GPU_QUEUE},
             REAP_TASK: {"queue": REAPER_QUEUE},
             SWEEP_TASK: {"queue": REAPER_QUEUE},
+            EXPIRE_TASK: {"queue": REAPER_QUEUE},
         },
         broker_connection_retry_on_startup=True,
         result_expires=24 * 3600,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
-    if settings.broker.startswith("sqla+sqlite"):
+    if settings.broker_is_sqlite:
         # One SQLite file that every worker poll locks (BEGIN IMMEDIATE): on a loaded machine a
         # send can wait seconds for the lock. SQLite's default 5 s wait then fails the send, and
         # kombu's publish retry breaks on the channel it closed: wait for the lock instead.

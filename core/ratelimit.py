@@ -7,7 +7,8 @@ Counts live in Redis when the broker is Redis (shared by every API replica), oth
 this process (the embedded default has one API process); while Redis cannot be reached
 nothing is limited (a warning is logged per request). :meth:`RateLimiter.take` counts
 an amount and returns the :class:`Usage` left, or raises :class:`~core.errors.RateLimited`
-with ``Retry-After`` (seconds until the window ends) and takes nothing."""
+with ``Retry-After`` (seconds until the window ends) and takes nothing; :func:`headers` are
+OpenAI's ``x-ratelimit-*`` headers of a budget, which every 429 carries."""
 
 from __future__ import annotations
 
@@ -119,6 +120,42 @@ def limiter(budget: Budget) -> RateLimiter:
 def take(budget: Budget, org_id: str, amount: int = 1) -> Usage:
     """Count ``amount`` against the organization's ``budget`` (429 when over it)."""
     return limiter(budget).take(org_id, amount, WHAT[budget][0])
+
+
+def take_request(budget: Budget, org_id: str) -> Usage:
+    """Count one request against the organization's ``budget``; its 429 carries the budget's
+    ``x-ratelimit-*-requests`` headers beside ``Retry-After`` (uploads, job creations)."""
+    try:
+        return take(budget, org_id)
+    except RateLimited as exc:
+        raise carrying(exc, "requests") from None
+
+
+def _reset(seconds: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m0s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def headers(kind: str, usage: Usage) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{kind}`` headers of one budget (none
+    when it is unlimited)."""
+    if usage.limit <= 0:
+        return {}
+    return {
+        f"x-ratelimit-limit-{kind}": str(usage.limit),
+        f"x-ratelimit-remaining-{kind}": str(usage.remaining),
+        f"x-ratelimit-reset-{kind}": _reset(usage.reset_s),
+    }
+
+
+def carrying(exc: RateLimited, kind: str, also: dict[str, str] | None = None) -> RateLimited:
+    """``exc`` with the headers of the budget it exceeded (and ``also``)."""
+    budget = headers(kind, exc.usage) if exc.usage is not None else {}
+    exc.headers = {**(exc.headers or {}), **(also or {}), **budget}
+    return exc
 
 
 def give_back(budget: Budget, org_id: str, amount: int = 1) -> None:

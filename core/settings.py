@@ -86,10 +86,13 @@ class Settings(BaseSettings):
 
     # Limits.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # request body of every route but uploads; 413
-    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)  # a file, one request or assembled from parts; 413
     max_concurrent_jobs_per_org: int = 4
     uploads_per_minute: int = Field(60, ge=0)  # file uploads per organization; 0 = unlimited
     job_creations_per_minute: int = Field(60, ge=0)  # fine-tuning job creations per organization; 0 = unlimited
+    # Compute bounds of one job, checked at create (400 job_too_large); 0 = unbounded.
+    max_job_steps: int = Field(0, ge=0)  # optimizer steps: ceil(examples / batch_size) * n_epochs
+    max_job_training_tokens: int = Field(0, ge=0)  # the training file's tokens * n_epochs
     max_storage_bytes_per_org: int = 10 * 1024**3
     validation_max_errors: int = MAX_ERRORS
     max_example_chars: int = MAX_EXAMPLE_CHARS  # per training example (sum of message contents)
@@ -120,12 +123,24 @@ class Settings(BaseSettings):
     reaper_interval_s: float = 30.0
     max_stage_attempts: int = 3
     retry_backoff_s: float = Field(30.0, ge=0)  # first delay of a stage retried after a transient fault
+    # Fair share of the GPU workers (core.dispatch): GPU stages run at once, at most (one per
+    # GPU worker process; 0: no dispatcher, every GPU stage goes to the broker's FIFO queue),
+    # and the GPU seconds of the window over which organizations are compared.
+    gpu_slots: int = Field(1, ge=0)
+    gpu_share_window_s: float = Field(86400.0, gt=0)
     # Webhooks (core.webhooks): a delivery is tried at most webhook_max_attempts times, the
     # n-th retry webhook_backoff_s * 2**(n-1) after the previous attempt; each POST waits
     # webhook_timeout_s for the receiver's answer.
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_s: float = Field(10.0, ge=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
+    # Experiment tracking (worker/pipeline/tracking.py): a job's W&B integration logs with the
+    # operator's key (online) or to files under home/wandb (offline); an MLflow tracking URI
+    # makes every job log there, to the experiment mlflow_experiment.
+    wandb_api_key: str | None = None
+    wandb_mode: Literal["online", "offline"] = "online"
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "guardtune"
     audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head
     audit_anchor_retention_days: int = Field(default=0, ge=0)  # S3 Object Lock (compliance) on anchors; 0: none
     metrics_event_every: int = 1
@@ -284,6 +299,11 @@ class Settings(BaseSettings):
     @property
     def broker_is_embedded(self) -> bool:
         return self.broker.startswith(("sqla+", "filesystem://", "memory://"))
+
+    @property
+    def broker_is_sqlite(self) -> bool:
+        """The embedded default broker: one SQLite file through kombu's SQLAlchemy transport."""
+        return self.broker.startswith("sqla+sqlite")
 
     @property
     def run_embedded_worker(self) -> bool:

@@ -14,6 +14,7 @@ removes the version before it ends; a plain delete only leaves a delete marker, 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from core.settings import Settings, get_settings
@@ -37,6 +38,12 @@ class ObjectTooLarge(Exception):
 
 class WriteOnceViolation(Exception):
     """Raised when a write-once object would be replaced or deleted."""
+
+
+class Readable(Protocol):
+    """What :meth:`ObjectStore.put_stream` reads from (a binary file, a :class:`ConcatReader`)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -54,13 +61,17 @@ def org_key(org_id: str, *parts: str) -> str:
 
 
 class ObjectStore(Protocol):
-    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: Readable, max_bytes: int | None = None) -> PutResult:
         """Copy ``stream`` to ``key`` in chunks. Over ``max_bytes`` nothing is stored
         and :class:`ObjectTooLarge` is raised."""
 
     def put_once(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key`` as a write-once object; :class:`WriteOnceViolation` if
         ``key`` exists (nothing is replaced)."""
+
+    def compose(self, key: str, sources: list[str]) -> PutResult:
+        """Store the concatenation of the objects ``sources``, in that order, at ``key``
+        (streamed: no object is read whole; the sources stay)."""
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
     def open(self, key: str) -> BinaryIO:
@@ -85,7 +96,7 @@ class ObjectStore(Protocol):
         """Raise if the store is unreachable."""
 
 
-def _copy_hashing(stream: IO[bytes], out: IO[bytes], max_bytes: int | None) -> PutResult:
+def _copy_hashing(stream: Readable, out: IO[bytes], max_bytes: int | None) -> PutResult:
     digest, total = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK):
         total += len(chunk)
@@ -94,6 +105,59 @@ def _copy_hashing(stream: IO[bytes], out: IO[bytes], max_bytes: int | None) -> P
         digest.update(chunk)
         out.write(chunk)
     return PutResult(total, digest.hexdigest())
+
+
+class ConcatReader(io.RawIOBase):
+    """The objects ``keys`` of ``store`` read as one stream, in order, one object open at a
+    time; ``md5``, ``sha256`` and ``bytes`` describe what has been read so far."""
+
+    def __init__(self, store: ObjectStore, keys: list[str]):
+        self.store, self.keys = store, list(keys)
+        self.md5, self.sha256, self.bytes = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
+        self._current: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end of the last object (a multipart upload
+        reading a part's worth gets the whole part)."""
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray()
+        while len(out) < size:
+            if self._current is None:
+                if not self.keys:
+                    break
+                self._current = self.store.open(self.keys.pop(0))
+            data = self._current.read(size - len(out))
+            if not data:
+                self._current.close()
+                self._current = None
+            out += data
+        self.md5.update(out)
+        self.sha256.update(out)
+        self.bytes += len(out)
+        return bytes(out)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        """What is left, chunk by chunk."""
+        while chunk := self.read(CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        super().close()
+
+    def result(self) -> PutResult:
+        return PutResult(self.bytes, self.sha256.hexdigest())
 
 
 class LocalStore:
@@ -113,7 +177,7 @@ class LocalStore:
         if path.is_file() and not path.stat().st_mode & stat.S_IWUSR:
             raise WriteOnceViolation(f"{path.relative_to(self.root).as_posix()} is write-once")
 
-    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: Readable, max_bytes: int | None = None) -> PutResult:
         path = self._path(key)
         self._refuse_write_once(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +210,11 @@ class LocalStore:
             raise WriteOnceViolation(f"{key} exists (write-once)") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def compose(self, key: str, sources: list[str]) -> PutResult:
+        """Written as :meth:`put_stream` writes (a temp file renamed into place)."""
+        with ConcatReader(self, sources) as reader:
+            return self.put_stream(key, reader)
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         with self._path(key).open("rb") as f:
@@ -220,7 +289,7 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put_stream(self, key: str, stream: IO[bytes], max_bytes: int | None = None) -> PutResult:
+    def put_stream(self, key: str, stream: Readable, max_bytes: int | None = None) -> PutResult:
         # Spool to a bounded temp file first so the size limit is enforced before
         # anything becomes visible in the bucket; upload_fileobj then streams it.
         with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK) as spool:
@@ -242,6 +311,14 @@ class S3Store:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise WriteOnceViolation(f"{key} exists (write-once)") from None
             raise
+
+    def compose(self, key: str, sources: list[str]) -> PutResult:
+        """boto3's managed upload of the key (an S3 multipart upload above 8 MB), its parts
+        read from the sources in turn as the upload goes: nothing is spooled (the caller
+        knows the size already, so there is no limit to enforce first)."""
+        with ConcatReader(self, sources) as reader:
+            self.client.upload_fileobj(reader, self.bucket, self._key(key))
+            return reader.result()
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]

@@ -23,6 +23,15 @@ class FileStatus(StrEnum):
     ERROR = "error"
 
 
+class UploadStatus(StrEnum):
+    """An upload's ``status`` (OpenAI's values): parts are accepted while ``pending``."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
 class BaseModelStatus(StrEnum):
     """A base model's registry status: registered, onboarded (``ready``), or onboarding failed."""
 

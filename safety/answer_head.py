@@ -37,9 +37,17 @@ from typing import Any
 import torch
 
 from safety.data import IGNORE_INDEX, EncodedExample, encode_example
-from safety.probe import Probe, ProbeConfig, ProbeReport, layer_candidates, resolve_layers, train_probe_on_features
+from safety.generation import pad_token_id
+from safety.probe import (
+    Probe,
+    ProbeConfig,
+    ProbeReport,
+    layer_candidates,
+    resolve_layers,
+    span_features,
+    train_probe_on_features,
+)
 from safety.prompt_sets import load_builtin, load_chat_frames, load_refusals
-from safety.reference import PooledSpan, reference_pass
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 # Compliance openers: restate the request and agree to it, with no content after them.
@@ -128,17 +136,18 @@ def answer_features(
     model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], layers: Sequence[int], max_len: int = MAX_LEN
 ) -> torch.Tensor:
     """The head's features of each example's last assistant turn: float32
-    ``[len(examples), len(layers), hidden]`` (``layers`` resolved), from one reference
-    pass (top-1 cache, discarded). Raises ``ValueError`` for an example cut before it."""
+    ``[len(examples), len(layers), hidden]`` (``layers`` resolved), the reference's states
+    averaged over the turn's trained tokens. Raises ``ValueError`` for an example cut
+    before it."""
     encoded = [encode_example(tokenizer, ex, max_len) for ex in examples]
     spans = []
     for i, enc in enumerate(encoded):
         span = answer_span(enc, len(enc.prompt_ends))
         if span is None:
             raise ValueError(f"example {i} has no answer token within {max_len} tokens")
-        spans.append(PooledSpan(i, *span))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return reference_pass(model.eval(), encoded, pad, 1, layers=layers, spans=spans, batch_size=8)[1]
+        spans.append(span)
+    token_lists = [e.input_ids for e in encoded]
+    return span_features(model, token_lists, spans, layers, pad_id=pad_token_id(tokenizer), batch_size=8)
 
 
 def train_answer_head(

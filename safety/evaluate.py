@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from core.jobs import config as defaults
+from safety import interrupt
 from safety.attacks import PLAIN, Condition
 from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, collate, encode_example
@@ -236,6 +237,7 @@ def example_losses(
     encoded = [encode_example(tokenizer, ex, max_len) for ex in examples]
     out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     for rows in token_batches([len(e.input_ids) for e in encoded], max_tokens, batch_size):
+        interrupt.check()
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

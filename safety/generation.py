@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from core.jobs import config as defaults
+from safety import interrupt
 from safety.batching import token_batches
 from safety.templates import render
 
@@ -140,6 +141,7 @@ def generate(
     lengths = [len(t) + settings.max_new_tokens for t in token_lists]
     out = [""] * len(prompts)
     for rows in token_batches(lengths, settings.max_tokens, settings.batch_size):
+        interrupt.check()
         ids, mask = pad_batch([token_lists[i] for i in rows], pad_id, "left")
         with torch.no_grad():
             gen = model.generate(

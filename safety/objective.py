@@ -157,6 +157,15 @@ def _tail_log_mass(log_p: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor | 
     return torch.logsumexp(rest, dim=-1)
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """The first position whose logits predict an answer token in some row of ``labels``
+    (as :func:`example_sums` reads them: position ``t`` predicts ``labels[:, t + 1]``), 0
+    without any. The logits of the positions before it are never read, so a forward may
+    skip them (``logits_to_keep``) if it slices ``labels`` from the same position."""
+    labelled = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
+    return int(labelled[0]) if len(labelled) else 0
+
+
 def example_sums(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from safety import interrupt
 from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.memory import autocast
@@ -152,6 +153,7 @@ def reference_pass(
         by_example.setdefault(span.example, []).append(j)
     with layer_outputs(model, layers, hidden.__setitem__):
         for batch_rows in token_batches([len(e.input_ids) for e in encoded], max_tokens, batch_size):
+            interrupt.check()
             batch = {key: v.to(device) for key, v in collate([encoded[i] for i in batch_rows], pad_id).items()}
             with autocast(device):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

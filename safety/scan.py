@@ -52,6 +52,7 @@ from typing import Any
 
 from core.jobs.config import FLAG_THRESHOLD, PROBE_RISK
 from core.jobs.vocab import Estimator
+from safety import interrupt
 from safety.context_check import DEFAULT_CANARIES, ContextChecker, canary_requests
 from safety.generation import PromptLike, ToolConversation
 from safety.judge import PROHIBITED_CATEGORIES, Judge
@@ -350,6 +351,7 @@ def scan_dataset(
     caches: list[ReferenceCache] = []
     stream = _numbered(examples)
     while batch := list(islice(stream, config.window)):
+        interrupt.check()
         per_example: list[list[TargetTurn]] = []
         for line, ex in batch:
             try:

@@ -1,7 +1,8 @@
 """A training run's state: set up (fresh or resumed from a checkpoint) and checkpointed.
 
 :func:`setup_run` encodes the examples, wraps the model with its LoRA adapter (a fresh
-one initialised from ``config.seed``, or the checkpoint's), builds the AdamW optimizer
+one initialised from ``config.seed``, a released adapter's weights to continue from, or the
+checkpoint's), builds the AdamW optimizer
 and the LR schedule and, with ``resume_dir``, restores them, the RNG states and the
 running summary from a checkpoint written for the same data and config
 (:func:`check_resumable`). :func:`write_run_checkpoint` writes the state after a step
@@ -100,6 +101,7 @@ def setup_run(
     flagged: list[bool] | None,
     validation: list[dict[str, Any]] | None,
     reference_cache: ReferenceCache | None,
+    init_adapter: Path | None = None,
 ) -> TrainRun:
     """The run ``safety.trainer.train`` describes, ready for its first step to do."""
     if len(examples) != len(risks) or not examples:
@@ -119,7 +121,7 @@ def setup_run(
     steps_per_epoch = math.ceil(len(examples) / config.examples_per_step)
     total_steps = steps_per_epoch * config.n_epochs
 
-    model = _with_lora(model, config, resume_dir)
+    model = _with_lora(model, config, resume_dir, init_adapter)
     if config.activation_checkpointing:
         enable_activation_checkpointing(model)
     trainable, optimizer, scheduler = make_optimizer(model, config, total_steps)
@@ -237,14 +239,19 @@ def lora_config(config: TrainConfig) -> LoraConfig:
     )
 
 
-def _with_lora(model: PreTrainedModel | PeftModel, config: TrainConfig, resume_dir: Path | None) -> PeftModel:
-    """A trainable LoRA model: fresh adapter (initialised from ``config.seed``), or the
-    checkpoint's adapter when resuming. A 4-bit base is prepared for it first
-    (``memory.trainable_base``)."""
+def _with_lora(
+    model: PreTrainedModel | PeftModel, config: TrainConfig, resume_dir: Path | None, init_adapter: Path | None
+) -> PeftModel:
+    """A trainable LoRA model: a fresh adapter (initialised from ``config.seed``), or a copy of
+    the adapter in ``init_adapter`` (continued training: its weights and LoRA layout), or the
+    checkpoint's adapter when resuming (which wins over ``init_adapter``: the checkpoint
+    already started from it). A 4-bit base is prepared for it first (``memory.trainable_base``)."""
     if resume_dir is None:
         if isinstance(model, PeftModel):
             raise TypeError("pass the base model; a PeftModel is accepted only when resuming")
         torch.manual_seed(config.seed)
+        if init_adapter is not None:
+            return load_adapter(trainable_base(model), init_adapter, trainable=True)
         return get_peft_model(trainable_base(model), lora_config(config))
     if isinstance(model, PeftModel):
         set_peft_model_state_dict(model, load_file(str(Path(resume_dir) / ADAPTER_WEIGHTS_FILE)))

@@ -31,6 +31,7 @@ from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.memory import autocast
 from safety.objective import (
     ReferenceTopK,
+    answer_window,
     batch_risk,
     example_sums,
     kl_weights,
@@ -218,7 +219,15 @@ def accumulate_gradients(
     for micro in token_batches([len(e.input_ids) for e in examples], max_tokens, batch_size):
         w_sft, w_kl = torch.tensor([weights[p] for p in micro], device=device).unbind(-1)
         batch = {k: v.to(device) for k, v in collate([examples[p] for p in micro], tokenizer.pad_token_id).items()}
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        # Logits only from the first position that predicts an answer token: a long prompt
+        # before a short answer costs no vocabulary-sized rows (the labels slice along).
+        start = answer_window(batch["labels"])
+        labels = batch["labels"][:, start:]
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "logits_to_keep": batch["input_ids"].shape[1] - start,
+        }
         ref_logits = ref_topk = None
         if bool((w_kl > 0).any()):
             if cached_rows is not None:
@@ -228,8 +237,8 @@ def accumulate_gradients(
                     ref_logits = model(**inputs).logits
         with autocast(device):
             logits = model(**inputs).logits
-        ce, kl, answer_tokens = example_sums(logits, batch["labels"], ref_logits, ref_topk)
-        correct, labelled = token_accuracy_counts(logits.detach(), batch["labels"])
+        ce, kl, answer_tokens = example_sums(logits, labels, ref_logits, ref_topk)
+        correct, labelled = token_accuracy_counts(logits.detach(), labels)
         sums.correct += correct
         sums.labelled += labelled
         loss = weighted_loss(ce, kl, w_sft, w_kl, n_answer)

@@ -63,6 +63,7 @@ def train(
     should_pause: Callable[[], bool] | None = None,
     validation: list[dict[str, Any]] | None = None,
     reference_cache: ReferenceCache | None = None,
+    init_adapter: Path | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on ``examples`` (OpenAI chat or prompt/completion dicts; under
     ``config.method="dpo"`` preference pairs, trained by ``safety.dpo``, ``validation`` pairs
@@ -71,7 +72,9 @@ def train(
     a risk at or above the scan's default flag threshold.
 
     ``model`` is the base model, wrapped here with a fresh LoRA adapter (modified in place:
-    load a fresh base model per run), or — only with ``resume_dir`` — either a base model or a
+    load a fresh base model per run) or, with ``init_adapter`` (a saved PEFT adapter of this
+    base: continued training), a trainable copy of that adapter; either way the reference
+    (adapter disabled) is the base model itself. Or — only with ``resume_dir`` — either a base model or a
     trainable ``PeftModel`` with the same adapter layout. ``resume_dir`` is a checkpoint
     written by an earlier call with the same config, examples and risks; the run continues
     after its step and reproduces the uninterrupted run's losses.
@@ -100,6 +103,7 @@ def train(
         flagged=flagged,
         validation=validation,
         reference_cache=reference_cache,
+        init_adapter=init_adapter,
     )
     checkpoint_dir: Path | None = None
     metrics: StepMetrics | None = None

@@ -16,16 +16,17 @@ import structlog
 from sqlalchemy import case
 from sqlalchemy.orm import Session
 
-from core import deletion, outbox
+from core import deletion, dispatch, outbox, retention
 from core.audit import service as audit
 from core.db import session_scope
 from core.jobs import estimate
-from core.jobs.pipeline import PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
+from core.jobs.pipeline import EXPIRE_TASK, PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import ErrorCode, JobStatus
 from core.logging import get_logger
 from core.models import Job
 from core.settings import get_settings
+from safety.interrupt import Interrupted
 from worker.celery_app import celery_app
 from worker.metrics import QUEUE_WAIT_SECONDS, STAGE_SECONDS, TRAIN_TOKENS_PER_SECOND, TRAINED_TOKENS
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, transient, validate
@@ -100,9 +101,21 @@ def _refuse(session: Session, stage: Stage, job_id: str, message_id: str | None)
 
 
 def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
-    """:func:`run_stage` after the lease is taken: the job's ``estimated_finish`` from this
-    stage on (:func:`_estimate_finish`), the stage, its wall time observed by outcome
-    (``guardtune_stage_seconds``) and, when it ran to its end, recorded (``stage_runs``)."""
+    """:func:`run_stage` after the lease is taken; a GPU stage's slot goes to the next
+    organization's held stage when it ends, whatever its outcome (:mod:`core.dispatch`)."""
+    try:
+        return _run_and_hand_over(stage, job_id)
+    finally:
+        if dispatch.holds(stage.queue):
+            dispatch.release_quietly()
+
+
+def _run_and_hand_over(stage: Stage, job_id: str) -> Stage | None:
+    """Run the claimed stage and hand the next stage over: the job's ``estimated_finish`` from
+    this stage on (:func:`_estimate_finish`), the stage, its wall time observed by outcome
+    (``guardtune_stage_seconds``) and, when it ran to its end, recorded (``stage_runs``). A
+    stage that stopped because the job ended or was paused meanwhile (the scan and evaluation
+    stop between batches once the job is cancelled: :class:`Interrupted`) just lets its lease go."""
     function = STAGES[stage]
     log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.worker_id())
     started = time.monotonic()
@@ -110,7 +123,7 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
     try:
         with jobstate.heartbeat(job_id):
             tokens = function(job_id)
-    except (JobGone, Superseded, Paused) as exc:
+    except (JobGone, Superseded, Paused, Interrupted) as exc:
         STAGE_SECONDS.labels(stage, "stopped").observe(time.monotonic() - started)
         log.info("stage_stopped", job_id=job_id, stage=stage, reason=type(exc).__name__)
         jobstate.release_lease(job_id)
@@ -139,7 +152,7 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
             message = outbox.add(session, job_id, next_stage.task, next_stage.queue)
     _observe_finished(stage, seconds, tokens)
     if message is not None:
-        outbox.send_quietly(message)
+        dispatch.send(message)
     log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage, seconds=round(seconds, 3))
     return next_stage
 
@@ -237,6 +250,15 @@ def sweep_deletions() -> dict:
     return {"deleted": result.deleted, "failed": result.failed}
 
 
+@celery_app.task(name=EXPIRE_TASK)
+def sweep_expired() -> dict:
+    """Delete the files whose ``expires_after`` ran out and end the uploads past their hour
+    (:func:`core.retention.sweep_expired`)."""
+    with session_scope() as session:
+        result = retention.sweep_expired(session)
+    return {"files": result.files, "uploads": result.uploads}
+
+
 @celery_app.on_after_finalize.connect
 def _schedule_reaper(sender, **_) -> None:
     """Every ``GUARDTUNE_REAPER_INTERVAL_S`` on the reaper's own queue; a pass not started
@@ -246,6 +268,7 @@ def _schedule_reaper(sender, **_) -> None:
     interval = get_settings().reaper_interval_s
     sender.add_periodic_task(interval, reap_stale_jobs.s(), name="reap stale jobs", expires=interval)
     sender.add_periodic_task(interval, sweep_deletions.s(), name="sweep pending deletions", expires=interval)
+    sender.add_periodic_task(interval, sweep_expired.s(), name="sweep expired files and uploads", expires=interval)
 
 
 @celery_app.task(name="guardtune.ping")

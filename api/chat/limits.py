@@ -17,7 +17,7 @@ import math
 from core.chat import ChatCompletionRequest
 from core.datasets import CHARS_PER_TOKEN
 from core.errors import InvalidRequest, RateLimited
-from core.ratelimit import Usage, give_back, take
+from core.ratelimit import carrying, give_back, headers, take
 from core.settings import Settings
 
 TOKENS_PER_MESSAGE = 4  # role and separators of the chat template, as OpenAI's estimate counts them
@@ -56,42 +56,16 @@ def check_size(request: ChatCompletionRequest, settings: Settings) -> int:
     return tokens
 
 
-def _reset(seconds: float) -> str:
-    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m0s``."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    minutes, rest = divmod(math.ceil(seconds), 60)
-    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
-
-
-def headers(kind: str, usage: Usage) -> dict[str, str]:
-    """The ``x-ratelimit-*-{kind}`` headers of one budget (none when it is unlimited)."""
-    if usage.limit <= 0:
-        return {}
-    return {
-        f"x-ratelimit-limit-{kind}": str(usage.limit),
-        f"x-ratelimit-remaining-{kind}": str(usage.remaining),
-        f"x-ratelimit-reset-{kind}": _reset(usage.reset_s),
-    }
-
-
-def _carrying(exc: RateLimited, kind: str, also: dict[str, str] | None = None) -> RateLimited:
-    """``exc`` with the headers of the budget it exceeded (and ``also``)."""
-    budget = headers(kind, exc.usage) if exc.usage is not None else {}
-    exc.headers = {**(exc.headers or {}), **(also or {}), **budget}
-    return exc
-
-
 def admit(org_id: str, cost_tokens: int) -> dict[str, str]:
     """Count one request and ``cost_tokens`` against the organization's budgets; returns
     the ``x-ratelimit-*`` headers of its answer, or raises the 429 carrying them."""
     try:
         requests = take("chat_requests", org_id)
     except RateLimited as exc:
-        raise _carrying(exc, "requests") from None
+        raise carrying(exc, "requests") from None
     try:
         tokens = take("chat_tokens", org_id, cost_tokens)
     except RateLimited as exc:
         give_back("chat_requests", org_id)  # the request is not served: it does not count
-        raise _carrying(exc, "tokens", headers("requests", requests)) from None
+        raise carrying(exc, "tokens", headers("requests", requests)) from None
     return {**headers("requests", requests), **headers("tokens", tokens)}

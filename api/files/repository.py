@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 
-from core.models import File
+from core.models import File, now
 from core.pagination import paginate
 from core.repository import OrgScopedRepository
 
@@ -15,8 +15,10 @@ class FileRepository(OrgScopedRepository[File]):
     model = File
 
     def scoped(self, query: Select) -> Select:
-        """The organization's files that are not deleted."""
-        return super().scoped(query).where(File.deleted_at.is_(None))
+        """The organization's files that are neither deleted nor expired (an expired file is
+        gone for its owner at once; the expiry sweep deletes it soon after)."""
+        unexpired = or_(File.expires_at.is_(None), File.expires_at > now())
+        return super().scoped(query).where(File.deleted_at.is_(None), unexpired)
 
     def list(
         self, *, after: str | None, limit: int, order: Literal["asc", "desc"], purpose: str | None

@@ -16,7 +16,7 @@ from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileObject
 from api.files.uploads import receive_upload
 from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
-from core.ratelimit import take
+from core.ratelimit import take_request
 
 router = APIRouter(
     route_class=GuardedRoute, prefix="/files", tags=["files"], dependencies=CUSTOMER, responses=COMMON_ERRORS
@@ -41,7 +41,7 @@ async def upload_file(
     """Multipart upload, streamed: the size limit is enforced while the body arrives and the
     JSONL is validated line by line. The file's ``status`` is ``processed`` or ``error``
     (``status_details`` lists the first errors with their line numbers)."""
-    await run_in_threadpool(take, "uploads", caller.org_id)  # 429 before a byte of the file is read
+    await run_in_threadpool(take_request, "uploads", caller.org_id)  # 429 before a byte of the file is read
     await run_in_threadpool(session.close)  # hold no connection while the body arrives
     upload = await receive_upload(request, max_bytes=settings.max_upload_bytes)
     try:

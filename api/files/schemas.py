@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.models import File
 from core.vocab import AS_LITERAL, FileStatus
+
+EXPIRES_AFTER_MIN_S = 3600  # an hour
+EXPIRES_AFTER_MAX_S = 30 * 24 * 3600  # 30 days
+
+
+class ExpiresAfter(BaseModel):
+    """A file's expiration policy (OpenAI's): deleted ``seconds`` after its creation."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=EXPIRES_AFTER_MIN_S, le=EXPIRES_AFTER_MAX_S)
 
 
 class FileObject(BaseModel):
@@ -31,6 +41,7 @@ class FileObject(BaseModel):
             purpose=row.purpose,
             status=FileStatus(row.status),
             status_details=row.status_details,
+            expires_at=row.expires_at,
         )
 
 
@@ -58,6 +69,13 @@ UPLOAD_REQUEST_BODY = {
                             "description": "A .jsonl file: chat `messages` or prompt/completion examples.",
                         },
                         "purpose": {"type": "string", "enum": ["fine-tune"]},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {
+                            "type": "integer",
+                            "minimum": EXPIRES_AFTER_MIN_S,
+                            "maximum": EXPIRES_AFTER_MAX_S,
+                            "description": "Delete the file this many seconds after its creation.",
+                        },
                     },
                 }
             }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
@@ -64,16 +64,20 @@ class Upload:
             self.spool = None
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+Accept = Callable[[str, str | None], None]
+"""Checks a file part's name and declared content type; raises to refuse it."""
+
+
+def _too_large(limit: int, field: str) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The file is larger than the upload limit of {limit} bytes.",
         code="file_too_large",
-        param="file",
+        param=field,
         headers={"x-should-retry": "false"},
     )
 
 
-def check_jsonl(filename: str, content_type: str | None) -> None:
+def check_jsonl(filename: str, content_type: str | None, param: str = "file") -> None:
     """415 unless the part looks like a JSONL file (by name and declared type)."""
     media = (content_type or "").split(";")[0].strip().lower()
     if not filename.lower().endswith(JSONL_EXTENSIONS) or media not in JSONL_CONTENT_TYPES:
@@ -81,14 +85,15 @@ def check_jsonl(filename: str, content_type: str | None) -> None:
             f"Fine-tuning files must be JSONL: got {quoted(filename)} ({media or 'no content type'}). "
             "Upload a .jsonl file with one JSON example per line.",
             code="unsupported_file_type",
-            param="file",
+            param=param,
         )
 
 
 class _Receiver:
-    def __init__(self, max_bytes: int, file_field: str, spool_dir: str | None):
+    def __init__(self, max_bytes: int, file_field: str, accept: Accept | None, spool_dir: str | None):
         self.max_bytes = max_bytes
         self.file_field = file_field
+        self.accept = accept
         self.spool_dir = spool_dir
         self.upload = Upload()
         self._headers: list[tuple[bytes, bytes]] = []
@@ -123,15 +128,19 @@ class _Receiver:
         if b"filename" not in options:
             return
         if self._name != self.file_field:
-            raise InvalidRequest(f"Unexpected file part {quoted(self._name)}; send the file as 'file'.", param="file")
+            raise InvalidRequest(
+                f"Unexpected file part {quoted(self._name)}; send the file as {quoted(self.file_field)}.",
+                param=self.file_field,
+            )
         self._files += 1
         if self._files > 1:
-            raise InvalidRequest("Send exactly one file per upload.", code="invalid_multipart", param="file")
+            raise InvalidRequest("Send exactly one file per upload.", code="invalid_multipart", param=self.file_field)
         filename = os.path.basename(options[b"filename"].decode("utf-8", "replace").replace("\\", "/"))
         if why := unstorable(filename):
-            raise InvalidRequest(f"The file name {why}.", code="invalid_value", param="file")
+            raise InvalidRequest(f"The file name {why}.", code="invalid_value", param=self.file_field)
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        check_jsonl(filename, content_type)
+        if self.accept is not None:
+            self.accept(filename, content_type)
         self.upload.filename = filename[:512]
         self.upload.content_type = content_type or None
         self.upload.spool = self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=self.spool_dir)
@@ -141,7 +150,7 @@ class _Receiver:
         if self._file is not None:
             self.upload.size += n
             if self.upload.size > self.max_bytes:
-                raise _too_large(self.max_bytes)
+                raise _too_large(self.max_bytes, self.file_field)
             self._file.write(data[start:end])
         else:
             if len(self._value) + n > MAX_FIELD_BYTES:
@@ -184,9 +193,16 @@ async def _drain(stream: AsyncIterator[bytes]) -> None:
 
 
 async def receive_upload(
-    request: Request, *, max_bytes: int, file_field: str = "file", spool_dir: str | None = None
+    request: Request,
+    *,
+    max_bytes: int,
+    file_field: str = "file",
+    accept: Accept | None = check_jsonl,
+    spool_dir: str | None = None,
 ) -> Upload:
-    """Parse the multipart body of ``request``; raise a :class:`GuardtuneError` on a bad upload."""
+    """Parse the multipart body of ``request``: one file part named ``file_field`` (its name
+    and type checked by ``accept``: JSONL by default; None takes any), at most ``max_bytes``
+    of it, and form fields. Raise a :class:`GuardtuneError` on a bad upload."""
     media, params = parse_options_header(request.headers.get("content-type", ""))
     if media != b"multipart/form-data":
         raise UnsupportedMediaType(
@@ -198,9 +214,9 @@ async def receive_upload(
         raise InvalidRequest("The multipart body has no boundary.", code="invalid_multipart")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
-        raise _too_large(max_bytes)  # refused before a byte of the body is read
+        raise _too_large(max_bytes, file_field)  # refused before a byte of the body is read
 
-    receiver = _Receiver(max_bytes, file_field, spool_dir)
+    receiver = _Receiver(max_bytes, file_field, accept, spool_dir)
     parser = MultipartParser(boundary, receiver.callbacks())
     stream = request.stream()
     try:
@@ -213,7 +229,7 @@ async def receive_upload(
                 "The multipart body ended before its closing boundary: the upload is incomplete. "
                 "Nothing was stored; send the whole file again.",
                 code="incomplete_upload",
-                param="file",
+                param=file_field,
             )
         parser.finalize()
     except GuardtuneError:
@@ -225,6 +241,8 @@ async def receive_upload(
         raise InvalidRequest(f"The multipart body could not be parsed: {exc}", code="invalid_multipart") from None
     upload = receiver.upload
     if upload.spool is None:
-        raise InvalidRequest("The upload has no file: send it in the 'file' field.", code="missing_file", param="file")
+        raise InvalidRequest(
+            f"The upload has no file: send it in the {quoted(file_field)} field.", code="missing_file", param=file_field
+        )
     upload.spool.seek(0)
     return upload

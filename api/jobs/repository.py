@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from typing import Literal
 
-from sqlalchemy import Text, cast, func, or_, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from core.jobs.vocab import ACTIVE
@@ -90,16 +90,6 @@ class JobRepository(OrgScopedRepository[Job]):
     def count_active(self) -> int:
         return (
             self.session.scalar(self.scoped(select(func.count()).select_from(Job)).where(Job.status.in_(ACTIVE))) or 0
-        )
-
-    def active_jobs_using_file(self, file_id: str) -> builtins.list[str]:
-        return list(
-            self.session.scalars(
-                self.scoped(select(Job.id)).where(
-                    Job.status.in_(ACTIVE),
-                    or_(Job.training_file_id == file_id, Job.validation_file_id == file_id),
-                )
-            )
         )
 
     # -- events --------------------------------------------------------------------------

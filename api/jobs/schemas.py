@@ -134,6 +134,26 @@ class SafetyIn(BaseModel):
     )
 
 
+class WandbIn(BaseModel):
+    """OpenAI's W&B integration: the run's project, display name, entity and tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=128)
+    entity: str | None = Field(None, max_length=128)
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+
+class IntegrationIn(BaseModel):
+    """One of ``integrations``: OpenAI's ``{"type": "wandb", "wandb": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["wandb"]
+    wandb: WandbIn
+
+
 Suffix = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
@@ -152,7 +172,7 @@ class JobCreate(BaseModel):
     suffix: Suffix | None = Field(None, description="Up to 64 characters of A-Z a-z 0-9 . _ -")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[MetadataKey, MetadataValue] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[IntegrationIn] | None = Field(None, max_length=1)
     safety: SafetyIn | None = None
 
     @field_validator("metadata")
@@ -227,7 +247,7 @@ class FineTuningJob(BaseModel):
     training_file: str
     validation_file: str | None = None
     estimated_finish: int | None = None
-    integrations: list[dict[str, Any]] = Field(default_factory=list)
+    integrations: list[IntegrationIn] = Field(default_factory=list)
     metadata: dict[str, str] | None = None
     method: Method | None = None
     user_provided_suffix: str | None = None

@@ -10,13 +10,18 @@ Decisions where OpenAI's API leaves room:
   batch of 8 or the whole file if smaller, a learning-rate multiplier of 1.0). Explicit
   values are kept as given.
 * The base model must be in the registry (``BaseModelEntry``, not ``failed``): otherwise
-  404 ``model_not_found``. Fine-tuning a fine-tuned model is not offered.
+  404 ``model_not_found``. ``model="ft:…"`` continues training from a released model of the
+  caller's organization (its adapter is the new job's starting point; its base model stays
+  the safety reference and the gate's baseline); unknown, revoked or another organization's:
+  400 ``invalid_model``. The job echoes the ``ft:`` model it was created with.
 * Cancel is idempotent: a cancelled job answers as it is; a job that already succeeded or
   failed cannot be cancelled and answers 400 ``job_not_cancellable`` (as OpenAI does).
 * ``Idempotency-Key``: the same key in the same organization returns the job it created
   (200, same body); reusing a key with a different request body answers 422
   ``idempotency_key_reused`` (the request's SHA-256 is kept in the job's audit record).
-* The ``supervised`` and ``dpo`` methods exist (``api.jobs.build``); ``integrations`` must be empty.
+* The ``supervised`` and ``dpo`` methods exist (``api.jobs.build``); ``integrations`` holds at
+  most one W&B integration (OpenAI's shape), echoed on the job; the worker logs to it with the
+  operator's key (``worker.pipeline.tracking``).
 * Pause: only a ``running`` job can be paused (idempotent on a paused one); it becomes
   ``paused`` at once and its worker checkpoints at the next training step boundary (or
   stops at the end of its current stage) and takes other work. Resume: only a ``paused``
@@ -51,7 +56,7 @@ from api.jobs.schemas import (
 )
 from api.metrics import JOBS_CREATED
 from api.schemas import CursorPage
-from core import outbox
+from core import dispatch, outbox
 from core.audit import service as audit
 from core.audit.repository import AuditRepository
 from core.db import read_outside_transaction
@@ -67,7 +72,7 @@ from core.logging import get_logger
 from core.models import Job, now
 from core.models import JobEvent as JobEventRow
 from core.orgs.repository import OrgRepository
-from core.ratelimit import take
+from core.ratelimit import take_request
 from core.settings import Settings
 
 log = get_logger(__name__)
@@ -164,7 +169,7 @@ class JobService:
 
     # -- create ----------------------------------------------------------------------------
     def create(self, caller: Caller, body: JobCreate, idempotency_key: str | None) -> Job:
-        take("job_creations", caller.org_id)  # 429 (GUARDTUNE_JOB_CREATIONS_PER_MINUTE) before any query
+        take_request("job_creations", caller.org_id)  # 429 (GUARDTUNE_JOB_CREATIONS_PER_MINUTE) before any query
         request_sha = fingerprint(body)
         if idempotency_key is not None:
             idempotency_key = idempotency_key.strip()
@@ -207,6 +212,7 @@ class JobService:
                 details={
                     "org_id": caller.org_id,
                     "model": job.model,
+                    "parent_model": job.parent_model,
                     "training_file": job.training_file_id,
                     "validation_file": job.validation_file_id,
                     "hyperparameters": job.hyperparameters,
@@ -354,7 +360,7 @@ class JobService:
         # ``running`` again once a worker takes up its stage.
         resumed = "Fine-tuning job resumed; it continues from its last checkpoint."
         self._move(caller, job, JobStatus.QUEUED, "job.resume", resumed, worker_id=None)
-        outbox.send_quietly(message)  # after the commit; the reaper replays it if this fails
+        dispatch.send(message)  # after the commit (when a GPU slot is free); the reaper replays it if this fails
         return job
 
     def _locked(self, caller: Caller, job_id: str) -> Job:

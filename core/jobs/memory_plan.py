@@ -14,6 +14,9 @@ the worker picks the micro-batch that does). A training step holds
 * its logits over the vocabulary: the model's output, the fp32 log-softmax of the answer
   positions and both gradients, and with the exact reference its logits and log-softmax too.
 
+A DPO pair is two sequences (the preferred and the other answer after the same input) in one
+micro-batch: planned as one example of twice the length (:func:`example_tokens`).
+
 Everything but the weights and the adapter grows linearly with the micro-batch's tokens, so
 an estimate is ``fixed + tokens × per_token``. Attention itself is taken as memory-efficient
 (PyTorch's SDPA keeps no ``length²`` scores). The estimate is an upper-bound style model of
@@ -121,6 +124,12 @@ def training_memory(shape: ModelShape, layout: TrainingLayout, micro_batch_token
         activations=activations,
         logits=micro_batch_tokens * shape.vocab_size * logit_bytes,
     )
+
+
+def example_tokens(longest_sequence: int, method: str) -> int:
+    """The padded tokens one example of ``method`` puts in a micro-batch, its sequences at
+    most ``longest_sequence`` tokens: twice that for a ``dpo`` pair, else once."""
+    return 2 * longest_sequence if method == "dpo" else longest_sequence
 
 
 def micro_batch_tokens_that_fit(

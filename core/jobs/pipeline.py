@@ -19,6 +19,7 @@ GPU_QUEUE = "gpu"  # model work
 REAPER_QUEUE = "reaper"  # the reaper's periodic task: never behind a stage (consumed where beat runs)
 REAP_TASK = "guardtune.reap"
 SWEEP_TASK = "guardtune.sweep_deletions"  # retries failed deletions, on the reaper's queue too
+EXPIRE_TASK = "guardtune.sweep_expired"  # deletes expired files and ends expired uploads, on the reaper's queue too
 START_TASK = "guardtune.pipeline.start"
 WEBHOOK_TASK = "guardtune.webhooks.deliver"  # a finished job's webhook deliveries (core.webhooks), default queue
 

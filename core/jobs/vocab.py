@@ -58,6 +58,7 @@ class ErrorCode(StrEnum):
     JUDGE_UNAVAILABLE = "judge_unavailable"  # the judge is not configured or failed
     SAFETY_GATE_BLOCKED = "safety_gate_blocked"  # the release gate refused the adapter
     RELEASE_REFUSED = "release_refused"  # the release stage found no gate approval of the stored adapter
+    PARENT_MODEL_UNAVAILABLE = "parent_model_unavailable"  # the ft: model training continues from was revoked
     QUEUE_UNAVAILABLE = "queue_unavailable"  # the broker refused the job at creation
     WORKER_LOST = "worker_lost"  # a stage's worker died too often
     SERVICE_UNAVAILABLE = "service_unavailable"  # storage, disk or database failed a stage too often

@@ -3,7 +3,7 @@
 The one public surface of the probe; callers import from ``safety.probe``. The parts:
 
 * :mod:`safety.probe.features`: which layers to read and the pooled hidden states
-  (:func:`extract_features`; forward hooks that stop after the deepest layer needed).
+  (:func:`extract_features`, :func:`span_features`; forward hooks that stop after the deepest layer needed).
 * :mod:`safety.probe.heads`: :class:`ProbeConfig`, the classifier ensemble (:func:`fit_heads`) and
   :class:`Probe`, persisted as ``probe.safetensors`` + ``probe.json`` (no pickle), and the
   probability-to-risk mappings (:func:`risk_from_p`, :func:`graded_risk`).
@@ -31,6 +31,7 @@ from safety.probe.features import (
     extract_features,
     layer_candidates,
     resolve_layers,
+    span_features,
 )
 from safety.probe.heads import (
     Probe,
@@ -54,6 +55,7 @@ __all__ = [
     "auroc",
     "default_layers",
     "extract_features",
+    "span_features",
     "graded_risk",
     "layer_candidates",
     "resolve_layers",

@@ -8,7 +8,8 @@ real tokens; ``pool="content"``: only the tokens between the chat template's fix
 prefix and suffix, so the constant system prompt and headers do not dilute the mean).
 Forward hooks capture the pooled states; the hook on the deepest layer needed stops the
 forward pass, so a middle-layer probe costs less than a full forward pass. The hooks are
-removed before :func:`extract_features` returns, also on an error.
+removed before :func:`extract_features` (and :func:`span_features`, which pools any
+spans of any token sequences) returns, also on an error.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from safety import interrupt
 from safety.batching import token_batches
 from safety.generation import (
     PromptLike,
@@ -119,14 +121,42 @@ def extract_features(
     """Pooled hidden states, float32 ``[len(prompts), len(layers), hidden]``.
 
     Prompts longer than ``max_len`` tokens keep their last ``max_len`` tokens (so the
-    assistant header stays). They run in order of length, in batches of at most
-    ``batch_size`` prompts and, with ``max_tokens``, that many padded tokens
-    (``safety.batching``). Runs under ``torch.no_grad`` in eval mode.
+    assistant header stays). Batched as :func:`span_features` batches.
     """
+    encoded = [prompt_token_ids(tokenizer, p, max_len) for p in prompts]
+    spans = pooling_spans(tokenizer, encoded, pool)
+    return span_features(
+        model,
+        encoded,
+        spans,
+        layers,
+        pad_id=pad_token_id(tokenizer),
+        batch_size=batch_size,
+        padding_side=padding_side,
+        max_tokens=max_tokens,
+    )
+
+
+def span_features(
+    model: Any,
+    token_lists: Sequence[Sequence[int]],
+    spans: Sequence[tuple[int, int]],
+    layers: Sequence[int],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+    padding_side: Literal["left", "right"] = "right",
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """The hidden states after each of ``layers`` averaged over ``spans[i]`` (``[start,
+    end)`` within ``token_lists[i]``, non-empty): float32 ``[len(token_lists), len(layers),
+    hidden]``. The sequences run in order of length, in batches of at most ``batch_size``
+    and, with ``max_tokens``, that many padded tokens (``safety.batching``); the forward
+    stops after the deepest layer needed (no logits). Runs under ``torch.no_grad`` in eval
+    mode."""
     wanted = resolve_layers(layers, model.config.num_hidden_layers)
     deepest = max(wanted)
     device = model_device(model)
-    pad_id = pad_token_id(tokenizer)
     captured: dict[int, torch.Tensor] = {}
     weights: torch.Tensor | None = None
 
@@ -136,21 +166,20 @@ def extract_features(
         if index == deepest:
             raise _StopForward
 
-    encoded = [prompt_token_ids(tokenizer, p, max_len) for p in prompts]
     # Batches of similar length waste less compute on padding; results go back in order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     model.eval()
-    out = torch.zeros((len(prompts), len(wanted), model.config.hidden_size), dtype=torch.float32)
+    out = torch.zeros((len(token_lists), len(wanted), model.config.hidden_size), dtype=torch.float32)
     with layer_outputs(model, wanted, pool_states):
-        for batch in token_batches([len(encoded[i]) for i in order], max_tokens, batch_size):
+        for batch in token_batches([len(token_lists[i]) for i in order], max_tokens, batch_size):
+            interrupt.check()
             rows = [order[p] for p in batch]
-            token_lists = [encoded[i] for i in rows]
-            spans = pooling_spans(tokenizer, token_lists, pool)
-            ids_t, mask = pad_batch(token_lists, pad_id, padding_side)
+            ids_t, mask = pad_batch([token_lists[i] for i in rows], pad_id, padding_side)
             pool_mask = torch.zeros(mask.shape, dtype=torch.float32)
-            for row, (ids, (s, e)) in enumerate(zip(token_lists, spans)):
-                offset = mask.shape[1] - len(ids) if padding_side == "left" else 0
-                pool_mask[row, offset + s : offset + e] = 1.0
+            for row, i in enumerate(rows):
+                offset = mask.shape[1] - len(token_lists[i]) if padding_side == "left" else 0
+                start, end = spans[i]
+                pool_mask[row, offset + start : offset + end] = 1.0
             weights = (pool_mask / pool_mask.sum(dim=1, keepdim=True)).to(device)
             captured.clear()
             with torch.no_grad():

@@ -3,7 +3,7 @@
 Standardized features (train-split mean and std, averaged over the probe's layer set)
 go into a logistic regression (``kind="logistic"``) or a one-hidden-layer MLP
 (``kind="mlp"``), trained with Adam on binary cross-entropy plus an L2 penalty on the
-weights (:func:`fit_head`). A probe is an ensemble of ``config.heads`` such heads that
+weights. A probe is an ensemble of ``config.heads`` such heads that
 differ only in their seed (:func:`fit_heads`); its probability is the mean of theirs,
 which removes most of a single head's dependence on its initialisation and minibatch
 order. A :class:`Probe` is saved as ``probe.safetensors`` (tensors only, read back with
@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -150,26 +151,6 @@ def _make_head(kind: ProbeKind, dim: int, hidden_units: int) -> nn.Module:
     raise ValueError(f"unknown probe kind {kind!r}")
 
 
-def fit_head(x: torch.Tensor, y: torch.Tensor, config: ProbeConfig, seed: int) -> nn.Module:
-    """Adam on BCE + ``weight_decay/2 * ||W||^2`` (weights only); ``seed`` fixes the
-    initialisation and the minibatch order."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = _make_head(config.kind, x.shape[1], config.hidden_units)
-        opt = torch.optim.Adam(head.parameters(), lr=config.lr)
-        weights = [p for name, p in head.named_parameters() if name.endswith("weight")]
-        loss_fn = nn.BCEWithLogitsLoss()
-        for _ in range(config.epochs):
-            for idx in torch.randperm(len(x)).split(config.batch_size):
-                loss = loss_fn(head(x[idx]).squeeze(-1), y[idx])
-                loss = loss + 0.5 * config.weight_decay * sum((w**2).sum() for w in weights)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    head.eval()
-    return head
-
-
 def head_seeds(config: ProbeConfig) -> list[int]:
     """The ensemble's seeds: ``config.seed + 1000 * k`` for ``k < config.heads`` (so a
     one-head probe is the head seeded ``config.seed``)."""
@@ -179,8 +160,54 @@ def head_seeds(config: ProbeConfig) -> list[int]:
 
 
 def fit_heads(x: torch.Tensor, y: torch.Tensor, config: ProbeConfig) -> list[nn.Module]:
-    """One :func:`fit_head` per seed of :func:`head_seeds`, same data."""
-    return [fit_head(x, y, config, seed) for seed in head_seeds(config)]
+    """One head per seed of :func:`head_seeds`, same data: Adam on BCE + ``weight_decay/2 *
+    ||W||^2`` (weights only). Each head is trained as it would be alone: ``seed`` fixes its
+    initialisation and its minibatch order, and its loss and Adam state are its own. The
+    heads train side by side, their parameters stacked so one batched matmul serves them
+    all (the probe recipe fits a dozen ensembles, and alone each step is mostly overhead)."""
+    heads, rng_states = [], []
+    for seed in head_seeds(config):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            heads.append(_make_head(config.kind, x.shape[1], config.hidden_units))
+            rng_states.append(torch.get_rng_state())
+    stacked = {
+        name: nn.Parameter(torch.stack([dict(h.named_parameters())[name].detach() for h in heads]))
+        for name, _ in heads[0].named_parameters()
+    }
+    opt = torch.optim.Adam(stacked.values(), lr=config.lr)
+    weights = [p for name, p in stacked.items() if name.endswith("weight")]
+    for _ in range(config.epochs):
+        orders = []
+        for k, state in enumerate(rng_states):
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                orders.append(torch.randperm(len(x)))
+                rng_states[k] = torch.get_rng_state()
+        for idx in torch.stack(orders).split(config.batch_size, dim=1):
+            per_head = F.binary_cross_entropy_with_logits(_stacked_logits(stacked, x[idx]), y[idx], reduction="none")
+            loss = per_head.mean(1).sum() + 0.5 * config.weight_decay * sum((w**2).sum() for w in weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        for k, head in enumerate(heads):
+            for name, p in head.named_parameters():
+                p.copy_(stacked[name][k])
+    return [head.eval() for head in heads]
+
+
+def _stacked_logits(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits ``[heads, batch]`` of stacked heads (``_make_head``'s parameters, each with a
+    leading head dimension) on ``x`` ``[heads, batch, dim]``."""
+
+    def linear(prefix: str, inputs: torch.Tensor) -> torch.Tensor:
+        weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
+        return torch.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2))
+
+    if "weight" in params:  # logistic: nn.Linear
+        return linear("", x).squeeze(-1)
+    return linear("2.", torch.relu(linear("0.", x))).squeeze(-1)  # mlp: Linear, ReLU, Linear
 
 
 @dataclass

@@ -69,6 +69,16 @@ def test_an_upload_over_the_body_limit_is_still_accepted(http, tenant):
     assert r.json()["status"] == "processed"
 
 
+def test_an_upload_part_over_the_body_limit_is_still_accepted(sdk, tenant):
+    """So are the parts of ``/v1/uploads`` (64 MB each at most)."""
+    data = GOOD + jsonl(*[chat("q" * 500, "a" * 500)] * (2 * MAX_BODY // 1000))
+    done = sdk(tenant).uploads.upload_file_chunked(
+        file=data, filename="big.jsonl", bytes=len(data), mime_type="application/jsonl", purpose="fine-tune",
+        part_size=len(data),
+    )  # fmt: skip
+    assert (done.status, done.file.status, done.file.bytes) == ("completed", "processed", len(data))
+
+
 @pytest.mark.parametrize("key", [None, "sk-not-a-key"])
 def test_invalid_json_without_a_valid_key_is_401(http, key):
     headers = {"content-type": "application/json", **(auth(key) if key else {})}

@@ -216,7 +216,7 @@ def test_job_artifacts_count_in_the_storage_quota(fresh, db, store, unchanged):
     finally:
         store.delete(checkpoint)
     assert err.value.code == "storage_quota_exceeded"
-    assert "(files and job artifacts)" in err.value.message
+    assert "(files and job artifacts, and uploads in progress)" in err.value.message
     assert client.files.create(file=("b.jsonl", GOOD), purpose="fine-tune").status == "processed"
 
 

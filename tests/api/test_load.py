@@ -18,7 +18,7 @@ from migrations import migrate
 from tests.api.helpers import BASE_MODEL, GOOD, ORG_PREFIX, Tenant, auth
 from tests.conftest import TEST_SECRET, create_key, start_api, stop_process
 
-pytestmark = pytest.mark.slow  # hundreds of concurrent clients against two real servers
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # hundreds of concurrent clients against two real servers
 
 POLLERS = 200  # more than the API's threads (40) and database connections
 ROUNDS = 3

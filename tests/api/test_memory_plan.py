@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.models import BaseModelEntry
 from tests.api.helpers import BASE_MODEL, GOOD
+from tests.api.test_preference import PAIRS
 
 API_ENV = {"GUARDTUNE_WORKER_GPU_MEMORY_GB": "24", "GUARDTUNE_DEVICE": "cuda"}  # 24 GB GPUs, bf16 + checkpointing
 
@@ -63,6 +64,18 @@ def test_a_base_that_fits_the_workers_is_created(client, training_file, shaped_m
     job = client.fine_tuning.jobs.create(model="api-test-8b", training_file=training_file.id)
     assert job.status == "validating_files"
     assert job.model == "api-test-8b"
+
+
+def test_a_dpo_job_whose_pairs_do_not_fit_is_refused_where_its_sft_job_fits(
+    client, tenant, training_file, unchanged, shaped_models
+):
+    """On 24 GB an 8B base trains one 2048-token example, but a DPO pair is two sequences."""
+    pairs = client.files.create(file=("pairs.jsonl", PAIRS), purpose="fine-tune")
+    with unchanged(tenant), pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="api-test-8b", training_file=pairs.id, method={"type": "dpo"})
+    assert err.value.code == "insufficient_worker_memory"
+    assert "one preference pair of two sequences of 2048 tokens" in err.value.message
+    assert client.fine_tuning.jobs.create(model="api-test-8b", training_file=training_file.id).status
 
 
 def test_a_base_without_a_recorded_shape_is_not_checked(client, training_file):

@@ -1,7 +1,8 @@
 """Per-organization limits on chat, uploads and job creation (small limits on a server of
 their own; chat answered by the fake vLLM of :mod:`tests.serving.fake_vllm`): a chat request
 over a size limit is 400 naming it before any backend sees it; the request and token budgets
-answer 429 with ``Retry-After``; every chat answer carries OpenAI's ``x-ratelimit-*`` headers."""
+answer 429 with ``Retry-After`` (uploads and job creations too) and the budget's ``x-ratelimit-*``
+headers; every chat answer carries OpenAI's ``x-ratelimit-*`` headers."""
 
 from __future__ import annotations
 
@@ -112,6 +113,9 @@ def test_uploads_over_the_rate_are_429_and_nothing_stored(sdk, new_tenant, uncha
         client.files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
     assert err.value.body["code"] == "rate_limit_exceeded"
     assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert err.value.response.headers["x-ratelimit-limit-requests"] == str(UPLOADS_PER_MINUTE)
+    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert RESET.match(err.value.response.headers["x-ratelimit-reset-requests"])
 
 
 def test_job_creations_over_the_rate_are_429_and_nothing_created(sdk, new_tenant, unchanged):
@@ -124,3 +128,5 @@ def test_job_creations_over_the_rate_are_429_and_nothing_created(sdk, new_tenant
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file)
     assert err.value.body["code"] == "rate_limit_exceeded"
     assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert err.value.response.headers["x-ratelimit-limit-requests"] == str(JOBS_PER_MINUTE)
+    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"

@@ -10,6 +10,7 @@ from core.jobs.memory_plan import (
     GIB,
     ModelShape,
     TrainingLayout,
+    example_tokens,
     micro_batch_tokens_that_fit,
     training_memory,
     worker_layout,
@@ -80,6 +81,15 @@ def test_the_micro_batch_picked_is_whole_examples_that_fit() -> None:
 def test_no_micro_batch_fits_when_one_example_does_not() -> None:
     assert micro_batch_tokens_that_fit(LLAMA_8B, CUDA, 16 * GIB, 2048) is None
     assert micro_batch_tokens_that_fit(LLAMA_8B, CUDA, 8 * GIB, 2048) is None  # below the weights alone
+
+
+def test_a_dpo_pair_is_planned_as_both_its_sequences() -> None:
+    assert example_tokens(2048, "supervised") == 2048
+    assert example_tokens(2048, "dpo") == 4096
+    exact = TrainingLayout(weight_bytes=2, half_precision=True, checkpointing=True, exact_reference=True)
+    # on 24 GB an 8B base trains one 2048-token example with the exact reference, not one pair
+    assert micro_batch_tokens_that_fit(LLAMA_8B, exact, 24 * GIB, example_tokens(2048, "supervised")) == 2048
+    assert micro_batch_tokens_that_fit(LLAMA_8B, exact, 24 * GIB, example_tokens(2048, "dpo")) is None
 
 
 @pytest.mark.parametrize(

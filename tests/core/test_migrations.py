@@ -26,6 +26,8 @@ TABLES = {
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",
+    "uploads",
+    "upload_parts",
 }
 
 

@@ -14,14 +14,15 @@ import torch
 from peft import get_peft_model
 
 from safety.batching import token_batches
-from safety.data import encode_example
+from safety.data import collate, encode_example
 from safety.evaluate import example_losses
 from safety.generation import GenerationSettings, generate, prompt_token_ids
+from safety.objective import answer_window, example_sums, weighted_loss
 from safety.probe.features import extract_features
-from safety.reference import compute_reference_cache
+from safety.reference import compute_reference_cache, reference_forward
 from safety.train_config import TrainConfig
 from safety.train_state import lora_config
-from safety.train_step import accumulate_gradients, example_weights
+from safety.train_step import accumulate_gradients, count_answer_tokens, example_weights
 from safety.trainer import StepMetrics, train
 from safety.validation import validation_pass
 
@@ -85,6 +86,40 @@ def test_the_accumulated_gradient_equals_the_one_shot_gradient(load_tiny, chat_e
         torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)
 
 
+def test_the_step_reads_logits_only_from_the_first_answer_position_with_the_full_forwards_loss(
+    load_tiny, chat_examples
+) -> None:
+    """The training step asks the model for the logits from the first position predicting an
+    answer token on (``answer_window``); its loss and gradient are those of a forward with
+    every position's logits, the reference's included (exact KL)."""
+    model, tokenizer = load_tiny()
+    examples = _varied(chat_examples)
+    examples[0] = {"prompt": "Please read this long preamble first. " * 8 + "Now say hi.", "completion": "Hi."}
+    encoded = [encode_example(tokenizer, e, CONFIG.max_seq_len) for e in examples]
+    batch = collate(encoded, tokenizer.pad_token_id)
+    assert 5 < answer_window(batch["labels"]) < batch["input_ids"].shape[1] // 2  # a window to skip
+    torch.manual_seed(0)
+    peft = get_peft_model(model, lora_config(CONFIG))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    weights = example_weights(CONFIG, RISKS)
+    windowed, loss = _gradients(peft, tokenizer, encoded, weights, None, None)
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with reference_forward(peft):
+        ref_logits = peft(**inputs).logits
+    ce, kl, _ = example_sums(peft(**inputs).logits, batch["labels"], ref_logits)
+    w_sft, w_kl = torch.tensor(weights).unbind(-1)
+    full_loss = weighted_loss(ce, kl, w_sft, w_kl, sum(count_answer_tokens(e) for e in encoded))
+    full_loss.backward()
+    full = [p.grad for p in peft.parameters() if p.requires_grad]
+    assert loss == pytest.approx(full_loss.item(), rel=1e-6)
+    for mine, theirs in zip(windowed, full, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+
+
 def _run(load_tiny, examples, config: TrainConfig, work_dir: Path, validation=None) -> list[StepMetrics]:
     model, tokenizer = load_tiny()
     metrics: list[StepMetrics] = []
@@ -132,8 +167,8 @@ def test_a_batch_of_64_examples_of_2048_tokens_has_the_same_loss_in_micro_batche
     load_tiny, tmp_path: Path
 ) -> None:
     """The issue's job on CPU: ``batch_size`` 64 of 2048-token examples. One micro-batch of
-    them holds 64 × 2048 logits over the 49152-token vocabulary (26 GB in fp32), beyond
-    this machine; micro-batches of one example each (a 2048-token budget) and of four
+    them holds 64 × 2048 logits over the 49152-token vocabulary (26 GB in fp32; the step
+    keeps those from the first answer position on, still GBs), beyond this machine; micro-batches of one example each (a 2048-token budget) and of four
     (8192) train with the same loss (the one-shot equality, under ``adaptive`` with mixed
     risks, is the test above). Plain SFT (``none``): no reference pass, a third less time."""
     _, tokenizer = load_tiny()

@@ -30,6 +30,7 @@ from safety.probe import (
     train_probe,
     train_probe_on_features,
 )
+from safety.probe.heads import _make_head, fit_heads, head_seeds
 
 WORDS = "the cat sat on a mat while dogs ran across green fields under blue skies near old towns".split()
 
@@ -122,7 +123,36 @@ def test_ensemble_probability_is_the_mean_of_its_heads() -> None:
     torch.testing.assert_close(probe.predict_proba_features(x), torch.stack(singles).mean(dim=0))
     assert not torch.equal(singles[0], singles[1])  # the heads' seeds differ
     one, _ = train_probe_on_features(x, labels, [0], dataclasses.replace(config, heads=1))
-    assert torch.equal(one.predict_proba_features(x), singles[0])  # head 0 is seeded config.seed
+    torch.testing.assert_close(one.predict_proba_features(x), singles[0])  # head 0 is seeded config.seed
+
+
+@pytest.mark.parametrize("kind", ["logistic", "mlp"])
+def test_the_ensemble_trains_each_head_as_it_would_train_alone(kind: str) -> None:
+    """``fit_heads`` trains its heads side by side; each must match a head trained alone
+    (its seed's initialisation and minibatch order, its own Adam) to float precision."""
+    torch.manual_seed(3)
+    x = torch.randn(150, 12)
+    y = (x[:, 0] + 0.5 * torch.randn(150) > 0).float()
+    config = ProbeConfig(kind=kind, epochs=4, batch_size=32, hidden_units=8, heads=3, weight_decay=0.05)
+    heads = fit_heads(x, y, config)
+    assert len(heads) == 3
+    for seed, head in zip(head_seeds(config), heads):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            alone = _make_head(kind, 12, 8)
+            opt = torch.optim.Adam(alone.parameters(), lr=config.lr)
+            for _ in range(config.epochs):
+                for idx in torch.randperm(len(x)).split(config.batch_size):
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(alone(x[idx]).squeeze(-1), y[idx])
+                    weights = [p for name, p in alone.named_parameters() if name.endswith("weight")]
+                    loss = loss + 0.5 * config.weight_decay * sum((w**2).sum() for w in weights)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        for (name, mine), theirs in zip(head.named_parameters(), alone.parameters()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5, msg=name)
+    # the heads differ: each drew its own initialisation and order
+    assert not torch.allclose(heads[0](x), heads[1](x))
 
 
 def test_a_one_head_probe_file_from_before_ensembles_loads(tmp_path: Path) -> None:

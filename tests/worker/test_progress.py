@@ -11,6 +11,7 @@ from core.jobs.vocab import JobStatus
 from core.models import Job
 from safety.train_metrics import StepMetrics
 from tests.worker.conftest import create_job, demo_lines
+from worker.pipeline.tracking import JobTracking
 from worker.pipeline.train import Progress
 
 
@@ -23,7 +24,7 @@ def test_a_pause_committed_during_a_step_leaves_no_finish_estimate(configured):
     heartbeat going (the worker is still saving its checkpoint) and writes no estimate."""
     with session_scope() as session:
         job_id = create_job(session, "org-progress", demo_lines(4), status="running", stage="training")
-        progress = Progress(session.get(Job, job_id))
+        progress = Progress(session.get(Job, job_id), JobTracking(job_id, []))
     progress.on_step(_step(1))
     with session_scope() as session:
         job = session.get(Job, job_id)

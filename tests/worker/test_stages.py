@@ -121,6 +121,41 @@ def test_cancelled_job_stops_and_is_not_overwritten(pipeline_env):
         assert session.get(Job, job_id).status == "cancelled"
 
 
+def test_a_scan_running_when_the_job_is_cancelled_stops_within_seconds(pipeline_env):
+    """The cancel arrives while the scan runs (after it entered the stage): it stops at its
+    next batch, stores no scan report and lets its lease go, instead of scanning to the end."""
+    import threading
+    import time
+
+    from core.db import session_scope
+    from core.models import Job, SafetyReport
+    from worker.tasks import run_stage
+
+    with session_scope() as session:
+        job_id = create_job(session, "org-c", demo_lines(16))
+    assert run_stage("validate", job_id) == "scan"
+    scan = threading.Thread(target=run_stage, args=("scan", job_id), daemon=True)
+    scan.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            if session.get(Job, job_id).stage == "scanning":
+                break
+        time.sleep(0.05)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        job.status, job.cancel_requested = "cancelled", True
+    cancelled_at = time.monotonic()
+    scan.join(timeout=120)
+    assert not scan.is_alive()
+    assert time.monotonic() - cancelled_at < 20  # a model load and one batch at most, on a loaded machine
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.worker_id) == ("cancelled", None)
+        report = session.get(SafetyReport, job_id)
+        assert report is None or report.scan is None
+
+
 def test_torch_threads_setting_applies_when_a_stage_loads_its_model(pipeline_env, monkeypatch):
     import torch
 

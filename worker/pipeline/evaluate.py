@@ -38,6 +38,7 @@ def eval_outputs_key(job: Job) -> str:
     return job_prefix(job, "eval_outputs.jsonl")
 
 
+@jobstate.stops_when_cancelled
 def run(job_id: str) -> None:
     from safety.checkpoints import load_adapter
 

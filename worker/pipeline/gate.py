@@ -4,7 +4,8 @@ The decision records the digest of the adapter it judged (``gate.adapter_sha256`
 release stage and an operator's approval release only that adapter. Blocked jobs end
 ``failed`` with ``safety_gate_blocked``; the adapter stays stored and is never served (ops
 may approve it with a recorded reason). Either way the
-job gets its ``step_metrics.csv`` result file here."""
+job gets its ``step_metrics.csv`` result file here, and the job's experiment trackers the
+scan, evaluation and gate summaries (``worker.pipeline.tracking``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from core.storage import get_store
 from worker.metrics import GATE_DECISIONS
 from worker.pipeline import jobstate, results
 from worker.pipeline.resources import adapter_prefix
+from worker.pipeline.tracking import open_tracking
 
 if TYPE_CHECKING:
     from safety.gate import GatePolicy
@@ -63,7 +65,9 @@ def run(job_id: str) -> None:
                 level="info" if decision.released else "warn",
                 data={"gate": report.gate},
             )
-        results.attach_step_metrics(session, jobstate.live_job(session, job_id))
+        job = jobstate.live_job(session, job_id)
+        summary = {"scan": report.scan, "evaluation": report.evaluation, "gate": report.gate}
+        results.attach_step_metrics(session, job)
         if not report.gate["released"]:
             jobstate.finish(
                 session,
@@ -77,3 +81,6 @@ def run(job_id: str) -> None:
                 },
                 message="Job blocked by the safety gate; the adapter is kept but not served",
             )
+    tracking = open_tracking(job)  # after the commit: a tracker never holds up or undoes the decision
+    tracking.log_summary(summary)
+    tracking.close(finished=True)

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from core.jobs.vocab import ACTIVE, LIVE, TERMINAL, ErrorCode, JobStage, JobStat
 from core.logging import get_logger
 from core.models import Job, now
 from core.settings import get_settings
+from safety import interrupt
 
 log = get_logger(__name__)
 
@@ -227,3 +228,16 @@ def cancel_requested(job_id: str) -> bool:
     with session_scope() as session:
         row = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one()
     return row.cancel_requested or row.status in TERMINAL
+
+
+def stops_when_cancelled(stage: Callable[[str], None]) -> Callable[[str], None]:
+    """A stage function that stops between two batches of its model passes within seconds of
+    the job's cancel (:mod:`safety.interrupt`: raises :class:`~safety.interrupt.Interrupted`),
+    instead of running to its end on a job that no longer counts against its organization."""
+
+    @functools.wraps(stage)
+    def run(job_id: str) -> None:
+        with interrupt.stop_when(lambda: cancel_requested(job_id)):
+            stage(job_id)
+
+    return run

@@ -20,6 +20,10 @@ For each unfinished job (``validating_files``, ``queued``, ``running``; any othe
 * **a delayed retry due** (no lease holder, the live row unsent with ``not_before`` passed:
   a stage re-queued after a transient fault, :mod:`worker.pipeline.transient`): the row is
   sent. Before then the job is left waiting.
+* **held for a GPU slot** (no lease holder, the live row a GPU stage's, unsent, with the
+  fair-share dispatcher on: :mod:`core.dispatch`): left to the dispatcher, which the pass
+  runs at its end (a lost worker's slot freed, a retry due) and which sends it in its
+  organization's turn. Never a lost message.
 * **nothing queued** (no lease holder, no live row, untouched for the stale period; e.g. a
   job created before the outbox existed): the stage the job's status points at is queued.
 
@@ -40,7 +44,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from core import outbox
+from core import dispatch, outbox
 from core.db import matched_rows, session_scope
 from core.jobs.pipeline import DEFAULT_QUEUE, WEBHOOK_TASK, Stage
 from core.jobs.vocab import LIVE, ErrorCode, JobStatus
@@ -98,6 +102,8 @@ def reap() -> list[dict[str, Any]]:
                     continue  # claimed or handed over since we read it
                 task, queue = _task_for(job)
                 action, message = "requeued", outbox.add(session, job.id, task, queue)
+            elif row.sent_at is None and dispatch.holds(row.queue):
+                continue  # a GPU stage waiting for its organization's turn: the dispatcher sends it
             elif row.sent_at is None and row.not_before is not None:
                 if row.not_before > now:
                     continue  # a retry waiting out its backoff
@@ -116,8 +122,8 @@ def reap() -> list[dict[str, Any]]:
                     status=job.status,
                     stage=job.stage,
                 )
-            if message is not None:
-                to_send.append(message)
+            if message is not None and (action == "replayed" or not dispatch.holds(message.queue)):
+                to_send.append(message)  # (a new GPU row waits for the dispatcher, below; a lost one is replayed)
         for job_id, action, message in _webhook_actions(session, now, stale_before, grace_before, broker):
             actions.append({"job_id": job_id, "action": action, "task": WEBHOOK_TASK})
             log.info("reaper_action", job_id=job_id, action=action, task=WEBHOOK_TASK)
@@ -125,6 +131,7 @@ def reap() -> list[dict[str, Any]]:
                 to_send.append(message)
     for message in to_send:  # after the commit
         outbox.send_quietly(message)
+    dispatch.release_quietly()  # held GPU stages into the slots freed meanwhile (lost workers, retries due)
     return actions
 
 

@@ -1,5 +1,6 @@
 """Where a job's artifacts live in the object store, and loading what stages need:
-training examples, the base model, the base model's probe; the token limit of an example."""
+training examples, the base model, the base model's probe, the adapter a continued job
+starts from; the token limit of an example."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.datasets import iter_examples
-from core.jobs.memory_plan import GIB, ModelShape, micro_batch_tokens_that_fit, worker_layout
-from core.models import Job
+from core.db import session_scope
+from core.jobs.memory_plan import GIB, ModelShape, example_tokens, micro_batch_tokens_that_fit, worker_layout
+from core.jobs.vocab import ErrorCode
+from core.models import Job, ReleasedModel
 from core.releases import digests
 from core.settings import get_settings
-from core.storage import ObjectStore, get_store, org_key
+from core.storage import ObjectStore, download_dir, get_store, org_key
+from worker.pipeline.jobstate import StageError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -40,6 +44,30 @@ def adapter_prefix(job: Job) -> str:
 
 def checkpoint_prefix(job: Job, step: int) -> str:
     return job_prefix(job, "checkpoints", f"step-{step:06d}")
+
+
+def download_parent_adapter(job: Job, dest: Path) -> Path | None:
+    """The adapter of the released model ``job`` continues training from (``Job.parent_model``),
+    downloaded into ``dest`` and checked against the digest it was released with; ``None`` for
+    a job that starts from a fresh adapter. A parent revoked since the job was created, or whose
+    stored files no longer have that digest, fails the job ``parent_model_unavailable``."""
+    if job.parent_model is None:
+        return None
+    with session_scope() as session:
+        parent = session.get(ReleasedModel, job.parent_model)
+        usable = parent is not None and parent.revoked_at is None and parent.org_id == job.org_id
+        prefix, sha256 = (parent.storage_prefix, parent.sha256) if parent is not None else ("", "")
+    dest.mkdir(parents=True, exist_ok=True)
+    if usable:
+        download_dir(get_store(), prefix, dest)
+    if not usable or not any(dest.iterdir()) or digests.dir_sha256(dest) != sha256:
+        raise StageError(
+            ErrorCode.PARENT_MODEL_UNAVAILABLE,
+            f"The model {job.parent_model} this job continues from was revoked or its adapter changed "
+            "after the job was created.",
+            param="model",
+        )
+    return dest
 
 
 def probe_prefix(model_id: str) -> str:
@@ -80,17 +108,17 @@ def token_limit(model: PreTrainedModel) -> int:
     return min(context_length(model), get_settings().max_example_tokens)
 
 
-def micro_batch_tokens(model: PreTrainedModel, *, exact_reference: bool) -> int | None:
+def micro_batch_tokens(model: PreTrainedModel, method: str, *, exact_reference: bool) -> int | None:
     """The padded tokens of training's micro-batches: ``GUARDTUNE_MICRO_BATCH_TOKENS``; unset,
     with ``GUARDTUNE_WORKER_GPU_MEMORY_GB`` the most that ``core.jobs.memory_plan`` fits in it
-    for examples at the token limit (at least one such example); else ``None`` (the job's
-    batch size alone)."""
+    for examples of ``method`` at the token limit (at least one such example; a DPO pair is
+    both its sequences); else ``None`` (the job's batch size alone)."""
     settings = get_settings()
     if settings.micro_batch_tokens is not None or settings.worker_gpu_memory_gb is None:
         return settings.micro_batch_tokens
     shape = ModelShape.from_config(model.config.to_dict(), model.num_parameters())
     layout = worker_layout(settings, exact_reference=exact_reference)
-    longest = token_limit(model)
+    longest = example_tokens(token_limit(model), method)
     return micro_batch_tokens_that_fit(shape, layout, int(settings.worker_gpu_memory_gb * GIB), longest) or longest
 
 

@@ -142,6 +142,7 @@ def _listed(issues: list[Issue], max_errors: int) -> str:
     return "; ".join(map(str, issues[:max_errors])) + more
 
 
+@jobstate.stops_when_cancelled
 def run(job_id: str) -> None:
     from safety.pair_scan import scan_pairs
     from safety.scan import ScanConfig, scan_dataset

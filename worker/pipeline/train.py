@@ -6,6 +6,8 @@ checkpoints table, the newest ``GUARDTUNE_KEEP_CHECKPOINTS`` kept there and in t
 stops training before the next step; a pause checkpoints that step boundary and frees the
 worker (resume re-queues this stage, which continues from that checkpoint). With a
 validation file, checkpoint steps carry ``valid_loss`` / ``valid_mean_token_accuracy``.
+A job created with ``model="ft:…"`` starts from that released adapter's weights (downloaded
+and checked against its released digest); its reference stays the base model.
 A DPO job (``method.type = "dpo"``) trains its preference pairs with ``safety.dpo`` at the
 job's ``beta``; its metrics carry ``train_reward_margin`` / ``train_reward_accuracy`` (and
 ``valid_reward_accuracy`` beside the validation pairs' DPO ``valid_loss``).
@@ -37,6 +39,7 @@ from worker.pipeline.reference import load_or_build, uses_cache
 from worker.pipeline.resources import (
     adapter_prefix,
     checkpoint_prefix,
+    download_parent_adapter,
     iter_file_examples,
     load_model,
     micro_batch_tokens,
@@ -44,6 +47,7 @@ from worker.pipeline.resources import (
     token_limit,
     work_dir,
 )
+from worker.pipeline.tracking import JobTracking, open_tracking
 
 if TYPE_CHECKING:
     from safety.train_config import TrainConfig, TrainResult
@@ -109,32 +113,38 @@ def run(job_id: str) -> int | None:
     risks, flagged = read_scan_risks(job)
     model, tokenizer = load_model(source)
     safety = SafetyConfig.stored(job.safety)
-    exact = job_method(job.method) == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
-    config = train_config(job, token_limit(model), micro_batch_tokens(model, exact_reference=exact))
+    method = job_method(job.method)
+    exact = method == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
+    config = train_config(job, token_limit(model), micro_batch_tokens(model, method, exact_reference=exact))
     cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
     with work_dir(job_id) as workdir:  # removed however training ends
+        init_adapter = download_parent_adapter(job, workdir / "parent") if last is None else None
         resume_dir = None
         if last is not None:
             resume_dir = download_dir(get_store(), last.storage_prefix, workdir / f"resume-{last.step:06d}")
             with session_scope() as session:
                 jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
-        progress = Progress(job, after or 0.0)
-        result = train(
-            model,
-            tokenizer,
-            examples,
-            risks,
-            config,
-            work_dir=workdir,
-            on_step=progress.on_step,
-            should_cancel=lambda: jobstate.cancel_requested(job_id),
-            save_checkpoint=progress.save_checkpoint,
-            resume_dir=resume_dir,
-            flagged=flagged,
-            should_pause=lambda: jobstate.pause_requested(job_id),
-            validation=validation,
-            reference_cache=cache,
-        )
+        progress = Progress(job, open_tracking(job), after or 0.0)
+        try:
+            result = train(
+                model,
+                tokenizer,
+                examples,
+                risks,
+                config,
+                work_dir=workdir,
+                on_step=progress.on_step,
+                should_cancel=lambda: jobstate.cancel_requested(job_id),
+                save_checkpoint=progress.save_checkpoint,
+                resume_dir=resume_dir,
+                flagged=flagged,
+                should_pause=lambda: jobstate.pause_requested(job_id),
+                validation=validation,
+                reference_cache=cache,
+                init_adapter=init_adapter,
+            )
+        finally:
+            progress.tracking.close()
         if result.outcome == TrainOutcome.PAUSED:
             shutil.rmtree(workdir, ignore_errors=True)  # before a resumed run may take the job's work dir
             with session_scope() as session:  # the event tells the truth: the lease goes with it
@@ -179,12 +189,13 @@ def _store_result(job: Job, config: TrainConfig, result: TrainResult) -> None:
 
 
 class Progress:
-    """The trainer's callbacks: metrics events, ETA, heartbeat, stored checkpoints. The job's
+    """The trainer's callbacks: metrics events, ETA, heartbeat, stored checkpoints, and every
+    step's metrics to the job's experiment trackers (``tracking``). The job's
     ``estimated_finish``: the end of training at this run's pace, plus ``after``, the measured
     seconds of the stages after training (``core.jobs.estimate``)."""
 
-    def __init__(self, job: Job, after: float = 0.0):
-        self.job, self.started, self.after = job, time.monotonic(), after
+    def __init__(self, job: Job, tracking: JobTracking, after: float = 0.0):
+        self.job, self.tracking, self.started, self.after = job, tracking, time.monotonic(), after
         self.first_step: int | None = None
         self.every = max(1, get_settings().metrics_event_every)
 
@@ -201,6 +212,7 @@ class Progress:
             update_live(session, self.job.id, heartbeat_at=time.time(), estimated_finish=estimate)
             if m.step % self.every == 0 or m.step == m.total_steps:
                 jobstate.add_event(session, self.job.id, _step_message(m), type="metrics", data=metrics_data(m))
+        self.tracking.log_step(metrics_data(m))
 
     def save_checkpoint(self, step: int, local_dir: Path, m: StepMetrics) -> None:
         prefix = checkpoint_prefix(self.job, step)

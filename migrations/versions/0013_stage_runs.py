@@ -1,15 +1,15 @@
 """stage_runs: how long each finished pipeline stage took (and, for training, how many tokens
 it trained), the measured throughput that job estimates read
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
