@@ -1,17 +1,22 @@
-"""Prometheus metrics for the API process (``GET /metrics``)."""
+"""Prometheus metrics for the API process (``GET /metrics``): its requests, and the
+pipeline's jobs by status and queue backlog (:mod:`core.jobs.metrics`, read from the
+database at each scrape)."""
 
 from __future__ import annotations
 
 import time
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+from core.jobs.metrics import PipelineCollector
 
 REQUESTS = Counter("guardtune_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("guardtune_http_request_seconds", "HTTP request latency", ["method", "route"])
 JOBS_CREATED = Counter("guardtune_jobs_created_total", "Fine-tuning jobs created")
 FILES_UPLOADED = Counter("guardtune_files_uploaded_total", "Files uploaded")
 UPLOAD_BYTES = Counter("guardtune_upload_bytes_total", "Bytes uploaded")
+REGISTRY.register(PipelineCollector())
 
 
 def install_metrics(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from core.logging import configure_logging
 from core.settings import Settings, get_settings
 
 HEADER_TOO_LARGE = json.dumps(
@@ -90,11 +91,13 @@ def config(
         http=BoundedH11Protocol,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=KEEP_ALIVE_S,
+        log_config=None,  # uvicorn's lines go through the app's structured logging (core.logging)
     )
 
 
 def run(host: str | None = None, port: int | None = None, log_level: str | None = None) -> None:
     """Serve the API in this process until it is stopped."""
+    configure_logging()
     uvicorn.Server(config(get_settings(), host, port, log_level)).run()
 
 

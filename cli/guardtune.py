@@ -49,6 +49,18 @@ def worker_argv(
     ]
 
 
+def worker_env() -> dict[str, str]:
+    """A worker process's environment: this one's, in prometheus_client's multiprocess mode
+    when the worker serves metrics (``GUARDTUNE_WORKER_METRICS_PORT``: :mod:`worker.metrics`)."""
+    settings = get_settings()
+    env = os.environ.copy()
+    if settings.worker_metrics_port is not None:
+        from worker.metrics import multiprocess_env
+
+        env.update(multiprocess_env(settings.home_dir, settings.worker_metrics_port))
+    return env
+
+
 def infer_argv() -> list[str]:
     """The embedded inference process (``guardtune infer``)."""
     return [sys.executable, "-m", "cli.guardtune", "infer"]
@@ -95,7 +107,7 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: list[subprocess.Popen] = []
     if settings.run_embedded_worker:
-        children.append(subprocess.Popen(worker_argv(), env=os.environ.copy()))
+        children.append(subprocess.Popen(worker_argv(), env=worker_env()))
         typer.echo(f"embedded worker started (pid {children[-1].pid})")
     if settings.run_embedded_infer:
         children.append(subprocess.Popen(infer_argv(), env=os.environ.copy()))
@@ -117,7 +129,7 @@ def worker(
     settings = get_settings()
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(queues, concurrency, settings.log_level, beat)
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, worker_env())
 
 
 @app.command()

@@ -267,6 +267,23 @@ class OutboxMessage(Base):
     not_before: Mapped[float | None] = mapped_column(Float)  # a delayed retry: sent by the reaper after this
 
 
+class StageRun(Base):
+    """A pipeline stage that ran to its end: its wall time and, for ``train``, the tokens it
+    trained (the training file's estimated tokens × epochs, its share of the steps when it
+    resumed from a checkpoint). The measured throughput that estimates read
+    (:mod:`core.jobs.estimate`)."""
+
+    __tablename__ = "stage_runs"
+    __table_args__ = (Index("ix_stage_runs_stage_seq", "stage", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    stage: Mapped[str] = mapped_column(String(24))  # a core.jobs.pipeline.Stage
+    seconds: Mapped[float] = mapped_column(Float)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[float] = mapped_column(Float)
+
+
 class PendingDeletion(Base):
     """A stored object, or every object under a prefix, whose deletion failed after its
     retries: the deletion sweep (:func:`core.deletion.sweep`) tries it again until it goes."""

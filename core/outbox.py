@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import structlog
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import matched_rows
@@ -183,3 +183,37 @@ def latest(session: Session, job_id: str) -> OutboxMessage | None:
     return session.scalar(
         select(OutboxMessage).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.seq.desc()).limit(1)
     )
+
+
+def wait_of(session: Session, message_id: str) -> tuple[str, float] | None:
+    """A consumed row's queue and how long it waited: from when it was due (its
+    ``not_before``, else its creation) to its consumption; ``None`` if not consumed."""
+    row = session.execute(
+        select(
+            OutboxMessage.queue, OutboxMessage.created_at, OutboxMessage.not_before, OutboxMessage.consumed_at
+        ).where(OutboxMessage.id == message_id)
+    ).first()
+    if row is None or row.consumed_at is None:
+        return None
+    return row.queue, max(0.0, row.consumed_at - max(row.created_at, row.not_before or 0.0))
+
+
+@dataclass(frozen=True)
+class QueueBacklog:
+    """A queue's unconsumed rows that are due (a delayed retry counts from its ``not_before``),
+    and when the oldest of them became due (``None``: none waiting)."""
+
+    waiting: int
+    oldest_due: float | None
+
+
+def backlog(session: Session, queues: tuple[str, ...], at: float) -> dict[str, QueueBacklog]:
+    """Each of ``queues``' backlog as of ``at``."""
+    due = func.coalesce(OutboxMessage.not_before, OutboxMessage.created_at)
+    rows = session.execute(
+        select(OutboxMessage.queue, func.count(), func.min(due))
+        .where(OutboxMessage.consumed_at.is_(None), due <= at)
+        .group_by(OutboxMessage.queue)
+    ).all()
+    found = {queue: QueueBacklog(count, oldest) for queue, count, oldest in rows}
+    return {queue: found.get(queue, QueueBacklog(0, None)) for queue in queues}

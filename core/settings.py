@@ -144,6 +144,7 @@ class Settings(BaseSettings):
     audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head
     audit_anchor_retention_days: int = Field(default=0, ge=0)  # S3 Object Lock (compliance) on anchors; 0: none
     metrics_event_every: int = 1
+    estimate_window: int = Field(20, ge=1)  # estimates read the medians of each stage's newest N runs
     checkpoint_every: int = CHECKPOINT_EVERY
     keep_checkpoints: int = Field(3, ge=1)  # a job's newest checkpoints kept (work dir, store, listing)
     max_flagged_fraction: float | None = None  # refuse to train above this flagged share
@@ -213,6 +214,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+    # A worker's Prometheus metrics (stage durations, gate decisions, tokens/s, queue waits),
+    # served on this port by its main process for all its pool processes; None: not served.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @model_validator(mode="before")
     @classmethod

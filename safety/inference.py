@@ -183,8 +183,10 @@ class Engine:
         max_batch: int = defaults.INFER_MAX_BATCH,
         batch_wait_s: float = defaults.INFER_BATCH_WAIT_MS / 1000,
         max_prompt_len: int = MAX_PROMPT_LEN,
+        on_batch: Callable[[int], None] | None = None,
     ):
         self.load_base = load_base
+        self.on_batch = on_batch  # called with each group's size before it is generated (metrics)
         self.max_adapters = max(1, max_adapters)
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = batch_wait_s
@@ -254,6 +256,8 @@ class Engine:
                 torch.manual_seed(first.seed)
         device = model_device(base.model)
         self.batches.append(len(rows))
+        if self.on_batch is not None:
+            self.on_batch(len(rows))
         with context, torch.no_grad():
             base.model.generate(
                 input_ids=ids.to(device),

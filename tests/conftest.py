@@ -36,6 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sample ``name{labels}`` of a Prometheus scrape's text (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 def clear_caches() -> None:
     """Forget process-wide cached settings, engines, stores, producers, rate limiters and API keys."""
     from api import keycache

@@ -11,6 +11,7 @@ Endpoints:
   ``logit_bias`` through :mod:`safety.decoding`) and answers 400 ``unsupported_parameter``
   for anything else the request sets.
 * ``GET /health`` — ``{"status": "ok", "loaded": {base: [adapters…]}, "batches": [...]}``.
+* ``GET /metrics`` — Prometheus: latency, batch sizes, tokens generated (:mod:`worker.metrics`).
 
 Adapters are fetched from the object store on first use into ``$HOME/infer-adapters/<sha256>``
 (content-addressed; the digest is checked before the directory is used). The process listens
@@ -20,19 +21,23 @@ on ``GUARDTUNE_INFER_HOST`` (loopback by default): it trusts the API, not the ne
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core import chat
 from core.chat_params import unknown_parameter, unsupported_parameter
 from core.errors import GuardtuneError, InvalidRequest
 from core.inference import InferenceUnavailable, embedded_adapter_root, fetch_adapter
+from core.logging import configure_logging
 from core.settings import get_settings
 from core.storage import get_store
+from worker.metrics import INFERENCE_BATCH_SIZE, INFERENCE_COMPLETION_TOKENS, INFERENCE_SECONDS, registry
 
 if TYPE_CHECKING:
     from safety.inference import ChatRequest, Engine
@@ -48,6 +53,7 @@ def make_engine() -> Engine:
         max_adapters=settings.infer_max_adapters,
         max_batch=settings.infer_max_batch,
         batch_wait_s=settings.infer_batch_wait_ms / 1000,
+        on_batch=INFERENCE_BATCH_SIZE.observe,
     )
 
 
@@ -71,6 +77,10 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
             "max_batch_seen": max(engine.batches, default=0),
         }
 
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(body: chat.InferRequest) -> JSONResponse | StreamingResponse | dict[str, Any]:
         if (refused := _refusal(body)) is not None:
@@ -81,6 +91,7 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
         except (OSError, ValueError) as exc:
             return _error(InferenceUnavailable(f"adapter unavailable: {exc}", code="adapter_unavailable"))
         request = _chat_request(body, settings.chat_max_tokens, adapter_dir)
+        started = time.monotonic()
         engine.submit(request)
         id_ = chat.new_completion_id()
         if body.stream:
@@ -90,7 +101,7 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
                 return _error(_invalid(first[1]))
             events = _replay(first, request.events, timeout_s)
             return StreamingResponse(
-                _stream(events, id_, body.model, request.n, include_usage), media_type="text/event-stream"
+                _stream(events, id_, body.model, request.n, include_usage, started), media_type="text/event-stream"
             )
         while (event := _next(request.events, timeout_s))[0] == "delta":
             pass
@@ -99,6 +110,7 @@ def create_app(engine: Engine | None = None, adapter_root: Path | None = None) -
         if event[0] == "error":
             return _error(GuardtuneError(event[1], code="inference_failed"))
         done = event[1]
+        _observe(started, stream=False, completion_tokens=done.completion_tokens)
         choices = [chat.choice(i, c.text, c.finish_reason, c.logprobs) for i, c in enumerate(done.choices)]
         return chat.completion(id_, body.model, choices, done.prompt_tokens, done.completion_tokens)
 
@@ -167,7 +179,15 @@ def _replay(
         event = _next(events, timeout_s)
 
 
-def _stream(events: Iterator[tuple[str, Any]], id_: str, model: str, n: int, include_usage: bool) -> Iterator[bytes]:
+def _observe(started: float, *, stream: bool, completion_tokens: int) -> None:
+    """A finished completion's latency (from submission) and tokens."""
+    INFERENCE_SECONDS.labels(str(stream).lower()).observe(time.monotonic() - started)
+    INFERENCE_COMPLETION_TOKENS.inc(completion_tokens)
+
+
+def _stream(
+    events: Iterator[tuple[str, Any]], id_: str, model: str, n: int, include_usage: bool, started: float
+) -> Iterator[bytes]:
     for index in range(n):
         yield chat.sse(chat.chunk(id_, model, {"role": "assistant", "content": ""}, index=index))
     for kind, value in events:
@@ -177,6 +197,7 @@ def _stream(events: Iterator[tuple[str, Any]], id_: str, model: str, n: int, inc
         if kind != "done":
             yield chat.sse(GuardtuneError(str(value), code="inference_failed").to_dict())
             break
+        _observe(started, stream=True, completion_tokens=value.completion_tokens)
         for index, choice in enumerate(value.choices):
             yield chat.sse(chat.chunk(id_, model, {}, choice.finish_reason, index=index))
         if include_usage:
@@ -191,4 +212,11 @@ def serve() -> None:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(create_app(), host=settings.infer_host, port=settings.infer_port, log_level=settings.log_level.lower())
+    configure_logging()
+    uvicorn.run(
+        create_app(),
+        host=settings.infer_host,
+        port=settings.infer_port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through the app's structured logging (core.logging)
+    )

@@ -13,17 +13,22 @@ import time
 from collections.abc import Callable
 
 import structlog
+from sqlalchemy import case
 from sqlalchemy.orm import Session
 
 from core import deletion, dispatch, outbox, retention
 from core.audit import service as audit
 from core.db import session_scope
+from core.jobs import estimate
 from core.jobs.pipeline import EXPIRE_TASK, PIPELINE, REAP_TASK, START_TASK, SWEEP_TASK, WEBHOOK_TASK, Stage
 from core.jobs.transitions import update_live
-from core.jobs.vocab import ErrorCode
+from core.jobs.vocab import ErrorCode, JobStatus
 from core.logging import get_logger
+from core.models import Job
+from core.settings import get_settings
 from safety.interrupt import Interrupted
 from worker.celery_app import celery_app
+from worker.metrics import QUEUE_WAIT_SECONDS, STAGE_SECONDS, TRAIN_TOKENS_PER_SECOND, TRAINED_TOKENS
 from worker.pipeline import evaluate, gate, jobstate, release, scan, train, transient, validate
 from worker.pipeline.align import align_base_model
 from worker.pipeline.jobstate import JobGone, Paused, StageError, Superseded
@@ -34,8 +39,9 @@ from worker.webhooks import deliver
 
 log = get_logger(__name__)
 
-# Each stage's plain function (its order, task and queue: core.jobs.pipeline.PIPELINE).
-STAGES: dict[Stage, Callable[[str], None]] = {
+# Each stage's plain function (its order, task and queue: core.jobs.pipeline.PIPELINE); train's
+# returns the tokens it trained (core.jobs.estimate), the others None.
+STAGES: dict[Stage, Callable[[str], int | None]] = {
     Stage.VALIDATE: validate.run,
     Stage.SCAN: scan.run,
     Stage.TRAIN: train.run,
@@ -54,7 +60,8 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
     through the broker) is consumed in the transaction that takes the lease: a duplicate
     delivery runs nothing, and a message with no outbox row is refused and audited
     (``task.refused``): no pipeline producer sent it, and no operator command sends stage
-    tasks. The row's request id is bound in the log context while the stage runs (its logs,
+    tasks. How long the message waited is observed (``guardtune_queue_wait_seconds``).
+    The row's request id is bound in the log context while the stage runs (its logs,
     its audit records and the next stage's row carry it). A customer-facing failure
     (:class:`StageError`) or any unexpected error ends the job ``failed`` with a clear
     ``error`` (an unexpected error's message is generic and names the request id; the log
@@ -71,9 +78,12 @@ def run_stage(stage: Stage | str, job_id: str, message_id: str | None = None) ->
         if delivery == outbox.Delivery.DUPLICATE:
             log.info("stage_skipped", job_id=job_id, stage=stage, message_id=message_id, reason="duplicate delivery")
             return None
+        waited = outbox.wait_of(session, message_id) if message_id is not None else None
         if not jobstate.claim(session, job_id):
             log.info("stage_skipped", job_id=job_id, stage=stage, reason="lease held or job terminal")
             return None
+    if waited is not None:
+        QUEUE_WAIT_SECONDS.labels(waited[0]).observe(waited[1])
     with structlog.contextvars.bound_contextvars(**({"request_id": request_id} if request_id else {})):
         return _run_claimed(stage, job_id)
 
@@ -101,26 +111,36 @@ def _run_claimed(stage: Stage, job_id: str) -> Stage | None:
 
 
 def _run_and_hand_over(stage: Stage, job_id: str) -> Stage | None:
-    """Run the claimed stage and hand the next stage over. A stage that stopped because the
-    job ended or was paused meanwhile (the scan and evaluation stop between batches once the
-    job is cancelled: :class:`Interrupted`) just lets its lease go."""
+    """Run the claimed stage and hand the next stage over: the job's ``estimated_finish`` from
+    this stage on (:func:`_estimate_finish`), the stage, its wall time observed by outcome
+    (``guardtune_stage_seconds``) and, when it ran to its end, recorded (``stage_runs``). A
+    stage that stopped because the job ended or was paused meanwhile (the scan and evaluation
+    stop between batches once the job is cancelled: :class:`Interrupted`) just lets its lease go."""
     function = STAGES[stage]
     log.info("stage_started", job_id=job_id, stage=stage, worker=jobstate.worker_id())
+    started = time.monotonic()
+    _estimate_finish(job_id, stage)
     try:
         with jobstate.heartbeat(job_id):
-            function(job_id)
+            tokens = function(job_id)
     except (JobGone, Superseded, Paused, Interrupted) as exc:
+        STAGE_SECONDS.labels(stage, "stopped").observe(time.monotonic() - started)
         log.info("stage_stopped", job_id=job_id, stage=stage, reason=type(exc).__name__)
         jobstate.release_lease(job_id)
         return None
     except StageError as exc:
+        STAGE_SECONDS.labels(stage, "failed").observe(time.monotonic() - started)
         jobstate.fail(job_id, exc.code, exc.message, exc.param)
         return None
     except Exception as exc:
+        outcome = "retry" if transient_fault(exc) is not None else "failed"
+        STAGE_SECONDS.labels(stage, outcome).observe(time.monotonic() - started)
         _stage_raised(stage, job_id, exc)
         return None
+    seconds = time.monotonic() - started
     message, next_stage = None, stage.next
     with session_scope() as session:
+        estimate.record(session, job_id, stage, seconds, tokens)
         still_ours = jobstate.release_lease(job_id, session)  # (a job that just ended has no lease)
         if next_stage is not None and jobstate.ended(session, job_id):
             next_stage = None  # the stage ended the job (the gate blocked it, say)
@@ -130,10 +150,33 @@ def _run_and_hand_over(stage: Stage, job_id: str) -> Stage | None:
         if next_stage is not None:
             update_live(session, job_id, attempts=0, heartbeat_at=time.time())  # attempts count per stage
             message = outbox.add(session, job_id, next_stage.task, next_stage.queue)
+    _observe_finished(stage, seconds, tokens)
     if message is not None:
         dispatch.send(message)
-    log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage)
+    log.info("stage_finished", job_id=job_id, stage=stage, next=next_stage, seconds=round(seconds, 3))
     return next_stage
+
+
+def _estimate_finish(job_id: str, stage: Stage) -> None:
+    """Set the job's ``estimated_finish`` as this stage starts: now plus the measured
+    expectations of it and the stages after it (:func:`core.jobs.estimate.finish_after`;
+    training refines it step by step). A paused job keeps none."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        stages = estimate.stages_from(stage)
+        finish = estimate.finish_after(session, job, stages, get_settings().estimate_window)
+        # (a bare NULL in the CASE would be typed text on Postgres: no CASE without a value)
+        value = None if finish is None else case((Job.status == JobStatus.PAUSED, None), else_=finish)
+        update_live(session, job_id, estimated_finish=value)
+
+
+def _observe_finished(stage: Stage, seconds: float, tokens: int | None) -> None:
+    STAGE_SECONDS.labels(stage, "finished").observe(seconds)
+    if tokens:
+        TRAINED_TOKENS.inc(tokens)
+        TRAIN_TOKENS_PER_SECOND.set(tokens / max(seconds, 1e-9))
 
 
 def _stage_raised(stage: Stage, job_id: str, exc: Exception) -> None:

@@ -20,12 +20,14 @@ from api.jobs.schemas import (
     IntegrationIn,
     JobCheckpoint,
     JobError,
+    JobEstimate,
     JobEvent,
     Method,
     SafetyReport,
     SafetyState,
 )
 from core.jobs.config import SafetyConfig
+from core.jobs.estimate import JobEstimate as Estimate
 from core.jobs.vocab import JobStatus
 from core.models import Checkpoint, Job
 from core.models import JobEvent as JobEventRow
@@ -114,4 +116,22 @@ def report_object(job: Job, report: SafetyReportRow | None) -> SafetyReport:
         gate=report.gate if report else None,
         fine_tuned_model=job.fine_tuned_model,
         updated_at=report.updated_at if report else None,
+    )
+
+
+def estimate_object(job: Job, estimate: Estimate) -> JobEstimate:
+    """The dry run's answer: the job ``build_job`` resolved (never stored) and its estimate."""
+    return JobEstimate(
+        model=job.model,
+        training_file=job.training_file_id,
+        method=Method.model_validate(job.method),
+        hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        safety=safety_state(job, None),
+        examples=estimate.examples,
+        tokens=estimate.tokens,
+        steps=estimate.steps,
+        estimated_seconds=estimate.seconds,
+        stages={str(stage): seconds for stage, seconds in estimate.stages.items()},
+        tokens_per_second=estimate.tokens_per_second,
+        measured_training_runs=estimate.train_runs,
     )

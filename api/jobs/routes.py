@@ -11,7 +11,7 @@ from api.conditional import NOT_MODIFIED, conditional, conditional_json, conditi
 from api.deps import CallerDep
 from api.jobs.deps import JobServiceDep
 from api.jobs.params import metadata_filter
-from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEvent, SafetyReport
+from api.jobs.schemas import FineTuningJob, JobCheckpoint, JobCreate, JobEstimate, JobEvent, SafetyReport
 from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, CursorPage, ErrorResponse, page
 
@@ -28,8 +28,8 @@ After = Annotated[str | None, Query(description="The id of the last item of the 
 
 @router.post(
     "",
-    response_model=FineTuningJob,
-    summary="Create a fine-tuning job",
+    response_model=FineTuningJob | JobEstimate,
+    summary="Create a fine-tuning job (or, with dry_run=true, estimate it)",
     responses={
         422: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body"},
         429: {
@@ -46,9 +46,18 @@ def create_job(
         str | None,
         Header(alias="Idempotency-Key", description="Retries with the same key return the same job"),
     ] = None,
-) -> FineTuningJob:
+    dry_run: Annotated[
+        bool,
+        Query(description="true: check the request and answer a fine_tuning.job.estimate; no job is created"),
+    ] = False,
+) -> FineTuningJob | JobEstimate:
     """Starts in ``validating_files``; the pipeline is queued after the job is committed.
-    ``"auto"`` hyperparameters are resolved from the training file (see the job's values)."""
+    ``"auto"`` hyperparameters are resolved from the training file (see the job's values).
+    With ``dry_run=true`` (an extension; the SDK's ``extra_query={"dry_run": "true"}``) the
+    request is checked as a create is and answered with its estimate (examples, tokens,
+    steps, expected wall time from the workers' measured throughput); nothing is created."""
+    if dry_run:
+        return service.estimate(caller, body)
     return service.present(service.create(caller, body, idempotency_key))
 
 

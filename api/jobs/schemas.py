@@ -254,6 +254,31 @@ class FineTuningJob(BaseModel):
     safety: SafetyState
 
 
+class JobEstimate(BaseModel):
+    """What a job would take (``POST /v1/fine_tuning/jobs?dry_run=true``): the request checked
+    as a create is, nothing created."""
+
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+    model: str
+    training_file: str
+    method: Method
+    hyperparameters: Hyperparameters = Field(description="As the job would resolve them")
+    safety: SafetyState
+    examples: int = Field(description="Examples in the training file")
+    tokens: int = Field(description="Tokens trained: the training file's estimated tokens × epochs")
+    steps: int = Field(description="Optimizer steps: batches per epoch × epochs")
+    estimated_seconds: float | None = Field(
+        description="Expected wall time from validation to release on this deployment's workers (the sum of "
+        "`stages`); null until every stage has been measured here"
+    )
+    stages: dict[str, float | None] = Field(
+        description="Expected seconds of each stage, in pipeline order: training from the measured tokens per "
+        "second, the others from their measured durations (medians of recent runs); null: never measured"
+    )
+    tokens_per_second: float | None = Field(description="Training throughput measured on this deployment (median)")
+    measured_training_runs: int = Field(description="Finished training stages that median is of")
+
+
 class JobEvent(BaseModel):
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"

@@ -41,14 +41,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
+from api.files.repository import FileRepository
 from api.jobs.build import build_job
 from api.jobs.params import fingerprint
-from api.jobs.presenters import checkpoint_object, event_object, job_object, report_object
+from api.jobs.presenters import checkpoint_object, estimate_object, event_object, job_object, report_object
 from api.jobs.repository import JobRepository
 from api.jobs.schemas import (
     FineTuningJob,
     JobCheckpoint,
     JobCreate,
+    JobEstimate,
     JobEvent,
     SafetyReport,
 )
@@ -61,6 +63,8 @@ from core.db import read_outside_transaction
 from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unprocessable
 from core.etags import body_format, row_validator
 from core.ids import new_id
+from core.jobs import estimate as estimates
+from core.jobs.config import Hyperparameters
 from core.jobs.pipeline import DEFAULT_QUEUE, START_TASK, Stage
 from core.jobs.transitions import transition
 from core.jobs.vocab import ACTIVE, TERMINAL, ErrorCode, JobStatus
@@ -229,6 +233,20 @@ class JobService:
         JOBS_CREATED.inc()
         self._enqueue(caller, job, message)
         return job
+
+    def estimate(self, caller: Caller, body: JobCreate) -> JobEstimate:
+        """The dry run of :meth:`create` (``?dry_run=true``): the same checks of the body (the
+        same errors), then the job's size and expected wall time from the deployment's measured
+        throughput (:mod:`core.jobs.estimate`). Writes nothing (no job, event, audit record or
+        outbox row) and takes nothing from the creation rate limit or the concurrency limit."""
+        job = build_job(self.session, self.settings, caller, body, None)
+        training = FileRepository(self.session, caller.org_id).get(job.training_file_id)
+        assert training is not None  # build_job found it usable
+        throughput = estimates.measured(self.session, self.settings.estimate_window)
+        hp = Hyperparameters.model_validate(job.hyperparameters)
+        answer = estimate_object(job, estimates.estimate(throughput, training.n_examples, training.n_tokens, hp))
+        self.session.rollback()
+        return answer
 
     def _replay(self, job: Job, request_sha: str) -> Job:
         recorded = AuditRepository(self.session).details_of("job.create", job.id)

@@ -174,3 +174,13 @@ def test_every_dependency_is_pinned_by_the_lock_and_every_install_goes_through_i
         line for line in DOCKERFILE.splitlines() if "pip install" in line and "download.pytorch.org" not in line
     ]
     assert installs and all(line.count("pip install") == line.count("-c constraints.txt") for line in installs)
+
+
+def test_compose_prometheus_scrapes_the_api_and_the_worker_metrics_port():
+    prometheus = COMPOSE["services"]["prometheus"]
+    [config_mount] = [v for v in prometheus["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro")]
+    config = yaml.safe_load((REPO / config_mount.split(":")[0]).read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    port = COMPOSE["services"]["worker"]["environment"]["GUARDTUNE_WORKER_METRICS_PORT"]
+    assert targets == {"guardtune-api": ["api:8000"], "guardtune-worker": [f"worker:{port}"]}
+    assert "ports" not in prometheus

@@ -23,6 +23,7 @@ from core.models import (
     PendingDeletion,
     ReleasedModel,
     SafetyReport,
+    StageRun,
 )
 from core.releases import digests
 from core.settings import get_settings
@@ -168,6 +169,7 @@ def _org_rows(org: str) -> dict[str, int]:
         "job_events": _count(JobEvent, JobEvent.job_id.in_(jobs)),
         "safety_reports": _count(SafetyReport, SafetyReport.job_id.in_(jobs)),
         "checkpoints": _count(Checkpoint, Checkpoint.job_id.in_(jobs)),
+        "stage_runs": _count(StageRun, StageRun.job_id.in_(jobs)),
         "released_models": _count(ReleasedModel, ReleasedModel.org_id == org),
     }
 
@@ -176,6 +178,8 @@ def test_orgs_delete_purge_removes_every_row_and_object_audited(stored, ops, ada
     org, other = _org(ops, "acme"), _org(ops, "globex")
     ops("keys", "create", "--org", "acme")
     _, job, sha = _released(ops, org, adapter_dir)
+    with session_scope() as session:  # a measured stage of the job (core.jobs.estimate)
+        session.add(StageRun(job_id=job, stage="train", seconds=1.0, tokens=10, finished_at=0.0))
     upload = _put(f"orgs/{org}/files/file-upload", b'{"messages": []}')
     kept = _put(f"orgs/{other}/files/file-kept")
     ops("keys", "create", "--org", "globex")

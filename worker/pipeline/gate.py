@@ -18,6 +18,7 @@ from core.models import SafetyReport
 from core.releases.digests import adapter_sha256
 from core.settings import get_settings
 from core.storage import get_store
+from worker.metrics import GATE_DECISIONS
 from worker.pipeline import jobstate, results
 from worker.pipeline.resources import adapter_prefix
 from worker.pipeline.tracking import open_tracking
@@ -49,6 +50,7 @@ def run(job_id: str) -> None:
             decision = decide(*summaries_from_evaluation(report.evaluation), policy())
             digest = adapter_sha256(get_store(), adapter_prefix(jobstate.live_job(session, job_id)))
             report.gate = {**decision.to_dict(), "policy": vars(policy()), "adapter_sha256": digest}
+            GATE_DECISIONS.labels("released" if decision.released else "blocked").inc()
             audit.record(
                 session,
                 actor=audit.SYSTEM,

@@ -24,7 +24,9 @@ from sqlalchemy import case, select
 
 from core.db import session_scope
 from core.ids import new_id
+from core.jobs import estimate
 from core.jobs.config import AUTO_DPO_BETA, BASE_LEARNING_RATE, FLAG_THRESHOLD, Hyperparameters, SafetyConfig
+from core.jobs.pipeline import Stage
 from core.jobs.transitions import update_live
 from core.jobs.vocab import JobStage, JobStatus, Objective, ReferenceMode
 from core.models import BaseModelEntry, Checkpoint, File, Job, SafetyReport
@@ -87,7 +89,9 @@ def train_config(job: Job, max_seq_len: int, micro_batch_tokens: int | None = No
     )
 
 
-def run(job_id: str) -> None:
+def run(job_id: str) -> int | None:
+    """Train the job; the tokens this run trained (its planned tokens, ``core.jobs.estimate``,
+    times the share of the steps it ran: a resumed run ran fewer), None if it trained nothing."""
     from safety.train_config import TrainOutcome
     from safety.trainer import train
 
@@ -100,7 +104,10 @@ def run(job_id: str) -> None:
         last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
         report = session.get(SafetyReport, job_id)
         if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
-            return  # trained before a crash
+            return None  # trained before a crash
+        tokens = estimate.job_tokens(session, job)
+        throughput = estimate.measured(session, get_settings().estimate_window)
+        after = estimate.remaining(throughput, tokens, estimate.stages_from(Stage.TRAIN, including=False))
     examples = [example for _, example in iter_file_examples(storage_key)]
     validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
@@ -117,7 +124,7 @@ def run(job_id: str) -> None:
             resume_dir = download_dir(get_store(), last.storage_prefix, workdir / f"resume-{last.step:06d}")
             with session_scope() as session:
                 jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
-        progress = Progress(job, open_tracking(job))
+        progress = Progress(job, open_tracking(job), after or 0.0)
         try:
             result = train(
                 model,
@@ -156,6 +163,8 @@ def run(job_id: str) -> None:
                 )
             raise JobGone(job_id)
         _store_result(job, config, result)
+    ran = 0 if progress.first_step is None else result.steps - progress.first_step
+    return tokens * ran // result.total_steps if ran > 0 and result.total_steps else None
 
 
 def _store_result(job: Job, config: TrainConfig, result: TrainResult) -> None:
@@ -175,16 +184,18 @@ def _store_result(job: Job, config: TrainConfig, result: TrainResult) -> None:
             **({"beta": config.dpo_beta} if config.method == "dpo" else {}),
         }
         session.add(report)
-        update_live(session, job.id, trained_tokens=result.summary.get("trained_tokens"), estimated_finish=None)
+        update_live(session, job.id, trained_tokens=result.summary.get("trained_tokens"))
         jobstate.add_event(session, job.id, f"Training finished after {result.steps} steps")
 
 
 class Progress:
     """The trainer's callbacks: metrics events, ETA, heartbeat, stored checkpoints, and every
-    step's metrics to the job's experiment trackers (``tracking``)."""
+    step's metrics to the job's experiment trackers (``tracking``). The job's
+    ``estimated_finish``: the end of training at this run's pace, plus ``after``, the measured
+    seconds of the stages after training (``core.jobs.estimate``)."""
 
-    def __init__(self, job: Job, tracking: JobTracking):
-        self.job, self.tracking, self.started = job, tracking, time.monotonic()
+    def __init__(self, job: Job, tracking: JobTracking, after: float = 0.0):
+        self.job, self.tracking, self.started, self.after = job, tracking, time.monotonic(), after
         self.first_step: int | None = None
         self.every = max(1, get_settings().metrics_event_every)
 
@@ -192,7 +203,7 @@ class Progress:
         if self.first_step is None:
             self.first_step = m.step - 1
         done = m.step - self.first_step
-        eta = time.time() + (time.monotonic() - self.started) / done * (m.total_steps - m.step)
+        eta = time.time() + (time.monotonic() - self.started) / done * (m.total_steps - m.step) + self.after
         # Only a running job has a finish to estimate: a pause committed while this step ran
         # cleared the estimate, and it stays cleared (the heartbeat goes on: the worker is
         # still saving its checkpoint).
