@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from core.jobs.metrics import PipelineCollector
 
@@ -16,7 +16,10 @@ LATENCY = Histogram("guardtune_http_request_seconds", "HTTP request latency", ["
 JOBS_CREATED = Counter("guardtune_jobs_created_total", "Fine-tuning jobs created")
 FILES_UPLOADED = Counter("guardtune_files_uploaded_total", "Files uploaded")
 UPLOAD_BYTES = Counter("guardtune_upload_bytes_total", "Bytes uploaded")
-REGISTRY.register(PipelineCollector())
+# A registry of its own: the collector reads the API's database, so only the API's scrape may
+# run it, not every process that imports this module (the inference server's, a worker's).
+PIPELINE = CollectorRegistry()
+PIPELINE.register(PipelineCollector())
 
 
 def install_metrics(app: FastAPI) -> None:
@@ -32,4 +35,4 @@ def install_metrics(app: FastAPI) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest() + generate_latest(PIPELINE), media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ from tests.conftest import metric_value
 
 
 def test_completions_move_the_inference_metrics(embedded_env, tiny_model):
+    import api.metrics  # noqa: F401  (imported in this process, its collectors must stay the API's)
     from worker.inference_server import create_app
 
     body = {
