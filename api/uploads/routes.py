@@ -15,7 +15,7 @@ from api.routing import GuardedRoute
 from api.schemas import COMMON_ERRORS, ErrorResponse
 from api.uploads.deps import UploadServiceDep
 from api.uploads.schemas import PART_REQUEST_BODY, UploadComplete, UploadCreate, UploadObject, UploadPartObject
-from core.ratelimit import take
+from core.ratelimit import take_request
 
 router = APIRouter(
     route_class=GuardedRoute, prefix="/uploads", tags=["uploads"], dependencies=CUSTOMER, responses=COMMON_ERRORS
@@ -40,7 +40,7 @@ NOT_PENDING: dict[int | str, dict[str, Any]] = {
 def create_upload(body: UploadCreate, caller: CallerDep, service: UploadServiceDep) -> UploadObject:
     """A ``pending`` upload that accepts parts for an hour (``expires_at``). It counts as one
     upload against ``GUARDTUNE_UPLOADS_PER_MINUTE``; ``expires_after`` applies to its file."""
-    take("uploads", caller.org_id)
+    take_request("uploads", caller.org_id)
     return UploadObject.of(service.create(caller, body))
 
 

@@ -116,6 +116,12 @@ def test_uploads_over_the_rate_are_429_and_nothing_stored(sdk, new_tenant, uncha
     assert err.value.response.headers["x-ratelimit-limit-requests"] == str(UPLOADS_PER_MINUTE)
     assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert RESET.match(err.value.response.headers["x-ratelimit-reset-requests"])
+    with unchanged(tenant), pytest.raises(openai.RateLimitError) as err:  # the Uploads API shares the budget
+        client.uploads.create(bytes=len(GOOD), filename="t.jsonl", mime_type="application/jsonl", purpose="fine-tune")
+    assert err.value.body["code"] == "rate_limit_exceeded"
+    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert err.value.response.headers["x-ratelimit-limit-requests"] == str(UPLOADS_PER_MINUTE)
+    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 def test_job_creations_over_the_rate_are_429_and_nothing_created(sdk, new_tenant, unchanged):
