@@ -153,13 +153,16 @@ def scan_mix(lines: list[dict], examples: list[dict], probe: Any, ref: Any, tok:
 def recipe_probe(ref: Any, tok: Any, args: argparse.Namespace) -> tuple[Any, float | None]:
     """The onboarding recipe's probe of the reference and its test-split AUROC: read from
     ``--probe`` (a probe ``bench/probe_formats.py --save-probe`` trained by the same recipe on
-    the same aligned variant; AUROC not recomputed) or trained here."""
+    the same aligned variant; AUROC not recomputed) or trained here and, with ``--save-probe``,
+    saved there for later commands to reuse."""
     from safety.probe import Probe
     from safety.probe_recipe import train_recipe_probe
 
     if args.probe:
         return Probe.load(args.probe), None
     probe, report = train_recipe_probe(ref, tok, **(QUICK_PROBE if args.quick else {}))
+    if args.save_probe:
+        probe.save(args.save_probe)
     return probe, report.auroc
 
 
@@ -359,5 +362,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--gen-batch-size", type=int, default=48)
     p.add_argument("--probe", default="", help="a saved recipe probe of the aligned variant (default: train one)")
+    p.add_argument("--save-probe", default="", help="save the probe this run trains into this folder")
     add_size_options(p, FULL, QUICK)
     return p.parse_args(argv)

@@ -234,12 +234,14 @@ def test_quick_run_on_the_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "harmful_finetune_sst2.json"
     common = ["--quick", "--dirty-ok", "--base", str(tiny_model), "--cache-dir", str(tmp_path / "models")]
     common += ["--work-dir", str(tmp_path / "work"), "--out", str(out), "--seeds", "0"]
-    assert run.main([*common, "--part", "p0.1", "--modes", "none,adaptive"]) == 0
-    assert run.main([*common, "--part", "p0", "--modes", "none"]) == 0
+    saved = tmp_path / "probe"
+    assert run.main([*common, "--part", "p0.1", "--modes", "none,adaptive", "--save-probe", str(saved)]) == 0
+    assert run.main([*common, "--part", "p0", "--modes", "none", "--probe", str(saved)]) == 0
     doc = json.loads(out.read_text())
     assert set(doc["runs"]) == {"p0.1/none/seed0", "p0.1/adaptive/seed0", "p0/none/seed0"}
     assert [p["complete"] for p in doc["parts"].values()] == [True, True]
     assert doc["git"]["dirty"] == git_info()["dirty"]
+    assert doc["config"]["probe"] == str(saved)  # the second command reused the first one's probe
     assert doc["shrunk"].startswith("n = 20 training lines")
     assert doc["eval_sets"] == {"val": 4, "harmful": 3, "xstest": 3}
     assert len(doc["scans"]["0.1"]["risks"]) == 20
