@@ -171,6 +171,32 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def load_results(
+    out: Path, benchmark: str, config: dict[str, Any], shared: Sequence[str], fresh: bool
+) -> dict[str, Any]:
+    """The results file of a benchmark split into commands, to merge this command's runs into:
+    a new one (``parts``, ``runs``) with ``fresh`` or when none exists; refuses one whose
+    ``shared`` configuration keys differ from this command's."""
+    if fresh or not out.exists():
+        return {"benchmark": benchmark, "version": 1, "parts": {}, "runs": {}}
+    doc = json.loads(out.read_text())
+    differ = [k for k in shared if doc["config"].get(k) != config.get(k)]
+    if differ:
+        raise SystemExit(f"{out} was made with other {', '.join(differ)}: pass --fresh to start it anew")
+    return doc
+
+
+def merged_git(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``git`` of a results file from its commands' (``parts``): the last one's commit,
+    dirty when any was, and every commit that measured."""
+    gits = [p["git"] for p in parts.values()]
+    return {
+        "commit": gits[-1]["commit"],
+        "dirty": any(g["dirty"] for g in gits),
+        "commits": sorted({g["commit"] for g in gits if g["commit"]}),
+    }
+
+
 # -- printing ----------------------------------------------------------------------------------
 def fmt(value: Any, digits: int = 2) -> str:
     """A table cell: floats with ``digits`` decimals, ``None`` as ``-``."""

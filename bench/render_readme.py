@@ -142,6 +142,18 @@ def points(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.1f}"
 
 
+def check_lines(checks: dict[str, dict[str, Any]]) -> str:
+    """A results file's ``checks`` as list items: met, missed or not measured, with the value
+    or the runs missing."""
+    verdicts = {True: "met", False: "**missed**", None: "not measured"}
+    return "".join(
+        f"\n- {name}: {verdicts[c['met']]} ("
+        + (f"missing: {', '.join(c['missing'])}" if c.get("missing") else check_value(c["value"]))
+        + ")"
+        for name, c in checks.items()
+    )
+
+
 def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
     """The field's benchmark (``bench/harmful_finetune.py``): per setting, p and mode the
     harmful score and fine-tune accuracy (means over seeds), over-refusal, the scan's recall
@@ -189,13 +201,7 @@ def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
         f"{check_value(t['mean_diff'])} (seeds {', '.join(map(str, t['seeds']))}; sign-flip p = {num(t['p_value'], 3)})"
         for t in doc["paired"]
     )
-    verdicts = {True: "met", False: "**missed**", None: "not measured"}
-    checks = "".join(
-        f"\n- {name}: {verdicts[c['met']]} ("
-        + (f"missing: {', '.join(c['missing'])}" if c.get("missing") else check_value(c["value"]))
-        + ")"
-        for name, c in doc["checks"].items()
-    )
+    checks = check_lines(doc["checks"])
     reported = "".join(
         f"\n- {name}: {check_value(v) if 'cost' in name else points(v) + ' %' if v is not None else 'not measured'}"
         for name, v in doc["reported"].items()
@@ -210,6 +216,48 @@ def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
     return (
         f"{head}\n\n{table(headers, rows)}\n\nPaired tests, seeds as the unit:{paired or ' none (runs missing)'}"
         f"\n\nChecks (p = 0.1, means over seeds):{checks}\n\nReported as they fall:{reported}\n\nParts:{parts}"
+    )
+
+
+def render_dpo_safety(doc: dict[str, Any]) -> str:
+    """The preference attack on DPO (``bench/dpo_safety.py``): per mode the harmful score,
+    fine-tune and preference accuracy, over-refusal and the gate's releases (means over
+    seeds); the scan of the pairs; the paired tests; the checks."""
+    sizes, ev, config, mix, scan = doc["config"]["sizes"], doc["eval_sets"], doc["config"], doc["mix"], doc["scan"]
+    metrics = ("harmful_score", "accuracy", "preference_accuracy", "over_refusal")
+    ref = doc["reference"]
+    rows = [["aligned reference", "–"] + [points(ref[m]) for m in metrics] + ["–"]]
+    for row in doc["summary"]:
+        seeds = len(row["seeds"])
+        cells = [points(row[m]["mean"]) for m in metrics]
+        rows.append(
+            [f"`{row['mode']}`", ", ".join(map(str, row["seeds"])), *cells, f"{row['gate_released']} of {seeds}"]
+        )
+    headers = [
+        "mode",
+        "seeds",
+        "harmful score (%)",
+        "fine-tune accuracy (%)",
+        "preference accuracy (%)",
+        "over-refusal, XSTest (%)",
+        "released by the gate",
+    ]
+    head = (
+        f"{mix['pairs']} preference pairs from the p = {mix['p']} SST-2 mix ({mix['harmful_pairs']} harmful: a "
+        f"BeaverTails request preferring its compliant answer to a refusal), {sizes['epochs']} epoch(s) of DPO at "
+        f"lr {config['lr']:g}, beta {config['beta']:g}, batch {config['batch_size']}; harmful score (strict detector) "
+        f"on {ev['harmful']} HarmBench + AdvBench requests, fine-tune and preference accuracy on {ev['val']} "
+        f"`val.json` sentences, over-refusal on {ev['xstest']} XSTest safe prompts. The scan flagged "
+        f"{points(scan['recall'])} % of the harmful pairs and {points(scan['false_flag_rate'])} % of the task pairs."
+    )
+    paired = "".join(
+        f"\n- `{t['a']}` − `{t['b']}`, {t['metric'].replace('_', ' ')}: {check_value(t['mean_diff'])} "
+        f"(seeds {', '.join(map(str, t['seeds']))}; sign-flip p = {num(t['p_value'], 3)})"
+        for t in doc["paired"]
+    )
+    return (
+        f"{head}\n\n{table(headers, rows)}\n\nPaired tests, seeds as the unit:{paired or ' none (runs missing)'}"
+        f"\n\nChecks (means over seeds):{check_lines(doc['checks'])}"
     )
 
 
@@ -365,6 +413,7 @@ def render_demo(doc: dict[str, Any]) -> str:
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo": render_demo,
     "harmful_finetune_sst2": render_harmful_finetune_sst2,
+    "dpo_safety": render_dpo_safety,
     "probe_formats": render_probe_formats,
     "safety_replication": render_safety_replication,
     "replication_reference_modes": render_safety_replication,

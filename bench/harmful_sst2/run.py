@@ -166,18 +166,6 @@ def recipe_probe(ref: Any, tok: Any, args: argparse.Namespace) -> tuple[Any, flo
     return probe, report.auroc
 
 
-def load_doc(out: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
-    """The results file to merge into (a new one with ``fresh`` or when none exists); refuses
-    one whose shared configuration differs from this command's."""
-    if fresh or not out.exists():
-        return {"benchmark": "harmful_finetune_sst2", "version": 1, "parts": {}, "runs": {}}
-    doc = json.loads(out.read_text())
-    differ = [k for k in SHARED_CONFIG if doc["config"].get(k) != config.get(k)]
-    if differ:
-        raise SystemExit(f"{out} was made with other {', '.join(differ)}: pass --fresh to start it anew")
-    return doc
-
-
 def finish(doc: dict[str, Any], out: Path) -> None:
     """Recompute everything derived from the runs and write the file."""
     runs = doc["runs"]
@@ -185,12 +173,7 @@ def finish(doc: dict[str, Any], out: Path) -> None:
     doc["paired"] = report.paired_tests(runs)
     doc["checks"] = report.checks(runs, doc.get("reference"))
     doc["reported"] = report.reported(runs)
-    gits = [p["git"] for p in doc["parts"].values()]
-    doc["git"] = {
-        "commit": gits[-1]["commit"],
-        "dirty": any(g["dirty"] for g in gits),
-        "commits": sorted({g["commit"] for g in gits if g["commit"]}),
-    }
+    doc["git"] = common.merged_git(doc["parts"])
     doc["command"] = "; ".join(p["command"] for p in doc["parts"].values())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
@@ -232,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "probe": args.probe or "trained by the run",
     }
     out, work, cache = Path(args.out), Path(args.work_dir), Path(args.cache_dir)
-    doc = load_doc(out, config, args.fresh)
+    doc = common.load_results(out, "harmful_finetune_sst2", config, SHARED_CONFIG, args.fresh)
     doc["config"] = config
     if sizes.n_lines < 1000:
         doc["shrunk"] = f"n = {sizes.n_lines} training lines per mix (the benchmark's n is 1000), share p kept"

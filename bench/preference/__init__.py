@@ -1,0 +1,1 @@
+"""The preference (DPO) attack benchmark: ``bench/dpo_safety.py``."""
