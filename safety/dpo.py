@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from safety.batching import token_batches
 from safety.data import EncodedExample, collate
 from safety.memory import autocast
-from safety.objective import example_sums
+from safety.objective import answer_inputs, example_sums
 from safety.reference import reference_forward
 from safety.train_metrics import StepMetrics
 from safety.train_state import TrainRun, step_indices
@@ -71,13 +71,13 @@ def pair_terms(
     micro-batch's non-padding input tokens."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate([p[0] for p in pairs] + [p[1] for p in pairs], pad_id).items()}
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inputs, labels = answer_inputs(batch)
     with reference_forward(model), autocast(device):
         ref_logits = model(**inputs).logits
     with autocast(device):
         logits = model(**inputs).logits
-    ce, kl, tokens = example_sums(logits, batch["labels"], ref_logits)
-    ref_ce, _, _ = example_sums(ref_logits, batch["labels"])
+    ce, kl, tokens = example_sums(logits, labels, ref_logits)
+    ref_ce, _, _ = example_sums(ref_logits, labels)
     assert kl is not None  # ref_logits given
     n = len(pairs)
     loss, margin = dpo_loss(-ce[:n], -ce[n:], -ref_ce[:n], -ref_ce[n:], beta)

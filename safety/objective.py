@@ -44,7 +44,7 @@ the assistant tokens. Logits at position t predict the token at t + 1, so both l
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,19 @@ def answer_window(labels: torch.Tensor) -> int:
     skip them (``logits_to_keep``) if it slices ``labels`` from the same position."""
     labelled = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
     return int(labelled[0]) if len(labelled) else 0
+
+
+def answer_inputs(batch: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
+    """A collated batch's model inputs that ask for logits only from its :func:`answer_window`
+    on (``logits_to_keep``: a long prompt before a short answer costs no vocabulary-sized
+    rows), and its labels sliced from the same position, as :func:`example_sums` reads them."""
+    start = answer_window(batch["labels"])
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "logits_to_keep": batch["input_ids"].shape[1] - start,
+    }
+    return inputs, batch["labels"][:, start:]
 
 
 def example_sums(

@@ -31,7 +31,7 @@ from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.memory import autocast
 from safety.objective import (
     ReferenceTopK,
-    answer_window,
+    answer_inputs,
     batch_risk,
     example_sums,
     kl_weights,
@@ -219,15 +219,7 @@ def accumulate_gradients(
     for micro in token_batches([len(e.input_ids) for e in examples], max_tokens, batch_size):
         w_sft, w_kl = torch.tensor([weights[p] for p in micro], device=device).unbind(-1)
         batch = {k: v.to(device) for k, v in collate([examples[p] for p in micro], tokenizer.pad_token_id).items()}
-        # Logits only from the first position that predicts an answer token: a long prompt
-        # before a short answer costs no vocabulary-sized rows (the labels slice along).
-        start = answer_window(batch["labels"])
-        labels = batch["labels"][:, start:]
-        inputs = {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "logits_to_keep": batch["input_ids"].shape[1] - start,
-        }
+        inputs, labels = answer_inputs(batch)
         ref_logits = ref_topk = None
         if bool((w_kl > 0).any()):
             if cached_rows is not None:

@@ -60,16 +60,15 @@ def preference_accuracy(
 
     from core.preference import pair_chats
     from safety.data import collate, encode_example
-    from safety.objective import example_sums
+    from safety.objective import answer_inputs, example_sums
 
     encoded = [encode_example(tokenizer, chat, max_len) for p in pairs for chat in pair_chats(p)]
     out: list[bool] = []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(encoded), 2 * batch):
-            inputs = collate(encoded[start : start + 2 * batch], tokenizer.pad_token_id)
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            ce, _, _ = example_sums(logits, inputs["labels"])
+            inputs, labels = answer_inputs(collate(encoded[start : start + 2 * batch], tokenizer.pad_token_id))
+            ce, _, _ = example_sums(model(**inputs).logits, labels)
             out += (ce[0::2] < ce[1::2]).tolist()
     return out
 

@@ -142,3 +142,48 @@ def test_dpo_resume_reproduces_the_uninterrupted_run(load_tiny, pairs, tmp_path:
         )
     assert full[-1].valid_loss is not None and full[-1].valid_accuracy is not None
     assert full[-1].valid_loss == pytest.approx(resumed[-1].valid_loss, rel=1e-5)
+
+
+def test_pair_terms_read_logits_only_from_the_answers_with_the_full_forwards_terms(load_tiny, pairs) -> None:
+    """A pair's forward asks for the logits from the first position predicting an answer token
+    on (``safety.objective.answer_inputs``); its DPO loss, margin, KL and gradient are those of
+    a forward with every position's logits."""
+    from peft import get_peft_model
+
+    from safety.data import collate
+    from safety.dpo import pair_terms
+    from safety.objective import answer_window, example_sums
+    from safety.reference import reference_forward
+    from safety.train_state import lora_config
+
+    model, tokenizer = load_tiny()
+    pairs[0]["input"]["messages"][0]["content"] = "Read this long preamble first. " * 8 + "What is 0 plus 0?"
+    encoded = encode_all(tokenizer, pairs, DPO)
+    duos = [(encoded[2 * i], encoded[2 * i + 1]) for i in range(len(pairs))]
+    batch = collate([d[0] for d in duos] + [d[1] for d in duos], tokenizer.pad_token_id)
+    assert 5 < answer_window(batch["labels"])  # a window to skip
+    torch.manual_seed(0)
+    peft = get_peft_model(model, lora_config(DPO))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    terms, _ = pair_terms(peft, duos, tokenizer.pad_token_id, DPO.dpo_beta)
+    (terms.dpo.sum() + terms.kl.sum()).backward()
+    windowed = [p.grad.clone() for p in peft.parameters() if p.requires_grad]
+    peft.zero_grad()
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad(), reference_forward(peft):
+        ref_logits = peft(**inputs).logits
+    ce, kl, _ = example_sums(peft(**inputs).logits, batch["labels"], ref_logits)
+    ref_ce, _, _ = example_sums(ref_logits, batch["labels"])
+    n = len(duos)
+    loss, margin = dpo_loss(-ce[:n], -ce[n:], -ref_ce[:n], -ref_ce[n:], DPO.dpo_beta)
+    (loss.sum() + kl[:n].sum()).backward()
+    torch.testing.assert_close(terms.dpo, loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms.margin, margin.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms.kl, kl[:n].detach(), rtol=1e-5, atol=1e-6)
+    full = [p.grad for p in peft.parameters() if p.requires_grad]
+    for mine, theirs in zip(windowed, full, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
