@@ -42,13 +42,12 @@ export function showNewJob(current) {
     h("div", { class: "card-head" }, h("h2", null, "3. Estimate"),
       h("span", { class: "muted small", id: "estimate-note" })),
     h("div", { id: "estimate-body" }));
-  let state = { models: [], files: [] };
   let estimated = null; // { text: the estimated body as JSON, key: its Idempotency-Key }
 
   const refreshChoices = async (select) => {
-    state = await choices();
+    const { models, files } = await choices();
     if (!current()) return;
-    fillChoices(form, state.models, state.files);
+    fillChoices(form, models, files);
     if (select) form.querySelector("#job-training-file").value = select;
     formChanged();
   };

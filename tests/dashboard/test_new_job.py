@@ -120,12 +120,20 @@ def test_a_job_is_estimated_then_created_from_the_form(live_api, configured, mak
     page.click("#job-estimate")
     page.wait_for_selector("#job-form-error:not([hidden])", timeout=TIMEOUT_MS)
     with pytest.raises(openai.BadRequestError) as refused:
-        client.fine_tuning.jobs.create(
-            model=model, training_file=training.id, hyperparameters={"n_epochs": 0}, extra_query={"dry_run": "true"}
+        client.fine_tuning.jobs.create(  # the body the form sends
+            model=model,
+            training_file=training.id,
+            method={
+                "type": "supervised",
+                "supervised": {
+                    "hyperparameters": {"n_epochs": 0, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+                },
+            },
+            extra_body={"safety": {"mode": "adaptive", "estimator": "probe"}},
+            extra_query={"dry_run": "true"},
         )
-    assert refused.value.message and page.text_content("#job-form-error").startswith(
-        str(refused.value.body["message"])  # type: ignore[index]
-    )
+    assert isinstance(refused.value.body, dict)
+    assert page.text_content("#job-form-error").startswith(refused.value.body["message"])
     assert "n_epochs" in page.get_attribute("#job-form-error", "data-param")
     assert page.is_disabled("#job-create")
 
