@@ -1,7 +1,8 @@
 /* guardtune dashboard: plain JS as ES modules, no build step, no external assets.
  *
- * This module starts the page and routes between its two views: the job list (#/,
- * joblist.js) and a job's page (#/jobs/<id>, jobpage.js). The other modules: dom.js (the
+ * This module starts the page and routes between its three views: the job list (#/,
+ * joblist.js), a job's page (#/jobs/<id>, jobpage.js) and the new-job view (#/new, newjob.js:
+ * upload.js, jobform.js, estimate.js). The other modules: dom.js (the
  * only way text reaches the DOM: never as markup), format.js, api.js (the key and
  * conditional GETs), poll.js, signin.js, status.js and timeline.js (stages), report.js
  * (reading the safety results), notice.js, charts.js, scan.js, evaluation.js (and the gate),
@@ -12,6 +13,7 @@ import { currentKey } from "./api.js";
 import { $ } from "./dom.js";
 import { showJob } from "./jobpage.js";
 import { showList } from "./joblist.js";
+import { showNewJob } from "./newjob.js";
 import { onUnauthorized, stopPolling } from "./poll.js";
 import { showSignin, signIn, signOut } from "./signin.js";
 
@@ -31,6 +33,7 @@ function route() {
   $("whoami").textContent = `key ${currentKey().slice(0, 10)}…`;
   const m = (location.hash || "").match(/^#\/jobs\/([^/?#]+)/);
   if (m) showJob(decodeURIComponent(m[1]), current);
+  else if (location.hash === "#/new") showNewJob(current);
   else showList(current);
 }
 

@@ -18,7 +18,9 @@ export function showList(current) {
     h("section", { class: "card" },
       h("div", { class: "card-head" },
         h("h1", null, "Fine-tuning jobs"),
-        h("span", { class: "muted", id: "jobs-count" })),
+        h("span", { class: "muted", id: "jobs-count" }),
+        h("span", { class: "spacer" }),
+        h("a", { class: "btn", id: "new-job-link", href: "#/new" }, "New job")),
       h("table", { class: "table jobs", id: "jobs-table" },
         h("thead", null, h("tr", null,
           h("th", null, "Job"), h("th", null, "Model"), h("th", null, "Created"),
@@ -67,7 +69,7 @@ function renderJobRows(body) {
   $("jobs-count").textContent = jobs.length ? `${jobs.length}${body.has_more ? "+" : ""} jobs, newest first` : "";
   const note = $("jobs-note");
   if (jobs.length === 0) {
-    replace(note, "No jobs yet. Create one with the OpenAI SDK pointed at this server: ",
+    replace(note, "No jobs yet. Start one with New job, or with the OpenAI SDK pointed at this server: ",
       h("code", null, `OpenAI(base_url="${location.origin}/v1", api_key=...).fine_tuning.jobs.create(...)`));
   } else {
     note.textContent = body.has_more ? "Showing the newest 50 jobs." : "";

@@ -9,6 +9,10 @@ spells a status, stage or error code of its own.
   (``STATUS.SUCCEEDED === "succeeded"``).
 * ``TERMINAL`` — the final statuses; ``STAGES`` — a running job's ``stage`` values in
   pipeline order (:data:`core.jobs.PIPELINE`).
+* ``FILE_STATUS`` — an uploaded file's ``status`` (:class:`core.vocab.FileStatus`).
+* ``SAFETY`` — the new-job form's safety choices: each enum field of a job's ``safety`` and
+  its values, the default first where the API has one of its own (``mode``, ``estimator``);
+  ``RANGES`` — the ``[low, high]`` a request's hyperparameters may ask (:mod:`core.jobs.config`).
 
 Display labels are the page's concern and stay in JS, keyed by these values.
 """
@@ -17,8 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import StrEnum
 
 from core.jobs import PIPELINE, TERMINAL, ErrorCode, JobStage, JobStatus
+from core.jobs import config as job_config
+from core.jobs.vocab import Estimator, ReferenceMode, RiskWeighting, SafetyMode
+from core.vocab import FileStatus
+
+
+def _choices(enum: type[StrEnum], default: StrEnum | None = None) -> list[str]:
+    """The enum's values, ``default`` first."""
+    return sorted((member.value for member in enum), key=lambda value: value != default)
+
 
 VOCAB: dict[str, object] = {
     "STATUS": {member.name: member.value for member in JobStatus},
@@ -26,6 +40,19 @@ VOCAB: dict[str, object] = {
     "ERROR": {member.name: member.value for member in ErrorCode},
     "TERMINAL": [status.value for status in TERMINAL],
     "STAGES": [spec.job_stage.value for spec in PIPELINE if spec.job_stage is not None],
+    "FILE_STATUS": {member.name: member.value for member in FileStatus},
+    "SAFETY": {
+        "mode": _choices(SafetyMode, job_config.DEFAULT_MODE),
+        "estimator": _choices(Estimator, job_config.DEFAULT_ESTIMATOR),
+        "risk_weighting": _choices(RiskWeighting),
+        "reference": _choices(ReferenceMode),
+    },
+    "RANGES": {
+        "n_epochs": job_config.N_EPOCHS_RANGE,
+        "batch_size": job_config.BATCH_SIZE_RANGE,
+        "learning_rate_multiplier": job_config.LR_MULTIPLIER_RANGE,
+        "beta": job_config.DPO_BETA_RANGE,
+    },
 }
 _SETS = {"TERMINAL"}
 

@@ -7,17 +7,21 @@ from __future__ import annotations
 import json
 import re
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from api.dashboard.routes import DASHBOARD_DIR
 from core.jobs import PIPELINE, TERMINAL, ErrorCode, JobStage, JobStatus
+from core.jobs import config as job_config
+from core.jobs.vocab import Estimator, ReferenceMode, RiskWeighting, SafetyMode
+from core.vocab import FileStatus
 
 # app.js (the page's module script) and the ES modules it imports (index.html preloads them all).
 MODULES = (
-    "app.js api.js charts.js dom.js evaluation.js format.js joblist.js jobpage.js "
-    "notice.js poll.js released.js report.js scan.js signin.js status.js timeline.js"
+    "app.js api.js charts.js dom.js estimate.js evaluation.js format.js jobform.js joblist.js jobpage.js "
+    "newjob.js notice.js poll.js released.js report.js scan.js signin.js status.js timeline.js upload.js"
 ).split()
 ASSETS = {**{name: "text/javascript" for name in MODULES}, "style.css": "text/css"}
 # Modules generated from Python, not files of the folder (index.html preloads them too).
@@ -108,7 +112,24 @@ def test_served_vocab_is_core_jobs(live_api):
         "ERROR": {code.name: code.value for code in ErrorCode},
         "TERMINAL": {status.value for status in TERMINAL},
         "STAGES": [spec.job_stage.value for spec in PIPELINE if spec.job_stage is not None],
+        "FILE_STATUS": {status.name: status.value for status in FileStatus},
+        # the new-job form's choices: every value of each safety enum, the API's default first
+        "SAFETY": {
+            "mode": ["adaptive", "constant", "none"],
+            "estimator": ["probe", "judge", "both"],
+            "risk_weighting": [w.value for w in RiskWeighting],
+            "reference": [r.value for r in ReferenceMode],
+        },
+        "RANGES": {
+            "n_epochs": list(job_config.N_EPOCHS_RANGE),
+            "batch_size": list(job_config.BATCH_SIZE_RANGE),
+            "learning_rate_multiplier": list(job_config.LR_MULTIPLIER_RANGE),
+            "beta": list(job_config.DPO_BETA_RANGE),
+        },
     }
+    safety: Any = _served_vocab(response.text)["SAFETY"]
+    assert (safety["mode"][0], safety["estimator"][0]) == (job_config.DEFAULT_MODE, job_config.DEFAULT_ESTIMATOR)
+    assert sorted(safety["mode"]) == sorted(SafetyMode) and sorted(safety["estimator"]) == sorted(Estimator)
     assert _served_vocab(response.text)["STAGES"] == list(JobStage)  # JobStage is declared in pipeline order
 
 
