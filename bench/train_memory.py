@@ -2,7 +2,7 @@
 ``bench.train_mem.run`` (grid, method and caveats: that module's docstring; modules:
 ``bench/train_mem/``). Each measurement runs in a child process started on this script.
 
-    python bench/train_memory.py                      # the full grid: ~20 minutes on 2 busy cores
+    python bench/train_memory.py                      # the full grid (the result records its wall_seconds)
     python bench/train_memory.py --quick --dirty-ok   # tiny model only, a smoke run
 """
 

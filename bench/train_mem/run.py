@@ -14,7 +14,7 @@ model and batches, interleaved in one process, medians of per-step times. Check:
 The CPU numbers come from a host whose cores other work shares: the A/B interleaving and the
 medians are there for that, and the result file says so (``host``).
 
-    python bench/train_memory.py                      # the full grid: ~20 minutes on 2 busy cores
+    python bench/train_memory.py                      # the full grid (the result records its wall_seconds)
     python bench/train_memory.py --quick --dirty-ok   # tiny model only, a smoke run
     python bench/train_memory.py --device cuda --weights bf16,nf4 --out bench/results/gpu_train_memory_cuda.json
 """

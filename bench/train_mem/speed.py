@@ -49,11 +49,6 @@ def compare_loops(
     plain_base, tokenizer = load_base_model(source, cache_dir=cache_dir, dtype=dtype, device=device)
     guard_base, _ = load_base_model(source, cache_dir=cache_dir, dtype=dtype, device=device)
 
-    encoded = encode(tokenizer, examples, config)
-    torch.manual_seed(config.seed)
-    plain = get_peft_model(plain_base, lora_config(config))
-    trainable, optimizer, scheduler = make_optimizer(plain, config, total)
-    plain.train()
     work = tempfile.TemporaryDirectory(prefix="gt-trainmem-speed-")
     run = setup_run(
         guard_base,
@@ -68,6 +63,11 @@ def compare_loops(
         reference_cache=None,
     )
     run.model.train()
+    encoded = encode(tokenizer, examples, config)
+    torch.manual_seed(config.seed)
+    plain = get_peft_model(plain_base, lora_config(config))
+    trainable, optimizer, scheduler = make_optimizer(plain, config, run.total_steps)  # the same LR schedule
+    plain.train()
 
     def plain_step(step: int) -> tuple[int, float]:
         return plain_sft_step(plain, tokenizer, encoded, config, step, trainable, optimizer, scheduler)
