@@ -47,6 +47,25 @@ def current_rss_mb() -> float:
     return peak_rss_mb()
 
 
+def high_water_rss_mb() -> float:
+    """Peak resident set size of this process since it started or since the last
+    :func:`reset_high_water_rss`, in MiB (``VmHWM`` of ``/proc/self/status``; Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("/proc/self/status has no VmHWM")
+
+
+def reset_high_water_rss() -> None:
+    """Set this process's peak RSS (``VmHWM``) to its current RSS (``/proc/self/clear_refs``,
+    Linux ≥ 4.0), so that a later :func:`high_water_rss_mb` sees only what came after, and hand
+    the heap's freed pages back first (glibc's ``malloc_trim``) so that they do not count."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 # -- statistics --------------------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0–100) with linear interpolation; NaN for no values."""

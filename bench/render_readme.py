@@ -410,6 +410,68 @@ def render_demo(doc: dict[str, Any]) -> str:
     return text
 
 
+def render_train_memory(doc: dict[str, Any]) -> str:
+    """``bench/train_memory.py``: per row the measured peak beside the planner's estimate, its
+    error and its check (≤ 25 %), tokens/s; the speed part's ratio of guardtune's SFT step to
+    the plain PEFT loop and its check; the host the numbers come from."""
+    verdicts = {True: "met", False: "**missed**"}
+    rows = []
+    for row in doc["rows"]:
+        check = doc["checks"][row["check"]]
+        rows.append(
+            [
+                row["model"],
+                row["weights"],
+                "on" if row["checkpointing"] else "off",
+                f"{row['sequences']} × {row['seq_len']}",
+                num(row["measured_mb"], 0),
+                num(row["estimate_mb"], 0),
+                f"{row['error'] * 100:.0f}%",
+                verdicts[check["met"]],
+                num(row["tokens_per_s"], 0),
+            ]
+        )
+    headers = [
+        "model",
+        "weights",
+        "checkpointing",
+        "micro-batch (sequences × tokens)",
+        "measured MiB",
+        "planner MiB",
+        "error",
+        "planner within 25%",
+        "tokens/s",
+    ]
+    what = doc["rows"][0]["memory"] if doc["rows"] else "peak memory"
+    head = (
+        f"Peak of a few steps of guardtune's adaptive step (exact reference, w_kl 0.9) above what the process held "
+        f"before loading the model ({what}); planner: `core.jobs.memory_plan`'s estimate for the same shape and "
+        f"layout. Host: {doc['host']}."
+    )
+    text = f"{head}\n\n{table(headers, rows)}"
+    speed = doc.get("speed")
+    if speed is not None:
+        g, p = speed["loops"]["guardtune"], speed["loops"]["plain"]
+        cpu = speed["ratio_of"] == "median_cpu_s_per_step"
+        measure = "CPU s/step (one torch thread)" if cpu else "s/step"
+        key = speed["ratio_of"]
+        text += (
+            f"\n\nSpeed, {speed['model']} model, {speed['batch']} × {speed['seq_len']} tokens per step, "
+            f"{speed['steps_timed']} timed steps each, interleaved in one process: guardtune's SFT step "
+            f"{num(g[key])} vs the plain PEFT loop's {num(p[key])} median {measure}, "
+            f"**{speed['ratio']:.3f}×** (wall {speed['wall_ratio']:.3f}×; {num(g['tokens_per_s'], 0)} vs "
+            f"{num(p['tokens_per_s'], 0)} tokens/s)."
+        )
+    per_row = {row["check"] for row in doc["rows"]}
+    others = {name: c for name, c in doc["checks"].items() if name not in per_row}
+    met = sum(doc["checks"][name]["met"] for name in per_row)
+    text += f"\n\nChecks: planner within 25% on {met} of {len(doc['rows'])} rows (table)"
+    text += "".join(f"\n- {name}: {verdicts[c['met']]} ({c['value']:.3f}×)" for name, c in others.items())
+    if doc.get("quick"):
+        text += "\n\n**Smoke run (--quick)**, not the benchmark."
+    return text
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo": render_demo,
     "harmful_finetune_sst2": render_harmful_finetune_sst2,
@@ -419,12 +481,13 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "replication_reference_modes": render_safety_replication,
     "aligned_reference": render_aligned_reference,
     "api_load": render_api_load,
+    "train_memory": render_train_memory,
 }
 
 
 # Blocks whose benchmark may not have been run yet: the README says so. Every other block's
 # JSON must exist (a missing one is an error, not a silent "not run").
-NOT_YET_RUN_OK: set[str] = set()
+NOT_YET_RUN_OK: set[str] = {"train_memory"}
 
 
 def render_block(name: str) -> str:

@@ -54,8 +54,7 @@ def plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     import torch
     from peft import get_peft_model
 
-    from safety.data import collate
-    from safety.train_state import lora_config, make_optimizer, step_indices
+    from safety.train_state import lora_config, make_optimizer
 
     encoded = encode(tokenizer, examples, config)
     torch.manual_seed(config.seed)
@@ -63,20 +62,29 @@ def plain_sft(model, tokenizer, examples, config, total, ends, tokens) -> None:
     trainable, optimizer, scheduler = make_optimizer(model, config, total)
     model.train()
     for step in range(total):
-        idx = step_indices(len(encoded), config.batch_size, config.seed, step)
-        batch = {
-            k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()
-        }
-        with autocast_of(model):
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.item()
-        tokens.append(int(batch["attention_mask"].sum()))
+        tokens.append(plain_sft_step(model, tokenizer, encoded, config, step, trainable, optimizer, scheduler)[0])
         ends.append(stamp())
+
+
+def plain_sft_step(model, tokenizer, encoded, config, step, trainable, optimizer, scheduler) -> tuple[int, float]:
+    """Step ``step`` of the plain loop on ``model`` (a ``PeftModel``): the examples
+    ``safety.trainer`` would take at that step, the model's own LM loss, clipping, AdamW and
+    the schedule; its non-padding tokens and its loss."""
+    import torch
+
+    from safety.data import collate
+    from safety.train_state import step_indices
+
+    idx = step_indices(len(encoded), config.batch_size, config.seed, step)
+    batch = {k: v.to(args_device(model)) for k, v in collate([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+    with autocast_of(model):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return int(batch["attention_mask"].sum()), out.loss.item()
 
 
 def bench_probe(model, tokenizer, args, extra):

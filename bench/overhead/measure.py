@@ -32,7 +32,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tokenizer = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
     model.to(args.device)
-    _make_resident(model)
+    make_resident(model)
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss_mb()
 
@@ -61,7 +61,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     elif variant == "d":
         ref, _ = load_base_model(DEFAULT_BASE_MODEL, cache_dir=Path(args.cache_dir))
         ref.to(args.device).requires_grad_(False)
-        _make_resident(ref)
+        make_resident(ref)
         extra["rss_after_second_model_mb"] = current_rss_mb()
         paper_style(model, ref, tokenizer, examples, config, total, ends, tokens, extra, args)
     else:
@@ -98,7 +98,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _make_resident(model) -> None:
+def make_resident(model) -> None:
     """Read every weight once: safetensors weights are memory-mapped and only become
     resident when first used, which would make "RSS after load" meaningless."""
     import torch
