@@ -196,3 +196,13 @@ def test_compose_images_are_pinned_to_a_release():
         assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), name
     assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images["minio"])
     assert re.fullmatch(r"minio/mc:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images["create-bucket"])
+
+
+def test_compose_evaluates_on_a_private_eval_set_it_requires():
+    """The gate's harmful eval set in production is the operator's private file, not the public
+    shipped one: compose refuses to start without it and the worker reads it where it is mounted."""
+    worker = COMPOSE["services"]["worker"]
+    path = worker["environment"]["GUARDTUNE_EVAL_PROMPTS_FILE"]
+    [mount] = [v for v in worker["volumes"] if v.endswith(f":{path}:ro")]
+    assert re.fullmatch(r"\$\{EVAL_PROMPTS_FILE:\?[^}]+\}", mount.removesuffix(f":{path}:ro"))
+    assert "EVAL_PROMPTS_FILE" in (REPO / "README.md").read_text().split("## Production", 1)[1]
