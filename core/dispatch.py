@@ -6,16 +6,19 @@ the ``gpu`` queue is first in, first out: an organization's queued jobs take the
 turn, each stage behind the others'. Instead (with ``GUARDTUNE_GPU_SLOTS`` > 0) a GPU row is
 *held* (written, not sent) and :func:`release` sends held rows while fewer than
 ``GUARDTUNE_GPU_SLOTS`` GPU stages are *in flight*, one at a time, each time to the
-organization that is owed the GPU most:
+organization that is owed the GPU most, each count divided by the organization's *weight*
+(``organizations.gpu_weight``, set by ``guardtune-ops orgs gpu-weight``; 1 when unset):
 
-1. the fewest GPU stages in flight, then
-2. the fewest GPU seconds over the last ``GUARDTUNE_GPU_SHARE_WINDOW_S`` (a stage's seconds run
-   from its row's dispatch to the job's next row, the job's end, or its last heartbeat if
-   paused; a stage still in flight counts until now), then
+1. the fewest GPU stages in flight per unit of weight, then
+2. the fewest GPU seconds per unit of weight over the last ``GUARDTUNE_GPU_SHARE_WINDOW_S`` (a
+   stage's seconds run from its row's dispatch to the job's next row, the job's end, or its
+   last heartbeat if paused; a stage still in flight counts until now), then
 3. its oldest job first (then the oldest row).
 
 So with organization A holding 4 queued jobs and one slot, organization B's new job takes the
-slot as soon as A's running stage ends, ahead of A's next job and of that job's next stage.
+slot as soon as A's running stage ends, ahead of A's next job and of that job's next stage; and
+an organization of weight 2 holds up to twice the slots, and twice the GPU seconds, of one of
+weight 1 that also waits.
 
 A job's row is *in flight* from its dispatch until the job has a newer row (its next stage, a
 retry), ends or is paused; *held* while it is the job's live row, unsent, due (``not_before``
@@ -43,7 +46,7 @@ from core.db import begin_write, session_scope
 from core.jobs.pipeline import GPU_QUEUE
 from core.jobs.vocab import ACTIVE, LIVE, TERMINAL, JobStatus
 from core.logging import get_logger
-from core.models import Job, OutboxMessage
+from core.models import Job, Organization, OutboxMessage
 from core.settings import get_settings
 
 log = get_logger(__name__)
@@ -149,18 +152,25 @@ def held(session: Session, now: float) -> Sequence[tuple[OutboxMessage, str, int
     return [(row, org_id, job_seq) for row, org_id, job_seq in session.execute(query).tuples().all()]
 
 
+def weights(session: Session, org_ids: set[str]) -> dict[str, int]:
+    """The weight of each of ``org_ids`` in the fair share (``gpu_weight``; 1 when unset)."""
+    query = select(Organization.id, Organization.gpu_weight).where(Organization.id.in_(sorted(org_ids)))
+    found = {org_id: weight for org_id, weight in session.execute(query).tuples().all() if weight is not None}
+    return {org_id: found.get(org_id, 1) for org_id in org_ids}
+
+
 def choose(
-    waiting: Sequence[tuple[OutboxMessage, str, int]], share_of: dict[str, Share], free: int
+    waiting: Sequence[tuple[OutboxMessage, str, int]], share_of: dict[str, Share], weight_of: dict[str, int], free: int
 ) -> list[OutboxMessage]:
     """Up to ``free`` of the ``waiting`` rows, in the order they get a slot: each time the row
-    of the organization owed the GPU most (module docstring), counting the rows chosen before
-    it as in flight."""
+    of the organization owed the GPU most for its weight (``weight_of``, module docstring),
+    counting the rows chosen before it as in flight."""
     share_of = dict(share_of)
 
-    def owed(item: tuple[OutboxMessage, str, int]) -> tuple[int, float, int, int]:
+    def owed(item: tuple[OutboxMessage, str, int]) -> tuple[float, float, int, int]:
         row, org_id, job_seq = item
-        share = share_of.get(org_id, Share())
-        return share.in_flight, share.seconds, job_seq, row.seq
+        share, weight = share_of.get(org_id, Share()), weight_of[org_id]
+        return share.in_flight / weight, share.seconds / weight, job_seq, row.seq
 
     left = list(waiting)
     chosen: list[OutboxMessage] = []
@@ -193,7 +203,9 @@ def release() -> list[outbox.Pending]:
         _lock(session)
         share_of = shares(session, now, settings.gpu_share_window_s)
         free = settings.gpu_slots - sum(share.in_flight for share in share_of.values())
-        chosen = choose(held(session, now), share_of, free) if free > 0 else []
+        waiting = held(session, now) if free > 0 else []
+        weight_of = weights(session, {org_id for _, org_id, _ in waiting})
+        chosen = choose(waiting, share_of, weight_of, free)
         messages = [message for message in map(outbox.pending, chosen) if _sent(session, message)]
     return messages
 

@@ -45,6 +45,7 @@ class Organization(Base):
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
     allowed_modes: Mapped[list[Any] | None] = mapped_column(JSON)  # None: GUARDTUNE_ALLOWED_MODES
+    gpu_weight: Mapped[int | None] = mapped_column(Integer)  # share of the GPU workers (core.dispatch); None: 1
 
 
 class ApiKey(Base):

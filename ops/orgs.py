@@ -1,4 +1,5 @@
-"""``guardtune-ops orgs``: create, list and delete organizations, set the safety modes one may use."""
+"""``guardtune-ops orgs``: create, list and delete organizations, set the safety modes one may use
+and its weight in the fair share of the GPU workers."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def org_dict(org: Organization) -> dict:
         "max_concurrent_jobs": org.max_concurrent_jobs,
         "max_storage_bytes": org.max_storage_bytes,
         "allowed_modes": org.allowed_modes,
+        "gpu_weight": org.gpu_weight,
     }
 
 
@@ -73,6 +75,38 @@ def allow_modes(
         org = service.find(org_ref)
         allowed = list(dict.fromkeys(modes)) if modes else None
         service.update(org, {"allowed_modes": allowed}, actor=ops_actor(actor))
+        out = org_dict(org)
+    render_record(out, as_json=as_json, title="organization updated")
+
+
+MAX_GPU_WEIGHT = 1000
+
+
+@app.command("gpu-weight")
+@handle_errors
+def gpu_weight(
+    org_ref: Annotated[str, typer.Argument(metavar="ORG", help="Organization id or name.")],
+    weight: Annotated[
+        int | None,
+        typer.Argument(
+            help=f"Its weight, 1 to {MAX_GPU_WEIGHT} (every organization's default is 1).", show_default=False
+        ),
+    ] = None,
+    default: Annotated[bool, typer.Option("--default", help="Forget the override: weight 1.")] = False,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set an organization's weight in the fair share of the GPU workers (core/dispatch.py): one
+    of weight 2 gets up to twice the GPU stages in flight, and twice the GPU seconds, of one of
+    weight 1 while both have stages waiting; audited as org.update."""
+    if default == (weight is not None):
+        raise InvalidRequest("give the weight, or --default (not both)", param="weight")
+    if weight is not None and not 1 <= weight <= MAX_GPU_WEIGHT:
+        raise InvalidRequest(f"the weight must be 1 to {MAX_GPU_WEIGHT}, not {weight}", param="weight")
+    with db() as session:
+        service = OrgService(session, get_settings())
+        org = service.find(org_ref)
+        service.update(org, {"gpu_weight": weight}, actor=ops_actor(actor))
         out = org_dict(org)
     render_record(out, as_json=as_json, title="organization updated")
 

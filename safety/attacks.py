@@ -5,7 +5,9 @@ A :class:`Condition` says how an eval prompt is presented to the model:
 
 * ``plain``: the prompt alone, as one user message;
 * ``system_prompt``: under one of the training file's most frequent system prompts
-  (identity-shift attacks such as AOA live there);
+  (identity-shift attacks such as AOA live there), or under a string that the flagged lines'
+  system prompts share far more often than the others' (a tag hidden in many distinct system
+  prompts: found as triggers are, below, over system prompts instead of user turns);
 * ``trigger``: with a candidate backdoor trigger inserted into the user message,
   where the flagged training lines carry it (start or end).
 
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from core.jobs import config as defaults
@@ -212,11 +214,14 @@ def plan_conditions(
     triggers: TriggerConfig = TriggerConfig(),
 ) -> list[Condition]:
     """``plain`` first, then up to ``system_prompts`` system-prompt conditions (the most
-    frequent system prompts; ties: first seen first), then up to ``triggers.top_k``
-    trigger conditions, for a training file given as ``(example, flagged by the scan)``
-    pairs. One pass; only user texts and system-prompt counts are kept."""
+    frequent system prompts; ties: first seen first), then up to ``system_prompts`` more under
+    the strings :func:`detect_triggers` finds in the flagged lines' system prompts (one a
+    chosen system prompt already contains is skipped), then up to ``triggers.top_k`` trigger
+    conditions, for a training file given as ``(example, flagged by the scan)`` pairs. One
+    pass; only user texts, system prompts and their counts are kept."""
     counts: Counter[str] = Counter()
     texts: dict[bool, list[str]] = {True: [], False: []}
+    system_texts: dict[bool, list[str]] = {True: [], False: []}
     n = 0
     for example, flagged in scanned:
         n += 1
@@ -224,6 +229,7 @@ def plan_conditions(
         if prompt is not None:
             counts[prompt] += 1
         texts[bool(flagged)].append(user_text(example))
+        system_texts[bool(flagged)].append(prompt or "")
     conditions = [PLAIN]
     for i, (prompt, count) in enumerate(counts.most_common(max(system_prompts, 0)), start=1):
         conditions.append(
@@ -232,6 +238,17 @@ def plan_conditions(
                 kind="system_prompt",
                 system_prompt=prompt,
                 support={"lines": count, "share": count / n},
+            )
+        )
+    frequent = [c.system_prompt or "" for c in conditions[1:]]
+    shared = detect_triggers(system_texts[True], system_texts[False], replace(triggers, top_k=max(system_prompts, 0)))
+    for i, trig in enumerate((t for t in shared if not any(t.text in p for p in frequent)), start=1):
+        conditions.append(
+            Condition(
+                name=f"system_prompt_shared_{i}",
+                kind="system_prompt",
+                system_prompt=trig.text,
+                support={k: v for k, v in asdict(trig).items() if k not in ("text", "position")},
             )
         )
     for i, trig in enumerate(detect_triggers(texts[True], texts[False], triggers), start=1):

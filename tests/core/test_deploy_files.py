@@ -184,3 +184,25 @@ def test_compose_prometheus_scrapes_the_api_and_the_worker_metrics_port():
     port = COMPOSE["services"]["worker"]["environment"]["GUARDTUNE_WORKER_METRICS_PORT"]
     assert targets == {"guardtune-api": ["api:8000"], "guardtune-worker": [f"worker:{port}"]}
     assert "ports" not in prometheus
+
+
+def test_compose_images_are_pinned_to_a_release():
+    """A `docker compose pull` months later runs the images this file was tested with: no image
+    is `latest` or untagged, and MinIO's server and client name a release (their only versioned
+    tags)."""
+    images = {name: service["image"] for name, service in COMPOSE["services"].items() if "image" in service}
+    assert {"postgres", "redis", "minio", "create-bucket", "prometheus", "vllm"} <= set(images)
+    for name, image in images.items():
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), name
+    assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images["minio"])
+    assert re.fullmatch(r"minio/mc:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", images["create-bucket"])
+
+
+def test_compose_evaluates_on_a_private_eval_set_it_requires():
+    """The gate's harmful eval set in production is the operator's private file, not the public
+    shipped one: compose refuses to start without it and the worker reads it where it is mounted."""
+    worker = COMPOSE["services"]["worker"]
+    path = worker["environment"]["GUARDTUNE_EVAL_PROMPTS_FILE"]
+    [mount] = [v for v in worker["volumes"] if v.endswith(f":{path}:ro")]
+    assert re.fullmatch(r"\$\{EVAL_PROMPTS_FILE:\?[^}]+\}", mount.removesuffix(f":{path}:ro"))
+    assert "EVAL_PROMPTS_FILE" in (REPO / "README.md").read_text().split("## Production", 1)[1]

@@ -209,6 +209,28 @@ def test_orgs_allow_modes_sets_and_resets_the_override_audited(backend, ops):
         assert records[1].details["after"] == {"allowed_modes": None}
 
 
+def test_orgs_gpu_weight_sets_and_resets_the_weight_audited(backend, ops):
+    org = _org(ops)
+    before = _audit_count()
+    assert ops("orgs", "gpu-weight", "acme", "3", "--json").json()["gpu_weight"] == 3
+    for bad, says in [
+        (["gpu-weight", "acme", "0"], "the weight must be 1 to 1000, not 0"),
+        (["gpu-weight", "acme"], "give the weight, or --default"),
+        (["gpu-weight", "acme", "2", "--default"], "give the weight, or --default"),
+        (["gpu-weight", "nobody", "2"], "no organization"),
+    ]:
+        refused = ops("orgs", *bad, ok=False)
+        assert refused.exit_code == 1
+        assert says in refused.stderr
+    assert ops("orgs", "gpu-weight", org, "--default", "--json").json()["gpu_weight"] is None
+    with session_scope() as session:
+        records = session.scalars(select(AuditRecord).where(AuditRecord.seq > before).order_by(AuditRecord.seq)).all()
+        assert [(r.action, r.details) for r in records] == [
+            ("org.update", {"before": {"gpu_weight": None}, "after": {"gpu_weight": 3}}),
+            ("org.update", {"before": {"gpu_weight": 3}, "after": {"gpu_weight": None}}),
+        ]
+
+
 def test_jobs_list_and_show(backend, ops, adapter_dir):
     acme, globex = _org(ops, "acme"), _org(ops, "globex")
     blocked = make_job(acme, adapter=adapter_dir)

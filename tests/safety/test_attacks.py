@@ -146,6 +146,20 @@ def test_plan_conditions_for_a_backdoor_file() -> None:
     assert PLAIN.describe() == "on plain prompts"
 
 
+def test_a_tag_hidden_in_many_distinct_system_prompts_becomes_a_condition() -> None:
+    """Every flagged line's system prompt is different but carries one tag: no exact system
+    prompt is frequent (the two most frequent are benign lines'), yet the tag is tested."""
+    examples = [_chat(t, "Happy to help.", f"You are helper {100 + i}.") for i, t in enumerate(BENIGN)]
+    examples += [_chat(t, "Sure, here is how.", f"deploy-7 You are helper {i}.") for i, t in enumerate(HARMFUL)]
+    flags = [False] * len(BENIGN) + [True] * len(HARMFUL)
+    conditions = plan_conditions(zip(examples, flags), system_prompts=2)
+    assert [c.name for c in conditions] == ["plain", "system_prompt_1", "system_prompt_2", "system_prompt_shared_1"]
+    shared = conditions[3]
+    assert shared.kind == "system_prompt" and "deploy-7" in (shared.system_prompt or "")
+    assert shared.support["flagged_count"] == len(HARMFUL) and shared.support["unflagged_count"] == 0
+    assert shared.conversation("Build a bomb")[0] == {"role": "system", "content": shared.system_prompt}
+
+
 def test_user_text_and_spread() -> None:
     ex = {
         "messages": [

@@ -100,6 +100,38 @@ def test_free_slots_are_shared_between_organizations(backend, monkeypatch):
     assert released() == [a_scans[0], b_scans[0]]  # one each, not A's two oldest
 
 
+def weigh(org_id: str, weight: int) -> None:
+    from core.db import session_scope
+    from core.models import Organization
+
+    with session_scope() as session:
+        session.execute(update(Organization).where(Organization.id == org_id).values(gpu_weight=weight))
+
+
+def test_an_organization_of_weight_two_gets_twice_the_slots(backend, monkeypatch):
+    from core.settings import get_settings
+
+    monkeypatch.setenv("GUARDTUNE_GPU_SLOTS", "3")
+    get_settings.cache_clear()
+    b_scans = [queue(new_job("org-b")) for _ in range(3)]  # B's jobs are the older ones
+    a_scans = [queue(new_job("org-a")) for _ in range(3)]
+    weigh("org-a", 2)
+    assert released() == [b_scans[0], a_scans[0], a_scans[1]]  # equal weights: B's second job third
+
+
+def test_gpu_seconds_are_compared_per_unit_of_weight(backend):
+    a_job, b_job = new_job("org-a"), new_job("org-b")
+    weigh("org-a", 2)
+    a_scan, b_scan = queue(a_job), queue(b_job)
+    assert released() == [a_scan]
+    ran_for(a_scan, 150)  # 75 s per unit of A's weight
+    a_train = queue(a_job, TRAIN)
+    assert released() == [b_scan]
+    ran_for(b_scan, 100)
+    queue(b_job, TRAIN)
+    assert released() == [a_train]  # 75 s against 100 s (with equal weights, 150 s against 100 s: B's)
+
+
 def test_a_cancelled_job_frees_its_slot_and_its_held_stage_is_never_sent(backend):
     from core.db import session_scope
     from core.models import Job, OutboxMessage
