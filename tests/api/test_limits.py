@@ -19,11 +19,6 @@ API_ENV = {  # read by the ``live_api`` fixture and the in-process app
 }
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
 def exactly(n: int) -> bytes:
     data = jsonl(chat("hi", "hello"))
     return data + b"\n" * (n - len(data))  # blank lines are allowed
