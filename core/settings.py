@@ -86,7 +86,8 @@ class Settings(BaseSettings):
 
     # Limits.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # request body of every route but uploads; 413
-    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)  # a file, one request or assembled from parts; 413
+    max_file_bytes: int = Field(default=512 * 1024**2, ge=1)  # a file sent in one POST /v1/files (OpenAI's 512 MB); 413
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)  # a file assembled from parts through /v1/uploads; 413
     max_concurrent_jobs_per_org: int = 4
     uploads_per_minute: int = Field(60, ge=0)  # file uploads per organization; 0 = unlimited
     job_creations_per_minute: int = Field(60, ge=0)  # fine-tuning job creations per organization; 0 = unlimited
