@@ -136,10 +136,12 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(10.0, ge=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
     # Experiment tracking (worker/pipeline/tracking.py): a job's W&B integration logs with the
-    # operator's key (online) or to files under home/wandb (offline); an MLflow tracking URI
-    # makes every job log there, to the experiment mlflow_experiment.
+    # operator's key (online) or to files under home/wandb (offline), online to the W&B server at
+    # wandb_base_url (None: W&B's cloud); an MLflow tracking URI makes every job log there, to
+    # the experiment mlflow_experiment.
     wandb_api_key: str | None = None
     wandb_mode: Literal["online", "offline"] = "online"
+    wandb_base_url: str | None = None
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "guardtune"
     audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head
