@@ -5,8 +5,8 @@
 discards what the client still sends), and a body of unknown length (chunked) is counted
 as it arrives: the chunk that passes the limit raises :class:`~core.errors.PayloadTooLarge`
 (413) to whatever was reading it, so no more than the limit is ever buffered. File uploads
-and upload parts (``exempt``) stream under their own, larger limits (``GUARDTUNE_MAX_UPLOAD_BYTES``,
-:mod:`api.files.uploads`)."""
+and upload parts (``exempt``) stream under their own, larger limits (``GUARDTUNE_MAX_FILE_BYTES``,
+``GUARDTUNE_MAX_UPLOAD_BYTES``, :mod:`api.files.uploads`)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -154,10 +155,42 @@ def check_lines(checks: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def command_covers(command: str, run: dict[str, Any]) -> bool:
+    """Whether the ``bench/harmful_finetune.py`` command line ``command`` names ``run``: the
+    run's part among its ``--part`` (``p<share>`` at the default setting, ``stress`` at the
+    others), its seed among its ``--seeds`` and its mode among its ``--modes`` where given."""
+    flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    flags.add_argument("--part", default="")
+    flags.add_argument("--seeds", type=int, nargs="+")
+    flags.add_argument("--modes", default="")
+    args, _ = flags.parse_known_args(shlex.split(command)[2:])  # past "python <script>"
+    part = f"p{run['p']}" if run["setting"] == "default" else "stress"
+    return (
+        part in args.part.split(",")
+        and (args.seeds is None or run["seed"] in args.seeds)
+        and (not args.modes or run["mode"] in args.modes.split(","))
+    )
+
+
+def runs_by_command(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """The runs each command of ``doc["parts"]`` still holds (keys in the parts' order, each
+    with its runs' keys): the command a run records, or for a run that records none, the last
+    command that covers it (:func:`command_covers`; the parts are in the order their commands
+    merged into the file, a later command's run replacing an earlier one's). A command whose
+    runs were all replaced holds none; runs no command covers are under ``""``."""
+    commands = [part["command"] for part in doc["parts"].values()]
+    held: dict[str, list[str]] = {command: [] for command in [*commands, ""]}
+    for key, run in doc["runs"].items():
+        covering = [command for command in commands if command_covers(command, run)]
+        held[run.get("command") or (covering[-1] if covering else "")].append(key)
+    return held
+
+
 def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
     """The field's benchmark (``bench/harmful_finetune.py``): per setting, p and mode the
     harmful score and fine-tune accuracy (means over seeds), over-refusal, the scan's recall
-    and false flags and the gate's releases; the paired tests; the checks; the parts run."""
+    and false flags and the gate's releases; the paired tests; the checks; the commands whose
+    runs the file still holds, each with those runs (:func:`runs_by_command`)."""
     sizes, ev, config = doc["config"]["sizes"], doc["eval_sets"], doc["config"]
     ref = doc["reference"]
     rows = [
@@ -206,13 +239,18 @@ def render_harmful_finetune_sst2(doc: dict[str, Any]) -> str:
         f"\n- {name}: {check_value(v) if 'cost' in name else points(v) + ' %' if v is not None else 'not measured'}"
         for name, v in doc["reported"].items()
     )
+    held = runs_by_command(doc)
     parts = "".join(
         f"\n- `{part['command']}`: commit `{(part['git']['commit'] or 'unknown')[:7]}`"
         f"{' (**uncommitted changes**)' if part['git']['dirty'] else ''}, "
         + (f"{part['wall_seconds'] / 60:.0f} min" if "wall_seconds" in part else "no run finished")
         + ("" if part["complete"] else ", **cut short**")
+        + f"; holds {', '.join(held[part['command']])}"
         for part in doc["parts"].values()
+        if held[part["command"]]
     )
+    if held[""]:
+        parts += f"\n- runs no listed command covers: {', '.join(held[''])}"
     return (
         f"{head}\n\n{table(headers, rows)}\n\nPaired tests, seeds as the unit:{paired or ' none (runs missing)'}"
         f"\n\nChecks (p = 0.1, means over seeds):{checks}\n\nReported as they fall:{reported}\n\nParts:{parts}"

@@ -86,7 +86,8 @@ class Settings(BaseSettings):
 
     # Limits.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)  # request body of every route but uploads; 413
-    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)  # a file, one request or assembled from parts; 413
+    max_file_bytes: int = Field(default=512 * 1024**2, ge=1)  # a file sent in one POST /v1/files (OpenAI's 512 MB); 413
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)  # a file assembled from parts through /v1/uploads; 413
     max_concurrent_jobs_per_org: int = 4
     uploads_per_minute: int = Field(60, ge=0)  # file uploads per organization; 0 = unlimited
     job_creations_per_minute: int = Field(60, ge=0)  # fine-tuning job creations per organization; 0 = unlimited
@@ -135,10 +136,12 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(10.0, ge=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
     # Experiment tracking (worker/pipeline/tracking.py): a job's W&B integration logs with the
-    # operator's key (online) or to files under home/wandb (offline); an MLflow tracking URI
-    # makes every job log there, to the experiment mlflow_experiment.
+    # operator's key (online) or to files under home/wandb (offline), online to the W&B server at
+    # wandb_base_url (None: W&B's cloud); an MLflow tracking URI makes every job log there, to
+    # the experiment mlflow_experiment.
     wandb_api_key: str | None = None
     wandb_mode: Literal["online", "offline"] = "online"
+    wandb_base_url: str | None = None
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "guardtune"
     audit_anchor_every: int = Field(default=100, ge=1)  # an anchor at every N records, besides each head

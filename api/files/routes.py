@@ -43,7 +43,7 @@ async def upload_file(
     (``status_details`` lists the first errors with their line numbers)."""
     await run_in_threadpool(take_request, "uploads", caller.org_id)  # 429 before a byte of the file is read
     await run_in_threadpool(session.close)  # hold no connection while the body arrives
-    upload = await receive_upload(request, max_bytes=settings.max_upload_bytes)
+    upload = await receive_upload(request, max_bytes=settings.max_file_bytes)
     try:
         row = await run_in_threadpool(service.create, caller, upload)
     finally:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.models import File
+from core.models import File, Upload
 from core.vocab import AS_LITERAL, FileStatus
 
 EXPIRES_AFTER_MIN_S = 3600  # an hour
@@ -20,13 +20,31 @@ class ExpiresAfter(BaseModel):
     seconds: int = Field(ge=EXPIRES_AFTER_MIN_S, le=EXPIRES_AFTER_MAX_S)
 
 
-class FileObject(BaseModel):
+class StoredFileFields(BaseModel):
+    """The fields OpenAI's ``file`` and ``upload`` objects share, in their order on the wire;
+    each object fixes ``object`` to its own name and adds its fields after these."""
+
     id: str
-    object: Literal["file"] = "file"
+    object: str
     bytes: int
     created_at: int
     filename: str
     purpose: str
+
+    @staticmethod
+    def shared(row: File | Upload) -> dict[str, Any]:
+        """The shared fields' values of a stored file or upload."""
+        return {
+            "id": row.id,
+            "bytes": row.bytes,
+            "created_at": row.created_at,
+            "filename": row.filename,
+            "purpose": row.purpose,
+        }
+
+
+class FileObject(StoredFileFields):
+    object: Literal["file"] = "file"
     status: Annotated[FileStatus, AS_LITERAL]
     status_details: str | None = None
     expires_at: int | None = None
@@ -34,11 +52,7 @@ class FileObject(BaseModel):
     @classmethod
     def of(cls, row: File) -> FileObject:
         return cls(
-            id=row.id,
-            bytes=row.bytes,
-            created_at=row.created_at,
-            filename=row.filename,
-            purpose=row.purpose,
+            **cls.shared(row),
             status=FileStatus(row.status),
             status_details=row.status_details,
             expires_at=row.expires_at,

@@ -112,7 +112,7 @@ class FileService:
         with self.stored(
             caller,
             NewFile(upload.filename, purpose, report, expires_after_s),
-            write=lambda key: self.store.put_stream(key, spool, max_bytes=self.settings.max_upload_bytes),
+            write=lambda key: self.store.put_stream(key, spool, max_bytes=self.settings.max_file_bytes),
             artifacts=artifacts,
         ) as row:
             pass

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.files.schemas import ExpiresAfter, FileObject
+from api.files.schemas import ExpiresAfter, FileObject, StoredFileFields
 from core.models import File, Upload, UploadPart, now
 from core.vocab import AS_LITERAL, UploadStatus
 
@@ -42,13 +42,8 @@ def shown_status(row: Upload) -> UploadStatus:
     return UploadStatus.EXPIRED if status is UploadStatus.PENDING and row.expires_at <= now() else status
 
 
-class UploadObject(BaseModel):
-    id: str
+class UploadObject(StoredFileFields):
     object: Literal["upload"] = "upload"
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
     status: Annotated[UploadStatus, AS_LITERAL]
     expires_at: int
     file: FileObject | None = None
@@ -56,11 +51,7 @@ class UploadObject(BaseModel):
     @classmethod
     def of(cls, row: Upload, file: File | None = None) -> UploadObject:
         return cls(
-            id=row.id,
-            bytes=row.bytes,
-            created_at=row.created_at,
-            filename=row.filename,
-            purpose=row.purpose,
+            **cls.shared(row),
             status=shown_status(row),
             expires_at=row.expires_at,
             file=FileObject.of(file) if file is not None else None,

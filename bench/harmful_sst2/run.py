@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     "mode": mode,
                     "seed": seed,
                     "setting": cell.setting,
+                    "command": command,  # the part that made it: a later command may replace it
                     "lr": run_args.lr,
                     "epochs": fields["n_epochs"],
                     "n_examples": len(train_examples),

@@ -1,6 +1,7 @@
 """Fixtures of the API tests: the API under test (``http``, ``sdk``), direct database and
-object-store access to arrange and inspect state, a look at the broker's queue, and the
-"nothing changed" snapshot.
+object-store access to arrange and inspect state, a look at the broker's queue, the
+"nothing changed" snapshot, and the SDK as the module's tenant (``client``) with a training
+file it uploaded (``training_file``).
 
 Transports: ``http`` and ``sdk`` reach the app in this process over ASGI (``asgi``, the
 default: the fast tier) or the live server under uvicorn (``uvicorn``: ``live_api`` from
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 from core.models import AuditRecord, File, Job, JobEvent, Organization
 from core.settings import Settings
 from core.storage import ObjectStore, make_store
-from tests.api.helpers import ORG_PREFIX, Snapshot, Tenant, pipeline_messages
+from tests.api.helpers import GOOD, ORG_PREFIX, Snapshot, Tenant, pipeline_messages
 from tests.conftest import serve_in_process
 
 TRANSPORTS = ("asgi", "uvicorn")
@@ -114,6 +115,18 @@ def sdk(http) -> Callable[[Tenant | str], OpenAI]:
         return OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30, **in_process)
 
     return _client
+
+
+@pytest.fixture(scope="module")
+def client(sdk, tenant) -> OpenAI:
+    """The SDK as the module's ``tenant``."""
+    return sdk(tenant)
+
+
+@pytest.fixture(scope="module")
+def training_file(client):
+    """A small valid training file (``GOOD``) the module's ``tenant`` uploaded."""
+    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
 
 
 @pytest.fixture(autouse=True, scope="module")

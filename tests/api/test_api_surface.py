@@ -19,11 +19,6 @@ from tests.api.helpers import BASE_MODEL, GOOD, audit_actions, auth, set_job
 from tests.api.test_models import finished_job
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
 def audit_rows(db, target: str) -> list[AuditRecord]:
     with Session(db) as session:
         return list(session.scalars(select(AuditRecord).where(AuditRecord.target == target).order_by(AuditRecord.seq)))

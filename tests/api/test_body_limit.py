@@ -61,7 +61,7 @@ def test_a_chunked_body_over_the_limit_is_413(http, tenant):
 
 
 def test_an_upload_over_the_body_limit_is_still_accepted(http, tenant):
-    """Uploads have their own, larger limit (``GUARDTUNE_MAX_UPLOAD_BYTES``)."""
+    """File uploads have their own, larger limit (``GUARDTUNE_MAX_FILE_BYTES``)."""
     data = GOOD + jsonl(*[chat("q" * 500, "a" * 500)] * (2 * MAX_BODY // 1000))
     assert len(data) > MAX_BODY
     r = http.post("/v1/files", headers=auth(tenant), files={"file": ("big.jsonl", data)}, data={"purpose": "fine-tune"})

@@ -16,11 +16,6 @@ from tests.api.test_models import finished_job
 
 
 @pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
 def released(client, db, store) -> str:
     return finished_job(client, db, store, suffix="first", release=True)[1]
 

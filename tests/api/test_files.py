@@ -12,11 +12,6 @@ from core.models import File
 from tests.api.helpers import BASE_MODEL, GOOD, auth, chat, jsonl
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
 def upload(client, data: bytes, name: str = "train.jsonl"):
     return client.files.create(file=(name, data), purpose="fine-tune")
 

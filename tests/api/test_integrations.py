@@ -7,19 +7,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.api.helpers import BASE_MODEL, GOOD
+from tests.api.helpers import BASE_MODEL
 
 API_ENV = {"GUARDTUNE_WANDB_MODE": "offline"}
-
-
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
-def training_file(client):
-    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
 
 
 def test_a_wandb_integration_is_echoed_in_openais_shape(client, training_file):

@@ -15,16 +15,6 @@ MAX_STEPS, MAX_TOKENS = 2 * EXAMPLES, 2 * TOKENS  # two epochs at batch size 1: 
 API_ENV = {"GUARDTUNE_MAX_JOB_STEPS": str(MAX_STEPS), "GUARDTUNE_MAX_JOB_TRAINING_TOKENS": str(MAX_TOKENS)}
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
-def training_file(client):
-    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
-
-
 def create(client, training_file, n_epochs: int, batch_size: int):
     hyperparameters = {"n_epochs": n_epochs, "batch_size": batch_size}
     return client.fine_tuning.jobs.create(

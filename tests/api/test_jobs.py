@@ -14,16 +14,6 @@ from core.models import BaseModelEntry, File, Job, JobEvent, Organization, Outbo
 from tests.api.helpers import BASE_MODEL, GOOD, auth, queued_job_ids, set_job
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
-def training_file(client):
-    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
-
-
 @pytest.fixture
 def fresh(sdk, new_tenant):
     """A tenant of its own with one uploaded training file: ``(tenant, client, file)``."""

@@ -10,18 +10,14 @@ import pytest
 
 from tests.api.helpers import BASE_MODEL, audit_actions, auth, chat, jsonl
 
-MAX_UPLOAD = 2048
+MAX_FILE, MAX_UPLOAD = 2048, 8192
 API_ENV = {  # read by the ``live_api`` fixture and the in-process app
+    "GUARDTUNE_MAX_FILE_BYTES": str(MAX_FILE),
     "GUARDTUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
     "GUARDTUNE_MAX_EXAMPLE_CHARS": "300",
     "GUARDTUNE_MAX_EXAMPLES": "5",
     "GUARDTUNE_BROKER_URL": "redis://127.0.0.1:1/0",  # nothing listens there
 }
-
-
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
 
 
 def exactly(n: int) -> bytes:
@@ -30,17 +26,33 @@ def exactly(n: int) -> bytes:
 
 
 def test_a_file_at_the_limit_is_accepted(client):
-    f = client.files.create(file=("edge.jsonl", exactly(MAX_UPLOAD)), purpose="fine-tune")
-    assert f.bytes == MAX_UPLOAD
+    f = client.files.create(file=("edge.jsonl", exactly(MAX_FILE)), purpose="fine-tune")
+    assert f.bytes == MAX_FILE
     assert f.status == "processed"
 
 
-@pytest.mark.parametrize("size", [MAX_UPLOAD + 1, 5000, 200_000])  # streamed check / Content-Length check
+@pytest.mark.parametrize("size", [MAX_FILE + 1, 5000, 200_000])  # streamed check / Content-Length check
 def test_oversize_upload_is_refused_with_413_and_nothing_stored(client, tenant, unchanged, size):
     with unchanged(tenant), pytest.raises(openai.APIStatusError) as err:
         client.files.create(file=("big.jsonl", exactly(size)), purpose="fine-tune")
     assert err.value.status_code == 413
     assert err.value.code == "file_too_large"
+    assert str(MAX_FILE) in err.value.message
+
+
+def test_a_file_over_the_file_limit_goes_through_the_uploads_api(client):
+    """``GUARDTUNE_MAX_FILE_BYTES`` bounds ``POST /v1/files`` alone: the Uploads API keeps
+    its own, larger limit."""
+    size = MAX_FILE + 1000
+    done = client.uploads.upload_file_chunked(
+        file=exactly(size), filename="big.jsonl", bytes=size, mime_type="application/jsonl", purpose="fine-tune"
+    )
+    assert (done.status, done.file.status, done.file.bytes) == ("completed", "processed", size)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.uploads.create(
+            bytes=MAX_UPLOAD + 1, filename="t.jsonl", mime_type="application/jsonl", purpose="fine-tune"
+        )
+    assert err.value.status_code == 413
     assert str(MAX_UPLOAD) in err.value.message
 
 

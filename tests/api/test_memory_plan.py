@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from core.models import BaseModelEntry
-from tests.api.helpers import BASE_MODEL, GOOD
+from tests.api.helpers import BASE_MODEL
 from tests.api.test_preference import PAIRS
 
 API_ENV = {"GUARDTUNE_WORKER_GPU_MEMORY_GB": "24", "GUARDTUNE_DEVICE": "cuda"}  # 24 GB GPUs, bf16 + checkpointing
@@ -34,16 +34,6 @@ def shaped_models(db) -> Iterator[None]:
     with Session(db) as session, session.begin():
         for name in SHAPES:
             session.delete(session.get(BaseModelEntry, name))
-
-
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
-def training_file(client):
-    return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
 
 
 def test_a_base_too_big_for_the_workers_is_refused_at_create(client, tenant, training_file, unchanged, shaped_models):

@@ -46,11 +46,6 @@ def finished_job(client, db, store, *, suffix: str, release: bool):
 
 
 @pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
 def released(client, db, store):
     return finished_job(client, db, store, suffix="helpdesk", release=True)
 

@@ -77,11 +77,6 @@ def test_a_file_is_one_format_and_pairs_with_tools_are_accepted():
     assert "uses the chat (messages) format but earlier lines use the preference" in mixed.errors[0].message
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
 def test_an_invalid_preference_upload_lists_its_lines(client):
     bad = jsonl(pair(), {**pair(), "preferred_output": []}, "{oops", pair())
     f = client.files.create(file=("prefs.jsonl", bad), purpose="fine-tune")

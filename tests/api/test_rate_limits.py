@@ -104,6 +104,15 @@ def test_the_request_budget_is_429_and_other_organizations_keep_theirs(sdk, new_
     assert ask(other, hi(), max_tokens=1).headers["x-ratelimit-remaining-requests"] == str(REQUESTS_PER_MINUTE - 1)
 
 
+def assert_request_budget_spent(error: openai.RateLimitError, limit: int) -> None:
+    """``error`` is the 429 of a spent request budget of ``limit`` a minute, in OpenAI's shape."""
+    assert error.body["code"] == "rate_limit_exceeded"
+    assert 1 <= int(error.response.headers["retry-after"]) <= 60
+    assert error.response.headers["x-ratelimit-limit-requests"] == str(limit)
+    assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert RESET.match(error.response.headers["x-ratelimit-reset-requests"])
+
+
 def test_uploads_over_the_rate_are_429_and_nothing_stored(sdk, new_tenant, unchanged):
     tenant = new_tenant()
     client = sdk(tenant)
@@ -111,17 +120,10 @@ def test_uploads_over_the_rate_are_429_and_nothing_stored(sdk, new_tenant, uncha
         client.files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
     with unchanged(tenant), pytest.raises(openai.RateLimitError) as err:
         client.files.create(file=("t.jsonl", GOOD), purpose="fine-tune")
-    assert err.value.body["code"] == "rate_limit_exceeded"
-    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
-    assert err.value.response.headers["x-ratelimit-limit-requests"] == str(UPLOADS_PER_MINUTE)
-    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
-    assert RESET.match(err.value.response.headers["x-ratelimit-reset-requests"])
+    assert_request_budget_spent(err.value, UPLOADS_PER_MINUTE)
     with unchanged(tenant), pytest.raises(openai.RateLimitError) as err:  # the Uploads API shares the budget
         client.uploads.create(bytes=len(GOOD), filename="t.jsonl", mime_type="application/jsonl", purpose="fine-tune")
-    assert err.value.body["code"] == "rate_limit_exceeded"
-    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
-    assert err.value.response.headers["x-ratelimit-limit-requests"] == str(UPLOADS_PER_MINUTE)
-    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert_request_budget_spent(err.value, UPLOADS_PER_MINUTE)
 
 
 def test_job_creations_over_the_rate_are_429_and_nothing_created(sdk, new_tenant, unchanged):
@@ -132,7 +134,4 @@ def test_job_creations_over_the_rate_are_429_and_nothing_created(sdk, new_tenant
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file)
     with unchanged(tenant), pytest.raises(openai.RateLimitError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL, training_file=training_file)
-    assert err.value.body["code"] == "rate_limit_exceeded"
-    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
-    assert err.value.response.headers["x-ratelimit-limit-requests"] == str(JOBS_PER_MINUTE)
-    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert_request_budget_spent(err.value, JOBS_PER_MINUTE)

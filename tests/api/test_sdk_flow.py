@@ -16,11 +16,6 @@ pytestmark = pytest.mark.transport("uvicorn")  # the SDK's whole flow on the rea
 
 
 @pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
-@pytest.fixture(scope="module")
 def uploaded(client) -> FileObject:
     return client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
 

@@ -21,11 +21,6 @@ API_ENV = {"GUARDTUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}  # read by the in-proc
 DATA = jsonl(*(chat(f"Question {i}?", f"Answer {i}.") for i in range(40)))
 
 
-@pytest.fixture(scope="module")
-def client(sdk, tenant):
-    return sdk(tenant)
-
-
 def start(client, data: bytes = DATA, **kwargs) -> openai.types.Upload:
     params = {"filename": "train.jsonl", "mime_type": "application/jsonl", "purpose": "fine-tune", **kwargs}
     return client.uploads.create(bytes=len(data), **params)

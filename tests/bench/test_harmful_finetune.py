@@ -198,6 +198,48 @@ def test_the_renderer_on_a_small_json(tmp_path, monkeypatch):
     assert "**Shrunk" not in body
 
 
+def test_the_parts_list_names_only_the_commands_whose_runs_the_file_holds(tmp_path, monkeypatch):
+    """Runs that record no command go to the last command covering them; a command whose runs
+    were all replaced by later ones is left out, one a run names keeps that run."""
+    script = "python bench/harmful_finetune.py"
+    first = f"{script} --part p0.1 --seeds 0 --modes none,adaptive --n-lines 200"
+    cut = f"{script} --part p0.1 --seeds 0 --modes constant,filter --out /tmp/b.json"
+    redo = f"{script} --part p0.1 --seeds 0 --modes none,adaptive,constant,filter --threads 2"
+    clean = f"{script} --part p0 --modes none --probe /work/probe"
+    stress = f"{script} --part stress --seeds 1 --modes adaptive"
+    git = {"commit": "abcdef1234", "dirty": False, "dirty_ok": False}
+    doc = small_doc()
+    doc["parts"] = {
+        c: {"command": c, "git": git, "complete": c != cut, "wall_seconds": 600.0}
+        for c in (first, cut, redo, clean, stress)
+    }
+    doc["runs"] = {
+        "p0.1/none/seed0": {"p": "0.1", "mode": "none", "seed": 0, "setting": "default"},
+        "p0.1/filter/seed0": {"p": "0.1", "mode": "filter", "seed": 0, "setting": "default"},
+        "p0.1/adaptive/seed1": {"p": "0.1", "mode": "adaptive", "seed": 1, "setting": "default", "command": first},
+        "p0/none/seed0": {"p": "0", "mode": "none", "seed": 0, "setting": "default"},
+        "p0.2/none/seed0": {"p": "0.2", "mode": "none", "seed": 0, "setting": "default"},
+        "p0.1/adaptive/seed0/lr_x4": {"p": "0.1", "mode": "adaptive", "seed": 0, "setting": "lr_x4"},
+    }
+    assert render_readme.runs_by_command(doc) == {
+        first: ["p0.1/adaptive/seed1"],
+        cut: [],
+        redo: ["p0.1/none/seed0", "p0.1/filter/seed0"],
+        clean: ["p0/none/seed0"],
+        stress: [],  # its seeds are not the run's
+        "": ["p0.2/none/seed0", "p0.1/adaptive/seed0/lr_x4"],
+    }
+    monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
+    (tmp_path / "harmful_finetune_sst2.json").write_text(json.dumps(doc))
+    parts = render_readme.render_block("harmful_finetune_sst2").split("Parts:")[1].split("\n\n")[0]
+    assert parts.strip().splitlines() == [
+        f"- `{first}`: commit `abcdef1`, 10 min; holds p0.1/adaptive/seed1",
+        f"- `{redo}`: commit `abcdef1`, 10 min; holds p0.1/none/seed0, p0.1/filter/seed0",
+        f"- `{clean}`: commit `abcdef1`, 10 min; holds p0/none/seed0",
+        "- runs no listed command covers: p0.2/none/seed0, p0.1/adaptive/seed0/lr_x4",
+    ]
+
+
 def test_the_renderer_says_when_the_benchmark_has_not_run(tmp_path, monkeypatch):
     monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
     monkeypatch.setattr(render_readme, "NOT_YET_RUN_OK", {"probe_formats"})  # a block whose benchmark has not run
@@ -240,6 +282,12 @@ def test_quick_run_on_the_tiny_model(tiny_model, tmp_path):
     doc = json.loads(out.read_text())
     assert set(doc["runs"]) == {"p0.1/none/seed0", "p0.1/adaptive/seed0", "p0/none/seed0"}
     assert [p["complete"] for p in doc["parts"].values()] == [True, True]
+    first, second = doc["parts"]
+    assert {key: r["command"] for key, r in doc["runs"].items()} == {
+        "p0.1/none/seed0": first,
+        "p0.1/adaptive/seed0": first,
+        "p0/none/seed0": second,
+    }
     assert doc["git"]["dirty"] == git_info()["dirty"]
     assert doc["config"]["probe"] == str(saved)  # the second command reused the first one's probe
     assert doc["shrunk"].startswith("n = 20 training lines")

@@ -124,6 +124,57 @@ def test_the_gate_counts_its_decision(scrape):
     )
 
 
+def test_a_gate_decision_rolled_back_is_not_counted(scrape, monkeypatch):
+    """The decision's transaction fails after the decision (its result file cannot be
+    stored): nothing is counted; the retry that commits counts it once."""
+    from core.db import session_scope
+    from core.models import SafetyReport
+    from worker.pipeline import gate, results
+
+    def unstorable(session, job) -> str:
+        raise OSError("the object store is unreachable")
+
+    side = {"asr_keyword": 0.1, "asr_judge": 0.1, "over_refusal": 0.0, "val_loss": None}
+    with session_scope() as session:
+        job_id = create_job(session, "org-gate-rollback", demo_lines(4), status="running", stage="evaluating")
+        session.add(SafetyReport(job_id=job_id, evaluation={"base": side, "tuned": side}))
+    store_adapter("org-gate-rollback", job_id)
+    worker0, _ = scrape()
+    with monkeypatch.context() as patch:
+        patch.setattr(results, "attach_step_metrics", unstorable)
+        with pytest.raises(OSError):
+            gate.run(job_id)
+    with session_scope() as session:
+        assert session.get_one(SafetyReport, job_id).gate is None  # the decision was rolled back
+    worker1, _ = scrape()
+    gate.run(job_id)
+    worker2, _ = scrape()
+    released = [
+        metric_value(text, "guardtune_gate_decisions_total", decision="released")
+        for text in (worker0, worker1, worker2)
+    ]
+    assert released[1] == released[0]
+    assert released[2] == released[0] + 1
+
+
+def test_a_paused_jobs_estimated_finish_stays_cleared_when_a_stage_starts(pipeline_env):
+    """A stage delivered to a paused job (paused after the stage was queued) starts, finds the
+    job paused and stops: the measured estimate it computes on the way is not written."""
+    from core.db import session_scope
+    from core.models import Job
+    from worker.tasks import run_stage
+
+    with session_scope() as session:
+        earlier = create_job(session, "org-paused-finish", demo_lines(4))
+    record_runs(earlier, {stage: [(10.0, 4000 if stage == "train" else None)] for stage in STAGES})
+    with session_scope() as session:
+        job_id = create_job(session, "org-paused-finish", demo_lines(4), status="paused", stage="scanning")
+    assert run_stage("scan", job_id) is None
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.estimated_finish) == ("paused", None)
+
+
 def test_estimates_read_the_medians_of_the_newest_runs(pipeline_env):
     from core.db import session_scope
     from core.jobs import estimate

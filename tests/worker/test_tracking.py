@@ -192,3 +192,22 @@ def test_a_failing_tracker_is_logged_and_dropped_and_the_job_goes_on(tracked, mo
         assert [data["step"] for data in steps] == [1, 2, 1, 2]
     history = [_items(r.item) for kind, r in wandb_records(get_settings().home_dir) if kind == "history"]
     assert [row["_step"] for row in history] == [1, 2, 1, 2]  # W&B got every step of both stages
+
+
+def test_the_wandb_base_url_reaches_the_runs_settings(tracked, monkeypatch):
+    """``GUARDTUNE_WANDB_BASE_URL`` (a self-hosted W&B server) is the run's ``base_url``."""
+    from core.db import session_scope
+    from core.models import Job
+    from worker.pipeline.tracking import WandbTracker, open_tracking
+
+    server = "http://wandb.internal.example:8080"
+    monkeypatch.setenv("GUARDTUNE_WANDB_BASE_URL", server)
+    clear_caches()
+    job_id = _job_in_training("org-tracked-server")
+    with session_scope() as session:
+        tracking = open_tracking(session.get_one(Job, job_id))
+    try:
+        [wandb_tracker] = [tracker for tracker in tracking.trackers if isinstance(tracker, WandbTracker)]
+        assert wandb_tracker.run.settings.base_url == server
+    finally:
+        tracking.close()

@@ -42,6 +42,7 @@ def policy() -> GatePolicy:
 def run(job_id: str) -> None:
     from safety.gate import decide, summaries_from_evaluation
 
+    decided: bool | None = None  # released, when this run made the decision
     with session_scope() as session:
         jobstate.enter_stage(session, job_id, JobStage.GATING, "Applying the release gate")
         report = session.get_one(SafetyReport, job_id)
@@ -50,7 +51,7 @@ def run(job_id: str) -> None:
             decision = decide(*summaries_from_evaluation(report.evaluation), policy())
             digest = adapter_sha256(get_store(), adapter_prefix(jobstate.live_job(session, job_id)))
             report.gate = {**decision.to_dict(), "policy": vars(policy()), "adapter_sha256": digest}
-            GATE_DECISIONS.labels("released" if decision.released else "blocked").inc()
+            decided = decision.released
             audit.record(
                 session,
                 actor=audit.SYSTEM,
@@ -81,6 +82,8 @@ def run(job_id: str) -> None:
                 },
                 message="Job blocked by the safety gate; the adapter is kept but not served",
             )
+    if decided is not None:  # counted once committed: a decision rolled back is made again on the retry
+        GATE_DECISIONS.labels("released" if decided else "blocked").inc()
     tracking = open_tracking(job)  # after the commit: a tracker never holds up or undoes the decision
     tracking.log_summary(summary)
     tracking.close(finished=True)

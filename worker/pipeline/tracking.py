@@ -70,7 +70,8 @@ def job_params(job: Job) -> dict[str, Any]:
 
 
 class WandbTracker:
-    """The job's W&B run (id: the job id), online with the operator's key or offline under
+    """The job's W&B run (id: the job id), online with the operator's key (to the server at
+    ``GUARDTUNE_WANDB_BASE_URL`` where set: a self-hosted W&B) or offline under
     ``GUARDTUNE_HOME/wandb``."""
 
     name = "wandb"
@@ -80,6 +81,7 @@ class WandbTracker:
 
         directory = settings.home_dir / "wandb"
         directory.mkdir(parents=True, exist_ok=True)
+        server = {"base_url": settings.wandb_base_url} if settings.wandb_base_url else {}
         self.run = wandb.init(
             id=job.id,
             resume="allow",
@@ -93,6 +95,7 @@ class WandbTracker:
             settings=wandb.Settings(
                 mode=settings.wandb_mode,
                 api_key=settings.wandb_api_key,
+                **server,
                 silent=True,
                 console="off",
                 save_code=False,
