@@ -30,6 +30,26 @@ from transformers import PreTrainedModel
 
 TRAINER_STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def save_adapter(model: PeftModel, dest: Path) -> None:
+    """Save ``model``'s PEFT adapter (safetensors) to ``dest``, byte for byte the same for the
+    same weights in any process (:func:`sort_target_modules`)."""
+    model.save_pretrained(str(dest), safe_serialization=True)
+    sort_target_modules(Path(dest))
+
+
+def sort_target_modules(adapter_dir: Path) -> None:
+    """Rewrite ``adapter_dir``'s ``adapter_config.json`` with its ``target_modules`` sorted.
+    PEFT keeps them as a set and writes them in set order, which follows ``PYTHONHASHSEED``:
+    the same adapter saved by another process (another worker, another rank) would get
+    another adapter digest. Written as PEFT writes it (keys sorted, indent 2)."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG_FILE
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2))
 
 
 def write_checkpoint(
@@ -45,7 +65,7 @@ def write_checkpoint(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_adapter(model, tmp)
         _save_tree(optimizer.state_dict(), tmp / "optimizer")
         _save_tree(scheduler.state_dict(), tmp / "scheduler")
         _save_tree(_rng_states(), tmp / "rng")

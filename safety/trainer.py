@@ -32,6 +32,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safety.checkpoints import save_adapter
 from safety.data import collate, encode_example
 from safety.dpo import run_dpo_step, with_preference_validation
 from safety.objective import token_kl
@@ -131,7 +132,7 @@ def train(
 
     run.model.eval()
     adapter_dir = run.work_dir / "adapter"
-    run.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    save_adapter(run.model, adapter_dir)
     return TrainResult(
         model=run.model,
         outcome=TrainOutcome.COMPLETED,
