@@ -58,9 +58,11 @@ def write_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trainer_state: dict[str, Any],
+    rank_rngs: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write adapter, optimizer, scheduler, RNG states and ``trainer_state`` (JSON-able) to
-    ``dest`` (replacing it if present); returns ``dest``."""
+    ``dest`` (replacing it if present); returns ``dest``. ``rank_rngs``: every rank's torch
+    RNG states, by rank, from a data-parallel run (``safety.distributed.gather_rng_states``)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -68,7 +70,7 @@ def write_checkpoint(
         save_adapter(model, tmp)
         _save_tree(optimizer.state_dict(), tmp / "optimizer")
         _save_tree(scheduler.state_dict(), tmp / "scheduler")
-        _save_tree(_rng_states(), tmp / "rng")
+        _save_tree({**_rng_states(), **({"ranks": rank_rngs} if rank_rngs else {})}, tmp / "rng")
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
         if dest.exists():
             shutil.rmtree(dest)
@@ -87,14 +89,23 @@ def restore_checkpoint(
     checkpoint_dir: Path,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    rank: int = 0,
 ) -> None:
     """Load optimizer and scheduler state and restore the torch / Python / NumPy (and CUDA)
-    RNGs from ``checkpoint_dir``. The adapter weights are loaded separately
+    RNGs from ``checkpoint_dir``; a data-parallel checkpoint's torch RNGs are those of rank
+    ``rank`` (a rank it did not have keeps rank 0's). The adapter weights are loaded separately
     (``load_adapter`` or PEFT), before this call, since loading an adapter draws random numbers."""
     checkpoint_dir = Path(checkpoint_dir)
     optimizer.load_state_dict(_load_tree(checkpoint_dir / "optimizer"))
     scheduler.load_state_dict(_load_tree(checkpoint_dir / "scheduler"))
-    _set_rng_states(_load_tree(checkpoint_dir / "rng"))
+    states = _load_tree(checkpoint_dir / "rng")
+    _set_rng_states(states)
+    ranks = states.get("ranks", [])
+    if rank < len(ranks):
+        torch.set_rng_state(ranks[rank]["torch"])
+        if "cuda" in ranks[rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ranks[rank]["cuda"])
 
 
 def load_adapter(base_model: PreTrainedModel, adapter_dir: Path, *, trainable: bool = False) -> PeftModel:
