@@ -116,7 +116,10 @@ def test_two_processes_train_as_one_at_the_same_global_batch(
     assert single.keys() == double.keys()
     moved = 0
     for name, weight in single.items():
-        torch.testing.assert_close(double[name], weight, rtol=1e-4, atol=1e-5)
+        # Adam divides by the gradient's running RMS: a coordinate with a near-zero gradient
+        # turns a float-rounding difference into up to ~1e-5 of its weight (measured: 1.07e-5
+        # once in 256); 1e-4 is 2 % of one step's learning rate, a wrong split moves far more.
+        torch.testing.assert_close(double[name], weight, rtol=1e-3, atol=1e-4)
         moved += int("lora_B" in name and bool(weight.abs().max() > 0))
     assert moved  # the runs trained: lora_B leaves zero
 
