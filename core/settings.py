@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Memory of the device a worker trains on (core.jobs.memory_plan): jobs that cannot fit are
     # refused at create; workers pick the micro-batch that fits when micro_batch_tokens is unset.
     worker_gpu_memory_gb: float | None = Field(None, gt=0)
+    # GPUs a worker owns: above 1, stage train runs each job data-parallel across all of them
+    # (worker.pipeline.train.launch_ranks: torchrun, one process per GPU).
+    worker_gpus: int = Field(1, ge=1)
 
     # Job pipeline.
     heartbeat_interval_s: float = 10.0

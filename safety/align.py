@@ -266,12 +266,15 @@ def save_adapter(peft_model: Any, dest: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    from safety.checkpoints import sort_target_modules
+
     dest.mkdir(parents=True, exist_ok=True)
     state = {
         k: v.detach().to("cpu", torch.float16).contiguous() for k, v in get_peft_model_state_dict(peft_model).items()
     }
     save_file(state, dest / ADAPTER_FILES[0], metadata={"format": "pt"})
     peft_model.peft_config["default"].save_pretrained(dest)
+    sort_target_modules(dest)
 
 
 def prebuilt_dir(source: str) -> Path:

@@ -30,6 +30,26 @@ from transformers import PreTrainedModel
 
 TRAINER_STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def save_adapter(model: PeftModel, dest: Path) -> None:
+    """Save ``model``'s PEFT adapter (safetensors) to ``dest``, byte for byte the same for the
+    same weights in any process (:func:`sort_target_modules`)."""
+    model.save_pretrained(str(dest), safe_serialization=True)
+    sort_target_modules(Path(dest))
+
+
+def sort_target_modules(adapter_dir: Path) -> None:
+    """Rewrite ``adapter_dir``'s ``adapter_config.json`` with its ``target_modules`` sorted.
+    PEFT keeps them as a set and writes them in set order, which follows ``PYTHONHASHSEED``:
+    the same adapter saved by another process (another worker, another rank) would get
+    another adapter digest. Written as PEFT writes it (keys sorted, indent 2)."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG_FILE
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2))
 
 
 def write_checkpoint(
@@ -38,17 +58,19 @@ def write_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trainer_state: dict[str, Any],
+    rank_rngs: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write adapter, optimizer, scheduler, RNG states and ``trainer_state`` (JSON-able) to
-    ``dest`` (replacing it if present); returns ``dest``."""
+    ``dest`` (replacing it if present); returns ``dest``. ``rank_rngs``: every rank's torch
+    RNG states, by rank, from a data-parallel run (``safety.distributed.gather_rng_states``)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_adapter(model, tmp)
         _save_tree(optimizer.state_dict(), tmp / "optimizer")
         _save_tree(scheduler.state_dict(), tmp / "scheduler")
-        _save_tree(_rng_states(), tmp / "rng")
+        _save_tree({**_rng_states(), **({"ranks": rank_rngs} if rank_rngs else {})}, tmp / "rng")
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
         if dest.exists():
             shutil.rmtree(dest)
@@ -67,14 +89,23 @@ def restore_checkpoint(
     checkpoint_dir: Path,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    rank: int = 0,
 ) -> None:
     """Load optimizer and scheduler state and restore the torch / Python / NumPy (and CUDA)
-    RNGs from ``checkpoint_dir``. The adapter weights are loaded separately
+    RNGs from ``checkpoint_dir``; a data-parallel checkpoint's torch RNGs are those of rank
+    ``rank`` (a rank it did not have keeps rank 0's). The adapter weights are loaded separately
     (``load_adapter`` or PEFT), before this call, since loading an adapter draws random numbers."""
     checkpoint_dir = Path(checkpoint_dir)
     optimizer.load_state_dict(_load_tree(checkpoint_dir / "optimizer"))
     scheduler.load_state_dict(_load_tree(checkpoint_dir / "scheduler"))
-    _set_rng_states(_load_tree(checkpoint_dir / "rng"))
+    states = _load_tree(checkpoint_dir / "rng")
+    _set_rng_states(states)
+    ranks = states.get("ranks", [])
+    if rank < len(ranks):
+        torch.set_rng_state(ranks[rank]["torch"])
+        if "cuda" in ranks[rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ranks[rank]["cuda"])
 
 
 def load_adapter(base_model: PreTrainedModel, adapter_dir: Path, *, trainable: bool = False) -> PeftModel:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from safety import distributed
 from safety.batching import token_batches
 from safety.data import EncodedExample, collate
 from safety.memory import autocast
@@ -133,14 +134,16 @@ def run_dpo_step(run: TrainRun, step: int) -> StepMetrics:
     weights = example_weights(config, [run.risks[i] for i in indices])
     preferred_tokens = [count_answer_tokens(run.encoded[2 * i]) for i in indices]
     n_tokens = max(sum(preferred_tokens), 1)
-    sums, done = PairSums(), 0
-    for micro in micro_batches(run.encoded, indices, config.batch_size, config.micro_batch_tokens):
+    mine = distributed.world().shard(len(indices))  # this rank's pairs; the normalisers are the step's
+    sums, done, my_weights = PairSums(), 0, weights[mine]
+    for micro in micro_batches(run.encoded, indices[mine], config.batch_size, config.micro_batch_tokens):
         terms, tokens = pair_terms(run.model, micro, run.tokenizer.pad_token_id, config.dpo_beta)
-        w_sft, w_kl = torch.tensor(weights[done : done + len(micro)], device=terms.dpo.device).unbind(-1)
+        w_sft, w_kl = torch.tensor(my_weights[done : done + len(micro)], device=terms.dpo.device).unbind(-1)
         loss = (w_sft * terms.dpo).sum() / len(indices) + (w_kl * terms.kl).sum() / n_tokens
         loss.backward()
         sums.add(terms, tokens, loss.item())
         done += len(micro)
+    sums = distributed.summed(sums)
     lr = optimizer_step(run, weights, preferred_tokens)
     elapsed = time.perf_counter() - started
     metrics = StepMetrics(

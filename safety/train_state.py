@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from core.jobs.vocab import ReferenceMode, SafetyMode
 from core.preference import pair_chats
+from safety import distributed
 from safety.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
     load_adapter,
@@ -130,7 +131,7 @@ def setup_run(
     if resume_dir is not None:
         state = read_trainer_state(resume_dir)
         check_resumable(state, config, fingerprint, cache.k if cache is not None else None)
-        restore_checkpoint(resume_dir, optimizer, scheduler)
+        restore_checkpoint(resume_dir, optimizer, scheduler, rank=distributed.world().rank)
         start_step = state["step"]
         summary = RunSummary(**state["summary"])
     return TrainRun(
@@ -196,7 +197,11 @@ def checkpoint_name(done: int) -> str:
 
 def write_run_checkpoint(run: TrainRun, done: int) -> Path:
     """Write the state after ``done`` steps under ``work_dir/checkpoints/``; its path. Older
-    checkpoints there beyond the newest ``config.keep_checkpoints`` are removed."""
+    checkpoints there beyond the newest ``config.keep_checkpoints`` are removed. Under
+    ``torchrun`` every rank calls it (the checkpoint keeps each rank's RNG state) and rank 0
+    writes it; every rank gets its path."""
+    ranks = distributed.world()
+    rank_rngs = distributed.gather_rng_states() if ranks.size > 1 else None
     epoch, step_in_epoch = divmod(done - 1, run.steps_per_epoch)
     last_batch = step_indices(len(run.risks), run.config.examples_per_step, run.config.seed, done - 1)
     trainer_state = {
@@ -210,7 +215,9 @@ def write_run_checkpoint(run: TrainRun, done: int) -> Path:
         "summary": asdict(run.summary),
     }
     directory = run.work_dir / "checkpoints" / checkpoint_name(done)
-    written = write_checkpoint(directory, run.model, run.optimizer, run.scheduler, trainer_state)
+    if not ranks.is_main:
+        return directory
+    written = write_checkpoint(directory, run.model, run.optimizer, run.scheduler, trainer_state, rank_rngs)
     prune_checkpoints(directory.parent, run.config.keep_checkpoints)
     return written
 

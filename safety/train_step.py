@@ -5,7 +5,9 @@ seeded per-epoch shuffle, a pure function of ``(seed, epoch)`` so a resumed run 
 same batches), gives each its ``(w_sft, w_kl)`` (:func:`example_weights`), accumulates
 the gradient of the weighted objective over micro-batches (:func:`accumulate_gradients`:
 at most ``batch_size`` examples and ``micro_batch_tokens`` padded tokens each, normalised by
-the step's answer tokens so the split changes nothing but memory; the reference pass runs in
+the step's answer tokens so the split changes nothing but memory; under ``torchrun`` each
+rank takes its shard of the step's examples and the ranks' gradients are summed,
+``safety.distributed``; the reference pass runs in
 ``safety.reference.reference_forward``, or comes from the reference cache), clips it, steps the optimizer (at the schedule's learning rate, scaled by
 the step's SFT budget under ``objective="bounded"``: :func:`lr_scale`) and the LR schedule,
 adds the step to the run's ``RunSummary`` and returns its ``StepMetrics``
@@ -26,6 +28,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from core.jobs.vocab import Objective, RiskWeighting, SafetyMode
+from safety import distributed
 from safety.batching import token_batches
 from safety.data import IGNORE_INDEX, EncodedExample, collate
 from safety.memory import autocast
@@ -89,12 +92,23 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
     started = time.perf_counter()
     indices = step_indices(len(risks), config.examples_per_step, config.seed, step)
     weights = example_weights(config, [risks[i] for i in indices])
+    answer_tokens = [count_answer_tokens(run.encoded[i]) for i in indices]
     refs = run.cache.rows if run.cache is not None else None
+    mine = distributed.world().shard(len(indices))
     sums = accumulate_gradients(
-        run.model, run.tokenizer, run.encoded, indices, weights, config.batch_size, refs, config.micro_batch_tokens
+        run.model,
+        run.tokenizer,
+        run.encoded,
+        indices[mine],
+        weights[mine],
+        config.batch_size,
+        refs,
+        config.micro_batch_tokens,
+        step_answer_tokens=sum(answer_tokens),
     )
+    sums = replace(distributed.summed(sums), example_answer_tokens=answer_tokens)
 
-    lr = optimizer_step(run, weights, sums.example_answer_tokens)
+    lr = optimizer_step(run, weights, answer_tokens)
     elapsed = time.perf_counter() - started
     metrics = StepMetrics(
         **step_fields(run, step, indices, weights),
@@ -111,9 +125,11 @@ def run_step(run: TrainRun, step: int) -> StepMetrics:
 
 
 def optimizer_step(run: TrainRun, weights: list[tuple[float, float]], answer_tokens: list[int]) -> float:
-    """Clip the accumulated gradient, step the optimizer at the schedule's rate times
-    :func:`lr_scale` of the step's ``weights`` and ``answer_tokens``, step the schedule and
-    clear the gradient; the rate the step ran at."""
+    """Sum the ranks' accumulated gradients (``distributed.sum_gradients``; one process: as
+    is), clip the sum, step the optimizer at the schedule's rate times :func:`lr_scale` of the
+    step's ``weights`` and ``answer_tokens``, step the schedule and clear the gradient; the
+    rate the step ran at."""
+    distributed.sum_gradients(run.trainable)
     torch.nn.utils.clip_grad_norm_(run.trainable, run.config.max_grad_norm)
     scale = lr_scale(run.config, weights, answer_tokens)
     lr: float = run.scheduler.get_last_lr()[0] * scale
@@ -204,6 +220,8 @@ def accumulate_gradients(
     batch_size: int,
     cached_rows: Callable[[list[int]], ReferenceTopK] | None = None,
     max_tokens: int | None = None,
+    *,
+    step_answer_tokens: int | None = None,
 ) -> StepSums:
     """Forward and backward the step's examples (``encoded[i]`` for ``i`` in ``indices``) in
     micro-batches of at most ``batch_size`` examples and, with ``max_tokens``, at most that
@@ -211,11 +229,13 @@ def accumulate_gradients(
     ``cached_rows`` of each micro-batch's indices when given (else its forward pass),
     accumulating the gradient of ``weighted_loss`` normalised by the *step's* answer tokens,
     so that the gradient is the one-shot gradient of the step however it is split; the
-    step's sums."""
+    sums of ``indices``. When ``indices`` are one rank's shard of the step
+    (``safety.distributed``), ``step_answer_tokens`` is the whole step's count (default: the
+    answer tokens of ``indices``)."""
     device = next(model.parameters()).device
     examples = [encoded[i] for i in indices]
     sums = StepSums(example_answer_tokens=[count_answer_tokens(e) for e in examples])
-    n_answer = sums.answer_tokens
+    n_answer = sums.answer_tokens if step_answer_tokens is None else step_answer_tokens
     for micro in token_batches([len(e.input_ids) for e in examples], max_tokens, batch_size):
         w_sft, w_kl = torch.tensor([weights[p] for p in micro], device=device).unbind(-1)
         batch = {k: v.to(device) for k, v in collate([examples[p] for p in micro], tokenizer.pad_token_id).items()}

@@ -32,6 +32,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safety import distributed
+from safety.checkpoints import save_adapter
 from safety.data import collate, encode_example
 from safety.dpo import run_dpo_step, with_preference_validation
 from safety.objective import token_kl
@@ -91,6 +93,15 @@ def train(
     log-probs of ``examples`` (``safety.reference.compute_reference_cache`` with the same
     ``max_seq_len``). The final adapter goes to
     ``work_dir/adapter``. The trained model is returned in ``TrainResult.model``, in eval mode.
+
+    Under ``torchrun`` (``safety.distributed``: every rank calls ``train`` with the same
+    arguments) each step's examples are split between the ranks and their gradients summed:
+    the same steps as one process at the same ``batch_size``, within float rounding (LoRA
+    dropout aside, whose masks follow the split). Rank 0 alone polls ``should_cancel`` and
+    ``should_pause`` (every rank follows its answer), runs the validation pass, calls
+    ``on_step`` and ``save_checkpoint``, writes the checkpoints and the adapter
+    (``TrainResult.adapter_dir`` is ``None`` on the other ranks); all ranks resume from the
+    same ``resume_dir``.
     """
     run = setup_run(
         model,
@@ -108,11 +119,12 @@ def train(
     checkpoint_dir: Path | None = None
     metrics: StepMetrics | None = None
     dpo = config.method == "dpo"
+    main = distributed.world().is_main
     run.model.train()
     for step in range(run.start_step, run.total_steps):
-        if should_cancel is not None and should_cancel():
+        if distributed.main_decides(should_cancel):
             return _stopped(run, TrainOutcome.CANCELLED, step, checkpoint_dir)
-        if should_pause is not None and should_pause():
+        if distributed.main_decides(should_pause):
             # Steps done in this call and not checkpointed yet: save them (none done: the
             # resume checkpoint, or nothing at all, already describes this state).
             if metrics is not None and (checkpoint_dir is None or checkpoint_dir.name != checkpoint_name(step)):
@@ -122,16 +134,17 @@ def train(
         metrics = run_dpo_step(run, step) if dpo else run_step(run, step)
         done = step + 1
         at_checkpoint = run.is_checkpoint_step(done)
-        if at_checkpoint and run.encoded_valid:
+        if at_checkpoint and run.encoded_valid and main:
             metrics = with_preference_validation(metrics, run) if dpo else with_validation(metrics, run)
-        if on_step is not None:
+        if on_step is not None and main:
             on_step(metrics)
         if at_checkpoint:
             checkpoint_dir = _checkpoint(run, done, metrics, save_checkpoint)
 
     run.model.eval()
-    adapter_dir = run.work_dir / "adapter"
-    run.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    adapter_dir = run.work_dir / "adapter" if main else None
+    if adapter_dir is not None:
+        save_adapter(run.model, adapter_dir)
     return TrainResult(
         model=run.model,
         outcome=TrainOutcome.COMPLETED,
@@ -161,9 +174,10 @@ def _stopped(run: TrainRun, outcome: TrainOutcome, steps: int, checkpoint_dir: P
 def _checkpoint(
     run: TrainRun, done: int, metrics: StepMetrics, save_checkpoint: Callable[[int, Path, StepMetrics], None] | None
 ) -> Path:
-    """Write the state after ``done`` steps and hand it to ``save_checkpoint``."""
+    """Write the state after ``done`` steps (every rank takes part, rank 0 writes) and hand it
+    to ``save_checkpoint`` (rank 0)."""
     path = write_run_checkpoint(run, done)
-    if save_checkpoint is not None:
+    if save_checkpoint is not None and distributed.world().is_main:
         save_checkpoint(done, path, metrics)
     return path
 

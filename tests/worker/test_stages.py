@@ -365,3 +365,28 @@ def test_the_trainer_takes_the_operators_objective_with_its_cutoff_at_the_flag_t
         assert train_config(job, 200) == dataclasses.replace(config, objective="paper", sft_cutoff_risk=4.0)
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_worker_with_two_gpus_trains_each_job_data_parallel(pipeline_env, monkeypatch):
+    """``GUARDTUNE_WORKER_GPUS=2`` (gloo on CPU here): the train stage runs two ``torchrun``
+    processes; rank 0 reports every step, stores the checkpoints and the adapter, and the
+    job goes on to be released."""
+    from core.db import session_scope
+    from core.models import Checkpoint, Job, JobEvent, SafetyReport
+    from tests.conftest import clear_caches
+
+    monkeypatch.setenv("GUARDTUNE_WORKER_GPUS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    clear_caches()
+    with session_scope() as session:
+        job_id = create_job(session, "org-a", demo_lines(16))
+    assert run_all(job_id) == ["validate", "scan", "train", "evaluate", "gate", "release"]
+    with session_scope() as session:
+        assert session.get_one(Job, job_id).status == "succeeded"
+        assert session.get_one(SafetyReport, job_id).training["steps"] == 4
+        steps = [c.step for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))]
+        assert sorted(steps) == [2, 4]
+        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)).all()
+        assert [e.data["step"] for e in events if e.type == "metrics"] == [1, 2, 3, 4]
+        assert "Training data-parallel in 2 processes" in [e.message for e in events]

@@ -77,8 +77,12 @@ def probe_prefix(model_id: str) -> str:
 @contextmanager
 def work_dir(job_id: str) -> Iterator[Path]:
     """The job's scratch folder on this worker's disk, empty (a killed worker's leftovers are
-    removed first) and removed when the block ends, however it ends."""
-    path = get_settings().home_dir / "work" / job_id
+    removed first) and removed when the block ends, however it ends; one per rank of a
+    data-parallel run (``safety.distributed``), whose ranks share the disk."""
+    from safety.distributed import world
+
+    rank = world().rank
+    path = get_settings().home_dir / "work" / (job_id if rank == 0 else f"{job_id}-rank{rank}")
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     try:
@@ -125,9 +129,10 @@ def micro_batch_tokens(model: PreTrainedModel, method: str, *, exact_reference: 
 def load_model(source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model (eval mode, on ``GUARDTUNE_DEVICE``) and its tokenizer: fp32 weights on
     CPU, half precision on CUDA, NF4 with ``GUARDTUNE_QUANTIZE=4bit`` (``safety.memory``).
-    Applies ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
+    A rank of a data-parallel run loads it on its own GPU. Applies ``GUARDTUNE_TORCH_THREADS`` first: every stage that runs a model, the inference
     server and the ``guardtune-ops`` model commands (``ops.modelload``) load it here."""
     from safety.base_models import load_base_model, set_torch_threads
+    from safety.distributed import rank_device
     from safety.memory import device_weight_dtype, quantization_config
 
     settings = get_settings()
@@ -137,5 +142,5 @@ def load_model(source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         cache_dir=settings.models_dir,
         dtype=device_weight_dtype(settings.device),
         quantization=quantization_config(settings.quantize, settings.device),
-        device=settings.device,
+        device=rank_device(settings.device),
     )

@@ -15,8 +15,12 @@ job's ``beta``; its metrics carry ``train_reward_margin`` / ``train_reward_accur
 
 from __future__ import annotations
 
-import shutil
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,23 +95,73 @@ def train_config(job: Job, max_seq_len: int, micro_batch_tokens: int | None = No
 
 def run(job_id: str) -> int | None:
     """Train the job; the tokens this run trained (its planned tokens, ``core.jobs.estimate``,
-    times the share of the steps it ran: a resumed run ran fewer), None if it trained nothing."""
+    times the share of the steps it ran: a resumed run ran fewer), None if it trained nothing.
+    With ``GUARDTUNE_WORKER_GPUS`` above 1 the training itself runs data-parallel in that many
+    processes (:func:`launch_ranks`); this process keeps the lease."""
     from safety.train_config import TrainOutcome
-    from safety.trainer import train
 
     with session_scope() as session:
         jobstate.enter_stage(session, job_id, JobStage.TRAINING, "Fine-tuning started")
         job = session.get_one(Job, job_id)
-        source = session.get_one(BaseModelEntry, job.model).source
-        storage_key = session.get_one(File, job.training_file_id).storage_key
-        valid_key = session.get_one(File, job.validation_file_id).storage_key if job.validation_file_id else None
-        last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
         report = session.get(SafetyReport, job_id)
         if report is not None and report.training and get_store().list(adapter_prefix(job) + "/"):
             return None  # trained before a crash
         tokens = estimate.job_tokens(session, job)
         throughput = estimate.measured(session, get_settings().estimate_window)
-        after = estimate.remaining(throughput, tokens, estimate.stages_from(Stage.TRAIN, including=False))
+        after = estimate.remaining(throughput, tokens, estimate.stages_from(Stage.TRAIN, including=False)) or 0.0
+    gpus = get_settings().worker_gpus
+    if gpus > 1:
+        outcome = launch_ranks(job_id, gpus, after)
+    else:
+        outcome = train_job(job_id, after)
+    if outcome.outcome == TrainOutcome.PAUSED:
+        with session_scope() as session:  # the event tells the truth: the lease goes with it
+            jobstate.release_lease(job_id, session)
+            jobstate.add_event(
+                session,
+                job_id,
+                f"Training paused at step {outcome.steps} of {outcome.total_steps}; "
+                "its checkpoint is saved and the worker is free",
+            )
+        raise Paused(job_id)
+    if outcome.outcome == TrainOutcome.CANCELLED:
+        with session_scope() as session:
+            jobstate.add_event(
+                session, job_id, f"Training stopped at step {outcome.steps} of {outcome.total_steps}: cancelled"
+            )
+        raise JobGone(job_id)
+    ran = 0 if outcome.first_step is None else outcome.steps - outcome.first_step
+    return tokens * ran // outcome.total_steps if ran > 0 and outcome.total_steps else None
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """How one training run of a job ended (``safety.train_config.TrainOutcome``), after how
+    many of its steps, and the step it started after (None: it ran none)."""
+
+    outcome: str
+    steps: int
+    total_steps: int
+    first_step: int | None
+
+
+def train_job(job_id: str, after: float) -> TrainedRun:
+    """Train the job in this process (one rank of a data-parallel run under ``torchrun``:
+    ``safety.distributed``): from its last stored checkpoint if any. Rank 0 reports progress
+    (the job's ``estimated_finish`` adds ``after`` seconds), stores the checkpoints and, when
+    training completes, the adapter and training report; every rank returns how it ended."""
+    from safety import distributed
+    from safety.train_config import TrainOutcome
+    from safety.trainer import train
+
+    ranks = distributed.world()
+    main = ranks.is_main
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        source = session.get_one(BaseModelEntry, job.model).source
+        storage_key = session.get_one(File, job.training_file_id).storage_key
+        valid_key = session.get_one(File, job.validation_file_id).storage_key if job.validation_file_id else None
+        last = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
     examples = [example for _, example in iter_file_examples(storage_key)]
     validation = [example for _, example in iter_file_examples(valid_key)] if valid_key else None
     risks, flagged = read_scan_risks(job)
@@ -116,15 +170,25 @@ def run(job_id: str) -> int | None:
     method = job_method(job.method)
     exact = method == "dpo" or (safety.regularized and safety.reference == ReferenceMode.EXACT)
     config = train_config(job, token_limit(model), micro_batch_tokens(model, method, exact_reference=exact))
-    cache = load_or_build(job, model, tokenizer, examples) if config.reference == ReferenceMode.CACHED else None
+    cache = None
+    if config.reference == ReferenceMode.CACHED:
+        if not main:
+            distributed.barrier()  # rank 0 builds and stores a missing cache first
+        cache = load_or_build(job, model, tokenizer, examples)
+        if main:
+            distributed.barrier()
     with work_dir(job_id) as workdir:  # removed however training ends
         init_adapter = download_parent_adapter(job, workdir / "parent") if last is None else None
         resume_dir = None
         if last is not None:
             resume_dir = download_dir(get_store(), last.storage_prefix, workdir / f"resume-{last.step:06d}")
+            if main:
+                with session_scope() as session:
+                    jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
+        if main and ranks.size > 1:
             with session_scope() as session:
-                jobstate.add_event(session, job_id, f"Resumed training from the checkpoint at step {last.step}")
-        progress = Progress(job, open_tracking(job), after or 0.0)
+                jobstate.add_event(session, job_id, f"Training data-parallel in {ranks.size} processes")
+        progress = Progress(job, open_tracking(job), after) if main else None
         try:
             result = train(
                 model,
@@ -133,9 +197,9 @@ def run(job_id: str) -> int | None:
                 risks,
                 config,
                 work_dir=workdir,
-                on_step=progress.on_step,
+                on_step=progress.on_step if progress else None,
                 should_cancel=lambda: jobstate.cancel_requested(job_id),
-                save_checkpoint=progress.save_checkpoint,
+                save_checkpoint=progress.save_checkpoint if progress else None,
                 resume_dir=resume_dir,
                 flagged=flagged,
                 should_pause=lambda: jobstate.pause_requested(job_id),
@@ -144,27 +208,43 @@ def run(job_id: str) -> int | None:
                 init_adapter=init_adapter,
             )
         finally:
-            progress.tracking.close()
-        if result.outcome == TrainOutcome.PAUSED:
-            shutil.rmtree(workdir, ignore_errors=True)  # before a resumed run may take the job's work dir
-            with session_scope() as session:  # the event tells the truth: the lease goes with it
-                jobstate.release_lease(job_id, session)
-                jobstate.add_event(
-                    session,
-                    job_id,
-                    f"Training paused at step {result.steps} of {result.total_steps}; "
-                    "its checkpoint is saved and the worker is free",
-                )
-            raise Paused(job_id)
-        if result.outcome == TrainOutcome.CANCELLED:
-            with session_scope() as session:
-                jobstate.add_event(
-                    session, job_id, f"Training stopped at step {result.steps} of {result.total_steps}: cancelled"
-                )
-            raise JobGone(job_id)
-        _store_result(job, config, result)
-    ran = 0 if progress.first_step is None else result.steps - progress.first_step
-    return tokens * ran // result.total_steps if ran > 0 and result.total_steps else None
+            if progress is not None:
+                progress.tracking.close()
+        if result.outcome == TrainOutcome.COMPLETED and main:
+            _store_result(job, config, result)
+    return TrainedRun(
+        outcome=result.outcome,
+        steps=result.steps,
+        total_steps=result.total_steps,
+        first_step=progress.first_step if progress else None,
+    )
+
+
+def launch_ranks(job_id: str, gpus: int, after: float) -> TrainedRun:
+    """Train ``job_id`` data-parallel in ``gpus`` processes, one per GPU:
+    ``python -m torch.distributed.run --standalone --nproc-per-node <gpus> -m
+    worker.pipeline.train_ranks <job id> <result file> <after>``, each rank running
+    :func:`train_job`; how the run ended, as rank 0 wrote it to the result file. A rank that
+    fails makes ``torchrun`` stop the others and exit non-zero: the stage fails as on any
+    error (a retry resumes from the last stored checkpoint)."""
+    with tempfile.TemporaryDirectory(prefix=f"{job_id}-ranks-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={gpus}",
+            "-m",
+            "worker.pipeline.train_ranks",
+            job_id,
+            str(result_file),
+            str(after),
+        ]
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0 or not result_file.exists():
+            raise RuntimeError(f"data-parallel training of {job_id} in {gpus} processes exited with {done.returncode}")
+        return TrainedRun(**json.loads(result_file.read_text()))
 
 
 def _store_result(job: Job, config: TrainConfig, result: TrainResult) -> None:
