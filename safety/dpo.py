@@ -116,13 +116,21 @@ class PairSums:
 
 def micro_batches(
     encoded: list[EncodedExample], indices: list[int], batch_size: int, max_tokens: int | None
-) -> list[list[tuple[EncodedExample, EncodedExample]]]:
-    """Pairs ``indices`` (pair i is ``encoded[2i], encoded[2i + 1]``) in micro-batches of at
-    most ``batch_size`` pairs and ``max_tokens`` padded tokens (``safety.batching``)."""
-    pairs = [(encoded[2 * i], encoded[2 * i + 1]) for i in indices]
-    lengths = [max(len(preferred.input_ids), len(other.input_ids)) for preferred, other in pairs]
+) -> list[list[int]]:
+    """Positions into ``indices`` (pair i is ``encoded[2i], encoded[2i + 1]``) grouped in
+    micro-batches of at most ``batch_size`` pairs and ``max_tokens`` padded tokens
+    (``safety.batching.token_batches``, which orders by length under a budget: a caller reads
+    each pair's own weight by its position)."""
+    lengths = [max(len(encoded[2 * i].input_ids), len(encoded[2 * i + 1].input_ids)) for i in indices]
     half = max_tokens // 2 if max_tokens is not None else None
-    return [[pairs[p] for p in micro] for micro in token_batches(lengths, half, batch_size)]
+    return token_batches(lengths, half, batch_size)
+
+
+def pairs_at(
+    encoded: list[EncodedExample], indices: list[int], positions: list[int]
+) -> list[tuple[EncodedExample, EncodedExample]]:
+    """The pairs of ``indices`` at ``positions``."""
+    return [(encoded[2 * indices[p]], encoded[2 * indices[p] + 1]) for p in positions]
 
 
 def run_dpo_step(run: TrainRun, step: int) -> StepMetrics:
@@ -135,14 +143,14 @@ def run_dpo_step(run: TrainRun, step: int) -> StepMetrics:
     preferred_tokens = [count_answer_tokens(run.encoded[2 * i]) for i in indices]
     n_tokens = max(sum(preferred_tokens), 1)
     mine = distributed.world().shard(len(indices))  # this rank's pairs; the normalisers are the step's
-    sums, done, my_weights = PairSums(), 0, weights[mine]
-    for micro in micro_batches(run.encoded, indices[mine], config.batch_size, config.micro_batch_tokens):
-        terms, tokens = pair_terms(run.model, micro, run.tokenizer.pad_token_id, config.dpo_beta)
-        w_sft, w_kl = torch.tensor(my_weights[done : done + len(micro)], device=terms.dpo.device).unbind(-1)
+    sums, my_indices, my_weights = PairSums(), indices[mine], weights[mine]
+    for micro in micro_batches(run.encoded, my_indices, config.batch_size, config.micro_batch_tokens):
+        pairs = pairs_at(run.encoded, my_indices, micro)
+        terms, tokens = pair_terms(run.model, pairs, run.tokenizer.pad_token_id, config.dpo_beta)
+        w_sft, w_kl = torch.tensor([my_weights[p] for p in micro], device=terms.dpo.device).unbind(-1)
         loss = (w_sft * terms.dpo).sum() / len(indices) + (w_kl * terms.kl).sum() / n_tokens
         loss.backward()
         sums.add(terms, tokens, loss.item())
-        done += len(micro)
     sums = distributed.summed(sums)
     lr = optimizer_step(run, weights, preferred_tokens)
     elapsed = time.perf_counter() - started
@@ -175,8 +183,9 @@ def preference_pass(
     was_training = model.training
     model.eval()
     sums = PairSums()
-    for micro in micro_batches(encoded, list(range(len(encoded) // 2)), batch_size, max_tokens):
-        sums.add(*pair_terms(model, micro, tokenizer.pad_token_id, beta))
+    indices = list(range(len(encoded) // 2))
+    for micro in micro_batches(encoded, indices, batch_size, max_tokens):
+        sums.add(*pair_terms(model, pairs_at(encoded, indices, micro), tokenizer.pad_token_id, beta))
     model.train(was_training)
     return sums
 

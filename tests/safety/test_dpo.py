@@ -187,3 +187,21 @@ def test_pair_terms_read_logits_only_from_the_answers_with_the_full_forwards_ter
     full = [p.grad for p in peft.parameters() if p.requires_grad]
     for mine, theirs in zip(windowed, full, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_a_token_budget_gives_each_pair_its_own_weights(load_tiny, pairs, tmp_path: Path) -> None:
+    """Under a token budget the pairs of a step run in micro-batches ordered by length; each
+    pair keeps its own risk's weights, so the run's losses are those of one micro-batch (they
+    were not when the weights were handed out in the step's order)."""
+    pairs[0]["preferred_output"][0]["content"] = "It is zero, since nothing added to nothing stays nothing at all."
+    pairs[2]["non_preferred_output"][0]["content"] = "No."
+    config = dataclasses.replace(DPO, mode="adaptive", n_epochs=2, batch_size=4)
+    risks = [5.0, 1.0, 1.0, 5.0]
+    losses = {}
+    for budget in (None, 64):
+        model, tokenizer = load_tiny()
+        metrics: list[StepMetrics] = []
+        run = dataclasses.replace(config, micro_batch_tokens=budget)
+        train(model, tokenizer, pairs, risks, run, work_dir=tmp_path / str(budget), on_step=metrics.append)
+        losses[budget] = [m.loss for m in metrics]
+    assert losses[64] == pytest.approx(losses[None], rel=1e-4)
