@@ -205,6 +205,21 @@ def load_results(
     return doc
 
 
+def open_part(doc: dict[str, Any], argv: list[str] | None, git: dict[str, Any], dirty_ok: bool) -> str:
+    """Record this command in ``doc["parts"]`` (its command line, git, start time, machine;
+    not yet complete) and return its command line, the part's key."""
+    args = argv if argv is not None else sys.argv[1:]
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *args])
+    doc["parts"][command] = {
+        "command": command,
+        "git": {**git, "dirty_ok": dirty_ok},
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "complete": False,
+    }
+    return command
+
+
 def merged_git(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The ``git`` of a results file from its commands' (``parts``): the last one's commit,
     dirty when any was, and every commit that measured."""

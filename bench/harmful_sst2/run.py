@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import gc
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +28,10 @@ from typing import Any
 from bench import common
 from bench.common import (
     QUICK_PROBE,
-    REPO,
     add_model_run_options,
     add_size_options,
     chosen_sizes,
     json_safe,
-    machine_info,
 )
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2 import report
@@ -220,15 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if sizes.n_lines < 1000:
         doc["shrunk"] = f"n = {sizes.n_lines} training lines per mix (the benchmark's n is 1000), share p kept"
     started = time.perf_counter()
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])])
+    command = common.open_part(doc, argv, git, bool(args.dirty_ok))
     part_key = command  # one entry per command: parts may be split further by --seeds and --modes
-    doc["parts"][part_key] = {
-        "command": command,
-        "git": {**git, "dirty_ok": bool(args.dirty_ok)},
-        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "complete": False,
-    }
     data_dir = Path(args.data_dir)
     trained = sorted(
         {hd.request_of(line) for p in hd.SHARES for line in hd.load_mix(data_dir, p) if line["flag"] == hd.HARMFUL_FLAG}

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import gc
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import REPO, add_model_run_options, add_size_options, chosen_sizes, json_safe, machine_info
+from bench.common import add_model_run_options, add_size_options, chosen_sizes, json_safe
 from bench.harmful_sst2 import data as hd
 from bench.harmful_sst2.run import Sizes, evaluate, recipe_probe
 from bench.preference import data as pd
@@ -166,14 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = common.load_results(out, "dpo_safety", config, SHARED_CONFIG, args.fresh)
     doc["config"] = config
     started = time.perf_counter()
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])])
-    doc["parts"][command] = {
-        "command": command,
-        "git": {**git, "dirty_ok": bool(args.dirty_ok)},
-        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "complete": False,
-    }
+    command = common.open_part(doc, argv, git, bool(args.dirty_ok))
     data_dir = Path(args.data_dir)
     lines = hd.load_mix(data_dir, args.p, sizes.n_lines)
     pairs = pd.mix_pairs(lines, load_refusals())
