@@ -293,9 +293,11 @@ def render_dpo_safety(doc: dict[str, Any]) -> str:
         f"(seeds {', '.join(map(str, t['seeds']))}; sign-flip p = {num(t['p_value'], 3)})"
         for t in doc["paired"]
     )
+    cut = [part["command"] for part in doc.get("parts", {}).values() if not part["complete"]]
+    cut_note = "".join(f"\n\n**Cut short** (its later runs are not in the file): `{command}`" for command in cut)
     return (
         f"{head}\n\n{table(headers, rows)}\n\nPaired tests, seeds as the unit:{paired or ' none (runs missing)'}"
-        f"\n\nChecks (means over seeds):{check_lines(doc['checks'])}"
+        f"\n\nChecks (means over seeds):{check_lines(doc['checks'])}{cut_note}"
     )
 
 

@@ -127,6 +127,12 @@ def test_the_renderer_on_a_small_json(tmp_path, monkeypatch):
     assert "`adaptive` − `none`, harmful score: -47.3 points (seeds 0, 1, 2; sign-flip p = 0.250)" in body
     assert "- adaptive harmful score <= reference + 5 points: met (+2.7 points)" in body
     assert "commit `abcdef1`" in body
+    assert "Cut short" not in body
+    doc["parts"] = {"c": {"command": "python bench/dpo_safety.py --seeds 2", "complete": False}}
+    (tmp_path / "dpo_safety.json").write_text(json.dumps(doc))
+    assert "**Cut short** (its later runs are not in the file): `python bench/dpo_safety.py --seeds 2`" in (
+        render_readme.render_block("dpo_safety")
+    )
 
 
 def test_preference_accuracy_reads_the_models_own_preference(tiny_model, tmp_path):
