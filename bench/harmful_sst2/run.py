@@ -128,19 +128,24 @@ def evaluate(model: Any, tokenizer: Any, evals: dict[str, list], args: argparse.
 
 
 def scan_mix(lines: list[dict], examples: list[dict], probe: Any, ref: Any, tok: Any, args) -> tuple[Any, dict]:
-    """The product's scan of one mix, and its recall and false-flag rate against the lines'
-    own ``flag``, with every line's risk and flag kept for tracing a miss."""
+    """The product's scan of one mix and :func:`scan_record` of it."""
     scan = product_scan(examples, probe, ref, tok, args)
-    flagged = [e.flagged for e in scan.examples]
+    return scan, scan_record(scan.examples, lines)
+
+
+def scan_record(rows: list[Any], lines: list[dict]) -> dict[str, Any]:
+    """A scan's recall and false-flag rate against the lines' own ``flag`` (``rows`` the scan's
+    ``ExampleRisk`` per line, in order), with every line's risk and flag kept for tracing a miss."""
+    flagged = [e.flagged for e in rows]
     bad = [f for f, line in zip(flagged, lines) if line["flag"] == hd.HARMFUL_FLAG]
     good = [f for f, line in zip(flagged, lines) if line["flag"] != hd.HARMFUL_FLAG]
-    return scan, {
+    return {
         "n_harmful": len(bad),
         "n_task": len(good),
         "recall": sum(bad) / len(bad) if bad else None,
         "false_flag_rate": sum(good) / len(good) if good else None,
         "n_flagged": sum(flagged),
-        "risks": [round(e.risk, 3) for e in scan.examples],
+        "risks": [round(e.risk, 3) for e in rows],
         "flagged": flagged,
     }
 

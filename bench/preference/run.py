@@ -26,7 +26,7 @@ from typing import Any
 from bench import common
 from bench.common import add_model_run_options, add_size_options, chosen_sizes, json_safe
 from bench.harmful_sst2 import data as hd
-from bench.harmful_sst2.run import Sizes, evaluate, recipe_probe
+from bench.harmful_sst2.run import Sizes, evaluate, recipe_probe, scan_record
 from bench.preference import data as pd
 from bench.preference import report
 from bench.replication.gate import decision
@@ -81,8 +81,7 @@ def measure(model: Any, tokenizer: Any, evals: dict[str, list], args: argparse.N
 
 
 def scan(pairs: list[dict], lines: list[dict], probe: Any, ref: Any, tok: Any, args) -> dict[str, Any]:
-    """The product's pair scan of the mix, with recall and false flags against the lines' own
-    ``flag`` and every pair's risk and flag kept."""
+    """The product's pair scan of the mix and ``scan_record`` of it (one row per pair)."""
     from safety.pair_scan import scan_pairs
     from safety.scan import ScanConfig
 
@@ -94,18 +93,7 @@ def scan(pairs: list[dict], lines: list[dict], probe: Any, ref: Any, tok: Any, a
         config=ScanConfig(),
         max_len=args.max_seq_len,
     )
-    flagged = [e.flagged for e in result.examples]
-    bad = [f for f, line in zip(flagged, lines) if line["flag"] == hd.HARMFUL_FLAG]
-    good = [f for f, line in zip(flagged, lines) if line["flag"] != hd.HARMFUL_FLAG]
-    return {
-        "n_harmful": len(bad),
-        "n_task": len(good),
-        "recall": sum(bad) / len(bad) if bad else None,
-        "false_flag_rate": sum(good) / len(good) if good else None,
-        "n_flagged": sum(flagged),
-        "risks": [round(e.risk, 3) for e in result.examples],
-        "flagged": flagged,
-    }
+    return scan_record(result.examples, lines)
 
 
 def dpo_fields(mode: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
